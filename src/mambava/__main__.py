@@ -1,0 +1,3 @@
+from mambava.cli import main
+
+main()

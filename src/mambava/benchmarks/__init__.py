@@ -1,0 +1,1 @@
+"""Benchmarks of the hot paths; each measures a baseline in the same run and prints ratios."""

@@ -1,0 +1,110 @@
+"""Concordance correlation coefficient (CCC), the ABAW valence/arousal metric, and the CCC loss.
+
+CCC = 2 s_xy / (s_x^2 + s_y^2 + (mean_x - mean_y)^2), with population (biased) moments, computed over
+all valid frames; frames whose label is the Aff-Wild2 invalid marker (-5) are masked out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchmetrics
+
+INVALID_LABEL = -5.0
+
+
+def valid_mask(target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Frames that count: label not -5 (in any dimension), finite, and inside `mask` if given.
+
+    `target` is (..., 2); the returned mask has the shape of target[..., 0].
+    """
+    valid = torch.isfinite(target).all(-1) & (target != INVALID_LABEL).all(-1)
+    if mask is not None:
+        valid = valid & mask.bool()
+    return valid
+
+
+def ccc(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """CCC per column of (N, D) tensors (or a scalar for 1-D inputs), differentiable."""
+    pred = pred.float()
+    target = target.float()
+    mean_p = pred.mean(0)
+    mean_t = target.mean(0)
+    var_p = ((pred - mean_p) ** 2).mean(0)
+    var_t = ((target - mean_t) ** 2).mean(0)
+    cov = ((pred - mean_p) * (target - mean_t)).mean(0)
+    return 2 * cov / (var_p + var_t + (mean_p - mean_t) ** 2 + eps)
+
+
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 - CCC_v) + (1 - CCC_a) over all valid frames of the batch. pred/target: (B, T, 2) or (N, 2)."""
+    valid = valid_mask(target, mask)
+    p = pred[valid]
+    t = target[valid]
+    if p.shape[0] < 2:
+        # No usable frames: a zero loss that still carries a graph so the step is a no-op.
+        return pred.sum() * 0.0
+    return (1.0 - ccc(p, t)).sum()
+
+
+def ccc_numpy(pred: np.ndarray, target: np.ndarray) -> float:
+    """float64 reference CCC of two 1-D arrays (used in tests and reports)."""
+    x = np.asarray(pred, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    mx, my = x.mean(), y.mean()
+    vx, vy = x.var(), y.var()
+    sxy = ((x - mx) * (y - my)).mean()
+    denom = vx + vy + (mx - my) ** 2
+    return float(2 * sxy / denom) if denom > 0 else 0.0
+
+
+def va_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """CCC_v, CCC_a and P_VA over the valid frames of (N, 2) arrays concatenated from all videos."""
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    valid = np.isfinite(target).all(1) & (target != INVALID_LABEL).all(1)
+    ccc_v = ccc_numpy(pred[valid, 0], target[valid, 0])
+    ccc_a = ccc_numpy(pred[valid, 1], target[valid, 1])
+    return {"ccc_valence": ccc_v, "ccc_arousal": ccc_a, "p_va": (ccc_v + ccc_a) / 2}
+
+
+class ConcordanceCCC(torchmetrics.Metric):
+    """CCC per dimension over every valid frame seen, aggregated across DDP ranks.
+
+    torchmetrics' ConcordanceCorrCoef uses sample (n-1) moments, while the ABAW evaluation uses population
+    moments; the two differ by O(1/N). This metric keeps float64 sufficient statistics (count, sums, sums of
+    squares and cross products) whose DDP reduction is a plain sum, so the result is the exact ABAW formula
+    over all frames of all ranks concatenated.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, num_outputs: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.num_outputs = num_outputs
+        for name in ("n", "sx", "sy", "sxx", "syy", "sxy"):
+            self.add_state(name, default=torch.zeros(num_outputs, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        pred = pred.reshape(-1, self.num_outputs)
+        target = target.reshape(-1, self.num_outputs)
+        if mask is not None:
+            mask = mask.reshape(-1)
+        valid = valid_mask(target, mask)
+        x = pred[valid].double()
+        y = target[valid].double()
+        self.n += x.shape[0]
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.sxx += (x * x).sum(0)
+        self.syy += (y * y).sum(0)
+        self.sxy += (x * y).sum(0)
+
+    def compute(self) -> torch.Tensor:
+        n = self.n.clamp_min(1)
+        mx, my = self.sx / n, self.sy / n
+        vx = self.sxx / n - mx * mx
+        vy = self.syy / n - my * my
+        cov = self.sxy / n - mx * my
+        return 2 * cov / (vx + vy + (mx - my) ** 2).clamp_min(1e-12)
