@@ -1,0 +1,333 @@
+"""The feature store: one (T, D) array per video (or face track), memory-mapped, written atomically.
+
+Layout under the store root, one folder per entry name::
+
+    ROOT/<name>/features.npy   (T, D) float16 or float32, a plain .npy (np.load(..., mmap_mode="r"))
+    ROOT/<name>/mask.npy       (T,) bool: True = a real frame (face crop present), False = forward-filled
+    ROOT/<name>/meta.json      {"name", "n_frames", "dim", "fps", "backbone", "dtype", "present_frames",
+                                "format": 1, "extra": {...}}
+
+An entry exists (`has`, `names`) only once its meta.json is there; meta.json is written last, each file by
+temporary file + rename. A crash mid-write therefore leaves no visible entry, and re-running extraction
+(skipping names for which `has(name)` is true) redoes exactly the unfinished ones. One writer per name at a
+time. Features are checked for NaN/Inf on write (after the cast to the stored dtype, so float16 overflow is
+caught) and on every window read; `read(name, verify=True)` scans a whole entry in chunks.
+
+Missing frames are forward-filled (`forward_fill`): a frame with no face takes the previous real frame's
+features; frames before the first real frame take the first real frame's features; the mask keeps which
+frames were real. This one policy serves training, evaluation and prediction alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from mambava.errors import MambavaError
+from mambava.fileio import atomic_open, atomic_path
+
+FEATURES_FILE = "features.npy"
+MASK_FILE = "mask.npy"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+DTYPES = ("float16", "float32")
+_CHUNK_ROWS = 8192
+
+
+def forward_fill_index(present: np.ndarray) -> np.ndarray:
+    """For each frame, the index of the frame whose features it takes under forward fill: itself when
+    present, else the last present frame before it, else (before the first present frame) the first present
+    frame. With no present frame at all, every index is 0."""
+    present = np.asarray(present, dtype=bool)
+    if present.ndim != 1:
+        raise ValueError(f"present mask must be 1-D, got shape {present.shape}")
+    n = present.shape[0]
+    if n == 0 or not present.any():
+        return np.zeros(n, dtype=np.int64)
+    index = np.where(present, np.arange(n), 0)
+    np.maximum.accumulate(index, out=index)
+    first = int(np.argmax(present))
+    index[:first] = first
+    return index
+
+
+def forward_fill(features, present_mask):
+    """Forward-fill the rows of a (T, D) array (numpy or torch) whose `present_mask` (T,) entry is False.
+
+    A missing frame takes the previous present frame's row; frames before the first present frame take the
+    first present frame's row (the reference code starts a video at its first face). With no present frame at
+    all the result is all zeros. Returns a new array/tensor of the same type and dtype; the input is kept.
+    """
+    present = np.asarray(present_mask.cpu() if hasattr(present_mask, "cpu") else present_mask, dtype=bool)
+    if len(features) != len(present):
+        raise ValueError(f"features have {len(features)} rows but the mask has {len(present)}")
+    index = forward_fill_index(present)
+    if hasattr(features, "index_select"):  # torch
+        import torch
+
+        out = features.index_select(0, torch.from_numpy(index).to(features.device))
+        return out if present.any() else torch.zeros_like(features)
+    features = np.asarray(features)
+    return features[index] if present.any() else np.zeros_like(features)
+
+
+@dataclasses.dataclass
+class FeatureRecord:
+    """One stored entry. `features` is a read-only memory map (T, D) in the stored dtype; `mask` (T,) bool
+    (True = real frame). `window(start, stop)` reads only rows start:stop."""
+
+    name: str
+    path: Path
+    features: np.ndarray
+    mask: np.ndarray
+    fps: float
+    backbone: str
+    n_frames: int
+    dim: int
+    dtype: str
+    extra: dict[str, Any]
+
+    def window(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features[start:stop] as float32, mask[start:stop]); MambavaError naming the file and frame on a
+        NaN/Inf."""
+        if not 0 <= start <= stop <= self.n_frames:
+            raise IndexError(f"window {start}:{stop} outside 0:{self.n_frames} of {self.name!r}")
+        block = np.array(self.features[start:stop], dtype=np.float32)
+        _check_finite(block, self.path / FEATURES_FILE, start)
+        return block, np.array(self.mask[start:stop])
+
+
+class FeatureStore:
+    """A folder of per-video feature arrays (see the module docstring for the format).
+
+    - `write(name, features (T, D), mask (T,) bool, fps, backbone, dtype="float16", extra=None)`: atomic
+    - `writer(name, n_frames, dim, fps, backbone, dtype="float16", extra=None)`: a context manager for
+      streaming extraction, `.put(start, block, present=None)` / `.put_frames(frames, block)`; the entry only
+      becomes visible when the block exits without error (rows never put are missing frames, forward-filled)
+    - `has(name)`, `names()`, `read(name, verify=False) -> FeatureRecord`, `read_window(name, start, stop)`
+      -> (float32 (stop-start, D), bool (stop-start,)), `remove(name)`
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.root)!r})"
+
+    def _dir(self, name: str) -> Path:
+        if not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name:
+            raise MambavaError(f"{self.root}: invalid feature entry name {name!r}")
+        return self.root / name
+
+    def has(self, name: str) -> bool:
+        """True when `name` was written completely."""
+        folder = self._dir(name)
+        return all((folder / f).is_file() for f in (META_FILE, FEATURES_FILE, MASK_FILE))
+
+    def names(self) -> list[str]:
+        """Sorted names of the complete entries."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and self.has(p.name))
+
+    def __contains__(self, name: str) -> bool:
+        return self.has(name)
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """The entry's meta.json (MambavaError if absent or unreadable)."""
+        path = self._dir(name) / META_FILE
+        if not self.has(name):
+            raise MambavaError(f"{self.root}: no complete feature entry {name!r} ({path} missing)")
+        try:
+            meta = json.loads(path.read_text())
+            for key in ("n_frames", "dim", "fps", "backbone", "dtype"):
+                meta[key]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise MambavaError(f"{path}: unreadable feature metadata ({error})") from error
+        return meta
+
+    def n_frames(self, name: str) -> int:
+        return int(self.meta(name)["n_frames"])
+
+    def read(self, name: str, verify: bool = False) -> FeatureRecord:
+        """Open an entry memory-mapped (nothing is loaded but the mask and the .npy headers). Checks shapes
+        and dtype against meta.json; `verify=True` also scans all features for NaN/Inf in chunks."""
+        meta = self.meta(name)
+        folder = self._dir(name)
+        path = folder / FEATURES_FILE
+        try:
+            features = np.load(path, mmap_mode="r")
+            mask = np.load(folder / MASK_FILE)
+        except (OSError, ValueError) as error:
+            raise MambavaError(f"{folder}: unreadable feature files ({error})") from error
+        n, d = int(meta["n_frames"]), int(meta["dim"])
+        if features.shape != (n, d) or features.dtype != np.dtype(meta["dtype"]):
+            raise MambavaError(
+                f"{path}: holds {features.dtype} {features.shape}, meta.json says {meta['dtype']} ({n}, {d})"
+            )
+        if mask.shape != (n,) or mask.dtype != np.bool_:
+            raise MambavaError(f"{folder / MASK_FILE}: holds {mask.dtype} {mask.shape}, expected bool ({n},)")
+        if verify:
+            for start in range(0, n, _CHUNK_ROWS):
+                _check_finite(features[start : start + _CHUNK_ROWS], path, start)
+        return FeatureRecord(
+            name=name, path=folder, features=features, mask=mask, fps=float(meta["fps"]),
+            backbone=str(meta["backbone"]), n_frames=n, dim=d, dtype=str(meta["dtype"]),
+            extra=dict(meta.get("extra") or {}),
+        )
+
+    def read_window(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows start:stop of an entry as (float32 features, bool mask), reading only those rows."""
+        return self.read(name).window(start, stop)
+
+    def remove(self, name: str) -> None:
+        """Delete an entry (meta.json first, so it is invisible at once)."""
+        folder = self._dir(name)
+        (folder / META_FILE).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def write(
+        self,
+        name: str,
+        features: np.ndarray,
+        mask: np.ndarray,
+        fps: float,
+        backbone: str,
+        dtype: str = "float16",
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Store a whole (T, D) array with its (T,) present mask, atomically. Rows whose mask is False are
+        stored forward-filled (`forward_fill`), whatever they held, so the store's invariant always holds.
+        MambavaError on NaN/Inf in a present row."""
+        features = np.asarray(features)
+        mask = np.asarray(mask)
+        if features.ndim != 2:
+            raise MambavaError(f"{self._dir(name)}: features must be (T, D), got shape {features.shape}")
+        with self.writer(name, features.shape[0], features.shape[1], fps, backbone, dtype, extra) as writer:
+            writer.put(0, features, mask)
+
+    @contextlib.contextmanager
+    def writer(
+        self,
+        name: str,
+        n_frames: int,
+        dim: int,
+        fps: float,
+        backbone: str,
+        dtype: str = "float16",
+        extra: dict[str, Any] | None = None,
+    ) -> Iterator["FeatureWriter"]:
+        """Stream an entry in blocks: `with store.writer(...) as w: w.put(start, block)`. On a clean exit the
+        rows never put (or put with present=False) are forward-filled, the files are renamed into place and
+        meta.json written last; on an exception nothing becomes visible and an older entry of that name is
+        gone (it was being replaced)."""
+        folder = self._dir(name)
+        if dtype not in DTYPES:
+            raise MambavaError(f"{folder}: dtype must be one of {DTYPES}, got {dtype!r}")
+        if n_frames < 1 or dim < 1:
+            raise MambavaError(f"{folder}: need n_frames >= 1 and dim >= 1, got ({n_frames}, {dim})")
+        try:
+            fps_value = float(fps)
+        except (TypeError, ValueError):
+            fps_value = math.nan
+        if not (math.isfinite(fps_value) and fps_value > 0):
+            raise MambavaError(f"{folder}: fps must be a positive number, got {fps!r}")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / META_FILE).unlink(missing_ok=True)  # invisible from now until finished
+        for stale in folder.glob(".*.tmp"):  # left by a writer that was killed
+            stale.unlink(missing_ok=True)
+        with atomic_path(folder / FEATURES_FILE) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_frames, dim))
+            writer = FeatureWriter(folder / FEATURES_FILE, array)
+            yield writer
+            present = writer.finish()
+            array.flush()
+            del array, writer.array
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            with atomic_path(folder / MASK_FILE) as mask_tmp:
+                with open(mask_tmp, "wb") as handle:
+                    np.save(handle, present)
+        meta = {
+            "name": name, "n_frames": int(n_frames), "dim": int(dim), "fps": fps_value, "backbone": str(backbone),
+            "dtype": dtype, "present_frames": int(present.sum()), "format": FORMAT_VERSION, "extra": extra or {},
+        }
+        with atomic_open(folder / META_FILE, "w") as handle:
+            json.dump(meta, handle, indent=1)
+
+
+class FeatureWriter:
+    """Handle yielded by `FeatureStore.writer`; rows are written straight into the memory-mapped file."""
+
+    def __init__(self, path: Path, array: np.ndarray):
+        self.path = path
+        self.array = array
+        self.present = np.zeros(array.shape[0], dtype=bool)
+
+    def put(self, start: int, block, present=None) -> None:
+        """Write rows start:start+len(block). `present` (len(block),) bool marks which rows are real frames
+        (default: all); the others are forward-filled when the writer finishes."""
+        block = _as_numpy(block)
+        n, d = self.array.shape
+        if block.ndim != 2 or block.shape[1] != d or not 0 <= start <= n - block.shape[0]:
+            raise MambavaError(f"{self.path}: block of shape {block.shape} at row {start} does not fit ({n}, {d})")
+        present = np.ones(len(block), bool) if present is None else _as_numpy(present).astype(bool).reshape(-1)
+        if present.shape != (len(block),):
+            raise MambavaError(f"{self.path}: present mask of shape {present.shape} for {len(block)} rows")
+        with np.errstate(over="ignore"):  # float16 overflow becomes inf, reported just below
+            cast = block.astype(self.array.dtype, copy=False)
+        _check_finite(cast[present], self.path, start, rows=start + np.flatnonzero(present))
+        self.array[start : start + len(block)] = cast
+        self.present[start : start + len(block)] = present
+
+    def put_frames(self, frames, block) -> None:
+        """Write the rows of real frames `frames` (0-based row indices, any order) from a (len(frames), D)
+        block; rows not put are missing frames."""
+        frames = _as_numpy(frames).astype(np.int64).reshape(-1)
+        block = _as_numpy(block)
+        n, d = self.array.shape
+        if block.shape != (len(frames), d) or (len(frames) and (frames.min() < 0 or frames.max() >= n)):
+            raise MambavaError(f"{self.path}: block {block.shape} for frames outside 0..{n - 1} or of wrong size")
+        with np.errstate(over="ignore"):
+            cast = block.astype(self.array.dtype, copy=False)
+        _check_finite(cast, self.path, 0, rows=frames)
+        self.array[frames] = cast
+        self.present[frames] = True
+
+    def finish(self) -> np.ndarray:
+        """Forward-fill the missing rows in place, chunk by chunk; returns the present mask."""
+        missing = np.flatnonzero(~self.present)
+        if len(missing) and self.present.any():
+            index = forward_fill_index(self.present)
+            for i in range(0, len(missing), _CHUNK_ROWS):
+                rows = missing[i : i + _CHUNK_ROWS]
+                self.array[rows] = self.array[index[rows]]
+        elif len(missing):
+            self.array[:] = 0
+        return self.present
+
+
+def _as_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _check_finite(block: np.ndarray, path: Path, start: int, rows: np.ndarray | None = None) -> None:
+    finite = np.isfinite(block)
+    if finite.all():
+        return
+    bad = int(np.argmin(finite.reshape(len(block), -1).all(1)))
+    frame = int(rows[bad]) if rows is not None else start + bad
+    raise MambavaError(f"{path}: NaN/Inf in the features of frame {frame} (0-based row)")

@@ -1,0 +1,200 @@
+"""Windows over a video's frames (paper §3.2: w = 300, s = 200), and the inverse, stitching.
+
+Window policy (`make_windows`): the paper splits a video of n frames into ⌊n/s⌋ + 1 segments, the i-th
+starting at frame i·s. Segments that would run past the end are moved back to end at the video's last frame
+(start n − w), and duplicates dropped, so every frame is covered and no window is cut short:
+
+    n = 1000 -> (0,300) (200,500) (400,700) (600,900) (700,1000)
+    n = 250  -> (0,250), padded to 300 by `pad_window` (padding masked out)
+
+Full-video inference runs the model on every window and `stitch`es the per-window predictions back to one
+value per frame, averaging where windows overlap. Training reads windows from the feature store through
+`WindowDataset`, which memory-maps each video and reads only the window's rows.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mambava.affwild2 import AffWild2, align_lengths
+from mambava.errors import MambavaError
+from mambava.features import FeatureRecord, FeatureStore
+from mambava.metrics import INVALID_LABEL
+
+WINDOW = 300
+STRIDE = 200
+
+
+def make_windows(n_frames: int, window: int = WINDOW, stride: int = STRIDE) -> list[tuple[int, int]]:
+    """(start, stop) frame ranges (0-based, stop exclusive) covering frames 0..n_frames-1; see the module
+    docstring. A video shorter than `window` gives the single window (0, n_frames), to be padded; a video of
+    0 frames gives none. Needs 0 < stride <= window (a larger stride would skip frames)."""
+    if window < 1 or stride < 1 or stride > window:
+        raise ValueError(f"need 0 < stride <= window, got window={window}, stride={stride}")
+    if n_frames < 0:
+        raise ValueError(f"n_frames must be >= 0, got {n_frames}")
+    if n_frames == 0:
+        return []
+    if n_frames <= window:
+        return [(0, n_frames)]
+    starts = sorted({min(i * stride, n_frames - window) for i in range(n_frames // stride + 1)})
+    return [(start, start + window) for start in starts]
+
+
+def pad_window(rows, window: int = WINDOW, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a (n, ...) array with n <= window to (window, ...) with `fill`; returns (padded, mask) where
+    mask (window,) bool is True for the n real rows."""
+    rows = np.asarray(rows)
+    n = rows.shape[0]
+    if n > window:
+        raise ValueError(f"{n} rows do not fit a window of {window}")
+    mask = np.zeros(window, dtype=bool)
+    mask[:n] = True
+    if n == window:
+        return rows, mask
+    padded = np.full((window, *rows.shape[1:]), fill, dtype=rows.dtype)
+    padded[:n] = rows
+    return padded, mask
+
+
+def window_batch(features, window: int = WINDOW, stride: int = STRIDE):
+    """All windows of one video for full-video inference: (x (N, window, D) float32 zero-padded,
+    mask (N, window) bool, windows list of (start, stop)). Feed x (and mask) to the model, then
+    `stitch(list(preds), windows, len(features))`."""
+    features = np.asarray(features, dtype=np.float32)
+    windows = make_windows(len(features), window, stride)
+    x = np.zeros((len(windows), window, features.shape[1]), dtype=np.float32)
+    mask = np.zeros((len(windows), window), dtype=bool)
+    for i, (start, stop) in enumerate(windows):
+        x[i, : stop - start] = features[start:stop]
+        mask[i, : stop - start] = True
+    return x, mask, windows
+
+
+def stitch(window_preds: Sequence, windows: Sequence[tuple[int, int]], n_frames: int) -> np.ndarray:
+    """Per-window predictions back to one row per frame: (n_frames, C), the mean over every window that
+    covers a frame. `window_preds[i]` is (w_i, C) with w_i >= stop_i - start_i (padding rows beyond the
+    window's real frames are ignored); numpy arrays or torch tensors. Sums run in float64, so where all
+    overlapping windows agree the result equals them exactly. ValueError if a frame is not covered."""
+    if len(window_preds) != len(windows):
+        raise ValueError(f"{len(window_preds)} window predictions for {len(windows)} windows")
+    total = None
+    count = np.zeros(n_frames, dtype=np.int64)
+    dtype = np.float32
+    for pred, (start, stop) in zip(window_preds, windows):
+        if hasattr(pred, "detach"):
+            pred = pred.detach().float().cpu().numpy()
+        pred = np.asarray(pred)
+        if pred.ndim == 1:
+            pred = pred[:, None]
+        if not 0 <= start < stop <= n_frames or pred.shape[0] < stop - start:
+            raise ValueError(f"window ({start}, {stop}) with {pred.shape[0]} rows does not fit {n_frames} frames")
+        if total is None:
+            total = np.zeros((n_frames, pred.shape[1]), dtype=np.float64)
+            dtype = np.result_type(pred.dtype, np.float32)
+        total[start:stop] += pred[: stop - start]
+        count[start:stop] += 1
+    if n_frames and (total is None or not count.all()):
+        missing = 0 if total is None else int(np.argmin(count > 0))
+        raise ValueError(f"frame {missing} of {n_frames} is covered by no window")
+    if total is None:
+        return np.zeros((0, 1), dtype=np.float32)
+    return (total / count[:, None]).astype(dtype)
+
+
+def load_labels(dataset: AffWild2, names: Sequence[str], store: FeatureStore | None = None) -> dict[str, np.ndarray]:
+    """{name: (T, 2) float32 annotation} for annotated videos `names`. With a feature store, each annotation
+    is aligned to the stored features' length by the length-mismatch policy (truncate to the shorter, with a
+    warning: `mambava.affwild2.align_lengths`); `WindowDataset` then truncates the features likewise."""
+    labels = {}
+    for name in names:
+        values = dataset.read_annotation(name)
+        if store is not None:
+            values = values[: align_lengths(name, store.n_frames(name), len(values))]
+        labels[name] = values
+    return labels
+
+
+class WindowDataset(Dataset):
+    """Training windows read from a feature store.
+
+    `WindowDataset(store, names, labels=None, window=300, stride=200)`; `labels` maps a name to its (T, 2)
+    annotation (`load_labels`); a length mismatch with the features is truncated to the shorter, with a
+    warning. Item i is a dict:
+
+    - `x` (window, D) float32 features, zero-padded
+    - `y` (window, 2) float32 labels, -5 on padding and on invalid frames (all -5 when labels is None)
+    - `mask` (window,) bool: True for the window's real frames, False for padding
+    - `present` (window,) bool: True where the frame had a face (False: forward-filled or padding)
+    - `name` str, `start` int (0-based first frame), `length` int (real frames in the window)
+
+    `windows` lists (name, start, stop) per item. Each video is opened memory-mapped on first use, per
+    process (DataLoader workers re-open after pickling), so a window reads only its rows.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        names: Sequence[str],
+        labels: Mapping[str, np.ndarray] | None = None,
+        window: int = WINDOW,
+        stride: int = STRIDE,
+    ):
+        self.store = store
+        self.names = list(names)
+        self.window = window
+        self.stride = stride
+        if labels is not None and any(name not in labels for name in self.names):
+            missing = next(name for name in self.names if name not in labels)
+            raise MambavaError(f"{store.root}: no labels given for {missing!r}")
+        self.labels = None if labels is None else {n: np.asarray(labels[n], np.float32) for n in self.names}
+        self.lengths: dict[str, int] = {}
+        self.windows: list[tuple[str, int, int]] = []
+        dims = set()
+        for name in self.names:
+            meta = store.meta(name)
+            n = int(meta["n_frames"])
+            dims.add(int(meta["dim"]))
+            if self.labels is not None:
+                n = align_lengths(name, n, len(self.labels[name]))
+            self.lengths[name] = n
+            self.windows += [(name, start, stop) for start, stop in make_windows(n, window, stride)]
+        if len(dims) > 1:
+            raise ValueError(f"{store.root}: entries of different feature sizes {sorted(dims)} in one dataset")
+        self._records: dict[str, FeatureRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_records"] = {}  # memory maps are reopened in each worker, never pickled
+        return state
+
+    def _record(self, name: str) -> FeatureRecord:
+        if name not in self._records:
+            self._records[name] = self.store.read(name)
+        return self._records[name]
+
+    def __getitem__(self, index: int) -> dict:
+        name, start, stop = self.windows[index]
+        features, present = self._record(name).window(start, stop)
+        x, mask = pad_window(features, self.window)
+        present, _ = pad_window(present, self.window, fill=False)
+        if self.labels is not None:
+            y, _ = pad_window(self.labels[name][start:stop], self.window, fill=INVALID_LABEL)
+        else:
+            y = np.full((self.window, 2), INVALID_LABEL, dtype=np.float32)
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(x)),
+            "y": torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
+            "mask": torch.from_numpy(mask),
+            "present": torch.from_numpy(np.ascontiguousarray(present)),
+            "name": name,
+            "start": start,
+            "length": stop - start,
+        }
