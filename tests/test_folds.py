@@ -66,19 +66,21 @@ def test_save_and_load_round_trip(tmp_path, suffix):
         assert json.loads(path.read_text())["format"] == 1
 
 
-def test_malformed_folds_file(tmp_path):
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("folds:\n  '1': {train: [a, b], validation: [b]}\n", "folds.yaml: fold 1 has 'b' in both train and validation"),
+        ("folds:\n  one: {train: [a], validation: [b]}\n", "folds.yaml: fold id 'one' is not an integer"),
+        ("- just a list\n", "folds.yaml: expected a mapping"),
+        ("folds: {'0': {train: [a]}}\n", "folds.yaml: fold 0 must have exactly 'train' and 'validation' lists"),
+        ("folds: {'0': {train: a, validation: [b]}}\n", "folds.yaml: fold 0 train must be a list of video names"),
+        ("folds: [\n", "folds.yaml: cannot read folds"),
+    ],
+)
+def test_malformed_folds_file(tmp_path, text, problem):
     path = tmp_path / "folds.yaml"
-    path.write_text("folds:\n  '1': {train: [a, b], validation: [b]}\n")
-    with pytest.raises(MambavaError, match="folds.yaml: fold 1 has 'b' in both train and validation"):
-        load_folds(path)
-    path.write_text("folds:\n  one: {train: [a], validation: [b]}\n")
-    with pytest.raises(MambavaError, match="fold id 'one' is not an integer"):
-        load_folds(path)
-    path.write_text("- just a list\n")
-    with pytest.raises(MambavaError, match="folds.yaml: expected a mapping"):
-        load_folds(path)
-    path.write_text("folds: {'0': {train: [a]}}\n")
-    with pytest.raises(MambavaError, match="exactly 'train' and 'validation'"):
+    path.write_text(text)
+    with pytest.raises(MambavaError, match=problem):
         load_folds(path)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from fnmatch import fnmatchcase
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -187,8 +188,6 @@ def find_test_list(root: str | os.PathLike) -> Path | None:
 
 
 def _matches_test_glob(name: str) -> bool:
-    from fnmatch import fnmatchcase
-
     return fnmatchcase(name.lower(), TEST_LIST_GLOB)
 
 
