@@ -1,0 +1,174 @@
+"""`mambava extract` (face crops -> feature store) and `mambava finetune-backbone` (partial-freeze ViT on VA)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mambava.errors import MambavaError
+
+CHECKPOINT_HELP = ("Local ViT checkpoint: facebookresearch/mae .pth, timm weights (.safetensors/.pth or hub "
+                   "folder), Hugging Face ViTMAE folder, or a mambava encoder.safetensors. Nothing is downloaded.")
+ARCH_HELP = ("ViT size (vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, "
+             "vit_huge_patch14); default: inferred from the checkpoint.")
+
+
+def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool, seed: int,
+             img_size: Optional[int] = None):
+    from mambava.backbone import build_encoder, load_encoder
+
+    if checkpoint is not None:
+        return load_encoder(checkpoint, arch, img_size=img_size)
+    if not random_init:
+        raise MambavaError("pass --checkpoint PATH (a local MAE/timm/Hugging Face ViT; nothing is downloaded), "
+                           "or --random-init --arch NAME for a randomly initialised ViT (tests and demos only)")
+    overrides = {"img_size": img_size} if img_size else {}
+    return build_encoder(arch or "vit_tiny_patch16", seed=seed, **overrides)
+
+
+def _device(device: str):
+    import torch
+
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def extract_command(
+    source: Path = typer.Argument(..., help="Aff-Wild2 root, its cropped_aligned/ folder, or a crop tree "
+                                            "<dir>/<video>/<NNNNN>.jpg (e.g. the faces stage's crops)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Feature store folder (one entry per video)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    random_init: bool = typer.Option(False, "--random-init", help="No checkpoint: random weights (demo/tests)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0,
+                                          help="Decode/resize worker processes (default: by device and cores)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0..."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where fast: CUDA, CPU AMX/AVX512-BF16), bf16, fp32."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 or float32."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate recorded per video (default: raw video's, else 30)."),
+    video: Optional[List[str]] = typer.Option(None, "--video", help="Only these videos (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos already in the store."),
+) -> None:
+    """Run the ViT over face crops and store each video's CLS features (T, D) with its face mask.
+
+    Resumable (complete videos are skipped). Under torchrun, rank r takes videos[r::world_size]:
+    `torchrun --nproc-per-node 8 -m mambava extract ROOT -o STORE -c CKPT`."""
+    import torch
+    import torch.distributed as dist
+
+    from mambava.backbone import FeatureExtractor
+    from mambava.extract import extract_features
+
+    dev = _device(device)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available()
+    if distributed and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    try:
+        encoder = _encoder(checkpoint, arch, random_init, seed)
+        extractor = FeatureExtractor(encoder, batch_size=batch_size, device=dev, precision=precision)
+        cfg = encoder.config
+        backbone = f"{cfg.name}:{checkpoint.name if checkpoint else f'random-seed{seed}'}"
+        extra = {"checkpoint": str(checkpoint) if checkpoint else None,
+                 "checkpoint_format": encoder.load_report.format if encoder.load_report else "random"}
+        summary = extract_features(source, out, extractor, backbone=backbone, dtype=dtype, workers=workers, fps=fps,
+                                   names=video or None, overwrite=overwrite, extra=extra)
+        where = f"rank {summary.rank}/{summary.world_size}: " if summary.world_size > 1 else ""
+        typer.echo(f"{where}{len(summary.extracted)} video(s) extracted ({summary.frames} crops, "
+                   f"{summary.frames_per_second:.1f} frames/s, {extractor.precision} on {dev}), "
+                   f"{len(summary.skipped)} already in {out}; features (T, {extractor.dim}) {dtype}")
+        if distributed:
+            dist.barrier()
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def finetune_command(
+    root: Path = typer.Argument(..., help="Aff-Wild2 root (VA_Estimation_Challenge/ + cropped_aligned/)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    random_init: bool = typer.Option(False, "--random-init", help="No checkpoint: random weights (demo/tests)."),
+    out: Path = typer.Option(Path("runs/finetune_backbone"), "--out", "-o", help="Output folder."),
+    freeze_blocks: int = typer.Option(16, "--freeze-blocks", help="Blocks frozen from the bottom (paper: 16 of 24)."),
+    epochs: int = typer.Option(5, "--epochs"),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many steps (-1: all epochs)."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate of the trained blocks."),
+    head_lr: float = typer.Option(1e-3, "--head-lr"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+    frames_per_video: int = typer.Option(512, "--frames-per-video", help="Evenly spaced frames per video (0: all)."),
+    precision: str = typer.Option("bf16-mixed", "--precision", help="Lightning precision: bf16-mixed, 32, 16-mixed."),
+    accelerator: str = typer.Option("auto", "--accelerator"),
+    devices: str = typer.Option("auto", "--devices", help="Lightning devices (auto, 1, 8, ...)."),
+    strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy (auto, ddp, ...)."),
+    workers: int = typer.Option(4, "--workers", "-j", min=0),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fine-tune the top blocks of the ViT on frame-level valence/arousal (CCC loss), the patch embedding and
+    the first --freeze-blocks blocks frozen; writes OUT/encoder.safetensors for `mambava extract -c`."""
+    from mambava.finetune import FinetuneConfig, finetune
+
+    encoder = _encoder(checkpoint, arch, random_init, seed)
+    config = FinetuneConfig(freeze_blocks=freeze_blocks, epochs=epochs, max_steps=max_steps, lr=lr, head_lr=head_lr,
+                            batch_size=batch_size, frames_per_video=frames_per_video or None, precision=precision,
+                            accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
+                            strategy=strategy, num_workers=workers, seed=seed)
+    result = finetune(root, encoder, config, out=out)
+    best = f"best validation P_VA {result.best_val_pva:.4f}" if result.best_val_pva is not None else "no validation set"
+    typer.echo(f"{result.encoder_path} ({best}; {result.trainable_parameters:,} trained / "
+               f"{result.frozen_parameters:,} frozen parameters)\n"
+               f"next: mambava extract {root} -o FEATURES -c {result.encoder_path}")
+
+
+def pretrain_command(
+    source: Path = typer.Argument(..., help="Crops: Aff-Wild2 root, cropped_aligned/, or <dir>/<video>/<NNNNN>.jpg."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
+                                              help=CHECKPOINT_HELP + " Its MAE decoder, if it has one, is used too."),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    random_init: bool = typer.Option(False, "--random-init", help="No checkpoint: pretrain from scratch."),
+    out: Path = typer.Option(Path("runs/pretrain_mae"), "--out", "-o", help="Output folder."),
+    mask_ratio: float = typer.Option(0.75, "--mask-ratio"),
+    decoder_dim: int = typer.Option(512, "--decoder-dim", help="MAE decoder width (MAE: 512)."),
+    decoder_depth: int = typer.Option(8, "--decoder-depth", help="MAE decoder blocks (MAE: 8)."),
+    decoder_heads: int = typer.Option(16, "--decoder-heads"),
+    epochs: int = typer.Option(5, "--epochs"),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many steps (-1: all epochs)."),
+    lr: float = typer.Option(1.5e-4, "--lr"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+    frames_per_video: int = typer.Option(512, "--frames-per-video", help="Evenly spaced frames per video (0: all)."),
+    precision: str = typer.Option("bf16-mixed", "--precision"),
+    accelerator: str = typer.Option("auto", "--accelerator"),
+    devices: str = typer.Option("auto", "--devices"),
+    strategy: str = typer.Option("auto", "--strategy"),
+    workers: int = typer.Option(4, "--workers", "-j", min=0),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Optional: adapt MAE to faces with its masked-reconstruction objective on face crops; writes
+    OUT/mae_pretrain.pth (facebookresearch/mae format) for `finetune-backbone -c` or `extract -c`."""
+    from mambava.finetune import PretrainConfig, pretrain_mae
+
+    encoder = _encoder(checkpoint, arch, random_init, seed)
+    config = PretrainConfig(mask_ratio=mask_ratio, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
+                            decoder_heads=decoder_heads, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
+                            frames_per_video=frames_per_video or None, precision=precision, accelerator=accelerator,
+                            devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
+                            num_workers=workers, seed=seed)
+    result = pretrain_mae(source, encoder, config, out=out, decoder_from=checkpoint)
+    losses = ", ".join(f"{x:.4f}" for x in result.epoch_losses)
+    typer.echo(f"{result.checkpoint} ({result.frames} crops; loss per epoch: {losses})\n"
+               f"next: mambava finetune-backbone ROOT -c {result.checkpoint}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract_command)
+    app.command("finetune-backbone")(finetune_command)
+    app.command("pretrain-backbone")(pretrain_command)
