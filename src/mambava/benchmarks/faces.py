@@ -1,0 +1,113 @@
+"""Faces-stage throughput: decode only (the baseline) vs. decode + detect + track + align, measured in the same run.
+
+    python benchmarks/faces.py                                  # the shared real clips, this CPU
+    python benchmarks/faces.py --video my_clip.mp4 --repeats 5
+
+Per clip it times, in frames/s of the source video: `decode` (PyAV decode + RGB conversion, every frame),
+`mtcnn` (decode + MTCNN detection + tracking + 112×112 alignment, as `iter_tracked_faces` runs them; with the
+detector's default num_threads="auto", and with torch threads fixed at 1 and at 2), and `haar` (decode + OpenCV Haar + centred crops). Each
+figure is the best of `repeats` passes (the one least disturbed by other load on a shared machine); ratios are
+against `decode` of the same clip in the same run. `extract_faces` is the whole crop writer with its defaults
+(JPEG crops, CSV). The 1-minute load average before and after is printed: on a shared machine other work
+changes the figures, the thread settings' most of all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from mambava.faces import extract_faces, get_detector, iter_tracked_faces
+from mambava.video import open_video
+
+DEFAULT_MEDIA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "media"
+DEFAULT_CLIPS = ("single_face.mp4", "face_noface.mov")
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _best_rate(fn, n_frames: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return n_frames / best
+
+
+def bench_clip(path: Path, repeats: int = 3) -> dict:
+    with open_video(path) as reader:
+        n_frames = sum(1 for _ in reader)
+        width, height = reader.width, reader.height
+
+    def decode():
+        with open_video(path) as reader:
+            for _ in reader:
+                pass
+
+    def pipeline(detector):
+        def run():
+            with open_video(path) as reader:
+                for _ in iter_tracked_faces(reader, detector, keep_images=False):
+                    pass
+        return run
+
+    mtcnn = get_detector("mtcnn")
+    mtcnn1 = get_detector("mtcnn", num_threads=1)
+    mtcnn2 = get_detector("mtcnn", num_threads=2)
+    haar = get_detector("haar")
+    pipeline(mtcnn)()  # warm-up: weights, kernels
+    load_before = _load()
+    rates = {
+        "decode": _best_rate(decode, n_frames, repeats),
+        "mtcnn (auto)": _best_rate(pipeline(mtcnn), n_frames, repeats),
+        "mtcnn (1 thread)": _best_rate(pipeline(mtcnn1), n_frames, repeats),
+        "mtcnn (2 threads)": _best_rate(pipeline(mtcnn2), n_frames, repeats),
+        "haar": _best_rate(pipeline(haar), n_frames, repeats),
+    }
+    with tempfile.TemporaryDirectory() as out:
+        rates["extract_faces"] = _best_rate(lambda: extract_faces(path, out, detector=mtcnn), n_frames, repeats)
+    return {
+        "clip": path.name,
+        "load_average": (load_before, _load()),
+        "size": f"{width}x{height}",
+        "frames": n_frames,
+        "frames_per_s": rates,
+        "ratio_vs_decode": {k: v / rates["decode"] for k, v in rates.items()},
+    }
+
+
+def run(videos: list[Path] | None = None, repeats: int = 3) -> list[dict]:
+    videos = videos or [DEFAULT_MEDIA / name for name in DEFAULT_CLIPS]
+    return [bench_clip(Path(v), repeats) for v in videos]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", action="append", type=Path, help="Clip(s) to time (default: the shared real clips).")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
+    args = parser.parse_args(argv)
+    results = run(args.video, args.repeats)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['clip']} ({r['size']}, {r['frames']} frames; load average {r['load_average'][0]} → "
+                  f"{r['load_average'][1]} on {os.cpu_count()} CPUs)")
+            for name, rate in r["frames_per_s"].items():
+                print(f"  {name:<18} {rate:8.1f} frames/s   ×{r['ratio_vs_decode'][name]:.3f} of decode")
+    return results
+
+
+if __name__ == "__main__":
+    main()

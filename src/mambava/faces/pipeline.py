@@ -1,0 +1,375 @@
+"""Video → tracked, aligned face crops: the streaming generator that predict/stream consume, and the
+Aff-Wild2-layout crop writer (`extract_faces`) with its per-frame CSV and contact sheet."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from mambava.errors import MambavaError
+from mambava.faces.align import face_crop
+from mambava.faces.detect import FaceDetector, get_detector
+from mambava.faces.track import FaceTracker, finish_tracks
+from mambava.fileio import atomic_open, atomic_path
+from mambava.video import VideoFrame, VideoReader, open_video
+
+CSV_COLUMNS = [
+    "frame", "time", "track", "present", "image", "score", "x1", "y1", "x2", "y2",
+    "left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y",
+    "mouth_left_x", "mouth_left_y", "mouth_right_x", "mouth_right_y",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class TrackedFace:
+    """A face in one frame with its track. `crop`: size×size×3 uint8 RGB (aligned), or None if not asked."""
+
+    track_id: int
+    box: np.ndarray
+    landmarks: np.ndarray | None
+    score: float
+    crop: np.ndarray | None
+
+
+@dataclass(frozen=True, eq=False)
+class FrameFaces:
+    """The faces of one frame. `index`: 0-based frame number in the source; `image`: the frame (RGB), kept
+    so that a live view can draw on it (None when iter_tracked_faces(keep_images=False))."""
+
+    index: int
+    time: float
+    faces: list[TrackedFace]
+    image: np.ndarray | None = None
+
+
+def _is_live(reader) -> bool:
+    return bool(getattr(reader, "live", False))
+
+
+def iter_tracked_faces(
+    reader: VideoReader | Iterable[VideoFrame] | str | os.PathLike | int,
+    detector: FaceDetector | str | None = None,
+    *,
+    tracker: FaceTracker | None = None,
+    fps: float | None = None,
+    batch_size: int | None = None,
+    crop_size: int = 112,
+    crops: bool = True,
+    keep_images: bool = True,
+) -> Iterator[FrameFaces]:
+    """Detect, track and align faces frame by frame, streaming: yields one FrameFaces per frame read, in
+    order, holding at most `batch_size` frames at once (frames are detected in batches; 1 for live sources).
+
+    reader: a VideoReader (or any iterable of VideoFrame), or a source for `open_video(source, fps)` (`fps`
+        applies only then), which is closed at the end.
+    detector: a FaceDetector or a registered name (default "mtcnn").
+    tracker: a FaceTracker to continue (default: a new one); crops=False skips alignment (crop=None).
+    """
+    det = get_detector(detector or "mtcnn")
+    tracker = tracker or FaceTracker()
+    own = not isinstance(reader, VideoReader) and isinstance(reader, (str, os.PathLike, int))
+    frames_in = open_video(reader, fps=fps) if own else reader
+    if batch_size is None:
+        batch_size = 1 if _is_live(frames_in) else 8
+    try:
+        batch: list[VideoFrame] = []
+
+        def flush() -> Iterator[FrameFaces]:
+            detections = det.detect_batch([f.image for f in batch])
+            for frame, faces in zip(batch, detections):
+                ids = tracker.update(faces, frame.time)
+                tracked = [
+                    TrackedFace(track_id=tid, box=face.box, landmarks=face.landmarks, score=face.score,
+                                crop=face_crop(frame.image, face, crop_size) if crops else None)
+                    for tid, face in zip(ids, faces)
+                ]
+                yield FrameFaces(frame.index, frame.time, tracked, frame.image if keep_images else None)
+            batch.clear()
+
+        for frame in frames_in:
+            batch.append(frame)
+            if len(batch) >= batch_size:
+                yield from flush()
+        if batch:
+            yield from flush()
+    finally:
+        if own:
+            frames_in.close()
+
+
+# ------------------------------------------------------------------------------------------ crop writer
+
+@dataclass
+class TrackResult:
+    """One output track: its folder and, over the processed frames, where it has a crop and where not."""
+
+    name: str
+    track_id: int
+    directory: Path
+    present: list[int]  # 0-based frame indices with a crop (<directory>/<index+1:05d>.jpg)
+    missing: list[int]  # processed frames without a face for this track
+
+    @property
+    def coverage(self) -> float:
+        total = len(self.present) + len(self.missing)
+        return len(self.present) / total if total else 0.0
+
+    def crop_path(self, index: int) -> Path:
+        return self.directory / f"{index + 1:05d}.jpg"
+
+    def mask(self, frames: Iterable[int]) -> np.ndarray:
+        """Boolean presence for the given frame indices."""
+        present = set(self.present)
+        return np.array([f in present for f in frames], dtype=bool)
+
+
+@dataclass
+class FacesResult:
+    video: str  # the name used for the crop folders
+    source: str
+    out_dir: Path
+    frames: list[int]  # the processed frames (all decoded frames, or those kept by fps), 0-based
+    times: list[float]  # their timestamps, seconds
+    tracks: list[TrackResult]
+    csv_path: Path
+    preview_path: Path | None = None
+    fps: float | None = None  # the source's frame rate
+    dropped_tracks: int = 0  # short tracks discarded as spurious
+    detector: str = ""
+
+    def track(self, name: str) -> TrackResult:
+        for track in self.tracks:
+            if track.name == name:
+                return track
+        raise KeyError(name)
+
+    @property
+    def frames_with_face(self) -> int:
+        present: set[int] = set()
+        for track in self.tracks:
+            present.update(track.present)
+        return len(present)
+
+
+def _video_name(source) -> str:
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+        return f"camera{source}"
+    text = os.fspath(source).rstrip("/")
+    if "://" in text:
+        text = text.split("?")[0]
+    path = Path(text)
+    return path.stem if path.suffix else path.name
+
+
+def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise MambavaError(f"{path}: JPEG encoding failed")
+    path.write_bytes(data.tobytes())
+
+
+def _progress_bar(enabled: bool, total: int | None, description: str):
+    """A rich progress bar (or a do-nothing stand-in) with .advance()."""
+    import contextlib
+
+    if not enabled:
+        class _Null:
+            def advance(self, n: int = 1) -> None:
+                pass
+
+        return contextlib.nullcontext(_Null())
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def bar():
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                   TimeElapsedColumn(), TimeRemainingColumn()]
+        with Progress(*columns, transient=False) as progress:
+            task = progress.add_task(description, total=total, rate="")
+            import time as _time
+
+            start = _time.monotonic()
+
+            class _Bar:
+                done = 0
+
+                def advance(self, n: int = 1) -> None:
+                    self.done += n
+                    rate = self.done / max(_time.monotonic() - start, 1e-6)
+                    progress.update(task, advance=n, rate=f"{rate:.1f} frames/s")
+
+            yield _Bar()
+
+    return bar()
+
+
+def extract_faces(
+    video_path: str | os.PathLike | int,
+    out_dir: str | os.PathLike,
+    fps: float | None = None,
+    *,
+    detector: FaceDetector | str | None = None,
+    tracker: FaceTracker | None = None,
+    name: str | None = None,
+    crop_size: int = 112,
+    jpeg_quality: int = 95,
+    min_track_frames: int = 3,
+    batch_size: int | None = None,
+    preview: bool = False,
+    progress: bool = False,
+    on_frame: Callable[[FrameFaces], None] | None = None,
+) -> FacesResult:
+    """Write the crops of `video_path` in the Aff-Wild2 `cropped_aligned` layout and a per-frame CSV.
+
+    out_dir/<video>/<NNNNN>.jpg (one track; NNNNN = 1-based frame number), or <video>_left and _right
+    (two people seen together, by position), or <video>_1, _2, ... (otherwise); out_dir/<video>.faces.csv
+    (one row per processed frame and track, `present` 0 where the track has no face; a video with no face
+    at all has one row per frame with an empty track); with `preview`, out_dir/<video>.preview.png.
+    Tracks with fewer than `min_track_frames` faces (fewer than the number of processed frames for very
+    short inputs) are discarded as spurious; tracks that follow one another at the same place are joined.
+    Crops go to a hidden staging folder first and are renamed into place at the end.
+    """
+    out_dir = Path(out_dir)
+    video = name or _video_name(video_path)
+    det = get_detector(detector or "mtcnn")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f".{video}.faces-staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+
+    frames: list[int] = []
+    times: list[float] = []
+    rows: dict[int, list[tuple[int, float, np.ndarray, np.ndarray | None]]] = {}  # track_id → (index, score, box, lm)
+    try:
+        with open_video(video_path, fps=fps) as reader:
+            source_fps = reader.fps
+            with _progress_bar(progress, reader.n_output_frames, f"faces {video}") as bar:
+                try:
+                    for item in iter_tracked_faces(reader, det, tracker=tracker, batch_size=batch_size,
+                                                   crop_size=crop_size, keep_images=on_frame is not None):
+                        frames.append(item.index)
+                        times.append(item.time)
+                        for face in item.faces:
+                            folder = staging / str(face.track_id)
+                            if face.track_id not in rows:
+                                folder.mkdir()
+                                rows[face.track_id] = []
+                            rows[face.track_id].append((item.index, face.score, face.box, face.landmarks))
+                            _write_jpeg(folder / f"{item.index + 1:05d}.jpg", face.crop, jpeg_quality)
+                        if on_frame is not None:
+                            on_frame(item)
+                        bar.advance()
+                except KeyboardInterrupt:
+                    if not reader.live:
+                        raise
+                    # a camera or stream has no end: Ctrl-C ends it, and what was read is written out
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not frames:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise MambavaError(f"{video_path}: no frame could be read")
+
+    # Finish the tracks: drop spurious ones, join those that follow one another, name them.
+    finished, dropped = finish_tracks(video, rows, len(frames), min_track_frames)
+    tracks: list[TrackResult] = []
+    for track in finished:
+        folder = staging / str(track.track_id)
+        for member in track.members[1:]:
+            for jpg in (staging / str(member)).iterdir():
+                jpg.rename(folder / jpg.name)
+        present = [r[0] for r in track.rows]
+        present_set = set(present)
+        target = out_dir / track.name
+        if target.exists():
+            shutil.rmtree(target)
+        folder.rename(target)
+        tracks.append(TrackResult(track.name, track.track_id, target, present, [f for f in frames if f not in present_set]))
+    shutil.rmtree(staging, ignore_errors=True)
+
+    csv_path = out_dir / f"{video}.faces.csv"
+    _write_csv(csv_path, frames, times, tracks, {t.track_id: {r[0]: r for r in t.rows} for t in finished}, out_dir)
+    result = FacesResult(video=video, source=str(video_path), out_dir=out_dir, frames=frames, times=times,
+                         tracks=tracks, csv_path=csv_path, fps=source_fps, dropped_tracks=dropped,
+                         detector=getattr(det, "name", type(det).__name__))
+    if preview:
+        result.preview_path = contact_sheet(result, out_dir / f"{video}.preview.png")
+    return result
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _write_csv(path: Path, frames, times, tracks: list[TrackResult], by_track: dict, out_dir: Path) -> None:
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for index, t in zip(frames, times):
+            if not tracks:
+                writer.writerow([index, _fmt(t, 4), "", 0] + [""] * (len(CSV_COLUMNS) - 4))
+                continue
+            for track in tracks:
+                row = by_track[track.track_id].get(index)
+                if row is None:
+                    writer.writerow([index, _fmt(t, 4), track.name, 0] + [""] * (len(CSV_COLUMNS) - 4))
+                    continue
+                _, score, box, landmarks = row
+                lm = [""] * 10 if landmarks is None else [_fmt(v) for v in np.asarray(landmarks).reshape(-1)]
+                image = track.crop_path(index).relative_to(out_dir).as_posix()
+                writer.writerow([index, _fmt(t, 4), track.name, 1, image, _fmt(score, 4)]
+                                + [_fmt(v) for v in box] + lm)
+
+
+def contact_sheet(result: FacesResult, path: str | os.PathLike, per_track: int = 8) -> Path:
+    """A PNG with one row per track: evenly spaced crops (frame number under each) and a strip showing
+    where in the processed frames the track has a face (green) or is missing (red)."""
+    from PIL import Image, ImageDraw
+
+    path = Path(path)
+    tile, caption, label_w, pad = 112, 16, 150, 6
+    rows = max(len(result.tracks), 1)
+    strip = 8
+    row_h = tile + caption + strip + 2 * pad
+    header = 24
+    columns = max([min(per_track, len(t.present)) for t in result.tracks] + [1])
+    width = max(label_w + columns * (tile + pad) + pad, 560)
+    sheet = Image.new("RGB", (width, header + rows * row_h), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 6), f"{result.video}: {len(result.frames)} frames, {len(result.tracks)} track(s), detector {result.detector}",
+              fill=(235, 235, 235))
+    if not result.tracks:
+        draw.text((pad, header + pad), "no face found", fill=(235, 120, 120))
+    n_frames = len(result.frames)
+    for r, track in enumerate(result.tracks):
+        y = header + r * row_h + pad
+        draw.text((pad, y + 4), track.name, fill=(235, 235, 235))
+        draw.text((pad, y + 22), f"{len(track.present)}/{n_frames} frames", fill=(180, 180, 180))
+        draw.text((pad, y + 38), f"{100 * track.coverage:.1f}% present", fill=(180, 180, 180))
+        chosen = [track.present[round(i)] for i in np.linspace(0, len(track.present) - 1, min(per_track, len(track.present)))]
+        for c, index in enumerate(chosen):
+            x = label_w + c * (tile + pad)
+            with Image.open(track.crop_path(index)) as crop:
+                sheet.paste(crop.convert("RGB").resize((tile, tile)), (x, y))
+            draw.text((x + 2, y + tile + 2), f"#{index + 1}", fill=(200, 200, 200))
+        # presence strip over all processed frames
+        x0, x1 = label_w, width - pad
+        sy = y + tile + caption
+        present = set(track.present)
+        for k, index in enumerate(result.frames):
+            a = x0 + (x1 - x0) * k / max(n_frames, 1)
+            b = x0 + (x1 - x0) * (k + 1) / max(n_frames, 1)
+            draw.rectangle([a, sy, max(a, b - 1), sy + strip - 1], fill=(70, 170, 90) if index in present else (190, 60, 60))
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG", optimize=True)
+    return path
