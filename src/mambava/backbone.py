@@ -662,7 +662,7 @@ def resize_crop(image, size: int = 224) -> np.ndarray:
 
     array = _as_uint8_hwc(image)
     if array.shape[:2] == (size, size):
-        return np.ascontiguousarray(array)
+        return np.array(array)  # a writable copy, as the resized path gives
     return np.array(Image.fromarray(np.ascontiguousarray(array)).resize((size, size), Image.BICUBIC))
 
 

@@ -208,6 +208,7 @@ class VARegressor(L.LightningModule):
         d, h = encoder.embed_dim, config.head_hidden
         self.head = nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, 2)) if h else nn.Linear(d, 2)
         self.val_ccc = ConcordanceCCC()
+        self.train()  # a loaded encoder comes in eval mode; Lightning keeps modules' modes as it finds them
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         enc, k = self.encoder, self.cfg.freeze_blocks
@@ -234,8 +235,9 @@ class VARegressor(L.LightningModule):
     def on_validation_epoch_end(self):
         ccc = self.val_ccc.compute()
         self.val_ccc.reset()
+        # already over all ranks (ConcordanceCCC reduces its sums); sync_dist only averages equal values
         self.log_dict({"val_ccc_v": ccc[0].float(), "val_ccc_a": ccc[1].float(), "val_pva": ccc.mean().float()},
-                      prog_bar=True)
+                      prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         head = {"params": list(self.head.parameters()), "lr": self.cfg.head_lr, "weight_decay": self.cfg.weight_decay}
@@ -273,6 +275,7 @@ class FinetuneResult:
     history: list[dict]
     trainable_parameters: int
     frozen_parameters: int
+    is_global_zero: bool = True  # False in the other DDP processes
 
 
 def finetune(root: str | os.PathLike | AffWild2, encoder: ViTEncoder, config: FinetuneConfig | None = None,
@@ -302,7 +305,7 @@ def finetune(root: str | os.PathLike | AffWild2, encoder: ViTEncoder, config: Fi
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
     result = FinetuneResult(out / ENCODER_FILE, export.best if export.history else None, export.history,
-                            n_train, n_frozen)
+                            n_train, n_frozen, trainer.is_global_zero)
     if trainer.is_global_zero:
         with atomic_open(out / "finetune.json") as handle:
             json.dump({"config": asdict(config), "encoder": str(result.encoder_path), "best_val_pva": result.best_val_pva,
@@ -356,6 +359,7 @@ class MAEPretrainer(L.LightningModule):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        self.train()
 
     def decoder_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
@@ -417,6 +421,7 @@ class PretrainResult:
     checkpoint: Path
     epoch_losses: list[float]
     frames: int
+    is_global_zero: bool = True  # False in the other DDP processes
 
 
 def load_mae_decoder(module: MAEPretrainer, path: str | os.PathLike) -> list[str]:
@@ -462,4 +467,4 @@ def pretrain_mae(source: str | os.PathLike, encoder: ViTEncoder, config: Pretrai
         state = {k: v.detach().cpu().contiguous() for k, v in module.mae_state_dict().items()}
         with atomic_path(path) as tmp:
             torch.save({"model": state, "epoch": trainer.current_epoch, "config": asdict(config)}, tmp)
-    return PretrainResult(path, losses.losses, len(items))
+    return PretrainResult(path, losses.losses, len(items), trainer.is_global_zero)

@@ -123,6 +123,8 @@ def finetune_command(
                             accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
                             strategy=strategy, num_workers=workers, seed=seed)
     result = finetune(root, encoder, config, out=out)
+    if not result.is_global_zero:
+        return
     best = f"best validation P_VA {result.best_val_pva:.4f}" if result.best_val_pva is not None else "no validation set"
     typer.echo(f"{result.encoder_path} ({best}; {result.trainable_parameters:,} trained / "
                f"{result.frozen_parameters:,} frozen parameters)\n"
@@ -163,6 +165,8 @@ def pretrain_command(
                             devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
                             num_workers=workers, seed=seed)
     result = pretrain_mae(source, encoder, config, out=out, decoder_from=checkpoint)
+    if not result.is_global_zero:
+        return
     losses = ", ".join(f"{x:.4f}" for x in result.epoch_losses)
     typer.echo(f"{result.checkpoint} ({result.frames} crops; loss per epoch: {losses})\n"
                f"next: mambava finetune-backbone ROOT -c {result.checkpoint}")
