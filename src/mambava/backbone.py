@@ -379,7 +379,7 @@ def _unwrap(obj: dict, path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise MambavaError(f"{path}: no tensors found (keys: {_name_list(list(obj))})")
-    # DDP / wrapper prefixes: strip the longest common one that hides the ViT names.
+    # wrapper prefixes that every key carries (DDP's `module.`, ...) hide the ViT names: strip them
     for prefix in ("module.", "model.", "encoder.", "backbone."):
         if all(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix):]: v for k, v in tensors.items()}
@@ -578,20 +578,16 @@ def load_encoder(path: str | os.PathLike, arch: str | ViTConfig | None = None, *
     notes: list[str] = []
     if arch is not None:
         cfg = vit_config(arch)
-        for key in ("ln_eps",):  # the format's own epsilon wins over the preset's
-            if key in hints and hints[key] != getattr(cfg, key):
-                cfg = replace(cfg, **{key: hints[key]})
-    elif fmt == "mambava":
+        if "ln_eps" in hints:  # the format's own epsilon wins over the preset's
+            cfg = replace(cfg, ln_eps=hints["ln_eps"])
+    elif "embed_dim" in hints:  # the file's own config (mambava metadata, Hugging Face config.json)
         cfg = ViTConfig.from_dict(hints)
     else:
-        inferred = "embed_dim" not in hints
-        cfg = infer_config(state, str(path), **hints) if inferred else ViTConfig(**hints)
-        if inferred and cfg.name not in PRESETS:
+        cfg = infer_config(state, str(path), **hints)
+        if cfg.name not in PRESETS:
             notes.append(f"no preset has this shape: assumed {cfg.num_heads} heads of 64 channels")
     if img_size is not None and img_size != cfg.img_size:
         cfg = replace(cfg, img_size=img_size)
-    if dropped and fmt in ("mae", "hf"):
-        notes.append("MAE decoder and non-encoder weights dropped")
 
     with torch.device("meta"):  # no time spent initialising weights that the checkpoint replaces
         model = ViTEncoder(cfg)
@@ -628,16 +624,6 @@ def load_encoder(path: str | os.PathLike, arch: str | ViTConfig | None = None, *
     model.load_report = report
     (log.warning if missing or unexpected else log.info)(report.summary())
     return model.eval()
-
-
-def build_encoder(arch: str | ViTConfig = "vit_base_patch16", checkpoint: str | os.PathLike | None = None,
-                  seed: int | None = None, **overrides) -> ViTEncoder:
-    """An encoder from a checkpoint (size inferred unless arch is given), or randomly initialised."""
-    if checkpoint is not None:
-        return load_encoder(checkpoint, arch if arch != "auto" else None, img_size=overrides.get("img_size"))
-    if seed is not None:
-        torch.manual_seed(seed)
-    return ViTEncoder(vit_config(arch, **overrides)).eval()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -164,6 +164,18 @@ def _trainer(config: TrainConfig, out: Path, callbacks: list, progress: bool) ->
     )
 
 
+def _warmup_cosine(total_steps: int, warmup_fraction: float):
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
 def _adamw(module: nn.Module, config: TrainConfig, lr: float, trainer: L.Trainer, extra_groups=()):
     """AdamW (no weight decay on biases, norms and 1-d/embedding-like tensors) with warmup + cosine per step."""
     decay, no_decay = [], []
@@ -183,18 +195,6 @@ def _adamw(module: nn.Module, config: TrainConfig, lr: float, trainer: L.Trainer
 # The Lightning module
 
 
-def _warmup_cosine(total_steps: int, warmup_fraction: float):
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 class VARegressor(L.LightningModule):
     """ViT (frozen prefix) + small head -> (valence, arousal) per crop, trained with the CCC loss."""
 
@@ -204,7 +204,7 @@ class VARegressor(L.LightningModule):
         self.cfg = config
         for i, block in enumerate(encoder.blocks):  # stochastic depth only where training happens
             block.drop_path = config.drop_path if i >= config.freeze_blocks else 0.0
-        self.trainable = freeze_prefix(encoder, config.freeze_blocks)
+        freeze_prefix(encoder, config.freeze_blocks)
         d, h = encoder.embed_dim, config.head_hidden
         self.head = nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, 2)) if h else nn.Linear(d, 2)
         self.val_ccc = ConcordanceCCC()

@@ -16,17 +16,18 @@ ARCH_HELP = ("ViT size (vit_tiny_patch16, vit_small_patch16, vit_base_patch16, v
              "vit_huge_patch14); default: inferred from the checkpoint.")
 
 
-def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool, seed: int,
-             img_size: Optional[int] = None):
-    from mambava.backbone import build_encoder, load_encoder
+def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool, seed: int):
+    import torch
+
+    from mambava.backbone import ViTEncoder, load_encoder, vit_config
 
     if checkpoint is not None:
-        return load_encoder(checkpoint, arch, img_size=img_size)
+        return load_encoder(checkpoint, arch)
     if not random_init:
         raise MambavaError("pass --checkpoint PATH (a local MAE/timm/Hugging Face ViT; nothing is downloaded), "
                            "or --random-init --arch NAME for a randomly initialised ViT (tests and demos only)")
-    overrides = {"img_size": img_size} if img_size else {}
-    return build_encoder(arch or "vit_tiny_patch16", seed=seed, **overrides)
+    torch.manual_seed(seed)
+    return ViTEncoder(vit_config(arch or "vit_tiny_patch16")).eval()
 
 
 def _device(device: str):
