@@ -7,3 +7,14 @@ Pipeline (data flows one way): video -> faces -> backbone features -> feature st
 __version__ = "0.1.0"
 
 from mambava.errors import MambavaError  # noqa: F401
+
+# Heavy parts are imported on first use, so `import mambava` stays light (no torch): name -> module.
+_LAZY = {"Predictor": "mambava.predict"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mambava' has no attribute {name!r}")

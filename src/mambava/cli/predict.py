@@ -1,0 +1,192 @@
+"""`mambava predict` (offline: CSV, plots, overlay), `mambava stream` (live, frame by frame) and
+`mambava submit write` (the ABAW test-set submission); see mambava.predict and mambava.stream."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mambava.errors import MambavaError
+
+CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
+BACKBONE_HELP = "ViT checkpoint (MAE .pth, timm, Hugging Face, or saved by mambava); needed for videos."
+DEVICE_HELP = "cpu, cuda, cuda:1 or auto."
+
+
+def predict_command(
+    inputs: List[str] = typer.Argument(..., help="Videos, folders of videos, image folders, or features .npy (T x D)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
+    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
+    windowing: str = typer.Option("windows", "--windowing", help="windows: 300/200 stitched (paper); full: one causal pass (= stream)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Window length (default: the run's, else 300)."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Window stride (default: the run's, else 200)."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write <name>.overlay.mp4 with boxes and VA bars."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the VA-over-time and circumplex PNGs."),
+    detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second (default: all)."),
+    features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    batch_size: int = typer.Option(32, "--batch-size", help="Face crops per backbone batch."),
+    precision: str = typer.Option("auto", "--precision", help="Backbone precision: auto (bf16 where fast), bf16, fp32."),
+) -> None:
+    """Per-frame valence/arousal for videos (or precomputed features): <name>.csv (+ .parquet with pyarrow),
+    <name>.va.png, <name>.circumplex.png and, with --overlay, <name>.overlay.mp4 in the output folder.
+
+    Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
+    feature was carried over), x1, y1, x2, y2 (face box)."""
+    from mambava.predict import FEATURE_SUFFIXES, Predictor, find_inputs, output_paths, write_overlay, write_table
+
+    paths = find_inputs(inputs)
+    videos = [p for p in paths if Path(p).suffix.lower() not in FEATURE_SUFFIXES]
+    if videos and backbone is None:
+        raise MambavaError(f"{videos[0]}: --backbone is required for videos; pass a features .npy instead")
+    predictor = Predictor(
+        checkpoint, backbone if videos else None, windowing=windowing, window=window, stride=stride,
+        detector=detector, device=device, batch_size=batch_size, precision=precision, fps=fps,
+        features_fps=features_fps, progress=True,
+    )
+    failed = 0
+    for path in paths:
+        try:
+            name = Path(path).stem
+            table = predictor.predict(path)
+            written = write_table(table, out, name, plots=plots)
+            if overlay and path in videos:
+                overlay_path = output_paths(out, name)["overlay"]
+                written["overlay"] = write_overlay(path, table, overlay_path, fps=fps, progress=True)
+        except MambavaError as error:
+            failed += 1
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            continue
+        typer.echo(f"{path}: {_describe(table)} -> " + ", ".join(str(p) for p in written.values()))
+    if failed:
+        typer.secho(f"{failed} of {len(paths)} inputs failed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+
+
+def _describe(table) -> str:
+    tracks = table.groupby("track", sort=False)["face"]
+    parts = [f"{name} (face in {int(faces.sum())}/{len(faces)})" for name, faces in tracks]
+    return f"{table['frame'].nunique()} frames, {len(parts)} track(s): " + ", ".join(parts)
+
+
+def stream_command(
+    source: str = typer.Argument(..., help="Webcam index (0), video file, stream URL, or features .npy."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write all rows to this CSV at the end."),
+    realtime: bool = typer.Option(False, "--realtime", help="Replay a file at its own speed, dropping frames that cannot keep up."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print a line per frame."),
+    detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Take at most this many frames per second of the source."),
+    features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    precision: str = typer.Option("auto", "--precision", help="Backbone precision: auto, bf16, fp32."),
+) -> None:
+    """Valence/arousal live, one recurrent step of the temporal model per frame (equals `predict --windowing
+    full` on the same frames). Webcams and URLs are real time: when faces and backbone cannot keep up,
+    frames are dropped (and said so), not queued. Ctrl-C stops; the summary and --out are still written."""
+    from mambava.predict import FEATURE_SUFFIXES, Predictor
+    from mambava.stream import is_live_source
+
+    is_features = Path(source).suffix.lower() in FEATURE_SUFFIXES
+    if not is_features and backbone is None:
+        raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
+    if not is_features and not is_live_source(source) and not Path(source).exists():
+        raise MambavaError(f"{source}: no such file")
+    predictor = Predictor(
+        checkpoint, None if is_features else backbone, windowing="full", detector=detector, device=device,
+        batch_size=8, precision=precision, fps=fps, features_fps=features_fps,
+    )
+    live = predictor.stream(source, realtime=realtime)
+    rows = []
+    reported, last_report = 0, 0.0
+    try:
+        for row in live:
+            rows.append(row)
+            if not quiet and len(rows) == 1:
+                typer.echo("frame\ttime\ttrack\tvalence\tarousal\tface\tdropped")
+            if not quiet:
+                typer.echo(f"{row.frame}\t{row.time:.3f}\t{row.track or '-'}\t{row.valence:+.4f}\t{row.arousal:+.4f}\t"
+                           f"{int(row.face)}\t{int(row.dropped)}")
+            now = time.monotonic()
+            if live.dropped > reported and now - last_report >= 1.0:
+                typer.secho(f"dropped {live.dropped} frames so far to keep up with real time", fg=typer.colors.YELLOW, err=True)
+                reported, last_report = live.dropped, now
+    except KeyboardInterrupt:
+        typer.echo("stopped", err=True)
+    finally:
+        sys.stdout.flush()
+    if out is not None:
+        _write_rows(out, rows)
+    typer.echo(
+        f"{live.frames} frames, {live.processed} through faces+backbone, dropped {live.dropped} frames"
+        + (" to keep up with real time" if live.dropped else "")
+        + (f"; rows -> {out}" if out is not None else ""),
+        err=True,
+    )
+
+
+def _write_rows(path: Path, rows) -> None:
+    import dataclasses
+
+    import pandas as pd
+
+    from mambava.fileio import atomic_path
+
+    table = pd.DataFrame([dataclasses.asdict(r) for r in rows],
+                         columns=["frame", "time", "track", "valence", "arousal", "face", "dropped"])
+    table[["face", "dropped"]] = table[["face", "dropped"]].astype("int8")
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def submit_write_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    features: Path = typer.Option(..., "--features", help="Feature store holding the test videos."),
+    out: Path = typer.Option(..., "--out", "-o", help="Submission file to write."),
+    test_list: Optional[Path] = typer.Option(None, "--test-list", help="Test-set video list (default: from --root)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Aff-Wild2 root: frame counts from its videos (default: stored frames)."),
+    windowing: str = typer.Option("windows", "--windowing", help="windows (paper) or full."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+) -> None:
+    """Run a temporal model over the test videos' stored features and write the ABAW submission file
+    (image_location,valence,arousal; every frame of every test video, values clipped to [-1, 1])."""
+    from mambava.predict import Predictor, submission_predictions
+    from mambava.submission import write_submission
+
+    videos, counts = _test_videos(features, test_list, root)
+    predictor = Predictor(checkpoint, windowing=windowing, device=device)
+    predictions = submission_predictions(predictor, features, counts, progress=True)
+    write_submission(out, predictions, counts)
+    typer.echo(f"{out}: {len(videos)} test videos, {sum(counts.values())} frames")
+
+
+def _test_videos(features: Path, test_list: Optional[Path], root: Optional[Path]) -> tuple[list[str], dict[str, int]]:
+    from mambava.affwild2 import AffWild2, read_test_list
+    from mambava.features import FeatureStore
+
+    if root is not None:
+        dataset = AffWild2(root, test_list)
+        videos = dataset.splits["test"]
+        if not videos:
+            raise MambavaError(f"{root}: no test-set list found: pass --test-list")
+        return videos, dataset.frame_counts(videos)
+    if test_list is None:
+        raise MambavaError("submit write: pass --test-list (or --root with the test list in it)")
+    videos = read_test_list(test_list)
+    store = FeatureStore(features)
+    return videos, {video: store.n_frames(video) for video in videos}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)
+    app.command("stream")(stream_command)
+    from mambava.cli.data import submit_app
+
+    submit_app.command("write")(submit_write_command)

@@ -1,0 +1,508 @@
+"""Per-frame valence/arousal for any video, offline: video -> faces (tracks) -> backbone features -> temporal
+model -> one row per frame and track.
+
+    from mambava import Predictor
+    predictor = Predictor("model.safetensors", backbone="mae_vit_large.pth")
+    table = predictor.predict_video("clip.mp4")      # pandas.DataFrame, COLUMNS below
+    for row in predictor.stream(0):                  # webcam 0, live: see mambava.stream
+        print(row.frame, row.valence, row.arousal)
+
+Output columns (`COLUMNS`): `video`, `track` (the faces stage's names: `<video>` for one person,
+`<video>_left`/`_right` for two seen together, `<video>_<k>` otherwise), `frame` (0-based index in the
+source), `time` (seconds), `valence`, `arousal` (clipped to [-1, 1]), `face` (1 where the track's face was
+found in that frame, 0 where it was not), `x1 y1 x2 y2` (the face box, empty where there is none).
+
+No-face frames (one policy with training, `mambava.features.forward_fill`): a frame where a track's face is
+not found takes the feature of that track's previous face; frames before the track's first face take its
+first face's feature; `face` = 0 marks them. A video with no face at all is an error (MambavaError), not a
+table of guesses.
+
+Windowing, which decides what a frame's prediction has seen:
+- `"windows"` (default, the paper's evaluation): windows of 300 frames every 200, each run from an empty
+  state, averaged where they overlap (`mambava.evaluate.predict_sequence`).
+- `"full"`: one causal pass over the whole sequence. This is what the live stream computes step by step
+  (`Predictor.stream`, `mambava.stream`), to float32 rounding.
+
+A precomputed feature file (`.npy`, T x D, one row per frame; rows that are all NaN count as no-face frames)
+skips faces and backbone; its times are `frame / features_fps` (30 by default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+
+from mambava.errors import MambavaError
+
+if TYPE_CHECKING:
+    import pandas
+
+    from mambava.stream import LiveStream
+
+WINDOWING = ("windows", "full")
+COLUMNS = ["video", "track", "frame", "time", "valence", "arousal", "face", "x1", "y1", "x2", "y2"]
+FEATURE_SUFFIXES = (".npy",)
+
+
+def _device(device: str | None):
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise MambavaError(f"unknown device {device!r} ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise MambavaError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved
+
+
+def model_input_dim(model) -> int | None:
+    """The feature size a temporal model takes (`config.input_dim` or `config["input_dim"]`)."""
+    config = getattr(model, "config", None)
+    if isinstance(config, Mapping):
+        return config.get("input_dim")
+    return getattr(config, "input_dim", None)
+
+
+def load_model(checkpoint):
+    """(model in eval mode, window, stride, name) from a checkpoint path (our safetensors, any baseline kind, a
+    Lightning run checkpoint or the authors' .pth: `mambava.evaluate.load_for_eval`) or a model object."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return checkpoint.eval(), None, None, type(checkpoint).__name__
+    from mambava.evaluate import load_for_eval
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise MambavaError(f"{path}: checkpoint not found")
+    try:
+        loaded = load_for_eval(path)
+    except MambavaError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError, AttributeError) as error:
+        # torch.load / load_state_dict errors on a file that is not a temporal model, or one of another config
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise MambavaError(f"{path}: cannot load as a temporal model checkpoint ({first})") from None
+    return loaded.model, loaded.window, loaded.stride, str(path)
+
+
+def load_features_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(features (T, D) float32, present (T,) bool) from a .npy file; all-NaN rows are no-face frames."""
+    path = Path(path)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise MambavaError(f"{path}: no such file") from None
+    except (OSError, ValueError) as error:
+        raise MambavaError(f"{path}: not a readable .npy feature file ({error})") from None
+    return features_with_mask(array, str(path))
+
+
+def features_with_mask(array, name: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """(float32 (T, D), present (T,) bool) from a (T, D) array whose all-NaN rows are no-face frames."""
+    array = np.asarray(array)
+    if array.ndim != 2 or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.number):
+        raise MambavaError(f"{name}: features must be a numeric (T, D) array with T >= 1, got {array.dtype} {array.shape}")
+    array = array.astype(np.float32, copy=False)
+    finite = np.isfinite(array)
+    present = finite.all(axis=1)
+    partial = ~present & finite.any(axis=1)
+    if partial.any():
+        raise MambavaError(f"{name}: row {int(np.argmax(partial))} mixes NaN/Inf with numbers (a no-face row is all NaN)")
+    if not present.any():
+        raise MambavaError(f"{name}: every row is NaN: no frame with a face, nothing to predict")
+    return array, present
+
+
+@dataclass
+class TrackFeatures:
+    """One face track over all processed frames of a video (positions 0..n-1, not source frame numbers)."""
+
+    features: np.ndarray  # (n, D) float32, zeros where absent (filled by forward_fill later)
+    present: np.ndarray  # (n,) bool
+    boxes: np.ndarray  # (n, 4) float32, NaN where absent
+
+
+@dataclass
+class VideoFeatures:
+    """Faces and features of one video: the processed frames and, per named track, its features."""
+
+    video: str
+    frames: np.ndarray  # (n,) int64, 0-based source frame numbers
+    times: np.ndarray  # (n,) float64 seconds
+    fps: float | None
+    tracks: dict[str, TrackFeatures] = field(default_factory=dict)
+
+
+class Predictor:
+    """Valence/arousal per frame from videos, feature files or live sources.
+
+    checkpoint: a temporal model file (see `load_model`) or a model object.
+    backbone: a ViT checkpoint path (`mambava.backbone.load_encoder`), a ViTEncoder or a FeatureExtractor;
+        needed for videos, not for feature files.
+    windowing: "windows" (paper, default) or "full" (one causal pass; equals the stream); see the module doc.
+    window, stride: default the checkpoint's run config, else 300/200.
+    detector: face detector name or object (`mambava.faces.get_detector`), "mtcnn" by default.
+    fps: process at most this many frames per second of the source (None: every frame).
+    precision: the backbone's ("auto": bf16 where the CPU/GPU runs it fast); the temporal model runs in fp32.
+    """
+
+    def __init__(
+        self,
+        checkpoint,
+        backbone=None,
+        *,
+        windowing: str = "windows",
+        window: int | None = None,
+        stride: int | None = None,
+        detector="mtcnn",
+        device: str | None = "cpu",
+        batch_size: int = 32,
+        precision: str = "auto",
+        fps: float | None = None,
+        features_fps: float = 30.0,
+        progress: bool = False,
+    ):
+        if windowing not in WINDOWING:
+            raise MambavaError(f"windowing must be one of {', '.join(WINDOWING)}, got {windowing!r}")
+        self.device = _device(device)
+        model, ckpt_window, ckpt_stride, self.model_name = load_model(checkpoint)
+        self.model = model.to(self.device).eval()
+        self.windowing = windowing
+        self.window = int(window or ckpt_window or 300)
+        self.stride = int(stride or ckpt_stride or 200)
+        self.input_dim = model_input_dim(self.model)
+        self.detector_name = detector
+        self._detector = None
+        self.batch_size = batch_size
+        self.precision = precision
+        self.fps = fps
+        self.features_fps = features_fps
+        self.progress = progress
+        self.extractor = self._make_extractor(backbone) if backbone is not None else None
+
+    def _make_extractor(self, backbone):
+        from mambava.backbone import FeatureExtractor, ViTEncoder, load_encoder
+
+        if isinstance(backbone, FeatureExtractor):
+            extractor = backbone
+            name = "the backbone"
+        else:
+            encoder = backbone if isinstance(backbone, ViTEncoder) else load_encoder(backbone)
+            extractor = FeatureExtractor(encoder, batch_size=self.batch_size, device=self.device, precision=self.precision)
+            name = str(backbone) if not isinstance(backbone, ViTEncoder) else "the backbone"
+        if self.input_dim is not None and extractor.dim != self.input_dim:
+            raise MambavaError(
+                f"{name} gives {extractor.dim}-d features but the temporal model {self.model_name} takes "
+                f"{self.input_dim}-d: the checkpoint was trained on another backbone"
+            )
+        return extractor
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            from mambava.faces import get_detector
+
+            self._detector = get_detector(self.detector_name)
+        return self._detector
+
+    # ------------------------------------------------------------------------------------------ the model
+
+    def _check_dim(self, dim: int, what: str) -> None:
+        if self.input_dim is not None and dim != self.input_dim:
+            raise MambavaError(f"{what}: {dim}-d features, but the temporal model {self.model_name} takes {self.input_dim}-d")
+
+    def predict_raw(self, features: np.ndarray, present: np.ndarray | None = None, windowing: str | None = None) -> np.ndarray:
+        """The temporal model on one sequence (T, D): (T, 2) float32, not clipped. Absent rows (present False)
+        are forward-filled first."""
+        import torch
+
+        from mambava.evaluate import predict_sequence
+        from mambava.features import forward_fill
+
+        windowing = windowing or self.windowing
+        if windowing not in WINDOWING:
+            raise MambavaError(f"windowing must be one of {', '.join(WINDOWING)}, got {windowing!r}")
+        features = np.asarray(features, dtype=np.float32)
+        if present is not None and not np.all(present):
+            features = forward_fill(features, present)
+        x = torch.from_numpy(np.ascontiguousarray(features)).to(self.device)
+        with torch.inference_mode():
+            if windowing == "full":
+                y = self.model(x[None]).float()[0]
+            else:
+                y = predict_sequence(self.model, x, self.window, self.stride)
+        return y.cpu().numpy()
+
+    def predict_features(self, features: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+        """(T, 2) valence/arousal, clipped to [-1, 1], for a (T, D) feature sequence; `present` (T,) bool
+        marks frames with a face (default: the rows that are not all NaN)."""
+        if present is None:
+            features, present = features_with_mask(features)
+        features = np.asarray(features)
+        if features.ndim != 2:
+            raise MambavaError(f"features must be (T, D), got shape {features.shape}")
+        self._check_dim(features.shape[1], "features")
+        return np.clip(self.predict_raw(features, present), -1.0, 1.0)
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def predict(self, source: str | os.PathLike) -> pandas.DataFrame:
+        """A video (file, image folder, URL) or a feature file (.npy) -> the per-frame table."""
+        if Path(source).suffix.lower() in FEATURE_SUFFIXES:
+            return self.predict_feature_file(source)
+        return self.predict_video(source)
+
+    def predict_feature_file(self, path: str | os.PathLike) -> pandas.DataFrame:
+        features, present = load_features_file(path)
+        self._check_dim(features.shape[1], str(path))
+        n = len(features)
+        frames = np.arange(n)
+        return self._table(
+            Path(path).stem, frames, frames / self.features_fps,
+            {Path(path).stem: TrackFeatures(features, present, np.full((n, 4), np.nan, np.float32))},
+        )
+
+    def predict_video(self, path: str | os.PathLike) -> pandas.DataFrame:
+        """Faces, features and the temporal model for every processed frame of a video; see the module doc."""
+        extracted = self.video_features(path)
+        return self._table(extracted.video, extracted.frames, extracted.times, extracted.tracks)
+
+    def video_features(self, path: str | os.PathLike) -> VideoFeatures:
+        """Detect and track faces over a video and encode every face crop (batched)."""
+        from mambava.faces import FaceTracker, finish_tracks, iter_tracked_faces
+        from mambava.video import open_video
+
+        if self.extractor is None:
+            raise MambavaError(f"{path}: --backbone is required for videos; pass a features .npy instead")
+        video = _source_name(path)
+        frames: list[int] = []
+        times: list[float] = []
+        hits: dict[int, list] = {}
+        pending: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (track id, position, box, crop)
+
+        def flush() -> None:
+            if not pending:
+                return
+            features = self.extractor.features(np.stack([p[3] for p in pending]))
+            for (tid, position, box, _), feature in zip(pending, features):
+                hits.setdefault(tid, []).append((position, feature, np.asarray(box, np.float32)))
+            pending.clear()
+
+        with open_video(path, fps=self.fps) as reader:
+            stream = iter_tracked_faces(reader, self.detector, tracker=FaceTracker(), keep_images=False)
+            for item in _progress(stream, reader.n_output_frames, f"faces+features {video}", self.progress):
+                position = len(frames)
+                frames.append(item.index)
+                times.append(item.time)
+                pending.extend((face.track_id, position, face.box, face.crop) for face in item.faces)
+                if len(pending) >= self.extractor.batch_size:
+                    flush()
+            flush()
+            fps = reader.fps
+        n = len(frames)
+        if n == 0:
+            raise MambavaError(f"{path}: no frame could be read")
+        finished, _ = finish_tracks(video, hits, n)  # drop spurious tracks, join, name: as the faces stage
+        if not finished:
+            raise MambavaError(f"{path}: no face found in any of its {n} frames; nothing to predict")
+        tracks = {}
+        for track in finished:
+            rows = track.rows
+            positions = np.array([r[0] for r in rows])
+            features = np.zeros((n, self.extractor.dim), np.float32)
+            present = np.zeros(n, bool)
+            boxes = np.full((n, 4), np.nan, np.float32)
+            features[positions] = np.stack([r[1] for r in rows])
+            boxes[positions] = np.stack([r[2] for r in rows])
+            present[positions] = True
+            tracks[track.name] = TrackFeatures(features, present, boxes)
+        return VideoFeatures(video, np.asarray(frames, np.int64), np.asarray(times, np.float64), fps, tracks)
+
+    def _table(self, video: str, frames, times, tracks: Mapping[str, TrackFeatures]) -> pandas.DataFrame:
+        import pandas as pd
+
+        parts = []
+        for name, track in tracks.items():
+            va = self.predict_features(track.features, track.present)
+            parts.append(pd.DataFrame({
+                "video": video, "track": name, "frame": frames, "time": times,
+                "valence": va[:, 0], "arousal": va[:, 1], "face": track.present.astype(np.int8),
+                "x1": track.boxes[:, 0], "y1": track.boxes[:, 1], "x2": track.boxes[:, 2], "y2": track.boxes[:, 3],
+            }))
+        return pd.concat(parts, ignore_index=True)[COLUMNS]
+
+    # ------------------------------------------------------------------------------------------ live
+
+    def stream(self, source, realtime: bool = False) -> LiveStream:
+        """Per-frame results from a webcam index, video file, URL, or features (.npy path or (T, D) array),
+        computed with the temporal model's recurrent form (one step per frame; equals windowing="full").
+        Returns an iterable `mambava.stream.LiveStream` of StreamResult rows; its `.dropped` counts frames
+        skipped to keep up with real time (live sources, or files with `realtime=True`)."""
+        from mambava.stream import LiveStream
+
+        if isinstance(source, np.ndarray) or Path(str(source)).suffix.lower() in FEATURE_SUFFIXES:
+            if isinstance(source, np.ndarray):
+                (features, present), name = features_with_mask(source), "features"
+            else:
+                (features, present), name = load_features_file(source), Path(source).stem
+            self._check_dim(features.shape[1], name)
+            return LiveStream.from_features(self.model, features, present, name, self.features_fps)
+        if self.extractor is None:
+            raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
+        return LiveStream(self.model, source, self.detector, self.extractor, realtime=realtime, fps=self.fps)
+
+
+def _source_name(source) -> str:
+    from mambava.faces.pipeline import _video_name
+
+    return _video_name(source)
+
+
+def _progress(items, total: int | None, description: str, enabled: bool):
+    if not enabled:
+        return items
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, total=total, description=description, transient=True, console=Console(stderr=True))
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def output_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    return {
+        "csv": out_dir / f"{stem}.csv",
+        "parquet": out_dir / f"{stem}.parquet",
+        "va_plot": out_dir / f"{stem}.va.png",
+        "circumplex_plot": out_dir / f"{stem}.circumplex.png",
+        "overlay": out_dir / f"{stem}.overlay.mp4",
+    }
+
+
+def write_table(table, out_dir: str | os.PathLike, stem: str, plots: bool = True) -> dict[str, Path]:
+    """Write the per-frame table as CSV (and Parquet when pyarrow is installed) and, with `plots`, the two
+    PNGs; every file atomically. Returns {kind: path} of what was written."""
+    import importlib.util
+
+    from mambava.fileio import atomic_path
+    from mambava.plots import plot_circumplex, plot_va_over_time
+
+    paths = output_paths(out_dir, stem)
+    written = {}
+    with atomic_path(paths["csv"]) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    written["csv"] = paths["csv"]
+    if importlib.util.find_spec("pyarrow") is not None:
+        with atomic_path(paths["parquet"]) as tmp:
+            table.to_parquet(tmp, index=False)
+        written["parquet"] = paths["parquet"]
+    if plots:
+        title = str(table["video"].iloc[0]) if len(table) else stem
+        written["va_plot"] = plot_va_over_time(table, paths["va_plot"], title=title)
+        written["circumplex_plot"] = plot_circumplex(table, paths["circumplex_plot"], title=title)
+    return written
+
+
+def write_overlay(video: str | os.PathLike, table, path: str | os.PathLike, fps: float | None = None, progress: bool = False) -> Path:
+    """Re-read `video` (with the same `fps` sampling as the prediction) and write it with each track's box and
+    valence/arousal bars drawn (`mambava.plots.draw_overlay`); a track whose face is missing in a frame keeps
+    its last box, in grey."""
+    from mambava.plots import OverlayVideoWriter, draw_overlay
+    from mambava.video import open_video
+
+    by_frame = {frame: rows for frame, rows in table.groupby("frame", sort=False)}
+    last_box: dict[str, np.ndarray] = {}
+    several = table["track"].nunique() > 1
+    with open_video(video, fps=fps) as reader, OverlayVideoWriter(path, reader.fps) as writer:
+        for frame in _progress(reader, reader.n_output_frames, f"overlay {Path(str(video)).name}", progress):
+            image = np.ascontiguousarray(frame.image)
+            rows = by_frame.get(frame.index)
+            if rows is not None:
+                for row in rows.itertuples(index=False):
+                    box = np.array([row.x1, row.y1, row.x2, row.y2], np.float32)
+                    if np.isfinite(box).all():
+                        last_box[row.track] = box
+                    draw_overlay(image, last_box.get(row.track), row.valence, row.arousal,
+                                 label=str(row.track) if several else None, face=bool(row.face))
+            writer.write(image)
+    return Path(path)
+
+
+def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[str, int], progress: bool = False) -> dict[str, np.ndarray]:
+    """{video: (frame_counts[video], 2)} for the ABAW submission, from the stored features of each video
+    (`mambava.features.FeatureStore`, forward-filled with their mask). Where the store holds fewer frames than
+    the video has, the last prediction is carried over to the end (the no-face policy); where it holds more,
+    they are cut; either with a DataWarning naming the video."""
+    import warnings
+
+    from mambava.affwild2 import DataWarning
+    from mambava.features import FeatureStore
+
+    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    predictions = {}
+    for video, count in _progress(frame_counts.items(), len(frame_counts), "test videos", progress):
+        if not store.has(video):
+            raise MambavaError(f"{store.root}: no features for test video {video!r}")
+        record = store.read(video)
+        features, present = record.window(0, record.n_frames)
+        values = predictor.predict_features(features, present)
+        if len(values) != count:
+            warnings.warn(f"{video}: {len(values)} stored frames but the video has {count}; "
+                          + ("the last prediction is carried over" if len(values) < count else "the extra frames are cut"),
+                          DataWarning, stacklevel=2)
+            values = values[np.minimum(np.arange(count), len(values) - 1)]
+        predictions[video] = values
+    return predictions
+
+
+def find_inputs(paths) -> list:
+    """Expand the inputs of `mambava predict`: a file stays as is (a URL too, as a string); a folder holding
+    videos or .npy files gives those (sorted); a folder of images only is one image-sequence video."""
+    from mambava.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    found: list = []
+    for text in map(str, paths):
+        if "://" in text:
+            found.append(text)
+            continue
+        path = Path(text)
+        if not path.exists():
+            raise MambavaError(f"{path}: no such file or folder")
+        if not path.is_dir():
+            found.append(path)
+            continue
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+        inputs = [p for p in entries if p.suffix.lower() in VIDEO_SUFFIXES or p.suffix.lower() in FEATURE_SUFFIXES]
+        if inputs:
+            found.extend(inputs)
+        elif any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
+            found.append(path)
+        else:
+            raise MambavaError(f"{path}: no videos, .npy feature files or images in this folder")
+    return found
+
+
+__all__ = [
+    "COLUMNS",
+    "WINDOWING",
+    "Predictor",
+    "VideoFeatures",
+    "TrackFeatures",
+    "load_model",
+    "load_features_file",
+    "features_with_mask",
+    "model_input_dim",
+    "write_table",
+    "write_overlay",
+    "find_inputs",
+    "submission_predictions",
+    "output_paths",
+]

@@ -1,0 +1,335 @@
+"""Live valence/arousal: frame by frame, with the temporal model in its recurrent form.
+
+Each new frame costs one step of the model, not a window: the causal TCN keeps a buffer of its past inputs per
+layer and the Mamba layers keep their convolution and SSM states (`MambaVA.init_state` / `MambaVA.step`).
+Starting from frame 0, the stepped outputs equal ONE causal pass over the whole sequence, which is what
+`Predictor(windowing="full")` computes offline (to float32 rounding, <= 1e-4). They do NOT equal the default
+offline pass (`windowing="windows"`, the paper's 300/200 windows stitched by averaging): every window starts
+from an empty state, so frames late in a window see less history than the stream has seen.
+
+Per track, like the offline pipeline: a frame where the track's face is not found carries the last feature
+over (flag `face=False`). A stream cannot look ahead, so a track starts at the first frame its face is found
+(offline, earlier frames take that first feature instead).
+
+Real time: a live source (webcam, capture device, network stream; a file with `realtime=True`) is read by a
+background thread that keeps only the newest frame. When face detection and the backbone are slower than the
+source, the frames that arrive meanwhile are dropped: they are neither detected nor encoded, but the temporal
+model still steps through them with the last feature (cheap), so it keeps the source's time scale; their rows
+carry `dropped=True`. `FrameDropper.dropped` counts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time as _time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from mambava.errors import MambavaError
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One frame of one track. `face`: the track's face was found in this frame (otherwise its last feature was
+    carried over); `dropped`: the frame was skipped to keep up with real time (also carried over)."""
+
+    frame: int
+    time: float
+    track: str
+    valence: float
+    arousal: float
+    face: bool = True
+    dropped: bool = False
+
+
+def check_streamable(model) -> None:
+    """A MambavaError unless `model` has the recurrent form (init_state / step)."""
+    if not (hasattr(model, "init_state") and hasattr(model, "step")):
+        raise MambavaError(
+            f"{type(model).__name__} has no recurrent (step-by-step) form; `stream` needs a Mamba-VA checkpoint"
+        )
+
+
+class TemporalStream:
+    """The temporal model stepped one frame at a time for one sequence (B=1), in eval mode, without grad."""
+
+    def __init__(self, model, device=None, dtype=None):
+        import torch
+
+        check_streamable(model)
+        self._torch = torch
+        self.model = model
+        parameter = next(model.parameters())
+        self.device = torch.device(device) if device is not None else parameter.device
+        self.dtype = dtype or parameter.dtype
+        self.state = model.init_state(batch_size=1, device=self.device, dtype=self.dtype)
+        self.last_feature = None
+        self.steps = 0
+
+    def step(self, feature: np.ndarray | None = None) -> np.ndarray:
+        """Advance one frame with this feature (D,), or with the last one when None; returns the raw
+        (unclipped) (valence, arousal) as a float32 array of shape (2,)."""
+        torch = self._torch
+        if feature is None:
+            if self.last_feature is None:
+                raise MambavaError("a stream needs a first feature before it can carry one over")
+            x = self.last_feature
+        else:
+            x = torch.as_tensor(np.asarray(feature, dtype=np.float32)).to(self.device, self.dtype).reshape(1, -1)
+            self.last_feature = x
+        with torch.inference_mode(), _step_threads(torch):
+            y, self.state = self.model.step(x, self.state)
+        self.steps += 1
+        return y[0].float().cpu().numpy()
+
+
+@contextlib.contextmanager
+def _step_threads(torch):
+    """One torch thread for a step while other work keeps every CPU busy (load average >= CPUs + 1), as the
+    face detector does: a step is a chain of small ops, and with the other core taken two OpenMP threads wait
+    at every op's barrier (measured here under load: a small model 24 ms/step on two threads, 1.3 ms on one;
+    the paper model 130-150 ms vs 47-52 ms). Otherwise torch's setting is kept."""
+    from mambava.faces.detect import _busy_threads
+
+    previous = torch.get_num_threads()
+    wanted = _busy_threads()
+    if wanted and wanted != previous:
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+def stream_features(model, features: np.ndarray, present: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Raw (valence, arousal) per frame of a (T, D) feature sequence, one recurrent step each. Rows where
+    `present` is False carry the last present feature over; leading absent rows are skipped (nothing to carry)."""
+    stream = TemporalStream(model)
+    for t in range(len(features)):
+        if present is not None and not present[t]:
+            if stream.last_feature is None:
+                continue
+            yield stream.step(None)
+        else:
+            yield stream.step(features[t])
+
+
+def is_live_source(source) -> bool:
+    """Webcam indices, capture devices and network URLs are real time; files and folders are not."""
+    if isinstance(source, int):
+        return True
+    text = str(source)
+    if text.isdigit() or text.startswith("/dev/video"):
+        return True
+    return "://" in text and not text.startswith("file://")
+
+
+class FrameDropper:
+    """Hands out the frames of a source without falling behind it.
+
+    With `live=False` every frame is handed out, in order (a file processed as fast as possible). With
+    `live=True` a background thread reads the source (and, with `pace=True`, waits until each frame's
+    timestamp, to replay a file in real time) and keeps only the newest frame; frames that are replaced
+    before the consumer takes them are dropped. Iterating yields `(frame, dropped_before)`, where
+    `dropped_before` lists `(index, time)` of the frames dropped since the previous one.
+    """
+
+    def __init__(self, frames: Iterable, live: bool, pace: bool = False, clock: Callable[[], float] = _time.monotonic):
+        self._frames = frames
+        self.live = live
+        self.pace = pace
+        self._clock = clock
+        self.dropped = 0
+        self.delivered = 0
+        self._cond = threading.Condition()
+        self._newest = None
+        self._pending: list[tuple[int, float]] = []
+        self._done = False
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> None:
+        start = None
+        try:
+            for frame in self._frames:
+                if self.pace:
+                    if start is None:
+                        start = self._clock() - frame.time
+                    delay = start + frame.time - self._clock()
+                    if delay > 0:
+                        _time.sleep(delay)
+                with self._cond:
+                    if self._stop:
+                        return
+                    if self._newest is not None:
+                        self._pending.append((self._newest.index, self._newest.time))
+                        self.dropped += 1
+                    self._newest = frame
+                    self._cond.notify()
+        except BaseException as error:  # handed to the consumer, raised there
+            self._error = error
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify()
+
+    def __iter__(self) -> Iterator[tuple[object, list[tuple[int, float]]]]:
+        if not self.live:
+            for frame in self._frames:
+                self.delivered += 1
+                yield frame, []
+            return
+        self._thread = threading.Thread(target=self._read, name="mambava-frames", daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                with self._cond:
+                    while self._newest is None and not self._done:
+                        self._cond.wait()
+                    if self._newest is None:
+                        break
+                    frame, self._newest = self._newest, None
+                    dropped, self._pending = self._pending, []
+                self.delivered += 1
+                yield frame, dropped
+            if self._error is not None:
+                raise self._error
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+
+
+class TrackStreams:
+    """One TemporalStream per face track, created when the track's face is first found. `advance` moves every
+    known track one frame forward (tracks without a feature this frame carry their last one over) and returns
+    their rows; with no track at all, one row with `track=""` and NaN values."""
+
+    def __init__(self, model):
+        check_streamable(model)
+        self.model = model
+        self.streams: dict[str, TemporalStream] = {}
+
+    def retire(self, keep: Iterable[str]) -> None:
+        """Forget every track not in `keep`."""
+        keep = set(keep)
+        for track in [t for t in self.streams if t not in keep]:
+            del self.streams[track]
+
+    def advance(self, index: int, time: float, features: dict[str, np.ndarray], dropped: bool = False) -> list[StreamResult]:
+        for track in features:
+            if track not in self.streams:
+                self.streams[track] = TemporalStream(self.model)
+        if not self.streams:
+            return [StreamResult(index, float(time), "", math.nan, math.nan, face=False, dropped=dropped)]
+        results = []
+        for track, stream in self.streams.items():
+            feature = features.get(track)
+            y = np.clip(stream.step(feature), -1.0, 1.0)
+            results.append(
+                StreamResult(index, float(time), track, float(y[0]), float(y[1]), face=feature is not None, dropped=dropped)
+            )
+        return results
+
+
+class LiveStream:
+    """Per-frame StreamResult rows from a live source, a video file or a feature sequence; iterate once.
+
+    Video sources go frame -> faces (tracked, `mambava.faces.FaceTracker`) -> backbone feature -> one
+    recurrent step per track. A track's rows stop once the tracker drops it (unseen for longer than its
+    `max_gap`, 1 s); a face that comes back later starts a new track with a fresh state. A frame with no live
+    track gives one row with `track=""`, NaN values and `face=False`. Tracks are named `face1`, `face2`, ...
+
+    Counters, updated while iterating: `frames` (source frames given rows), `processed` (frames that went
+    through faces and backbone), `dropped` (frames skipped to keep up with real time, see `FrameDropper`).
+    """
+
+    def __init__(self, model, source, detector=None, extractor=None, realtime: bool = False, fps: float | None = None):
+        check_streamable(model)
+        self.model = model
+        self.source = source
+        self.detector = detector
+        self.extractor = extractor
+        self.realtime = realtime
+        self.fps = fps
+        self.frames = 0
+        self.processed = 0
+        self._features: tuple | None = None
+        self._dropper: FrameDropper | None = None
+
+    @classmethod
+    def from_features(cls, model, features: np.ndarray, present: np.ndarray | None, name: str, fps: float = 30.0) -> "LiveStream":
+        """Stream a (T, D) feature sequence as one track `name`, frame t at time t / fps, without dropping.
+        Rows where `present` is False carry the last feature over, like a frame without a face."""
+        stream = cls(model, name)
+        stream._features = (np.asarray(features, np.float32), present, name, fps)
+        return stream
+
+    @property
+    def dropped(self) -> int:
+        return self._dropper.dropped if self._dropper is not None else 0
+
+    def __iter__(self) -> Iterator[StreamResult]:
+        tracks = TrackStreams(self.model)
+        if self._features is not None:
+            features, present, name, fps = self._features
+            for t in range(len(features)):
+                found = {name: features[t]} if present is None or present[t] else {}
+                self.frames += 1
+                self.processed += 1
+                yield from tracks.advance(t, t / fps, found)
+            return
+        yield from self._iter_video(tracks)
+
+    def _iter_video(self, tracks: TrackStreams) -> Iterator[StreamResult]:
+        from mambava.faces import FaceTracker, iter_tracked_faces
+        from mambava.video import open_video
+
+        reader = open_video(self.source, fps=self.fps)
+        self._dropper = FrameDropper(reader, live=is_live_source(self.source) or self.realtime, pace=self.realtime)
+        tracker = FaceTracker()
+        dropped_before: dict[int, list[tuple[int, float]]] = {}
+
+        def frames():
+            for frame, dropped in self._dropper:
+                dropped_before[frame.index] = dropped
+                yield frame
+
+        try:
+            for item in iter_tracked_faces(frames(), self.detector, tracker=tracker, batch_size=1, keep_images=False):
+                for index, time in dropped_before.pop(item.index, []):
+                    self.frames += 1
+                    yield from tracks.advance(index, time, {}, dropped=True)
+                names = [f"face{face.track_id + 1}" for face in item.faces]
+                found = {}
+                if item.faces:
+                    features = self.extractor.features(np.stack([face.crop for face in item.faces]))
+                    found = dict(zip(names, features))
+                tracks.retire(f"face{tid + 1}" for tid in tracker.active_ids)
+                self.frames += 1
+                self.processed += 1
+                yield from tracks.advance(item.index, item.time, found)
+        finally:
+            self._dropper.close()
+            reader.close()
+
+
+__all__ = [
+    "StreamResult",
+    "LiveStream",
+    "TemporalStream",
+    "TrackStreams",
+    "FrameDropper",
+    "stream_features",
+    "is_live_source",
+    "check_streamable",
+]

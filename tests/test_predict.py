@@ -1,0 +1,218 @@
+"""mambava predict / submit write, and the Predictor API, on the real media with models built here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mambava.errors import MambavaError
+from mambava.predict import COLUMNS, Predictor
+
+DIM = 24  # feature size of the tiny ViT below, and input size of the tiny temporal model
+
+
+def _tiny_temporal(input_dim: int, seed: int = 0):
+    from mambava.baselines import build_temporal_model
+
+    torch.manual_seed(seed)
+    return build_temporal_model("mamba_va", {
+        "input_dim": input_dim, "tcn_channels": [32, 16], "d_model": 16, "n_layers": 2, "head_hidden": 16,
+    }).eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny ViT (img 32, patch 16, D=24, 1 block) saved with encoder.save, a tiny Mamba-VA taking 24-d
+    features, and one taking 48-d features (a checkpoint of another config)."""
+    from mambava.backbone import ViTConfig, ViTEncoder
+    from mambava.baselines import save_temporal_model
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=DIM, depth=1, num_heads=2, name="tiny-test"))
+    encoder.save(root / "vit.safetensors")
+    save_temporal_model(_tiny_temporal(DIM), root / "model.safetensors")
+    save_temporal_model(_tiny_temporal(2 * DIM), root / "model48.safetensors")
+    return {"vit": root / "vit.safetensors", "model": root / "model.safetensors", "model48": root / "model48.safetensors"}
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """`mambava ARGS` in this process, through the same entry point as the console script."""
+    from mambava.cli import main
+
+    argv = sys.argv
+    sys.argv = ["mambava", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.fixture(scope="module")
+def single_face_run(models, media_dir, tmp_path_factory):
+    """`mambava predict single_face.mp4 --overlay` once for the module (face detection is the slow part)."""
+    out = tmp_path_factory.mktemp("predict")
+    capsys = _NullCapture()
+    code, stdout, stderr = run_cli(["predict", media_dir / "single_face.mp4", "-c", models["model"], "-b", models["vit"],
+                                    "-o", out, "--overlay", "--precision", "fp32"], capsys)
+    return code, stdout, stderr, out
+
+
+class _NullCapture:
+    """run_cli outside a test function (module fixture): output goes to the terminal, nothing is captured."""
+
+    def readouterr(self):
+        return type("C", (), {"out": "", "err": ""})()
+
+
+def test_predict_single_face_csv_plots_overlay(single_face_run, media_dir):
+    from mambava.video import open_video
+
+    code, _, _, out = single_face_run
+    assert code == 0
+    table = pd.read_csv(out / "single_face.csv")
+    assert list(table.columns) == COLUMNS
+    assert len(table) == 72 and table["frame"].tolist() == list(range(72))  # one row per frame, one track
+    assert table["track"].unique().tolist() == ["single_face"]
+    assert table["face"].sum() >= 70
+    assert table["time"].is_monotonic_increasing and table["time"].iloc[-1] == pytest.approx(71 / 30, abs=0.02)
+    assert table[["valence", "arousal"]].abs().max().max() <= 1.0
+    assert table[["valence", "arousal"]].std().min() > 1e-4  # per-frame values, not a constant
+    present = table[table["face"] == 1]
+    assert (present["x2"] > present["x1"]).all() and (present["y2"] > present["y1"]).all()
+    width, height = _png_size(out / "single_face.va.png")
+    assert width >= 600 and height >= 200
+    _png_size(out / "single_face.circumplex.png")
+    with open_video(out / "single_face.overlay.mp4") as reader:
+        frames = [f.image for f in reader]
+    assert len(frames) == 72 and frames[0].shape == (360, 640, 3)
+    with open_video(media_dir / "single_face.mp4") as reader:
+        original = next(iter(reader)).image
+    assert np.abs(frames[0].astype(int) - original.astype(int)).max() > 100  # something was drawn
+
+
+def test_predict_marks_no_face_frames(models, media_dir):
+    """face_noface.mov: the man for about half, then a title card. Frames after his last face are flagged
+    face=0, carry his last feature (so no box) and still get values."""
+    predictor = Predictor(models["model"], models["vit"])
+    table = predictor.predict_video(media_dir / "face_noface.mov")
+    assert len(table) == 169 and table["frame"].tolist() == list(range(169))
+    last_face = int(table.loc[table["face"] == 1, "frame"].max())
+    assert 60 <= table["face"].sum() <= 90 and last_face < 100
+    tail = table[table["frame"] > last_face]
+    assert (tail["face"] == 0).all() and tail["x1"].isna().all()
+    assert tail[["valence", "arousal"]].notna().all().all()
+
+
+def test_stream_equals_predict_on_the_same_video(models, media_dir, single_face_run):
+    """stream on single_face.mp4 (a face in every frame from frame 0) equals the offline predict. The video is
+    shorter than one 300-frame window, so the paper's windows are here one full causal pass."""
+    rows = list(Predictor(models["model"], models["vit"], precision="fp32").stream(media_dir / "single_face.mp4"))
+    offline = pd.read_csv(single_face_run[3] / "single_face.csv")
+    assert [r.frame for r in rows] == offline["frame"].tolist()
+    assert [int(r.face) for r in rows] == offline["face"].tolist()
+    stepped = np.array([[r.valence, r.arousal] for r in rows])
+    assert np.abs(stepped - offline[["valence", "arousal"]].to_numpy()).max() <= 1e-4
+
+
+def test_no_face_video_is_a_clear_error(models, media_dir, tmp_path, capsys):
+    code, out, err = run_cli(["predict", media_dir / "no_face.mp4", "-c", models["model"], "-b", models["vit"],
+                              "-o", tmp_path, "--fps", "8"], capsys)
+    assert code == 2
+    assert "no face found in any of its" in err and "no_face.mp4" in err
+    assert "Traceback" not in err + out
+    assert not list(tmp_path.glob("*.csv"))
+
+
+@pytest.mark.parametrize("case", ["missing", "other_config", "not_a_model", "no_backbone"])
+def test_bad_inputs_give_one_line_errors(case, models, media_dir, tmp_path, capsys):
+    video = media_dir / "single_face.mp4"
+    args = {
+        "missing": ["-c", tmp_path / "nope.safetensors", "-b", models["vit"]],
+        "other_config": ["-c", models["model48"], "-b", models["vit"]],
+        "not_a_model": ["-c", models["vit"], "-b", models["vit"]],
+        "no_backbone": ["-c", models["model"]],
+    }[case]
+    code, out, err = run_cli(["predict", video, *args, "-o", tmp_path], capsys)
+    expected = {
+        "missing": "nope.safetensors: checkpoint not found",
+        "other_config": "gives 24-d features but the temporal model",
+        "not_a_model": "vit.safetensors",
+        "no_backbone": "--backbone is required for videos; pass a features .npy instead",
+    }[case]
+    assert code == 2 and expected in err, err
+    assert "Traceback" not in err + out and len(err.strip().splitlines()) == 1
+
+
+def test_predict_feature_files_and_folders(models, tmp_path, capsys):
+    """A folder of .npy features (T x D): no backbone needed; all-NaN rows are no-face frames; the CSV's
+    values are the Predictor's; a file of the wrong feature size is reported and the others still written."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "features"
+    folder.mkdir()
+    a = rng.normal(size=(350, DIM)).astype(np.float32)
+    a[10:20] = np.nan
+    np.save(folder / "a.npy", a)
+    np.save(folder / "b.npy", rng.normal(size=(40, DIM)).astype(np.float32))
+    np.save(folder / "wrong.npy", rng.normal(size=(40, DIM + 1)).astype(np.float32))
+    code, out, err = run_cli(["predict", folder, "-c", models["model"], "-o", tmp_path / "out", "--no-plots"], capsys)
+    assert code == 2 and "wrong.npy: 25-d features, but the temporal model" in err and "1 of 3 inputs failed" in err
+    table = pd.read_csv(tmp_path / "out" / "a.csv")
+    assert len(table) == 350 and table["face"].tolist() == [0 if 10 <= i < 20 else 1 for i in range(350)]
+    assert table["time"].iloc[30] == pytest.approx(1.0)
+    expected = Predictor(models["model"]).predict_features(np.nan_to_num(a), ~np.isnan(a).any(1))
+    assert np.abs(table[["valence", "arousal"]].to_numpy() - expected).max() < 1e-5
+    assert len(pd.read_csv(tmp_path / "out" / "b.csv")) == 40
+
+
+def test_submit_write_runs_the_model_over_test_features(models, tmp_path, capsys):
+    from mambava.features import FeatureStore
+    from mambava.submission import validate_submission
+
+    rng = np.random.default_rng(1)
+    store = FeatureStore(tmp_path / "store")
+    lengths = {"vidE": 320, "vidF_left": 45}
+    for name, n in lengths.items():
+        mask = rng.random(n) > 0.1
+        store.write(name, rng.normal(size=(n, DIM)), mask, fps=30, backbone="tiny", dtype="float32")
+    (tmp_path / "test.txt").write_text("vidE\nvidF_left\n")
+    out = tmp_path / "submission.txt"
+    code, stdout, err = run_cli(["submit", "write", "-c", models["model"], "--features", tmp_path / "store",
+                                 "--test-list", tmp_path / "test.txt", "-o", out], capsys)
+    assert code == 0, err
+    validate_submission(out, list(lengths), lengths)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "image_location,valence,arousal" and lines[1].startswith("vidE/00001.jpg,")
+    record = store.read("vidE")
+    expected = Predictor(models["model"]).predict_features(*record.window(0, 320))
+    got = np.array([[float(x) for x in line.split(",")[1:]] for line in lines[1:321]])
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_predictor_checks(models):
+    with pytest.raises(MambavaError, match="windowing must be one of"):
+        Predictor(models["model"], windowing="sliding")
+    with pytest.raises(MambavaError, match="features must be"):
+        Predictor(models["model"]).predict_features(np.zeros(5))
+    with pytest.raises(MambavaError, match="--backbone is required"):
+        Predictor(models["model"]).predict_video("clip.mp4")
