@@ -155,12 +155,13 @@ def _loader(items, size: int, config: TrainConfig, train: bool) -> DataLoader:
                       num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
 
 
-def _trainer(config: TrainConfig, out: Path, callbacks: list, progress: bool) -> L.Trainer:
+def _trainer(config: TrainConfig, out: Path, callbacks: list, progress: bool, validate: bool = True) -> L.Trainer:
     return L.Trainer(
         max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
         devices=config.devices, strategy=config.strategy, precision=config.precision, callbacks=callbacks,
         logger=L.pytorch.loggers.CSVLogger(out, name="logs"), enable_checkpointing=False,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0,
+        limit_val_batches=None if validate else 0, log_every_n_steps=10,
     )
 
 
@@ -299,7 +300,7 @@ def finetune(root: str | os.PathLike | AffWild2, encoder: ViTEncoder, config: Fi
         raise MambavaError(f"{dataset.root}: fewer than 2 labelled frames with crops in the training videos")
     module = VARegressor(encoder, config)
     export = ExportEncoder(out / ENCODER_FILE)
-    trainer = _trainer(config, out, [export], progress)
+    trainer = _trainer(config, out, [export], progress, validate=bool(val_items))
     trainer.fit(module, _loader(train_items, size, config, True),
                 _loader(val_items, size, config, False) if val_items else None)
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -460,7 +461,7 @@ def pretrain_mae(source: str | os.PathLike, encoder: ViTEncoder, config: Pretrai
     if decoder_from is not None and load_mae_decoder(module, decoder_from):
         log.info("MAE decoder initialised from %s", decoder_from)
     losses = _EpochLosses()
-    trainer = _trainer(config, out, [losses], progress)
+    trainer = _trainer(config, out, [losses], progress, validate=False)
     trainer.fit(module, _loader(items, encoder.config.img_size, config, True))
     path = out / "mae_pretrain.pth"
     if trainer.is_global_zero:
