@@ -41,6 +41,43 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {"vit": root / "vit.safetensors", "model": root / "model.safetensors", "model48": root / "model48.safetensors"}
 
 
+class _CachedDetector:
+    """MTCNN, remembering its answer per frame image: the tests decode the same clips several times (CLI,
+    Python API, stream), and detection is the slow part. Registered as detector "mtcnn-cached"."""
+
+    name = "mtcnn-cached"
+    has_landmarks = True
+
+    def __init__(self):
+        from mambava.faces import get_detector
+
+        self.detector = get_detector("mtcnn")
+        self.cache: dict[bytes, list] = {}
+
+    def detect_batch(self, images):
+        import hashlib
+
+        keys = [hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest() for image in images]
+        todo = [i for i, key in enumerate(keys) if key not in self.cache]
+        for i, faces in zip(todo, self.detector.detect_batch([images[i] for i in todo]) if todo else []):
+            self.cache[keys[i]] = faces
+        return [self.cache[key] for key in keys]
+
+    def detect(self, image):
+        return self.detect_batch([image])[0]
+
+
+@pytest.fixture(scope="module")
+def detector():
+    """The name of a cached MTCNN shared by this module's tests (see _CachedDetector)."""
+    from mambava.faces import detect, register_detector
+
+    shared = _CachedDetector()
+    register_detector(shared.name, lambda: shared)
+    yield shared.name
+    detect._REGISTRY.pop(shared.name, None)
+
+
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """`mambava ARGS` in this process, through the same entry point as the console script."""
     from mambava.cli import main
@@ -69,12 +106,12 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def single_face_run(models, media_dir, tmp_path_factory):
+def single_face_run(models, media_dir, detector, tmp_path_factory):
     """`mambava predict single_face.mp4 --overlay` once for the module (face detection is the slow part)."""
     out = tmp_path_factory.mktemp("predict")
     capsys = _NullCapture()
     code, stdout, stderr = run_cli(["predict", media_dir / "single_face.mp4", "-c", models["model"], "-b", models["vit"],
-                                    "-o", out, "--overlay", "--precision", "fp32"], capsys)
+                                    "-o", out, "--overlay", "--precision", "fp32", "--detector", detector], capsys)
     return code, stdout, stderr, out
 
 
@@ -111,10 +148,10 @@ def test_predict_single_face_csv_plots_overlay(single_face_run, media_dir):
     assert np.abs(frames[0].astype(int) - original.astype(int)).max() > 100  # something was drawn
 
 
-def test_predict_marks_no_face_frames(models, media_dir):
+def test_predict_marks_no_face_frames(models, media_dir, detector):
     """face_noface.mov: the man for about half, then a title card. Frames after his last face are flagged
     face=0, carry his last feature (so no box) and still get values."""
-    predictor = Predictor(models["model"], models["vit"])
+    predictor = Predictor(models["model"], models["vit"], detector=detector)
     table = predictor.predict_video(media_dir / "face_noface.mov")
     assert len(table) == 169 and table["frame"].tolist() == list(range(169))
     last_face = int(table.loc[table["face"] == 1, "frame"].max())
@@ -124,10 +161,10 @@ def test_predict_marks_no_face_frames(models, media_dir):
     assert tail[["valence", "arousal"]].notna().all().all()
 
 
-def test_stream_equals_predict_on_the_same_video(models, media_dir, single_face_run):
+def test_stream_equals_predict_on_the_same_video(models, media_dir, detector, single_face_run):
     """stream on single_face.mp4 (a face in every frame from frame 0) equals the offline predict. The video is
     shorter than one 300-frame window, so the paper's windows are here one full causal pass."""
-    rows = list(Predictor(models["model"], models["vit"], precision="fp32").stream(media_dir / "single_face.mp4"))
+    rows = list(Predictor(models["model"], models["vit"], precision="fp32", detector=detector).stream(media_dir / "single_face.mp4"))
     offline = pd.read_csv(single_face_run[3] / "single_face.csv")
     assert [r.frame for r in rows] == offline["frame"].tolist()
     assert [int(r.face) for r in rows] == offline["face"].tolist()

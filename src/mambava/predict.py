@@ -224,6 +224,7 @@ class Predictor:
 
         from mambava.evaluate import predict_sequence
         from mambava.features import forward_fill
+        from mambava.stream import load_aware_threads
 
         windowing = windowing or self.windowing
         if windowing not in WINDOWING:
@@ -232,7 +233,7 @@ class Predictor:
         if present is not None and not np.all(present):
             features = forward_fill(features, present)
         x = torch.from_numpy(np.ascontiguousarray(features)).to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), load_aware_threads():
             if windowing == "full":
                 y = self.model(x[None]).float()[0]
             else:

@@ -81,24 +81,26 @@ class TemporalStream:
         else:
             x = torch.as_tensor(np.asarray(feature, dtype=np.float32)).to(self.device, self.dtype).reshape(1, -1)
             self.last_feature = x
-        with torch.inference_mode(), _step_threads(torch):
+        with torch.inference_mode(), load_aware_threads():
             y, self.state = self.model.step(x, self.state)
         self.steps += 1
         return y[0].float().cpu().numpy()
 
 
 @contextlib.contextmanager
-def _step_threads(torch):
-    """One torch thread for a step while other work keeps every CPU busy (load average >= CPUs + 1), as the
-    face detector does: a step is a chain of small ops, and with the other core taken two OpenMP threads wait
-    at every op's barrier (measured here under load: a small model 24 ms/step on two threads, 1.3 ms on one;
-    the paper model 130-150 ms vs 47-52 ms). Otherwise torch's setting is kept."""
+def load_aware_threads():
+    """One torch thread while other work keeps every CPU busy (load average >= CPUs + 1), as the face detector
+    does (`mambava.faces.detect`); otherwise torch's setting is kept. A step is a chain of small ops, and with
+    the other core taken two OpenMP threads wait at every op's barrier: measured here under load, a small
+    Mamba-VA took 24 ms/step on two threads and 1.3 ms on one, the paper model 130-150 ms vs 47-52 ms."""
+    import torch
+
     from mambava.faces.detect import _busy_threads
 
     previous = torch.get_num_threads()
     wanted = _busy_threads()
     if wanted and wanted != previous:
-        torch.set_num_threads(wanted)
+        torch.set_num_threads(wanted)  # the calling thread's OpenMP setting, restored below
     try:
         yield
     finally:
