@@ -7,6 +7,12 @@ Fast: `MambaVA.step` (the causal TCN's ring buffers, the Mamba layers' conv and 
 kernels computed once in `init_state`). Baseline, measured in the same run: what a causal model without a
 recurrent form has to do, run the model over the last `--window` frames (300) for every new frame and keep the
 last output -- with the reference scan in fp32 (the authors' model), and also with our chunked scan.
+
+`--end-to-end [VIDEO]` (default: the shared single_face.mp4) also times the whole live pipeline per frame, as
+`mambava stream` runs it (`mambava.stream.LiveStream`, no frame dropped): decode, MTCNN detection, tracking and
+alignment, the ViT backbone on the crop (`--backbone-arch`, random weights, precision auto), and the temporal
+step; then the same frame cost with the 300-frame window re-run in place of the step, and the rate a live
+source can be followed at (frames beyond it are dropped).
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ def main(argv=None) -> int:
     parser.add_argument("--window-frames", type=int, default=3, help="frames timed for the baseline (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--tiny", action="store_true", help="a small model: a quick smoke run")
+    parser.add_argument("--end-to-end", nargs="?", const="", default=None, metavar="VIDEO",
+                        help="also time the whole live pipeline per frame on VIDEO (default: single_face.mp4)")
+    parser.add_argument("--e2e-frames", type=int, default=8, help="frames of VIDEO for --end-to-end (default 8)")
+    parser.add_argument("--backbone-arch", default="vit_large_patch16",
+                        help="ViT for --end-to-end (default vit_large_patch16, the paper's; --tiny: a 1-block ViT)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,7 +82,72 @@ def main(argv=None) -> int:
     print(f"{'step(): one frame, recurrent state':<52} {step * 1e3:>9.2f} {base / step:>11.0f}x")
     print(f"(init_state: {init * 1e3:.0f} ms once per stream; step median over {args.frames} frames, "
           f"p90 {sorted(times)[int(0.9 * len(times))] * 1e3:.2f} ms)")
+    if args.end_to_end is not None:
+        end_to_end(model, args, step=step, window=results["chunked"])
     return 0
+
+
+class _Timed:
+    """Wraps a detector or feature extractor and adds up the seconds spent in `method`."""
+
+    def __init__(self, inner, method: str):
+        self.inner, self.method, self.seconds, self.calls = inner, method, 0.0, 0
+
+        def timed(*a, **k):
+            start = time.perf_counter()
+            try:
+                return getattr(inner, method)(*a, **k)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+
+        setattr(self, method, timed)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def end_to_end(model, args, step: float, window: float) -> None:
+    """Per-frame cost of the live pipeline (`LiveStream`) on a video, by part; see the module docstring."""
+    from pathlib import Path
+
+    from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, vit_config
+    from mambava.benchmarks.faces import DEFAULT_MEDIA, _load
+    from mambava.faces import get_detector
+    from mambava.stream import LiveStream
+
+    video = Path(args.end_to_end) if args.end_to_end else DEFAULT_MEDIA / "single_face.mp4"
+    torch.manual_seed(0)
+    config = vit_config(args.backbone_arch)
+    if args.tiny:
+        config = ViTConfig(img_size=32, embed_dim=model.config.input_dim, depth=1, num_heads=4, name="tiny")
+    elif config.embed_dim != model.config.input_dim:
+        config = vit_config(args.backbone_arch, embed_dim=model.config.input_dim)
+    extractor = FeatureExtractor(ViTEncoder(config), batch_size=1, precision="auto")
+    detector = _Timed(get_detector("mtcnn"), "detect_batch")
+    backbone = _Timed(extractor, "features")
+    backbone.features(torch.zeros(1, 112, 112, 3, dtype=torch.uint8).numpy())  # warm-up, not counted
+    detector.detect_batch([torch.zeros(360, 640, 3, dtype=torch.uint8).numpy()])
+    detector.seconds = backbone.seconds = 0.0
+    live = LiveStream(model, str(video), detector, backbone)
+    start = time.perf_counter()
+    for _ in live:
+        if live.processed >= args.e2e_frames:
+            break
+    total = (time.perf_counter() - start) / max(live.processed, 1)
+    n = max(live.processed, 1)
+    detect, encode = detector.seconds / n, backbone.seconds / n
+    rest = max(total - detect - encode - step, 0.0)
+    with_window = total - step + window
+    print(f"\nend to end, {video.name}, {live.processed} frames, one face each: MTCNN + {config.name} "
+          f"({extractor.precision}) + temporal model, ms/frame (1-minute load average {_load()})")
+    for label, seconds in (("faces: MTCNN detection", detect), (f"backbone: {config.name}, 1 crop", encode),
+                           ("temporal model: step()", step), ("decode + track + align + the rest", rest)):
+        print(f"  {label:<50} {seconds * 1e3:>9.1f} {100 * seconds / total:>5.1f}%")
+    print(f"  {'total per frame with step()':<50} {total * 1e3:>9.1f}   -> {1 / total:.2f} frames/s followed live")
+    print(f"  {'total with the 300-frame window re-run instead':<50} {with_window * 1e3:>9.1f}   "
+          f"-> {1 / with_window:.2f} frames/s; step() makes the whole frame {with_window / total:.1f}x faster")
+    print(f"  (a 30 fps source keeps about 1 frame in {max(1.0, 30 * total):.0f}; the others are dropped)")
 
 
 if __name__ == "__main__":  # pragma: no cover
