@@ -246,6 +246,21 @@ def test_submit_write_runs_the_model_over_test_features(models, tmp_path, capsys
     assert np.abs(got - expected).max() < 1e-5
 
 
+def test_va_plot_with_truth_and_two_tracks(tmp_path):
+    """The VA plot takes a reference per track (-5 = no label, left out) and draws one panel per track."""
+    from mambava.plots import plot_circumplex, plot_va_over_time
+
+    t = np.arange(120) / 30
+    table = pd.concat([pd.DataFrame({"track": name, "time": t, "valence": np.sin(t + k), "arousal": np.cos(t),
+                                     "face": (np.arange(120) % 50 > 5).astype(int)}) for k, name in enumerate("LR")])
+    truth = np.stack([np.sin(t), np.cos(t)], 1)
+    truth[:10] = -5
+    one = _png_size(plot_va_over_time(table[table.track == "L"], tmp_path / "one.png", truth=truth))
+    two = _png_size(plot_va_over_time(table, tmp_path / "two.png", truth={"L": truth, "R": truth}))
+    assert two[1] > one[1]  # a panel per track
+    assert _png_size(plot_circumplex(table, tmp_path / "c.png"))[0] > 800  # side by side
+
+
 def test_predictor_checks(models):
     with pytest.raises(MambavaError, match="windowing must be one of"):
         Predictor(models["model"], windowing="sliding")

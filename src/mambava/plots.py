@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -64,16 +64,26 @@ def _no_face_spans(time: np.ndarray, face: np.ndarray) -> list[tuple[float, floa
     return spans
 
 
-def plot_va_over_time(table, path: str | os.PathLike, title: str | None = None) -> Path:
+def plot_va_over_time(table, path: str | os.PathLike, title: str | None = None, truth=None,
+                      truth_label: str = "truth") -> Path:
     """One panel per track: valence and arousal against time (seconds), y in [-1, 1]; frames without a face
-    (values carried over from the last face, see `mambava.predict`) are shaded grey."""
+    (values carried over from the last face, see `mambava.predict`) are shaded grey. `truth`, when known: a
+    (T, 2) array for a one-track table, or {track: (T, 2)}, one row per row of the track in time order; drawn
+    dashed and named `truth_label` in the legend (NaN or -5 rows are left out)."""
     tracks = _tracks(table)
+    if truth is not None and not isinstance(truth, Mapping):
+        truth = {tracks[0][0]: truth}
     figure = _figure(10, 1.0 + 2.2 * len(tracks))
     axes = figure.subplots(len(tracks), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, rows) in zip(axes, tracks):
         time = rows["time"].to_numpy(dtype=float)
         ax.plot(time, rows["valence"].to_numpy(), color=VALENCE_COLOR, lw=1.4, label="valence")
         ax.plot(time, rows["arousal"].to_numpy(), color=AROUSAL_COLOR, lw=1.4, label="arousal")
+        if truth is not None and name in truth:
+            values = np.array(truth[name], dtype=float)
+            values[(values <= -5) | ~np.isfinite(values)] = np.nan
+            ax.plot(time, values[:, 0], color=VALENCE_COLOR, lw=1.0, ls="--", label=f"valence ({truth_label})")
+            ax.plot(time, values[:, 1], color=AROUSAL_COLOR, lw=1.0, ls="--", label=f"arousal ({truth_label})")
         if "face" in rows.columns:
             spans = _no_face_spans(time, rows["face"].to_numpy())
             for i, (t0, t1) in enumerate(spans):
@@ -121,10 +131,12 @@ def plot_circumplex(table, path: str | os.PathLike, title: str | None = None) ->
             ax.legend(loc="lower left", fontsize="small")
         ax.set_xlim(-1.1, 1.1)
         ax.set_ylim(-1.1, 1.1)
+        ax.set_xticks([-1, -0.5, 0, 0.5, 1])
+        ax.set_yticks([-1, -0.5, 0, 0.5, 1])
         ax.set_aspect("equal")
         ax.set_xlabel("valence")
         ax.set_ylabel("arousal")
-        if name:
+        if name and name != title:
             ax.set_title(name)
     if title:
         figure.suptitle(title)
