@@ -181,21 +181,27 @@ def test_no_face_video_is_a_clear_error(models, media_dir, tmp_path, capsys):
     assert not list(tmp_path.glob("*.csv"))
 
 
-@pytest.mark.parametrize("case", ["missing", "other_config", "not_a_model", "no_backbone"])
+@pytest.mark.parametrize("case", ["missing", "other_config", "not_a_model", "junk", "no_backbone", "bad_out"])
 def test_bad_inputs_give_one_line_errors(case, models, media_dir, tmp_path, capsys):
     video = media_dir / "single_face.mp4"
+    (tmp_path / "junk.pth").write_bytes(np.random.default_rng(0).bytes(4000))
+    (tmp_path / "a_file").write_text("")
     args = {
         "missing": ["-c", tmp_path / "nope.safetensors", "-b", models["vit"]],
         "other_config": ["-c", models["model48"], "-b", models["vit"]],
         "not_a_model": ["-c", models["vit"], "-b", models["vit"]],
+        "junk": ["-c", tmp_path / "junk.pth", "-b", models["vit"]],
         "no_backbone": ["-c", models["model"]],
+        "bad_out": ["-c", models["model"], "-b", models["vit"], "-o", tmp_path / "a_file" / "out"],
     }[case]
-    code, out, err = run_cli(["predict", video, *args, "-o", tmp_path], capsys)
+    code, out, err = run_cli(["predict", video, "-o", tmp_path, *args], capsys)
     expected = {
         "missing": "nope.safetensors: checkpoint not found",
         "other_config": "gives 24-d features but the temporal model",
         "not_a_model": "vit.safetensors",
+        "junk": "junk.pth: ",
         "no_backbone": "--backbone is required for videos; pass a features .npy instead",
+        "bad_out": "cannot create the output folder",
     }[case]
     assert code == 2 and expected in err, err
     assert "Traceback" not in err + out and len(err.strip().splitlines()) == 1

@@ -82,8 +82,11 @@ def load_model(checkpoint):
         raise MambavaError(f"{path}: checkpoint not found")
     try:
         loaded = load_for_eval(path)
-    except MambavaError:
-        raise
+    except MambavaError as error:
+        lines = str(error).strip().splitlines()
+        if len(lines) <= 1:
+            raise
+        raise MambavaError(lines[0] + (")" if lines[0].count("(") > lines[0].count(")") else "")) from None
     except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError, AttributeError) as error:
         # torch.load / load_state_dict errors on a file that is not a temporal model, or one of another config
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__

@@ -42,6 +42,7 @@ def predict_command(
     from mambava.predict import FEATURE_SUFFIXES, Predictor, find_inputs, output_paths, write_overlay, write_table
 
     paths = find_inputs(inputs)
+    _make_folder(out)
     videos = [p for p in paths if Path(p).suffix.lower() not in FEATURE_SUFFIXES]
     if videos and backbone is None:
         raise MambavaError(f"{videos[0]}: --backbone is required for videos; pass a features .npy instead")
@@ -59,14 +60,22 @@ def predict_command(
             if overlay and path in videos:
                 overlay_path = output_paths(out, name)["overlay"]
                 written["overlay"] = write_overlay(path, table, overlay_path, fps=fps, progress=True)
-        except MambavaError as error:
+        except (MambavaError, OSError) as error:  # OSError: an output that cannot be written (disk full, ...)
             failed += 1
-            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            message = error if isinstance(error, MambavaError) else f"{error.filename or out}: {error.strerror or error}"
+            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
             continue
         typer.echo(f"{path}: {_describe(table)} -> " + ", ".join(str(p) for p in written.values()))
     if failed:
         typer.secho(f"{failed} of {len(paths)} inputs failed", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+
+
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MambavaError(f"{path}: cannot create the output folder ({error.strerror or error})") from None
 
 
 def _describe(table) -> str:
@@ -99,6 +108,8 @@ def stream_command(
         raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
     if not is_features and not is_live_source(source) and not Path(source).exists():
         raise MambavaError(f"{source}: no such file")
+    if out is not None:
+        _make_folder(out.parent)
     predictor = Predictor(
         checkpoint, None if is_features else backbone, windowing="full", detector=detector, device=device,
         batch_size=8, precision=precision, fps=fps, features_fps=features_fps,
@@ -161,6 +172,7 @@ def submit_write_command(
     from mambava.submission import write_submission
 
     videos, counts = _test_videos(features, test_list, root)
+    _make_folder(out.parent)
     predictor = Predictor(checkpoint, windowing=windowing, device=device)
     predictions = submission_predictions(predictor, features, counts, progress=True)
     write_submission(out, predictions, counts)
