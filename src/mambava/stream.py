@@ -25,7 +25,7 @@ import math
 import threading
 import time as _time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -57,18 +57,16 @@ def check_streamable(model) -> None:
 class TemporalStream:
     """The temporal model stepped one frame at a time for one sequence (B=1), in eval mode, without grad."""
 
-    def __init__(self, model, device=None, dtype=None):
+    def __init__(self, model):
         import torch
 
         check_streamable(model)
         self._torch = torch
         self.model = model
         parameter = next(model.parameters())
-        self.device = torch.device(device) if device is not None else parameter.device
-        self.dtype = dtype or parameter.dtype
+        self.device, self.dtype = parameter.device, parameter.dtype
         self.state = model.init_state(batch_size=1, device=self.device, dtype=self.dtype)
         self.last_feature = None
-        self.steps = 0
 
     def step(self, feature: np.ndarray | None = None) -> np.ndarray:
         """Advance one frame with this feature (D,), or with the last one when None; returns the raw
@@ -83,7 +81,6 @@ class TemporalStream:
             self.last_feature = x
         with torch.inference_mode(), load_aware_threads():
             y, self.state = self.model.step(x, self.state)
-        self.steps += 1
         return y[0].float().cpu().numpy()
 
 
@@ -141,13 +138,11 @@ class FrameDropper:
     `dropped_before` lists `(index, time)` of the frames dropped since the previous one.
     """
 
-    def __init__(self, frames: Iterable, live: bool, pace: bool = False, clock: Callable[[], float] = _time.monotonic):
+    def __init__(self, frames: Iterable, live: bool, pace: bool = False):
         self._frames = frames
         self.live = live
         self.pace = pace
-        self._clock = clock
         self.dropped = 0
-        self.delivered = 0
         self._cond = threading.Condition()
         self._newest = None
         self._pending: list[tuple[int, float]] = []
@@ -162,8 +157,8 @@ class FrameDropper:
             for frame in self._frames:
                 if self.pace:
                     if start is None:
-                        start = self._clock() - frame.time
-                    delay = start + frame.time - self._clock()
+                        start = _time.monotonic() - frame.time
+                    delay = start + frame.time - _time.monotonic()
                     if delay > 0:
                         _time.sleep(delay)
                 with self._cond:
@@ -184,7 +179,6 @@ class FrameDropper:
     def __iter__(self) -> Iterator[tuple[object, list[tuple[int, float]]]]:
         if not self.live:
             for frame in self._frames:
-                self.delivered += 1
                 yield frame, []
             return
         self._thread = threading.Thread(target=self._read, name="mambava-frames", daemon=True)
@@ -198,7 +192,6 @@ class FrameDropper:
                         break
                     frame, self._newest = self._newest, None
                     dropped, self._pending = self._pending, []
-                self.delivered += 1
                 yield frame, dropped
             if self._error is not None:
                 raise self._error
