@@ -124,3 +124,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_mamba_va():
+    """A factory `tiny_mamba_va(input_dim=24, seed=0)`: a small Mamba-VA (TCN [32, 16], 2 Mamba layers of
+    d_model 16, head 16) in eval mode, seeded; for predict/stream tests that need a real model fast."""
+
+    def build(input_dim: int = 24, seed: int = 0):
+        import torch
+
+        from mambava.baselines import build_temporal_model
+
+        torch.manual_seed(seed)
+        return build_temporal_model("mamba_va", {
+            "input_dim": input_dim, "tcn_channels": [32, 16], "d_model": 16, "n_layers": 2, "head_hidden": 16,
+        }).eval()
+
+    return build

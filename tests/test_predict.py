@@ -16,17 +16,8 @@ from mambava.predict import COLUMNS, Predictor
 DIM = 24  # feature size of the tiny ViT below, and input size of the tiny temporal model
 
 
-def _tiny_temporal(input_dim: int, seed: int = 0):
-    from mambava.baselines import build_temporal_model
-
-    torch.manual_seed(seed)
-    return build_temporal_model("mamba_va", {
-        "input_dim": input_dim, "tcn_channels": [32, 16], "d_model": 16, "n_layers": 2, "head_hidden": 16,
-    }).eval()
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
+def models(tmp_path_factory, tiny_mamba_va) -> dict[str, Path]:
     """A tiny ViT (img 32, patch 16, D=24, 1 block) saved with encoder.save, a tiny Mamba-VA taking 24-d
     features, and one taking 48-d features (a checkpoint of another config)."""
     from mambava.backbone import ViTConfig, ViTEncoder
@@ -36,8 +27,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=DIM, depth=1, num_heads=2, name="tiny-test"))
     encoder.save(root / "vit.safetensors")
-    save_temporal_model(_tiny_temporal(DIM), root / "model.safetensors")
-    save_temporal_model(_tiny_temporal(2 * DIM), root / "model48.safetensors")
+    save_temporal_model(tiny_mamba_va(DIM), root / "model.safetensors")
+    save_temporal_model(tiny_mamba_va(2 * DIM), root / "model48.safetensors")
     return {"vit": root / "vit.safetensors", "model": root / "model.safetensors", "model48": root / "model48.safetensors"}
 
 

@@ -15,16 +15,6 @@ from mambava.predict import Predictor
 from mambava.stream import FrameDropper, LiveStream, stream_features
 
 
-def tiny_model(input_dim: int = 24, seed: int = 0):
-    """A small Mamba-VA (2 TCN blocks, 2 Mamba layers) in eval mode."""
-    from mambava.baselines import build_temporal_model
-
-    torch.manual_seed(seed)
-    return build_temporal_model("mamba_va", {
-        "input_dim": input_dim, "tcn_channels": [32, 16], "d_model": 16, "n_layers": 2, "head_hidden": 16,
-    }).eval()
-
-
 def smooth_features(n: int, dim: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
     """Random features that drift over time like real per-frame features (a random walk plus noise)."""
     rng = np.random.default_rng(seed)
@@ -59,18 +49,18 @@ def test_stream_equals_full_offline_pass_paper_model(n_frames):
     assert offline.std(axis=0).min() > 100 * 1e-4
 
 
-def test_stream_equals_full_offline_pass_2000_frames():
+def test_stream_equals_full_offline_pass_2000_frames(tiny_mamba_va):
     """2,000 frames (several times the receptive field and the window) through a small Mamba-VA."""
-    streamed, offline = _stream_vs_full(tiny_model(), 2000, seed=4)
+    streamed, offline = _stream_vs_full(tiny_mamba_va(), 2000, seed=4)
     assert np.abs(streamed - offline).max() <= 1e-4
     assert offline.std(axis=0).min() > 100 * 1e-4
 
 
-def test_stream_api_rows_equal_full_pass_and_no_face_rows():
+def test_stream_api_rows_equal_full_pass_and_no_face_rows(tiny_mamba_va):
     """Predictor.stream on a feature sequence with no-face (NaN) rows: one row per frame, face flags as given,
     values equal to predict_features(windowing="full") from the first face on; before it the stream has no
     track yet (the offline pass back-fills those frames with the first face's feature)."""
-    model = tiny_model()
+    model = tiny_mamba_va()
     features = smooth_features(400, 24, seed=2)
     present = np.ones(400, bool)
     present[:5] = False
@@ -86,10 +76,10 @@ def test_stream_api_rows_equal_full_pass_and_no_face_rows():
     assert np.abs(stepped - offline).max() <= 1e-5
 
 
-def test_windows_differ_from_full_after_the_first_stride():
+def test_windows_differ_from_full_after_the_first_stride(tiny_mamba_va):
     """Paper windows (300/200) restart the state each window: frames only the first window covers equal the
     full causal pass, later frames differ (which is why stream equality is stated against windowing=full)."""
-    model = tiny_model()
+    model = tiny_mamba_va()
     features = smooth_features(700, 24, seed=3)
     windows = Predictor(model, windowing="windows").predict_raw(features)
     full = Predictor(model, windowing="full").predict_raw(features)
@@ -160,7 +150,7 @@ class _SlowExtractor:
         return out
 
 
-def test_live_stream_drops_frames_in_real_time_and_still_steps_through_them(tmp_path):
+def test_live_stream_drops_frames_in_real_time_and_still_steps_through_them(tmp_path, tiny_mamba_va):
     """A 60-frame, 60 fps file replayed in real time with a 40 ms backbone: frames are dropped, each dropped
     frame still gets its row (dropped=True, last feature carried over), and the row values equal the full
     offline pass over the same (held) features."""
@@ -176,7 +166,7 @@ def test_live_stream_drops_frames_in_real_time_and_still_steps_through_them(tmp_
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    model = tiny_model()
+    model = tiny_mamba_va()
     extractor = _SlowExtractor()
     live = LiveStream(model, str(path), _OneFace(), extractor, realtime=True)
     rows = list(live)
