@@ -1,0 +1,317 @@
+"""Temporal models for ablations, in the same framework as the paper model (selected by `model.kind`):
+
+- `mamba_va`     the paper model (`mambava.model.MambaVA`): causal TCN -> Mamba encoder -> head
+- `tcn`          TCN only: the same TCN -> the same head (no Mamba)
+- `mamba`        Mamba only: Linear(input_dim, d_model) -> the same Mamba encoder -> head (no TCN)
+- `mlp`          frame-wise MLP: one frame at a time, Linear/PReLU/Dropout layers as wide as the TCN's
+                 channels -> head; no temporal context at all
+- `transformer`  the same TCN -> a Transformer encoder of about the Mamba encoder's size in place of Mamba
+                 (per-frame normalisation, sinusoidal positions, `transformer_layers` post-norm layers of
+                 `transformer_heads` heads and `transformer_ff` feed-forward width, final Linear) -> head.
+                 Causal attention by default (`transformer_causal`), like the causal TCN and Mamba, so a frame
+                 never sees the future and padding at a window's end changes nothing. With the defaults (2
+                 layers, 4 heads, ff 320) it has 923,008 parameters against the Mamba encoder's 919,296.
+
+All take (B, T, input_dim) and return (B, T, n_outputs). The configuration is one flat dict: `kind`, the
+fields of `MambaVAConfig`, and the `transformer_*` keys (`default_model_config`).
+
+Files: `save_temporal_model(model, path)` writes safetensors with the kind and config in its metadata (the
+paper model through `MambaVA.save`), and `load_temporal_model(path)` rebuilds any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from mambava.errors import MambavaError
+
+KINDS = ("mamba_va", "tcn", "mamba", "mlp", "transformer")
+BASELINE_DEFAULTS: dict[str, Any] = {
+    "transformer_layers": 2,
+    "transformer_heads": 4,
+    "transformer_ff": 320,
+    "transformer_dropout": 0.1,
+    "transformer_causal": True,
+}
+FORMAT = "mambava.temporal/1"
+
+
+def _model_config_class():
+    from mambava.model import MambaVAConfig
+
+    return MambaVAConfig
+
+
+def default_model_config(kind: str = "mamba_va") -> dict[str, Any]:
+    """Every key of a temporal model config with its default (the paper's sizes)."""
+    base = _model_config_class()().to_dict()
+    return {"kind": kind, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items()}, **BASELINE_DEFAULTS}
+
+
+def _check_type(key: str, value: Any, default: Any) -> Any:
+    if key == "dt_rank" and (value == "auto" or (isinstance(value, int) and not isinstance(value, bool))):
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return list(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise MambavaError(f"key 'model.{key}' must be {type(default).__name__}, got {value!r}")
+
+
+def resolve_model_config(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`values` over the defaults; MambavaError naming an unknown key, a wrong type or an unknown kind."""
+    values = dict(values or {})
+    kind = values.get("kind", "mamba_va")
+    if kind not in KINDS:
+        raise MambavaError(f"key 'model.kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    resolved = default_model_config(kind)
+    for key, value in values.items():
+        if key not in resolved:
+            raise MambavaError(f"unknown key 'model.{key}' (known keys of model: {', '.join(sorted(resolved))})")
+        if key != "kind":
+            resolved[key] = _check_type(key, value, resolved[key])
+    return resolved
+
+
+def _mamba_va_config(cfg: Mapping[str, Any]):
+    MambaVAConfig = _model_config_class()
+    fields = MambaVAConfig().to_dict()
+    return MambaVAConfig.from_dict({k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in fields})
+
+
+def _head(d_in: int, hidden: int, n_outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, n_outputs))
+
+
+def _tcn(c: Mapping[str, Any]) -> nn.Module:
+    """The paper model's TCN, built as MambaVA builds it (same init choice)."""
+    from mambava.tcn import TCN
+
+    init = "reference" if c["init"] == "reference" else "normal"
+    return TCN(c["input_dim"], tuple(c["tcn_channels"]), c["kernel_size"], c["dropout"], init=init)
+
+
+def _mamba_encoder(c: Mapping[str, Any]) -> nn.Module:
+    """The paper model's Mamba encoder, built as MambaVA builds it."""
+    from mambava.mamba import MambaEncoder
+
+    dt_rank = math.ceil(c["d_model"] / 16) if c["dt_rank"] == "auto" else c["dt_rank"]
+    init = "reference" if c["init"] == "reference" else "mamba"
+    return MambaEncoder(c["d_model"], c["n_layers"], c["d_state"], c["d_conv"], c["expand"], dt_rank, c["scan"], init=init)
+
+
+class TemporalBaseline(nn.Module):
+    """Common part of the ablation models: the kind, the config dict and `save`."""
+
+    kind = ""
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__()
+        self.config = resolve_model_config({**cfg, "kind": self.kind})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return save_temporal_model(self, path)
+
+
+class TCNOnly(TemporalBaseline):
+    """TCN -> head: the paper model without its Mamba encoder."""
+
+    kind = "tcn"
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__(cfg)
+        c = self.config
+        self.temporal = _tcn(c)
+        self.head = _head(c["tcn_channels"][-1], c["head_hidden"], c["n_outputs"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.temporal(x))
+
+
+class MambaOnly(TemporalBaseline):
+    """Linear(input_dim, d_model) -> Mamba encoder -> head: the paper model without its TCN."""
+
+    kind = "mamba"
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__(cfg)
+        c = self.config
+        self.proj = nn.Linear(c["input_dim"], c["d_model"])
+        self.drop = nn.Dropout(c["dropout"])
+        self.mamba = _mamba_encoder(c)
+        self.head = _head(c["d_model"], c["head_hidden"], c["n_outputs"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mamba(self.drop(self.proj(x))))
+
+
+class FrameMLP(TemporalBaseline):
+    """Each frame on its own: Linear -> PReLU -> Dropout per TCN width, then the head."""
+
+    kind = "mlp"
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__(cfg)
+        c = self.config
+        layers: list[nn.Module] = []
+        width = c["input_dim"]
+        for channels in c["tcn_channels"]:
+            layers += [nn.Linear(width, channels), nn.PReLU(), nn.Dropout(c["dropout"])]
+            width = channels
+        self.mlp = nn.Sequential(*layers)
+        self.head = _head(width, c["head_hidden"], c["n_outputs"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mlp(x))
+
+
+def sinusoidal_positions(length: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(length, dim) sine/cosine position codes (Vaswani et al.), computed on the fly (no buffer)."""
+    position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    codes = torch.zeros(length, dim, device=device, dtype=torch.float32)
+    codes[:, 0::2] = torch.sin(position * frequency)
+    codes[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return codes.to(dtype)
+
+
+class TransformerEncoder(nn.Module):
+    """In place of the Mamba encoder: per-frame normalisation, positions, post-norm Transformer layers, Linear."""
+
+    def __init__(self, d_model: int, n_layers: int, n_heads: int, d_ff: int, dropout: float, causal: bool):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, d_ff, dropout, batch_first=True, norm_first=False, activation="gelu"
+        )
+        self.layers = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.proj = nn.Linear(d_model, d_model)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        x = nn.functional.layer_norm(x, x.shape[-1:])
+        x = x + sinusoidal_positions(t, x.shape[-1], x.device, x.dtype)
+        mask = nn.Transformer.generate_square_subsequent_mask(t, device=x.device) if self.causal else None
+        return self.proj(self.layers(x, mask=mask, is_causal=self.causal))
+
+
+class TCNTransformer(TemporalBaseline):
+    """TCN -> Transformer encoder -> head: the paper model with attention in place of Mamba."""
+
+    kind = "transformer"
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__(cfg)
+        c = self.config
+        self.temporal = _tcn(c)
+        last = c["tcn_channels"][-1]
+        self.adapt = nn.Identity() if last == c["d_model"] else nn.Linear(last, c["d_model"])
+        self.encoder = TransformerEncoder(
+            c["d_model"], c["transformer_layers"], c["transformer_heads"], c["transformer_ff"],
+            c["transformer_dropout"], c["transformer_causal"],
+        )
+        self.head = _head(c["d_model"], c["head_hidden"], c["n_outputs"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.adapt(self.temporal(x))))
+
+
+BASELINES: dict[str, type[TemporalBaseline]] = {
+    "tcn": TCNOnly,
+    "mamba": MambaOnly,
+    "mlp": FrameMLP,
+    "transformer": TCNTransformer,
+}
+
+
+def build_temporal_model(kind: str | Mapping[str, Any], cfg: Mapping[str, Any] | None = None) -> nn.Module:
+    """The temporal model of `kind` ("mamba_va", "tcn", "mamba", "mlp", "transformer") with config `cfg` (a
+    flat dict, missing keys at their defaults). `build_temporal_model(cfg)` with `cfg["kind"]` works too."""
+    if isinstance(kind, Mapping):
+        cfg, kind = kind, kind.get("kind", "mamba_va")
+    resolved = resolve_model_config({**(cfg or {}), "kind": kind})
+    if kind == "mamba_va":
+        from mambava.model import MambaVA
+
+        return MambaVA(_mamba_va_config(resolved))
+    return BASELINES[kind](resolved)
+
+
+def model_kind(model: nn.Module) -> str:
+    return getattr(model, "kind", "") or "mamba_va"
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_temporal_model(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write any temporal model to safetensors (atomically) with what is needed to rebuild it."""
+    path = Path(path)
+    if isinstance(model, TemporalBaseline):
+        from safetensors.torch import save_file
+
+        from mambava.fileio import atomic_path
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        metadata = {"format": FORMAT, "kind": model.kind, "config": json.dumps(model.config)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+        return path
+    result = model.save(path)
+    return Path(result) if result is not None else path
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:  # safetensors raises its own error types
+        raise MambavaError(f"{path}: not a safetensors file ({error})") from error
+
+
+def load_temporal_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model written by `save_temporal_model` (any kind) or `MambaVA.save`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MambavaError(f"{path}: model file not found")
+    metadata = _metadata(path)
+    kind = metadata.get("kind")
+    if metadata.get("format") == FORMAT and kind in BASELINES:
+        from safetensors.torch import load_file
+
+        try:
+            cfg = json.loads(metadata["config"])
+        except (KeyError, ValueError) as error:
+            raise MambavaError(f"{path}: unreadable model config in the metadata ({error})") from error
+        model = BASELINES[kind](cfg)
+        state = load_file(str(path), device=str(map_location))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise MambavaError(f"{path}: weights do not match a {kind} model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return model
+    from mambava.model import MambaVA
+
+    return MambaVA.load(path)

@@ -1,0 +1,272 @@
+"""Evaluation the official way (DESIGN.md §4): whole videos, cut into overlapping windows (w 300, s 200), run
+through the temporal model, stitched back to one (valence, arousal) per frame (mean over overlapping windows);
+CCC per dimension over all valid frames (label != -5) of all videos concatenated, P_VA = (CCC_v + CCC_a) / 2,
+plus the same scores per video.
+
+`load_for_eval(path)` accepts our `model.safetensors` (the paper model or any baseline), a Lightning checkpoint
+of a run (`checkpoints/best.ckpt`), or a reference `.pth` (via `MambaVA.from_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from mambava.errors import MambavaError
+from mambava.fileio import atomic_open
+from mambava.metrics import ccc_numpy, va_scores
+
+
+@torch.no_grad()
+def predict_sequence(
+    model: torch.nn.Module,
+    features: torch.Tensor,
+    window: int = 300,
+    stride: int = 200,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Per-frame predictions (T, C) of one video's features (T, D) by overlapping windows and stitching.
+
+    Full-length windows run in batches of `batch_size`; a video shorter than the window runs as one shorter
+    sequence (no padding, so no model, causal or not, sees padding). Returns float32 on the features' device.
+    The caller puts the model in eval mode (Lightning does during validation).
+    """
+    from mambava.windows import make_windows, stitch
+
+    if features.ndim != 2:
+        raise ValueError(f"features must be (T, D), got {tuple(features.shape)}")
+    n = features.shape[0]
+    windows = make_windows(n, window, stride)
+    preds: list[torch.Tensor | None] = [None] * len(windows)
+    full = [i for i, (start, stop) in enumerate(windows) if stop - start == window]
+    for chunk in range(0, len(full), batch_size):
+        index = full[chunk : chunk + batch_size]
+        x = torch.stack([features[windows[i][0] : windows[i][1]] for i in index])
+        out = model(x).float()
+        for j, i in enumerate(index):
+            preds[i] = out[j]
+    for i, (start, stop) in enumerate(windows):
+        if preds[i] is None:
+            preds[i] = model(features[start:stop][None]).float()[0]
+    if not windows:
+        return features.new_zeros((0, 2), dtype=torch.float32)
+    stitched = stitch(preds, windows, n)
+    return torch.from_numpy(np.ascontiguousarray(stitched, dtype=np.float32)).to(features.device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading a model to evaluate
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    kind: str
+    source: str
+    window: int = 300
+    stride: int = 200
+    run_config: dict | None = None
+
+
+def _run_config_near(path: Path) -> dict | None:
+    """The config.yaml of the run a checkpoint belongs to (same folder or its parent), if any."""
+    import yaml
+
+    for folder in (path.parent, path.parent.parent):
+        candidate = folder / "config.yaml"
+        if candidate.is_file():
+            try:
+                data = yaml.safe_load(candidate.read_text())
+            except (OSError, yaml.YAMLError):
+                return None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def load_for_eval(path: str | os.PathLike) -> LoadedModel:
+    """A model in eval mode from our safetensors export, a Lightning run checkpoint or a reference .pth."""
+    from mambava.baselines import build_temporal_model, load_temporal_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise MambavaError(f"{path}: checkpoint not found")
+    run_config = None
+    if path.suffix == ".safetensors":
+        model = load_temporal_model(path)
+        kind = getattr(model, "kind", "mamba_va")
+        run_config = _run_config_near(path)
+    elif path.suffix == ".ckpt":
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            run_config = checkpoint["hyper_parameters"]["config"]
+            state = checkpoint["state_dict"]
+        except Exception as error:  # torch raises several types for a bad file
+            raise MambavaError(f"{path}: not a mambava Lightning checkpoint ({error})") from error
+        from mambava.train import TrainConfig
+
+        model_cfg = TrainConfig.from_dict(run_config, str(path)).model
+        model = build_temporal_model(model_cfg)
+        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        kind = model_cfg["kind"]
+    else:
+        from mambava.model import MambaVA
+
+        model = MambaVA.from_checkpoint(path)
+        kind = "mamba_va"
+    window, stride = 300, 200
+    if run_config and isinstance(run_config.get("data"), dict):
+        window = int(run_config["data"].get("window", window))
+        stride = int(run_config["data"].get("stride", stride))
+    model.eval()
+    return LoadedModel(model=model, kind=kind, source=str(path), window=window, stride=stride, run_config=run_config)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class EvalResult:
+    """Scores over all frames concatenated, and one row per video."""
+
+    ccc_valence: float
+    ccc_arousal: float
+    p_va: float
+    frames: int
+    per_video: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ccc_valence": self.ccc_valence, "ccc_arousal": self.ccc_arousal, "p_va": self.p_va,
+            "frames": self.frames, "videos": len(self.per_video),
+        }
+
+
+def _video_row(name: str, pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
+    valid = (target != -5).all(1) & np.isfinite(target).all(1)
+    row: dict[str, Any] = {"video": name, "frames": len(target), "valid_frames": int(valid.sum())}
+    if valid.sum() >= 2:
+        v = ccc_numpy(pred[valid, 0], target[valid, 0])
+        a = ccc_numpy(pred[valid, 1], target[valid, 1])
+        row.update(ccc_valence=v, ccc_arousal=a, p_va=(v + a) / 2)
+    else:
+        row.update(ccc_valence=None, ccc_arousal=None, p_va=None)
+    return row
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def evaluate_videos(
+    loaded: LoadedModel,
+    store,
+    names: Sequence[str],
+    labels: dict[str, np.ndarray],
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    precision: str = "32",
+    progress: bool = False,
+) -> EvalResult:
+    """Score `loaded.model` on whole videos `names` of a feature store against `labels` (aligned (T, 2))."""
+    window = window or loaded.window
+    stride = stride or loaded.stride
+    dev = _device(device)
+    model = loaded.model.to(dev).eval()
+    preds, targets, rows = [], [], []
+    iterator: Any = names
+    if progress:
+        from rich.progress import track
+
+        iterator = track(names, description="evaluating", transient=True)
+    for name in iterator:
+        target = np.asarray(labels[name], dtype=np.float32)
+        features, _ = store.read(name).window(0, len(target))
+        autocast = (
+            torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
+        )
+        with autocast:
+            pred = predict_sequence(model, torch.from_numpy(features).to(dev), window, stride, batch_size)
+        pred = pred.float().cpu().numpy()
+        preds.append(pred)
+        targets.append(target)
+        rows.append(_video_row(name, pred, target))
+    if not preds:
+        raise MambavaError("no videos to evaluate")
+    scores = va_scores(np.concatenate(preds), np.concatenate(targets))
+    frames = int(sum(r["valid_frames"] for r in rows))
+    return EvalResult(scores["ccc_valence"], scores["ccc_arousal"], scores["p_va"], frames, rows)
+
+
+def write_per_video(result: EvalResult, path: str | os.PathLike) -> Path:
+    """CSV: video, frames, valid_frames, ccc_valence, ccc_arousal, p_va; a last row `ALL` with the scores over
+    all frames concatenated (the official number, not the mean of the rows)."""
+    path = Path(path)
+    columns = ["video", "frames", "valid_frames", "ccc_valence", "ccc_arousal", "p_va"]
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in result.per_video:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+        writer.writerow({
+            "video": "ALL", "frames": sum(r["frames"] for r in result.per_video), "valid_frames": result.frames,
+            "ccc_valence": result.ccc_valence, "ccc_arousal": result.ccc_arousal, "p_va": result.p_va,
+        })
+    return path
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    features: str | None = None,
+    annotations: str | None = None,
+    split: str = "validation",
+    fold: int | None = None,
+    folds: str | None = None,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    precision: str = "32",
+    out: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> tuple[EvalResult, Path]:
+    """`mambava evaluate`: score a checkpoint on one side ("train" or "validation") of a fold.
+
+    Data paths and fold default to those of the run the checkpoint belongs to (its config.yaml or the
+    Lightning checkpoint's hyper-parameters). Writes the per-video CSV to `out` (default: beside the
+    checkpoint, `eval_<split>_fold<k>.csv`) and returns (result, csv path)."""
+    from mambava.features import FeatureStore
+    from mambava.train import TrainConfig, load_fold_data
+
+    if split not in ("train", "validation"):
+        raise MambavaError(f"--split must be 'train' or 'validation', got {split!r}")
+    loaded = load_for_eval(checkpoint)
+    data = dict((loaded.run_config or {}).get("data") or {})
+    for key, value in (("features", features), ("annotations", annotations), ("folds", folds), ("fold", fold)):
+        if value is not None:
+            data[key] = value
+    try:
+        cfg = TrainConfig.from_dict({"model": {}, "data": data})
+    except MambavaError as error:
+        raise MambavaError(f"{checkpoint}: {error}") from None
+    fold_data = load_fold_data(cfg, sides=(split,))
+    names = fold_data.train if split == "train" else fold_data.validation
+    store = FeatureStore(cfg.data.features)
+    result = evaluate_videos(
+        loaded, store, names, fold_data.labels, window or (cfg.data.window if loaded.run_config else None),
+        stride or (cfg.data.stride if loaded.run_config else None), batch_size, device, precision, progress,
+    )
+    if out is None:
+        out = Path(checkpoint).parent / f"eval_{split}_fold{cfg.data.fold}.csv"
+    return result, write_per_video(result, out)
