@@ -256,6 +256,9 @@ def evaluate_checkpoint(
     for key, value in (("features", features), ("annotations", annotations), ("folds", folds), ("fold", fold)):
         if value is not None:
             data[key] = value
+    for key in ("features", "annotations"):
+        if not data.get(key):
+            raise MambavaError(f"{checkpoint}: pass --{key} (no run config beside the checkpoint to take it from)")
     try:
         cfg = TrainConfig.from_dict({"model": {}, "data": data})
     except MambavaError as error:
