@@ -16,6 +16,16 @@ from mambava.predict import COLUMNS, Predictor
 DIM = 24  # feature size of the tiny ViT below, and input size of the tiny temporal model
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """torch on one thread for this module (restored after): the models here are tiny, and two OpenMP threads
+    busy-wait at every small op when the other core is taken (conftest's `one_thread`, module-wide)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_mamba_va) -> dict[str, Path]:
     """A tiny ViT (img 32, patch 16, D=24, 1 block) saved with encoder.save, a tiny Mamba-VA taking 24-d
@@ -42,7 +52,7 @@ class _CachedDetector:
     def __init__(self):
         from mambava.faces import get_detector
 
-        self.detector = get_detector("mtcnn")
+        self.detector = get_detector("mtcnn", num_threads=1)
         self.cache: dict[bytes, list] = {}
 
     def detect_batch(self, images):

@@ -54,8 +54,16 @@ def check_streamable(model) -> None:
         )
 
 
+# A step (batch 1) is a chain of small products: on one thread it costs the weight reads and little more, while
+# two OpenMP threads wait at every op's barrier as soon as the other core is busy. Measured here at a load
+# average of 2.5 on 2 CPUs: the paper model 15.5 ms/step on one thread vs 49 ms on two, a small Mamba-VA 0.45
+# vs 16 ms; the streaming benchmark's one-thread step is within 3 ms of reading the TCN's weights alone.
+STEP_THREADS = 1
+
+
 class TemporalStream:
-    """The temporal model stepped one frame at a time for one sequence (B=1), in eval mode, without grad."""
+    """The temporal model stepped one frame at a time for one sequence (B=1), in eval mode, without grad, on
+    STEP_THREADS torch threads."""
 
     def __init__(self, model):
         import torch
@@ -79,30 +87,34 @@ class TemporalStream:
         else:
             x = torch.as_tensor(np.asarray(feature, dtype=np.float32)).to(self.device, self.dtype).reshape(1, -1)
             self.last_feature = x
-        with torch.inference_mode(), load_aware_threads():
+        with torch.inference_mode(), torch_threads(STEP_THREADS):
             y, self.state = self.model.step(x, self.state)
         return y[0].float().cpu().numpy()
 
 
 @contextlib.contextmanager
-def load_aware_threads():
-    """One torch thread while other work keeps every CPU busy (load average >= CPUs + 1), as the face detector
-    does (`mambava.faces.detect`); otherwise torch's setting is kept. A step is a chain of small ops, and with
-    the other core taken two OpenMP threads wait at every op's barrier: measured here under load, a small
-    Mamba-VA took 24 ms/step on two threads and 1.3 ms on one, the paper model 130-150 ms vs 47-52 ms."""
+def torch_threads(n: int | None):
+    """Run the block with `n` torch intra-op threads (None: as they are), restored after; it is the calling
+    thread's OpenMP setting."""
     import torch
 
-    from mambava.faces.detect import _busy_threads
-
     previous = torch.get_num_threads()
-    wanted = _busy_threads()
-    if wanted and wanted != previous:
-        torch.set_num_threads(wanted)  # the calling thread's OpenMP setting, restored below
+    if n and n != previous:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
+
+
+def load_aware_threads():
+    """`torch_threads(1)` while other work keeps every CPU busy (load average >= CPUs + 1, the face detector's
+    rule, `mambava.faces.detect`), else no change: for the offline passes, whose large products do gain from
+    a second thread on an idle machine."""
+    from mambava.faces.detect import _busy_threads
+
+    return torch_threads(_busy_threads())
 
 
 def stream_features(model, features: np.ndarray, present: np.ndarray | None = None) -> Iterator[np.ndarray]:
@@ -327,4 +339,6 @@ __all__ = [
     "stream_features",
     "is_live_source",
     "check_streamable",
+    "torch_threads",
+    "load_aware_threads",
 ]
