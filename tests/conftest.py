@@ -114,10 +114,11 @@ def affwild2_root(tmp_path: Path) -> Path:
     return make_affwild2_tree(tmp_path / "affwild2")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """torch on one thread for the test (restored after): tiny models run many times faster than with busy-waiting
-    OpenMP threads on a loaded 2-core machine."""
+    """torch on one intra-op thread for the whole suite (restored after). The tests run many small ops, and on a
+    loaded 2-vCPU machine two OpenMP threads busy-wait or stall a scheduler tick at each one: tiny models run
+    many times faster on one thread. A test that needs more threads sets them itself."""
     import torch
 
     before = torch.get_num_threads()

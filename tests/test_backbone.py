@@ -24,7 +24,6 @@ from mambava.backbone import (
 from mambava.errors import MambavaError
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def vit_b():

@@ -18,7 +18,6 @@ from mambava.features import FeatureStore, FeatureWriter
 N_FRAMES = {"vidA": 50, "vidB_left": 40, "vidB_right": 40, "vidC": 30, "vidD": 27, "vidE": 20, "vidF_left": 15}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def crop_tree(affwild2_root):

@@ -8,7 +8,6 @@ from PIL import Image
 from mambava.backbone import ViTConfig, ViTEncoder, load_encoder
 from mambava.finetune import FinetuneConfig, finetune, freeze_prefix
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_va_tree(root, videos, n_frames=24, seed=0):

@@ -18,14 +18,6 @@ SMALL = dict(input_dim=24, tcn_channels=(24, 16, 16), kernel_size=3, d_model=16,
              dt_rank="auto", head_hidden=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (see tests/test_scan.py): avoids OpenMP stalls on the 2-vCPU CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------------------------------------------------
 # The authors' model, rebuilt here the way their code builds it (FreedomPuppy77/Charon VA/model/*.py): old-style

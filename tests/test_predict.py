@@ -16,15 +16,6 @@ from mambava.predict import COLUMNS, Predictor
 DIM = 24  # feature size of the tiny ViT below, and input size of the tiny temporal model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """torch on one thread for this module (restored after): the models here are tiny, and two OpenMP threads
-    busy-wait at every small op when the other core is taken (conftest's `one_thread`, module-wide)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_mamba_va) -> dict[str, Path]:

@@ -16,15 +16,6 @@ from mambava.ops import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tests run many tiny ops, which on a 2-vCPU VM stall when split over two
-    OpenMP threads (a descheduled worker costs a scheduler tick per op). Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _inputs(batch, T, dim, n, seed, dtype=torch.float32, dt_scale=0.5, initial_state=False):
     g = torch.Generator().manual_seed(seed)

@@ -9,14 +9,6 @@ SMALL = dict(input_dim=24, tcn_channels=(24, 16, 16), kernel_size=5, d_model=16,
              dt_rank="auto", head_hidden=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (see tests/test_scan.py): avoids OpenMP stalls on the 2-vCPU CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _features(T, dim, batch=1, seed=0):
     """A smooth random feature sequence (frames of a video are correlated), plus noise."""
