@@ -202,3 +202,19 @@ def test_regenerating_replaces_an_earlier_dataset(tmp_path):
     assert len(meta["videos"]) == 3
     on_disk = sorted(p.name for p in (tmp_path / "cropped_aligned").iterdir())
     assert on_disk == sorted(n for split in summary.splits.values() for n in split)
+
+
+def test_synth_command_writes_a_dataset(tmp_path):
+    from typer.testing import CliRunner
+
+    from mambava.cli import app
+
+    out = tmp_path / "synth"
+    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--train", "1", "--val", "1", "--test", "1",
+                                      "--min-frames", "40", "--max-frames", "50", "--two-person", "0", "--no-videos", "--quiet",
+                                      "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    data = AffWild2(out)
+    assert [len(data.splits[s]) for s in ("train", "validation", "test")] == [1, 1, 1]
+    assert not (out / "videos").exists()
+    assert all(data.crop_frames(name) for name in data.videos)

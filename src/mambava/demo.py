@@ -10,7 +10,7 @@ Stages (each prints a line with its time; the long ones show a progress bar):
 2. stills     `mambava.synth.generate_stills`: an AffectNet-like set of single faces of other identities with
               per-image valence/arousal, the stand-in for the large still-image data real backbones are
               pretrained on (no pretrained face model can be had offline).
-3. backbone   a small ViT (`mambava.backbone.ViTEncoder`, 64 px input, 16 px patches, 128-d, 4 blocks), first
+3. backbone   a small ViT (`mambava.backbone.ViTEncoder`, 80 px input, 16 px patches, 128-d, 4 blocks), first
               trained on the stills (all blocks), then fine-tuned on the training videos' frames with the
               paper's partial freezing (patch embedding and the lower blocks frozen, `mambava.finetune`), on
               frame-level CCC. Why not from scratch on the videos alone: measured here, a ViT trained only on
@@ -59,12 +59,12 @@ class DemoConfig:
 
     seed: int = 0
     # the generated dataset
-    n_train: int = 60
+    n_train: int = 80
     n_val: int = 10
-    n_test: int = 10
+    n_test: int = 16
     frames: tuple[int, int] = (300, 450)
     two_person_fraction: float = 0.15
-    stills_train: int = 3000
+    stills_train: int = 4000
     stills_val: int = 300
     # the backbone: a small ViT, pretrained on the stills, then partially frozen and fine-tuned on video frames
     img_size: int = 80
@@ -96,7 +96,11 @@ class DemoConfig:
     baseline: str = "mlp"
     # the held-out video for `predict`: through the faces stage (MTCNN) or from the crops
     predict_faces: bool = True
-    threads: int | None = None  # torch threads (None: leave torch's default)
+    # torch threads. One: the small models here run many short ops, and on a 2-core machine that anything else
+    # keeps busy two OpenMP threads stall at each of them (measured: the temporal training 7x slower on two
+    # threads at a load average of ~3). The second core still works: the generator runs 2 processes, and a
+    # DataLoader worker decodes crops while the model runs. 0 leaves torch's default.
+    threads: int = 1
     precision: str = "auto"  # "auto": bf16 mixed precision where the CPU runs it fast (AMX / AVX-512 BF16), else 32
 
     def __post_init__(self) -> None:
@@ -113,7 +117,7 @@ class DemoConfig:
     def quick(cls, seed: int = 0, **overrides) -> "DemoConfig":
         """The CI-sized demo (about 2 minutes on 2 cores)."""
         values: dict[str, Any] = dict(seed=seed, n_train=40, n_val=8, n_test=10, frames=(240, 360), stills_train=2000,
-                                      stills_val=200, finetune_frames_per_video=80)
+                                      stills_val=200, pretrain_epochs=5, finetune_frames_per_video=80, epochs=8)
         values.update(overrides)
         return cls(**values)
 
@@ -188,6 +192,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*have no features and are left out.*")
+    warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
 
 
 def _labels(root: Path, names: list[str]) -> dict[str, np.ndarray]:
@@ -202,13 +207,21 @@ def run_demo(out: str | os.PathLike = "demo_out", cfg: DemoConfig | None = None,
     An earlier demo in `out` is replaced; a folder holding anything else is an error."""
     import torch
 
-    from mambava.synth import SynthConfig, StillsConfig, generate, generate_stills
-
     cfg = cfg or DemoConfig()
     out = Path(out)
     _prepare_out(out)
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _run(out, cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
+    from mambava.synth import SynthConfig, StillsConfig, generate, generate_stills
+
     _quiet_lightning()
     stages = _Stages(8, progress)
     data_root, stills_root = out / "data", out / "stills"
@@ -404,7 +417,14 @@ def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: Dem
 
     meta = read_meta(data_root)
     test = [v for v in meta["videos"] if v["split"] == "test"]
-    video = next((v for v in test if not v["two_person"]), test[0])
+    single = [v for v in test if not v["two_person"]] or test
+
+    def spread(v) -> float:  # chosen by how much its labels move (an informative plot), never by a score
+        y = _labels(data_root, [v["persons"][0]["name"]])[v["persons"][0]["name"]]
+        y = y[(y != -5).all(1)]
+        return float(y.std(0).sum()) if len(y) else 0.0
+
+    video = max(single, key=spread)
     name = video["persons"][0]["name"]
     path = data_root / video["video"]
     labels = _labels(data_root, [name])[name]
@@ -620,8 +640,10 @@ def _write_report(out: Path, results: dict, figures: dict, cfg: DemoConfig) -> P
         f"`{pr['video']}` ({pr['frames']} frames) through {pr.get('source', '?')}: a face found in "
         f"{pr['face_found']} frames (drawn in {pr['face_rendered']}; found in "
         f"{100 * pr['face_found_where_rendered']:.0f}% of those), CCC_v {pr['scores']['ccc_valence']:.3f}, "
-        f"CCC_a {pr['scores']['ccc_arousal']:.3f}, P_VA {pr['scores']['p_va']:.3f}. "
-        f"Table and plots: `{pr['files'].get('csv', '')}`.",
+        f"CCC_a {pr['scores']['ccc_arousal']:.3f}, P_VA {pr['scores']['p_va']:.3f}; from the same video's "
+        f"`cropped_aligned/` crops instead: P_VA {pr['scores_from_crops']['p_va']:.3f} (the generator aligns "
+        "with the true landmarks, the faces stage with MTCNN's estimates). The video is the single-person test "
+        f"video whose labels move most. Table and plots: `{pr['files'].get('csv', '')}`.",
         "",
     ]
     if "predict" in rel:

@@ -40,6 +40,19 @@ Crops are cut from the rendered (lit, noisy) video frame with the similarity tra
 five landmarks (eye centres, nose tip, mouth corners) onto the 112x112 ArcFace template, which is exactly what
 a face aligner does; frames without a face, or with a face hidden past recognition, have no crop.
 
+The faces are shaded (rim, eye sockets, nose and chin shadows) so that the faces stage's MTCNN, trained on
+photographs, finds them in the raw videos: with its thresholds relaxed to 0.5 it finds a face in about 95% of
+the frames where one is drawn (the demo's predict stage reports the figure for its video).
+
+Also here:
+- `generate_stills(out, StillsConfig())`: an AffectNet-like still-image set (one face of a fresh identity
+  per image, labelled with the VA it was rendered from, no rater lag) in the same layout, for pretraining a
+  backbone before fine-tuning it on the videos.
+- `simulate(cfg)`: the per-frame truth `generate(cfg)` would write, without rendering (fast), and
+  `oracle_scores(truth)`: how well the labels can be predicted from the rendered expression parameters one
+  frame at a time vs. with causal context (ridge regressions): a check of the design, e.g. P_VA 0.66 frame
+  by frame vs. 0.92 with context for 40 training videos (`tests/test_synth.py`).
+
 Determinism: everything derives from `SynthConfig.seed` through one numpy SeedSequence child per video, so
 the same config gives byte-identical annotation files, crops and metadata whatever the number of workers.
 (The H.264 stream is produced by libx264 and is not part of that promise.) Every file is written atomically
@@ -94,7 +107,7 @@ class SynthConfig:
     n_train: int = 16
     n_val: int = 4
     n_test: int = 4
-    frames: tuple[int, int] = (450, 900)  # frames per video, drawn uniformly in [lo, hi]
+    frames: tuple[int, int] = (450, 750)  # frames per video, drawn uniformly in [lo, hi]
     fps: int = 30
     size: tuple[int, int] = (256, 192)  # one-person video frame
     two_person_size: tuple[int, int] = (384, 216)
@@ -355,6 +368,9 @@ class _Track:
     crop: np.ndarray  # a crop is written for this frame
 
 
+# landmark error of the aligner that cuts the crops (pixels, per coordinate): per person, per frame
+_LANDMARK_BIAS, _LANDMARK_JITTER = 0.6, 0.5
+
 # head turn (yaw) and nod (pitch): a slow posture independent of affect, plus a jitter (~0.25 s) whose energy
 # grows with arousal; 1 unit of yaw shifts the inner face 9 px against its outline
 _POSTURE_YAW, _JITTER_YAW = 0.22, 0.4
@@ -533,10 +549,10 @@ def _face_base(ident: Identity) -> tuple[np.ndarray, np.ndarray]:
                                        c or tuple(0.9 * x for x in ident.skin), -1, aa, _SHIFT))
     both(lambda im, c: cv2.ellipse(im, _pt(fx, fy), (int(ident.face_w * _ONE), int(ident.face_h * _ONE)), 0, 0,
                                    360, c or ident.skin, -1, aa, _SHIFT))
-    if ident.beard:  # a chin beard, below the mouth
-        beard = tuple(0.8 * x for x in ident.hair)
-        cv2.ellipse(img, _pt(fx, fy + 0.62 * ident.face_h), (int(0.62 * ident.face_w * _ONE),
-                                                              int(0.36 * ident.face_h * _ONE)), 0, 0, 180,
+    if ident.beard:  # a chin beard below the mouth, a shade between skin and hair
+        beard = tuple(0.55 * a + 0.36 * b for a, b in zip(ident.skin, ident.hair))
+        cv2.ellipse(img, _pt(fx, fy + 0.68 * ident.face_h), (int(0.6 * ident.face_w * _ONE),
+                                                              int(0.32 * ident.face_h * _ONE)), 0, 0, 180,
                     beard, -1, aa, _SHIFT)
 
     # shading: a multiplicative map over the face
@@ -821,7 +837,10 @@ def _render_video(root: Path, spec: _VideoSpec, cfg: SynthConfig) -> dict:
     noise_bank = (rng.standard_normal((4, h + 8, w + 8, 3)) * sigma).astype(np.float32)
     noise_pick = rng.integers(0, 4, n)
     noise_off = rng.integers(0, 9, (n, 2))
-    jitter = rng.normal(0.0, 0.4, (len(names), n, 5, 2))  # landmark localisation error of the aligner
+    # the aligner's landmark error, in frame pixels: a bias per person (a detector errs alike on one face) and a
+    # per-frame jitter (together ~2% of the eye distance; MTCNN errs by ~5% on these faces, see README)
+    jitter = rng.normal(0.0, _LANDMARK_BIAS, (len(names), 1, 5, 2)) + rng.normal(0.0, _LANDMARK_JITTER,
+                                                                                  (len(names), n, 5, 2))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     xx = (xx - w / 2) / (w / 2)
     yy = (yy - h / 2) / (h / 2)
@@ -1132,7 +1151,8 @@ def _still(rng: np.random.Generator, cfg: StillsConfig) -> tuple[np.ndarray, tup
         colour = tuple(float(x) for x in rng.uniform(20, 235, 3))
         _draw_occluder(frame, lm_frame, s, (0, 30, int(rng.integers(3)), colour, False, rng.uniform(-4, 4),
                                             rng.uniform(-4, 4)), int(rng.integers(30)))
-    align = _similarity(lm_frame + rng.normal(0.0, 0.4, (5, 2)), ARCFACE_TEMPLATE_112 * (cfg.crop_size / 112.0))
+    error = math.hypot(_LANDMARK_BIAS, _LANDMARK_JITTER)
+    align = _similarity(lm_frame + rng.normal(0.0, error, (5, 2)), ARCFACE_TEMPLATE_112 * (cfg.crop_size / 112.0))
     crop = cv2.warpAffine(frame, align, (cfg.crop_size, cfg.crop_size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
     # lighting (gain, a directional gradient, a tint) and sensor noise, applied to the crop only (cheaper)

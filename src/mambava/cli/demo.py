@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -71,6 +70,8 @@ def demo_command(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the dataset, runs and report."),
     quick: bool = typer.Option(False, "--quick", help="A smaller run (about 2 minutes on 2 cores), as in CI."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated dataset and of training."),
+    threads: int = typer.Option(1, "--threads", help="torch threads (0: torch's default). One is fastest on a "
+                                                     "2-core machine, above all a busy one; see DemoConfig."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the stage lines, no progress bars."),
 ) -> None:
     """Every stage of the pipeline on a generated face-video dataset, on CPU: generate -> fine-tune a small ViT
@@ -78,7 +79,7 @@ def demo_command(
     evaluate on held-out subjects -> predict on a held-out video -> OUT/report.md."""
     from mambava.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.quick(seed=seed) if quick else DemoConfig(seed=seed)
+    cfg = DemoConfig.quick(seed=seed, threads=threads) if quick else DemoConfig(seed=seed, threads=threads)
     result = run_demo(out, cfg, progress=not quiet)
     typer.echo(f"report: {result.report}")
 
