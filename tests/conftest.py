@@ -14,15 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def media_dir() -> Path:
-    """The real test media (data/media: single_face.mp4, face_noface.mov, no_face.mp4, single_face.jpg,
-    multi_face.jpg; see data/media/SOURCES.md). $MAMBAVA_MEDIA overrides the location; otherwise data/media
-    in the repo, then shared/data/media beside the repo (where CI and the developers have it); skips if absent."""
-    candidates = [REPO / "data" / "media", REPO.parent / "shared" / "data" / "media"]
-    if os.environ.get("MAMBAVA_MEDIA"):
-        candidates = [Path(os.environ["MAMBAVA_MEDIA"])]
-    path = next((c for c in candidates if (c / "single_face.mp4").is_file()), candidates[-1])
-    if not (path / "single_face.mp4").is_file():
-        pytest.skip(f"real test media not found in {path} (set MAMBAVA_MEDIA)")
+    """The real test media shipped with the tests (tests/data/media: single_face.mp4, face_noface.mov,
+    no_face.mp4, single_face.jpg, multi_face.jpg; see its SOURCES.md). $MAMBAVA_MEDIA points elsewhere."""
+    path = Path(os.environ.get("MAMBAVA_MEDIA") or REPO / "tests" / "data" / "media")
+    assert (path / "single_face.mp4").is_file(), f"real test media missing from {path}"
     return path
 
 

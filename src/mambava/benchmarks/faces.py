@@ -1,6 +1,6 @@
 """Faces-stage throughput: decode only (the baseline) vs. decode + detect + track + align, measured in the same run.
 
-    python benchmarks/faces.py                                  # the shared real clips, this CPU
+    python benchmarks/faces.py                                  # the real clips in tests/data/media, this CPU
     python benchmarks/faces.py --video my_clip.mp4 --repeats 5
 
 Per clip it times, in frames/s of the source video: `decode` (PyAV decode + RGB conversion, every frame),
@@ -24,7 +24,8 @@ from pathlib import Path
 from mambava.faces import extract_faces, get_detector, iter_tracked_faces
 from mambava.video import open_video
 
-DEFAULT_MEDIA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "media"
+# the real clips the tests ship (a source checkout); pass --video elsewhere
+DEFAULT_MEDIA = Path(__file__).resolve().parents[3] / "tests" / "data" / "media"
 DEFAULT_CLIPS = ("single_face.mp4", "face_noface.mov")
 
 
@@ -93,7 +94,7 @@ def run(videos: list[Path] | None = None, repeats: int = 3) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--video", action="append", type=Path, help="Clip(s) to time (default: the shared real clips).")
+    parser.add_argument("--video", action="append", type=Path, help="Clip(s) to time (default: the real clips in tests/data/media).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
     args = parser.parse_args(argv)

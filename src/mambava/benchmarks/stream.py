@@ -8,7 +8,7 @@ kernels computed once in `init_state`). Baseline, measured in the same run: what
 recurrent form has to do, run the model over the last `--window` frames (300) for every new frame and keep the
 last output -- with the reference scan in fp32 (the authors' model), and also with our chunked scan.
 
-`--end-to-end [VIDEO]` (default: the shared single_face.mp4) also times the whole live pipeline per frame, as
+`--end-to-end [VIDEO]` (default: tests/data/media/single_face.mp4) also times the whole live pipeline per frame, as
 `mambava stream` runs it (`mambava.stream.LiveStream`, no frame dropped): decode, MTCNN detection, tracking and
 alignment, the ViT backbone on the crop (`--backbone-arch`, random weights, precision auto), and the temporal
 step; then the same frame cost with the 300-frame window re-run in place of the step, and the rate a live
