@@ -8,5 +8,3 @@ PY=${PYTHON:-python3}
 # The CPU build of torch first: a bare "torch" requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
-# facenet-pytorch ships the MTCNN weights in its wheel; its metadata pins an old torch, so no deps.
-.venv/bin/python -m pip install -q --no-deps "facenet-pytorch==2.6.0"

@@ -1,4 +1,4 @@
-"""mambava.faces on the real media: MTCNN (weights from the facenet-pytorch wheel, our own cascade and NMS),
+"""mambava.faces on the real media: MTCNN (facenet-pytorch's weights, shipped in the package; our own cascade and NMS),
 alignment to the ArcFace template, tracking, the Aff-Wild2 crop writer, its CSV and contact sheet, the CLI."""
 
 from __future__ import annotations

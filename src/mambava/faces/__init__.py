@@ -1,4 +1,4 @@
-"""Faces from frames, offline: detection with 5 landmarks (MTCNN, weights from the facenet-pytorch wheel;
+"""Faces from frames, offline: detection with 5 landmarks (MTCNN, facenet-pytorch's weights shipped in the package;
 or OpenCV's Haar cascade), ArcFace-template alignment to 112×112, multi-face tracking, and the Aff-Wild2
 `cropped_aligned` writer.
 

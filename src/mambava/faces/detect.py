@@ -1,4 +1,4 @@
-"""Face detection with 5 landmarks, offline: MTCNN (weights shipped in the facenet-pytorch wheel) run by our
+"""Face detection with 5 landmarks, offline: MTCNN (weights from facenet-pytorch, shipped in this package) run by our
 own P-Net/R-Net/O-Net modules, NMS and cascade, batched over frames; OpenCV's Haar cascade as a fast,
 landmark-free alternative. Detectors are pluggable: anything with `detect_batch(images)` (see FaceDetector)
 can be registered under a name with `register_detector` or passed as an object.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
-import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -163,26 +162,37 @@ class ONet(nn.Module):
         return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
 
 
-def mtcnn_weights_dir() -> Path:
-    """The folder with pnet.pt, rnet.pt, onet.pt inside the installed facenet-pytorch wheel (not imported:
-    its package imports need torchvision and requests, which we do not install)."""
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise MambavaError(
-            "MTCNN weights not found: install them with `pip install --no-deps facenet-pytorch==2.6.0` "
-            "(its wheel ships data/pnet.pt, rnet.pt, onet.pt; setup.sh does this), or use --detector haar"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+# facenet-pytorch 2.6.0's pnet/rnet/onet.pt in one safetensors file (MIT; see weights/NOTICE.md): package data,
+# so that a bare `pip install mambava` detects faces without a second package or a download.
+MTCNN_WEIGHTS = Path(__file__).resolve().parent / "weights" / "mtcnn.safetensors"
+_MTCNN_NETS = ("pnet", "rnet", "onet")
 
 
 @functools.lru_cache(maxsize=None)
-def _load_nets(weights_dir: str) -> tuple[PNet, RNet, ONet]:
+def _load_nets(weights: str) -> tuple[PNet, RNet, ONet]:
+    """The three nets from `weights`: a safetensors file with `pnet.`/`rnet.`/`onet.` keys (the shipped one), or
+    a folder with facenet-pytorch's pnet.pt, rnet.pt, onet.pt."""
+    path = Path(weights)
     nets = (PNet(), RNet(), ONet())
-    for net, name in zip(nets, ("pnet", "rnet", "onet")):
-        path = Path(weights_dir) / f"{name}.pt"
-        if not path.is_file():
-            raise MambavaError(f"{path}: MTCNN weight file missing (reinstall facenet-pytorch==2.6.0 --no-deps)")
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        if path.is_dir():
+            states = []
+            for name in _MTCNN_NETS:
+                if not (path / f"{name}.pt").is_file():
+                    raise MambavaError(f"{path / f'{name}.pt'}: MTCNN weight file missing")
+                states.append(torch.load(path / f"{name}.pt", map_location="cpu", weights_only=True))
+        else:
+            from safetensors.torch import load_file
+
+            flat = load_file(str(path))
+            states = [{k[len(name) + 1:]: v for k, v in flat.items() if k.startswith(name + ".")} for name in _MTCNN_NETS]
+        for net, state in zip(nets, states):
+            net.load_state_dict(state)
+    except MambavaError:
+        raise
+    except (OSError, RuntimeError, ValueError) as exc:  # missing/corrupt file, wrong keys or shapes
+        raise MambavaError(f"{path}: not usable MTCNN weights ({str(exc).splitlines()[0]})") from None
+    for net in nets:
         net.eval().requires_grad_(False)
     return nets
 
@@ -299,6 +309,7 @@ class MTCNNDetector(BaseDetector):
         8%) suit faces meant for expression analysis; lower both for small faces in wide shots.
     thresholds: score thresholds of the three stages (MTCNN's defaults).
     min_score: faces below this final score are dropped (O-Net scores of real faces are ~0.99+).
+    weights: the nets' weights (see `_load_nets`); default the shipped `MTCNN_WEIGHTS`.
     num_threads: torch threads for the nets while detecting, set in the calling thread only and restored
         after; None keeps the current setting; "auto" (default) keeps it unless the machine is busy (1-minute
         load average ≥ CPUs + 1), then uses one thread. The nets are small and run many short parallel
@@ -316,7 +327,7 @@ class MTCNNDetector(BaseDetector):
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
         min_score: float = 0.9,
-        weights_dir: str | Path | None = None,
+        weights: str | Path | None = None,
         device: str | torch.device = "cpu",
         num_threads: int | str | None = "auto",
     ):
@@ -329,7 +340,7 @@ class MTCNNDetector(BaseDetector):
         self.factor = float(factor)
         self.min_score = float(min_score)
         self.device = torch.device(device)
-        nets = _load_nets(str(weights_dir or mtcnn_weights_dir()))  # shared, read-only, on the CPU
+        nets = _load_nets(str(weights or MTCNN_WEIGHTS))  # shared, read-only, on the CPU
         if self.device.type != "cpu":
             nets = tuple(copy.deepcopy(net).to(self.device) for net in nets)
         pnet, self.rnet, self.onet = nets
