@@ -1,0 +1,139 @@
+"""The authors' recipe (configs/authors*.yaml, `--recipe authors`) and the two scoring protocols.
+
+The expected numbers here come from direct formulas written in the tests (windows listed by hand, CCC as
+2·ρ·s_x·s_y / (s_x² + s_y² + (x̄ − ȳ)²)), not from the code under test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mambava.evaluate import LoadedModel, authors_windows, evaluate_videos, evaluate_windows_authors
+from mambava.features import FeatureStore
+from mambava.train import RECIPES, TrainConfig, load_recipe, warm_restarts_lrs
+from mambava.windows import split_windows
+from test_train import TINY_MODEL, write_drift_dataset
+
+
+def direct_ccc(x, y) -> float:
+    """CCC from Pearson's rho and population standard deviations (a different route from metrics.ccc_numpy)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    rho = np.corrcoef(x, y)[0, 1]
+    sx, sy = x.std(), y.std()
+    return float(2 * rho * sx * sy / (sx**2 + sy**2 + (x.mean() - y.mean()) ** 2))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def test_authors_recipe_values_per_fold():
+    fold0 = load_recipe("authors")  # no fold given: fold 0, from authors_fold0.yaml
+    fold2 = load_recipe("authors", ["data.fold=2"])
+    assert fold0.data.fold == 0 and fold2.data.fold == 2
+    # fold 0: VA/config/config_fold0.yml; folds 1-5: config_fold1..5.yml
+    assert (fold0.lr, fold0.weight_decay, fold0.model["dropout"], fold0.data.window, fold0.data.stride) == (3e-4, 1e-2, 0.3, 1000, 800)
+    assert (fold2.lr, fold2.weight_decay, fold2.model["dropout"], fold2.data.window, fold2.data.stride) == (3e-5, 1e-3, 0.2, 300, 200)
+    for cfg in (fold0, fold2):
+        assert (cfg.batch_size, cfg.drop_last, cfg.epochs, cfg.warmup_epochs, cfg.grad_clip) == (16, True, 50, 5, 1.0)
+        assert (cfg.adam_eps, cfg.schedule, cfg.seed, cfg.protocol, cfg.eval_batch_size) == (1e-7, "warm_restarts", 42, "authors", 16)
+        assert cfg.data.tails == "drop" and cfg.model["kind"] == "mamba_va" and cfg.model["tcn_channels"] == [1024, 768, 512, 256]
+    # the two files differ in exactly the keys the reference's fold-0 config changes (and their comments)
+    folds_1_5, fold_0 = (yaml.safe_load(path.read_text()) for path in RECIPES["authors"])
+    flat = lambda tree, p="": {k2: v2 for k, v in tree.items() for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(p + k, v)])}
+    a, b = flat(folds_1_5), flat(fold_0)
+    assert set(a) == set(b) and {k for k in a if a[k] != b[k]} == {"model.dropout", "data.window", "data.stride", "lr", "weight_decay"}
+    # --set wins over the recipe; the paper recipe is the default config
+    assert load_recipe("authors", ["data.fold=1", "lr=1e-3"]).lr == 1e-3
+    assert load_recipe("paper").to_dict() == TrainConfig().to_dict()
+
+
+def test_warm_restarts_schedule_is_the_references_per_iteration_schedule():
+    lr, warmup, period = 3e-4, 10, 46  # period = epochs - warmup + 1 with the reference's 50 and 5 (steps!)
+    lrs = warm_restarts_lrs(lr, warmup, 10 + 46 + 92 + 5, period)
+    for step in range(warmup + 1):  # WarmUpLR(start_lr=1e-8): 1e-8 + lr * step / W
+        assert lrs[step] == pytest.approx(1e-8 + lr * step / warmup, rel=1e-6, abs=1e-15)
+    eta = 1e-8
+    for m in range(1, period):  # first cycle: T_0 = 46 steps
+        assert lrs[warmup + m] == pytest.approx(eta + (lr - eta) * (1 + math.cos(math.pi * m / period)) / 2, rel=1e-9)
+    assert lrs[warmup + period] == pytest.approx(lr, rel=1e-9)  # restart
+    for m in (1, 45, 91):  # second cycle twice as long (T_mult 2)
+        assert lrs[warmup + period + m] == pytest.approx(eta + (lr - eta) * (1 + math.cos(math.pi * m / (2 * period))) / 2, rel=1e-9)
+    assert lrs[warmup + 3 * period] == pytest.approx(lr, rel=1e-9)
+
+
+def test_split_windows_drops_tails_and_short_videos():
+    assert split_windows(1000, 300, 200) == [(0, 300), (200, 500), (400, 700), (600, 900)]
+    assert split_windows(250, 300, 200) == [] and split_windows(300, 300, 200) == [(0, 300)]
+    assert split_windows(1799, 1000, 800) == [(0, 1000)] and split_windows(1800, 1000, 800) == [(0, 1000), (800, 1800)]
+    assert split_windows(0, 4, 2) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The protocols on a hand-built case
+
+
+class FirstTwo(torch.nn.Module):
+    """A per-frame 'model': (B, T, D) -> its first two feature columns."""
+
+    def forward(self, x):
+        return x[..., :2].clone()
+
+
+def _hand_case(tmp_path):
+    rng = np.random.default_rng(3)
+    lengths = {"b": 6, "a_right": 3, "a": 9}
+    store = FeatureStore(tmp_path / "feats")
+    features, labels = {}, {}
+    for name, n in lengths.items():
+        features[name] = (rng.integers(-8, 9, size=(n, 2)) / 8).astype(np.float32)  # exact in float16
+        labels[name] = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
+        store.write(name, features[name], np.ones(n, bool), fps=30.0, backbone="hand", dtype="float16")
+    labels["a"][5] = [-5, -5]      # masked by both protocols
+    labels["a"][2] = [0.25, -5]    # the reference masks by valence only: this arousal -5 counts there
+    return store, features, labels
+
+
+def test_both_protocols_on_a_hand_built_case(tmp_path):
+    store, features, labels = _hand_case(tmp_path)
+    names = ["b", "a_right", "a"]
+    loaded = LoadedModel(model=FirstTwo(), kind="first_two", source="hand", window=4, stride=2)
+
+    # Ours: whole videos, stitched; a per-frame model stitches back to its input. Frames with any -5 are out.
+    ours = evaluate_videos(loaded, store, names, labels, batch_size=2, device="cpu")
+    x = np.concatenate([features[n] for n in names])
+    y = np.concatenate([labels[n] for n in names])
+    valid = (y != -5).all(1)
+    assert ours.frames == 18 - 2
+    assert ours.ccc_valence == pytest.approx(direct_ccc(x[valid, 0], y[valid, 0]), abs=1e-6)
+    assert ours.ccc_arousal == pytest.approx(direct_ccc(x[valid, 1], y[valid, 1]), abs=1e-6)
+
+    # The authors': windows of 4 every 2 that fit (a: 0-4, 2-6, 4-8, its frame 8 dropped; a_right too short;
+    # b: 0-4, 2-6), ordered as files a_0000 a_0001 a_0002 a_right.. b_0000 b_0001, batches of 2 with the last
+    # partial one (b_0001) dropped; overlapping frames count once per window; valence -5 frames are out.
+    windows = [("a", 0, 4), ("a", 2, 6), ("a", 4, 8), ("b", 0, 4)]
+    x = np.concatenate([features[n][s:e] for n, s, e in windows])
+    y = np.concatenate([labels[n][s:e] for n, s, e in windows])
+    keep = y[:, 0] != -5
+    theirs = evaluate_windows_authors(loaded, store, names, labels, batch_size=2, device="cpu")
+    assert theirs.frames == 16 - 2 and int((y[keep, 1] == -5).sum()) == 2  # frame a[2] in two windows
+    assert theirs.ccc_valence == pytest.approx(direct_ccc(x[keep, 0], y[keep, 0]), abs=1e-6)
+    assert theirs.ccc_arousal == pytest.approx(direct_ccc(x[keep, 1], y[keep, 1]), abs=1e-6)
+    assert theirs.p_va == pytest.approx((theirs.ccc_valence + theirs.ccc_arousal) / 2)
+    assert abs(theirs.p_va - ours.p_va) > 1e-3  # not the same quantity
+    per_video = {r["video"]: r for r in theirs.per_video}
+    assert (per_video["a"]["frames"], per_video["a_right"]["frames"], per_video["b"]["frames"]) == (10, 0, 4)
+
+    # the order is the reference's sorted file names, cut to whole batches
+    assert authors_windows([("b", 0, 4), ("a_right", 0, 4), ("a", 2, 6), ("a", 0, 4)], 2, 3) == [
+        ("a", 0, 4), ("a", 2, 6), ("a_right", 0, 4)
+    ]
