@@ -137,3 +137,78 @@ def test_both_protocols_on_a_hand_built_case(tmp_path):
     assert authors_windows([("b", 0, 4), ("a_right", 0, 4), ("a", 2, 6), ("a", 0, 4)], 2, 3) == [
         ("a", 0, 4), ("a", 2, 6), ("a_right", 0, 4)
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One command each: train and cv with the authors' recipe
+
+
+def _tiny(features, annotations):
+    """The authors' recipe made tiny: 8-d inputs, a small model, windows of 40 every 20, batches of 4."""
+    sets = [
+        f"data.features={features}", f"data.annotations={annotations}", "model.input_dim=8", *TINY_MODEL,
+        "data.window=40", "data.stride=20", "batch_size=4", "eval_batch_size=4", "epochs=2", "warmup_epochs=1",
+        "progress_bar=false",
+    ]
+    return [arg for item in sets for arg in ("--set", item)]
+
+
+def test_train_with_the_authors_recipe_and_its_protocol(tmp_path):
+    from typer.testing import CliRunner
+
+    from mambava.cli import app
+    from mambava.evaluate import evaluate_checkpoint
+
+    features, annotations = write_drift_dataset(tmp_path / "data", n_train=6, n_val=4, n_frames=150, dim=8, noise=1.0, scale=20)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--recipe", "authors", "--out-dir", str(out), *_tiny(features, annotations)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = summary["config"]
+    assert (cfg["lr"], cfg["weight_decay"], cfg["model"]["dropout"], cfg["adam_eps"], cfg["seed"]) == (3e-4, 1e-2, 0.3, 1e-7, 42)
+    assert summary["protocol"] == "authors"
+    # training windows: the authors' split of each training video; drop_last: whole batches only
+    store = FeatureStore(features)
+    train_names = [f"tr{i:02d}" for i in range(6)]
+    n_windows = sum(len(split_windows(store.n_frames(n), 40, 20)) for n in train_names)
+    assert summary["train_windows"] == n_windows
+    steps = n_windows // 4
+    assert summary["global_step"] == 2 * steps
+    # the optimizer the run used, and the learning rate of every step (Lightning's per-step log)
+    last = torch.load(out / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["optimizer_states"][0]["param_groups"][0]["eps"] == 1e-7
+    with open(next((out / "logs").glob("version_*/metrics.csv")), newline="") as handle:
+        logged = [float(r["lr"]) for r in csv.DictReader(handle) if r.get("lr")]
+    assert logged == pytest.approx(warm_restarts_lrs(3e-4, steps, 2 * steps, 2)[: len(logged)], rel=1e-6)
+    assert len(logged) == 2 * steps
+    # validation by the authors' protocol = evaluate --protocol authors of the best model
+    scored, path = evaluate_checkpoint(out / "model.safetensors", protocol="authors", device="cpu")
+    assert scored.p_va == pytest.approx(summary["best"]["p_va"], abs=1e-4)
+    assert path.name == "eval_validation_fold0_authors.csv"
+    val_windows = sum(len(split_windows(store.n_frames(f"va{i:02d}"), 40, 20)) for i in range(4))
+    assert summary["validation_windows"] == val_windows // 4 * 4
+
+
+def test_cv_with_the_authors_recipe_prints_table_1_under_both_protocols(tmp_path):
+    from typer.testing import CliRunner
+
+    from mambava.cli import app
+
+    features, annotations = write_drift_dataset(tmp_path / "data", n_train=6, n_val=4, n_frames=100, dim=8, noise=1.0, scale=20)
+    out = tmp_path / "cv"
+    args = ["cv", "--recipe", "authors", "--folds", "0,1", "--out-dir", str(out), "--both-protocols", *_tiny(features, annotations)]
+    result = CliRunner().invoke(app, [*args, "--set", "epochs=1", "--set", "warmup_epochs=0"])
+    assert result.exit_code == 0, result.output
+    folds = [json.loads((out / f"fold{k}/summary.json").read_text())["config"] for k in (0, 1)]
+    assert (folds[0]["lr"], folds[0]["weight_decay"], folds[0]["model"]["dropout"]) == (3e-4, 1e-2, 0.3)  # fold 0's values
+    assert (folds[1]["lr"], folds[1]["weight_decay"], folds[1]["model"]["dropout"]) == (3e-5, 1e-3, 0.2)  # folds 1-5's
+    tables = re.split(r"\nTable 1", result.output)[1:]
+    assert len(tables) == 3 and "validation protocol: authors" in tables[0]
+    assert "protocol videos" in tables[1] and "protocol authors" in tables[2]
+    rows = [[line.split() for line in t.splitlines() if re.match(r"^[01] ", line)] for t in tables]
+    assert [r[0] for r in rows[0]] == ["0", "1"] and all(len(r) == 2 for r in rows)
+    # the runs validated by the authors' protocol: scoring their best models again that way gives the same table
+    for trained, again in zip(rows[0], rows[2]):
+        assert [float(v) for v in again[1:]] == pytest.approx([float(v) for v in trained[1:]], abs=2e-4)
+    assert rows[1] != rows[2]
+    assert (out / "cv_results_videos.csv").is_file() and (out / "cv_results_authors.csv").is_file()
