@@ -1,4 +1,5 @@
-"""Evaluation the official way (DESIGN.md §4): whole videos, cut into overlapping windows (w 300, s 200), run
+"""Evaluation the official way (ABAW, paper §4.3: CCC over all frames): whole videos, cut into overlapping windows
+(w 300, s 200, the authors' code's values; the stitching is ours: the paper does not say how it scores), run
 through the temporal model, stitched back to one (valence, arousal) per frame (mean over overlapping windows);
 CCC per dimension over all valid frames (label != -5) of all videos concatenated, P_VA = (CCC_v + CCC_a) / 2,
 plus the same scores per video.

@@ -1,4 +1,4 @@
-"""Training on Lightning, the paper's recipe by default (DESIGN.md §3), validation the official way (§4).
+"""Training on Lightning, the paper's recipe by default, validation the official way (paper §4.3).
 
 Recipe (the defaults of `TrainConfig`, written out in `configs/paper.yaml`). From the paper (§4.2): AdamW,
 lr 3e-4, weight decay 1e-3, 50 epochs, 5-epoch warmup, dropout 0.3, CCC loss. The paper states no batch size,
