@@ -19,7 +19,8 @@ import yaml
 
 from mambava.evaluate import LoadedModel, authors_windows, evaluate_videos, evaluate_windows_authors
 from mambava.features import FeatureStore
-from mambava.train import RECIPES, TrainConfig, load_recipe, warm_restarts_lrs
+from mambava.errors import MambavaError
+from mambava.train import RECIPES, TrainConfig, config_items, load_recipe, warm_restarts_lrs
 from mambava.windows import split_windows
 from test_train import TINY_MODEL, write_drift_dataset
 
@@ -36,7 +37,7 @@ def direct_ccc(x, y) -> float:
 # The recipe
 
 
-def test_authors_recipe_values_per_fold():
+def test_authors_recipe_values_per_fold(tmp_path):
     fold0 = load_recipe("authors")  # no fold given: fold 0, from authors_fold0.yaml
     fold2 = load_recipe("authors", ["data.fold=2"])
     assert fold0.data.fold == 0 and fold2.data.fold == 2
@@ -52,8 +53,15 @@ def test_authors_recipe_values_per_fold():
     flat = lambda tree, p="": {k2: v2 for k, v in tree.items() for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(p + k, v)])}
     a, b = flat(folds_1_5), flat(fold_0)
     assert set(a) == set(b) and {k for k in a if a[k] != b[k]} == {"model.dropout", "data.window", "data.stride", "lr", "weight_decay"}
-    # --set wins over the recipe; the paper recipe is the default config
+    # --set wins over the recipe, and so does a user's file laid over it; the paper recipe is the default config
     assert load_recipe("authors", ["data.fold=1", "lr=1e-3"]).lr == 1e-3
+    user = tmp_path / "va.yaml"
+    user.write_text("data: {features: feats, annotations: root, fold: 3}\nmodel: {tcn_channels: [8, 4]}\n")
+    layered = load_recipe("authors", config_items(user))
+    assert (layered.data.features, layered.data.fold, layered.model["tcn_channels"], layered.lr) == ("feats", 3, [8, 4], 3e-5)
+    user.write_text("data: {featurs: x}\n")
+    with pytest.raises(MambavaError, match="va.yaml.*featurs"):
+        config_items(user)
     assert load_recipe("paper").to_dict() == TrainConfig().to_dict()
 
 
@@ -196,7 +204,10 @@ def test_cv_with_the_authors_recipe_prints_table_1_under_both_protocols(tmp_path
 
     features, annotations = write_drift_dataset(tmp_path / "data", n_train=6, n_val=4, n_frames=100, dim=8, noise=1.0, scale=20)
     out = tmp_path / "cv"
-    args = ["cv", "--recipe", "authors", "--folds", "0,1", "--out-dir", str(out), "--both-protocols", *_tiny(features, annotations)]
+    user = tmp_path / "va.yaml"  # the user's data paths, laid over the recipe
+    user.write_text(f"data:\n  features: {features}\n  annotations: {annotations}\n")
+    tiny = _tiny("unused", "unused")[4:]  # (without the data paths)
+    args = ["cv", "--recipe", "authors", "--config", str(user), "--folds", "0,1", "--out-dir", str(out), "--both-protocols", *tiny]
     result = CliRunner().invoke(app, [*args, "--set", "epochs=1", "--set", "warmup_epochs=0"])
     assert result.exit_code == 0, result.output
     folds = [json.loads((out / f"fold{k}/summary.json").read_text())["config"] for k in (0, 1)]

@@ -331,6 +331,14 @@ def recipe_config(recipe: str, fold: int) -> Path:
     return fold_0 if fold == 0 else folds_1_to_5
 
 
+def config_items(path: str | os.PathLike) -> list[str]:
+    """A config file's keys as `key=value` overrides (to lay a user's file, e.g. its data paths, over a recipe).
+    The file is checked first, so a bad key is an error naming it."""
+    load_config(path)
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    return [f"{key}={json.dumps(value)}" for key, value in _flatten(tree).items()]
+
+
 def load_recipe(recipe: str, overrides: Sequence[str] = (), fold: int | None = None) -> TrainConfig:
     """A named recipe's config for `fold` (default: the fold the overrides set, else 0), overrides applied
     on top of the fold's file."""

@@ -10,18 +10,16 @@ import typer
 SET_HELP = "Override a config key: --set lr=1e-4 --set model.kind=tcn --set data.features=feats/ (repeatable)."
 
 
-RECIPE_HELP = "Named recipe: 'paper' (default) or 'authors' (their code's per-fold values; not with --config)."
+RECIPE_HELP = "Named recipe: 'paper' (default) or 'authors' (their code's per-fold values); a --config is laid over it."
 
 
 def _config(config: Optional[Path], overrides: List[str], recipe: Optional[str] = None, **flags) -> "object":
-    from mambava.errors import MambavaError
-    from mambava.train import load_config, load_recipe
+    from mambava.train import config_items, load_config, load_recipe
 
     extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    if recipe is not None:
-        if config is not None:
-            raise MambavaError("--recipe and --config: give one (put data paths in --set or in your own config)")
-        return load_recipe(recipe, [*extra, *overrides])
+    if recipe is not None:  # a --config given too is laid over the recipe (e.g. its data paths)
+        layer = config_items(config) if config is not None else []
+        return load_recipe(recipe, [*layer, *extra, *overrides])
     return load_config(config, [*extra, *overrides])
 
 
@@ -122,7 +120,7 @@ def cv_command(
     config_for = None
     if recipe is not None:
         def config_for(k: int):
-            return _config(None, overrides, recipe, **flags, **{"data.fold": k})
+            return _config(config, overrides, recipe, **flags, **{"data.fold": k})
     chosen = None
     if folds:
         try:
