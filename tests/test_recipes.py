@@ -193,6 +193,10 @@ def test_train_with_the_authors_recipe_and_its_protocol(tmp_path):
     scored, path = evaluate_checkpoint(out / "model.safetensors", protocol="authors", device="cpu")
     assert scored.p_va == pytest.approx(summary["best"]["p_va"], abs=1e-4)
     assert path.name == "eval_validation_fold0_authors.csv"
+    cli = CliRunner().invoke(app, ["evaluate", str(out / "model.safetensors"), "--protocol", "authors", "--device", "cpu"])
+    assert cli.exit_code == 0, cli.output
+    assert float(next(l for l in cli.output.splitlines() if l.startswith("P_VA")).split()[1]) == pytest.approx(scored.p_va, abs=1e-4)
+    assert f"{scored.frames} frames counted over windows" in cli.output
     val_windows = sum(len(split_windows(store.n_frames(f"va{i:02d}"), 40, 20)) for i in range(4))
     assert summary["validation_windows"] == val_windows // 4 * 4
 
