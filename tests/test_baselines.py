@@ -63,7 +63,7 @@ def test_transformer_is_about_the_size_of_the_mamba_encoder():
     mamba_encoder = count_parameters(paper) - count_parameters(tcn)
     attention_encoder = count_parameters(transformer) - count_parameters(tcn)
     assert abs(attention_encoder / mamba_encoder - 1) < 0.1, (attention_encoder, mamba_encoder)
-    assert count_parameters(paper) == 67_155_598  # the reference's count (DESIGN.md §2)
+    assert count_parameters(paper) == 67_155_598  # the reference model's count (FreedomPuppy77/Charon)
 
 
 def test_model_config_validation():

@@ -1,6 +1,6 @@
 """Readers for the official Aff-Wild2 / ABAW valence-arousal release, and the `data check` scan.
 
-Layout expected under a dataset root (DESIGN.md §5)::
+Layout expected under a dataset root (as the ABAW challenge distributes Aff-Wild2)::
 
     ROOT/
       VA_Estimation_Challenge/Train_Set/<video>.txt        annotations, header "valence,arousal",

@@ -15,8 +15,9 @@
   `hf`   a Hugging Face folder (config.json with model_type "vit_mae" + model.safetensors, sharded or not,
          or pytorch_model.bin), `ViTMAEModel` or `ViTMAEForPreTraining` (its `vit.` prefix and decoder dropped);
   `mambava` a file written by `ViTEncoder.save` (safetensors, config in its metadata).
-- Preprocessing is the reference's (DESIGN.md §5): RGB, PIL bicubic resize to 224x224 (uint8 result, as
-  torchvision's Resize on a PIL image), /255, normalise with the face mean/std.
+- Preprocessing is the reference's (FreedomPuppy77/Charon, preprocess/mae/feature_VA.py:50-52): RGB, PIL
+  bicubic resize to 224x224 (uint8 result, as torchvision's Resize on a PIL image), /255, normalise with the
+  face mean/std.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from mambava.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
-# Face statistics used by the reference (DESIGN.md §5).
+# Face statistics used by the reference (FreedomPuppy77/Charon, preprocess/mae/feature_VA.py:52).
 FACE_MEAN = (0.471, 0.363, 0.333)
 FACE_STD = (0.220, 0.193, 0.180)
 

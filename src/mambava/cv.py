@@ -5,6 +5,9 @@ with mean ± std over the folds (sample std, ddof = 1).
 
 Layout: `out_dir/folds.yaml` (the folds used, written once so every fold reads the same partition),
 `out_dir/fold<k>/` (a complete training run each), `out_dir/cv_results.csv` and `out_dir/cv_summary.json`.
+`run_cv(..., config_for=...)` takes each fold's config from a function (the authors' recipe has its own values
+on fold 0), and `rescore` scores each fold's best model again under a given protocol ("videos": whole videos
+stitched, "authors": the reference's validation windows; `mambava cv --both-protocols` prints both tables).
 Each fold is resumable (`checkpoints/last.ckpt`) and skipped once finished (`summary.json`), so re-running
 the same command after an interruption picks up where it stopped.
 """
@@ -15,7 +18,7 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -53,15 +56,18 @@ def run_cv(
     folds: Sequence[int] | None = None,
     callbacks: Sequence = (),
     echo=print,
+    config_for: Callable[[int], TrainConfig] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every fold (skipping finished ones, resuming interrupted ones) and return the table rows."""
+    """Train every fold (skipping finished ones, resuming interrupted ones) and return the table rows.
+    `config_for(k)`, when given, is fold k's recipe (out_dir and folds still come from `cfg`)."""
     folds_file, available = prepare_folds(cfg)
     chosen = list(available if folds is None else folds)
     missing = [k for k in chosen if k not in available]
     if missing:
         raise MambavaError(f"{folds_file}: no fold {missing[0]} (folds: {available})")
     for k in chosen:
-        fold_cfg = fold_config(cfg, k, folds_file)
+        fold_cfg = fold_config(cfg if config_for is None else config_for(k), k, folds_file)
+        fold_cfg = dataclasses.replace(fold_cfg, out_dir=str(Path(cfg.out_dir) / f"fold{k}"))
         done = read_summary(fold_cfg.out_dir)
         if done and done.get("finished"):
             echo(f"fold {k}: finished earlier, skipped ({fold_cfg.out_dir})")
@@ -85,6 +91,21 @@ def collect(out_dir: str, folds: Sequence[int]) -> list[dict[str, Any]]:
     return rows
 
 
+def rescore(out_dir: str, folds: Sequence[int], protocol: str, device: str = "auto") -> list[dict[str, Any]]:
+    """Table rows from each fold's best model (`fold<k>/model.safetensors`) scored on its validation videos
+    under `protocol`; the per-video CSVs go beside each model (`eval_validation_fold<k>[_authors].csv`)."""
+    from mambava.evaluate import evaluate_checkpoint
+
+    rows = []
+    for k in folds:
+        model = Path(out_dir) / f"fold{k}" / "model.safetensors"
+        if not model.is_file():
+            raise MambavaError(f"{model}: fold {k} has no finished run")
+        result, _ = evaluate_checkpoint(model, split="validation", device=device, protocol=protocol)
+        rows.append({"fold": k, "ccc_valence": result.ccc_valence, "ccc_arousal": result.ccc_arousal, "p_va": result.p_va})
+    return rows
+
+
 def mean_std(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     stats = {}
     for key in COLUMNS[1:]:
@@ -104,9 +125,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out_dir: str, rows: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
+def write_results(out_dir: str, rows: Sequence[dict[str, Any]], suffix: str = "") -> tuple[Path, Path]:
+    """cv_results<suffix>.csv and cv_summary<suffix>.json in out_dir."""
     out = Path(out_dir)
-    csv_path, json_path = out / "cv_results.csv", out / "cv_summary.json"
+    csv_path, json_path = out / f"cv_results{suffix}.csv", out / f"cv_summary{suffix}.json"
     with atomic_open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()

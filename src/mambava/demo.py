@@ -21,7 +21,7 @@ Stages (each prints a line with its time; the long ones show a progress bar):
               crops forward-filled and masked).
 5. train      `mambava.train.train`: the Mamba-VA temporal model (causal TCN -> Mamba encoder -> head; the
               paper's structure at reduced widths, see `DemoConfig`) and the frame-wise baseline (`mlp`, the
-              same features one frame at a time), both with the paper's recipe (AdamW, warmup + cosine, CCC loss,
+              same features one frame at a time), both with the default recipe (AdamW, warmup + cosine, CCC loss,
               model selection by validation P_VA).
 6. evaluate   `mambava.evaluate.evaluate_videos` on the held-out test subjects (whole videos, windows stitched).
 7. predict    `mambava.predict.Predictor` on a held-out raw video: faces detected, tracked and aligned by the

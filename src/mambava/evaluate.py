@@ -1,7 +1,12 @@
-"""Evaluation the official way (DESIGN.md §4): whole videos, cut into overlapping windows (w 300, s 200), run
+"""Evaluation the official way (ABAW, paper §4.3: CCC over all frames): whole videos, cut into overlapping windows
+(w 300, s 200, the authors' code's values; the stitching is ours: the paper does not say how it scores), run
 through the temporal model, stitched back to one (valence, arousal) per frame (mean over overlapping windows);
 CCC per dimension over all valid frames (label != -5) of all videos concatenated, P_VA = (CCC_v + CCC_a) / 2,
 plus the same scores per video.
+
+`protocol="authors"` scores instead as the authors' validation loop does (FreedomPuppy77/Charon,
+VA/vaestimation.py:268-324 over the windows of VA/data/dataset.py and preprocess/split_VA_fold.py): see
+`authors_windows`. Its numbers and ours are not the same quantity; `mambava cv --both-protocols` prints both.
 
 `load_for_eval(path)` accepts our `model.safetensors` (the paper model or any baseline), a Lightning checkpoint
 of a run (`checkpoints/best.ckpt`), or a reference `.pth` (via `MambaVA.from_checkpoint`).
@@ -129,6 +134,96 @@ def load_for_eval(path: str | os.PathLike) -> LoadedModel:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The authors' protocol
+
+PROTOCOLS = ("videos", "authors")
+
+
+def authors_windows(
+    windows: Sequence[tuple[str, int, int]], stride: int, batch_size: int
+) -> list[tuple[str, int, int]]:
+    """The validation windows in the order the reference's loop sees them, cut to whole batches.
+
+    Its windows are files `<video>_<i:04d>.npz`, i = start // stride (preprocess/split_VA_fold.py:61), listed by a
+    sorted glob (VA/data/dataset.py:23-24) and batched without shuffling and with drop_last=True
+    (VA/data/dataset.py:64-71), so the last partial batch, in that name order, never counts."""
+    ordered = sorted(windows, key=lambda w: f"{w[0]}_{w[1] // stride:04d}.npz")
+    return ordered[: len(ordered) // batch_size * batch_size]
+
+
+def authors_keep(target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Frames the reference's validation counts: valence label != -5 (VA/vaestimation.py:302-314; the arousal
+    label is not checked), within the window's real frames."""
+    keep = target[..., 0] != -5
+    return keep if mask is None else keep & mask.bool()
+
+
+def authors_window_dataset(store, names: Sequence[str], labels, window: int, stride: int, batch_size: int):
+    """A WindowDataset of the validation videos cut by the authors' split (`mambava.windows.split_windows`),
+    its windows in `authors_windows` order. MambavaError when not one whole batch is left."""
+    from mambava.windows import WindowDataset
+
+    dataset = WindowDataset(store, names, {n: labels[n] for n in names}, window, stride, tails="drop")
+    cut = len(dataset.windows)
+    dataset.windows = authors_windows(dataset.windows, stride, batch_size)
+    if not dataset.windows:
+        raise MambavaError(
+            f"{store.root}: the authors' protocol leaves no window ({cut} windows of {window} frames in "
+            f"{len(names)} videos, batches of {batch_size} with the last partial one dropped)"
+        )
+    return dataset
+
+
+@torch.no_grad()
+def evaluate_windows_authors(
+    loaded: LoadedModel,
+    store,
+    names: Sequence[str],
+    labels: dict[str, np.ndarray],
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    precision: str = "32",
+) -> EvalResult:
+    """Score `loaded.model` by the authors' protocol: CCC over the frames of every kept window concatenated
+    (a frame in two windows counts twice); `frames` counts those frame instances. Per-video rows score each
+    video's kept windows alone."""
+    window = window or loaded.window
+    stride = stride or loaded.stride
+    dev = _device(device)
+    model = loaded.model.to(dev).eval()
+    dataset = authors_window_dataset(store, names, labels, window, stride, batch_size)
+    preds: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    targets: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
+    for first in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
+        x = torch.stack([item["x"] for item in items]).to(dev)
+        with autocast:
+            out = model(x).float().cpu()
+        for item, pred in zip(items, out):
+            keep = authors_keep(item["y"], item["mask"]).numpy()
+            preds[item["name"]].append(pred.numpy()[keep])
+            targets[item["name"]].append(item["y"].numpy()[keep])
+    rows = []
+    for name in names:
+        pred = np.concatenate(preds[name]) if preds[name] else np.zeros((0, 2), np.float32)
+        target = np.concatenate(targets[name]) if targets[name] else np.zeros((0, 2), np.float32)
+        row: dict[str, Any] = {"video": name, "frames": len(target), "valid_frames": len(target)}
+        if len(target) >= 2:
+            v, a = ccc_numpy(pred[:, 0], target[:, 0]), ccc_numpy(pred[:, 1], target[:, 1])
+            row.update(ccc_valence=v, ccc_arousal=a, p_va=(v + a) / 2)
+        else:
+            row.update(ccc_valence=None, ccc_arousal=None, p_va=None)
+        rows.append(row)
+    pred = np.concatenate([p for n in names for p in preds[n]])
+    target = np.concatenate([t for n in names for t in targets[n]])
+    v, a = ccc_numpy(pred[:, 0], target[:, 0]), ccc_numpy(pred[:, 1], target[:, 1])
+    return EvalResult(v, a, (v + a) / 2, len(target), rows)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Evaluation
 
 
@@ -235,22 +330,28 @@ def evaluate_checkpoint(
     folds: str | None = None,
     window: int | None = None,
     stride: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: str = "auto",
     precision: str = "32",
     out: str | os.PathLike | None = None,
     progress: bool = False,
+    protocol: str = "videos",
 ) -> tuple[EvalResult, Path]:
     """`mambava evaluate`: score a checkpoint on one side ("train" or "validation") of a fold.
 
     Data paths and fold default to those of the run the checkpoint belongs to (its config.yaml or the
     Lightning checkpoint's hyper-parameters). Writes the per-video CSV to `out` (default: beside the
-    checkpoint, `eval_<split>_fold<k>.csv`) and returns (result, csv path)."""
+    checkpoint, `eval_<split>_fold<k>.csv`, `eval_<split>_fold<k>_authors.csv` for the authors' protocol) and
+    returns (result, csv path). `batch_size` (windows per forward pass) defaults to 32; under the authors'
+    protocol it also sets which windows the dropped last batch holds, and defaults to the run's
+    `eval_batch_size`, else 16 (the reference's test_batch_size, VA/config/config_fold*.yml:8)."""
     from mambava.features import FeatureStore
     from mambava.train import TrainConfig, load_fold_data
 
     if split not in ("train", "validation"):
         raise MambavaError(f"--split must be 'train' or 'validation', got {split!r}")
+    if protocol not in PROTOCOLS:
+        raise MambavaError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     loaded = load_for_eval(checkpoint)
     data = dict((loaded.run_config or {}).get("data") or {})
     for key, value in (("features", features), ("annotations", annotations), ("folds", folds), ("fold", fold)):
@@ -266,10 +367,17 @@ def evaluate_checkpoint(
     fold_data = load_fold_data(cfg, sides=(split,))
     names = fold_data.train if split == "train" else fold_data.validation
     store = FeatureStore(cfg.data.features)
-    result = evaluate_videos(
-        loaded, store, names, fold_data.labels, window or (cfg.data.window if loaded.run_config else None),
-        stride or (cfg.data.stride if loaded.run_config else None), batch_size, device, precision, progress,
-    )
+    window = window or (cfg.data.window if loaded.run_config else None)
+    stride = stride or (cfg.data.stride if loaded.run_config else None)
+    if protocol == "authors":
+        if batch_size is None:
+            batch_size = int((loaded.run_config or {}).get("eval_batch_size") or 16)
+        result = evaluate_windows_authors(loaded, store, names, fold_data.labels, window, stride, batch_size, device, precision)
+    else:
+        result = evaluate_videos(
+            loaded, store, names, fold_data.labels, window, stride, batch_size or 32, device, precision, progress
+        )
     if out is None:
-        out = Path(checkpoint).parent / f"eval_{split}_fold{cfg.data.fold}.csv"
+        suffix = "_authors" if protocol == "authors" else ""
+        out = Path(checkpoint).parent / f"eval_{split}_fold{cfg.data.fold}{suffix}.csv"
     return result, write_per_video(result, out)

@@ -86,12 +86,16 @@ class ConcordanceCCC(torchmetrics.Metric):
         for name in ("n", "sx", "sy", "sxx", "syy", "sxy"):
             self.add_state(name, default=torch.zeros(num_outputs, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    def update(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> None:
+        """`keep`, when given, is the caller's own choice of frames to count (in place of `valid_mask`)."""
         pred = pred.reshape(-1, self.num_outputs)
         target = target.reshape(-1, self.num_outputs)
-        if mask is not None:
-            mask = mask.reshape(-1)
-        valid = valid_mask(target, mask)
+        if keep is not None:
+            valid = keep.reshape(-1).bool()
+        else:
+            valid = valid_mask(target, None if mask is None else mask.reshape(-1))
         x = pred[valid].double()
         y = target[valid].double()
         self.n += x.shape[0]

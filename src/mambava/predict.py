@@ -18,7 +18,7 @@ first face's feature; `face` = 0 marks them. A video with no face at all is an e
 table of guesses.
 
 Windowing, which decides what a frame's prediction has seen:
-- `"windows"` (default, the paper's evaluation): windows of 300 frames every 200, each run from an empty
+- `"windows"` (default, what `evaluate` scores): windows of 300 frames every 200, each run from an empty
   state, averaged where they overlap (`mambava.evaluate.predict_sequence`).
 - `"full"`: one causal pass over the whole sequence. This is what the live stream computes step by step
   (`Predictor.stream`, `mambava.stream`), to float32 rounding.

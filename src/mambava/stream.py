@@ -4,7 +4,7 @@ Each new frame costs one step of the model, not a window: the causal TCN keeps a
 layer and the Mamba layers keep their convolution and SSM states (`MambaVA.init_state` / `MambaVA.step`).
 Starting from frame 0, the stepped outputs equal ONE causal pass over the whole sequence, which is what
 `Predictor(windowing="full")` computes offline (to float32 rounding, <= 1e-4). They do NOT equal the default
-offline pass (`windowing="windows"`, the paper's 300/200 windows stitched by averaging): every window starts
+offline pass (`windowing="windows"`, 300/200 windows stitched by averaging): every window starts
 from an empty state, so frames late in a window see less history than the stream has seen.
 
 Per track, like the offline pipeline: a frame where the track's face is not found carries the last feature

@@ -1,6 +1,6 @@
 """The ABAW valence-arousal submission file: writer and validator.
 
-Format (DESIGN.md §5): header `image_location,valence,arousal`, then one line per frame of every test video,
+Format (the ABAW challenge's): header `image_location,valence,arousal`, then one line per frame of every test video,
 `<video>/<NNNNN>.jpg,<valence>,<arousal>` with 1-based, 5-digit frame numbers (as the crops are named, whether
 or not the frame has a crop), values clipped to [-1, 1]. The frame count of a test video is the number of
 frames of the video (`mambava.affwild2.AffWild2.n_frames`).

@@ -2,7 +2,7 @@
 
 Aff-Wild2 and pretrained MAE weights cannot be had offline, so this module renders its own face videos whose
 expressions follow ground-truth valence/arousal (VA) trajectories, and writes them exactly as the ABAW release
-lays Aff-Wild2 out (DESIGN.md §5), so that every loader of the real pipeline is exercised:
+lays Aff-Wild2 out (see `mambava.affwild2`), so that every loader of the real pipeline is exercised:
 
     OUT/
       videos/batch1/<v>.mp4, videos/batch2/<v>.mp4        raw videos (H.264, yuv420p, 30 fps)

@@ -1,17 +1,29 @@
-"""Training on Lightning with the paper's recipe (DESIGN.md §3), validation the official way (§4).
+"""Training on Lightning, the paper's recipe by default, validation the official way (paper §4.3).
 
-Recipe (the defaults of `TrainConfig`, written out in `configs/paper.yaml`): AdamW, lr 3e-4, weight decay 1e-3
-(on every parameter, as the reference), 50 epochs, batch 32 windows of 300 frames (stride 200), dropout 0.3,
-gradient clipping at norm 1.0, loss (1 - CCC_v) + (1 - CCC_a) over all valid frames of the batch (-5 and
-padding masked). The learning rate is stepped once per optimizer step: linear warmup from lr/W to lr over the
-first W = warmup_epochs * steps_per_epoch steps, then a cosine from lr down to 0 at the last step.
+Recipe (the defaults of `TrainConfig`, written out in `configs/paper.yaml`). From the paper (§4.2): AdamW,
+lr 3e-4, weight decay 1e-3, 50 epochs, 5-epoch warmup, dropout 0.3, CCC loss. The paper states no batch size,
+no window/stride values (only ⌊n/s⌋ + 1 segments, §3.2), no clipping and no schedule after the warmup; those
+come from the authors' code (FreedomPuppy77/Charon): batch 32 and windows 300/200 from its VA/config/config.yml,
+gradient clipping at norm 1.0 from VA/vaestimation.py:243-247. Weight decay is on every parameter, as there.
+Loss (1 - CCC_v) + (1 - CCC_a) over all valid frames of the batch (-5 and padding masked). The learning rate
+is stepped once per optimizer step: linear warmup from lr/W to lr over the first W = warmup_epochs *
+steps_per_epoch steps, then a cosine from lr down to 0 at the last step (ours; `schedule: cosine`).
 
-Validation (every `val_every_n_epochs`): each validation video is run whole, as overlapping windows stitched
-back to one prediction per frame (`mambava.evaluate.predict_sequence`), and CCC per dimension is computed over
-all valid frames of all validation videos concatenated; P_VA = (CCC_v + CCC_a) / 2. The metric
-(`mambava.metrics.ConcordanceCCC`) keeps float64 sufficient statistics whose DDP reduction is a sum, so ranks
-that each validated a share of the videos give exactly the single-process number (torchmetrics'
-`ConcordanceCorrCoef` uses sample, n-1, moments where ABAW uses population moments).
+The authors' recipe as their code runs it is `configs/authors.yaml` (folds 1-5) and `configs/authors_fold0.yaml`
+(fold 0), chosen by `recipe_config("authors", fold)` (`mambava train --recipe authors`): per-fold values,
+AdamW eps 1e-7, warmup from ~0 then CosineAnnealingWarmRestarts stepped per iteration (`schedule:
+warm_restarts`, `warm_restarts_lrs`), drop_last, their split of windows (`data.tails: drop`), seed 42 and
+their validation protocol (`protocol: authors`). Each value is cited to its file and line in those configs.
+
+Validation (every `val_every_n_epochs`), `protocol: videos` (ours): each validation video is run whole, as
+overlapping windows stitched back to one prediction per frame (`mambava.evaluate.predict_sequence`), and CCC
+per dimension is computed over all valid frames of all validation videos concatenated; P_VA = (CCC_v + CCC_a)
+/ 2. `protocol: authors`: CCC over the frames of the windows the reference's validation loop sees
+(`mambava.evaluate.authors_windows`: its split, its file order, its last partial batch dropped, overlapping
+frames counted once per window). The metric (`mambava.metrics.ConcordanceCCC`) keeps float64 sufficient
+statistics whose DDP reduction is a sum, so ranks that each validated a share give exactly the
+single-process number (torchmetrics' `ConcordanceCorrCoef` uses sample, n-1, moments where ABAW uses
+population moments).
 
 Reproducibility and resume: `seed` seeds the model's initialisation; the training windows are shuffled by a
 sampler seeded with (seed, epoch) and the global RNG (dropout) is re-seeded from (seed, epoch, batch, rank)
@@ -24,7 +36,6 @@ Outputs in `out_dir`: `config.yaml` (the resolved config), `checkpoints/best.ckp
 and, for the paper model, `MambaVA.load`), `metrics.csv` (one row per epoch), `logs/` (Lightning's per-step CSV
 log), `tensorboard/` (when tensorboard is installed), `summary.json`, `curves.png`.
 """
-
 from __future__ import annotations
 
 import copy
@@ -50,6 +61,14 @@ from mambava.errors import MambavaError
 from mambava.fileio import atomic_open, atomic_path
 
 PAPER_CONFIG = Path(__file__).parent / "configs" / "paper.yaml"
+# Recipes by name: (config of folds 1-5, config of fold 0). The authors' code uses other values on fold 0.
+RECIPES = {
+    "paper": (PAPER_CONFIG, PAPER_CONFIG),
+    "authors": (PAPER_CONFIG.parent / "authors.yaml", PAPER_CONFIG.parent / "authors_fold0.yaml"),
+}
+SCHEDULES = ("cosine", "warm_restarts")
+PROTOCOLS = ("videos", "authors")
+TAILS = ("cover", "drop")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 MONITOR = "val/p_va"
 
@@ -78,6 +97,7 @@ class DataConfig:
     fold_seed: int = 0
     window: int = 300
     stride: int = 200
+    tails: str = "cover"
     num_workers: int = 0
 
 
@@ -98,6 +118,10 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-3
     grad_clip: float = 1.0
+    schedule: str = "cosine"
+    adam_eps: float = 1e-8
+    drop_last: bool = False
+    protocol: str = "videos"
     precision: str = "32"
     accelerator: str = "auto"
     devices: Any = 1
@@ -136,8 +160,13 @@ class TrainConfig:
                 problems.append(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             problems.append(f"warmup_epochs must be in 0..epochs, got {self.warmup_epochs}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            problems.append("lr must be > 0, weight_decay and grad_clip >= 0")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.adam_eps <= 0:
+            problems.append("lr and adam_eps must be > 0, weight_decay and grad_clip >= 0")
+        for key, allowed, value in (
+            ("schedule", SCHEDULES, self.schedule), ("protocol", PROTOCOLS, self.protocol), ("data.tails", TAILS, self.data.tails),
+        ):
+            if value not in allowed:
+                problems.append(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         d = self.data
         if not 0 < d.stride <= d.window:
             problems.append(f"data.stride must be in 1..data.window, got window={d.window}, stride={d.stride}")
@@ -291,6 +320,31 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     except MambavaError as error:
         raise MambavaError(f"{source}: {error}") from None
     return cfg
+
+
+def recipe_config(recipe: str, fold: int) -> Path:
+    """The config file of a named recipe for a fold ("paper": paper.yaml for every fold; "authors":
+    authors_fold0.yaml on fold 0, authors.yaml on folds 1-5, as the reference's per-fold configs differ)."""
+    if recipe not in RECIPES:
+        raise MambavaError(f"--recipe {recipe!r}: known recipes are {', '.join(RECIPES)}")
+    folds_1_to_5, fold_0 = RECIPES[recipe]
+    return fold_0 if fold == 0 else folds_1_to_5
+
+
+def config_items(path: str | os.PathLike) -> list[str]:
+    """A config file's keys as `key=value` overrides (to lay a user's file, e.g. its data paths, over a recipe).
+    The file is checked first, so a bad key is an error naming it."""
+    load_config(path)
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    return [f"{key}={json.dumps(value)}" for key, value in _flatten(tree).items()]
+
+
+def load_recipe(recipe: str, overrides: Sequence[str] = (), fold: int | None = None) -> TrainConfig:
+    """A named recipe's config for `fold` (default: the fold the overrides set, else 0), overrides applied
+    on top of the fold's file."""
+    if fold is None:
+        fold = load_config(recipe_config(recipe, 1), overrides).data.fold
+    return load_config(recipe_config(recipe, fold), [*overrides, f"data.fold={fold}"])
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
@@ -513,6 +567,33 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+# The authors' schedule (FreedomPuppy77/Charon, VA/vaestimation.py): during the first W = warmup_epochs *
+# steps_per_epoch steps lr = 1e-8 + lr * j / (W + 1e-8) (WarmUpLR, lines 21-41, built with start_lr=1e-8 at
+# lines 115-117 and reset to step 0 at line 146); from then on torch's CosineAnnealingWarmRestarts with
+# T_0 = epochs - warmup_epochs + 1, T_mult 2, eta_min 1e-8 (lines 119-125), stepped once per iteration
+# (lines 251-255), so T_0 counts iterations, not epochs: the cosine restarts after 46, 92, 184, ... steps.
+WARMUP_START_LR = 1e-8
+RESTARTS_ETA_MIN = 1e-8
+RESTARTS_T_MULT = 2
+
+
+def warm_restarts_lrs(lr: float, warmup_steps: int, total_steps: int, period: int) -> list[float]:
+    """The learning rate at each optimizer step 0..total_steps-1 of the authors' schedule (see above): the
+    warmup formula for steps 0..W, then torch's CosineAnnealingWarmRestarts(T_0=period) stepped once per step."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=period, T_mult=RESTARTS_T_MULT, eta_min=RESTARTS_ETA_MIN
+    )
+    lrs = []
+    for step in range(total_steps):
+        if step <= warmup_steps:  # step W uses the warmup's last value; the cosine steps after it
+            lrs.append(WARMUP_START_LR + lr * step / (warmup_steps + 1e-8))
+        else:
+            cosine.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
 def _make_datamodule_class():
     L = _lightning()
 
@@ -535,9 +616,17 @@ def _make_datamodule_class():
             store = FeatureStore(self.cfg.data.features)
             data = self.fold_data
             self.train_set = WindowDataset(
-                store, data.train, {n: data.labels[n] for n in data.train}, self.cfg.data.window, self.cfg.data.stride
+                store, data.train, {n: data.labels[n] for n in data.train}, self.cfg.data.window, self.cfg.data.stride,
+                tails=self.cfg.data.tails,
             )
-            self.val_set = VideoDataset(store, data.validation, data.labels)
+            if self.cfg.protocol == "authors":
+                from mambava.evaluate import authors_window_dataset
+
+                self.val_set = authors_window_dataset(
+                    store, data.validation, data.labels, self.cfg.data.window, self.cfg.data.stride, self.cfg.eval_batch_size
+                )
+            else:
+                self.val_set = VideoDataset(store, data.validation, data.labels)
 
         def _rank_world(self) -> tuple[int, int]:
             trainer = self.trainer
@@ -554,11 +643,18 @@ def _make_datamodule_class():
             sampler = EpochShuffleSampler(len(self.train_set), self.cfg.seed, rank, world)
             return DataLoader(
                 self.train_set, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=_collate_windows,
-                drop_last=False, **self._loader_kwargs(),
+                drop_last=self.cfg.drop_last, **self._loader_kwargs(),
             )
 
         def val_dataloader(self) -> DataLoader:
             rank, world = self._rank_world()
+            if self.cfg.protocol == "authors":
+                # Windows in the reference's order, already cut to whole batches; dealt to ranks without repeats.
+                sampler = ShardSampler([1] * len(self.val_set), rank, world)
+                return DataLoader(
+                    self.val_set, batch_size=self.cfg.eval_batch_size, sampler=sampler, collate_fn=_collate_windows,
+                    **self._loader_kwargs(),
+                )
             sampler = ShardSampler(self.val_set.lengths, rank, world)
             return DataLoader(self.val_set, batch_size=1, sampler=sampler, collate_fn=_collate_video, **self._loader_kwargs())
 
@@ -599,8 +695,12 @@ def _make_module_class():
             return loss
 
         def validation_step(self, batch: dict, batch_idx: int) -> None:
-            from mambava.evaluate import predict_sequence
+            from mambava.evaluate import authors_keep, predict_sequence
 
+            if self.cfg.protocol == "authors":
+                pred = self.model(batch["x"])
+                self.val_ccc.update(pred.float(), batch["y"], keep=authors_keep(batch["y"], batch["mask"]))
+                return
             pred = predict_sequence(
                 self.model, batch["x"], self.cfg.data.window, self.cfg.data.stride, self.cfg.eval_batch_size
             )
@@ -616,11 +716,19 @@ def _make_module_class():
 
         def configure_optimizers(self):
             trainable = [p for p in self.parameters() if p.requires_grad]  # (MambaVA's unused adaptor is frozen)
-            optimizer = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            optimizer = torch.optim.AdamW(
+                trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, eps=self.cfg.adam_eps
+            )
             total = int(self.trainer.estimated_stepping_batches)
             steps_per_epoch = max(1, total // max(1, self.cfg.epochs))
             warmup = self.cfg.warmup_epochs * steps_per_epoch
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+            if self.cfg.schedule == "warm_restarts":
+                period = self.cfg.epochs - self.cfg.warmup_epochs + 1  # vaestimation.py:121, in steps
+                lrs = warm_restarts_lrs(self.cfg.lr, warmup, max(1, total), period)
+                factors = [value / self.cfg.lr for value in lrs]
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factors[min(step, len(factors) - 1)])
+            else:
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     return VAModule
@@ -980,6 +1088,7 @@ def finish_run(cfg: TrainConfig, paths: RunPaths, module, fold_data: FoldData, t
         "finished": True,
         "fold": cfg.data.fold,
         "kind": cfg.model["kind"],
+        "protocol": cfg.protocol,
         "best": scores(best_row),
         "last": scores(validated[-1] if validated else None),
         "epochs": cfg.epochs,
@@ -989,6 +1098,7 @@ def finish_run(cfg: TrainConfig, paths: RunPaths, module, fold_data: FoldData, t
         "validation_videos": len(fold_data.validation),
         "train_windows": len(trainer.datamodule.train_set),
         "validation_frames": int(sum(len(fold_data.labels[n]) for n in fold_data.validation)),
+        "validation_windows": len(trainer.datamodule.val_set) if cfg.protocol == "authors" else None,
         "skipped_videos": fold_data.skipped,
         "train_time_s": round(rows[-1]["time_s"], 1) if rows and rows[-1].get("time_s") is not None else round(wall_s, 1),
         "outputs": {

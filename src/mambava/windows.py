@@ -1,11 +1,15 @@
-"""Windows over a video's frames (paper §3.2: w = 300, s = 200), and the inverse, stitching.
+"""Windows over a video's frames (w = 300, s = 200), and the inverse, stitching.
 
-Window policy (`make_windows`): the paper splits a video of n frames into ⌊n/s⌋ + 1 segments, the i-th
-starting at frame i·s. Segments that would run past the end are moved back to end at the video's last frame
+The paper (§3.2) gives only the count, ⌊n/s⌋ + 1 segments, the i-th starting at frame i·s; w = 300, s = 200 are
+the authors' code's values (FreedomPuppy77/Charon, preprocess/split_VA_fold.py:24-25 and VA/config/config.yml;
+its fold-0 config uses 1000/800). Window policy (`make_windows`, ours): Segments that would run past the end are moved back to end at the video's last frame
 (start n − w), and duplicates dropped, so every frame is covered and no window is cut short:
 
     n = 1000 -> (0,300) (200,500) (400,700) (600,900) (700,1000)
     n = 250  -> (0,250), padded to 300 by `pad_window` (padding masked out)
+
+The authors' split (`split_windows`) differs: windows that would run past the end are dropped, so a video's
+tail and every video shorter than w give no window (n = 1000 -> (0,300) (200,500) (400,700) (600,900)).
 
 Full-video inference runs the model on every window and `stitch`es the per-window predictions back to one
 value per frame, averaging where windows overlap. Training reads windows from the feature store through
@@ -43,6 +47,20 @@ def make_windows(n_frames: int, window: int = WINDOW, stride: int = STRIDE) -> l
         return [(0, n_frames)]
     starts = sorted({min(i * stride, n_frames - window) for i in range(n_frames // stride + 1)})
     return [(start, start + window) for start in starts]
+
+
+def split_windows(n_frames: int, window: int = WINDOW, stride: int = STRIDE) -> list[tuple[int, int]]:
+    """The authors' split (FreedomPuppy77/Charon, preprocess/split_VA_fold.py:10-20, used at lines 50-60):
+    windows (i·s, i·s + w) for i < ⌊n/s⌋ while i·s + w <= n; the tail past the last full window and videos
+    shorter than `window` give none."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"need window, stride >= 1, got window={window}, stride={stride}")
+    windows = []
+    for i in range(max(0, n_frames) // stride):
+        if i * stride + window > n_frames:
+            break
+        windows.append((i * stride, i * stride + window))
+    return windows
 
 
 def pad_window(rows, window: int = WINDOW, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +140,8 @@ def load_labels(dataset: AffWild2, names: Sequence[str], store: FeatureStore | N
 class WindowDataset(Dataset):
     """Training windows read from a feature store.
 
-    `WindowDataset(store, names, labels=None, window=300, stride=200)`; `labels` maps a name to its (T, 2)
+    `WindowDataset(store, names, labels=None, window=300, stride=200, tails="cover")` (`tails="drop"`: the
+    authors' split, `split_windows`); `labels` maps a name to its (T, 2)
     annotation (`load_labels`); a length mismatch with the features is truncated to the shorter, with a
     warning. Item i is a dict:
 
@@ -143,7 +162,11 @@ class WindowDataset(Dataset):
         labels: Mapping[str, np.ndarray] | None = None,
         window: int = WINDOW,
         stride: int = STRIDE,
+        tails: str = "cover",
     ):
+        if tails not in ("cover", "drop"):
+            raise ValueError(f"tails must be 'cover' or 'drop', got {tails!r}")
+        cut = make_windows if tails == "cover" else split_windows
         self.store = store
         self.names = list(names)
         self.window = window
@@ -162,7 +185,7 @@ class WindowDataset(Dataset):
             if self.labels is not None:
                 n = align_lengths(name, n, len(self.labels[name]))
             self.lengths[name] = n
-            self.windows += [(name, start, stop) for start, stop in make_windows(n, window, stride)]
+            self.windows += [(name, start, stop) for start, stop in cut(n, window, stride)]
         if len(dims) > 1:
             raise ValueError(f"{store.root}: entries of different feature sizes {sorted(dims)} in one dataset")
         self._records: dict[str, FeatureRecord] = {}

@@ -22,7 +22,7 @@ def predict_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
-    windowing: str = typer.Option("windows", "--windowing", help="windows: 300/200 stitched (paper); full: one causal pass (= stream)."),
+    windowing: str = typer.Option("windows", "--windowing", help="windows: 300/200 stitched (as evaluate); full: one causal pass (= stream)."),
     window: Optional[int] = typer.Option(None, "--window", help="Window length (default: the run's, else 300)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Window stride (default: the run's, else 200)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <name>.overlay.mp4 with boxes and VA bars."),
@@ -163,7 +163,7 @@ def submit_write_command(
     out: Path = typer.Option(..., "--out", "-o", help="Submission file to write."),
     test_list: Optional[Path] = typer.Option(None, "--test-list", help="Test-set video list (default: from --root)."),
     root: Optional[Path] = typer.Option(None, "--root", help="Aff-Wild2 root: frame counts from its videos (default: stored frames)."),
-    windowing: str = typer.Option("windows", "--windowing", help="windows (paper) or full."),
+    windowing: str = typer.Option("windows", "--windowing", help="windows (as evaluate) or full."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Run a temporal model over the test videos' stored features and write the ABAW submission file

@@ -10,10 +10,16 @@ import typer
 SET_HELP = "Override a config key: --set lr=1e-4 --set model.kind=tcn --set data.features=feats/ (repeatable)."
 
 
-def _config(config: Optional[Path], overrides: List[str], **flags) -> "object":
-    from mambava.train import load_config
+RECIPE_HELP = "Named recipe: 'paper' (default) or 'authors' (their code's per-fold values); a --config is laid over it."
+
+
+def _config(config: Optional[Path], overrides: List[str], recipe: Optional[str] = None, **flags) -> "object":
+    from mambava.train import config_items, load_config, load_recipe
 
     extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    if recipe is not None:  # a --config given too is laid over the recipe (e.g. its data paths)
+        layer = config_items(config) if config is not None else []
+        return load_recipe(recipe, [*layer, *extra, *overrides])
     return load_config(config, [*extra, *overrides])
 
 
@@ -26,6 +32,7 @@ def _rank_zero() -> bool:
 
 def train_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: the paper's recipe)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     out_dir: Optional[str] = typer.Option(None, "--out-dir", "-o", help="Run folder (config key out_dir)."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Fold: 0 official split, 1-5 cross-validation."),
@@ -40,7 +47,9 @@ def train_command(
     metrics.csv, summary.json, curves.png."""
     from mambava.train import train
 
-    cfg = _config(config, overrides, out_dir=out_dir, **{"data.fold": fold}, devices=devices, strategy=strategy, precision=precision)
+    cfg = _config(
+        config, overrides, recipe, out_dir=out_dir, **{"data.fold": fold}, devices=devices, strategy=strategy, precision=precision
+    )
     summary = train(cfg, resume=resume)
     if not _rank_zero():
         return
@@ -62,31 +71,40 @@ def evaluate_command(
     fold: Optional[int] = typer.Option(None, "--fold", help="Fold (default: the run's, else 0 = official split)."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Folds file (default: the run's, else from the Aff-Wild2 splits)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Per-video CSV (default: eval_<split>_fold<k>.csv beside CKPT)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Windows per forward pass."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="Windows per forward pass (default 32; --protocol authors: the run's eval_batch_size, else 16)."
+    ),
+    protocol: str = typer.Option("videos", "--protocol", help="videos (whole videos, stitched) or authors (the reference's windows)."),
     window: Optional[int] = typer.Option(None, "--window", help="Window (default: the run's, else 300)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Stride (default: the run's, else 200)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     precision: str = typer.Option("32", "--precision", help="32 or bf16-mixed."),
 ) -> None:
-    """Score a checkpoint on whole videos: prints CCC_v, CCC_a, P_VA over all frames, writes per-video CCCs."""
+    """Score a checkpoint on whole videos (or --protocol authors: on the reference's validation windows): prints
+    CCC_v, CCC_a, P_VA over all frames, writes per-video CCCs."""
     from mambava.evaluate import evaluate_checkpoint
 
     result, path = evaluate_checkpoint(
         checkpoint, features=features, annotations=annotations, split=split, fold=fold, folds=folds,
         window=window, stride=stride, batch_size=batch_size, device=device, precision=precision, out=out,
-        progress=True,
+        progress=True, protocol=protocol,
     )
     typer.echo(f"CCC_v {result.ccc_valence:.4f}")
     typer.echo(f"CCC_a {result.ccc_arousal:.4f}")
     typer.echo(f"P_VA  {result.p_va:.4f}")
-    typer.echo(f"({len(result.per_video)} videos, {result.frames} valid frames; per-video CCCs: {path})")
+    counted = "valid frames" if protocol == "videos" else "frames counted over windows"
+    typer.echo(f"({len(result.per_video)} videos, {result.frames} {counted}; per-video CCCs: {path})")
 
 
 def cv_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: the paper's recipe)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     out_dir: Optional[str] = typer.Option(None, "--out-dir", "-o", help="Folder of the folds' runs (config key out_dir)."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Only these folds, e.g. '0,1,2' (default: all)."),
+    both_protocols: bool = typer.Option(
+        False, "--both-protocols", help="Also score each fold's best model under both protocols (videos, authors): two more tables."
+    ),
     devices: Optional[str] = typer.Option(None, "--devices", help="Lightning devices."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Lightning strategy."),
     precision: Optional[str] = typer.Option(None, "--precision", help="32 or bf16-mixed."),
@@ -94,22 +112,35 @@ def cv_command(
     """Fold 0 (official split) and folds 1-5, then the paper's Table 1 (V, A, average per fold, mean ± std).
 
     Finished folds are skipped and an interrupted fold resumes: re-run the same command to continue."""
-    from mambava.cv import format_table, run_cv, write_results
+    from mambava.cv import format_table, rescore, run_cv, write_results
     from mambava.errors import MambavaError
 
-    cfg = _config(config, overrides, out_dir=out_dir, devices=devices, strategy=strategy, precision=precision)
+    flags = {"out_dir": out_dir, "devices": devices, "strategy": strategy, "precision": precision}
+    cfg = _config(config, overrides, recipe, **flags)
+    config_for = None
+    if recipe is not None:
+        def config_for(k: int):
+            return _config(config, overrides, recipe, **flags, **{"data.fold": k})
     chosen = None
     if folds:
         try:
             chosen = [int(k) for k in folds.split(",") if k.strip()]
         except ValueError:
             raise MambavaError(f"--folds {folds!r}: expected comma-separated fold numbers") from None
-    rows = run_cv(cfg, chosen, echo=typer.echo if _rank_zero() else (lambda *_: None))
+    rows = run_cv(cfg, chosen, echo=typer.echo if _rank_zero() else (lambda *_: None), config_for=config_for)
     if not _rank_zero():
         return
     csv_path, _ = write_results(cfg.out_dir, rows)
+    typer.echo(f"Table 1 (validation protocol: {cfg.protocol}, at each fold's best epoch)")
     typer.echo(format_table(rows))
     typer.echo(f"(table: {csv_path})")
+    if both_protocols:
+        for protocol in ("videos", "authors"):
+            scored = rescore(cfg.out_dir, [r["fold"] for r in rows], protocol)
+            path, _ = write_results(cfg.out_dir, scored, suffix=f"_{protocol}")
+            typer.echo(f"\nTable 1, protocol {protocol} (each fold's best model, scored again)")
+            typer.echo(format_table(scored))
+            typer.echo(f"(table: {path})")
 
 
 def register(app: typer.Typer) -> None:
