@@ -54,7 +54,12 @@ class VideoSpec:
 
 
 def annotation_names(spec: VideoSpec) -> list[str]:
+    """`<v>`, or `<v>_left` and `<v>_right` for a two-person video (Aff-Wild2's naming)."""
     return [f"{spec.name}_left", f"{spec.name}_right"] if spec.two_person else [spec.name]
+
+
+def _frame_size(spec: VideoSpec, cfg: SynthConfig) -> tuple[int, int]:
+    return cfg.two_person_size if spec.two_person else cfg.size
 
 
 def people(rng: np.random.Generator, spec: VideoSpec, cfg: SynthConfig):
@@ -95,7 +100,7 @@ def render_video(root: Path, spec: VideoSpec, cfg: SynthConfig) -> dict:
 
     cv2.setNumThreads(1)
     rng = np.random.default_rng(spec.seed)
-    w, h = cfg.two_person_size if spec.two_person else cfg.size
+    w, h = _frame_size(spec, cfg)
     names, idents, tracks = people(rng, spec, cfg)
     scene = _Scene.draw(rng, idents, spec.two_person, w, h)
     lighting = _Lighting.draw(rng, spec.n_frames, cfg.fps, w, h, cfg.noise_sigma)
@@ -181,7 +186,7 @@ def _render_frames(root: Path, spec: VideoSpec, cfg: SynthConfig, idents: list[I
                    scene: _Scene, lighting: _Lighting, jitter: np.ndarray, tmp_dirs: list[Path]) -> list[int]:
     """Draw every frame, write it to the raw video and its crops to the temporary crop folders; returns the
     number of crops per person."""
-    w, h = cfg.two_person_size if spec.two_person else cfg.size
+    w, h = _frame_size(spec, cfg)
     writer = VideoWriter(root / VIDEOS_DIR / spec.batch / f"{spec.name}.mp4", w, h, cfg.fps, cfg.crf) if \
         cfg.write_videos else None
     n_crops = [0] * len(idents)
@@ -231,7 +236,7 @@ def _draw_person(frame: np.ndarray, t: int, ident: Identity, tr: Track, base: tu
 def _write_people(root: Path, spec: VideoSpec, cfg: SynthConfig, names: list[str], idents: list[Identity],
                   tracks: list[Track], tmp_dirs: list[Path], n_crops: list[int]) -> dict:
     """Move the crop folders into place, write each person's annotation and truth; return the video's facts."""
-    w, h = cfg.two_person_size if spec.two_person else cfg.size
+    w, h = _frame_size(spec, cfg)
     facts = {"name": spec.name, "split": spec.split, "two_person": spec.two_person, "n_frames": spec.n_frames,
              "size": [w, h], "fps": cfg.fps, "video": f"{VIDEOS_DIR}/{spec.batch}/{spec.name}.mp4" if
              cfg.write_videos else None, "persons": []}
