@@ -14,12 +14,12 @@ from mambava.errors import MambavaError
 from mambava.synth import (
     ARCFACE_TEMPLATE_112,
     SynthConfig,
-    _similarity,
     generate,
     ground_truth_path,
     oracle_scores,
     read_meta,
     read_truth,
+    similarity,
     simulate,
 )
 
@@ -108,7 +108,7 @@ def test_disturbances_are_present(tiny):
     assert (~present).any() and (present & ~crop).any() and occluded.any()  # gaps, hidden faces, occlusions
     assert summary.person_frames - summary.crops == int((~crop).sum())
     # every face crop is aligned: the landmark transform maps the template onto itself at crop scale
-    assert np.allclose(_similarity(ARCFACE_TEMPLATE_112, ARCFACE_TEMPLATE_112)[:, :2], np.eye(2))
+    assert np.allclose(similarity(ARCFACE_TEMPLATE_112, ARCFACE_TEMPLATE_112)[:, :2], np.eye(2))
 
 
 def test_simulate_matches_what_generate_wrote(tiny):

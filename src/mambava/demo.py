@@ -48,6 +48,7 @@ import numpy as np
 
 from mambava.errors import MambavaError
 from mambava.fileio import atomic_open, atomic_path
+from mambava.progress import ProgressBar
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -172,13 +173,6 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _progress_callback(enabled: bool, description: str):
-    """A progress(done, total, name) callback drawing a rich progress bar; a context manager."""
-    from mambava.cli.demo import _video_progress
-
-    return _video_progress(enabled, description)
-
-
 def _quiet_lightning() -> None:
     """Lightning's start-up chatter (accelerator lines, tips) off; its progress bars stay."""
     import logging
@@ -231,7 +225,7 @@ def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
     synth_cfg = SynthConfig(n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, frames=cfg.frames,
                             two_person_fraction=cfg.two_person_fraction, seed=cfg.seed)
     with stages.stage("generate", f"{cfg.n_train}+{cfg.n_val}+{cfg.n_test} synthetic videos -> {data_root}"):
-        with _progress_callback(progress, "generate") as bar:
+        with ProgressBar("generate", enabled=progress) as bar:
             summary = generate(data_root, synth_cfg, progress=bar)
         stages.console.print(f"      {summary.describe()}")
     results["dataset"] = {"videos": len(summary.videos), "frames": summary.frames, "crops": summary.crops,
@@ -240,7 +234,7 @@ def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
 
     # 2. stills
     with stages.stage("stills", f"{cfg.stills_train}+{cfg.stills_val} single faces for pretraining -> {stills_root}"):
-        with _progress_callback(progress, "stills") as bar:
+        with ProgressBar("stills", enabled=progress) as bar:
             stills = generate_stills(stills_root, StillsConfig(n_train=cfg.stills_train, n_val=cfg.stills_val,
                                                                seed=cfg.seed), progress=bar)
     results["stills"] = {"images": stills.frames}
@@ -598,15 +592,23 @@ def _fmt(x) -> str:
 
 
 def _write_report(out: Path, results: dict, figures: dict, cfg: DemoConfig) -> Path:
+    """OUT/report.md: the test table and figures, the prediction on the held-out raw video, what ran."""
+    rel = {k: Path(p).relative_to(out).as_posix() for k, p in figures.items()}
+    lines = [*_report_results(results, rel, cfg), *_report_predict(results["predict"], rel),
+             *_report_what_ran(results, cfg)]
+    path = out / REPORT_FILE
+    with atomic_open(path) as handle:
+        handle.write("\n".join(lines))
+    return path
+
+
+def _report_results(results: dict, rel: dict, cfg: DemoConfig) -> list[str]:
+    """The title, the held-out test table (frame-wise vs TCN+Mamba), the training curves and test predictions."""
     t = results["test"]
     base = cfg.baseline
     v = results["validation"]
-    ds = results["dataset"]
-    bb = results["backbone"]
-    pr = results["predict"]
     times = results["timings_s"]
-    rel = {k: Path(p).relative_to(out).as_posix() for k, p in figures.items()}
-    lines = [
+    return [
         "# mambava demo report",
         "",
         f"Every stage of the pipeline on a generated face-video dataset (seed {cfg.seed}), on CPU "
@@ -635,6 +637,12 @@ def _write_report(out: Path, results: dict, figures: dict, cfg: DemoConfig) -> P
         "",
         f"![test predictions]({rel['test_predictions']})",
         "",
+    ]
+
+
+def _report_predict(pr: dict, rel: dict) -> list[str]:
+    """The prediction on the held-out raw video: faces found, scores, the crop-path comparison, its plot."""
+    lines = [
         "## Prediction on a held-out raw video",
         "",
         f"`{pr['video']}` ({pr['frames']} frames) through {pr.get('source', '?')}: a face found in "
@@ -648,7 +656,16 @@ def _write_report(out: Path, results: dict, figures: dict, cfg: DemoConfig) -> P
     ]
     if "predict" in rel:
         lines += [f"![prediction]({rel['predict']})", ""]
-    lines += [
+    return lines
+
+
+def _report_what_ran(results: dict, cfg: DemoConfig) -> list[str]:
+    """Each stage with its sizes, and the stage times."""
+    base = cfg.baseline
+    ds = results["dataset"]
+    bb = results["backbone"]
+    times = results["timings_s"]
+    return [
         "## What ran",
         "",
         f"- **generate**: {ds['videos']} videos ({ds['annotation_names']['train']} train / "
@@ -679,7 +696,3 @@ def _write_report(out: Path, results: dict, figures: dict, cfg: DemoConfig) -> P
         "Numbers are in `results.json`; runs (checkpoints, metrics.csv, curves.png, summary.json) in `runs/`.",
         "",
     ]
-    path = out / REPORT_FILE
-    with atomic_open(path) as handle:
-        handle.write("\n".join(lines))
-    return path

@@ -27,43 +27,15 @@ def synth_command(
     truth (synth_ground_truth/, synth_meta/). See `mambava.synth`."""
     from rich.console import Console
 
+    from mambava.progress import ProgressBar
     from mambava.synth import SynthConfig, generate
 
     cfg = SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, frames=(min_frames, max_frames),
                       two_person_fraction=two_person, seed=seed, write_videos=videos, workers=workers)
     console = Console(stderr=True)
-    with _video_progress(not quiet, "synth") as progress:
+    with ProgressBar("synth", enabled=not quiet) as progress:
         summary = generate(out, cfg, progress=progress)
     console.print(summary.describe())
-
-
-class _video_progress:
-    """A rich progress bar fed by `generate`'s progress(done, total, name) callback (or a no-op)."""
-
-    def __init__(self, enabled: bool, description: str):
-        self.enabled = enabled
-        self.description = description
-        self.bar = None
-        self.task = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("{task.fields[name]}"), transient=False)
-        self.bar.__enter__()
-        self.task = self.bar.add_task(self.description, total=None, name="")
-        return self
-
-    def __call__(self, done: int, total: int, name: str) -> None:
-        self.bar.update(self.task, completed=done, total=total, name=name)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
 
 
 def demo_command(
