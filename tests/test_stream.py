@@ -168,6 +168,7 @@ def test_live_stream_drops_frames_in_real_time_and_still_steps_through_them(tmp_
         for packet in stream.encode():
             container.mux(packet)
     model = tiny_mamba_va()
+    model.config.fps = 60.0  # a model made for 60 fps features: one step per frame of this clip (time base)
     extractor = _SlowExtractor()
     live = LiveStream(model, str(path), _OneFace(), extractor, realtime=True)
     rows = list(live)

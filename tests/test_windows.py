@@ -75,6 +75,44 @@ def test_stitch_averages_where_windows_overlap():
         stitch(preds[:2], windows, 10)
 
 
+def test_stitch_most_history_takes_each_frame_from_the_window_that_started_first():
+    """Hand-built: window i predicts 10*i + (its position in the window), so a value says which window it came
+    from and how much history the frame had there."""
+    windows = make_windows(11, window=5, stride=2)  # (0,5) (2,7) (4,9) (6,11)
+    assert windows == [(0, 5), (2, 7), (4, 9), (6, 11)]
+    preds = [np.stack([10.0 * i + np.arange(5), -(10.0 * i + np.arange(5))], axis=1) for i in range(len(windows))]
+    out = stitch(preds, windows, 11, how="most_history")
+    assert out[:, 0].tolist() == [0, 1, 2, 3, 4, 13, 14, 23, 24, 33, 34]
+    assert out[:, 1].tolist() == [-v for v in out[:, 0].tolist()]
+    # the mean of the same windows, by hand: frames 2-4 are in two or three windows
+    mean = stitch(preds, windows, 11, how="mean")[:, 0]
+    assert mean.tolist() == [0, 1, (2 + 10) / 2, (3 + 11) / 2, (4 + 12 + 20) / 3, (13 + 21) / 2, (14 + 22 + 30) / 3,
+                             (23 + 31) / 2, (24 + 32) / 2, 33, 34]
+    # the last window moved back to end at the video's end (n=12: (6,11) becomes (7,12))
+    windows = make_windows(12, window=5, stride=2)
+    assert windows[-1] == (7, 12)
+    preds = [np.full((5, 1), float(i)) for i in range(len(windows))]
+    assert stitch(preds, windows, 12, how="most_history")[:, 0].tolist() == [0] * 5 + [1] * 2 + [2] * 2 + [3] * 2 + [4]
+    with pytest.raises(ValueError, match="stitching must be one of mean, most_history"):
+        stitch(preds, windows, 12, how="median")
+
+
+def test_predict_sequence_stitching_choice_on_a_causal_model():
+    """predict_sequence with a model whose output is the frame's position in its window (its history): "mean"
+    mixes a fresh window in, "most_history" never gives a frame less history than window - stride."""
+    from mambava.evaluate import predict_sequence
+
+    class Position(torch.nn.Module):
+        def forward(self, x):
+            return torch.arange(x.shape[1], dtype=torch.float32).expand(x.shape[0], -1)[..., None].repeat(1, 1, 2)
+
+    features = torch.zeros(10, 3)
+    history = predict_sequence(Position(), features, window=6, stride=2, stitching="most_history")[:, 0]
+    assert history.tolist() == [0, 1, 2, 3, 4, 5, 4, 5, 4, 5]  # windows (0,6) (2,8) (4,10)
+    mean = predict_sequence(Position(), features, window=6, stride=2)[:, 0]
+    assert mean.tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5]
+
+
 def _store_with(tmp_path, lengths, d=3):
     store = FeatureStore(tmp_path / "features")
     for name, n in lengths.items():

@@ -7,6 +7,11 @@ Starting from frame 0, the stepped outputs equal ONE causal pass over the whole 
 offline pass (`windowing="windows"`, the paper's 300/200 windows stitched by averaging): every window starts
 from an empty state, so frames late in a window see less history than the stream has seen.
 
+Time base, like the offline pipeline (`mambava.timebase`): the model steps once per tick of its own frame
+grid (its config's `fps`, 30 for Aff-Wild2 models), not once per frame of the source: a 60 fps video steps on
+every other frame (the frames between take the last output), and a frame that comes after a gap (`--fps`, a
+dropped frame, a slower video) first steps through the ticks it skipped with the last feature held.
+
 Per track, like the offline pipeline: a frame where the track's face is not found carries the last feature
 over (flag `face=False`). A stream cannot look ahead, so a track starts at the first frame its face is found
 (offline, earlier frames take that first feature instead).
@@ -75,6 +80,8 @@ class TemporalStream:
         self.device, self.dtype = parameter.device, parameter.dtype
         self.state = model.init_state(batch_size=1, device=self.device, dtype=self.dtype)
         self.last_feature = None
+        self.last_output: np.ndarray | None = None
+        self.tick = -1  # the last grid tick stepped (`TrackStreams`)
 
     def step(self, feature: np.ndarray | None = None) -> np.ndarray:
         """Advance one frame with this feature (D,), or with the last one when None; returns the raw
@@ -89,7 +96,19 @@ class TemporalStream:
             self.last_feature = x
         with torch.inference_mode(), torch_threads(STEP_THREADS):
             y, self.state = self.model.step(x, self.state)
-        return y[0].float().cpu().numpy()
+        self.last_output = y[0].float().cpu().numpy()
+        return self.last_output
+
+    def step_to(self, tick: int, feature: np.ndarray | None = None) -> np.ndarray:
+        """Step through the grid ticks after the last one up to `tick`: the ones skipped over hold the last
+        feature, `tick` itself takes `feature` (None: hold). A tick already stepped returns its output."""
+        if tick <= self.tick and self.last_output is not None:
+            return self.last_output
+        if self.last_output is not None:
+            for _ in range(tick - self.tick - 1):
+                self.step(None)
+        self.tick = tick
+        return self.step(feature)
 
 
 @contextlib.contextmanager
@@ -218,12 +237,16 @@ class FrameDropper:
 
 class TrackStreams:
     """One TemporalStream per face track, created when the track's face is first found. `advance` moves every
-    known track one frame forward (tracks without a feature this frame carry their last one over) and returns
-    their rows; with no track at all, one row with `track=""` and NaN values."""
+    known track to this frame's tick of the model's grid (`mambava.timebase.GridClock`; tracks without a
+    feature this frame carry their last one over) and returns their rows; with no track at all, one row with
+    `track=""` and NaN values."""
 
     def __init__(self, model):
+        from mambava.timebase import GridClock, model_fps
+
         check_streamable(model)
         self.model = model
+        self.clock = GridClock(model_fps(model))
         self.streams: dict[str, TemporalStream] = {}
 
     def retire(self, keep: Iterable[str]) -> None:
@@ -233,15 +256,17 @@ class TrackStreams:
             del self.streams[track]
 
     def advance(self, index: int, time: float, features: dict[str, np.ndarray], dropped: bool = False) -> list[StreamResult]:
+        tick = self.clock.tick(time)
         for track in features:
             if track not in self.streams:
                 self.streams[track] = TemporalStream(self.model)
+                self.streams[track].tick = tick - 1  # a track starts at the tick its face is first found
         if not self.streams:
             return [StreamResult(index, float(time), "", math.nan, math.nan, face=False, dropped=dropped)]
         results = []
         for track, stream in self.streams.items():
             feature = features.get(track)
-            y = np.clip(stream.step(feature), -1.0, 1.0)
+            y = np.clip(stream.step_to(tick, feature), -1.0, 1.0)
             results.append(
                 StreamResult(index, float(time), track, float(y[0]), float(y[1]), face=feature is not None, dropped=dropped)
             )
