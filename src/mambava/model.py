@@ -5,7 +5,8 @@
     y = model(x)                                # x (batch, T, 1024) -> y (batch, T, 2) = (valence, arousal)
 
 Checkpoints:
-- ours: `model.save(path)` writes a safetensors file whose metadata holds the config (JSON);
+- ours: `model.save(path)` writes a safetensors file whose metadata holds the config (JSON, with `fps`, the
+  frame rate the model's features were made at; files without it load with 30);
   `MambaVA.load(path)` rebuilds the model from it; `model.load_weights(path)` loads into an existing model and
   raises MambavaError naming the file and the differing fields if the file was built for another config.
 - the authors' reference code (FreedomPuppy77/Charon): a torch state_dict (.pt/.pth), optionally with the
