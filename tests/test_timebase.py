@@ -217,3 +217,26 @@ def test_stream_steps_on_the_model_grid_and_equals_predict(tmp_path, tiny_mamba_
         offline = Predictor(model, windowing="full").predict_timed(features, present, np.arange(len(features)) / fps)
         assert np.abs(stepped - offline).max() <= 1e-5
         assert len(rows) == len(features)
+
+
+def test_stream_with_fps_gives_every_source_frame_a_row_and_equals_predict(tmp_path, tiny_mamba_va):
+    """`stream --fps 10` on the 30 and the 60 fps encodings of one clip: a row for every source frame (the
+    skipped ones `dropped`, holding the last feature), the model stepped on its 30 fps grid, equal to
+    `predict --windowing full --fps 10` on each (float32 rounding) and to each other at shared timestamps."""
+    import pandas as pd
+
+    from mambava.stream import LiveStream
+
+    model = tiny_mamba_va(3)
+    tables = {}
+    for fps in (30, 60):
+        clip = _clip(tmp_path / f"c{fps}.mkv", fps, seconds=2.0)
+        rows = list(LiveStream(model, str(clip), _WholeFrame(), _MeanColour(), fps=10))
+        streamed = pd.DataFrame([(r.frame, r.time, r.valence, r.arousal, r.dropped) for r in rows],
+                                columns=["frame", "time", "valence", "arousal", "dropped"])
+        assert streamed["frame"].tolist() == list(range(2 * fps))
+        assert streamed["dropped"].tolist() == ([False] + [True] * (fps // 10 - 1)) * 20
+        table = Predictor(model, _MeanColour(), detector=_WholeFrame(), fps=10, windowing="full").predict_video(clip)
+        assert np.abs(streamed[["valence", "arousal"]].to_numpy() - table[["valence", "arousal"]].to_numpy()).max() <= 1e-5
+        tables[fps] = streamed
+    assert _at_shared_times(tables[30], tables[60]).max() <= SAME_GRID

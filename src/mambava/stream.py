@@ -20,13 +20,15 @@ Real time: a live source (webcam, capture device, network stream; a file with `r
 background thread that keeps only the newest frame. When face detection and the backbone are slower than the
 source, the frames that arrive meanwhile are dropped: they are neither detected nor encoded, but the temporal
 model still steps through them with the last feature (cheap), so it keeps the source's time scale; their rows
-carry `dropped=True`. `FrameDropper.dropped` counts them.
+carry `dropped=True`. `FrameDropper.dropped` counts them. Frames skipped by `fps` get rows the same way, with
+`dropped=True` (not processed), so a file gives one row per source frame.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 import time as _time
 from dataclasses import dataclass
@@ -40,7 +42,8 @@ from mambava.errors import MambavaError
 @dataclass(frozen=True)
 class StreamResult:
     """One frame of one track. `face`: the track's face was found in this frame (otherwise its last feature was
-    carried over); `dropped`: the frame was skipped to keep up with real time (also carried over)."""
+    carried over); `dropped`: the frame did not go through faces and backbone, skipped to keep up with real
+    time or by `fps` (also carried over)."""
 
     frame: int
     time: float
@@ -329,16 +332,24 @@ class LiveStream:
         reader = open_video(self.source, fps=self.fps)
         self._dropper = FrameDropper(reader, live=is_live_source(self.source) or self.realtime, pace=self.realtime)
         tracker = FaceTracker()
-        dropped_before: dict[int, list[tuple[int, float]]] = {}
 
         def frames():
-            for frame, dropped in self._dropper:
-                dropped_before[frame.index] = dropped
+            for frame, _ in self._dropper:  # the frames dropped before it are in reader.decoded()
                 yield frame
+
+        read = 0  # frames of reader.decoded() given rows so far
+
+        def not_processed_before(index: int) -> list[tuple[int, float]]:
+            """The frames read before `index` that get no detection: dropped for real time or skipped by fps."""
+            nonlocal read
+            indices, times = reader.decoded(read)
+            before = int(np.searchsorted(indices, index))
+            read += before + (before < len(indices))  # and `index` itself, which is processed
+            return list(zip(indices[:before].tolist(), times[:before].tolist()))
 
         try:
             for item in iter_tracked_faces(frames(), self.detector, tracker=tracker, batch_size=1, keep_images=False):
-                for index, time in dropped_before.pop(item.index, []):
+                for index, time in not_processed_before(item.index):
                     self.frames += 1
                     yield from tracks.advance(index, time, {}, dropped=True)
                 names = [f"face{face.track_id + 1}" for face in item.faces]
@@ -350,6 +361,9 @@ class LiveStream:
                 self.frames += 1
                 self.processed += 1
                 yield from tracks.advance(item.index, item.time, found)
+            for index, time in not_processed_before(sys.maxsize):  # skipped after the last processed frame
+                self.frames += 1
+                yield from tracks.advance(index, time, {}, dropped=True)
         finally:
             self._dropper.close()
             reader.close()

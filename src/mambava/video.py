@@ -104,9 +104,11 @@ class VideoReader:
         self._decoded_time.append(t)
         return self._sampler.keep(t)
 
-    def decoded(self) -> tuple[np.ndarray, np.ndarray]:
-        """(indices int64, times float64 seconds) of every frame read so far, kept by `fps` or not."""
-        return np.frombuffer(self._decoded_index, np.int64).copy(), np.frombuffer(self._decoded_time, np.float64).copy()
+    def decoded(self, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(indices int64, times float64 seconds) of every frame read so far, kept by `fps` or not, from the
+        `start`-th one read on."""
+        n = min(len(self._decoded_index), len(self._decoded_time))  # another thread may be reading the source
+        return (np.array(self._decoded_index[start:n], np.int64), np.array(self._decoded_time[start:n], np.float64))
 
     @property
     def n_output_frames(self) -> int | None:

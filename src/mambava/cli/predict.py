@@ -93,7 +93,7 @@ def stream_command(
     realtime: bool = typer.Option(False, "--realtime", help="Replay a file at its own speed, dropping frames that cannot keep up."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print a line per frame."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Take at most this many frames per second of the source."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Take at most this many frames per second of the source; the others get rows with dropped=1."),
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     precision: str = typer.Option("auto", "--precision", help="Backbone precision: auto, bf16, fp32."),
