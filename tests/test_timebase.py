@@ -240,3 +240,40 @@ def test_stream_with_fps_gives_every_source_frame_a_row_and_equals_predict(tmp_p
         assert np.abs(streamed[["valence", "arousal"]].to_numpy() - table[["valence", "arousal"]].to_numpy()).max() <= 1e-5
         tables[fps] = streamed
     assert _at_shared_times(tables[30], tables[60]).max() <= SAME_GRID
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fps", "0"], "error: --fps must be a positive number of frames per second, got 0.0"),
+    (["--features-fps", "-30"], "error: --features-fps must be a positive number of frames per second, got -30.0"),
+    (["--stitching", "median"], "error: stitching must be one of mean, most_history, got 'median'"),
+])
+def test_cli_rejects_bad_rates_and_stitching_in_one_line(args, message, tmp_path, tiny_mamba_va, capsys):
+    import sys
+
+    from mambava.baselines import save_temporal_model
+    from mambava.cli import main
+
+    save_temporal_model(tiny_mamba_va(4), tmp_path / "m.safetensors")
+    np.save(tmp_path / "f.npy", np.zeros((10, 4), np.float32))
+    argv, sys.argv = sys.argv, ["mambava", "predict", str(tmp_path / "f.npy"), "-c", str(tmp_path / "m.safetensors"),
+                                "-o", str(tmp_path / "out"), *args]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main()
+    finally:
+        sys.argv = argv
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_npy_features_at_another_rate_are_put_on_the_grid(tmp_path, tiny_mamba_va):
+    """A .npy at --features-fps 60 through a 30 fps model: its even rows are the 30 fps sequence; every row
+    gets the value of the even row at or before it."""
+    model = tiny_mamba_va(4)
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(40, 4)).astype(np.float32)
+    np.save(tmp_path / "f60.npy", features)
+    table = Predictor(model, features_fps=60).predict(tmp_path / "f60.npy")
+    assert table["frame"].tolist() == list(range(40)) and np.allclose(table["time"], np.arange(40) / 60)
+    on_grid = Predictor(model).predict_features(features[0::2])
+    np.testing.assert_allclose(table[["valence", "arousal"]].to_numpy(), np.repeat(on_grid, 2, axis=0), atol=1e-6)
