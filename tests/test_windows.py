@@ -178,3 +178,27 @@ def test_load_labels_aligns_annotations_to_stored_features(affwild2_root, tmp_pa
     with pytest.warns(DataWarning, match="vidD"):  # features still 2 frames longer: truncated too
         ds = WindowDataset(store, ["vidC", "vidD"], aligned, window=20, stride=10)
     assert ds.lengths == {"vidC": 30, "vidD": 25} and ds.windows[-1] == ("vidD", 5, 25)
+
+
+def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
+    """`mambava bench stitching`: the largest jump is exact on a hand-built curve, and its "mean" row is the
+    score `evaluate` gives (the same windows, the same stitching)."""
+    from mambava.baselines import save_temporal_model
+    from mambava.benchmarks.stitching import OPTIONS, largest_jump, measure
+    from mambava.evaluate import evaluate_videos, load_for_eval
+
+    assert largest_jump(np.array([[0.0, 0.0], [0.1, -0.3], [0.6, -0.2], [0.5, -0.2]])) == pytest.approx(0.5)
+    assert largest_jump(np.zeros((1, 2))) == 0.0
+    rng = np.random.default_rng(0)
+    store = FeatureStore(tmp_path / "features")
+    labels = {}
+    for name, n in (("a", 700), ("b", 420)):
+        x = np.cumsum(rng.normal(size=(n, 24)), axis=0).astype(np.float32) * 0.05
+        store.write(name, x, np.ones(n, bool), fps=30, backbone="test", dtype="float32")
+        labels[name] = np.tanh(x[:, :2] * 0.5).astype(np.float32)
+    save_temporal_model(tiny_mamba_va(), tmp_path / "model.safetensors")
+    results = measure(tmp_path / "model.safetensors", store, ["a", "b"], labels)
+    assert list(results) == [option for option, _, _ in OPTIONS] == ["mean", "most_history", "full"]
+    official = evaluate_videos(load_for_eval(tmp_path / "model.safetensors"), store, ["a", "b"], labels, device="cpu")
+    assert results["mean"]["p_va"] == pytest.approx(official.p_va, abs=1e-6)
+    assert results["mean"]["p_va"] != pytest.approx(results["full"]["p_va"], abs=1e-6)
