@@ -239,7 +239,7 @@ def test_submit_write_runs_the_model_over_test_features(models, tmp_path, capsys
     lines = out.read_text().splitlines()
     assert lines[0] == "image_location,valence,arousal" and lines[1].startswith("vidE/00001.jpg,")
     record = store.read("vidE")
-    expected = Predictor(models["model"]).predict_features(*record.window(0, 320))
+    expected = Predictor(models["model"], windowing="windows", stitching="mean").predict_features(*record.window(0, 320))
     got = np.array([[float(x) for x in line.split(",")[1:]] for line in lines[1:321]])
     assert np.abs(got - expected).max() < 1e-5
 

@@ -75,6 +75,44 @@ def test_stitch_averages_where_windows_overlap():
         stitch(preds[:2], windows, 10)
 
 
+def test_stitch_most_history_takes_each_frame_from_the_window_that_started_first():
+    """Hand-built: window i predicts 10*i + (its position in the window), so a value says which window it came
+    from and how much history the frame had there."""
+    windows = make_windows(11, window=5, stride=2)  # (0,5) (2,7) (4,9) (6,11)
+    assert windows == [(0, 5), (2, 7), (4, 9), (6, 11)]
+    preds = [np.stack([10.0 * i + np.arange(5), -(10.0 * i + np.arange(5))], axis=1) for i in range(len(windows))]
+    out = stitch(preds, windows, 11, how="most_history")
+    assert out[:, 0].tolist() == [0, 1, 2, 3, 4, 13, 14, 23, 24, 33, 34]
+    assert out[:, 1].tolist() == [-v for v in out[:, 0].tolist()]
+    # the mean of the same windows, by hand: frames 2-4 are in two or three windows
+    mean = stitch(preds, windows, 11, how="mean")[:, 0]
+    assert mean.tolist() == [0, 1, (2 + 10) / 2, (3 + 11) / 2, (4 + 12 + 20) / 3, (13 + 21) / 2, (14 + 22 + 30) / 3,
+                             (23 + 31) / 2, (24 + 32) / 2, 33, 34]
+    # the last window moved back to end at the video's end (n=12: (6,11) becomes (7,12))
+    windows = make_windows(12, window=5, stride=2)
+    assert windows[-1] == (7, 12)
+    preds = [np.full((5, 1), float(i)) for i in range(len(windows))]
+    assert stitch(preds, windows, 12, how="most_history")[:, 0].tolist() == [0] * 5 + [1] * 2 + [2] * 2 + [3] * 2 + [4]
+    with pytest.raises(ValueError, match="stitching must be one of mean, most_history"):
+        stitch(preds, windows, 12, how="median")
+
+
+def test_predict_sequence_stitching_choice_on_a_causal_model():
+    """predict_sequence with a model whose output is the frame's position in its window (its history): "mean"
+    mixes a fresh window in, "most_history" never gives a frame less history than window - stride."""
+    from mambava.evaluate import predict_sequence
+
+    class Position(torch.nn.Module):
+        def forward(self, x):
+            return torch.arange(x.shape[1], dtype=torch.float32).expand(x.shape[0], -1)[..., None].repeat(1, 1, 2)
+
+    features = torch.zeros(10, 3)
+    history = predict_sequence(Position(), features, window=6, stride=2, stitching="most_history")[:, 0]
+    assert history.tolist() == [0, 1, 2, 3, 4, 5, 4, 5, 4, 5]  # windows (0,6) (2,8) (4,10)
+    mean = predict_sequence(Position(), features, window=6, stride=2)[:, 0]
+    assert mean.tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5]
+
+
 def _store_with(tmp_path, lengths, d=3):
     store = FeatureStore(tmp_path / "features")
     for name, n in lengths.items():
@@ -140,3 +178,27 @@ def test_load_labels_aligns_annotations_to_stored_features(affwild2_root, tmp_pa
     with pytest.warns(DataWarning, match="vidD"):  # features still 2 frames longer: truncated too
         ds = WindowDataset(store, ["vidC", "vidD"], aligned, window=20, stride=10)
     assert ds.lengths == {"vidC": 30, "vidD": 25} and ds.windows[-1] == ("vidD", 5, 25)
+
+
+def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
+    """`mambava bench stitching`: the largest jump is exact on a hand-built curve, and its "mean" row is the
+    score `evaluate` gives (the same windows, the same stitching)."""
+    from mambava.baselines import save_temporal_model
+    from mambava.benchmarks.stitching import OPTIONS, largest_jump, measure
+    from mambava.evaluate import evaluate_videos, load_for_eval
+
+    assert largest_jump(np.array([[0.0, 0.0], [0.1, -0.3], [0.6, -0.2], [0.5, -0.2]])) == pytest.approx(0.5)
+    assert largest_jump(np.zeros((1, 2))) == 0.0
+    rng = np.random.default_rng(0)
+    store = FeatureStore(tmp_path / "features")
+    labels = {}
+    for name, n in (("a", 700), ("b", 420)):
+        x = np.cumsum(rng.normal(size=(n, 24)), axis=0).astype(np.float32) * 0.05
+        store.write(name, x, np.ones(n, bool), fps=30, backbone="test", dtype="float32")
+        labels[name] = np.tanh(x[:, :2] * 0.5).astype(np.float32)
+    save_temporal_model(tiny_mamba_va(), tmp_path / "model.safetensors")
+    results = measure(tmp_path / "model.safetensors", store, ["a", "b"], labels)
+    assert list(results) == [option for option, _, _ in OPTIONS] == ["mean", "most_history", "full"]
+    official = evaluate_videos(load_for_eval(tmp_path / "model.safetensors"), store, ["a", "b"], labels, device="cpu")
+    assert results["mean"]["p_va"] == pytest.approx(official.p_va, abs=1e-6)
+    assert results["mean"]["p_va"] != pytest.approx(results["full"]["p_va"], abs=1e-6)

@@ -36,8 +36,10 @@ def predict_sequence(
     window: int = 300,
     stride: int = 200,
     batch_size: int = 32,
+    stitching: str = "mean",
 ) -> torch.Tensor:
-    """Per-frame predictions (T, C) of one video's features (T, D) by overlapping windows and stitching.
+    """Per-frame predictions (T, C) of one video's features (T, D) by overlapping windows and stitching
+    (`mambava.windows.stitch`: "mean", the paper's, or "most_history").
 
     Full-length windows run in batches of `batch_size`; a video shorter than the window runs as one shorter
     sequence (no padding, so no model, causal or not, sees padding). Returns float32 on the features' device.
@@ -62,7 +64,7 @@ def predict_sequence(
             preds[i] = model(features[start:stop][None]).float()[0]
     if not windows:
         return features.new_zeros((0, 2), dtype=torch.float32)
-    stitched = stitch(preds, windows, n)
+    stitched = stitch(preds, windows, n, stitching)
     return torch.from_numpy(np.ascontiguousarray(stitched, dtype=np.float32)).to(features.device)
 
 

@@ -5,7 +5,8 @@
     y = model(x)                                # x (batch, T, 1024) -> y (batch, T, 2) = (valence, arousal)
 
 Checkpoints:
-- ours: `model.save(path)` writes a safetensors file whose metadata holds the config (JSON);
+- ours: `model.save(path)` writes a safetensors file whose metadata holds the config (JSON, with `fps`, the
+  frame rate the model's features were made at; files without it load with 30);
   `MambaVA.load(path)` rebuilds the model from it; `model.load_weights(path)` loads into an existing model and
   raises MambavaError naming the file and the differing fields if the file was built for another config.
 - the authors' reference code (FreedomPuppy77/Charon): a torch state_dict (.pt/.pth), optionally with the
@@ -41,7 +42,8 @@ __all__ = ["MambaVA", "MambaVAConfig", "MambaVAState", "LoadReport", "CHECKPOINT
 CHECKPOINT_FORMAT = "mambava.temporal/1"
 
 # Fields that do not change the weights: a checkpoint loads into a model that differs only in these.
-_RUNTIME_FIELDS = ("dropout", "scan")
+# `fps` is the time base (the rate of the features the model was made for), not a weight shape.
+_RUNTIME_FIELDS = ("dropout", "scan", "fps")
 
 
 @dataclass
@@ -62,6 +64,10 @@ class MambaVAConfig:
     n_outputs: int = 2
     scan: str = "auto"  # selective scan: "auto" | "chunked" | "reference" | "cuda"
     init: str = "reference"  # "reference" (the authors' init, quirks included) | "standard" (see README)
+    # Frame rate of the features the model was trained on (Aff-Wild2: 30): its receptive field and windows are
+    # counted in frames of this rate, so `predict`/`stream` put any video on this grid (`mambava.timebase`).
+    # Checkpoints written before this field load with 30.
+    fps: float = 30.0
 
     def __post_init__(self):
         self.tcn_channels = tuple(int(c) for c in self.tcn_channels)
@@ -76,6 +82,10 @@ class MambaVAConfig:
             problems.append(f"init {self.init!r} is not 'reference' or 'standard'")
         if not (self.dt_rank == "auto" or (isinstance(self.dt_rank, int) and self.dt_rank > 0)):
             problems.append(f"dt_rank {self.dt_rank!r} must be a positive integer or 'auto'")
+        if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not (0 < self.fps < math.inf):
+            problems.append(f"fps {self.fps!r} must be a positive number of frames per second")
+        else:
+            self.fps = float(self.fps)
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout {self.dropout} is not in [0, 1)")
         for name in ("input_dim", "kernel_size", "n_layers", "d_state", "d_conv", "expand", "head_hidden", "n_outputs"):

@@ -10,7 +10,14 @@ model -> one row per frame and track.
 Output columns (`COLUMNS`): `video`, `track` (the faces stage's names: `<video>` for one person,
 `<video>_left`/`_right` for two seen together, `<video>_<k>` otherwise), `frame` (0-based index in the
 source), `time` (seconds), `valence`, `arousal` (clipped to [-1, 1]), `face` (1 where the track's face was
-found in that frame, 0 where it was not), `x1 y1 x2 y2` (the face box, empty where there is none).
+found in that frame, 0 where it was not), `x1 y1 x2 y2` (the face box, empty where there is none),
+`processed` (1 where the frame went through faces and backbone, 0 where `fps` skipped it). One row per source
+frame and track, frames skipped by `fps` included.
+
+Time base (`mambava.timebase`): the temporal model runs on its own frame grid (its config's `fps`, 30 for
+Aff-Wild2 models) whatever the video's rate or `fps`: each grid tick takes the first processed frame of its
+slot and holds the last feature where a slot has none (frames skipped by `fps`, a slower video); each source
+frame gets the prediction of its slot's tick. A 30 fps video with every frame processed is unchanged by this.
 
 No-face frames (one policy with training, `mambava.features.forward_fill`): a frame where a track's face is
 not found takes the feature of that track's previous face; frames before the track's first face take its
@@ -18,13 +25,17 @@ first face's feature; `face` = 0 marks them. A video with no face at all is an e
 table of guesses.
 
 Windowing, which decides what a frame's prediction has seen:
-- `"windows"` (default, what `evaluate` scores): windows of 300 frames every 200, each run from an empty
-  state, averaged where they overlap (`mambava.evaluate.predict_sequence`).
-- `"full"`: one causal pass over the whole sequence. This is what the live stream computes step by step
-  (`Predictor.stream`, `mambava.stream`), to float32 rounding.
+- `"full"` (default): one causal pass over the whole sequence. This is what the live stream computes step by
+  step (`Predictor.stream`, `mambava.stream`), to float32 rounding.
+- `"windows"` (what `evaluate` scores with "mean"): windows of 300 frames every 200, each run from an empty state
+  (`mambava.evaluate.predict_sequence`), stitched by `stitching` (`mambava.windows.STITCHING`):
+  "most_history" (default), each frame from the window where it has the most history, or "mean" over the
+  windows that cover a frame (what `evaluate` scores).
+The defaults were chosen by measurement on the demo (`mambava bench stitching`; README "Stitching").
 
 A precomputed feature file (`.npy`, T x D, one row per frame; rows that are all NaN count as no-face frames)
-skips faces and backbone; its times are `frame / features_fps` (30 by default).
+skips faces and backbone; its times are `frame / features_fps` (30 by default), put on the model's grid
+like a video's.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from mambava.errors import MambavaError
+from mambava.timebase import check_fps, model_fps, to_grid
 
 if TYPE_CHECKING:
     import pandas
@@ -44,8 +56,13 @@ if TYPE_CHECKING:
     from mambava.stream import LiveStream
 
 WINDOWING = ("windows", "full")
-COLUMNS = ["video", "track", "frame", "time", "valence", "arousal", "face", "x1", "y1", "x2", "y2"]
+COLUMNS = ["video", "track", "frame", "time", "valence", "arousal", "face", "x1", "y1", "x2", "y2", "processed"]
 FEATURE_SUFFIXES = (".npy",)
+# Chosen by measurement on the demo (`mambava bench stitching`, README "Stitching"): the full causal pass has
+# the smallest frame-to-frame jumps at a P_VA within 0.002 of the best; with windows, most_history has 30%
+# smaller jumps than the mean at the mean's P_VA.
+DEFAULT_WINDOWING = "full"
+DEFAULT_STITCHING = "most_history"
 
 
 def _device(device: str | None):
@@ -133,13 +150,16 @@ class TrackFeatures:
 
 @dataclass
 class VideoFeatures:
-    """Faces and features of one video: the processed frames and, per named track, its features."""
+    """Faces and features of one video: the processed frames and, per named track, its features; and every
+    frame read from the source (processed or skipped by `fps`)."""
 
     video: str
     frames: np.ndarray  # (n,) int64, 0-based source frame numbers
     times: np.ndarray  # (n,) float64 seconds
     fps: float | None
     tracks: dict[str, TrackFeatures] = field(default_factory=dict)
+    source_frames: np.ndarray | None = None  # (N,) int64, every frame read; None: the processed ones
+    source_times: np.ndarray | None = None  # (N,) float64 seconds
 
 
 class Predictor:
@@ -148,10 +168,12 @@ class Predictor:
     checkpoint: a temporal model file (see `load_model`) or a model object.
     backbone: a ViT checkpoint path (`mambava.backbone.load_encoder`), a ViTEncoder or a FeatureExtractor;
         needed for videos, not for feature files.
-    windowing: "windows" (paper, default) or "full" (one causal pass; equals the stream); see the module doc.
+    windowing: "full" (default: one causal pass; equals the stream) or "windows"; see the module doc.
+    stitching: how windows are stitched, "most_history" (default) or "mean" (the paper's; `mambava.windows.stitch`).
     window, stride: default the checkpoint's run config, else 300/200.
     detector: face detector name or object (`mambava.faces.get_detector`), "mtcnn" by default.
-    fps: process at most this many frames per second of the source (None: every frame).
+    fps: process at most this many frames per second of the source (None: every frame); the model still runs
+        on its own frame grid (`mambava.timebase`), and the table still has a row per source frame.
     precision: the backbone's ("auto": bf16 where the CPU/GPU runs it fast); the temporal model runs in fp32.
     """
 
@@ -160,7 +182,8 @@ class Predictor:
         checkpoint,
         backbone=None,
         *,
-        windowing: str = "windows",
+        windowing: str = DEFAULT_WINDOWING,
+        stitching: str = DEFAULT_STITCHING,
         window: int | None = None,
         stride: int | None = None,
         detector="mtcnn",
@@ -173,10 +196,19 @@ class Predictor:
     ):
         if windowing not in WINDOWING:
             raise MambavaError(f"windowing must be one of {', '.join(WINDOWING)}, got {windowing!r}")
+        from mambava.windows import STITCHING
+
+        if stitching not in STITCHING:
+            raise MambavaError(f"stitching must be one of {', '.join(STITCHING)}, got {stitching!r}")
+        if fps is not None:
+            check_fps(fps, "--fps")
+        check_fps(features_fps, "--features-fps")
         self.device = _device(device)
         model, ckpt_window, ckpt_stride, self.model_name = load_model(checkpoint)
         self.model = model.to(self.device).eval()
         self.windowing = windowing
+        self.stitching = stitching
+        self.model_fps = model_fps(self.model)  # the time base: the model's frame grid
         self.window = int(window or ckpt_window or 300)
         self.stride = int(stride or ckpt_stride or 200)
         self.input_dim = model_input_dim(self.model)
@@ -240,7 +272,7 @@ class Predictor:
             if windowing == "full":
                 y = self.model(x[None]).float()[0]
             else:
-                y = predict_sequence(self.model, x, self.window, self.stride)
+                y = predict_sequence(self.model, x, self.window, self.stride, stitching=self.stitching)
         return y.cpu().numpy()
 
     def predict_features(self, features: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
@@ -253,6 +285,13 @@ class Predictor:
             raise MambavaError(f"features must be (T, D), got shape {features.shape}")
         self._check_dim(features.shape[1], "features")
         return np.clip(self.predict_raw(features, present), -1.0, 1.0)
+
+    def predict_timed(self, features: np.ndarray, present: np.ndarray, times, source_times=None) -> np.ndarray:
+        """(N, 2) clipped valence/arousal for the source frames at `source_times` (default: `times`), from the
+        features (n, D) of the processed frames at `times` (seconds): the model runs on its own frame grid
+        (`mambava.timebase.to_grid`) and each source frame takes its slot's tick."""
+        grid = to_grid(times, self.model_fps, source_times)
+        return self.predict_features(features[grid.held], present[grid.held])[grid.tick]
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -275,7 +314,8 @@ class Predictor:
     def predict_video(self, path: str | os.PathLike) -> pandas.DataFrame:
         """Faces, features and the temporal model for every processed frame of a video; see the module doc."""
         extracted = self.video_features(path)
-        return self._table(extracted.video, extracted.frames, extracted.times, extracted.tracks)
+        return self._table(extracted.video, extracted.frames, extracted.times, extracted.tracks,
+                           extracted.source_frames, extracted.source_times)
 
     def video_features(self, path: str | os.PathLike) -> VideoFeatures:
         """Detect and track faces over a video and encode every face crop (batched)."""
@@ -309,6 +349,7 @@ class Predictor:
                     flush()
             flush()
             fps = reader.fps
+            source_frames, source_times = reader.decoded()
         n = len(frames)
         if n == 0:
             raise MambavaError(f"{path}: no frame could be read")
@@ -326,18 +367,33 @@ class Predictor:
             boxes[positions] = np.stack([r[2] for r in rows])
             present[positions] = True
             tracks[track.name] = TrackFeatures(features, present, boxes)
-        return VideoFeatures(video, np.asarray(frames, np.int64), np.asarray(times, np.float64), fps, tracks)
+        return VideoFeatures(video, np.asarray(frames, np.int64), np.asarray(times, np.float64), fps, tracks,
+                             source_frames if len(source_frames) else None, source_times if len(source_times) else None)
 
-    def _table(self, video: str, frames, times, tracks: Mapping[str, TrackFeatures]) -> pandas.DataFrame:
+    def _table(self, video: str, frames, times, tracks: Mapping[str, TrackFeatures],
+               source_frames=None, source_times=None) -> pandas.DataFrame:
+        """One row per source frame and track; the model on its frame grid (see `predict_timed`)."""
         import pandas as pd
 
+        frames, times = np.asarray(frames, np.int64), np.asarray(times, np.float64)
+        if source_frames is None:
+            source_frames, source_times = frames, times
+        # each source frame's position among the processed frames, -1 where `fps` skipped it
+        order = np.argsort(frames, kind="stable")
+        at = np.minimum(np.searchsorted(frames[order], source_frames), len(frames) - 1)
+        position = np.where(frames[order][at] == source_frames, order[at], -1)
+        processed = position >= 0
+        row = np.maximum(position, 0)
         parts = []
         for name, track in tracks.items():
-            va = self.predict_features(track.features, track.present)
+            va = self.predict_timed(track.features, track.present, times, source_times)
+            face = track.present[row] & processed
+            boxes = np.where(processed[:, None], track.boxes[row], np.nan)
             parts.append(pd.DataFrame({
-                "video": video, "track": name, "frame": frames, "time": times,
-                "valence": va[:, 0], "arousal": va[:, 1], "face": track.present.astype(np.int8),
-                "x1": track.boxes[:, 0], "y1": track.boxes[:, 1], "x2": track.boxes[:, 2], "y2": track.boxes[:, 3],
+                "video": video, "track": name, "frame": source_frames, "time": source_times,
+                "valence": va[:, 0], "arousal": va[:, 1], "face": face.astype(np.int8),
+                "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
+                "processed": processed.astype(np.int8),
             }))
         return pd.concat(parts, ignore_index=True)[COLUMNS]
 
@@ -345,7 +401,8 @@ class Predictor:
 
     def stream(self, source, realtime: bool = False) -> LiveStream:
         """Per-frame results from a webcam index, video file, URL, or features (.npy path or (T, D) array),
-        computed with the temporal model's recurrent form (one step per frame; equals windowing="full").
+        computed with the temporal model's recurrent form (one step per tick of the model's frame grid; equals
+        windowing="full").
         Returns an iterable `mambava.stream.LiveStream` of StreamResult rows; its `.dropped` counts frames
         skipped to keep up with real time (live sources, or files with `realtime=True`)."""
         from mambava.stream import LiveStream
@@ -457,7 +514,7 @@ def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[st
             raise MambavaError(f"{store.root}: no features for test video {video!r}")
         record = store.read(video)
         features, present = record.window(0, record.n_frames)
-        values = predictor.predict_features(features, present)
+        values = predictor.predict_timed(features, present, np.arange(record.n_frames) / record.fps)
         if len(values) != count:
             warnings.warn(f"{video}: {len(values)} stored frames but the video has {count}; "
                           + ("the last prediction is carried over" if len(values) < count else "the extra frames are cut"),

@@ -7,6 +7,11 @@ Starting from frame 0, the stepped outputs equal ONE causal pass over the whole 
 offline pass (`windowing="windows"`, 300/200 windows stitched by averaging): every window starts
 from an empty state, so frames late in a window see less history than the stream has seen.
 
+Time base, like the offline pipeline (`mambava.timebase`): the model steps once per tick of its own frame
+grid (its config's `fps`, 30 for Aff-Wild2 models), not once per frame of the source: a 60 fps video steps on
+every other frame (the frames between take the last output), and a frame that comes after a gap (`--fps`, a
+dropped frame, a slower video) first steps through the ticks it skipped with the last feature held.
+
 Per track, like the offline pipeline: a frame where the track's face is not found carries the last feature
 over (flag `face=False`). A stream cannot look ahead, so a track starts at the first frame its face is found
 (offline, earlier frames take that first feature instead).
@@ -15,13 +20,15 @@ Real time: a live source (webcam, capture device, network stream; a file with `r
 background thread that keeps only the newest frame. When face detection and the backbone are slower than the
 source, the frames that arrive meanwhile are dropped: they are neither detected nor encoded, but the temporal
 model still steps through them with the last feature (cheap), so it keeps the source's time scale; their rows
-carry `dropped=True`. `FrameDropper.dropped` counts them.
+carry `dropped=True`. `FrameDropper.dropped` counts them. Frames skipped by `fps` get rows the same way, with
+`dropped=True` (not processed), so a file gives one row per source frame.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 import time as _time
 from dataclasses import dataclass
@@ -35,7 +42,8 @@ from mambava.errors import MambavaError
 @dataclass(frozen=True)
 class StreamResult:
     """One frame of one track. `face`: the track's face was found in this frame (otherwise its last feature was
-    carried over); `dropped`: the frame was skipped to keep up with real time (also carried over)."""
+    carried over); `dropped`: the frame did not go through faces and backbone, skipped to keep up with real
+    time or by `fps` (also carried over)."""
 
     frame: int
     time: float
@@ -75,6 +83,8 @@ class TemporalStream:
         self.device, self.dtype = parameter.device, parameter.dtype
         self.state = model.init_state(batch_size=1, device=self.device, dtype=self.dtype)
         self.last_feature = None
+        self.last_output: np.ndarray | None = None
+        self.tick = -1  # the last grid tick stepped (`TrackStreams`)
 
     def step(self, feature: np.ndarray | None = None) -> np.ndarray:
         """Advance one frame with this feature (D,), or with the last one when None; returns the raw
@@ -89,7 +99,19 @@ class TemporalStream:
             self.last_feature = x
         with torch.inference_mode(), torch_threads(STEP_THREADS):
             y, self.state = self.model.step(x, self.state)
-        return y[0].float().cpu().numpy()
+        self.last_output = y[0].float().cpu().numpy()
+        return self.last_output
+
+    def step_to(self, tick: int, feature: np.ndarray | None = None) -> np.ndarray:
+        """Step through the grid ticks after the last one up to `tick`: the ones skipped over hold the last
+        feature, `tick` itself takes `feature` (None: hold). A tick already stepped returns its output."""
+        if tick <= self.tick and self.last_output is not None:
+            return self.last_output
+        if self.last_output is not None:
+            for _ in range(tick - self.tick - 1):
+                self.step(None)
+        self.tick = tick
+        return self.step(feature)
 
 
 @contextlib.contextmanager
@@ -218,12 +240,16 @@ class FrameDropper:
 
 class TrackStreams:
     """One TemporalStream per face track, created when the track's face is first found. `advance` moves every
-    known track one frame forward (tracks without a feature this frame carry their last one over) and returns
-    their rows; with no track at all, one row with `track=""` and NaN values."""
+    known track to this frame's tick of the model's grid (`mambava.timebase.GridClock`; tracks without a
+    feature this frame carry their last one over) and returns their rows; with no track at all, one row with
+    `track=""` and NaN values."""
 
     def __init__(self, model):
+        from mambava.timebase import GridClock, model_fps
+
         check_streamable(model)
         self.model = model
+        self.clock = GridClock(model_fps(model))
         self.streams: dict[str, TemporalStream] = {}
 
     def retire(self, keep: Iterable[str]) -> None:
@@ -233,15 +259,17 @@ class TrackStreams:
             del self.streams[track]
 
     def advance(self, index: int, time: float, features: dict[str, np.ndarray], dropped: bool = False) -> list[StreamResult]:
+        tick = self.clock.tick(time)
         for track in features:
             if track not in self.streams:
                 self.streams[track] = TemporalStream(self.model)
+                self.streams[track].tick = tick - 1  # a track starts at the tick its face is first found
         if not self.streams:
             return [StreamResult(index, float(time), "", math.nan, math.nan, face=False, dropped=dropped)]
         results = []
         for track, stream in self.streams.items():
             feature = features.get(track)
-            y = np.clip(stream.step(feature), -1.0, 1.0)
+            y = np.clip(stream.step_to(tick, feature), -1.0, 1.0)
             results.append(
                 StreamResult(index, float(time), track, float(y[0]), float(y[1]), face=feature is not None, dropped=dropped)
             )
@@ -304,16 +332,24 @@ class LiveStream:
         reader = open_video(self.source, fps=self.fps)
         self._dropper = FrameDropper(reader, live=is_live_source(self.source) or self.realtime, pace=self.realtime)
         tracker = FaceTracker()
-        dropped_before: dict[int, list[tuple[int, float]]] = {}
 
         def frames():
-            for frame, dropped in self._dropper:
-                dropped_before[frame.index] = dropped
+            for frame, _ in self._dropper:  # the frames dropped before it are in reader.decoded()
                 yield frame
+
+        read = 0  # frames of reader.decoded() given rows so far
+
+        def not_processed_before(index: int) -> list[tuple[int, float]]:
+            """The frames read before `index` that get no detection: dropped for real time or skipped by fps."""
+            nonlocal read
+            indices, times = reader.decoded(read)
+            before = int(np.searchsorted(indices, index))
+            read += before + (before < len(indices))  # and `index` itself, which is processed
+            return list(zip(indices[:before].tolist(), times[:before].tolist()))
 
         try:
             for item in iter_tracked_faces(frames(), self.detector, tracker=tracker, batch_size=1, keep_images=False):
-                for index, time in dropped_before.pop(item.index, []):
+                for index, time in not_processed_before(item.index):
                     self.frames += 1
                     yield from tracks.advance(index, time, {}, dropped=True)
                 names = [f"face{face.track_id + 1}" for face in item.faces]
@@ -325,6 +361,9 @@ class LiveStream:
                 self.frames += 1
                 self.processed += 1
                 yield from tracks.advance(item.index, item.time, found)
+            for index, time in not_processed_before(sys.maxsize):  # skipped after the last processed frame
+                self.frames += 1
+                yield from tracks.advance(index, time, {}, dropped=True)
         finally:
             self._dropper.close()
             reader.close()

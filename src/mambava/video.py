@@ -9,7 +9,8 @@
   rate is handled), in seconds from the start of the stream; `index` is the 0-based number of the frame
   among all decoded frames of the source (a frame skipped by `fps` still counts).
 - `fps=N` keeps the first frame of every 1/N-second slot of the timeline (never more frames than the
-  source has); frames that are dropped are not converted to RGB.
+  source has); frames that are dropped are not converted to RGB, but `reader.decoded()` still lists every
+  frame read, kept or not (index, time), so the output can have one row per source frame.
 - Rotation metadata (the display matrix phones write) is applied, so images come out upright.
 - A file that cannot be opened raises MambavaError naming it; a video that breaks (or ends) before the
   length its container announces is read up to the break and a `VideoWarning` says where it stopped.
@@ -27,6 +28,7 @@ import re
 import sys
 import time as _time
 import warnings
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -93,6 +95,20 @@ class VideoReader:
         self.width = None
         self.height = None
         self.duration = None
+        self._decoded_index = array("q")
+        self._decoded_time = array("d")
+
+    def _seen(self, index: int, t: float) -> bool:
+        """Record a frame read from the source and say whether the `fps` sampling keeps it."""
+        self._decoded_index.append(index)
+        self._decoded_time.append(t)
+        return self._sampler.keep(t)
+
+    def decoded(self, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(indices int64, times float64 seconds) of every frame read so far, kept by `fps` or not, from the
+        `start`-th one read on."""
+        n = min(len(self._decoded_index), len(self._decoded_time))  # another thread may be reading the source
+        return (np.array(self._decoded_index[start:n], np.int64), np.array(self._decoded_time[start:n], np.float64))
 
     @property
     def n_output_frames(self) -> int | None:
@@ -204,7 +220,7 @@ class _AVReader(VideoReader):
             else:
                 t = index / self.fps if self.fps else float(index)
             last_time = t
-            if not self._sampler.keep(t):
+            if not self._seen(index, t):
                 continue
             image = frame.to_ndarray(format="rgb24")
             rotation = getattr(frame, "rotation", None)
@@ -270,7 +286,7 @@ class _CaptureReader(VideoReader):
                 break
             index += 1
             t = _time.monotonic() - t0
-            if self._sampler.keep(t):
+            if self._seen(index, t):
                 yield VideoFrame(index=index, time=t, image=self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB))
 
     def close(self) -> None:
@@ -318,7 +334,7 @@ class _ImagesReader(VideoReader):
     def __iter__(self) -> Iterator[VideoFrame]:
         for file, index in zip(self._files, self._indices):
             t = index / self.fps
-            if self._sampler.keep(t):
+            if self._seen(index, t):
                 yield VideoFrame(index=index, time=t, image=read_image(file))
 
 

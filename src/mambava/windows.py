@@ -12,7 +12,9 @@ The authors' split (`split_windows`) differs: windows that would run past the en
 tail and every video shorter than w give no window (n = 1000 -> (0,300) (200,500) (400,700) (600,900)).
 
 Full-video inference runs the model on every window and `stitch`es the per-window predictions back to one
-value per frame, averaging where windows overlap. Training reads windows from the feature store through
+value per frame (`STITCHING`): "mean" averages the windows that cover a frame (what `evaluate` scores);
+"most_history" takes each frame from the window in which it has the most history (the covering window that
+starts first), so no frame's value mixes a window that has just started from an empty state. Training reads windows from the feature store through
 `WindowDataset`, which memory-maps each video and reads only the window's rows.
 """
 
@@ -31,6 +33,7 @@ from mambava.metrics import INVALID_LABEL
 
 WINDOW = 300
 STRIDE = 200
+STITCHING = ("mean", "most_history")
 
 
 def make_windows(n_frames: int, window: int = WINDOW, stride: int = STRIDE) -> list[tuple[int, int]]:
@@ -93,15 +96,19 @@ def window_batch(features, window: int = WINDOW, stride: int = STRIDE):
     return x, mask, windows
 
 
-def stitch(window_preds: Sequence, windows: Sequence[tuple[int, int]], n_frames: int) -> np.ndarray:
-    """Per-window predictions back to one row per frame: (n_frames, C), the mean over every window that
-    covers a frame. `window_preds[i]` is (w_i, C) with w_i >= stop_i - start_i (padding rows beyond the
-    window's real frames are ignored); numpy arrays or torch tensors. Sums run in float64, so where all
-    overlapping windows agree the result equals them exactly. ValueError if a frame is not covered."""
+def stitch(window_preds: Sequence, windows: Sequence[tuple[int, int]], n_frames: int, how: str = "mean") -> np.ndarray:
+    """Per-window predictions back to one row per frame: (n_frames, C). `how` (STITCHING): "mean" over every
+    window that covers a frame, or "most_history", the covering window with the earliest start (the most frames
+    of history before the frame). `window_preds[i]` is (w_i, C) with w_i >= stop_i - start_i (padding rows
+    beyond the window's real frames are ignored); numpy arrays or torch tensors. Sums run in float64, so where
+    all overlapping windows agree the mean equals them exactly. ValueError if a frame is not covered."""
+    if how not in STITCHING:
+        raise ValueError(f"stitching must be one of {', '.join(STITCHING)}, got {how!r}")
     if len(window_preds) != len(windows):
         raise ValueError(f"{len(window_preds)} window predictions for {len(windows)} windows")
     total = None
     count = np.zeros(n_frames, dtype=np.int64)
+    best_start = np.full(n_frames, np.iinfo(np.int64).max, dtype=np.int64)
     dtype = np.float32
     for pred, (start, stop) in zip(window_preds, windows):
         if hasattr(pred, "detach"):
@@ -114,14 +121,21 @@ def stitch(window_preds: Sequence, windows: Sequence[tuple[int, int]], n_frames:
         if total is None:
             total = np.zeros((n_frames, pred.shape[1]), dtype=np.float64)
             dtype = np.result_type(pred.dtype, np.float32)
-        total[start:stop] += pred[: stop - start]
+        if how == "mean":
+            total[start:stop] += pred[: stop - start]
+        else:
+            earlier = best_start[start:stop] > start  # this window starts before the one kept so far
+            total[start:stop][earlier] = pred[: stop - start][earlier]
+            best_start[start:stop][earlier] = start
         count[start:stop] += 1
     if n_frames and (total is None or not count.all()):
         missing = 0 if total is None else int(np.argmin(count > 0))
         raise ValueError(f"frame {missing} of {n_frames} is covered by no window")
     if total is None:
         return np.zeros((0, 1), dtype=np.float32)
-    return (total / count[:, None]).astype(dtype)
+    if how == "mean":
+        total /= count[:, None]
+    return total.astype(dtype)
 
 
 def load_labels(dataset: AffWild2, names: Sequence[str], store: FeatureStore | None = None) -> dict[str, np.ndarray]:

@@ -22,13 +22,14 @@ def predict_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
-    windowing: str = typer.Option("windows", "--windowing", help="windows: 300/200 stitched (as evaluate); full: one causal pass (= stream)."),
+    windowing: str = typer.Option("full", "--windowing", help="full: one causal pass (= stream; default, see README Stitching); windows: 300/200 windows, stitched."),
+    stitching: str = typer.Option("most_history", "--stitching", help="With --windowing windows: most_history (each frame from the window where it has the most history) or mean (what evaluate scores)."),
     window: Optional[int] = typer.Option(None, "--window", help="Window length (default: the run's, else 300)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Window stride (default: the run's, else 200)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <name>.overlay.mp4 with boxes and VA bars."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the VA-over-time and circumplex PNGs."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second (default: all)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second (default: all); the others hold the last feature, every frame gets a row."),
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Face crops per backbone batch."),
@@ -47,7 +48,7 @@ def predict_command(
     if videos and backbone is None:
         raise MambavaError(f"{videos[0]}: --backbone is required for videos; pass a features .npy instead")
     predictor = Predictor(
-        checkpoint, backbone if videos else None, windowing=windowing, window=window, stride=stride,
+        checkpoint, backbone if videos else None, windowing=windowing, stitching=stitching, window=window, stride=stride,
         detector=detector, device=device, batch_size=batch_size, precision=precision, fps=fps,
         features_fps=features_fps, progress=True,
     )
@@ -92,7 +93,7 @@ def stream_command(
     realtime: bool = typer.Option(False, "--realtime", help="Replay a file at its own speed, dropping frames that cannot keep up."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print a line per frame."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Take at most this many frames per second of the source."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Take at most this many frames per second of the source; the others get rows with dropped=1."),
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     precision: str = typer.Option("auto", "--precision", help="Backbone precision: auto, bf16, fp32."),
@@ -163,7 +164,7 @@ def submit_write_command(
     out: Path = typer.Option(..., "--out", "-o", help="Submission file to write."),
     test_list: Optional[Path] = typer.Option(None, "--test-list", help="Test-set video list (default: from --root)."),
     root: Optional[Path] = typer.Option(None, "--root", help="Aff-Wild2 root: frame counts from its videos (default: stored frames)."),
-    windowing: str = typer.Option("windows", "--windowing", help="windows (as evaluate) or full."),
+    windowing: str = typer.Option("windows", "--windowing", help="windows (300/200, mean-stitched, as evaluate) or full."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Run a temporal model over the test videos' stored features and write the ABAW submission file
@@ -173,7 +174,7 @@ def submit_write_command(
 
     videos, counts = _test_videos(features, test_list, root)
     _make_folder(out.parent)
-    predictor = Predictor(checkpoint, windowing=windowing, device=device)
+    predictor = Predictor(checkpoint, windowing=windowing, stitching="mean", device=device)  # as evaluated
     predictions = submission_predictions(predictor, features, counts, progress=True)
     write_submission(out, predictions, counts)
     typer.echo(f"{out}: {len(videos)} test videos, {sum(counts.values())} frames")
