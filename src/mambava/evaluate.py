@@ -61,6 +61,26 @@ def predict_sequence(
     return torch.from_numpy(np.ascontiguousarray(stitched, dtype=np.float32)).to(features.device)
 
 
+def check_finite(pred: np.ndarray, model: str, video: str, frames=None, features=None) -> None:
+    """MambavaError naming the model, the video and the first frame where the (T, 2) output is NaN/Inf: a
+    diverged model's output is refused, never scored as a weak CCC or written as blank cells. `frames` maps
+    positions to frame numbers (default: the positions); `features` (T, D) adds the largest input value."""
+    bad = ~np.isfinite(pred).all(axis=1)
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    frame = int(frames[i]) if frames is not None else i
+    hint = "a diverged model, e.g. trained with too high a learning rate"
+    if features is not None:
+        finite = np.abs(np.asarray(features, np.float64)[np.isfinite(features)])
+        if finite.size and finite.max() > 1e6:
+            hint = f"the features reach {finite.max():.3g}: not features of the backbone it was trained on?"
+    raise MambavaError(
+        f"{model}: the model's output is not finite ({pred[i, 0]:g}, {pred[i, 1]:g}) for video {video}, frame "
+        f"{frame} ({int(bad.sum())} of {len(bad)} frames); refusing to score it ({hint})"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Loading a model to evaluate
 
@@ -199,6 +219,7 @@ def evaluate_videos(
         with autocast:
             pred = predict_sequence(model, torch.from_numpy(features).to(dev), window, stride, batch_size)
         pred = pred.float().cpu().numpy()
+        check_finite(pred, loaded.source, name, features=features)
         preds.append(pred)
         targets.append(target)
         rows.append(_video_row(name, pred, target))

@@ -243,16 +243,25 @@ class Predictor:
                 y = predict_sequence(self.model, x, self.window, self.stride)
         return y.cpu().numpy()
 
-    def predict_features(self, features: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+    def predict_features(self, features: np.ndarray, present: np.ndarray | None = None, name: str = "features") -> np.ndarray:
         """(T, 2) valence/arousal, clipped to [-1, 1], for a (T, D) feature sequence; `present` (T,) bool
-        marks frames with a face (default: the rows that are not all NaN)."""
+        marks frames with a face (default: the rows that are not all NaN). A non-finite output is a
+        MambavaError naming `name` and the frame (`mambava.evaluate.check_finite`)."""
+        from mambava.evaluate import check_finite
+
+        features, present = self._checked(features, present)
+        raw = self.predict_raw(features, present)
+        check_finite(raw, self.model_name, name, features=features[present])
+        return np.clip(raw, -1.0, 1.0)
+
+    def _checked(self, features: np.ndarray, present: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if present is None:
             features, present = features_with_mask(features)
         features = np.asarray(features)
         if features.ndim != 2:
             raise MambavaError(f"features must be (T, D), got shape {features.shape}")
         self._check_dim(features.shape[1], "features")
-        return np.clip(self.predict_raw(features, present), -1.0, 1.0)
+        return features, np.asarray(present, bool)
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -332,8 +341,12 @@ class Predictor:
         import pandas as pd
 
         parts = []
+        from mambava.evaluate import check_finite
+
         for name, track in tracks.items():
-            va = self.predict_features(track.features, track.present)
+            raw = self.predict_raw(*self._checked(track.features, track.present))
+            check_finite(raw, self.model_name, name, frames, track.features[track.present])
+            va = np.clip(raw, -1.0, 1.0)
             parts.append(pd.DataFrame({
                 "video": video, "track": name, "frame": frames, "time": times,
                 "valence": va[:, 0], "arousal": va[:, 1], "face": track.present.astype(np.int8),
@@ -457,7 +470,7 @@ def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[st
             raise MambavaError(f"{store.root}: no features for test video {video!r}")
         record = store.read(video)
         features, present = record.window(0, record.n_frames)
-        values = predictor.predict_features(features, present)
+        values = predictor.predict_features(features, present, name=video)
         if len(values) != count:
             warnings.warn(f"{video}: {len(values)} stored frames but the video has {count}; "
                           + ("the last prediction is carried over" if len(values) < count else "the extra frames are cut"),
