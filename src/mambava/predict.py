@@ -98,6 +98,14 @@ def load_features_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
     """(features (T, D) float32, present (T,) bool) from a .npy file; all-NaN rows are no-face frames."""
     path = Path(path)
     try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+        if not head.startswith(b"\x93NUMPY"):
+            # np.load would try it as a pickle and call it "pickled (object) data"
+            text = head and all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+            raise MambavaError(f"{path}: not a .npy file (no NUMPY header"
+                               + ("; it is text: save the array with numpy.save)" if text else
+                                  "; an empty file)" if not head else ")"))
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise MambavaError(f"{path}: no such file") from None
@@ -177,8 +185,12 @@ class Predictor:
         model, ckpt_window, ckpt_stride, self.model_name = load_model(checkpoint)
         self.model = model.to(self.device).eval()
         self.windowing = windowing
-        self.window = int(window or ckpt_window or 300)
-        self.stride = int(stride or ckpt_stride or 200)
+        from mambava.evaluate import check_windowing
+
+        # explicit values are checked (0 is an error, not "the default"); a --stride without --window is
+        # checked against the checkpoint's window
+        self.window, self.stride = check_windowing(window if window is not None else (ckpt_window or 300),
+                                                   stride if stride is not None else (ckpt_stride or 200))
         self.input_dim = model_input_dim(self.model)
         self.detector_name = detector
         self._detector = None
