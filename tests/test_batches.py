@@ -4,7 +4,6 @@ line per failure and a count at the end, and exit 2; the good inputs are all don
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +11,7 @@ import pytest
 import torch
 
 from mambava.features import FeatureStore
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """`mambava ARGS` in this process through the console script's entry point: (exit code, stdout, stderr)."""
-    from mambava.cli import main
-
-    argv = sys.argv
-    sys.argv = ["mambava", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 
 def test_faces_goes_on_past_bad_videos(media_dir, tmp_path, capsys):

@@ -5,13 +5,12 @@ asserted). A new benchmark without an entry in SMOKE fails `test_every_benchmark
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mambava.cli.bench import available
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
 
@@ -59,22 +58,6 @@ SMOKE = {
          r"^training step B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x"],
     ),
 }
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from mambava.cli import main
-
-    argv = sys.argv
-    sys.argv = ["mambava", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_every_benchmark_has_a_smoke_run(capsys):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,25 +15,9 @@ import torch
 from mambava.errors import MambavaError
 from mambava.features import FeatureStore
 from test_train import write_drift_dataset
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 SMALL_MODEL = {"tcn_channels": [16, 16], "d_model": 16, "n_layers": 1, "head_hidden": 8}
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """`mambava ARGS` in this process through the console script's entry point: (exit code, stdout, stderr)."""
-    from mambava.cli import main
-
-    argv = sys.argv
-    sys.argv = ["mambava", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

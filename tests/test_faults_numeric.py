@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import lightning  # noqa: F401  (imported here, not first under capsys: its log handler would keep a closed stream)
@@ -22,25 +21,9 @@ from mambava.errors import MambavaError
 from mambava.features import FeatureStore
 from mambava.train import read_metrics, train
 from test_train import TINY_MODEL, run_config, write_drift_dataset
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 COMMON = [*TINY_MODEL, "model.input_dim=8", "warmup_epochs=0", "batch_size=3", "progress_bar=false"]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """`mambava ARGS` in this process through the console script's entry point: (exit code, stdout, stderr)."""
-    from mambava.cli import main
-
-    argv = sys.argv
-    sys.argv = ["mambava", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _one_error_line(err: str) -> str:
