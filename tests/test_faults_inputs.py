@@ -141,3 +141,16 @@ def test_backbone_pt_load_error_is_short(tmp_path):
         load_encoder(path)
     assert "weights_only" not in str(caught.value) and "\n" not in str(caught.value)
     assert str(caught.value).startswith(f"{path}: cannot read as a PyTorch checkpoint (")
+
+
+def test_mae_pretraining_names_a_missing_crop_folder(affwild2_root, tmp_path):
+    """find_crop_videos now lists an annotated video without crops (for extract to report): pretraining says so
+    too instead of leaving it out."""
+    from mambava.backbone import ViTConfig, ViTEncoder
+    from mambava.finetune import pretrain_mae
+
+    shutil.rmtree(affwild2_root / "cropped_aligned" / "vidC")
+    encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2, name="t"))
+    with pytest.raises(MambavaError, match=r"vidC: no crop folder for video 'vidC'$"):
+        pretrain_mae(affwild2_root, encoder, out=tmp_path / "mae", progress=False)
+    assert not (tmp_path / "mae" / "mae_pretrain.pth").exists()
