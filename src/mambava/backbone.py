@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambava.errors import MambavaError
+from mambava.errors import MambavaError, torch_load_reason
 from mambava.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -362,8 +362,7 @@ def _read_torch(path: Path) -> dict:
                 raise
             obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MambavaError(f"{path}: cannot read as a PyTorch checkpoint with weights_only=True ({first})") from None
+        raise MambavaError(f"{path}: cannot read as a PyTorch checkpoint ({torch_load_reason(error)})") from None
     if not isinstance(obj, dict):
         raise MambavaError(f"{path}: expected a state_dict (a dict of tensors), found {type(obj).__name__}")
     return obj

@@ -68,6 +68,36 @@ def predict_sequence(
     return torch.from_numpy(np.ascontiguousarray(stitched, dtype=np.float32)).to(features.device)
 
 
+def check_windowing(window: int, stride: int) -> tuple[int, int]:
+    """(window, stride) as ints, or a MambavaError naming the option: window >= 1 and 1 <= stride <= window
+    (a stride past the window would leave frames without a prediction)."""
+    if int(window) < 1:
+        raise MambavaError(f"--window must be >= 1 frame, got {window}")
+    if not 1 <= int(stride) <= int(window):
+        raise MambavaError(f"--stride must be in 1..window ({window}), got {stride}")
+    return int(window), int(stride)
+
+
+def check_finite(pred: np.ndarray, model: str, video: str, frames=None, features=None) -> None:
+    """MambavaError naming the model, the video and the first frame where the (T, 2) output is NaN/Inf: a
+    diverged model's output is refused, never scored as a weak CCC or written as blank cells. `frames` maps
+    positions to frame numbers (default: the positions); `features` (T, D) adds the largest input value."""
+    bad = ~np.isfinite(pred).all(axis=1)
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    frame = int(frames[i]) if frames is not None else i
+    hint = "a diverged model, e.g. trained with too high a learning rate"
+    if features is not None:
+        finite = np.abs(np.asarray(features, np.float64)[np.isfinite(features)])
+        if finite.size and finite.max() > 1e6:
+            hint = f"the features reach {finite.max():.3g}: not features of the backbone it was trained on?"
+    raise MambavaError(
+        f"{model}: the model's output is not finite ({pred[i, 0]:g}, {pred[i, 1]:g}) for video {video}, frame "
+        f"{frame} ({int(bad.sum())} of {len(bad)} frames); refusing to score it ({hint})"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Loading a model to evaluate
 
@@ -115,7 +145,9 @@ def load_for_eval(path: str | os.PathLike) -> LoadedModel:
             run_config = checkpoint["hyper_parameters"]["config"]
             state = checkpoint["state_dict"]
         except Exception as error:  # torch raises several types for a bad file
-            raise MambavaError(f"{path}: not a mambava Lightning checkpoint ({error})") from error
+            from mambava.errors import torch_load_reason
+
+            raise MambavaError(f"{path}: not a mambava Lightning checkpoint ({torch_load_reason(error)})") from None
         from mambava.train import TrainConfig
 
         model_cfg = TrainConfig.from_dict(run_config, str(path)).model
@@ -277,9 +309,17 @@ def evaluate_videos(
     progress: bool = False,
 ) -> EvalResult:
     """Score `loaded.model` on whole videos `names` of a feature store against `labels` (aligned (T, 2))."""
-    window = window or loaded.window
-    stride = stride or loaded.stride
+    window, stride = check_windowing(loaded.window if window is None else window,
+                                     loaded.stride if stride is None else stride)
     dev = _device(device)
+    from mambava.predict import model_input_dim
+
+    expected = model_input_dim(loaded.model)
+    for name in names:
+        dim = int(store.meta(name)["dim"])
+        if expected is not None and dim != expected:
+            raise MambavaError(f"{store.root / name}: {dim}-d features, but the model {loaded.source} takes "
+                               f"{expected}-d (features of another backbone?)")
     model = loaded.model.to(dev).eval()
     preds, targets, rows = [], [], []
     iterator: Any = names
@@ -296,6 +336,7 @@ def evaluate_videos(
         with autocast:
             pred = predict_sequence(model, torch.from_numpy(features).to(dev), window, stride, batch_size)
         pred = pred.float().cpu().numpy()
+        check_finite(pred, loaded.source, name, features=features)
         preds.append(pred)
         targets.append(target)
         rows.append(_video_row(name, pred, target))
@@ -369,8 +410,10 @@ def evaluate_checkpoint(
     fold_data = load_fold_data(cfg, sides=(split,))
     names = fold_data.train if split == "train" else fold_data.validation
     store = FeatureStore(cfg.data.features)
-    window = window or (cfg.data.window if loaded.run_config else None)
-    stride = stride or (cfg.data.stride if loaded.run_config else None)
+    if window is None and loaded.run_config:
+        window = cfg.data.window
+    if stride is None and loaded.run_config:
+        stride = cfg.data.stride
     if protocol == "authors":
         if batch_size is None:
             batch_size = int((loaded.run_config or {}).get("eval_batch_size") or 16)

@@ -27,6 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ class CropVideo:
     fps: float = DEFAULT_FPS
     files: list[str] | None = None  # file names when they are not the canonical f"{frame:05d}{suffix}"
     suffix: str = ".jpg"
+    error: str | None = None  # why this video cannot be extracted (no crop folder, ...): reported, not skipped
 
     def path(self, k: int) -> Path:
         return self.folder / (self.files[k] if self.files is not None else f"{int(self.frames[k]):05d}{self.suffix}")
@@ -130,10 +132,17 @@ def find_crop_videos(source: str | os.PathLike, fps: float | None = None,
         dataset = AffWild2(source)
     elif source.name == CROPS_DIR and (source.parent / "VA_Estimation_Challenge").is_dir():
         dataset = AffWild2(source.parent)
+    elif (source / "VA_Estimation_Challenge").is_dir():  # its sub-folders are not crop folders
+        raise MambavaError(f"{source}: an Aff-Wild2 root without {CROPS_DIR}/: run `mambava faces` on its videos "
+                           f"(or pass the folder of crops)")
     folders: dict[str, Path] = {}
     faces_info: dict[str, tuple[int, float | None]] = {}
     if dataset is not None:
         folders = {v: dataset.crops_dir(v) for v in dataset.crop_videos}
+        # a video of the splits (annotated, or in the test list) whose crop folder is missing is a failure of
+        # that video, not silently left out of the store
+        for video in (v for split in dataset.splits.values() for v in split):
+            folders.setdefault(video, dataset.crops_dir(video))
     else:
         faces_info = faces_csv_info(source)
         folders = {p.name: p for p in sorted(source.iterdir()) if p.is_dir() and not p.name.startswith(".")}
@@ -149,8 +158,16 @@ def find_crop_videos(source: str | os.PathLike, fps: float | None = None,
         folders = {n: folders[n] for n in names}
     videos = []
     for name in sorted(folders):
+        if dataset is not None and not folders[name].is_dir():
+            videos.append(CropVideo(name, folders[name], np.zeros(0, np.int64), 0,
+                                    error=f"{folders[name]}: no crop folder for video {name!r}"))
+            continue
         if folders[name].is_dir():
-            frames, files, suffix = scan_crop_folder(folders[name])
+            try:
+                frames, files, suffix = scan_crop_folder(folders[name])
+            except MambavaError as error:
+                videos.append(CropVideo(name, folders[name], np.zeros(0, np.int64), 0, error=str(error)))
+                continue
         else:
             frames, files, suffix = np.zeros(0, np.int64), None, ".jpg"
         if dataset is not None:
@@ -230,6 +247,7 @@ class ExtractSummary:
     videos: list[str] = field(default_factory=list)  # this rank's share
     extracted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already complete in the store
+    failed: list[str] = field(default_factory=list)  # not extracted: a bad crop, no crop folder (see on_error)
     frames: int = 0  # crops run through the model
     seconds: float = 0.0
 
@@ -257,11 +275,22 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
                      extractor: FeatureExtractor, *, backbone: str = "vit", dtype: str = "float16",
                      workers: int | None = None, fps: float | None = None, names: list[str] | None = None,
                      rank: int | None = None, world_size: int | None = None, overwrite: bool = False,
-                     progress: bool = True, extra: dict | None = None) -> ExtractSummary:
+                     progress: bool = True, extra: dict | None = None,
+                     on_error: Callable[[str], None] | None = None) -> ExtractSummary:
     """Extract every (pending) video of `source` into `store`; returns what this rank did.
 
     `backbone` is recorded in each entry (with `extra`); `dtype` is the stored dtype (float16 or float32).
+    A video that cannot be extracted (an unreadable crop, no crop folder) raises a MambavaError naming the file;
+    with `on_error`, that one-line message is passed to it instead, the video is listed in `summary.failed`
+    (nothing of it is stored) and the other videos go on.
     """
+
+    def fail(video: CropVideo, message: str) -> None:
+        if on_error is None:
+            raise MambavaError(message)
+        summary.failed.append(video.name)
+        on_error(message)
+
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     videos = source if isinstance(source, list) else find_crop_videos(source, fps=fps, names=names)
     rank, world_size = resolve_rank(rank, world_size)
@@ -269,7 +298,9 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
     summary = ExtractSummary(rank, world_size, videos=[v.name for v in mine])
     pending = []
     for video in mine:
-        if not overwrite and store.has(video.name):
+        if video.error:
+            fail(video, video.error)
+        elif not overwrite and store.has(video.name):
             summary.skipped.append(video.name)
         else:
             pending.append(video)
@@ -300,14 +331,12 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
         def runs():
             """(video index, rows, features) for each run of one video's frames within a batch, in order."""
             for video_idx, rows, images, errors in loader:
-                bad = next((e for e in errors if e), None)
-                if bad:
-                    raise MambavaError(f"{bad} (remove the file to treat that frame as having no face)")
                 feats = extractor.features_from_resized(images).cpu().numpy()
                 video_idx, rows = video_idx.numpy(), rows.numpy()
                 cuts = np.flatnonzero(np.diff(video_idx)) + 1
                 for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(video_idx)]):
-                    yield int(video_idx[lo]), rows[lo:hi], feats[lo:hi]
+                    bad = next((e for e in errors[lo:hi] if e), None)
+                    yield int(video_idx[lo]), rows[lo:hi], feats[lo:hi], bad
                 summary.frames += len(video_idx)
                 bar.advance(task, len(video_idx))
 
@@ -315,9 +344,15 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
         # discarded if anything (an error, an interrupt) escapes it
         for v, group in itertools.groupby(runs(), key=lambda run: run[0]):
             bar.update(task, description=f"extract {pending[v].name}")
-            with open_writer(pending[v]) as writer:
-                for _, rows, feats in group:
-                    writer.put_frames(rows, feats)
+            try:
+                with open_writer(pending[v]) as writer:
+                    for _, rows, feats, bad in group:
+                        if bad:  # the rest of this video's crops are passed over by groupby
+                            raise MambavaError(f"{bad} (remove the file to treat that frame as having no face)")
+                        writer.put_frames(rows, feats)
+            except MambavaError as error:
+                fail(pending[v], str(error))
+                continue
             summary.extracted.append(pending[v].name)
     summary.seconds = time.perf_counter() - start
     return summary

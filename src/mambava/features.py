@@ -128,9 +128,17 @@ class FeatureStore:
         return self.root / name
 
     def has(self, name: str) -> bool:
-        """True when `name` was written completely."""
+        """True when `name` was written completely. An entry whose meta.json (written last) is there but whose
+        features or mask file is not was damaged afterwards: a MambavaError naming it, not a silently absent
+        video (which would change the videos a run trains or is scored on)."""
         folder = self._dir(name)
-        return all((folder / f).is_file() for f in (META_FILE, FEATURES_FILE, MASK_FILE))
+        if not (folder / META_FILE).is_file():
+            return False
+        missing = [f for f in (FEATURES_FILE, MASK_FILE) if not (folder / f).is_file()]
+        if missing:
+            raise MambavaError(f"{folder}: damaged feature entry: {' and '.join(missing)} missing beside {META_FILE} "
+                               f"(remove the folder and extract the video again)")
+        return True
 
     def names(self) -> list[str]:
         """Sorted names of the complete entries."""
@@ -153,8 +161,11 @@ class FeatureStore:
             meta = json.loads(path.read_text())
             for key in ("n_frames", "dim", "fps", "backbone", "dtype"):
                 meta[key]
+            n_frames, dim = int(meta["n_frames"]), int(meta["dim"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise MambavaError(f"{path}: unreadable feature metadata ({error})") from error
+        if n_frames < 1 or dim < 1:  # the writer never makes one: an empty entry would silently score nothing
+            raise MambavaError(f"{path}: an empty feature entry (n_frames {n_frames}, dim {dim}); extract the video again")
         return meta
 
     def n_frames(self, name: str) -> int:

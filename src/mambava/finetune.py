@@ -453,8 +453,11 @@ def pretrain_mae(source: str | os.PathLike, encoder: ViTEncoder, config: Pretrai
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     zero = np.zeros(2, np.float32)
-    items = [(video.path(k), zero) for video in find_crop_videos(source)
-             for k in _evenly(len(video.frames), config.frames_per_video)]
+    videos = find_crop_videos(source)
+    bad = next((video.error for video in videos if video.error), None)
+    if bad:  # (no crop folder, two crops for one frame): said, not pretrained without it
+        raise MambavaError(bad)
+    items = [(video.path(k), zero) for video in videos for k in _evenly(len(video.frames), config.frames_per_video)]
     if len(items) < 2:
         raise MambavaError(f"{source}: fewer than 2 crops to pretrain on")
     module = MAEPretrainer(encoder, config)

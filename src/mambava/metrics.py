@@ -55,6 +55,8 @@ def ccc_numpy(pred: np.ndarray, target: np.ndarray) -> float:
     vx, vy = x.var(), y.var()
     sxy = ((x - mx) * (y - my)).mean()
     denom = vx + vy + (mx - my) ** 2
+    if not np.isfinite(denom) or not np.isfinite(sxy):
+        return float("nan")  # non-finite predictions: undefined, never shown as a weak 0.0
     return float(2 * sxy / denom) if denom > 0 else 0.0
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from mambava.errors import MambavaError
+from mambava.errors import MambavaError, torch_load_reason
 from mambava.fileio import atomic_path
 from mambava.mamba import MambaEncoder, MambaLayerState
 from mambava.ops.selective_scan import IMPLEMENTATIONS
@@ -248,7 +248,7 @@ def _read_torch_state_dict(path: Path, map_location) -> dict:
     try:
         obj = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as error:
-        raise MambavaError(f"{path}: cannot be read as a torch state_dict with weights_only=True ({error})") from None
+        raise MambavaError(f"{path}: cannot be read as a torch state_dict ({torch_load_reason(error)})") from None
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):
             if wrapper in obj and isinstance(obj[wrapper], dict):

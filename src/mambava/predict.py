@@ -115,6 +115,14 @@ def load_features_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
     """(features (T, D) float32, present (T,) bool) from a .npy file; all-NaN rows are no-face frames."""
     path = Path(path)
     try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+        if not head.startswith(b"\x93NUMPY"):
+            # np.load would try it as a pickle and call it "pickled (object) data"
+            text = head and all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+            raise MambavaError(f"{path}: not a .npy file (no NUMPY header"
+                               + ("; it is text: save the array with numpy.save)" if text else
+                                  "; an empty file)" if not head else ")"))
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise MambavaError(f"{path}: no such file") from None
@@ -209,8 +217,12 @@ class Predictor:
         self.windowing = windowing
         self.stitching = stitching
         self.model_fps = model_fps(self.model)  # the time base: the model's frame grid
-        self.window = int(window or ckpt_window or 300)
-        self.stride = int(stride or ckpt_stride or 200)
+        from mambava.evaluate import check_windowing
+
+        # explicit values are checked (0 is an error, not "the default"); a --stride without --window is
+        # checked against the checkpoint's window
+        self.window, self.stride = check_windowing(window if window is not None else (ckpt_window or 300),
+                                                   stride if stride is not None else (ckpt_stride or 200))
         self.input_dim = model_input_dim(self.model)
         self.detector_name = detector
         self._detector = None
@@ -275,23 +287,33 @@ class Predictor:
                 y = predict_sequence(self.model, x, self.window, self.stride, stitching=self.stitching)
         return y.cpu().numpy()
 
-    def predict_features(self, features: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+    def predict_features(self, features: np.ndarray, present: np.ndarray | None = None, name: str = "features") -> np.ndarray:
         """(T, 2) valence/arousal, clipped to [-1, 1], for a (T, D) feature sequence; `present` (T,) bool
-        marks frames with a face (default: the rows that are not all NaN)."""
+        marks frames with a face (default: the rows that are not all NaN). A non-finite output is a
+        MambavaError naming `name` and the frame (`mambava.evaluate.check_finite`)."""
+        from mambava.evaluate import check_finite
+
+        features, present = self._checked(features, present)
+        raw = self.predict_raw(features, present)
+        check_finite(raw, self.model_name, name, features=features[present])
+        return np.clip(raw, -1.0, 1.0)
+
+    def _checked(self, features: np.ndarray, present: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if present is None:
             features, present = features_with_mask(features)
         features = np.asarray(features)
         if features.ndim != 2:
             raise MambavaError(f"features must be (T, D), got shape {features.shape}")
         self._check_dim(features.shape[1], "features")
-        return np.clip(self.predict_raw(features, present), -1.0, 1.0)
+        return features, np.asarray(present, bool)
 
-    def predict_timed(self, features: np.ndarray, present: np.ndarray, times, source_times=None) -> np.ndarray:
+    def predict_timed(self, features: np.ndarray, present: np.ndarray, times, source_times=None,
+                      name: str = "features") -> np.ndarray:
         """(N, 2) clipped valence/arousal for the source frames at `source_times` (default: `times`), from the
         features (n, D) of the processed frames at `times` (seconds): the model runs on its own frame grid
         (`mambava.timebase.to_grid`) and each source frame takes its slot's tick."""
         grid = to_grid(times, self.model_fps, source_times)
-        return self.predict_features(features[grid.held], present[grid.held])[grid.tick]
+        return self.predict_features(features[grid.held], present[grid.held], name=name)[grid.tick]
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -386,7 +408,7 @@ class Predictor:
         row = np.maximum(position, 0)
         parts = []
         for name, track in tracks.items():
-            va = self.predict_timed(track.features, track.present, times, source_times)
+            va = self.predict_timed(track.features, track.present, times, source_times, name=name)
             face = track.present[row] & processed
             boxes = np.where(processed[:, None], track.boxes[row], np.nan)
             parts.append(pd.DataFrame({
@@ -514,7 +536,7 @@ def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[st
             raise MambavaError(f"{store.root}: no features for test video {video!r}")
         record = store.read(video)
         features, present = record.window(0, record.n_frames)
-        values = predictor.predict_timed(features, present, np.arange(record.n_frames) / record.fps)
+        values = predictor.predict_timed(features, present, np.arange(record.n_frames) / record.fps, name=video)
         if len(values) != count:
             warnings.warn(f"{video}: {len(values)} stored frames but the video has {count}; "
                           + ("the last prediction is carried over" if len(values) < count else "the extra frames are cut"),

@@ -269,7 +269,11 @@ class TrackStreams:
         results = []
         for track, stream in self.streams.items():
             feature = features.get(track)
-            y = np.clip(stream.step_to(tick, feature), -1.0, 1.0)
+            raw = stream.step_to(tick, feature)
+            if not np.isfinite(raw).all():  # a diverged model: refused, as predict and evaluate do
+                raise MambavaError(f"the model's output is not finite ({raw[0]:g}, {raw[1]:g}) for track {track}, "
+                                   f"frame {index}: a diverged model, or features it was not trained on")
+            y = np.clip(raw, -1.0, 1.0)
             results.append(
                 StreamResult(index, float(time), track, float(y[0]), float(y[1]), face=feature is not None, dropped=dropped)
             )

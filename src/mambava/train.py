@@ -689,6 +689,10 @@ def _make_module_class():
 
             pred = self.model(batch["x"])
             loss = ccc_loss(pred.float(), batch["y"], batch["mask"])
+            # Stop at the first non-finite loss (any rank, so no rank waits in a collective the others left),
+            # before backward: the weights and the checkpoints of earlier epochs stay as they were.
+            if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+                raise Diverged(self.current_epoch, self.global_step, f"training loss is {float(loss.detach())}")
             n = batch["x"].shape[0]
             self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
             self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
@@ -710,9 +714,18 @@ def _make_module_class():
             values = self.val_ccc.compute()  # synced across DDP ranks
             self.val_ccc.reset()
             ccc_v, ccc_a = float(values[0]), float(values[1])
+            if not (math.isfinite(ccc_v) and math.isfinite(ccc_a)):  # (same on every rank: synced above)
+                raise Diverged(self.current_epoch, self.global_step - 1, f"validation CCC_v {ccc_v}, CCC_a {ccc_a}")
             self.log("val/ccc_valence", ccc_v, sync_dist=False)
             self.log("val/ccc_arousal", ccc_a, sync_dist=False)
             self.log(MONITOR, (ccc_v + ccc_a) / 2, prog_bar=True, sync_dist=False)
+
+        def on_train_epoch_end(self) -> None:
+            # Runs before the checkpoint callbacks' hook: weights that went non-finite in the last steps of an
+            # epoch (with no validation after them) are never written as last.ckpt.
+            bad = next((name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+            if bad is not None:
+                raise Diverged(self.current_epoch, self.global_step - 1, f"parameter {bad} is not finite")
 
         def configure_optimizers(self):
             trainable = [p for p in self.parameters() if p.requires_grad]  # (MambaVA's unused adaptor is frozen)
@@ -732,6 +745,28 @@ def _make_module_class():
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     return VAModule
+
+
+class Diverged(MambavaError):
+    """Training went non-finite (NaN/Inf loss, weights or validation score); `train` adds what was kept."""
+
+    def __init__(self, epoch: int, step: int, what: str):
+        self.epoch, self.step, self.what = epoch, step, what
+        super().__init__(f"epoch {epoch + 1}, step {step + 1}: {what}")
+
+
+def _diverged_message(error: Diverged, paths: RunPaths) -> str:
+    """One line: where it went non-finite, what to try, and which checkpoints of earlier epochs are kept."""
+    kept = [p for p in (paths.best, paths.last) if p.is_file()]
+    best = [r for r in read_metrics(paths.metrics) if r.get("val_p_va") is not None]
+    if kept:
+        top = max(best, key=lambda r: r["val_p_va"]) if best else None
+        note = f" (best: epoch {top['epoch'] + 1}, P_VA {top['val_p_va']:.4f})" if top and paths.best.is_file() else ""
+        keep = f"kept the checkpoints of the earlier epochs: {', '.join(str(p) for p in kept)}{note}"
+    else:
+        keep = "no epoch finished before, so no checkpoint was saved"
+    return (f"{paths.out}: training stopped at {error} (the model diverged: lower lr, or set grad_clip > 0); "
+            f"{keep}")
 
 
 _CLASSES: dict[str, type] = {}
@@ -1024,7 +1059,10 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence = ()) -> d
     started = time.monotonic()
     if ckpt_path:
         _info(f"resuming from {ckpt_path}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except Diverged as error:
+        raise MambavaError(_diverged_message(error, paths)) from None
     if trainer.interrupted:
         return None
     summary = None

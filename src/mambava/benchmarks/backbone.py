@@ -102,7 +102,7 @@ def run(arch: str = "vit_large_patch16", device: str = "cpu", batch_size: int = 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mambava bench backbone", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vit_large_patch16")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 256 on CUDA")

@@ -93,7 +93,7 @@ def run(videos: list[Path] | None = None, repeats: int = 3) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mambava bench faces", description=__doc__.splitlines()[0])
     parser.add_argument("--video", action="append", type=Path, help="Clip(s) to time (default: the real clips in tests/data/media).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="Print the results as JSON.")

@@ -82,13 +82,17 @@ def extract_command(
         extra = {"checkpoint": str(checkpoint) if checkpoint else None,
                  "checkpoint_format": encoder.load_report.format if encoder.load_report else "random"}
         summary = extract_features(source, out, extractor, backbone=backbone, dtype=dtype, workers=workers, fps=fps,
-                                   names=video or None, overwrite=overwrite, extra=extra)
+                                   names=video or None, overwrite=overwrite, extra=extra,
+                                   on_error=lambda message: typer.secho(f"error: {message}", fg=typer.colors.RED, err=True))
         where = f"rank {summary.rank}/{summary.world_size}: " if summary.world_size > 1 else ""
         typer.echo(f"{where}{len(summary.extracted)} video(s) extracted ({summary.frames} crops, "
                    f"{summary.frames_per_second:.1f} frames/s, {extractor.precision} on {dev}), "
                    f"{len(summary.skipped)} already in {out}; features (T, {extractor.dim}) {dtype}")
         if distributed:
             dist.barrier()
+        if summary.failed:  # the batch went on past them (a line each above); the exit code says so
+            typer.secho(f"{where}{len(summary.failed)} of {len(summary.videos)} videos failed", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()

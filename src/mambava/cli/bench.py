@@ -32,7 +32,9 @@ def run(name: str, argv: list[str]) -> int:
     benchmarks = available()
     if name not in benchmarks:
         raise MambavaError(f"no benchmark named {name!r}; available: {', '.join(benchmarks) or 'none'}")
-    return int(importlib.import_module(f"mambava.benchmarks.{name}").main(list(argv)) or 0)
+    result = importlib.import_module(f"mambava.benchmarks.{name}").main(list(argv))
+    # a benchmark's main may return its results (a dict or list, for Python callers) instead of an exit code
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def register(app: typer.Typer) -> None:

@@ -23,6 +23,13 @@ def _config(config: Optional[Path], overrides: List[str], recipe: Optional[str] 
     return load_config(config, [*extra, *overrides])
 
 
+def _score(value) -> str:
+    """A CCC to 4 decimals; a NaN/Inf one (no variance, nothing finite to score) is never shown as a number."""
+    import math
+
+    return f"{value:.4f}" if value is not None and math.isfinite(value) else "undefined"
+
+
 def _rank_zero() -> bool:
     """False in the extra processes of a DDP run (each runs the whole command; only rank 0 reports)."""
     from lightning.pytorch.utilities import rank_zero_only
@@ -58,8 +65,8 @@ def train_command(
         raise typer.Exit(1)
     best = summary["best"]
     typer.echo(
-        f"best epoch {best['epoch'] + 1}: CCC_v {best['ccc_valence']:.4f}  CCC_a {best['ccc_arousal']:.4f}  "
-        f"P_VA {best['p_va']:.4f}\nmodel: {summary['outputs']['model']}"
+        f"best epoch {best['epoch'] + 1}: CCC_v {_score(best['ccc_valence'])}  CCC_a {_score(best['ccc_arousal'])}  "
+        f"P_VA {_score(best['p_va'])}\nmodel: {summary['outputs']['model']}"
     )
 
 
@@ -89,9 +96,9 @@ def evaluate_command(
         window=window, stride=stride, batch_size=batch_size, device=device, precision=precision, out=out,
         progress=True, protocol=protocol,
     )
-    typer.echo(f"CCC_v {result.ccc_valence:.4f}")
-    typer.echo(f"CCC_a {result.ccc_arousal:.4f}")
-    typer.echo(f"P_VA  {result.p_va:.4f}")
+    typer.echo(f"CCC_v {_score(result.ccc_valence)}")
+    typer.echo(f"CCC_a {_score(result.ccc_arousal)}")
+    typer.echo(f"P_VA  {_score(result.p_va)}")
     counted = "valid frames" if protocol == "videos" else "frames counted over windows"
     typer.echo(f"({len(result.per_video)} videos, {result.frames} {counted}; per-video CCCs: {path})")
 

@@ -1,0 +1,94 @@
+"""Every `mambava bench NAME` runs through the CLI at its smallest size (issue 13, item 6): exit 0, no traceback,
+its own usage line, and the rows that carry its ratios against the baseline (their values are timing: not
+asserted). A new benchmark without an entry in SMOKE fails `test_every_benchmark_has_a_smoke_run`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from mambava.cli.bench import available
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
+
+NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
+
+
+def _short_clip(media_dir: Path, path: Path, n: int = 6) -> Path:
+    """The first n frames of single_face.mp4 (the faces benchmark times every frame of its clips)."""
+    import av
+
+    with av.open(str(media_dir / "single_face.mp4")) as source, av.open(str(path), "w") as target:
+        stream = target.add_stream("mpeg4", rate=25)
+        for i, frame in enumerate(source.decode(video=0)):
+            if i == n:
+                break
+            if i == 0:
+                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
+                target.mux(packet)
+        for packet in stream.encode():
+            target.mux(packet)
+    return path
+
+
+# name -> (arguments for the smallest run, the ratio rows expected in its output)
+SMOKE = {
+    "backbone": (
+        ["--arch", "vit_tiny_patch16", "--batch-size", "1", "--repeats", "1", "--threads", "1"],
+        [rf"^  fp32 +{NUMBER} images/s +x1\.00 vs fp32 ", rf"^  bf16 +{NUMBER} images/s +x{NUMBER} vs fp32 "],
+    ),
+    "faces": (
+        ["--video", "{clip}", "--repeats", "1"],
+        [rf"^  decode +{NUMBER} frames/s +×1\.000 of decode$"]
+        + [rf"^  {re.escape(name)} +{NUMBER} frames/s +×{NUMBER} of decode$"
+           for name in ("mtcnn (auto)", "mtcnn (1 thread)", "mtcnn (2 threads)", "haar", "extract_faces")],
+    ),
+    "stream": (
+        ["--tiny", "--threads", "1", "--frames", "10", "--window-frames", "1", "--window", "40"],
+        [r"^baseline: window of 40 frames per frame, reference scan +" + NUMBER + r" +1\.0x$",
+         r"^window of 40 frames per frame, chunked scan +" + NUMBER + r" +" + NUMBER + r"x$",
+         r"^step\(\): one frame, recurrent state +" + NUMBER + r" +" + NUMBER + r"x$"],
+    ),
+    "temporal": (
+        ["--tiny", "--threads", "1", "--repeats", "1", "--quiet"],
+        [r"^inference B=\d+ T=\d+ +baseline: reference scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" *$",
+         r"^inference B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x ",
+         r"^training step B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x"],
+    ),
+}
+
+
+def test_every_benchmark_has_a_smoke_run(capsys):
+    assert sorted(available()) == sorted(SMOKE)
+    code, out, _ = run_cli(["bench"], capsys)
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[3:]] == sorted(SMOKE)
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_bench_help_names_the_command(name, capsys):
+    code, out, err = run_cli(["bench", name, "--help"], capsys)
+    assert code == 0 and out.startswith(f"usage: mambava bench {name} [-h]"), out[:200]
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    args, rows = SMOKE[name]
+    clip = _short_clip(media_dir, tmp_path / "clip.mp4") if name == "faces" else None
+    try:
+        code, out, err = run_cli(["bench", name, *(a.format(clip=clip) for a in args)], capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    lines = out.splitlines()
+    for row in rows:
+        assert any(re.search(row, line) for line in lines), (row, out)
+
+
+def test_bench_unknown_name_is_one_line(capsys):
+    code, out, err = run_cli(["bench", "nope"], capsys)
+    assert code == 2 and err.strip() == f"error: no benchmark named 'nope'; available: {', '.join(sorted(SMOKE))}"
