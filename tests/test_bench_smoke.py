@@ -33,6 +33,33 @@ def _short_clip(media_dir: Path, path: Path, n: int = 6) -> Path:
     return path
 
 
+def _demo_run(out: Path) -> Path:
+    """What `bench stitching` reads of a `mambava demo` folder: the test videos of data/ (the small Aff-Wild2
+    tree of conftest), their labels in synth_ground_truth/, their features, and runs/mamba_va's model."""
+    import numpy as np
+    import torch
+
+    from conftest import make_affwild2_tree
+    from mambava.baselines import build_temporal_model, save_temporal_model
+    from mambava.features import FeatureStore
+    from mambava.synth import GROUND_TRUTH_DIR
+
+    root = make_affwild2_tree(out / "data")
+    rng = np.random.default_rng(0)
+    store = FeatureStore(out / "features")
+    for name, n in (("vidE", 20), ("vidF_left", 15)):
+        x = np.cumsum(rng.normal(size=(n, 8)), axis=0).astype(np.float32)
+        store.write(name, x, np.ones(n, bool), fps=30, backbone="test", dtype="float32")
+        path = root / GROUND_TRUTH_DIR / "Test_Set" / f"{name}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("valence,arousal\n" + "".join(f"{v:.3f},{a:.3f}\n" for v, a in np.tanh(x[:, :2] / 4)))
+    torch.manual_seed(0)
+    model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [8], "d_model": 8, "n_layers": 1,
+                                              "head_hidden": 8})
+    save_temporal_model(model.eval(), out / "runs" / "mamba_va" / "model.safetensors")
+    return out
+
+
 # name -> (arguments for the smallest run, the ratio rows expected in its output)
 SMOKE = {
     "backbone": (
@@ -44,6 +71,11 @@ SMOKE = {
         [rf"^  decode +{NUMBER} frames/s +×1\.000 of decode$"]
         + [rf"^  {re.escape(name)} +{NUMBER} frames/s +×{NUMBER} of decode$"
            for name in ("mtcnn (auto)", "mtcnn (1 thread)", "mtcnn (2 threads)", "haar", "extract_faces")],
+    ),
+    "stitching": (
+        ["{demo}"],
+        [rf"^\| {option} \| -?{NUMBER} \| -?{NUMBER} \| -?{NUMBER} \| {NUMBER} \| -?{NUMBER} \|$"
+         for option in ("mean", "most_history", "full")],
     ),
     "stream": (
         ["--tiny", "--threads", "1", "--frames", "10", "--window-frames", "1", "--window", "40"],
@@ -79,8 +111,9 @@ def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, cap
     threads = torch.get_num_threads()
     args, rows = SMOKE[name]
     clip = _short_clip(media_dir, tmp_path / "clip.mp4") if name == "faces" else None
+    demo = _demo_run(tmp_path / "demo") if name == "stitching" else None
     try:
-        code, out, err = run_cli(["bench", name, *(a.format(clip=clip) for a in args)], capsys)
+        code, out, err = run_cli(["bench", name, *(a.format(clip=clip, demo=demo) for a in args)], capsys)
     finally:
         torch.set_num_threads(threads)
     assert code == 0 and "Traceback" not in err, err[-2000:]

@@ -60,8 +60,8 @@ def measure(checkpoint, store, names, labels) -> dict[str, dict[str, float]]:
 
 
 def main(argv=None) -> int:
-    from mambava.affwild2 import AffWild2
-    from mambava.demo import _labels
+    from mambava.affwild2 import AffWild2, read_va_annotation
+    from mambava.synth import ground_truth_path
 
     parser = argparse.ArgumentParser(prog="mambava bench stitching", description=__doc__.split("\n\n")[0])
     parser.add_argument("demo", nargs="?", default="demo_out", help="output folder of `mambava demo` (default demo_out)")
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     demo = Path(args.demo)
     root = demo / "data"
     names = AffWild2(root).splits["test"]
-    labels = _labels(root, names)
+    labels = {name: read_va_annotation(ground_truth_path(root, name)) for name in names}
     checkpoint = demo / "runs" / args.model / "model.safetensors"
     results = measure(checkpoint, demo / "features", names, labels)
     print(f"{checkpoint}: {len(names)} test videos")
