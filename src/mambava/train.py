@@ -635,6 +635,7 @@ def _classes() -> dict[str, type]:
         _CLASSES["VAModule"] = _make_module_class()
         _CLASSES["VADataModule"] = _make_datamodule_class()
         _CLASSES["EpochLog"] = _make_epoch_log_class()
+        _CLASSES["AtomicCheckpointIO"] = _make_checkpoint_io_class()
     return _CLASSES
 
 
@@ -829,6 +830,45 @@ class RunPaths:
         return self.out / "config.yaml"
 
 
+def _make_checkpoint_io_class():
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Checkpoints written beside their target, fsynced and renamed (mambava.fileio.atomic_path).
+        Lightning's own writer stages the file in the system temporary folder and moves it across file
+        systems, which on a full disk leaves a truncated best.ckpt in place of the good one."""
+
+        def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+            if storage_options is not None:
+                raise TypeError("storage_options are not supported by AtomicCheckpointIO")
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+
+    return AtomicCheckpointIO
+
+
+def check_resume_checkpoint(path: Path) -> None:
+    """MambavaError (one line, saying what to do) unless `path` is a complete Lightning checkpoint."""
+    if not path.is_file():
+        raise MambavaError(
+            f"{path}: no checkpoint to resume from (the run did not finish an epoch); "
+            f"run again without --resume to start it from the beginning"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        complete = isinstance(checkpoint, dict) and {"state_dict", "epoch", "optimizer_states"} <= checkpoint.keys()
+    except Exception as error:  # torch reports a truncated zip as a RuntimeError, a bad pickle as others
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        complete = False
+    else:
+        reason = "not a training checkpoint"
+    if not complete:
+        raise MambavaError(
+            f"{path}: unreadable checkpoint, cannot resume ({reason}); restore it, or delete the run folder's "
+            f"checkpoints/ and summary.json and run again without --resume to start from the beginning"
+        )
+
+
 def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
     """The Lightning Trainer of a run: checkpoints (best by val P_VA, last every epoch), loggers, progress."""
     L = _lightning()
@@ -863,6 +903,7 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
         gradient_clip_algorithm="norm",
         check_val_every_n_epoch=cfg.val_every_n_epochs,
         callbacks=all_callbacks,
+        plugins=[_classes()["AtomicCheckpointIO"]()],
         logger=loggers,
         log_every_n_steps=1,
         deterministic=cfg.deterministic,
@@ -880,11 +921,13 @@ def _info(message: str) -> None:
     rank_zero_info(message)
 
 
-def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence = ()) -> dict | None:
+def train(cfg: TrainConfig, resume: bool | str = False, callbacks: Sequence = ()) -> dict | None:
     """Run (or resume) one training run; returns the summary (None if it was interrupted).
 
-    `resume=True` continues from `out_dir/checkpoints/last.ckpt` when it exists (a finished run is skipped
-    and its summary returned); without it, an out_dir that already holds a run is an error."""
+    `resume=True` continues from `out_dir/checkpoints/last.ckpt` (a finished run is skipped and its summary
+    returned); a missing or unreadable last.ckpt is then a MambavaError, never a silent restart.
+    `resume="auto"` (cross-validation) resumes when last.ckpt exists and starts the run otherwise. Without
+    resume, an out_dir that already holds a run is an error."""
     L = _lightning()
     cfg.check()
     paths = RunPaths(Path(cfg.out_dir))
@@ -894,6 +937,8 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence = ()) -> d
         return finished
     if not resume and (paths.last.exists() or paths.summary.exists()):
         raise MambavaError(f"{paths.out}: holds a previous run; pass --resume to continue it, or choose another out_dir")
+    if resume and (resume != "auto" or paths.last.exists()):
+        check_resume_checkpoint(paths.last)
     ckpt_path = str(paths.last) if resume and paths.last.exists() else None
     if ckpt_path and paths.config.is_file():
         _warn_config_changes(paths.config, cfg)
