@@ -154,3 +154,156 @@ def test_extract_on_a_full_disk_is_one_line_and_leaves_no_partial_entry(crop_tre
     result = run_cli(*extract_args(crop_tree, store, encoder_file))
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(store_arrays(store)) == sorted(AFFWILD2_CROPS)
+
+
+def test_extract_killed_mid_video_resumes_to_the_same_store(crop_tree, encoder_file, tmp_path):
+    # The reference: the whole tree in one go.
+    reference = tmp_path / "reference"
+    assert run_cli(*extract_args(crop_tree, reference, encoder_file)).returncode == 0
+    # A crop that is a FIFO blocks the reader: the process is stopped mid-extraction, its writer open (a
+    # memory-mapped temporary file), at a place that does not depend on timing, and killed there.
+    crop = crop_tree / "cropped_aligned" / "vidC" / "00010.jpg"
+    jpeg = crop.read_bytes()
+    crop.unlink()
+    os.mkfifo(crop)
+    store = tmp_path / "store"
+    process = subprocess.Popen([sys.executable, "-m", "mambava", *map(str, extract_args(crop_tree, store, encoder_file))],
+                               env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((store / "vidC").glob(".features.npy.*.tmp")):  # vidC's writer is open
+            assert process.poll() is None and time.monotonic() < deadline, "extract ended before the FIFO"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        crop.unlink()
+        crop.write_bytes(jpeg)
+    done = store_arrays(store)
+    assert sorted(done) == ["vidA", "vidB_left", "vidB_right"]  # complete before vidC; vidC invisible
+    result = run_cli(*extract_args(crop_tree, store, encoder_file))
+    assert result.returncode == 0 and "4 video(s) extracted" in result.stdout and "3 already in" in result.stdout
+    assert temporaries(store) == []
+    expected, resumed = store_arrays(reference), store_arrays(store)
+    assert sorted(resumed) == sorted(expected)
+    for name in expected:  # bit for bit
+        assert np.array_equal(resumed[name][0], expected[name][0]) and np.array_equal(resumed[name][1], expected[name][1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> tuple[Path, Path]:
+    """6 short videos (4 train, 2 validation) of 8-d features with their annotations."""
+    from test_train import write_drift_dataset
+
+    return write_drift_dataset(tmp_path_factory.mktemp("drift"), n_train=4, n_val=2, n_frames=120, dim=8,
+                               noise=1.0, scale=20)
+
+
+def train_overrides(train_data, epochs: int) -> list[str]:
+    from test_train import TINY_MODEL
+
+    features, annotations = train_data
+    return [f"data.features={features}", f"data.annotations={annotations}", "progress_bar=false", *TINY_MODEL,
+            "model.input_dim=8", f"epochs={epochs}", "warmup_epochs=1", "batch_size=3", "seed=7", "data.window=60",
+            "data.stride=40"]
+
+
+def train_cli(train_data, out: Path, epochs: int, *extra: str) -> list:
+    return ["train", "-o", out, *[f"--set={o}" for o in train_overrides(train_data, epochs)], *extra]
+
+
+def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def run_until_epoch(train_data, out: Path, epochs: int, stop: int) -> None:
+    """An earlier run, in this process, stopped before epoch `stop` (checkpoints of epoch stop-1 on disk)."""
+    import lightning as L
+
+    from mambava.train import load_config, train
+
+    class Stopped(RuntimeError):
+        pass
+
+    class Stop(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == stop:
+                raise Stopped
+
+    cfg = load_config(None, [*train_overrides(train_data, epochs), f"out_dir={out}"])
+    with pytest.raises(Stopped):
+        train(cfg, callbacks=[Stop()])
+
+
+def test_train_on_a_full_disk_keeps_the_checkpoints_and_resumes(train_data, mounts, tmp_path):
+    disk = mounts.tmpfs("run", 4 * 1024 * 1024)
+    out = disk / "run"
+    run_until_epoch(train_data, out, epochs=3, stop=1)
+    before = {name: (out / "checkpoints" / name).read_bytes() for name in ("best.ckpt", "last.ckpt")}
+    filler = fill(disk, leave=6 * PAGE)  # room for the logs and metrics.csv, not for a ~100 kB checkpoint
+    result = run_cli(*train_cli(train_data, out, 3, "--resume"))
+    line = assert_one_line_error(result, out / "checkpoints", "No space left on device")
+    assert line.endswith("(No space left on device)") and ".ckpt" in line
+    for name, data in before.items():  # the earlier checkpoints are whole, not truncated or replaced
+        assert (out / "checkpoints" / name).read_bytes() == data, name
+    assert temporaries(out) == [] and not (out / "summary.json").exists()
+    # Space back: the same command resumes and ends where an uninterrupted run ends, bit for bit.
+    filler.unlink()
+    result = run_cli(*train_cli(train_data, out, 3, "--resume"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    straight = tmp_path / "straight"
+    from mambava.train import load_config, train
+
+    train(load_config(None, [*train_overrides(train_data, 3), f"out_dir={straight}"]))
+    a, b = checkpoint_weights(straight / "checkpoints/last.ckpt"), checkpoint_weights(out / "checkpoints/last.ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_missing_or_truncated_checkpoint(train_data, tmp_path):
+    out = tmp_path / "run"
+    run_until_epoch(train_data, out, epochs=3, stop=1)
+    last = out / "checkpoints" / "last.ckpt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # what a copy cut short by a full disk leaves
+    result = run_cli(*train_cli(train_data, out, 3, "--resume"))
+    assert_one_line_error(result, last, "unreadable checkpoint")
+    assert "without --resume" in result.stderr
+    last.unlink()  # no checkpoint at all: an error too, never a silent restart from epoch 0
+    result = run_cli(*train_cli(train_data, out, 3, "--resume"))
+    assert_one_line_error(result, last, "no checkpoint to resume from")
+    assert not (out / "summary.json").exists()
+
+
+def test_train_killed_then_resumed_ends_bit_identical(train_data, tmp_path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "mambava", *map(str, train_cli(train_data, out, 16))]
+    process = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "last.ckpt").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+    result = run_cli(*train_cli(train_data, out, 16, "--resume"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    from mambava.train import load_config, read_metrics, train
+
+    straight = tmp_path / "straight"
+    train(load_config(None, [*train_overrides(train_data, 16), f"out_dir={straight}"]))
+    a, b = checkpoint_weights(straight / "checkpoints/last.ckpt"), checkpoint_weights(out / "checkpoints/last.ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_p_va"] for r in read_metrics(out / "metrics.csv")] == \
+        [r["val_p_va"] for r in read_metrics(straight / "metrics.csv")]

@@ -31,6 +31,7 @@ import copy
 import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import math
 import os
@@ -841,8 +842,10 @@ def _make_checkpoint_io_class():
         def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
             if storage_options is not None:
                 raise TypeError("storage_options are not supported by AtomicCheckpointIO")
-            with atomic_path(path) as tmp:
-                torch.save(checkpoint, tmp)
+            buffer = io.BytesIO()  # (torch's file writer reports a full disk as a RuntimeError; Python's as ENOSPC)
+            torch.save(checkpoint, buffer)
+            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                handle.write(buffer.getbuffer())
 
     return AtomicCheckpointIO
 
