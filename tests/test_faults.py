@@ -91,7 +91,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, names: str | Path
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, output
     assert str(names) in errors[0] and reason in errors[0], errors[0]
-    assert ".tmp" not in errors[0], errors[0]  # the output the user asked for, not a hidden temporary file
+    assert "/." not in errors[0], errors[0]  # the output the user asked for, not a hidden temporary file
     return errors[0]
 
 
@@ -307,3 +307,117 @@ def test_train_killed_then_resumed_ends_bit_identical(train_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["val_p_va"] for r in read_metrics(out / "metrics.csv")] == \
         [r["val_p_va"] for r in read_metrics(straight / "metrics.csv")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every command: an output on a read-only file system
+
+
+@pytest.fixture(scope="module")
+def temporal_model(tmp_path_factory):
+    """factory(input_dim, seed=0) -> a tiny Mamba-VA saved as model.safetensors."""
+    from mambava.baselines import build_temporal_model, save_temporal_model
+
+    folder = tmp_path_factory.mktemp("models")
+
+    def make(input_dim: int, seed: int = 0) -> Path:
+        torch.manual_seed(seed)
+        model = build_temporal_model("mamba_va", {"input_dim": input_dim, "tcn_channels": [16, 16], "d_model": 16,
+                                                  "n_layers": 1, "head_hidden": 16}).eval()
+        return save_temporal_model(model, folder / f"model{input_dim}_{seed}.safetensors")
+
+    return make
+
+
+def command_args(command: str, out: Path, request) -> list:
+    """The command line of `command` writing to `out`, with the inputs it needs."""
+    if command == "faces":
+        return ["faces", request.getfixturevalue("media_dir") / "single_face.mp4", "-o", out, "--detector", "haar", "-q"]
+    if command == "extract":
+        return extract_args(request.getfixturevalue("crop_tree"), out, request.getfixturevalue("encoder_file"))
+    if command == "train":
+        return train_cli(request.getfixturevalue("train_data"), out, 1)
+    if command == "evaluate":
+        features, annotations = request.getfixturevalue("train_data")
+        model = request.getfixturevalue("temporal_model")(8)
+        return ["evaluate", model, "--features", features, "--annotations", annotations, "-o", out / "eval.csv",
+                "--device", "cpu"]
+    if command == "synth":
+        return ["synth", "-o", out / "synth", "--train", "1", "--val", "1", "--test", "0", "--min-frames", "30",
+                "--max-frames", "32", "--no-videos", "--workers", "1", "-q"]
+    if command == "folds":
+        return ["data", "folds", request.getfixturevalue("affwild2_root"), "-o", out / "folds.yaml", "--n-folds", "2"]
+    if command == "predict":
+        features = out.parent / "inputs" / "clip.npy"
+        return ["predict", features, "-c", request.getfixturevalue("temporal_model")(24), "-o", out]
+    raise ValueError(command)
+
+
+@pytest.mark.parametrize("command", ["faces", "extract", "train", "evaluate", "synth", "folds", "predict"])
+def test_read_only_output_is_one_line_naming_it(command, mounts, request):
+    disk = mounts.tmpfs("ro", 1024 * 1024)
+    out = disk / "out"
+    out.mkdir()  # the output folder exists (an earlier run's), on a file system mounted read-only since
+    (out / "earlier.txt").write_text("from an earlier run\n")
+    inputs = disk / "inputs"
+    inputs.mkdir()
+    np.save(inputs / "clip.npy", np.random.default_rng(0).normal(size=(90, 24)).astype(np.float32))
+    args = command_args(command, out, request)
+    mounts.read_only(disk)
+    result = run_cli(*args)
+    assert_one_line_error(result, out, "Read-only file system")
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# predict: a multi-file output is all new or all as before
+
+
+def test_predict_on_a_full_disk_leaves_the_earlier_outputs_whole(temporal_model, mounts):
+    disk = mounts.tmpfs("pred", 1024 * 1024)
+    clip = disk / "clip.npy"
+    np.save(clip, np.random.default_rng(0).normal(size=(300, 24)).astype(np.float32))
+    out = disk / "out"
+    first = run_cli("predict", clip, "-c", temporal_model(24, seed=0), "-o", out)
+    assert first.returncode == 0, first.stdout + first.stderr
+    names = ["clip.circumplex.png", "clip.csv", "clip.va.png"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    before = {name: (out / name).read_bytes() for name in names}
+    csv_size = len(before["clip.csv"])
+    filler = fill(disk, leave=csv_size + 2 * PAGE)  # room for the new CSV, not for its plots
+    other = temporal_model(24, seed=1)
+    result = run_cli("predict", clip, "-c", other, "-o", out)
+    assert_one_line_error(result, out / "clip.", "No space left on device")
+    assert "1 of 1 inputs failed" in result.stderr
+    # Not a new CSV beside the earlier run's plots: every file is the earlier run's, whole.
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    filler.unlink()
+    result = run_cli("predict", clip, "-c", other, "-o", out, "--no-plots")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "clip.csv").read_bytes() != before["clip.csv"]
+    # The plots were not redone: the run says they are the earlier run's.
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {out / 'clip.va.png'}, {out / 'clip.circumplex.png'} from an earlier run, not rewritten"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Saved models and encoders follow the umask
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_models_follow_the_umask(umask, tmp_path):
+    from mambava.backbone import ViTConfig, ViTEncoder
+    from mambava.baselines import build_temporal_model, save_temporal_model
+
+    model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [8], "d_model": 8, "n_layers": 1,
+                                              "head_hidden": 8})
+    encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, name="t"))
+    previous = os.umask(umask)
+    try:
+        paths = [save_temporal_model(model, tmp_path / "model.safetensors"), encoder.save(tmp_path / "encoder.safetensors")]
+        if hasattr(model, "save"):
+            paths.append(model.save(tmp_path / "mamba_va.safetensors"))
+    finally:
+        os.umask(previous)
+    for path in paths:
+        assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~umask), path

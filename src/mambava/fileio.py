@@ -40,6 +40,16 @@ def _is_about(error: OSError, *paths: Path) -> bool:
     return os.fsdecode(error.filename) in {os.fspath(p) for p in paths}
 
 
+def is_output_failure(error: OSError, folder: str | os.PathLike) -> bool:
+    """True when `error` is a failure to write into the output folder `folder` (a file in it, or a write that
+    names no file but failed for lack of space or permission)."""
+    if error.filename is None:
+        return error.errno in WRITE_ERRNOS
+    name = Path(os.fsdecode(error.filename)).absolute()
+    root = Path(folder).absolute()
+    return name == root or root in name.parents
+
+
 def fsync_dir(folder: str | os.PathLike) -> None:
     """Make a rename in `folder` durable (no-op where directories cannot be opened)."""
     try:
