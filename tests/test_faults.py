@@ -421,3 +421,22 @@ def test_saved_models_follow_the_umask(umask, tmp_path):
         os.umask(previous)
     for path in paths:
         assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~umask), path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every command: an output on a full disk
+
+
+@pytest.mark.parametrize("command", ["faces", "extract", "train", "evaluate", "synth", "folds", "predict"])
+def test_full_disk_is_one_line_naming_the_output(command, mounts, request):
+    disk = mounts.tmpfs("full", 1024 * 1024)
+    out = disk / "out"
+    out.mkdir()
+    inputs = disk / "inputs"
+    inputs.mkdir()
+    np.save(inputs / "clip.npy", np.random.default_rng(0).normal(size=(90, 24)).astype(np.float32))
+    args = command_args(command, out, request)
+    fill(disk, leave=0)
+    result = run_cli(*args)
+    assert_one_line_error(result, out, "No space left on device")
+    assert temporaries(disk) == []

@@ -75,7 +75,7 @@ from typing import Callable
 import numpy as np
 
 from mambava.errors import MambavaError
-from mambava.fileio import atomic_open, atomic_path
+from mambava.fileio import atomic_open, atomic_path, is_output_failure, output_error
 
 # The 5-point ArcFace template for 112x112 crops (left eye, right eye, nose tip, left/right mouth corner).
 ARCFACE_TEMPLATE_112 = np.array(
@@ -909,6 +909,10 @@ def _render_video(root: Path, spec: _VideoSpec, cfg: SynthConfig) -> dict:
         if writer is not None:
             writer.close()
             writer = None
+    except BaseException:
+        for tmp in tmp_dirs:  # no half-written crop folders left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         if writer is not None:
             writer.abort()
@@ -1048,8 +1052,16 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
     called after each video. An existing synthetic dataset there is replaced; any other non-empty folder is an
     error."""
     cfg = cfg or SynthConfig()
+    try:
+        return _generate(Path(out_dir), cfg, progress)
+    except OSError as error:  # a full or read-only disk: one line naming the dataset folder
+        if is_output_failure(error, out_dir):
+            raise output_error(error, out_dir) from None
+        raise
+
+
+def _generate(root: Path, cfg: SynthConfig, progress: ProgressFn | None) -> SynthSummary:
     started = time.perf_counter()
-    root = Path(out_dir)
     _prepare_root(root)
     specs = _plan(cfg)
     order = sorted(range(len(specs)), key=lambda i: -specs[i].n_frames * (2 if specs[i].two_person else 1))
