@@ -9,8 +9,9 @@ Layout under the store root, one folder per entry name::
 
 An entry exists (`has`, `names`) only once its meta.json is there; meta.json is written last, each file by
 temporary file + rename. A crash mid-write therefore leaves no visible entry, and re-running extraction
-(skipping names for which `has(name)` is true) redoes exactly the unfinished ones. One writer per name at a
-time. Features are checked for NaN/Inf on write (after the cast to the stored dtype, so float16 overflow is
+(skipping names for which `has(name)` is true) redoes exactly the unfinished ones. The memory-mapped
+features file is allocated on disk (posix_fallocate) before a row goes in, so a full disk is an OutputError
+naming the store, not a SIGBUS. One writer per name at a time. Features are checked for NaN/Inf on write (after the cast to the stored dtype, so float16 overflow is
 caught) and on every window read; `read(name, verify=True)` scans a whole entry in chunks.
 
 Missing frames are forward-filled (`forward_fill`): a frame with no face takes the previous real frame's
@@ -283,7 +284,8 @@ class FeatureStore:
                         raise
         except OSError as error:
             need = int(np.prod(shape)) * dtype.itemsize
-            raise output_error(error, self.root, f"cannot store entry {name!r}, {need / 1e6:.1f} MB of features") from None
+            size = f"{need / 1e6:.1f} MB" if need >= 100_000 else f"{need / 1e3:.1f} kB"
+            raise output_error(error, self.root, f"cannot store entry {name!r}, {size} of features") from None
         return array
 
 

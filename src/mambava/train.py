@@ -17,7 +17,9 @@ Reproducibility and resume: `seed` seeds the model's initialisation; the trainin
 sampler seeded with (seed, epoch) and the global RNG (dropout) is re-seeded from (seed, epoch, batch, rank)
 before every batch, so a run resumed from `checkpoints/last.ckpt` (written at the end of every epoch) goes
 on bit for bit as the uninterrupted run would have (on CPU; CUDA kernels may add their own nondeterminism
-unless `deterministic: true`). Progress inside an interrupted epoch is redone.
+unless `deterministic: true`). Progress inside an interrupted epoch is redone. Checkpoints are written beside
+their target, fsynced and renamed (`AtomicCheckpointIO`), so a full disk never truncates one; a missing or
+unreadable last.ckpt stops `resume=True` with a one-line MambavaError.
 
 Outputs in `out_dir`: `config.yaml` (the resolved config), `checkpoints/best.ckpt` (best validation P_VA) and
 `checkpoints/last.ckpt`, `model.safetensors` (the best model, loadable by `mambava.baselines.load_temporal_model`
