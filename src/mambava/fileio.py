@@ -121,6 +121,20 @@ def atomic_open(target: str | os.PathLike, mode: str = "w", **kwargs) -> Iterato
             os.fsync(handle.fileno())
 
 
+def atomic_torch_save(obj, target: str | os.PathLike) -> Path:
+    """torch.save, atomically. Serialised in memory first: torch's own file writer reports a full disk as a
+    RuntimeError ("unexpected pos"), Python's file write as the OSError that becomes an OutputError."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        handle.write(buffer.getbuffer())
+    return Path(target)
+
+
 @contextlib.contextmanager
 def atomic_group() -> Iterator[list[tuple[Path, Path]]]:
     """Several outputs that appear together: the `atomic_path`s inside the block are renamed into place only

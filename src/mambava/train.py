@@ -33,7 +33,6 @@ import copy
 import csv
 import dataclasses
 import importlib.util
-import io
 import json
 import math
 import os
@@ -50,7 +49,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mambava.errors import MambavaError
-from mambava.fileio import atomic_open, atomic_path
+from mambava.fileio import atomic_open, atomic_path, atomic_torch_save
 
 PAPER_CONFIG = Path(__file__).parent / "configs" / "paper.yaml"
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -844,10 +843,7 @@ def _make_checkpoint_io_class():
         def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
             if storage_options is not None:
                 raise TypeError("storage_options are not supported by AtomicCheckpointIO")
-            buffer = io.BytesIO()  # (torch's file writer reports a full disk as a RuntimeError; Python's as ENOSPC)
-            torch.save(checkpoint, buffer)
-            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-                handle.write(buffer.getbuffer())
+            atomic_torch_save(checkpoint, path)
 
     return AtomicCheckpointIO
 
