@@ -852,8 +852,8 @@ def check_resume_checkpoint(path: Path) -> None:
     """MambavaError (one line, saying what to do) unless `path` is a complete Lightning checkpoint."""
     if not path.is_file():
         raise MambavaError(
-            f"{path}: no checkpoint to resume from (the run did not finish an epoch); "
-            f"run again without --resume to start it from the beginning"
+            f"{path}: no checkpoint to resume from (none written yet, or removed); "
+            f"run again without --resume to start from the beginning"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -865,8 +865,8 @@ def check_resume_checkpoint(path: Path) -> None:
         reason = "not a training checkpoint"
     if not complete:
         raise MambavaError(
-            f"{path}: unreadable checkpoint, cannot resume ({reason}); restore it, or delete the run folder's "
-            f"checkpoints/ and summary.json and run again without --resume to start from the beginning"
+            f"{path}: unreadable checkpoint, cannot resume ({reason}); restore it, or delete it and run again "
+            f"without --resume to start from the beginning"
         )
 
 
