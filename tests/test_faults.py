@@ -404,7 +404,7 @@ def test_predict_on_a_full_disk_leaves_the_earlier_outputs_whole(temporal_model,
 # Saved models and encoders follow the umask
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
 def test_saved_models_follow_the_umask(umask, tmp_path):
     from mambava.backbone import ViTConfig, ViTEncoder
     from mambava.baselines import build_temporal_model, save_temporal_model
