@@ -54,7 +54,8 @@ class Mounts:
 
     def unmount_all(self) -> None:
         for path in reversed(self.mounted):
-            subprocess.run(["umount", str(path)], capture_output=True)
+            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], capture_output=True)  # busy: detach it now
         self.mounted.clear()
 
 
