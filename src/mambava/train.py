@@ -49,7 +49,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mambava.errors import MambavaError
-from mambava.fileio import atomic_open, atomic_path, atomic_torch_save
+from mambava.fileio import atomic_open, atomic_path, atomic_torch_save, is_output_failure, output_error
 
 PAPER_CONFIG = Path(__file__).parent / "configs" / "paper.yaml"
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -962,7 +962,12 @@ def train(cfg: TrainConfig, resume: bool | str = False, callbacks: Sequence = ()
     started = time.monotonic()
     if ckpt_path:
         _info(f"resuming from {ckpt_path}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except OSError as error:  # e.g. Lightning's own logs on a full disk: one line naming the run folder
+        if is_output_failure(error, paths.out):
+            raise output_error(error, paths.out) from None
+        raise
     if trainer.interrupted:
         return None
     summary = None
