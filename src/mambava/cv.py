@@ -73,7 +73,7 @@ def run_cv(
             echo(f"fold {k}: finished earlier, skipped ({fold_cfg.out_dir})")
             continue
         echo(f"fold {k}: training in {fold_cfg.out_dir}")
-        summary = train(fold_cfg, resume=True, callbacks=callbacks)
+        summary = train(fold_cfg, resume="auto", callbacks=callbacks)  # a fold not started yet starts
         if summary is None:
             raise MambavaError(f"fold {k}: interrupted; run the same command again to resume")
     return collect(cfg.out_dir, chosen)

@@ -1,5 +1,9 @@
 """One exception type for bad input: the CLI prints its message as one line, no traceback."""
 
+from __future__ import annotations
+
+import os
+
 
 class MambavaError(Exception):
     """A user-facing error. The message names the file (and line or frame) at fault."""
@@ -23,3 +27,12 @@ def torch_load_reason(error: BaseException) -> str:
         return "not a PyTorch weights file"  # the legacy unpickler tripping over arbitrary bytes: "KeyError: 101"
     first = text.splitlines()[0] if text else type(error).__name__
     return first[:200]
+
+
+class OutputError(MambavaError):
+    """An output that cannot be written (read-only, no space, no permission). `path` is the output named in
+    the message; whatever was there before is left as it was."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = path

@@ -9,8 +9,9 @@ Layout under the store root, one folder per entry name::
 
 An entry exists (`has`, `names`) only once its meta.json is there; meta.json is written last, each file by
 temporary file + rename. A crash mid-write therefore leaves no visible entry, and re-running extraction
-(skipping names for which `has(name)` is true) redoes exactly the unfinished ones. One writer per name at a
-time. Features are checked for NaN/Inf on write (after the cast to the stored dtype, so float16 overflow is
+(skipping names for which `has(name)` is true) redoes exactly the unfinished ones. The memory-mapped
+features file is allocated on disk (posix_fallocate) before a row goes in, so a full disk is an OutputError
+naming the store, not a SIGBUS. One writer per name at a time. Features are checked for NaN/Inf on write (after the cast to the stored dtype, so float16 overflow is
 caught) and on every window read; `read(name, verify=True)` scans a whole entry in chunks.
 
 Missing frames are forward-filled (`forward_fill`): a frame with no face takes the previous real frame's
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -32,7 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from mambava.errors import MambavaError
-from mambava.fileio import atomic_open, atomic_path
+from mambava.fileio import atomic_open, atomic_path, output_error
 
 FEATURES_FILE = "features.npy"
 MASK_FILE = "mask.npy"
@@ -254,19 +256,20 @@ class FeatureStore:
             fps_value = math.nan
         if not (math.isfinite(fps_value) and fps_value > 0):
             raise MambavaError(f"{folder}: fps must be a positive number, got {fps!r}")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / META_FILE).unlink(missing_ok=True)  # invisible from now until finished
-        for stale in folder.glob(".*.tmp"):  # left by a writer that was killed
-            stale.unlink(missing_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / META_FILE).unlink(missing_ok=True)  # invisible from now until finished
+            for stale in folder.glob(".*.tmp"):  # left by a writer that was killed
+                stale.unlink(missing_ok=True)
+        except OSError as error:
+            raise output_error(error, self.root, f"cannot write entry {name!r}") from None
         with atomic_path(folder / FEATURES_FILE) as tmp:
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_frames, dim))
+            array = self._open_reserved(tmp, name, np.dtype(dtype), (n_frames, dim))
             writer = FeatureWriter(folder / FEATURES_FILE, array)
             yield writer
             present = writer.finish()
             array.flush()
             del array, writer.array
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
             with atomic_path(folder / MASK_FILE) as mask_tmp:
                 with open(mask_tmp, "wb") as handle:
                     np.save(handle, present)
@@ -276,6 +279,25 @@ class FeatureStore:
         }
         with atomic_open(folder / META_FILE, "w") as handle:
             json.dump(meta, handle, indent=1)
+
+    def _open_reserved(self, tmp: Path, name: str, dtype: np.dtype, shape: tuple[int, int]) -> np.memmap:
+        """A writable .npy memory map whose blocks are allocated on disk before anything is written to it.
+        Writing through a map of a sparse file turns "no space" into SIGBUS, which no Python code can catch;
+        with the space reserved first, a full disk is an OutputError naming the store before extraction."""
+        try:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            size = os.path.getsize(tmp)
+            with open(tmp, "rb+") as handle:
+                try:
+                    os.posix_fallocate(handle.fileno(), 0, size)
+                except OSError as error:
+                    if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise
+        except OSError as error:
+            need = int(np.prod(shape)) * dtype.itemsize
+            size = f"{need / 1e6:.1f} MB" if need >= 100_000 else f"{need / 1e3:.1f} kB"
+            raise output_error(error, self.root, f"cannot store entry {name!r}, {size} of features") from None
+        return array
 
 
 class FeatureWriter:

@@ -36,7 +36,7 @@ from mambava.backbone import (Block, ViTConfig, ViTEncoder, normalize, read_stat
                               sincos_pos_embed)
 from mambava.errors import MambavaError
 from mambava.extract import CropVideo, scan_crop_folder
-from mambava.fileio import atomic_open, atomic_path
+from mambava.fileio import atomic_open, atomic_torch_save
 from mambava.metrics import ConcordanceCCC, ccc_loss, valid_mask
 
 log = logging.getLogger(__name__)
@@ -469,6 +469,5 @@ def pretrain_mae(source: str | os.PathLike, encoder: ViTEncoder, config: Pretrai
     path = out / "mae_pretrain.pth"
     if trainer.is_global_zero:
         state = {k: v.detach().cpu().contiguous() for k, v in module.mae_state_dict().items()}
-        with atomic_path(path) as tmp:
-            torch.save({"model": state, "epoch": trainer.current_epoch, "config": asdict(config)}, tmp)
+        atomic_torch_save({"model": state, "epoch": trainer.current_epoch, "config": asdict(config)}, path)
     return PretrainResult(path, losses.losses, len(items), trainer.is_global_zero)

@@ -218,25 +218,32 @@ class OverlayVideoWriter:
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 
-    def close(self, ok: bool = True) -> None:
-        """Finish the file (ok=True) or throw the partial file away (ok=False)."""
+    def close(self, ok: bool = True, error: BaseException | None = None) -> None:
+        """Finish the file (ok=True) or throw the partial file away (ok=False; `error` is what went wrong, an
+        OSError writing the file comes back as an OutputError naming `path`)."""
+        finished = False
         try:
             if self._container is not None:
                 if ok:
                     for packet in self._stream.encode():
                         self._container.mux(packet)
                 self._container.close()
+            finished = True
+        except BaseException as exc:
+            error = error or exc
+            raise
         finally:
-            if ok and self._container is not None:
+            if ok and finished and self._container is not None:
                 self._ctx.__exit__(None, None, None)
             else:  # throwing into atomic_path removes the temporary file and leaves `path` as it was
-                self._ctx.__exit__(RuntimeError, RuntimeError("overlay video not completed"), None)
+                error = error or RuntimeError("overlay video not completed")
+                self._ctx.__exit__(type(error), error, error.__traceback__)
 
     def __enter__(self) -> "OverlayVideoWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(ok=exc_type is None)
+        self.close(ok=exc_type is None, error=exc)
 
 
 __all__ = ["plot_va_over_time", "plot_circumplex", "draw_overlay", "OverlayVideoWriter"]

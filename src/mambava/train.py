@@ -29,7 +29,9 @@ Reproducibility and resume: `seed` seeds the model's initialisation; the trainin
 sampler seeded with (seed, epoch) and the global RNG (dropout) is re-seeded from (seed, epoch, batch, rank)
 before every batch, so a run resumed from `checkpoints/last.ckpt` (written at the end of every epoch) goes
 on bit for bit as the uninterrupted run would have (on CPU; CUDA kernels may add their own nondeterminism
-unless `deterministic: true`). Progress inside an interrupted epoch is redone.
+unless `deterministic: true`). Progress inside an interrupted epoch is redone. Checkpoints are written beside
+their target, fsynced and renamed (`AtomicCheckpointIO`), so a full disk never truncates one; a missing or
+unreadable last.ckpt stops `resume=True` with a one-line MambavaError.
 
 Outputs in `out_dir`: `config.yaml` (the resolved config), `checkpoints/best.ckpt` (best validation P_VA) and
 `checkpoints/last.ckpt`, `model.safetensors` (the best model, loadable by `mambava.baselines.load_temporal_model`
@@ -58,7 +60,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mambava.errors import MambavaError
-from mambava.fileio import atomic_open, atomic_path
+from mambava.fileio import atomic_open, atomic_path, atomic_torch_save, is_output_failure, output_error
 
 PAPER_CONFIG = Path(__file__).parent / "configs" / "paper.yaml"
 # Recipes by name: (config of folds 1-5, config of fold 0). The authors' code uses other values on fold 0.
@@ -778,6 +780,7 @@ def _classes() -> dict[str, type]:
         _CLASSES["VAModule"] = _make_module_class()
         _CLASSES["VADataModule"] = _make_datamodule_class()
         _CLASSES["EpochLog"] = _make_epoch_log_class()
+        _CLASSES["AtomicCheckpointIO"] = _make_checkpoint_io_class()
     return _CLASSES
 
 
@@ -972,6 +975,44 @@ class RunPaths:
         return self.out / "config.yaml"
 
 
+def _make_checkpoint_io_class():
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Checkpoints written beside their target, fsynced and renamed (mambava.fileio.atomic_path).
+        Lightning's own writer stages the file in the system temporary folder and moves it across file
+        systems, which on a full disk leaves a truncated best.ckpt in place of the good one."""
+
+        def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+            if storage_options is not None:
+                raise TypeError("storage_options are not supported by AtomicCheckpointIO")
+            atomic_torch_save(checkpoint, path)
+
+    return AtomicCheckpointIO
+
+
+def check_resume_checkpoint(path: Path) -> None:
+    """MambavaError (one line, saying what to do) unless `path` is a complete Lightning checkpoint."""
+    if not path.is_file():
+        raise MambavaError(
+            f"{path}: no checkpoint to resume from (none written yet, or removed); "
+            f"run again without --resume to start from the beginning"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        complete = isinstance(checkpoint, dict) and {"state_dict", "epoch", "optimizer_states"} <= checkpoint.keys()
+    except Exception as error:  # torch reports a truncated zip as a RuntimeError, a bad pickle as others
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        complete = False
+    else:
+        reason = "not a training checkpoint"
+    if not complete:
+        raise MambavaError(
+            f"{path}: unreadable checkpoint, cannot resume ({reason}); restore it, or delete it and run again "
+            f"without --resume to start from the beginning"
+        )
+
+
 def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
     """The Lightning Trainer of a run: checkpoints (best by val P_VA, last every epoch), loggers, progress."""
     L = _lightning()
@@ -1006,6 +1047,7 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
         gradient_clip_algorithm="norm",
         check_val_every_n_epoch=cfg.val_every_n_epochs,
         callbacks=all_callbacks,
+        plugins=[_classes()["AtomicCheckpointIO"]()],
         logger=loggers,
         log_every_n_steps=1,
         deterministic=cfg.deterministic,
@@ -1023,11 +1065,13 @@ def _info(message: str) -> None:
     rank_zero_info(message)
 
 
-def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence = ()) -> dict | None:
+def train(cfg: TrainConfig, resume: bool | str = False, callbacks: Sequence = ()) -> dict | None:
     """Run (or resume) one training run; returns the summary (None if it was interrupted).
 
-    `resume=True` continues from `out_dir/checkpoints/last.ckpt` when it exists (a finished run is skipped
-    and its summary returned); without it, an out_dir that already holds a run is an error."""
+    `resume=True` continues from `out_dir/checkpoints/last.ckpt` (a finished run is skipped and its summary
+    returned); a missing or unreadable last.ckpt is then a MambavaError, never a silent restart.
+    `resume="auto"` (cross-validation) resumes when last.ckpt exists and starts the run otherwise. Without
+    resume, an out_dir that already holds a run is an error."""
     L = _lightning()
     cfg.check()
     paths = RunPaths(Path(cfg.out_dir))
@@ -1037,6 +1081,8 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence = ()) -> d
         return finished
     if not resume and (paths.last.exists() or paths.summary.exists()):
         raise MambavaError(f"{paths.out}: holds a previous run; pass --resume to continue it, or choose another out_dir")
+    if resume and (resume != "auto" or paths.last.exists()):
+        check_resume_checkpoint(paths.last)
     ckpt_path = str(paths.last) if resume and paths.last.exists() else None
     if ckpt_path and paths.config.is_file():
         _warn_config_changes(paths.config, cfg)
@@ -1063,6 +1109,10 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence = ()) -> d
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except Diverged as error:
         raise MambavaError(_diverged_message(error, paths)) from None
+    except OSError as error:  # e.g. Lightning's own logs on a full disk: one line naming the run folder
+        if is_output_failure(error, paths.out):
+            raise output_error(error, paths.out) from None
+        raise
     if trainer.interrupted:
         return None
     summary = None

@@ -1,5 +1,6 @@
 """The `mambava` command line. Each stage keeps its commands in its own module here and exposes
-`register(app)`; this file only assembles them and turns a MambavaError into a one-line message."""
+`register(app)`; this file only assembles them and turns a MambavaError, or an OSError that escaped a stage
+(an output folder that cannot be created, a file that cannot be read), into a one-line message, exit code 2."""
 
 from __future__ import annotations
 
@@ -49,9 +50,17 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def error_line(error: BaseException) -> str:
+    """The one-line message for a MambavaError or an OSError (naming its file when it has one)."""
+    if isinstance(error, OSError) and not isinstance(error, MambavaError):
+        reason = error.strerror or str(error) or type(error).__name__
+        return f"{error.filename}: {reason}" if error.filename is not None else reason
+    return str(error)
+
+
 def main() -> None:
     try:
         app()
-    except MambavaError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    except (MambavaError, OSError) as error:
+        typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
         sys.exit(2)

@@ -52,21 +52,27 @@ def predict_command(
         detector=detector, device=device, batch_size=batch_size, precision=precision, fps=fps,
         features_fps=features_fps, progress=True,
     )
+    from mambava.cli import error_line
+    from mambava.fileio import atomic_group
+
     failed = 0
     for path in paths:
         try:
             name = Path(path).stem
             table = predictor.predict(path)
-            written = write_table(table, out, name, plots=plots)
-            if overlay and path in videos:
-                overlay_path = output_paths(out, name)["overlay"]
-                written["overlay"] = write_overlay(path, table, overlay_path, fps=fps, progress=True)
+            with atomic_group():  # the CSV, plots and overlay of one input appear together or not at all
+                written = write_table(table, out, name, plots=plots)
+                if overlay and path in videos:
+                    overlay_path = output_paths(out, name)["overlay"]
+                    written["overlay"] = write_overlay(path, table, overlay_path, fps=fps, progress=True)
         except (MambavaError, OSError) as error:  # OSError: an output that cannot be written (disk full, ...)
             failed += 1
-            message = error if isinstance(error, MambavaError) else f"{error.filename or out}: {error.strerror or error}"
-            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
             continue
         typer.echo(f"{path}: {_describe(table)} -> " + ", ".join(str(p) for p in written.values()))
+        stale = [str(p) for kind, p in output_paths(out, name).items() if kind not in written and p.exists()]
+        if stale:
+            typer.secho(f"note: {', '.join(stale)} from an earlier run, not rewritten", fg=typer.colors.YELLOW, err=True)
     if failed:
         typer.secho(f"{failed} of {len(paths)} inputs failed", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)

@@ -16,7 +16,7 @@ from mambava.errors import MambavaError
 from mambava.faces.align import face_crop
 from mambava.faces.detect import FaceDetector, get_detector
 from mambava.faces.track import FaceTracker, finish_tracks
-from mambava.fileio import atomic_open, atomic_path
+from mambava.fileio import atomic_open, atomic_path, is_output_failure, output_error
 from mambava.video import VideoFrame, VideoReader, open_video
 
 CSV_COLUMNS = [
@@ -241,11 +241,14 @@ def extract_faces(
     out_dir = Path(out_dir)
     video = name or _video_name(video_path)
     det = get_detector(detector or "mtcnn")
-    out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".{video}.faces-staging"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+    except OSError as error:
+        raise output_error(error, out_dir) from None
 
     frames: list[int] = []
     times: list[float] = []
@@ -273,8 +276,10 @@ def extract_faces(
                     if not reader.live:
                         raise
                     # a camera or stream has no end: Ctrl-C ends it, and what was read is written out
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and is_output_failure(error, out_dir):  # a full disk: name the folder
+            raise output_error(error, out_dir) from None
         raise
     if not frames:
         shutil.rmtree(staging, ignore_errors=True)

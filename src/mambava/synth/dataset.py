@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mambava.fileio import atomic_path
+from mambava.fileio import atomic_path, is_output_failure, output_error
 from mambava.synth.config import ProgressFn, SynthConfig, SynthSummary
 from mambava.synth.expression import Track, frame_params, track, truth_arrays
 from mambava.synth.identity import Identity, sample_identity
@@ -109,8 +110,13 @@ def render_video(root: Path, spec: VideoSpec, cfg: SynthConfig) -> dict:
     jitter = rng.normal(0.0, LANDMARK_BIAS, (len(names), 1, 5, 2)) + rng.normal(0.0, LANDMARK_JITTER,
                                                                                  (len(names), spec.n_frames, 5, 2))
     tmp_dirs = [new_crop_dir(root / CROPS_DIR, name) for name in names]
-    n_crops = _render_frames(root, spec, cfg, idents, tracks, scene, lighting, jitter, tmp_dirs)
-    return _write_people(root, spec, cfg, names, idents, tracks, tmp_dirs, n_crops)
+    try:
+        n_crops = _render_frames(root, spec, cfg, idents, tracks, scene, lighting, jitter, tmp_dirs)
+        return _write_people(root, spec, cfg, names, idents, tracks, tmp_dirs, n_crops)
+    except BaseException:
+        for tmp in tmp_dirs:  # no half-written crop folders left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @dataclass
@@ -337,8 +343,16 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
     called after each video. An existing synthetic dataset there is replaced; any other non-empty folder is an
     error."""
     cfg = cfg or SynthConfig()
+    try:
+        return _generate(Path(out_dir), cfg, progress)
+    except OSError as error:  # a full or read-only disk: one line naming the dataset folder
+        if is_output_failure(error, out_dir):
+            raise output_error(error, out_dir) from None
+        raise
+
+
+def _generate(root: Path, cfg: SynthConfig, progress: ProgressFn | None) -> SynthSummary:
     started = time.perf_counter()
-    root = Path(out_dir)
     prepare_root(root)
     specs = plan(cfg)
     order = sorted(range(len(specs)), key=lambda i: -specs[i].n_frames * (2 if specs[i].two_person else 1))
