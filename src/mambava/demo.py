@@ -49,6 +49,7 @@ import numpy as np
 from mambava.errors import MambavaError
 from mambava.fileio import atomic_open, atomic_path
 from mambava.progress import ProgressBar
+from mambava.runtime import torch_threads
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -199,18 +200,11 @@ def _labels(root: Path, names: list[str]) -> dict[str, np.ndarray]:
 def run_demo(out: str | os.PathLike = "demo_out", cfg: DemoConfig | None = None, progress: bool = True) -> DemoResult:
     """Run every stage (see the module docstring) under `out`; returns the report's path and the results.
     An earlier demo in `out` is replaced; a folder holding anything else is an error."""
-    import torch
-
     cfg = cfg or DemoConfig()
     out = Path(out)
     _prepare_out(out)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads or None):
         return _run(out, cfg, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:

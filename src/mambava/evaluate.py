@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mambava.errors import MambavaError
+from mambava.runtime import resolve_device
 from mambava.fileio import atomic_open
 from mambava.metrics import ccc_numpy, va_scores
 
@@ -225,7 +226,7 @@ def evaluate_windows_authors(
     video's kept windows alone."""
     window = window or loaded.window
     stride = stride or loaded.stride
-    dev = _device(device)
+    dev = resolve_device(device)
     model = loaded.model.to(dev).eval()
     dataset = authors_window_dataset(store, names, labels, window, stride, batch_size)
     preds: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -290,12 +291,6 @@ def _video_row(name: str, pred: np.ndarray, target: np.ndarray) -> dict[str, Any
     return row
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def evaluate_videos(
     loaded: LoadedModel,
     store,
@@ -311,7 +306,7 @@ def evaluate_videos(
     """Score `loaded.model` on whole videos `names` of a feature store against `labels` (aligned (T, 2))."""
     window, stride = check_windowing(loaded.window if window is None else window,
                                      loaded.stride if stride is None else stride)
-    dev = _device(device)
+    dev = resolve_device(device)
     from mambava.predict import model_input_dim
 
     expected = model_input_dim(loaded.model)

@@ -48,7 +48,9 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from mambava.errors import MambavaError
+from mambava.runtime import resolve_device
 from mambava.timebase import check_fps, model_fps, to_grid
+from mambava.video import source_name
 
 if TYPE_CHECKING:
     import pandas
@@ -63,20 +65,6 @@ FEATURE_SUFFIXES = (".npy",)
 # smaller jumps than the mean at the mean's P_VA.
 DEFAULT_WINDOWING = "full"
 DEFAULT_STITCHING = "most_history"
-
-
-def _device(device: str | None):
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise MambavaError(f"unknown device {device!r} ({error})") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise MambavaError(f"device {device!r} asked for, but CUDA is not available here")
-    return resolved
 
 
 def model_input_dim(model) -> int | None:
@@ -211,7 +199,7 @@ class Predictor:
         if fps is not None:
             check_fps(fps, "--fps")
         check_fps(features_fps, "--features-fps")
-        self.device = _device(device)
+        self.device = resolve_device(device)
         model, ckpt_window, ckpt_stride, self.model_name = load_model(checkpoint)
         self.model = model.to(self.device).eval()
         self.windowing = windowing
@@ -271,7 +259,7 @@ class Predictor:
 
         from mambava.evaluate import predict_sequence
         from mambava.features import forward_fill
-        from mambava.stream import load_aware_threads
+        from mambava.runtime import load_aware_threads
 
         windowing = windowing or self.windowing
         if windowing not in WINDOWING:
@@ -346,7 +334,7 @@ class Predictor:
 
         if self.extractor is None:
             raise MambavaError(f"{path}: --backbone is required for videos; pass a features .npy instead")
-        video = _source_name(path)
+        video = source_name(path)
         frames: list[int] = []
         times: list[float] = []
         hits: dict[int, list] = {}
@@ -439,12 +427,6 @@ class Predictor:
         if self.extractor is None:
             raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
         return LiveStream(self.model, source, self.detector, self.extractor, realtime=realtime, fps=self.fps)
-
-
-def _source_name(source) -> str:
-    from mambava.faces.pipeline import _video_name
-
-    return _video_name(source)
 
 
 def _progress(items, total: int | None, description: str, enabled: bool):

@@ -26,7 +26,6 @@ carry `dropped=True`. `FrameDropper.dropped` counts them. Frames skipped by `fps
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import threading
@@ -37,6 +36,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from mambava.errors import MambavaError
+from mambava.runtime import torch_threads
 
 
 @dataclass(frozen=True)
@@ -112,31 +112,6 @@ class TemporalStream:
                 self.step(None)
         self.tick = tick
         return self.step(feature)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run the block with `n` torch intra-op threads (None: as they are), restored after; it is the calling
-    thread's OpenMP setting."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if n and n != previous:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
-
-
-def load_aware_threads():
-    """`torch_threads(1)` while other work keeps every CPU busy (load average >= CPUs + 1, the face detector's
-    rule, `mambava.faces.detect`), else no change: for the offline passes, whose large products do gain from
-    a second thread on an idle machine."""
-    from mambava.faces.detect import _busy_threads
-
-    return torch_threads(_busy_threads())
 
 
 def stream_features(model, features: np.ndarray, present: np.ndarray | None = None) -> Iterator[np.ndarray]:
@@ -382,6 +357,4 @@ __all__ = [
     "stream_features",
     "is_live_source",
     "check_streamable",
-    "torch_threads",
-    "load_aware_threads",
 ]

@@ -364,4 +364,16 @@ def _short(error: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-__all__ = ["VideoFrame", "VideoReader", "VideoWarning", "open_video", "read_image"]
+def source_name(source) -> str:
+    """A source's name for outputs: a file's stem, a folder's name, `camera<N>` for a webcam index, a URL's
+    last path part."""
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+        return f"camera{source}"
+    text = os.fspath(source).rstrip("/")
+    if "://" in text:
+        text = text.split("?")[0]
+    path = Path(text)
+    return path.stem if path.suffix else path.name
+
+
+__all__ = ["VideoFrame", "VideoReader", "VideoWarning", "open_video", "read_image", "source_name"]

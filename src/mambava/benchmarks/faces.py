@@ -21,19 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from mambava.benchmarks import load_average
 from mambava.faces import extract_faces, get_detector, iter_tracked_faces
 from mambava.video import open_video
 
 # the real clips the tests ship (a source checkout); pass --video elsewhere
 DEFAULT_MEDIA = Path(__file__).resolve().parents[3] / "tests" / "data" / "media"
 DEFAULT_CLIPS = ("single_face.mp4", "face_noface.mov")
-
-
-def _load() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
 
 
 def _best_rate(fn, n_frames: int, repeats: int) -> float:
@@ -67,7 +61,7 @@ def bench_clip(path: Path, repeats: int = 3) -> dict:
     mtcnn2 = get_detector("mtcnn", num_threads=2)
     haar = get_detector("haar")
     pipeline(mtcnn)()  # warm-up: weights, kernels
-    load_before = _load()
+    load_before = load_average()
     rates = {
         "decode": _best_rate(decode, n_frames, repeats),
         "mtcnn (auto)": _best_rate(pipeline(mtcnn), n_frames, repeats),
@@ -79,7 +73,7 @@ def bench_clip(path: Path, repeats: int = 3) -> dict:
         rates["extract_faces"] = _best_rate(lambda: extract_faces(path, out, detector=mtcnn), n_frames, repeats)
     return {
         "clip": path.name,
-        "load_average": (load_before, _load()),
+        "load_average": (load_before, load_average()),
         "size": f"{width}x{height}",
         "frames": n_frames,
         "frames_per_s": rates,

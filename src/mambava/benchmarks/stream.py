@@ -23,7 +23,8 @@ import time
 
 import torch
 
-from mambava.benchmarks.temporal import TINY, _cpu_name
+from mambava.benchmarks import cpu_name, load_average
+from mambava.benchmarks.temporal import TINY
 from mambava.model import MambaVA, MambaVAConfig
 
 
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     W = args.window
     x = torch.randn(1, W + args.frames, config.input_dim)
     print(f"mambava bench stream: torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), "
-          f"{_cpu_name()}, {'tiny test model' if args.tiny else 'paper configuration'}, batch 1")
+          f"{cpu_name()}, {'tiny test model' if args.tiny else 'paper configuration'}, batch 1")
 
     results = {}
     with torch.no_grad():
@@ -126,7 +127,7 @@ def end_to_end(model, args, step: float, window: float) -> None:
     from pathlib import Path
 
     from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, vit_config
-    from mambava.benchmarks.faces import DEFAULT_MEDIA, _load
+    from mambava.benchmarks.faces import DEFAULT_MEDIA
     from mambava.faces import get_detector
     from mambava.stream import LiveStream
 
@@ -157,7 +158,7 @@ def end_to_end(model, args, step: float, window: float) -> None:
     rest = max(total - detect - encode - step, 0.0)
     with_window = total - step + window
     print(f"\nend to end, {video.name}, {n} frames, one face each: MTCNN + {config.name} "
-          f"({extractor.precision}) + temporal model, ms/frame (1-minute load average {_load()})")
+          f"({extractor.precision}) + temporal model, ms/frame (1-minute load average {load_average()})")
     for label, seconds in (("faces: MTCNN detection", detect), (f"backbone: {config.name}, 1 crop", encode),
                            ("temporal model: step()", step), ("decode + track + align + the rest", rest)):
         print(f"  {label:<50} {seconds * 1e3:>9.1f} {100 * seconds / total:>5.1f}%")

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from mambava.benchmarks import cpu_name
 from mambava.metrics import ccc_loss
 from mambava.model import MambaVA, MambaVAConfig
 
@@ -49,17 +49,6 @@ class Row:
     @property
     def ratio(self) -> float | None:
         return None if self.baseline is None else self.baseline / self.seconds
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _measure(fn, repeats: int, warmup=None) -> float:
@@ -240,7 +229,7 @@ def _mambapy_cross_check(model, B, Bt, T, repeats, log) -> list[Row]:
 
 def _header(args) -> str:
     load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    return (f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {_cpu_name()}{load}, "
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {cpu_name()}{load}, "
             f"{'tiny test model' if args.tiny else 'paper configuration (67,155,598 parameters)'}")
 
 

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from mambava.errors import MambavaError
+from mambava.runtime import resolve_device
 
 CHECKPOINT_HELP = ("Local ViT checkpoint: facebookresearch/mae .pth, timm weights (.safetensors/.pth or hub "
                    "folder), Hugging Face ViTMAE folder, or a mambava encoder.safetensors. Nothing is downloaded.")
@@ -28,16 +29,6 @@ def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool,
                            "or --random-init --arch NAME for a randomly initialised ViT (tests and demos only)")
     torch.manual_seed(seed)
     return ViTEncoder(vit_config(arch or "vit_tiny_patch16")).eval()
-
-
-def _device(device: str):
-    import torch
-
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def extract_command(
@@ -68,7 +59,7 @@ def extract_command(
     from mambava.backbone import FeatureExtractor
     from mambava.extract import extract_features
 
-    dev = _device(device)
+    dev = resolve_device(device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available()
     if distributed and not dist.is_initialized():
         if dev.type == "cuda":

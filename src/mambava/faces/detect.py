@@ -14,7 +14,6 @@ import copy
 import functools
 import importlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -22,6 +21,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from mambava.errors import MambavaError
+from mambava.runtime import busy_threads, torch_threads
 
 
 @dataclass(frozen=True, eq=False)
@@ -291,15 +291,6 @@ def _crop_patches(images: Sequence[np.ndarray], boxes: np.ndarray, image_ids: np
     return (batch - 127.5) * 0.0078125, valid
 
 
-def _busy_threads() -> int | None:
-    """1 when other work already keeps every CPU busy (load average ≥ CPUs + 1), else None (no change)."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on every platform
-        return None
-    return 1 if load >= (os.cpu_count() or 1) + 1 else None
-
-
 class MTCNNDetector(BaseDetector):
     """MTCNN (Zhang et al. 2016): P-Net over an image pyramid → R-Net → O-Net, 5 landmarks.
 
@@ -363,17 +354,11 @@ class MTCNNDetector(BaseDetector):
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             by_shape.setdefault(image.shape[:2], []).append(i)
-        previous = torch.get_num_threads()
-        wanted = _busy_threads() if self.num_threads == "auto" else self.num_threads
-        if wanted and self.device.type == "cpu" and wanted != previous:
-            torch.set_num_threads(wanted)  # per calling thread (OpenMP), restored below
-        try:
+        wanted = busy_threads() if self.num_threads == "auto" else self.num_threads
+        with torch_threads(wanted if self.device.type == "cpu" else None):
             for ids in by_shape.values():
                 for i, faces in zip(ids, self._detect_same_size([images[i] for i in ids])):
                     results[i] = faces
-        finally:
-            if torch.get_num_threads() != previous:
-                torch.set_num_threads(previous)
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()

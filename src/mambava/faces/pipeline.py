@@ -17,7 +17,7 @@ from mambava.faces.align import face_crop
 from mambava.faces.detect import FaceDetector, get_detector
 from mambava.faces.track import FaceTracker, finish_tracks
 from mambava.fileio import atomic_open, atomic_path, is_output_failure, output_error
-from mambava.video import VideoFrame, VideoReader, open_video
+from mambava.video import VideoFrame, VideoReader, open_video, source_name
 
 CSV_COLUMNS = [
     "frame", "time", "track", "present", "image", "score", "x1", "y1", "x2", "y2",
@@ -157,16 +157,6 @@ class FacesResult:
         return len(present)
 
 
-def _video_name(source) -> str:
-    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
-        return f"camera{source}"
-    text = os.fspath(source).rstrip("/")
-    if "://" in text:
-        text = text.split("?")[0]
-    path = Path(text)
-    return path.stem if path.suffix else path.name
-
-
 def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
     import cv2
 
@@ -239,7 +229,7 @@ def extract_faces(
     Crops go to a hidden staging folder first and are renamed into place at the end.
     """
     out_dir = Path(out_dir)
-    video = name or _video_name(video_path)
+    video = name or source_name(video_path)
     det = get_detector(detector or "mtcnn")
     staging = out_dir / f".{video}.faces-staging"
     try:
