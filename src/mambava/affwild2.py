@@ -35,12 +35,12 @@ import numpy as np
 
 from mambava.errors import MambavaError
 from mambava.metrics import INVALID_LABEL
+from mambava.video import VIDEO_SUFFIXES
 
 ANNOTATION_DIR = "VA_Estimation_Challenge"
 SPLIT_DIRS = {"train": "Train_Set", "validation": "Validation_Set"}
 CROPS_DIR = "cropped_aligned"
 VIDEO_DIRS = ("videos", "raw_videos")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 CROP_SUFFIXES = (".jpg", ".jpeg", ".png")
 TEST_LIST_GLOB = "*test*set*.txt"
 SPLITS = ("train", "validation", "test")

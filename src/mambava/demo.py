@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from mambava.errors import MambavaError
-from mambava.fileio import atomic_open, atomic_path
+from mambava.fileio import atomic_open
+from mambava.plots import new_figure, save_figure
 from mambava.progress import ProgressBar
 from mambava.runtime import torch_threads
 
@@ -492,22 +493,6 @@ def _table_from_crops(predictor, dataset, name: str):
 # Report
 
 
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    return path
-
-
 def _figures(out: Path, runs: dict, predictions: dict, labels: dict, results: dict, cfg: DemoConfig) -> dict:
     from mambava.train import read_metrics
 
@@ -516,7 +501,7 @@ def _figures(out: Path, runs: dict, predictions: dict, labels: dict, results: di
     colours = {"mamba_va": "#d62728", cfg.baseline: "#1f77b4"}
 
     # training curves: loss and validation P_VA per epoch, both models
-    fig = _figure(10, 3.6)
+    fig = new_figure(10, 3.6)
     ax_loss, ax_val = fig.subplots(1, 2)
     for kind, run in runs.items():
         rows = read_metrics(run["outputs"]["metrics"])
@@ -532,11 +517,11 @@ def _figures(out: Path, runs: dict, predictions: dict, labels: dict, results: di
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         ax.legend()
-    figures["curves"] = _save(fig, out / "figures" / "curves.png")
+    figures["curves"] = save_figure(fig, out / "figures" / "curves.png")
 
     # predicted vs true on held-out test videos (up to 3)
     shown = list(labels)[:3]
-    fig = _figure(11, 2.4 * len(shown))
+    fig = new_figure(11, 2.4 * len(shown))
     axes = fig.subplots(len(shown), 2, squeeze=False)
     for row, name in enumerate(shown):
         y = labels[name]
@@ -554,7 +539,7 @@ def _figures(out: Path, runs: dict, predictions: dict, labels: dict, results: di
             if row == len(shown) - 1:
                 ax.set_xlabel("time (s)")
     axes[0][0].legend(fontsize=8, loc="lower left")
-    figures["test_predictions"] = _save(fig, out / "figures" / "test_predictions.png")
+    figures["test_predictions"] = save_figure(fig, out / "figures" / "test_predictions.png")
 
     # the predicted held-out raw video
     pred = results["predict"].get("prediction")
@@ -566,7 +551,7 @@ def _figures(out: Path, runs: dict, predictions: dict, labels: dict, results: di
         y = _labels(out / "data", [name])[name]
         truth = read_truth(out / "data", name)
         t = np.arange(len(y)) / 30.0
-        fig = _figure(11, 2.6)
+        fig = new_figure(11, 2.6)
         axes = fig.subplots(1, 2)
         for d, dim in enumerate(("valence", "arousal")):
             ax = axes[d]
@@ -577,7 +562,7 @@ def _figures(out: Path, runs: dict, predictions: dict, labels: dict, results: di
             ax.set(ylim=(-1, 1), title=f"{name}: {dim}", xlabel="time (s)")
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8, loc="lower left")
-        figures["predict"] = _save(fig, out / "figures" / "predict.png")
+        figures["predict"] = save_figure(fig, out / "figures" / "predict.png")
     return figures
 
 

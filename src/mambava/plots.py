@@ -26,7 +26,8 @@ _AROUSAL_RGB = (214, 39, 40)
 _QUADRANT_WORDS = {(1, 1): "excited", (-1, 1): "tense", (-1, -1): "sad", (1, -1): "calm"}
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib Figure on the Agg canvas (no pyplot state, safe in threads and headless), laid out."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -35,8 +36,10 @@ def _figure(width: float, height: float):
     return figure
 
 
-def _save(figure, path: str | os.PathLike) -> Path:
+def save_figure(figure, path: str | os.PathLike) -> Path:
+    """Write `figure` as a PNG at `path`, atomically (its folder made if needed)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
     return path
@@ -73,7 +76,7 @@ def plot_va_over_time(table, path: str | os.PathLike, title: str | None = None, 
     tracks = _tracks(table)
     if truth is not None and not isinstance(truth, Mapping):
         truth = {tracks[0][0]: truth}
-    figure = _figure(10, 1.0 + 2.2 * len(tracks))
+    figure = new_figure(10, 1.0 + 2.2 * len(tracks))
     axes = figure.subplots(len(tracks), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, rows) in zip(axes, tracks):
         time = rows["time"].to_numpy(dtype=float)
@@ -96,7 +99,7 @@ def plot_va_over_time(table, path: str | os.PathLike, title: str | None = None, 
     axes[-1].set_xlabel("time (s)")
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_circumplex(table, path: str | os.PathLike, title: str | None = None) -> Path:
@@ -106,7 +109,7 @@ def plot_circumplex(table, path: str | os.PathLike, title: str | None = None) ->
 
     tracks = _tracks(table)
     n = len(tracks)
-    figure = _figure(4.6 * n + (0.8 if n else 0), 4.8)
+    figure = new_figure(4.6 * n + (0.8 if n else 0), 4.8)
     axes = figure.subplots(1, n, squeeze=False)[0]
     for ax, (name, rows) in zip(axes, tracks):
         v = rows["valence"].to_numpy(dtype=float)
@@ -140,7 +143,7 @@ def plot_circumplex(table, path: str | os.PathLike, title: str | None = None) ->
             ax.set_title(name)
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def draw_overlay(

@@ -1,7 +1,7 @@
 """ViT feature-extraction throughput: fp32 (the baseline) vs. bf16 autocast, measured in the same run.
 
-    python benchmarks/backbone.py                       # ViT-L/16 on this machine's CPU
-    python benchmarks/backbone.py --device cuda --batch-size 256 --repeats 20
+    mambava bench backbone                       # ViT-L/16 on this machine's CPU
+    mambava bench backbone --device cuda --batch-size 256 --repeats 20
 
 It times `FeatureExtractor.features_from_resized` (normalise + ViT + CLS), i.e. what the extraction loop's main
 process does per batch; JPEG decoding and resizing run in the DataLoader workers and are timed separately

@@ -1,7 +1,7 @@
 """Faces-stage throughput: decode only (the baseline) vs. decode + detect + track + align, measured in the same run.
 
-    python benchmarks/faces.py                                  # the real clips in tests/data/media, this CPU
-    python benchmarks/faces.py --video my_clip.mp4 --repeats 5
+    mambava bench faces                                         # the real clips in tests/data/media, this CPU
+    mambava bench faces --video my_clip.mp4 --repeats 5
 
 Per clip it times, in frames/s of the source video: `decode` (PyAV decode + RGB conversion, every frame),
 `mtcnn` (decode + MTCNN detection + tracking + 112×112 alignment, as `iter_tracked_faces` runs them; with the

@@ -1,6 +1,6 @@
 """Benchmark of the temporal model on CPU: the fast path against the sequential-scan baseline, in one run.
 
-    mambava bench temporal                  # or: python benchmarks/temporal.py
+    mambava bench temporal
     mambava bench temporal --tiny           # a small model, seconds: checks that the benchmark runs
 
 Baseline (measured in the same run): the same model, same weights, with the sequential reference scan
