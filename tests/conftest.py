@@ -109,6 +109,19 @@ def affwild2_root(tmp_path: Path) -> Path:
     return make_affwild2_tree(tmp_path / "affwild2")
 
 
+@pytest.fixture
+def crop_tree(affwild2_root: Path) -> Path:
+    """The small Aff-Wild2 tree with every crop a distinct random 20x20 image (for feature extraction)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for video, frames in AFFWILD2_CROPS.items():
+        for frame in frames:
+            image = rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
+            Image.fromarray(image).save(affwild2_root / "cropped_aligned" / video / f"{frame:05d}.jpg", quality=95)
+    return affwild2_root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """torch on one intra-op thread for the whole suite (restored after). The tests run many small ops, and on a

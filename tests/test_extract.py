@@ -19,17 +19,6 @@ N_FRAMES = {"vidA": 50, "vidB_left": 40, "vidB_right": 40, "vidC": 30, "vidD": 2
 
 
 
-@pytest.fixture
-def crop_tree(affwild2_root):
-    """The conftest Aff-Wild2 tree with every crop replaced by a distinct random 20x20 image."""
-    rng = np.random.default_rng(0)
-    for video, frames in AFFWILD2_CROPS.items():
-        for frame in frames:
-            image = rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
-            Image.fromarray(image).save(affwild2_root / "cropped_aligned" / video / f"{frame:05d}.jpg", quality=95)
-    return affwild2_root
-
-
 @pytest.fixture(scope="module")
 def extractor():
     torch.manual_seed(0)

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import AFFWILD2_CROPS, REPO
 
@@ -102,17 +101,6 @@ def temporaries(folder: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Data: crops + a tiny encoder (extract), a tiny feature store + labels (train, evaluate)
-
-
-@pytest.fixture
-def crop_tree(affwild2_root):
-    """The conftest Aff-Wild2 tree with every crop a distinct random 20x20 image."""
-    rng = np.random.default_rng(0)
-    for video, frames in AFFWILD2_CROPS.items():
-        for frame in frames:
-            image = rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
-            Image.fromarray(image).save(affwild2_root / "cropped_aligned" / video / f"{frame:05d}.jpg", quality=95)
-    return affwild2_root
 
 
 @pytest.fixture(scope="module")
