@@ -379,7 +379,7 @@ class AffWild2:
             return dirs
         known = set(self.videos)
         for entry in sorted(base.iterdir()):
-            if not entry.is_dir():
+            if not entry.is_dir() or entry.name.startswith("."):  # hidden: a folder still being written
                 continue
             if entry.name not in known:
                 nested = [p for p in sorted(entry.iterdir()) if p.is_dir()]
@@ -426,6 +426,11 @@ class AffWild2:
                     if suffix.lower() in VIDEO_SUFFIXES:
                         files.setdefault(stem, Path(dirpath) / filename)
         return files
+
+    @property
+    def raw_videos(self) -> dict[str, Path]:
+        """{file stem: path} of every raw video under videos/ (or raw_videos/), any sub-folders."""
+        return dict(self._video_files)
 
     def video_path(self, video: str) -> Path | None:
         """The raw video file of `video` (a `_left`/`_right` name maps to its base video), or None."""

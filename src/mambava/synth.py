@@ -14,7 +14,8 @@ lays Aff-Wild2 out (DESIGN.md §5), so that every loader of the real pipeline is
       Valence_Arousal_Estimation_Challenge_test_set_release.txt   the test-set list (annotation names)
       synth_ground_truth/Test_Set/<v>.txt                  test labels (ABAW keeps these private; we can score)
       synth_meta.json, synth_meta/<v>.npz                  the config, per-video facts, and per-frame truth
-                                                           (un-lagged VA, rendered expression parameters)
+                                                           (un-lagged VA, rendered expression parameters, the
+                                                           true 5 landmarks and those the crop was aligned with)
 
 What is rendered (every number below is drawn per video from the seed):
 
@@ -768,8 +769,14 @@ def _people(rng: np.random.Generator, spec: _VideoSpec, cfg: SynthConfig):
     return names, idents, tracks
 
 
+# Kept in synth_meta/<name>.npz by rendering only (not by `simulate`): (n, 5, 2) float32 frame pixels, NaN where
+# none: the drawn face's true 5 landmarks (eye centres, nose tip, mouth corners, image left first), and the
+# landmarks its cropped_aligned/ crop was aligned with (true + the simulated aligner's error).
+RENDERED_TRUTH = ("landmarks", "crop_landmarks")
+
+
 def _truth_arrays(tr: _Track) -> dict[str, np.ndarray]:
-    """The per-frame truth kept in synth_meta/<name>.npz."""
+    """The per-frame truth kept in synth_meta/<name>.npz (besides RENDERED_TRUTH)."""
     occluded = np.zeros(len(tr.va), dtype=bool)
     for occ in tr.occluder:
         occluded[occ[0] : occ[0] + occ[1]] = True
@@ -859,6 +866,9 @@ def _render_video(root: Path, spec: _VideoSpec, cfg: SynthConfig) -> dict:
         cfg.write_videos else None
     template = ARCFACE_TEMPLATE_112 * (cfg.crop_size / 112.0)
     n_crops = [0] * len(names)
+    # per person and frame, in frame pixels: the drawn face's true landmarks, and those the crop was aligned with
+    true_lm = np.full((len(names), n, 5, 2), np.nan, np.float32)
+    crop_lm = np.full((len(names), n, 5, 2), np.nan, np.float32)
     try:
         for t in range(n):
             frame = background.copy()
@@ -879,6 +889,7 @@ def _render_video(root: Path, spec: _VideoSpec, cfg: SynthConfig) -> dict:
                         if occ[0] <= t < occ[0] + occ[1]:
                             _draw_occluder(frame, lm_frame, s, occ, t)
                     landmarks.append(lm_frame)
+                    true_lm[k, t] = lm_frame
                 else:  # turned away: the back of the head
                     c = centre + rot @ np.array([0.0, -8.0])
                     cv2.ellipse(frame, _pt(*c), (int(ident.face_w * 1.05 * s * _ONE), int(ident.face_h * s * _ONE)),
@@ -899,6 +910,7 @@ def _render_video(root: Path, spec: _VideoSpec, cfg: SynthConfig) -> dict:
                 if lm_frame is None or not tracks[k].crop[t]:
                     continue
                 align = _similarity(lm_frame + jitter[k, t], template)
+                crop_lm[k, t] = lm_frame + jitter[k, t]
                 crop = cv2.warpAffine(frame, align, (cfg.crop_size, cfg.crop_size), flags=cv2.INTER_LINEAR,
                                       borderMode=cv2.BORDER_REPLICATE)
                 ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
@@ -923,7 +935,7 @@ def _render_video(root: Path, spec: _VideoSpec, cfg: SynthConfig) -> dict:
         _write_text(label_dir / f"{name}.txt", _annotation_text(tr.labels))
         with atomic_path(root / META_DIR / f"{name}.npz") as tmp:
             with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **_truth_arrays(tr))
+                np.savez_compressed(handle, **_truth_arrays(tr), landmarks=true_lm[k], crop_landmarks=crop_lm[k])
         facts["persons"].append({
             "name": name, "lag_frames": tr.lag, "crops": n_crops[k],
             "invalid_labels": int((tr.labels[:, 0] == -5.0).sum()),
