@@ -62,6 +62,7 @@ def test_writes_the_aff_wild2_layout_from_the_raw_videos(own_crops):
     for name, video in videos.items():
         assert video.n_frames == len(read_truth(root, name)["present"])
         assert video.folder == crops / name
+    assert [(v.name, v.n_frames) for v in find_crop_videos(crops)] == [(v.name, v.n_frames) for v in videos.values()]
 
 
 def test_resumes_finished_videos_and_redoes_a_cut_off_one(own_crops):

@@ -165,7 +165,10 @@ def extract_dataset_faces(
     if workers > 1 and len(todo) > 1:
         if not isinstance(detector, str):
             raise MambavaError("extract_dataset_faces: workers > 1 needs a detector name, not an object")
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+        import multiprocessing
+
+        # spawned, not forked: safe beside torch's threads in the parent
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
             # longest first keeps the workers busy to the end
             order = sorted(todo, key=lambda v: -os.path.getsize(raw[v]))
             futures = {pool.submit(_video_job, jobs[v]): v for v in order}
