@@ -189,3 +189,50 @@ def test_missing_or_empty_root(tmp_path):
         AffWild2(tmp_path / "nope")
     summary = check(tmp_path, progress=False)
     assert not summary.ok and "no videos found" in summary.problems[0]
+
+
+def test_abaw_release_layout_with_annotations_one_folder_down(affwild2_root):
+    # The ABAW release unpacks as <root>/8th_ABAW_Annotations/VA_Estimation_Challenge/Train_Set/*.txt beside
+    # <root>/cropped_aligned/: the same counts as the flat layout.
+    flat = check(affwild2_root, progress=False)
+    release = affwild2_root / "8th_ABAW_Annotations"
+    release.mkdir()
+    (affwild2_root / "VA_Estimation_Challenge").rename(release / "VA_Estimation_Challenge")
+    data = AffWild2(affwild2_root)
+    assert data.annotations_root == release / "VA_Estimation_Challenge"
+    assert data.splits["train"] == ["vidA", "vidB_left", "vidB_right"]
+    summary = check(affwild2_root, progress=False)
+    assert summary.ok and summary.splits == flat.splits
+    result = CliRunner().invoke(app, ["data", "check", str(affwild2_root)], env={"COLUMNS": "100"})
+    assert result.exit_code == 0 and result.output.rstrip().endswith("OK"), result.output
+    # training reads the splits from it too (not every .txt under the root, the test-set list among them)
+    from mambava.train import LabelSource
+
+    labels = LabelSource(affwild2_root)
+    assert labels.splits == data.splits and sorted(labels.paths) == ["vidA", "vidB_left", "vidB_right", "vidC", "vidD"]
+    # the split folders straight under a sub-folder are found too
+    (release / "VA_Estimation_Challenge").rename(affwild2_root / "va_annotations")
+    assert AffWild2(affwild2_root).annotations_root == affwild2_root / "va_annotations"
+    # two candidates of one kind: an error listing both
+    shutil.copytree(affwild2_root / "va_annotations", affwild2_root / "va_copy")
+    with pytest.raises(MambavaError, match=r"several annotation folders found \(.*/va_annotations, .*/va_copy\)"):
+        AffWild2(affwild2_root)
+
+
+def test_no_videos_found_says_what_was_looked_for_and_found(affwild2_root):
+    (affwild2_root / "VA_Estimation_Challenge").rename(affwild2_root / "annotations_zip")
+    (affwild2_root / "annotations_zip" / "Train_Set").rename(affwild2_root / "annotations_zip" / "train")
+    (affwild2_root / "annotations_zip" / "Validation_Set").rename(affwild2_root / "annotations_zip" / "val")
+    (affwild2_root / TEST_LIST_NAME).unlink()
+    summary = check(affwild2_root, progress=False)
+    assert not summary.ok and len(summary.problems) == 1
+    assert summary.problems[0] == (
+        f"{affwild2_root}: no videos found: looked for VA_Estimation_Challenge/{{Train_Set,Validation_Set}}/*.txt "
+        "in the root and one folder down, and a *test*set*.txt test-set list there; found annotations_zip/ "
+        "(train/, val/), cropped_aligned/ (vidA/, vidB_left/, vidB_right/, vidC/, ...), videos/ (batch1/, batch2/)"
+    )
+    # annotation folders found but empty: their counts are named
+    (affwild2_root / "VA_Estimation_Challenge" / "Train_Set").mkdir(parents=True)
+    summary = check(affwild2_root, progress=False)
+    assert f"found {affwild2_root / 'VA_Estimation_Challenge'} (Train_Set: 0 .txt, Validation_Set: 0 .txt); " \
+        "VA_Estimation_Challenge/ (Train_Set/), annotations_zip/" in summary.problems[0]

@@ -55,3 +55,25 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     with pytest.raises(MambavaError, match="d_model"):
         DemoConfig(tcn_channels=(64, 32), d_model=64)
+
+
+@pytest.mark.slow  # ~40 s here: MTCNN over 850 frames twice (faces stage, then predict), on top of a tiny demo
+def test_demo_own_crops_trains_on_the_faces_stage_and_scores_every_held_out_raw_video(tmp_path):
+    from mambava.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick(n_train=4, n_val=2, n_test=2, frames=(100, 120), stills_train=200, stills_val=50,
+                           pretrain_epochs=1, epochs=2, finetune_frames_per_video=20, own_crops=True)
+    results = run_demo(tmp_path / "demo", cfg, progress=False).results
+    faces, every = results["faces"], results["predict_all"]
+    # the faces stage wrote the crops that were trained on, close to the true landmarks
+    assert (tmp_path / "demo" / "own_crops" / "cropped_aligned" / ".mambava-faces.json").is_file()
+    assert faces["videos"] == results["dataset"]["videos"] and faces["unmatched"] == {}
+    assert faces["alignment"]["ours"]["mean_px"] < 2.6 and faces["alignment"]["generator"]["mean_px"] < 0.9
+    assert results["backbone"]["encoder"].startswith(str(tmp_path / "demo" / "runs"))
+    # every held-out person went through predict, scored beside the ideal crops on the same frames
+    test_names = results["dataset"]["annotation_names"]["test"]
+    assert every["tracks"] == test_names and every["tracks_without_face"] == []
+    assert every["frames"] >= 0.8 * results["test"]["mamba_va"]["frames"]
+    assert every["gap_p_va"] == pytest.approx(every["raw_video"]["p_va"] - every["ideal_crops"]["p_va"])
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "## Trained on our own crops" in report and f"{every['raw_video']['p_va']:.3f}" in report

@@ -231,9 +231,13 @@ def test_submit_write_runs_the_model_over_test_features(models, tmp_path, capsys
         mask = rng.random(n) > 0.1
         store.write(name, rng.normal(size=(n, DIM)), mask, fps=30, backbone="tiny", dtype="float32")
     (tmp_path / "test.txt").write_text("vidE\nvidF_left\n")
+    # the frame counts from ABAW's sample submission (placeholder values), as it distributes it
+    sample = tmp_path / "sample.txt"
+    sample.write_text("image_location,valence,arousal\n" + "".join(
+        f"{video}/{frame:05d}.jpg,0,0\n" for video, n in lengths.items() for frame in range(1, n + 1)))
     out = tmp_path / "submission.txt"
-    code, stdout, err = run_cli(["submit", "write", "-c", models["model"], "--features", tmp_path / "store",
-                                 "--test-list", tmp_path / "test.txt", "-o", out], capsys)
+    write = ["submit", "write", "-c", models["model"], "--features", tmp_path / "store", "-o", out]
+    code, stdout, err = run_cli([*write, "--frame-counts", sample, "--test-list", tmp_path / "test.txt"], capsys)
     assert code == 0, err
     validate_submission(out, list(lengths), lengths)
     lines = out.read_text().splitlines()
@@ -242,6 +246,27 @@ def test_submit_write_runs_the_model_over_test_features(models, tmp_path, capsys
     expected = Predictor(models["model"], windowing="windows", stitching="mean").predict_features(*record.window(0, 320))
     got = np.array([[float(x) for x in line.split(",")[1:]] for line in lines[1:321]])
     assert np.abs(got - expected).max() < 1e-5
+
+    # a wrong frame count is refused, naming the video and both counts, and nothing is written
+    out.unlink()
+    counts = tmp_path / "counts.csv"
+    counts.write_text("video,frames\nvidE,320\nvidF_left,46\n")
+    code, stdout, err = run_cli([*write, "--frame-counts", counts], capsys)
+    assert code == 2 and not out.exists()
+    assert err.strip() == (f"error: {tmp_path / 'store'}: test video 'vidF_left' has 45 stored frames but 46 in "
+                           "the frame counts (allow the mismatch to pad or cut)")
+    # unless allowed: the last prediction is carried over, with a warning
+    with pytest.warns(UserWarning, match="vidF_left: 45 stored frames but the video has 46"):
+        code, stdout, err = run_cli([*write, "--frame-counts", counts, "--allow-length-mismatch"], capsys)
+    assert code == 0, err
+    validate_submission(out, list(lengths), lengths | {"vidF_left": 46})
+    assert out.read_text().splitlines()[-1].split(",")[1:] == out.read_text().splitlines()[-2].split(",")[1:]
+    # counts that do not cover the test list, or no source of counts at all
+    counts.write_text("vidE,320\n")
+    code, stdout, err = run_cli([*write, "--frame-counts", counts, "--test-list", tmp_path / "test.txt"], capsys)
+    assert code == 2 and "does not cover the test-set list" in err and "no frame count for 'vidF_left'" in err
+    code, stdout, err = run_cli([*write, "--test-list", tmp_path / "test.txt"], capsys)
+    assert code == 2 and "pass --frame-counts FILE" in err
 
 
 def test_va_plot_with_truth_and_two_tracks(tmp_path):

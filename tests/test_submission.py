@@ -6,7 +6,8 @@ from mambava.affwild2 import AffWild2
 from mambava.cli import app
 from mambava.errors import MambavaError
 from mambava.features import FeatureStore
-from mambava.submission import HEADER, validate_submission, write_submission
+from mambava.cli.data import official_frame_counts
+from mambava.submission import HEADER, read_frame_counts, validate_submission, write_submission
 
 COUNTS = {"vidE": 20, "vidF_left": 15}
 
@@ -54,7 +55,7 @@ def test_validate_with_frame_counts_from_the_feature_store(tmp_path):
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["submit", "validate", str(path), "--test-list", str(listing)])
-    assert "give exactly one of --root, --crops, --features" in str(result.exception)
+    assert "give exactly one of --frame-counts, --root, --crops, --features" in str(result.exception)
 
 
 def _edit(path, number, text):
@@ -116,3 +117,59 @@ def test_writer_refuses_predictions_that_do_not_fit(tmp_path):
     with pytest.raises(MambavaError, match=r"must be \(T, 2\)"):
         write_submission(tmp_path / "s.txt", {"vidE": np.zeros(20)})
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_frame_counts_from_abaw_sample_submission_or_count_list(tmp_path):
+    sample = tmp_path / "sample.txt"
+    sample.write_text("image_location,valence,arousal\n" + "".join(
+        f"{video}/{frame:05d}.jpg,,\n" for video, n in COUNTS.items() for frame in range(1, n + 1)))
+    assert read_frame_counts(sample) == COUNTS
+    listing = tmp_path / "frames.txt"  # a bare frame list, any order: the count is the highest frame
+    listing.write_text("vidF_left/00015.jpg\nvidE/00020.jpg\nvidE/00001.jpg\n")
+    assert read_frame_counts(listing) == {"vidF_left": 15, "vidE": 20}
+    counts = tmp_path / "counts.txt"
+    counts.write_text("video frames\nvidE 20\n\n# two-person video\nvidF_left 15\n")
+    assert read_frame_counts(counts) == COUNTS
+    for text, problem in [
+        ("vidE/00001.jpg,0,0\nvidE/00001.jpg,0,0\n", r"bad.txt:2: vidE/00001.jpg listed twice \(first on line 1\)"),
+        ("vidE/1.jpg\n", r"bad.txt:1: 'vidE/1.jpg' is not <video>/<NNNNN>.jpg"),
+        ("vidE,20\nvidE,21\n", r"bad.txt:2: video 'vidE' counted twice"),
+        ("vidE,20\nvidF_left/00001.jpg\n", r"bad.txt:2: .* mixes a per-video count list and a frame list"),
+        ("vidE,20\nvidF_left,x\n", r"bad.txt:2: expected '<video>,<frames>' or '<video>/<NNNNN>.jpg'"),
+        ("image_location,valence,arousal\n", r"bad.txt: no frame counts"),
+    ]:
+        (tmp_path / "bad.txt").write_text(text)
+        with pytest.raises(MambavaError, match=problem):
+            read_frame_counts(tmp_path / "bad.txt")
+
+
+def test_submission_frame_counts_come_from_an_official_source(affwild2_root, tmp_path):
+    counts = tmp_path / "counts.txt"
+    counts.write_text("vidE,20\nvidF_left,15\n")
+    # --frame-counts alone: its videos; with the root's test list: the same videos in the list's order
+    assert official_frame_counts(None, None, counts, "x") == (["vidE", "vidF_left"], COUNTS)
+    assert official_frame_counts(None, affwild2_root, counts, "x") == (["vidE", "vidF_left"], COUNTS)
+    counts.write_text("vidE,20\nvidF_left,15\nvidZ,3\n")
+    with pytest.raises(MambavaError, match=r"counts.txt: does not cover .*; 'vidZ' is not a test video \(1 extra\)"):
+        official_frame_counts(None, affwild2_root, counts, "x")
+    # without it, the raw videos: vidF_left has none (its highest crop is no frame count to submit against)
+    with pytest.raises(MambavaError, match=r"no raw video for test video 'vidF_left' .*pass --frame-counts FILE"):
+        official_frame_counts(None, affwild2_root, None, "x")
+    (affwild2_root / "videos" / "batch1" / "vidE.mp4").rename(affwild2_root / "videos" / "batch1" / "vidF.mp4")
+    (affwild2_root / "cropped_aligned" / "vidE").rename(affwild2_root / "cropped_aligned" / "vidF_right")
+    (affwild2_root / "Valence_Arousal_Estimation_Challenge_test_set_release.txt").write_text("vidF_left\nvidF_right\n")
+    assert official_frame_counts(None, affwild2_root, None, "x") == (["vidF_left", "vidF_right"],
+                                                                    {"vidF_left": 20, "vidF_right": 20})
+    with pytest.raises(MambavaError, match="submit write: pass --frame-counts FILE"):
+        official_frame_counts(None, None, None, "submit write")
+
+
+def test_validate_against_abaw_frame_counts(tmp_path):
+    path = write_submission(tmp_path / "s.txt", _predictions(), COUNTS)
+    counts = tmp_path / "counts.txt"
+    counts.write_text("vidE,20\nvidF_left,15\n")
+    result = CliRunner().invoke(app, ["submit", "validate", str(path), "--frame-counts", str(counts)])
+    assert result.exit_code == 0 and "OK: " in result.output and "35 frames" in result.output, result.output
+    counts.write_text("vidE,21\nvidF_left,15\n")
+    result = CliRunner().invoke(app, ["submit", "validate", str(path), "--frame-counts", str(counts)])
+    assert "s.txt: vidE/00021.jpg missing (1 of 21 frames of 'vidE' absent)" in str(result.exception)

@@ -13,6 +13,7 @@ from mambava.affwild2 import AffWild2, base_video, read_crop, read_va_annotation
 from mambava.errors import MambavaError
 from mambava.synth import (
     ARCFACE_TEMPLATE_112,
+    RENDERED_TRUTH,
     SynthConfig,
     generate,
     ground_truth_path,
@@ -117,8 +118,15 @@ def test_simulate_matches_what_generate_wrote(tiny):
     assert sorted(sim) == sorted(n for split in summary.splits.values() for n in split)
     for name, item in sim.items():
         written = read_truth(root, name)
-        for key, value in written.items():
-            assert np.array_equal(item[key], value), (name, key)
+        assert sorted(written) == sorted([*(k for k in item if k != "split"), *RENDERED_TRUTH])
+        for key in written.keys() - set(RENDERED_TRUTH):
+            assert np.array_equal(item[key], written[key]), (name, key)
+        # the true landmarks exist where the face is drawn; the crop's where a crop was written
+        assert (np.isfinite(written["landmarks"]).all((1, 2)) == written["present"]).all()
+        assert (np.isfinite(written["crop_landmarks"]).all((1, 2)) == written["crop"]).all()
+        lm = written["landmarks"][written["crop"]]
+        error = np.linalg.norm(written["crop_landmarks"][written["crop"]] - lm, axis=2)  # the simulated aligner's
+        assert 0.3 < np.median(error) < 1.5 and lm[:, 0, 0].mean() < lm[:, 1, 0].mean()  # left eye is image-left
 
 
 def test_labels_lag_the_expression_like_human_raters():

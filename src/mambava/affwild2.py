@@ -4,7 +4,9 @@ Layout expected under a dataset root (as the ABAW challenge distributes Aff-Wild
 
     ROOT/
       VA_Estimation_Challenge/Train_Set/<video>.txt        annotations, header "valence,arousal",
-      VA_Estimation_Challenge/Validation_Set/<video>.txt   one line per video frame, -5 = no valid label
+      VA_Estimation_Challenge/Validation_Set/<video>.txt   one line per video frame, -5 = no valid label;
+                                                           also found one folder down, as the ABAW release
+                                                           unpacks it (<any>/VA_Estimation_Challenge/...)
       cropped_aligned/<video>/00001.jpg ...                112x112 face crops, 5-digit 1-based frame
                                                            numbers; frames without a face are missing
       *test*set*.txt                                       the test-set video list (or pass its path)
@@ -175,7 +177,7 @@ def find_test_list(root: str | os.PathLike) -> Path | None:
     a tie left is a MambavaError listing them."""
     root = Path(root)
     found: list[Path] = []
-    for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir() and p.name != CROPS_DIR)]:
+    for folder in [root, *_subfolders(root)]:
         found += [p for p in sorted(folder.glob("*.txt")) if _matches_test_glob(p.name)]
     if len(found) > 1:
         va = [p for p in found if "valence" in p.name.lower() or "va_" in p.name.lower()]
@@ -185,6 +187,65 @@ def find_test_list(root: str | os.PathLike) -> Path | None:
             f"{root}: several test-set lists found ({', '.join(str(p) for p in found)}): pass one explicitly"
         )
     return found[0] if found else None
+
+
+def find_annotations(root: str | os.PathLike) -> Path | None:
+    """The folder holding `Train_Set/` and `Validation_Set/` under `root`, or None. Looked for, as the test-set
+    list is, in root and one folder down, in this order: `root/VA_Estimation_Challenge`, `root` itself (pointing
+    at that folder), `root/<any>/VA_Estimation_Challenge` (the ABAW release unpacks its annotations as
+    `8th_ABAW_Annotations/VA_Estimation_Challenge/...`), `root/<any>` holding the split folders. The first kind
+    found wins; two of one kind is a MambavaError listing them."""
+    root = Path(root)
+
+    def has_splits(folder: Path) -> bool:
+        return any((folder / d).is_dir() for d in SPLIT_DIRS.values())
+
+    if (root / ANNOTATION_DIR).is_dir():
+        return root / ANNOTATION_DIR
+    if has_splits(root):
+        return root
+    subs = _subfolders(root)
+    # a VA_Estimation_Challenge/ one down beats a bare split folder (which may be another challenge's)
+    found = [s / ANNOTATION_DIR for s in subs if has_splits(s / ANNOTATION_DIR)] or [s for s in subs if has_splits(s)]
+    if len(found) > 1:
+        raise MambavaError(
+            f"{root}: several annotation folders found ({', '.join(str(p) for p in found)}): "
+            f"pass the one to use as the root"
+        )
+    return found[0] if found else None
+
+
+def _subfolders(root: Path) -> list[Path]:
+    """Sub-folders of a dataset root searched for annotations / the test list (not crops or raw videos)."""
+    skip = {CROPS_DIR, *VIDEO_DIRS}
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in skip and not p.name.startswith("."))
+
+
+def describe_layout(root: str | os.PathLike) -> str:
+    """What `check` looked for and what `root` holds, for the "no videos found" error."""
+    root = Path(root)
+    looked = (
+        f"looked for {ANNOTATION_DIR}/{{{','.join(SPLIT_DIRS.values())}}}/*.txt in the root and one folder down, "
+        f"and a {TEST_LIST_GLOB} test-set list there"
+    )
+    entries = sorted(root.iterdir()) if root.is_dir() else []
+    shown = []
+    for entry in entries[:12]:
+        if entry.is_dir():
+            inner = sorted(p.name + ("/" if p.is_dir() else "") for p in entry.iterdir())
+            inside = ", ".join(inner[:4]) + (", ..." if len(inner) > 4 else "")
+            shown.append(f"{entry.name}/ ({inside or 'empty'})")
+        else:
+            shown.append(entry.name)
+    more = f", ... ({len(entries)} entries)" if len(entries) > 12 else ""
+    found = ", ".join(shown) + more if shown else "nothing"
+    annotations = find_annotations(root) if root.is_dir() else None
+    if annotations is not None:
+        counts = ", ".join(
+            f"{d}: {len(list((annotations / d).glob('*.txt')))} .txt" for d in SPLIT_DIRS.values()
+        )
+        found = f"{annotations} ({counts}); {found}"
+    return f"{looked}; found {found}"
 
 
 def _matches_test_glob(name: str) -> bool:
@@ -268,9 +329,7 @@ class AffWild2:
         self.root = Path(root)
         if not self.root.is_dir():
             raise MambavaError(f"{self.root}: dataset root not found")
-        self.annotations_root = self.root / ANNOTATION_DIR
-        if not self.annotations_root.is_dir() and all((self.root / d).is_dir() for d in SPLIT_DIRS.values()):
-            self.annotations_root = self.root  # root points at VA_Estimation_Challenge itself
+        self.annotations_root = find_annotations(self.root) or self.root / ANNOTATION_DIR
         self.test_list_path = Path(test_list) if test_list is not None else find_test_list(self.root)
         self._annotations: dict[str, Path] = {}
         splits: dict[str, list[str]] = {}
@@ -320,7 +379,7 @@ class AffWild2:
             return dirs
         known = set(self.videos)
         for entry in sorted(base.iterdir()):
-            if not entry.is_dir():
+            if not entry.is_dir() or entry.name.startswith("."):  # hidden: a folder still being written
                 continue
             if entry.name not in known:
                 nested = [p for p in sorted(entry.iterdir()) if p.is_dir()]
@@ -367,6 +426,11 @@ class AffWild2:
                     if suffix.lower() in VIDEO_SUFFIXES:
                         files.setdefault(stem, Path(dirpath) / filename)
         return files
+
+    @property
+    def raw_videos(self) -> dict[str, Path]:
+        """{file stem: path} of every raw video under videos/ (or raw_videos/), any sub-folders."""
+        return dict(self._video_files)
 
     def video_path(self, video: str) -> Path | None:
         """The raw video file of `video` (a `_left`/`_right` name maps to its base video), or None."""
@@ -486,10 +550,7 @@ def check(
     )
     jobs = [(split, video) for split in SPLITS for video in dataset.splits[split]]
     if not jobs:
-        summary.problems.append(
-            f"{dataset.root}: no videos found (expected {ANNOTATION_DIR}/{SPLIT_DIRS['train']}/*.txt, "
-            f"{ANNOTATION_DIR}/{SPLIT_DIRS['validation']}/*.txt or a test-set list)"
-        )
+        summary.problems.append(f"{dataset.root}: no videos found: {describe_layout(dataset.root)}")
     for split, video in _progress(jobs, "checking videos", progress):
         _check_video(dataset, split, video, summary, verify_images)
     return summary

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mambava.affwild2 import CROP_SUFFIXES, CROPS_DIR, AffWild2, read_crop
+from mambava.affwild2 import CROP_SUFFIXES, CROPS_DIR, AffWild2, find_annotations, read_crop
 from mambava.backbone import FeatureExtractor, resize_crop
 from mambava.errors import MambavaError
 from mambava.features import FeatureStore
@@ -130,7 +130,7 @@ def find_crop_videos(source: str | os.PathLike, fps: float | None = None,
     dataset = None
     if (source / CROPS_DIR).is_dir():
         dataset = AffWild2(source)
-    elif source.name == CROPS_DIR and (source.parent / "VA_Estimation_Challenge").is_dir():
+    elif source.name == CROPS_DIR and find_annotations(source.parent) is not None:
         dataset = AffWild2(source.parent)
     elif (source / "VA_Estimation_Challenge").is_dir():  # its sub-folders are not crop folders
         raise MambavaError(f"{source}: an Aff-Wild2 root without {CROPS_DIR}/: run `mambava faces` on its videos "

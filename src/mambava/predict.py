@@ -501,11 +501,13 @@ def write_overlay(video: str | os.PathLike, table, path: str | os.PathLike, fps:
     return Path(path)
 
 
-def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[str, int], progress: bool = False) -> dict[str, np.ndarray]:
+def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[str, int], progress: bool = False,
+                           allow_length_mismatch: bool = False) -> dict[str, np.ndarray]:
     """{video: (frame_counts[video], 2)} for the ABAW submission, from the stored features of each video
-    (`mambava.features.FeatureStore`, forward-filled with their mask). Where the store holds fewer frames than
-    the video has, the last prediction is carried over to the end (the no-face policy); where it holds more,
-    they are cut; either with a DataWarning naming the video."""
+    (`mambava.features.FeatureStore`, forward-filled with their mask). A video whose store holds another
+    number of frames than its count is a MambavaError naming it and both counts (ABAW scores every frame of
+    its own frame list, so a wrong count must not pass); with `allow_length_mismatch`, the last prediction is
+    carried over to the end (the no-face policy) or the extra frames are cut, with a DataWarning."""
     import warnings
 
     from mambava.affwild2 import DataWarning
@@ -519,6 +521,11 @@ def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[st
         record = store.read(video)
         features, present = record.window(0, record.n_frames)
         values = predictor.predict_timed(features, present, np.arange(record.n_frames) / record.fps, name=video)
+        if len(values) != count and not allow_length_mismatch:
+            raise MambavaError(
+                f"{store.root}: test video {video!r} has {len(values)} stored frames but {count} in the frame "
+                f"counts (allow the mismatch to pad or cut)"
+            )
         if len(values) != count:
             warnings.warn(f"{video}: {len(values)} stored frames but the video has {count}; "
                           + ("the last prediction is carried over" if len(values) < count else "the extra frames are cut"),

@@ -2,8 +2,10 @@
 
 Format (the ABAW challenge's): header `image_location,valence,arousal`, then one line per frame of every test video,
 `<video>/<NNNNN>.jpg,<valence>,<arousal>` with 1-based, 5-digit frame numbers (as the crops are named, whether
-or not the frame has a crop), values clipped to [-1, 1]. The frame count of a test video is the number of
-frames of the video (`mambava.affwild2.AffWild2.n_frames`).
+or not the frame has a crop), values clipped to [-1, 1]. ABAW scores a submission against its own list of
+every test video's frames, so the frame counts must come from an official source: the per-video frame list or
+sample submission ABAW distributes (`read_frame_counts`), or else the raw test videos
+(`mambava.affwild2.video_frame_count`), never the crops (frames without a face at the end have none).
 """
 
 from __future__ import annotations
@@ -131,3 +133,65 @@ def _check_line(path: Path, number: int, line: str, counts: Mapping[str, int], s
             value = math.nan
         if not (math.isfinite(value) and -1.0 <= value <= 1.0):
             raise MambavaError(f"{path}:{number}: {label} {text!r} is not a number in [-1, 1]")
+
+
+def read_frame_counts(path: str | os.PathLike) -> dict[str, int]:
+    """{video: frame count} from a file ABAW distributes with the test set, in either of its forms:
+
+    - a frame list or sample submission: lines `<video>/<NNNNN>.jpg` (any further comma-separated fields, such
+      as placeholder valence/arousal, are ignored), an optional `image_location,...` header; a video's count
+      is its highest frame number;
+    - a per-video count list: lines `<video>,<frames>` (or whitespace-separated), an optional header.
+
+    Videos keep their first-appearance order. Blank lines and `#` comments are skipped. MambavaError naming
+    `file:line` for a line of neither form, a frame listed twice or a video counted twice; `file` for no
+    videos at all."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise MambavaError(f"{path}: cannot read the frame counts ({error})") from error
+    counts: dict[str, int] = {}
+    frames_seen: dict[str, dict[int, int]] = {}
+    kind = None  # "frames" or "counts", fixed by the first data line
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [f.strip() for f in (line.split(",") if "," in line else line.split())]
+        if kind is None and not counts and _is_count_header(fields):
+            continue
+        location = fields[0]
+        video, slash, image = location.rpartition("/")
+        line_kind = "frames" if slash else "counts"
+        if kind is not None and line_kind != kind:
+            raise MambavaError(f"{path}:{number}: {line!r} mixes a per-video count list and a frame list")
+        kind = line_kind
+        if kind == "frames":
+            stem = image[:-4] if image.endswith(".jpg") else ""
+            if not video or not stem.isdigit() or int(stem) < 1 or image != crop_name(int(stem)):
+                raise MambavaError(f"{path}:{number}: {location!r} is not <video>/<NNNNN>.jpg")
+            frame = int(stem)
+            seen = frames_seen.setdefault(video, {})
+            if frame in seen:
+                raise MambavaError(f"{path}:{number}: {location} listed twice (first on line {seen[frame]})")
+            seen[frame] = number
+            counts[video] = max(counts.get(video, 0), frame)
+        else:
+            if len(fields) != 2 or not fields[1].isdigit() or int(fields[1]) < 1:
+                raise MambavaError(
+                    f"{path}:{number}: expected '<video>,<frames>' or '<video>/<NNNNN>.jpg', got {line!r}"
+                )
+            if fields[0] in counts:
+                raise MambavaError(f"{path}:{number}: video {fields[0]!r} counted twice")
+            counts[fields[0]] = int(fields[1])
+    if not counts:
+        raise MambavaError(f"{path}: no frame counts (expected <video>/<NNNNN>.jpg or <video>,<frames> lines)")
+    return counts
+
+
+def _is_count_header(fields: list[str]) -> bool:
+    first = fields[0].lower()
+    return first == "image_location" or (
+        len(fields) <= 3 and not any(f.isdigit() for f in fields[1:]) and "/" not in first
+    )

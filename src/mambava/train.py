@@ -363,13 +363,13 @@ class LabelSource:
     folder of `<video>.txt` annotation files (searched recursively, no splits: a folds file is then needed)."""
 
     def __init__(self, root: str | os.PathLike):
-        from mambava.affwild2 import ANNOTATION_DIR, SPLIT_DIRS, AffWild2
+        from mambava.affwild2 import AffWild2, find_annotations
 
         self.root = Path(root)
         if not self.root.is_dir():
             raise MambavaError(f"{self.root}: annotation folder not found")
         self.affwild2 = None
-        if (self.root / ANNOTATION_DIR).is_dir() or all((self.root / d).is_dir() for d in SPLIT_DIRS.values()):
+        if find_annotations(self.root) is not None:
             self.affwild2 = AffWild2(self.root)
             self.paths = {v: self.affwild2.annotation_path(v) for v in self.affwild2.splits["train"] + self.affwild2.splits["validation"]}
         else:

@@ -73,18 +73,25 @@ def validate_command(
     root: Optional[Path] = typer.Option(None, "--root", help="Aff-Wild2 root: frame counts from its videos/crops."),
     crops: Optional[Path] = typer.Option(None, "--crops", help="cropped_aligned/ folder: frame count = highest crop."),
     features: Optional[Path] = typer.Option(None, "--features", help="Feature store: frame count = stored frames."),
+    frame_counts: Optional[Path] = typer.Option(
+        None, "--frame-counts", help="ABAW's frame list or sample submission for the test set."),
 ) -> None:
     """Check a submission file against the test list and the test videos' frame counts.
 
-    Frame counts come from exactly one of --root (raw video, else highest crop), --crops (highest crop) or
-    --features (stored frames). Prints OK, or the first problem as file:line and exits 2."""
+    Frame counts come from exactly one of --frame-counts (ABAW's own list, the one it scores against), --root
+    (raw video, else annotation length, else highest crop), --crops (highest crop) or --features (stored
+    frames). Prints OK, or the first problem as file:line and exits 2."""
     from mambava.affwild2 import AffWild2, list_crop_frames, read_test_list
     from mambava.features import FeatureStore
     from mambava.submission import validate_submission
 
-    if sum(x is not None for x in (root, crops, features)) != 1:
-        raise MambavaError("submit validate: give exactly one of --root, --crops, --features for the frame counts")
-    if root is not None:
+    if sum(x is not None for x in (root, crops, features, frame_counts)) != 1:
+        raise MambavaError(
+            "submit validate: give exactly one of --frame-counts, --root, --crops, --features for the frame counts"
+        )
+    if frame_counts is not None:
+        videos, counts = official_frame_counts(test_list, None, frame_counts, "submit validate")
+    elif root is not None:
         dataset = AffWild2(root, test_list)
         videos = dataset.splits["test"]
         if not videos:
@@ -107,6 +114,44 @@ def validate_command(
             counts = {video: store.n_frames(video) for video in videos}
     validate_submission(file, videos, counts)
     typer.echo(f"OK: {file} covers {len(videos)} test videos, {sum(counts.values())} frames")
+
+
+def official_frame_counts(test_list: Optional[Path], root: Optional[Path], frame_counts: Optional[Path],
+                          command: str) -> tuple[list[str], dict[str, int]]:
+    """The test videos and their frame counts for a submission: from a frame-counts file (ABAW's frame list or
+    sample submission; the test list, where one is given or found under `root`, must name the same videos),
+    else from the raw test videos under `root` (each test video must have one)."""
+    from mambava.affwild2 import AffWild2, VIDEO_DIRS, read_test_list
+    from mambava.submission import read_frame_counts
+
+    if frame_counts is None and root is None:
+        raise MambavaError(f"{command}: pass --frame-counts FILE (ABAW's frame list or sample submission) or "
+                           f"--root ROOT with the raw test videos")
+    dataset = AffWild2(root, test_list) if root is not None else None
+    videos = dataset.splits["test"] if dataset is not None else read_test_list(test_list) if test_list else None
+    if frame_counts is not None:
+        counts = read_frame_counts(frame_counts)
+        if not videos:
+            return list(counts), counts
+        missing = [v for v in videos if v not in counts]
+        extra = [v for v in counts if v not in set(videos)]
+        if missing or extra:
+            listing = test_list or (dataset.test_list_path if dataset is not None else None)
+            raise MambavaError(
+                f"{frame_counts}: does not cover the test-set list {listing}"
+                + (f"; no frame count for {missing[0]!r} ({len(missing)} missing)" if missing else "")
+                + (f"; {extra[0]!r} is not a test video ({len(extra)} extra)" if extra else "")
+            )
+        return videos, {v: counts[v] for v in videos}
+    if not videos:
+        raise MambavaError(f"{root}: no test-set list found: pass --test-list")
+    for video in videos:
+        if dataset.video_path(video) is None:
+            raise MambavaError(
+                f"{root}: no raw video for test video {video!r} (looked in {', '.join(f'{d}/' for d in VIDEO_DIRS)}): "
+                f"pass --frame-counts FILE"
+            )
+    return videos, dataset.frame_counts(videos)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,9 +13,13 @@ from mambava.errors import MambavaError
 
 
 def faces_command(
-    videos: List[str] = typer.Argument(..., help="Video files (any container FFmpeg reads), image folders, images, "
-                                                  "a webcam index (0) or a stream URL/device."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (Aff-Wild2 cropped_aligned layout)."),
+    videos: Optional[List[str]] = typer.Argument(None, help="Video files (any container FFmpeg reads), image folders, "
+                                                            "images, a webcam index (0) or a stream URL/device."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (Aff-Wild2 cropped_aligned layout); "
+                                                                 "with --dataset, the dataset root to write."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="A dataset root: crops of every raw video under "
+                                                                   "its videos/ into OUT/cropped_aligned/ (resumable)."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="With --dataset: videos processed in parallel."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Keep at most this many frames per second (default: all)."),
     detector: str = typer.Option("mtcnn", "--detector", help="mtcnn (5 landmarks, aligned crops), haar (boxes only, "
                                                             "centred crops), or package.module:Class."),
@@ -30,7 +34,11 @@ def faces_command(
 ) -> None:
     """Detect, track and align the faces of videos: OUT/<video>/<NNNNN>.jpg (1-based frame numbers; two people
     seen together: <video>_left and <video>_right), OUT/<video>.faces.csv (one row per frame and track:
-    frame, time, track, present, image, score, box, 5 landmarks) and, with --preview, OUT/<video>.preview.png."""
+    frame, time, track, present, image, score, box, 5 landmarks) and, with --preview, OUT/<video>.preview.png.
+
+    With --dataset ROOT (no VIDEOS): every raw video of the dataset, every frame, into OUT/cropped_aligned/
+    in the same layout (OUT defaults to ROOT; OUT's other entries link to ROOT's, so OUT is a dataset root that
+    `extract` and training read): the crops `predict` makes, to train on. Finished videos are skipped."""
     from rich.console import Console
     from rich.markup import escape
 
@@ -38,6 +46,15 @@ def faces_command(
 
     console = Console(stderr=True)
     kwargs = {"min_face_size": min_face, "min_face_fraction": min_face_fraction} if detector in ("mtcnn", "haar") else {}
+    if dataset is not None:
+        if videos:
+            raise MambavaError("faces: give VIDEOS or --dataset ROOT, not both")
+        if fps is not None:
+            raise MambavaError("faces --dataset: every frame is processed (crops are named by frame), no --fps")
+        _dataset_faces(console, dataset, out, detector, kwargs, min_track_frames, workers, quiet)
+        return
+    if not videos or out is None:
+        raise MambavaError("faces: give VIDEOS and --out DIR, or --dataset ROOT")
     det = get_detector(detector, **kwargs)
     failed = 0
     for video in videos:
@@ -71,6 +88,36 @@ def _one_video(video: str, out: Path, console, **options) -> None:
     for track in result.tracks:
         console.print(f"  {track.directory}/  {len(track.present)} crops, {len(track.missing)} frames missing")
     console.print(f"  {result.csv_path}" + (f"\n  {result.preview_path}" if result.preview_path else ""))
+
+
+def _dataset_faces(console, root: Path, out: Optional[Path], detector: str, kwargs: dict, min_track_frames: int,
+                   workers: int, quiet: bool) -> None:
+    from mambava.faces.dataset import extract_dataset_faces
+
+    def report(done: int, total: int, item) -> None:
+        if item.error is not None:
+            console.print(f"[red]error:[/red] {item.error}", highlight=False)
+        elif not quiet and not item.skipped:
+            console.print(f"[{done}/{total}] {item.video}: {item.frames} frames, "
+                          + ", ".join(f"{name} {n} crops" for name, n in item.tracks.items())
+                          + f" ({item.frames / max(item.seconds, 1e-9):.0f} frames/s)", highlight=False)
+
+    result = extract_dataset_faces(root, out, detector=detector, detector_kwargs=kwargs,
+                                   min_track_frames=min_track_frames, workers=workers, progress=report)
+    for item in result.videos:
+        if item.unmatched:
+            console.print(f"[yellow]warning:[/yellow] {item.video}: no crop folder for "
+                          f"{', '.join(item.unmatched)} (tracks found: {', '.join(item.tracks) or 'none'})",
+                          highlight=False)
+    made = [v for v in result.videos if not v.skipped and v.error is None]
+    skipped = sum(v.skipped for v in result.videos)
+    rate = f", {result.frames_per_second:.0f} frames/s per worker" if made else ""
+    console.print(f"{result.crops_dir}: {len(made)} video(s) done ({sum(v.frames for v in made)} frames{rate}), "
+                  f"{skipped} already there"
+                  + (f", {len(result.failed)} failed" if result.failed else "")
+                  + (f"; linked from {root}: {', '.join(result.linked)}" if result.linked else ""), highlight=False)
+    if result.failed:
+        raise typer.Exit(2)
 
 
 def register(app: typer.Typer) -> None:

@@ -168,39 +168,35 @@ def submit_write_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     features: Path = typer.Option(..., "--features", help="Feature store holding the test videos."),
     out: Path = typer.Option(..., "--out", "-o", help="Submission file to write."),
-    test_list: Optional[Path] = typer.Option(None, "--test-list", help="Test-set video list (default: from --root)."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Aff-Wild2 root: frame counts from its videos (default: stored frames)."),
+    frame_counts: Optional[Path] = typer.Option(
+        None, "--frame-counts", help="ABAW's frame list or sample submission for the test set: the frame counts "
+        "(default: the raw test videos under --root)."),
+    test_list: Optional[Path] = typer.Option(None, "--test-list", help="Test-set video list (default: from --root, "
+                                             "else the videos of --frame-counts)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Aff-Wild2 root: the test list, and frame counts from its raw videos."),
+    allow_length_mismatch: bool = typer.Option(
+        False, "--allow-length-mismatch", help="Where the stored frames differ from a video's count, carry the "
+        "last prediction over or cut, with a warning, instead of refusing."),
     windowing: str = typer.Option("windows", "--windowing", help="windows (300/200, mean-stitched, as evaluate) or full."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Run a temporal model over the test videos' stored features and write the ABAW submission file
-    (image_location,valence,arousal; every frame of every test video, values clipped to [-1, 1])."""
+    (image_location,valence,arousal; every frame of every test video, values clipped to [-1, 1]).
+
+    Frame counts come from --frame-counts (ABAW's own list: it scores against it), else from the raw test
+    videos under --root; a test video whose stored features have another length is refused, naming both counts,
+    unless --allow-length-mismatch."""
+    from mambava.cli.data import official_frame_counts
     from mambava.predict import Predictor, submission_predictions
     from mambava.submission import write_submission
 
-    videos, counts = _test_videos(features, test_list, root)
+    videos, counts = official_frame_counts(test_list, root, frame_counts, "submit write")
     _make_folder(out.parent)
     predictor = Predictor(checkpoint, windowing=windowing, stitching="mean", device=device)  # as evaluated
-    predictions = submission_predictions(predictor, features, counts, progress=True)
+    predictions = submission_predictions(predictor, features, counts, progress=True,
+                                         allow_length_mismatch=allow_length_mismatch)
     write_submission(out, predictions, counts)
     typer.echo(f"{out}: {len(videos)} test videos, {sum(counts.values())} frames")
-
-
-def _test_videos(features: Path, test_list: Optional[Path], root: Optional[Path]) -> tuple[list[str], dict[str, int]]:
-    from mambava.affwild2 import AffWild2, read_test_list
-    from mambava.features import FeatureStore
-
-    if root is not None:
-        dataset = AffWild2(root, test_list)
-        videos = dataset.splits["test"]
-        if not videos:
-            raise MambavaError(f"{root}: no test-set list found: pass --test-list")
-        return videos, dataset.frame_counts(videos)
-    if test_list is None:
-        raise MambavaError("submit write: pass --test-list (or --root with the test list in it)")
-    videos = read_test_list(test_list)
-    store = FeatureStore(features)
-    return videos, {video: store.n_frames(video) for video in videos}
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,8 @@ lays Aff-Wild2 out, so that every loader of the real pipeline is exercised:
       Valence_Arousal_Estimation_Challenge_test_set_release.txt   the test-set list (annotation names)
       synth_ground_truth/Test_Set/<v>.txt                  test labels (ABAW keeps these private; we can score)
       synth_meta.json, synth_meta/<v>.npz                  the config, per-video facts, and per-frame truth
-                                                           (un-lagged VA, rendered expression parameters)
+                                                           (un-lagged VA, rendered expression parameters, the
+                                                           true 5 landmarks and those each crop was aligned with)
 
     summary = generate("data", SynthConfig(n_train=16, seed=0))    # the videos
     generate_stills("stills", StillsConfig())                     # an AffectNet-like still set for pretraining
@@ -42,6 +43,7 @@ the same config gives byte-identical annotation files, crops and metadata whatev
 
 from mambava.synth.config import ProgressFn, SynthConfig, SynthSummary
 from mambava.synth.dataset import generate
+from mambava.synth.expression import RENDERED_TRUTH
 from mambava.synth.identity import Identity
 from mambava.synth.layout import (
     ANNOTATION_DIR,
@@ -72,6 +74,7 @@ __all__ = [
     "GROUND_TRUTH_DIR",
     "META_DIR",
     "META_FILE",
+    "RENDERED_TRUTH",
     "SPLIT_DIRS",
     "TEST_LIST_NAME",
     "VIDEOS_DIR",

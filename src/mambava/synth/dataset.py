@@ -111,8 +111,8 @@ def render_video(root: Path, spec: VideoSpec, cfg: SynthConfig) -> dict:
                                                                                  (len(names), spec.n_frames, 5, 2))
     tmp_dirs = [new_crop_dir(root / CROPS_DIR, name) for name in names]
     try:
-        n_crops = _render_frames(root, spec, cfg, idents, tracks, scene, lighting, jitter, tmp_dirs)
-        return _write_people(root, spec, cfg, names, idents, tracks, tmp_dirs, n_crops)
+        n_crops, true_lm, crop_lm = _render_frames(root, spec, cfg, idents, tracks, scene, lighting, jitter, tmp_dirs)
+        return _write_people(root, spec, cfg, names, idents, tracks, tmp_dirs, n_crops, true_lm, crop_lm)
     except BaseException:
         for tmp in tmp_dirs:  # no half-written crop folders left behind
             shutil.rmtree(tmp, ignore_errors=True)
@@ -189,13 +189,17 @@ class _Lighting:
 
 
 def _render_frames(root: Path, spec: VideoSpec, cfg: SynthConfig, idents: list[Identity], tracks: list[Track],
-                   scene: _Scene, lighting: _Lighting, jitter: np.ndarray, tmp_dirs: list[Path]) -> list[int]:
+                   scene: _Scene, lighting: _Lighting, jitter: np.ndarray,
+                   tmp_dirs: list[Path]) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Draw every frame, write it to the raw video and its crops to the temporary crop folders; returns the
-    number of crops per person."""
+    number of crops per person, and per person and frame (frame pixels, NaN where none) the drawn face's true
+    landmarks and those its crop was aligned with (`RENDERED_TRUTH`)."""
     w, h = _frame_size(spec, cfg)
     writer = VideoWriter(root / VIDEOS_DIR / spec.batch / f"{spec.name}.mp4", w, h, cfg.fps, cfg.crf) if \
         cfg.write_videos else None
     n_crops = [0] * len(idents)
+    true_lm = np.full((len(idents), spec.n_frames, 5, 2), np.nan, np.float32)
+    crop_lm = np.full((len(idents), spec.n_frames, 5, 2), np.nan, np.float32)
     try:
         for t in range(spec.n_frames):
             frame = scene.background.copy()
@@ -205,8 +209,11 @@ def _render_frames(root: Path, spec: VideoSpec, cfg: SynthConfig, idents: list[I
             if writer is not None:
                 writer.write(frame)
             for k, lm_frame in enumerate(landmarks):
+                if lm_frame is not None:
+                    true_lm[k, t] = lm_frame
                 if lm_frame is None or not tracks[k].crop[t]:
                     continue
+                crop_lm[k, t] = lm_frame + jitter[k, t]
                 crop = align_crop(frame, lm_frame + jitter[k, t], cfg.crop_size)
                 write_jpeg(tmp_dirs[k] / f"{t + 1:05d}.jpg", crop, cfg.jpeg_quality, spec.name, f"frame {t + 1}")
                 n_crops[k] += 1
@@ -216,7 +223,7 @@ def _render_frames(root: Path, spec: VideoSpec, cfg: SynthConfig, idents: list[I
     finally:
         if writer is not None:
             writer.abort()
-    return n_crops
+    return n_crops, true_lm, crop_lm
 
 
 def _draw_person(frame: np.ndarray, t: int, ident: Identity, tr: Track, base: tuple[np.ndarray, np.ndarray],
@@ -240,7 +247,8 @@ def _draw_person(frame: np.ndarray, t: int, ident: Identity, tr: Track, base: tu
 
 
 def _write_people(root: Path, spec: VideoSpec, cfg: SynthConfig, names: list[str], idents: list[Identity],
-                  tracks: list[Track], tmp_dirs: list[Path], n_crops: list[int]) -> dict:
+                  tracks: list[Track], tmp_dirs: list[Path], n_crops: list[int], true_lm: np.ndarray,
+                  crop_lm: np.ndarray) -> dict:
     """Move the crop folders into place, write each person's annotation and truth; return the video's facts."""
     w, h = _frame_size(spec, cfg)
     facts = {"name": spec.name, "split": spec.split, "two_person": spec.two_person, "n_frames": spec.n_frames,
@@ -253,7 +261,7 @@ def _write_people(root: Path, spec: VideoSpec, cfg: SynthConfig, names: list[str
         write_text(label_dir / f"{name}.txt", annotation_text(tr.labels))
         with atomic_path(root / META_DIR / f"{name}.npz") as tmp:
             with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **truth_arrays(tr))
+                np.savez_compressed(handle, **truth_arrays(tr), landmarks=true_lm[k], crop_landmarks=crop_lm[k])
         facts["persons"].append({
             "name": name, "lag_frames": tr.lag, "crops": n_crops[k],
             "invalid_labels": int((tr.labels[:, 0] == -5.0).sum()),

@@ -218,8 +218,14 @@ def frame_params(tr: Track, t: int) -> dict:
     }
 
 
+# Kept in synth_meta/<name>.npz by rendering only (not by `simulate`): (n, 5, 2) float32 frame pixels, NaN where
+# none: the drawn face's true 5 landmarks (eye centres, nose tip, mouth corners, image left first), and the
+# landmarks its cropped_aligned/ crop was aligned with (true + the simulated aligner's error).
+RENDERED_TRUTH = ("landmarks", "crop_landmarks")
+
+
 def truth_arrays(tr: Track) -> dict[str, np.ndarray]:
-    """The per-frame truth kept in synth_meta/<name>.npz."""
+    """The per-frame truth kept in synth_meta/<name>.npz (besides RENDERED_TRUTH)."""
     occluded = np.zeros(len(tr.va), dtype=bool)
     for occ in tr.occluder:
         occluded[occ[0] : occ[0] + occ[1]] = True

@@ -1,0 +1,305 @@
+"""Crops for training from a dataset's raw videos, made by the same faces stage `predict` runs.
+
+    result = extract_dataset_faces("affwild2/", "affwild2_own/")   # -> affwild2_own/cropped_aligned/...
+
+A model trained on the dataset's own crops (Aff-Wild2's `cropped_aligned/`, or the generator's ideal ones) and
+run on raw video through `predict` sees crops from another detector and aligner at test time. This writes a
+dataset's crops with ours instead, in the Aff-Wild2 layout, so that training and prediction see the same faces:
+
+    OUT/cropped_aligned/<v>/<NNNNN>.jpg            one person: 1-based frame numbers, JPEG; frames without a
+    OUT/cropped_aligned/<v>_left/, <v>_right/      face have no file; two people: by mean horizontal position
+    OUT/cropped_aligned/<v>.faces.csv              the faces stage's per-frame CSV (written last: a video whose
+                                                   CSV is there is complete and skipped when the run is resumed)
+    OUT/cropped_aligned/.mambava-faces.json        what made the crops (detector, source root)
+    OUT/<every other entry of ROOT>                 a symbolic link to ROOT's (annotations, test list, videos/),
+                                                   so OUT is a complete dataset root for `data check`, `extract`
+                                                   and training
+
+Every frame of every raw video under ROOT/videos/ (or raw_videos/, any sub-folders) is processed. Each track
+folder is filled under a hidden name and renamed into place when complete (`extract_faces`); a video that
+fails is reported and the others go on.
+
+`synth_alignment_error` measures how far our crops are from ideal on a synthetic dataset, whose generator
+keeps every face's true landmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mambava.affwild2 import CROPS_DIR, AffWild2, base_video
+from mambava.errors import MambavaError
+from mambava.faces.align import ARCFACE_TEMPLATE_112, alignment_matrix, transform_points
+from mambava.fileio import atomic_open
+
+MARKER = ".mambava-faces.json"
+CSV_SUFFIX = ".faces.csv"
+
+
+@dataclass
+class VideoFaces:
+    """One raw video of a dataset run: `tracks` {folder name: crops}; `skipped` when an earlier run finished it;
+    `error` when it failed; `unmatched` names the dataset's annotation/test names of this video that got no
+    crop folder, and `extra` our track folders that are no such name."""
+
+    video: str
+    frames: int = 0
+    tracks: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: bool = False
+    error: str | None = None
+    unmatched: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DatasetFacesResult:
+    root: Path
+    out: Path
+    crops_dir: Path
+    videos: list[VideoFaces]
+    linked: list[str]  # entries of ROOT linked into OUT
+
+    @property
+    def failed(self) -> list[VideoFaces]:
+        return [v for v in self.videos if v.error is not None]
+
+    @property
+    def frames_per_second(self) -> float:
+        done = [v for v in self.videos if not v.skipped and v.error is None]
+        seconds = sum(v.seconds for v in done)
+        return sum(v.frames for v in done) / seconds if seconds > 0 else 0.0
+
+
+def _video_job(args: tuple) -> VideoFaces:
+    """Faces of one raw video into crops_dir (a worker process, or inline)."""
+    video, path, crops_dir, detector, detector_kwargs, min_track_frames, threads = args
+    from mambava.faces.detect import get_detector
+    from mambava.faces.pipeline import extract_faces
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        det = detector if not isinstance(detector, str) else get_detector(detector, **detector_kwargs)
+        result = extract_faces(path, crops_dir, name=video, detector=det, min_track_frames=min_track_frames)
+    except MambavaError as error:
+        return VideoFaces(video, error=str(error), seconds=time.perf_counter() - start)
+    return VideoFaces(video, frames=len(result.frames), tracks={t.name: len(t.present) for t in result.tracks},
+                      seconds=time.perf_counter() - start)
+
+
+def extract_dataset_faces(
+    root: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    detector: str | object = "mtcnn",
+    detector_kwargs: dict | None = None,
+    min_track_frames: int = 3,
+    workers: int = 1,
+    videos: list[str] | None = None,
+    link: bool = True,
+    progress: Callable[[int, int, VideoFaces], None] | None = None,
+) -> DatasetFacesResult:
+    """Detect, track and align the faces of every raw video of the dataset at `root` and write them to
+    `out`/cropped_aligned/ in the Aff-Wild2 layout (see the module docstring); `out` defaults to `root`.
+
+    A video whose `<v>.faces.csv` is already there is skipped (resume). `out`'s cropped_aligned/, when it
+    exists, must have been written by this function (its marker file), never the dataset's own crops.
+    `detector`: a registered name (built in each worker with `detector_kwargs`) or, with workers=1, a detector
+    object. `workers` > 1 runs that many processes, one video each, one torch thread each. `videos` keeps
+    those raw videos only. `link` makes OUT a complete dataset root (links to ROOT's other entries).
+    `progress(done, total, video_result)` is called after each video."""
+    root = Path(root)
+    out = Path(out) if out is not None else root
+    dataset = AffWild2(root)
+    raw = dataset.raw_videos
+    if not raw:
+        raise MambavaError(f"{root}: no raw videos (looked in videos/ and raw_videos/, any sub-folders)")
+    if videos is not None:
+        absent = [v for v in videos if v not in raw]
+        if absent:
+            raise MambavaError(f"{root}: no raw video {absent[0]!r}")
+        raw = {v: raw[v] for v in videos}
+    crops_dir = out / CROPS_DIR
+    marker = crops_dir / MARKER
+    if crops_dir.is_dir() and not marker.exists() and any(crops_dir.iterdir()):
+        raise MambavaError(
+            f"{crops_dir}: holds crops not made by `mambava faces --dataset` (the dataset's own?): "
+            f"choose another --out"
+        )
+    crops_dir.mkdir(parents=True, exist_ok=True)
+    if not marker.exists():
+        with atomic_open(marker, "w") as handle:
+            json.dump({"source": str(root.resolve()), "detector": detector if isinstance(detector, str) else
+                       getattr(detector, "name", type(detector).__name__),
+                       "detector_kwargs": detector_kwargs or {}, "min_track_frames": min_track_frames}, handle)
+    linked = _link_root(root, out) if link and out.resolve() != root.resolve() else []
+
+    names_of: dict[str, list[str]] = {}
+    for name in dataset.videos:
+        names_of.setdefault(base_video(name), []).append(name)
+    results: dict[str, VideoFaces] = {}
+    todo = []
+    for video, path in sorted(raw.items()):
+        if (crops_dir / f"{video}{CSV_SUFFIX}").exists():
+            results[video] = VideoFaces(video, skipped=True)
+        else:
+            todo.append(video)
+    done = len(results)
+    if progress is not None:
+        for video in results:
+            progress(done, len(raw), results[video])
+    threads = 1 if workers > 1 else 0
+    jobs = {v: (v, raw[v], crops_dir, detector, detector_kwargs or {}, min_track_frames, threads) for v in todo}
+    if workers > 1 and len(todo) > 1:
+        if not isinstance(detector, str):
+            raise MambavaError("extract_dataset_faces: workers > 1 needs a detector name, not an object")
+        import multiprocessing
+
+        # spawned, not forked: safe beside torch's threads in the parent
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            # longest first keeps the workers busy to the end
+            order = sorted(todo, key=lambda v: -os.path.getsize(raw[v]))
+            futures = {pool.submit(_video_job, jobs[v]): v for v in order}
+            from concurrent.futures import as_completed
+
+            for future in as_completed(futures):
+                item = future.result()
+                results[item.video] = item
+                done += 1
+                if progress is not None:
+                    progress(done, len(raw), item)
+    else:
+        for video in todo:
+            item = _video_job(jobs[video])
+            results[video] = item
+            done += 1
+            if progress is not None:
+                progress(done, len(raw), item)
+    for video, item in results.items():
+        if item.error is not None:
+            continue
+        tracks = set(item.tracks) if not item.skipped else set(_tracks_in_csv(crops_dir / f"{video}{CSV_SUFFIX}"))
+        if item.skipped:
+            item.tracks = {t: 0 for t in sorted(tracks)}
+        expected = set(names_of.get(video, []))
+        if expected:
+            item.unmatched = sorted(expected - tracks)
+            item.extra = sorted(tracks - expected)
+    return DatasetFacesResult(root, out, crops_dir, [results[v] for v in sorted(results)], linked)
+
+
+def _tracks_in_csv(path: Path) -> list[str]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return sorted({row["track"] for row in csv.DictReader(handle) if row.get("track")})
+
+
+def _link_root(root: Path, out: Path) -> list[str]:
+    """Link every entry of `root` but its crops (and hidden ones) into `out`, where `out` has none by that
+    name: OUT becomes a dataset root with ROOT's annotations, test list and videos."""
+    linked = []
+    for entry in sorted(root.iterdir()):
+        if entry.name == CROPS_DIR or entry.name.startswith("."):
+            continue
+        target = out / entry.name
+        if target.exists() or target.is_symlink():
+            continue
+        try:
+            target.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+        except OSError as error:
+            raise MambavaError(f"{target}: cannot link to {entry} ({error}); use --out {root} or copy it") from None
+        linked.append(entry.name)
+    return linked
+
+
+# ---------------------------------------------------------------------------------------------------------
+# How good are our crops? (synthetic data, whose true landmarks are known)
+
+EYE_DISTANCE_112 = float(np.linalg.norm(ARCFACE_TEMPLATE_112[1] - ARCFACE_TEMPLATE_112[0]))  # 35.24 px
+
+
+def alignment_offsets(landmarks: np.ndarray, true_landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """(N, 5, 2): where a face's true 5 landmarks land in the size×size crop aligned with `landmarks` (N, 5, 2,
+    frame pixels) minus where they land in the ideal crop (aligned with the true landmarks themselves), in crop
+    pixels. Not the distance to the template: a face whose shape or expression differs from it leaves a
+    residual that no aligner can remove."""
+    offsets = np.empty((len(landmarks), 5, 2))
+    for i, (found, true) in enumerate(zip(landmarks, true_landmarks)):
+        offsets[i] = transform_points(alignment_matrix(found, size), true) - transform_points(
+            alignment_matrix(true, size), true)
+    return offsets
+
+
+def alignment_error(landmarks: np.ndarray, true_landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """(N, 5) lengths of `alignment_offsets`: 0 for a perfect crop."""
+    return np.linalg.norm(alignment_offsets(landmarks, true_landmarks, size), axis=2)
+
+
+def _summary(offsets: np.ndarray) -> dict:
+    errors = np.linalg.norm(offsets, axis=2)
+    per_face = errors.mean(1) if len(errors) else errors
+    return {
+        "faces": int(len(errors)),
+        "mean_px": float(per_face.mean()) if len(errors) else None,
+        "median_px": float(np.median(per_face)) if len(errors) else None,
+        "p95_px": float(np.percentile(per_face, 95)) if len(errors) else None,
+        "mean_eye_pct": float(100 * per_face.mean() / EYE_DISTANCE_112) if len(errors) else None,
+        "median_eye_pct": float(100 * np.median(per_face) / EYE_DISTANCE_112) if len(errors) else None,
+        "per_point_px": [round(float(x), 3) for x in errors.mean(0)] if len(errors) else None,
+        # the part common to all faces (x, y): a shift that training on the same crops absorbs
+        "mean_offset_px": [round(float(x), 3) for x in offsets.mean((0, 1))] if len(errors) else None,
+    }
+
+
+def synth_alignment_error(synth_root: str | os.PathLike, faces_dir: str | os.PathLike,
+                          names: list[str] | None = None) -> dict:
+    """Alignment error of the faces stage's crops in `faces_dir` (its `<v>.faces.csv` files: each crop's
+    landmarks) against the true landmarks the generator kept for the synthetic dataset at `synth_root`, in
+    pixels at 112 px (`alignment_error`: each face's mean over its 5 points, then mean / median / 95th
+    percentile over faces), as % of the template's eye distance (35.2 px), and the mean offset; beside it, the same for the generator's own crops
+    (`cropped_aligned/`, aligned with the true landmarks plus its simulated aligner error). A track is matched
+    to the annotation name it is named after; frames where the face is not drawn are left out (and counted)."""
+    import pandas as pd
+
+    from mambava.synth import read_meta, read_truth
+
+    synth_root, faces_dir = Path(synth_root), Path(faces_dir)
+    meta = read_meta(synth_root)
+    ours, theirs = [], []
+    unmatched = 0
+    points = [f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in "xy"]
+    for video in meta["videos"]:
+        persons = [p["name"] for p in video["persons"] if names is None or p["name"] in names]
+        if not persons:
+            continue
+        csv_path = faces_dir / f"{video['name']}{CSV_SUFFIX}"
+        table = pd.read_csv(csv_path) if csv_path.exists() else None
+        for name in persons:
+            truth = read_truth(synth_root, name)
+            crop = truth["crop"]
+            theirs.append(alignment_offsets(truth["crop_landmarks"][crop], truth["landmarks"][crop]))
+            if table is None:
+                continue
+            rows = table[(table["track"] == name) & (table["present"] == 1)]
+            frames = rows["frame"].to_numpy()
+            inside = frames < len(truth["landmarks"])
+            found = rows[points].to_numpy(np.float64)[inside].reshape(-1, 5, 2)
+            true = truth["landmarks"][frames[inside]]
+            drawn = np.isfinite(true).all((1, 2))
+            unmatched += int((~drawn).sum()) + int((~inside).sum())
+            ours.append(alignment_offsets(found[drawn], true[drawn]))
+    stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, 5, 2))  # noqa: E731
+    return {"ours": _summary(stack(ours)), "generator": _summary(stack(theirs)), "faces_not_drawn": unmatched}
