@@ -1,0 +1,134 @@
+"""`mambava ratings` (continuous ratings onto a prediction's frames, each rater's lag) and `mambava models`
+(local model names); see mambava.ratings and mambava.registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+from mambava.errors import MambavaError
+
+models_app = typer.Typer(help="Local model names: checkpoints kept in the user cache folder (no download).",
+                         no_args_is_help=True)
+
+
+def _prediction_track(path: Path, track: Optional[str]):
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise MambavaError(f"{path}: no such predictions file") from None
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise MambavaError(f"{path}: not a readable predictions CSV ({str(error).splitlines()[0]})") from None
+    missing = [c for c in ("frame", "time", "valence", "arousal") if c not in table.columns]
+    if missing:
+        raise MambavaError(f"{path}: missing column(s) {', '.join(missing)} (a `mambava predict` CSV is needed)")
+    if "track" in table.columns:
+        names = list(dict.fromkeys(table["track"].astype(str)))
+        if track is None and len(names) > 1:
+            raise MambavaError(f"{path}: {len(names)} tracks ({', '.join(names)}); choose one with --track")
+        chosen = track if track is not None else names[0]
+        if chosen not in names:
+            raise MambavaError(f"{path}: no track {chosen!r} (tracks: {', '.join(names)})")
+        table = table[table["track"].astype(str) == chosen]
+    return table.sort_values("frame", kind="stable").reset_index(drop=True)
+
+
+def ratings_command(
+    predictions: Path = typer.Argument(..., help="A `mambava predict` CSV (<name>.csv) of the rated video."),
+    ratings: List[Path] = typer.Argument(..., help="One file per rater: CSV with time (s) and valence/arousal columns, or Aff-Wild2 per-frame .txt."),
+    out: Path = typer.Option(Path("ratings"), "--out", "-o", help="Output folder."),
+    track: Optional[str] = typer.Option(None, "--track", help="The rated person's track (needed when the video has several)."),
+    value_range: Optional[Tuple[float, float]] = typer.Option(None, "--range", help="Rating scale LO HI, mapped onto [-1, 1] (default: already in [-1, 1])."),
+    max_lag: float = typer.Option(3.0, "--max-lag", help="Largest lag tried, seconds, either way."),
+) -> None:
+    """Resample each rater's continuous ratings to the video's frames (<rater>.frames.csv: frame, time,
+    valence, arousal; empty where not rated) and estimate each rater's lag behind the model's predictions:
+    the lag within +-max-lag that maximises CCC (lags.csv: rater, dimension, lag_frames, lag_s, ccc_at_lag,
+    ccc_at_zero, frames_rated; lags.png: the CCC-against-lag curves)."""
+    import numpy as np
+    import pandas as pd
+
+    from mambava.analysis import write_csv
+    from mambava.ratings import estimate_lag, frame_rate, plot_lag_curves, read_ratings
+
+    if value_range is not None and value_range[0] >= value_range[1]:
+        raise MambavaError(f"--range: LO must be below HI, got {value_range[0]:g} {value_range[1]:g}")
+    table = _prediction_track(predictions, track)
+    frames = table["frame"].to_numpy(np.int64)
+    times = table["time"].to_numpy(float)
+    fps = frame_rate(times)
+    predicted = table[["valence", "arousal"]].to_numpy(float)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MambavaError(f"{out}: cannot create the output folder ({error.strerror or error})") from None
+    rows, curves = [], []
+    for path in ratings:
+        rated = read_ratings(path, frames, times, value_range)
+        rater = path.stem
+        write_csv(pd.DataFrame({"frame": frames, "time": times, "valence": rated[:, 0], "arousal": rated[:, 1]}),
+                  out / f"{rater}.frames.csv")
+        for index, dim in enumerate(("valence", "arousal")):
+            known = int(np.isfinite(rated[:, index]).sum())
+            if known == 0:
+                continue
+            lag = estimate_lag(predicted[:, index], rated[:, index], fps, max_lag)
+            rows.append({"rater": rater, "dimension": dim, "lag_frames": lag.frames, "lag_s": lag.seconds,
+                         "ccc_at_lag": lag.ccc, "ccc_at_zero": lag.ccc_zero, "frames_rated": known})
+            curves.append((rater, dim, lag))
+            typer.echo(f"{path}: {dim} lag {lag.frames:+d} frames ({lag.seconds:+.3f} s), CCC {lag.ccc:.3f} "
+                       f"(at 0: {lag.ccc_zero:.3f}), {known}/{len(frames)} frames rated")
+    if not rows:
+        raise MambavaError("no rater rated any frame of this prediction")
+    write_csv(pd.DataFrame(rows), out / "lags.csv")
+    plot_lag_curves(curves, out / "lags.png", title=predictions.stem)
+    typer.echo(f"-> {out / 'lags.csv'}, {out / 'lags.png'}")
+
+
+@models_app.command("add")
+def models_add(
+    name: str = typer.Argument(..., help="The name to use with predict -c/-b."),
+    file: Path = typer.Argument(..., help="Checkpoint: a temporal model or a backbone."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="temporal or backbone (default: read from the file)."),
+    trained_on: Optional[str] = typer.Option(None, "--trained-on", help="What it was trained on (default: what its run config says)."),
+    replace: bool = typer.Option(False, "--replace", help="Replace an existing name."),
+) -> None:
+    """Copy a checkpoint into the user cache folder under NAME, with its SHA-256."""
+    from mambava.registry import add, models_dir
+
+    entry = add(name, file, kind, trained_on, replace)
+    typer.echo(f"{name}: {entry['kind']}, sha256 {entry['sha256'][:16]}..., {entry['size']} bytes -> "
+               f"{models_dir() / entry['file']}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The model names: kind, SHA-256 (first 16 hex digits), size, what it was trained on."""
+    from mambava.registry import models_dir, read_index
+
+    index = read_index()
+    if not index:
+        typer.echo(f"no models in {models_dir()} (add one with `mambava models add NAME FILE`)")
+        return
+    typer.echo("name\tkind\tsha256\tsize\ttrained_on\tadded")
+    for name in sorted(index):
+        entry = index[name]
+        typer.echo(f"{name}\t{entry['kind']}\t{entry['sha256'][:16]}\t{entry['size']}\t{entry['trained_on'] or '-'}\t{entry['added']}")
+
+
+@models_app.command("remove")
+def models_remove(name: str = typer.Argument(..., help="The name to remove (its cached file is deleted).")) -> None:
+    """Forget a model name and delete its cached copy."""
+    from mambava.registry import remove
+
+    entry = remove(name)
+    typer.echo(f"{name}: removed ({entry['file']})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ratings")(ratings_command)
+    app.add_typer(models_app, name="models")
