@@ -17,6 +17,23 @@ DIM, T, FPS = 8, 240, 30.0
 GAIN_MARGIN = 0.2  # mean per-video P_VA on held-out participants must rise by at least this much
 
 
+def run_cli(args, capsys):
+    import sys
+
+    from mambava.cli import main
+
+    argv, sys.argv = sys.argv, ["mambava", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def _latent(rng, n):
     """Smooth valence/arousal in about [-0.8, 0.8]."""
     kernel = np.hanning(21)
@@ -91,3 +108,36 @@ def test_adaptation_gains_on_held_out_participants(tmp_path, tiny_mamba_va):
     assert predictor.window == 60 and predictor.stride == 30
     values = predictor.predict_features(population_b[0].features)
     assert values.shape == (T, 2)
+
+
+def test_adapt_command_on_files(tmp_path, capsys, tiny_mamba_va):
+    from mambava.baselines import save_temporal_model
+
+    model = save_temporal_model(tiny_mamba_va(DIM), tmp_path / "model.safetensors")
+    mixing = np.random.default_rng(5).normal(0, 1, (2, DIM))
+    (tmp_path / "feats").mkdir()
+    (tmp_path / "ratings").mkdir()
+    for video in _population(3, 4, 1, np.eye(2), np.zeros(2), 0, mixing):
+        np.save(tmp_path / "feats" / f"{video.name}.npy", video.features)
+        t = np.arange(0, T / FPS, 0.1)  # 10 Hz ratings
+        pd.DataFrame({"time": t, "valence": np.interp(t, np.arange(T) / FPS, video.labels[:, 0]),
+                      "arousal": np.interp(t, np.arange(T) / FPS, video.labels[:, 1])}).to_csv(
+            tmp_path / "ratings" / f"{video.name}.csv", index=False)
+    args = ["adapt", "-c", model, "--features", tmp_path / "feats", "--ratings", tmp_path / "ratings",
+            "-o", tmp_path / "out", "--mode", "head", "--lag", "0.1", "--folds", "2", "--epochs", "2",
+            "--window", "60", "--stride", "30"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "4 videos of 4 participants; lag 3 frames (0.100 s, given); trained: dual_reg" in out
+    rows = pd.read_csv(tmp_path / "out" / "per_video.csv")
+    assert sorted(rows["participant"]) == ["p30", "p31", "p32", "p33"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["gain"] == pytest.approx(rows["p_va_after"].mean() - rows["p_va_before"].mean(), abs=1e-5)
+    # only the head changed
+    from mambava.baselines import load_temporal_model
+
+    before, after = load_temporal_model(model).state_dict(), load_temporal_model(tmp_path / "out" / "adapted.safetensors").state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"dual_reg"}
+    code, _, err = run_cli([*args[:-8], "--mode", "tail"], capsys)
+    assert code == 2 and err.strip() == "error: mode must be one of head, encoder, all, got 'tail'"

@@ -1,5 +1,6 @@
-"""`mambava ratings` (continuous ratings onto a prediction's frames, each rater's lag) and `mambava models`
-(local model names); see mambava.ratings and mambava.registry."""
+"""`mambava ratings` (continuous ratings onto a prediction's frames, each rater's lag), `mambava adapt`
+(fine-tune on a lab's own data) and `mambava models` (local model names); see mambava.ratings,
+mambava.adapt and mambava.registry."""
 
 from __future__ import annotations
 
@@ -129,6 +130,54 @@ def models_remove(name: str = typer.Argument(..., help="The name to remove (its 
     typer.echo(f"{name}: removed ({entry['file']})")
 
 
+def adapt_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="The trained temporal model (path or `mambava models` name)."),
+    features: Path = typer.Option(..., "--features", help="The lab's features: a feature store folder or a folder of <video>.npy."),
+    ratings: Path = typer.Option(..., "--ratings", help="Folder of <video>.csv (time + valence/arousal), <video>.frames.csv or Aff-Wild2 <video>.txt."),
+    out: Path = typer.Option(Path("adapted"), "--out", "-o", help="Output folder."),
+    mode: str = typer.Option("head", "--mode", help="What is trained: head, encoder (Mamba encoder + head) or all."),
+    lag: str = typer.Option("auto", "--lag", help="Raters' lag in seconds (e.g. from `mambava ratings`), or auto."),
+    participants: Optional[Path] = typer.Option(None, "--participants", help="CSV with columns video, participant."),
+    pattern: str = typer.Option(r"^([^_-]+)", "--participant-pattern", help="Without --participants: regex whose first group of the video name is the participant."),
+    folds: int = typer.Option(3, "--folds", help="Cross-validation groups of participants (0: none)."),
+    epochs: int = typer.Option(20, "--epochs"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    window: Optional[int] = typer.Option(None, "--window", help="Training window (default: the checkpoint's, else 300)."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Window stride (default: the checkpoint's, else 200)."),
+    fps: float = typer.Option(30.0, "--fps", help="Frame rate of the features."),
+    value_range: Optional[Tuple[float, float]] = typer.Option(None, "--range", help="Rating scale LO HI, mapped onto [-1, 1]."),
+    accelerator: str = typer.Option("cpu", "--accelerator", help="cpu, gpu or auto."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fine-tune a trained temporal model on your own videos and ratings. Reports per-video CCC before and
+    after on participants each cross-validation fold never saw (per_video.csv, summary.json), then adapts on
+    everyone and writes adapted.safetensors (use with `mambava predict -c`)."""
+    from mambava.adapt import AdaptConfig, adapt, load_adapt_data
+    from mambava.registry import resolve_model
+
+    if lag != "auto":
+        try:
+            lag_value: float | str = float(lag)
+        except ValueError:
+            raise MambavaError(f"--lag: seconds or auto, got {lag!r}") from None
+    else:
+        lag_value = "auto"
+    cfg = AdaptConfig(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, window=window, stride=stride, lag=lag_value,
+                      folds=folds, fps=fps, seed=seed, accelerator=accelerator, progress_bar=False)
+    cfg.check()
+    videos = load_adapt_data(features, ratings, participants, pattern, fps, value_range)
+    result = adapt(resolve_model(checkpoint, "temporal"), videos, out, cfg)
+    s = result.summary
+    typer.echo(f"{len(videos)} videos of {s['participants']} participants; lag {result.lag_frames} frames "
+               f"({s['lag_s']:.3f} s, {s['lag_source']}); trained: {', '.join(s['trainable'])}")
+    if "gain" in s:
+        typer.echo(f"held-out participants, mean per-video P_VA: before {s['p_va_before']:.4f}, after "
+                   f"{s['p_va_after']:.4f} (gain {s['gain']:+.4f}) -> {out / 'per_video.csv'}")
+    typer.echo(f"-> {result.model_path}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("ratings")(ratings_command)
+    app.command("adapt")(adapt_command)
     app.add_typer(models_app, name="models")
