@@ -124,7 +124,7 @@ def load_adapt_data(features: str | os.PathLike, ratings: str | os.PathLike, par
     if names:
         for name in names:
             record = store.read(name)
-            arrays[name] = (np.asarray(record.features, np.float32), np.asarray(record.mask, bool))
+            arrays[name] = (np.array(record.features, np.float32), np.array(record.mask, bool))
     else:
         for path in sorted(features.glob("*.npy")):
             arrays[path.stem] = load_features_file(path)
