@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mambava.adapt import AdaptConfig, AdaptVideo, adapt, freeze, load_adapt_data, participant_folds
+from mambava.adapt import AdaptConfig, AdaptVideo, adapt, freeze, participant_folds
 
 DIM, T, FPS = 8, 240, 30.0
 GAIN_MARGIN = 0.2  # mean per-video P_VA on held-out participants must rise by at least this much

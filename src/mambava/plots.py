@@ -91,6 +91,8 @@ def plot_va_over_time(table, path: str | os.PathLike, title: str | None = None, 
                 ax.axvspan(t0, t1, color="0.85", zorder=0, label="no face" if i == 0 else None)
         if events is not None:
             _shade_events(ax, events)
+            if len(time):  # events outside the video are reported in events.csv, not drawn
+                ax.set_xlim(float(time.min()), float(time.max()))
         ax.axhline(0.0, color="0.5", lw=0.6)
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel(name or "value")
@@ -110,7 +112,7 @@ def _shade_events(ax, events) -> None:
     for index, kind in enumerate(types):
         rows = events[events["trial_type"].astype(str) == kind]
         for i, (onset, duration) in enumerate(zip(rows["onset"], rows["duration"])):
-            ax.axvspan(float(onset), float(onset) + float(duration), color=colours(index % 8), alpha=0.6, zorder=0,
+            ax.axvspan(float(onset), float(onset) + float(duration), color=colours(index % 8), alpha=0.45, zorder=0,
                        label=kind if i == 0 else None)
 
 
