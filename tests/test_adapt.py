@@ -141,3 +141,34 @@ def test_adapt_command_on_files(tmp_path, capsys, tiny_mamba_va):
     assert changed == {"dual_reg"}
     code, _, err = run_cli([*args[:-8], "--mode", "tail"], capsys)
     assert code == 2 and err.strip() == "error: mode must be one of head, encoder, all, got 'tail'"
+
+
+def test_load_adapt_data_from_a_store_and_a_participants_file(tmp_path):
+    from mambava.adapt import load_adapt_data
+    from mambava.errors import MambavaError
+    from mambava.features import FeatureStore
+
+    store = FeatureStore(tmp_path / "store")
+    rng = np.random.default_rng(0)
+    mask = np.ones(90, bool)
+    mask[10:20] = False
+    for name in ("a1", "a2", "b1"):
+        store.write(name, rng.normal(size=(90, DIM)).astype(np.float32), mask, fps=30.0, backbone="test", dtype="float32")
+    (tmp_path / "ratings").mkdir()
+    # a1: `mambava ratings` output (frame, time, valence, arousal; blanks unrated); a2: Aff-Wild2; b1: no ratings
+    pd.DataFrame({"frame": range(90), "time": np.arange(90) / 30, "valence": np.linspace(-1, 1, 90),
+                  "arousal": [np.nan] * 45 + [0.5] * 45}).to_csv(tmp_path / "ratings" / "a1.frames.csv", index=False)
+    (tmp_path / "ratings" / "a2.txt").write_text("valence,arousal\n" + "0.1,0.2\n" * 80 + "-5,-5\n" * 10)
+    (tmp_path / "people.csv").write_text("video,participant\na1,P1\na2,P2\nb1,P3\n")
+    videos = load_adapt_data(tmp_path / "store", tmp_path / "ratings", tmp_path / "people.csv")
+    assert [(v.name, v.participant) for v in videos] == [("a1", "P1"), ("a2", "P2")]
+    a1, a2 = videos
+    assert a1.features.shape == (90, DIM) and a1.features.flags.writeable and a1.present.sum() == 80
+    np.testing.assert_allclose(a1.labels[:, 0], np.linspace(-1, 1, 90), atol=1e-6)
+    assert np.isnan(a1.labels[:45, 1]).all() and np.allclose(a1.labels[46:, 1], 0.5)
+    assert np.isnan(a2.labels[80:]).all() and np.allclose(a2.labels[:80], [0.1, 0.2])
+    (tmp_path / "people.csv").write_text("video,participant\na1,P1\n")
+    with pytest.raises(MambavaError, match="no participant for video 'a2'"):
+        load_adapt_data(tmp_path / "store", tmp_path / "ratings", tmp_path / "people.csv")
+    # without a participants file the pattern's first group names the participant
+    assert [v.participant for v in load_adapt_data(tmp_path / "store", tmp_path / "ratings", pattern=r"^(\w)")] == ["a", "a"]
