@@ -68,6 +68,8 @@ def predict_command(
             table = predictor.predict(path)
             written = write_table(table, out, name, plots=plots)
             written.update(write_analysis(table, out, name, events, baseline, normalise, plots=plots))
+            if events is not None and "events" not in written:
+                typer.secho(f"{path}: no {name}_events.tsv or {name}.tsv in {events}", fg=typer.colors.YELLOW, err=True)
             if overlay and path in videos:
                 overlay_path = output_paths(out, name)["overlay"]
                 written["overlay"] = write_overlay(path, table, overlay_path, fps=fps, progress=True)
