@@ -68,11 +68,12 @@ def _no_face_spans(time: np.ndarray, face: np.ndarray) -> list[tuple[float, floa
 
 
 def plot_va_over_time(table, path: str | os.PathLike, title: str | None = None, truth=None,
-                      truth_label: str = "truth") -> Path:
+                      truth_label: str = "truth", events=None) -> Path:
     """One panel per track: valence and arousal against time (seconds), y in [-1, 1]; frames without a face
     (values carried over from the last face, see `mambava.predict`) are shaded grey. `truth`, when known: a
     (T, 2) array for a one-track table, or {track: (T, 2)}, one row per row of the track in time order; drawn
-    dashed and named `truth_label` in the legend (NaN or -5 rows are left out)."""
+    dashed and named `truth_label` in the legend (NaN or -5 rows are left out). `events`: a BIDS events table
+    (`mambava.analysis.read_events`) whose segments are shaded, one colour per trial_type."""
     tracks = _tracks(table)
     if truth is not None and not isinstance(truth, Mapping):
         truth = {tracks[0][0]: truth}
@@ -91,6 +92,10 @@ def plot_va_over_time(table, path: str | os.PathLike, title: str | None = None, 
             spans = _no_face_spans(time, rows["face"].to_numpy())
             for i, (t0, t1) in enumerate(spans):
                 ax.axvspan(t0, t1, color="0.85", zorder=0, label="no face" if i == 0 else None)
+        if events is not None:
+            _shade_events(ax, events)
+            if len(time):  # events outside the video are reported in events.csv, not drawn
+                ax.set_xlim(float(time.min()), float(time.max()))
         ax.axhline(0.0, color="0.5", lw=0.6)
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel(name or "value")
@@ -100,6 +105,47 @@ def plot_va_over_time(table, path: str | os.PathLike, title: str | None = None, 
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)
+
+
+def _shade_events(ax, events) -> None:
+    from matplotlib import colormaps
+
+    types = list(dict.fromkeys(events["trial_type"].astype(str)))
+    colours = colormaps["Pastel2"]
+    for index, kind in enumerate(types):
+        rows = events[events["trial_type"].astype(str) == kind]
+        for i, (onset, duration) in enumerate(zip(rows["onset"], rows["duration"])):
+            ax.axvspan(float(onset), float(onset) + float(duration), color=colours(index % 8), alpha=0.45, zorder=0,
+                       label=kind if i == 0 else None)
+
+
+def plot_event_bars(aggregated, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Per-event bar chart of `mambava.analysis.aggregate_events` rows: mean valence and arousal of each event
+    (baseline-normalised when the table has `v_mean_norm`), error bars one SD, one panel per track."""
+    names = list(dict.fromkeys(aggregated["track"].astype(str)))
+    norm = "v_mean_norm" in aggregated.columns
+    figure = _figure(max(5.0, 0.6 * aggregated["event"].nunique() + 2), 1.0 + 2.6 * len(names))
+    axes = figure.subplots(len(names), 1, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names):
+        rows = aggregated[aggregated["track"].astype(str) == name]
+        x = np.arange(len(rows))
+        for offset, (prefix, label, colour) in zip((-0.2, 0.2), (("v", "valence", VALENCE_COLOR), ("a", "arousal", AROUSAL_COLOR))):
+            mean = rows[f"{prefix}_mean_norm" if norm else f"{prefix}_mean"].to_numpy(float)
+            sd = rows[f"{prefix}_sd"].to_numpy(float)
+            if norm and rows["normalisation"].iloc[0] == "zscore":
+                sd = sd / rows[f"{prefix}_baseline_sd"].to_numpy(float)
+            ax.bar(x + offset, mean, 0.4, yerr=np.nan_to_num(sd), capsize=3, color=colour, label=label)
+        ax.axhline(0.0, color="0.5", lw=0.6)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{e}: {t}" for e, t in zip(rows["event"], rows["trial_type"].astype(str))],
+                           rotation=30, ha="right", fontsize="small")
+        what = f"{rows['normalisation'].iloc[0]} from '{rows['baseline'].iloc[0]}'" if norm else "mean"
+        ax.set_ylabel(f"{name}\n{what} (±1 SD)" if name else f"{what} (±1 SD)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(loc="upper right", fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
 
 
 def plot_circumplex(table, path: str | os.PathLike, title: str | None = None) -> Path:
@@ -249,4 +295,4 @@ class OverlayVideoWriter:
         self.close(ok=exc_type is None, error=exc)
 
 
-__all__ = ["plot_va_over_time", "plot_circumplex", "draw_overlay", "OverlayVideoWriter"]
+__all__ = ["plot_va_over_time", "plot_event_bars", "plot_circumplex", "draw_overlay", "OverlayVideoWriter"]

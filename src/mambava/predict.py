@@ -407,6 +407,13 @@ class Predictor:
             }))
         return pd.concat(parts, ignore_index=True)[COLUMNS]
 
+    @staticmethod
+    def summarize(table) -> pandas.DataFrame:
+        """One row per track of a per-frame table: duration, face share, VA statistics (`mambava.analysis`)."""
+        from mambava.analysis import summarize
+
+        return summarize(table)
+
     # ------------------------------------------------------------------------------------------ live
 
     def stream(self, source, realtime: bool = False) -> LiveStream:

@@ -28,7 +28,7 @@ def _root() -> None:
 
 
 # One module per stage; a stage whose module is not there yet is simply absent from the CLI.
-_COMMAND_MODULES = ["demo", "data", "faces", "backbone", "train", "predict", "bench"]
+_COMMAND_MODULES = ["demo", "data", "faces", "backbone", "train", "predict", "bench", "analysis"]
 
 
 def _register_all() -> None:

@@ -34,14 +34,24 @@ def predict_command(
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Face crops per backbone batch."),
     precision: str = typer.Option("auto", "--precision", help="Backbone precision: auto (bf16 where fast), bf16, fp32."),
+    events: Optional[Path] = typer.Option(None, "--events", help="BIDS events .tsv (onset, duration, trial_type), or a folder of <name>_events.tsv: writes <name>.events.csv."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="trial_type of the baseline events: each track is normalised against its own."),
+    normalise: str = typer.Option("difference", "--normalise", help="Against the baseline: difference or zscore."),
 ) -> None:
     """Per-frame valence/arousal for videos (or precomputed features): <name>.csv (+ .parquet with pyarrow),
-    <name>.va.png, <name>.circumplex.png and, with --overlay, <name>.overlay.mp4 in the output folder.
+    <name>.summary.csv (one row per track), <name>.va.png, <name>.circumplex.png and, with --overlay,
+    <name>.overlay.mp4 in the output folder; with --events also <name>.events.csv and <name>.events.png.
 
     Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
     feature was carried over), x1, y1, x2, y2 (face box)."""
     from mambava.predict import FEATURE_SUFFIXES, Predictor, find_inputs, output_paths, write_overlay, write_table
 
+    from mambava.analysis import NORMALISATIONS, write_analysis
+    from mambava.registry import resolve_model
+
+    if normalise not in NORMALISATIONS or (baseline is not None and events is None):
+        raise MambavaError("--baseline needs --events" if normalise in NORMALISATIONS else f"--normalise: one of {', '.join(NORMALISATIONS)}")
+    checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
     paths = find_inputs(inputs)
     _make_folder(out)
     videos = [p for p in paths if Path(p).suffix.lower() not in FEATURE_SUFFIXES]
@@ -60,11 +70,14 @@ def predict_command(
         try:
             name = Path(path).stem
             table = predictor.predict(path)
-            with atomic_group():  # the CSV, plots and overlay of one input appear together or not at all
+            with atomic_group():  # the CSV, summaries, plots and overlay of one input appear together or not at all
                 written = write_table(table, out, name, plots=plots)
+                written.update(write_analysis(table, out, name, events, baseline, normalise, plots=plots))
                 if overlay and path in videos:
                     overlay_path = output_paths(out, name)["overlay"]
                     written["overlay"] = write_overlay(path, table, overlay_path, fps=fps, progress=True)
+            if events is not None and "events" not in written:
+                typer.secho(f"{path}: no {name}_events.tsv or {name}.tsv in {events}", fg=typer.colors.YELLOW, err=True)
         except (MambavaError, OSError) as error:  # OSError: an output that cannot be written (disk full, ...)
             failed += 1
             typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
@@ -108,8 +121,10 @@ def stream_command(
     full` on the same frames). Webcams and URLs are real time: when faces and backbone cannot keep up,
     frames are dropped (and said so), not queued. Ctrl-C stops; the summary and --out are still written."""
     from mambava.predict import FEATURE_SUFFIXES, Predictor
+    from mambava.registry import resolve_model
     from mambava.stream import is_live_source
 
+    checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
     is_features = Path(source).suffix.lower() in FEATURE_SUFFIXES
     if not is_features and backbone is None:
         raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
@@ -142,6 +157,9 @@ def stream_command(
         sys.stdout.flush()
     if out is not None:
         _write_rows(out, rows)
+        from mambava.analysis import write_stream_summary
+
+        write_stream_summary(out, rows)
     typer.echo(
         f"{live.frames} frames, {live.processed} through faces+backbone, dropped {live.dropped} frames"
         + (" to keep up with real time" if live.dropped else "")
