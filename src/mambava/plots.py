@@ -124,7 +124,7 @@ def plot_event_bars(aggregated, path: str | os.PathLike, title: str | None = Non
     (baseline-normalised when the table has `v_mean_norm`), error bars one SD, one panel per track."""
     names = list(dict.fromkeys(aggregated["track"].astype(str)))
     norm = "v_mean_norm" in aggregated.columns
-    figure = _figure(max(5.0, 0.6 * aggregated["event"].nunique() + 2), 1.0 + 2.6 * len(names))
+    figure = new_figure(max(5.0, 0.6 * aggregated["event"].nunique() + 2), 1.0 + 2.6 * len(names))
     axes = figure.subplots(len(names), 1, squeeze=False)[:, 0]
     for ax, name in zip(axes, names):
         rows = aggregated[aggregated["track"].astype(str) == name]
@@ -145,7 +145,7 @@ def plot_event_bars(aggregated, path: str | os.PathLike, title: str | None = Non
         ax.legend(loc="upper right", fontsize="small")
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_circumplex(table, path: str | os.PathLike, title: str | None = None) -> Path:

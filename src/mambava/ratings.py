@@ -179,9 +179,9 @@ def frame_rate(times: np.ndarray) -> float:
 
 def plot_lag_curves(results: list[tuple[str, str, Lag]], path: str | os.PathLike, title: str | None = None) -> Path:
     """CCC against lag (seconds) for each (rater, dimension), the best lag marked."""
-    from mambava.plots import AROUSAL_COLOR, VALENCE_COLOR, _figure, _save
+    from mambava.plots import AROUSAL_COLOR, VALENCE_COLOR, new_figure, save_figure
 
-    figure = _figure(7, 4)
+    figure = new_figure(7, 4)
     ax = figure.subplots()
     styles = ["-", "--", ":", "-."]
     raters = list(dict.fromkeys(r for r, _, _ in results))
@@ -197,7 +197,7 @@ def plot_lag_curves(results: list[tuple[str, str, Lag]], path: str | os.PathLike
     ax.legend(fontsize="small")
     if title:
         ax.set_title(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 __all__ = ["read_ratings", "estimate_lag", "lag_curve", "shift_labels", "frame_rate", "plot_lag_curves", "Lag",
