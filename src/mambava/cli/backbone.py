@@ -111,7 +111,7 @@ def finetune_command(
 ) -> None:
     """Fine-tune the top blocks of the ViT on frame-level valence/arousal (CCC loss), the patch embedding and
     the first --freeze-blocks blocks frozen; writes OUT/encoder.safetensors for `mambava extract -c`."""
-    from mambava.finetune import FinetuneConfig, finetune
+    from mambava.backbone.finetune import FinetuneConfig, finetune
 
     encoder = _encoder(checkpoint, arch, random_init, seed)
     config = FinetuneConfig(freeze_blocks=freeze_blocks, epochs=epochs, max_steps=max_steps, lr=lr, head_lr=head_lr,
@@ -152,7 +152,7 @@ def pretrain_command(
 ) -> None:
     """Optional: adapt MAE to faces with its masked-reconstruction objective on face crops; writes
     OUT/mae_pretrain.pth (facebookresearch/mae format) for `finetune-backbone -c` or `extract -c`."""
-    from mambava.finetune import PretrainConfig, pretrain_mae
+    from mambava.backbone.finetune import PretrainConfig, pretrain_mae
 
     encoder = _encoder(checkpoint, arch, random_init, seed)
     config = PretrainConfig(mask_ratio=mask_ratio, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
