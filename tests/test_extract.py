@@ -10,7 +10,8 @@ from conftest import AFFWILD2_CROPS
 from mambava.affwild2 import read_crop
 from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder
 from mambava.errors import MambavaError
-from mambava.extract import extract_features, find_crop_videos
+from mambava.crops import find_crop_videos
+from mambava.extract import extract_features
 from mambava.features import FeatureStore, FeatureWriter
 
 # Frames per video, as AffWild2.n_frames gives them for the conftest tree: raw video's count (vidD 27, vidE 20),

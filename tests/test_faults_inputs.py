@@ -147,7 +147,7 @@ def test_mae_pretraining_names_a_missing_crop_folder(affwild2_root, tmp_path):
     """find_crop_videos now lists an annotated video without crops (for extract to report): pretraining says so
     too instead of leaving it out."""
     from mambava.backbone import ViTConfig, ViTEncoder
-    from mambava.finetune import pretrain_mae
+    from mambava.backbone.finetune import pretrain_mae
 
     shutil.rmtree(affwild2_root / "cropped_aligned" / "vidC")
     encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2, name="t"))

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from mambava.backbone import ViTConfig, ViTEncoder, load_encoder
-from mambava.finetune import FinetuneConfig, finetune, freeze_prefix
+from mambava.backbone.finetune import FinetuneConfig, finetune, freeze_prefix
 
 
 

@@ -252,17 +252,23 @@ def _matches_test_glob(name: str) -> bool:
     return fnmatchcase(name.lower(), TEST_LIST_GLOB)
 
 
-def list_crop_frames(folder: str | os.PathLike) -> list[int]:
-    """Sorted frame numbers of the crops (`NNNNN.jpg`) in one video's crop folder; [] if it has none.
-    Files whose stem is not a number are ignored."""
-    frames = []
+def crop_files(folder: str | os.PathLike) -> list[tuple[int, str]]:
+    """Sorted (frame number, file name) of the crops `<number>.jpg|.jpeg|.png` in one video's crop folder (the
+    one scan of a crop folder; `crops.scan_crop_folder` builds on it). Files whose stem is not a number are
+    ignored."""
+    found = []
     with os.scandir(folder) as entries:
         for entry in entries:
             stem, suffix = os.path.splitext(entry.name)
             if suffix.lower() in CROP_SUFFIXES and stem.isdigit():
-                frames.append(int(stem))
-    frames.sort()
-    return frames
+                found.append((int(stem), entry.name))
+    found.sort()
+    return found
+
+
+def list_crop_frames(folder: str | os.PathLike) -> list[int]:
+    """Sorted frame numbers of the crops (`NNNNN.jpg`) in one video's crop folder; [] if it has none."""
+    return [frame for frame, _ in crop_files(folder)]
 
 
 def read_crop(path: str | os.PathLike) -> np.ndarray:

@@ -12,7 +12,7 @@ Stages (each prints a line with its time; the long ones show a progress bar):
               pretrained on (no pretrained face model can be had offline).
 3. backbone   a small ViT (`mambava.backbone.ViTEncoder`, 80 px input, 16 px patches, 128-d, 4 blocks), first
               trained on the stills (all blocks), then fine-tuned on the training videos' frames with the
-              paper's partial freezing (patch embedding and the lower blocks frozen, `mambava.finetune`), on
+              paper's partial freezing (patch embedding and the lower blocks frozen, `mambava.backbone.finetune`), on
               frame-level CCC. Why not from scratch on the videos alone: measured here, a ViT trained only on
               the video frames memorises who is on screen (frames of one video are near-duplicates, so a few
               dozen videos give few independent expressions) and reaches a validation CCC_v near 0.5 and a
@@ -340,7 +340,7 @@ def _machine() -> dict:
 
 def _backbone(out: Path, data_root: Path, stills_root: Path, cfg: DemoConfig, progress: bool, stages: _Stages):
     from mambava.backbone import ViTConfig, ViTEncoder
-    from mambava.finetune import FinetuneConfig, finetune
+    from mambava.backbone.finetune import FinetuneConfig, finetune
 
     import torch
 

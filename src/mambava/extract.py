@@ -2,11 +2,9 @@
 
     summary = extract_features("affwild2/", "features/", FeatureExtractor(load_encoder(ckpt), device="cuda"))
 
-- Sources: an Aff-Wild2 root (its `cropped_aligned/`, frame counts from `AffWild2.n_frames`: raw video, else
-  annotation length, else highest crop), a `cropped_aligned/` folder, or any crop tree laid out the same way
-  (`<root>/<name>/<NNNNN>.jpg`, 1-based frame numbers), such as `mambava faces` output, whose
-  `<video>.faces.csv` gives the frame count and rate; without one, the frame count is the highest frame number.
-  A frame without a crop (no face) is forward-filled and masked False by the store.
+- Sources: whatever `crops.find_crop_videos` reads (an Aff-Wild2 root, its `cropped_aligned/`, or any crop tree
+  `<root>/<name>/<NNNNN>.jpg` such as `mambava faces` output). A frame without a crop (no face) is
+  forward-filled and masked False by the store.
 - Worker processes (a torch DataLoader) decode the JPEGs and resize them exactly as the reference (PIL bicubic
   to 224, uint8) while the model runs; normalisation and the ViT run in the main process under bf16 autocast
   where the hardware supports it.
@@ -18,180 +16,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mambava.affwild2 import CROP_SUFFIXES, CROPS_DIR, AffWild2, find_annotations, read_crop
+from mambava.affwild2 import read_crop
 from mambava.backbone import FeatureExtractor, resize_crop
+from mambava.crops import CropVideo, find_crop_videos
 from mambava.errors import MambavaError
 from mambava.features import FeatureStore
 
 log = logging.getLogger(__name__)
-
-DEFAULT_FPS = 30.0  # Aff-Wild2 videos are mostly 30 fps; used when no raw video gives the rate
-
-
-class ExtractWarning(UserWarning):
-    """Crops that are usable but not as expected (numbered past the video's last frame)."""
-
-
-@dataclass
-class CropVideo:
-    """One video's crops: `frames` are the 1-based frame numbers that have a crop, within 1..n_frames."""
-
-    name: str
-    folder: Path
-    frames: np.ndarray  # int64, sorted
-    n_frames: int
-    fps: float = DEFAULT_FPS
-    files: list[str] | None = None  # file names when they are not the canonical f"{frame:05d}{suffix}"
-    suffix: str = ".jpg"
-    error: str | None = None  # why this video cannot be extracted (no crop folder, ...): reported, not skipped
-
-    def path(self, k: int) -> Path:
-        return self.folder / (self.files[k] if self.files is not None else f"{int(self.frames[k]):05d}{self.suffix}")
-
-
-def scan_crop_folder(folder: Path) -> tuple[np.ndarray, list[str] | None, str]:
-    """(sorted frame numbers, file names or None when all are the canonical f"{frame:05d}{suffix}", suffix) of
-    the crops `<number>.jpg|.jpeg|.png` in one folder; MambavaError on two files for one frame."""
-    found: list[tuple[int, str]] = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            stem, suffix = os.path.splitext(entry.name)
-            if suffix.lower() in CROP_SUFFIXES and stem.isdigit():
-                found.append((int(stem), entry.name))
-    found.sort()
-    frames = np.array([f for f, _ in found], dtype=np.int64)
-    if len(frames) and len(np.unique(frames)) != len(frames):
-        dup = int(frames[np.flatnonzero(np.diff(frames) == 0)[0]])
-        raise MambavaError(f"{folder}: two crop files for frame {dup}")
-    suffix = os.path.splitext(found[0][1])[1] if found else ".jpg"
-    canonical = all(name == f"{f:05d}{suffix}" for f, name in found)
-    return frames, (None if canonical else [name for _, name in found]), suffix
-
-
-def faces_csv_info(root: Path) -> dict[str, tuple[int, float | None]]:
-    """{crop folder name: (n_frames, fps)} from the faces stage's `<video>.faces.csv` files in `root` (one row
-    per processed frame and track; `frame` 0-based): the frame count includes the frames after the last face."""
-    import csv
-
-    info: dict[str, tuple[int, float | None]] = {}
-    for path in sorted(root.glob("*.faces.csv")):
-        frames, times, tracks = [], [], set()
-        try:
-            with open(path, newline="") as handle:
-                for row in csv.DictReader(handle):
-                    frames.append(int(row["frame"]))
-                    times.append(float(row["time"]))
-                    if row.get("track"):
-                        tracks.add(row["track"])
-        except (OSError, KeyError, ValueError) as error:
-            raise MambavaError(f"{path}: unreadable faces CSV ({error})") from None
-        if not frames:
-            continue
-        span = max(times) - min(times)
-        fps = (max(frames) - min(frames)) / span if span > 0 else None
-        for name in tracks or {path.name[: -len(".faces.csv")]}:
-            info[name] = (max(frames) + 1, fps)
-    return info
-
-
-def _video_fps(path: Path | None, default: float) -> float:
-    if path is None:
-        return default
-    from mambava.video import open_video
-
-    with contextlib.suppress(MambavaError), open_video(path) as reader:
-        if reader.fps and math.isfinite(reader.fps) and reader.fps > 0:
-            return float(reader.fps)
-    return default
-
-
-def find_crop_videos(source: str | os.PathLike, fps: float | None = None,
-                     names: list[str] | None = None) -> list[CropVideo]:
-    """The videos of a crop source (see the module docstring), sorted by name. `fps` overrides the rate (else
-    the raw video's, else 30); `names` keeps only those videos (MambavaError naming any that is absent)."""
-    source = Path(source)
-    if not source.is_dir():
-        raise MambavaError(f"{source}: crop folder not found")
-    dataset = None
-    if (source / CROPS_DIR).is_dir():
-        dataset = AffWild2(source)
-    elif source.name == CROPS_DIR and find_annotations(source.parent) is not None:
-        dataset = AffWild2(source.parent)
-    elif (source / "VA_Estimation_Challenge").is_dir():  # its sub-folders are not crop folders
-        raise MambavaError(f"{source}: an Aff-Wild2 root without {CROPS_DIR}/: run `mambava faces` on its videos "
-                           f"(or pass the folder of crops)")
-    folders: dict[str, Path] = {}
-    faces_info: dict[str, tuple[int, float | None]] = {}
-    if dataset is not None:
-        folders = {v: dataset.crops_dir(v) for v in dataset.crop_videos}
-        # a video of the splits (annotated, or in the test list) whose crop folder is missing is a failure of
-        # that video, not silently left out of the store
-        for video in (v for split in dataset.splits.values() for v in split):
-            folders.setdefault(video, dataset.crops_dir(video))
-    else:
-        faces_info = faces_csv_info(source)
-        folders = {p.name: p for p in sorted(source.iterdir()) if p.is_dir() and not p.name.startswith(".")}
-        if not folders and any(p.suffix.lower() in CROP_SUFFIXES for p in source.iterdir()):
-            folders = {source.name: source}  # one video's crop folder given directly
-    for name in faces_info:  # a video in which the faces stage found no face at all: every frame missing
-        folders.setdefault(name, source / name)
-    if names is not None:
-        absent = [n for n in names if n not in folders]
-        if absent:
-            raise MambavaError(f"{source}: no crop folder for {', '.join(absent[:5])}"
-                               + (f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""))
-        folders = {n: folders[n] for n in names}
-    videos = []
-    for name in sorted(folders):
-        if dataset is not None and not folders[name].is_dir():
-            videos.append(CropVideo(name, folders[name], np.zeros(0, np.int64), 0,
-                                    error=f"{folders[name]}: no crop folder for video {name!r}"))
-            continue
-        if folders[name].is_dir():
-            try:
-                frames, files, suffix = scan_crop_folder(folders[name])
-            except MambavaError as error:
-                videos.append(CropVideo(name, folders[name], np.zeros(0, np.int64), 0, error=str(error)))
-                continue
-        else:
-            frames, files, suffix = np.zeros(0, np.int64), None, ".jpg"
-        if dataset is not None:
-            countable = len(frames) or dataset.video_path(name) is not None \
-                or dataset.split_of(name) in ("train", "validation")
-            n_frames = dataset.n_frames(name) if countable else 0
-            rate = fps or _video_fps(dataset.video_path(name), DEFAULT_FPS)
-        elif name in faces_info:  # the faces stage's output: its CSV knows every processed frame
-            n_frames, rate = faces_info[name][0], fps or faces_info[name][1] or DEFAULT_FPS
-        else:
-            n_frames, rate = int(frames[-1]) if len(frames) else 0, fps or DEFAULT_FPS
-        if n_frames <= 0:
-            warnings.warn(f"{folders[name]}: no crops and no frame count, skipped", ExtractWarning, stacklevel=2)
-            continue
-        inside = (frames >= 1) & (frames <= n_frames)
-        if not inside.all():
-            warnings.warn(f"{folders[name]}: {int((~inside).sum())} crop(s) numbered outside frames 1..{n_frames} "
-                          f"ignored", ExtractWarning, stacklevel=2)
-            files = [f for f, keep in zip(files, inside) if keep] if files is not None else None
-            frames = frames[inside]
-        videos.append(CropVideo(name, folders[name], frames, n_frames, rate, files, suffix))
-    if not videos:
-        raise MambavaError(f"{source}: no crop folders (expected <name>/<NNNNN>.jpg)")
-    return videos
 
 
 class CropDataset(Dataset):
@@ -219,6 +61,14 @@ class CropDataset(Dataset):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+
+
+def _crop_loader(dataset: CropDataset, extractor: FeatureExtractor, workers: int | None) -> DataLoader:
+    """Worker processes decode and resize the crops, in order, while the model runs on the previous batch."""
+    workers = default_workers(extractor.device) if workers is None else workers
+    return DataLoader(dataset, batch_size=extractor.batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=extractor.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -319,10 +169,7 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
         return summary
 
     dataset = CropDataset(pending, extractor.config.img_size)
-    workers = default_workers(extractor.device) if workers is None else workers
-    loader = DataLoader(dataset, batch_size=extractor.batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=extractor.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    loader = _crop_loader(dataset, extractor, workers)
     start = time.perf_counter()
     with _progress(progress and rank == 0) as bar:
         task = bar.add_task(f"extract (rank {rank}/{world_size})" if world_size > 1 else "extract",

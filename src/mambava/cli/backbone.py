@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from mambava.cli.options import lightning_precision, precision_option
 from mambava.errors import MambavaError
 from mambava.runtime import resolve_device
 
@@ -43,7 +44,7 @@ def extract_command(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0,
                                           help="Decode/resize worker processes (default: by device and cores)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0..."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where fast: CUDA, CPU AMX/AVX512-BF16), bf16, fp32."),
+    precision: str = precision_option("auto"),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 or float32."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate recorded per video (default: raw video's, else 30)."),
     video: Optional[List[str]] = typer.Option(None, "--video", help="Only these videos (repeatable)."),
@@ -102,7 +103,7 @@ def finetune_command(
     head_lr: float = typer.Option(1e-3, "--head-lr"),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     frames_per_video: int = typer.Option(512, "--frames-per-video", help="Evenly spaced frames per video (0: all)."),
-    precision: str = typer.Option("bf16-mixed", "--precision", help="Lightning precision: bf16-mixed, 32, 16-mixed."),
+    precision: str = precision_option("bf16", lightning=True),
     accelerator: str = typer.Option("auto", "--accelerator"),
     devices: str = typer.Option("auto", "--devices", help="Lightning devices (auto, 1, 8, ...)."),
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy (auto, ddp, ...)."),
@@ -111,11 +112,12 @@ def finetune_command(
 ) -> None:
     """Fine-tune the top blocks of the ViT on frame-level valence/arousal (CCC loss), the patch embedding and
     the first --freeze-blocks blocks frozen; writes OUT/encoder.safetensors for `mambava extract -c`."""
-    from mambava.finetune import FinetuneConfig, finetune
+    from mambava.backbone.finetune import FinetuneConfig, finetune
 
     encoder = _encoder(checkpoint, arch, random_init, seed)
     config = FinetuneConfig(freeze_blocks=freeze_blocks, epochs=epochs, max_steps=max_steps, lr=lr, head_lr=head_lr,
-                            batch_size=batch_size, frames_per_video=frames_per_video or None, precision=precision,
+                            batch_size=batch_size, frames_per_video=frames_per_video or None,
+                            precision=lightning_precision(precision, accelerator),
                             accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
                             strategy=strategy, num_workers=workers, seed=seed)
     result = finetune(root, encoder, config, out=out)
@@ -143,7 +145,7 @@ def pretrain_command(
     lr: float = typer.Option(1.5e-4, "--lr"),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     frames_per_video: int = typer.Option(512, "--frames-per-video", help="Evenly spaced frames per video (0: all)."),
-    precision: str = typer.Option("bf16-mixed", "--precision"),
+    precision: str = precision_option("bf16", lightning=True),
     accelerator: str = typer.Option("auto", "--accelerator"),
     devices: str = typer.Option("auto", "--devices"),
     strategy: str = typer.Option("auto", "--strategy"),
@@ -152,12 +154,13 @@ def pretrain_command(
 ) -> None:
     """Optional: adapt MAE to faces with its masked-reconstruction objective on face crops; writes
     OUT/mae_pretrain.pth (facebookresearch/mae format) for `finetune-backbone -c` or `extract -c`."""
-    from mambava.finetune import PretrainConfig, pretrain_mae
+    from mambava.backbone.finetune import PretrainConfig, pretrain_mae
 
     encoder = _encoder(checkpoint, arch, random_init, seed)
     config = PretrainConfig(mask_ratio=mask_ratio, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
                             decoder_heads=decoder_heads, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
-                            frames_per_video=frames_per_video or None, precision=precision, accelerator=accelerator,
+                            frames_per_video=frames_per_video or None,
+                            precision=lightning_precision(precision, accelerator), accelerator=accelerator,
                             devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
                             num_workers=workers, seed=seed)
     result = pretrain_mae(source, encoder, config, out=out, decoder_from=checkpoint)

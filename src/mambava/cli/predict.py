@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from mambava.cli.options import precision_option
 from mambava.errors import MambavaError
 
 CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
@@ -33,7 +34,7 @@ def predict_command(
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Face crops per backbone batch."),
-    precision: str = typer.Option("auto", "--precision", help="Backbone precision: auto (bf16 where fast), bf16, fp32."),
+    precision: str = precision_option("auto", what="Backbone precision: "),
     events: Optional[Path] = typer.Option(None, "--events", help="BIDS events .tsv (onset, duration, trial_type), or a folder of <name>_events.tsv: writes <name>.events.csv."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="trial_type of the baseline events: each track is normalised against its own."),
     normalise: str = typer.Option("difference", "--normalise", help="Against the baseline: difference or zscore."),
@@ -115,7 +116,7 @@ def stream_command(
     fps: Optional[float] = typer.Option(None, "--fps", help="Take at most this many frames per second of the source; the others get rows with dropped=1."),
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
-    precision: str = typer.Option("auto", "--precision", help="Backbone precision: auto, bf16, fp32."),
+    precision: str = precision_option("auto", what="Backbone precision: "),
 ) -> None:
     """Valence/arousal live, one recurrent step of the temporal model per frame (equals `predict --windowing
     full` on the same frames). Webcams and URLs are real time: when faces and backbone cannot keep up,

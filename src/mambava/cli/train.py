@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from mambava.cli.options import lightning_precision, precision_option
+
 SET_HELP = "Override a config key: --set lr=1e-4 --set model.kind=tcn --set data.features=feats/ (repeatable)."
 
 
@@ -45,7 +47,7 @@ def train_command(
     fold: Optional[int] = typer.Option(None, "--fold", help="Fold: 0 official split, 1-5 cross-validation."),
     devices: Optional[str] = typer.Option(None, "--devices", help="Lightning devices: 1, 2, 'auto', '[0,1]'."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Lightning strategy: auto, ddp, ..."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="32 or bf16-mixed (or 16-mixed on GPU)."),
+    precision: Optional[str] = precision_option(None, lightning=True, what="Default: the config's. "),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in out_dir from its last checkpoint."),
 ) -> None:
     """Train a temporal model with the paper's recipe on a feature store + annotations.
@@ -55,7 +57,8 @@ def train_command(
     from mambava.train import train
 
     cfg = _config(
-        config, overrides, recipe, out_dir=out_dir, **{"data.fold": fold}, devices=devices, strategy=strategy, precision=precision
+        config, overrides, recipe, out_dir=out_dir, **{"data.fold": fold}, devices=devices, strategy=strategy,
+        precision=lightning_precision(precision),
     )
     summary = train(cfg, resume=resume)
     if not _rank_zero():
@@ -85,7 +88,7 @@ def evaluate_command(
     window: Optional[int] = typer.Option(None, "--window", help="Window (default: the run's, else 300)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Stride (default: the run's, else 200)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
-    precision: str = typer.Option("32", "--precision", help="32 or bf16-mixed."),
+    precision: str = precision_option("fp32", lightning=True),
 ) -> None:
     """Score a checkpoint on whole videos (or --protocol authors: on the reference's validation windows): prints
     CCC_v, CCC_a, P_VA over all frames, writes per-video CCCs."""
@@ -93,7 +96,8 @@ def evaluate_command(
 
     result, path = evaluate_checkpoint(
         checkpoint, features=features, annotations=annotations, split=split, fold=fold, folds=folds,
-        window=window, stride=stride, batch_size=batch_size, device=device, precision=precision, out=out,
+        window=window, stride=stride, batch_size=batch_size, device=device,
+        precision=lightning_precision(precision, device), out=out,
         progress=True, protocol=protocol,
     )
     typer.echo(f"CCC_v {_score(result.ccc_valence)}")
@@ -114,7 +118,7 @@ def cv_command(
     ),
     devices: Optional[str] = typer.Option(None, "--devices", help="Lightning devices."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Lightning strategy."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="32 or bf16-mixed."),
+    precision: Optional[str] = precision_option(None, lightning=True, what="Default: the config's. "),
 ) -> None:
     """Fold 0 (official split) and folds 1-5, then the paper's Table 1 (V, A, average per fold, mean ± std).
 
@@ -122,7 +126,7 @@ def cv_command(
     from mambava.cv import format_table, rescore, run_cv, write_results
     from mambava.errors import MambavaError
 
-    flags = {"out_dir": out_dir, "devices": devices, "strategy": strategy, "precision": precision}
+    flags = {"out_dir": out_dir, "devices": devices, "strategy": strategy, "precision": lightning_precision(precision)}
     cfg = _config(config, overrides, recipe, **flags)
     config_for = None
     if recipe is not None:

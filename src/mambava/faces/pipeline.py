@@ -231,41 +231,13 @@ def extract_faces(
     out_dir = Path(out_dir)
     video = name or source_name(video_path)
     det = get_detector(detector or "mtcnn")
-    staging = out_dir / f".{video}.faces-staging"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
-    except OSError as error:
-        raise output_error(error, out_dir) from None
-
-    frames: list[int] = []
-    times: list[float] = []
-    rows: dict[int, list[tuple[int, float, np.ndarray, np.ndarray | None]]] = {}  # track_id → (index, score, box, lm)
+    staging = _fresh_staging(out_dir, video)
     try:
         with open_video(video_path, fps=fps) as reader:
             source_fps = reader.fps
-            with _progress_bar(progress, reader.n_output_frames, f"faces {video}") as bar:
-                try:
-                    for item in iter_tracked_faces(reader, det, tracker=tracker, batch_size=batch_size,
-                                                   crop_size=crop_size, keep_images=on_frame is not None):
-                        frames.append(item.index)
-                        times.append(item.time)
-                        for face in item.faces:
-                            folder = staging / str(face.track_id)
-                            if face.track_id not in rows:
-                                folder.mkdir()
-                                rows[face.track_id] = []
-                            rows[face.track_id].append((item.index, face.score, face.box, face.landmarks))
-                            _write_jpeg(folder / f"{item.index + 1:05d}.jpg", face.crop, jpeg_quality)
-                        if on_frame is not None:
-                            on_frame(item)
-                        bar.advance()
-                except KeyboardInterrupt:
-                    if not reader.live:
-                        raise
-                    # a camera or stream has no end: Ctrl-C ends it, and what was read is written out
+            frames, times, rows = _stage_crops(reader, det, staging, f"faces {video}", tracker=tracker,
+                                               batch_size=batch_size, crop_size=crop_size, jpeg_quality=jpeg_quality,
+                                               progress=progress, on_frame=on_frame)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, OSError) and is_output_failure(error, out_dir):  # a full disk: name the folder
@@ -277,6 +249,66 @@ def extract_faces(
 
     # Finish the tracks: drop spurious ones, join those that follow one another, name them.
     finished, dropped = finish_tracks(video, rows, len(frames), min_track_frames)
+    tracks = _publish_tracks(finished, staging, out_dir, frames)
+    shutil.rmtree(staging, ignore_errors=True)
+
+    csv_path = out_dir / f"{video}.faces.csv"
+    _write_csv(csv_path, frames, times, tracks, {t.track_id: {r[0]: r for r in t.rows} for t in finished}, out_dir)
+    result = FacesResult(video=video, source=str(video_path), out_dir=out_dir, frames=frames, times=times,
+                         tracks=tracks, csv_path=csv_path, fps=source_fps, dropped_tracks=dropped,
+                         detector=getattr(det, "name", type(det).__name__))
+    if preview:
+        result.preview_path = contact_sheet(result, out_dir / f"{video}.preview.png")
+    return result
+
+
+def _fresh_staging(out_dir: Path, video: str) -> Path:
+    """An empty hidden staging folder for one video's crops (what an interrupted run left there is removed)."""
+    staging = out_dir / f".{video}.faces-staging"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+    except OSError as error:
+        raise output_error(error, out_dir) from None
+    return staging
+
+
+def _stage_crops(reader: VideoReader, det: FaceDetector, staging: Path, description: str, *,
+                 tracker: FaceTracker | None, batch_size: int | None, crop_size: int, jpeg_quality: int,
+                 progress: bool, on_frame: Callable[[FrameFaces], None] | None):
+    """Run the tracker over the reader, writing each face's crop to staging/<track id>/<NNNNN>.jpg; returns
+    (processed frame indices, their times, {track id: [(index, score, box, landmarks)]})."""
+    frames: list[int] = []
+    times: list[float] = []
+    rows: dict[int, list[tuple[int, float, np.ndarray, np.ndarray | None]]] = {}  # track_id → (index, score, box, lm)
+    with _progress_bar(progress, reader.n_output_frames, description) as bar:
+        try:
+            for item in iter_tracked_faces(reader, det, tracker=tracker, batch_size=batch_size,
+                                           crop_size=crop_size, keep_images=on_frame is not None):
+                frames.append(item.index)
+                times.append(item.time)
+                for face in item.faces:
+                    folder = staging / str(face.track_id)
+                    if face.track_id not in rows:
+                        folder.mkdir()
+                        rows[face.track_id] = []
+                    rows[face.track_id].append((item.index, face.score, face.box, face.landmarks))
+                    _write_jpeg(folder / f"{item.index + 1:05d}.jpg", face.crop, jpeg_quality)
+                if on_frame is not None:
+                    on_frame(item)
+                bar.advance()
+        except KeyboardInterrupt:
+            if not reader.live:
+                raise
+            # a camera or stream has no end: Ctrl-C ends it, and what was read is written out
+    return frames, times, rows
+
+
+def _publish_tracks(finished, staging: Path, out_dir: Path, frames: list[int]) -> list[TrackResult]:
+    """Move each finished track's crops (those of the tracks joined into it too) from staging to
+    out_dir/<track name>/, replacing an older folder of that name."""
     tracks: list[TrackResult] = []
     for track in finished:
         folder = staging / str(track.track_id)
@@ -290,16 +322,7 @@ def extract_faces(
             shutil.rmtree(target)
         folder.rename(target)
         tracks.append(TrackResult(track.name, track.track_id, target, present, [f for f in frames if f not in present_set]))
-    shutil.rmtree(staging, ignore_errors=True)
-
-    csv_path = out_dir / f"{video}.faces.csv"
-    _write_csv(csv_path, frames, times, tracks, {t.track_id: {r[0]: r for r in t.rows} for t in finished}, out_dir)
-    result = FacesResult(video=video, source=str(video_path), out_dir=out_dir, frames=frames, times=times,
-                         tracks=tracks, csv_path=csv_path, fps=source_fps, dropped_tracks=dropped,
-                         detector=getattr(det, "name", type(det).__name__))
-    if preview:
-        result.preview_path = contact_sheet(result, out_dir / f"{video}.preview.png")
-    return result
+    return tracks
 
 
 def _fmt(value: float, digits: int = 2) -> str:

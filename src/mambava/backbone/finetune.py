@@ -1,5 +1,6 @@
 """Partial-freeze fine-tuning of the ViT on frame-level valence/arousal (paper §3.1), on Lightning.
 
+    from mambava.backbone.finetune import FinetuneConfig, finetune
     finetune("affwild2/", load_encoder("mae_pretrain_vit_large.pth"), FinetuneConfig(), out="runs/vit_ft")
     # -> runs/vit_ft/encoder.safetensors, which `mambava extract --checkpoint` reads
 
@@ -32,10 +33,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from mambava.affwild2 import AffWild2, read_crop
-from mambava.backbone import (Block, ViTConfig, ViTEncoder, normalize, read_state_dict, resize_crop,
-                              sincos_pos_embed)
+from mambava.backbone.extractor import normalize, resize_crop
+from mambava.backbone.vit import Block, ViTConfig, ViTEncoder, sincos_pos_embed
+from mambava.backbone.weights import read_state_dict
+from mambava.crops import CropVideo, find_crop_videos, scan_crop_folder
 from mambava.errors import MambavaError
-from mambava.extract import CropVideo, scan_crop_folder
 from mambava.fileio import atomic_open, atomic_torch_save
 from mambava.metrics import ConcordanceCCC, ccc_loss, valid_mask
 
@@ -45,7 +47,7 @@ ENCODER_FILE = "encoder.safetensors"
 
 
 @dataclass
-class TrainConfig:
+class BackboneTrainConfig:
     """Settings shared by fine-tuning and MAE pretraining (Lightning, data, optimiser)."""
 
     lr: float = 1e-4  # peak, AdamW, linear warmup then cosine decay
@@ -65,7 +67,7 @@ class TrainConfig:
 
 
 @dataclass
-class FinetuneConfig(TrainConfig):
+class FinetuneConfig(BackboneTrainConfig):
     """Fine-tuning settings; the defaults follow the paper where it gives a value (freeze 16 blocks)."""
 
     freeze_blocks: int = 16
@@ -75,7 +77,7 @@ class FinetuneConfig(TrainConfig):
 
 
 @dataclass
-class PretrainConfig(TrainConfig):
+class PretrainConfig(BackboneTrainConfig):
     """MAE pretraining settings (MAE's defaults: 75% masking, 8-block 512-d decoder, normalised-pixel loss)."""
 
     lr: float = 1.5e-4
@@ -149,13 +151,13 @@ class CropImages(Dataset):
         return image, torch.from_numpy(np.asarray(label, np.float32))
 
 
-def _loader(items, size: int, config: TrainConfig, train: bool) -> DataLoader:
+def _loader(items, size: int, config: BackboneTrainConfig, train: bool) -> DataLoader:
     return DataLoader(CropImages(items, size, hflip=train and config.hflip), batch_size=config.batch_size,
                       shuffle=train, drop_last=train and len(items) > config.batch_size,
                       num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
 
 
-def _trainer(config: TrainConfig, out: Path, callbacks: list, progress: bool, validate: bool = True) -> L.Trainer:
+def _trainer(config: BackboneTrainConfig, out: Path, callbacks: list, progress: bool, validate: bool = True) -> L.Trainer:
     return L.Trainer(
         max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
         devices=config.devices, strategy=config.strategy, precision=config.precision, callbacks=callbacks,
@@ -177,7 +179,7 @@ def _warmup_cosine(total_steps: int, warmup_fraction: float):
     return factor
 
 
-def _adamw(module: nn.Module, config: TrainConfig, lr: float, trainer: L.Trainer, extra_groups=()):
+def _adamw(module: nn.Module, config: BackboneTrainConfig, lr: float, trainer: L.Trainer, extra_groups=()):
     """AdamW (no weight decay on biases, norms and 1-d/embedding-like tensors) with warmup + cosine per step."""
     decay, no_decay = [], []
     for name, param in module.named_parameters():
@@ -446,8 +448,6 @@ def pretrain_mae(source: str | os.PathLike, encoder: ViTEncoder, config: Pretrai
     cropped_aligned/, or any <dir>/<video>/<NNNNN>.jpg tree); writes OUT/mae_pretrain.pth, a
     facebookresearch/mae-format checkpoint ({"model": encoder + decoder}) for `finetune-backbone -c` or
     `extract -c`. `decoder_from`: an MAE checkpoint whose decoder to start from, when it has one."""
-    from mambava.extract import find_crop_videos
-
     config = config or PretrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

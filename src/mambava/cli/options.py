@@ -1,0 +1,66 @@
+"""Command-line options that several commands share, spelled once.
+
+`--precision` has one vocabulary in every command: `auto` (bf16 where the hardware runs it fast: CUDA with bf16,
+a CPU with AMX or AVX-512 BF16; else fp32), `bf16` or `fp32`. The commands that train or evaluate on Lightning
+map it to Lightning's strings inside (`lightning_precision`: fp32 -> "32", bf16 -> "bf16-mixed"). The older
+spellings stay accepted as aliases (`32`, `32-true`, `bf16-mixed`), and `16-mixed` (fp16 mixed precision on a
+GPU, which has no short name) where Lightning runs the model.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from mambava.errors import MambavaError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+PRECISION_ALIASES = {"32": "fp32", "32-true": "fp32", "bf16-mixed": "bf16"}
+LIGHTNING_ONLY = ("16-mixed",)
+_LIGHTNING = {"fp32": "32", "bf16": "bf16-mixed"}
+_AUTO_HELP = "auto (bf16 where fast: CUDA, CPU AMX/AVX512-BF16, else fp32), bf16 or fp32"
+
+
+def canonical_precision(value: Optional[str], lightning: bool = False) -> Optional[str]:
+    """auto, bf16 or fp32 for a --precision value (an old spelling is mapped; `16-mixed` kept where `lightning`);
+    None stays None (the config's own value). MambavaError naming the accepted values otherwise."""
+    if value is None:
+        return None
+    key = value.strip().lower()
+    key = PRECISION_ALIASES.get(key, key)
+    if key in PRECISIONS or (lightning and key in LIGHTNING_ONLY):
+        return key
+    accepted = PRECISIONS + tuple(PRECISION_ALIASES) + (LIGHTNING_ONLY if lightning else ())
+    raise MambavaError(f"--precision {value!r}: expected one of {', '.join(accepted)}")
+
+
+def lightning_precision(value: Optional[str], device: str = "auto") -> Optional[str]:
+    """Lightning's string for a --precision value: fp32 -> "32", bf16 -> "bf16-mixed", auto -> "bf16-mixed" where
+    bf16 runs fast on `device` (a torch device name, "auto", or a Lightning accelerator: cpu, gpu, cuda), else "32";
+    `16-mixed` as is; None stays None."""
+    key = canonical_precision(value, lightning=True)
+    if key is None or key in LIGHTNING_ONLY:
+        return key
+    if key == "auto":
+        from mambava.backbone import bf16_supported
+        from mambava.runtime import resolve_device
+
+        device = {"gpu": "cuda"}.get(device, device)  # Lightning's accelerator name for CUDA
+        key = "bf16" if bf16_supported(resolve_device(device)) else "fp32"
+    return _LIGHTNING[key]
+
+
+def _check(lightning: bool):
+    def callback(value: Optional[str]) -> Optional[str]:
+        return canonical_precision(value, lightning)
+
+    return callback
+
+
+def precision_option(default: Optional[str], lightning: bool = False, what: str = "") -> typer.Option:
+    """The --precision option: `default` in the one vocabulary (None: the config's value); `lightning` also
+    accepts 16-mixed. The command receives auto, bf16, fp32 (or 16-mixed) whatever spelling was typed."""
+    old = "32, bf16-mixed" + (", 16-mixed on a GPU" if lightning else "")
+    return typer.Option(default, "--precision", callback=_check(lightning),
+                        help=f"{what}{_AUTO_HELP} (also accepted: {old}).")
