@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from mambava.affwild2 import read_crop
 from mambava.backbone import FeatureExtractor, resize_crop
 from mambava.crops import CropVideo, find_crop_videos
-from mambava.errors import MambavaError
+from mambava.errors import MambavaError, OutputError
 from mambava.features import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
     `backbone` is recorded in each entry (with `extra`); `dtype` is the stored dtype (float16 or float32).
     A video that cannot be extracted (an unreadable crop, no crop folder) raises a MambavaError naming the file;
     with `on_error`, that one-line message is passed to it instead, the video is listed in `summary.failed`
-    (nothing of it is stored) and the other videos go on.
+    (nothing of it is stored) and the other videos go on. A store that cannot be written (OutputError: full
+    disk, read-only) stops the whole run: it is no fault of one video.
     """
 
     def fail(video: CropVideo, message: str) -> None:
@@ -197,6 +198,8 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
                         if bad:  # the rest of this video's crops are passed over by groupby
                             raise MambavaError(f"{bad} (remove the file to treat that frame as having no face)")
                         writer.put_frames(rows, feats)
+            except OutputError:  # the store cannot be written (full, read-only): every next video would fail too
+                raise
             except MambavaError as error:
                 fail(pending[v], str(error))
                 continue

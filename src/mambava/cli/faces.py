@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from mambava.errors import MambavaError
+from mambava.errors import MambavaError, OutputError
 
 
 def faces_command(
@@ -61,6 +61,8 @@ def faces_command(
         try:
             _one_video(video, out, console, fps=fps, detector=det, crop_size=size, min_track_frames=min_track_frames,
                        preview=preview, progress=not quiet)
+        except OutputError:  # the output folder cannot be written: no fault of this video, every next one fails too
+            raise
         except MambavaError as error:  # this video only: the batch goes on, the count and exit code tell
             failed += 1
             console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
