@@ -107,4 +107,4 @@ def test_predict_goes_on_past_bad_inputs(tmp_path, capsys):
     assert len(lines) == 3 and lines[-1] == "2 of 4 inputs failed"
     assert lines[0].startswith(f"error: {tmp_path / 'b.npy'}: ")
     assert lines[1] == f"error: {tmp_path / 'c.npy'}: 4-d features, but the temporal model {tmp_path / 'm.safetensors'} takes 8-d"
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["a.csv", "d.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["a.csv", "a.summary.csv", "d.csv", "d.summary.csv"]

@@ -129,6 +129,9 @@ def test_predict_single_face_csv_plots_overlay(single_face_run, media_dir):
     assert table[["valence", "arousal"]].std().min() > 1e-4  # per-frame values, not a constant
     present = table[table["face"] == 1]
     assert (present["x2"] > present["x1"]).all() and (present["y2"] > present["y1"]).all()
+    # OpenFace's names: timestamp = time, success = face, confidence = MTCNN's score (>= its 0.9 cut) or 0
+    assert (table["timestamp"] == table["time"]).all() and (table["success"] == table["face"]).all()
+    assert present["confidence"].between(0.9, 1.0).all() and (table.loc[table["face"] == 0, "confidence"] == 0).all()
     width, height = _png_size(out / "single_face.va.png")
     assert width >= 600 and height >= 200
     _png_size(out / "single_face.circumplex.png")
@@ -160,6 +163,8 @@ def test_stream_equals_predict_on_the_same_video(models, media_dir, detector, si
     offline = pd.read_csv(single_face_run[3] / "single_face.csv")
     assert [r.frame for r in rows] == offline["frame"].tolist()
     assert [int(r.face) for r in rows] == offline["face"].tolist()
+    assert {r.track for r in rows} == set(offline["track"]) == {"single_face"}  # tracks named the same way
+    assert np.allclose([r.confidence for r in rows], offline["confidence"], atol=1e-6)
     stepped = np.array([[r.valence, r.arousal] for r in rows])
     assert np.abs(stepped - offline[["valence", "arousal"]].to_numpy()).max() <= 1e-4
 

@@ -182,7 +182,9 @@ def test_live_stream_drops_frames_in_real_time_and_still_steps_through_them(tmp_
     assert live.processed + live.dropped == 60
     first = next(i for i, r in enumerate(rows) if r.face)
     assert all(r.face != r.dropped for r in rows[first:])
-    assert {r.track for r in rows[first:]} == {"face1"}
+    assert {r.track for r in rows[first:]} == {"clip"}  # named after the source, as predict names a lone track
+    assert [r.confidence for r in rows[first:] if r.face] == [0.99] * sum(r.face for r in rows[first:])
+    assert all(r.confidence == 0.0 for r in rows[first:] if not r.face)
     # the same values as one offline causal pass over the features the stream saw (dropped = held)
     returned = iter(extractor.returned)
     sequence, last = [], None

@@ -11,8 +11,11 @@ Output columns (`COLUMNS`): `video`, `track` (the faces stage's names: `<video>`
 `<video>_left`/`_right` for two seen together, `<video>_<k>` otherwise), `frame` (0-based index in the
 source), `time` (seconds), `valence`, `arousal` (clipped to [-1, 1]), `face` (1 where the track's face was
 found in that frame, 0 where it was not), `x1 y1 x2 y2` (the face box, empty where there is none),
-`processed` (1 where the frame went through faces and backbone, 0 where `fps` skipped it). One row per source
-frame and track, frames skipped by `fps` included.
+`processed` (1 where the frame went through faces and backbone, 0 where `fps` skipped it), and three columns
+named as OpenFace names them, for the tools that already parse its output: `timestamp` (= `time`),
+`confidence` (the face detector's score for this track in this frame, 0 where no face was found, empty for a
+features `.npy`, which has no detector) and `success` (= `face`). One row per source frame and track, frames
+skipped by `fps` included.
 
 Time base (`mambava.timebase`): the temporal model runs on its own frame grid (its config's `fps`, 30 for
 Aff-Wild2 models) whatever the video's rate or `fps`: each grid tick takes the first processed frame of its
@@ -58,7 +61,8 @@ if TYPE_CHECKING:
     from mambava.stream import LiveStream
 
 WINDOWING = ("windows", "full")
-COLUMNS = ["video", "track", "frame", "time", "valence", "arousal", "face", "x1", "y1", "x2", "y2", "processed"]
+COLUMNS = ["video", "track", "frame", "time", "valence", "arousal", "face", "x1", "y1", "x2", "y2", "processed",
+           "timestamp", "confidence", "success"]
 FEATURE_SUFFIXES = (".npy",)
 # Chosen by measurement on the demo (`mambava bench stitching`, README "Stitching"): the full causal pass has
 # the smallest frame-to-frame jumps at a P_VA within 0.002 of the best; with windows, most_history has 30%
@@ -142,6 +146,7 @@ class TrackFeatures:
     features: np.ndarray  # (n, D) float32, zeros where absent (filled by forward_fill later)
     present: np.ndarray  # (n,) bool
     boxes: np.ndarray  # (n, 4) float32, NaN where absent
+    scores: np.ndarray | None = None  # (n,) float32 detector scores, NaN where absent; None: no detector
 
 
 @dataclass
@@ -338,14 +343,14 @@ class Predictor:
         frames: list[int] = []
         times: list[float] = []
         hits: dict[int, list] = {}
-        pending: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (track id, position, box, crop)
+        pending: list[tuple[int, int, np.ndarray, float, np.ndarray]] = []  # (track id, position, box, score, crop)
 
         def flush() -> None:
             if not pending:
                 return
-            features = self.extractor.features(np.stack([p[3] for p in pending]))
-            for (tid, position, box, _), feature in zip(pending, features):
-                hits.setdefault(tid, []).append((position, feature, np.asarray(box, np.float32)))
+            features = self.extractor.features(np.stack([p[4] for p in pending]))
+            for (tid, position, box, score, _), feature in zip(pending, features):
+                hits.setdefault(tid, []).append((position, feature, np.asarray(box, np.float32), score))
             pending.clear()
 
         with open_video(path, fps=self.fps) as reader:
@@ -354,7 +359,7 @@ class Predictor:
                 position = len(frames)
                 frames.append(item.index)
                 times.append(item.time)
-                pending.extend((face.track_id, position, face.box, face.crop) for face in item.faces)
+                pending.extend((face.track_id, position, face.box, face.score, face.crop) for face in item.faces)
                 if len(pending) >= self.extractor.batch_size:
                     flush()
             flush()
@@ -373,10 +378,12 @@ class Predictor:
             features = np.zeros((n, self.extractor.dim), np.float32)
             present = np.zeros(n, bool)
             boxes = np.full((n, 4), np.nan, np.float32)
+            scores = np.full(n, np.nan, np.float32)
             features[positions] = np.stack([r[1] for r in rows])
             boxes[positions] = np.stack([r[2] for r in rows])
+            scores[positions] = [r[3] for r in rows]
             present[positions] = True
-            tracks[track.name] = TrackFeatures(features, present, boxes)
+            tracks[track.name] = TrackFeatures(features, present, boxes, scores)
         return VideoFeatures(video, np.asarray(frames, np.int64), np.asarray(times, np.float64), fps, tracks,
                              source_frames if len(source_frames) else None, source_times if len(source_times) else None)
 
@@ -399,11 +406,14 @@ class Predictor:
             va = self.predict_timed(track.features, track.present, times, source_times, name=name)
             face = track.present[row] & processed
             boxes = np.where(processed[:, None], track.boxes[row], np.nan)
+            confidence = (np.full(len(row), np.nan, np.float32) if track.scores is None else
+                          np.where(face, np.nan_to_num(track.scores[row]), 0.0).astype(np.float32))
             parts.append(pd.DataFrame({
                 "video": video, "track": name, "frame": source_frames, "time": source_times,
                 "valence": va[:, 0], "arousal": va[:, 1], "face": face.astype(np.int8),
                 "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
-                "processed": processed.astype(np.int8),
+                "processed": processed.astype(np.int8), "timestamp": source_times, "confidence": confidence,
+                "success": face.astype(np.int8),
             }))
         return pd.concat(parts, ignore_index=True)[COLUMNS]
 

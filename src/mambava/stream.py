@@ -43,7 +43,8 @@ from mambava.runtime import torch_threads
 class StreamResult:
     """One frame of one track. `face`: the track's face was found in this frame (otherwise its last feature was
     carried over); `dropped`: the frame did not go through faces and backbone, skipped to keep up with real
-    time or by `fps` (also carried over)."""
+    time or by `fps` (also carried over); `confidence`: the detector's score for the face (0 without one, NaN
+    for features, which have no detector)."""
 
     frame: int
     time: float
@@ -52,6 +53,7 @@ class StreamResult:
     arousal: float
     face: bool = True
     dropped: bool = False
+    confidence: float = math.nan
 
 
 def check_streamable(model) -> None:
@@ -233,7 +235,10 @@ class TrackStreams:
         for track in [t for t in self.streams if t not in keep]:
             del self.streams[track]
 
-    def advance(self, index: int, time: float, features: dict[str, np.ndarray], dropped: bool = False) -> list[StreamResult]:
+    def advance(self, index: int, time: float, features: dict[str, np.ndarray], dropped: bool = False,
+                scores: dict[str, float] | None = None) -> list[StreamResult]:
+        """One frame: step every live track to the frame's grid tick (`features` {track: feature} of the faces
+        found; `scores` their detector scores, None for features without a detector)."""
         tick = self.clock.tick(time)
         for track in features:
             if track not in self.streams:
@@ -249,9 +254,9 @@ class TrackStreams:
                 raise MambavaError(f"the model's output is not finite ({raw[0]:g}, {raw[1]:g}) for track {track}, "
                                    f"frame {index}: a diverged model, or features it was not trained on")
             y = np.clip(raw, -1.0, 1.0)
-            results.append(
-                StreamResult(index, float(time), track, float(y[0]), float(y[1]), face=feature is not None, dropped=dropped)
-            )
+            confidence = math.nan if scores is None else float(scores.get(track, 0.0))
+            results.append(StreamResult(index, float(time), track, float(y[0]), float(y[1]), face=feature is not None,
+                                        dropped=dropped, confidence=confidence))
         return results
 
 
@@ -261,7 +266,10 @@ class LiveStream:
     Video sources go frame -> faces (tracked, `mambava.faces.FaceTracker`) -> backbone feature -> one
     recurrent step per track. A track's rows stop once the tracker drops it (unseen for longer than its
     `max_gap`, 1 s); a face that comes back later starts a new track with a fresh state. A frame with no live
-    track gives one row with `track=""`, NaN values and `face=False`. Tracks are named `face1`, `face2`, ...
+    track gives one row with `track=""`, NaN values and `face=False`. Tracks are named as `predict` names them,
+    after the source (`mambava.video.source_name`): the first `<name>`, later ones `<name>_2`, `<name>_3`, ... in
+    order of appearance (`predict`, seeing the whole video, can also join a track the tracker lost and name two
+    people seen together `_left`/`_right`; a live stream cannot know either in advance).
 
     Counters, updated while iterating: `frames` (source frames given rows), `processed` (frames that went
     through faces and backbone), `dropped` (frames skipped to keep up with real time, see `FrameDropper`).
@@ -308,7 +316,16 @@ class LiveStream:
         from mambava.faces import FaceTracker, iter_tracked_faces
         from mambava.video import open_video
 
+        from mambava.video import source_name
+
         reader = open_video(self.source, fps=self.fps)
+        base, names_by_id = source_name(self.source), {}
+
+        def track_name(track_id: int) -> str:
+            if track_id not in names_by_id:
+                names_by_id[track_id] = base if not names_by_id else f"{base}_{len(names_by_id) + 1}"
+            return names_by_id[track_id]
+
         self._dropper = FrameDropper(reader, live=is_live_source(self.source) or self.realtime, pace=self.realtime)
         tracker = FaceTracker()
 
@@ -330,19 +347,20 @@ class LiveStream:
             for item in iter_tracked_faces(frames(), self.detector, tracker=tracker, batch_size=1, keep_images=False):
                 for index, time in not_processed_before(item.index):
                     self.frames += 1
-                    yield from tracks.advance(index, time, {}, dropped=True)
-                names = [f"face{face.track_id + 1}" for face in item.faces]
+                    yield from tracks.advance(index, time, {}, dropped=True, scores={})
+                names = [track_name(face.track_id) for face in item.faces]
                 found = {}
                 if item.faces:
                     features = self.extractor.features(np.stack([face.crop for face in item.faces]))
                     found = dict(zip(names, features))
-                tracks.retire(f"face{tid + 1}" for tid in tracker.active_ids)
+                tracks.retire(track_name(tid) for tid in tracker.active_ids)
                 self.frames += 1
                 self.processed += 1
-                yield from tracks.advance(item.index, item.time, found)
+                yield from tracks.advance(item.index, item.time, found,
+                                          scores={name: face.score for name, face in zip(names, item.faces)})
             for index, time in not_processed_before(sys.maxsize):  # skipped after the last processed frame
                 self.frames += 1
-                yield from tracks.advance(index, time, {}, dropped=True)
+                yield from tracks.advance(index, time, {}, dropped=True, scores={})
         finally:
             self._dropper.close()
             reader.close()

@@ -144,10 +144,10 @@ def stream_command(
         for row in live:
             rows.append(row)
             if not quiet and len(rows) == 1:
-                typer.echo("frame\ttime\ttrack\tvalence\tarousal\tface\tdropped")
+                typer.echo("frame\ttime\ttrack\tvalence\tarousal\tface\tdropped\tconfidence")
             if not quiet:
                 typer.echo(f"{row.frame}\t{row.time:.3f}\t{row.track or '-'}\t{row.valence:+.4f}\t{row.arousal:+.4f}\t"
-                           f"{int(row.face)}\t{int(row.dropped)}")
+                           f"{int(row.face)}\t{int(row.dropped)}\t{row.confidence:.3f}")
             now = time.monotonic()
             if live.dropped > reported and now - last_report >= 1.0:
                 typer.secho(f"dropped {live.dropped} frames so far to keep up with real time", fg=typer.colors.YELLOW, err=True)
@@ -177,8 +177,10 @@ def _write_rows(path: Path, rows) -> None:
     from mambava.fileio import atomic_path
 
     table = pd.DataFrame([dataclasses.asdict(r) for r in rows],
-                         columns=["frame", "time", "track", "valence", "arousal", "face", "dropped"])
+                         columns=["frame", "time", "track", "valence", "arousal", "face", "dropped", "confidence"])
     table[["face", "dropped"]] = table[["face", "dropped"]].astype("int8")
+    # OpenFace's names, as predict writes them
+    table["timestamp"], table["success"] = table["time"], table["face"]
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
 
