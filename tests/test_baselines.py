@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambava.baselines import (
+from mambava.temporal_models import (
     KINDS,
     build_temporal_model,
     count_parameters,

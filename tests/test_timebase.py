@@ -60,7 +60,7 @@ def test_the_stream_clock_gives_the_same_ticks():
 def test_model_fps_is_in_the_config_and_checkpoint_and_old_files_load_with_30(tmp_path, tiny_mamba_va):
     from safetensors.torch import save_file
 
-    from mambava.baselines import build_temporal_model, load_temporal_model, save_temporal_model
+    from mambava.temporal_models import build_temporal_model, load_temporal_model, save_temporal_model
     from mambava.errors import MambavaError
     from mambava.model import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig
 
@@ -250,7 +250,7 @@ def test_stream_with_fps_gives_every_source_frame_a_row_and_equals_predict(tmp_p
 def test_cli_rejects_bad_rates_and_stitching_in_one_line(args, message, tmp_path, tiny_mamba_va, capsys):
     import sys
 
-    from mambava.baselines import save_temporal_model
+    from mambava.temporal_models import save_temporal_model
     from mambava.cli import main
 
     save_temporal_model(tiny_mamba_va(4), tmp_path / "m.safetensors")

@@ -183,7 +183,7 @@ def test_load_labels_aligns_annotations_to_stored_features(affwild2_root, tmp_pa
 def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
     """`mambava bench stitching`: the largest jump is exact on a hand-built curve, and its "mean" row is the
     score `evaluate` gives (the same windows, the same stitching)."""
-    from mambava.baselines import save_temporal_model
+    from mambava.temporal_models import save_temporal_model
     from mambava.benchmarks.stitching import OPTIONS, largest_jump, measure
     from mambava.evaluate import evaluate_videos, load_for_eval
 

@@ -28,7 +28,7 @@ Windowing, which decides what a frame's prediction has seen:
 - `"full"` (default): one causal pass over the whole sequence. This is what the live stream computes step by
   step (`Predictor.stream`, `mambava.stream`), to float32 rounding.
 - `"windows"` (what `evaluate` scores with "mean"): windows of 300 frames every 200, each run from an empty state
-  (`mambava.evaluate.predict_sequence`), stitched by `stitching` (`mambava.windows.STITCHING`):
+  (`mambava.windows.predict_sequence`), stitched by `stitching` (`mambava.windows.STITCHING`):
   "most_history" (default), each frame from the window where it has the most history, or "mean" over the
   windows that cover a frame (what `evaluate` scores).
 The defaults were chosen by measurement on the demo (`mambava bench stitching`; README "Stitching").
@@ -67,20 +67,12 @@ DEFAULT_WINDOWING = "full"
 DEFAULT_STITCHING = "most_history"
 
 
-def model_input_dim(model) -> int | None:
-    """The feature size a temporal model takes (`config.input_dim` or `config["input_dim"]`)."""
-    config = getattr(model, "config", None)
-    if isinstance(config, Mapping):
-        return config.get("input_dim")
-    return getattr(config, "input_dim", None)
-
-
 def load_model(checkpoint):
     """(model in eval mode, window, stride, name) from a checkpoint path (our safetensors, any baseline kind, a
-    Lightning run checkpoint or the authors' .pth: `mambava.evaluate.load_for_eval`) or a model object."""
+    Lightning run checkpoint or the authors' .pth: `mambava.temporal_models.load_for_eval`) or a model object."""
     if not isinstance(checkpoint, (str, os.PathLike)):
         return checkpoint.eval(), None, None, type(checkpoint).__name__
-    from mambava.evaluate import load_for_eval
+    from mambava.temporal_models import load_for_eval
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -205,7 +197,8 @@ class Predictor:
         self.windowing = windowing
         self.stitching = stitching
         self.model_fps = model_fps(self.model)  # the time base: the model's frame grid
-        from mambava.evaluate import check_windowing
+        from mambava.temporal_models import model_input_dim
+        from mambava.windows import check_windowing
 
         # explicit values are checked (0 is an error, not "the default"); a --stride without --window is
         # checked against the checkpoint's window
@@ -257,9 +250,9 @@ class Predictor:
         are forward-filled first."""
         import torch
 
-        from mambava.evaluate import predict_sequence
         from mambava.features import forward_fill
         from mambava.runtime import load_aware_threads
+        from mambava.windows import predict_sequence
 
         windowing = windowing or self.windowing
         if windowing not in WINDOWING:
@@ -278,8 +271,8 @@ class Predictor:
     def predict_features(self, features: np.ndarray, present: np.ndarray | None = None, name: str = "features") -> np.ndarray:
         """(T, 2) valence/arousal, clipped to [-1, 1], for a (T, D) feature sequence; `present` (T,) bool
         marks frames with a face (default: the rows that are not all NaN). A non-finite output is a
-        MambavaError naming `name` and the frame (`mambava.evaluate.check_finite`)."""
-        from mambava.evaluate import check_finite
+        MambavaError naming `name` and the frame (`mambava.temporal_models.check_finite`)."""
+        from mambava.temporal_models import check_finite
 
         features, present = self._checked(features, present)
         raw = self.predict_raw(features, present)
@@ -564,7 +557,6 @@ __all__ = [
     "load_model",
     "load_features_file",
     "features_with_mask",
-    "model_input_dim",
     "write_table",
     "write_overlay",
     "find_inputs",

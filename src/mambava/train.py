@@ -16,10 +16,10 @@ warm_restarts`, `warm_restarts_lrs`), drop_last, their split of windows (`data.t
 their validation protocol (`protocol: authors`). Each value is cited to its file and line in those configs.
 
 Validation (every `val_every_n_epochs`), `protocol: videos` (ours): each validation video is run whole, as
-overlapping windows stitched back to one prediction per frame (`mambava.evaluate.predict_sequence`), and CCC
+overlapping windows stitched back to one prediction per frame (`mambava.windows.predict_sequence`), and CCC
 per dimension is computed over all valid frames of all validation videos concatenated; P_VA = (CCC_v + CCC_a)
 / 2. `protocol: authors`: CCC over the frames of the windows the reference's validation loop sees
-(`mambava.evaluate.authors_windows`: its split, its file order, its last partial batch dropped, overlapping
+(`mambava.windows.authors_windows`: its split, its file order, its last partial batch dropped, overlapping
 frames counted once per window). The metric (`mambava.metrics.ConcordanceCCC`) keeps float64 sufficient
 statistics whose DDP reduction is a sum, so ranks that each validated a share give exactly the
 single-process number (torchmetrics' `ConcordanceCorrCoef` uses sample, n-1, moments where ABAW uses
@@ -34,7 +34,7 @@ their target, fsynced and renamed (`AtomicCheckpointIO`), so a full disk never t
 unreadable last.ckpt stops `resume=True` with a one-line MambavaError.
 
 Outputs in `out_dir`: `config.yaml` (the resolved config), `checkpoints/best.ckpt` (best validation P_VA) and
-`checkpoints/last.ckpt`, `model.safetensors` (the best model, loadable by `mambava.baselines.load_temporal_model`
+`checkpoints/last.ckpt`, `model.safetensors` (the best model, loadable by `mambava.temporal_models.load_temporal_model`
 and, for the paper model, `MambaVA.load`), `metrics.csv` (one row per epoch), `logs/` (Lightning's per-step CSV
 log), `tensorboard/` (when tensorboard is installed), `summary.json`, `curves.png`.
 """
@@ -108,7 +108,7 @@ class TrainConfig:
     """Everything a training run needs; the defaults are the paper's recipe (see the module docstring).
 
     `model` holds the temporal model: `kind` ("mamba_va" the paper model, or an ablation baseline "tcn",
-    "mamba", "mlp", "transformer") and its sizes (`mambava.baselines.default_model_config`). Missing model keys
+    "mamba", "mlp", "transformer") and its sizes (`mambava.temporal_models.default_model_config`). Missing model keys
     take their defaults; unknown keys are an error.
     """
 
@@ -136,7 +136,7 @@ class TrainConfig:
     out_dir: str = "runs/mambava"
 
     def __post_init__(self) -> None:
-        from mambava.baselines import resolve_model_config
+        from mambava.temporal_models import resolve_model_config
 
         if isinstance(self.data, Mapping):
             self.data = _dataclass_from_dict(DataConfig, self.data, "data")
@@ -622,7 +622,7 @@ def _make_datamodule_class():
                 tails=self.cfg.data.tails,
             )
             if self.cfg.protocol == "authors":
-                from mambava.evaluate import authors_window_dataset
+                from mambava.windows import authors_window_dataset
 
                 self.val_set = authors_window_dataset(
                     store, data.validation, data.labels, self.cfg.data.window, self.cfg.data.stride, self.cfg.eval_batch_size
@@ -671,7 +671,7 @@ def _make_module_class():
 
         def __init__(self, config: dict):
             super().__init__()
-            from mambava.baselines import build_temporal_model
+            from mambava.temporal_models import build_temporal_model
             from mambava.metrics import ConcordanceCCC
 
             self.save_hyperparameters({"config": config})
@@ -701,7 +701,7 @@ def _make_module_class():
             return loss
 
         def validation_step(self, batch: dict, batch_idx: int) -> None:
-            from mambava.evaluate import authors_keep, predict_sequence
+            from mambava.windows import authors_keep, predict_sequence
 
             if self.cfg.protocol == "authors":
                 pred = self.model(batch["x"])
@@ -1154,7 +1154,7 @@ def _warn_config_changes(saved_path: Path, cfg: TrainConfig) -> None:
 
 def finish_run(cfg: TrainConfig, paths: RunPaths, module, fold_data: FoldData, trainer, wall_s: float) -> dict:
     """After fit: export the best model to model.safetensors, write summary.json and curves.png."""
-    from mambava.baselines import count_parameters, save_temporal_model
+    from mambava.temporal_models import count_parameters, save_temporal_model
 
     state = torch.load(paths.best, map_location="cpu", weights_only=True)["state_dict"]
     model = module.model.to("cpu").float()

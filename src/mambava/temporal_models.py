@@ -24,9 +24,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -315,3 +317,99 @@ def load_temporal_model(path: str | os.PathLike, map_location: str | torch.devic
     from mambava.model import MambaVA
 
     return MambaVA.load(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading a model from any checkpoint (what evaluate and predict load)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    kind: str
+    source: str
+    window: int = 300
+    stride: int = 200
+    run_config: dict | None = None
+
+
+def _run_config_near(path: Path) -> dict | None:
+    """The config.yaml of the run a checkpoint belongs to (same folder or its parent), if any."""
+    import yaml
+
+    for folder in (path.parent, path.parent.parent):
+        candidate = folder / "config.yaml"
+        if candidate.is_file():
+            try:
+                data = yaml.safe_load(candidate.read_text())
+            except (OSError, yaml.YAMLError):
+                return None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def load_for_eval(path: str | os.PathLike) -> LoadedModel:
+    """A model in eval mode from our safetensors export, a Lightning run checkpoint or a reference .pth."""
+    path = Path(path)
+    if not path.is_file():
+        raise MambavaError(f"{path}: checkpoint not found")
+    run_config = None
+    if path.suffix == ".safetensors":
+        model = load_temporal_model(path)
+        kind = getattr(model, "kind", "mamba_va")
+        run_config = _run_config_near(path)
+    elif path.suffix == ".ckpt":
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            run_config = checkpoint["hyper_parameters"]["config"]
+            state = checkpoint["state_dict"]
+        except Exception as error:  # torch raises several types for a bad file
+            from mambava.errors import torch_load_reason
+
+            raise MambavaError(f"{path}: not a mambava Lightning checkpoint ({torch_load_reason(error)})") from None
+        try:
+            model_cfg = resolve_model_config(run_config.get("model"))
+        except MambavaError as error:
+            raise MambavaError(f"{path}: {error}") from None
+        model = build_temporal_model(model_cfg)
+        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        kind = model_cfg["kind"]
+    else:
+        from mambava.model import MambaVA
+
+        model = MambaVA.from_checkpoint(path)
+        kind = "mamba_va"
+    window, stride = 300, 200
+    if run_config and isinstance(run_config.get("data"), dict):
+        window = int(run_config["data"].get("window", window))
+        stride = int(run_config["data"].get("stride", stride))
+    model.eval()
+    return LoadedModel(model=model, kind=kind, source=str(path), window=window, stride=stride, run_config=run_config)
+
+
+def model_input_dim(model) -> int | None:
+    """The feature size a temporal model takes (`config.input_dim` or `config["input_dim"]`)."""
+    config = getattr(model, "config", None)
+    if isinstance(config, Mapping):
+        return config.get("input_dim")
+    return getattr(config, "input_dim", None)
+
+
+def check_finite(pred: np.ndarray, model: str, video: str, frames=None, features=None) -> None:
+    """MambavaError naming the model, the video and the first frame where the (T, 2) output is NaN/Inf: a
+    diverged model's output is refused, never scored as a weak CCC or written as blank cells. `frames` maps
+    positions to frame numbers (default: the positions); `features` (T, D) adds the largest input value."""
+    bad = ~np.isfinite(pred).all(axis=1)
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    frame = int(frames[i]) if frames is not None else i
+    hint = "a diverged model, e.g. trained with too high a learning rate"
+    if features is not None:
+        finite = np.abs(np.asarray(features, np.float64)[np.isfinite(features)])
+        if finite.size and finite.max() > 1e6:
+            hint = f"the features reach {finite.max():.3g}: not features of the backbone it was trained on?"
+    raise MambavaError(
+        f"{model}: the model's output is not finite ({pred[i, 0]:g}, {pred[i, 1]:g}) for video {video}, frame "
+        f"{frame} ({int(bad.sum())} of {len(bad)} frames); refusing to score it ({hint})"
+    )
