@@ -228,7 +228,7 @@ def run_until_epoch(train_data, out: Path, epochs: int, stop: int) -> None:
     """An earlier run, in this process, stopped before epoch `stop` (checkpoints of epoch stop-1 on disk)."""
     import lightning as L
 
-    from mambava.train import load_config, train
+    from mambava.training import load_config, train
 
     class Stopped(RuntimeError):
         pass
@@ -260,7 +260,7 @@ def test_train_on_a_full_disk_keeps_the_checkpoints_and_resumes(train_data, moun
     result = run_cli(*train_cli(train_data, out, 3, "--resume"))
     assert result.returncode == 0, result.stdout + result.stderr
     straight = tmp_path / "straight"
-    from mambava.train import load_config, train
+    from mambava.training import load_config, train
 
     train(load_config(None, [*train_overrides(train_data, 3), f"out_dir={straight}"]))
     a, b = checkpoint_weights(straight / "checkpoints/last.ckpt"), checkpoint_weights(out / "checkpoints/last.ckpt")
@@ -300,7 +300,7 @@ def test_train_killed_then_resumed_ends_bit_identical(train_data, tmp_path):
     assert not (out / "summary.json").exists(), "the run finished before it could be killed"
     result = run_cli(*train_cli(train_data, out, 16, "--resume"))
     assert result.returncode == 0, result.stdout + result.stderr
-    from mambava.train import load_config, read_metrics, train
+    from mambava.training import load_config, read_metrics, train
 
     straight = tmp_path / "straight"
     train(load_config(None, [*train_overrides(train_data, 16), f"out_dir={straight}"]))

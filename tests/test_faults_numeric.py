@@ -19,7 +19,7 @@ import torch
 
 from mambava.errors import MambavaError
 from mambava.features import FeatureStore
-from mambava.train import read_metrics, train
+from mambava.training import read_metrics, train
 from test_train import TINY_MODEL, run_config, write_drift_dataset
 from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 

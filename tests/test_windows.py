@@ -100,7 +100,7 @@ def test_stitch_most_history_takes_each_frame_from_the_window_that_started_first
 def test_predict_sequence_stitching_choice_on_a_causal_model():
     """predict_sequence with a model whose output is the frame's position in its window (its history): "mean"
     mixes a fresh window in, "most_history" never gives a frame less history than window - stride."""
-    from mambava.evaluate import predict_sequence
+    from mambava.windows import predict_sequence
 
     class Position(torch.nn.Module):
         def forward(self, x):
@@ -185,7 +185,8 @@ def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
     score `evaluate` gives (the same windows, the same stitching)."""
     from mambava.temporal_models import save_temporal_model
     from mambava.benchmarks.stitching import OPTIONS, largest_jump, measure
-    from mambava.evaluate import evaluate_videos, load_for_eval
+    from mambava.temporal_models import load_for_eval
+    from mambava.training.evaluate import evaluate_videos
 
     assert largest_jump(np.array([[0.0, 0.0], [0.1, -0.3], [0.6, -0.2], [0.5, -0.2]])) == pytest.approx(0.5)
     assert largest_jump(np.zeros((1, 2))) == 0.0

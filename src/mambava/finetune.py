@@ -38,6 +38,7 @@ from mambava.errors import MambavaError
 from mambava.extract import CropVideo, scan_crop_folder
 from mambava.fileio import atomic_open, atomic_torch_save
 from mambava.metrics import ConcordanceCCC, ccc_loss, valid_mask
+from mambava.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -165,18 +166,6 @@ def _trainer(config: TrainConfig, out: Path, callbacks: list, progress: bool, va
     )
 
 
-def _warmup_cosine(total_steps: int, warmup_fraction: float):
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def _adamw(module: nn.Module, config: TrainConfig, lr: float, trainer: L.Trainer, extra_groups=()):
     """AdamW (no weight decay on biases, norms and 1-d/embedding-like tensors) with warmup + cosine per step."""
     decay, no_decay = [], []
@@ -188,7 +177,7 @@ def _adamw(module: nn.Module, config: TrainConfig, lr: float, trainer: L.Trainer
               {"params": no_decay, "lr": lr, "weight_decay": 0.0}, *extra_groups]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
     total = max(1, int(trainer.estimated_stepping_batches))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, config.warmup_fraction))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, config.warmup_fraction))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

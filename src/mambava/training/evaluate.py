@@ -27,6 +27,8 @@ import torch
 from mambava.temporal_models import LoadedModel, check_finite, load_for_eval, model_input_dim
 from mambava.errors import MambavaError
 from mambava.runtime import resolve_device
+from mambava.training.config import TrainConfig
+from mambava.training.data import load_fold_data
 from mambava.fileio import atomic_open
 from mambava.metrics import ccc_numpy, va_scores
 from mambava.windows import authors_keep, authors_window_dataset, check_windowing, predict_sequence
@@ -211,7 +213,6 @@ def evaluate_checkpoint(
     protocol it also sets which windows the dropped last batch holds, and defaults to the run's
     `eval_batch_size`, else 16 (the reference's test_batch_size, VA/config/config_fold*.yml:8)."""
     from mambava.features import FeatureStore
-    from mambava.train import TrainConfig, load_fold_data
 
     if split not in ("train", "validation"):
         raise MambavaError(f"--split must be 'train' or 'validation', got {split!r}")
