@@ -48,7 +48,7 @@ def test_save_and_load_every_kind(kind, tmp_path):
     torch.manual_seed(1)
     model = build_temporal_model(kind, SMALL).eval()
     path = save_temporal_model(model, tmp_path / f"{kind}.safetensors")
-    loaded = load_temporal_model(path).eval()
+    loaded = load_temporal_model(path).model.eval()
     x = torch.randn(1, 30, 12)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))

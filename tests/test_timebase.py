@@ -80,7 +80,7 @@ def test_model_fps_is_in_the_config_and_checkpoint_and_old_files_load_with_30(tm
     # baselines carry it too, and a weights-only difference in fps still loads
     mlp = build_temporal_model("mlp", {"input_dim": 8, "tcn_channels": [8], "d_model": 8, "head_hidden": 4, "fps": 60})
     save_temporal_model(mlp, tmp_path / "mlp.safetensors")
-    assert model_fps(load_temporal_model(tmp_path / "mlp.safetensors")) == 60.0
+    assert model_fps(load_temporal_model(tmp_path / "mlp.safetensors").model) == 60.0
     MambaVA(dataclasses_replace(old.config, fps=60.0)).load_weights(tmp_path / "old.safetensors")
     with pytest.raises(MambavaError, match="fps"):
         MambaVAConfig(fps=0)

@@ -185,7 +185,7 @@ def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
     score `evaluate` gives (the same windows, the same stitching)."""
     from mambava.temporal_models import save_temporal_model
     from mambava.benchmarks.stitching import OPTIONS, largest_jump, measure
-    from mambava.temporal_models import load_for_eval
+    from mambava.temporal_models import load_temporal_model
     from mambava.training.evaluate import evaluate_videos
 
     assert largest_jump(np.array([[0.0, 0.0], [0.1, -0.3], [0.6, -0.2], [0.5, -0.2]])) == pytest.approx(0.5)
@@ -200,6 +200,6 @@ def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
     save_temporal_model(tiny_mamba_va(), tmp_path / "model.safetensors")
     results = measure(tmp_path / "model.safetensors", store, ["a", "b"], labels)
     assert list(results) == [option for option, _, _ in OPTIONS] == ["mean", "most_history", "full"]
-    official = evaluate_videos(load_for_eval(tmp_path / "model.safetensors"), store, ["a", "b"], labels, device="cpu")
+    official = evaluate_videos(load_temporal_model(tmp_path / "model.safetensors"), store, ["a", "b"], labels, device="cpu")
     assert results["mean"]["p_va"] == pytest.approx(official.p_va, abs=1e-6)
     assert results["mean"]["p_va"] != pytest.approx(results["full"]["p_va"], abs=1e-6)

@@ -368,14 +368,14 @@ def _train(out: Path, data_root: Path, store: Path, kind: str, cfg: DemoConfig, 
 
 
 def _evaluate(out: Path, store: Path, runs: dict, names: list[str], labels: dict, cfg: DemoConfig):
-    from mambava.temporal_models import load_for_eval
+    from mambava.temporal_models import load_temporal_model
     from mambava.training.evaluate import evaluate_videos, write_per_video
     from mambava.features import FeatureStore
 
     scores, predictions = {}, {}
     fs = FeatureStore(store)
     for kind, run in runs.items():
-        loaded = load_for_eval(run["outputs"]["model"])
+        loaded = load_temporal_model(run["outputs"]["model"])
         result = evaluate_videos(loaded, fs, names, labels, cfg.window, cfg.stride, device="cpu")
         write_per_video(result, out / "runs" / kind / "eval_test.csv")
         scores[kind] = result.as_dict()

@@ -68,27 +68,15 @@ DEFAULT_STITCHING = "most_history"
 
 
 def load_model(checkpoint):
-    """(model in eval mode, window, stride, name) from a checkpoint path (our safetensors, any baseline kind, a
-    Lightning run checkpoint or the authors' .pth: `mambava.temporal_models.load_for_eval`) or a model object."""
+    """(model in eval mode, window, stride, name) from a checkpoint path (our safetensors, any model kind, a
+    Lightning run checkpoint or the authors' .pth: `mambava.temporal_models.load_temporal_model`) or a model
+    object."""
     if not isinstance(checkpoint, (str, os.PathLike)):
         return checkpoint.eval(), None, None, type(checkpoint).__name__
-    from mambava.temporal_models import load_for_eval
+    from mambava.temporal_models import load_temporal_model
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise MambavaError(f"{path}: checkpoint not found")
-    try:
-        loaded = load_for_eval(path)
-    except MambavaError as error:
-        lines = str(error).strip().splitlines()
-        if len(lines) <= 1:
-            raise
-        raise MambavaError(lines[0] + (")" if lines[0].count("(") > lines[0].count(")") else "")) from None
-    except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError, AttributeError) as error:
-        # torch.load / load_state_dict errors on a file that is not a temporal model, or one of another config
-        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise MambavaError(f"{path}: cannot load as a temporal model checkpoint ({first})") from None
-    return loaded.model, loaded.window, loaded.stride, str(path)
+    loaded = load_temporal_model(checkpoint)
+    return loaded.model, loaded.window, loaded.stride, loaded.source
 
 
 def load_features_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

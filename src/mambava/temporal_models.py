@@ -16,7 +16,8 @@ All take (B, T, input_dim) and return (B, T, n_outputs). The configuration is on
 fields of `MambaVAConfig`, and the `transformer_*` keys (`default_model_config`).
 
 Files: `save_temporal_model(model, path)` writes safetensors with the kind and config in its metadata (the
-paper model through `MambaVA.save`), and `load_temporal_model(path)` rebuilds any of them.
+paper model through `MambaVA.save`), and `load_temporal_model(path)` loads any of them, a run's Lightning checkpoint or the authors' .pth (the
+one loader: `LoadedModel` with the model and what it was trained on).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from mambava.errors import MambavaError
+from mambava.model import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig, is_safetensors
 
 KINDS = ("mamba_va", "tcn", "mamba", "mlp", "transformer")
 BASELINE_DEFAULTS: dict[str, Any] = {
@@ -42,18 +44,11 @@ BASELINE_DEFAULTS: dict[str, Any] = {
     "transformer_dropout": 0.1,
     "transformer_causal": True,
 }
-FORMAT = "mambava.temporal/1"
-
-
-def _model_config_class():
-    from mambava.model import MambaVAConfig
-
-    return MambaVAConfig
 
 
 def default_model_config(kind: str = "mamba_va") -> dict[str, Any]:
     """Every key of a temporal model config with its default (the paper's sizes)."""
-    base = _model_config_class()().to_dict()
+    base = MambaVAConfig().to_dict()
     return {"kind": kind, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items()}, **BASELINE_DEFAULTS}
 
 
@@ -96,7 +91,6 @@ def resolve_model_config(values: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _mamba_va_config(cfg: Mapping[str, Any]):
-    MambaVAConfig = _model_config_class()
     fields = MambaVAConfig().to_dict()
     return MambaVAConfig.from_dict({k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in fields})
 
@@ -253,8 +247,6 @@ def build_temporal_model(kind: str | Mapping[str, Any], cfg: Mapping[str, Any] |
         cfg, kind = kind, kind.get("kind", "mamba_va")
     resolved = resolve_model_config({**(cfg or {}), "kind": kind})
     if kind == "mamba_va":
-        from mambava.model import MambaVA
-
         return MambaVA(_mamba_va_config(resolved))
     return BASELINES[kind](resolved)
 
@@ -276,7 +268,7 @@ def save_temporal_model(model: nn.Module, path: str | os.PathLike) -> Path:
         from mambava.fileio import atomic_path
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        metadata = {"format": FORMAT, "kind": model.kind, "config": json.dumps(model.config)}
+        metadata = {"format": CHECKPOINT_FORMAT, "kind": model.kind, "config": json.dumps(model.config)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         return path
@@ -284,24 +276,81 @@ def save_temporal_model(model: nn.Module, path: str | os.PathLike) -> Path:
     return Path(result) if result is not None else path
 
 
-def _metadata(path: Path) -> dict[str, str]:
+def lightning_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The temporal model's weights from a run's Lightning state_dict (the module holds it as `model`)."""
+    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
+@dataclass
+class LoadedModel:
+    """A temporal model in eval mode and what it was trained on: `window`/`stride` (the run's, else 300/200),
+    `run_config` (the run's config, when the checkpoint has or sits beside one), `config` (the model's) and
+    `fps` (the time base of its features, `mambava.timebase.model_fps`)."""
+
+    model: torch.nn.Module
+    kind: str
+    source: str
+    window: int = 300
+    stride: int = 200
+    run_config: dict | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        config = getattr(self.model, "config", None)
+        if isinstance(config, Mapping):
+            return dict(config)
+        return {"kind": self.kind, **config.to_dict()} if hasattr(config, "to_dict") else {"kind": self.kind}
+
+    @property
+    def fps(self) -> float:
+        from mambava.timebase import model_fps
+
+        return model_fps(self.model)
+
+
+def load_temporal_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedModel:
+    """The one way to load a temporal model: our safetensors (any kind, `save_temporal_model`/`MambaVA.save`),
+    a run's Lightning checkpoint (`checkpoints/best.ckpt`) or the authors' `.pth` state_dict. Bad files are a
+    one-line MambavaError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MambavaError(f"{path}: checkpoint not found")
+    try:
+        if path.suffix == ".ckpt":
+            loaded = _load_lightning(path, map_location)
+        elif path.suffix == ".safetensors" or is_safetensors(path):
+            model = _load_safetensors(path, map_location)
+            loaded = LoadedModel(model, model_kind(model), str(path), run_config=_run_config_near(path))
+        else:
+                loaded = LoadedModel(MambaVA.load_reference(path, map_location=map_location), "mamba_va", str(path))
+    except MambavaError as error:
+        lines = str(error).strip().splitlines()
+        if len(lines) <= 1:
+            raise
+        raise MambavaError(lines[0] + (")" if lines[0].count("(") > lines[0].count(")") else "")) from None
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError, AttributeError) as error:
+        # torch.load / load_state_dict errors on a file that is not a temporal model, or one of another config
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise MambavaError(f"{path}: cannot load as a temporal model checkpoint ({first})") from None
+    data = (loaded.run_config or {}).get("data")
+    if isinstance(data, dict):
+        loaded.window = int(data.get("window", loaded.window))
+        loaded.stride = int(data.get("stride", loaded.stride))
+    loaded.model.eval()
+    return loaded
+
+
+def _load_safetensors(path: Path, map_location) -> nn.Module:
+    """A model written by `save_temporal_model` (any kind) or `MambaVA.save`."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
+            metadata = dict(handle.metadata() or {})
     except Exception as error:  # safetensors raises its own error types
         raise MambavaError(f"{path}: not a safetensors file ({error})") from error
-
-
-def load_temporal_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model written by `save_temporal_model` (any kind) or `MambaVA.save`."""
-    path = Path(path)
-    if not path.is_file():
-        raise MambavaError(f"{path}: model file not found")
-    metadata = _metadata(path)
     kind = metadata.get("kind")
-    if metadata.get("format") == FORMAT and kind in BASELINES:
+    if metadata.get("format") == CHECKPOINT_FORMAT and kind in BASELINES:
         from safetensors.torch import load_file
 
         try:
@@ -314,23 +363,26 @@ def load_temporal_model(path: str | os.PathLike, map_location: str | torch.devic
         if missing or unexpected:
             raise MambavaError(f"{path}: weights do not match a {kind} model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         return model
-    from mambava.model import MambaVA
-
-    return MambaVA.load(path)
+    return MambaVA.load(path, map_location)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Loading a model from any checkpoint (what evaluate and predict load)
+def _load_lightning(path: Path, map_location) -> LoadedModel:
+    """The model of a run's Lightning checkpoint, built from the run config it holds."""
+    from mambava.errors import torch_load_reason
 
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    kind: str
-    source: str
-    window: int = 300
-    stride: int = 200
-    run_config: dict | None = None
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        run_config = checkpoint["hyper_parameters"]["config"]
+        state = checkpoint["state_dict"]
+    except Exception as error:  # torch raises several types for a bad file
+        raise MambavaError(f"{path}: not a mambava Lightning checkpoint ({torch_load_reason(error)})") from None
+    try:
+        model_cfg = resolve_model_config(run_config.get("model"))
+    except MambavaError as error:
+        raise MambavaError(f"{path}: {error}") from None
+    model = build_temporal_model(model_cfg)
+    model.load_state_dict(lightning_state_dict(state))
+    return LoadedModel(model, model_cfg["kind"], str(path), run_config=run_config)
 
 
 def _run_config_near(path: Path) -> dict | None:
@@ -346,45 +398,6 @@ def _run_config_near(path: Path) -> dict | None:
                 return None
             return data if isinstance(data, dict) else None
     return None
-
-
-def load_for_eval(path: str | os.PathLike) -> LoadedModel:
-    """A model in eval mode from our safetensors export, a Lightning run checkpoint or a reference .pth."""
-    path = Path(path)
-    if not path.is_file():
-        raise MambavaError(f"{path}: checkpoint not found")
-    run_config = None
-    if path.suffix == ".safetensors":
-        model = load_temporal_model(path)
-        kind = getattr(model, "kind", "mamba_va")
-        run_config = _run_config_near(path)
-    elif path.suffix == ".ckpt":
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            run_config = checkpoint["hyper_parameters"]["config"]
-            state = checkpoint["state_dict"]
-        except Exception as error:  # torch raises several types for a bad file
-            from mambava.errors import torch_load_reason
-
-            raise MambavaError(f"{path}: not a mambava Lightning checkpoint ({torch_load_reason(error)})") from None
-        try:
-            model_cfg = resolve_model_config(run_config.get("model"))
-        except MambavaError as error:
-            raise MambavaError(f"{path}: {error}") from None
-        model = build_temporal_model(model_cfg)
-        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
-        kind = model_cfg["kind"]
-    else:
-        from mambava.model import MambaVA
-
-        model = MambaVA.from_checkpoint(path)
-        kind = "mamba_va"
-    window, stride = 300, 200
-    if run_config and isinstance(run_config.get("data"), dict):
-        window = int(run_config["data"].get("window", window))
-        stride = int(run_config["data"].get("stride", stride))
-    model.eval()
-    return LoadedModel(model=model, kind=kind, source=str(path), window=window, stride=stride, run_config=run_config)
 
 
 def model_input_dim(model) -> int | None:

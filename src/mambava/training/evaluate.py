@@ -8,8 +8,8 @@ plus the same scores per video.
 VA/vaestimation.py:268-324 over the windows of VA/data/dataset.py and preprocess/split_VA_fold.py): see
 `authors_windows`. Its numbers and ours are not the same quantity; `mambava cv --both-protocols` prints both.
 
-`load_for_eval(path)` accepts our `model.safetensors` (the paper model or any baseline), a Lightning checkpoint
-of a run (`checkpoints/best.ckpt`), or a reference `.pth` (via `MambaVA.from_checkpoint`).
+Checkpoints are loaded by `mambava.temporal_models.load_temporal_model`: our `model.safetensors` (the paper
+model or any baseline), a Lightning checkpoint of a run (`checkpoints/best.ckpt`), or a reference `.pth`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mambava.temporal_models import LoadedModel, check_finite, load_for_eval, model_input_dim
+from mambava.temporal_models import LoadedModel, check_finite, load_temporal_model, model_input_dim
 from mambava.errors import MambavaError
 from mambava.runtime import resolve_device
 from mambava.training.config import TrainConfig
@@ -218,7 +218,7 @@ def evaluate_checkpoint(
         raise MambavaError(f"--split must be 'train' or 'validation', got {split!r}")
     if protocol not in PROTOCOLS:
         raise MambavaError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    loaded = load_for_eval(checkpoint)
+    loaded = load_temporal_model(checkpoint)
     data = dict((loaded.run_config or {}).get("data") or {})
     for key, value in (("features", features), ("annotations", annotations), ("folds", folds), ("fold", fold)):
         if value is not None:

@@ -175,11 +175,11 @@ def _warn_config_changes(saved_path: Path, cfg: TrainConfig) -> None:
 
 def finish_run(cfg: TrainConfig, paths: RunPaths, module, fold_data: FoldData, trainer, wall_s: float) -> dict:
     """After fit: export the best model to model.safetensors, write summary.json and curves.png."""
-    from mambava.temporal_models import count_parameters, save_temporal_model
+    from mambava.temporal_models import count_parameters, lightning_state_dict, save_temporal_model
 
     state = torch.load(paths.best, map_location="cpu", weights_only=True)["state_dict"]
     model = module.model.to("cpu").float()
-    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    model.load_state_dict(lightning_state_dict(state))
     save_temporal_model(model, paths.model)
     rows = read_metrics(paths.metrics)
     validated = [r for r in rows if r.get("val_p_va") is not None]
