@@ -1,4 +1,4 @@
-"""Temporal models for ablations, in the same framework as the paper model (selected by `model.kind`):
+"""The registry of temporal models, the paper's and the ablations', selected by `model.kind`:
 
 - `mamba_va`     the paper model (`mambava.model.MambaVA`): causal TCN -> Mamba encoder -> head
 - `tcn`          TCN only: the same TCN -> the same head (no Mamba)
@@ -13,18 +13,24 @@
                  layers, 4 heads, ff 320) it has 923,008 parameters against the Mamba encoder's 919,296.
 
 All take (B, T, input_dim) and return (B, T, n_outputs). The configuration is one flat dict: `kind`, the
-fields of `MambaVAConfig`, and the `transformer_*` keys (`default_model_config`).
+fields of `MambaVAConfig`, and the `transformer_*` keys; its schema is `ModelConfig` (OmegaConf, like the rest of
+a training config), its defaults `default_model_config`.
 
 Files: `save_temporal_model(model, path)` writes safetensors with the kind and config in its metadata (the
-paper model through `MambaVA.save`), and `load_temporal_model(path)` loads any of them, a run's Lightning checkpoint or the authors' .pth (the
-one loader: `LoadedModel` with the model and what it was trained on).
+paper model through `MambaVA.save`). `load_temporal_model(path)` is the one loader of a checkpoint file: ours
+(any kind), a run's Lightning checkpoint or the authors' .pth, as a `LoadedModel` (the model in eval mode and
+what it was trained on). What predict and evaluate both need of a model lives here too (`model_input_dim`,
+`check_finite`), below both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mambava import schema
 from mambava.errors import MambavaError
 from mambava.model import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig, is_safetensors
 
@@ -46,47 +53,41 @@ BASELINE_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _model_schema() -> type:
+    """The `model:` section's schema for OmegaConf (`mambava.schema`): `kind`, every `MambaVAConfig` field with
+    its type and default (its tuple of channels as a list), and the `transformer_*` keys typed by their defaults.
+    Built from MambaVAConfig, so the two never differ."""
+    hints = typing.get_type_hints(MambaVAConfig)
+    fields: list[tuple] = [("kind", str, dataclasses.field(default="mamba_va"))]
+    for f in dataclasses.fields(MambaVAConfig):
+        kind, default = hints[f.name], f.default
+        if typing.get_origin(kind) is tuple:
+            kind, default = list[int], dataclasses.field(default_factory=lambda d=default: list(d))
+        elif isinstance(kind, types.UnionType):
+            kind = typing.Union[typing.get_args(kind)]  # (OmegaConf reads typing.Union, not `int | str`)
+        fields.append((f.name, kind, default))
+    fields += [(key, type(value), value) for key, value in BASELINE_DEFAULTS.items()]
+    return dataclasses.make_dataclass("ModelConfig", fields)
+
+
+ModelConfig = _model_schema()
+
+
 def default_model_config(kind: str = "mamba_va") -> dict[str, Any]:
     """Every key of a temporal model config with its default (the paper's sizes)."""
-    base = MambaVAConfig().to_dict()
-    return {"kind": kind, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items()}, **BASELINE_DEFAULTS}
-
-
-def _check_type(key: str, value: Any, default: Any) -> Any:
-    if key == "dt_rank" and (value == "auto" or (isinstance(value, int) and not isinstance(value, bool))):
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(default, (list, tuple)):
-        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return list(value)
-    elif isinstance(default, str):
-        if isinstance(value, str):
-            return value
-    else:
-        return value
-    raise MambavaError(f"key 'model.{key}' must be {type(default).__name__}, got {value!r}")
+    return {**schema.to_dict(schema.structured(ModelConfig)), "kind": kind}
 
 
 def resolve_model_config(values: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`values` over the defaults; MambavaError naming an unknown key, a wrong type or an unknown kind."""
+    """`values` over the defaults, typed by `ModelConfig` through OmegaConf like the rest of a config;
+    MambavaError naming an unknown key, a wrong type or an unknown kind."""
     values = dict(values or {})
     kind = values.get("kind", "mamba_va")
     if kind not in KINDS:
         raise MambavaError(f"key 'model.kind' must be one of {', '.join(KINDS)}, got {kind!r}")
-    resolved = default_model_config(kind)
-    for key, value in values.items():
-        if key not in resolved:
-            raise MambavaError(f"unknown key 'model.{key}' (known keys of model: {', '.join(sorted(resolved))})")
-        if key != "kind":
-            resolved[key] = _check_type(key, value, resolved[key])
+    resolved = schema.to_dict(schema.merge(schema.structured(ModelConfig), values, "model"))
+    if resolved["dt_rank"] != "auto" and not isinstance(resolved["dt_rank"], int):
+        raise MambavaError(f"key 'model.dt_rank' must be int or 'auto', got {resolved['dt_rank']!r}")
     return resolved
 
 

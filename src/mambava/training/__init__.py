@@ -56,7 +56,6 @@ from mambava.training.config import (
     config_items,
     load_config,
     load_recipe,
-    parse_override,
     recipe_config,
     save_config,
 )
@@ -66,7 +65,7 @@ from mambava.training.run import check_resume_checkpoint, train
 
 __all__ = [
     "MONITOR", "PAPER_CONFIG", "RECIPES", "DataConfig", "TrainConfig", "config_items", "load_config", "load_recipe",
-    "parse_override", "recipe_config", "save_config", "EpochShuffleSampler", "FoldData", "LabelSource",
+    "recipe_config", "save_config", "EpochShuffleSampler", "FoldData", "LabelSource",
     "ShardSampler", "load_fold_data", "resolve_folds", "RunPaths", "plot_curves", "read_metrics", "read_summary",
     "check_resume_checkpoint", "train", "lr_factor", "warm_restarts_lrs",
 ]

@@ -1,19 +1,17 @@
 """The training config: `TrainConfig` (the paper's recipe as defaults, `configs/paper.yaml`), YAML + `--set`
-overrides, the named recipes (`paper`, `authors`)."""
+overrides (OmegaConf structured configs, `mambava.schema`), the named recipes (`paper`, `authors`)."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
+from mambava import schema
 from mambava.errors import MambavaError
 from mambava.fileio import atomic_open
 
@@ -90,18 +88,16 @@ class TrainConfig:
         from mambava.temporal_models import resolve_model_config
 
         if isinstance(self.data, Mapping):
-            self.data = _dataclass_from_dict(DataConfig, self.data, "data")
-        self.model = resolve_model_config(self.model)
+            self.data = DataConfig(**schema.to_dict(schema.merge(schema.structured(DataConfig), self.data, "data")))
+        self.model = resolve_model_config(self.model)  # the model section's own schema (`model.kind`'s keys)
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return schema.to_dict(schema.structured(self))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        try:
-            return _dataclass_from_dict(cls, values, "")
-        except MambavaError as error:
-            raise MambavaError(f"{source}: {error}") from None
+        """A config from nested values over the defaults; MambavaError naming `source` and the key."""
+        return _with_source(source, lambda: _build(schema.merge(schema.structured(cls), values)))
 
     def check(self) -> None:
         """Value checks that do not need the data (MambavaError naming the key)."""
@@ -129,118 +125,21 @@ class TrainConfig:
             raise MambavaError("; ".join(problems))
 
 
-def _plain(value):
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+def _build(conf) -> TrainConfig:
+    return TrainConfig(**schema.to_dict(conf))
 
 
-def _field_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value: Any, kind: Any, key: str) -> Any:
-    """Check/convert a config value against its annotated type; MambavaError naming the key."""
-    origin = typing.get_origin(kind)
-    args = typing.get_args(kind)
-    if kind is Any:
-        return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except MambavaError as error:
-                errors.append(str(error))
-        raise MambavaError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "3e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif kind is dict:
-        if isinstance(value, Mapping):
-            return dict(value)
-    elif dataclasses.is_dataclass(kind):
-        if isinstance(value, Mapping):
-            return _dataclass_from_dict(kind, value, key)
-        if isinstance(value, kind):
-            return value
-    else:
-        return value
-    name = getattr(kind, "__name__", str(kind))
-    raise MambavaError(f"key '{key}' must be {name}, got {value!r}")
-
-
-def _dataclass_from_dict(cls, values: Mapping[str, Any], prefix: str):
-    if not isinstance(values, Mapping):
-        raise MambavaError(f"'{prefix or 'config'}' must be a mapping, got {values!r}")
-    types = _field_types(cls)
-    kwargs = {}
-    for key, value in values.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in types:
-            known = ", ".join(sorted(types))
-            raise MambavaError(f"unknown key '{full}' (known keys{' of ' + prefix if prefix else ''}: {known})")
-        if key == "model":
-            if not isinstance(value, Mapping):
-                raise MambavaError(f"'model' must be a mapping, got {value!r}")
-            kwargs[key] = dict(value)
-            continue
-        kwargs[key] = _coerce(value, types[key], full)
-    return cls(**kwargs)
-
-
-def _set_nested(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise MambavaError(f"--set {dotted}: '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`a.b=value` -> ("a.b", value parsed as YAML: 3 -> int, 3e-4/0.5 -> float, [1,2] -> list, null -> None)."""
-    if "=" not in text:
-        raise MambavaError(f"--set {text!r}: expected key=value (e.g. --set lr=1e-4 or --set model.kind=tcn)")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise MambavaError(f"--set {text!r}: empty key")
+def _with_source(source: str, make):
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+        return make()
+    except MambavaError as error:
+        raise MambavaError(f"{source}: {error}") from None
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """A TrainConfig from a YAML file (None: the paper defaults) plus `key=value` overrides (dotted keys).
-
-    Unknown keys are a MambavaError naming the key and the file (or the --set option)."""
+    """A TrainConfig from a YAML file (None: the paper defaults) plus `key=value` overrides (dotted keys, values
+    parsed as YAML). OmegaConf merges each over the `TrainConfig` schema (`mambava.schema`); an unknown key or
+    a bad value is a MambavaError naming the key and the file (or the --set option)."""
     tree: dict = {}
     source = "defaults"
     if path is not None:
@@ -255,23 +154,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
             loaded = {}
         if not isinstance(loaded, dict):
             raise MambavaError(f"{path}: a config must be a mapping of keys to values")
-        tree = copy.deepcopy(loaded)
-    try:
-        TrainConfig.from_dict(tree, source)
-    except TypeError as error:  # pragma: no cover - defensive
-        raise MambavaError(f"{source}: {error}") from None
+        tree = loaded
+
+    def merged(conf, values, where):  # checked after each layer, so an error names the layer that caused it
+        conf = _with_source(where, lambda: schema.merge(conf, values))
+        _with_source(where, lambda: _build(conf))
+        return conf
+
+    conf = merged(schema.structured(TrainConfig), tree, source)
     for item in overrides:
-        key, value = parse_override(item)
-        _set_nested(tree, key, value)
-        try:
-            TrainConfig.from_dict(tree, f"--set {item}")
-        except MambavaError as error:
-            raise MambavaError(str(error)) from None
-    cfg = TrainConfig.from_dict(tree, source)
-    try:
-        cfg.check()
-    except MambavaError as error:
-        raise MambavaError(f"{source}: {error}") from None
+        conf = merged(conf, schema.dotted(item), f"--set {item}")
+    cfg = _build(conf)
+    _with_source(source, cfg.check)
     return cfg
 
 
