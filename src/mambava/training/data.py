@@ -14,7 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from mambava.affwild2 import ANNOTATION_DIR, SPLIT_DIRS, AffWild2, align_lengths, read_va_annotation
 from mambava.errors import MambavaError
+from mambava.features import FeatureStore
+from mambava.folds import load_folds, make_folds
 from mambava.training.config import TrainConfig
 
 
@@ -23,8 +26,6 @@ class LabelSource:
     folder of `<video>.txt` annotation files (searched recursively, no splits: a folds file is then needed)."""
 
     def __init__(self, root: str | os.PathLike):
-        from mambava.affwild2 import ANNOTATION_DIR, SPLIT_DIRS, AffWild2
-
         self.root = Path(root)
         if not self.root.is_dir():
             raise MambavaError(f"{self.root}: annotation folder not found")
@@ -46,8 +47,6 @@ class LabelSource:
         return None if self.affwild2 is None else self.affwild2.splits
 
     def read(self, video: str) -> np.ndarray:
-        from mambava.affwild2 import read_va_annotation
-
         if video not in self.paths:
             raise MambavaError(f"{self.root}: no annotation for video {video!r}")
         return read_va_annotation(self.paths[video])
@@ -55,8 +54,6 @@ class LabelSource:
 
 def resolve_folds(cfg: TrainConfig, labels: LabelSource | None = None) -> dict[int, dict[str, list[str]]]:
     """All folds of this config: the folds file, or folds made from the Aff-Wild2 splits."""
-    from mambava.folds import load_folds, make_folds
-
     if cfg.data.folds:
         return load_folds(cfg.data.folds)
     labels = labels or LabelSource(_need(cfg.data.annotations, "data.annotations"))
@@ -88,9 +85,6 @@ class FoldData:
 def load_fold_data(cfg: TrainConfig, fold: int | None = None, sides: Sequence[str] = ("train", "validation")) -> FoldData:
     """Resolve the fold's videos, keep those with features (a warning lists the others) and read their
     labels aligned to the features' length (mambava.windows.load_labels' policy)."""
-    from mambava.affwild2 import align_lengths
-    from mambava.features import FeatureStore
-
     store = FeatureStore(_need(cfg.data.features, "data.features"))
     if not store.root.is_dir():
         raise MambavaError(f"{store.root}: feature store not found")

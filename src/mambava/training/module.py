@@ -10,7 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from mambava.errors import MambavaError
+from mambava.features import FeatureStore
+from mambava.metrics import ConcordanceCCC, ccc_loss
 from mambava.schedule import lr_factor, warm_restarts_lrs
+from mambava.temporal_models import build_temporal_model
 from mambava.training.config import MONITOR, TrainConfig
 from mambava.training.data import (
     EpochShuffleSampler,
@@ -22,6 +25,7 @@ from mambava.training.data import (
     load_fold_data,
     mix_seed,
 )
+from mambava.windows import WindowDataset, authors_keep, authors_window_dataset, predict_sequence
 
 
 class Diverged(MambavaError):
@@ -43,9 +47,6 @@ class VADataModule(L.LightningDataModule):
         self.val_set = None
 
     def setup(self, stage: str | None = None) -> None:
-        from mambava.features import FeatureStore
-        from mambava.windows import WindowDataset
-
         if self.train_set is not None:
             return
         store = FeatureStore(self.cfg.data.features)
@@ -55,8 +56,6 @@ class VADataModule(L.LightningDataModule):
             tails=self.cfg.data.tails,
         )
         if self.cfg.protocol == "authors":
-            from mambava.windows import authors_window_dataset
-
             self.val_set = authors_window_dataset(
                 store, data.validation, data.labels, self.cfg.data.window, self.cfg.data.stride, self.cfg.eval_batch_size
             )
@@ -100,9 +99,6 @@ class VAModule(L.LightningModule):
 
     def __init__(self, config: dict):
         super().__init__()
-        from mambava.temporal_models import build_temporal_model
-        from mambava.metrics import ConcordanceCCC
-
         self.save_hyperparameters({"config": config})
         self.cfg = TrainConfig.from_dict(config)
         self.model = build_temporal_model(self.cfg.model)
@@ -116,8 +112,6 @@ class VAModule(L.LightningModule):
         torch.manual_seed(mix_seed(self.cfg.seed, self.current_epoch, batch_idx, self.global_rank))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        from mambava.metrics import ccc_loss
-
         pred = self.model(batch["x"])
         loss = ccc_loss(pred.float(), batch["y"], batch["mask"])
         # Stop at the first non-finite loss (any rank, so no rank waits in a collective the others left),
@@ -130,8 +124,6 @@ class VAModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        from mambava.windows import authors_keep, predict_sequence
-
         if self.cfg.protocol == "authors":
             pred = self.model(batch["x"])
             self.val_ccc.update(pred.float(), batch["y"], keep=authors_keep(batch["y"], batch["mask"]))

@@ -13,6 +13,7 @@ import yaml
 
 from mambava.errors import MambavaError
 from mambava.fileio import is_output_failure, output_error
+from mambava.temporal_models import count_parameters, lightning_state_dict, save_temporal_model
 from mambava.training.config import MONITOR, TrainConfig, flatten_keys, save_config
 from mambava.training.data import FoldData, load_fold_data
 from mambava.training.outputs import RunPaths, plot_curves, read_metrics, read_summary, write_json
@@ -44,9 +45,9 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
     """The Lightning Trainer of a run: checkpoints (best by val P_VA, last every epoch), loggers, progress."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
 
     from mambava.training.callbacks import AtomicCheckpointIO, EpochLog
-    from lightning.pytorch.loggers import CSVLogger
 
     best = ModelCheckpoint(
         dirpath=paths.checkpoints, filename="best", monitor=MONITOR, mode="max", save_top_k=1,
@@ -175,8 +176,6 @@ def _warn_config_changes(saved_path: Path, cfg: TrainConfig) -> None:
 
 def finish_run(cfg: TrainConfig, paths: RunPaths, module, fold_data: FoldData, trainer, wall_s: float) -> dict:
     """After fit: export the best model to model.safetensors, write summary.json and curves.png."""
-    from mambava.temporal_models import count_parameters, lightning_state_dict, save_temporal_model
-
     state = torch.load(paths.best, map_location="cpu", weights_only=True)["state_dict"]
     model = module.model.to("cpu").float()
     model.load_state_dict(lightning_state_dict(state))
