@@ -206,7 +206,7 @@ def test_abaw_release_layout_with_annotations_one_folder_down(affwild2_root):
     result = CliRunner().invoke(app, ["data", "check", str(affwild2_root)], env={"COLUMNS": "100"})
     assert result.exit_code == 0 and result.output.rstrip().endswith("OK"), result.output
     # training reads the splits from it too (not every .txt under the root, the test-set list among them)
-    from mambava.train import LabelSource
+    from mambava.training.data import LabelSource
 
     labels = LabelSource(affwild2_root)
     assert labels.splits == data.splits and sorted(labels.paths) == ["vidA", "vidB_left", "vidB_right", "vidC", "vidD"]

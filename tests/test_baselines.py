@@ -1,11 +1,12 @@
-"""Ablation baselines: shapes, what each sees of time, size of the Transformer, save/load of every kind."""
+"""Temporal models: shapes, what each sees of time, size of the Transformer, the model config schema, save
+and the one loader of every checkpoint kind."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mambava.baselines import (
+from mambava.temporal_models import (
     KINDS,
     build_temporal_model,
     count_parameters,
@@ -48,7 +49,7 @@ def test_save_and_load_every_kind(kind, tmp_path):
     torch.manual_seed(1)
     model = build_temporal_model(kind, SMALL).eval()
     path = save_temporal_model(model, tmp_path / f"{kind}.safetensors")
-    loaded = load_temporal_model(path).eval()
+    loaded = load_temporal_model(path).model.eval()
     x = torch.randn(1, 30, 12)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
@@ -76,3 +77,63 @@ def test_model_config_validation():
         resolve_model_config({"kind": "lstm"})
     with pytest.raises(MambavaError, match="model.n_layers"):
         resolve_model_config({"n_layers": 2.5})
+
+
+def test_the_model_section_is_typed_by_its_schema():
+    """`model:` goes through OmegaConf like the rest of a config: ModelConfig has every MambaVAConfig field plus
+    `kind` and the transformer keys, values are converted to their field's type, bad ones name the key."""
+    import dataclasses
+
+    from mambava.model import MambaVAConfig
+    from mambava.temporal_models import BASELINE_DEFAULTS, ModelConfig
+
+    names = [f.name for f in dataclasses.fields(ModelConfig)]
+    assert names == ["kind", *(f.name for f in dataclasses.fields(MambaVAConfig)), *BASELINE_DEFAULTS]
+    cfg = resolve_model_config({"dropout": "0.25", "n_layers": 3, "dt_rank": "auto", "tcn_channels": (32, 16)})
+    assert (cfg["dropout"], cfg["n_layers"], cfg["dt_rank"], cfg["tcn_channels"]) == (0.25, 3, "auto", [32, 16])
+    for values, message in (
+        ({"dropout": "high"}, "key 'model.dropout' must be float, got 'high'"),
+        ({"tcn_channels": 16}, "key 'model.tcn_channels' must be a list of int, got 16"),
+        ({"dt_rank": "wide"}, "key 'model.dt_rank' must be int or 'auto', got 'wide'"),
+        ({"transformer_causal": 0.5}, "key 'model.transformer_causal' must be bool, got 0.5"),
+    ):
+        with pytest.raises(MambavaError) as error:
+            resolve_model_config(values)
+        assert str(error.value) == message
+
+
+def test_one_loader_for_every_checkpoint_kind(tmp_path):
+    """load_temporal_model: our safetensors (any kind), a run's Lightning .ckpt and the authors' .pth give the
+    same weights, and what the model was trained on (window, stride, fps, run config)."""
+    import yaml
+
+    from mambava.model import MambaVA, MambaVAConfig
+
+    torch.manual_seed(2)
+    x = torch.randn(1, 30, 12)
+    mlp = build_temporal_model("mlp", {**SMALL, "fps": 25.0}).eval()
+    save_temporal_model(mlp, tmp_path / "run" / "model.safetensors")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"data": {"window": 64, "stride": 32}}))
+    loaded = load_temporal_model(tmp_path / "run" / "model.safetensors")
+    assert (loaded.kind, loaded.window, loaded.stride, loaded.fps, loaded.config["fps"]) == ("mlp", 64, 32, 25.0, 25.0)
+    assert not loaded.model.training and torch.equal(loaded.model(x), mlp(x))
+
+    run_config = {"model": {**SMALL, "kind": "tcn"}, "data": {"window": 40, "stride": 20}}
+    tcn = build_temporal_model(run_config["model"]).eval()
+    torch.save({"hyper_parameters": {"config": run_config},
+                "state_dict": {f"model.{k}": v for k, v in tcn.state_dict().items()}}, tmp_path / "best.ckpt")
+    loaded = load_temporal_model(tmp_path / "best.ckpt")
+    assert (loaded.kind, loaded.window, loaded.stride, loaded.run_config) == ("tcn", 40, 20, run_config)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), tcn(x))
+
+    paper = MambaVA(MambaVAConfig(**{k: v for k, v in SMALL.items() if not k.startswith("transformer")})).eval()
+    torch.save({f"module.{k}": v for k, v in paper.state_dict().items()}, tmp_path / "authors.pth")
+    loaded = load_temporal_model(tmp_path / "authors.pth")
+    assert (loaded.kind, loaded.window, loaded.stride, loaded.fps, loaded.run_config) == ("mamba_va", 300, 200, 30.0, None)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), paper(x))
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MambavaError, match=r"junk\.ckpt: not a mambava Lightning checkpoint") as error:
+        load_temporal_model(tmp_path / "junk.ckpt")
+    assert "\n" not in str(error.value)

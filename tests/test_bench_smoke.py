@@ -40,7 +40,7 @@ def _demo_run(out: Path) -> Path:
     import torch
 
     from conftest import make_affwild2_tree
-    from mambava.baselines import build_temporal_model, save_temporal_model
+    from mambava.temporal_models import build_temporal_model, save_temporal_model
     from mambava.features import FeatureStore
     from mambava.synth import GROUND_TRUTH_DIR
 

@@ -9,7 +9,7 @@ import re
 from typer.testing import CliRunner
 
 from mambava.cli import app
-from mambava.cv import format_table
+from mambava.training.cv import format_table
 from test_train import write_drift_dataset
 
 

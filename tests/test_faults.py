@@ -216,7 +216,7 @@ def run_until_epoch(train_data, out: Path, epochs: int, stop: int) -> None:
     """An earlier run, in this process, stopped before epoch `stop` (checkpoints of epoch stop-1 on disk)."""
     import lightning as L
 
-    from mambava.train import load_config, train
+    from mambava.training import load_config, train
 
     class Stopped(RuntimeError):
         pass
@@ -248,7 +248,7 @@ def test_train_on_a_full_disk_keeps_the_checkpoints_and_resumes(train_data, moun
     result = run_cli(*train_cli(train_data, out, 3, "--resume"))
     assert result.returncode == 0, result.stdout + result.stderr
     straight = tmp_path / "straight"
-    from mambava.train import load_config, train
+    from mambava.training import load_config, train
 
     train(load_config(None, [*train_overrides(train_data, 3), f"out_dir={straight}"]))
     a, b = checkpoint_weights(straight / "checkpoints/last.ckpt"), checkpoint_weights(out / "checkpoints/last.ckpt")
@@ -288,7 +288,7 @@ def test_train_killed_then_resumed_ends_bit_identical(train_data, tmp_path):
     assert not (out / "summary.json").exists(), "the run finished before it could be killed"
     result = run_cli(*train_cli(train_data, out, 16, "--resume"))
     assert result.returncode == 0, result.stdout + result.stderr
-    from mambava.train import load_config, read_metrics, train
+    from mambava.training import load_config, read_metrics, train
 
     straight = tmp_path / "straight"
     train(load_config(None, [*train_overrides(train_data, 16), f"out_dir={straight}"]))
@@ -305,7 +305,7 @@ def test_train_killed_then_resumed_ends_bit_identical(train_data, tmp_path):
 @pytest.fixture(scope="module")
 def temporal_model(tmp_path_factory):
     """factory(input_dim, seed=0) -> a tiny Mamba-VA saved as model.safetensors."""
-    from mambava.baselines import build_temporal_model, save_temporal_model
+    from mambava.temporal_models import build_temporal_model, save_temporal_model
 
     folder = tmp_path_factory.mktemp("models")
 
@@ -396,7 +396,7 @@ def test_predict_on_a_full_disk_leaves_the_earlier_outputs_whole(temporal_model,
 @pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
 def test_saved_models_follow_the_umask(umask, tmp_path):
     from mambava.backbone import ViTConfig, ViTEncoder
-    from mambava.baselines import build_temporal_model, save_temporal_model
+    from mambava.temporal_models import build_temporal_model, save_temporal_model
 
     model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [8], "d_model": 8, "n_layers": 1,
                                               "head_hidden": 8})

@@ -19,7 +19,7 @@ import torch
 
 from mambava.errors import MambavaError
 from mambava.features import FeatureStore
-from mambava.train import read_metrics, train
+from mambava.training import read_metrics, train
 from test_train import TINY_MODEL, run_config, write_drift_dataset
 from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
@@ -41,7 +41,7 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def nan_model(tmp_path_factory) -> Path:
     """A tiny Mamba-VA on 8-d features whose head bias is NaN (what lr=1e12 leaves behind), saved as safetensors."""
-    from mambava.baselines import build_temporal_model, save_temporal_model
+    from mambava.temporal_models import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
     model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1,
@@ -56,7 +56,7 @@ def nan_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def good_model(tmp_path_factory) -> Path:
-    from mambava.baselines import build_temporal_model, save_temporal_model
+    from mambava.temporal_models import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
     model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1,

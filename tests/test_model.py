@@ -13,6 +13,7 @@ from mambava.mamba import Mamba, MambaEncoder
 from mambava.model import MambaVA, MambaVAConfig
 from mambava.ops import selective_scan_ref
 from mambava.tcn import TCN
+from mambava.temporal_models import load_temporal_model
 
 SMALL = dict(input_dim=24, tcn_channels=(24, 16, 16), kernel_size=3, d_model=16, n_layers=2, d_state=4,
              dt_rank="auto", head_hidden=8)
@@ -221,7 +222,7 @@ def test_loads_reference_state_dict_and_reproduces_reference_outputs(tmp_path):
     with torch.no_grad():
         expected = ref(x)
         assert _rel(model.eval()(x), expected) <= 1e-5
-        assert _rel(MambaVA.from_checkpoint(path).eval()(x), expected) <= 1e-5
+        assert _rel(load_temporal_model(path).model.eval()(x), expected) <= 1e-5
         other = MambaVA(config)
         report = other.load_weights(path)
         assert report.ok and any(".net.4." in k for k in report.ignored)
@@ -251,7 +252,7 @@ def test_paper_size_reference_checkpoint_loads(tmp_path):
     ref = _RefModel(config)
     path = tmp_path / "paper.pth"
     torch.save({"module." + k: v for k, v in ref.state_dict().items()}, path)
-    model = MambaVA.from_checkpoint(path)
+    model = load_temporal_model(path).model
     assert model.config.architecture() == config.architecture()
     ours, theirs = model.state_dict(), ref.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -268,7 +269,7 @@ def test_our_checkpoint_roundtrip_and_config_mismatch(tmp_path):
     assert loaded.config == config
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), model(x))
-        assert torch.equal(MambaVA.from_checkpoint(path).eval()(x), model(x))
+        assert torch.equal(load_temporal_model(path).model.eval()(x), model(x))
     # loading into a model that differs only in runtime fields is fine
     MambaVA(MambaVAConfig(**{**SMALL, "scan": "reference", "dropout": 0.1})).load_weights(path)
     other = MambaVAConfig(**{**SMALL, "d_state": 8, "n_layers": 3})
@@ -283,7 +284,7 @@ def test_our_checkpoint_roundtrip_and_config_mismatch(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(MambavaError, match="junk.pt"):
-        MambaVA.from_checkpoint(junk)
+        load_temporal_model(junk)
 
 
 def test_config_dict_roundtrip_and_validation():

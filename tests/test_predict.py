@@ -22,7 +22,7 @@ def models(tmp_path_factory, tiny_mamba_va) -> dict[str, Path]:
     """A tiny ViT (img 32, patch 16, D=24, 1 block) saved with encoder.save, a tiny Mamba-VA taking 24-d
     features, and one taking 48-d features (a checkpoint of another config)."""
     from mambava.backbone import ViTConfig, ViTEncoder
-    from mambava.baselines import save_temporal_model
+    from mambava.temporal_models import save_temporal_model
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)

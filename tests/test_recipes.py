@@ -17,10 +17,12 @@ import pytest
 import torch
 import yaml
 
-from mambava.evaluate import LoadedModel, authors_windows, evaluate_videos, evaluate_windows_authors
+from mambava.temporal_models import LoadedModel
+from mambava.training.evaluate import evaluate_videos, evaluate_windows_authors
+from mambava.windows import authors_windows
 from mambava.features import FeatureStore
 from mambava.errors import MambavaError
-from mambava.train import RECIPES, TrainConfig, config_items, load_recipe, warm_restarts_lrs
+from mambava.training import RECIPES, TrainConfig, config_items, load_recipe, warm_restarts_lrs
 from mambava.windows import split_windows
 from test_train import TINY_MODEL, write_drift_dataset
 
@@ -165,7 +167,7 @@ def test_train_with_the_authors_recipe_and_its_protocol(tmp_path):
     from typer.testing import CliRunner
 
     from mambava.cli import app
-    from mambava.evaluate import evaluate_checkpoint
+    from mambava.training.evaluate import evaluate_checkpoint
 
     features, annotations = write_drift_dataset(tmp_path / "data", n_train=6, n_val=4, n_frames=150, dim=8, noise=1.0, scale=20)
     out = tmp_path / "run"

@@ -60,7 +60,7 @@ def test_the_stream_clock_gives_the_same_ticks():
 def test_model_fps_is_in_the_config_and_checkpoint_and_old_files_load_with_30(tmp_path, tiny_mamba_va):
     from safetensors.torch import save_file
 
-    from mambava.baselines import build_temporal_model, load_temporal_model, save_temporal_model
+    from mambava.temporal_models import build_temporal_model, load_temporal_model, save_temporal_model
     from mambava.errors import MambavaError
     from mambava.model import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig
 
@@ -80,7 +80,7 @@ def test_model_fps_is_in_the_config_and_checkpoint_and_old_files_load_with_30(tm
     # baselines carry it too, and a weights-only difference in fps still loads
     mlp = build_temporal_model("mlp", {"input_dim": 8, "tcn_channels": [8], "d_model": 8, "head_hidden": 4, "fps": 60})
     save_temporal_model(mlp, tmp_path / "mlp.safetensors")
-    assert model_fps(load_temporal_model(tmp_path / "mlp.safetensors")) == 60.0
+    assert model_fps(load_temporal_model(tmp_path / "mlp.safetensors").model) == 60.0
     MambaVA(dataclasses_replace(old.config, fps=60.0)).load_weights(tmp_path / "old.safetensors")
     with pytest.raises(MambavaError, match="fps"):
         MambaVAConfig(fps=0)
@@ -250,7 +250,7 @@ def test_stream_with_fps_gives_every_source_frame_a_row_and_equals_predict(tmp_p
 def test_cli_rejects_bad_rates_and_stitching_in_one_line(args, message, tmp_path, tiny_mamba_va, capsys):
     import sys
 
-    from mambava.baselines import save_temporal_model
+    from mambava.temporal_models import save_temporal_model
     from mambava.cli import main
 
     save_temporal_model(tiny_mamba_va(4), tmp_path / "m.safetensors")

@@ -17,7 +17,7 @@ import torch
 from mambava.errors import MambavaError
 from mambava.features import FeatureStore
 from mambava.metrics import ConcordanceCCC, va_scores
-from mambava.train import (
+from mambava.training import (
     EpochShuffleSampler,
     ShardSampler,
     TrainConfig,
@@ -110,7 +110,7 @@ def small_data(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_paper_yaml_is_the_dataclass_defaults():
-    from mambava.train import PAPER_CONFIG
+    from mambava.training import PAPER_CONFIG
 
     import yaml
 
@@ -311,7 +311,7 @@ def test_run_outputs_and_evaluate_cli(small_data, tmp_path):
     assert per_video[0] == "video,frames,valid_frames,ccc_valence,ccc_arousal,p_va"
     assert [line.split(",")[0] for line in per_video[1:]] == ["va00", "va01", "va02", "va03", "ALL"]
     # the Lightning checkpoint evaluates to the same number
-    from mambava.evaluate import evaluate_checkpoint
+    from mambava.training.evaluate import evaluate_checkpoint
 
     result_ckpt, _ = evaluate_checkpoint(out / "checkpoints/best.ckpt", out=tmp_path / "e.csv")
     assert abs(result_ckpt.p_va - summary["best"]["p_va"]) < 1e-4
@@ -401,7 +401,7 @@ def test_ddp_on_two_cpu_processes_validates_exactly_like_one(small_data, tmp_pat
     assert done.stdout.count("best epoch") == 1  # reported by rank 0 only
     summary = json.loads((out / "summary.json").read_text())
     assert summary["global_step"] == 2 * 2  # 6 windows: 3 per rank, batches of 2 -> 2 steps per epoch
-    from mambava.evaluate import evaluate_checkpoint
+    from mambava.training.evaluate import evaluate_checkpoint
 
     result, _ = evaluate_checkpoint(out / "model.safetensors", out=tmp_path / "eval.csv")
     assert abs(result.p_va - summary["best"]["p_va"]) < 1e-5

@@ -100,7 +100,7 @@ def test_stitch_most_history_takes_each_frame_from_the_window_that_started_first
 def test_predict_sequence_stitching_choice_on_a_causal_model():
     """predict_sequence with a model whose output is the frame's position in its window (its history): "mean"
     mixes a fresh window in, "most_history" never gives a frame less history than window - stride."""
-    from mambava.evaluate import predict_sequence
+    from mambava.windows import predict_sequence
 
     class Position(torch.nn.Module):
         def forward(self, x):
@@ -183,9 +183,10 @@ def test_load_labels_aligns_annotations_to_stored_features(affwild2_root, tmp_pa
 def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
     """`mambava bench stitching`: the largest jump is exact on a hand-built curve, and its "mean" row is the
     score `evaluate` gives (the same windows, the same stitching)."""
-    from mambava.baselines import save_temporal_model
+    from mambava.temporal_models import save_temporal_model
     from mambava.benchmarks.stitching import OPTIONS, largest_jump, measure
-    from mambava.evaluate import evaluate_videos, load_for_eval
+    from mambava.temporal_models import load_temporal_model
+    from mambava.training.evaluate import evaluate_videos
 
     assert largest_jump(np.array([[0.0, 0.0], [0.1, -0.3], [0.6, -0.2], [0.5, -0.2]])) == pytest.approx(0.5)
     assert largest_jump(np.zeros((1, 2))) == 0.0
@@ -199,6 +200,6 @@ def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
     save_temporal_model(tiny_mamba_va(), tmp_path / "model.safetensors")
     results = measure(tmp_path / "model.safetensors", store, ["a", "b"], labels)
     assert list(results) == [option for option, _, _ in OPTIONS] == ["mean", "most_history", "full"]
-    official = evaluate_videos(load_for_eval(tmp_path / "model.safetensors"), store, ["a", "b"], labels, device="cpu")
+    official = evaluate_videos(load_temporal_model(tmp_path / "model.safetensors"), store, ["a", "b"], labels, device="cpu")
     assert results["mean"]["p_va"] == pytest.approx(official.p_va, abs=1e-6)
     assert results["mean"]["p_va"] != pytest.approx(results["full"]["p_va"], abs=1e-6)

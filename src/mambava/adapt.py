@@ -15,7 +15,7 @@ adapted model scored is the one after the last epoch: no epoch is chosen on the 
 model is adapted on every participant and written as `adapted.safetensors` (a normal checkpoint for
 `mambava predict -c`), with its `config.yaml` beside it (window and stride for predict).
 
-The training itself is `mambava.train`'s: the same Lightning module (AdamW, warmup + cosine, CCC loss,
+The training itself is `mambava.training`'s: the same Lightning module (AdamW, warmup + cosine, CCC loss,
 gradient clipping), data module (windows over a feature store) and trainer; adapt only writes its data as a
 feature store, `<video>.txt` labels and a folds file in `OUT/work`, and loads the trained weights first.
 
@@ -187,7 +187,7 @@ def _write_workspace(work: Path, videos: Sequence[AdaptVideo], labels: dict[str,
 
 def model_config(model) -> dict:
     """The flat `TrainConfig.model` dict that rebuilds `model` (any kind)."""
-    from mambava.baselines import model_kind, resolve_model_config
+    from mambava.temporal_models import model_kind, resolve_model_config
 
     config = model.config
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -214,17 +214,22 @@ def freeze(model, mode: str) -> list[str]:
 def predict_video(model, features: np.ndarray, window: int, stride: int) -> np.ndarray:
     import torch
 
-    from mambava.evaluate import predict_sequence
+    from mambava.windows import predict_sequence
 
     with torch.inference_mode():
         return predict_sequence(model.eval(), torch.from_numpy(np.ascontiguousarray(features)), window, stride).float().numpy()
 
 
 def _fit(base, cfg: AdaptConfig, work: Path, fold: int, out: Path, window: int, stride: int):
-    """Adapt a copy of `base` on fold `fold`'s train side with mambava.train's module, data and trainer."""
+    """Adapt a copy of `base` on fold `fold`'s train side with mambava.training's module, data and trainer."""
     import warnings
 
-    from mambava.train import DataConfig, RunPaths, TrainConfig, _classes, _lightning, build_trainer
+    import lightning as L
+
+    from mambava.training.config import DataConfig, TrainConfig
+    from mambava.training.module import VADataModule, VAModule
+    from mambava.training.outputs import RunPaths
+    from mambava.training.run import build_trainer
 
     tcfg = TrainConfig(
         model=model_config(base),
@@ -235,12 +240,11 @@ def _fit(base, cfg: AdaptConfig, work: Path, fold: int, out: Path, window: int, 
         val_every_n_epochs=cfg.epochs, progress_bar=cfg.progress_bar, out_dir=str(out),
     )
     tcfg.check()
-    _lightning().seed_everything(cfg.seed, workers=True, verbose=False)
-    classes = _classes()
-    module = classes["VAModule"](tcfg.to_dict())
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = VAModule(tcfg.to_dict())
     module.model.load_state_dict(copy.deepcopy(base.state_dict()))
     freeze(module.model, cfg.mode)
-    datamodule = classes["VADataModule"](tcfg)
+    datamodule = VADataModule(tcfg)
     trainer = build_trainer(tcfg, RunPaths(out))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*(does not have many workers|It is recommended to use|smaller than the logging interval).*")
@@ -249,9 +253,9 @@ def _fit(base, cfg: AdaptConfig, work: Path, fold: int, out: Path, window: int, 
 
 
 def _scores(pred: np.ndarray, target: np.ndarray) -> dict:
-    from mambava.evaluate import _video_row
+    from mambava.training.evaluate import video_row
 
-    row = _video_row("", pred, np.where(np.isfinite(target), target, -5.0).astype(np.float32))
+    row = video_row("", pred, np.where(np.isfinite(target), target, -5.0).astype(np.float32))
     return {"valid_frames": row["valid_frames"], "ccc_valence": row["ccc_valence"], "ccc_arousal": row["ccc_arousal"],
             "p_va": row["p_va"]}
 
@@ -277,15 +281,14 @@ def estimate_rater_lag(model, videos: Sequence[AdaptVideo], window: int, stride:
 
 def adapt(checkpoint, videos: Sequence[AdaptVideo], out_dir: str | os.PathLike, cfg: AdaptConfig | None = None) -> AdaptResult:
     """Cross-validated adaptation and the final adapted checkpoint (see the module doc)."""
-    from mambava.baselines import save_temporal_model
-    from mambava.evaluate import load_for_eval
     from mambava.ratings import shift_labels
-    from mambava.train import save_config
+    from mambava.temporal_models import load_temporal_model, save_temporal_model
+    from mambava.training.config import save_config
 
     cfg = cfg or AdaptConfig()
     cfg.check()
     out = Path(out_dir)
-    loaded = load_for_eval(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else None
+    loaded = load_temporal_model(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else None
     base = (loaded.model if loaded else checkpoint).to("cpu").float().eval()
     window = int(cfg.window or (loaded.window if loaded else 300))
     stride = int(cfg.stride or (loaded.stride if loaded else 200))

@@ -19,11 +19,11 @@ Stages (each prints a line with its time; the long ones show a progress bar):
               CCC_a near 0; MAE pretraining on the crops would need far longer than the demo's budget.
 4. extract    `mambava.extract.extract_features`: CLS features of every crop into a feature store (missing
               crops forward-filled and masked).
-5. train      `mambava.train.train`: the Mamba-VA temporal model (causal TCN -> Mamba encoder -> head; the
+5. train      `mambava.training.train`: the Mamba-VA temporal model (causal TCN -> Mamba encoder -> head; the
               paper's structure at reduced widths, see `DemoConfig`) and the frame-wise baseline (`mlp`, the
               same features one frame at a time), both with the default recipe (AdamW, warmup + cosine, CCC loss,
               model selection by validation P_VA).
-6. evaluate   `mambava.evaluate.evaluate_videos` on the held-out test subjects (whole videos, windows stitched).
+6. evaluate   `mambava.training.evaluate.evaluate_videos` on the held-out test subjects (whole videos, windows stitched).
 7. predict    `mambava.predict.Predictor` on a held-out raw video: faces detected, tracked and aligned by the
               faces stage (MTCNN), encoded by the fine-tuned ViT, then the temporal model; compared with the
               hidden labels.
@@ -380,7 +380,7 @@ def _extract(out: Path, data_root: Path, encoder_path: Path, progress: bool) -> 
 
 
 def _train(out: Path, data_root: Path, store: Path, kind: str, cfg: DemoConfig, progress: bool) -> dict:
-    from mambava.train import DataConfig, TrainConfig, train
+    from mambava.training import DataConfig, TrainConfig, train
 
     model = dict(kind=kind, input_dim=cfg.embed_dim, tcn_channels=list(cfg.tcn_channels), kernel_size=cfg.kernel_size,
                  dropout=cfg.dropout, d_model=cfg.d_model, n_layers=cfg.n_layers, d_state=cfg.d_state,
@@ -400,13 +400,14 @@ def _train(out: Path, data_root: Path, store: Path, kind: str, cfg: DemoConfig, 
 
 
 def _evaluate(out: Path, store: Path, runs: dict, names: list[str], labels: dict, cfg: DemoConfig):
-    from mambava.evaluate import evaluate_videos, load_for_eval, write_per_video
+    from mambava.temporal_models import load_temporal_model
+    from mambava.training.evaluate import evaluate_videos, write_per_video
     from mambava.features import FeatureStore
 
     scores, predictions = {}, {}
     fs = FeatureStore(store)
     for kind, run in runs.items():
-        loaded = load_for_eval(run["outputs"]["model"])
+        loaded = load_temporal_model(run["outputs"]["model"])
         result = evaluate_videos(loaded, fs, names, labels, cfg.window, cfg.stride, device="cpu")
         write_per_video(result, out / "runs" / kind / "eval_test.csv")
         scores[kind] = result.as_dict()
@@ -417,7 +418,7 @@ def _evaluate(out: Path, store: Path, runs: dict, names: list[str], labels: dict
 def _predictions(loaded, store, names: list[str], cfg: DemoConfig) -> dict[str, np.ndarray]:
     import torch
 
-    from mambava.evaluate import predict_sequence
+    from mambava.windows import predict_sequence
 
     model = loaded.model.to("cpu").eval()
     out = {}
@@ -596,7 +597,7 @@ def _table_from_crops(predictor, dataset, name: str):
 
 
 def _figures(out: Path, runs: dict, predictions: dict, labels: dict, results: dict, cfg: DemoConfig) -> dict:
-    from mambava.train import read_metrics
+    from mambava.training import read_metrics
 
     figures = {}
     names = {"mamba_va": "TCN+Mamba", cfg.baseline: f"frame-wise ({cfg.baseline})"}

@@ -13,7 +13,8 @@ Checkpoints:
   `module.` prefix of DDP; `MambaVA.load_reference(path)` (config inferred from the tensor shapes) or
   `model.load_reference_state_dict(state_dict)`. Loaded with weights_only=True; missing/unexpected keys are
   reported by name.
-- `MambaVA.from_checkpoint(path)` takes either kind, told apart by content.
+- `mambava.temporal_models.load_temporal_model(path)` takes either kind (and any model kind, and a run's
+  Lightning checkpoint), told apart by content: the one loader of a checkpoint file.
 
 Streaming (eval semantics, no dropout): `state = model.init_state(batch_size)`, then per frame
 `y_t, state = model.step(x_t, state)` with x_t (batch, input_dim) -> y_t (batch, n_outputs).
@@ -235,7 +236,7 @@ def _read_safetensors(path: Path, device: str):
     return config, tensors
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     with open(path, "rb") as handle:
         head = handle.read(9)
     if len(head) < 9:
@@ -363,7 +364,7 @@ class MambaVA(nn.Module):
     def load_weights(self, path, strict: bool = True) -> LoadReport:
         """Load a checkpoint of either format into this model; it must be for this model's architecture."""
         path = _check_path(path)
-        if _is_safetensors(path):
+        if is_safetensors(path):
             file_config, tensors = _read_safetensors(path, "cpu")
             _require_same_architecture(path, file_config, self.config)
             return self._load_tensors(tensors, path, strict=strict)
@@ -387,14 +388,6 @@ class MambaVA(nn.Module):
         model = cls(config if config is not None else inferred)
         model.load_reference_state_dict(state_dict, strict=strict, source=path)
         return model.to(map_location)
-
-    @classmethod
-    def from_checkpoint(cls, path, map_location="cpu", config: MambaVAConfig | None = None) -> "MambaVA":
-        """Our safetensors checkpoint or a reference .pt/.pth state_dict, told apart by content."""
-        path = _check_path(path)
-        if _is_safetensors(path):
-            return cls.load(path, map_location, config)
-        return cls.load_reference(path, config, map_location=map_location)
 
     def load_reference_state_dict(self, state_dict: dict, strict: bool = True, source="state_dict") -> LoadReport:
         """Load a reference-format state_dict (`module.` prefix, weight_g/weight_v, net.* duplicates allowed).

@@ -31,7 +31,7 @@ Windowing, which decides what a frame's prediction has seen:
 - `"full"` (default): one causal pass over the whole sequence. This is what the live stream computes step by
   step (`Predictor.stream`, `mambava.stream`), to float32 rounding.
 - `"windows"` (what `evaluate` scores with "mean"): windows of 300 frames every 200, each run from an empty state
-  (`mambava.evaluate.predict_sequence`), stitched by `stitching` (`mambava.windows.STITCHING`):
+  (`mambava.windows.predict_sequence`), stitched by `stitching` (`mambava.windows.STITCHING`):
   "most_history" (default), each frame from the window where it has the most history, or "mean" over the
   windows that cover a frame (what `evaluate` scores).
 The defaults were chosen by measurement on the demo (`mambava bench stitching`; README "Stitching").
@@ -71,36 +71,16 @@ DEFAULT_WINDOWING = "full"
 DEFAULT_STITCHING = "most_history"
 
 
-def model_input_dim(model) -> int | None:
-    """The feature size a temporal model takes (`config.input_dim` or `config["input_dim"]`)."""
-    config = getattr(model, "config", None)
-    if isinstance(config, Mapping):
-        return config.get("input_dim")
-    return getattr(config, "input_dim", None)
-
-
 def load_model(checkpoint):
-    """(model in eval mode, window, stride, name) from a checkpoint path (our safetensors, any baseline kind, a
-    Lightning run checkpoint or the authors' .pth: `mambava.evaluate.load_for_eval`) or a model object."""
+    """(model in eval mode, window, stride, name) from a checkpoint path (our safetensors, any model kind, a
+    Lightning run checkpoint or the authors' .pth: `mambava.temporal_models.load_temporal_model`) or a model
+    object."""
     if not isinstance(checkpoint, (str, os.PathLike)):
         return checkpoint.eval(), None, None, type(checkpoint).__name__
-    from mambava.evaluate import load_for_eval
+    from mambava.temporal_models import load_temporal_model
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise MambavaError(f"{path}: checkpoint not found")
-    try:
-        loaded = load_for_eval(path)
-    except MambavaError as error:
-        lines = str(error).strip().splitlines()
-        if len(lines) <= 1:
-            raise
-        raise MambavaError(lines[0] + (")" if lines[0].count("(") > lines[0].count(")") else "")) from None
-    except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError, AttributeError) as error:
-        # torch.load / load_state_dict errors on a file that is not a temporal model, or one of another config
-        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise MambavaError(f"{path}: cannot load as a temporal model checkpoint ({first})") from None
-    return loaded.model, loaded.window, loaded.stride, str(path)
+    loaded = load_temporal_model(checkpoint)
+    return loaded.model, loaded.window, loaded.stride, loaded.source
 
 
 def load_features_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +190,8 @@ class Predictor:
         self.windowing = windowing
         self.stitching = stitching
         self.model_fps = model_fps(self.model)  # the time base: the model's frame grid
-        from mambava.evaluate import check_windowing
+        from mambava.temporal_models import model_input_dim
+        from mambava.windows import check_windowing
 
         # explicit values are checked (0 is an error, not "the default"); a --stride without --window is
         # checked against the checkpoint's window
@@ -262,9 +243,9 @@ class Predictor:
         are forward-filled first."""
         import torch
 
-        from mambava.evaluate import predict_sequence
         from mambava.features import forward_fill
         from mambava.runtime import load_aware_threads
+        from mambava.windows import predict_sequence
 
         windowing = windowing or self.windowing
         if windowing not in WINDOWING:
@@ -283,8 +264,8 @@ class Predictor:
     def predict_features(self, features: np.ndarray, present: np.ndarray | None = None, name: str = "features") -> np.ndarray:
         """(T, 2) valence/arousal, clipped to [-1, 1], for a (T, D) feature sequence; `present` (T,) bool
         marks frames with a face (default: the rows that are not all NaN). A non-finite output is a
-        MambavaError naming `name` and the frame (`mambava.evaluate.check_finite`)."""
-        from mambava.evaluate import check_finite
+        MambavaError naming `name` and the frame (`mambava.temporal_models.check_finite`)."""
+        from mambava.temporal_models import check_finite
 
         features, present = self._checked(features, present)
         raw = self.predict_raw(features, present)
@@ -588,7 +569,6 @@ __all__ = [
     "load_model",
     "load_features_file",
     "features_with_mask",
-    "model_input_dim",
     "write_table",
     "write_overlay",
     "find_inputs",

@@ -76,11 +76,11 @@ def sha256(path: str | os.PathLike) -> str:
 
 def guess_kind(path: Path) -> tuple[str, str]:
     """(kind, what it was trained on as far as the file says) of a checkpoint: a temporal model when
-    `mambava.evaluate.load_for_eval` reads it, else a backbone when `mambava.backbone.load_encoder` does."""
-    from mambava.evaluate import load_for_eval
+    `mambava.temporal_models.load_temporal_model` reads it, else a backbone when `mambava.backbone.load_encoder` does."""
+    from mambava.temporal_models import load_temporal_model
 
     try:
-        loaded = load_for_eval(path)
+        loaded = load_temporal_model(path)
     except Exception:  # noqa: BLE001 - not a temporal model; try the backbone reader
         pass
     else:

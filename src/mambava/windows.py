@@ -235,3 +235,91 @@ class WindowDataset(Dataset):
             "start": start,
             "length": stop - start,
         }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Full-video inference (what evaluate scores, what training validates with, predict's "windows")
+
+
+@torch.no_grad()
+def predict_sequence(
+    model: torch.nn.Module,
+    features: torch.Tensor,
+    window: int = 300,
+    stride: int = 200,
+    batch_size: int = 32,
+    stitching: str = "mean",
+) -> torch.Tensor:
+    """Per-frame predictions (T, C) of one video's features (T, D) by overlapping windows and stitching
+    (`mambava.windows.stitch`: "mean", the paper's, or "most_history").
+
+    Full-length windows run in batches of `batch_size`; a video shorter than the window runs as one shorter
+    sequence (no padding, so no model, causal or not, sees padding). Returns float32 on the features' device.
+    The caller puts the model in eval mode (Lightning does during validation).
+    """
+    if features.ndim != 2:
+        raise ValueError(f"features must be (T, D), got {tuple(features.shape)}")
+    n = features.shape[0]
+    windows = make_windows(n, window, stride)
+    preds: list[torch.Tensor | None] = [None] * len(windows)
+    full = [i for i, (start, stop) in enumerate(windows) if stop - start == window]
+    for chunk in range(0, len(full), batch_size):
+        index = full[chunk : chunk + batch_size]
+        x = torch.stack([features[windows[i][0] : windows[i][1]] for i in index])
+        out = model(x).float()
+        for j, i in enumerate(index):
+            preds[i] = out[j]
+    for i, (start, stop) in enumerate(windows):
+        if preds[i] is None:
+            preds[i] = model(features[start:stop][None]).float()[0]
+    if not windows:
+        return features.new_zeros((0, 2), dtype=torch.float32)
+    stitched = stitch(preds, windows, n, stitching)
+    return torch.from_numpy(np.ascontiguousarray(stitched, dtype=np.float32)).to(features.device)
+
+
+def check_windowing(window: int, stride: int) -> tuple[int, int]:
+    """(window, stride) as ints, or a MambavaError naming the option: window >= 1 and 1 <= stride <= window
+    (a stride past the window would leave frames without a prediction)."""
+    if int(window) < 1:
+        raise MambavaError(f"--window must be >= 1 frame, got {window}")
+    if not 1 <= int(stride) <= int(window):
+        raise MambavaError(f"--stride must be in 1..window ({window}), got {stride}")
+    return int(window), int(stride)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The authors' validation windows (evaluate's and training's `protocol: authors`)
+
+
+def authors_windows(
+    windows: Sequence[tuple[str, int, int]], stride: int, batch_size: int
+) -> list[tuple[str, int, int]]:
+    """The validation windows in the order the reference's loop sees them, cut to whole batches.
+
+    Its windows are files `<video>_<i:04d>.npz`, i = start // stride (preprocess/split_VA_fold.py:61), listed by a
+    sorted glob (VA/data/dataset.py:23-24) and batched without shuffling and with drop_last=True
+    (VA/data/dataset.py:64-71), so the last partial batch, in that name order, never counts."""
+    ordered = sorted(windows, key=lambda w: f"{w[0]}_{w[1] // stride:04d}.npz")
+    return ordered[: len(ordered) // batch_size * batch_size]
+
+
+def authors_keep(target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Frames the reference's validation counts: valence label != -5 (VA/vaestimation.py:302-314; the arousal
+    label is not checked), within the window's real frames."""
+    keep = target[..., 0] != -5
+    return keep if mask is None else keep & mask.bool()
+
+
+def authors_window_dataset(store, names: Sequence[str], labels, window: int, stride: int, batch_size: int):
+    """A WindowDataset of the validation videos cut by the authors' split (`mambava.windows.split_windows`),
+    its windows in `authors_windows` order. MambavaError when not one whole batch is left."""
+    dataset = WindowDataset(store, names, {n: labels[n] for n in names}, window, stride, tails="drop")
+    cut = len(dataset.windows)
+    dataset.windows = authors_windows(dataset.windows, stride, batch_size)
+    if not dataset.windows:
+        raise MambavaError(
+            f"{store.root}: the authors' protocol leaves no window ({cut} windows of {window} frames in "
+            f"{len(names)} videos, batches of {batch_size} with the last partial one dropped)"
+        )
+    return dataset

@@ -40,6 +40,7 @@ from mambava.crops import CropVideo, find_crop_videos, scan_crop_folder
 from mambava.errors import MambavaError
 from mambava.fileio import atomic_open, atomic_torch_save
 from mambava.metrics import ConcordanceCCC, ccc_loss, valid_mask
+from mambava.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -167,18 +168,6 @@ def _trainer(config: BackboneTrainConfig, out: Path, callbacks: list, progress: 
     )
 
 
-def _warmup_cosine(total_steps: int, warmup_fraction: float):
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def _adamw(module: nn.Module, config: BackboneTrainConfig, lr: float, trainer: L.Trainer, extra_groups=()):
     """AdamW (no weight decay on biases, norms and 1-d/embedding-like tensors) with warmup + cosine per step."""
     decay, no_decay = [], []
@@ -190,7 +179,7 @@ def _adamw(module: nn.Module, config: BackboneTrainConfig, lr: float, trainer: L
               {"params": no_decay, "lr": lr, "weight_decay": 0.0}, *extra_groups]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
     total = max(1, int(trainer.estimated_stepping_batches))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, config.warmup_fraction))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, config.warmup_fraction))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

@@ -1,4 +1,4 @@
-"""`mambava train`, `mambava evaluate`, `mambava cv` (see mambava.train, mambava.evaluate, mambava.cv)."""
+"""`mambava train`, `mambava evaluate`, `mambava cv` (see mambava.training: run, evaluate, cv)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ RECIPE_HELP = "Named recipe: 'paper' (default) or 'authors' (their code's per-fo
 
 
 def _config(config: Optional[Path], overrides: List[str], recipe: Optional[str] = None, **flags) -> "object":
-    from mambava.train import config_items, load_config, load_recipe
+    from mambava.training import config_items, load_config, load_recipe
 
     extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
     if recipe is not None:  # a --config given too is laid over the recipe (e.g. its data paths)
@@ -54,7 +54,7 @@ def train_command(
 
     Writes to out_dir: checkpoints/best.ckpt (best validation P_VA), checkpoints/last.ckpt, model.safetensors,
     metrics.csv, summary.json, curves.png."""
-    from mambava.train import train
+    from mambava.training import train
 
     cfg = _config(
         config, overrides, recipe, out_dir=out_dir, **{"data.fold": fold}, devices=devices, strategy=strategy,
@@ -92,7 +92,7 @@ def evaluate_command(
 ) -> None:
     """Score a checkpoint on whole videos (or --protocol authors: on the reference's validation windows): prints
     CCC_v, CCC_a, P_VA over all frames, writes per-video CCCs."""
-    from mambava.evaluate import evaluate_checkpoint
+    from mambava.training.evaluate import evaluate_checkpoint
 
     result, path = evaluate_checkpoint(
         checkpoint, features=features, annotations=annotations, split=split, fold=fold, folds=folds,
@@ -123,7 +123,7 @@ def cv_command(
     """Fold 0 (official split) and folds 1-5, then the paper's Table 1 (V, A, average per fold, mean ± std).
 
     Finished folds are skipped and an interrupted fold resumes: re-run the same command to continue."""
-    from mambava.cv import format_table, rescore, run_cv, write_results
+    from mambava.training.cv import format_table, rescore, run_cv, write_results
     from mambava.errors import MambavaError
 
     flags = {"out_dir": out_dir, "devices": devices, "strategy": strategy, "precision": lightning_precision(precision)}

@@ -1,4 +1,4 @@
-"""Temporal models for ablations, in the same framework as the paper model (selected by `model.kind`):
+"""The registry of temporal models, the paper's and the ablations', selected by `model.kind`:
 
 - `mamba_va`     the paper model (`mambava.model.MambaVA`): causal TCN -> Mamba encoder -> head
 - `tcn`          TCN only: the same TCN -> the same head (no Mamba)
@@ -13,24 +13,35 @@
                  layers, 4 heads, ff 320) it has 923,008 parameters against the Mamba encoder's 919,296.
 
 All take (B, T, input_dim) and return (B, T, n_outputs). The configuration is one flat dict: `kind`, the
-fields of `MambaVAConfig`, and the `transformer_*` keys (`default_model_config`).
+fields of `MambaVAConfig`, and the `transformer_*` keys; its schema is `ModelConfig` (OmegaConf, like the rest of
+a training config), its defaults `default_model_config`.
 
 Files: `save_temporal_model(model, path)` writes safetensors with the kind and config in its metadata (the
-paper model through `MambaVA.save`), and `load_temporal_model(path)` rebuilds any of them.
+paper model through `MambaVA.save`). `load_temporal_model(path)` is the one loader of a checkpoint file: ours
+(any kind), a run's Lightning checkpoint or the authors' .pth, as a `LoadedModel` (the model in eval mode and
+what it was trained on). What predict and evaluate both need of a model lives here too (`model_input_dim`,
+`check_finite`), below both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
+from mambava import schema
 from mambava.errors import MambavaError
+from mambava.model import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig, is_safetensors
 
 KINDS = ("mamba_va", "tcn", "mamba", "mlp", "transformer")
 BASELINE_DEFAULTS: dict[str, Any] = {
@@ -40,61 +51,47 @@ BASELINE_DEFAULTS: dict[str, Any] = {
     "transformer_dropout": 0.1,
     "transformer_causal": True,
 }
-FORMAT = "mambava.temporal/1"
 
 
-def _model_config_class():
-    from mambava.model import MambaVAConfig
+def _model_schema() -> type:
+    """The `model:` section's schema for OmegaConf (`mambava.schema`): `kind`, every `MambaVAConfig` field with
+    its type and default (its tuple of channels as a list), and the `transformer_*` keys typed by their defaults.
+    Built from MambaVAConfig, so the two never differ."""
+    hints = typing.get_type_hints(MambaVAConfig)
+    fields: list[tuple] = [("kind", str, dataclasses.field(default="mamba_va"))]
+    for f in dataclasses.fields(MambaVAConfig):
+        kind, default = hints[f.name], f.default
+        if typing.get_origin(kind) is tuple:
+            kind, default = list[int], dataclasses.field(default_factory=lambda d=default: list(d))
+        elif isinstance(kind, types.UnionType):
+            kind = typing.Union[typing.get_args(kind)]  # (OmegaConf reads typing.Union, not `int | str`)
+        fields.append((f.name, kind, default))
+    fields += [(key, type(value), value) for key, value in BASELINE_DEFAULTS.items()]
+    return dataclasses.make_dataclass("ModelConfig", fields)
 
-    return MambaVAConfig
+
+ModelConfig = _model_schema()
 
 
 def default_model_config(kind: str = "mamba_va") -> dict[str, Any]:
     """Every key of a temporal model config with its default (the paper's sizes)."""
-    base = _model_config_class()().to_dict()
-    return {"kind": kind, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items()}, **BASELINE_DEFAULTS}
-
-
-def _check_type(key: str, value: Any, default: Any) -> Any:
-    if key == "dt_rank" and (value == "auto" or (isinstance(value, int) and not isinstance(value, bool))):
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(default, (list, tuple)):
-        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return list(value)
-    elif isinstance(default, str):
-        if isinstance(value, str):
-            return value
-    else:
-        return value
-    raise MambavaError(f"key 'model.{key}' must be {type(default).__name__}, got {value!r}")
+    return {**schema.to_dict(schema.structured(ModelConfig)), "kind": kind}
 
 
 def resolve_model_config(values: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`values` over the defaults; MambavaError naming an unknown key, a wrong type or an unknown kind."""
+    """`values` over the defaults, typed by `ModelConfig` through OmegaConf like the rest of a config;
+    MambavaError naming an unknown key, a wrong type or an unknown kind."""
     values = dict(values or {})
     kind = values.get("kind", "mamba_va")
     if kind not in KINDS:
         raise MambavaError(f"key 'model.kind' must be one of {', '.join(KINDS)}, got {kind!r}")
-    resolved = default_model_config(kind)
-    for key, value in values.items():
-        if key not in resolved:
-            raise MambavaError(f"unknown key 'model.{key}' (known keys of model: {', '.join(sorted(resolved))})")
-        if key != "kind":
-            resolved[key] = _check_type(key, value, resolved[key])
+    resolved = schema.to_dict(schema.merge(schema.structured(ModelConfig), values, "model"))
+    if resolved["dt_rank"] != "auto" and not isinstance(resolved["dt_rank"], int):
+        raise MambavaError(f"key 'model.dt_rank' must be int or 'auto', got {resolved['dt_rank']!r}")
     return resolved
 
 
 def _mamba_va_config(cfg: Mapping[str, Any]):
-    MambaVAConfig = _model_config_class()
     fields = MambaVAConfig().to_dict()
     return MambaVAConfig.from_dict({k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in fields})
 
@@ -251,8 +248,6 @@ def build_temporal_model(kind: str | Mapping[str, Any], cfg: Mapping[str, Any] |
         cfg, kind = kind, kind.get("kind", "mamba_va")
     resolved = resolve_model_config({**(cfg or {}), "kind": kind})
     if kind == "mamba_va":
-        from mambava.model import MambaVA
-
         return MambaVA(_mamba_va_config(resolved))
     return BASELINES[kind](resolved)
 
@@ -274,7 +269,7 @@ def save_temporal_model(model: nn.Module, path: str | os.PathLike) -> Path:
         from mambava.fileio import atomic_path
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        metadata = {"format": FORMAT, "kind": model.kind, "config": json.dumps(model.config)}
+        metadata = {"format": CHECKPOINT_FORMAT, "kind": model.kind, "config": json.dumps(model.config)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         return path
@@ -282,24 +277,81 @@ def save_temporal_model(model: nn.Module, path: str | os.PathLike) -> Path:
     return Path(result) if result is not None else path
 
 
-def _metadata(path: Path) -> dict[str, str]:
+def lightning_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The temporal model's weights from a run's Lightning state_dict (the module holds it as `model`)."""
+    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
+@dataclass
+class LoadedModel:
+    """A temporal model in eval mode and what it was trained on: `window`/`stride` (the run's, else 300/200),
+    `run_config` (the run's config, when the checkpoint has or sits beside one), `config` (the model's) and
+    `fps` (the time base of its features, `mambava.timebase.model_fps`)."""
+
+    model: torch.nn.Module
+    kind: str
+    source: str
+    window: int = 300
+    stride: int = 200
+    run_config: dict | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        config = getattr(self.model, "config", None)
+        if isinstance(config, Mapping):
+            return dict(config)
+        return {"kind": self.kind, **config.to_dict()} if hasattr(config, "to_dict") else {"kind": self.kind}
+
+    @property
+    def fps(self) -> float:
+        from mambava.timebase import model_fps
+
+        return model_fps(self.model)
+
+
+def load_temporal_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedModel:
+    """The one way to load a temporal model: our safetensors (any kind, `save_temporal_model`/`MambaVA.save`),
+    a run's Lightning checkpoint (`checkpoints/best.ckpt`) or the authors' `.pth` state_dict. Bad files are a
+    one-line MambavaError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MambavaError(f"{path}: checkpoint not found")
+    try:
+        if path.suffix == ".ckpt":
+            loaded = _load_lightning(path, map_location)
+        elif path.suffix == ".safetensors" or is_safetensors(path):
+            model = _load_safetensors(path, map_location)
+            loaded = LoadedModel(model, model_kind(model), str(path), run_config=_run_config_near(path))
+        else:
+                loaded = LoadedModel(MambaVA.load_reference(path, map_location=map_location), "mamba_va", str(path))
+    except MambavaError as error:
+        lines = str(error).strip().splitlines()
+        if len(lines) <= 1:
+            raise
+        raise MambavaError(lines[0] + (")" if lines[0].count("(") > lines[0].count(")") else "")) from None
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError, AttributeError) as error:
+        # torch.load / load_state_dict errors on a file that is not a temporal model, or one of another config
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise MambavaError(f"{path}: cannot load as a temporal model checkpoint ({first})") from None
+    data = (loaded.run_config or {}).get("data")
+    if isinstance(data, dict):
+        loaded.window = int(data.get("window", loaded.window))
+        loaded.stride = int(data.get("stride", loaded.stride))
+    loaded.model.eval()
+    return loaded
+
+
+def _load_safetensors(path: Path, map_location) -> nn.Module:
+    """A model written by `save_temporal_model` (any kind) or `MambaVA.save`."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
+            metadata = dict(handle.metadata() or {})
     except Exception as error:  # safetensors raises its own error types
         raise MambavaError(f"{path}: not a safetensors file ({error})") from error
-
-
-def load_temporal_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model written by `save_temporal_model` (any kind) or `MambaVA.save`."""
-    path = Path(path)
-    if not path.is_file():
-        raise MambavaError(f"{path}: model file not found")
-    metadata = _metadata(path)
     kind = metadata.get("kind")
-    if metadata.get("format") == FORMAT and kind in BASELINES:
+    if metadata.get("format") == CHECKPOINT_FORMAT and kind in BASELINES:
         from safetensors.torch import load_file
 
         try:
@@ -312,6 +364,66 @@ def load_temporal_model(path: str | os.PathLike, map_location: str | torch.devic
         if missing or unexpected:
             raise MambavaError(f"{path}: weights do not match a {kind} model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         return model
-    from mambava.model import MambaVA
+    return MambaVA.load(path, map_location)
 
-    return MambaVA.load(path)
+
+def _load_lightning(path: Path, map_location) -> LoadedModel:
+    """The model of a run's Lightning checkpoint, built from the run config it holds."""
+    from mambava.errors import torch_load_reason
+
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        run_config = checkpoint["hyper_parameters"]["config"]
+        state = checkpoint["state_dict"]
+    except Exception as error:  # torch raises several types for a bad file
+        raise MambavaError(f"{path}: not a mambava Lightning checkpoint ({torch_load_reason(error)})") from None
+    try:
+        model_cfg = resolve_model_config(run_config.get("model"))
+    except MambavaError as error:
+        raise MambavaError(f"{path}: {error}") from None
+    model = build_temporal_model(model_cfg)
+    model.load_state_dict(lightning_state_dict(state))
+    return LoadedModel(model, model_cfg["kind"], str(path), run_config=run_config)
+
+
+def _run_config_near(path: Path) -> dict | None:
+    """The config.yaml of the run a checkpoint belongs to (same folder or its parent), if any."""
+    import yaml
+
+    for folder in (path.parent, path.parent.parent):
+        candidate = folder / "config.yaml"
+        if candidate.is_file():
+            try:
+                data = yaml.safe_load(candidate.read_text())
+            except (OSError, yaml.YAMLError):
+                return None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def model_input_dim(model) -> int | None:
+    """The feature size a temporal model takes (`config.input_dim` or `config["input_dim"]`)."""
+    config = getattr(model, "config", None)
+    if isinstance(config, Mapping):
+        return config.get("input_dim")
+    return getattr(config, "input_dim", None)
+
+
+def check_finite(pred: np.ndarray, model: str, video: str, frames=None, features=None) -> None:
+    """MambavaError naming the model, the video and the first frame where the (T, 2) output is NaN/Inf: a
+    diverged model's output is refused, never scored as a weak CCC or written as blank cells. `frames` maps
+    positions to frame numbers (default: the positions); `features` (T, D) adds the largest input value."""
+    bad = ~np.isfinite(pred).all(axis=1)
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    frame = int(frames[i]) if frames is not None else i
+    hint = "a diverged model, e.g. trained with too high a learning rate"
+    if features is not None:
+        finite = np.abs(np.asarray(features, np.float64)[np.isfinite(features)])
+        if finite.size and finite.max() > 1e6:
+            hint = f"the features reach {finite.max():.3g}: not features of the backbone it was trained on?"
+    raise MambavaError(
+        f"{model}: the model's output is not finite ({pred[i, 0]:g}, {pred[i, 1]:g}) for video {video}, frame "
+        f"{frame} ({int(bad.sum())} of {len(bad)} frames); refusing to score it ({hint})"
+    )

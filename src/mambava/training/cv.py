@@ -24,7 +24,11 @@ import numpy as np
 
 from mambava.errors import MambavaError
 from mambava.fileio import atomic_open
-from mambava.train import TrainConfig, read_summary, resolve_folds, train
+from mambava.training.config import TrainConfig
+from mambava.training.data import resolve_folds
+from mambava.training.evaluate import evaluate_checkpoint
+from mambava.training.outputs import read_summary
+from mambava.training.run import train
 
 COLUMNS = ("fold", "ccc_valence", "ccc_arousal", "p_va")
 
@@ -94,8 +98,6 @@ def collect(out_dir: str, folds: Sequence[int]) -> list[dict[str, Any]]:
 def rescore(out_dir: str, folds: Sequence[int], protocol: str, device: str = "auto") -> list[dict[str, Any]]:
     """Table rows from each fold's best model (`fold<k>/model.safetensors`) scored on its validation videos
     under `protocol`; the per-video CSVs go beside each model (`eval_validation_fold<k>[_authors].csv`)."""
-    from mambava.evaluate import evaluate_checkpoint
-
     rows = []
     for k in folds:
         model = Path(out_dir) / f"fold{k}" / "model.safetensors"
