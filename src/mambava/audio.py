@@ -622,6 +622,7 @@ class AudioExtractSummary:
     skipped: list[str] = field(default_factory=list)  # already complete in the store
     failed: list[str] = field(default_factory=list)
     without_sound: list[str] = field(default_factory=list)  # extracted, every frame masked
+    videos: int = 0  # files decoded (`<v>_left`/`<v>_right` share one)
     frames: int = 0
     seconds_of_video: float = 0.0
     seconds: float = 0.0
@@ -674,6 +675,7 @@ def extract_audio(source: str | os.PathLike | list[AudioSource], store, sets: Se
                 summary.extracted.append(entry.name)
                 if not result.mask.any():
                     summary.without_sound.append(entry.name)
+            summary.videos += 1
             summary.frames += len(result.mask)
             summary.seconds_of_video += len(result.mask) / result.fps
         except OutputError:

@@ -1,0 +1,35 @@
+"""`mambava extract --audio`: a video's sound as per-frame features in a feature store (the options live on
+`mambava extract` in cli/backbone.py; this module runs them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+FEATURES_HELP = ("With --audio: feature sets, comma-separated, concatenated in this order: egemaps (25 eGeMAPS "
+                 "descriptors, opensmile), logmel (64 log-mel energies), ssl (a local speech model, --speech-model).")
+SPEECH_MODEL_HELP = ("With --audio: a local wav2vec 2.0 / HuBERT / WavLM folder in Hugging Face format (needs the "
+                     "transformers package; nothing is downloaded); adds the ssl feature set.")
+
+
+def extract_audio_command(source: Path, out: Path, features: str, speech_model: Optional[Path],
+                          speech_layer: Optional[int], dtype: str, video: Optional[List[str]], overwrite: bool,
+                          device: str) -> None:
+    from mambava.audio import SpeechModel, check_sets, extract_audio
+    from mambava.runtime import resolve_device
+
+    model = SpeechModel(speech_model, speech_layer, str(resolve_device(device))) if speech_model else None
+    sets = check_sets(features, model)
+    summary = extract_audio(
+        source, out, sets, speech_model=model, dtype=dtype, names=video or None, overwrite=overwrite,
+        on_error=lambda message: typer.secho(f"error: {message}", fg=typer.colors.RED, err=True),
+        on_warning=lambda message: typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True))
+    without = f", {len(summary.without_sound)} without sound (masked)" if summary.without_sound else ""
+    typer.echo(f"{len(summary.extracted)} entries from {summary.videos} video(s) extracted ({summary.frames} frames, "
+               f"{summary.seconds_of_video:.1f} s of video at {summary.realtime_factor:.1f}x real time{without}), "
+               f"{len(summary.skipped)} already in {out}; audio features {'+'.join(sets)} {dtype}")
+    if summary.failed:
+        typer.secho(f"{len(summary.failed)} of {len(summary.entries)} videos failed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
