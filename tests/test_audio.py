@@ -26,9 +26,10 @@ REAL = [
 
 
 def write_av(path: Path, n_frames: int, fps: int = 30, sound: np.ndarray | None = None, rate: int = 48000,
-             codec: str = "aac", video_start: int = 0) -> Path:
+             codec: str = "aac", video_start: int = 0, gap: tuple[int, int] | None = None) -> Path:
     """A small video (black 32x32 frames at `fps`, the first at frame `video_start` of the clock) with `sound`
-    (float in [-1, 1], mono at `rate`, from t=0) as its audio track in `codec` (aac, or pcm_s16le), or none."""
+    (float in [-1, 1], mono at `rate`, from t=0) as its audio track in `codec` (aac, or pcm_s16le), or none.
+    `gap=(k, n)`: the audio timestamps jump n samples ahead from sample k on (a hole in the stream)."""
     import av
 
     with av.open(str(path), "w") as container:
@@ -54,7 +55,7 @@ def write_av(path: Path, n_frames: int, fps: int = 30, sound: np.ndarray | None 
                     frame = av.AudioFrame.from_ndarray((chunk * 32767).astype(np.int16)[None], format="s16", layout="mono")
                 else:
                     frame = av.AudioFrame.from_ndarray(chunk[None], format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = rate, k
+                frame.sample_rate, frame.pts = rate, k + (gap[1] if gap and k >= gap[0] else 0)
                 for packet in stream.encode(frame):
                     container.mux(packet)
             for packet in stream.encode():
@@ -220,6 +221,41 @@ def test_sound_that_ends_early_masks_the_rest(tmp_path):
     with pytest.warns(AudioWarning, match=r"covers frames 0\.\.14 of 30 .*15 frame\(s\) without sound"):
         result = frame_features(path, "logmel")
     np.testing.assert_array_equal(result.mask, np.arange(30) < 15)
+
+
+def test_a_gap_in_the_sound_is_masked_and_the_rest_stays_in_place(tmp_path):
+    """Audio timestamps that jump 0.5 s ahead after 1024 * 10 samples (0.213 s at 48 kHz): the hole is masked
+    (frames less than half covered), and the click after it still lands in its frame."""
+    path = write_av(tmp_path / "gap.mkv", 45, sound=click_track(1.0, 40.5 / 30 - 0.5), codec="pcm_s16le",
+                    gap=(10240, 24000))
+    track = decode_audio(path)
+    np.testing.assert_allclose(track.segments, [[0, 10240 / 48000], [34240 / 48000, 72000 / 48000]], atol=5e-4)  # Matroska: ms timestamps
+    assert not track.samples[int(0.25 * 16000): int(0.7 * 16000)].any()  # the hole holds zeros, never signal
+    with pytest.warns(AudioWarning, match=r"gap.mkv: sound from 0.000 s to 1.500 s \(2 part\(s\)\) covers frames "
+                                          r"0..44 of 45 \(video to 1.500 s\): 15 frame\(s\) without sound"):
+        result = frame_features(path, "logmel")
+    np.testing.assert_array_equal(np.flatnonzero(~result.mask), np.arange(6, 21))  # [0.2, 0.7) s
+    assert int(np.argmax(np.where(result.mask, result.features.sum(1), -np.inf))) == 40
+
+
+def test_duplicate_timestamps_are_judged_over_one_frame(tmp_path):
+    """A grid from a damaged stream's times (frame 5 shares frame 6's timestamp): frame 5's interval is empty, so
+    its sound is judged over 1/fps from its time and its features are the nearest 10 ms row."""
+    path = write_av(tmp_path / "dup.mkv", 10, sound=click_track(10 / 30, 0.9), codec="pcm_s16le")
+    times = np.arange(10) / 30
+    times[5] = times[6]
+    result = frame_features(path, "logmel", grid=grid_from_times(times, 30.0))
+    assert result.mask.all() and result.features.shape == (10, 64)
+    mel, mel_times, _ = log_mel(decode_audio(path).samples)
+    np.testing.assert_allclose(result.features[5], mel[np.argmin(np.abs(mel_times - times[5]))], rtol=1e-5, atol=1e-5)
+
+
+def test_coverage_and_peaks_per_interval():
+    track = audio.AudioTrack("x", np.array([0.1, -0.5, 0.2, 0.0, 0.0, 0.3, -0.9, 0.4], np.float32), 10, 1.0,
+                             np.array([[1.0, 1.3], [1.5, 1.8]]))
+    lo, hi = np.array([0.9, 1.2, 1.3, 1.5, 1.75]), np.array([1.2, 1.5, 1.5, 1.9, 1.75])
+    np.testing.assert_allclose(track.covered(lo, hi), [0.2, 0.1, 0.0, 0.3, 0.0], atol=1e-12)
+    np.testing.assert_allclose(audio.frame_peaks(track, lo, hi), [0.5, 0.2, 0.0, 0.9, 0.0])
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):

@@ -88,14 +88,17 @@ class AudioTrack:
     def duration(self) -> float:
         return len(self.samples) / self.sample_rate
 
-    def covered(self, edges: np.ndarray) -> np.ndarray:
-        """Seconds of decoded sound inside each interval [edges[k], edges[k+1])."""
-        edges = np.asarray(edges, np.float64)
+    def covered(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Seconds of decoded sound inside each interval [lo[k], hi[k])."""
+        lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
         if not len(self.segments):
-            return np.zeros(max(len(edges) - 1, 0))
+            return np.zeros(len(lo))
         s, e = self.segments[:, 0], self.segments[:, 1]
-        cumulative = np.clip(edges[:, None] - s[None, :], 0, (e - s)[None, :]).sum(1)
-        return np.diff(cumulative)
+
+        def before(t):  # seconds of sound before each time t
+            return np.clip(t[:, None] - s[None, :], 0, (e - s)[None, :]).sum(1)
+
+        return before(hi) - before(lo)
 
 
 def _short(error: BaseException) -> str:
@@ -275,19 +278,20 @@ def pool_frames(values: np.ndarray, times: np.ndarray, edges: np.ndarray) -> np.
     return out.astype(np.float32)
 
 
-def frame_peaks(track: AudioTrack, edges: np.ndarray) -> np.ndarray:
-    """The largest |sample| inside each frame interval (0 where none)."""
+def frame_peaks(track: AudioTrack, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The largest |sample| inside each interval [lo[k], hi[k]) (0 where it holds no sample)."""
     n = len(track.samples)
-    index = np.clip(np.round((np.asarray(edges) - track.start) * track.sample_rate).astype(np.int64), 0, n)
-    peaks = np.zeros(len(edges) - 1, np.float32)
-    nonempty = np.flatnonzero(index[1:] > index[:-1])
+
+    def index(t):
+        return np.clip(np.round((np.asarray(t, np.float64) - track.start) * track.sample_rate).astype(np.int64), 0, n)
+
+    starts, stops = index(lo), index(hi)
+    peaks = np.zeros(len(starts), np.float32)
+    nonempty = np.flatnonzero(stops > starts)
     if len(nonempty):
-        magnitude = np.abs(track.samples)
-        # reduceat over the starts of the non-empty intervals, then cut at their ends via a sentinel
-        starts, stops = index[nonempty], index[nonempty + 1]
-        bounds = np.stack([starts, stops], 1).reshape(-1)
-        padded = np.concatenate([magnitude, [0.0]])
-        peaks[nonempty] = np.maximum.reduceat(padded, np.minimum(bounds, n))[::2]
+        # reduceat over [start, stop) pairs: the even results are the intervals' maxima (a sentinel for stop = n)
+        bounds = np.stack([starts[nonempty], stops[nonempty]], 1).reshape(-1)
+        peaks[nonempty] = np.maximum.reduceat(np.concatenate([np.abs(track.samples), [0.0]]), bounds)[::2]
     return peaks
 
 
@@ -512,10 +516,11 @@ def frame_features(path: str | os.PathLike, sets: Sequence[str] | str = DEFAULT_
             columns += names[s]
         return AudioFeatures(str(path), np.zeros((n, sum(dims)), np.float32), np.zeros(n, bool), grid.fps, columns,
                              list(sets), reason, track.codec if track is not None else "", 0.0)
-    width = np.diff(edges)
-    coverage = track.covered(edges) / np.where(width > 0, width, 1.0)
-    present = coverage >= MIN_COVERAGE
-    peaks = frame_peaks(track, edges)
+    # a frame sharing its timestamp with the next (a damaged stream) is judged over 1/fps from its time
+    lo = edges[:-1]
+    hi = np.where(edges[1:] > lo, edges[1:], lo + 1.0 / grid.fps)
+    present = track.covered(lo, hi) >= MIN_COVERAGE * (hi - lo)
+    peaks = frame_peaks(track, lo, hi)
     loud = peaks >= 10 ** (SILENCE_DBFS / 20)
     reasons = []
     if not loud.any():
