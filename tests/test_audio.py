@@ -362,6 +362,9 @@ def test_extract_audio_cli_and_data_check(tmp_path, capsys):
                                  f"features logmel float16")
     assert err.strip() == f"warning: {root / 'videos' / 'vidY.mp4'}: no audio track; the audio of all 12 frames is masked"
     assert FeatureStore(tmp_path / "s").read("vidX_left").dim == 64
+    code, out, err = run_cli(["extract", root, "--audio", "--audio-features", "logmel", "-o", tmp_path / "s"], capsys)
+    assert code == 0 and out.strip() == (f"0 entries from 0 video(s) extracted, 4 already in {tmp_path / 's'}; audio "
+                                         f"features logmel float16")
     code, out, err = run_cli(["extract", root, "--audio", "--audio-features", "mfcc", "-o", tmp_path / "s"], capsys)
     assert code == 2 and err.strip() == ("error: audio feature sets: got mfcc; choose from egemaps, logmel, ssl "
                                          "(comma-separated, each once)")

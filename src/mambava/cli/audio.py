@@ -27,8 +27,9 @@ def extract_audio_command(source: Path, out: Path, features: str, speech_model: 
         on_error=lambda message: typer.secho(f"error: {message}", fg=typer.colors.RED, err=True),
         on_warning=lambda message: typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True))
     without = f", {len(summary.without_sound)} without sound (masked)" if summary.without_sound else ""
-    typer.echo(f"{len(summary.extracted)} entries from {summary.videos} video(s) extracted ({summary.frames} frames, "
-               f"{summary.seconds_of_video:.1f} s of video at {summary.realtime_factor:.1f}x real time{without}), "
+    done = (f" ({summary.frames} frames, {summary.seconds_of_video:.1f} s of video at {summary.realtime_factor:.1f}x "
+            f"real time{without})" if summary.videos else "")
+    typer.echo(f"{len(summary.extracted)} entries from {summary.videos} video(s) extracted{done}, "
                f"{len(summary.skipped)} already in {out}; audio features {'+'.join(sets)} {dtype}")
     if summary.failed:
         typer.secho(f"{len(summary.failed)} of {len(summary.entries)} videos failed", fg=typer.colors.RED, err=True)
