@@ -353,6 +353,30 @@ def test_extract_audio_into_the_store_resumably(tmp_path):
     assert extract_audio(root, store, "logmel,egemaps", on_warning=messages.append).extracted == ["vidX_right"]
 
 
+def test_extract_audio_with_worker_processes_writes_the_same_store(tmp_path):
+    """Two worker processes (one pool: each spawn imports torch) give the store the serial run gives, the same
+    warning and error lines, in order; a broken video in a worker is its one line and the rest go on."""
+    root = _audio_root(tmp_path / "aff")
+    (root / "videos" / "vidZ.mp4").write_bytes(b"broken")
+    runs = {}
+    for workers in (0, 2):
+        lines, errors, seen = [], [], []
+        summary = extract_audio(root, tmp_path / f"w{workers}", "logmel,egemaps", workers=workers,
+                                on_warning=lines.append, on_error=errors.append,
+                                progress=lambda done, total, name: seen.append((done, total, name)))
+        runs[workers] = (summary.extracted, summary.failed, lines, errors, seen)
+    assert runs[0] == runs[2]
+    extracted, failed, lines, errors, seen = runs[2]
+    assert extracted == ["vidX", "vidX_left", "vidX_right", "vidY"] and failed == ["vidZ"]
+    assert seen == [(1, 3, "vidX"), (2, 3, "vidY"), (3, 3, "vidZ")]
+    assert lines == [f"{root / 'videos' / 'vidY.mp4'}: no audio track; the audio of all 12 frames is masked"]
+    assert len(errors) == 1 and errors[0].startswith(f"{root / 'videos' / 'vidZ.mp4'}: cannot open as a video")
+    one, two = FeatureStore(tmp_path / "w0"), FeatureStore(tmp_path / "w2")
+    for name in extracted:
+        np.testing.assert_array_equal(np.asarray(one.read(name).features), np.asarray(two.read(name).features))
+        np.testing.assert_array_equal(one.read(name).mask, two.read(name).mask)
+
+
 def test_extract_audio_cli_and_data_check(tmp_path, capsys):
     root = _audio_root(tmp_path / "aff")
     code, out, err = run_cli(["extract", root, "--audio", "--audio-features", "logmel", "-o", tmp_path / "s"], capsys)
@@ -360,7 +384,7 @@ def test_extract_audio_cli_and_data_check(tmp_path, capsys):
     assert out.startswith("4 entries from 2 video(s) extracted (32 frames, 1.1 s of video at ")
     assert out.rstrip().endswith(f"real time, 1 without sound (masked)), 0 already in {tmp_path / 's'}; audio "
                                  f"features logmel float16")
-    assert err.strip() == f"warning: {root / 'videos' / 'vidY.mp4'}: no audio track; the audio of all 12 frames is masked"
+    assert f"warning: {root / 'videos' / 'vidY.mp4'}: no audio track; the audio of all 12 frames is masked" in err.splitlines()
     assert FeatureStore(tmp_path / "s").read("vidX_left").dim == 64
     code, out, err = run_cli(["extract", root, "--audio", "--audio-features", "logmel", "-o", tmp_path / "s"], capsys)
     assert code == 0 and out.strip() == (f"0 entries from 0 video(s) extracted, 4 already in {tmp_path / 's'}; audio "

@@ -638,19 +638,47 @@ class AudioExtractSummary:
         return self.seconds_of_video / self.seconds if self.seconds > 0 else 0.0
 
 
+def _features_job(path: Path, n_frames: int | None, sets: list[str], speech_model: SpeechModel | None = None):
+    """One video's features for extraction, in this process or a worker: (AudioFeatures or None, its AudioWarning
+    lines, the MambavaError line or None)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AudioWarning)
+        try:
+            result, error = frame_features(path, sets, speech_model=speech_model, n_frames=n_frames), None
+        except OutputError:
+            raise
+        except MambavaError as exc:
+            result, error = None, str(exc)
+    for w in caught:
+        if not issubclass(w.category, AudioWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result, [str(w.message) for w in caught if issubclass(w.category, AudioWarning)], error
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core: log-mel's STFT must not spread over the others' cores
+
+
 def extract_audio(source: str | os.PathLike | list[AudioSource], store, sets: Sequence[str] | str = DEFAULT_FEATURE_SETS,
                   *, speech_model: SpeechModel | None = None, dtype: str = "float32", names: Sequence[str] | None = None,
-                  overwrite: bool = False, on_error: Callable[[str], None] | None = None,
-                  on_warning: Callable[[str], None] | None = None) -> AudioExtractSummary:
+                  overwrite: bool = False, workers: int = 0, on_error: Callable[[str], None] | None = None,
+                  on_warning: Callable[[str], None] | None = None,
+                  progress: Callable[[int, int, str], None] | None = None) -> AudioExtractSummary:
     """Extract every pending entry of `source` into `store` (a FeatureStore or its folder): features (T, D),
     the sound mask, fps, `backbone` "audio:<sets>", and in `extra` the columns, sets, source file and why frames
     are masked. Resumable: complete entries are skipped (the store publishes an entry only once written), and a
     video's sound is decoded once for all its entries. A video that cannot be read raises a MambavaError naming
     it, or with `on_error` is reported there and listed in `failed`; a store that cannot be written stops the run.
-    `on_warning` receives each AudioWarning line (default: Python's warnings)."""
+    `on_warning` receives each AudioWarning line (default: Python's warnings). `workers` > 0: that many worker
+    processes compute the features (openSMILE runs on one core), this process writes the store in order;
+    not with a speech model (one copy of it, in this process). `progress(done, total, name)` after each video."""
     from mambava.features import FeatureStore
 
     sets = check_sets(sets, speech_model)
+    if workers and speech_model is not None:
+        raise MambavaError("audio extraction: worker processes (--workers) do not take a speech model; use 0")
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     sources = source if isinstance(source, list) else find_audio_sources(source, names)
     summary = AudioExtractSummary(entries=[s.name for s in sources])
@@ -662,34 +690,46 @@ def extract_audio(source: str | os.PathLike | list[AudioSource], store, sets: Se
             pending.setdefault((entry.path, entry.n_frames), []).append(entry)
     backbone = "audio:" + "+".join(speech_model.name if s == "ssl" else s for s in sets)
     start = time.perf_counter()
-    for (path, n_frames), entries in pending.items():
-        try:
-            with warnings.catch_warnings(record=on_warning is not None) as caught:
+    jobs = list(pending.items())
+    pool = None
+    if workers and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the parent may hold torch's and openSMILE's threads
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), multiprocessing.get_context("spawn"), _worker_init)
+        futures = [pool.submit(_features_job, path, n_frames, sets) for (path, n_frames), _ in jobs]
+        results = (future.result() for future in futures)
+    else:
+        results = (_features_job(path, n_frames, sets, speech_model) for (path, n_frames), _ in jobs)
+    try:
+        for done, (((path, n_frames), entries), (result, lines, error)) in enumerate(zip(jobs, results), 1):
+            for line in lines:
                 if on_warning is None:
-                    warnings.simplefilter("always", AudioWarning)
-                result = frame_features(path, sets, speech_model=speech_model, n_frames=n_frames)
-            for w in caught or []:
-                if issubclass(w.category, AudioWarning):
-                    on_warning(str(w.message))
+                    warnings.warn(line, AudioWarning, stacklevel=2)
                 else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            extra = {"columns": result.columns, "sets": result.sets, "source": str(path), "codec": result.codec,
-                     "masked": result.reason, "sample_rate": SAMPLE_RATE}
-            for entry in entries:
-                store.write(entry.name, result.features, result.mask, result.fps, backbone, dtype, extra)
-                summary.extracted.append(entry.name)
-                if not result.mask.any():
-                    summary.without_sound.append(entry.name)
-            summary.videos += 1
-            summary.frames += len(result.mask)
-            summary.seconds_of_video += len(result.mask) / result.fps
-        except OutputError:
-            raise
-        except MambavaError as error:
-            if on_error is None:
-                raise
-            summary.failed.extend(e.name for e in entries)
-            on_error(str(error))
+                    on_warning(line)
+            if error is not None:
+                if on_error is None:
+                    raise MambavaError(error)
+                summary.failed.extend(e.name for e in entries)
+                on_error(error)
+            else:
+                extra = {"columns": result.columns, "sets": result.sets, "source": str(path), "codec": result.codec,
+                         "masked": result.reason, "sample_rate": SAMPLE_RATE}
+                for entry in entries:  # an OutputError (full disk, read-only store) stops the run
+                    store.write(entry.name, result.features, result.mask, result.fps, backbone, dtype, extra)
+                    summary.extracted.append(entry.name)
+                    if not result.mask.any():
+                        summary.without_sound.append(entry.name)
+                summary.videos += 1
+                summary.frames += len(result.mask)
+                summary.seconds_of_video += len(result.mask) / result.fps
+            if progress is not None:
+                progress(done, len(jobs), entries[0].name)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     summary.seconds = time.perf_counter() - start
     return summary
 

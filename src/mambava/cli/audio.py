@@ -16,16 +16,24 @@ SPEECH_MODEL_HELP = ("With --audio: a local wav2vec 2.0 / HuBERT / WavLM folder 
 
 def extract_audio_command(source: Path, out: Path, features: str, speech_model: Optional[Path],
                           speech_layer: Optional[int], dtype: str, video: Optional[List[str]], overwrite: bool,
-                          device: str) -> None:
+                          device: str, workers: Optional[int]) -> None:
+    from rich.console import Console
+
     from mambava.audio import SpeechModel, check_sets, extract_audio
+    from mambava.progress import ProgressBar
     from mambava.runtime import resolve_device
 
     model = SpeechModel(speech_model, speech_layer, str(resolve_device(device))) if speech_model else None
     sets = check_sets(features, model)
-    summary = extract_audio(
-        source, out, sets, speech_model=model, dtype=dtype, names=video or None, overwrite=overwrite,
-        on_error=lambda message: typer.secho(f"error: {message}", fg=typer.colors.RED, err=True),
-        on_warning=lambda message: typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True))
+    console = Console(stderr=True)
+    with ProgressBar("extract audio", console=console) as progress:
+        summary = extract_audio(
+            source, out, sets, speech_model=model, dtype=dtype, names=video or None, overwrite=overwrite,
+            workers=workers or 0, progress=progress,
+            on_error=lambda message: console.print(f"error: {message}", style="red", markup=False, highlight=False,
+                                                   soft_wrap=True),
+            on_warning=lambda message: console.print(f"warning: {message}", style="yellow", markup=False,
+                                                     highlight=False, soft_wrap=True))
     without = f", {len(summary.without_sound)} without sound (masked)" if summary.without_sound else ""
     done = (f" ({summary.frames} frames, {summary.seconds_of_video:.1f} s of video at {summary.realtime_factor:.1f}x "
             f"real time{without})" if summary.videos else "")

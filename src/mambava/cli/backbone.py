@@ -45,7 +45,8 @@ def extract_command(
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0,
-                                          help="Decode/resize worker processes (default: by device and cores)."),
+                                          help="Decode/resize worker processes (default: by device and cores); "
+                                               "with --audio: feature processes (default 0: this one)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0..."),
     precision: str = precision_option("auto"),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 or float32."),
@@ -65,7 +66,7 @@ def extract_command(
     `torchrun --nproc-per-node 8 -m mambava extract ROOT -o STORE -c CKPT`."""
     if audio:
         return extract_audio_command(source, out, audio_features, speech_model, speech_layer, dtype, video,
-                                     overwrite, device)
+                                     overwrite, device, workers)
     import torch
     import torch.distributed as dist
 
