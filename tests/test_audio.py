@@ -76,7 +76,8 @@ def test_decode_real_media_sample_counts(media_dir, name, codec, start, duration
     assert track.codec == codec and track.sample_rate == 16000 and track.samples.dtype == np.float32
     assert track.samples.ndim == 1 and 0.01 < np.abs(track.samples).max() <= 1.0  # real sound, mono
     # 16 kHz samples for the announced duration, to within the codec's priming and padding (about one frame: AAC
-    # 1024, MP3 1152 samples at 44.1 kHz, 23-26 ms; face_noface.mov's header is 28 ms longer), and exactly the 44.1 kHz samples the decoder gives, rescaled (to one sample)
+    # 1024, MP3 1152 samples at 44.1 kHz, 23-26 ms; face_noface.mov's header is 28 ms longer), and exactly the
+    # 44.1 kHz samples the decoder gives, rescaled (to one sample)
     assert abs(len(track.samples) / 16000 - duration) < 0.03, len(track.samples)
     import av
 
@@ -229,7 +230,8 @@ def test_a_gap_in_the_sound_is_masked_and_the_rest_stays_in_place(tmp_path):
     path = write_av(tmp_path / "gap.mkv", 45, sound=click_track(1.0, 40.5 / 30 - 0.5), codec="pcm_s16le",
                     gap=(10240, 24000))
     track = decode_audio(path)
-    np.testing.assert_allclose(track.segments, [[0, 10240 / 48000], [34240 / 48000, 72000 / 48000]], atol=5e-4)  # Matroska: ms timestamps
+    # Matroska's timestamps are in ms
+    np.testing.assert_allclose(track.segments, [[0, 10240 / 48000], [34240 / 48000, 72000 / 48000]], atol=5e-4)
     assert not track.samples[int(0.25 * 16000): int(0.7 * 16000)].any()  # the hole holds zeros, never signal
     with pytest.warns(AudioWarning, match=r"gap.mkv: sound from 0.000 s to 1.500 s \(2 part\(s\)\) covers frames "
                                           r"0..44 of 45 \(video to 1.500 s\): 15 frame\(s\) without sound"):

@@ -173,7 +173,8 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Aud
                 break
             if frame.samples == 0 or not frame.sample_rate:
                 continue
-            t = float(frame.pts * frame.time_base) - origin if frame.pts is not None else expected
+            time_base = frame.time_base or stream.time_base
+            t = float(frame.pts * time_base) - origin if frame.pts is not None and time_base else expected
             if t is None:
                 t = 0.0
             if expected is None or t > expected + GAP_SECONDS:
@@ -221,8 +222,9 @@ class FrameGrid:
 
 def frame_grid(path: str | os.PathLike, n_frames: int | None = None) -> FrameGrid:
     """The video's frame intervals from its demuxed packets' presentation times (nothing is decoded), in the
-    video stage's clock: the frames and times `mambava.video.open_video` yields. `n_frames`: make the grid this long (the frame count the visual features use, e.g. the
-    container's header count): missing frames continue at 1/fps, extra ones are dropped."""
+    video stage's clock: the frames and times `mambava.video.open_video` yields. `n_frames`: make the grid this
+    long (the frame count the visual features use, e.g. the container's header count): missing frames continue
+    at 1/fps, extra ones are dropped."""
     with _open(path) as container:
         if not container.streams.video:
             raise MambavaError(f"{path}: contains no video stream (the audio features follow the video's frames)")
@@ -237,7 +239,10 @@ def frame_grid(path: str | os.PathLike, n_frames: int | None = None) -> FrameGri
         except Exception as error:
             raise MambavaError(f"{path}: cannot read the video's frame times ({_short(error)})") from None
     times = np.sort((np.asarray(pts, np.float64) - origin) * float(tb)) if pts and tb is not None else np.zeros(0)
-    fps = float(rate) if rate else (1.0 / float(np.median(np.diff(times))) if len(times) > 1 else 30.0)
+    if not len(times) and not n_frames:
+        raise MambavaError(f"{path}: the video stream has no frames")
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+    fps = float(rate) if rate else (1.0 / step if step > 0 else 30.0)
     return grid_from_times(times, fps, n_frames)
 
 

@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         print(json.dumps(results, indent=2))
         return results
-    print(f"{cpu_name()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); rates in seconds of video per second (x real time), best of "
-          f"{args.repeats}")
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); rates in seconds of video per "
+          f"second (x real time), best of {args.repeats}")
     for r in results:
         print(f"{r['clip']} ({r['codec']}, {r['frames']} frames, {r['seconds_of_video']:.2f} s; load average "
               f"{r['load_average'][0]} → {r['load_average'][1]})")
