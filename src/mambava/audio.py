@@ -102,9 +102,9 @@ class AudioTrack:
 
 
 def _short(error: BaseException) -> str:
-    from mambava.video import _short as short
+    from mambava.video import error_reason
 
-    return short(error)
+    return error_reason(error)
 
 
 def _open(path) -> "object":
