@@ -260,6 +260,33 @@ def test_coverage_and_peaks_per_interval():
     np.testing.assert_allclose(audio.frame_peaks(track, lo, hi), [0.5, 0.2, 0.0, 0.9, 0.0])
 
 
+def test_a_truncated_file_gives_the_frames_read_and_masks_past_the_sound(media_dir, tmp_path):
+    """single_face.mp4 remuxed to Matroska (streamable) and cut at 60% of its bytes: the grid has the frames the
+    video stage reads, and the frames after the last decoded sound are masked."""
+    import av
+
+    from mambava.video import VideoWarning, open_video
+
+    with av.open(str(media_dir / "single_face.mp4")) as source, av.open(str(tmp_path / "full.mkv"), "w") as target:
+        streams = {s.index: target.add_stream_from_template(s) for s in source.streams}
+        for packet in source.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                target.mux(packet)
+    data = (tmp_path / "full.mkv").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.warns(VideoWarning), open_video(tmp_path / "cut.mkv") as reader:
+        n_read = sum(1 for _ in reader)
+    with pytest.warns(AudioWarning, match=r"cut.mkv: sound from .* covers frames 0\.\.\d+ of \d+ .* without sound"):
+        result = frame_features(tmp_path / "cut.mkv", "logmel")
+    # (here: 41 frames read, the sound ends at 1.295 s, frames 39 and 40 masked)
+    end = decode_audio(tmp_path / "cut.mkv").segments[-1, 1]
+    edges = frame_grid(tmp_path / "cut.mkv").edges
+    assert 20 < n_read == len(result.mask) < 72
+    np.testing.assert_array_equal(result.mask, end - edges[:-1] >= 0.5 * np.diff(edges))
+    assert 0 < result.mask.sum() < n_read and result.mask[: result.mask.sum()].all()
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(MambavaError, match=r"nope.mp4: no such file"):
         decode_audio(tmp_path / "nope.mp4")
