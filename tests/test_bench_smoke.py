@@ -62,6 +62,12 @@ def _demo_run(out: Path) -> Path:
 
 # name -> (arguments for the smallest run, the ratio rows expected in its output)
 SMOKE = {
+    "audio": (
+        ["--video", "{media}/single_face.mp4", "--repeats", "1"],
+        [rf"^  decode +{NUMBER} x real time +×1\.000 of decode$"]
+        + [rf"^  {re.escape(name)} +{NUMBER} x real time +×{NUMBER} of decode$"
+           for name in ("logmel", "egemaps", "egemaps+logmel")],
+    ),
     "backbone": (
         ["--arch", "vit_tiny_patch16", "--batch-size", "1", "--repeats", "1", "--threads", "1"],
         [rf"^  fp32 +{NUMBER} images/s +x1\.00 vs fp32 ", rf"^  bf16 +{NUMBER} images/s +x{NUMBER} vs fp32 "],
@@ -113,7 +119,8 @@ def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, cap
     clip = _short_clip(media_dir, tmp_path / "clip.mp4") if name == "faces" else None
     demo = _demo_run(tmp_path / "demo") if name == "stitching" else None
     try:
-        code, out, err = run_cli(["bench", name, *(a.format(clip=clip, demo=demo) for a in args)], capsys)
+        code, out, err = run_cli(["bench", name, *(a.format(clip=clip, demo=demo, media=media_dir) for a in args)],
+                                 capsys)
     finally:
         torch.set_num_threads(threads)
     assert code == 0 and "Traceback" not in err, err[-2000:]

@@ -491,6 +491,7 @@ class DataSummary:
     problems: list[str]
     unannotated_crop_folders: list[str]
     unreadable_crops: list[str]
+    videos_without_audio: list[str] = dataclasses.field(default_factory=list)  # raw videos with no sound track
 
     @property
     def ok(self) -> bool:
@@ -530,6 +531,10 @@ class DataSummary:
                 + ", ".join(self.unannotated_crop_folders[:10])
                 + (" ..." if len(self.unannotated_crop_folders) > 10 else "")
             )
+        if self.videos_without_audio:  # a warning: their audio features are masked (README Audio)
+            console.print(f"{len(self.videos_without_audio)} raw video(s) without sound: "
+                          + ", ".join(self.videos_without_audio[:10]) + (" ..." if len(self.videos_without_audio) > 10 else ""),
+                          markup=False, highlight=False, soft_wrap=True)
         for s in self.splits.values():
             for line in s.mismatches:
                 console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
@@ -559,6 +564,14 @@ def check(
         summary.problems.append(f"{dataset.root}: no videos found: {describe_layout(dataset.root)}")
     for split, video in _progress(jobs, "checking videos", progress):
         _check_video(dataset, split, video, summary, verify_images)
+    from mambava.audio import has_audio
+
+    for stem, path in sorted(dataset.raw_videos.items()):
+        try:
+            if not has_audio(path):
+                summary.videos_without_audio.append(stem)
+        except MambavaError:
+            pass  # an unreadable video: its frame count check reports it
     return summary
 
 

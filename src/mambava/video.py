@@ -364,6 +364,11 @@ def _short(error: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+def error_reason(error: BaseException) -> str:
+    """An FFmpeg/OS error as the short reason of a one-line message (no errno prefix, its first line)."""
+    return _short(error)
+
+
 def source_name(source) -> str:
     """A source's name for outputs: a file's stem, a folder's name, `camera<N>` for a webcam index, a URL's
     last path part."""
@@ -376,4 +381,4 @@ def source_name(source) -> str:
     return path.stem if path.suffix else path.name
 
 
-__all__ = ["VideoFrame", "VideoReader", "VideoWarning", "open_video", "read_image", "source_name"]
+__all__ = ["VideoFrame", "VideoReader", "VideoWarning", "error_reason", "open_video", "read_image", "source_name"]

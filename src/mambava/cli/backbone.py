@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from mambava.cli.audio import FEATURES_HELP as AUDIO_FEATURES_HELP
+from mambava.cli.audio import SPEECH_MODEL_HELP, extract_audio_command
 from mambava.cli.options import lightning_precision, precision_option
 from mambava.errors import MambavaError
 from mambava.runtime import resolve_device
@@ -34,7 +36,8 @@ def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool,
 
 def extract_command(
     source: Path = typer.Argument(..., help="Aff-Wild2 root, its cropped_aligned/ folder, or a crop tree "
-                                            "<dir>/<video>/<NNNNN>.jpg (e.g. the faces stage's crops)."),
+                                            "<dir>/<video>/<NNNNN>.jpg (e.g. the faces stage's crops); with "
+                                            "--audio: an Aff-Wild2 root (videos/), a folder of videos or a video."),
     out: Path = typer.Option(..., "--out", "-o", help="Feature store folder (one entry per video)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
@@ -42,18 +45,28 @@ def extract_command(
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0,
-                                          help="Decode/resize worker processes (default: by device and cores)."),
+                                          help="Decode/resize worker processes (default: by device and cores); "
+                                               "with --audio: feature processes (default 0: this one)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0..."),
     precision: str = precision_option("auto"),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 or float32."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate recorded per video (default: raw video's, else 30)."),
     video: Optional[List[str]] = typer.Option(None, "--video", help="Only these videos (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos already in the store."),
+    audio: bool = typer.Option(False, "--audio", help="Audio features of the raw videos' sound instead (README Audio)."),
+    audio_features: str = typer.Option("egemaps,logmel", "--audio-features", help=AUDIO_FEATURES_HELP),
+    speech_model: Optional[Path] = typer.Option(None, "--speech-model", help=SPEECH_MODEL_HELP),
+    speech_layer: Optional[int] = typer.Option(None, "--speech-layer", help="With --speech-model: hidden layer "
+                                               "(0: CNN features; default: the last)."),
 ) -> None:
-    """Run the ViT over face crops and store each video's CLS features (T, D) with its face mask.
+    """Run the ViT over face crops and store each video's CLS features (T, D) with its face mask; with --audio,
+    store each video's sound features on its frame grid with a sound mask.
 
     Resumable (complete videos are skipped). Under torchrun, rank r takes videos[r::world_size]:
     `torchrun --nproc-per-node 8 -m mambava extract ROOT -o STORE -c CKPT`."""
+    if audio:
+        return extract_audio_command(source, out, audio_features, speech_model, speech_layer, dtype, video,
+                                     overwrite, device, workers)
     import torch
     import torch.distributed as dist
 
