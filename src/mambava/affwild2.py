@@ -564,7 +564,7 @@ def check(
         summary.problems.append(f"{dataset.root}: no videos found: {describe_layout(dataset.root)}")
     for split, video in _progress(jobs, "checking videos", progress):
         _check_video(dataset, split, video, summary, verify_images)
-    from mambava.audio import has_audio
+    from mambava.video import has_audio
 
     for stem, path in sorted(dataset.raw_videos.items()):
         try:

@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
@@ -39,6 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mambava.errors import MambavaError, OutputError
+from mambava.video import has_audio, open_container
 
 SAMPLE_RATE = 16000
 SILENCE_DBFS = -80.0  # a frame whose peak is below this is digital silence (no recording), not a quiet room
@@ -107,26 +107,6 @@ def _short(error: BaseException) -> str:
     return error_reason(error)
 
 
-def _open(path) -> "object":
-    import av
-
-    path = Path(path)
-    if not path.exists():
-        raise MambavaError(f"{path}: no such file")
-    if path.is_file() and path.stat().st_size == 0:
-        raise MambavaError(f"{path}: the file is empty (0 bytes), not a video")
-    try:
-        return av.open(str(path))
-    except Exception as error:  # av.error.* and OSError
-        raise MambavaError(f"{path}: cannot open as a video ({_short(error)}); the file may be corrupt or truncated") from None
-
-
-def has_audio(path: str | os.PathLike) -> bool:
-    """Whether the file has an audio stream (MambavaError naming it if it cannot be opened)."""
-    with _open(path) as container:
-        return bool(container.streams.audio)
-
-
 def _video_origin(container) -> float:
     """The time (seconds) the video stage counts from: the video stream's start; 0 without a video stream."""
     if container.streams.video:
@@ -141,7 +121,7 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Aud
     no audio stream. A stream that breaks mid-way is kept up to the break, with an AudioWarning."""
     import av
 
-    with _open(path) as container:
+    with open_container(path) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
@@ -225,7 +205,7 @@ def frame_grid(path: str | os.PathLike, n_frames: int | None = None) -> FrameGri
     video stage's clock: the frames and times `mambava.video.open_video` yields. `n_frames`: make the grid this
     long (the frame count the visual features use, e.g. the container's header count): missing frames continue
     at 1/fps, extra ones are dropped."""
-    with _open(path) as container:
+    with open_container(path) as container:
         if not container.streams.video:
             raise MambavaError(f"{path}: contains no video stream (the audio features follow the video's frames)")
         stream = container.streams.video[0]

@@ -364,6 +364,27 @@ def _short(error: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+def open_container(path: str | os.PathLike):
+    """A PyAV container for a media file, or a MambavaError naming it (missing, empty, not readable)."""
+    import av
+
+    path = Path(path)
+    if not path.exists():
+        raise MambavaError(f"{path}: no such file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise MambavaError(f"{path}: the file is empty (0 bytes), not a video")
+    try:
+        return av.open(str(path))
+    except Exception as error:  # av.error.* and OSError
+        raise MambavaError(f"{path}: cannot open as a video ({_short(error)}); the file may be corrupt or truncated") from None
+
+
+def has_audio(path: str | os.PathLike) -> bool:
+    """Whether the file has an audio stream (MambavaError naming it if it cannot be opened)."""
+    with open_container(path) as container:
+        return bool(container.streams.audio)
+
+
 def error_reason(error: BaseException) -> str:
     """An FFmpeg/OS error as the short reason of a one-line message (no errno prefix, its first line)."""
     return _short(error)

@@ -56,6 +56,7 @@ from mambava.synth.layout import (
     TEST_LIST_NAME,
     VIDEOS_DIR,
     ground_truth_path,
+    read_labels,
     read_meta,
     read_truth,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "generate_stills",
     "ground_truth_path",
     "oracle_scores",
+    "read_labels",
     "read_meta",
     "read_truth",
     "similarity",

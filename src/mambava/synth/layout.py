@@ -120,6 +120,14 @@ def ground_truth_path(root: str | os.PathLike, name: str) -> Path:
     raise MambavaError(f"{root}: no labels for {name!r}")
 
 
+def read_labels(root: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
+    """{name: (T, 2) labels as the raters gave them (-5 where none)} for annotation names of any split, the
+    test split's from synth_ground_truth/."""
+    from mambava.affwild2 import read_va_annotation
+
+    return {name: read_va_annotation(ground_truth_path(root, name)) for name in names}
+
+
 def read_truth(root: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
     """Per-frame truth of one annotation name (`synth_meta/<name>.npz`): va_true, labels, crop, present, ..."""
     path = Path(root) / META_DIR / f"{name}.npz"

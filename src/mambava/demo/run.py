@@ -1,41 +1,5 @@
-"""`mambava demo`: every stage of the pipeline on a generated face-video dataset, on CPU, in minutes.
-
-    result = run_demo("demo_out", DemoConfig.quick())     # -> demo_out/report.md, demo_out/results.json
-
-Stages (each prints a line with its time; the long ones show a progress bar):
-
-1. generate   `mambava.synth.generate`: synthetic affect videos in the exact Aff-Wild2 layout (raw videos,
-              `cropped_aligned/`, annotations with -5 frames, a test list); the test labels stay aside in
-              `synth_ground_truth/`, as the ABAW organisers keep theirs.
-2. stills     `mambava.synth.generate_stills`: an AffectNet-like set of single faces of other identities with
-              per-image valence/arousal, the stand-in for the large still-image data real backbones are
-              pretrained on (no pretrained face model can be had offline).
-3. backbone   a small ViT (`mambava.backbone.ViTEncoder`, 80 px input, 16 px patches, 128-d, 4 blocks), first
-              trained on the stills (all blocks), then fine-tuned on the training videos' frames with the
-              paper's partial freezing (patch embedding and the lower blocks frozen, `mambava.backbone.finetune`), on
-              frame-level CCC. Why not from scratch on the videos alone: measured here, a ViT trained only on
-              the video frames memorises who is on screen (frames of one video are near-duplicates, so a few
-              dozen videos give few independent expressions) and reaches a validation CCC_v near 0.5 and a
-              CCC_a near 0; MAE pretraining on the crops would need far longer than the demo's budget.
-4. extract    `mambava.extract.extract_features`: CLS features of every crop into a feature store (missing
-              crops forward-filled and masked).
-5. train      `mambava.training.train`: the Mamba-VA temporal model (causal TCN -> Mamba encoder -> head; the
-              paper's structure at reduced widths, see `DemoConfig`) and the frame-wise baseline (`mlp`, the
-              same features one frame at a time), both with the default recipe (AdamW, warmup + cosine, CCC loss,
-              model selection by validation P_VA).
-6. evaluate   `mambava.training.evaluate.evaluate_videos` on the held-out test subjects (whole videos, windows stitched).
-7. predict    `mambava.predict.Predictor` on a held-out raw video: faces detected, tracked and aligned by the
-              faces stage (MTCNN), encoded by the fine-tuned ViT, then the temporal model; compared with the
-              hidden labels.
-8. report     OUT/report.md: the table (frame-wise vs TCN+Mamba: CCC_v, CCC_a, P_VA), training curves,
-              predicted vs true plots, timings; OUT/results.json holds the same numbers.
-
-With `own_crops` (`mambava demo --own-crops`) a faces stage runs after generate: `mambava faces --dataset`
-over every raw video (`mambava.faces.dataset`) into OUT/own_crops/, whose crops (not the generator's ideal
-ones) the backbone, the features and the temporal models are trained on, as `predict` will see them; its
-alignment error against the generator's true landmarks is reported, and predict runs on every held-out raw
-video, scored beside the same model on the generator's crops of those videos.
-"""
+"""The demo's run: its config, the stages in order (generate, stills, backbone, extract, train, evaluate,
+predict) and their results; `mambava.demo.report` turns the results into OUT/report.md. See `mambava.demo`."""
 
 from __future__ import annotations
 
@@ -52,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from mambava.demo.report import REPORT_FILE, write_figures, write_report
 from mambava.errors import MambavaError
 from mambava.fileio import atomic_open
-from mambava.plots import new_figure, save_figure
 from mambava.progress import ProgressBar
 from mambava.runtime import torch_threads
+from mambava.synth.layout import read_labels
 
 RESULTS_FILE = "results.json"
-REPORT_FILE = "report.md"
 
 
 @dataclass
@@ -203,13 +167,6 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
 
 
-def _labels(root: Path, names: list[str]) -> dict[str, np.ndarray]:
-    from mambava.affwild2 import read_va_annotation
-    from mambava.synth import ground_truth_path
-
-    return {name: read_va_annotation(ground_truth_path(root, name)) for name in names}
-
-
 def run_demo(out: str | os.PathLike = "demo_out", cfg: DemoConfig | None = None, progress: bool = True) -> DemoResult:
     """Run every stage (see the module docstring) under `out`; returns the report's path and the results.
     An earlier demo in `out` is replaced; a folder holding anything else is an error."""
@@ -221,14 +178,26 @@ def run_demo(out: str | os.PathLike = "demo_out", cfg: DemoConfig | None = None,
 
 
 def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
-    from mambava.synth import SynthConfig, StillsConfig, generate, generate_stills
-
     _quiet_lightning()
     stages = _Stages(9 if cfg.own_crops else 8, progress)
-    data_root, stills_root = out / "data", out / "stills"
     results: dict[str, Any] = {"config": cfg.to_dict(), "machine": _machine()}
+    data_root, train_root, stills_root, test_names = _data_stages(out, cfg, progress, stages, results)
+    encoder_path, store, runs = _model_stages(out, data_root, train_root, stills_root, cfg, progress, stages, results)
+    report = _score_and_report(out, data_root, encoder_path, store, runs, test_names, cfg, progress, stages, results)
+    t, b = results["test"]["mamba_va"], results["test"][cfg.baseline]
+    stages.console.print(
+        f"[bold]held-out test subjects[/bold]: TCN+Mamba P_VA {t['p_va']:.3f} (CCC_v {t['ccc_valence']:.3f}, "
+        f"CCC_a {t['ccc_arousal']:.3f}); frame-wise P_VA {b['p_va']:.3f} (CCC_v {b['ccc_valence']:.3f}, "
+        f"CCC_a {b['ccc_arousal']:.3f}); {results['timings_s']['total']:.0f} s in all")
+    return DemoResult(out, report, results)
 
-    # 1. the dataset
+
+def _data_stages(out: Path, cfg: DemoConfig, progress: bool, stages: "_Stages", results: dict):
+    """1. the dataset, 1b. (own_crops) our faces stage over its raw videos, 2. the stills. Returns the dataset
+    root, the root the models train on (ours or the generator's crops), the stills root and the test names."""
+    from mambava.synth import SynthConfig, StillsConfig, generate, generate_stills
+
+    data_root, stills_root = out / "data", out / "stills"
     synth_cfg = SynthConfig(n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, frames=cfg.frames,
                             two_person_fraction=cfg.two_person_fraction, seed=cfg.seed)
     with stages.stage("generate", f"{cfg.n_train}+{cfg.n_val}+{cfg.n_test} synthetic videos -> {data_root}"):
@@ -239,7 +208,7 @@ def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
                           "invalid_labels": summary.invalid_labels,
                           "annotation_names": {k: len(v) for k, v in summary.splits.items()}}
 
-    # 1b. our own crops of every raw video: the faces `predict` will see
+    # our own crops of every raw video: the faces `predict` will see
     train_root = data_root
     if cfg.own_crops:
         own_root = out / "own_crops"
@@ -251,24 +220,25 @@ def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
                 f"the generator's crops {results['faces']['alignment']['generator']['mean_px']:.2f} px (at 112 px)")
         train_root = own_root
 
-    # 2. stills
     with stages.stage("stills", f"{cfg.stills_train}+{cfg.stills_val} single faces for pretraining -> {stills_root}"):
         with ProgressBar("stills", enabled=progress) as bar:
             stills = generate_stills(stills_root, StillsConfig(n_train=cfg.stills_train, n_val=cfg.stills_val,
                                                                seed=cfg.seed), progress=bar)
     results["stills"] = {"images": stills.frames}
+    return data_root, train_root, stills_root, summary.splits["test"]
 
-    # 3. backbone
+
+def _model_stages(out: Path, data_root: Path, train_root: Path, stills_root: Path, cfg: DemoConfig, progress: bool,
+                  stages: "_Stages", results: dict):
+    """3. the backbone, 4. its features, 5. the temporal models. Returns the encoder, the store and the runs."""
     with stages.stage("backbone", "a small ViT: pretrain on the stills, then partial-freeze fine-tuning on the "
                                   "video frames (frame-level CCC)"):
         encoder_path, backbone = _backbone(out, train_root, stills_root, cfg, progress, stages)
     results["backbone"] = backbone
 
-    # 4. features
     with stages.stage("extract", "ViT CLS features of every crop -> feature store"):
         store = _extract(out, train_root, encoder_path, progress)
 
-    # 5. temporal models
     runs = {}
     with stages.stage("train", f"TCN+Mamba and the frame-wise baseline ({cfg.baseline}), {cfg.epochs} epochs each"):
         for kind in ("mamba_va", cfg.baseline):
@@ -276,16 +246,18 @@ def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
             runs[kind] = _train(out, data_root, store, kind, cfg, progress)
     results["runs"] = {k: {"validation_best": v["best"], "parameters": v["parameters"],
                            "train_time_s": v["train_time_s"]} for k, v in runs.items()}
+    return encoder_path, store, runs
 
-    # 6. evaluation on held-out subjects
-    with stages.stage("evaluate", f"whole test videos of {len(summary.splits['test'])} held-out subjects"):
-        test_names = summary.splits["test"]
-        labels = _labels(data_root, test_names)
+
+def _score_and_report(out: Path, data_root: Path, encoder_path: Path, store: Path, runs: dict, test_names: list[str],
+                      cfg: DemoConfig, progress: bool, stages: "_Stages", results: dict) -> Path:
+    """6. evaluation on held-out subjects, 7. predict on held-out raw video(s), 8. the report and results.json."""
+    with stages.stage("evaluate", f"whole test videos of {len(test_names)} held-out subjects"):
+        labels = read_labels(data_root, test_names)
         scores, predictions = _evaluate(out, store, runs, test_names, labels, cfg)
     results["test"] = scores
     results["validation"] = {k: v["best"] for k, v in runs.items()}
 
-    # 7. predict on a held-out raw video
     with stages.stage("predict", "a held-out raw video: faces -> features -> temporal model"
                       + ("; then every held-out raw video, beside the ideal crops" if cfg.own_crops else "")):
         results["predict"] = _predict(out, data_root, encoder_path, runs["mamba_va"], cfg, progress)
@@ -296,21 +268,15 @@ def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
                                  f"{both['raw_video']['p_va']:.3f}; from the generator's ideal crops: "
                                  f"{both['ideal_crops']['p_va']:.3f}")
 
-    # 8. report
     with stages.stage("report", f"{out / REPORT_FILE}"):
-        figures = _figures(out, runs, predictions, labels, results, cfg)
+        figures = write_figures(out, runs, predictions, labels, results, cfg)
         results["timings_s"] = {k: round(v, 1) for k, v in stages.times.items()}
         results["timings_s"]["total"] = round(time.perf_counter() - stages.started, 1)
         results["cpu_s"] = {k: round(v, 1) for k, v in stages.cpu.items()}
-        report = _write_report(out, results, figures, cfg)
+        report = write_report(out, results, figures, cfg)
         with atomic_open(out / RESULTS_FILE) as handle:
             json.dump(results, handle, indent=1)
-    t, b = results["test"]["mamba_va"], results["test"][cfg.baseline]
-    stages.console.print(
-        f"[bold]held-out test subjects[/bold]: TCN+Mamba P_VA {t['p_va']:.3f} (CCC_v {t['ccc_valence']:.3f}, "
-        f"CCC_a {t['ccc_arousal']:.3f}); frame-wise P_VA {b['p_va']:.3f} (CCC_v {b['ccc_valence']:.3f}, "
-        f"CCC_a {b['ccc_arousal']:.3f}); {results['timings_s']['total']:.0f} s in all")
-    return DemoResult(out, report, results)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -441,14 +407,14 @@ def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: Dem
     single = [v for v in test if not v["two_person"]] or test
 
     def spread(v) -> float:  # chosen by how much its labels move (an informative plot), never by a score
-        y = _labels(data_root, [v["persons"][0]["name"]])[v["persons"][0]["name"]]
+        y = read_labels(data_root, [v["persons"][0]["name"]])[v["persons"][0]["name"]]
         y = y[(y != -5).all(1)]
         return float(y.std(0).sum()) if len(y) else 0.0
 
     video = max(single, key=spread)
     name = video["persons"][0]["name"]
     path = data_root / video["video"]
-    labels = _labels(data_root, [name])[name]
+    labels = read_labels(data_root, [name])[name]
     truth = read_truth(data_root, name)
     predictor = Predictor(run["outputs"]["model"], backbone=encoder_path, window=cfg.window, stride=cfg.stride,
                           detector=_detector(), device="cpu", precision="auto", progress=progress)
@@ -541,7 +507,7 @@ def _predict_all(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg:
         table = predictor.predict_video(data_root / video["video"])
         for person in video["persons"]:
             name = person["name"]
-            labels = _labels(data_root, [name])[name]
+            labels = read_labels(data_root, [name])[name]
             rows = table[table["track"] == name].drop_duplicates("frame")
             pred = np.full((len(labels), 2), np.nan)
             frames = rows["frame"].to_numpy()
@@ -590,223 +556,3 @@ def _table_from_crops(predictor, dataset, name: str):
     return pd.DataFrame({"video": name, "track": name, "frame": np.arange(n), "time": np.arange(n) / 30.0,
                          "valence": va[:, 0], "arousal": va[:, 1], "face": present.astype(np.int8),
                          "x1": np.nan, "y1": np.nan, "x2": np.nan, "y2": np.nan})
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Report
-
-
-def _figures(out: Path, runs: dict, predictions: dict, labels: dict, results: dict, cfg: DemoConfig) -> dict:
-    from mambava.training import read_metrics
-
-    figures = {}
-    names = {"mamba_va": "TCN+Mamba", cfg.baseline: f"frame-wise ({cfg.baseline})"}
-    colours = {"mamba_va": "#d62728", cfg.baseline: "#1f77b4"}
-
-    # training curves: loss and validation P_VA per epoch, both models
-    fig = new_figure(10, 3.6)
-    ax_loss, ax_val = fig.subplots(1, 2)
-    for kind, run in runs.items():
-        rows = read_metrics(run["outputs"]["metrics"])
-        epochs = [r["epoch"] for r in rows]
-        loss_key = next((k for k in ("train_loss", "train/loss_epoch", "train/loss") if rows and k in rows[0]), None)
-        if loss_key:
-            ax_loss.plot(epochs, [r[loss_key] for r in rows], color=colours[kind], label=names[kind])
-        ax_val.plot([r["epoch"] for r in rows if r.get("val_p_va") is not None],
-                    [r["val_p_va"] for r in rows if r.get("val_p_va") is not None], "o-", color=colours[kind],
-                    label=names[kind])
-    ax_loss.set(title="training loss (1-CCC_v)+(1-CCC_a)", xlabel="epoch")
-    ax_val.set(title="validation P_VA", xlabel="epoch")
-    for ax in (ax_loss, ax_val):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    figures["curves"] = save_figure(fig, out / "figures" / "curves.png")
-
-    # predicted vs true on held-out test videos (up to 3)
-    shown = list(labels)[:3]
-    fig = new_figure(11, 2.4 * len(shown))
-    axes = fig.subplots(len(shown), 2, squeeze=False)
-    for row, name in enumerate(shown):
-        y = labels[name]
-        t = np.arange(len(y)) / 30.0
-        for d, dim in enumerate(("valence", "arousal")):
-            ax = axes[row][d]
-            truth = np.where(y[:, d] == -5, np.nan, y[:, d])
-            ax.plot(t, truth, color="black", lw=2, label="true (rater)")
-            for kind in (cfg.baseline, "mamba_va"):
-                p = predictions[kind][name][: len(y), d]
-                ax.plot(t[: len(p)], p, color=colours[kind], lw=1.2, alpha=0.9, label=names[kind])
-            ax.set_ylim(-1, 1)
-            ax.grid(alpha=0.3)
-            ax.set_title(f"{name}: {dim}", fontsize=9)
-            if row == len(shown) - 1:
-                ax.set_xlabel("time (s)")
-    axes[0][0].legend(fontsize=8, loc="lower left")
-    figures["test_predictions"] = save_figure(fig, out / "figures" / "test_predictions.png")
-
-    # the predicted held-out raw video
-    pred = results["predict"].get("prediction")
-    name = results["predict"]["track"]
-    if pred is not None:
-        from mambava.synth import read_truth
-
-        pred = np.asarray(pred, dtype=float)
-        y = _labels(out / "data", [name])[name]
-        truth = read_truth(out / "data", name)
-        t = np.arange(len(y)) / 30.0
-        fig = new_figure(11, 2.6)
-        axes = fig.subplots(1, 2)
-        for d, dim in enumerate(("valence", "arousal")):
-            ax = axes[d]
-            ax.plot(t, np.where(y[:, d] == -5, np.nan, y[:, d]), color="black", lw=2, label="true (rater)")
-            ax.plot(t, pred[:, d], color=colours["mamba_va"], lw=1.2, label="predicted (TCN+Mamba)")
-            gaps = ~truth["present"]
-            ax.fill_between(t, -1, 1, where=gaps, color="grey", alpha=0.2, label="no face")
-            ax.set(ylim=(-1, 1), title=f"{name}: {dim}", xlabel="time (s)")
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8, loc="lower left")
-        figures["predict"] = save_figure(fig, out / "figures" / "predict.png")
-    return figures
-
-
-def _fmt(x) -> str:
-    return "–" if x is None else f"{x:.3f}"
-
-
-def _write_report(out: Path, results: dict, figures: dict, cfg: DemoConfig) -> Path:
-    """OUT/report.md: the test table and figures, the prediction on the held-out raw video, what ran."""
-    rel = {k: Path(p).relative_to(out).as_posix() for k, p in figures.items()}
-    lines = [*_report_results(results, rel, cfg), *_report_predict(results["predict"], rel),
-             *_report_own_crops(results), *_report_what_ran(results, cfg)]
-    path = out / REPORT_FILE
-    with atomic_open(path) as handle:
-        handle.write("\n".join(lines))
-    return path
-
-
-def _report_results(results: dict, rel: dict, cfg: DemoConfig) -> list[str]:
-    """The title, the held-out test table (frame-wise vs TCN+Mamba), the training curves and test predictions."""
-    t = results["test"]
-    base = cfg.baseline
-    v = results["validation"]
-    times = results["timings_s"]
-    return [
-        "# mambava demo report",
-        "",
-        f"Every stage of the pipeline on a generated face-video dataset (seed {cfg.seed}), on CPU "
-        f"({results['machine']['cpus']} cores, torch {results['machine']['torch']}), in "
-        f"{times['total']:.0f} s.",
-        "",
-        f"## Held-out test subjects ({t['mamba_va']['videos']} videos, {t['mamba_va']['frames']:,} labelled frames)",
-        "",
-        "| model | CCC_v | CCC_a | P_VA | validation P_VA |",
-        "|---|---|---|---|---|",
-        f"| frame-wise ({base}) | {_fmt(t[base]['ccc_valence'])} | {_fmt(t[base]['ccc_arousal'])} | "
-        f"{_fmt(t[base]['p_va'])} | {_fmt((v[base] or {}).get('p_va'))} |",
-        f"| TCN+Mamba (Mamba-VA) | {_fmt(t['mamba_va']['ccc_valence'])} | {_fmt(t['mamba_va']['ccc_arousal'])} | "
-        f"**{_fmt(t['mamba_va']['p_va'])}** | {_fmt((v['mamba_va'] or {}).get('p_va'))} |",
-        "",
-        f"Temporal modelling gains **{t['mamba_va']['p_va'] - t[base]['p_va']:+.3f} P_VA** over frame-by-frame "
-        "prediction on the same features. CCC over all valid frames of all test videos concatenated; test labels "
-        "come from `data/synth_ground_truth/` (the layout keeps them out of `VA_Estimation_Challenge/`, as ABAW "
-        "does); the validation subjects chose each model's best epoch.",
-        "",
-        "## Training curves",
-        "",
-        f"![training curves]({rel['curves']})",
-        "",
-        "## Predicted vs true valence/arousal on held-out test videos",
-        "",
-        f"![test predictions]({rel['test_predictions']})",
-        "",
-    ]
-
-
-def _report_predict(pr: dict, rel: dict) -> list[str]:
-    """The prediction on the held-out raw video: faces found, scores, the crop-path comparison, its plot."""
-    lines = [
-        "## Prediction on a held-out raw video",
-        "",
-        f"`{pr['video']}` ({pr['frames']} frames) through {pr.get('source', '?')}: a face found in "
-        f"{pr['face_found']} frames (drawn in {pr['face_rendered']}; found in "
-        f"{100 * pr['face_found_where_rendered']:.0f}% of those), CCC_v {pr['scores']['ccc_valence']:.3f}, "
-        f"CCC_a {pr['scores']['ccc_arousal']:.3f}, P_VA {pr['scores']['p_va']:.3f}; from the same video's "
-        f"`cropped_aligned/` crops instead: P_VA {pr['scores_from_crops']['p_va']:.3f} (the generator aligns "
-        "with the true landmarks, the faces stage with MTCNN's estimates). The video is the single-person test "
-        f"video whose labels move most. Table and plots: `{pr['files'].get('csv', '')}`.",
-        "",
-    ]
-    if "predict" in rel:
-        lines += [f"![prediction]({rel['predict']})", ""]
-    return lines
-
-
-def _report_own_crops(results: dict) -> list[str]:
-    """With `own_crops`: the alignment error of our crops and P_VA of every held-out raw video both ways."""
-    lines: list[str] = []
-    if "faces" in results:
-        fa, al = results["faces"], results["faces"]["alignment"]
-        pa = results["predict_all"]
-        lines += [
-            "## Trained on our own crops",
-            "",
-            f"Backbone, features and temporal models were trained on crops made by the faces stage from the raw "
-            f"videos (`mambava faces --dataset`: {fa['frames']:,} frames, {fa['crops']:,} crops, "
-            f"{fa['seconds']:.0f} s, {fa['cpu_s']:.0f} CPU-s), the crops `predict` makes. Their alignment error "
-            f"against the generator's true landmarks: mean {al['ours']['mean_px']:.2f} px at 112 px "
-            f"({al['ours']['mean_eye_pct']:.1f}% of the eye distance; median {al['ours']['median_px']:.2f} px, mean "
-            f"shift {al['ours']['mean_offset_px']}), against {al['generator']['mean_px']:.2f} px for the "
-            "generator's own crops.",
-            "",
-            "| held-out raw videos | CCC_v | CCC_a | P_VA |",
-            "|---|---|---|---|",
-            f"| through `predict` (faces stage) | {_fmt(pa['raw_video']['ccc_valence'])} | "
-            f"{_fmt(pa['raw_video']['ccc_arousal'])} | **{_fmt(pa['raw_video']['p_va'])}** |",
-            f"| the generator's ideal crops | {_fmt(pa['ideal_crops']['ccc_valence'])} | "
-            f"{_fmt(pa['ideal_crops']['ccc_arousal'])} | {_fmt(pa['ideal_crops']['p_va'])} |",
-            "",
-            f"All {pa['videos']} held-out videos ({pa['tracks']} people, {pa['frames']:,} labelled frames that both "
-            f"paths predict), the same model; the raw-video path is {pa['gap_p_va']:+.3f} P_VA from the ideal-crop "
-            "path.",
-            "",
-        ]
-    return lines
-
-
-def _report_what_ran(results: dict, cfg: DemoConfig) -> list[str]:
-    """Each stage with its sizes, and the stage times."""
-    base = cfg.baseline
-    ds = results["dataset"]
-    bb = results["backbone"]
-    times = results["timings_s"]
-    return [
-        "## What ran",
-        "",
-        f"- **generate**: {ds['videos']} videos ({ds['annotation_names']['train']} train / "
-        f"{ds['annotation_names']['validation']} validation / {ds['annotation_names']['test']} test annotation "
-        f"names, two-person videos count twice), {ds['frames']:,} frames, {ds['crops']:,} crops, "
-        f"{ds['invalid_labels']:,} frames labelled -5, in the Aff-Wild2 layout under `data/`.",
-        f"- **stills**: {results['stills']['images']:,} single faces of other identities with their VA "
-        "(`stills/`), the stand-in for the still-image data real backbones are pretrained on.",
-        f"- **backbone**: ViT {cfg.img_size} px input, {cfg.patch_size} px patches, {cfg.embed_dim}-d, "
-        f"{cfg.depth} blocks; trained on the stills (validation P_VA {_fmt(bb['pretrain_val_p_va'])}), then the "
-        f"paper's partial freezing: patch embedding and blocks 0..{cfg.freeze_blocks - 1} frozen, blocks "
-        f"{cfg.freeze_blocks}..{cfg.depth - 1} fine-tuned on the training videos' frames with the CCC loss "
-        f"(frame-level validation P_VA {_fmt(bb['finetune_val_p_va'])}; {bb['trainable_parameters']:,} trainable, "
-        f"{bb['frozen_parameters']:,} frozen parameters).",
-        f"- **extract**: {cfg.embed_dim}-d CLS features of every crop into `features/` (frames without a crop "
-        "forward-filled and masked).",
-        f"- **train**: TCN+Mamba with the paper's structure at reduced widths (causal TCN channels "
-        f"{list(cfg.tcn_channels)}, kernel {cfg.kernel_size}; {cfg.n_layers} Mamba layers, d_model {cfg.d_model}, "
-        f"d_state {cfg.d_state}; head {cfg.head_hidden}) and the frame-wise `{base}` on the same features; "
-        f"windows of {cfg.window} frames every {cfg.stride}, {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr "
-        f"{cfg.lr:g}, CCC loss; parameters: "
-        + ", ".join(f"{k} {r['parameters']:,}" for k, r in results["runs"].items()) + ".",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {s:.1f} |" for k, s in times.items()],
-        "",
-        "Numbers are in `results.json`; runs (checkpoints, metrics.csv, curves.png, summary.json) in `runs/`.",
-        "",
-    ]
