@@ -49,6 +49,16 @@ class MambaLayerState:
     conv: torch.Tensor  # (batch, d_conv, d_inner), oldest first
     ssm: torch.Tensor  # (batch, d_inner, d_state), fp32
 
+    def keep(self, rows) -> None:
+        """Keep only these rows (indices, in the new order)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.conv.device)
+        self.conv, self.ssm = self.conv.index_select(0, index), self.ssm.index_select(0, index)
+
+    def join(self, n: int = 1) -> None:
+        """Append n fresh (zero) rows."""
+        self.conv = torch.cat([self.conv, self.conv.new_zeros(n, *self.conv.shape[1:])])
+        self.ssm = torch.cat([self.ssm, self.ssm.new_zeros(n, *self.ssm.shape[1:])])
+
 
 class Mamba(nn.Module):
     """One Mamba block (mamba_ssm's `Mamba` with its parameter names): (batch, T, d_model) -> same."""

@@ -73,9 +73,9 @@ STEP_THREADS = 1
 
 class TemporalStream:
     """The temporal model stepped one frame at a time for one sequence (B=1), in eval mode, without grad, on
-    STEP_THREADS torch threads."""
+    STEP_THREADS torch threads. `precision`: the TCN's step weights, "fp32" | "bf16" | "int8" (`mambava.tcn`)."""
 
-    def __init__(self, model):
+    def __init__(self, model, precision: str = "fp32"):
         import torch
 
         check_streamable(model)
@@ -83,7 +83,7 @@ class TemporalStream:
         self.model = model
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
-        self.state = model.init_state(batch_size=1, device=self.device, dtype=self.dtype)
+        self.state = model.init_state(batch_size=1, device=self.device, dtype=self.dtype, precision=precision)
         self.last_feature = None
         self.last_output: np.ndarray | None = None
         self.tick = -1  # the last grid tick stepped (`TrackStreams`)
@@ -114,6 +114,80 @@ class TemporalStream:
                 self.step(None)
         self.tick = tick
         return self.step(feature)
+
+
+class StreamBatch:
+    """Many streams of one model stepped together, one row of a batched state each: a step reads the model's
+    weights once for all of them (a batch-1 step costs about its weight reads). Streams join (a fresh state row,
+    zero history) and leave (their row dropped) between steps; every stream in the batch steps at each `step`,
+    with its new feature or, without one, its last feature held. Stream i's outputs equal those of a
+    `TemporalStream` fed the same features from the step it joined (to float32 rounding).
+
+        batch = StreamBatch(model, precision="bf16")
+        batch.join("a"); batch.step({"a": fa})          # -> {"a": (valence, arousal)}
+        batch.join("b"); batch.step({"a": fa, "b": fb})
+        batch.leave("a"); batch.step({"b": fb})
+    """
+
+    def __init__(self, model, precision: str = "fp32"):
+        import torch
+
+        check_streamable(model)
+        self._torch = torch
+        self.model = model
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.state = model.init_state(batch_size=0, device=self.device, dtype=self.dtype, precision=precision)
+        self.keys: list = []
+        self._last = torch.zeros(0, model.config.input_dim, device=self.device, dtype=self.dtype)
+        self._fed: list[bool] = []  # whether each row has had a feature (one to hold)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys
+
+    def join(self, key) -> None:
+        """A new stream `key` with a fresh state, stepping from the next `step` on."""
+        if key in self.keys:
+            raise MambavaError(f"stream {key!r} is already in the batch")
+        self.state.join(1)
+        self._last = self._torch.cat([self._last, self._last.new_zeros(1, self._last.shape[1])])
+        self.keys.append(key)
+        self._fed.append(False)
+
+    def leave(self, key) -> None:
+        """Stream `key` ends: its row is dropped."""
+        if key not in self.keys:
+            raise MambavaError(f"stream {key!r} is not in the batch")
+        i = self.keys.index(key)
+        rows = [j for j in range(len(self.keys)) if j != i]
+        self.state.keep(rows)
+        self._last = self._last[rows]
+        del self.keys[i], self._fed[i]
+
+    def step(self, features: dict | None = None) -> dict:
+        """One step of every stream: `features` {key: (D,) feature}; a stream without one holds its last.
+        Returns {key: raw (valence, arousal), float32 (2,)} for every stream in the batch."""
+        torch = self._torch
+        features = features or {}
+        unknown = [key for key in features if key not in self.keys]
+        if unknown:
+            raise MambavaError(f"stream(s) {', '.join(map(repr, unknown))} not in the batch: join them first")
+        for i, key in enumerate(self.keys):
+            feature = features.get(key)
+            if feature is not None:
+                self._last[i] = torch.as_tensor(np.asarray(feature, dtype=np.float32)).reshape(-1)
+                self._fed[i] = True
+            elif not self._fed[i]:
+                raise MambavaError(f"stream {key!r} needs a first feature before it can carry one over")
+        if not self.keys:
+            return {}
+        with torch.inference_mode(), torch_threads(STEP_THREADS):
+            y, self.state = self.model.step(self._last.clone(), self.state)
+        y = y.float().cpu().numpy()
+        return {key: y[i] for i, key in enumerate(self.keys)}
 
 
 def stream_features(model, features: np.ndarray, present: np.ndarray | None = None) -> Iterator[np.ndarray]:
@@ -370,6 +444,7 @@ __all__ = [
     "StreamResult",
     "LiveStream",
     "TemporalStream",
+    "StreamBatch",
     "TrackStreams",
     "FrameDropper",
     "stream_features",
