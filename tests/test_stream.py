@@ -213,3 +213,56 @@ def test_frame_dropper_stops_its_thread_when_the_consumer_stops():
     time.sleep(0.05)
     assert dropper._thread is not None and not dropper._thread.is_alive()
     release.set()
+
+
+def test_stream_batch_equals_separate_streams_with_joins_and_leaves(tiny_mamba_va):
+    """Streams joining at frames 0, 7 and 20 and leaving at 30 and 45, some frames without a feature (held):
+    each one's outputs equal a TemporalStream of its own fed the same, to <= 1e-5 (fp32)."""
+    from mambava.stream import StreamBatch, TemporalStream
+
+    model = tiny_mamba_va()
+    dim = model.config.input_dim
+    plan = {"a": (0, 30), "b": (7, 60), "c": (20, 45), "d": (45, 60)}  # joins at, leaves at
+    features = {key: smooth_features(60, dim, seed=i) for i, key in enumerate(plan)}
+    batch, alone = StreamBatch(model), {}
+    got = {key: [] for key in plan}
+    want = {key: [] for key in plan}
+    for t in range(60):
+        for key, (start, end) in plan.items():
+            if t == end:
+                batch.leave(key)
+            if t == start:
+                batch.join(key)
+                alone[key] = TemporalStream(model)
+        fed = {key: features[key][t] for key in batch.keys if (t + len(key)) % 5 or t == plan[key][0]}
+        for key, y in batch.step(fed).items():
+            got[key].append(y)
+            want[key].append(alone[key].step(fed.get(key)))
+        assert batch.keys == [k for k, (s, e) in plan.items() if s <= t < e]
+    for key, (start, end) in plan.items():
+        assert len(got[key]) == end - start
+        assert np.abs(np.stack(got[key]) - np.stack(want[key])).max() <= 1e-5, key
+
+
+def test_stream_batch_low_precision_and_refusals(tiny_mamba_va):
+    from mambava.errors import MambavaError
+    from mambava.stream import StreamBatch, TemporalStream
+
+    model = tiny_mamba_va()
+    x = smooth_features(40, model.config.input_dim, seed=9)
+    batch, fp32 = StreamBatch(model, precision="bf16"), TemporalStream(model)
+    batch.join("a")
+    diff = max(np.abs(batch.step({"a": x[t]})["a"] - fp32.step(x[t])).max() for t in range(40))
+    assert 0 < diff <= 1e-2
+    with pytest.raises(MambavaError, match=r"^stream 'a' is already in the batch$"):
+        batch.join("a")
+    with pytest.raises(MambavaError, match=r"^stream 'z' is not in the batch$"):
+        batch.leave("z")
+    with pytest.raises(MambavaError, match=r"^stream\(s\) 'z' not in the batch: join them first$"):
+        batch.step({"z": x[0]})
+    batch.join("b")
+    with pytest.raises(MambavaError, match=r"^stream 'b' needs a first feature before it can carry one over$"):
+        batch.step({"a": x[0]})
+    batch.leave("a")
+    batch.leave("b")
+    assert batch.step() == {} and len(batch) == 0
