@@ -266,3 +266,39 @@ def test_stream_batch_low_precision_and_refusals(tiny_mamba_va):
     batch.leave("a")
     batch.leave("b")
     assert batch.step() == {} and len(batch) == 0
+
+
+def test_stream_cli_step_precision(tmp_path, capsys, tiny_mamba_va):
+    """`mambava stream --step-precision int8|bf16`: the rows of the fp32 stream to 1e-2; another value: one line."""
+    import sys
+
+    import pandas as pd
+
+    from mambava.baselines import save_temporal_model
+    from mambava.cli import main
+
+    def run(*args):
+        argv, sys.argv = sys.argv, ["mambava", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        finally:
+            sys.argv = argv
+        return code, capsys.readouterr().err
+
+    model = tiny_mamba_va()
+    model_path = save_temporal_model(model, tmp_path / "model.safetensors")
+    np.save(tmp_path / "s.npy", smooth_features(50, model.config.input_dim, seed=3))
+    rows = {}
+    for precision in ("fp32", "bf16", "int8"):
+        code, err = run("stream", tmp_path / "s.npy", "-c", model_path, "-q", "--step-precision", precision,
+                        "--out", tmp_path / f"{precision}.csv")
+        assert code == 0, err
+        rows[precision] = pd.read_csv(tmp_path / f"{precision}.csv")[["valence", "arousal"]].to_numpy()
+    for precision in ("bf16", "int8"):
+        assert rows[precision].shape == (50, 2)
+        assert 0 < np.abs(rows[precision] - rows["fp32"]).max() <= 1e-2, precision
+    code, err = run("stream", tmp_path / "s.npy", "-c", model_path, "-q", "--step-precision", "fp16")
+    assert (code, err) == (2, "error: --step-precision 'fp16': expected one of fp32, bf16, int8\n")
