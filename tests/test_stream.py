@@ -302,3 +302,35 @@ def test_stream_cli_step_precision(tmp_path, capsys, tiny_mamba_va):
         assert 0 < np.abs(rows[precision] - rows["fp32"]).max() <= 1e-2, precision
     code, err = run("stream", tmp_path / "s.npy", "-c", model_path, "-q", "--step-precision", "fp16")
     assert (code, err) == (2, "error: --step-precision 'fp16': expected one of fp32, bf16, int8\n")
+
+
+def test_track_streams_step_all_tracks_together_as_separate_streams(tiny_mamba_va):
+    """TrackStreams (one batched step for all tracks) gives each track the values of a TemporalStream of its
+    own (`step_to`), to 1e-5: on a 60 fps source (two frames per tick of the 30 fps model, a track appearing on
+    the second frame of a tick), across a gap of skipped ticks, frames without a feature, and a retired track."""
+    from mambava.stream import TemporalStream, TrackStreams
+
+    model = tiny_mamba_va()
+    dim = model.config.input_dim
+    feats = {name: smooth_features(120, dim, seed=i) for i, name in enumerate("abc")}
+    times = [i / 60 for i in range(60)] + [1.5 + i / 60 for i in range(60)]  # a 0.5 s gap at frame 60
+    seen = {"a": range(0, 120), "b": range(11, 90), "c": range(30, 120)}  # b: first at frame 11 (tick 5, 2nd frame)
+    tracks, alone, ticks = TrackStreams(model), {}, []
+    for i, t in enumerate(times):
+        found = {n: feats[n][i] for n, frames in seen.items() if i in frames and i % 7 != 3}
+        if i == 100:
+            tracks.retire(["a", "c"])  # b is gone
+            alone.pop("b")
+        rows = tracks.advance(i, t, found)
+        tick = tracks.tick
+        ticks.append(tick)
+        for n in found:
+            if n not in alone:
+                alone[n] = TemporalStream(model)
+                alone[n].tick = tick - 1
+        want = {n: s.step_to(tick, found.get(n)) for n, s in alone.items()}
+        assert [r.track for r in rows] == list(want)
+        for r in rows:
+            assert np.abs(np.array([r.valence, r.arousal]) - np.clip(want[r.track], -1, 1)).max() <= 1e-5
+            assert r.face == (r.track in found)
+    assert ticks[11] == ticks[10] == 5 and ticks[60] - ticks[59] == 16  # the cases above did happen

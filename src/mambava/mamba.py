@@ -56,8 +56,13 @@ class MambaLayerState:
 
     def join(self, n: int = 1) -> None:
         """Append n fresh (zero) rows."""
-        self.conv = torch.cat([self.conv, self.conv.new_zeros(n, *self.conv.shape[1:])])
-        self.ssm = torch.cat([self.ssm, self.ssm.new_zeros(n, *self.ssm.shape[1:])])
+        self.extend(self.fresh(n))
+
+    def fresh(self, n: int) -> "MambaLayerState":
+        return MambaLayerState(self.conv.new_zeros(n, *self.conv.shape[1:]), self.ssm.new_zeros(n, *self.ssm.shape[1:]))
+
+    def extend(self, other: "MambaLayerState") -> None:
+        self.conv, self.ssm = torch.cat([self.conv, other.conv]), torch.cat([self.ssm, other.ssm])
 
 
 class Mamba(nn.Module):

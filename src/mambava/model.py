@@ -201,9 +201,18 @@ class MambaVAState:
 
     def join(self, n: int = 1) -> "MambaVAState":
         """Append n fresh streams (zero history, as a new state's) as the last rows; they can join at any frame."""
-        self.tcn.join(n)
-        for layer in self.mamba:
-            layer.join(n)
+        return self.extend(self.fresh(n))
+
+    def fresh(self, n: int) -> "MambaVAState":
+        """n fresh rows at this state's frame count, sharing its step weights: step them on their own (e.g. with
+        `frames` set one back, to take part in the step the batch has just taken), then `extend` the batch."""
+        return MambaVAState(tcn=self.tcn.fresh(n), mamba=[layer.fresh(n) for layer in self.mamba], frames=self.frames)
+
+    def extend(self, other: "MambaVAState") -> "MambaVAState":
+        """Append the rows of `other` (from `fresh`, at the same frame count of the TCN's ring buffers)."""
+        self.tcn.extend(other.tcn)
+        for layer, new in zip(self.mamba, other.mamba):
+            layer.extend(new)
         return self
 
 

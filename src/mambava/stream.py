@@ -189,6 +189,31 @@ class StreamBatch:
         y = y.float().cpu().numpy()
         return {key: y[i] for i, key in enumerate(self.keys)}
 
+    def join_last(self, features: dict) -> dict:
+        """New streams {key: first feature} that take part in the step the batch took last: they step once, on
+        their own, at that step's position, and join the batch in step with the others. Returns their outputs.
+        (A batch that has not stepped yet: they join and step alone.)"""
+        torch = self._torch
+        if any(key in self.keys for key in features):
+            raise MambavaError(f"stream(s) {', '.join(repr(k) for k in features if k in self.keys)} already in the batch")
+        if not features:
+            return {}
+        x = torch.stack([torch.as_tensor(np.asarray(f, dtype=np.float32)).reshape(-1) for f in features.values()])
+        x = x.to(self.device, self.dtype)
+        rows = self.state.fresh(len(features))
+        if self.state.tcn.frames > 0:
+            rows.tcn.frames -= 1  # the ring position of the batch's last step
+        with torch.inference_mode(), torch_threads(STEP_THREADS):
+            y, rows = self.model.step(x, rows)
+        if self.state.tcn.frames == 0:  # nothing stepped yet: the batch is at the new rows' frame count
+            self.state.tcn.frames = rows.tcn.frames
+        self.state.extend(rows)
+        self._last = torch.cat([self._last, x])
+        self.keys.extend(features)
+        self._fed.extend([True] * len(features))
+        y = y.float().cpu().numpy()
+        return {key: y[i] for i, key in enumerate(features)}
+
 
 def stream_features(model, features: np.ndarray, present: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """Raw (valence, arousal) per frame of a (T, D) feature sequence, one recurrent step each. Rows where
@@ -290,10 +315,13 @@ class FrameDropper:
 
 
 class TrackStreams:
-    """One TemporalStream per face track, created when the track's face is first found. `advance` moves every
-    known track to this frame's tick of the model's grid (`mambava.timebase.GridClock`; tracks without a
-    feature this frame carry their last one over) and returns their rows; with no track at all, one row with
-    `track=""` and NaN values. `precision`: the TCN's step weights of every track ("fp32" | "bf16" | "int8")."""
+    """The face tracks of a source, one stream each, all stepped together (`StreamBatch`: one step of the model
+    per tick for all the faces, reading its weights once); a track joins when its face is first found.
+    `advance` moves every known track to this frame's tick of the model's grid (`mambava.timebase.GridClock`;
+    tracks without a feature this frame carry their last one over) and returns their rows; with no track at
+    all, one row with `track=""` and NaN values. Each track's values are those of a `TemporalStream` of its own
+    (`TemporalStream.step_to`), to float32 rounding. `precision`: the TCN's step weights ("fp32" | "bf16" |
+    "int8")."""
 
     def __init__(self, model, precision: str = "fp32"):
         from mambava.timebase import GridClock, model_fps
@@ -302,29 +330,44 @@ class TrackStreams:
         self.model = model
         self.precision = precision
         self.clock = GridClock(model_fps(model))
-        self.streams: dict[str, TemporalStream] = {}
+        self.batch = StreamBatch(model, precision)
+        self.tick: int | None = None  # the last grid tick stepped
+        self.outputs: dict[str, np.ndarray] = {}  # each track's output at that tick
 
     def retire(self, keep: Iterable[str]) -> None:
         """Forget every track not in `keep`."""
         keep = set(keep)
-        for track in [t for t in self.streams if t not in keep]:
-            del self.streams[track]
+        for track in [t for t in self.batch.keys if t not in keep]:
+            self.batch.leave(track)
+            del self.outputs[track]
+
+    def _step_to(self, tick: int, features: dict) -> None:
+        """Every track to `tick` (ticks skipped since the last hold the last features); new tracks start there."""
+        new = {track: feature for track, feature in features.items() if track not in self.batch}
+        if self.tick is not None and tick <= self.tick:  # this tick is stepped: only new tracks take part in it
+            self.outputs.update(self.batch.join_last(new))
+            return
+        if self.tick is not None and self.batch.keys:
+            for _ in range(tick - self.tick - 1):
+                self.batch.step()
+        for track in new:
+            self.batch.join(track)
+        self.outputs = self.batch.step(features)
+        self.tick = tick
 
     def advance(self, index: int, time: float, features: dict[str, np.ndarray], dropped: bool = False,
                 scores: dict[str, float] | None = None) -> list[StreamResult]:
         """One frame: step every live track to the frame's grid tick (`features` {track: feature} of the faces
         found; `scores` their detector scores, None for features without a detector)."""
         tick = self.clock.tick(time)
-        for track in features:
-            if track not in self.streams:
-                self.streams[track] = TemporalStream(self.model, self.precision)
-                self.streams[track].tick = tick - 1  # a track starts at the tick its face is first found
-        if not self.streams:
+        if features or self.batch.keys:
+            self._step_to(tick, features)
+        if not self.batch.keys:
             return [StreamResult(index, float(time), "", math.nan, math.nan, face=False, dropped=dropped)]
         results = []
-        for track, stream in self.streams.items():
+        for track in self.batch.keys:
             feature = features.get(track)
-            raw = stream.step_to(tick, feature)
+            raw = self.outputs[track]
             if not np.isfinite(raw).all():  # a diverged model: refused, as predict and evaluate do
                 raise MambavaError(f"the model's output is not finite ({raw[0]:g}, {raw[1]:g}) for track {track}, "
                                    f"frame {index}: a diverged model, or features it was not trained on")
