@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     print(f"(init_state: {init * 1e3:.0f} ms once per stream; step median over {args.frames} frames, "
           f"p90 {sorted(times)[int(0.9 * len(times))] * 1e3:.2f} ms; the floor streams the weights from memory at "
           f"{megabytes / 1e3 / floor:.1f} GB/s)")
-    print(f"\n{'cheaper step: TCN weights, N streams per step':<52} {'ms/step':>9} {'ms/stream':>10} {'vs fp32 step':>13}")
+    print(f"\n(1-minute load average {load_average()})")
+    print(f"{'cheaper step: TCN weights, N streams per step':<52} {'ms/step':>9} {'ms/stream':>10} {'vs fp32 step':>13}")
     names = {"fp32": "fp32", "bf16": "bf16 weights", "int8": "int8 weight-only"}
     for (precision, n), seconds in cheap.items():
         label = f"{names[precision]}, N={n}" + (" (today's step)" if (precision, n) == ("fp32", 1) else
@@ -115,24 +116,24 @@ def cheaper_steps(model, x, args):
     for state, xs in configs.values():  # warm-up: every ring buffer written once
         for t in range(min(3, xs.shape[1])):
             model.step(xs[:, t], state)
-    times = {key: [] for key in configs}
+    floors = {}
+    for precision in STEP_PRECISIONS:
+        products = configs[(precision, 1)][0].tcn.products()
+        floors[precision] = [(p, torch.randn(1, p.weight.shape[1]).to(p.input_dtype)) for p in products]
+    times = {key: [] for key in [*configs, *floors]}
     for t in range(args.frames):  # in turn, frame by frame: a load change falls on every configuration alike
         for key, (state, xs) in configs.items():
             start = time.perf_counter()
             model.step(xs[:, t], state)
             times[key].append(time.perf_counter() - start)
-    floors = {}
-    for precision in STEP_PRECISIONS:
-        products = configs[(precision, 1)][0].tcn.products()
-        inputs = [torch.randn(1, p.weight.shape[1]).to(p.input_dtype) for p in products]
-        floor = []
-        for _ in range(20):
+        for precision, products in floors.items():
             start = time.perf_counter()
-            for p, v in zip(products, inputs):
+            for p, v in products:
                 p(v)
-            floor.append(time.perf_counter() - start)
-        floors[precision] = (statistics.median(floor), sum(p.nbytes for p in products) / 1e6)
-    return {key: statistics.median(v) for key, v in times.items()}, times[("fp32", 1)], floors
+            times[precision].append(time.perf_counter() - start)
+    floors = {precision: (statistics.median(times[precision]), sum(p.nbytes for p, _ in products) / 1e6)
+              for precision, products in floors.items()}
+    return {key: statistics.median(times[key]) for key in configs}, times[("fp32", 1)], floors
 
 
 class _Timed:
