@@ -13,7 +13,8 @@ every other frame (the frames between take the last output), and a frame that co
 dropped frame, a slower video) first steps through the ticks it skipped with the last feature held.
 
 Per track, like the offline pipeline: a frame where the track's face is not found carries the last feature
-over (flag `face=False`). A stream cannot look ahead, so a track starts at the first frame its face is found
+over (flag `face=False`). All tracks step together, one batched step per tick (`StreamBatch`): one read of
+the model's weights serves every face, which a batch-1 step is bound by. A stream cannot look ahead, so a track starts at the first frame its face is found
 (offline, earlier frames take that first feature instead).
 
 Real time: a live source (webcam, capture device, network stream; a file with `realtime=True`) is read by a
