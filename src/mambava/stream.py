@@ -14,8 +14,8 @@ dropped frame, a slower video) first steps through the ticks it skipped with the
 
 Per track, like the offline pipeline: a frame where the track's face is not found carries the last feature
 over (flag `face=False`). All tracks step together, one batched step per tick (`StreamBatch`): one read of
-the model's weights serves every face, which a batch-1 step is bound by. A stream cannot look ahead, so a track starts at the first frame its face is found
-(offline, earlier frames take that first feature instead).
+the model's weights serves every face, which a batch-1 step is bound by. A stream cannot look ahead, so a
+track starts at the first frame its face is found (offline, earlier frames take that first feature instead).
 
 Real time: a live source (webcam, capture device, network stream; a file with `realtime=True`) is read by a
 background thread that keeps only the newest frame. When face detection and the backbone are slower than the
@@ -196,7 +196,8 @@ class StreamBatch:
         (A batch that has not stepped yet: they join and step alone.)"""
         torch = self._torch
         if any(key in self.keys for key in features):
-            raise MambavaError(f"stream(s) {', '.join(repr(k) for k in features if k in self.keys)} already in the batch")
+            known = ", ".join(repr(key) for key in features if key in self.keys)
+            raise MambavaError(f"stream(s) {known} already in the batch")
         if not features:
             return {}
         x = torch.stack([torch.as_tensor(np.asarray(f, dtype=np.float32)).reshape(-1) for f in features.values()])

@@ -22,14 +22,14 @@ Streaming: `TCN.init_state` / `TCN.step` run one frame at a time. Each conv keep
 (k-1)*d+1 inputs; a step gathers the k taps and does one (B, k*C_in) -> (B, C_out) product with the weight-normed
 kernel flattened to (C_out, k*C_in), computed once when the state is made (the step's weight cache, so a state
 belongs to the weights it was made with). A batch-1 step is a chain of matrix-vector products: it costs the weight
-bytes it reads (the paper's TCN: 260 MB in fp32), so the cache can hold them in fewer bytes (`precision`):
+bytes it reads (the paper's TCN: 265 MB in fp32), so the cache can hold them in fewer bytes (`precision`):
 
 - "fp32" (default): the kernels as they are; the step equals the full pass to float32 rounding.
 - "bf16": bf16 kernels (half the bytes), prepacked for oneDNN on CPU (its bf16 product on a plain tensor
   re-lays the weight out on every call, which costs as much as the fp32 read) for 4 rows, a batch of fewer
   padded to 4 (see _PACK_ROWS); inputs rounded to bf16,
   products accumulated in fp32, bias, PReLU and residuals in fp32.
-- "int8": weight-only int8 (a quarter of the bytes) with one fp32 scale per output channel (max |w| / 127,
+- "int8": weight-only int8 (a quarter of the bytes) with one scale per output channel (max |w| / 127, in bf16,
   round to nearest), bf16 inputs; torch's int8 weight kernel on CPU where K is a multiple of 16 (it computes
   garbage otherwise), else the weight dequantised per call.
 
