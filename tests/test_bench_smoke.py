@@ -87,7 +87,14 @@ SMOKE = {
         ["--tiny", "--threads", "1", "--frames", "10", "--window-frames", "1", "--window", "40"],
         [r"^baseline: window of 40 frames per frame, reference scan +" + NUMBER + r" +1\.0x$",
          r"^window of 40 frames per frame, chunked scan +" + NUMBER + r" +" + NUMBER + r"x$",
-         r"^step\(\): one frame, recurrent state +" + NUMBER + r" +" + NUMBER + r"x$"],
+         r"^step\(\): one frame, recurrent state +" + NUMBER + r" +" + NUMBER + r"x$",
+         r"^fp32, N=1 \(today's step\) +" + NUMBER + r" +" + NUMBER + r" +1\.00x$",
+         r"^bf16 weights, N=1 +" + NUMBER + r" +" + NUMBER + r" +" + NUMBER + r"x$",
+         r"^int8 weight-only, N=1 +" + NUMBER + r" +" + NUMBER + r" +" + NUMBER + r"x$",
+         *(r"^" + p + r", N=" + n + r", batched +" + NUMBER + r" +" + NUMBER + r" +" + NUMBER + r"x$"
+           for p in ("fp32", "bf16 weights", "int8 weight-only") for n in ("4", "16")),
+         *(r"^  floor " + p + r": the TCN products alone \(" + NUMBER + r" MB read\) +" + NUMBER + r" +" + NUMBER
+           + r" +" + NUMBER + r"x$" for p in ("fp32", "bf16", "int8"))],
     ),
     "temporal": (
         ["--tiny", "--threads", "1", "--repeats", "1", "--quiet"],

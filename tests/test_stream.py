@@ -213,3 +213,124 @@ def test_frame_dropper_stops_its_thread_when_the_consumer_stops():
     time.sleep(0.05)
     assert dropper._thread is not None and not dropper._thread.is_alive()
     release.set()
+
+
+def test_stream_batch_equals_separate_streams_with_joins_and_leaves(tiny_mamba_va):
+    """Streams joining at frames 0, 7 and 20 and leaving at 30 and 45, some frames without a feature (held):
+    each one's outputs equal a TemporalStream of its own fed the same, to <= 1e-5 (fp32)."""
+    from mambava.stream import StreamBatch, TemporalStream
+
+    model = tiny_mamba_va()
+    dim = model.config.input_dim
+    plan = {"a": (0, 30), "b": (7, 60), "c": (20, 45), "d": (45, 60)}  # joins at, leaves at
+    features = {key: smooth_features(60, dim, seed=i) for i, key in enumerate(plan)}
+    batch, alone = StreamBatch(model), {}
+    got = {key: [] for key in plan}
+    want = {key: [] for key in plan}
+    for t in range(60):
+        for key, (start, end) in plan.items():
+            if t == end:
+                batch.leave(key)
+            if t == start:
+                batch.join(key)
+                alone[key] = TemporalStream(model)
+        fed = {key: features[key][t] for key in batch.keys if (t + len(key)) % 5 or t == plan[key][0]}
+        for key, y in batch.step(fed).items():
+            got[key].append(y)
+            want[key].append(alone[key].step(fed.get(key)))
+        assert batch.keys == [k for k, (s, e) in plan.items() if s <= t < e]
+    for key, (start, end) in plan.items():
+        assert len(got[key]) == end - start
+        assert np.abs(np.stack(got[key]) - np.stack(want[key])).max() <= 1e-5, key
+
+
+def test_stream_batch_low_precision_and_refusals(tiny_mamba_va):
+    from mambava.errors import MambavaError
+    from mambava.stream import StreamBatch, TemporalStream
+
+    model = tiny_mamba_va()
+    x = smooth_features(40, model.config.input_dim, seed=9)
+    batch, fp32 = StreamBatch(model, precision="bf16"), TemporalStream(model)
+    batch.join("a")
+    diff = max(np.abs(batch.step({"a": x[t]})["a"] - fp32.step(x[t])).max() for t in range(40))
+    assert 0 < diff <= 1e-2
+    with pytest.raises(MambavaError, match=r"^stream 'a' is already in the batch$"):
+        batch.join("a")
+    with pytest.raises(MambavaError, match=r"^stream 'z' is not in the batch$"):
+        batch.leave("z")
+    with pytest.raises(MambavaError, match=r"^stream\(s\) 'z' not in the batch: join them first$"):
+        batch.step({"z": x[0]})
+    batch.join("b")
+    with pytest.raises(MambavaError, match=r"^stream 'b' needs a first feature before it can carry one over$"):
+        batch.step({"a": x[0]})
+    batch.leave("a")
+    batch.leave("b")
+    assert batch.step() == {} and len(batch) == 0
+
+
+def test_stream_cli_step_precision(tmp_path, capsys, tiny_mamba_va):
+    """`mambava stream --step-precision int8|bf16`: the rows of the fp32 stream to 1e-2; another value: one line."""
+    import sys
+
+    import pandas as pd
+
+    from mambava.baselines import save_temporal_model
+    from mambava.cli import main
+
+    def run(*args):
+        argv, sys.argv = sys.argv, ["mambava", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        finally:
+            sys.argv = argv
+        return code, capsys.readouterr().err
+
+    model = tiny_mamba_va()
+    model_path = save_temporal_model(model, tmp_path / "model.safetensors")
+    np.save(tmp_path / "s.npy", smooth_features(50, model.config.input_dim, seed=3))
+    rows = {}
+    for precision in ("fp32", "bf16", "int8"):
+        code, err = run("stream", tmp_path / "s.npy", "-c", model_path, "-q", "--step-precision", precision,
+                        "--out", tmp_path / f"{precision}.csv")
+        assert code == 0, err
+        rows[precision] = pd.read_csv(tmp_path / f"{precision}.csv")[["valence", "arousal"]].to_numpy()
+    for precision in ("bf16", "int8"):
+        assert rows[precision].shape == (50, 2)
+        assert 0 < np.abs(rows[precision] - rows["fp32"]).max() <= 1e-2, precision
+    code, err = run("stream", tmp_path / "s.npy", "-c", model_path, "-q", "--step-precision", "fp16")
+    assert (code, err) == (2, "error: --step-precision 'fp16': expected one of fp32, bf16, int8\n")
+
+
+def test_track_streams_step_all_tracks_together_as_separate_streams(tiny_mamba_va):
+    """TrackStreams (one batched step for all tracks) gives each track the values of a TemporalStream of its
+    own (`step_to`), to 1e-5: on a 60 fps source (two frames per tick of the 30 fps model, a track appearing on
+    the second frame of a tick), across a gap of skipped ticks, frames without a feature, and a retired track."""
+    from mambava.stream import TemporalStream, TrackStreams
+
+    model = tiny_mamba_va()
+    dim = model.config.input_dim
+    feats = {name: smooth_features(120, dim, seed=i) for i, name in enumerate("abc")}
+    times = [i / 60 for i in range(60)] + [1.5 + i / 60 for i in range(60)]  # a 0.5 s gap at frame 60
+    seen = {"a": range(0, 120), "b": range(11, 90), "c": range(30, 120)}  # b: first at frame 11 (tick 5, 2nd frame)
+    tracks, alone, ticks = TrackStreams(model), {}, []
+    for i, t in enumerate(times):
+        found = {n: feats[n][i] for n, frames in seen.items() if i in frames and i % 7 != 3}
+        if i == 100:
+            tracks.retire(["a", "c"])  # b is gone
+            alone.pop("b")
+        rows = tracks.advance(i, t, found)
+        tick = tracks.tick
+        ticks.append(tick)
+        for n in found:
+            if n not in alone:
+                alone[n] = TemporalStream(model)
+                alone[n].tick = tick - 1
+        want = {n: s.step_to(tick, found.get(n)) for n, s in alone.items()}
+        assert [r.track for r in rows] == list(want)
+        for r in rows:
+            assert np.abs(np.array([r.valence, r.arousal]) - np.clip(want[r.track], -1, 1)).max() <= 1e-5
+            assert r.face == (r.track in found)
+    assert ticks[11] == ticks[10] == 5 and ticks[60] - ticks[59] == 16  # the cases above did happen

@@ -49,6 +49,21 @@ class MambaLayerState:
     conv: torch.Tensor  # (batch, d_conv, d_inner), oldest first
     ssm: torch.Tensor  # (batch, d_inner, d_state), fp32
 
+    def keep(self, rows) -> None:
+        """Keep only these rows (indices, in the new order)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.conv.device)
+        self.conv, self.ssm = self.conv.index_select(0, index), self.ssm.index_select(0, index)
+
+    def join(self, n: int = 1) -> None:
+        """Append n fresh (zero) rows."""
+        self.extend(self.fresh(n))
+
+    def fresh(self, n: int) -> "MambaLayerState":
+        return MambaLayerState(self.conv.new_zeros(n, *self.conv.shape[1:]), self.ssm.new_zeros(n, *self.ssm.shape[1:]))
+
+    def extend(self, other: "MambaLayerState") -> None:
+        self.conv, self.ssm = torch.cat([self.conv, other.conv]), torch.cat([self.ssm, other.ssm])
+
 
 class Mamba(nn.Module):
     """One Mamba block (mamba_ssm's `Mamba` with its parameter names): (batch, T, d_model) -> same."""

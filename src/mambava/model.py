@@ -18,6 +18,8 @@ Checkpoints:
 
 Streaming (eval semantics, no dropout): `state = model.init_state(batch_size)`, then per frame
 `y_t, state = model.step(x_t, state)` with x_t (batch, input_dim) -> y_t (batch, n_outputs).
+`init_state(precision="bf16" | "int8")` holds the TCN's step weights in fewer bytes (`mambava.tcn`); the rows of a
+state are independent streams, which `state.join(n)` / `state.keep(rows)` add and drop between steps.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from mambava.errors import MambavaError, torch_load_reason
 from mambava.fileio import atomic_path
 from mambava.mamba import MambaEncoder, MambaLayerState
 from mambava.ops.selective_scan import IMPLEMENTATIONS
-from mambava.tcn import TCN, TCNState
+from mambava.tcn import STEP_PRECISIONS, TCN, TCNState
 
 __all__ = ["MambaVA", "MambaVAConfig", "MambaVAState", "LoadReport", "CHECKPOINT_FORMAT"]
 
@@ -184,7 +186,35 @@ class MambaVAState:
 
     tcn: TCNState
     mamba: list[MambaLayerState]
-    frames: int = 0
+    frames: int = 0  # steps of the batch (a row that joined later has seen fewer)
+
+    @property
+    def batch_size(self) -> int:
+        return self.tcn.batch_size
+
+    def keep(self, rows) -> "MambaVAState":
+        """Keep only these rows (indices, in the new order): the other streams leave the batch."""
+        rows = list(rows)
+        self.tcn.keep(rows)
+        for layer in self.mamba:
+            layer.keep(rows)
+        return self
+
+    def join(self, n: int = 1) -> "MambaVAState":
+        """Append n fresh streams (zero history, as a new state's) as the last rows; they can join at any frame."""
+        return self.extend(self.fresh(n))
+
+    def fresh(self, n: int) -> "MambaVAState":
+        """n fresh rows at this state's frame count, sharing its step weights: step them on their own (e.g. with
+        `frames` set one back, to take part in the step the batch has just taken), then `extend` the batch."""
+        return MambaVAState(tcn=self.tcn.fresh(n), mamba=[layer.fresh(n) for layer in self.mamba], frames=self.frames)
+
+    def extend(self, other: "MambaVAState") -> "MambaVAState":
+        """Append the rows of `other` (from `fresh`, at the same frame count of the TCN's ring buffers)."""
+        self.tcn.extend(other.tcn)
+        for layer, new in zip(self.mamba, other.mamba):
+            layer.extend(new)
+        return self
 
 
 # The reference's TemporalBlock also registers its layers in `net` (a Sequential), so its state_dict holds
@@ -316,13 +346,16 @@ class MambaVA(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- streaming
 
-    def init_state(self, batch_size: int = 1, device=None, dtype=None) -> MambaVAState:
+    def init_state(self, batch_size: int = 1, device=None, dtype=None, precision: str = "fp32") -> MambaVAState:
         """A fresh streaming state (as if preceded by zeros, like the causal padding).
 
-        The TCN's weight-normed kernels are computed here once, so make a new state after changing weights.
+        The TCN's weight-normed kernels are computed here once, so make a new state after changing weights;
+        `precision` ("fp32" | "bf16" | "int8" weight-only) is the dtype they are held and read in at each step.
         """
+        if precision not in STEP_PRECISIONS:
+            raise MambavaError(f"step precision {precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")
         return MambaVAState(
-            tcn=self.temporal.init_state(batch_size, device, dtype),
+            tcn=self.temporal.init_state(batch_size, device, dtype, precision),
             mamba=self.mamba.init_state(batch_size, device, dtype),
         )
 

@@ -407,10 +407,10 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------ live
 
-    def stream(self, source, realtime: bool = False) -> LiveStream:
+    def stream(self, source, realtime: bool = False, step_precision: str = "fp32") -> LiveStream:
         """Per-frame results from a webcam index, video file, URL, or features (.npy path or (T, D) array),
         computed with the temporal model's recurrent form (one step per tick of the model's frame grid; equals
-        windowing="full").
+        windowing="full"; with `step_precision` "bf16" or "int8", the TCN's step weights in that dtype: to 1e-2).
         Returns an iterable `mambava.stream.LiveStream` of StreamResult rows; its `.dropped` counts frames
         skipped to keep up with real time (live sources, or files with `realtime=True`)."""
         from mambava.stream import LiveStream
@@ -421,10 +421,11 @@ class Predictor:
             else:
                 (features, present), name = load_features_file(source), Path(source).stem
             self._check_dim(features.shape[1], name)
-            return LiveStream.from_features(self.model, features, present, name, self.features_fps)
+            return LiveStream.from_features(self.model, features, present, name, self.features_fps, step_precision)
         if self.extractor is None:
             raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
-        return LiveStream(self.model, source, self.detector, self.extractor, realtime=realtime, fps=self.fps)
+        return LiveStream(self.model, source, self.detector, self.extractor, realtime=realtime, fps=self.fps,
+                          step_precision=step_precision)
 
 
 def _progress(items, total: int | None, description: str, enabled: bool):

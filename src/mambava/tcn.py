@@ -19,8 +19,23 @@ forward, so that draw has no effect: v keeps Conv1d's default (Kaiming-uniform) 
 downsample convs really get N(0, 0.01) weights. `init="normal"` gives the intended N(0, 0.01) convs instead.
 
 Streaming: `TCN.init_state` / `TCN.step` run one frame at a time. Each conv keeps a ring buffer of its last
-(k-1)*d+1 inputs; a step gathers the k taps and does one matmul with the weight-normed kernel flattened to
-(C_out, k*C_in), computed once when the state is made (so a state belongs to the weights it was made with).
+(k-1)*d+1 inputs; a step gathers the k taps and does one (B, k*C_in) -> (B, C_out) product with the weight-normed
+kernel flattened to (C_out, k*C_in), computed once when the state is made (the step's weight cache, so a state
+belongs to the weights it was made with). A batch-1 step is a chain of matrix-vector products: it costs the weight
+bytes it reads (the paper's TCN: 265 MB in fp32), so the cache can hold them in fewer bytes (`precision`):
+
+- "fp32" (default): the kernels as they are; the step equals the full pass to float32 rounding.
+- "bf16": bf16 kernels (half the bytes), prepacked for oneDNN on CPU (its bf16 product on a plain tensor
+  re-lays the weight out on every call, which costs as much as the fp32 read) for 4 rows, a batch of fewer
+  padded to 4 (see _PACK_ROWS); inputs rounded to bf16,
+  products accumulated in fp32, bias, PReLU and residuals in fp32.
+- "int8": weight-only int8 (a quarter of the bytes) with one scale per output channel (max |w| / 127, in bf16,
+  round to nearest), bf16 inputs; torch's int8 weight kernel on CPU where K is a multiple of 16 (it computes
+  garbage otherwise), else the weight dequantised per call.
+
+A state's rows are independent streams: `TCNState.keep(rows)` drops rows, `TCNState.join(n)` appends n fresh
+(zero-history) rows. A zero ring buffer is the same history at every write position, so a row can join a batch
+that has already stepped any number of frames.
 """
 
 from __future__ import annotations
@@ -83,12 +98,91 @@ class TemporalBlock(nn.Module):
         return self.relu(out + res)
 
 
+STEP_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+# oneDNN's bf16 product packed for 4 rows and run on 4 (a batch of 1-3 padded with zero rows) read the weights
+# fastest on the Zen 4 it was measured on: the paper TCN's big kernels 1.9x faster than fp32 at batch 1, against
+# 1.4x packed for and run on 1 row (its one-row kernel does not keep up with memory).
+_PACK_ROWS = 4
+
+
+def _onednn_pack(weight: torch.Tensor):
+    """The bf16 weight prepacked for oneDNN's linear, or None where that op is missing or fails."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, _PACK_ROWS)
+        probe = torch.ones(1, weight.shape[1], dtype=torch.bfloat16)
+        if not torch.allclose(torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "").float(),
+                              F.linear(probe, weight).float(), rtol=1e-2, atol=1e-2):
+            return None
+        return packed
+    except (RuntimeError, AttributeError):
+        return None
+
+
+class StepProduct:
+    """(B, K) -> (B, N) fp32 = x @ W.T + b with W (N, K) cached for the step in `precision` (see the module
+    docstring). `input_dtype` is the dtype its inputs are rounded to (the ring buffers store that dtype);
+    `nbytes` the weight bytes one product reads."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "fp32", dtype=None):
+        if precision not in STEP_PRECISIONS:
+            raise ValueError(f"unknown step precision {precision!r}: one of {', '.join(STEP_PRECISIONS)}")
+        self.precision = precision
+        self.out_dtype = weight.dtype if dtype is None else dtype
+        self.bias = None if bias is None else bias.to(self.out_dtype if precision == "fp32" else torch.float32)
+        self.packed = self.scale = None
+        if precision == "fp32":
+            self.weight = weight.to(self.out_dtype).contiguous()
+            self.input_dtype = self.out_dtype
+        elif precision == "bf16":
+            self.weight = weight.to(torch.bfloat16).contiguous()
+            self.packed = _onednn_pack(self.weight)
+            self.input_dtype = torch.bfloat16
+        else:
+            w = weight.float()
+            scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+            self.weight = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+            self.scale = scale.to(torch.bfloat16)
+            n, k = self.weight.shape
+            self.int8_kernel = weight.device.type == "cpu" and k % 16 == 0 and n % 8 == 0
+            self.input_dtype = torch.bfloat16
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision == "fp32":
+            return F.linear(x, self.weight, self.bias)
+        x = x.to(torch.bfloat16)
+        if x.shape[0] == 0:
+            y = x.new_zeros(0, self.weight.shape[0])
+        elif self.precision == "bf16":
+            if self.packed is not None:
+                rows = x.shape[0]
+                if rows < _PACK_ROWS:
+                    x = torch.cat([x, x.new_zeros(_PACK_ROWS - rows, x.shape[1])])
+                y = torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")[:rows]
+            else:
+                y = F.linear(x, self.weight)
+        elif self.int8_kernel:
+            y = torch._weight_int8pack_mm(x, self.weight, self.scale)
+        else:
+            y = F.linear(x, self.weight.to(torch.bfloat16)) * self.scale
+        y = y.float()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(self.out_dtype)
+
+
 @dataclass
 class _ConvStream:
     """One conv's streaming state: ring buffer (batch, S, C_in) of its last S = (k-1)*d+1 inputs."""
 
-    weight: torch.Tensor  # (C_out, k*C_in): tap-major flattening of the weight-normed kernel
-    bias: torch.Tensor
+    product: StepProduct  # (B, k*C_in) -> (B, C_out): tap-major flattening of the weight-normed kernel
     buffer: torch.Tensor
     taps: torch.Tensor  # (S, k): buffer slots of the k taps, oldest first, for each write position
 
@@ -96,15 +190,50 @@ class _ConvStream:
         slot = pos % self.buffer.shape[1]
         self.buffer[:, slot] = x
         window = self.buffer.index_select(1, self.taps[slot]).flatten(1)
-        return F.linear(window, self.weight, self.bias)
+        return self.product(window)
 
 
 @dataclass
 class TCNState:
     """Streaming state of a TCN: one ring buffer per conv and the number of frames seen."""
 
-    convs: list = field(default_factory=list)  # [(conv1, conv2, downsample weight, downsample bias)] per block
+    convs: list = field(default_factory=list)  # [([conv1, conv2, downsample product or None], prelu)] per block
     frames: int = 0
+    precision: str = "fp32"
+
+    @property
+    def batch_size(self) -> int:
+        return self.convs[0][0][0].buffer.shape[0]
+
+    def products(self) -> list[StepProduct]:
+        """Every product a step does, the kernels' and the downsamples'."""
+        return [p for streams, _ in self.convs for p in
+                (streams[0].product, streams[1].product, streams[2]) if p is not None]
+
+    def keep(self, rows) -> None:
+        """Keep only these rows (a list of indices, in the new order); the others' streams end."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.convs[0][0][0].buffer.device)
+        for streams, _ in self.convs:
+            for conv in streams[:2]:
+                conv.buffer = conv.buffer.index_select(0, index)
+
+    def join(self, n: int = 1) -> None:
+        """Append n fresh streams (zero history, as the causal padding) as the last rows."""
+        self.extend(self.fresh(n))
+
+    def fresh(self, n: int) -> "TCNState":
+        """A state of n fresh rows at this state's frame count, sharing its weights (not copying them)."""
+        convs = [([_ConvStream(c.product, c.buffer.new_zeros(n, *c.buffer.shape[1:]), c.taps) for c in streams[:2]]
+                  + streams[2:], prelu) for streams, prelu in self.convs]
+        return TCNState(convs=convs, frames=self.frames, precision=self.precision)
+
+    def extend(self, other: "TCNState") -> None:
+        """Append the rows of `other`, a state made by `fresh` that has stepped as many frames as this one."""
+        if other.frames != self.frames:
+            raise ValueError(f"rows at frame {other.frames} cannot join a batch at frame {self.frames}")
+        for (streams, _), (others, _) in zip(self.convs, other.convs):
+            for conv, new in zip(streams[:2], others[:2]):
+                conv.buffer = torch.cat([conv.buffer, new.buffer])
 
 
 class TCN(nn.Module):
@@ -150,12 +279,13 @@ class TCN(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- streaming
 
-    def init_state(self, batch_size: int = 1, device=None, dtype=None) -> TCNState:
-        """A fresh streaming state (zero history, as the causal padding): weights are precomputed here."""
+    def init_state(self, batch_size: int = 1, device=None, dtype=None, precision: str = "fp32") -> TCNState:
+        """A fresh streaming state (zero history, as the causal padding): the step's weights are computed here,
+        held in `precision` ("fp32" | "bf16" | "int8", see the module docstring)."""
         param = self.network[0].conv1.weight_v
         device = param.device if device is None else torch.device(device)
         dtype = param.dtype if dtype is None else dtype
-        state = TCNState()
+        state = TCNState(precision=precision)
         with torch.no_grad():
             for block in self.network:
                 streams = []
@@ -165,20 +295,15 @@ class TCN(nn.Module):
                     w = conv.weight().permute(0, 2, 1).reshape(conv.out_channels, k * conv.in_channels)
                     slots = torch.arange(size).unsqueeze(1)
                     taps = (slots - (k - 1 - torch.arange(k)) * d) % size  # oldest tap first, as in conv1d
-                    streams.append(
-                        _ConvStream(
-                            weight=w.to(device, dtype).contiguous(),
-                            bias=conv.bias.detach().to(device, dtype),
-                            buffer=torch.zeros(batch_size, size, conv.in_channels, device=device, dtype=dtype),
-                            taps=taps.to(device),
-                        )
-                    )
+                    product = StepProduct(w.to(device), conv.bias.detach().to(device), precision, dtype)
+                    buffer = torch.zeros(batch_size, size, conv.in_channels, device=device, dtype=product.input_dtype)
+                    streams.append(_ConvStream(product=product, buffer=buffer, taps=taps.to(device)))
                 if block.downsample is not None:
                     ds = block.downsample
-                    streams.append(ds.weight.detach()[:, :, 0].to(device, dtype).contiguous())
-                    streams.append(ds.bias.detach().to(device, dtype))
+                    streams.append(StepProduct(ds.weight.detach()[:, :, 0].to(device), ds.bias.detach().to(device),
+                                               precision, dtype))
                 else:
-                    streams += [None, None]
+                    streams.append(None)
                 prelu = [m.weight.detach().to(device, dtype) for m in (block.relu1, block.relu2, block.relu)]
                 state.convs.append((streams, prelu))
         return state
@@ -187,10 +312,10 @@ class TCN(nn.Module):
     def step(self, x: torch.Tensor, state: TCNState) -> torch.Tensor:
         """One frame (batch, input_dim) -> (batch, channels[-1]); updates `state` in place (eval semantics)."""
         pos = state.frames
-        for (conv1, conv2, ds_w, ds_b), (p1, p2, p3) in state.convs:
+        for (conv1, conv2, downsample), (p1, p2, p3) in state.convs:
             out = F.prelu(conv1(x, pos), p1)
             out = F.prelu(conv2(out, pos), p2)
-            res = x if ds_w is None else F.linear(x, ds_w, ds_b)
+            res = x if downsample is None else downsample(x)
             x = F.prelu(out + res, p3)
         state.frames = pos + 1
         return x

@@ -13,6 +13,12 @@ last output -- with the reference scan in fp32 (the authors' model), and also wi
 alignment, the ViT backbone on the crop (`--backbone-arch`, random weights, precision auto), and the temporal
 step; then the same frame cost with the 300-frame window re-run in place of the step, and the rate a live
 source can be followed at (frames beyond it are dropped).
+
+A cheaper step (second table): the same step with the TCN's weights held in bf16 or int8 weight-only
+(`init_state(precision=...)`), alone (N = 1) and batched over N = 4 and 16 streams (`StreamBatch`: one weight
+read serves N streams), per stream, each as a ratio to today's fp32 single-stream step. All configurations are
+timed in turn, frame by frame, so a load change on a shared CPU falls on all of them alike. The floor rows time
+the TCN's products alone at each precision (the bytes they read): what a step cannot go below.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--window-frames", type=int, default=3, help="frames timed for the baseline (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--tiny", action="store_true", help="a small model: a quick smoke run")
+    parser.add_argument("--batches", default="1,4,16", help="stream counts N of the batched step (default 1,4,16)")
     parser.add_argument("--end-to-end", nargs="?", const="", default=None, metavar="VIDEO",
                         help="also time the whole live pipeline per frame on VIDEO (default: single_face.mp4)")
     parser.add_argument("--e2e-frames", type=int, default=8, help="frames of VIDEO for --end-to-end (default 8)")
@@ -62,29 +69,11 @@ def main(argv=None) -> int:
                 model(x[:, t - W + 1 : t + 1], scan=scan)[:, -1]
                 times.append(time.perf_counter() - start)
             results[scan] = statistics.median(times)
-        state = model.init_state(1)
-        for t in range(W):  # fill the history (not timed)
-            model.step(x[:, t], state)
-        times = []
-        for t in range(W, W + args.frames):
-            start = time.perf_counter()
-            model.step(x[:, t], state)
-            times.append(time.perf_counter() - start)
-        step = statistics.median(times)
         start = time.perf_counter()
-        state = model.init_state(1)
+        model.init_state(1)
         init = time.perf_counter() - start
-        # The floor of a step on a CPU: one product with each TCN kernel (all the model's weights but 1%), nothing else.
-        products = [(conv.weight, conv.bias, torch.randn(1, conv.weight.shape[1]))
-                    for convs, _ in state.tcn.convs for conv in convs[:2]]
-        floor = []
-        for _ in range(20):
-            start = time.perf_counter()
-            for w, b, v in products:
-                torch.nn.functional.linear(v, w, b)
-            floor.append(time.perf_counter() - start)
-        floor = statistics.median(floor)
-        megabytes = sum(w.numel() * w.element_size() for w, _, _ in products) / 1e6
+        cheap, times, floors = cheaper_steps(model, x, args)
+        step = cheap[("fp32", 1)]
 
     base = results["reference"]
     print(f"{'method':<52} {'ms/frame':>9} {'vs baseline':>12}")
@@ -92,14 +81,59 @@ def main(argv=None) -> int:
     print(f"{'window of ' + str(W) + ' frames per frame, chunked scan':<52} {results['chunked'] * 1e3:>9.1f} "
           f"{base / results['chunked']:>11.1f}x")
     print(f"{'step(): one frame, recurrent state':<52} {step * 1e3:>9.2f} {base / step:>11.0f}x")
-    print(f"{'  floor: the TCN kernels products alone (' + f'{megabytes:.0f} MB read)':<52} {floor * 1e3:>9.2f} "
+    floor, megabytes = floors["fp32"]
+    print(f"{'  floor: the TCN products alone (' + f'{megabytes:.0f} MB read)':<52} {floor * 1e3:>9.2f} "
           f"{base / floor:>11.0f}x")
     print(f"(init_state: {init * 1e3:.0f} ms once per stream; step median over {args.frames} frames, "
           f"p90 {sorted(times)[int(0.9 * len(times))] * 1e3:.2f} ms; the floor streams the weights from memory at "
           f"{megabytes / 1e3 / floor:.1f} GB/s)")
+    print(f"\n(1-minute load average {load_average()})")
+    print(f"{'cheaper step: TCN weights, N streams per step':<52} {'ms/step':>9} {'ms/stream':>10} {'vs fp32 step':>13}")
+    names = {"fp32": "fp32", "bf16": "bf16 weights", "int8": "int8 weight-only"}
+    for (precision, n), seconds in cheap.items():
+        label = f"{names[precision]}, N={n}" + (" (today's step)" if (precision, n) == ("fp32", 1) else
+                                                ", batched" if n > 1 else "")
+        print(f"{label:<52} {seconds * 1e3:>9.2f} {seconds / n * 1e3:>10.2f} {step / (seconds / n):>12.2f}x")
+    for precision, (seconds, megabytes) in floors.items():
+        label = f"  floor {precision}: the TCN products alone ({megabytes:.1f} MB read)"
+        print(f"{label:<52} {seconds * 1e3:>9.2f} {seconds * 1e3:>10.2f} {step / seconds:>12.2f}x")
     if args.end_to_end is not None:
         end_to_end(model, args, step=step, window=results["chunked"])
     return 0
+
+
+def cheaper_steps(model, x, args):
+    """Median seconds of one step per (precision, N) (N streams in one batched step), the fp32 N=1 step's
+    per-frame times, and per precision (median seconds, MB) of the TCN's products alone."""
+    from mambava.tcn import STEP_PRECISIONS
+
+    batches = sorted({1, *(int(n) for n in args.batches.split(","))})
+    configs = {}
+    for precision in STEP_PRECISIONS:
+        for n in batches:
+            state = model.init_state(n, precision=precision)
+            configs[(precision, n)] = (state, x[0, : args.frames].unsqueeze(0).expand(n, -1, -1).contiguous())
+    for state, xs in configs.values():  # warm-up: every ring buffer written once
+        for t in range(min(3, xs.shape[1])):
+            model.step(xs[:, t], state)
+    floors = {}
+    for precision in STEP_PRECISIONS:
+        products = configs[(precision, 1)][0].tcn.products()
+        floors[precision] = [(p, torch.randn(1, p.weight.shape[1]).to(p.input_dtype)) for p in products]
+    times = {key: [] for key in [*configs, *floors]}
+    for t in range(args.frames):  # in turn, frame by frame: a load change falls on every configuration alike
+        for key, (state, xs) in configs.items():
+            start = time.perf_counter()
+            model.step(xs[:, t], state)
+            times[key].append(time.perf_counter() - start)
+        for precision, products in floors.items():
+            start = time.perf_counter()
+            for p, v in products:
+                p(v)
+            times[precision].append(time.perf_counter() - start)
+    floors = {precision: (statistics.median(times[precision]), sum(p.nbytes for p, _ in products) / 1e6)
+              for precision, products in floors.items()}
+    return {key: statistics.median(times[key]) for key in configs}, times[("fp32", 1)], floors
 
 
 class _Timed:

@@ -117,6 +117,7 @@ def stream_command(
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     precision: str = precision_option("auto", what="Backbone precision: "),
+    step_precision: str = typer.Option("fp32", "--step-precision", help="Temporal step weights: fp32, bf16 (half the bytes read per frame) or int8 (weight-only, a quarter); outputs within 1e-2 of fp32."),
 ) -> None:
     """Valence/arousal live, one recurrent step of the temporal model per frame (equals `predict --windowing
     full` on the same frames). Webcams and URLs are real time: when faces and backbone cannot keep up,
@@ -125,6 +126,10 @@ def stream_command(
     from mambava.registry import resolve_model
     from mambava.stream import is_live_source
 
+    from mambava.tcn import STEP_PRECISIONS
+
+    if step_precision not in STEP_PRECISIONS:
+        raise MambavaError(f"--step-precision {step_precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")
     checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
     is_features = Path(source).suffix.lower() in FEATURE_SUFFIXES
     if not is_features and backbone is None:
@@ -137,7 +142,7 @@ def stream_command(
         checkpoint, None if is_features else backbone, windowing="full", detector=detector, device=device,
         batch_size=8, precision=precision, fps=fps, features_fps=features_fps,
     )
-    live = predictor.stream(source, realtime=realtime)
+    live = predictor.stream(source, realtime=realtime, step_precision=step_precision)
     rows = []
     reported, last_report = 0, 0.0
     try:
