@@ -12,26 +12,11 @@ import pytest
 import torch
 
 from mambava.adapt import AdaptConfig, AdaptVideo, adapt, freeze, participant_folds
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 DIM, T, FPS = 8, 240, 30.0
 GAIN_MARGIN = 0.2  # mean per-video P_VA on held-out participants must rise by at least this much
 
-
-def run_cli(args, capsys):
-    import sys
-
-    from mambava.cli import main
-
-    argv, sys.argv = sys.argv, ["mambava", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _latent(rng, n):

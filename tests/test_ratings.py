@@ -12,24 +12,10 @@ import pytest
 
 from mambava.errors import MambavaError
 from mambava.ratings import estimate_lag, read_ratings, shift_labels
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 DIM = 24
 
-
-def run_cli(args, capsys):
-    from mambava.cli import main
-
-    argv = sys.argv
-    sys.argv = ["mambava", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _smooth(n, seed, fps=30.0):
