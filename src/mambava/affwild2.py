@@ -31,12 +31,13 @@ import warnings
 from fnmatch import fnmatchcase
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
 from mambava.errors import MambavaError
 from mambava.metrics import INVALID_LABEL
+from mambava.progress import track_items
 from mambava.video import VIDEO_SUFFIXES
 
 ANNOTATION_DIR = "VA_Estimation_Challenge"
@@ -562,7 +563,7 @@ def check(
     jobs = [(split, video) for split in SPLITS for video in dataset.splits[split]]
     if not jobs:
         summary.problems.append(f"{dataset.root}: no videos found: {describe_layout(dataset.root)}")
-    for split, video in _progress(jobs, "checking videos", progress):
+    for split, video in track_items(jobs, "checking videos", enabled=progress):
         _check_video(dataset, split, video, summary, verify_images)
     from mambava.video import has_audio
 
@@ -619,15 +620,6 @@ def _check_video(dataset: AffWild2, split: str, video: str, summary: DataSummary
             if reason is not None:
                 summary.unreadable_crops.append(str(dataset.crop_path(video, frame)))
                 summary.problems.append(reason)
-
-
-def _progress(items: Sequence, description: str, enabled: bool):
-    if not enabled:
-        return items
-    from rich.console import Console
-    from rich.progress import track
-
-    return track(items, description=description, transient=True, console=Console(stderr=True))
 
 
 class DataWarning(UserWarning):

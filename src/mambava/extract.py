@@ -32,6 +32,7 @@ from mambava.backbone import FeatureExtractor, resize_crop
 from mambava.crops import CropVideo, find_crop_videos
 from mambava.errors import MambavaError, OutputError
 from mambava.features import FeatureStore
+from mambava.progress import rate_progress
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +107,6 @@ class ExtractSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:6.1f} frames/s" if task.speed else "   ... frames/s")
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                    disable=not enabled, transient=False)
-
-
 def extract_features(source: str | os.PathLike | list[CropVideo], store: str | os.PathLike | FeatureStore,
                      extractor: FeatureExtractor, *, backbone: str = "vit", dtype: str = "float16",
                      workers: int | None = None, fps: float | None = None, names: list[str] | None = None,
@@ -172,7 +158,7 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
     dataset = CropDataset(pending, extractor.config.img_size)
     loader = _crop_loader(dataset, extractor, workers)
     start = time.perf_counter()
-    with _progress(progress and rank == 0) as bar:
+    with rate_progress(progress and rank == 0) as bar:
         task = bar.add_task(f"extract (rank {rank}/{world_size})" if world_size > 1 else "extract",
                             total=len(dataset))
 

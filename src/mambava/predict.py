@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from mambava.errors import MambavaError
+from mambava.progress import track_items
 from mambava.runtime import resolve_device
 from mambava.timebase import check_fps, model_fps, to_grid
 from mambava.video import source_name
@@ -336,7 +337,7 @@ class Predictor:
 
         with open_video(path, fps=self.fps) as reader:
             stream = iter_tracked_faces(reader, self.detector, tracker=FaceTracker(), keep_images=False)
-            for item in _progress(stream, reader.n_output_frames, f"faces+features {video}", self.progress):
+            for item in track_items(stream, f"faces+features {video}", reader.n_output_frames, self.progress):
                 position = len(frames)
                 frames.append(item.index)
                 times.append(item.time)
@@ -428,15 +429,6 @@ class Predictor:
                           step_precision=step_precision)
 
 
-def _progress(items, total: int | None, description: str, enabled: bool):
-    if not enabled:
-        return items
-    from rich.console import Console
-    from rich.progress import track
-
-    return track(items, total=total, description=description, transient=True, console=Console(stderr=True))
-
-
 # ---------------------------------------------------------------------------------------------- outputs
 
 
@@ -486,7 +478,7 @@ def write_overlay(video: str | os.PathLike, table, path: str | os.PathLike, fps:
     last_box: dict[str, np.ndarray] = {}
     several = table["track"].nunique() > 1
     with open_video(video, fps=fps) as reader, OverlayVideoWriter(path, reader.fps) as writer:
-        for frame in _progress(reader, reader.n_output_frames, f"overlay {Path(str(video)).name}", progress):
+        for frame in track_items(reader, f"overlay {Path(str(video)).name}", reader.n_output_frames, progress):
             image = np.ascontiguousarray(frame.image)
             rows = by_frame.get(frame.index)
             if rows is not None:
@@ -514,7 +506,7 @@ def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[st
 
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     predictions = {}
-    for video, count in _progress(frame_counts.items(), len(frame_counts), "test videos", progress):
+    for video, count in track_items(frame_counts.items(), "test videos", len(frame_counts), progress):
         if not store.has(video):
             raise MambavaError(f"{store.root}: no features for test video {video!r}")
         record = store.read(video)

@@ -17,6 +17,7 @@ from mambava.faces.align import face_crop
 from mambava.faces.detect import FaceDetector, get_detector
 from mambava.faces.track import FaceTracker, finish_tracks
 from mambava.fileio import atomic_open, atomic_path, is_output_failure, output_error
+from mambava.progress import rate_progress
 from mambava.video import VideoFrame, VideoReader, open_video, source_name
 
 CSV_COLUMNS = [
@@ -166,42 +167,6 @@ def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
     path.write_bytes(data.tobytes())
 
 
-def _progress_bar(enabled: bool, total: int | None, description: str):
-    """A rich progress bar (or a do-nothing stand-in) with .advance()."""
-    import contextlib
-
-    if not enabled:
-        class _Null:
-            def advance(self, n: int = 1) -> None:
-                pass
-
-        return contextlib.nullcontext(_Null())
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    @contextlib.contextmanager
-    def bar():
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, transient=False) as progress:
-            task = progress.add_task(description, total=total, rate="")
-            import time as _time
-
-            start = _time.monotonic()
-
-            class _Bar:
-                done = 0
-
-                def advance(self, n: int = 1) -> None:
-                    self.done += n
-                    rate = self.done / max(_time.monotonic() - start, 1e-6)
-                    progress.update(task, advance=n, rate=f"{rate:.1f} frames/s")
-
-            yield _Bar()
-
-    return bar()
-
-
 def extract_faces(
     video_path: str | os.PathLike | int,
     out_dir: str | os.PathLike,
@@ -283,7 +248,8 @@ def _stage_crops(reader: VideoReader, det: FaceDetector, staging: Path, descript
     frames: list[int] = []
     times: list[float] = []
     rows: dict[int, list[tuple[int, float, np.ndarray, np.ndarray | None]]] = {}  # track_id → (index, score, box, lm)
-    with _progress_bar(progress, reader.n_output_frames, description) as bar:
+    with rate_progress(progress) as bar:
+        task = bar.add_task(description, total=reader.n_output_frames)
         try:
             for item in iter_tracked_faces(reader, det, tracker=tracker, batch_size=batch_size,
                                            crop_size=crop_size, keep_images=on_frame is not None):
@@ -298,7 +264,7 @@ def _stage_crops(reader: VideoReader, det: FaceDetector, staging: Path, descript
                     _write_jpeg(folder / f"{item.index + 1:05d}.jpg", face.crop, jpeg_quality)
                 if on_frame is not None:
                     on_frame(item)
-                bar.advance()
+                bar.advance(task)
         except KeyboardInterrupt:
             if not reader.live:
                 raise

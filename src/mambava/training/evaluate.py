@@ -24,13 +24,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mambava.temporal_models import LoadedModel, check_finite, load_temporal_model, model_input_dim
 from mambava.errors import MambavaError
-from mambava.runtime import resolve_device
-from mambava.training.config import TrainConfig
-from mambava.training.data import load_fold_data
 from mambava.fileio import atomic_open
 from mambava.metrics import ccc_numpy, va_scores
+from mambava.progress import track_items
+from mambava.runtime import resolve_device
+from mambava.temporal_models import LoadedModel, check_finite, load_temporal_model, model_input_dim
+from mambava.training.config import TrainConfig
+from mambava.training.data import load_fold_data
 from mambava.windows import authors_keep, authors_window_dataset, check_windowing, predict_sequence
 
 
@@ -146,12 +147,7 @@ def evaluate_videos(
                                f"{expected}-d (features of another backbone?)")
     model = loaded.model.to(dev).eval()
     preds, targets, rows = [], [], []
-    iterator: Any = names
-    if progress:
-        from rich.progress import track
-
-        iterator = track(names, description="evaluating", transient=True)
-    for name in iterator:
+    for name in track_items(names, "evaluating", enabled=progress):
         target = np.asarray(labels[name], dtype=np.float32)
         features, _ = store.read(name).window(0, len(target))
         autocast = (
