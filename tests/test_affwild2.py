@@ -10,13 +10,13 @@ from mambava.affwild2 import (
     DataWarning,
     align_lengths,
     base_video,
-    check,
     find_test_list,
     read_crop,
     read_test_list,
     read_va_annotation,
 )
 from mambava.cli import app
+from mambava.datacheck import check
 from mambava.errors import MambavaError
 
 

@@ -426,6 +426,6 @@ def test_extract_audio_cli_and_data_check(tmp_path, capsys):
 
 
 def test_data_check_lists_videos_without_sound(affwild2_root):
-    from mambava.affwild2 import check
+    from mambava.datacheck import check
 
     assert check(affwild2_root, progress=False).videos_without_audio == ["vidD", "vidE"]

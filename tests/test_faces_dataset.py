@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mambava.affwild2 import AffWild2, check, video_frame_count
+from mambava.affwild2 import AffWild2, video_frame_count
+from mambava.datacheck import check
 from mambava.cli import app
 from mambava.extract import find_crop_videos
 from mambava.faces.dataset import EYE_DISTANCE_112, alignment_error, extract_dataset_faces, synth_alignment_error

@@ -30,7 +30,7 @@ def check_command(
     Exits 1 when a problem (bad annotation, no crops, unreadable image) was found."""
     from rich.console import Console
 
-    from mambava.affwild2 import check
+    from mambava.datacheck import check
 
     summary = check(root, test_list=test_list, verify_images=verify_images)
     summary.print(Console())

@@ -123,6 +123,31 @@ def extract_dataset_faces(
     root = Path(root)
     out = Path(out) if out is not None else root
     dataset = AffWild2(root)
+    raw = _raw_videos(dataset, root, videos)
+    crops_dir = _claim_crops_dir(out / CROPS_DIR, root, detector, detector_kwargs, min_track_frames)
+    linked = _link_root(root, out) if link and out.resolve() != root.resolve() else []
+
+    results: dict[str, VideoFaces] = {}
+    todo = []
+    for video in sorted(raw):
+        if (crops_dir / f"{video}{CSV_SUFFIX}").exists():
+            results[video] = VideoFaces(video, skipped=True)
+        else:
+            todo.append(video)
+    if progress is not None:
+        for video in results:
+            progress(len(results), len(raw), results[video])
+    threads = 1 if workers > 1 else 0
+    jobs = {v: (v, raw[v], crops_dir, detector, detector_kwargs or {}, min_track_frames, threads) for v in todo}
+    for item in _run_jobs(jobs, raw, workers, detector):
+        results[item.video] = item
+        if progress is not None:
+            progress(len(results), len(raw), item)
+    _match_tracks(results, dataset, crops_dir)
+    return DatasetFacesResult(root, out, crops_dir, [results[v] for v in sorted(results)], linked)
+
+
+def _raw_videos(dataset: AffWild2, root: Path, videos: list[str] | None) -> dict[str, Path]:
     raw = dataset.raw_videos
     if not raw:
         raise MambavaError(f"{root}: no raw videos (looked in videos/ and raw_videos/, any sub-folders)")
@@ -131,7 +156,12 @@ def extract_dataset_faces(
         if absent:
             raise MambavaError(f"{root}: no raw video {absent[0]!r}")
         raw = {v: raw[v] for v in videos}
-    crops_dir = out / CROPS_DIR
+    return raw
+
+
+def _claim_crops_dir(crops_dir: Path, root: Path, detector, detector_kwargs: dict | None,
+                     min_track_frames: int) -> Path:
+    """`crops_dir`, made and marked as ours; an error when it holds crops this function did not write."""
     marker = crops_dir / MARKER
     if crops_dir.is_dir() and not marker.exists() and any(crops_dir.iterdir()):
         raise MambavaError(
@@ -144,49 +174,35 @@ def extract_dataset_faces(
             json.dump({"source": str(root.resolve()), "detector": detector if isinstance(detector, str) else
                        getattr(detector, "name", type(detector).__name__),
                        "detector_kwargs": detector_kwargs or {}, "min_track_frames": min_track_frames}, handle)
-    linked = _link_root(root, out) if link and out.resolve() != root.resolve() else []
+    return crops_dir
 
-    names_of: dict[str, list[str]] = {}
-    for name in dataset.videos:
-        names_of.setdefault(base_video(name), []).append(name)
-    results: dict[str, VideoFaces] = {}
-    todo = []
-    for video, path in sorted(raw.items()):
-        if (crops_dir / f"{video}{CSV_SUFFIX}").exists():
-            results[video] = VideoFaces(video, skipped=True)
-        else:
-            todo.append(video)
-    done = len(results)
-    if progress is not None:
-        for video in results:
-            progress(done, len(raw), results[video])
-    threads = 1 if workers > 1 else 0
-    jobs = {v: (v, raw[v], crops_dir, detector, detector_kwargs or {}, min_track_frames, threads) for v in todo}
-    if workers > 1 and len(todo) > 1:
+
+def _run_jobs(jobs: dict, raw: dict[str, Path], workers: int, detector):
+    """Each job's VideoFaces as it finishes: in this process, or in `workers` spawned processes."""
+    if workers > 1 and len(jobs) > 1:
         if not isinstance(detector, str):
             raise MambavaError("extract_dataset_faces: workers > 1 needs a detector name, not an object")
         import multiprocessing
+        from concurrent.futures import as_completed
 
         # spawned, not forked: safe beside torch's threads in the parent
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
             # longest first keeps the workers busy to the end
-            order = sorted(todo, key=lambda v: -os.path.getsize(raw[v]))
-            futures = {pool.submit(_video_job, jobs[v]): v for v in order}
-            from concurrent.futures import as_completed
-
+            order = sorted(jobs, key=lambda v: -os.path.getsize(raw[v]))
+            futures = [pool.submit(_video_job, jobs[v]) for v in order]
             for future in as_completed(futures):
-                item = future.result()
-                results[item.video] = item
-                done += 1
-                if progress is not None:
-                    progress(done, len(raw), item)
+                yield future.result()
     else:
-        for video in todo:
-            item = _video_job(jobs[video])
-            results[video] = item
-            done += 1
-            if progress is not None:
-                progress(done, len(raw), item)
+        for video in jobs:
+            yield _video_job(jobs[video])
+
+
+def _match_tracks(results: dict[str, VideoFaces], dataset: AffWild2, crops_dir: Path) -> None:
+    """Each video's tracks against the dataset's annotation names (`<v>`, `<v>_left`, ...): which are missing,
+    which are extra."""
+    names_of: dict[str, list[str]] = {}
+    for name in dataset.videos:
+        names_of.setdefault(base_video(name), []).append(name)
     for video, item in results.items():
         if item.error is not None:
             continue
@@ -197,7 +213,6 @@ def extract_dataset_faces(
         if expected:
             item.unmatched = sorted(expected - tracks)
             item.extra = sorted(tracks - expected)
-    return DatasetFacesResult(root, out, crops_dir, [results[v] for v in sorted(results)], linked)
 
 
 def _tracks_in_csv(path: Path) -> list[str]:

@@ -361,6 +361,8 @@ class MTCNNDetector(BaseDetector):
                     results[i] = faces
         return results  # type: ignore[return-value]
 
+    # One function, 82 lines, on purpose: MTCNN's three stages in their order (P-Net over the pyramid, R-Net,
+    # O-Net), as the original cascade reads, so that it can be checked against it line by line.
     @torch.inference_mode()
     def _detect_same_size(self, images: list[np.ndarray]) -> list[list[Face]]:
         n = len(images)
