@@ -133,14 +133,10 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
     rank, world_size = resolve_rank(rank, world_size)
     mine = videos[rank::world_size]
     summary = ExtractSummary(rank, world_size, videos=[v.name for v in mine])
-    pending = []
-    for video in mine:
-        if video.error:
-            fail(video, video.error)
-        elif not overwrite and store.has(video.name):
-            summary.skipped.append(video.name)
-        else:
-            pending.append(video)
+    summary.skipped = [v.name for v in mine if not v.error and not overwrite and store.has(v.name)]
+    for video in (v for v in mine if v.error):
+        fail(video, video.error)
+    pending = [v for v in mine if not v.error and v.name not in summary.skipped]
     entry_extra = {"img_size": extractor.config.img_size, "precision": extractor.precision, **(extra or {})}
 
     def open_writer(video: CropVideo):

@@ -72,19 +72,22 @@ def check_streamable(model) -> None:
 STEP_THREADS = 1
 
 
+def _recurrent_state(model, batch_size: int, precision: str):
+    """(torch, model, its device, its dtype, a fresh recurrent state of `batch_size` rows) for a streamable model."""
+    import torch
+
+    check_streamable(model)
+    parameter = next(model.parameters())
+    state = model.init_state(batch_size=batch_size, device=parameter.device, dtype=parameter.dtype, precision=precision)
+    return torch, model, parameter.device, parameter.dtype, state
+
+
 class TemporalStream:
     """The temporal model stepped one frame at a time for one sequence (B=1), in eval mode, without grad, on
     STEP_THREADS torch threads. `precision`: the TCN's step weights, "fp32" | "bf16" | "int8" (`mambava.tcn`)."""
 
     def __init__(self, model, precision: str = "fp32"):
-        import torch
-
-        check_streamable(model)
-        self._torch = torch
-        self.model = model
-        parameter = next(model.parameters())
-        self.device, self.dtype = parameter.device, parameter.dtype
-        self.state = model.init_state(batch_size=1, device=self.device, dtype=self.dtype, precision=precision)
+        self._torch, self.model, self.device, self.dtype, self.state = _recurrent_state(model, 1, precision)
         self.last_feature = None
         self.last_output: np.ndarray | None = None
         self.tick = -1  # the last grid tick stepped (`TrackStreams`)
@@ -131,14 +134,8 @@ class StreamBatch:
     """
 
     def __init__(self, model, precision: str = "fp32"):
-        import torch
-
-        check_streamable(model)
-        self._torch = torch
-        self.model = model
-        parameter = next(model.parameters())
-        self.device, self.dtype = parameter.device, parameter.dtype
-        self.state = model.init_state(batch_size=0, device=self.device, dtype=self.dtype, precision=precision)
+        self._torch, self.model, self.device, self.dtype, self.state = _recurrent_state(model, 0, precision)
+        torch = self._torch
         self.keys: list = []
         self._last = torch.zeros(0, model.config.input_dim, device=self.device, dtype=self.dtype)
         self._fed: list[bool] = []  # whether each row has had a feature (one to hold)
