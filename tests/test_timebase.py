@@ -277,3 +277,45 @@ def test_npy_features_at_another_rate_are_put_on_the_grid(tmp_path, tiny_mamba_v
     assert table["frame"].tolist() == list(range(40)) and np.allclose(table["time"], np.arange(40) / 60)
     on_grid = Predictor(model).predict_features(features[0::2])
     np.testing.assert_allclose(table[["valence", "arousal"]].to_numpy(), np.repeat(on_grid, 2, axis=0), atol=1e-6)
+
+
+def test_training_and_evaluation_put_a_store_entry_of_another_rate_on_the_model_grid(tmp_path, tiny_mamba_va):
+    """A feature store keeps each video at its own rate (Aff-Wild2 has videos at other rates than 30). The same
+    30 fps signal stored at 60 fps (every frame twice) gives a 30 fps model the same training windows, the same
+    validation video and the same score as the 30 fps entry; read as consecutive frames it would not."""
+    from mambava.features import FeatureStore
+    from mambava.temporal_models import load_temporal_model, save_temporal_model
+    from mambava.training.data import VideoDataset
+    from mambava.training.evaluate import evaluate_videos
+    from mambava.windows import WindowDataset
+
+    rng = np.random.default_rng(0)
+    x30 = (np.cumsum(rng.normal(size=(90, 24)), axis=0) * 0.1).astype(np.float32)
+    y30 = np.tanh(x30[:, :2]).astype(np.float32)
+    store = FeatureStore(tmp_path / "features")
+    store.write("v30", x30, np.ones(90, bool), fps=30, backbone="test", dtype="float32")
+    store.write("v60", np.repeat(x30, 2, axis=0), np.ones(180, bool), fps=60, backbone="test", dtype="float32")
+    labels = {"v30": y30, "v60": np.repeat(y30, 2, axis=0)}
+
+    windows = WindowDataset(store, ["v30", "v60"], labels, window=40, stride=20, fps=30)
+    assert windows.lengths == {"v30": 90, "v60": 90}
+    items = [windows[k] for k in range(len(windows))]
+    by_start = {(item["name"], item["start"]): item for item in items}
+    assert sorted(s for n, s in by_start if n == "v60") == sorted(s for n, s in by_start if n == "v30")
+    for (name, start), item in by_start.items():
+        if name == "v60":
+            for key in ("x", "y", "mask", "present"):
+                assert torch.equal(item[key], by_start[("v30", start)][key]), key
+    as_frames = WindowDataset(store, ["v60"], {"v60": labels["v60"]}, window=40, stride=20)
+    assert as_frames.lengths == {"v60": 180}  # without the grid a window spans half the time
+
+    video = VideoDataset(store, ["v60"], labels, fps=30)[0]
+    assert torch.equal(video["x"], torch.from_numpy(x30)) and torch.equal(video["y"], torch.from_numpy(y30))
+
+    save_temporal_model(tiny_mamba_va(24), tmp_path / "model.safetensors")
+    loaded = load_temporal_model(tmp_path / "model.safetensors")
+    at_30 = evaluate_videos(loaded, store, ["v30"], labels, window=40, stride=20, device="cpu")
+    at_60 = evaluate_videos(loaded, store, ["v60"], labels, window=40, stride=20, device="cpu")
+    # every stored 60 fps frame takes its tick's prediction: the duplicated pairs score as the originals
+    assert at_60.p_va == pytest.approx(at_30.p_va, abs=1e-6)
+    assert at_60.per_video[0]["frames"] == 180

@@ -94,6 +94,15 @@ def to_grid(processed_times, fps: float, source_times=None) -> Grid:
     return Grid(fps=fps, t0=t0, held=held, tick=s_slot)
 
 
+def stored_grid(n_frames: int, stored_fps: float | None, fps: float) -> Grid | None:
+    """The model's `fps` grid over a stored video of `n_frames` made at `stored_fps` (frame k at k / stored_fps):
+    for training and evaluation on a feature store, whose entries keep the video's own rate. None where the
+    rates agree (within 0.1%) or the entry has no rate: then frame k is tick k, nothing to map."""
+    if not stored_fps or n_frames <= 0 or abs(float(stored_fps) - float(fps)) <= 1e-3 * float(fps):
+        return None
+    return to_grid(np.arange(n_frames) / float(stored_fps), fps)
+
+
 class GridClock:
     """The same grid, one frame at a time (for the stream): `tick(time)` is the tick of the frame's slot,
     counted from the first frame seen (never going back). A stream steps the model once per new tick: the

@@ -30,6 +30,7 @@ from mambava.affwild2 import AffWild2, align_lengths
 from mambava.errors import MambavaError
 from mambava.features import FeatureRecord, FeatureStore
 from mambava.metrics import INVALID_LABEL
+from mambava.timebase import stored_grid
 
 WINDOW = 300
 STRIDE = 200
@@ -167,6 +168,10 @@ class WindowDataset(Dataset):
 
     `windows` lists (name, start, stop) per item. Each video is opened memory-mapped on first use, per
     process (DataLoader workers re-open after pickling), so a window reads only its rows.
+
+    `fps` (the model's frame rate, `mambava.timebase`): an entry stored at another rate is put on the model's
+    grid, features and labels alike (sample and hold, `stored_grid`), so that a window spans the time the
+    model counts in frames; `lengths` and windows are then in grid ticks.
     """
 
     def __init__(
@@ -177,6 +182,7 @@ class WindowDataset(Dataset):
         window: int = WINDOW,
         stride: int = STRIDE,
         tails: str = "cover",
+        fps: float | None = None,
     ):
         if tails not in ("cover", "drop"):
             raise ValueError(f"tails must be 'cover' or 'drop', got {tails!r}")
@@ -191,6 +197,7 @@ class WindowDataset(Dataset):
         self.labels = None if labels is None else {n: np.asarray(labels[n], np.float32) for n in self.names}
         self.lengths: dict[str, int] = {}
         self.windows: list[tuple[str, int, int]] = []
+        self.grids: dict[str, tuple[np.ndarray, int]] = {}  # name -> (held frame per tick, stored frames read)
         dims = set()
         for name in self.names:
             meta = store.meta(name)
@@ -198,6 +205,12 @@ class WindowDataset(Dataset):
             dims.add(int(meta["dim"]))
             if self.labels is not None:
                 n = align_lengths(name, n, len(self.labels[name]))
+            grid = stored_grid(n, meta.get("fps"), fps) if fps else None
+            if grid is not None:
+                self.grids[name] = (grid.held, n)
+                if self.labels is not None:
+                    self.labels[name] = self.labels[name][:n][grid.held]
+                n = grid.n_ticks
             self.lengths[name] = n
             self.windows += [(name, start, stop) for start, stop in cut(n, window, stride)]
         if len(dims) > 1:
@@ -219,7 +232,12 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         name, start, stop = self.windows[index]
-        features, present = self._record(name).window(start, stop)
+        if name in self.grids:  # another rate: the whole (short) video read, put on the model's grid
+            held, n = self.grids[name]
+            features, present = self._record(name).window(0, n)
+            features, present = features[held[start:stop]], present[held[start:stop]]
+        else:
+            features, present = self._record(name).window(start, stop)
         x, mask = pad_window(features, self.window)
         present, _ = pad_window(present, self.window, fill=False)
         if self.labels is not None:

@@ -18,6 +18,7 @@ from mambava.affwild2 import AffWild2, align_lengths, find_annotations, read_va_
 from mambava.errors import MambavaError
 from mambava.features import FeatureStore
 from mambava.folds import load_folds, make_folds
+from mambava.timebase import stored_grid
 from mambava.training.config import TrainConfig
 
 
@@ -119,13 +120,19 @@ def load_fold_data(cfg: TrainConfig, fold: int | None = None, sides: Sequence[st
 
 
 class VideoDataset(Dataset):
-    """Whole videos for full-video validation: item = dict(x (T, D) float32, y (T, 2), name)."""
+    """Whole videos for full-video validation: item = dict(x (T, D) float32, y (T, 2), name). `fps` (the model's
+    rate): an entry stored at another rate is put on the model's grid, features and labels alike."""
 
-    def __init__(self, store, names: Sequence[str], labels: Mapping[str, np.ndarray]):
+    def __init__(self, store, names: Sequence[str], labels: Mapping[str, np.ndarray], fps: float | None = None):
         self.store = store
         self.names = list(names)
         self.labels = labels
         self.lengths = [len(labels[n]) for n in self.names]
+        self.grids = {}
+        for name, n in zip(self.names, self.lengths):
+            grid = stored_grid(n, store.meta(name).get("fps"), fps) if fps else None
+            if grid is not None:
+                self.grids[name] = grid.held
 
     def __len__(self) -> int:
         return len(self.names)
@@ -134,9 +141,12 @@ class VideoDataset(Dataset):
         name = self.names[index]
         n = self.lengths[index]
         features, _present = self.store.read(name).window(0, n)
+        labels = self.labels[name][:n]
+        if name in self.grids:
+            features, labels = features[self.grids[name]], labels[self.grids[name]]
         return {
             "x": torch.from_numpy(np.ascontiguousarray(features)),
-            "y": torch.from_numpy(np.ascontiguousarray(self.labels[name][:n], dtype=np.float32)),
+            "y": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)),
             "name": name,
         }
 

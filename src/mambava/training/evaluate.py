@@ -32,6 +32,7 @@ from mambava.runtime import resolve_device
 from mambava.temporal_models import LoadedModel, check_finite, load_temporal_model, model_input_dim
 from mambava.training.config import TrainConfig
 from mambava.training.data import load_fold_data
+from mambava.timebase import model_fps, stored_grid
 from mambava.windows import authors_keep, authors_window_dataset, check_windowing, predict_sequence
 
 
@@ -146,16 +147,22 @@ def evaluate_videos(
             raise MambavaError(f"{store.root / name}: {dim}-d features, but the model {loaded.source} takes "
                                f"{expected}-d (features of another backbone?)")
     model = loaded.model.to(dev).eval()
+    fps = model_fps(model)
     preds, targets, rows = [], [], []
     for name in track_items(names, "evaluating", enabled=progress):
         target = np.asarray(labels[name], dtype=np.float32)
         features, _ = store.read(name).window(0, len(target))
+        # an entry stored at another rate: the model runs on its own grid, each stored frame takes its tick's value
+        grid = stored_grid(len(features), store.meta(name).get("fps"), fps)
         autocast = (
             torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
         )
         with autocast:
-            pred = predict_sequence(model, torch.from_numpy(features).to(dev), window, stride, batch_size)
+            x = features if grid is None else features[grid.held]
+            pred = predict_sequence(model, torch.from_numpy(np.ascontiguousarray(x)).to(dev), window, stride, batch_size)
         pred = pred.float().cpu().numpy()
+        if grid is not None:
+            pred = pred[grid.tick]
         check_finite(pred, loaded.source, name, features=features)
         preds.append(pred)
         targets.append(target)

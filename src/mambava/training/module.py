@@ -53,14 +53,19 @@ class VADataModule(L.LightningDataModule):
         data = self.fold_data
         self.train_set = WindowDataset(
             store, data.train, {n: data.labels[n] for n in data.train}, self.cfg.data.window, self.cfg.data.stride,
-            tails=self.cfg.data.tails,
+            tails=self.cfg.data.tails, fps=self._model_fps(),
         )
         if self.cfg.protocol == "authors":
             self.val_set = authors_window_dataset(
                 store, data.validation, data.labels, self.cfg.data.window, self.cfg.data.stride, self.cfg.eval_batch_size
             )
         else:
-            self.val_set = VideoDataset(store, data.validation, data.labels)
+            self.val_set = VideoDataset(store, data.validation, data.labels, fps=self._model_fps())
+
+    def _model_fps(self) -> float:
+        """The rate the model counts its frames at (`model.fps`): the grid the store's entries are put on."""
+        model = self.cfg.model
+        return float((model.get("fps") if isinstance(model, dict) else getattr(model, "fps", None)) or 30.0)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
