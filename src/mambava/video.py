@@ -153,11 +153,7 @@ class _AVReader(VideoReader):
         self._av = av
         self.live = live
         if not live:
-            p = Path(path)
-            if not p.exists():
-                raise MambavaError(f"{path}: no such file")
-            if p.is_file() and p.stat().st_size == 0:
-                raise MambavaError(f"{path}: the file is empty (0 bytes), not a video")
+            check_media_file(path)
         try:
             options = {"rtsp_transport": "tcp"} if path.startswith("rtsp") else {}
             self._container = av.open(path, format=av_format, options=options, timeout=10.0 if live else None)
@@ -364,15 +360,21 @@ def _short(error: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-def open_container(path: str | os.PathLike):
-    """A PyAV container for a media file, or a MambavaError naming it (missing, empty, not readable)."""
-    import av
-
+def check_media_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path, or a MambavaError naming it when it does not exist or is empty."""
     path = Path(path)
     if not path.exists():
         raise MambavaError(f"{path}: no such file")
     if path.is_file() and path.stat().st_size == 0:
         raise MambavaError(f"{path}: the file is empty (0 bytes), not a video")
+    return path
+
+
+def open_container(path: str | os.PathLike):
+    """A PyAV container for a media file, or a MambavaError naming it (missing, empty, not readable)."""
+    import av
+
+    path = check_media_file(path)
     try:
         return av.open(str(path))
     except Exception as error:  # av.error.* and OSError
