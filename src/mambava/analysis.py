@@ -330,9 +330,10 @@ def write_analysis(table, out_dir: str | os.PathLike, stem: str, events: str | o
     return written
 
 
-def write_stream_summary(csv_path: str | os.PathLike, rows) -> Path | None:
+def write_stream_summary(csv_path: str | os.PathLike, rows, video: str = "") -> Path | None:
     """`<stem>.summary.csv` beside the CSV of `mambava stream --out`, from its StreamResult rows (frames with
-    no track at all are left out). None when no track was seen."""
+    no track at all are left out); `video` names the source, as `predict`'s summary does. None when no track
+    was seen."""
     import dataclasses
 
     import pandas as pd
@@ -341,6 +342,7 @@ def write_stream_summary(csv_path: str | os.PathLike, rows) -> Path | None:
     table = table[table["track"].astype(str) != ""]
     if table.empty:
         return None
+    table.insert(0, "video", video)
     csv_path = Path(csv_path)
     return write_csv(summarize(table), csv_path.with_name(f"{csv_path.stem}.summary.csv"))
 

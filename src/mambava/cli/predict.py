@@ -165,7 +165,9 @@ def stream_command(
         _write_rows(out, rows)
         from mambava.analysis import write_stream_summary
 
-        write_stream_summary(out, rows)
+        from mambava.video import source_name
+
+        write_stream_summary(out, rows, video=source_name(source))
     typer.echo(
         f"{live.frames} frames, {live.processed} through faces+backbone, dropped {live.dropped} frames"
         + (" to keep up with real time" if live.dropped else "")
