@@ -11,9 +11,18 @@
                  Causal attention by default (`transformer_causal`), like the causal TCN and Mamba, so a frame
                  never sees the future and padding at a window's end changes nothing. With the defaults (2
                  layers, 4 heads, ff 320) it has 923,008 parameters against the Mamba encoder's 919,296.
+- `fusion`       audio-visual Mamba-VA (`FusionMambaVA`), also chosen by `modalities: [visual, audio]` with
+                 `kind: mamba_va`. Input (B, T, input_dim + audio_dim + 1): the visual features, the audio
+                 features, and last the audio mask (1 = the frame has sound, 0 = none; the audio values of a
+                 masked frame are ignored, NaN included). `fusion: early` concatenates [visual, audio * mask,
+                 mask] per frame before the one TCN; `fusion: mid` runs the visual TCN and a causal audio TCN
+                 (`audio_tcn_channels`) on [audio * mask, mask], and a per-frame, per-channel sigmoid gate g
+                 computed from both and the mask mixes them, (1 - m g) h_visual + m g h_audio, before the Mamba
+                 encoder. Causal throughout, with `init_state`/`step`. `modality_dropout`: in training, the
+                 probability that a window's audio is masked whole (the model learns to do without it).
 
-All take (B, T, input_dim) and return (B, T, n_outputs). The configuration is one flat dict: `kind`, the
-fields of `MambaVAConfig`, and the `transformer_*` keys; its schema is `ModelConfig` (OmegaConf, like the rest of
+All but `fusion` take (B, T, input_dim) and return (B, T, n_outputs). The configuration is one flat dict: `kind`,
+the fields of `MambaVAConfig`, the `transformer_*` keys and the fusion keys; its schema is `ModelConfig` (OmegaConf, like the rest of
 a training config), its defaults `default_model_config`.
 
 Files: `save_temporal_model(model, path)` writes safetensors with the kind and config in its metadata (the
@@ -42,8 +51,12 @@ from torch import nn
 from mambava import schema
 from mambava.errors import MambavaError
 from mambava.model import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig, is_safetensors
+from mambava.tcn import TCNState
 
-KINDS = ("mamba_va", "tcn", "mamba", "mlp", "transformer")
+KINDS = ("mamba_va", "tcn", "mamba", "mlp", "transformer", "fusion")
+MODALITIES = ("visual", "audio")
+FUSIONS = ("early", "mid")
+FUSION_KEYS = ("modalities", "fusion", "audio_dim", "audio_tcn_channels", "modality_dropout")
 BASELINE_DEFAULTS: dict[str, Any] = {
     "transformer_layers": 2,
     "transformer_heads": 4,
@@ -67,6 +80,15 @@ def _model_schema() -> type:
             kind = typing.Union[typing.get_args(kind)]  # (OmegaConf reads typing.Union, not `int | str`)
         fields.append((f.name, kind, default))
     fields += [(key, type(value), value) for key, value in BASELINE_DEFAULTS.items()]
+    fusion_fields = [
+        ("modalities", list[str], dataclasses.field(default_factory=lambda: ["visual"])),
+        ("fusion", str, "early"),
+        ("audio_dim", int, 89),  # `extract --audio`'s default sets: 25 eGeMAPS + 64 log-mel
+        ("audio_tcn_channels", list[int], dataclasses.field(default_factory=lambda: [128, 256])),
+        ("modality_dropout", float, 0.0),
+    ]
+    assert tuple(name for name, *_ in fusion_fields) == FUSION_KEYS
+    fields += fusion_fields
     return dataclasses.make_dataclass("ModelConfig", fields)
 
 
@@ -88,7 +110,33 @@ def resolve_model_config(values: Mapping[str, Any] | None) -> dict[str, Any]:
     resolved = schema.to_dict(schema.merge(schema.structured(ModelConfig), values, "model"))
     if resolved["dt_rank"] != "auto" and not isinstance(resolved["dt_rank"], int):
         raise MambavaError(f"key 'model.dt_rank' must be int or 'auto', got {resolved['dt_rank']!r}")
+    _check_fusion_keys(resolved)
     return resolved
+
+
+def _check_fusion_keys(c: dict[str, Any]) -> None:
+    """The modality keys: `[visual, audio]` selects the fusion model (from `mamba_va`, the default kind)."""
+    modalities = list(c["modalities"])
+    if modalities not in (["visual"], ["visual", "audio"]):
+        raise MambavaError(f"key 'model.modalities' must be [visual] or [visual, audio], got {modalities}")
+    if modalities == ["visual", "audio"] and c["kind"] == "mamba_va":
+        c["kind"] = "fusion"
+    if c["kind"] == "fusion":
+        c["modalities"] = ["visual", "audio"]
+    elif "audio" in modalities:
+        raise MambavaError(f"key 'model.modalities': kind {c['kind']!r} takes visual features only")
+    if c["fusion"] not in FUSIONS:
+        raise MambavaError(f"key 'model.fusion' must be one of {', '.join(FUSIONS)}, got {c['fusion']!r}")
+    if c["audio_dim"] <= 0:
+        raise MambavaError(f"key 'model.audio_dim' must be positive, got {c['audio_dim']}")
+    if not 0.0 <= c["modality_dropout"] < 1.0:
+        raise MambavaError(f"key 'model.modality_dropout' must be in [0, 1), got {c['modality_dropout']}")
+    channels = list(c["audio_tcn_channels"])
+    if not channels or min(channels) <= 0:
+        raise MambavaError(f"key 'model.audio_tcn_channels' must be positive channel counts, got {channels}")
+    if c["kind"] == "fusion" and c["fusion"] == "mid" and channels[-1] != c["tcn_channels"][-1]:
+        raise MambavaError(f"key 'model.audio_tcn_channels' must end with the visual TCN's {c['tcn_channels'][-1]} "
+                           f"channels (the gate mixes the two), got {channels}")
 
 
 def _mamba_va_config(cfg: Mapping[str, Any]):
@@ -233,11 +281,127 @@ class TCNTransformer(TemporalBaseline):
         return self.head(self.encoder(self.adapt(self.temporal(x))))
 
 
+@dataclass
+class FusionState:
+    """Streaming state of `FusionMambaVA`: the (visual or early) TCN's, the audio TCN's (mid fusion) and the
+    Mamba layers'. The audio TCN steps at the visual TCN's position (`tcn.frames`), so the rows API (`keep`,
+    `join`, `fresh`, `extend`) and `mambava.stream.StreamBatch` treat it as one TCN."""
+
+    tcn: TCNState
+    audio: TCNState | None
+    mamba: list
+    frames: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.tcn.batch_size
+
+    def keep(self, rows) -> "FusionState":
+        rows = list(rows)
+        for part in (self.tcn, self.audio, *self.mamba):
+            if part is not None:
+                part.keep(rows)
+        return self
+
+    def join(self, n: int = 1) -> "FusionState":
+        return self.extend(self.fresh(n))
+
+    def fresh(self, n: int) -> "FusionState":
+        return FusionState(self.tcn.fresh(n), None if self.audio is None else self.audio.fresh(n),
+                           [layer.fresh(n) for layer in self.mamba], self.frames)
+
+    def extend(self, other: "FusionState") -> "FusionState":
+        self.tcn.extend(other.tcn)
+        if self.audio is not None:
+            other.audio.frames = self.audio.frames = self.tcn.frames
+            self.audio.extend(other.audio)
+        for layer, new in zip(self.mamba, other.mamba):
+            layer.extend(new)
+        return self
+
+
+class FusionMambaVA(TemporalBaseline):
+    """Audio-visual Mamba-VA (the module docstring's `fusion`): (B, T, input_dim + audio_dim + 1) -> (B, T, 2).
+    Submodules: `temporal` (the TCN of the visual or, early, the joined features), `audio_temporal` and `gate`
+    (mid), `mamba`, `head`."""
+
+    kind = "fusion"
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__(cfg)
+        c = self.config
+        self.visual_dim, self.audio_dim = c["input_dim"], c["audio_dim"]
+        self.mid = c["fusion"] == "mid"
+        d = c["tcn_channels"][-1]
+        if self.mid:
+            self.temporal = _tcn(c)
+            self.audio_temporal = _tcn({**c, "input_dim": self.audio_dim + 1, "tcn_channels": c["audio_tcn_channels"]})
+            self.gate = nn.Linear(2 * d + 1, d)
+        else:
+            self.temporal = _tcn({**c, "input_dim": self.visual_dim + self.audio_dim + 1})
+        self.mamba = _mamba_encoder(c)
+        self.head = _head(d, c["head_hidden"], c["n_outputs"])
+
+    @property
+    def width(self) -> int:
+        """The input's last dimension: visual, audio, mask."""
+        return self.visual_dim + self.audio_dim + 1
+
+    def _split(self, x: torch.Tensor):
+        """(visual, audio with masked frames zeroed, mask as 0/1) of (..., width) input."""
+        if x.shape[-1] != self.width:
+            raise MambavaError(f"the fusion model expects {self.width} input columns ({self.visual_dim} visual, "
+                               f"{self.audio_dim} audio, 1 audio mask), got {tuple(x.shape)}")
+        visual, audio = x[..., : self.visual_dim], x[..., self.visual_dim : -1]
+        mask = (x[..., -1:] > 0.5).to(x.dtype)
+        if self.training and self.config["modality_dropout"] > 0:  # a window's audio dropped whole
+            keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= self.config["modality_dropout"]
+            mask = mask * keep.to(x.dtype)
+        audio = torch.where(mask > 0, audio, torch.zeros((), dtype=x.dtype, device=x.device))
+        return visual, audio, mask
+
+    def _join(self, hv: torch.Tensor, ha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        g = mask * torch.sigmoid(self.gate(torch.cat([hv, ha, mask], dim=-1)))
+        return (1 - g) * hv + g * ha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        visual, audio, mask = self._split(x)
+        if self.mid:
+            h = self._join(self.temporal(visual), self.audio_temporal(torch.cat([audio, mask], -1)), mask)
+        else:
+            h = self.temporal(torch.cat([visual, audio, mask], -1))
+        return self.head(self.mamba(h))
+
+    def init_state(self, batch_size: int = 1, device=None, dtype=None, precision: str = "fp32") -> FusionState:
+        """A fresh streaming state (zero history, as the causal padding); see `MambaVA.init_state`."""
+        from mambava.tcn import STEP_PRECISIONS
+
+        if precision not in STEP_PRECISIONS:
+            raise MambavaError(f"step precision {precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")
+        audio = self.audio_temporal.init_state(batch_size, device, dtype, precision) if self.mid else None
+        return FusionState(self.temporal.init_state(batch_size, device, dtype, precision), audio,
+                           self.mamba.init_state(batch_size, device, dtype))
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, state: FusionState) -> tuple[torch.Tensor, FusionState]:
+        """One frame (batch, width) -> ((batch, n_outputs), state): `forward` in eval mode, frame by frame."""
+        visual, audio, mask = self._split(x)
+        if self.mid:
+            state.audio.frames = state.tcn.frames
+            ha = self.audio_temporal.step(torch.cat([audio, mask], -1), state.audio)
+            h = self._join(self.temporal.step(visual, state.tcn), ha, mask)
+        else:
+            h = self.temporal.step(torch.cat([visual, audio, mask], -1), state.tcn)
+        state.frames += 1
+        return self.head(self.mamba.step(h, state.mamba)), state
+
+
 BASELINES: dict[str, type[TemporalBaseline]] = {
     "tcn": TCNOnly,
     "mamba": MambaOnly,
     "mlp": FrameMLP,
     "transformer": TCNTransformer,
+    "fusion": FusionMambaVA,
 }
 
 
@@ -247,6 +411,7 @@ def build_temporal_model(kind: str | Mapping[str, Any], cfg: Mapping[str, Any] |
     if isinstance(kind, Mapping):
         cfg, kind = kind, kind.get("kind", "mamba_va")
     resolved = resolve_model_config({**(cfg or {}), "kind": kind})
+    kind = resolved["kind"]  # (`modalities: [visual, audio]` makes mamba_va the fusion model)
     if kind == "mamba_va":
         return MambaVA(_mamba_va_config(resolved))
     return BASELINES[kind](resolved)
@@ -402,7 +567,10 @@ def _run_config_near(path: Path) -> dict | None:
 
 
 def model_input_dim(model) -> int | None:
-    """The feature size a temporal model takes (`config.input_dim` or `config["input_dim"]`)."""
+    """The feature size a temporal model takes (`config.input_dim` or `config["input_dim"]`; the fusion model's
+    visual, audio and mask columns together)."""
+    if isinstance(model, FusionMambaVA):
+        return model.width
     config = getattr(model, "config", None)
     if isinstance(config, Mapping):
         return config.get("input_dim")

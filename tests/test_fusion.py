@@ -1,0 +1,139 @@
+"""Audio-visual fusion models (`kind: fusion`): shapes, causality, step = full pass, the mask removing the
+audio, modality dropout, the config keys and the checkpoint round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mambava.errors import MambavaError
+from mambava.stream import stream_features
+from mambava.temporal_models import (FusionMambaVA, build_temporal_model, count_parameters, load_temporal_model,
+                                     model_input_dim, resolve_model_config, save_temporal_model)
+
+V, A = 12, 6
+WIDTH = V + A + 1
+SMALL = {"input_dim": V, "audio_dim": A, "tcn_channels": [16, 16], "audio_tcn_channels": [8, 16], "kernel_size": 3,
+         "d_model": 16, "n_layers": 2, "d_state": 4, "dt_rank": 2, "head_hidden": 8, "dropout": 0.0}
+
+
+def fused(fusion: str, **extra) -> FusionMambaVA:
+    torch.manual_seed(0)
+    return build_temporal_model({**SMALL, "modalities": ["visual", "audio"], "fusion": fusion, **extra}).eval()
+
+
+def inputs(b: int, t: int, seed: int = 1, present: float = 0.7) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, WIDTH, generator=g)
+    x[..., -1] = (torch.rand(b, t, generator=g) < present).float()
+    return x
+
+
+@pytest.mark.parametrize("fusion", ["early", "mid"])
+def test_shape_and_causality(fusion):
+    model = fused(fusion)
+    assert isinstance(model, FusionMambaVA) and model.kind == "fusion" and model_input_dim(model) == WIDTH
+    x = inputs(2, 60)
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (2, 60, 2) and torch.isfinite(y).all()
+        for t in (0, 20, 45):
+            later = x.clone()
+            later[:, t + 1 :, :-1] = torch.randn(2, 59 - t, WIDTH - 1)  # the future's features...
+            later[:, t + 1 :, -1] = 1 - later[:, t + 1 :, -1]  # ...and its mask
+            out = model(later)
+            assert torch.equal(out[:, : t + 1], y[:, : t + 1])
+            assert (out[:, t + 1 :] - y[:, t + 1 :]).abs().max() > 1e-4  # the future does change
+
+
+@pytest.mark.parametrize("fusion", ["early", "mid"])
+def test_step_equals_full_pass(fusion):
+    model = fused(fusion)
+    x = inputs(3, 320)
+    with torch.no_grad():
+        full = model(x)
+    state = model.init_state(3)
+    stepped = torch.stack([model.step(x[:, t], state)[0] for t in range(320)], 1)
+    assert (stepped - full).abs().max() < 1e-4
+    # `stream` (one stream, the features as a (T, D) array) gives the same
+    streamed = np.stack(list(stream_features(model, x[0].numpy())))
+    assert np.abs(streamed - full[0].numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("fusion", ["early", "mid"])
+def test_masked_audio_is_ignored(fusion):
+    model = fused(fusion)
+    x = inputs(2, 80)
+    x[:, 30:50, -1] = 0.0  # no sound on frames 30..49
+    other = x.clone()
+    other[:, 30:50, V:-1] = torch.randn(2, 20, A) * 10
+    other[0, 35, V] = float("nan")  # a masked frame's values are never read, not even a NaN
+    with torch.no_grad():
+        assert torch.equal(model(x), model(other))
+        x[:, :, -1] = 0.0  # no sound at all: the audio values change nothing
+        noise = x.clone()
+        noise[..., V:-1] = torch.randn(2, 80, A)
+        assert torch.equal(model(x), model(noise))
+        x[:, :, -1] = 1.0  # with sound they do
+        noise[:, :, -1] = 1.0
+        assert (model(x) - model(noise)).abs().max() > 1e-4
+
+
+def test_mid_fusion_without_sound_is_the_visual_path():
+    # the gate is 0 where the mask is: the joined features are the visual TCN's alone
+    model = fused("mid")
+    x = inputs(1, 40)
+    x[..., -1] = 0.0
+    visual, audio, mask = model._split(x)
+    with torch.no_grad():
+        ha = model.audio_temporal(torch.cat([audio, mask], -1))
+        hv = model.temporal(visual)
+        assert torch.equal(model._join(hv, ha, mask), hv)
+
+
+def test_modality_dropout_masks_whole_windows_in_training_only():
+    model = fused("early", modality_dropout=0.5).train()
+    x = inputs(400, 5, present=1.0)
+    torch.manual_seed(3)
+    _, _, mask = model._split(x)
+    per_window = mask[..., 0]
+    assert ((per_window == 0).all(1) | (per_window == 1).all(1)).all()  # whole windows
+    dropped = float((per_window[:, 0] == 0).float().mean())
+    assert 0.4 < dropped < 0.6  # 400 windows at p = 0.5: 5 sigma is 0.125
+    model.eval()
+    assert model._split(x)[2].min() == 1.0
+
+
+@pytest.mark.parametrize("fusion", ["early", "mid"])
+def test_save_load_round_trip(fusion, tmp_path):
+    model = fused(fusion)
+    path = save_temporal_model(model, tmp_path / "fusion.safetensors")
+    loaded = load_temporal_model(path)
+    assert loaded.kind == "fusion" and loaded.config["fusion"] == fusion
+    assert count_parameters(loaded.model) == count_parameters(model)
+    x = inputs(1, 50)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+
+
+def test_config_keys():
+    # [visual] keeps the paper model: its class, parameters and checkpoint keys
+    paper = build_temporal_model({"modalities": ["visual"]})
+    assert type(paper).__name__ == "MambaVA" and count_parameters(paper) == 67_155_598
+    assert resolve_model_config({"modalities": ["visual", "audio"]})["kind"] == "fusion"
+    assert resolve_model_config({"kind": "fusion"})["modalities"] == ["visual", "audio"]
+    mid = fused("mid")
+    assert {k.split(".")[0] for k in mid.state_dict()} == {"temporal", "audio_temporal", "gate", "mamba", "head"}
+    for bad, words in [
+        ({"modalities": ["audio"]}, "must be [visual] or [visual, audio]"),
+        ({"kind": "tcn", "modalities": ["visual", "audio"]}, "kind 'tcn' takes visual features only"),
+        ({"kind": "fusion", "fusion": "late"}, "'model.fusion' must be one of early, mid"),
+        ({"kind": "fusion", "modality_dropout": 1.0}, "modality_dropout"),
+        ({"kind": "fusion", "fusion": "mid", "audio_tcn_channels": [8, 8]}, "must end with the visual TCN's 256"),
+    ]:
+        with pytest.raises(MambavaError, match=None) as error:
+            resolve_model_config(bad)
+        assert words in str(error.value)
+    with pytest.raises(MambavaError, match="expects 19 input columns"):
+        fused("early")(torch.zeros(1, 4, V))
