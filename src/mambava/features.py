@@ -300,6 +300,100 @@ class FeatureStore:
         return array
 
 
+class AudioVisualStore:
+    """A visual store with an audio store (`mambava extract --audio`) joined per frame: what the fusion models
+    (`mambava.temporal_models.FusionMambaVA`) take. Entry `name` reads as (T, D_visual + D_audio + 1): the
+    visual features, the audio features and the audio mask (1.0 = the frame has sound), T the visual entry's
+    length. The audio entry is `name`'s, else (a face track `<v>_left`/`<v>_right`) `<v>`'s; frames past its end,
+    and every frame of a video with no audio entry, are masked 0 with zero features. Both are on the video's own
+    frame grid, so their rates must agree. The same read-only interface as `FeatureStore` (`root`, `has`,
+    `names`, `meta`, `n_frames`, `read(name).window(start, stop)`); the mask returned beside the features is the
+    visual one (face present)."""
+
+    def __init__(self, visual: "FeatureStore", audio: "FeatureStore"):
+        self.visual, self.audio = visual, audio
+        self.root = visual.root
+        if not audio.root.is_dir():
+            raise MambavaError(f"{audio.root}: audio feature store not found")
+        self._audio_dim: int | None = None
+
+    def __repr__(self) -> str:
+        return f"AudioVisualStore({str(self.visual.root)!r}, {str(self.audio.root)!r})"
+
+    @property
+    def audio_dim(self) -> int:
+        """The audio store's feature size (its entries', which must all agree)."""
+        if self._audio_dim is None:
+            names = self.audio.names()
+            if not names:
+                raise MambavaError(f"{self.audio.root}: the audio feature store has no entries")
+            self._audio_dim = int(self.audio.meta(names[0])["dim"])
+        return self._audio_dim
+
+    def audio_name(self, name: str) -> str | None:
+        """The audio entry of visual entry `name`, or None."""
+        if self.audio.has(name):
+            return name
+        for side in ("_left", "_right"):
+            if name.endswith(side) and self.audio.has(name[: -len(side)]):
+                return name[: -len(side)]
+        return None
+
+    def has(self, name: str) -> bool:
+        return self.visual.has(name)
+
+    def names(self) -> list[str]:
+        return self.visual.names()
+
+    def __contains__(self, name: str) -> bool:
+        return self.has(name)
+
+    def meta(self, name: str) -> dict[str, Any]:
+        meta = dict(self.visual.meta(name))
+        meta["visual_dim"] = int(meta["dim"])
+        meta["dim"] = int(meta["dim"]) + self.audio_dim + 1
+        meta["audio_entry"] = self.audio_name(name)
+        return meta
+
+    def n_frames(self, name: str) -> int:
+        return self.visual.n_frames(name)
+
+    def read(self, name: str, verify: bool = False) -> "AudioVisualRecord":
+        visual = self.visual.read(name, verify)
+        audio_name = self.audio_name(name)
+        audio = None if audio_name is None else self.audio.read(audio_name, verify)
+        if audio is not None:
+            if audio.dim != self.audio_dim:
+                raise MambavaError(f"{audio.path}: {audio.dim}-d audio features, other entries of {self.audio.root} "
+                                   f"are {self.audio_dim}-d")
+            if not math.isclose(audio.fps, visual.fps, rel_tol=1e-3):
+                raise MambavaError(f"{audio.path}: audio features at {audio.fps:g} fps, the visual entry {name!r} at "
+                                   f"{visual.fps:g}: both must be on the video's frame grid")
+        return AudioVisualRecord(visual, audio, self.audio_dim)
+
+
+class AudioVisualRecord:
+    """One joined entry (`AudioVisualStore.read`): `window(start, stop)` -> ((n, D_v + D_a + 1) float32, the
+    visual mask (n,) bool)."""
+
+    def __init__(self, visual: FeatureRecord, audio: FeatureRecord | None, audio_dim: int):
+        self.visual, self.audio, self.audio_dim = visual, audio, audio_dim
+        self.name, self.path, self.fps, self.n_frames = visual.name, visual.path, visual.fps, visual.n_frames
+        self.dim = visual.dim + audio_dim + 1
+
+    def window(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        features, present = self.visual.window(start, stop)
+        joined = np.zeros((stop - start, self.dim), dtype=np.float32)
+        joined[:, : self.visual.dim] = features
+        if self.audio is not None:
+            end = min(stop, self.audio.n_frames)
+            if end > start:
+                sound, has_sound = self.audio.window(start, end)
+                joined[: end - start, self.visual.dim : -1] = np.where(has_sound[:, None], sound, 0.0)
+                joined[: end - start, -1] = has_sound
+        return joined, present
+
+
 class FeatureWriter:
     """Handle yielded by `FeatureStore.writer`; rows are written straight into the memory-mapped file."""
 

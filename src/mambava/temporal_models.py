@@ -16,7 +16,7 @@
                  features, and last the audio mask (1 = the frame has sound, 0 = none; the audio values of a
                  masked frame are ignored, NaN included). `fusion: early` concatenates [visual, audio * mask,
                  mask] per frame before the one TCN; `fusion: mid` runs the visual TCN and a causal audio TCN
-                 (`audio_tcn_channels`) on [audio * mask, mask], and a per-frame, per-channel sigmoid gate g
+                 (`audio_tcn_channels`, then a last block as wide as the visual TCN's last) on [audio * mask, mask], and a per-frame, per-channel sigmoid gate g
                  computed from both and the mask mixes them, (1 - m g) h_visual + m g h_audio, before the Mamba
                  encoder. Causal throughout, with `init_state`/`step`. `modality_dropout`: in training, the
                  probability that a window's audio is masked whole (the model learns to do without it).
@@ -84,7 +84,8 @@ def _model_schema() -> type:
         ("modalities", list[str], dataclasses.field(default_factory=lambda: ["visual"])),
         ("fusion", str, "early"),
         ("audio_dim", int, 89),  # `extract --audio`'s default sets: 25 eGeMAPS + 64 log-mel
-        ("audio_tcn_channels", list[int], dataclasses.field(default_factory=lambda: [128, 256])),
+        # the audio TCN's blocks before its last, which is as wide as the visual TCN's last (the gate mixes them)
+        ("audio_tcn_channels", list[int], dataclasses.field(default_factory=lambda: [128])),
         ("modality_dropout", float, 0.0),
     ]
     assert tuple(name for name, *_ in fusion_fields) == FUSION_KEYS
@@ -132,11 +133,8 @@ def _check_fusion_keys(c: dict[str, Any]) -> None:
     if not 0.0 <= c["modality_dropout"] < 1.0:
         raise MambavaError(f"key 'model.modality_dropout' must be in [0, 1), got {c['modality_dropout']}")
     channels = list(c["audio_tcn_channels"])
-    if not channels or min(channels) <= 0:
+    if channels and min(channels) <= 0:
         raise MambavaError(f"key 'model.audio_tcn_channels' must be positive channel counts, got {channels}")
-    if c["kind"] == "fusion" and c["fusion"] == "mid" and channels[-1] != c["tcn_channels"][-1]:
-        raise MambavaError(f"key 'model.audio_tcn_channels' must end with the visual TCN's {c['tcn_channels'][-1]} "
-                           f"channels (the gate mixes the two), got {channels}")
 
 
 def _mamba_va_config(cfg: Mapping[str, Any]):
@@ -335,7 +333,8 @@ class FusionMambaVA(TemporalBaseline):
         d = c["tcn_channels"][-1]
         if self.mid:
             self.temporal = _tcn(c)
-            self.audio_temporal = _tcn({**c, "input_dim": self.audio_dim + 1, "tcn_channels": c["audio_tcn_channels"]})
+            channels = [*c["audio_tcn_channels"], d]
+            self.audio_temporal = _tcn({**c, "input_dim": self.audio_dim + 1, "tcn_channels": channels})
             self.gate = nn.Linear(2 * d + 1, d)
         else:
             self.temporal = _tcn({**c, "input_dim": self.visual_dim + self.audio_dim + 1})

@@ -77,6 +77,9 @@ def evaluate_command(
     checkpoint: Path = typer.Argument(..., help="model.safetensors, a run's .ckpt, or a reference .pth."),
     features: Optional[str] = typer.Option(None, "--features", help="Feature store (default: the run's)."),
     annotations: Optional[str] = typer.Option(None, "--annotations", help="Aff-Wild2 root or labels folder (default: the run's)."),
+    audio_features: Optional[str] = typer.Option(
+        None, "--audio-features", help="Audio feature store of a fusion model (extract --audio; default: the run's)."
+    ),
     split: str = typer.Option("validation", "--split", help="'validation' or 'train' side of the fold."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Fold (default: the run's, else 0 = official split)."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Folds file (default: the run's, else from the Aff-Wild2 splits)."),
@@ -98,7 +101,7 @@ def evaluate_command(
         checkpoint, features=features, annotations=annotations, split=split, fold=fold, folds=folds,
         window=window, stride=stride, batch_size=batch_size, device=device,
         precision=lightning_precision(precision, device), out=out,
-        progress=True, protocol=protocol,
+        progress=True, protocol=protocol, audio_features=audio_features,
     )
     typer.echo(f"CCC_v {_score(result.ccc_valence)}")
     typer.echo(f"CCC_a {_score(result.ccc_arousal)}")

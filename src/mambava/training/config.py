@@ -37,10 +37,12 @@ class DataConfig:
     `<video>.txt` files in the same `valence,arousal` format (searched recursively). `folds`: a folds file
     (`mambava.folds.save_folds`); without one the folds are made from the Aff-Wild2 splits with
     `make_folds(train, validation, n_folds, fold_seed)`. `fold` 0 is the official split, 1..n_folds the
-    cross-validation folds.
+    cross-validation folds. `audio_features`: an audio feature store (`mambava extract --audio`), joined to
+    `features` per frame (visual, audio, audio mask: `mambava.features.AudioVisualStore`) for a fusion model.
     """
 
     features: str | None = None
+    audio_features: str | None = None
     annotations: str | None = None
     folds: str | None = None
     fold: int = 0

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from mambava.affwild2 import AffWild2, align_lengths, find_annotations, read_va_annotation
 from mambava.errors import MambavaError
-from mambava.features import FeatureStore
+from mambava.features import AudioVisualStore, FeatureStore
 from mambava.folds import load_folds, make_folds
 from mambava.timebase import stored_grid
 from mambava.training.config import TrainConfig
@@ -66,6 +66,39 @@ def resolve_folds(cfg: TrainConfig, labels: LabelSource | None = None) -> dict[i
     return make_folds(labels.splits["train"], labels.splits["validation"], cfg.data.n_folds, cfg.data.fold_seed)
 
 
+def open_store(cfg: TrainConfig) -> FeatureStore | AudioVisualStore:
+    """The run's features: `data.features`, joined with `data.audio_features` when that is set."""
+    store = FeatureStore(_need(cfg.data.features, "data.features"))
+    if not store.root.is_dir():
+        raise MambavaError(f"{store.root}: feature store not found")
+    return AudioVisualStore(store, FeatureStore(cfg.data.audio_features)) if cfg.data.audio_features else store
+
+
+def check_model_input(cfg: TrainConfig, dim: int) -> None:
+    """MambavaError unless the features' size is what the model takes (a fusion model: visual, audio, mask)."""
+    m = cfg.model
+    if m["kind"] != "fusion":
+        if cfg.data.audio_features:
+            raise MambavaError(f"{cfg.data.audio_features}: data.audio_features is set but model kind {m['kind']!r} "
+                               f"takes visual features only (set model.modalities=[visual,audio])")
+        if dim != m["input_dim"]:
+            raise MambavaError(f"{cfg.data.features}: features are {dim}-d but model.input_dim is {m['input_dim']} "
+                               f"(--set model.input_dim={dim})")
+        return
+    if not cfg.data.audio_features:
+        raise MambavaError("model.modalities includes audio: set data.audio_features to an audio feature store "
+                           "(mambava extract --audio)")
+    if dim != m["input_dim"] + m["audio_dim"] + 1:
+        audio = FeatureStore(cfg.data.audio_features)
+        audio_dim = AudioVisualStore(FeatureStore(cfg.data.features), audio).audio_dim
+        visual = dim - audio_dim - 1
+        raise MambavaError(
+            f"{cfg.data.features} + {cfg.data.audio_features}: features are {visual}-d visual and {audio_dim}-d audio, "
+            f"the model takes {m['input_dim']} and {m['audio_dim']} (--set model.input_dim={visual} "
+            f"model.audio_dim={audio_dim})"
+        )
+
+
 def _need(value, key: str):
     if value in (None, ""):
         raise MambavaError(f"{key} is not set (set it in the config or with --set {key}=PATH)")
@@ -86,9 +119,7 @@ class FoldData:
 def load_fold_data(cfg: TrainConfig, fold: int | None = None, sides: Sequence[str] = ("train", "validation")) -> FoldData:
     """Resolve the fold's videos, keep those with features (a warning lists the others) and read their
     labels aligned to the features' length (mambava.windows.load_labels' policy)."""
-    store = FeatureStore(_need(cfg.data.features, "data.features"))
-    if not store.root.is_dir():
-        raise MambavaError(f"{store.root}: feature store not found")
+    store = open_store(cfg)
     labels = LabelSource(_need(cfg.data.annotations, "data.annotations"))
     folds = resolve_folds(cfg, labels)
     fold = cfg.data.fold if fold is None else fold

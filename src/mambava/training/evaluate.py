@@ -206,16 +206,17 @@ def evaluate_checkpoint(
     out: str | os.PathLike | None = None,
     progress: bool = False,
     protocol: str = "videos",
+    audio_features: str | None = None,
 ) -> tuple[EvalResult, Path]:
     """`mambava evaluate`: score a checkpoint on one side ("train" or "validation") of a fold.
 
     Data paths and fold default to those of the run the checkpoint belongs to (its config.yaml or the
-    Lightning checkpoint's hyper-parameters). Writes the per-video CSV to `out` (default: beside the
+    Lightning checkpoint's hyper-parameters); a fusion model's audio store is `audio_features` or the run's. Writes the per-video CSV to `out` (default: beside the
     checkpoint, `eval_<split>_fold<k>.csv`, `eval_<split>_fold<k>_authors.csv` for the authors' protocol) and
     returns (result, csv path). `batch_size` (windows per forward pass) defaults to 32; under the authors'
     protocol it also sets which windows the dropped last batch holds, and defaults to the run's
     `eval_batch_size`, else 16 (the reference's test_batch_size, VA/config/config_fold*.yml:8)."""
-    from mambava.features import FeatureStore
+    from mambava.training.data import open_store
 
     if split not in ("train", "validation"):
         raise MambavaError(f"--split must be 'train' or 'validation', got {split!r}")
@@ -223,7 +224,8 @@ def evaluate_checkpoint(
         raise MambavaError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     loaded = load_temporal_model(checkpoint)
     data = dict((loaded.run_config or {}).get("data") or {})
-    for key, value in (("features", features), ("annotations", annotations), ("folds", folds), ("fold", fold)):
+    for key, value in (("features", features), ("annotations", annotations), ("folds", folds), ("fold", fold),
+                       ("audio_features", audio_features)):
         if value is not None:
             data[key] = value
     for key in ("features", "annotations"):
@@ -233,9 +235,12 @@ def evaluate_checkpoint(
         cfg = TrainConfig.from_dict({"model": {}, "data": data})
     except MambavaError as error:
         raise MambavaError(f"{checkpoint}: {error}") from None
+    if loaded.kind == "fusion" and not data.get("audio_features"):
+        raise MambavaError(f"{checkpoint}: a fusion model (visual + audio): pass --audio-features (no run config "
+                           f"beside the checkpoint names its audio store)")
     fold_data = load_fold_data(cfg, sides=(split,))
     names = fold_data.train if split == "train" else fold_data.validation
-    store = FeatureStore(cfg.data.features)
+    store = open_store(cfg)
     if window is None and loaded.run_config:
         window = cfg.data.window
     if stride is None and loaded.run_config:

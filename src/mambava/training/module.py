@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from mambava.errors import MambavaError
-from mambava.features import FeatureStore
 from mambava.metrics import ConcordanceCCC, ccc_loss
 from mambava.schedule import lr_factor, warm_restarts_lrs
 from mambava.temporal_models import build_temporal_model
@@ -24,6 +23,7 @@ from mambava.training.data import (
     collate_windows,
     load_fold_data,
     mix_seed,
+    open_store,
 )
 from mambava.windows import WindowDataset, authors_keep, authors_window_dataset, predict_sequence
 
@@ -49,7 +49,7 @@ class VADataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        store = FeatureStore(self.cfg.data.features)
+        store = open_store(self.cfg)
         data = self.fold_data
         self.train_set = WindowDataset(
             store, data.train, {n: data.labels[n] for n in data.train}, self.cfg.data.window, self.cfg.data.stride,

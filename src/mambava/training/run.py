@@ -15,7 +15,7 @@ from mambava.errors import MambavaError
 from mambava.fileio import is_output_failure, output_error
 from mambava.temporal_models import count_parameters, lightning_state_dict, save_temporal_model
 from mambava.training.config import MONITOR, TrainConfig, flatten_keys, save_config
-from mambava.training.data import FoldData, load_fold_data
+from mambava.training.data import FoldData, check_model_input, load_fold_data
 from mambava.training.outputs import RunPaths, plot_curves, read_metrics, read_summary, write_json
 
 
@@ -121,11 +121,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, callbacks: Sequence = ()
         _warn_config_changes(paths.config, cfg)
 
     fold_data = load_fold_data(cfg)
-    if fold_data.dim != cfg.model["input_dim"]:
-        raise MambavaError(
-            f"{cfg.data.features}: features are {fold_data.dim}-d but model.input_dim is {cfg.model['input_dim']} "
-            f"(--set model.input_dim={fold_data.dim})"
-        )
+    check_model_input(cfg, fold_data.dim)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = VAModule(cfg.to_dict())
     datamodule = VADataModule(cfg, fold_data)
