@@ -137,3 +137,24 @@ def test_config_keys():
         assert words in str(error.value)
     with pytest.raises(MambavaError, match="expects 19 input columns"):
         fused("early")(torch.zeros(1, 4, V))
+
+
+def test_stream_batch_rows_equal_their_own_streams():
+    # StreamBatch: a row that joins later (join_last) and one that leaves, as with the paper model
+    from mambava.stream import StreamBatch
+
+    model = fused("mid")
+    x = inputs(2, 60).numpy()
+    batch = StreamBatch(model)
+    batch.join("a")
+    out = {"a": [], "b": []}
+    for t in range(60):
+        if t == 20:
+            out["b"].append(batch.join_last({"b": x[1, 0]})["b"])
+        step = batch.step({"a": x[0, t], **({"b": x[1, t - 19]} if t >= 20 else {})})
+        for key, y in step.items():
+            out[key].append(y)
+    with torch.no_grad():
+        full = model(torch.from_numpy(x))
+    assert np.abs(np.stack(out["a"]) - full[0].numpy()).max() < 1e-4
+    assert np.abs(np.stack(out["b"]) - full[1, :41].numpy()).max() < 1e-4

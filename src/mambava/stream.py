@@ -137,7 +137,9 @@ class StreamBatch:
         self._torch, self.model, self.device, self.dtype, self.state = _recurrent_state(model, 0, precision)
         torch = self._torch
         self.keys: list = []
-        self._last = torch.zeros(0, model.config.input_dim, device=self.device, dtype=self.dtype)
+        from mambava.temporal_models import model_input_dim  # (a fusion model's: visual, audio, mask)
+
+        self._last = torch.zeros(0, model_input_dim(model), device=self.device, dtype=self.dtype)
         self._fed: list[bool] = []  # whether each row has had a feature (one to hold)
 
     def __len__(self) -> int:
