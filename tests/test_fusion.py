@@ -158,3 +158,18 @@ def test_stream_batch_rows_equal_their_own_streams():
         full = model(torch.from_numpy(x))
     assert np.abs(np.stack(out["a"]) - full[0].numpy()).max() < 1e-4
     assert np.abs(np.stack(out["b"]) - full[1, :41].numpy()).max() < 1e-4
+
+
+def test_predict_takes_joined_features_and_says_it_computes_no_audio(tmp_path):
+    from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder
+    from mambava.predict import Predictor
+
+    model = fused("early")
+    x = inputs(1, 90)[0].numpy()
+    predictor = Predictor(model, windowing="full")
+    with torch.no_grad():
+        expected = np.clip(model(torch.from_numpy(x)[None])[0].numpy(), -1, 1)
+    assert np.abs(predictor.predict_features(x) - expected).max() < 1e-5
+    encoder = ViTEncoder(ViTConfig(img_size=32, embed_dim=V, depth=1, num_heads=2, name="tiny"))
+    with pytest.raises(MambavaError, match="an audio-visual fusion model; predict does not compute a video's audio"):
+        Predictor(model, backbone=FeatureExtractor(encoder, batch_size=2))

@@ -17,6 +17,9 @@ caught) and on every window read; `read(name, verify=True)` scans a whole entry 
 Missing frames are forward-filled (`forward_fill`): a frame with no face takes the previous real frame's
 features; frames before the first real frame take the first real frame's features; the mask keeps which
 frames were real. This one policy serves training, evaluation and prediction alike.
+
+`AudioVisualStore(visual, audio)` reads a visual store and an audio store (`mambava extract --audio`) as one,
+each frame's row the visual features, the audio features and the audio mask: the fusion models' input.
 """
 
 from __future__ import annotations

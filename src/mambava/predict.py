@@ -218,6 +218,11 @@ class Predictor:
             encoder = backbone if isinstance(backbone, ViTEncoder) else load_encoder(backbone)
             extractor = FeatureExtractor(encoder, batch_size=self.batch_size, device=self.device, precision=self.precision)
             name = str(backbone) if not isinstance(backbone, ViTEncoder) else "the backbone"
+        if getattr(self.model, "kind", "") == "fusion":  # (checked before the sizes: its width holds the audio's)
+            raise MambavaError(
+                f"{self.model_name}: an audio-visual fusion model; predict does not compute a video's audio features "
+                f"(yet): give it a features .npy of the joined visual, audio and audio-mask columns"
+            )
         if self.input_dim is not None and extractor.dim != self.input_dim:
             raise MambavaError(
                 f"{name} gives {extractor.dim}-d features but the temporal model {self.model_name} takes "
