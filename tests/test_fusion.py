@@ -160,8 +160,7 @@ def test_stream_batch_rows_equal_their_own_streams():
     assert np.abs(np.stack(out["b"]) - full[1, :41].numpy()).max() < 1e-4
 
 
-def test_predict_takes_joined_features_and_says_it_computes_no_audio(tmp_path):
-    from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder
+def test_predict_takes_joined_features():
     from mambava.predict import Predictor
 
     model = fused("early")
@@ -170,6 +169,44 @@ def test_predict_takes_joined_features_and_says_it_computes_no_audio(tmp_path):
     with torch.no_grad():
         expected = np.clip(model(torch.from_numpy(x)[None])[0].numpy(), -1, 1)
     assert np.abs(predictor.predict_features(x) - expected).max() < 1e-5
-    encoder = ViTEncoder(ViTConfig(img_size=32, embed_dim=V, depth=1, num_heads=2, name="tiny"))
-    with pytest.raises(MambavaError, match="an audio-visual fusion model; predict does not compute a video's audio"):
-        Predictor(model, backbone=FeatureExtractor(encoder, batch_size=2))
+    with pytest.raises(MambavaError, match="takes visual features only"):
+        Predictor(build_temporal_model({**SMALL, "kind": "tcn"}), audio="egemaps,logmel")
+
+
+def test_predict_audio_joins_each_frames_own_sound(media_dir):
+    """face_noface.mov: a face for about half the clip, sound from frame 73 on (its track starts at 2.43 s).
+    `predict --audio` joins each frame's own sound (a no-face frame holds the last face's features, not its
+    sound) and marks it in `voice`; the values equal the model run by hand on the joined features."""
+    import warnings
+
+    from mambava.audio import frame_features
+    from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder
+    from mambava.features import forward_fill
+    from mambava.predict import COLUMNS, Predictor
+    from mambava.timebase import to_grid
+
+    torch.manual_seed(0)
+    encoder = ViTEncoder(ViTConfig(img_size=32, embed_dim=24, depth=1, num_heads=2, name="tiny"))
+    model = build_temporal_model({**SMALL, "input_dim": 24, "audio_dim": 89, "kind": "fusion", "fusion": "mid"}).eval()
+    with pytest.raises(MambavaError, match="pass --audio with the feature sets"):
+        Predictor(model, FeatureExtractor(encoder))
+    with pytest.raises(MambavaError, match="--audio logmel: 64 audio features per frame, but the fusion model"):
+        Predictor(model, FeatureExtractor(encoder), audio="logmel")
+    predictor = Predictor(model, FeatureExtractor(encoder, batch_size=16), audio="egemaps,logmel")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extracted = predictor.video_features(media_dir / "face_noface.mov")
+        sound = frame_features(media_dir / "face_noface.mov", "egemaps,logmel")
+        table = predictor.predict_video(media_dir / "face_noface.mov")
+    assert list(table.columns) == COLUMNS + ["voice"] and len(table) == 169
+    with pytest.raises(MambavaError, match="a fusion model streams a video without its sound"):
+        predictor.stream(media_dir / "face_noface.mov")
+    assert table["voice"].tolist() == [0] * 73 + [1] * 96
+    (name, track), = extracted.tracks.items()
+    assert not track.present[120:].any()  # the title card: no face, but sound
+    x = np.concatenate([forward_fill(track.features, track.present), np.where(sound.mask[:, None], sound.features, 0),
+                        sound.mask[:, None]], 1).astype(np.float32)
+    grid = to_grid(extracted.times, 30.0, extracted.source_times)  # the model's frame grid (the clip: 26.4 fps)
+    with torch.no_grad():
+        expected = np.clip(model(torch.from_numpy(x[grid.held])[None])[0].numpy(), -1, 1)[grid.tick]
+    np.testing.assert_allclose(table[["valence", "arousal"]].to_numpy(), expected, atol=1e-5)

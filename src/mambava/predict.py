@@ -36,6 +36,12 @@ Windowing, which decides what a frame's prediction has seen:
   windows that cover a frame (what `evaluate` scores).
 The defaults were chosen by measurement on the demo (`mambava bench stitching`; README "Stitching").
 
+An audio-visual fusion model (`mambava.temporal_models.FusionMambaVA`) needs `audio` (the feature sets it was
+trained on, e.g. "egemaps,logmel"): the video's sound is turned into per-frame features on the same frames
+(`mambava.audio.frame_features`) and joined to each track's (visual, audio, audio mask); a frame without a face
+holds its track's last face feature but keeps its own sound. The table then has a `voice` column (1 where the
+frame had usable sound). A features `.npy` for a fusion model holds the joined columns itself.
+
 A precomputed feature file (`.npy`, T x D, one row per frame; rows that are all NaN count as no-face frames)
 skips faces and backbone; its times are `frame / features_fps` (30 by default), put on the model's grid
 like a video's.
@@ -142,6 +148,8 @@ class VideoFeatures:
     tracks: dict[str, TrackFeatures] = field(default_factory=dict)
     source_frames: np.ndarray | None = None  # (N,) int64, every frame read; None: the processed ones
     source_times: np.ndarray | None = None  # (N,) float64 seconds
+    audio: np.ndarray | None = None  # (n, D_audio) float32 per processed frame (fusion models), zeros where no sound
+    voice: np.ndarray | None = None  # (n,) bool: the processed frame has usable sound
 
 
 class Predictor:
@@ -157,6 +165,8 @@ class Predictor:
     fps: process at most this many frames per second of the source (None: every frame); the model still runs
         on its own frame grid (`mambava.timebase`), and the table still has a row per source frame.
     precision: the backbone's ("auto": bf16 where the CPU/GPU runs it fast); the temporal model runs in fp32.
+    audio: a fusion model's audio feature sets ("egemaps,logmel"; `mambava.audio.FEATURE_SETS`, no "ssl"),
+        computed from each video's sound; None for a visual model.
     """
 
     def __init__(
@@ -175,6 +185,7 @@ class Predictor:
         fps: float | None = None,
         features_fps: float = 30.0,
         progress: bool = False,
+        audio: str | None = None,
     ):
         if windowing not in WINDOWING:
             raise MambavaError(f"windowing must be one of {', '.join(WINDOWING)}, got {windowing!r}")
@@ -206,7 +217,28 @@ class Predictor:
         self.fps = fps
         self.features_fps = features_fps
         self.progress = progress
+        self.audio = self._check_audio(audio)
         self.extractor = self._make_extractor(backbone) if backbone is not None else None
+
+    @property
+    def fusion(self) -> bool:
+        return getattr(self.model, "kind", "") == "fusion"
+
+    def _check_audio(self, audio: str | None) -> list[str] | None:
+        """The audio feature sets (a list), checked against the model: a fusion model's audio size."""
+        if not audio:
+            return None
+        if not self.fusion:
+            raise MambavaError(f"--audio: the temporal model {self.model_name} takes visual features only (not a "
+                               f"fusion model)")
+        from mambava.audio import check_sets, set_dims
+
+        sets = check_sets(audio)  # (ssl, which needs a speech model, is refused here)
+        dim = sum(set_dims(sets))
+        if dim != self.model.audio_dim:
+            raise MambavaError(f"--audio {','.join(sets)}: {dim} audio features per frame, but the fusion model "
+                               f"{self.model_name} takes {self.model.audio_dim}")
+        return list(sets)
 
     def _make_extractor(self, backbone):
         from mambava.backbone import FeatureExtractor, ViTEncoder, load_encoder
@@ -218,12 +250,14 @@ class Predictor:
             encoder = backbone if isinstance(backbone, ViTEncoder) else load_encoder(backbone)
             extractor = FeatureExtractor(encoder, batch_size=self.batch_size, device=self.device, precision=self.precision)
             name = str(backbone) if not isinstance(backbone, ViTEncoder) else "the backbone"
-        if getattr(self.model, "kind", "") == "fusion":  # (checked before the sizes: its width holds the audio's)
-            raise MambavaError(
-                f"{self.model_name}: an audio-visual fusion model; predict does not compute a video's audio features "
-                f"(yet): give it a features .npy of the joined visual, audio and audio-mask columns"
-            )
-        if self.input_dim is not None and extractor.dim != self.input_dim:
+        if self.fusion:  # its width holds the audio's too
+            if self.audio is None:
+                raise MambavaError(f"{self.model_name}: an audio-visual fusion model: pass --audio with the feature "
+                                   f"sets it was trained on (e.g. --audio egemaps,logmel)")
+            if extractor.dim != self.model.visual_dim:
+                raise MambavaError(f"{name} gives {extractor.dim}-d features but the fusion model {self.model_name} "
+                                   f"takes {self.model.visual_dim}-d visual features: trained on another backbone")
+        elif self.input_dim is not None and extractor.dim != self.input_dim:
             raise MambavaError(
                 f"{name} gives {extractor.dim}-d features but the temporal model {self.model_name} takes "
                 f"{self.input_dim}-d: the checkpoint was trained on another backbone"
@@ -258,7 +292,12 @@ class Predictor:
             raise MambavaError(f"windowing must be one of {', '.join(WINDOWING)}, got {windowing!r}")
         features = np.asarray(features, dtype=np.float32)
         if present is not None and not np.all(present):
-            features = forward_fill(features, present)
+            if self.fusion:  # a frame without a face holds the last face's features, not the last face's sound
+                features = features.copy()
+                visual = self.model.visual_dim
+                features[:, :visual] = forward_fill(features[:, :visual], present)
+            else:
+                features = forward_fill(features, present)
         x = torch.from_numpy(np.ascontiguousarray(features)).to(self.device)
         with torch.inference_mode(), load_aware_threads():
             if windowing == "full":
@@ -317,7 +356,7 @@ class Predictor:
         """Faces, features and the temporal model for every processed frame of a video; see the module doc."""
         extracted = self.video_features(path)
         return self._table(extracted.video, extracted.frames, extracted.times, extracted.tracks,
-                           extracted.source_frames, extracted.source_times)
+                           extracted.source_frames, extracted.source_times, extracted.audio, extracted.voice)
 
     def video_features(self, path: str | os.PathLike) -> VideoFeatures:
         """Detect and track faces over a video and encode every face crop (batched)."""
@@ -371,12 +410,28 @@ class Predictor:
             scores[positions] = [r[3] for r in rows]
             present[positions] = True
             tracks[track.name] = TrackFeatures(features, present, boxes, scores)
-        return VideoFeatures(video, np.asarray(frames, np.int64), np.asarray(times, np.float64), fps, tracks,
-                             source_frames if len(source_frames) else None, source_times if len(source_times) else None)
+        frames = np.asarray(frames, np.int64)
+        audio, voice = self._audio_features(path, frames) if self.audio else (None, None)
+        return VideoFeatures(video, frames, np.asarray(times, np.float64), fps, tracks,
+                             source_frames if len(source_frames) else None, source_times if len(source_times) else None,
+                             audio, voice)
+
+    def _audio_features(self, path, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, D_audio) features and (n,) sound mask of the processed source frames `frames`: the video's frame
+        grid is the one the frames are numbered on; frames past the sound's grid are masked."""
+        from mambava.audio import frame_features
+
+        result = frame_features(path, self.audio)
+        inside = frames < len(result.mask)
+        index = np.where(inside, frames, 0)
+        voice = inside & result.mask[index]
+        audio = np.where(voice[:, None], result.features[index], 0.0).astype(np.float32)
+        return audio, voice
 
     def _table(self, video: str, frames, times, tracks: Mapping[str, TrackFeatures],
-               source_frames=None, source_times=None) -> pandas.DataFrame:
-        """One row per source frame and track; the model on its frame grid (see `predict_timed`)."""
+               source_frames=None, source_times=None, audio=None, voice=None) -> pandas.DataFrame:
+        """One row per source frame and track; the model on its frame grid (see `predict_timed`). With `audio`
+        and `voice` (per processed frame) each track's features are joined to them, and a `voice` column added."""
         import pandas as pd
 
         frames, times = np.asarray(frames, np.int64), np.asarray(times, np.float64)
@@ -390,7 +445,10 @@ class Predictor:
         row = np.maximum(position, 0)
         parts = []
         for name, track in tracks.items():
-            va = self.predict_timed(track.features, track.present, times, source_times, name=name)
+            features = track.features
+            if audio is not None:
+                features = np.concatenate([features, audio, voice[:, None].astype(np.float32)], axis=1)
+            va = self.predict_timed(features, track.present, times, source_times, name=name)
             face = track.present[row] & processed
             boxes = np.where(processed[:, None], track.boxes[row], np.nan)
             confidence = (np.full(len(row), np.nan, np.float32) if track.scores is None else
@@ -401,8 +459,9 @@ class Predictor:
                 "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
                 "processed": processed.astype(np.int8), "timestamp": source_times, "confidence": confidence,
                 "success": face.astype(np.int8),
+                **({} if voice is None else {"voice": (voice[row] & processed).astype(np.int8)}),
             }))
-        return pd.concat(parts, ignore_index=True)[COLUMNS]
+        return pd.concat(parts, ignore_index=True)[COLUMNS + ([] if voice is None else ["voice"])]
 
     @staticmethod
     def summarize(table) -> pandas.DataFrame:
@@ -430,6 +489,9 @@ class Predictor:
             return LiveStream.from_features(self.model, features, present, name, self.features_fps, step_precision)
         if self.extractor is None:
             raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
+        if self.fusion:
+            raise MambavaError(f"{source}: a fusion model streams a video without its sound (not computed live): "
+                               f"stream a features .npy of the joined columns, or use predict --audio")
         return LiveStream(self.model, source, self.detector, self.extractor, realtime=realtime, fps=self.fps,
                           step_precision=step_precision)
 

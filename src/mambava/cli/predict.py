@@ -32,6 +32,7 @@ def predict_command(
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second (default: all); the others hold the last feature, every frame gets a row."),
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
+    audio: Optional[str] = typer.Option(None, "--audio", help="A fusion model's audio feature sets, e.g. egemaps,logmel: computed from each video's sound; adds a voice column."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Face crops per backbone batch."),
     precision: str = precision_option("auto", what="Backbone precision: "),
@@ -61,7 +62,7 @@ def predict_command(
     predictor = Predictor(
         checkpoint, backbone if videos else None, windowing=windowing, stitching=stitching, window=window, stride=stride,
         detector=detector, device=device, batch_size=batch_size, precision=precision, fps=fps,
-        features_fps=features_fps, progress=True,
+        features_fps=features_fps, progress=True, audio=audio,
     )
     from mambava.cli import error_line
     from mambava.fileio import atomic_group
