@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from mambava.errors import MambavaError
+from mambava.predict_files import FEATURE_SUFFIXES
 from mambava.progress import track_items
 from mambava.runtime import resolve_device
 from mambava.timebase import check_fps, model_fps, to_grid
@@ -70,7 +71,6 @@ if TYPE_CHECKING:
 WINDOWING = ("windows", "full")
 COLUMNS = ["video", "track", "frame", "time", "valence", "arousal", "face", "x1", "y1", "x2", "y2", "processed",
            "timestamp", "confidence", "success"]
-FEATURE_SUFFIXES = (".npy",)
 # Chosen by measurement on the demo (`mambava bench stitching`, README "Stitching"): the full causal pass has
 # the smallest frame-to-frame jumps at a P_VA within 0.002 of the best; with windows, most_history has 30%
 # smaller jumps than the mean at the mean's P_VA.
@@ -496,69 +496,6 @@ class Predictor:
                           step_precision=step_precision)
 
 
-# ---------------------------------------------------------------------------------------------- outputs
-
-
-def output_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    return {
-        "csv": out_dir / f"{stem}.csv",
-        "parquet": out_dir / f"{stem}.parquet",
-        "va_plot": out_dir / f"{stem}.va.png",
-        "circumplex_plot": out_dir / f"{stem}.circumplex.png",
-        "overlay": out_dir / f"{stem}.overlay.mp4",
-    }
-
-
-def write_table(table, out_dir: str | os.PathLike, stem: str, plots: bool = True) -> dict[str, Path]:
-    """Write the per-frame table as CSV (and Parquet when pyarrow is installed) and, with `plots`, the two
-    PNGs; every file atomically. Returns {kind: path} of what was written."""
-    import importlib.util
-
-    from mambava.fileio import atomic_path
-    from mambava.plots import plot_circumplex, plot_va_over_time
-
-    paths = output_paths(out_dir, stem)
-    written = {}
-    with atomic_path(paths["csv"]) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-    written["csv"] = paths["csv"]
-    if importlib.util.find_spec("pyarrow") is not None:
-        with atomic_path(paths["parquet"]) as tmp:
-            table.to_parquet(tmp, index=False)
-        written["parquet"] = paths["parquet"]
-    if plots:
-        title = str(table["video"].iloc[0]) if len(table) else stem
-        written["va_plot"] = plot_va_over_time(table, paths["va_plot"], title=title)
-        written["circumplex_plot"] = plot_circumplex(table, paths["circumplex_plot"], title=title)
-    return written
-
-
-def write_overlay(video: str | os.PathLike, table, path: str | os.PathLike, fps: float | None = None, progress: bool = False) -> Path:
-    """Re-read `video` (with the same `fps` sampling as the prediction) and write it with each track's box and
-    valence/arousal bars drawn (`mambava.plots.draw_overlay`); a track whose face is missing in a frame keeps
-    its last box, in grey."""
-    from mambava.plots import OverlayVideoWriter, draw_overlay
-    from mambava.video import open_video
-
-    by_frame = {frame: rows for frame, rows in table.groupby("frame", sort=False)}
-    last_box: dict[str, np.ndarray] = {}
-    several = table["track"].nunique() > 1
-    with open_video(video, fps=fps) as reader, OverlayVideoWriter(path, reader.fps) as writer:
-        for frame in track_items(reader, f"overlay {Path(str(video)).name}", reader.n_output_frames, progress):
-            image = np.ascontiguousarray(frame.image)
-            rows = by_frame.get(frame.index)
-            if rows is not None:
-                for row in rows.itertuples(index=False):
-                    box = np.array([row.x1, row.y1, row.x2, row.y2], np.float32)
-                    if np.isfinite(box).all():
-                        last_box[row.track] = box
-                    draw_overlay(image, last_box.get(row.track), row.valence, row.arousal,
-                                 label=str(row.track) if several else None, face=bool(row.face))
-            writer.write(image)
-    return Path(path)
-
-
 def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[str, int], progress: bool = False,
                            allow_length_mismatch: bool = False) -> dict[str, np.ndarray]:
     """{video: (frame_counts[video], 2)} for the ABAW submission, from the stored features of each video
@@ -593,33 +530,6 @@ def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[st
     return predictions
 
 
-def find_inputs(paths) -> list:
-    """Expand the inputs of `mambava predict`: a file stays as is (a URL too, as a string); a folder holding
-    videos or .npy files gives those (sorted); a folder of images only is one image-sequence video."""
-    from mambava.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-
-    found: list = []
-    for text in map(str, paths):
-        if "://" in text:
-            found.append(text)
-            continue
-        path = Path(text)
-        if not path.exists():
-            raise MambavaError(f"{path}: no such file or folder")
-        if not path.is_dir():
-            found.append(path)
-            continue
-        entries = sorted(p for p in path.iterdir() if p.is_file())
-        inputs = [p for p in entries if p.suffix.lower() in VIDEO_SUFFIXES or p.suffix.lower() in FEATURE_SUFFIXES]
-        if inputs:
-            found.extend(inputs)
-        elif any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
-            found.append(path)
-        else:
-            raise MambavaError(f"{path}: no videos, .npy feature files or images in this folder")
-    return found
-
-
 __all__ = [
     "COLUMNS",
     "WINDOWING",
@@ -629,9 +539,5 @@ __all__ = [
     "load_model",
     "load_features_file",
     "features_with_mask",
-    "write_table",
-    "write_overlay",
-    "find_inputs",
     "submission_predictions",
-    "output_paths",
 ]

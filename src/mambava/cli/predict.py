@@ -46,7 +46,8 @@ def predict_command(
 
     Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
     feature was carried over), x1, y1, x2, y2 (face box)."""
-    from mambava.predict import FEATURE_SUFFIXES, Predictor, find_inputs, output_paths, write_overlay, write_table
+    from mambava.predict import Predictor
+    from mambava.predict_files import FEATURE_SUFFIXES, find_inputs, output_paths, write_overlay, write_table
 
     from mambava.analysis import NORMALISATIONS, write_analysis
     from mambava.registry import resolve_model
@@ -123,7 +124,8 @@ def stream_command(
     """Valence/arousal live, one recurrent step of the temporal model per frame (equals `predict --windowing
     full` on the same frames). Webcams and URLs are real time: when faces and backbone cannot keep up,
     frames are dropped (and said so), not queued. Ctrl-C stops; the summary and --out are still written."""
-    from mambava.predict import FEATURE_SUFFIXES, Predictor
+    from mambava.predict import Predictor
+    from mambava.predict_files import FEATURE_SUFFIXES
     from mambava.registry import resolve_model
     from mambava.stream import is_live_source
 

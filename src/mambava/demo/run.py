@@ -399,7 +399,8 @@ def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: Dem
     """Predict a held-out raw video through the faces stage (or its crops) and score it against its labels."""
     from mambava.affwild2 import AffWild2
     from mambava.metrics import va_scores
-    from mambava.predict import Predictor, write_table
+    from mambava.predict import Predictor
+    from mambava.predict_files import write_table
     from mambava.synth import read_meta, read_truth
 
     meta = read_meta(data_root)
