@@ -186,6 +186,7 @@ class Predictor:
         features_fps: float = 30.0,
         progress: bool = False,
         audio: str | None = None,
+        detect_every: int = 1,
     ):
         if windowing not in WINDOWING:
             raise MambavaError(f"windowing must be one of {', '.join(WINDOWING)}, got {windowing!r}")
@@ -211,6 +212,9 @@ class Predictor:
                                                    stride if stride is not None else (ckpt_stride or 200))
         self.input_dim = model_input_dim(self.model)
         self.detector_name = detector
+        if int(detect_every) != detect_every or detect_every < 1:
+            raise MambavaError(f"--detect-every must be a whole number >= 1, got {detect_every}")
+        self.detect_every = int(detect_every)
         self._detector = None
         self.batch_size = batch_size
         self.precision = precision
@@ -380,7 +384,8 @@ class Predictor:
             pending.clear()
 
         with open_video(path, fps=self.fps) as reader:
-            stream = iter_tracked_faces(reader, self.detector, tracker=FaceTracker(), keep_images=False)
+            stream = iter_tracked_faces(reader, self.detector, tracker=FaceTracker(), keep_images=False,
+                                        detect_every=self.detect_every)
             for item in track_items(stream, f"faces+features {video}", reader.n_output_frames, self.progress):
                 position = len(frames)
                 frames.append(item.index)
@@ -493,7 +498,7 @@ class Predictor:
             raise MambavaError(f"{source}: a fusion model streams a video without its sound (not computed live): "
                                f"stream a features .npy of the joined columns, or use predict --audio")
         return LiveStream(self.model, source, self.detector, self.extractor, realtime=realtime, fps=self.fps,
-                          step_precision=step_precision)
+                          step_precision=step_precision, detect_every=self.detect_every)
 
 
 def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[str, int], progress: bool = False,

@@ -398,8 +398,9 @@ class LiveStream:
     """
 
     def __init__(self, model, source, detector=None, extractor=None, realtime: bool = False, fps: float | None = None,
-                 step_precision: str = "fp32"):
+                 step_precision: str = "fp32", detect_every: int = 1):
         check_streamable(model)
+        self.detect_every = detect_every
         self.model = model
         self.step_precision = step_precision
         self.source = source
@@ -469,7 +470,8 @@ class LiveStream:
             return list(zip(indices[:before].tolist(), times[:before].tolist()))
 
         try:
-            for item in iter_tracked_faces(frames(), self.detector, tracker=tracker, batch_size=1, keep_images=False):
+            for item in iter_tracked_faces(frames(), self.detector, tracker=tracker, batch_size=1, keep_images=False,
+                                           detect_every=self.detect_every):
                 for index, time in not_processed_before(item.index):
                     self.frames += 1
                     yield from tracks.advance(index, time, {}, dropped=True, scores={})

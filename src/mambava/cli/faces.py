@@ -29,6 +29,8 @@ def faces_command(
                                                  "(0 for small faces in large frames; slower)."),
     min_track_frames: int = typer.Option(3, "--min-track-frames", help="Discard tracks with fewer faces as spurious."),
     size: int = typer.Option(112, "--size", help="Crop size in pixels."),
+    detect_every: int = typer.Option(1, "--detect-every", help="Run the detector every K frames and follow the faces "
+                                                               "in between with optical flow (1: every frame)."),
     preview: bool = typer.Option(False, "--preview", help="Also write <video>.preview.png, a contact sheet per track."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -45,12 +47,16 @@ def faces_command(
     from mambava.faces import get_detector
 
     console = Console(stderr=True)
+    if detect_every < 1:
+        raise MambavaError(f"--detect-every must be a whole number >= 1, got {detect_every}")
     kwargs = {"min_face_size": min_face, "min_face_fraction": min_face_fraction} if detector in ("mtcnn", "haar") else {}
     if dataset is not None:
         if videos:
             raise MambavaError("faces: give VIDEOS or --dataset ROOT, not both")
         if fps is not None:
             raise MambavaError("faces --dataset: every frame is processed (crops are named by frame), no --fps")
+        if detect_every != 1:
+            raise MambavaError("faces --dataset: training crops are detected on every frame, no --detect-every")
         _dataset_faces(console, dataset, out, detector, kwargs, min_track_frames, workers, quiet)
         return
     if not videos or out is None:
@@ -60,7 +66,7 @@ def faces_command(
     for video in videos:
         try:
             _one_video(video, out, console, fps=fps, detector=det, crop_size=size, min_track_frames=min_track_frames,
-                       preview=preview, progress=not quiet)
+                       preview=preview, progress=not quiet, detect_every=detect_every)
         except OutputError:  # the output folder cannot be written: no fault of this video, every next one fails too
             raise
         except MambavaError as error:  # this video only: the batch goes on, the count and exit code tell

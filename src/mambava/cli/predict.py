@@ -30,6 +30,7 @@ def predict_command(
     overlay: bool = typer.Option(False, "--overlay", help="Also write <name>.overlay.mp4 with boxes and VA bars."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the VA-over-time and circumplex PNGs."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
+    detect_every: int = typer.Option(1, "--detect-every", help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second (default: all); the others hold the last feature, every frame gets a row."),
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
     audio: Optional[str] = typer.Option(None, "--audio", help="A fusion model's audio feature sets, e.g. egemaps,logmel: computed from each video's sound; adds a voice column."),
@@ -63,7 +64,7 @@ def predict_command(
     predictor = Predictor(
         checkpoint, backbone if videos else None, windowing=windowing, stitching=stitching, window=window, stride=stride,
         detector=detector, device=device, batch_size=batch_size, precision=precision, fps=fps,
-        features_fps=features_fps, progress=True, audio=audio,
+        features_fps=features_fps, progress=True, audio=audio, detect_every=detect_every,
     )
     from mambava.cli import error_line
     from mambava.fileio import atomic_group
@@ -115,6 +116,7 @@ def stream_command(
     realtime: bool = typer.Option(False, "--realtime", help="Replay a file at its own speed, dropping frames that cannot keep up."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print a line per frame."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
+    detect_every: int = typer.Option(1, "--detect-every", help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Take at most this many frames per second of the source; the others get rows with dropped=1."),
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
@@ -143,7 +145,7 @@ def stream_command(
         _make_folder(out.parent)
     predictor = Predictor(
         checkpoint, None if is_features else backbone, windowing="full", detector=detector, device=device,
-        batch_size=8, precision=precision, fps=fps, features_fps=features_fps,
+        batch_size=8, precision=precision, fps=fps, features_fps=features_fps, detect_every=detect_every,
     )
     live = predictor.stream(source, realtime=realtime, step_precision=step_precision)
     rows = []

@@ -15,7 +15,7 @@ import numpy as np
 from mambava.errors import MambavaError
 from mambava.faces.align import face_crop
 from mambava.faces.detect import FaceDetector, get_detector
-from mambava.faces.track import FaceTracker, finish_tracks
+from mambava.faces.track import FaceTracker, finish_tracks, follow_faces
 from mambava.fileio import atomic_open, atomic_path, is_output_failure, output_error
 from mambava.progress import rate_progress
 from mambava.video import VideoFrame, VideoReader, open_video, source_name
@@ -63,6 +63,7 @@ def iter_tracked_faces(
     crop_size: int = 112,
     crops: bool = True,
     keep_images: bool = True,
+    detect_every: int = 1,
 ) -> Iterator[FrameFaces]:
     """Detect, track and align faces frame by frame, streaming: yields one FrameFaces per frame read, in
     order, holding at most `batch_size` frames at once (frames are detected in batches; 1 for live sources).
@@ -71,7 +72,11 @@ def iter_tracked_faces(
         applies only then), which is closed at the end.
     detector: a FaceDetector or a registered name (default "mtcnn").
     tracker: a FaceTracker to continue (default: a new one); crops=False skips alignment (crop=None).
+    detect_every: run the detector on every k-th frame only and follow the faces in between with optical
+        flow (`follow_faces`); a frame where a face is lost runs the detector at once. 1: every frame.
     """
+    if int(detect_every) != detect_every or detect_every < 1:
+        raise MambavaError(f"--detect-every must be a whole number >= 1, got {detect_every}")
     det = get_detector(detector or "mtcnn")
     tracker = tracker or FaceTracker()
     own = not isinstance(reader, VideoReader) and isinstance(reader, (str, os.PathLike, int))
@@ -79,6 +84,9 @@ def iter_tracked_faces(
     if batch_size is None:
         batch_size = 1 if _is_live(frames_in) else 8
     try:
+        if detect_every > 1:
+            yield from _detect_every(frames_in, det, tracker, int(detect_every), crop_size, crops, keep_images)
+            return
         batch: list[VideoFrame] = []
 
         def flush() -> Iterator[FrameFaces]:
@@ -102,6 +110,34 @@ def iter_tracked_faces(
     finally:
         if own:
             frames_in.close()
+
+
+def _detect_every(frames_in, det: FaceDetector, tracker: FaceTracker, k: int, crop_size: int, crops: bool,
+                  keep_images: bool) -> Iterator[FrameFaces]:
+    """iter_tracked_faces with the detector on every k-th frame (frame by frame: whether a frame needs the
+    detector depends on the flow of the one before). Without a face the detector still runs every k frames,
+    so a face that appears is found at most k-1 frames late, and a followed face outlives its last
+    detection by at most k-1 frames."""
+    import cv2
+
+    previous, followed, since = None, [], k
+    for frame in frames_in:
+        grey = cv2.cvtColor(np.ascontiguousarray(frame.image), cv2.COLOR_RGB2GRAY)
+        faces = None
+        if since < k and previous is not None and previous.shape == grey.shape:
+            faces = follow_faces(previous, grey, followed)
+        if faces is None:
+            faces, since = det.detect(frame.image), 1
+        else:
+            since += 1
+        ids = tracker.update(faces, frame.time)
+        tracked = [
+            TrackedFace(track_id=tid, box=face.box, landmarks=face.landmarks, score=face.score,
+                        crop=face_crop(frame.image, face, crop_size) if crops else None)
+            for tid, face in zip(ids, faces)
+        ]
+        previous, followed = grey, faces
+        yield FrameFaces(frame.index, frame.time, tracked, frame.image if keep_images else None)
 
 
 # ------------------------------------------------------------------------------------------ crop writer
@@ -182,6 +218,7 @@ def extract_faces(
     preview: bool = False,
     progress: bool = False,
     on_frame: Callable[[FrameFaces], None] | None = None,
+    detect_every: int = 1,
 ) -> FacesResult:
     """Write the crops of `video_path` in the Aff-Wild2 `cropped_aligned` layout and a per-frame CSV.
 
@@ -191,6 +228,7 @@ def extract_faces(
     at all has one row per frame with an empty track); with `preview`, out_dir/<video>.preview.png.
     Tracks with fewer than `min_track_frames` faces (fewer than the number of processed frames for very
     short inputs) are discarded as spurious; tracks that follow one another at the same place are joined.
+    detect_every: see iter_tracked_faces.
     Crops go to a hidden staging folder first and are renamed into place at the end.
     """
     out_dir = Path(out_dir)
@@ -202,7 +240,7 @@ def extract_faces(
             source_fps = reader.fps
             frames, times, rows = _stage_crops(reader, det, staging, f"faces {video}", tracker=tracker,
                                                batch_size=batch_size, crop_size=crop_size, jpeg_quality=jpeg_quality,
-                                               progress=progress, on_frame=on_frame)
+                                               progress=progress, on_frame=on_frame, detect_every=detect_every)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, OSError) and is_output_failure(error, out_dir):  # a full disk: name the folder
@@ -242,7 +280,7 @@ def _fresh_staging(out_dir: Path, video: str) -> Path:
 
 def _stage_crops(reader: VideoReader, det: FaceDetector, staging: Path, description: str, *,
                  tracker: FaceTracker | None, batch_size: int | None, crop_size: int, jpeg_quality: int,
-                 progress: bool, on_frame: Callable[[FrameFaces], None] | None):
+                 progress: bool, on_frame: Callable[[FrameFaces], None] | None, detect_every: int = 1):
     """Run the tracker over the reader, writing each face's crop to staging/<track id>/<NNNNN>.jpg; returns
     (processed frame indices, their times, {track id: [(index, score, box, landmarks)]})."""
     frames: list[int] = []
@@ -251,8 +289,8 @@ def _stage_crops(reader: VideoReader, det: FaceDetector, staging: Path, descript
     with rate_progress(progress) as bar:
         task = bar.add_task(description, total=reader.n_output_frames)
         try:
-            for item in iter_tracked_faces(reader, det, tracker=tracker, batch_size=batch_size,
-                                           crop_size=crop_size, keep_images=on_frame is not None):
+            for item in iter_tracked_faces(reader, det, tracker=tracker, batch_size=batch_size, crop_size=crop_size,
+                                           keep_images=on_frame is not None, detect_every=detect_every):
                 frames.append(item.index)
                 times.append(item.time)
                 for face in item.faces:

@@ -225,3 +225,55 @@ def finish_tracks(video: str, hits: dict[int, list], n_frames: int, min_track_fr
     finished = [FinishedTrack(names[root], root, members[root], merged[root]) for root in merged]
     natural = lambda t: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", t.name)]  # noqa: E731
     return sorted(finished, key=natural), len(hits) - len(kept)
+
+
+# ------------------------------------------------------------------------ following faces between detections
+
+def _follow_points(face: Face) -> np.ndarray:
+    """The points optical flow follows: the 5 landmarks, or (no landmarks) the box centre and four points
+    half-way to its corners."""
+    if face.landmarks is not None:
+        return np.asarray(face.landmarks, np.float32).reshape(5, 2)
+    cx, cy = face.center
+    w, h = (face.box[2] - face.box[0]) / 4, (face.box[3] - face.box[1]) / 4
+    return np.array([[cx, cy], [cx - w, cy - h], [cx + w, cy - h], [cx - w, cy + h], [cx + w, cy + h]], np.float32)
+
+
+def follow_faces(previous: np.ndarray, current: np.ndarray, faces: list[Face],
+                 max_fb_error: float = 0.05) -> list[Face] | None:
+    """Move `faces` found in the grey frame `previous` to the grey frame `current` with pyramidal
+    Lucas-Kanade flow of their landmarks; the box follows the landmarks' similarity (shift, scale, the
+    rotation ignored since boxes stay upright). Returns None when any face is lost: a point the flow cannot
+    follow, or whose forward-backward error exceeds `max_fb_error` face sizes (a cut, an occlusion, a
+    flat card) — the caller then runs the detector."""
+    import cv2
+
+    if not faces:
+        return []
+    points = np.concatenate([_follow_points(f) for f in faces]).reshape(-1, 1, 2)
+    params = dict(winSize=(21, 21), maxLevel=3,
+                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    moved, ok, _ = cv2.calcOpticalFlowPyrLK(previous, current, points, None, **params)
+    if moved is None:
+        return None
+    back, ok_back, _ = cv2.calcOpticalFlowPyrLK(current, previous, moved, None, **params)
+    if back is None:
+        return None
+    fb = np.linalg.norm((back - points).reshape(-1, 2), axis=1)
+    good = (ok.reshape(-1) == 1) & (ok_back.reshape(-1) == 1)
+    out: list[Face] = []
+    for i, face in enumerate(faces):
+        rows = slice(5 * i, 5 * i + 5)
+        if not good[rows].all() or fb[rows].max() > max(1.0, max_fb_error * face.size):
+            return None
+        src, dst = points[rows].reshape(5, 2), moved[rows].reshape(5, 2)
+        matrix, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
+        if matrix is None:
+            return None
+        scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+        centre = matrix[:, :2] @ face.center.astype(np.float64) + matrix[:, 2]
+        half = (face.box[2:] - face.box[:2]) * scale / 2
+        box = np.concatenate([centre - half, centre + half]).astype(np.float32)
+        landmarks = dst.astype(np.float32) if face.landmarks is not None else None
+        out.append(Face(box=box, landmarks=landmarks, score=face.score))
+    return out
