@@ -74,9 +74,10 @@ SMOKE = {
     ),
     "faces": (
         ["--video", "{clip}", "--repeats", "1"],
-        [rf"^  decode +{NUMBER} frames/s +×1\.000 of decode$"]
-        + [rf"^  {re.escape(name)} +{NUMBER} frames/s +×{NUMBER} of decode$"
-           for name in ("mtcnn (auto)", "mtcnn (1 thread)", "mtcnn (2 threads)", "haar", "extract_faces")],
+        [rf"^  decode +{NUMBER} frames/s +×1\.000 of decode, \+0\.00 ms/frame$"]
+        + [rf"^  {re.escape(name)} +{NUMBER} frames/s +×{NUMBER} of decode, [+-]{NUMBER} ms/frame$"
+           for name in ("mtcnn (auto)", "mtcnn (1 thread)", "mtcnn (2 threads)", "mtcnn every 3", "mtcnn every 5",
+                        "haar", "extract_faces")],
     ),
     "stitching": (
         ["{demo}"],

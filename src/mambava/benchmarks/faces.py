@@ -5,7 +5,10 @@
 
 Per clip it times, in frames/s of the source video: `decode` (PyAV decode + RGB conversion, every frame),
 `mtcnn` (decode + MTCNN detection + tracking + 112×112 alignment, as `iter_tracked_faces` runs them; with the
-detector's default num_threads="auto", and with torch threads fixed at 1 and at 2), and `haar` (decode + OpenCV Haar + centred crops). Each
+detector's default num_threads="auto", and with torch threads fixed at 1 and at 2), `mtcnn every k` (the same
+with MTCNN on every k-th frame only, the faces followed by optical flow in between: `--detect-every k`), and
+`haar` (decode + OpenCV Haar + centred crops). Besides frames/s, each row gives its cost over decode in ms per
+frame (for the detector rows: detection + tracking + alignment, amortised over every frame). Each
 figure is the best of `repeats` passes (the one least disturbed by other load on a shared machine); ratios are
 against `decode` of the same clip in the same run. `extract_faces` is the whole crop writer with its defaults
 (JPEG crops, CSV). The 1-minute load average before and after is printed: on a shared machine other work
@@ -49,10 +52,10 @@ def bench_clip(path: Path, repeats: int = 3) -> dict:
             for _ in reader:
                 pass
 
-    def pipeline(detector):
+    def pipeline(detector, every: int = 1):
         def run():
             with open_video(path) as reader:
-                for _ in iter_tracked_faces(reader, detector, keep_images=False):
+                for _ in iter_tracked_faces(reader, detector, keep_images=False, detect_every=every):
                     pass
         return run
 
@@ -67,6 +70,8 @@ def bench_clip(path: Path, repeats: int = 3) -> dict:
         "mtcnn (auto)": _best_rate(pipeline(mtcnn), n_frames, repeats),
         "mtcnn (1 thread)": _best_rate(pipeline(mtcnn1), n_frames, repeats),
         "mtcnn (2 threads)": _best_rate(pipeline(mtcnn2), n_frames, repeats),
+        "mtcnn every 3": _best_rate(pipeline(mtcnn, 3), n_frames, repeats),
+        "mtcnn every 5": _best_rate(pipeline(mtcnn, 5), n_frames, repeats),
         "haar": _best_rate(pipeline(haar), n_frames, repeats),
     }
     with tempfile.TemporaryDirectory() as out:
@@ -78,6 +83,7 @@ def bench_clip(path: Path, repeats: int = 3) -> dict:
         "frames": n_frames,
         "frames_per_s": rates,
         "ratio_vs_decode": {k: v / rates["decode"] for k, v in rates.items()},
+        "ms_over_decode": {k: 1000 / v - 1000 / rates["decode"] for k, v in rates.items()},
     }
 
 
@@ -100,7 +106,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{r['clip']} ({r['size']}, {r['frames']} frames; load average {r['load_average'][0]} → "
                   f"{r['load_average'][1]} on {os.cpu_count()} CPUs)")
             for name, rate in r["frames_per_s"].items():
-                print(f"  {name:<18} {rate:8.1f} frames/s   ×{r['ratio_vs_decode'][name]:.3f} of decode")
+                print(f"  {name:<18} {rate:8.1f} frames/s   ×{r['ratio_vs_decode'][name]:.3f} of decode, "
+                      f"{r['ms_over_decode'][name]:+.2f} ms/frame")
     return results
 
 
