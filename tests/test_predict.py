@@ -169,6 +169,27 @@ def test_stream_equals_predict_on_the_same_video(models, media_dir, detector, si
     assert np.abs(stepped - offline[["valence", "arousal"]].to_numpy()).max() <= 1e-4
 
 
+def test_detect_every_predict_equals_stream(models, media_dir, detector, single_face_run, tmp_path, capsys):
+    """--detect-every reaches the faces stage from predict (CLI and Predictor) and stream alike: a face in
+    every frame, stream equal to predict, and the boxes within IoU 0.8 of every-frame detection's."""
+    from mambava.faces import iou
+
+    predictor = Predictor(models["model"], models["vit"], precision="fp32", detector=detector, detect_every=5)
+    table = predictor.predict_video(media_dir / "single_face.mp4")
+    rows = list(predictor.stream(media_dir / "single_face.mp4"))
+    assert table["face"].tolist() == [int(r.face) for r in rows] == [1] * 72
+    stepped = np.array([[r.valence, r.arousal] for r in rows])
+    assert np.abs(stepped - table[["valence", "arousal"]].to_numpy()).max() <= 1e-4
+    every = pd.read_csv(single_face_run[3] / "single_face.csv")
+    boxes = ["x1", "y1", "x2", "y2"]
+    assert min(iou(a, b) for a, b in zip(table[boxes].to_numpy(), every[boxes].to_numpy())) >= 0.8
+    with pytest.raises(MambavaError, match="--detect-every must be a whole number >= 1, got 0"):
+        Predictor(models["model"], detect_every=0)
+    code, _, stderr = run_cli(["predict", media_dir / "single_face.mp4", "-c", models["model"], "-b", models["vit"],
+                               "-o", tmp_path, "--detect-every", "0"], capsys)
+    assert code == 2 and "--detect-every must be a whole number >= 1, got 0" in stderr
+
+
 def test_no_face_video_is_a_clear_error(models, media_dir, tmp_path, capsys):
     code, out, err = run_cli(["predict", media_dir / "no_face.mp4", "-c", models["model"], "-b", models["vit"],
                               "-o", tmp_path, "--fps", "8"], capsys)
