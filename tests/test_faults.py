@@ -213,6 +213,20 @@ def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+def uninterrupted_run(train_data, out: Path, epochs: int) -> Path:
+    """The same training run in this process, never stopped: what a resumed run must end equal to."""
+    from mambava.training import load_config, train
+
+    train(load_config(None, [*train_overrides(train_data, epochs), f"out_dir={out}"]))
+    return out
+
+
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    """The two runs' last checkpoints hold bit-identical weights."""
+    a, b = checkpoint_weights(run_a / "checkpoints/last.ckpt"), checkpoint_weights(run_b / "checkpoints/last.ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def run_until_epoch(train_data, out: Path, epochs: int, stop: int) -> None:
     """An earlier run, in this process, stopped before epoch `stop` (checkpoints of epoch stop-1 on disk)."""
     import lightning as L
@@ -248,12 +262,7 @@ def test_train_on_a_full_disk_keeps_the_checkpoints_and_resumes(train_data, moun
     filler.unlink()
     result = run_cli(*train_cli(train_data, out, 3, "--resume"))
     assert result.returncode == 0, result.stdout + result.stderr
-    straight = tmp_path / "straight"
-    from mambava.training import load_config, train
-
-    train(load_config(None, [*train_overrides(train_data, 3), f"out_dir={straight}"]))
-    a, b = checkpoint_weights(straight / "checkpoints/last.ckpt"), checkpoint_weights(out / "checkpoints/last.ckpt")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(uninterrupted_run(train_data, tmp_path / "straight", 3), out)
 
 
 def test_resume_refuses_a_missing_or_truncated_checkpoint(train_data, tmp_path):
@@ -289,12 +298,10 @@ def test_train_killed_then_resumed_ends_bit_identical(train_data, tmp_path):
     assert not (out / "summary.json").exists(), "the run finished before it could be killed"
     result = run_cli(*train_cli(train_data, out, 16, "--resume"))
     assert result.returncode == 0, result.stdout + result.stderr
-    from mambava.training import load_config, read_metrics, train
+    from mambava.training import read_metrics
 
-    straight = tmp_path / "straight"
-    train(load_config(None, [*train_overrides(train_data, 16), f"out_dir={straight}"]))
-    a, b = checkpoint_weights(straight / "checkpoints/last.ckpt"), checkpoint_weights(out / "checkpoints/last.ckpt")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    straight = uninterrupted_run(train_data, tmp_path / "straight", 16)
+    assert_same_weights(straight, out)
     assert [r["val_p_va"] for r in read_metrics(out / "metrics.csv")] == \
         [r["val_p_va"] for r in read_metrics(straight / "metrics.csv")]
 

@@ -4,6 +4,7 @@ real video with no other package installed by hand (issue: facenet-pytorch used 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,8 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 def wheel(tmp_path_factory) -> Path:
     """The project built into a wheel, offline (the build backend comes from this environment)."""
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy: setuptools writes build/ and egg-info beside the sources, and the checkout stays clean
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(REPO)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     (path,) = out.glob("mambava-*.whl")
     return path
 
