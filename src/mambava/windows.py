@@ -216,6 +216,7 @@ class WindowDataset(Dataset):
         if len(dims) > 1:
             raise ValueError(f"{store.root}: entries of different feature sizes {sorted(dims)} in one dataset")
         self._records: dict[str, FeatureRecord] = {}
+        self._gridded: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # other-rate entries on the grid (in memory)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -223,7 +224,15 @@ class WindowDataset(Dataset):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_records"] = {}  # memory maps are reopened in each worker, never pickled
+        state["_gridded"] = {}
         return state
+
+    def _on_grid(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self._gridded:
+            held, n = self.grids[name]
+            features, present = self._record(name).window(0, n)
+            self._gridded[name] = (features[held], present[held])
+        return self._gridded[name]
 
     def _record(self, name: str) -> FeatureRecord:
         if name not in self._records:
@@ -232,10 +241,9 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         name, start, stop = self.windows[index]
-        if name in self.grids:  # another rate: the whole (short) video read, put on the model's grid
-            held, n = self.grids[name]
-            features, present = self._record(name).window(0, n)
-            features, present = features[held[start:stop]], present[held[start:stop]]
+        if name in self.grids:  # another rate: the video put on the model's grid once, its windows cut from that
+            features, present = self._on_grid(name)
+            features, present = features[start:stop], present[start:stop]
         else:
             features, present = self._record(name).window(start, stop)
         x, mask = pad_window(features, self.window)
