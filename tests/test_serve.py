@@ -37,3 +37,210 @@ def test_step_some_equals_separate_streams_at_their_own_pace(tiny_mamba_va):
     assert set(got) == set("abcd") and min(len(v) for v in got.values()) > 20
     for key in got:
         assert np.abs(np.stack(got[key]) - np.stack(want[key])).max() <= 1e-5, key
+
+
+# ------------------------------------------------------------------------------------------- the application
+
+from test_predict import DIM, detector, models  # noqa: E402,F401  (tiny ViT + Mamba-VA, the cached MTCNN)
+
+N_FRAMES = 24  # frames of single_face.mp4 sent live (detection is the slow part)
+
+
+def _app(models, detector, **limits):
+    from mambava.predict import Predictor
+    from mambava.serve.app import create_app
+    from mambava.serve.sessions import ServeLimits
+
+    predictor = Predictor(models["model"], models["vit"], precision="fp32", detector=detector)
+    return create_app(predictor, ServeLimits(**limits))
+
+
+@pytest.fixture(scope="module")
+def jpeg_clip(media_dir, tmp_path_factory):
+    """The first N_FRAMES frames of single_face.mp4 as JPEG bytes, also written to a folder clip/ (what
+    `stream` reads as an image folder at 30 fps)."""
+    from PIL import Image
+
+    from mambava.video import open_video
+
+    folder = tmp_path_factory.mktemp("jpegs") / "clip"
+    folder.mkdir()
+    jpegs = []
+    with open_video(media_dir / "single_face.mp4") as reader:
+        for frame in reader:
+            if frame.index == N_FRAMES:
+                break
+            path = folder / f"f{frame.index:03d}.jpg"
+            Image.fromarray(frame.image).save(path, quality=90)
+            jpegs.append(path.read_bytes())
+    return folder, jpegs
+
+
+def _receive_frames(ws, n: int) -> list[dict]:
+    messages = []
+    while len(messages) < n:
+        message = ws.receive_json()
+        if "frame" in message:
+            messages.append(message)
+    return messages
+
+
+def test_websocket_equals_stream_on_the_same_frames_with_a_second_session(models, detector, jpeg_clip):
+    """Session A sends the clip's JPEG frames, session B features at the same time (so their steps share the
+    batch): A's per-frame valence/arousal, boxes and face flags equal `stream` on the same JPEG files (an image
+    folder, 30 fps), B's equal `stream` on the same features, to <= 1e-4 (float32 rounding of other batch
+    sizes)."""
+    from fastapi.testclient import TestClient
+
+    from mambava.predict import Predictor
+
+    folder, jpegs = jpeg_clip
+    predictor = Predictor(models["model"], models["vit"], precision="fp32", detector=detector)
+    want = list(predictor.stream(folder))
+    features = np.cumsum(np.random.default_rng(1).normal(size=(N_FRAMES, DIM)), axis=0).astype(np.float32) / 4
+    want_b = list(predictor.stream(features))
+    app = _app(models, detector, queue_frames=64)
+    with TestClient(app) as client:
+        with client.websocket_connect("/ws?name=clip&fps=30") as a, client.websocket_connect("/ws?name=b") as b:
+            assert a.receive_json()["name"] == "clip" and b.receive_json()["name"] == "b"
+            for jpeg, feature in zip(jpegs, features):
+                a.send_bytes(jpeg)
+                b.send_bytes(feature.astype("<f4").tobytes())
+            got, got_b = _receive_frames(a, N_FRAMES), _receive_frames(b, N_FRAMES)
+        hub = app.state.hub
+        assert hub.step_calls < 2 * N_FRAMES  # the two sessions' steps were batched (each would take N alone)
+    assert hub.alive is False  # the worker was joined at shutdown
+    assert [m["frame"] for m in got] == [r.frame for r in want] == list(range(N_FRAMES))
+    rows = [m["tracks"][0] for m in got]
+    assert all(len(m["tracks"]) == 1 and not m["dropped"] for m in got)
+    assert [r["track"] for r in rows] == [w.track for w in want] and rows[0]["track"] == "clip"
+    assert [r["face"] for r in rows] == [w.face for w in want] and sum(r["face"] for r in rows) >= N_FRAMES - 2
+    va = np.array([[r["valence"], r["arousal"]] for r in rows])
+    assert np.abs(va - np.array([[w.valence, w.arousal] for w in want])).max() <= 1e-4
+    assert np.allclose([r["confidence"] for r in rows], [w.confidence for w in want], atol=1e-4)
+    assert all(r["box"][2] > r["box"][0] + 20 and r["box"][3] > r["box"][1] + 20 for r in rows if r["face"])
+    va_b = np.array([[m["tracks"][0]["valence"], m["tracks"][0]["arousal"]] for m in got_b])
+    assert np.abs(va_b - np.array([[w.valence, w.arousal] for w in want_b])).max() <= 1e-4
+
+
+def _wait(condition, what: str, timeout: float = 20.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_overload_drops_the_oldest_frames_and_says_so(models, detector):
+    """queue_frames=2: with the worker held, 10 more frames arrive; the 8 oldest are dropped, each answered
+    with dropped=true and counted in dropped_total, and the model steps through them with the last feature
+    (the values equal `stream` of the same features with those frames absent)."""
+    from fastapi.testclient import TestClient
+
+    from mambava.predict import Predictor
+
+    features = np.random.default_rng(2).normal(size=(13, DIM)).astype(np.float32)
+    app = _app(models, detector, queue_frames=2)
+    with TestClient(app) as client, client.websocket_connect("/ws?name=s") as ws:
+        ws.receive_json()
+        for feature in features[:3]:
+            ws.send_bytes(feature.tobytes())
+        first = _receive_frames(ws, 3)
+        hub = app.state.hub
+        hub.pause()
+        for feature in features[3:]:
+            ws.send_bytes(feature.tobytes())
+        _wait(lambda: all(s.received == 13 for s in hub.sessions.values()), "the frames to arrive")
+        hub.resume()
+        rest = _receive_frames(ws, 10)
+    messages = first + rest
+    assert [m["frame"] for m in messages] == list(range(13))
+    assert [m["dropped"] for m in messages] == [False] * 3 + [True] * 8 + [False] * 2
+    assert [m["dropped_total"] for m in messages] == [0] * 3 + [8] * 10
+    present = np.array([not m["dropped"] for m in messages])
+    want = list(Predictor(models["model"]).stream(np.where(present[:, None], features, np.nan)))
+    va = np.array([[m["tracks"][0]["valence"], m["tracks"][0]["arousal"]] for m in messages])
+    assert np.abs(va - np.array([[w.valence, w.arousal] for w in want])).max() <= 1e-4
+    assert [m["tracks"][0]["face"] for m in messages] == present.tolist()
+
+
+def test_session_limit_and_bad_frames(models, detector):
+    """max_sessions=1: a second session is refused with a clear message and close code 1013; bad frames get a
+    one-line error each and the session goes on."""
+    from fastapi.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    app = _app(models, detector, max_sessions=1, max_frame_mb=0.001)
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["session"] == 1
+        with client.websocket_connect("/ws") as refused:
+            assert refused.receive_json() == {"error": "server full: 1 of 1 live sessions in use; try again later"}
+            with pytest.raises(WebSocketDisconnect) as closed:
+                refused.receive_json()
+            assert closed.value.code == 1013
+        ws.send_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        ws.send_bytes(b"hello")
+        ws.send_bytes(bytes(2000))
+        ws.send_text("not json")
+        ws.send_bytes(np.ones(DIM, np.float32).tobytes())
+        got = [ws.receive_json() for _ in range(5)]
+    errors = [m["error"] for m in sorted(got, key=lambda m: m.get("frame", 99)) if "error" in m]
+    assert errors[0].startswith("frame 0: a broken image (") and "Traceback" not in errors[0]
+    assert errors[1] == f"frame 1: 5 bytes are neither a JPEG/PNG image nor {DIM} float32 features ({4 * DIM} bytes)"
+    assert errors[2] == "frame 2: 0.00191 MB is over the limit of 0.001 MB (--max-frame-mb)"
+    assert errors[3].startswith('a text message must be {"time": seconds}')
+    row = next(m for m in got if "tracks" in m)
+    assert row["frame"] == 3 and row["tracks"][0]["face"] and -1 <= row["tracks"][0]["valence"] <= 1
+
+
+def test_post_predict_json_and_csv_equal_predicts_csv(models, detector, media_dir, tmp_path, capsys):
+    """POST /predict single_face.mp4: ?format=csv is byte for byte the CSV `mambava predict` writes, and the
+    JSON rows are the same rows (column for column, NaN as null)."""
+    import pandas as pd
+    from fastapi.testclient import TestClient
+
+    from mambava.predict import COLUMNS
+    from test_predict import run_cli
+
+    from test_bench_smoke import _short_clip  # the first frames of single_face.mp4 (detection is the slow part)
+
+    clip = _short_clip(media_dir, tmp_path / "single_face.mp4", n=N_FRAMES)
+    code, _, err = run_cli(["predict", clip, "-c", models["model"], "-b", models["vit"], "-o", tmp_path / "out",
+                            "--no-plots", "--precision", "fp32", "--detector", detector], capsys)
+    assert code == 0, err
+    expected = (tmp_path / "out" / "single_face.csv").read_text()
+    video = clip.read_bytes()
+    with TestClient(_app(models, detector)) as client:
+        csv = client.post("/predict?format=csv", files={"file": ("single_face.mp4", video, "video/mp4")})
+        rows = client.post("/predict", files={"file": ("single_face.mp4", video, "video/mp4")})
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert csv.text == expected
+    assert rows.status_code == 200
+    got, want = pd.DataFrame(rows.json()), pd.read_csv(tmp_path / "out" / "single_face.csv")
+    assert list(got.columns) == COLUMNS and len(got) == len(want) == N_FRAMES
+    assert (got["video"] == "single_face").all() and got["frame"].tolist() == list(range(N_FRAMES))
+    assert got["face"].sum() >= N_FRAMES - 2
+    numeric = [c for c in COLUMNS if c not in ("video", "track")]
+    assert np.allclose(got[numeric].astype(float), want[numeric], atol=1e-5, equal_nan=True)
+
+
+def test_post_predict_refusals(models, detector, media_dir):
+    """Over the size limit: 413 naming the limit; not a video, an empty upload, no `file` field, a bad format:
+    4xx with one line naming the upload (not the server's temporary path), never a traceback."""
+    from fastapi.testclient import TestClient
+
+    video = (media_dir / "single_face.mp4").read_bytes()
+    with TestClient(_app(models, detector, max_upload_mb=0.1)) as client:
+        big = client.post("/predict", files={"file": ("single_face.mp4", video, "video/mp4")})
+        junk = client.post("/predict", files={"file": ("junk.mp4", b"not a video at all " * 50, "video/mp4")})
+        empty = client.post("/predict", files={"file": ("empty.mp4", b"", "video/mp4")})
+        nofile = client.post("/predict", files={"video": ("a.mp4", b"x", "video/mp4")})
+        fmt = client.post("/predict?format=xml", files={"file": ("a.mp4", b"x", "video/mp4")})
+    assert big.status_code == 413
+    assert big.json() == {"error": "upload of 0.2 MB is over this server's limit of 0.1 MB (--max-upload-mb)"}
+    assert junk.status_code == 422 and junk.json()["error"].startswith("junk.mp4: cannot open as a video (")
+    assert "mambava-serve-" not in junk.text and "Traceback" not in junk.text and "\n" not in junk.json()["error"]
+    assert empty.status_code == 400 and empty.json() == {"error": "empty.mp4: the upload is empty"}
+    assert nofile.status_code == 400 and nofile.json() == {"error": "POST /predict needs the video as the multipart field 'file'"}
+    assert fmt.status_code == 400 and fmt.json() == {"error": "format=xml: expected json or csv"}
