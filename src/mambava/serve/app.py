@@ -205,4 +205,40 @@ def create_app(predictor, limits: ServeLimits = ServeLimits(), step_precision: s
     return app
 
 
-__all__ = ["create_app", "STATIC"]
+class ServerThread:
+    """uvicorn serving `app` on host:port (0: a free port) in a background thread, for tests and the load
+    benchmark: `with ServerThread(app) as server: server.url ...`; leaving stops it (sessions closed, the hub's
+    worker joined) and joins the thread."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import socket
+
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind((host, port))
+        self.host, self.port = self._socket.getsockname()[:2]
+        self.url = f"http://{self.host}:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", ws_max_size=64 * MB, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]},
+                                        name="mambava-uvicorn", daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        import time
+
+        self._thread.start()
+        end = time.monotonic() + 30
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > end:
+                raise MambavaError(f"the server on {self.url} did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self._thread.join(30)
+        self._socket.close()
+
+
+__all__ = ["create_app", "ServerThread", "STATIC"]
