@@ -134,8 +134,10 @@ def _wait(condition, what: str, timeout: float = 20.0) -> None:
 
 def test_overload_drops_the_oldest_frames_and_says_so(models, detector):
     """queue_frames=2: with the worker held, 10 more frames arrive; the 8 oldest are dropped, each answered
-    with dropped=true and counted in dropped_total, and the model steps through them with the last feature
-    (the values equal `stream` of the same features with those frames absent)."""
+    with dropped=true and counted in dropped_total. The model steps through 2 of them (the hold budget, =
+    queue_frames) with the last feature, as `stream` does; the other 6 take the last values without a step and
+    the session's clock moves past them (skipped_total 6). So the values equal `stream` of the features with
+    frames 3-4 absent and 5-10 cut out."""
     from fastapi.testclient import TestClient
 
     from mambava.predict import Predictor
@@ -158,11 +160,13 @@ def test_overload_drops_the_oldest_frames_and_says_so(models, detector):
     assert [m["frame"] for m in messages] == list(range(13))
     assert [m["dropped"] for m in messages] == [False] * 3 + [True] * 8 + [False] * 2
     assert [m["dropped_total"] for m in messages] == [0] * 3 + [8] * 10
-    present = np.array([not m["dropped"] for m in messages])
-    want = list(Predictor(models["model"]).stream(np.where(present[:, None], features, np.nan)))
+    assert [m["skipped_total"] for m in messages] == [0] * 3 + [6] * 10
+    stepped = np.concatenate([features[:3], np.full((2, DIM), np.nan, np.float32), features[11:]])
+    want = [[w.valence, w.arousal] for w in Predictor(models["model"]).stream(stepped)]
+    want = want[:5] + [want[4]] * 6 + want[5:]  # the skipped frames hold frame 4's values
     va = np.array([[m["tracks"][0]["valence"], m["tracks"][0]["arousal"]] for m in messages])
-    assert np.abs(va - np.array([[w.valence, w.arousal] for w in want])).max() <= 1e-4
-    assert [m["tracks"][0]["face"] for m in messages] == present.tolist()
+    assert np.abs(va - np.array(want)).max() <= 1e-4
+    assert [m["tracks"][0]["face"] for m in messages] == [not m["dropped"] for m in messages]
 
 
 def test_session_limit_and_bad_frames(models, detector):

@@ -13,8 +13,12 @@ feature), faces are tracked (`FaceTracker`) and named after the session, a track
 is first found and ends when the tracker drops it. So a session's values equal `stream`'s on the same frames.
 
 Overload: each session holds at most `queue_frames` frames waiting; a new frame beyond that drops the oldest
-one, which gets a row with `dropped: true` (the model steps through it with the last feature, as `stream` does
-with frames it cannot keep up with) and is counted in the session's `dropped`.
+one, which gets a row with `dropped: true` and is counted in the session's `dropped`. The model steps through
+dropped frames with the last feature, as `stream` does with frames it cannot keep up with, but at most
+`queue_frames` of them per round: a step is not free (the paper model's is 16-50 ms on a small CPU), and
+stepping every dropped frame would let the work owed grow without bound. Dropped frames past that take the last
+values without a step, and the session's clock moves past them (`skipped` counts the grid ticks its model
+lost), so a session's latency stays bounded by the queue under any load.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ class Session:
     """One live stream: its waiting frames, its tracker and clock, its tracks' rows in the shared batch.
     `deliver(message)` hands a JSON-able dict to the client (called from the worker thread)."""
 
-    def __init__(self, sid: int, name: str, fps: float, deliver: Callable[[dict], None], model_fps: float):
+    def __init__(self, sid: int, name: str, fps: float, deliver: Callable[[dict], None], model_fps: float,
+                 hold_budget: int = 4):
         from mambava.faces import FaceTracker
         from mambava.timebase import GridClock, check_fps
 
@@ -77,6 +82,8 @@ class Session:
         self._names: dict[int, str] = {}
         self.clock = GridClock(model_fps)
         self.tick: int | None = None
+        self.hold_budget = hold_budget
+        self.skipped = 0  # grid ticks the model did not step (dropped frames past the hold budget)
         self.tracks: list[str] = []  # in the batch, in order of joining
         self.outputs: dict[str, np.ndarray] = {}
 
@@ -94,7 +101,18 @@ class Session:
         ("join", {key: feature}) or ("step", {key: feature or None}) and is sent back the batch's outputs of its
         keys; returns the rows (one message per frame). Each frame: `TrackStreams.advance`'s steps."""
         messages = []
+        holds = self.hold_budget  # dropped frames stepped through this round; the rest are skipped
         for event in events:
+            if event.dropped and self.tick is not None:
+                if holds <= 0:  # no step: the clock moves past the frame, the model's time loses its ticks
+                    skip = self.clock.tick(event.time) - self.tick
+                    if skip > 0:
+                        self.clock.t0 += skip / self.clock.fps
+                        self.clock.last = self.tick
+                        self.skipped += skip
+                    messages.append(self._message(event))
+                    continue
+                holds -= 1
             if event.retire is not None:
                 gone = [t for t in self.tracks if t not in event.retire]
                 if gone:
@@ -186,7 +204,8 @@ class SessionHub:
         self._cond = threading.Condition()
         self._paused = False
         self._stop = False
-        self.step_calls = 0
+        self.step_calls = 0  # step_some calls, and the batch rows they stepped (their ratio: the batching)
+        self.stepped_rows = 0
         self.rounds = 0
         self._thread = threading.Thread(target=self._run, name="mambava-serve", daemon=True)
         self._thread.start()
@@ -201,7 +220,7 @@ class SessionHub:
             if len(self.sessions) >= self.limits.max_sessions:
                 raise MambavaError(f"server full: {len(self.sessions)} of {self.limits.max_sessions} live sessions "
                                    f"in use; try again later")
-            session = Session(next(self._ids), name, fps, deliver, self.model_fps)
+            session = Session(next(self._ids), name, fps, deliver, self.model_fps, self.limits.queue_frames)
             self.sessions[session.id] = session
             return session
 
@@ -363,6 +382,8 @@ class SessionHub:
             running[session.id] = (session, coroutine, None)
         replies: dict[int, dict] = {sid: None for sid in running}
         while running:
+            if self._stop:  # shutting down: the round is abandoned (its sessions are closed)
+                return
             ops = {}
             for sid, (session, coroutine, _) in list(running.items()):
                 try:
@@ -372,6 +393,7 @@ class SessionHub:
                     for message in done.value:
                         session.served += 1
                         message["dropped_total"] = session.dropped
+                        message["skipped_total"] = session.skipped
                         session.deliver(message)
             replies = {}
             for sid, (kind, keys) in ops.items():
@@ -385,6 +407,7 @@ class SessionHub:
             if steps:
                 out.update(self.batch.step_some(steps))
                 self.step_calls += 1
+                self.stepped_rows += len(steps)
             for sid, (kind, keys) in ops.items():
                 if kind != "leave":
                     replies[sid] = {k: out[k] for k in keys}
