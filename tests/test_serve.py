@@ -248,3 +248,70 @@ def test_post_predict_refusals(models, detector, media_dir):
     assert empty.status_code == 400 and empty.json() == {"error": "empty.mp4: the upload is empty"}
     assert nofile.status_code == 400 and nofile.json() == {"error": "POST /predict needs the video as the multipart field 'file'"}
     assert fmt.status_code == 400 and fmt.json() == {"error": "format=xml: expected json or csv"}
+
+
+def test_serve_command_binds_localhost_answers_and_stops_cleanly_on_ctrl_c(models, tmp_path):
+    """`mambava serve` (a real uvicorn in a subprocess): on 127.0.0.1 by default, GET /info and the page
+    answer; Ctrl-C (SIGINT) stops it with exit code 0 and no traceback."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = [sys.executable, "-c", "from mambava.cli import main; main()", "serve"]
+    process = subprocess.Popen(script + ["-c", str(models["model"]), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=2) as response:
+                    info = json.loads(response.read())
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < end, process.communicate()[1][-2000:]
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            page = response.read().decode()
+        listening = _listening(port)
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert info["input_dim"] == DIM and info["backbone"] is False and info["max_sessions"] == 8 and info["fps"] == 30
+    assert "<canvas id=\"circumplex\"" in page and "app.js" in page
+    assert listening in (["127.0.0.1"], None)  # (None: no /proc/net/tcp to read it from)
+    assert process.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert f"on http://127.0.0.1:{port}/ (features only: no --backbone; up to 8 live sessions)" in err
+
+
+def test_serve_command_refuses_bad_options_in_one_line(models, capsys):
+    from test_predict import run_cli
+
+    code, _, err = run_cli(["serve", "-c", models["model"], "--max-sessions", "0"], capsys)
+    assert code == 2 and err.strip() == "error: --max-sessions must be a whole number >= 1, got 0"
+    code, _, err = run_cli(["serve", "-c", models["model"], "--step-precision", "fp8"], capsys)
+    assert code == 2 and err.strip() == "error: --step-precision 'fp8': expected one of fp32, bf16, int8"
+
+
+def _listening(port: int) -> list[str] | None:
+    """The local addresses listening on TCP `port`, from /proc/net/tcp (Linux), None without it."""
+    import socket
+    import struct
+    from pathlib import Path
+
+    table = Path("/proc/net/tcp")
+    if not table.exists():
+        return None
+    found = []
+    for line in table.read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.append(socket.inet_ntoa(struct.pack("<I", int(address, 16))))
+    return found
