@@ -6,7 +6,8 @@
 
 The server (`mambava.serve`, uvicorn on 127.0.0.1, a free port) runs in this process; each simulated client is
 a WebSocket session that sends frames at `--rate` frames/s like a camera (paced by the clock, not by the
-answers) for `--seconds`, then waits up to 5 s for the last answers. Per-frame latency is from sending a frame
+answers) for `--seconds`, then waits up to `--drain` seconds (10) for the last answers (those still missing are
+reported as unanswered). Per-frame latency is from sending a frame
 to receiving its answer (frames the server dropped under overload are answered `dropped` and counted, not
 timed). Baseline, measured in the same run first: one session alone at the same rate. The ratios say what
 sharing the server costs a stream (p50 latency ×) and what it serves (frames answered per second per stream,
@@ -34,7 +35,8 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def _client(url: str, name: str, frames: list[bytes], rate: float, seconds: float, start: float) -> dict:
+async def _client(url: str, name: str, frames: list[bytes], rate: float, seconds: float, start: float,
+                  drain: float) -> dict:
     """One camera-like session: a frame every 1/rate s from `start` for `seconds`; latency per answered frame."""
     import websockets
 
@@ -70,15 +72,16 @@ async def _client(url: str, name: str, frames: list[bytes], rate: float, seconds
             sent[i] = time.perf_counter()
             await ws.send(frames[i % len(frames)])
         try:
-            await asyncio.wait_for(receiver, timeout=5.0)
+            await asyncio.wait_for(receiver, timeout=drain)
         except asyncio.TimeoutError:
             pass
     return {"sent": n, "answered": answered, "dropped": dropped, "errors": errors, "latencies": latencies}
 
 
-async def _load(url: str, streams: int, frames: list[bytes], rate: float, seconds: float) -> list[dict]:
+async def _load(url: str, streams: int, frames: list[bytes], rate: float, seconds: float,
+                drain: float = 10.0) -> list[dict]:
     start = time.perf_counter() + 0.2
-    return await asyncio.gather(*(_client(url, f"s{i}", frames, rate, seconds, start + i / (rate * streams))
+    return await asyncio.gather(*(_client(url, f"s{i}", frames, rate, seconds, start + i / (rate * streams), drain)
                                   for i in range(streams)))
 
 
@@ -102,8 +105,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="mambava bench serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", default="16", help="concurrent sessions to measure, comma-separated (default 16)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds each session sends frames (default 10)")
+    parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for the last answers (default 10)")
     parser.add_argument("--rate", type=float, default=30.0, help="frames/s each session sends (default 30)")
-    parser.add_argument("--queue-frames", type=int, default=4, help="the server's per-session queue (default 4)")
+    parser.add_argument("--queue-frames", type=int, default=2, help="the server's per-session queue (default 2)")
     parser.add_argument("--tiny", action="store_true", help="a small temporal model: a quick smoke run")
     parser.add_argument("--images", action="store_true", help="JPEG frames of a clip (faces + backbone) instead of features")
     parser.add_argument("--video", default=None, help="the clip for --images (default tests/data/media/single_face.mp4)")
@@ -149,7 +153,8 @@ def main(argv=None) -> int:
                          args.step_precision)
         with ServerThread(app) as server:
             hub = app.state.hub
-            results = asyncio.run(_load(server.url.replace("http", "ws"), streams, frames, args.rate, args.seconds))
+            results = asyncio.run(_load(server.url.replace("http", "ws"), streams, frames, args.rate, args.seconds,
+                                        args.drain))
         row_steps = (hub.stepped_rows, hub.step_calls)
         label = "baseline: 1 session alone" if base is None else f"{streams} sessions"
         row = _row(label, streams, results, args.seconds, row_steps[1], row_steps[0], base)

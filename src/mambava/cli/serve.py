@@ -18,7 +18,7 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only; 0.0.0.0 opens it to the network)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     max_sessions: int = typer.Option(8, "--max-sessions", help="Live sessions at once; one more is refused (WebSocket close 1013)."),
-    queue_frames: int = typer.Option(4, "--queue-frames", help="Frames a session may have waiting; beyond, the oldest is dropped (and reported)."),
+    queue_frames: int = typer.Option(2, "--queue-frames", help="Frames a session may have waiting; beyond, the oldest is dropped (and reported)."),
     max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", help="Largest video POST /predict takes (413 beyond)."),
     max_frame_mb: float = typer.Option(8.0, "--max-frame-mb", help="Largest frame a session takes."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),

@@ -46,7 +46,7 @@ class ServeLimits:
     `max_frame_mb`: one WebSocket message; `max_upload_mb`: one video of POST /predict."""
 
     max_sessions: int = 8
-    queue_frames: int = 4
+    queue_frames: int = 2
     max_upload_mb: float = 200.0
     max_frame_mb: float = 8.0
 
@@ -65,7 +65,7 @@ class Session:
     `deliver(message)` hands a JSON-able dict to the client (called from the worker thread)."""
 
     def __init__(self, sid: int, name: str, fps: float, deliver: Callable[[dict], None], model_fps: float,
-                 hold_budget: int = 4):
+                 hold_budget: int = 2):
         from mambava.faces import FaceTracker
         from mambava.timebase import GridClock, check_fps
 
