@@ -1,7 +1,7 @@
 """The page of `mambava serve` in a real headless Chromium (issue 17, item 7): Debian's chromium package, driven
 by Playwright (never a downloaded browser), with a fake webcam fed from single_face.mp4 converted to .y4m. The
 page must show rows arriving, the face box and the plots updating; its state is read from the DOM and from
-`window.mambava`. Skipped only where /usr/bin/chromium (or Playwright) is absent outside CI; in CI it runs.
+`window.mambava`; then the same with a video file chosen in the page. Skipped only where /usr/bin/chromium (or Playwright) is absent outside CI; in CI it runs.
 
 MAMBAVA_SERVE_SCREENSHOT=PATH also saves the page's screenshot there (docs/serve.png in the README)."""
 
@@ -52,6 +52,24 @@ def write_y4m(video: Path, path: Path, n_frames: int = 48) -> Path:
     return path
 
 
+def write_webm(video: Path, path: Path, n_frames: int = 48) -> Path:
+    """The first frames of `video` as VP8 WebM (a codec every Chromium build plays), for the page's file input."""
+    import av
+
+    with av.open(str(video)) as source, av.open(str(path), "w") as target:
+        stream = target.add_stream("libvpx", rate=30)
+        for i, frame in enumerate(source.decode(video=0)):
+            if i == n_frames:
+                break
+            if i == 0:
+                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
+                target.mux(packet)
+        for packet in stream.encode():
+            target.mux(packet)
+    return path
+
+
 def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, media_dir, tmp_path):
     sync_playwright = _browser_or_skip()
     from mambava.predict import Predictor
@@ -77,6 +95,7 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
             if os.environ.get("MAMBAVA_SERVE_SCREENSHOT"):
                 page.screenshot(path=os.environ["MAMBAVA_SERVE_SCREENSHOT"])
             page.click("#stop")
+            webcam = page.evaluate("window.mambava.rows.length")
             state = page.evaluate("""() => ({rows: window.mambava.rows, sent: window.mambava.sent,
                 drawn: window.mambava.drawn, point: window.mambava.point, errors: window.mambava.errors,
                 session: window.mambava.session, shown: document.getElementById('rows').textContent,
@@ -90,12 +109,21 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
                 box: (() => { const c = document.getElementById('overlay');
                     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
                     for (let i = 0; i < d.length; i += 4) if (d[i+3] > 0) n++; return n; })()})""")
+            # then a video file: a new session named after it, its frames at the video's own times
+            page.set_input_files("#file", str(write_webm(media_dir / "single_face.mp4", tmp_path / "talk.webm")))
+            page.wait_for_function("window.mambava.session.name === 'talk' && window.mambava.rows.length >= 6",
+                                   timeout=60_000)
+            played = page.evaluate("({rows: window.mambava.rows, errors: window.mambava.errors})")
         finally:
             context.close()
+    assert played["errors"] == [] and [r["frame"] for r in played["rows"]] == list(range(len(played["rows"])))
+    times = [r["time"] for r in played["rows"]]
+    assert times == sorted(times) and times[-1] <= 48 / 30 + 0.1  # the video's currentTime, within the clip
+    assert sum(r["face"] for r in played["rows"]) >= len(times) - 1
     rows = state["rows"]
     assert state["errors"] == [] and state["session"]["name"] == "webcam"
     assert len(rows) >= ROWS and int(state["shown"]) == len(rows) and state["table"] == 8
-    assert state["sent"] >= len(rows) and state["drawn"] >= len(rows)
+    assert state["sent"] >= len(rows) and state["drawn"] >= len(rows) and webcam >= len(rows)
     assert [r["frame"] for r in rows] == list(range(len(rows)))  # every frame answered, in order
     assert all(r["time"] >= 0 for r in rows) and rows[-1]["time"] > rows[0]["time"]
     faces = [r for r in rows if r["face"]]
