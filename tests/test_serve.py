@@ -315,3 +315,25 @@ def _listening(port: int) -> list[str] | None:
         if state == "0A" and int(hex_port, 16) == port:
             found.append(socket.inet_ntoa(struct.pack("<I", int(address, 16))))
     return found
+
+
+def test_shutdown_closes_open_sessions_and_joins_the_worker(tiny_mamba_va):
+    """A real uvicorn (ServerThread) stopped while a session is open: the client gets the close code 1012
+    (service restart), the hub's worker and the server thread are joined."""
+    import websockets.sync.client
+    from websockets.exceptions import ConnectionClosed
+
+    from mambava.predict import Predictor
+    from mambava.serve.app import ServerThread, create_app
+
+    app = create_app(Predictor(tiny_mamba_va(DIM), windowing="full"))
+    server = ServerThread(app).__enter__()
+    with websockets.sync.client.connect(server.url.replace("http", "ws") + "/ws?name=open") as ws:
+        assert '"name":"open"' in ws.recv(timeout=10)
+        ws.send(np.zeros(DIM, "<f4").tobytes())
+        assert '"frame":0' in ws.recv(timeout=10)
+        server.__exit__(None, None, None)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd.code == 1012
+    assert not app.state.hub.alive and not server.alive

@@ -235,6 +235,10 @@ class ServerThread:
             time.sleep(0.02)
         return self
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self._thread.join(30)
