@@ -170,8 +170,8 @@ def test_overload_drops_the_oldest_frames_and_says_so(models, detector):
 
 
 def test_session_limit_and_bad_frames(models, detector):
-    """max_sessions=1: a second session is refused with a clear message and close code 1013; bad frames get a
-    one-line error each and the session goes on."""
+    """max_sessions=1: a second session is refused with a clear message and close code 1013 (a bad fps: 1008);
+    bad frames get a one-line error each and the session goes on."""
     from fastapi.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
 
@@ -183,6 +183,11 @@ def test_session_limit_and_bad_frames(models, detector):
             with pytest.raises(WebSocketDisconnect) as closed:
                 refused.receive_json()
             assert closed.value.code == 1013
+        with client.websocket_connect("/ws?fps=0") as bad_fps:
+            assert bad_fps.receive_json() == {"error": "fps must be a positive number of frames per second, got '0'"}
+            with pytest.raises(WebSocketDisconnect) as closed:
+                bad_fps.receive_json()
+            assert closed.value.code == 1008
         ws.send_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
         ws.send_bytes(b"hello")
         ws.send_bytes(bytes(2000))

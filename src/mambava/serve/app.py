@@ -30,10 +30,11 @@ from starlette.datastructures import UploadFile
 
 from mambava.errors import MambavaError
 from mambava.serve.sessions import ServeLimits, SessionHub, message_line
+from mambava.timebase import check_fps
 
 STATIC = ("index.html", "app.js")
 # WebSocket close codes: 1008 policy (a refused session), 1013 try again later (server full), 1001 going away
-FULL, GOING_AWAY = 1013, 1001
+FULL, GOING_AWAY, POLICY = 1013, 1001, 1008
 MB = 1024 * 1024
 
 
@@ -145,7 +146,7 @@ def create_app(predictor, limits: ServeLimits = ServeLimits(), step_precision: s
         return JSONResponse(_records(table))
 
     @app.websocket("/ws")
-    async def live(websocket: WebSocket, name: str = "stream", fps: float = 30.0):
+    async def live(websocket: WebSocket, name: str = "stream", fps: str = "30"):
         hub = hub_box["hub"]
         await websocket.accept()
         loop = asyncio.get_running_loop()
@@ -155,7 +156,13 @@ def create_app(predictor, limits: ServeLimits = ServeLimits(), step_precision: s
             loop.call_soon_threadsafe(outbox.put_nowait, message)
 
         try:
-            session = hub.open(re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:64] or "stream", fps, deliver)
+            check_fps(fps, "fps")
+        except MambavaError as exc:
+            await websocket.send_text(message_line({"error": str(exc)}))
+            await websocket.close(code=POLICY, reason=str(exc)[:120])
+            return
+        try:
+            session = hub.open(re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:64] or "stream", float(fps), deliver)
         except MambavaError as exc:
             await websocket.send_text(message_line({"error": str(exc)}))
             await websocket.close(code=FULL, reason=str(exc)[:120])
