@@ -85,30 +85,40 @@ def _receive_frames(ws, n: int) -> list[dict]:
     return messages
 
 
-def test_websocket_equals_stream_on_the_same_frames_with_a_second_session(models, detector, jpeg_clip):
-    """Session A sends the clip's JPEG frames, session B features at the same time (so their steps share the
-    batch): A's per-frame valence/arousal, boxes and face flags equal `stream` on the same JPEG files (an image
-    folder, 30 fps), B's equal `stream` on the same features, to <= 1e-4 (float32 rounding of other batch
-    sizes)."""
+def test_websocket_equals_stream_on_the_same_frames_with_other_sessions(models, detector, jpeg_clip):
+    """Session A sends the clip's JPEG frames, B features and C the clip from its 7th frame, at the same time
+    (their images share detector and backbone batches, their steps the batch): A's per-frame valence/arousal,
+    boxes and face flags equal `stream` on the same JPEG files (an image folder, 30 fps), C's `stream` on its
+    files, B's `stream` on the same features, to <= 1e-4 (float32 rounding of other batch sizes)."""
     from fastapi.testclient import TestClient
 
     from mambava.predict import Predictor
 
+    import shutil
+
     folder, jpegs = jpeg_clip
+    late = folder.parent / "late"  # session C: the same clip from its 7th frame, so two images per detector batch
+    late.mkdir(exist_ok=True)
+    for path in sorted(folder.iterdir())[6:]:
+        shutil.copy(path, late / path.name)
     predictor = Predictor(models["model"], models["vit"], precision="fp32", detector=detector)
     want = list(predictor.stream(folder))
+    want_c = list(predictor.stream(late))
     features = np.cumsum(np.random.default_rng(1).normal(size=(N_FRAMES, DIM)), axis=0).astype(np.float32) / 4
     want_b = list(predictor.stream(features))
     app = _app(models, detector, queue_frames=64)
     with TestClient(app) as client:
-        with client.websocket_connect("/ws?name=clip&fps=30") as a, client.websocket_connect("/ws?name=b") as b:
-            assert a.receive_json()["name"] == "clip" and b.receive_json()["name"] == "b"
-            for jpeg, feature in zip(jpegs, features):
+        with client.websocket_connect("/ws?name=clip&fps=30") as a, client.websocket_connect("/ws?name=b") as b, \
+                client.websocket_connect("/ws?name=late") as c:
+            assert [w.receive_json()["name"] for w in (a, b, c)] == ["clip", "b", "late"]
+            for i, (jpeg, feature) in enumerate(zip(jpegs, features)):
                 a.send_bytes(jpeg)
                 b.send_bytes(feature.astype("<f4").tobytes())
-            got, got_b = _receive_frames(a, N_FRAMES), _receive_frames(b, N_FRAMES)
+                if i >= 6:
+                    c.send_bytes(jpeg)
+            got, got_b, got_c = _receive_frames(a, N_FRAMES), _receive_frames(b, N_FRAMES), _receive_frames(c, N_FRAMES - 6)
         hub = app.state.hub
-        assert hub.step_calls < 2 * N_FRAMES  # the two sessions' steps were batched (each would take N alone)
+        assert hub.step_calls < 2 * N_FRAMES  # the sessions' steps were batched (each would take N alone)
     assert hub.alive is False  # the worker was joined at shutdown
     assert [m["frame"] for m in got] == [r.frame for r in want] == list(range(N_FRAMES))
     rows = [m["tracks"][0] for m in got]
@@ -119,6 +129,10 @@ def test_websocket_equals_stream_on_the_same_frames_with_a_second_session(models
     assert np.abs(va - np.array([[w.valence, w.arousal] for w in want])).max() <= 1e-4
     assert np.allclose([r["confidence"] for r in rows], [w.confidence for w in want], atol=1e-4)
     assert all(r["box"][2] > r["box"][0] + 20 and r["box"][3] > r["box"][1] + 20 for r in rows if r["face"])
+    va_c = np.array([[m["tracks"][0]["valence"], m["tracks"][0]["arousal"]] for m in got_c])
+    assert [m["tracks"][0]["track"] for m in got_c] == [w.track for w in want_c] and want_c[0].track == "late"
+    assert np.abs(va_c - np.array([[w.valence, w.arousal] for w in want_c])).max() <= 1e-4
+    assert [m["tracks"][0]["box"] for m in got_c] == [r["box"] for r in rows[6:]]  # the same faces, found alike
     va_b = np.array([[m["tracks"][0]["valence"], m["tracks"][0]["arousal"]] for m in got_b])
     assert np.abs(va_b - np.array([[w.valence, w.arousal] for w in want_b])).max() <= 1e-4
 
