@@ -79,6 +79,13 @@ SMOKE = {
            for name in ("mtcnn (auto)", "mtcnn (1 thread)", "mtcnn (2 threads)", "mtcnn every 3", "mtcnn every 5",
                         "haar", "extract_faces")],
     ),
+    "serve": (
+        ["--tiny", "--threads", "1", "--streams", "2", "--seconds", "0.5", "--rate", "10"],
+        [r"^\| baseline: 1 session alone \| 5 \| \d+ \| \d+ \| \d+ \| " + NUMBER + r" \| " + NUMBER + r" \| "
+         + NUMBER + r" \| " + NUMBER + r" \| " + NUMBER + r" \| ×1\.00 \| ×1\.00 \|$",
+         r"^\| 2 sessions \| 10 \| \d+ \| \d+ \| \d+ \| " + NUMBER + r" \| " + NUMBER + r" \| " + NUMBER + r" \| "
+         + NUMBER + r" \| " + NUMBER + r" \| ×" + NUMBER + r" \| ×" + NUMBER + r" \|$"],
+    ),
     "stitching": (
         ["{demo}"],
         [rf"^\| {option} \| -?{NUMBER} \| -?{NUMBER} \| -?{NUMBER} \| {NUMBER} \| -?{NUMBER} \|$"

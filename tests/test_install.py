@@ -38,6 +38,7 @@ def test_wheel_ships_the_mtcnn_weights_and_configs(wheel):
     assert "mambava/faces/weights/mtcnn.safetensors" in names
     assert "mambava/faces/weights/NOTICE.md" in names
     assert "mambava/configs/paper.yaml" in names
+    assert {"mambava/serve/static/index.html", "mambava/serve/static/app.js"} <= names  # the page of `serve`
 
 
 def test_shipped_weights_load_into_the_three_nets():

@@ -61,6 +61,17 @@ class MambaLayerState:
     def fresh(self, n: int) -> "MambaLayerState":
         return MambaLayerState(self.conv.new_zeros(n, *self.conv.shape[1:]), self.ssm.new_zeros(n, *self.ssm.shape[1:]))
 
+    def rows(self, rows) -> "MambaLayerState":
+        """A copy of these rows (indices)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.conv.device)
+        return MambaLayerState(self.conv.index_select(0, index), self.ssm.index_select(0, index))
+
+    def put(self, rows, other: "MambaLayerState") -> None:
+        """Write `other` (from `rows`) back into these rows."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.conv.device)
+        self.conv.index_copy_(0, index, other.conv)
+        self.ssm.index_copy_(0, index, other.ssm)
+
     def extend(self, other: "MambaLayerState") -> None:
         self.conv, self.ssm = torch.cat([self.conv, other.conv]), torch.cat([self.ssm, other.ssm])
 

@@ -209,6 +209,21 @@ class MambaVAState:
         `frames` set one back, to take part in the step the batch has just taken), then `extend` the batch."""
         return MambaVAState(tcn=self.tcn.fresh(n), mamba=[layer.fresh(n) for layer in self.mamba], frames=self.frames)
 
+    def rows(self, rows) -> "MambaVAState":
+        """A copy of these rows (indices): put it back with `put` to undo a step for them."""
+        rows = list(rows)
+        return MambaVAState(tcn=self.tcn.rows(rows), mamba=[layer.rows(rows) for layer in self.mamba],
+                            frames=self.frames)
+
+    def put(self, rows, other: "MambaVAState", turn: int = 0) -> "MambaVAState":
+        """Write the copy `other` of these rows back, after `turn` steps of the batch that those rows sat out:
+        their states are then as if they had not stepped (`mambava.stream.StreamBatch.step_some`)."""
+        rows = list(rows)
+        self.tcn.put(rows, other.tcn, turn)
+        for layer, saved in zip(self.mamba, other.mamba):
+            layer.put(rows, saved)
+        return self
+
     def extend(self, other: "MambaVAState") -> "MambaVAState":
         """Append the rows of `other` (from `fresh`, at the same frame count of the TCN's ring buffers)."""
         self.tcn.extend(other.tcn)

@@ -184,10 +184,45 @@ class StreamBatch:
                 raise MambavaError(f"stream {key!r} needs a first feature before it can carry one over")
         if not self.keys:
             return {}
+        y = self._step_all()
+        return {key: y[i] for i, key in enumerate(self.keys)}
+
+    def _step_all(self) -> np.ndarray:
+        torch = self._torch
         with torch.inference_mode(), torch_threads(STEP_THREADS):
             y, self.state = self.model.step(self._last.clone(), self.state)
-        y = y.float().cpu().numpy()
-        return {key: y[i] for i, key in enumerate(self.keys)}
+        return y.float().cpu().numpy()
+
+    def step_some(self, features: dict) -> dict:
+        """One step of the streams named in `features` only ({key: (D,) feature, or None to hold its last}); a
+        key not in the batch joins it (a fresh state; it needs a feature). The others sit the step out: their
+        rows are copied before it and put back after, the TCN's ring buffers turned one slot (the ring position
+        is the batch's), so their states are as if it had not happened. Streams that advance at their own pace
+        (`mambava.serve`) share one batch this way, one weight read per step for all that take part; each
+        stream's outputs equal a `TemporalStream` fed its own features (to float32 rounding).
+        Returns {key: raw (valence, arousal)} of the named streams."""
+        if not hasattr(self.state, "rows"):
+            raise MambavaError(f"{type(self.model).__name__} cannot step part of a batch (a Mamba-VA model can)")
+        for key, feature in features.items():
+            if key not in self.keys:
+                if feature is None:
+                    raise MambavaError(f"stream {key!r} needs a first feature before it can carry one over")
+                self.join(key)
+        for i, key in enumerate(self.keys):
+            feature = features.get(key)
+            if feature is not None:
+                self._last[i] = self._torch.as_tensor(np.asarray(feature, dtype=np.float32)).reshape(-1)
+                self._fed[i] = True
+            elif key in features and not self._fed[i]:
+                raise MambavaError(f"stream {key!r} needs a first feature before it can carry one over")
+        if not features:
+            return {}
+        idle = [i for i, key in enumerate(self.keys) if key not in features]
+        saved = self.state.rows(idle) if idle else None
+        y = self._step_all()
+        if idle:
+            self.state.put(idle, saved, turn=1)
+        return {key: y[i] for i, key in enumerate(self.keys) if key in features}
 
     def join_last(self, features: dict) -> dict:
         """New streams {key: first feature} that take part in the step the batch took last: they step once, on

@@ -227,6 +227,22 @@ class TCNState:
                   + streams[2:], prelu) for streams, prelu in self.convs]
         return TCNState(convs=convs, frames=self.frames, precision=self.precision)
 
+    def rows(self, rows) -> "TCNState":
+        """A copy of these rows (indices) at this state's frame count, sharing its weights."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.convs[0][0][0].buffer.device)
+        convs = [([_ConvStream(c.product, c.buffer.index_select(0, index), c.taps) for c in streams[:2]]
+                  + streams[2:], prelu) for streams, prelu in self.convs]
+        return TCNState(convs=convs, frames=self.frames, precision=self.precision)
+
+    def put(self, rows, other: "TCNState", turn: int = 0) -> None:
+        """Write `other` (from `rows`) back into these rows, its ring buffers turned by `turn` slots: the steps
+        the batch took meanwhile, which those rows sat out (the next step then reads their history where it
+        reads everyone's: the ring position is shared by the batch)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.convs[0][0][0].buffer.device)
+        for (streams, _), (others, _) in zip(self.convs, other.convs):
+            for conv, new in zip(streams[:2], others[:2]):
+                conv.buffer.index_copy_(0, index, torch.roll(new.buffer, turn, dims=1) if turn else new.buffer)
+
     def extend(self, other: "TCNState") -> None:
         """Append the rows of `other`, a state made by `fresh` that has stepped as many frames as this one."""
         if other.frames != self.frames:

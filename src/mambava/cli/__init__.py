@@ -28,7 +28,7 @@ def _root() -> None:
 
 
 # One module per stage; a stage whose module is not there yet is simply absent from the CLI.
-_COMMAND_MODULES = ["demo", "data", "faces", "backbone", "train", "predict", "bench", "analysis"]
+_COMMAND_MODULES = ["demo", "data", "faces", "backbone", "train", "predict", "bench", "analysis", "serve"]
 
 
 def _register_all() -> None:
