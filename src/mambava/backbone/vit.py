@@ -77,6 +77,10 @@ class ViTConfig:
 PRESETS: dict[str, ViTConfig] = {
     "vit_tiny_patch16": ViTConfig(embed_dim=192, depth=12, num_heads=3, name="vit_tiny_patch16"),
     "vit_small_patch16": ViTConfig(embed_dim=384, depth=12, num_heads=6, name="vit_small_patch16"),
+    # distillation students at 112 px, the aligned crops' own size: a quarter of the 224 px tokens
+    "vit_tiny_patch16_112": ViTConfig(img_size=112, embed_dim=192, depth=12, num_heads=3, name="vit_tiny_patch16_112"),
+    "vit_small_patch16_112": ViTConfig(img_size=112, embed_dim=384, depth=12, num_heads=6,
+                                       name="vit_small_patch16_112"),
     "vit_base_patch16": ViTConfig(embed_dim=768, depth=12, num_heads=12, name="vit_base_patch16"),
     "vit_large_patch16": ViTConfig(embed_dim=1024, depth=24, num_heads=16, name="vit_large_patch16"),
     "vit_huge_patch14": ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, name="vit_huge_patch14"),
@@ -84,6 +88,8 @@ PRESETS: dict[str, ViTConfig] = {
 _ALIASES = {
     "vit_tiny": "vit_tiny_patch16", "tiny": "vit_tiny_patch16",
     "vit_small": "vit_small_patch16", "small": "vit_small_patch16",
+    "vit_tiny_112": "vit_tiny_patch16_112", "tiny_112": "vit_tiny_patch16_112",
+    "vit_small_112": "vit_small_patch16_112", "small_112": "vit_small_patch16_112",
     "vit_base": "vit_base_patch16", "base": "vit_base_patch16", "vit_b16": "vit_base_patch16",
     "vit_large": "vit_large_patch16", "large": "vit_large_patch16", "vit_l16": "vit_large_patch16",
     "vit_huge": "vit_huge_patch14", "huge": "vit_huge_patch14", "vit_h14": "vit_huge_patch14",

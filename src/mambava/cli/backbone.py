@@ -17,7 +17,8 @@ from mambava.runtime import resolve_device
 CHECKPOINT_HELP = ("Local ViT checkpoint: facebookresearch/mae .pth, timm weights (.safetensors/.pth or hub "
                    "folder), Hugging Face ViTMAE folder, or a mambava encoder.safetensors. Nothing is downloaded.")
 ARCH_HELP = ("ViT size (vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, "
-             "vit_huge_patch14); default: inferred from the checkpoint.")
+             "vit_huge_patch14; vit_tiny_patch16_112, vit_small_patch16_112 at 112 px); "
+             "default: inferred from the checkpoint.")
 
 
 def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool, seed: int):
