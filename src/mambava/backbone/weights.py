@@ -207,8 +207,10 @@ def infer_config(state: dict[str, torch.Tensor], path: str = "checkpoint", **ove
     preset = _preset_for(embed_dim, depth, patch, img_size)
     heads = preset.num_heads if preset else max(1, embed_dim // 64)
     qkv_bias = "blocks.0.attn.qkv.bias" in state if depth else True
+    adapter = state.get("adapter.weight")
     base = dict(img_size=img_size, patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=heads,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, in_chans=in_chans,
+                out_dim=adapter.shape[0] if adapter is not None else 0,
                 name=preset.name if preset else f"vit_d{embed_dim}_l{depth}_p{patch}")
     base.update(overrides)
     return ViTConfig(**base)
