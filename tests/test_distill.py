@@ -179,3 +179,30 @@ def test_cli_one_line_errors(tmp_path, monkeypatch, capsys):
         lines = [line for line in err.splitlines() if line.strip()]
         assert info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
         assert message in lines[0], err
+
+
+def test_targets_from_the_teachers_feature_store_equal_running_the_teacher(distilled, tmp_path):
+    from mambava.backbone.distill import crop_items, store_features, teacher_features
+    from mambava.errors import MambavaError
+    from mambava.extract import extract_features
+    from mambava.features import FeatureStore
+
+    _, teacher, videos, _ = distilled
+    store = FeatureStore(tmp_path / "store")
+    extract_features(videos[:2], store, FeatureExtractor(teacher, precision="fp32"), dtype="float32", workers=0,
+                     progress=False)
+    items = crop_items(videos[:2], 7)
+    assert [row for _, row, _ in items[:3]] == [0, 6, 13] and len(items) == 14
+    ran = teacher_features(FeatureExtractor(teacher, precision="fp32"), [p for *_, p in items], _config())
+    np.testing.assert_allclose(store_features(store, items), ran, atol=1e-6)
+    with pytest.raises(MambavaError, match="no features for video 'v5'"):
+        store_features(store, crop_items(videos[5:], 2))
+
+
+def test_videos_go_through_the_faces_stage(media_dir, tmp_path):
+    from mambava.distillation import crops_of, split_videos
+
+    videos, dataset = crops_of(media_dir / "single_face.mp4", tmp_path)
+    assert dataset is None and [v.name for v in videos] == ["single_face"] and len(videos[0].frames) == 72
+    assert (tmp_path / "crops" / "single_face.faces.csv").is_file()
+    assert split_videos(videos) == (videos, [])  # one video: nothing to hold out
