@@ -246,21 +246,26 @@ class _KeepBest(L.Callback):
 
 
 @torch.inference_mode()
-def student_cls(student: ViTEncoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The student's normed CLS tokens, before the adapter (N, embed_dim), float32, of uint8 images."""
+def student_cls(student: ViTEncoder, images: torch.Tensor | DataLoader, batch_size: int = 256) -> torch.Tensor:
+    """The student's normed CLS tokens, before the adapter (N, embed_dim), float32 on the CPU, of uint8 images
+    (N, 3, S, S) or of the (image, target) batches of a DataLoader; run on the student's device."""
+    device = student.cls_token.device
+    batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size)) \
+        if isinstance(images, torch.Tensor) else (batch[0] for batch in images)
     out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size].to(student.cls_token.device), student.config.mean,
-                      student.config.std)
-        x = student.embed(x)
+    for batch in batches:
+        x = student.embed(normalize(batch.to(device), student.config.mean, student.config.std))
         for block in student.blocks:
             x = block(x)
         out.append(student.norm(x[:, 0]).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, student.embed_dim)
 
 
-def _images(data: CropTargets) -> torch.Tensor:
-    return data.images if data.images is not None else torch.stack([data[i][0] for i in range(len(data))])
+def _cls_of(student: ViTEncoder, data: CropTargets, config: DistillConfig) -> torch.Tensor:
+    """student_cls over a dataset: from memory when preloaded, else read by DataLoader workers in order."""
+    if data.images is not None:
+        return student_cls(student, data.images)
+    return student_cls(student, DataLoader(data, batch_size=256, num_workers=config.num_workers))
 
 
 def mean_cosine(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -332,10 +337,10 @@ def distill(train: list[CropVideo], teacher: ViTEncoder, student: ViTConfig | Vi
     trainer.fit(module, _loader(train_data, config, True), _loader(held_data, config, False) if held_items else None)
     if keep.state is not None:
         model.load_state_dict(keep.state)
-    model = model.float().cpu().eval()
-
-    h_train = student_cls(model, _images(train_data))
-    h_held = student_cls(model, _images(held_data)) if held_items else None
+    model = model.float().to(device).eval()
+    h_train = _cls_of(model, train_data, config)
+    h_held = _cls_of(model, held_data, config) if held_items else None
+    model = model.cpu()
     adapter = model.adapter
 
     def features(h):
