@@ -147,6 +147,7 @@ def test_cli_distills_and_scores_the_temporal_model(crop_tree, tmp_path, tiny_ma
     cli = CliRunner().invoke(app, ["distill", str(crop_tree), "-t", str(tmp_path / "teacher.safetensors"),
                                    "-o", str(out), "--student", "teacher", "--embed-dim", "8", "--heads", "1",
                                    "-m", str(tmp_path / "model.safetensors"), "--epochs", "2", "-j", "0",
+                                   "--finetune-temporal", "1", "--finetune-lr", "1e-2",
                                    "--accelerator", "cpu", "--precision", "fp32"])
     assert cli.exit_code == 0, cli.output + repr(cli.exception)
     report = json.loads((out / "report.json").read_text())
@@ -156,6 +157,21 @@ def test_cli_distills_and_scores_the_temporal_model(crop_tree, tmp_path, tiny_ma
     assert report["teacher_gflop"] > report["student_gflop"] > 0
     assert load_encoder(out / "student.safetensors").feature_dim == 24
     assert "P_VA" in cli.output and "ms/frame" in cli.output
+    # --finetune-temporal: the temporal model, trained further on the student's Train_Set features, is another
+    # model, scored on the same held-out features (as evaluating the saved file gives)
+    from mambava.distillation import temporal_p_va
+    from mambava.features import FeatureStore
+    from mambava.temporal_models import load_temporal_model
+
+    tuned = load_temporal_model(report["temporal_student"]).model.state_dict()
+    original = load_temporal_model(tmp_path / "model.safetensors").model.state_dict()
+    assert any(not torch.equal(tuned[k], original[k]) for k in original)
+    labels = {n: np.loadtxt(crop_tree / "VA_Estimation_Challenge" / "Validation_Set" / f"{n}.txt", delimiter=",",
+                            skiprows=1, dtype=np.float32) for n in ("vidC", "vidD")}
+    again = temporal_p_va(report["temporal_student"], {"s": FeatureStore(out / "heldout_student")}, ["vidC", "vidD"],
+                          labels)["s"]
+    assert report["p_va"]["student_finetuned"]["p_va"] == pytest.approx(again["p_va"], abs=1e-9)
+    assert "fine-tuned on the student's features" in cli.output
 
 
 def test_cli_one_line_errors(tmp_path, monkeypatch, capsys):

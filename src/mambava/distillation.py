@@ -64,6 +64,39 @@ def temporal_p_va(model, stores: dict[str, Any], names: list[str], labels: dict[
             for key, store in stores.items()}
 
 
+def finetune_temporal(model, features: str | os.PathLike, annotations: str | os.PathLike, out: str | os.PathLike,
+                      epochs: int = 2, lr: float = 1e-4, seed: int = 0, accelerator: str = "auto",
+                      progress: bool = False) -> Path:
+    """A brief fine-tuning of a temporal model (a path or a LoadedModel) on a student's features: the training
+    recipe (`mambava.training`, the official split of `annotations`) from the model's own weights, a low constant
+    rate, no model selection (validated only after the last epoch, whose weights are kept). Writes and returns
+    OUT/temporal_student.safetensors."""
+    import copy
+
+    import lightning as L
+
+    from mambava.adapt import model_config
+    from mambava.temporal_models import load_temporal_model, save_temporal_model
+    from mambava.training.config import DataConfig, TrainConfig
+    from mambava.training.module import VADataModule, VAModule
+    from mambava.training.outputs import RunPaths
+    from mambava.training.run import build_trainer
+
+    loaded = load_temporal_model(model) if isinstance(model, (str, os.PathLike)) else model
+    out = Path(out)
+    tcfg = TrainConfig(model=model_config(loaded.model),
+                       data=DataConfig(features=str(features), annotations=str(annotations), window=loaded.window,
+                                       stride=loaded.stride, fold=0, n_folds=2),  # fold 0: the official split
+                       epochs=epochs, warmup_epochs=0, lr=lr, accelerator=accelerator, devices=1, seed=seed,
+                       val_every_n_epochs=epochs, progress_bar=progress, out_dir=str(out))
+    tcfg.check()
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = VAModule(tcfg.to_dict())
+    module.model.load_state_dict(copy.deepcopy(loaded.model.state_dict()))
+    build_trainer(tcfg, RunPaths(out)).fit(module, datamodule=VADataModule(tcfg))
+    return save_temporal_model(module.model.to("cpu").float().eval(), out / "temporal_student.safetensors")
+
+
 @dataclass
 class DistillReport:
     student: Path
@@ -79,6 +112,7 @@ class DistillReport:
     student_ms_batched: float
     p_va: dict[str, dict] = field(default_factory=dict)  # {"teacher": scores, "student": scores} when judged
     distill: dict = field(default_factory=dict)  # the DistillResult
+    temporal_student: Path | None = None  # the temporal model fine-tuned on the student's features
 
     def summary(self) -> str:
         lines = [f"{self.student}: {len(self.train_videos)} training, {len(self.heldout_videos)} held-out videos",
@@ -93,6 +127,10 @@ class DistillReport:
             t, s = self.p_va["teacher"], self.p_va["student"]
             lines.append(f"  temporal model on the held-out videos: P_VA {t['p_va']:.4f} with the teacher's "
                          f"features, {s['p_va']:.4f} with the student's ({s['p_va'] - t['p_va']:+.4f})")
+        if "student_finetuned" in self.p_va:
+            f = self.p_va["student_finetuned"]
+            lines.append(f"  fine-tuned on the student's features ({self.temporal_student}): P_VA {f['p_va']:.4f} "
+                         f"({f['p_va'] - t['p_va']:+.4f})")
         return "\n".join(lines)
 
 
@@ -143,9 +181,12 @@ def split_videos(videos: list, dataset=None, heldout_every: int = 10) -> tuple[l
 def run_distill(source: str | os.PathLike, teacher: str | os.PathLike, out: str | os.PathLike,
                 student: str | None = "vit_tiny_patch16_112", config=None, model: str | os.PathLike | None = None,
                 heldout_every: int = 10, teacher_features: str | os.PathLike | None = None,
-                detector: str = "mtcnn", progress: bool = True, **student_overrides) -> DistillReport:
+                detector: str = "mtcnn", finetune_epochs: int = 0, finetune_lr: float = 1e-4,
+                progress: bool = True, **student_overrides) -> DistillReport:
     """The whole `mambava distill` (see the module docstring); writes OUT/student.safetensors, OUT/distill.json
-    (the student's training) and OUT/report.json (this report)."""
+    (the student's training) and OUT/report.json (this report). `finetune_epochs` > 0 (with `model`): the
+    temporal model is then fine-tuned on the student's features of the labelled videos (`finetune_temporal`)
+    and scored on the held-out ones beside the unchanged model."""
     from mambava.backbone import FeatureExtractor, load_encoder
     from mambava.backbone.distill import DistillConfig, distill, student_config
     from mambava.extract import extract_features
@@ -184,6 +225,17 @@ def run_distill(source: str | os.PathLike, teacher: str | os.PathLike, out: str 
             extract_features(heldout, stores[key], FeatureExtractor(backbone, batch_size=config.batch_size),
                              backbone=key, dtype="float32", workers=0, progress=progress)
         report.p_va = temporal_p_va(model, stores, names, labels)
+        if finetune_epochs > 0:
+            labelled = [v for v in videos if v.name in set(dataset.splits["train"])]
+            extract_features(labelled, stores["student"], FeatureExtractor(loaded, batch_size=config.batch_size),
+                             backbone="student", dtype="float32", workers=0, progress=progress)
+            report.temporal_student = finetune_temporal(model, stores["student"].root, dataset.root,
+                                                        out / "temporal_student", finetune_epochs, finetune_lr,
+                                                        config.seed, config.accelerator, progress)
+            report.p_va.update(temporal_p_va(report.temporal_student, {"student_finetuned": stores["student"]},
+                                             names, labels))
+    elif finetune_epochs > 0:
+        raise MambavaError("distill: --finetune-temporal needs --model and held-out labelled videos")
     with atomic_open(out / "report.json") as handle:
         json.dump({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()}, handle, indent=1,
                   default=str)

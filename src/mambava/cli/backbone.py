@@ -205,6 +205,10 @@ def distill_command(
     teacher_features: Optional[Path] = typer.Option(None, "--teacher-features", help="A feature store the teacher "
                                                     "filled (`extract`): its features are the targets, the teacher "
                                                     "is not run over the training crops."),
+    finetune_temporal: int = typer.Option(0, "--finetune-temporal", min=0, help="With --model: fine-tune it this "
+                                          "many epochs on the student's features of the Train_Set videos, and score "
+                                          "it beside the unchanged model (OUT/temporal_student/)."),
+    finetune_lr: float = typer.Option(1e-4, "--finetune-lr", help="Learning rate of --finetune-temporal."),
     heldout_every: int = typer.Option(10, "--heldout-every", min=2, help="Without an Aff-Wild2 Validation_Set: "
                                       "every N-th video (by name) is held out."),
     epochs: int = typer.Option(10, "--epochs", min=1),
@@ -232,7 +236,8 @@ def distill_command(
                            adapter=adapter, mse_weight=mse_weight, precision=lightning_precision(precision, accelerator),
                            accelerator=accelerator, devices=1, num_workers=workers, seed=seed)
     report = run_distill(source, teacher, out, None if student == "teacher" else student, config, model=model,
-                         heldout_every=heldout_every, teacher_features=teacher_features, img_size=img_size,
+                         heldout_every=heldout_every, teacher_features=teacher_features,
+                         finetune_epochs=finetune_temporal, finetune_lr=finetune_lr, img_size=img_size,
                          embed_dim=embed_dim, depth=depth, num_heads=heads)
     typer.echo(report.summary())
     typer.echo(f"next: mambava extract SOURCE -o FEATURES -c {report.student}")
