@@ -183,7 +183,8 @@ def test_cli_one_line_errors(tmp_path, monkeypatch, capsys):
     out = ["-o", str(tmp_path / "o")]
     cases = [
         ([str(tmp_path / "empty")], "pass --teacher"),
-        ([str(tmp_path / "empty"), "-t", str(tmp_path / "nope.safetensors")], "nope.safetensors: teacher backbone not found"),
+        ([str(tmp_path / "empty"), "-t", str(tmp_path / "nope.safetensors")],
+         "nope.safetensors: teacher backbone not found"),
         ([str(tmp_path / "empty"), "-t", str(teacher), *out], "empty: no crop folders"),
         ([str(tmp_path / "absent"), "-t", str(teacher), *out], "absent: no such file or folder"),
     ]

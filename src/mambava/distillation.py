@@ -204,6 +204,10 @@ def run_distill(source: str | os.PathLike, teacher: str | os.PathLike, out: str 
     train, heldout = split_videos(videos, dataset, heldout_every)
     if not train:
         raise MambavaError(f"{source}: every video is held out; nothing to train on")
+    if model is not None and dataset is None:  # said before the training, not after
+        raise MambavaError(f"{source}: --model needs labels: pass an Aff-Wild2 root (VA_Estimation_Challenge/)")
+    if finetune_epochs > 0 and (model is None or not heldout):
+        raise MambavaError("distill: --finetune-temporal needs --model and held-out labelled videos")
     encoder = load_encoder(teacher)
     store = FeatureStore(teacher_features) if teacher_features is not None else None
     config = config or DistillConfig()
@@ -215,8 +219,6 @@ def run_distill(source: str | os.PathLike, teacher: str | os.PathLike, out: str 
                            result.student_flops / 1e9, frame_ms(encoder), frame_ms(loaded),
                            frame_ms(encoder, BATCHED), frame_ms(loaded, BATCHED), distill=asdict(result))
     if model is not None and heldout:
-        if dataset is None:
-            raise MambavaError(f"{source}: --model needs labels: pass an Aff-Wild2 root (VA_Estimation_Challenge/)")
         names = [v.name for v in heldout]
         labels = {n: dataset.read_annotation(n) for n in names}
         stores = {}
@@ -234,8 +236,6 @@ def run_distill(source: str | os.PathLike, teacher: str | os.PathLike, out: str 
                                                         config.seed, config.accelerator, progress)
             report.p_va.update(temporal_p_va(report.temporal_student, {"student_finetuned": stores["student"]},
                                              names, labels))
-    elif finetune_epochs > 0:
-        raise MambavaError("distill: --finetune-temporal needs --model and held-out labelled videos")
     with atomic_open(out / "report.json") as handle:
         json.dump({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()}, handle, indent=1,
                   default=str)

@@ -89,7 +89,8 @@ def fit_adapter(h: torch.Tensor, t: torch.Tensor, ridge: float = 1e-4) -> tuple[
     lam = ridge * trace(Hc'Hc) / d. Returns (W (D, d), b (D,)) in float32; computed in float64."""
     h64, t64 = h.double(), t.double()
     if h64.ndim != 2 or t64.ndim != 2 or len(h64) != len(t64) or len(h64) < 2:
-        raise MambavaError(f"adapter fit: need (N, d) and (N, D) with N >= 2 rows, got {tuple(h.shape)} and {tuple(t.shape)}")
+        raise MambavaError(f"adapter fit: need (N, d) and (N, D) with N >= 2 rows, got {tuple(h.shape)} and "
+                           f"{tuple(t.shape)}")
     hm, tm = h64.mean(0), t64.mean(0)
     hc, tc = h64 - hm, t64 - tm
     gram = hc.T @ hc
@@ -310,7 +311,8 @@ def distill(train: list[CropVideo], teacher: ViTEncoder, student: ViTConfig | Vi
     train_items = crop_items(train, config.frames_per_video)
     held_items = crop_items(heldout or [], config.frames_per_video)
     if len(train_items) < 2:
-        raise MambavaError(f"distill: fewer than 2 training crops ({', '.join(v.name for v in train[:3]) or 'no videos'})")
+        names = ", ".join(v.name for v in train[:3]) or "no videos"
+        raise MambavaError(f"distill: fewer than 2 training crops ({names})")
     model = student if isinstance(student, ViTEncoder) else ViTEncoder(student)
     if model.config.feature_dim != teacher.feature_dim:
         raise MambavaError(f"distill: the student gives {model.config.feature_dim}-d features, the teacher "

@@ -233,7 +233,8 @@ def distill_command(
     if teacher is None:
         raise MambavaError("distill: pass --teacher CHECKPOINT (the backbone whose features the student learns)")
     config = DistillConfig(epochs=epochs, lr=lr, batch_size=batch_size, frames_per_video=frames_per_video or None,
-                           adapter=adapter, mse_weight=mse_weight, precision=lightning_precision(precision, accelerator),
+                           adapter=adapter, mse_weight=mse_weight,
+                           precision=lightning_precision(precision, accelerator),
                            accelerator=accelerator, devices=1, num_workers=workers, seed=seed)
     report = run_distill(source, teacher, out, None if student == "teacher" else student, config, model=model,
                          heldout_every=heldout_every, teacher_features=teacher_features,
