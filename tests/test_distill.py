@@ -181,12 +181,15 @@ def test_cli_one_line_errors(tmp_path, monkeypatch, capsys):
     teacher = tmp_path / "teacher.safetensors"
     ViTEncoder(TEACHER).save(teacher)
     out = ["-o", str(tmp_path / "o")]
+    tree = _smooth_crops(tmp_path / "tree", videos=2, frames=2)  # crops without labels
     cases = [
         ([str(tmp_path / "empty")], "pass --teacher"),
         ([str(tmp_path / "empty"), "-t", str(tmp_path / "nope.safetensors")],
          "nope.safetensors: teacher backbone not found"),
         ([str(tmp_path / "empty"), "-t", str(teacher), *out], "empty: no crop folders"),
         ([str(tmp_path / "absent"), "-t", str(teacher), *out], "absent: no such file or folder"),
+        ([str(tree), "-t", str(teacher), "-m", str(teacher), *out], "--model needs labels"),
+        ([str(tree), "-t", str(teacher), "--finetune-temporal", "1", *out], "--finetune-temporal needs --model"),
     ]
     for args, message in cases:
         monkeypatch.setattr(sys, "argv", ["mambava", "distill", *args])
