@@ -225,3 +225,15 @@ def test_feature_extractor_and_smaller_crops(tmp_path):
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         assert torch.allclose(small(x), model(x), atol=1e-6)
+
+
+def test_student_presets_at_112_px():
+    from mambava.backbone import infer_config, vit_config
+
+    tiny = vit_config("vit_tiny_patch16_112")
+    assert (tiny.img_size, tiny.grid, tiny.embed_dim, tiny.depth, tiny.num_heads) == (112, 7, 192, 12, 3)
+    assert vit_config("small_112") == vit_config("vit_small_patch16", img_size=112, name="vit_small_patch16_112")
+    # a 224 px file of the same shape is still the 224 px preset
+    with torch.device("meta"):
+        sd = ViTEncoder("vit_tiny_patch16").state_dict()
+    assert infer_config(sd).name == "vit_tiny_patch16"

@@ -42,14 +42,14 @@ def test_every_precision_option_is_the_shared_one():
         for param in sub.params:
             if param.name == "precision":
                 found[name] = param
-    assert sorted(found) == ["cv", "evaluate", "extract", "finetune-backbone", "predict", "pretrain-backbone",
-                             "serve", "stream", "train"]
+    assert sorted(found) == ["cv", "distill", "evaluate", "extract", "finetune-backbone", "predict",
+                             "pretrain-backbone", "serve", "stream", "train"]
     for name, param in found.items():
         assert "auto (bf16 where fast" in param.help and "bf16 or fp32" in param.help, name
         assert param.callback is not None and param.callback.__qualname__ == "_check.<locals>.callback", name
     assert {name: param.default for name, param in found.items()} == {
-        "cv": None, "evaluate": "fp32", "extract": "auto", "finetune-backbone": "bf16", "predict": "auto",
-        "pretrain-backbone": "bf16", "serve": "auto", "stream": "auto", "train": None}
+        "cv": None, "distill": "auto", "evaluate": "fp32", "extract": "auto", "finetune-backbone": "bf16",
+        "predict": "auto", "pretrain-backbone": "bf16", "serve": "auto", "stream": "auto", "train": None}
 
 
 @pytest.mark.parametrize("typed, lightning", [("32", "32"), ("fp32", "32"), ("bf16", "bf16-mixed"),

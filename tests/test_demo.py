@@ -39,8 +39,14 @@ def test_demo_quick_end_to_end(tmp_path):
     assert f"{temporal['p_va']:.3f}" in report
     for name in ("curves.png", "test_predictions.png"):
         assert (out / "figures" / name).stat().st_size > 10_000
-    assert set(results["timings_s"]) >= {"generate", "stills", "backbone", "extract", "train", "evaluate",
+    assert set(results["timings_s"]) >= {"generate", "stills", "backbone", "extract", "train", "distill", "evaluate",
                                          "predict", "total"}
+    # the distilled student: >= 4x fewer FLOPs, close to the teacher's features, the temporal model still reads them
+    distilled = results["distill"]
+    assert distilled["flop_ratio"] >= 4 and distilled["cosine"] >= 0.98, distilled
+    assert distilled["p_va_teacher"] == pytest.approx(temporal["p_va"], abs=1e-6)
+    assert distilled["p_va_student"] >= distilled["p_va_teacher"] - 0.1, distilled
+    assert "## Distilled backbone" in report and f"**{distilled['p_va_student']:.3f}**" in report
     # the dataset it made is in the Aff-Wild2 layout
     assert (out / "data" / "VA_Estimation_Challenge" / "Train_Set").is_dir()
     assert (out / "data" / "cropped_aligned").is_dir() and (out / "features").is_dir()

@@ -115,7 +115,7 @@ class FeatureExtractor:
 
     @property
     def dim(self) -> int:
-        return self.config.embed_dim
+        return self.config.feature_dim
 
     @torch.inference_mode()
     def features_from_resized(self, images: torch.Tensor) -> torch.Tensor:

@@ -111,7 +111,7 @@ def freeze_prefix(encoder: ViTEncoder, freeze_blocks: int) -> list[str]:
 # Data
 
 
-def _evenly(n: int, k: int | None) -> np.ndarray:
+def evenly_spaced(n: int, k: int | None) -> np.ndarray:
     """Indices of at most k evenly spaced items out of n."""
     if k is None or n <= k:
         return np.arange(n)
@@ -129,7 +129,7 @@ def labelled_frames(dataset: AffWild2, video: str, frames_per_video: int | None 
     crops = CropVideo(video, folder, frames, len(labels), files=files, suffix=suffix)
     keep = np.flatnonzero(frames <= len(labels))
     keep = keep[valid_mask(torch.from_numpy(labels[frames[keep] - 1])).numpy()]
-    keep = keep[_evenly(len(keep), frames_per_video)]
+    keep = keep[evenly_spaced(len(keep), frames_per_video)]
     return [(crops.path(k), labels[frames[k] - 1]) for k in keep]
 
 
@@ -158,7 +158,7 @@ def _loader(items, size: int, config: BackboneTrainConfig, train: bool) -> DataL
                       num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
 
 
-def _trainer(config: BackboneTrainConfig, out: Path, callbacks: list, progress: bool, validate: bool = True) -> L.Trainer:
+def backbone_trainer(config: BackboneTrainConfig, out: Path, callbacks: list, progress: bool, validate: bool = True) -> L.Trainer:
     return L.Trainer(
         max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
         devices=config.devices, strategy=config.strategy, precision=config.precision, callbacks=callbacks,
@@ -168,7 +168,7 @@ def _trainer(config: BackboneTrainConfig, out: Path, callbacks: list, progress: 
     )
 
 
-def _adamw(module: nn.Module, config: BackboneTrainConfig, lr: float, trainer: L.Trainer, extra_groups=()):
+def adamw_warmup_cosine(module: nn.Module, config: BackboneTrainConfig, lr: float, trainer: L.Trainer, extra_groups=()):
     """AdamW (no weight decay on biases, norms and 1-d/embedding-like tensors) with warmup + cosine per step."""
     decay, no_decay = [], []
     for name, param in module.named_parameters():
@@ -197,7 +197,7 @@ class VARegressor(L.LightningModule):
         for i, block in enumerate(encoder.blocks):  # stochastic depth only where training happens
             block.drop_path = config.drop_path if i >= config.freeze_blocks else 0.0
         freeze_prefix(encoder, config.freeze_blocks)
-        d, h = encoder.embed_dim, config.head_hidden
+        d, h = encoder.feature_dim, config.head_hidden
         self.head = nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, 2)) if h else nn.Linear(d, 2)
         self.val_ccc = ConcordanceCCC()
         self.train()  # a loaded encoder comes in eval mode; Lightning keeps modules' modes as it finds them
@@ -211,7 +211,7 @@ class VARegressor(L.LightningModule):
                 x = block(x)
         for block in enc.blocks[k:]:
             x = block(x)
-        return self.head(enc.norm(x[:, 0])).float()
+        return self.head(enc.cls_feature(x)).float()
 
     def training_step(self, batch, batch_idx):
         images, target = batch
@@ -233,7 +233,7 @@ class VARegressor(L.LightningModule):
 
     def configure_optimizers(self):
         head = {"params": list(self.head.parameters()), "lr": self.cfg.head_lr, "weight_decay": self.cfg.weight_decay}
-        return _adamw(self.encoder, self.cfg, self.cfg.lr, self.trainer, [head])
+        return adamw_warmup_cosine(self.encoder, self.cfg, self.cfg.lr, self.trainer, [head])
 
 
 class ExportEncoder(L.Callback):
@@ -291,7 +291,7 @@ def finetune(root: str | os.PathLike | AffWild2, encoder: ViTEncoder, config: Fi
         raise MambavaError(f"{dataset.root}: fewer than 2 labelled frames with crops in the training videos")
     module = VARegressor(encoder, config)
     export = ExportEncoder(out / ENCODER_FILE)
-    trainer = _trainer(config, out, [export], progress, validate=bool(val_items))
+    trainer = backbone_trainer(config, out, [export], progress, validate=bool(val_items))
     trainer.fit(module, _loader(train_items, size, config, True),
                 _loader(val_items, size, config, False) if val_items else None)
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -396,7 +396,7 @@ class MAEPretrainer(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return _adamw(self, self.cfg, self.cfg.lr, self.trainer)
+        return adamw_warmup_cosine(self, self.cfg, self.cfg.lr, self.trainer)
 
 
 class _EpochLosses(L.Callback):
@@ -446,14 +446,14 @@ def pretrain_mae(source: str | os.PathLike, encoder: ViTEncoder, config: Pretrai
     bad = next((video.error for video in videos if video.error), None)
     if bad:  # (no crop folder, two crops for one frame): said, not pretrained without it
         raise MambavaError(bad)
-    items = [(video.path(k), zero) for video in videos for k in _evenly(len(video.frames), config.frames_per_video)]
+    items = [(video.path(k), zero) for video in videos for k in evenly_spaced(len(video.frames), config.frames_per_video)]
     if len(items) < 2:
         raise MambavaError(f"{source}: fewer than 2 crops to pretrain on")
     module = MAEPretrainer(encoder, config)
     if decoder_from is not None and load_mae_decoder(module, decoder_from):
         log.info("MAE decoder initialised from %s", decoder_from)
     losses = _EpochLosses()
-    trainer = _trainer(config, out, [losses], progress, validate=False)
+    trainer = backbone_trainer(config, out, [losses], progress, validate=False)
     trainer.fit(module, _loader(items, encoder.config.img_size, config, True))
     path = out / "mae_pretrain.pth"
     if trainer.is_global_zero:

@@ -49,6 +49,9 @@ class ViTConfig:
     mean: tuple[float, float, float] = FACE_MEAN
     std: tuple[float, float, float] = FACE_STD
     name: str = "custom"
+    # width of a linear adapter after the final norm (0: none, the feature is the normed CLS token): a distilled
+    # student's map into its teacher's feature space, so its features are the teacher's width and meaning
+    out_dim: int = 0
 
     def __post_init__(self):
         if self.embed_dim % self.num_heads:
@@ -64,6 +67,21 @@ class ViTConfig:
     def mlp_hidden(self) -> int:
         return int(round(self.embed_dim * self.mlp_ratio))
 
+    @property
+    def feature_dim(self) -> int:
+        """Width of the per-frame feature: the adapter's output where there is one, else the CLS token's."""
+        return self.out_dim or self.embed_dim
+
+    def flops(self) -> int:
+        """FLOPs (2 x multiply-adds) of one image through the encoder: the patch projection, per block the
+        qkv/proj/MLP matrix products and attention's two (tokens x tokens x D) products, and the adapter.
+        Norms, softmax and GELU (O(tokens x D)) are left out. ViT-L/16 at 224 px: 123.1 GFLOP."""
+        tokens = self.grid * self.grid + 1
+        d = self.embed_dim
+        per_block = tokens * (4 * d * d + 2 * d * self.mlp_hidden) + 2 * tokens * tokens * d
+        patch = (tokens - 1) * self.in_chans * self.patch_size ** 2 * d
+        return 2 * (self.depth * per_block + patch + d * self.out_dim)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -77,6 +95,10 @@ class ViTConfig:
 PRESETS: dict[str, ViTConfig] = {
     "vit_tiny_patch16": ViTConfig(embed_dim=192, depth=12, num_heads=3, name="vit_tiny_patch16"),
     "vit_small_patch16": ViTConfig(embed_dim=384, depth=12, num_heads=6, name="vit_small_patch16"),
+    # distillation students at 112 px, the aligned crops' own size: a quarter of the 224 px tokens
+    "vit_tiny_patch16_112": ViTConfig(img_size=112, embed_dim=192, depth=12, num_heads=3, name="vit_tiny_patch16_112"),
+    "vit_small_patch16_112": ViTConfig(img_size=112, embed_dim=384, depth=12, num_heads=6,
+                                       name="vit_small_patch16_112"),
     "vit_base_patch16": ViTConfig(embed_dim=768, depth=12, num_heads=12, name="vit_base_patch16"),
     "vit_large_patch16": ViTConfig(embed_dim=1024, depth=24, num_heads=16, name="vit_large_patch16"),
     "vit_huge_patch14": ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, name="vit_huge_patch14"),
@@ -84,6 +106,8 @@ PRESETS: dict[str, ViTConfig] = {
 _ALIASES = {
     "vit_tiny": "vit_tiny_patch16", "tiny": "vit_tiny_patch16",
     "vit_small": "vit_small_patch16", "small": "vit_small_patch16",
+    "vit_tiny_112": "vit_tiny_patch16_112", "tiny_112": "vit_tiny_patch16_112",
+    "vit_small_112": "vit_small_patch16_112", "small_112": "vit_small_patch16_112",
     "vit_base": "vit_base_patch16", "base": "vit_base_patch16", "vit_b16": "vit_base_patch16",
     "vit_large": "vit_large_patch16", "large": "vit_large_patch16", "vit_l16": "vit_large_patch16",
     "vit_huge": "vit_huge_patch14", "huge": "vit_huge_patch14", "vit_h14": "vit_huge_patch14",
@@ -211,6 +235,8 @@ class ViTEncoder(nn.Module):
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
+        if cfg.out_dim:
+            self.adapter = nn.Linear(cfg.embed_dim, cfg.out_dim)
         self.load_report = None  # the weights.LoadReport, set by load_encoder
         if self.cls_token.device.type != "meta":
             self.init_weights()
@@ -218,6 +244,10 @@ class ViTEncoder(nn.Module):
     @property
     def embed_dim(self) -> int:
         return self.config.embed_dim
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.feature_dim
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -259,11 +289,17 @@ class ViTEncoder(nn.Module):
             x = block(x)
         return self.norm(x)
 
+    def cls_feature(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The per-frame feature from the last block's tokens (N, 1 + L, D): the normed CLS token, through the
+        adapter where there is one (N, feature_dim)."""
+        x = self.norm(tokens[:, 0])  # LayerNorm is per token: normalising the CLS token alone is the same
+        return self.adapter(x) if self.config.out_dim else x
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.embed(images)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x[:, 0])  # LayerNorm is per token: normalising the CLS token alone is the same
+        return self.cls_feature(x)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write weights + config as one safetensors file (atomically); `load_encoder` reads it back."""

@@ -181,11 +181,10 @@ def _is_hf_layout(keys: Iterable[str]) -> bool:
     return any(k.startswith(("embeddings.", "vit.embeddings.", "encoder.layer.", "vit.encoder.layer.")) for k in keys)
 
 
-def _preset_for(embed_dim: int, depth: int, patch: int) -> ViTConfig | None:
-    for preset in PRESETS.values():
-        if (preset.embed_dim, preset.depth, preset.patch_size) == (embed_dim, depth, patch):
-            return preset
-    return None
+def _preset_for(embed_dim: int, depth: int, patch: int, img_size: int | None = None) -> ViTConfig | None:
+    """The preset of this shape, the one of this image size first (vit_tiny_patch16_112 over vit_tiny_patch16)."""
+    found = [p for p in PRESETS.values() if (p.embed_dim, p.depth, p.patch_size) == (embed_dim, depth, patch)]
+    return next((p for p in found if p.img_size == img_size), found[0] if found else None)
 
 
 def infer_config(state: dict[str, torch.Tensor], path: str = "checkpoint", **overrides) -> ViTConfig:
@@ -205,11 +204,13 @@ def infer_config(state: dict[str, torch.Tensor], path: str = "checkpoint", **ove
     n_pos = state["pos_embed"].shape[1] - 1
     grid = math.isqrt(n_pos)
     img_size = grid * patch if grid * grid == n_pos else 224
-    preset = _preset_for(embed_dim, depth, patch)
+    preset = _preset_for(embed_dim, depth, patch, img_size)
     heads = preset.num_heads if preset else max(1, embed_dim // 64)
     qkv_bias = "blocks.0.attn.qkv.bias" in state if depth else True
+    adapter = state.get("adapter.weight")
     base = dict(img_size=img_size, patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=heads,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, in_chans=in_chans,
+                out_dim=adapter.shape[0] if adapter is not None else 0,
                 name=preset.name if preset else f"vit_d{embed_dim}_l{depth}_p{patch}")
     base.update(overrides)
     return ViTConfig(**base)
@@ -221,7 +222,7 @@ def _hf_config(cfg: dict, path: Path) -> dict:
     hidden = int(cfg.get("hidden_size", 768))
     patch = int(cfg.get("patch_size", 16))
     depth = int(cfg.get("num_hidden_layers", 12))
-    preset = _preset_for(hidden, depth, patch)
+    preset = _preset_for(hidden, depth, patch, int(cfg.get("image_size", 224)))
     return dict(img_size=int(cfg.get("image_size", 224)), patch_size=patch, embed_dim=hidden, depth=depth,
                 num_heads=int(cfg.get("num_attention_heads", 12)),
                 mlp_ratio=int(cfg.get("intermediate_size", 4 * hidden)) / hidden,

@@ -56,11 +56,7 @@ def decode_rate(n: int = 64, size: int = 112) -> float:
 
 def vit_gflop(config) -> float:
     """FLOPs (2 x multiply-adds) of one image through the encoder, in GFLOP (ViT-L/16 at 224: 123)."""
-    tokens = config.grid * config.grid + 1
-    d = config.embed_dim
-    per_block = tokens * (4 * d * d + 2 * d * config.mlp_hidden) + 2 * tokens * tokens * d
-    patch = (tokens - 1) * config.in_chans * config.patch_size ** 2 * d
-    return 2 * (config.depth * per_block + patch) / 1e9
+    return config.flops() / 1e9
 
 
 def gemm_gflops(device: torch.device, dtype: torch.dtype, tokens: int, dim: int, hidden: int, repeats: int) -> float:

@@ -1,4 +1,5 @@
-"""`mambava extract` (face crops -> feature store) and `mambava finetune-backbone` (partial-freeze ViT on VA)."""
+"""`mambava extract` (face crops -> feature store), `mambava finetune-backbone` (partial-freeze ViT on VA) and
+`mambava distill` (a small student backbone reproducing a teacher's features)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from mambava.runtime import resolve_device
 CHECKPOINT_HELP = ("Local ViT checkpoint: facebookresearch/mae .pth, timm weights (.safetensors/.pth or hub "
                    "folder), Hugging Face ViTMAE folder, or a mambava encoder.safetensors. Nothing is downloaded.")
 ARCH_HELP = ("ViT size (vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, "
-             "vit_huge_patch14); default: inferred from the checkpoint.")
+             "vit_huge_patch14; vit_tiny_patch16_112, vit_small_patch16_112 at 112 px); "
+             "default: inferred from the checkpoint.")
 
 
 def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool, seed: int):
@@ -184,7 +186,66 @@ def pretrain_command(
                f"next: mambava finetune-backbone ROOT -c {result.checkpoint}")
 
 
+def distill_command(
+    source: Path = typer.Argument(..., help="Face crops (Aff-Wild2 root, cropped_aligned/, or a faces output "
+                                            "<dir>/<video>/<NNNNN>.jpg), or a video / folder of videos (run "
+                                            "through the faces stage into OUT/crops/ first)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", "-t", help="The teacher backbone: " + CHECKPOINT_HELP),
+    out: Path = typer.Option(Path("runs/distill"), "--out", "-o", help="Output folder (OUT/student.safetensors)."),
+    student: str = typer.Option("vit_tiny_patch16_112", "--student", help="Student preset (vit_tiny_patch16, "
+                                "vit_small_patch16, at 224 px, or their _112 presets at 112 px), or `teacher` "
+                                "for the teacher's own shape; changed by the options below."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Student input size (a multiple of its patch)."),
+    embed_dim: Optional[int] = typer.Option(None, "--embed-dim", help="Student width."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Student blocks."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="Student attention heads (divides --embed-dim)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A temporal model trained on the teacher's "
+                                         "features: P_VA on the held-out videos with teacher vs student features "
+                                         "(needs an Aff-Wild2 root for the labels)."),
+    teacher_features: Optional[Path] = typer.Option(None, "--teacher-features", help="A feature store the teacher "
+                                                    "filled (`extract`): its features are the targets, the teacher "
+                                                    "is not run over the training crops."),
+    finetune_temporal: int = typer.Option(0, "--finetune-temporal", min=0, help="With --model: fine-tune it this "
+                                          "many epochs on the student's features of the Train_Set videos, and score "
+                                          "it beside the unchanged model (OUT/temporal_student/)."),
+    finetune_lr: float = typer.Option(1e-4, "--finetune-lr", help="Learning rate of --finetune-temporal."),
+    heldout_every: int = typer.Option(10, "--heldout-every", min=2, help="Without an Aff-Wild2 Validation_Set: "
+                                      "every N-th video (by name) is held out."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+    frames_per_video: int = typer.Option(256, "--frames-per-video", help="Evenly spaced crops per video (0: all)."),
+    adapter: str = typer.Option("lstsq", "--adapter", help="lstsq: refit the linear adapter in closed form after "
+                                "training; joint: keep the one trained with the student."),
+    mse_weight: float = typer.Option(1.0, "--mse-weight", help="Weight of the (variance-normalised) MSE beside "
+                                     "the cosine loss."),
+    precision: str = precision_option("auto", lightning=True),
+    accelerator: str = typer.Option("auto", "--accelerator"),
+    workers: int = typer.Option(4, "--workers", "-j", min=0),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Distil a backbone into a small student ViT (cosine + MSE feature regression, then a linear adapter onto
+    the teacher's feature space); OUT/student.safetensors is a backbone for `extract -c`, `predict --backbone`
+    and `stream --backbone`, and a temporal model trained on the teacher's features runs on it unchanged."""
+    from mambava.backbone.distill import DistillConfig
+    from mambava.distillation import run_distill
+
+    if teacher is None:
+        raise MambavaError("distill: pass --teacher CHECKPOINT (the backbone whose features the student learns)")
+    config = DistillConfig(epochs=epochs, lr=lr, batch_size=batch_size, frames_per_video=frames_per_video or None,
+                           adapter=adapter, mse_weight=mse_weight,
+                           precision=lightning_precision(precision, accelerator),
+                           accelerator=accelerator, devices=1, num_workers=workers, seed=seed)
+    report = run_distill(source, teacher, out, None if student == "teacher" else student, config, model=model,
+                         heldout_every=heldout_every, teacher_features=teacher_features,
+                         finetune_epochs=finetune_temporal, finetune_lr=finetune_lr, img_size=img_size,
+                         embed_dim=embed_dim, depth=depth, num_heads=heads)
+    typer.echo(report.summary())
+    typer.echo(f"next: mambava extract SOURCE -o FEATURES -c {report.student}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("extract")(extract_command)
     app.command("finetune-backbone")(finetune_command)
+    app.command("distill")(distill_command)
     app.command("pretrain-backbone")(pretrain_command)

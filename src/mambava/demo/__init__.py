@@ -23,11 +23,14 @@ Stages (each prints a line with its time; the long ones show a progress bar):
               paper's structure at reduced widths, see `DemoConfig`) and the frame-wise baseline (`mlp`, the
               same features one frame at a time), both with the default recipe (AdamW, warmup + cosine, CCC loss,
               model selection by validation P_VA).
-6. evaluate   `mambava.training.evaluate.evaluate_videos` on the held-out test subjects (whole videos, windows stitched).
-7. predict    `mambava.predict.Predictor` on a held-out raw video: faces detected, tracked and aligned by the
+6. distill    `mambava.demo.distill`: the fine-tuned ViT distilled into a student ViT of ~6x fewer FLOPs
+              (`mambava.backbone.distill`, on the training videos' crops), and the TCN+Mamba scored unchanged on
+              the held-out test subjects with the teacher's and with the student's features.
+7. evaluate   `mambava.training.evaluate.evaluate_videos` on the held-out test subjects (whole videos, windows stitched).
+8. predict    `mambava.predict.Predictor` on a held-out raw video: faces detected, tracked and aligned by the
               faces stage (MTCNN), encoded by the fine-tuned ViT, then the temporal model; compared with the
               hidden labels.
-8. report     OUT/report.md: the table (frame-wise vs TCN+Mamba: CCC_v, CCC_a, P_VA), training curves,
+9. report     OUT/report.md: the table (frame-wise vs TCN+Mamba: CCC_v, CCC_a, P_VA), training curves,
               predicted vs true plots, timings; OUT/results.json holds the same numbers.
 
 With `own_crops` (`mambava demo --own-crops`) a faces stage runs after generate: `mambava faces --dataset`

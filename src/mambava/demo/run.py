@@ -1,5 +1,5 @@
-"""The demo's run: its config, the stages in order (generate, stills, backbone, extract, train, evaluate,
-predict) and their results; `mambava.demo.report` turns the results into OUT/report.md. See `mambava.demo`."""
+"""The demo's run: its config, the stages in order (generate, stills, backbone, extract, train, distill,
+evaluate, predict) and their results; `mambava.demo.report` turns the results into OUT/report.md. See `mambava.demo`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mambava.demo.distill import distill_stage
 from mambava.demo.report import REPORT_FILE, write_figures, write_report
 from mambava.errors import MambavaError
 from mambava.fileio import atomic_open
@@ -179,10 +180,12 @@ def run_demo(out: str | os.PathLike = "demo_out", cfg: DemoConfig | None = None,
 
 def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
     _quiet_lightning()
-    stages = _Stages(9 if cfg.own_crops else 8, progress)
+    stages = _Stages(10 if cfg.own_crops else 9, progress)
     results: dict[str, Any] = {"config": cfg.to_dict(), "machine": _machine()}
     data_root, train_root, stills_root, test_names = _data_stages(out, cfg, progress, stages, results)
     encoder_path, store, runs = _model_stages(out, data_root, train_root, stills_root, cfg, progress, stages, results)
+    distill_stage(out, data_root, train_root, encoder_path, store, runs["mamba_va"]["outputs"]["model"], test_names,
+                  cfg, progress, stages, results)
     report = _score_and_report(out, data_root, encoder_path, store, runs, test_names, cfg, progress, stages, results)
     t, b = results["test"]["mamba_va"], results["test"][cfg.baseline]
     stages.console.print(
