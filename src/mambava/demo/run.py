@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mambava.demo.ablation import run_ablation
 from mambava.demo.report import REPORT_FILE, write_figures, write_report
 from mambava.errors import MambavaError
 from mambava.fileio import atomic_open
@@ -81,6 +82,7 @@ class DemoConfig:
     # DataLoader worker decodes crops while the model runs. 0 leaves torch's default.
     threads: int = 1
     precision: str = "auto"  # "auto": bf16 mixed precision where the CPU runs it fast (AMX / AVX-512 BF16), else 32
+    audio: bool = True  # the audio-visual ablation (`mambava.demo.ablation`): audio only, early and mid fusion
 
     def __post_init__(self) -> None:
         self.frames = tuple(int(x) for x in self.frames)  # type: ignore[assignment]
@@ -179,7 +181,7 @@ def run_demo(out: str | os.PathLike = "demo_out", cfg: DemoConfig | None = None,
 
 def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
     _quiet_lightning()
-    stages = _Stages(9 if cfg.own_crops else 8, progress)
+    stages = _Stages((9 if cfg.own_crops else 8) + cfg.audio, progress)
     results: dict[str, Any] = {"config": cfg.to_dict(), "machine": _machine()}
     data_root, train_root, stills_root, test_names = _data_stages(out, cfg, progress, stages, results)
     encoder_path, store, runs = _model_stages(out, data_root, train_root, stills_root, cfg, progress, stages, results)
@@ -257,6 +259,10 @@ def _score_and_report(out: Path, data_root: Path, encoder_path: Path, store: Pat
         scores, predictions = _evaluate(out, store, runs, test_names, labels, cfg)
     results["test"] = scores
     results["validation"] = {k: v["best"] for k, v in runs.items()}
+    if cfg.audio:
+        with stages.stage("audio", "the voices: audio features, then audio-only, early and mid fusion models"):
+            results["audio"] = run_ablation(out, data_root, store, scores["mamba_va"], test_names, labels, cfg,
+                                            progress, stages.console.print)
 
     with stages.stage("predict", "a held-out raw video: faces -> features -> temporal model"
                       + ("; then every held-out raw video, beside the ideal crops" if cfg.own_crops else "")):

@@ -50,6 +50,7 @@ class Track:
     present: np.ndarray  # face visible in the frame
     occluder: list  # (start, length, kind, colour, drops_face, dx, dy)
     crop: np.ndarray  # a crop is written for this frame
+    talking: np.ndarray | None = None  # the mouth's talking segments (the voice is heard only within them)
 
 
 # head turn (yaw) and nod (pitch): a slow posture independent of affect, plus a jitter (~0.25 s) whose energy
@@ -128,7 +129,7 @@ def _rater(rng: np.random.Generator, va: np.ndarray, fps: float, cfg: SynthConfi
 
 def _video_expression(rng: np.random.Generator, va: np.ndarray, fps: float, ident: Identity,
                       fast: Callable[[float], np.ndarray]) -> dict[str, np.ndarray]:
-    """The expression parameters of every frame, from the true VA at the frame itself."""
+    """The expression parameters of every frame, from the true VA at the frame itself, and `talking`."""
     n = len(va)
     v, a = va[:, 0], va[:, 1]
     noise = {"smile": fast(0.2), "brow": fast(0.3), "inner": fast(0.3), "eye": fast(0.25), "mouth": fast(0.15)}
@@ -138,7 +139,7 @@ def _video_expression(rng: np.random.Generator, va: np.ndarray, fps: float, iden
     freq = 4.0 * (1.0 + 0.25 * fast(0.5)) / fps
     phase = np.cumsum(2 * np.pi * np.clip(freq, 1.0 / fps, None)) + rng.uniform(0, 2 * np.pi)
     syllables = 0.5 - 0.5 * np.cos(phase)
-    return expression(v, a, ident, noise, blink, talking, syllables)
+    return {**expression(v, a, ident, noise, blink, talking, syllables), "talking": talking}
 
 
 def _blinks(rng: np.random.Generator, a: np.ndarray, fps: float) -> np.ndarray:
