@@ -174,8 +174,7 @@ def voice(rng: np.random.Generator, va: np.ndarray, heard: np.ndarray, fps: floa
     gain_db = speaker.level_db + AROUSAL_DB * a + 2.0 * (stress[k] - 0.5)
     out *= 10 ** (gain_db / 20) / max(rms, 1e-9)
     # heard only in the person's talking turns, with 15 ms ramps (no clicks)
-    gate = np.interp(t, frame_t, heard.astype(np.float64), left=float(heard[0]), right=float(heard[-1]))
-    gate = np.where(gate >= 0.5, 1.0, 0.0)
+    gate = heard[np.minimum((t * fps).astype(np.int64), n - 1)].astype(np.float64)  # each sample's own frame
     gate = np.minimum(_smooth(gate, int(0.015 * sr)), gate)  # ramps stay inside the heard frames
     return out * gate
 
