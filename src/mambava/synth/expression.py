@@ -59,6 +59,10 @@ POSTURE_YAW, JITTER_YAW = 0.22, 0.4
 POSTURE_PITCH, JITTER_PITCH = 0.15, 0.3
 
 
+# the face's arousal cues follow arousal + DEMEANOUR x (unit noise with a DEMEANOUR_S seconds correlation time)
+DEMEANOUR, DEMEANOUR_S = 0.25, 3.0
+
+
 def blink_profile() -> np.ndarray:
     """Eye opening multiplier over the 8 frames of a blink."""
     return np.array([0.55, 0.15, 0.0, 0.05, 0.25, 0.5, 0.75, 0.92])
@@ -98,8 +102,11 @@ def track(rng: np.random.Generator, n: int, fps: float, ident: Identity, cfg: Sy
     va = trajectory(rng, n, fps)
     labels, lag, invalid = _rater(rng, va, fps, cfg)
     fast = lambda s: smooth_noise(rng, n, s * fps)  # noqa: E731  (unit noise with a correlation time of s seconds)
-    expr = _video_expression(rng, va, fps, ident, fast)
-    head = _head_motion(va[:, 1], fast)
+    # how animated the face looks is not quite how aroused the person is: every facial arousal cue follows the
+    # felt arousal plus a slow demeanour (the voice, `mambava.synth.voice`, follows the felt arousal)
+    face = np.stack([va[:, 0], np.clip(va[:, 1] + DEMEANOUR * fast(DEMEANOUR_S), -1.0, 1.0)], axis=1)
+    expr = _video_expression(rng, face, fps, ident, fast)
+    head = _head_motion(face[:, 1], fast)
     present, crop, occluders = _disturbances(rng, n, fps, ident, cfg, invalid)
     labels[invalid] = -5.0
     return Track(va=va, labels=labels, lag=lag, **expr, **head, present=present, occluder=occluders, crop=crop)

@@ -36,8 +36,8 @@ VOWELS = np.array([[730, 1090, 2440], [530, 1840, 2480], [270, 2290, 3010], [570
                   dtype=np.float64)
 BANDWIDTHS = np.array([90.0, 110.0, 160.0])
 
-AROUSAL_SEMITONES = 4.0  # F0 level: ±4 semitones over arousal -1..1
-AROUSAL_DB = 9.0  # loudness: ±9 dB
+AROUSAL_SEMITONES = 5.0  # F0 level: ±5 semitones over arousal -1..1
+AROUSAL_DB = 10.0  # loudness: ±10 dB
 RATE_SYLLABLES = (2.8, 6.0)  # syllables per second at arousal -1 and 1
 RANGE_SEMITONES = (0.8, 4.0)  # the syllable's pitch excursion at arousal -1 and 1
 VALENCE_SLOPE = 1.5  # semitones across a syllable per unit valence (rising when positive)
@@ -64,7 +64,7 @@ def sample_speaker(rng: np.random.Generator) -> Speaker:
     low = rng.random() < 0.5  # lower and higher voices
     f0 = rng.uniform(85, 140) if low else rng.uniform(160, 240)
     scale = rng.uniform(0.95, 1.05) * (1.0 if low else 1.15)
-    return Speaker(f0=float(f0), level_db=float(-26 + rng.uniform(-4, 4)), formant_scale=float(scale),
+    return Speaker(f0=float(f0), level_db=float(-26 + rng.uniform(-3, 3)), formant_scale=float(scale),
                    rate=float(rng.uniform(0.9, 1.1)))
 
 
