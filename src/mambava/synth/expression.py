@@ -4,7 +4,10 @@ expression and head motion VA drives, and the disturbances.
 - Expression from VA: mouth curvature and brow shape follow valence (a Duchenne squint narrows the eyes when
   valence is high); eye opening and brow height follow arousal, but arousal is mostly visible only over
   several frames: blink rate, talking-mouth opening amplitude (a syllable-rate oscillation whose phase is
-  random, so one frame shows one sample of it) and head-motion energy all rise with arousal.
+  random, so one frame shows one sample of it) and head-motion energy all rise with arousal. Every facial
+  arousal cue follows the felt arousal plus a slow demeanour (`DEMEANOUR`: 0.25 x unit noise over ~3 s, how
+  animated a face looks beyond how aroused the person is), which no amount of context removes; the voice
+  (`mambava.synth.voice`) follows the felt arousal.
 - Single frames are ambiguous: fast expression noise (talking, idiosyncratic twitches, ~0.2 s), per-identity
   resting biases (some faces look grumpy, some eyes are narrow), blinks, occlusions (a hand or an object
   over the mouth or an eye), no-face gaps (the person turns away).

@@ -7,10 +7,10 @@ A source-filter voice, vectorised numpy (no per-sample Python):
 - *Syllables*: a syllable clock whose rate rises with arousal (about 2.8 syllables/s calm to 6 aroused); each
   syllable a voiced nucleus (raised-sine envelope, a random stress) through one of five vowels' formant filters
   (F1-F3 scaled by the speaker's vocal tract), then a short closure, half of them with a fricative noise burst.
-- *Pitch*: the speaker's own F0 (85-240 Hz), raised by up to ±4 semitones with arousal; within each syllable
+- *Pitch*: the speaker's own F0 (85-240 Hz), raised by up to ±5 semitones with arousal; within each syllable
   an excursion whose range grows with arousal, and a slope that rises with valence and falls without it (the
   weaker valence cue, with the spectral tilt: brighter with positive valence).
-- *Loudness*: ±9 dB with arousal around the speaker's level (its distance to the microphone: ±4 dB).
+- *Loudness*: ±10 dB with arousal around the speaker's level (its distance to the microphone: ±3 dB).
 - *Turns and pauses*: a person is heard only while talking (the face's own talking segments, so lips and voice
   start and stop together); in a two-person video the floor alternates (turns of 1-6 s) and only the person
   who holds it is heard: a face's own voice is present only part of the time (`voice` in synth_meta/<v>.npz).
