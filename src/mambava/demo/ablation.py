@@ -87,6 +87,7 @@ def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: 
     say(f"      best fusion ({best}) vs visual only: {gain['p_va']:+.3f} P_VA, {gain['ccc_arousal']:+.3f} CCC_a; "
         f"audio only P_VA {rows['audio']['p_va']:.3f}")
     return {"sets": list(sets), "dim": dim, "videos": summary.videos, "seconds_of_sound": summary.seconds_of_video,
+            "epochs": cfg.audio_epochs or cfg.epochs, "visual_epochs": cfg.epochs,
             "extract_s": round(extract_s, 1), "warnings": messages, "rows": rows, "runs": runs, "gain": gain}
 
 
@@ -128,7 +129,7 @@ def _train(out: Path, data_root: Path, features: Path, audio: Path | None, name:
     tcfg = TrainConfig(
         model=model, data=DataConfig(features=str(features), audio_features=str(audio) if audio else None,
                                      annotations=str(data_root), window=cfg.window, stride=cfg.stride),
-        batch_size=cfg.batch_size, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, lr=cfg.lr,
+        batch_size=cfg.batch_size, epochs=cfg.audio_epochs or cfg.epochs, warmup_epochs=cfg.warmup_epochs, lr=cfg.lr,
         weight_decay=cfg.weight_decay, seed=cfg.seed, accelerator="cpu", precision=cfg.training_precision(),
         progress_bar=progress, out_dir=str(out / "runs" / name),
     )
@@ -155,8 +156,8 @@ def report_lines(results: dict) -> list[str]:
         f"a weaker valence cue in spectral tilt and pitch slope; in two-person videos a face's own voice is heard "
         f"only in its turns). Audio features ({'+'.join(a['sets'])}, {a['dim']} per frame, z-scored with the "
         f"training videos' statistics) of {a['videos']} videos ({a['seconds_of_sound']:.0f} s of sound, "
-        f"{a['extract_s']:.0f} s to extract); each model with the visual model's recipe, on the same held-out "
-        "test subjects:",
+        f"{a['extract_s']:.0f} s to extract); each model with the visual model's recipe "
+        f"({a['epochs']} epochs; the visual model {a['visual_epochs']}), on the same held-out test subjects:",
         "",
         "| model | CCC_v | CCC_a | P_VA |",
         "|---|---|---|---|",

@@ -83,6 +83,7 @@ class DemoConfig:
     threads: int = 1
     precision: str = "auto"  # "auto": bf16 mixed precision where the CPU runs it fast (AMX / AVX-512 BF16), else 32
     audio: bool = True  # the audio-visual ablation (`mambava.demo.ablation`): audio only, early and mid fusion
+    audio_epochs: int | None = None  # the ablation's models (None: `epochs`)
 
     def __post_init__(self) -> None:
         self.frames = tuple(int(x) for x in self.frames)  # type: ignore[assignment]
@@ -98,7 +99,8 @@ class DemoConfig:
     def quick(cls, seed: int = 0, **overrides) -> "DemoConfig":
         """The CI-sized demo (about 2 minutes on 2 cores)."""
         values: dict[str, Any] = dict(seed=seed, n_train=40, n_val=8, n_test=10, frames=(240, 360), stills_train=2000,
-                                      stills_val=200, pretrain_epochs=5, finetune_frames_per_video=80, epochs=8)
+                                      stills_val=200, pretrain_epochs=5, finetune_frames_per_video=80, epochs=8,
+                                      audio_epochs=4)
         values.update(overrides)
         return cls(**values)
 
