@@ -24,6 +24,8 @@ Stages (each prints a line with its time; the long ones show a progress bar):
               same features one frame at a time), both with the default recipe (AdamW, warmup + cosine, CCC loss,
               model selection by validation P_VA).
 6. evaluate   `mambava.training.evaluate.evaluate_videos` on the held-out test subjects (whole videos, windows stitched).
+   audio      (`DemoConfig.audio`) `mambava.demo.ablation`: the voices' audio features, then audio-only, early and
+              mid fusion models, scored the same way (results.json `audio.rows`).
 7. predict    `mambava.predict.Predictor` on a held-out raw video: faces detected, tracked and aligned by the
               faces stage (MTCNN), encoded by the fine-tuned ViT, then the temporal model; compared with the
               hidden labels.
