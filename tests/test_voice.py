@@ -146,3 +146,20 @@ def test_voices_are_heard_only_while_their_face_talks(voiced):
                 assert not (h & ~tr.talking).any() and h.sum() < tr.talking.sum()
         else:
             assert np.array_equal(heard[0], tracks[0].talking) and 0 < heard[0].mean() < 1
+
+
+def test_no_voices_leaves_the_videos_silent(tmp_path):
+    from typer.testing import CliRunner
+
+    from mambava.cli import app
+
+    result = CliRunner().invoke(app, ["synth", "-o", str(tmp_path / "d"), "--train", "1", "--val", "1", "--test", "0",
+                                      "--min-frames", "30", "--max-frames", "32", "--no-voices", "--workers", "1",
+                                      "-q"])
+    assert result.exit_code == 0, result.output
+    meta = read_meta(tmp_path / "d")
+    assert meta["config"]["voices"] is False
+    for video in meta["videos"]:
+        assert decode_audio(tmp_path / "d" / video["video"]) is None
+        assert all("voice_frames" not in p for p in video["persons"])
+        assert "voice" not in read_truth(tmp_path / "d", video["persons"][0]["name"])
