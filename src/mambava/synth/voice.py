@@ -141,6 +141,7 @@ def voice(rng: np.random.Generator, va: np.ndarray, heard: np.ndarray, fps: floa
     # pitch: level + syllable excursion (range with arousal) + valence slope + slow wander
     span = RANGE_SEMITONES[0] + (RANGE_SEMITONES[1] - RANGE_SEMITONES[0]) * a01
     shape = (0.4 + 0.6 * stress[k]) * np.sin(np.pi * np.minimum(u / d, 1.0))
+    # a slow wander of ~0.5 semitones (white noise averaged over 0.3 s keeps ~1/3 of its spread)
     wander = np.interp(t, frame_t, 0.5 * _smooth(rng.standard_normal(n), max(int(0.3 * fps), 1)) * 3)
     semitones = AROUSAL_SEMITONES * a + span * shape + VALENCE_SLOPE * v * (u / d - 0.5) + wander
     f0 = speaker.f0 * 2.0 ** (semitones / 12)
