@@ -19,6 +19,8 @@ def synth_command(
     two_person: float = typer.Option(0.2, "--two-person", help="Fraction of two-person videos (<v>_left/_right)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same annotations and crops."),
     videos: bool = typer.Option(True, "--videos/--no-videos", help="Also write the raw H.264 videos."),
+    voices: bool = typer.Option(True, "--voices/--no-voices", help="Each person speaks: the raw videos' AAC sound "
+                                "track (see mambava.synth.voice)."),
     workers: int = typer.Option(0, "--workers", help="Processes (0: up to 2)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -31,7 +33,8 @@ def synth_command(
     from mambava.synth import SynthConfig, generate
 
     cfg = SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, frames=(min_frames, max_frames),
-                      two_person_fraction=two_person, seed=seed, write_videos=videos, workers=workers)
+                      two_person_fraction=two_person, seed=seed, write_videos=videos, voices=voices,
+                      workers=workers)
     console = Console(stderr=True)
     with ProgressBar("synth", enabled=not quiet) as progress:
         summary = generate(out, cfg, progress=progress)
@@ -48,14 +51,16 @@ def demo_command(
     own_crops: bool = typer.Option(False, "--own-crops", help="Train on crops made by our own faces stage from the "
                                    "raw videos (as predict makes them), and score every held-out raw video "
                                    "through predict beside the generator's ideal crops (~2 CPU-minutes more)."),
+    audio: bool = typer.Option(True, "--audio/--no-audio", help="The audio-visual ablation: the voices' features, "
+                               "audio-only, early and mid fusion models beside the visual one."),
 ) -> None:
     """Every stage of the pipeline on a generated face-video dataset, on CPU: generate -> fine-tune a small ViT
     (partial freezing, frame-level CCC) -> extract features -> train Mamba-VA and a frame-wise baseline ->
     evaluate on held-out subjects -> predict on a held-out video -> OUT/report.md."""
     from mambava.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.quick(seed=seed, threads=threads, own_crops=own_crops) if quick else DemoConfig(
-        seed=seed, threads=threads, own_crops=own_crops)
+    cfg = DemoConfig.quick(seed=seed, threads=threads, own_crops=own_crops, audio=audio) if quick else DemoConfig(
+        seed=seed, threads=threads, own_crops=own_crops, audio=audio)
     result = run_demo(out, cfg, progress=not quiet)
     typer.echo(f"report: {result.report}")
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from mambava.demo.ablation import report_lines as audio_report_lines
 from mambava.demo.distill import report_lines as distill_report_lines
 from mambava.fileio import atomic_open
 from mambava.plots import new_figure, save_figure
@@ -99,7 +100,8 @@ def write_report(out: Path, results: dict, figures: dict, cfg: DemoConfig) -> Pa
     """OUT/report.md: the test table and figures, the prediction on the held-out raw video, what ran."""
     rel = {k: Path(p).relative_to(out).as_posix() for k, p in figures.items()}
     lines = [*_report_results(results, rel, cfg), *_report_predict(results["predict"], rel),
-             *_report_own_crops(results), *distill_report_lines(results), *_report_what_ran(results, cfg)]
+             *_report_own_crops(results), *distill_report_lines(results), *audio_report_lines(results),
+             *_report_what_ran(results, cfg)]
     path = out / REPORT_FILE
     with atomic_open(path) as handle:
         handle.write("\n".join(lines))

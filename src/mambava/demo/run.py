@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mambava.demo.ablation import run_ablation
 from mambava.demo.distill import distill_stage
 from mambava.demo.report import REPORT_FILE, write_figures, write_report
 from mambava.errors import MambavaError
@@ -82,6 +83,8 @@ class DemoConfig:
     # DataLoader worker decodes crops while the model runs. 0 leaves torch's default.
     threads: int = 1
     precision: str = "auto"  # "auto": bf16 mixed precision where the CPU runs it fast (AMX / AVX-512 BF16), else 32
+    audio: bool = True  # the audio-visual ablation (`mambava.demo.ablation`): audio only, early and mid fusion
+    audio_epochs: int | None = None  # the ablation's models (None: `epochs`)
 
     def __post_init__(self) -> None:
         self.frames = tuple(int(x) for x in self.frames)  # type: ignore[assignment]
@@ -97,7 +100,8 @@ class DemoConfig:
     def quick(cls, seed: int = 0, **overrides) -> "DemoConfig":
         """The CI-sized demo (about 2 minutes on 2 cores)."""
         values: dict[str, Any] = dict(seed=seed, n_train=40, n_val=8, n_test=10, frames=(240, 360), stills_train=2000,
-                                      stills_val=200, pretrain_epochs=5, finetune_frames_per_video=80, epochs=8)
+                                      stills_val=200, pretrain_epochs=5, finetune_frames_per_video=80, epochs=8,
+                                      audio_epochs=4)
         values.update(overrides)
         return cls(**values)
 
@@ -180,7 +184,7 @@ def run_demo(out: str | os.PathLike = "demo_out", cfg: DemoConfig | None = None,
 
 def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
     _quiet_lightning()
-    stages = _Stages(10 if cfg.own_crops else 9, progress)
+    stages = _Stages((10 if cfg.own_crops else 9) + cfg.audio, progress)
     results: dict[str, Any] = {"config": cfg.to_dict(), "machine": _machine()}
     data_root, train_root, stills_root, test_names = _data_stages(out, cfg, progress, stages, results)
     encoder_path, store, runs = _model_stages(out, data_root, train_root, stills_root, cfg, progress, stages, results)
@@ -254,12 +258,16 @@ def _model_stages(out: Path, data_root: Path, train_root: Path, stills_root: Pat
 
 def _score_and_report(out: Path, data_root: Path, encoder_path: Path, store: Path, runs: dict, test_names: list[str],
                       cfg: DemoConfig, progress: bool, stages: "_Stages", results: dict) -> Path:
-    """6. evaluation on held-out subjects, 7. predict on held-out raw video(s), 8. the report and results.json."""
+    """7. evaluation on held-out subjects (and the audio ablation), 8. predict on held-out raw video(s), 9. the report."""
     with stages.stage("evaluate", f"whole test videos of {len(test_names)} held-out subjects"):
         labels = read_labels(data_root, test_names)
         scores, predictions = _evaluate(out, store, runs, test_names, labels, cfg)
     results["test"] = scores
     results["validation"] = {k: v["best"] for k, v in runs.items()}
+    if cfg.audio:
+        with stages.stage("audio", "the voices: audio features, then audio-only, early and mid fusion models"):
+            results["audio"] = run_ablation(out, data_root, store, scores["mamba_va"], test_names, labels, cfg,
+                                            progress, stages.console.print)
 
     with stages.stage("predict", "a held-out raw video: faces -> features -> temporal model"
                       + ("; then every held-out raw video, beside the ideal crops" if cfg.own_crops else "")):

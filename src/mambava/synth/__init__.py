@@ -5,7 +5,7 @@ expressions follow ground-truth valence/arousal (VA) trajectories, and writes th
 lays Aff-Wild2 out, so that every loader of the real pipeline is exercised:
 
     OUT/
-      videos/batch1/<v>.mp4, videos/batch2/<v>.mp4        raw videos (H.264, yuv420p, 30 fps)
+      videos/batch1/<v>.mp4, videos/batch2/<v>.mp4        raw videos (H.264, yuv420p, 30 fps; AAC voices)
       cropped_aligned/<v>/<NNNNN>.jpg                      112x112 crops aligned to the ArcFace 5-point template,
                                                            1-based frame numbers, missing where no face was found
       cropped_aligned/<v>_left/, <v>_right/                two-person videos: one crop folder per person
@@ -34,6 +34,8 @@ The modules, one concern each (every number is drawn per video or person from th
 - `layout`: the folder and file names, atomic writers, and the readers (`read_meta`, `read_truth`, ...).
 - `stills`: `StillsConfig`, `generate_stills`.
 - `oracle`: `simulate` (the truth without rendering) and `oracle_scores` (frame-wise vs. with context).
+- `voice`: each person's voice (glottal pulses, formants, syllables, turns, room), the videos' AAC track, and
+  `voice` in the truth (the frames where the person is heard).
 
 Determinism: everything derives from `SynthConfig.seed` through one numpy SeedSequence child per video, so
 the same config gives byte-identical annotation files, crops and metadata whatever the number of workers.

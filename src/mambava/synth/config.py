@@ -37,6 +37,7 @@ class SynthConfig:
     noise_sigma: tuple[float, float] = (2.0, 6.0)  # sensor noise, grey levels
     # output
     write_videos: bool = True
+    voices: bool = True  # each person speaks: the videos' AAC sound track and `voice` in the truth (synth/voice.py)
     jpeg_quality: int = 92
     crf: int = 23
     workers: int = 0  # processes; 0 = min(2, CPUs)

@@ -35,6 +35,8 @@ from mambava.synth.layout import (ANNOTATION_DIR, CROPS_DIR, FORMAT_VERSION, GRO
 from mambava.synth.render import (LANDMARK_BIAS, LANDMARK_JITTER, align_crop, background, composite,
                                   draw_back_of_head, draw_occluder, face_base, face_placement, render_face, to_frame)
 from mambava.synth.signals import smooth_noise
+from mambava.synth.voice import SAMPLE_RATE as VOICE_RATE
+from mambava.synth.voice import video_audio
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -109,10 +111,15 @@ def render_video(root: Path, spec: VideoSpec, cfg: SynthConfig) -> dict:
     # per-frame jitter (together ~2% of the eye distance; MTCNN errs by ~5% on these faces, see README)
     jitter = rng.normal(0.0, LANDMARK_BIAS, (len(names), 1, 5, 2)) + rng.normal(0.0, LANDMARK_JITTER,
                                                                                  (len(names), spec.n_frames, 5, 2))
+    # each person's voice (its own generator, so the frames above are as without it) and when it is heard
+    audio, heard = video_audio(spec.seed, [tr.va for tr in tracks], [tr.talking for tr in tracks], cfg.fps,
+                               render=cfg.write_videos and cfg.voices)
     tmp_dirs = [new_crop_dir(root / CROPS_DIR, name) for name in names]
     try:
-        n_crops, true_lm, crop_lm = _render_frames(root, spec, cfg, idents, tracks, scene, lighting, jitter, tmp_dirs)
-        return _write_people(root, spec, cfg, names, idents, tracks, tmp_dirs, n_crops, true_lm, crop_lm)
+        n_crops, true_lm, crop_lm = _render_frames(root, spec, cfg, idents, tracks, scene, lighting, jitter, tmp_dirs,
+                                                   audio)
+        return _write_people(root, spec, cfg, names, idents, tracks, tmp_dirs, n_crops, true_lm, crop_lm,
+                             heard if cfg.voices else None)
     except BaseException:
         for tmp in tmp_dirs:  # no half-written crop folders left behind
             shutil.rmtree(tmp, ignore_errors=True)
@@ -190,12 +197,13 @@ class _Lighting:
 
 def _render_frames(root: Path, spec: VideoSpec, cfg: SynthConfig, idents: list[Identity], tracks: list[Track],
                    scene: _Scene, lighting: _Lighting, jitter: np.ndarray,
-                   tmp_dirs: list[Path]) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Draw every frame, write it to the raw video and its crops to the temporary crop folders; returns the
+                   tmp_dirs: list[Path], audio: np.ndarray | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Draw every frame, write it to the raw video (with `audio` as its sound track, AAC at the voices' 16 kHz,
+    when given) and its crops to the temporary crop folders; returns the
     number of crops per person, and per person and frame (frame pixels, NaN where none) the drawn face's true
     landmarks and those its crop was aligned with (`RENDERED_TRUTH`)."""
     w, h = _frame_size(spec, cfg)
-    writer = VideoWriter(root / VIDEOS_DIR / spec.batch / f"{spec.name}.mp4", w, h, cfg.fps, cfg.crf) if \
+    writer = VideoWriter(root / VIDEOS_DIR / spec.batch / f"{spec.name}.mp4", w, h, cfg.fps, cfg.crf, audio) if \
         cfg.write_videos else None
     n_crops = [0] * len(idents)
     true_lm = np.full((len(idents), spec.n_frames, 5, 2), np.nan, np.float32)
@@ -248,8 +256,9 @@ def _draw_person(frame: np.ndarray, t: int, ident: Identity, tr: Track, base: tu
 
 def _write_people(root: Path, spec: VideoSpec, cfg: SynthConfig, names: list[str], idents: list[Identity],
                   tracks: list[Track], tmp_dirs: list[Path], n_crops: list[int], true_lm: np.ndarray,
-                  crop_lm: np.ndarray) -> dict:
-    """Move the crop folders into place, write each person's annotation and truth; return the video's facts."""
+                  crop_lm: np.ndarray, heard: list[np.ndarray] | None = None) -> dict:
+    """Move the crop folders into place, write each person's annotation and truth (with `voice`, the frames
+    where their voice is heard); return the video's facts."""
     w, h = _frame_size(spec, cfg)
     facts = {"name": spec.name, "split": spec.split, "two_person": spec.two_person, "n_frames": spec.n_frames,
              "size": [w, h], "fps": cfg.fps, "video": f"{VIDEOS_DIR}/{spec.batch}/{spec.name}.mp4" if
@@ -261,10 +270,13 @@ def _write_people(root: Path, spec: VideoSpec, cfg: SynthConfig, names: list[str
         write_text(label_dir / f"{name}.txt", annotation_text(tr.labels))
         with atomic_path(root / META_DIR / f"{name}.npz") as tmp:
             with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **truth_arrays(tr), landmarks=true_lm[k], crop_landmarks=crop_lm[k])
+                voice = {} if heard is None else {"voice": heard[k]}
+                np.savez_compressed(handle, **truth_arrays(tr), landmarks=true_lm[k], crop_landmarks=crop_lm[k],
+                                    **voice)
         facts["persons"].append({
             "name": name, "lag_frames": tr.lag, "crops": n_crops[k],
             "invalid_labels": int((tr.labels[:, 0] == -5.0).sum()),
+            **({} if heard is None else {"voice_frames": int(heard[k].sum())}),
             "identity": {key: (round(val, 4) if isinstance(val, float) else
                                [round(x, 1) for x in val] if isinstance(val, tuple) else val)
                          for key, val in dataclasses.asdict(ident).items()},
@@ -273,9 +285,11 @@ def _write_people(root: Path, spec: VideoSpec, cfg: SynthConfig, names: list[str
 
 
 class VideoWriter:
-    """H.264 (yuv420p) mp4 through PyAV, written to a temporary file and renamed when closed."""
+    """H.264 (yuv420p) mp4 through PyAV, written to a temporary file and renamed when closed; with `audio`
+    (float32 mono samples at `sample_rate` from t = 0), an AAC sound track muxed beside the frames."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int):
+    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int, audio: np.ndarray | None = None,
+                 sample_rate: int = VOICE_RATE):
         import av
 
         self.path = path
@@ -287,6 +301,10 @@ class VideoWriter:
         self.stream.pix_fmt = "yuv420p"
         self.stream.options = {"crf": str(crf), "preset": "ultrafast"}
         self.stream.thread_count = 1
+        self.audio, self.sample_rate, self.fps, self.frames, self.samples = audio, sample_rate, fps, 0, 0
+        if audio is not None:
+            self.audio_stream = self.container.add_stream("aac", rate=sample_rate, layout="mono")
+            self.audio_stream.bit_rate = 48000
 
     def write(self, bgr: np.ndarray) -> None:
         import av
@@ -294,10 +312,29 @@ class VideoWriter:
         frame = av.VideoFrame.from_ndarray(bgr, format="bgr24")
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
+        self.frames += 1
+        if self.audio is not None:  # the sound up to this frame's end, so the file interleaves the two
+            self._write_audio(round(self.frames / self.fps * self.sample_rate))
+
+    def _write_audio(self, until: int) -> None:
+        import av
+
+        chunk = self.audio[self.samples:until]
+        if len(chunk):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk, np.float32)[None], format="flt",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = self.sample_rate, self.samples
+            for packet in self.audio_stream.encode(frame):
+                self.container.mux(packet)
+            self.samples += len(chunk)
 
     def close(self) -> None:
         for packet in self.stream.encode():
             self.container.mux(packet)
+        if self.audio is not None:
+            self._write_audio(len(self.audio))
+            for packet in self.audio_stream.encode():
+                self.container.mux(packet)
         self.container.close()
         os.replace(self.tmp, self.path)
 

@@ -4,7 +4,10 @@ expression and head motion VA drives, and the disturbances.
 - Expression from VA: mouth curvature and brow shape follow valence (a Duchenne squint narrows the eyes when
   valence is high); eye opening and brow height follow arousal, but arousal is mostly visible only over
   several frames: blink rate, talking-mouth opening amplitude (a syllable-rate oscillation whose phase is
-  random, so one frame shows one sample of it) and head-motion energy all rise with arousal.
+  random, so one frame shows one sample of it) and head-motion energy all rise with arousal. Every facial
+  arousal cue follows the felt arousal plus a slow demeanour (`DEMEANOUR`: 0.25 x unit noise over ~3 s, how
+  animated a face looks beyond how aroused the person is), which no amount of context removes; the voice
+  (`mambava.synth.voice`) follows the felt arousal.
 - Single frames are ambiguous: fast expression noise (talking, idiosyncratic twitches, ~0.2 s), per-identity
   resting biases (some faces look grumpy, some eyes are narrow), blinks, occlusions (a hand or an object
   over the mouth or an eye), no-face gaps (the person turns away).
@@ -50,12 +53,17 @@ class Track:
     present: np.ndarray  # face visible in the frame
     occluder: list  # (start, length, kind, colour, drops_face, dx, dy)
     crop: np.ndarray  # a crop is written for this frame
+    talking: np.ndarray | None = None  # the mouth's talking segments (the voice is heard only within them)
 
 
 # head turn (yaw) and nod (pitch): a slow posture independent of affect, plus a jitter (~0.25 s) whose energy
 # grows with arousal; 1 unit of yaw shifts the inner face 9 px against its outline
 POSTURE_YAW, JITTER_YAW = 0.22, 0.4
 POSTURE_PITCH, JITTER_PITCH = 0.15, 0.3
+
+
+# the face's arousal cues follow arousal + DEMEANOUR x (unit noise with a DEMEANOUR_S seconds correlation time)
+DEMEANOUR, DEMEANOUR_S = 0.25, 3.0
 
 
 def blink_profile() -> np.ndarray:
@@ -97,8 +105,11 @@ def track(rng: np.random.Generator, n: int, fps: float, ident: Identity, cfg: Sy
     va = trajectory(rng, n, fps)
     labels, lag, invalid = _rater(rng, va, fps, cfg)
     fast = lambda s: smooth_noise(rng, n, s * fps)  # noqa: E731  (unit noise with a correlation time of s seconds)
-    expr = _video_expression(rng, va, fps, ident, fast)
-    head = _head_motion(va[:, 1], fast)
+    # how animated the face looks is not quite how aroused the person is: every facial arousal cue follows the
+    # felt arousal plus a slow demeanour (the voice, `mambava.synth.voice`, follows the felt arousal)
+    face = np.stack([va[:, 0], np.clip(va[:, 1] + DEMEANOUR * fast(DEMEANOUR_S), -1.0, 1.0)], axis=1)
+    expr = _video_expression(rng, face, fps, ident, fast)
+    head = _head_motion(face[:, 1], fast)
     present, crop, occluders = _disturbances(rng, n, fps, ident, cfg, invalid)
     labels[invalid] = -5.0
     return Track(va=va, labels=labels, lag=lag, **expr, **head, present=present, occluder=occluders, crop=crop)
@@ -128,7 +139,7 @@ def _rater(rng: np.random.Generator, va: np.ndarray, fps: float, cfg: SynthConfi
 
 def _video_expression(rng: np.random.Generator, va: np.ndarray, fps: float, ident: Identity,
                       fast: Callable[[float], np.ndarray]) -> dict[str, np.ndarray]:
-    """The expression parameters of every frame, from the true VA at the frame itself."""
+    """The expression parameters of every frame, from the true VA at the frame itself, and `talking`."""
     n = len(va)
     v, a = va[:, 0], va[:, 1]
     noise = {"smile": fast(0.2), "brow": fast(0.3), "inner": fast(0.3), "eye": fast(0.25), "mouth": fast(0.15)}
@@ -138,7 +149,7 @@ def _video_expression(rng: np.random.Generator, va: np.ndarray, fps: float, iden
     freq = 4.0 * (1.0 + 0.25 * fast(0.5)) / fps
     phase = np.cumsum(2 * np.pi * np.clip(freq, 1.0 / fps, None)) + rng.uniform(0, 2 * np.pi)
     syllables = 0.5 - 0.5 * np.cos(phase)
-    return expression(v, a, ident, noise, blink, talking, syllables)
+    return {**expression(v, a, ident, noise, blink, talking, syllables), "talking": talking}
 
 
 def _blinks(rng: np.random.Generator, a: np.ndarray, fps: float) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 from mambava.synth.config import SynthConfig
 from mambava.synth.dataset import people, plan
 from mambava.synth.expression import truth_arrays
+from mambava.synth.voice import video_audio
 
 
 def simulate(cfg: SynthConfig) -> dict[str, dict]:
@@ -20,8 +21,10 @@ def simulate(cfg: SynthConfig) -> dict[str, dict]:
     out = {}
     for spec in plan(cfg):
         names, _idents, tracks = people(np.random.default_rng(spec.seed), spec, cfg)
-        for name, tr in zip(names, tracks):
-            out[name] = {"split": spec.split, **truth_arrays(tr)}
+        _, heard = video_audio(spec.seed, [tr.va for tr in tracks], [tr.talking for tr in tracks], cfg.fps,
+                               render=False)
+        for name, tr, voice in zip(names, tracks, heard):
+            out[name] = {"split": spec.split, **truth_arrays(tr), **({"voice": voice} if cfg.voices else {})}
     return out
 
 

@@ -1,0 +1,170 @@
+"""The demo's audio-visual ablation: what the voice adds, on held-out subjects.
+
+The generated videos carry each person's voice (`mambava.synth.voice`: pitch level and range, loudness and
+speaking rate rise with arousal; spectral tilt and pitch slope carry a little valence; in two-person videos
+a face's own voice is heard only in its turns). This stage
+
+1. extracts the videos' audio features with the audio stage (`mambava.audio.extract_audio`, eGeMAPS + log-mel,
+   on each video's frame grid) into OUT/audio_raw/, and writes them z-scored per column with the training
+   videos' statistics into OUT/audio_features/ (the models take features as given, and eGeMAPS columns range
+   from ~0.1 (loudness) to ~3000 (formant Hz));
+2. trains, with the demo's recipe and sizes, Mamba-VA on the audio alone, early fusion and mid-level fusion
+   (`model.modalities: [visual, audio]`, `model.fusion: early | mid`; `mambava.temporal_models.FusionMambaVA`);
+3. scores each on the held-out test subjects as the visual model was scored (whole videos, windows stitched).
+
+`results["audio"]` holds `rows` {visual, audio, early_fusion, mid_fusion: {ccc_valence, ccc_arousal, p_va,
+frames, videos}}, the feature sets, extraction facts and per-model training facts; `report_lines` renders it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mambava.errors import MambavaError
+
+ROWS = ("visual", "audio", "early_fusion", "mid_fusion")
+LABELS = {"visual": "visual only (Mamba-VA)", "audio": "audio only (Mamba-VA on the voice)",
+          "early_fusion": "early fusion", "mid_fusion": "mid-level fusion (gated)"}
+# the run's DemoConfig (`mambava.demo.run`), passed in: this module is below the run
+DemoConfig = Any
+
+
+def feature_sets() -> tuple[str, ...]:
+    """eGeMAPS + log-mel (the audio stage's default); log-mel alone where opensmile is not installed."""
+    try:
+        import opensmile  # noqa: F401
+    except ImportError:
+        return ("logmel",)
+    return ("egemaps", "logmel")
+
+
+def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: dict, test_names: list[str],
+                 labels: dict[str, np.ndarray], cfg: DemoConfig, progress: bool, say=print) -> dict:
+    """Extract, train and score (the module docstring); `visual_scores` is the visual model's test row."""
+    from mambava.audio import extract_audio
+    from mambava.features import AudioVisualStore, FeatureStore
+    from mambava.temporal_models import load_temporal_model
+    from mambava.training.evaluate import evaluate_videos, write_per_video
+
+    sets = feature_sets()
+    raw, normed = out / "audio_raw", out / "audio_features"
+    start = time.perf_counter()
+    messages: list[str] = []
+    summary = extract_audio(data_root, raw, sets, workers=2, on_warning=messages.append)
+    if summary.failed or summary.without_sound:
+        raise MambavaError(f"{data_root}: no sound extracted for {(summary.failed + summary.without_sound)[0]}")
+    dim = _normalise(data_root, FeatureStore(raw), FeatureStore(normed))
+    extract_s = time.perf_counter() - start
+    say(f"      audio features ({'+'.join(sets)}, {dim}-d) of {summary.videos} videos, "
+        f"{summary.seconds_of_video:.0f} s of sound, in {extract_s:.1f} s")
+
+    fusion = dict(input_dim=cfg.embed_dim, audio_dim=dim, modalities=["visual", "audio"],
+                  audio_tcn_channels=[cfg.tcn_channels[0] // 2], modality_dropout=0.1)
+    plans = {
+        "audio": (normed, None, dict(input_dim=dim)),
+        "early_fusion": (visual_store, normed, dict(fusion, fusion="early")),
+        "mid_fusion": (visual_store, normed, dict(fusion, fusion="mid")),
+    }
+    rows: dict[str, dict] = {"visual": dict(visual_scores)}
+    runs: dict[str, dict] = {}
+    for name, (features, audio, model) in plans.items():
+        say(f"      training {name}")
+        run = _train(out, data_root, features, audio, name, model, cfg, progress)
+        loaded = load_temporal_model(run["outputs"]["model"])
+        store = AudioVisualStore(FeatureStore(features), FeatureStore(audio)) if audio else FeatureStore(features)
+        result = evaluate_videos(loaded, store, test_names, labels, cfg.window, cfg.stride, device="cpu")
+        write_per_video(result, out / "runs" / name / "eval_test.csv")
+        rows[name] = result.as_dict()
+        runs[name] = {"validation_best": run["best"], "parameters": run["parameters"],
+                      "train_time_s": run["train_time_s"]}
+    best = max(("early_fusion", "mid_fusion"), key=lambda k: rows[k]["p_va"])
+    gain = {"best_fusion": best, "p_va": rows[best]["p_va"] - rows["visual"]["p_va"],
+            "ccc_arousal": rows[best]["ccc_arousal"] - rows["visual"]["ccc_arousal"]}
+    say(f"      best fusion ({best}) vs visual only: {gain['p_va']:+.3f} P_VA, {gain['ccc_arousal']:+.3f} CCC_a; "
+        f"audio only P_VA {rows['audio']['p_va']:.3f}")
+    return {"sets": list(sets), "dim": dim, "videos": summary.videos, "seconds_of_sound": summary.seconds_of_video,
+            "epochs": cfg.audio_epochs or cfg.epochs, "visual_epochs": cfg.epochs,
+            "extract_s": round(extract_s, 1), "warnings": messages, "rows": rows, "runs": runs, "gain": gain}
+
+
+def _normalise(data_root: Path, raw, normed) -> int:
+    """Write every entry of `raw` z-scored per column with the mean and std over the training videos' frames
+    with sound; returns the feature size."""
+    from mambava.synth import read_meta
+
+    train = [p["name"] for v in read_meta(data_root)["videos"] if v["split"] == "train" for p in v["persons"]]
+    train = [n for n in train if raw.has(n)] or raw.names()
+    total = count = total_sq = 0.0
+    for name in train:
+        x, mask = raw.read(name).window(0, raw.n_frames(name))
+        x = np.asarray(x, np.float64)[np.asarray(mask, bool)]
+        total = total + x.sum(0)
+        total_sq = total_sq + (x * x).sum(0)
+        count += len(x)
+    if not count:
+        raise MambavaError(f"{raw.root}: the training videos have no frame with sound")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    std = np.where(std > 1e-6, std, 1.0)  # a constant column stays 0
+    for name in raw.names():
+        record = raw.read(name)
+        x, mask = record.window(0, record.n_frames)
+        normed.write(name, ((np.asarray(x, np.float64) - mean) / std).astype(np.float32), mask, record.fps,
+                     record.backbone + ":zscore", "float32", {**record.extra, "zscore_from": "train"})
+    return int(len(mean))
+
+
+def _train(out: Path, data_root: Path, features: Path, audio: Path | None, name: str, model: dict, cfg: DemoConfig,
+           progress: bool) -> dict:
+    """The demo's temporal recipe (as for the visual model: `mambava.demo.run`) on other features."""
+    from mambava.training import DataConfig, TrainConfig, train
+
+    model = dict(dict(kind="mamba_va", tcn_channels=list(cfg.tcn_channels), kernel_size=cfg.kernel_size,
+                      dropout=cfg.dropout, d_model=cfg.d_model, n_layers=cfg.n_layers, d_state=cfg.d_state,
+                      dt_rank="auto", head_hidden=cfg.head_hidden), **model)
+    tcfg = TrainConfig(
+        model=model, data=DataConfig(features=str(features), audio_features=str(audio) if audio else None,
+                                     annotations=str(data_root), window=cfg.window, stride=cfg.stride),
+        batch_size=cfg.batch_size, epochs=cfg.audio_epochs or cfg.epochs, warmup_epochs=cfg.warmup_epochs, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, seed=cfg.seed, accelerator="cpu", precision=cfg.training_precision(),
+        progress_bar=progress, out_dir=str(out / "runs" / name),
+    )
+    summary = train(tcfg)
+    if summary is None:
+        raise MambavaError(f"training {name} was interrupted")
+    return summary
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def report_lines(results: dict) -> list[str]:
+    """The report's section: the four-way table on held-out subjects and what it means."""
+    if "audio" not in results:
+        return []
+    a = results["audio"]
+    rows, gain = a["rows"], a["gain"]
+    return [
+        "## What the voice adds (audio-visual ablation)",
+        "",
+        f"Every generated person speaks (pitch level and range, loudness and speaking rate rise with arousal; "
+        f"a weaker valence cue in spectral tilt and pitch slope; in two-person videos a face's own voice is heard "
+        f"only in its turns). Audio features ({'+'.join(a['sets'])}, {a['dim']} per frame, z-scored with the "
+        f"training videos' statistics) of {a['videos']} videos ({a['seconds_of_sound']:.0f} s of sound, "
+        f"{a['extract_s']:.0f} s to extract); each model with the visual model's recipe "
+        f"({a['epochs']} epochs; the visual model {a['visual_epochs']}), on the same held-out test subjects:",
+        "",
+        "| model | CCC_v | CCC_a | P_VA |",
+        "|---|---|---|---|",
+        *[f"| {LABELS[k]} | {_fmt(rows[k]['ccc_valence'])} | {_fmt(rows[k]['ccc_arousal'])} | "
+          f"{_fmt(rows[k]['p_va'])} |" for k in ROWS],
+        "",
+        f"The better fusion ({LABELS[gain['best_fusion']]}) is {gain['p_va']:+.3f} P_VA and "
+        f"{gain['ccc_arousal']:+.3f} CCC_a from visual only.",
+        "",
+    ]
