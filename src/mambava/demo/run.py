@@ -51,6 +51,7 @@ class DemoConfig:
     finetune_lr: float = 2e-4
     freeze_blocks: int = 2  # of `depth`, as the paper freezes 16 of ViT-L's 24
     finetune_frames_per_video: int = 100
+    align_jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)  # backbone training crops: see AlignJitter
     # the temporal models (the paper's structure at reduced widths)
     tcn_channels: tuple[int, ...] = (128, 96, 64)
     kernel_size: int = 15
@@ -314,7 +315,7 @@ def _backbone(out: Path, data_root: Path, stills_root: Path, cfg: DemoConfig, pr
     encoder = ViTEncoder(ViTConfig(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
                                    depth=cfg.depth, num_heads=cfg.num_heads, name="demo_vit"))
     common = dict(batch_size=64, num_workers=1, precision=cfg.training_precision(), accelerator="cpu", devices=1, seed=cfg.seed,
-                  hflip=False, head_hidden=0, drop_path=0.0)
+                  hflip=False, head_hidden=0, drop_path=0.0, align_jitter=tuple(cfg.align_jitter))
     stages.console.print(f"      pretraining all {cfg.depth} blocks on the stills")
     pre = finetune(stills_root, encoder, FinetuneConfig(freeze_blocks=0, epochs=cfg.pretrain_epochs,
                                                         lr=cfg.pretrain_lr, head_lr=cfg.pretrain_lr,
