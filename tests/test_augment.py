@@ -67,3 +67,15 @@ def test_crop_images_jitter_only_when_asked(tmp_path):
 
     expected = warp_crop(read_crop(path), AlignJitter(2.0, 0.03, 2.0).sample(112, lambda: u))
     np.testing.assert_array_equal(jittered.permute(1, 2, 0).numpy(), expected)
+
+
+@pytest.mark.parametrize("value", ["1,2", "a,b,c", "1,-0.1,2"])
+def test_cli_align_jitter_bad_value_is_one_line_error(tmp_path, value):
+    """A bad --align-jitter stops before any model is built, with one line (the CLI's main exits 2 on it)."""
+    from typer.testing import CliRunner
+
+    from mambava.cli import app
+
+    result = CliRunner().invoke(app, ["finetune-backbone", str(tmp_path), "--random-init", "--align-jitter", value])
+    assert isinstance(result.exception, MambavaError)
+    assert "jitter" in str(result.exception) and "\n" not in str(result.exception)
