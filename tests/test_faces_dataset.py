@@ -128,7 +128,7 @@ def _names(root, video):
 
 
 def test_landmark_refinement_brings_mtcnn_closer_to_the_true_landmarks(own_crops):
-    """MTCNNDetector(refine=1) (the default) runs O-Net again on a patch framed by the found landmarks: on the
+    """MTCNNDetector(refine=1) (off by default) runs O-Net again on a patch framed by the found landmarks: on the
     generated videos its landmarks are nearer the true ones, overall and from frame to frame; boxes and scores
     stay MTCNN's own."""
     from mambava.faces import get_detector
