@@ -85,3 +85,4 @@ def test_demo_own_crops_trains_on_the_faces_stage_and_scores_every_held_out_raw_
     assert every["gap_p_va"] == pytest.approx(every["raw_video"]["p_va"] - every["ideal_crops"]["p_va"])
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "## Trained on our own crops" in report and f"{every['raw_video']['p_va']:.3f}" in report
+    assert tuple(results["config"]["align_jitter"]) == (1.0, 0.02, 1.0) and "jittered by ±1 px, ±0.02 log-scale" in report

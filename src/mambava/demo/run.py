@@ -25,7 +25,7 @@ from mambava.synth.layout import read_labels
 
 RESULTS_FILE = "results.json"
 # backbone crop jitter with own_crops: 1 px / 2% / 1° at 112 px covers MTCNN's per-face error on the drawn faces
-# (per-person mean shift ~0.5 px, frame jitter ~1.2 px); 1.5 px and more broke the small ViT's pretraining
+# (per-person mean shift ~0.5 px, frame jitter ~1.2 px); with 1.5 px and more the small ViT's pretraining failed
 OWN_CROPS_JITTER = (1.0, 0.02, 1.0)
 
 
