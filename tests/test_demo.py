@@ -79,6 +79,14 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
         DemoConfig(tcn_channels=(64, 32), d_model=64)
 
 
+def test_demo_crop_jitter_is_on_only_when_training_on_own_crops():
+    from mambava.demo.run import OWN_CROPS_JITTER, DemoConfig
+
+    assert DemoConfig().align_jitter == (0.0, 0.0, 0.0)
+    assert DemoConfig.quick(own_crops=True).align_jitter == OWN_CROPS_JITTER == (1.0, 0.02, 1.0)
+    assert DemoConfig(own_crops=True, align_jitter=[0, 0, 0]).align_jitter == (0.0, 0.0, 0.0)
+
+
 @pytest.mark.slow  # ~40 s here: MTCNN over 850 frames twice (faces stage, then predict), on top of a tiny demo
 def test_demo_own_crops_trains_on_the_faces_stage_and_scores_every_held_out_raw_video(tmp_path):
     from mambava.demo import DemoConfig, run_demo
@@ -99,3 +107,4 @@ def test_demo_own_crops_trains_on_the_faces_stage_and_scores_every_held_out_raw_
     assert every["gap_p_va"] == pytest.approx(every["raw_video"]["p_va"] - every["ideal_crops"]["p_va"])
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "## Trained on our own crops" in report and f"{every['raw_video']['p_va']:.3f}" in report
+    assert tuple(results["config"]["align_jitter"]) == (1.0, 0.02, 1.0) and "jittered by ±1 px, ±0.02 log-scale" in report

@@ -33,6 +33,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from mambava.affwild2 import AffWild2, read_crop
+from mambava.backbone.augment import AlignJitter, warp_crop
 from mambava.backbone.extractor import normalize, resize_crop
 from mambava.backbone.vit import Block, ViTConfig, ViTEncoder, sincos_pos_embed
 from mambava.backbone.weights import read_state_dict
@@ -58,6 +59,9 @@ class BackboneTrainConfig:
     batch_size: int = 64
     frames_per_video: int | None = 512  # evenly spaced frames per video (None: every usable frame)
     hflip: bool = True  # random horizontal flip of training crops
+    # random shift (px at 112), log-scale and rotation (degrees) ranges for training crops (`AlignJitter`): 0
+    # keeps the crops as aligned; a few px teaches features that do not move with an aligner's per-face error
+    align_jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)
     precision: str = "bf16-mixed"
     accelerator: str = "auto"
     devices: int | str = "auto"
@@ -136,24 +140,30 @@ def labelled_frames(dataset: AffWild2, video: str, frames_per_video: int | None 
 class CropImages(Dataset):
     """(uint8 (3, S, S) crop, float32 (2,) label) for a list of (crop path, label) items."""
 
-    def __init__(self, items: list[tuple[Path, np.ndarray]], size: int, hflip: bool = False):
+    def __init__(self, items: list[tuple[Path, np.ndarray]], size: int, hflip: bool = False,
+                 jitter: AlignJitter | None = None):
         self.items = items
         self.size = size
         self.hflip = hflip
+        self.jitter = jitter if jitter is not None and jitter.active else None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
         path, label = self.items[index]
-        image = torch.from_numpy(resize_crop(read_crop(path), self.size)).permute(2, 0, 1)
+        crop = read_crop(path)
+        if self.jitter is not None:  # on the stored crop, before the resize, as if the aligner had erred
+            crop = warp_crop(crop, self.jitter.sample(crop.shape[0], lambda: torch.rand(4).numpy()))
+        image = torch.from_numpy(resize_crop(crop, self.size)).permute(2, 0, 1)
         if self.hflip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return image, torch.from_numpy(np.asarray(label, np.float32))
 
 
 def _loader(items, size: int, config: BackboneTrainConfig, train: bool) -> DataLoader:
-    return DataLoader(CropImages(items, size, hflip=train and config.hflip), batch_size=config.batch_size,
+    jitter = AlignJitter(*config.align_jitter) if train else None
+    return DataLoader(CropImages(items, size, hflip=train and config.hflip, jitter=jitter), batch_size=config.batch_size,
                       shuffle=train, drop_last=train and len(items) > config.batch_size,
                       num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
 

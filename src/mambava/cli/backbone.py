@@ -124,17 +124,22 @@ def finetune_command(
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy (auto, ddp, ...)."),
     workers: int = typer.Option(4, "--workers", "-j", min=0),
     seed: int = typer.Option(0, "--seed"),
+    align_jitter: str = typer.Option("0,0,0", "--align-jitter", help="Random shift (px at 112), log-scale and "
+                                     "rotation (degrees) ranges for training crops, e.g. 1,0.02,1: features that "
+                                     "do not move with an aligner's per-face error (README Crops for training)."),
 ) -> None:
     """Fine-tune the top blocks of the ViT on frame-level valence/arousal (CCC loss), the patch embedding and
     the first --freeze-blocks blocks frozen; writes OUT/encoder.safetensors for `mambava extract -c`."""
     from mambava.backbone.finetune import FinetuneConfig, finetune
 
+    jitter = _jitter(align_jitter)
     encoder = _encoder(checkpoint, arch, random_init, seed)
     config = FinetuneConfig(freeze_blocks=freeze_blocks, epochs=epochs, max_steps=max_steps, lr=lr, head_lr=head_lr,
                             batch_size=batch_size, frames_per_video=frames_per_video or None,
                             precision=lightning_precision(precision, accelerator),
                             accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
-                            strategy=strategy, num_workers=workers, seed=seed)
+                            strategy=strategy, num_workers=workers, seed=seed,
+                            align_jitter=jitter)
     result = finetune(root, encoder, config, out=out)
     if not result.is_global_zero:
         return
@@ -142,6 +147,20 @@ def finetune_command(
     typer.echo(f"{result.encoder_path} ({best}; {result.trainable_parameters:,} trained / "
                f"{result.frozen_parameters:,} frozen parameters)\n"
                f"next: mambava extract {root} -o FEATURES -c {result.encoder_path}")
+
+
+def _jitter(text: str) -> tuple[float, float, float]:
+    """--align-jitter SHIFT,SCALE,ANGLE -> the three ranges (checked by AlignJitter)."""
+    from mambava.backbone.augment import AlignJitter
+
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise MambavaError(f"--align-jitter takes SHIFT,SCALE,ANGLE (three numbers), got {text!r}")
+    jitter = AlignJitter(*values)
+    return jitter.shift, jitter.scale, jitter.angle
 
 
 def pretrain_command(

@@ -39,7 +39,8 @@ With `own_crops` (`mambava demo --own-crops`) a faces stage runs after generate:
 over every raw video (`mambava.faces.dataset`) into OUT/own_crops/, whose crops (not the generator's ideal
 ones) the backbone, the features and the temporal models are trained on, as `predict` will see them; its
 alignment error against the generator's true landmarks is reported, and predict runs on every held-out raw
-video, scored beside the same model on the generator's crops of those videos.
+video, scored beside the same model on the generator's crops of those videos. The backbone's training crops
+are then jittered (`DemoConfig.align_jitter`, 1 px / 2% / 1°), since MTCNN errs differently on every face.
 """
 
 from mambava.demo.run import REPORT_FILE, RESULTS_FILE, DemoConfig, DemoResult, run_demo

@@ -26,6 +26,9 @@ from mambava.runtime import torch_threads
 from mambava.synth.layout import read_labels
 
 RESULTS_FILE = "results.json"
+# backbone crop jitter with own_crops: 1 px / 2% / 1° at 112 px covers MTCNN's per-face error on the drawn faces
+# (per-person mean shift ~0.5 px, frame jitter ~1.2 px); with 1.5 px and more the small ViT's pretraining failed
+OWN_CROPS_JITTER = (1.0, 0.02, 1.0)
 
 
 @dataclass
@@ -53,6 +56,9 @@ class DemoConfig:
     finetune_lr: float = 2e-4
     freeze_blocks: int = 2  # of `depth`, as the paper freezes 16 of ViT-L's 24
     finetune_frames_per_video: int = 100
+    # random shift (px at 112), log-scale, rotation (degrees) of the backbone's training crops (AlignJitter);
+    # None: OWN_CROPS_JITTER with own_crops (MTCNN errs per face; see README Crops for training), else none
+    align_jitter: tuple[float, float, float] | None = None
     # the temporal models (the paper's structure at reduced widths)
     tcn_channels: tuple[int, ...] = (128, 96, 64)
     kernel_size: int = 15
@@ -89,6 +95,9 @@ class DemoConfig:
     def __post_init__(self) -> None:
         self.frames = tuple(int(x) for x in self.frames)  # type: ignore[assignment]
         self.tcn_channels = tuple(int(x) for x in self.tcn_channels)  # type: ignore[assignment]
+        if self.align_jitter is None:
+            self.align_jitter = OWN_CROPS_JITTER if self.own_crops else (0.0, 0.0, 0.0)
+        self.align_jitter = tuple(float(x) for x in self.align_jitter)  # type: ignore[assignment]
         if self.n_test < 1 or self.n_val < 1 or self.n_train < 2:
             raise MambavaError("DemoConfig: at least 2 training, 1 validation and 1 test video are needed")
         if not 0 <= self.freeze_blocks <= self.depth:
@@ -325,7 +334,7 @@ def _backbone(out: Path, data_root: Path, stills_root: Path, cfg: DemoConfig, pr
     encoder = ViTEncoder(ViTConfig(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
                                    depth=cfg.depth, num_heads=cfg.num_heads, name="demo_vit"))
     common = dict(batch_size=64, num_workers=1, precision=cfg.training_precision(), accelerator="cpu", devices=1, seed=cfg.seed,
-                  hflip=False, head_hidden=0, drop_path=0.0)
+                  hflip=False, head_hidden=0, drop_path=0.0, align_jitter=tuple(cfg.align_jitter))
     stages.console.print(f"      pretraining all {cfg.depth} blocks on the stills")
     pre = finetune(stills_root, encoder, FinetuneConfig(freeze_blocks=0, epochs=cfg.pretrain_epochs,
                                                         lr=cfg.pretrain_lr, head_lr=cfg.pretrain_lr,
