@@ -55,6 +55,24 @@ AFFWILD2_INVALID = {"vidA": slice(0, 5), "vidC": slice(10, 13)}
 TEST_LIST_NAME = "Valence_Arousal_Estimation_Challenge_test_set_release.txt"
 
 
+
+def first_frames(video: Path, path: Path, n_frames: int, codec: str = "mpeg4", rate: int = 25) -> Path:
+    """The first `n_frames` of `video` re-encoded with `codec` at `rate` (short clips keep detection-bound tests fast)."""
+    import av
+
+    with av.open(str(video)) as source, av.open(str(path), "w") as target:
+        stream = target.add_stream(codec, rate=rate)
+        for i, frame in enumerate(source.decode(video=0)):
+            if i == n_frames:
+                break
+            if i == 0:
+                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
+                target.mux(packet)
+        for packet in stream.encode():
+            target.mux(packet)
+    return path
+
 def _tiny_jpeg() -> bytes:
     from PIL import Image
 

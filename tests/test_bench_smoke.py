@@ -17,20 +17,9 @@ NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
 
 def _short_clip(media_dir: Path, path: Path, n: int = 6) -> Path:
     """The first n frames of single_face.mp4 (the faces benchmark times every frame of its clips)."""
-    import av
+    from conftest import first_frames
 
-    with av.open(str(media_dir / "single_face.mp4")) as source, av.open(str(path), "w") as target:
-        stream = target.add_stream("mpeg4", rate=25)
-        for i, frame in enumerate(source.decode(video=0)):
-            if i == n:
-                break
-            if i == 0:
-                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
-                target.mux(packet)
-        for packet in stream.encode():
-            target.mux(packet)
-    return path
+    return first_frames(media_dir / "single_face.mp4", path, n)
 
 
 def _demo_run(out: Path) -> Path:

@@ -54,20 +54,9 @@ def write_y4m(video: Path, path: Path, n_frames: int = 48) -> Path:
 
 def write_webm(video: Path, path: Path, n_frames: int = 48) -> Path:
     """The first frames of `video` as VP8 WebM (a codec every Chromium build plays), for the page's file input."""
-    import av
+    from conftest import first_frames
 
-    with av.open(str(video)) as source, av.open(str(path), "w") as target:
-        stream = target.add_stream("libvpx", rate=30)
-        for i, frame in enumerate(source.decode(video=0)):
-            if i == n_frames:
-                break
-            if i == 0:
-                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
-                target.mux(packet)
-        for packet in stream.encode():
-            target.mux(packet)
-    return path
+    return first_frames(video, path, n_frames, codec="libvpx", rate=30)
 
 
 def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, media_dir, tmp_path):
@@ -111,7 +100,7 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
                     for (let i = 0; i < d.length; i += 4) if (d[i+3] > 0) n++; return n; })()})""")
             # then a video file: a new session named after it, its frames at the video's own times
             page.set_input_files("#file", str(write_webm(media_dir / "single_face.mp4", tmp_path / "talk.webm")))
-            page.wait_for_function("window.mambava.session.name === 'talk' && window.mambava.rows.length >= 6",
+            page.wait_for_function("window.mambava.session?.name === 'talk' && window.mambava.rows.length >= 6",
                                    timeout=60_000)
             played = page.evaluate("({rows: window.mambava.rows, errors: window.mambava.errors})")
         finally:
