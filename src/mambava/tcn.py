@@ -47,6 +47,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class _WeightNorm(torch.autograd.Function):
+    """w = g * v / ||v|| (norm per output channel over (C_in, k)), written in `dtype`: one pass over v forward
+    (after the norm's), two backward, where autograd through mul/div/norm and an autocast cast takes ~8 passes
+    over the paper TCN's 66M weights per training step (~10% of a bf16 step on one core)."""
+
+    @staticmethod
+    def forward(ctx, v, g, dtype):
+        with torch.autocast(v.device.type, enabled=False):
+            norm = torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True)
+            scale = g / norm
+            ctx.save_for_backward(v, norm, scale)
+            return torch.mul(v, scale, out=torch.empty(v.shape, dtype=dtype, device=v.device))
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, norm, scale = ctx.saved_tensors
+        grad = grad.to(v.dtype)
+        dot = torch.linalg.vecdot(grad.flatten(1), v.flatten(1)).view_as(norm)  # <grad_w, v> per channel
+        grad_v = torch.addcmul(grad, v, -dot / norm.square()).mul_(scale)  # scale * (grad_w - <grad_w, v> v / ||v||^2)
+        return grad_v, dot / norm, None
+
+
 class WNConv1d(nn.Module):
     """Causal, dilated, weight-normalised Conv1d on (batch, C_in, T) -> (batch, C_out, T)."""
 
@@ -77,7 +99,7 @@ class WNConv1d(nn.Module):
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         if torch.is_grad_enabled() and (self.weight_v.requires_grad or self.weight_g.requires_grad):
-            return self.weight()
+            return _WeightNorm.apply(self.weight_v, self.weight_g, dtype)
         key = (self.weight_v._version, self.weight_g._version, self.weight_v.data_ptr(), self.weight_g.data_ptr(),
                dtype, x.device)
         if self._kernel_cache is None or self._kernel_cache[0] != key:

@@ -147,20 +147,23 @@ def cheaper_steps(model, x, args):
 
 
 class _Timed:
-    """Wraps a detector or feature extractor and adds up the seconds spent in `method`."""
+    """Wraps a detector, feature extractor or model and adds up the seconds spent in `methods`."""
 
-    def __init__(self, inner, method: str):
-        self.inner, self.method, self.seconds, self.calls = inner, method, 0.0, 0
+    def __init__(self, inner, *methods: str):
+        self.inner, self.seconds, self.calls = inner, 0.0, 0
+        for method in methods:
+            setattr(self, method, self._timed(getattr(inner, method)))
 
+    def _timed(self, function):
         def timed(*a, **k):
             start = time.perf_counter()
             try:
-                return getattr(inner, method)(*a, **k)
+                return function(*a, **k)
             finally:
                 self.seconds += time.perf_counter() - start
                 self.calls += 1
 
-        setattr(self, method, timed)
+        return timed
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -200,7 +203,7 @@ def _pipeline(model, video, extractor, step_precision: str, detect_every: int, f
     from mambava.faces import get_detector
     from mambava.stream import LiveStream
 
-    detector = _Timed(get_detector("mtcnn"), "detect_batch")
+    detector = _Timed(get_detector("mtcnn"), "detect_batch", "detect")  # (detect: every k-th frame alone)
     backbone = _Timed(extractor, "features")
     stepper = _Timed(model, "step")
     backbone.features(torch.zeros(1, 112, 112, 3, dtype=torch.uint8).numpy())  # warm-ups, not counted
