@@ -230,6 +230,8 @@ def test_stream_audio_equals_predict_audio(models, media_dir, detector, tmp_path
     assert np.array_equal(sound[:73], muted[:73]) and np.abs(sound[73:] - muted[73:]).max() > 1e-3
     code, _, stderr = run_cli(["stream", "0", *common], capsys)
     assert code == 2 and "0: audio is not supported live" in stderr and "Traceback" not in stderr
+    code, _, stderr = run_cli(["stream", clip, *common, "--audio", "logmel", "--no-audio"], capsys)
+    assert code == 2 and "--audio and --no-audio: choose one" in stderr
 
 
 def test_no_face_video_is_a_clear_error(models, media_dir, tmp_path, capsys):

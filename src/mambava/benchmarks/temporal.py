@@ -230,7 +230,8 @@ def run(args) -> list[Row]:
 
     # (b) training step -------------------------------------------------------------------------------------------
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=1e-3)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=1e-3,
+                                  fused=True)  # as the training module's
     xt = torch.randn(Bt, T, config.input_dim)
     target = torch.rand(Bt, T, 2) * 2 - 1
     part = f"training step B={Bt} T={T}"
