@@ -333,8 +333,9 @@ def test_bf16_autocast_close_to_fp32(seed):
 
 def test_tcn_kernel_cache_follows_the_weights():
     """Without grad the weight-normed kernel is kept in the dtype the conv runs in (bf16 under autocast), and
-    recomputed when g or v change (an optimizer step, a load): outputs bit-identical to an uncached pass; with
-    grad it is never cached, so the gradient reaches g and v."""
+    recomputed when g or v change (an in-place update, a load) or the mode is set (a fused optimizer step counts
+    no version): outputs bit-identical to an uncached pass; with grad it is never cached, so the gradient
+    reaches g and v."""
     torch.manual_seed(0)
     tcn = TCN(input_dim=16, channels=(24, 8), kernel_size=3, dropout=0.0).eval()
     x = torch.randn(2, 20, 16)
@@ -357,6 +358,11 @@ def test_tcn_kernel_cache_follows_the_weights():
     tcn.train()
     tcn(x).square().sum().backward()
     assert conv.weight_g.grad is not None and conv.weight_v.grad.abs().sum() > 0
+    # a fused optimizer updates the weights without counting a version: the mode change drops the cache
+    torch.optim.AdamW(tcn.parameters(), lr=0.1, fused=True).step()
+    tcn.eval()
+    with torch.no_grad():
+        assert torch.equal(tcn(x), uncached())
 
 
 def test_bench_command_lists_and_runs_benchmarks(capsys):

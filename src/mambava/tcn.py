@@ -93,9 +93,11 @@ class WNConv1d(nn.Module):
 
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
         """The kernel the conv of `x` runs with: `weight()` in the dtype it runs in (autocast's, else x's).
-        Without grad it is kept until g or v change (their version counters: an optimizer step, a load): under
-        bf16 inference, recomputing g * v / ||v|| in fp32 and casting it costs a fixed ~0.3 s per forward on
-        the paper's TCN (8 muls and 11 casts of 66M weights, one core), ~10% of a B=8 window batch."""
+        Without grad it is kept until g or v change (their version counters: an in-place update, a load) or
+        the module's mode is set (`train()`/`eval()`: a fused optimizer and `.data` writes update weights
+        without counting a version, between a training phase and the next evaluation): under bf16 inference,
+        recomputing g * v / ||v|| in fp32 and casting it costs a fixed ~0.3 s per forward on the paper's TCN (8
+        muls and 11 casts of 66M weights, one core), ~10% of a B=8 window batch."""
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         if torch.is_grad_enabled() and (self.weight_v.requires_grad or self.weight_g.requires_grad):
@@ -106,6 +108,10 @@ class WNConv1d(nn.Module):
             with torch.no_grad():
                 self._kernel_cache = (key, self.weight().to(dtype))
         return self._kernel_cache[1]
+
+    def train(self, mode: bool = True):
+        self._kernel_cache = None  # see `kernel`
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv1d(F.pad(x, (self.padding, 0)), self.kernel(x), self.bias, dilation=self.dilation)
