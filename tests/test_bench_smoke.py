@@ -81,7 +81,8 @@ SMOKE = {
          for option in ("mean", "most_history", "full")],
     ),
     "stream": (
-        ["--tiny", "--threads", "1", "--frames", "10", "--window-frames", "1", "--window", "40"],
+        ["--tiny", "--threads", "1", "--frames", "10", "--window-frames", "1", "--window", "40",
+         "--end-to-end", "--e2e-frames", "2", "--e2e-fast-frames", "6"],
         [r"^baseline: window of 40 frames per frame, reference scan +" + NUMBER + r" +1\.0x$",
          r"^window of 40 frames per frame, chunked scan +" + NUMBER + r" +" + NUMBER + r"x$",
          r"^step\(\): one frame, recurrent state +" + NUMBER + r" +" + NUMBER + r"x$",
@@ -91,12 +92,21 @@ SMOKE = {
          *(r"^" + p + r", N=" + n + r", batched +" + NUMBER + r" +" + NUMBER + r" +" + NUMBER + r"x$"
            for p in ("fp32", "bf16 weights", "int8 weight-only") for n in ("4", "16")),
          *(r"^  floor " + p + r": the TCN products alone \(" + NUMBER + r" MB read\) +" + NUMBER + r" +" + NUMBER
-           + r" +" + NUMBER + r"x$" for p in ("fp32", "bf16", "int8"))],
+           + r" +" + NUMBER + r"x$" for p in ("fp32", "bf16", "int8")),
+         # --end-to-end: today's pipeline and the fast one, ms/frame per stage, frames/s, the ratio to today's
+         *(r"^  " + label + r" +" + r" +".join([NUMBER] * 7) + r" +" + NUMBER + r"x$"
+           for label in (r"today: MTCNN every frame, tiny \(\w+\), fp32 step",
+                         r"fast: MTCNN every 5, tiny student 32 px \(\w+\) \+ adapter, bf16 step")),
+         r"^  fast pipeline: " + NUMBER + r" frames/s end to end: a 30 fps source is (followed|NOT followed)"],
     ),
     "temporal": (
         ["--tiny", "--threads", "1", "--repeats", "1", "--quiet"],
         [r"^inference B=\d+ T=\d+ +baseline: reference scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" *$",
          r"^inference B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x ",
+         r"^inference B=\d+ T=\d+ +chunked scan, bf16 autocast .*; " + NUMBER + r"x the floor$",
+         r"^inference B=\d+ T=\d+ +floor: TCN GEMMs bf16 \+ enc\. proj\. +" + NUMBER + r" ms +" + NUMBER
+         + r" +TCN GEMMs at " + NUMBER + r" GFLOP/s bf16$",
+         r"^training step B=\d+ T=\d+ +chunked scan, bf16 autocast .* " + NUMBER + r"x the floor$",
          r"^training step B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x"],
     ),
 }

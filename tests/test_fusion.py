@@ -188,8 +188,11 @@ def test_predict_audio_joins_each_frames_own_sound(media_dir):
     torch.manual_seed(0)
     encoder = ViTEncoder(ViTConfig(img_size=32, embed_dim=24, depth=1, num_heads=2, name="tiny"))
     model = build_temporal_model({**SMALL, "input_dim": 24, "audio_dim": 89, "kind": "fusion", "fusion": "mid"}).eval()
-    with pytest.raises(MambavaError, match="pass --audio with the feature sets"):
-        Predictor(model, FeatureExtractor(encoder))
+    assert Predictor(model, FeatureExtractor(encoder)).audio == ["egemaps", "logmel"]  # on by default: its 89 columns
+    odd = build_temporal_model({**SMALL, "input_dim": 24, "audio_dim": 7, "kind": "fusion"})
+    with pytest.raises(MambavaError, match="7 audio features per frame: pass --audio with the feature sets it was "
+                                           "trained on, or --no-audio"):
+        Predictor(odd, FeatureExtractor(encoder))
     with pytest.raises(MambavaError, match="--audio logmel: 64 audio features per frame, but the fusion model"):
         Predictor(model, FeatureExtractor(encoder), audio="logmel")
     predictor = Predictor(model, FeatureExtractor(encoder, batch_size=16), audio="egemaps,logmel")
@@ -199,8 +202,8 @@ def test_predict_audio_joins_each_frames_own_sound(media_dir):
         sound = frame_features(media_dir / "face_noface.mov", "egemaps,logmel")
         table = predictor.predict_video(media_dir / "face_noface.mov")
     assert list(table.columns) == COLUMNS + ["voice"] and len(table) == 169
-    with pytest.raises(MambavaError, match="a fusion model streams a video without its sound"):
-        predictor.stream(media_dir / "face_noface.mov")
+    with pytest.raises(MambavaError, match="audio is not supported live .* stream with --no-audio"):
+        predictor.stream(0)  # a webcam: refused before it is opened
     assert table["voice"].tolist() == [0] * 73 + [1] * 96
     (name, track), = extracted.tracks.items()
     assert not track.present[120:].any()  # the title card: no face, but sound

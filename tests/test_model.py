@@ -331,6 +331,40 @@ def test_bf16_autocast_close_to_fp32(seed):
     assert float((y16 - y32).norm() / y32.norm()) <= 1e-2
 
 
+def test_tcn_kernel_cache_follows_the_weights():
+    """Without grad the weight-normed kernel is kept in the dtype the conv runs in (bf16 under autocast), and
+    recomputed when g or v change (an in-place update, a load) or the mode is set (a fused optimizer step counts
+    no version): outputs bit-identical to an uncached pass; with grad it is never cached, so the gradient
+    reaches g and v."""
+    torch.manual_seed(0)
+    tcn = TCN(input_dim=16, channels=(24, 8), kernel_size=3, dropout=0.0).eval()
+    x = torch.randn(2, 20, 16)
+
+    def uncached():
+        for block in tcn.network:
+            block.conv1._kernel_cache = block.conv2._kernel_cache = None
+        return tcn(x)
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = tcn(x)
+        conv = tcn.network[0].conv1
+        assert conv._kernel_cache[1].dtype == torch.bfloat16 and torch.equal(tcn(x), first)
+        conv.weight_g.mul_(1.5)  # in place, as an optimizer step
+        changed = tcn(x)
+        assert not torch.equal(changed, first) and torch.equal(changed, uncached())
+    with torch.no_grad():
+        tcn.load_state_dict({k: v * 0.9 for k, v in tcn.state_dict().items()})
+        assert torch.equal(tcn(x), uncached()) and conv._kernel_cache[1].dtype == torch.float32
+    tcn.train()
+    tcn(x).square().sum().backward()
+    assert conv.weight_g.grad is not None and conv.weight_v.grad.abs().sum() > 0
+    # a fused optimizer updates the weights without counting a version: the mode change drops the cache
+    torch.optim.AdamW(tcn.parameters(), lr=0.1, fused=True).step()
+    tcn.eval()
+    with torch.no_grad():
+        assert torch.equal(tcn(x), uncached())
+
+
 def test_bench_command_lists_and_runs_benchmarks(capsys):
     from typer.testing import CliRunner
 

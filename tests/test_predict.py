@@ -190,6 +190,50 @@ def test_detect_every_predict_equals_stream(models, media_dir, detector, single_
     assert code == 2 and "--detect-every must be a whole number >= 1, got 0" in stderr
 
 
+def test_stream_audio_equals_predict_audio(models, media_dir, detector, tmp_path, capsys):
+    """face_noface.mov (AAC, 26.4 fps: a face in frames 0-71, sound from frame 73) with a tiny mid-fusion model
+    the test saves: `stream` (audio on by default: the model's 89 columns are egemaps,logmel) equals `predict
+    --windowing full` within 1e-4 on every frame the stream's track lives (the tracker drops the face 1 s after
+    it leaves; predict holds it to the end), and the voice column is identical on all 169 frames. With
+    --no-audio both use the mask (voice 0 everywhere): still equal to each other, bit-identical to the run with
+    sound before the sound starts and different after. A webcam with sound is a one-line refusal."""
+    import warnings
+
+    from mambava.temporal_models import build_temporal_model, save_temporal_model
+
+    torch.manual_seed(0)
+    save_temporal_model(build_temporal_model({"kind": "fusion", "fusion": "mid", "input_dim": DIM, "audio_dim": 89,
+                                              "tcn_channels": [16, 16], "audio_tcn_channels": [8], "kernel_size": 3,
+                                              "d_model": 16, "n_layers": 2, "d_state": 4, "dt_rank": 2,
+                                              "head_hidden": 8, "dropout": 0.0}), tmp_path / "fusion.safetensors")
+    common = ["-c", tmp_path / "fusion.safetensors", "-b", models["vit"], "--precision", "fp32", "--detector", detector]
+    clip = media_dir / "face_noface.mov"
+    runs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the sound's late start, one line
+        for flags in ([], ["--no-audio"]):
+            out = tmp_path / ("muted" if flags else "sound")
+            code, _, stderr = run_cli(["predict", clip, *common, "-o", out, "--windowing", "full", "--no-plots",
+                                       *flags], capsys)
+            assert code == 0, stderr
+            code, _, stderr = run_cli(["stream", clip, *common, "-o", out / "stream.csv", "-q", *flags], capsys)
+            assert code == 0, stderr
+            runs[bool(flags)] = pd.read_csv(out / "face_noface.csv"), pd.read_csv(out / "stream.csv")
+    for muted, (offline, live) in runs.items():
+        assert len(offline) == len(live) == 169 and live["frame"].tolist() == offline["frame"].tolist()
+        assert live["voice"].tolist() == offline["voice"].tolist() == ([0] * 169 if muted else [0] * 73 + [1] * 96)
+        lives = (live["track"] == "face_noface").to_numpy()
+        assert lives[:72].all() and 90 <= lives.sum() < 169  # the face's frames, then 1 s held, then dropped
+        difference = np.abs(live[["valence", "arousal"]].to_numpy() - offline[["valence", "arousal"]].to_numpy())
+        assert difference[lives].max() <= 1e-4
+    sound, muted = runs[False][0][["valence", "arousal"]].to_numpy(), runs[True][0][["valence", "arousal"]].to_numpy()
+    assert np.array_equal(sound[:73], muted[:73]) and np.abs(sound[73:] - muted[73:]).max() > 1e-3
+    code, _, stderr = run_cli(["stream", "0", *common], capsys)
+    assert code == 2 and "0: audio is not supported live" in stderr and "Traceback" not in stderr
+    code, _, stderr = run_cli(["stream", clip, *common, "--audio", "logmel", "--no-audio"], capsys)
+    assert code == 2 and "--audio and --no-audio: choose one" in stderr
+
+
 def test_no_face_video_is_a_clear_error(models, media_dir, tmp_path, capsys):
     code, out, err = run_cli(["predict", media_dir / "no_face.mp4", "-c", models["model"], "-b", models["vit"],
                               "-o", tmp_path, "--fps", "8"], capsys)

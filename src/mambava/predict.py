@@ -36,8 +36,9 @@ Windowing, which decides what a frame's prediction has seen:
   windows that cover a frame (what `evaluate` scores).
 The defaults were chosen by measurement on the demo (`mambava bench stitching`; README "Stitching").
 
-An audio-visual fusion model (`mambava.temporal_models.FusionMambaVA`) needs `audio` (the feature sets it was
-trained on, e.g. "egemaps,logmel"): the video's sound is turned into per-frame features on the same frames
+An audio-visual fusion model (`mambava.temporal_models.FusionMambaVA`) hears by default (`audio` None: the
+feature sets its `audio_dim` names, `default_audio_sets`; or the sets given, e.g. "egemaps,logmel"; `audio=False`:
+every frame's sound masked, as a video without a track): the video's sound is turned into per-frame features on the same frames
 (`mambava.audio.frame_features`) and joined to each track's (visual, audio, audio mask); a frame without a face
 holds its track's last face feature but keeps its own sound. The table then has a `voice` column (1 where the
 frame had usable sound). A features `.npy` for a fusion model holds the joined columns itself.
@@ -166,7 +167,8 @@ class Predictor:
         on its own frame grid (`mambava.timebase`), and the table still has a row per source frame.
     precision: the backbone's ("auto": bf16 where the CPU/GPU runs it fast); the temporal model runs in fp32.
     audio: a fusion model's audio feature sets ("egemaps,logmel"; `mambava.audio.FEATURE_SETS`, no "ssl"),
-        computed from each video's sound; None for a visual model.
+        computed from each video's sound; None: those of its `audio_dim` (`default_audio_sets`), nothing for a
+        visual model; False: a fusion model with every frame's sound masked (`voice` 0).
     """
 
     def __init__(
@@ -185,7 +187,7 @@ class Predictor:
         fps: float | None = None,
         features_fps: float = 30.0,
         progress: bool = False,
-        audio: str | None = None,
+        audio: str | bool | None = None,
         detect_every: int = 1,
     ):
         if windowing not in WINDOWING:
@@ -228,13 +230,17 @@ class Predictor:
     def fusion(self) -> bool:
         return getattr(self.model, "kind", "") == "fusion"
 
-    def _check_audio(self, audio: str | None) -> list[str] | None:
-        """The audio feature sets (a list), checked against the model: a fusion model's audio size."""
-        if not audio:
+    def _check_audio(self, audio: str | bool | None) -> list[str] | None:
+        """The audio feature sets (a list), checked against the model: a fusion model's audio size. None: the
+        model hears nothing (a visual model, or `audio=False`: `self.muted`)."""
+        self.muted = self.fusion and audio is False
+        if audio is False or (audio is None and not self.fusion):
             return None
         if not self.fusion:
             raise MambavaError(f"--audio: the temporal model {self.model_name} takes visual features only (not a "
                                f"fusion model)")
+        if audio is None or audio is True:
+            return default_audio_sets(self.model.audio_dim)  # (None: a width to name, see _make_extractor)
         from mambava.audio import check_sets, set_dims
 
         sets = check_sets(audio)  # (ssl, which needs a speech model, is refused here)
@@ -255,9 +261,10 @@ class Predictor:
             extractor = FeatureExtractor(encoder, batch_size=self.batch_size, device=self.device, precision=self.precision)
             name = str(backbone) if not isinstance(backbone, ViTEncoder) else "the backbone"
         if self.fusion:  # its width holds the audio's too
-            if self.audio is None:
-                raise MambavaError(f"{self.model_name}: an audio-visual fusion model: pass --audio with the feature "
-                                   f"sets it was trained on (e.g. --audio egemaps,logmel)")
+            if self.audio is None and not self.muted:
+                raise MambavaError(f"{self.model_name}: an audio-visual fusion model of {self.model.audio_dim} audio "
+                                   f"features per frame: pass --audio with the feature sets it was trained on, or "
+                                   f"--no-audio")
             if extractor.dim != self.model.visual_dim:
                 raise MambavaError(f"{name} gives {extractor.dim}-d features but the fusion model {self.model_name} "
                                    f"takes {self.model.visual_dim}-d visual features: trained on another backbone")
@@ -416,22 +423,28 @@ class Predictor:
             present[positions] = True
             tracks[track.name] = TrackFeatures(features, present, boxes, scores)
         frames = np.asarray(frames, np.int64)
-        audio, voice = self._audio_features(path, frames) if self.audio else (None, None)
+        audio, voice = self._audio_features(path, frames) if self.fusion else (None, None)
         return VideoFeatures(video, frames, np.asarray(times, np.float64), fps, tracks,
                              source_frames if len(source_frames) else None, source_times if len(source_times) else None,
                              audio, voice)
 
     def _audio_features(self, path, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, D_audio) features and (n,) sound mask of the processed source frames `frames`: the video's frame
-        grid is the one the frames are numbered on; frames past the sound's grid are masked."""
+        grid is the one the frames are numbered on; frames past the sound's grid are masked, and every frame
+        when `muted`."""
+        from mambava.audio import audio_of_frames
+
+        return audio_of_frames(*self.source_audio(path), frames)
+
+    def source_audio(self, path) -> tuple[np.ndarray, np.ndarray]:
+        """A fusion model's audio of a video per source frame: ((N, D_audio) features, (N,) sound mask);
+        empty (N = 0, every frame masked) when `muted`."""
+        if self.muted:
+            return np.zeros((0, self.model.audio_dim), np.float32), np.zeros(0, bool)
         from mambava.audio import frame_features
 
         result = frame_features(path, self.audio)
-        inside = frames < len(result.mask)
-        index = np.where(inside, frames, 0)
-        voice = inside & result.mask[index]
-        audio = np.where(voice[:, None], result.features[index], 0.0).astype(np.float32)
-        return audio, voice
+        return result.features, result.mask
 
     def _table(self, video: str, frames, times, tracks: Mapping[str, TrackFeatures],
                source_frames=None, source_times=None, audio=None, voice=None) -> pandas.DataFrame:
@@ -494,11 +507,27 @@ class Predictor:
             return LiveStream.from_features(self.model, features, present, name, self.features_fps, step_precision)
         if self.extractor is None:
             raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
+        audio = None
         if self.fusion:
-            raise MambavaError(f"{source}: a fusion model streams a video without its sound (not computed live): "
-                               f"stream a features .npy of the joined columns, or use predict --audio")
+            from mambava.stream import is_live_source
+
+            if is_live_source(source) and not self.muted:
+                raise MambavaError(f"{source}: audio is not supported live (only a video file's sound is read): "
+                                   f"stream with --no-audio (the fusion model with its sound masked)")
+            audio = self.source_audio(source)  # a file's whole sound track, decoded before the first frame
         return LiveStream(self.model, source, self.detector, self.extractor, realtime=realtime, fps=self.fps,
-                          step_precision=step_precision, detect_every=self.detect_every)
+                          step_precision=step_precision, detect_every=self.detect_every, audio=audio)
+
+
+def default_audio_sets(audio_dim: int) -> list[str] | None:
+    """The audio feature sets a fusion model of `audio_dim` audio columns was trained on: egemaps (25), logmel
+    (64) or both (89, `extract --audio`'s default); None for any other width (`ssl`: the sets must be named)."""
+    from mambava.audio import set_dims
+
+    for sets in (["egemaps", "logmel"], ["egemaps"], ["logmel"]):
+        if sum(set_dims(sets)) == audio_dim:
+            return sets
+    return None
 
 
 def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[str, int], progress: bool = False,
@@ -545,4 +574,5 @@ __all__ = [
     "load_features_file",
     "features_with_mask",
     "submission_predictions",
+    "default_audio_sets",
 ]

@@ -23,6 +23,12 @@ source, the frames that arrive meanwhile are dropped: they are neither detected 
 model still steps through them with the last feature (cheap), so it keeps the source's time scale; their rows
 carry `dropped=True`. `FrameDropper.dropped` counts them. Frames skipped by `fps` get rows the same way, with
 `dropped=True` (not processed), so a file gives one row per source frame.
+
+Sound (an audio-visual fusion model, `mambava.temporal_models.FusionMambaVA`): a video file's sound track is
+decoded and turned into per-frame features before the first frame (`mambava.audio.frame_features`, on the
+video's frame grid, as `predict --audio` computes them); each processed frame joins every track's visual
+feature (a track without a face there holds its last one) to that frame's own sound and mask, as offline, and
+its rows carry `voice`. A live source's sound is not read: a fusion model streams it only with the sound masked.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class StreamResult:
     face: bool = True
     dropped: bool = False
     confidence: float = math.nan
+    voice: bool | None = None  # the frame's sound was used (a fusion model fed sound; None otherwise)
 
 
 def check_streamable(model) -> None:
@@ -357,13 +364,15 @@ class TrackStreams:
     tracks without a feature this frame carry their last one over) and returns their rows; with no track at
     all, one row with `track=""` and NaN values. Each track's values are those of a `TemporalStream` of its own
     (`TemporalStream.step_to`), to float32 rounding. `precision`: the TCN's step weights ("fp32" | "bf16" |
-    "int8")."""
+    "int8"). `hears`: a fusion model fed each frame's sound (`advance`'s `audio`)."""
 
-    def __init__(self, model, precision: str = "fp32"):
+    def __init__(self, model, precision: str = "fp32", hears: bool = False):
         from mambava.timebase import GridClock, model_fps
 
         check_streamable(model)
         self.model = model
+        self.hears = hears
+        self._visual: dict[str, np.ndarray] = {}  # each track's last visual feature (joined to the frame's sound)
         self.precision = precision
         self.clock = GridClock(model_fps(model))
         self.batch = StreamBatch(model, precision)
@@ -376,6 +385,7 @@ class TrackStreams:
         for track in [t for t in self.batch.keys if t not in keep]:
             self.batch.leave(track)
             del self.outputs[track]
+            self._visual.pop(track, None)
 
     def _step_to(self, tick: int, features: dict) -> None:
         """Every track to `tick` (ticks skipped since the last hold the last features); new tracks start there."""
@@ -392,17 +402,27 @@ class TrackStreams:
         self.tick = tick
 
     def advance(self, index: int, time: float, features: dict[str, np.ndarray], dropped: bool = False,
-                scores: dict[str, float] | None = None) -> list[StreamResult]:
+                scores: dict[str, float] | None = None, audio: np.ndarray | None = None) -> list[StreamResult]:
         """One frame: step every live track to the frame's grid tick (`features` {track: feature} of the faces
-        found; `scores` their detector scores, None for features without a detector)."""
+        found; `scores` their detector scores, None for features without a detector). With `hears`, `audio` is
+        the frame's (audio features, mask) row, joined to every track's visual feature (its last where its face
+        is not found); None (a dropped frame) holds the last joined rows, as offline."""
         tick = self.clock.tick(time)
+        found = features
+        voice = None
+        if self.hears:
+            voice = audio is not None and bool(audio[-1] > 0.5)
+            if audio is not None:
+                self._visual.update(features)
+                tracks = [*self.batch.keys, *(t for t in features if t not in self.batch)]
+                features = {t: np.concatenate([self._visual[t], audio]) for t in tracks}
         if features or self.batch.keys:
             self._step_to(tick, features)
         if not self.batch.keys:
-            return [StreamResult(index, float(time), "", math.nan, math.nan, face=False, dropped=dropped)]
+            return [StreamResult(index, float(time), "", math.nan, math.nan, face=False, dropped=dropped, voice=voice)]
         results = []
         for track in self.batch.keys:
-            feature = features.get(track)
+            feature = found.get(track)
             raw = self.outputs[track]
             if not np.isfinite(raw).all():  # a diverged model: refused, as predict and evaluate do
                 raise MambavaError(f"the model's output is not finite ({raw[0]:g}, {raw[1]:g}) for track {track}, "
@@ -410,7 +430,7 @@ class TrackStreams:
             y = np.clip(raw, -1.0, 1.0)
             confidence = math.nan if scores is None else float(scores.get(track, 0.0))
             results.append(StreamResult(index, float(time), track, float(y[0]), float(y[1]), face=feature is not None,
-                                        dropped=dropped, confidence=confidence))
+                                        dropped=dropped, confidence=confidence, voice=voice))
         return results
 
 
@@ -428,13 +448,17 @@ class LiveStream:
     `step_precision`: the TCN's step weights, "fp32" (default) | "bf16" | "int8" (`mambava.tcn`): fewer weight
     bytes read per step, outputs within 1e-2 of fp32.
 
+    `audio`: a fusion model's sound of a video file, ((N, D_audio) features, (N,) mask) per source frame
+    (`Predictor.source_audio`; N = 0: every frame masked); each processed frame steps with its own.
+
     Counters, updated while iterating: `frames` (source frames given rows), `processed` (frames that went
     through faces and backbone), `dropped` (frames skipped to keep up with real time, see `FrameDropper`).
     """
 
     def __init__(self, model, source, detector=None, extractor=None, realtime: bool = False, fps: float | None = None,
-                 step_precision: str = "fp32", detect_every: int = 1):
+                 step_precision: str = "fp32", detect_every: int = 1, audio: tuple | None = None):
         check_streamable(model)
+        self.audio = audio
         self.detect_every = detect_every
         self.model = model
         self.step_precision = step_precision
@@ -462,7 +486,7 @@ class LiveStream:
         return self._dropper.dropped if self._dropper is not None else 0
 
     def __iter__(self) -> Iterator[StreamResult]:
-        tracks = TrackStreams(self.model, self.step_precision)
+        tracks = TrackStreams(self.model, self.step_precision, hears=self.audio is not None)
         if self._features is not None:
             features, present, name, fps = self._features
             for t in range(len(features)):
@@ -472,6 +496,15 @@ class LiveStream:
                 yield from tracks.advance(t, t / fps, found)
             return
         yield from self._iter_video(tracks)
+
+    def _audio_row(self, index: int) -> np.ndarray | None:
+        """Source frame `index`'s (audio features, mask) row for a fusion model fed sound, else None."""
+        if self.audio is None:
+            return None
+        from mambava.audio import audio_of_frames
+
+        audio, voice = audio_of_frames(*self.audio, np.array([index]))
+        return np.concatenate([audio[0], voice.astype(np.float32)])
 
     def _iter_video(self, tracks: TrackStreams) -> Iterator[StreamResult]:
         from mambava.faces import FaceTracker, iter_tracked_faces
@@ -519,7 +552,8 @@ class LiveStream:
                 self.frames += 1
                 self.processed += 1
                 yield from tracks.advance(item.index, item.time, found,
-                                          scores={name: face.score for name, face in zip(names, item.faces)})
+                                          scores={name: face.score for name, face in zip(names, item.faces)},
+                                          audio=self._audio_row(item.index))
             for index, time in not_processed_before(sys.maxsize):  # skipped after the last processed frame
                 self.frames += 1
                 yield from tracks.advance(index, time, {}, dropped=True, scores={})

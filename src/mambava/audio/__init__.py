@@ -29,12 +29,12 @@ from mambava.audio.decode import (GAP_SECONDS, MIN_COVERAGE, SAMPLE_RATE, SILENC
                                   FrameGrid, decode_audio, frame_grid, frame_peaks, grid_from_times, pool_frames)
 from mambava.audio.extract import AudioExtractSummary, AudioSource, extract_audio, find_audio_sources
 from mambava.audio.features import (DEFAULT_FEATURE_SETS, EGEMAPS_COLUMNS, FEATURE_SETS, LOG_OFFSET, MEL_FFT, MEL_HOP,
-                                    MEL_WINDOW, N_MELS, AudioFeatures, SpeechModel, check_sets, egemaps_lld,
+                                    MEL_WINDOW, N_MELS, AudioFeatures, SpeechModel, audio_of_frames, check_sets, egemaps_lld,
                                     frame_features, log_mel, mel_filterbank, set_dims)
 from mambava.video import has_audio
 
 __all__ = ["EGEMAPS_COLUMNS", "GAP_SECONDS", "LOG_OFFSET", "MEL_FFT", "MEL_HOP", "MEL_WINDOW", "MIN_COVERAGE", "N_MELS",
            "SILENCE_DBFS", "set_dims", "AudioExtractSummary", "AudioFeatures", "AudioSource", "AudioTrack", "AudioWarning", "DEFAULT_FEATURE_SETS",
-           "FEATURE_SETS", "FrameGrid", "SAMPLE_RATE", "SpeechModel", "check_sets", "decode_audio", "egemaps_lld",
+           "FEATURE_SETS", "FrameGrid", "audio_of_frames", "SAMPLE_RATE", "SpeechModel", "check_sets", "decode_audio", "egemaps_lld",
            "extract_audio", "find_audio_sources", "frame_features", "frame_grid", "frame_peaks", "grid_from_times",
            "has_audio", "log_mel", "mel_filterbank", "pool_frames"]

@@ -297,3 +297,15 @@ def frame_features(path: str | os.PathLike, sets: Sequence[str] | str = DEFAULT_
                       AudioWarning, stacklevel=2)
     return AudioFeatures(str(path), features, mask, grid.fps, columns, list(sets), reason, track.codec,
                          track.duration)
+
+
+def audio_of_frames(features: np.ndarray, mask: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((n, D) audio, (n,) voice) of source frames `frames` from a video's per-frame audio `features` (N, D) and
+    `mask` (N,): frames past the sound's grid, or masked, are zeros with voice False."""
+    frames = np.asarray(frames, np.int64)
+    audio = np.zeros((len(frames), features.shape[1]), np.float32)
+    voice = np.zeros(len(frames), bool)
+    inside = frames < len(mask)
+    voice[inside] = mask[frames[inside]]
+    audio[voice] = features[frames[voice]]
+    return audio, voice

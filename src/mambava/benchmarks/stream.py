@@ -8,11 +8,16 @@ kernels computed once in `init_state`). Baseline, measured in the same run: what
 recurrent form has to do, run the model over the last `--window` frames (300) for every new frame and keep the
 last output -- with the reference scan in fp32 (the authors' model), and also with our chunked scan.
 
-`--end-to-end [VIDEO]` (default: tests/data/media/single_face.mp4) also times the whole live pipeline per frame, as
-`mambava stream` runs it (`mambava.stream.LiveStream`, no frame dropped): decode, MTCNN detection, tracking and
-alignment, the ViT backbone on the crop (`--backbone-arch`, random weights, precision auto), and the temporal
-step; then the same frame cost with the 300-frame window re-run in place of the step, and the rate a live
-source can be followed at (frames beyond it are dropped).
+`--end-to-end [VIDEO]` (default: tests/data/media/single_face.mp4, 30 fps) also times the whole live pipeline per
+frame, as `mambava stream` runs it (`mambava.stream.LiveStream`, no frame dropped), twice in the same run: today's
+(MTCNN on every frame, the `--backbone-arch` ViT, default ViT-L/16 at 224 px, the fp32 step) and the fast one
+(MTCNN every `--detect-every` frames, 5, faces followed by optical flow in between; the student
+`--student-arch` at `--student-size` px, default ViT-Ti/16 at 112, with a linear adapter to the temporal model's
+features, as `mambava distill` makes it; the bf16 step). Backbones have random weights: speed does not depend on
+them. Per stage, ms/frame: decode (the same frames decoded alone, same run), detection, backbone, step, and the
+rest (tracking, optical flow, alignment, Python); frames/s end to end, and whether a 30 fps source is followed
+with no frame dropped; for today's pipeline also the frame cost with the 300-frame window re-run in place of the
+step.
 
 A cheaper step (second table): the same step with the TCN's weights held in bf16 or int8 weight-only
 (`init_state(precision=...)`), alone (N = 1) and batched over N = 4 and 16 streams (`StreamBatch`: one weight
@@ -45,6 +50,11 @@ def main(argv=None) -> int:
     parser.add_argument("--end-to-end", nargs="?", const="", default=None, metavar="VIDEO",
                         help="also time the whole live pipeline per frame on VIDEO (default: single_face.mp4)")
     parser.add_argument("--e2e-frames", type=int, default=8, help="frames of VIDEO for --end-to-end (default 8)")
+    parser.add_argument("--e2e-fast-frames", type=int, default=60,
+                        help="frames of VIDEO for --end-to-end's fast pipeline (default 60: every detection period many times)")
+    parser.add_argument("--detect-every", type=int, default=5, help="--end-to-end's fast pipeline: MTCNN every K frames (default 5)")
+    parser.add_argument("--student-arch", default="vit_tiny_patch16", help="--end-to-end's fast pipeline: the student ViT (default vit_tiny_patch16)")
+    parser.add_argument("--student-size", type=int, default=112, help="the student's input size in px (default 112)")
     parser.add_argument("--backbone-arch", default="vit_large_patch16",
                         help="ViT for --end-to-end (default vit_large_patch16, the paper's; --tiny: a 1-block ViT)")
     args = parser.parse_args(argv)
@@ -137,69 +147,128 @@ def cheaper_steps(model, x, args):
 
 
 class _Timed:
-    """Wraps a detector or feature extractor and adds up the seconds spent in `method`."""
+    """Wraps a detector, feature extractor or model and adds up the seconds spent in `methods`."""
 
-    def __init__(self, inner, method: str):
-        self.inner, self.method, self.seconds, self.calls = inner, method, 0.0, 0
+    def __init__(self, inner, *methods: str):
+        self.inner, self.seconds, self.calls = inner, 0.0, 0
+        for method in methods:
+            setattr(self, method, self._timed(getattr(inner, method)))
 
+    def _timed(self, function):
         def timed(*a, **k):
             start = time.perf_counter()
             try:
-                return getattr(inner, method)(*a, **k)
+                return function(*a, **k)
             finally:
                 self.seconds += time.perf_counter() - start
                 self.calls += 1
 
-        setattr(self, method, timed)
+        return timed
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
 
-def end_to_end(model, args, step: float, window: float) -> None:
-    """Per-frame cost of the live pipeline (`LiveStream`) on a video, by part; see the module docstring."""
-    from pathlib import Path
+class _Adapted:
+    """A student backbone's features mapped to the temporal model's width by a linear adapter (`mambava
+    distill` fits one to the teacher's features; here random: the cost is what is measured)."""
 
-    from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, vit_config
-    from mambava.benchmarks.faces import DEFAULT_MEDIA
+    def __init__(self, extractor, dim: int):
+        import numpy as np
+
+        self.extractor, self.precision, self.dim = extractor, extractor.precision, dim
+        self.weight = np.random.default_rng(0).normal(0, extractor.dim ** -0.5, (extractor.dim, dim)).astype(np.float32)
+
+    def features(self, crops):
+        return self.extractor.features(crops) @ self.weight
+
+
+def _decode_seconds(video, frames: int) -> float:
+    """Seconds per frame to decode the first `frames` + 1 frames of `video` (the first not counted)."""
+    from mambava.video import open_video
+
+    with open_video(str(video)) as reader:
+        start = None
+        for i, _ in enumerate(reader):
+            if i == 0:
+                start = time.perf_counter()
+            if i >= frames:
+                break
+    return (time.perf_counter() - start) / max(i, 1)
+
+
+def _pipeline(model, video, extractor, step_precision: str, detect_every: int, frames: int) -> dict:
+    """One pass of `LiveStream` over `frames` + 1 processed frames of `video` (the first not counted): seconds
+    per frame in total and in detection, backbone and step."""
     from mambava.faces import get_detector
     from mambava.stream import LiveStream
 
-    video = Path(args.end_to_end) if args.end_to_end else DEFAULT_MEDIA / "single_face.mp4"
-    torch.manual_seed(0)
-    config = vit_config(args.backbone_arch)
-    if args.tiny:
-        config = ViTConfig(img_size=32, embed_dim=model.config.input_dim, depth=1, num_heads=4, name="tiny")
-    elif config.embed_dim != model.config.input_dim:
-        config = vit_config(args.backbone_arch, embed_dim=model.config.input_dim)
-    extractor = FeatureExtractor(ViTEncoder(config), batch_size=1, precision="auto")
-    detector = _Timed(get_detector("mtcnn"), "detect_batch")
+    detector = _Timed(get_detector("mtcnn"), "detect_batch", "detect")  # (detect: every k-th frame alone)
     backbone = _Timed(extractor, "features")
-    backbone.features(torch.zeros(1, 112, 112, 3, dtype=torch.uint8).numpy())  # warm-up, not counted
+    stepper = _Timed(model, "step")
+    backbone.features(torch.zeros(1, 112, 112, 3, dtype=torch.uint8).numpy())  # warm-ups, not counted
     detector.detect_batch([torch.zeros(360, 640, 3, dtype=torch.uint8).numpy()])
-    detector.seconds = backbone.seconds = 0.0
-    live = LiveStream(model, str(video), detector, backbone)
+    live = LiveStream(stepper, str(video), detector, backbone, step_precision=step_precision, detect_every=detect_every)
     start = None  # the clock starts after the first frame: opening the video and init_state are not per frame
     for _ in live:
         if start is None:
             start = time.perf_counter()
-            detector.seconds = backbone.seconds = 0.0
-        if live.processed > args.e2e_frames:
+            detector.seconds = backbone.seconds = stepper.seconds = 0.0
+        if live.processed > frames:
             break
     n = max(live.processed - 1, 1)
-    total = (time.perf_counter() - start) / n
-    detect, encode = detector.seconds / n, backbone.seconds / n
-    rest = max(total - detect - encode - step, 0.0)
+    return {"total": (time.perf_counter() - start) / n, "detect": detector.seconds / n,
+            "encode": backbone.seconds / n, "step": stepper.seconds / n, "frames": n}
+
+
+def end_to_end(model, args, step: float, window: float) -> None:
+    """Per-frame cost of today's live pipeline and the fast one (`LiveStream`) on a video, by stage; see the
+    module docstring."""
+    from pathlib import Path
+
+    from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, vit_config
+    from mambava.benchmarks.faces import DEFAULT_MEDIA
+
+    video = Path(args.end_to_end) if args.end_to_end else DEFAULT_MEDIA / "single_face.mp4"
+    torch.manual_seed(0)
+    dim = model.config.input_dim
+    if args.tiny:
+        config = ViTConfig(img_size=32, embed_dim=dim, depth=1, num_heads=4, name="tiny")
+        student = ViTConfig(img_size=32, embed_dim=16, depth=1, num_heads=2, name="tiny student")
+    else:
+        config = vit_config(args.backbone_arch)
+        if config.embed_dim != dim:
+            config = vit_config(args.backbone_arch, embed_dim=dim)
+        student = vit_config(args.student_arch, img_size=args.student_size)
+    today = FeatureExtractor(ViTEncoder(config), batch_size=1, precision="auto")
+    fast = _Adapted(FeatureExtractor(ViTEncoder(student), batch_size=1, precision="auto"), dim)
+    runs = {"today": _pipeline(model, video, today, "fp32", 1, args.e2e_frames),
+            "fast": _pipeline(model, video, fast, "bf16", args.detect_every, args.e2e_fast_frames)}
+    decode = _decode_seconds(video, max(args.e2e_frames, args.e2e_fast_frames))
+    labels = {"today": f"today: MTCNN every frame, {config.name} ({today.precision}), fp32 step",
+              "fast": f"fast: MTCNN every {args.detect_every}, {student.name} {student.img_size} px "
+                      f"({fast.precision}) + adapter, bf16 step"}
+    print(f"\nend to end, {video.name}, one face, ms/frame (1-minute load average {load_average()}); decode timed "
+          f"alone in the same run, rest = tracking, optical flow, alignment, Python")
+    print(f"  {'pipeline':<72} {'decode':>7} {'faces':>7} {'backbone':>9} {'step':>7} {'rest':>7} {'total':>8} "
+          f"{'frames/s':>9} {'vs today':>9}")
+    floor = {}
+    for name, r in runs.items():
+        rest = max(r["total"] - decode - r["detect"] - r["encode"] - r["step"], 0.0)
+        stages = {"decode": decode, "faces": r["detect"], "backbone": r["encode"], "step": r["step"], "rest": rest}
+        floor[name] = max(stages.items(), key=lambda item: item[1])
+        print(f"  {labels[name]:<72} " + " ".join(f"{v * 1e3:>{w}.1f}" for v, w in zip(stages.values(), (7, 7, 9, 7, 7)))
+              + f" {r['total'] * 1e3:>8.1f} {1 / r['total']:>9.2f} {runs['today']['total'] / r['total']:>8.1f}x")
+    fps = 1 / runs["fast"]["total"]
+    stage, seconds = floor["fast"]
+    print(f"  fast pipeline: {fps:.1f} frames/s end to end: a 30 fps source is "
+          + ("followed with no frame dropped" if fps >= 30 else
+             f"NOT followed (keeps about 1 frame in {30 / fps:.1f}); its largest stage: {stage} {seconds * 1e3:.1f} ms")
+          + f" ({runs['fast']['frames']} frames)")
+    total = runs["today"]["total"]
     with_window = total - step + window
-    print(f"\nend to end, {video.name}, {n} frames, one face each: MTCNN + {config.name} "
-          f"({extractor.precision}) + temporal model, ms/frame (1-minute load average {load_average()})")
-    for label, seconds in (("faces: MTCNN detection", detect), (f"backbone: {config.name}, 1 crop", encode),
-                           ("temporal model: step()", step), ("decode + track + align + the rest", rest)):
-        print(f"  {label:<50} {seconds * 1e3:>9.1f} {100 * seconds / total:>5.1f}%")
-    print(f"  {'total per frame with step()':<50} {total * 1e3:>9.1f}   -> {1 / total:.2f} frames/s followed live")
-    print(f"  {'total with the 300-frame window re-run instead':<50} {with_window * 1e3:>9.1f}   "
-          f"-> {1 / with_window:.2f} frames/s; step() makes the whole frame {with_window / total:.1f}x faster")
-    print(f"  (a 30 fps source keeps about 1 frame in {max(1.0, 30 * total):.0f}; the others are dropped)")
+    print(f"  today with the 300-frame window re-run instead of step(): {with_window * 1e3:.1f} ms/frame, "
+          f"{1 / with_window:.2f} frames/s (step() makes today's frame {with_window / total:.1f}x faster)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,12 @@ Parts: (a) inference B=32, T=300; (b) a training step (forward, CCC loss, backwa
 the median of --repeats runs after a warm-up on a short input. Prints frames/s and the ratio to the baseline,
 the agreement of the outputs, and with --markdown the README table. If `mambapy` is installed, one Mamba layer
 is also cross-checked against its parallel scan (outputs and time).
+
+The floor (rows "floor: ..."): what the model's dense products cost alone on this machine, measured in the same
+run -- the TCN's convolutions as the GEMMs they are ((B*T, k*C_in) x (k*C_in, C_out) per conv, and the 1x1
+downsamples) in bf16 at the machine's bf16 GEMM rate, plus the Mamba encoder's projections on their own shapes
+(fp32, as the encoder runs). For the training step: each GEMM's forward and its two backward products (dX, dW).
+The bf16 rows print their ratio to it: what the scan, the pointwise ops, casts and copies add.
 """
 
 from __future__ import annotations
@@ -83,6 +89,43 @@ def _encoder_matmuls(encoder, h):
     return encoder.mamba.proj(h)
 
 
+def _tcn_gemms(model, rows: int, backward: bool = False):
+    """A function running the TCN's convolutions as bf16 GEMMs of their shapes on `rows` frames (and, with
+    `backward`, the two products of each one's backward pass), and their FLOPs."""
+    shapes = []
+    for block in model.temporal.network:
+        shapes += [(rows, c.in_channels * c.kernel_size, c.out_channels) for c in (block.conv1, block.conv2)]
+        if block.downsample is not None:
+            shapes.append((rows, block.downsample.in_channels, block.downsample.out_channels))
+    # weights (N, K), the layout of a conv's kernel and of F.linear (measured a few % faster here than (K, N))
+    mats = [(torch.randn(m, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16),
+             torch.randn(m, n, dtype=torch.bfloat16) if backward else None) for m, k, n in shapes]
+
+    def run():
+        for a, w, grad in mats:
+            torch.nn.functional.linear(a, w)
+            if backward:
+                torch.mm(grad, w)  # dX
+                torch.mm(grad.t(), a)  # dW
+
+    return run, sum(2 * m * k * n for m, k, n in shapes) * (3 if backward else 1)
+
+
+def _floor_fn(model, x, backward: bool = False):
+    """The floor of the model on input x: its TCN GEMMs in bf16 and its encoder projections (fp32, as run;
+    training: fwd and 2 backward products each, the encoder's as 3x its forward's shapes)."""
+    gemms, flops = _tcn_gemms(model, x.shape[0] * x.shape[1], backward)
+    h = torch.randn(x.shape[0], x.shape[1], model.mamba.mamba.proj.in_features)
+
+    def run():
+        with torch.no_grad():
+            gemms()
+            for _ in range(3 if backward else 1):
+                _encoder_matmuls(model.mamba, h)
+
+    return run, flops
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
@@ -100,6 +143,14 @@ def _train_step(model, optimizer, x, target, scan, bf16):
     loss.backward()
     optimizer.step()
     return loss
+
+
+FLOOR = "floor: TCN GEMMs bf16 + enc. proj."
+
+
+def _note_floor(bf16: Row, floor: Row, flops: int) -> None:
+    floor.notes.append(f"TCN GEMMs at {flops / floor.seconds / 1e9:.0f} GFLOP/s bf16")
+    bf16.notes.append(f"{bf16.seconds / floor.seconds:.2f}x the floor")
 
 
 # One function, ~90 lines, on purpose: every row of the table measured in turn in one place, in the order it
@@ -120,18 +171,20 @@ def run(args) -> list[Row]:
     log(f"[{part}]")
     variants = {"baseline: reference scan, fp32": ("reference", False), "chunked scan, fp32": ("chunked", False),
                 "chunked scan, bf16 autocast": ("chunked", True)}
-    times = _compare({name: (lambda s=scan, b=bf16: _inference(model, x, s, b),
-                             lambda s=scan, b=bf16: _inference(model, short, s, b))
-                      for name, (scan, bf16) in variants.items()}, args.repeats)
+    floor, flops = _floor_fn(model, x)
+    fns = {name: (lambda s=scan, b=bf16: _inference(model, x, s, b), lambda s=scan, b=bf16: _inference(model, short, s, b))
+           for name, (scan, bf16) in variants.items()}
+    times = _compare({**fns, FLOOR: (floor, None)}, args.repeats)
     base = times["baseline: reference scan, fp32"]
     for name, t in times.items():
-        rows.append(Row(part, name, t, B * T, None if name.startswith("baseline") else base))
+        rows.append(Row(part, name, t, B * T, None if name.startswith("baseline") or name == FLOOR else base))
         log(f"  {name} {t:.2f} s")
     y_ref = _inference(model, x, "reference", False)
     y32 = _inference(model, x, "chunked", False)
     y16 = _inference(model, x, "chunked", True)
-    rows[-2].notes.append(f"rel. diff. to baseline {_rel(y32, y_ref):.1e}")
-    rows[-1].notes.append(f"rel. diff. to fp32 {_rel(y16, y32):.1e}")
+    rows[-3].notes.append(f"rel. diff. to baseline {_rel(y32, y_ref):.1e}")
+    rows[-2].notes.append(f"rel. diff. to fp32 {_rel(y16, y32):.1e}")
+    _note_floor(rows[-2], rows[-1], flops)
 
     # TCN alone (the same module in baseline and fast path) -------------------------------------------------------
     part = f"TCN alone, B={B} T={T}"
@@ -178,18 +231,21 @@ def run(args) -> list[Row]:
 
     # (b) training step -------------------------------------------------------------------------------------------
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=1e-3)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=1e-3,
+                                  fused=True)  # as the training module's
     xt = torch.randn(Bt, T, config.input_dim)
     target = torch.rand(Bt, T, 2) * 2 - 1
     part = f"training step B={Bt} T={T}"
     log(f"[{part}]")
-    times = _compare({name: (lambda s=scan, b=bf16: _train_step(model, optimizer, xt, target, s, b),
-                             lambda s=scan, b=bf16: _train_step(model, optimizer, xt[:2, :16], target[:2, :16], s, b))
-                      for name, (scan, bf16) in variants.items()}, args.repeats)
+    floor, flops = _floor_fn(model, xt, backward=True)
+    times = _compare({**{name: (lambda s=scan, b=bf16: _train_step(model, optimizer, xt, target, s, b),
+                                lambda s=scan, b=bf16: _train_step(model, optimizer, xt[:2, :16], target[:2, :16], s, b))
+                         for name, (scan, bf16) in variants.items()}, FLOOR: (floor, None)}, args.repeats)
     base = times["baseline: reference scan, fp32"]
     for name, t in times.items():
-        rows.append(Row(part, name, t, Bt * T, None if name.startswith("baseline") else base))
+        rows.append(Row(part, name, t, Bt * T, None if name.startswith("baseline") or name == FLOOR else base))
         log(f"  {name} {t:.2f} s")
+    _note_floor(rows[-2], rows[-1], flops)
 
     # optional: an independent implementation (mambapy's parallel scan) ----------------------------------------
     rows += _mambapy_cross_check(model, B, Bt, T, args.repeats, log)

@@ -16,6 +16,16 @@ from mambava.errors import MambavaError
 CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
 BACKBONE_HELP = "ViT checkpoint (MAE .pth, timm, Hugging Face, or saved by mambava); needed for videos."
 DEVICE_HELP = "cpu, cuda, cuda:1 or auto."
+AUDIO_HELP = ("A fusion model's audio feature sets, e.g. egemaps,logmel (default: those of its audio width): "
+              "computed from each video's sound; adds a voice column.")
+NO_AUDIO_HELP = "A fusion model without its sound: every frame's audio masked (voice 0)."
+
+
+def _audio_choice(audio: Optional[str], no_audio: bool):
+    """Predictor's `audio`: the sets named, False for --no-audio, None (the model's default)."""
+    if no_audio and audio:
+        raise MambavaError("--audio and --no-audio: choose one")
+    return False if no_audio else audio
 
 
 def predict_command(
@@ -33,7 +43,8 @@ def predict_command(
     detect_every: int = typer.Option(1, "--detect-every", help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second (default: all); the others hold the last feature, every frame gets a row."),
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
-    audio: Optional[str] = typer.Option(None, "--audio", help="A fusion model's audio feature sets, e.g. egemaps,logmel: computed from each video's sound; adds a voice column."),
+    audio: Optional[str] = typer.Option(None, "--audio", help=AUDIO_HELP),
+    no_audio: bool = typer.Option(False, "--no-audio", help=NO_AUDIO_HELP),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Face crops per backbone batch."),
     precision: str = precision_option("auto", what="Backbone precision: "),
@@ -64,7 +75,7 @@ def predict_command(
     predictor = Predictor(
         checkpoint, backbone if videos else None, windowing=windowing, stitching=stitching, window=window, stride=stride,
         detector=detector, device=device, batch_size=batch_size, precision=precision, fps=fps,
-        features_fps=features_fps, progress=True, audio=audio, detect_every=detect_every,
+        features_fps=features_fps, progress=True, audio=_audio_choice(audio, no_audio), detect_every=detect_every,
     )
     from mambava.cli import error_line
     from mambava.fileio import atomic_group
@@ -122,6 +133,8 @@ def stream_command(
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     precision: str = precision_option("auto", what="Backbone precision: "),
     step_precision: str = typer.Option("fp32", "--step-precision", help="Temporal step weights: fp32, bf16 (half the bytes read per frame) or int8 (weight-only, a quarter); outputs within 1e-2 of fp32."),
+    audio: Optional[str] = typer.Option(None, "--audio", help=AUDIO_HELP.replace("each video's", "the file's") + " Not for live sources."),
+    no_audio: bool = typer.Option(False, "--no-audio", help=NO_AUDIO_HELP),
 ) -> None:
     """Valence/arousal live, one recurrent step of the temporal model per frame (equals `predict --windowing
     full` on the same frames). Webcams and URLs are real time: when faces and backbone cannot keep up,
@@ -146,7 +159,9 @@ def stream_command(
     predictor = Predictor(
         checkpoint, None if is_features else backbone, windowing="full", detector=detector, device=device,
         batch_size=8, precision=precision, fps=fps, features_fps=features_fps, detect_every=detect_every,
+        audio=False if is_features else _audio_choice(audio, no_audio),
     )
+    hears = getattr(predictor, "fusion", False) and not is_features
     live = predictor.stream(source, realtime=realtime, step_precision=step_precision)
     rows = []
     reported, last_report = 0, 0.0
@@ -154,10 +169,11 @@ def stream_command(
         for row in live:
             rows.append(row)
             if not quiet and len(rows) == 1:
-                typer.echo("frame\ttime\ttrack\tvalence\tarousal\tface\tdropped\tconfidence")
+                typer.echo("frame\ttime\ttrack\tvalence\tarousal\tface\tdropped\tconfidence" + ("\tvoice" if hears else ""))
             if not quiet:
                 typer.echo(f"{row.frame}\t{row.time:.3f}\t{row.track or '-'}\t{row.valence:+.4f}\t{row.arousal:+.4f}\t"
-                           f"{int(row.face)}\t{int(row.dropped)}\t{row.confidence:.3f}")
+                           f"{int(row.face)}\t{int(row.dropped)}\t{row.confidence:.3f}"
+                           + (f"\t{int(bool(row.voice))}" if hears else ""))
             now = time.monotonic()
             if live.dropped > reported and now - last_report >= 1.0:
                 typer.secho(f"dropped {live.dropped} frames so far to keep up with real time", fg=typer.colors.YELLOW, err=True)
@@ -167,7 +183,7 @@ def stream_command(
     finally:
         sys.stdout.flush()
     if out is not None:
-        _write_rows(out, rows)
+        _write_rows(out, rows, voice=hears)
         from mambava.analysis import write_stream_summary
 
         from mambava.video import source_name
@@ -181,16 +197,17 @@ def stream_command(
     )
 
 
-def _write_rows(path: Path, rows) -> None:
+def _write_rows(path: Path, rows, voice: bool = False) -> None:
     import dataclasses
 
     import pandas as pd
 
     from mambava.fileio import atomic_path
 
-    table = pd.DataFrame([dataclasses.asdict(r) for r in rows],
-                         columns=["frame", "time", "track", "valence", "arousal", "face", "dropped", "confidence"])
-    table[["face", "dropped"]] = table[["face", "dropped"]].astype("int8")
+    columns = ["frame", "time", "track", "valence", "arousal", "face", "dropped", "confidence"] + (["voice"] if voice else [])
+    table = pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=columns)
+    flags = ["face", "dropped"] + (["voice"] if voice else [])
+    table[flags] = table[flags].fillna(False).astype("int8")
     # OpenFace's names, as predict writes them
     table["timestamp"], table["success"] = table["time"], table["face"]
     with atomic_path(path) as tmp:
