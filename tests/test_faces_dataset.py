@@ -129,8 +129,8 @@ def _names(root, video):
 
 def test_landmark_refinement_brings_mtcnn_closer_to_the_true_landmarks(own_crops):
     """MTCNNDetector(refine=1) (off by default) runs O-Net again on a patch framed by the found landmarks: on the
-    generated videos its landmarks are nearer the true ones, overall and from frame to frame; boxes and scores
-    stay MTCNN's own."""
+    generated videos its landmarks move less from frame to frame about the true ones, their mean error stays
+    about MTCNN's own; boxes and scores stay MTCNN's own."""
     from mambava.faces import get_detector
     from mambava.faces.dataset import alignment_offsets
     from mambava.video import open_video
@@ -159,8 +159,10 @@ def test_landmark_refinement_brings_mtcnn_closer_to_the_true_landmarks(own_crops
     # around each video's own mean offset: the frame-to-frame part, which training on the crops cannot absorb
     spread = {r: float(np.mean([np.linalg.norm(o - o.mean(0), axis=2).mean() for o in v])) for r, v in per_video.items()}
     assert sum(len(o) for o in per_video[1]) > 60
-    # measured here (3 one-person videos, 90 frames): mean 2.61 -> 1.82 px, spread 1.47 -> 0.89 px
-    assert mean[1] < 2.0 and mean[1] < mean[0] - 0.5
-    assert spread[1] < 1.1 and spread[1] < 0.7 * spread[0]
+    # measured here (3 one-person videos, every 3rd frame): frame-to-frame spread 1.21 -> 1.05 px; the mean
+    # error 2.02 -> 2.15 px (before the faces talked and had a demeanour: 2.61 -> 1.82), so what refinement
+    # reliably buys is steadier landmarks, not a smaller per-person bias (why it is off by default)
+    assert spread[1] < 0.9 * spread[0]
+    assert mean[1] < mean[0] + 0.3
     with pytest.raises(Exception, match="refine"):
         get_detector("mtcnn", refine=-1)

@@ -405,3 +405,26 @@ def test_ddp_on_two_cpu_processes_validates_exactly_like_one(small_data, tmp_pat
 
     result, _ = evaluate_checkpoint(out / "model.safetensors", out=tmp_path / "eval.csv")
     assert abs(result.p_va - summary["best"]["p_va"]) < 1e-5
+
+
+def test_bf16_mixed_training_clips_gradients_with_the_fused_optimizer(small_data, tmp_path, monkeypatch):
+    """Lightning refuses to clip for a fused optimizer under a mixed-precision plugin; the module clips itself
+    (bf16 has no scaler): every step's gradients leave the clip with a norm of at most grad_clip."""
+    features, annotations = small_data
+    seen: list[tuple[float, float]] = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def recording(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        before = float(original(parameters, max_norm, *args, **kwargs))
+        after = float(torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in parameters])))
+        seen.append((before, after))
+        return torch.tensor(before)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    cfg = run_config(features, annotations, tmp_path / "run", *TINY_MODEL, "model.input_dim=8", "epochs=2",
+                     "warmup_epochs=1", "batch_size=3", "precision=bf16-mixed", "grad_clip=0.001")
+    summary = train(cfg)
+    assert summary["finished"] and len(seen) == summary["global_step"] > 0
+    assert all(before > 0.001 for before, _ in seen)  # the clip was active on every step
+    assert all(after <= 0.001 * 1.001 for _, after in seen)

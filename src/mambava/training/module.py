@@ -155,11 +155,21 @@ class VAModule(L.LightningModule):
         if bad is not None:
             raise Diverged(self.current_epoch, self.global_step - 1, f"parameter {bad} is not finite")
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning refuses to clip for a fused optimizer under a mixed-precision plugin, since such an optimizer
+        # may unscale gradients inside its step; bf16 has no scaler, so the gradients are the true ones here and
+        # clipping them directly is the same clip_grad_norm_ as the reference's (vaestimation.py:243-247).
+        if gradient_clip_val and self.cfg.precision != "16-mixed":
+            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         trainable = [p for p in self.parameters() if p.requires_grad]  # (MambaVA's unused adaptor is frozen)
         # fused: one kernel over all parameters; on one CPU core 0.11 s per step for the paper model's 67M
         # parameters against 0.74 s for the per-parameter loop (same update, to rounding)
-        fused = all(p.device.type in ("cpu", "cuda") for p in trainable)
+        # (not under fp16's GradScaler, which must unscale the gradients before they are clipped)
+        fused = all(p.device.type in ("cpu", "cuda") for p in trainable) and self.cfg.precision != "16-mixed"
         optimizer = torch.optim.AdamW(
             trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, eps=self.cfg.adam_eps, fused=fused
         )
