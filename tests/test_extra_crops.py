@@ -118,3 +118,25 @@ def test_extra_store_errors_name_the_store(tmp_path):
     partial.write("t1", np.zeros((40, 4), np.float32), np.ones(40, bool), fps=30.0, backbone="t", dtype="float32")
     with pytest.raises(MambavaError, match=rf"^{partial.root}: no features for training video 't2' \(1 of 2 missing"):
         VADataModule(load_config(None, base + [f"data.extra_features=[{partial.root}]"])).setup()
+
+
+def test_cli_finetune_takes_repeated_extra_crop_roots(tmp_path):
+    from typer.testing import CliRunner
+
+    from mambava.cli import app
+
+    root = make_va_tree(tmp_path / "aw", SPLITS, n_frames=12)
+    first, second = _second_aligner(root, tmp_path / "a", True), _second_aligner(root, tmp_path / "b", False)
+    checkpoint = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=16, depth=2, num_heads=2,
+                                      name="t2")).save(tmp_path / "start.safetensors")
+    result = CliRunner().invoke(app, ["finetune-backbone", str(root), "-c", str(checkpoint), "-j", "0", "--precision",
+                                      "32", "--accelerator", "cpu", "--devices", "1", "--freeze-blocks", "1",
+                                      "--max-steps", "1", "--extra-crops", str(first), "--extra-crops", str(second),
+                                      "-o", str(tmp_path / "ft")])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert written["train_frames"] == 2 * 10 + 2 * 2 * 9 and written["config"]["extra_crops"] == [str(first), str(second)]
+    result = CliRunner().invoke(app, ["finetune-backbone", str(root), "-c", str(checkpoint), "--accelerator", "cpu",
+                                      "--extra-crops", str(tmp_path / "none"), "-o", str(tmp_path / "ft2")])
+    assert isinstance(result.exception, MambavaError)  # the CLI's entry point makes it one line, exit code 2
+    assert str(result.exception) == f"{tmp_path / 'none' / 't1'}: no crop folder for video 't1'"
