@@ -131,6 +131,7 @@ def test_demo_both_crops_trains_on_ours_and_the_generators(tmp_path):
     for kind in ("mamba_va", cfg.baseline):
         summary = json.loads((out / "runs" / kind / "summary.json").read_text())
         assert summary["config"]["data"]["extra_features"] == [str(out / "features_generator_crops")]
+    assert "also trained on the generator's crops" in (out / "report.md").read_text()
     # the same videos' windows from each store: twice those of our crops' store alone
     plain = summary["config"]
     plain = TrainConfig.from_dict({**plain, "data": {**plain["data"], "extra_features": []}})
