@@ -108,3 +108,33 @@ def test_demo_own_crops_trains_on_the_faces_stage_and_scores_every_held_out_raw_
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "## Trained on our own crops" in report and f"{every['raw_video']['p_va']:.3f}" in report
     assert tuple(results["config"]["align_jitter"]) == (1.0, 0.02, 1.0) and "jittered by ±1 px, ±0.02 log-scale" in report
+
+
+@pytest.mark.slow  # ~30 s here: the tiny own-crops demo (MTCNN on every frame), on both crop sets
+def test_demo_both_crops_trains_on_ours_and_the_generators(tmp_path):
+    import json
+
+    from mambava.demo import DemoConfig, run_demo
+    from mambava.training import TrainConfig
+    from mambava.training.module import VADataModule
+
+    cfg = DemoConfig.quick(n_train=4, n_val=2, n_test=2, frames=(100, 120), stills_train=200, stills_val=50,
+                           pretrain_epochs=1, epochs=1, finetune_frames_per_video=20, own_crops=True, both_crops=True,
+                           audio=False)
+    out = tmp_path / "demo"
+    results = run_demo(out, cfg, progress=False).results
+    fine = json.loads((out / "runs" / "backbone_finetune" / "finetune.json").read_text())
+    assert fine["config"]["extra_crops"] == [str(out / "data")]
+    names = results["dataset"]["annotation_names"]
+    assert fine["train_frames"] == 2 * 20 * names["train"]  # 20 frames a training person from each crop set
+    assert json.loads((out / "runs" / "backbone_pretrain" / "finetune.json").read_text())["config"]["extra_crops"] == []
+    for kind in ("mamba_va", cfg.baseline):
+        summary = json.loads((out / "runs" / kind / "summary.json").read_text())
+        assert summary["config"]["data"]["extra_features"] == [str(out / "features_generator_crops")]
+    assert "also trained on the generator's crops" in (out / "report.md").read_text()
+    # the same videos' windows from each store: twice those of our crops' store alone
+    plain = summary["config"]
+    plain = TrainConfig.from_dict({**plain, "data": {**plain["data"], "extra_features": []}})
+    alone = VADataModule(plain)
+    alone.setup()
+    assert summary["train_windows"] == 2 * len(alone.train_set) > 0

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from mambava.affwild2 import AffWild2, read_crop
+from mambava.affwild2 import CROPS_DIR, AffWild2, read_crop
 from mambava.backbone.augment import AlignJitter, warp_crop
 from mambava.backbone.extractor import normalize, resize_crop
 from mambava.backbone.vit import Block, ViTConfig, ViTEncoder, sincos_pos_embed
@@ -79,6 +79,10 @@ class FinetuneConfig(BackboneTrainConfig):
     head_lr: float = 1e-3
     drop_path: float = 0.1  # stochastic depth in the trained blocks
     head_hidden: int = 256
+    # more crop roots of the same videos (another aligner's `cropped_aligned/`, an Aff-Wild2 root or a crop tree
+    # `<root>/<video>/`), labelled from the main root: each training video's frames are taken from every root,
+    # so the backbone sees one face as several aligners crop it; validation stays on the main root's crops
+    extra_crops: tuple[str, ...] = ()
 
 
 @dataclass
@@ -122,11 +126,19 @@ def evenly_spaced(n: int, k: int | None) -> np.ndarray:
     return np.linspace(0, n - 1, k).round().astype(np.int64)
 
 
-def labelled_frames(dataset: AffWild2, video: str, frames_per_video: int | None = None) -> list[tuple[Path, np.ndarray]]:
+def extra_crops_dir(root: str | os.PathLike, video: str) -> Path:
+    """A video's crop folder in an extra crop root: `root/cropped_aligned/<video>` when that folder exists
+    (a dataset root), else `root/<video>` (a `cropped_aligned/` folder or any crop tree)."""
+    root = Path(root)
+    return (root / CROPS_DIR if (root / CROPS_DIR).is_dir() else root) / video
+
+
+def labelled_frames(dataset: AffWild2, video: str, frames_per_video: int | None = None,
+                    folder: Path | None = None) -> list[tuple[Path, np.ndarray]]:
     """(crop path, (valence, arousal)) of the frames of `video` that have a crop and a valid label, at most
-    `frames_per_video` of them, evenly spaced."""
+    `frames_per_video` of them, evenly spaced; the crops from `folder` (default: the dataset's own)."""
     labels = dataset.read_annotation(video)
-    folder = dataset.crops_dir(video)
+    folder = dataset.crops_dir(video) if folder is None else folder
     if not folder.is_dir():
         raise MambavaError(f"{folder}: no crop folder for video {video!r}")
     frames, files, suffix = scan_crop_folder(folder)
@@ -296,6 +308,9 @@ def finetune(root: str | os.PathLike | AffWild2, encoder: ViTEncoder, config: Fi
     L.seed_everything(config.seed, workers=True, verbose=False)
     size = encoder.config.img_size
     train_items = [item for v in train_videos for item in labelled_frames(dataset, v, config.frames_per_video)]
+    for extra in config.extra_crops:  # the same videos and labels, another aligner's crops
+        train_items += [item for v in train_videos
+                        for item in labelled_frames(dataset, v, config.frames_per_video, extra_crops_dir(extra, v))]
     val_items = [item for v in val_videos for item in labelled_frames(dataset, v, config.frames_per_video)]
     if len(train_items) < 2:
         raise MambavaError(f"{dataset.root}: fewer than 2 labelled frames with crops in the training videos")

@@ -127,6 +127,9 @@ def finetune_command(
     align_jitter: str = typer.Option("0,0,0", "--align-jitter", help="Random shift (px at 112), log-scale and "
                                      "rotation (degrees) ranges for training crops, e.g. 1,0.02,1: features that "
                                      "do not move with an aligner's per-face error (README Crops for training)."),
+    extra_crops: List[Path] = typer.Option([], "--extra-crops", help="Another crop root of the same "
+                                                     "videos (e.g. `mambava faces --dataset` output), labelled "
+                                                     "from ROOT: training frames come from both. Repeatable."),
 ) -> None:
     """Fine-tune the top blocks of the ViT on frame-level valence/arousal (CCC loss), the patch embedding and
     the first --freeze-blocks blocks frozen; writes OUT/encoder.safetensors for `mambava extract -c`."""
@@ -139,7 +142,7 @@ def finetune_command(
                             precision=lightning_precision(precision, accelerator),
                             accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
                             strategy=strategy, num_workers=workers, seed=seed,
-                            align_jitter=jitter)
+                            align_jitter=jitter, extra_crops=tuple(str(p) for p in extra_crops))
     result = finetune(root, encoder, config, out=out)
     if not result.is_global_zero:
         return

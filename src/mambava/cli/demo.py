@@ -51,6 +51,9 @@ def demo_command(
     own_crops: bool = typer.Option(False, "--own-crops", help="Train on crops made by our own faces stage from the "
                                    "raw videos (as predict makes them), and score every held-out raw video "
                                    "through predict beside the generator's ideal crops (~2 CPU-minutes more)."),
+    both_crops: bool = typer.Option(False, "--both-crops", help="With --own-crops: fine-tune the backbone and train "
+                                    "the temporal models on the generator's crops as well as ours (the same faces "
+                                    "as two aligners crop them; README Crops for training)."),
     audio: bool = typer.Option(True, "--audio/--no-audio", help="The audio-visual ablation: the voices' features, "
                                "audio-only, early and mid fusion models beside the visual one."),
 ) -> None:
@@ -59,8 +62,8 @@ def demo_command(
     evaluate on held-out subjects -> predict on a held-out video -> OUT/report.md."""
     from mambava.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.quick(seed=seed, threads=threads, own_crops=own_crops, audio=audio) if quick else DemoConfig(
-        seed=seed, threads=threads, own_crops=own_crops, audio=audio)
+    options = dict(seed=seed, threads=threads, own_crops=own_crops, both_crops=both_crops, audio=audio)
+    cfg = DemoConfig.quick(**options) if quick else DemoConfig(**options)
     result = run_demo(out, cfg, progress=not quiet)
     typer.echo(f"report: {result.report}")
 

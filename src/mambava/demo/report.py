@@ -181,7 +181,9 @@ def _report_own_crops(results: dict) -> list[str]:
             f"({al['ours']['mean_eye_pct']:.1f}% of the eye distance; median {al['ours']['median_px']:.2f} px, mean "
             f"shift {al['ours']['mean_offset_px']}), against {al['generator']['mean_px']:.2f} px for the "
             "generator's own crops. The backbone's training crops were jittered by ±{:g} px, ±{:g} log-scale and "
-            "±{:g}° (`align_jitter`).".format(*results["config"]["align_jitter"]),
+            "±{:g}° (`align_jitter`).".format(*results["config"]["align_jitter"])
+            + (" With `both_crops` the backbone and the temporal models also trained on the generator's crops."
+               if results["config"].get("both_crops") else ""),
             "",
             "| held-out raw videos | CCC_v | CCC_a | P_VA |",
             "|---|---|---|---|",

@@ -82,6 +82,9 @@ class DemoConfig:
     # `predict` and is scored beside the ideal-crop path. Off by default: MTCNN over every frame costs ~150
     # frames per CPU-second here (~2 CPU-minutes for the quick demo's 17,600 frames).
     own_crops: bool = False
+    # with own_crops: fine-tune the backbone and train the temporal models on the generator's crops too (the
+    # same faces as two aligners crop them; `FinetuneConfig.extra_crops`, `data.extra_features`)
+    both_crops: bool = False
     face_workers: int = 2  # processes for the faces stage (one video each)
     # torch threads. One: the small models here run many short ops, and on a 2-core machine that anything else
     # keeps busy two OpenMP threads stall at each of them (measured: the temporal training 7x slower on two
@@ -249,17 +252,19 @@ def _model_stages(out: Path, data_root: Path, train_root: Path, stills_root: Pat
     """3. the backbone, 4. its features, 5. the temporal models. Returns the encoder, the store and the runs."""
     with stages.stage("backbone", "a small ViT: pretrain on the stills, then partial-freeze fine-tuning on the "
                                   "video frames (frame-level CCC)"):
-        encoder_path, backbone = _backbone(out, train_root, stills_root, cfg, progress, stages)
+        both = [data_root] if cfg.own_crops and cfg.both_crops else []
+        encoder_path, backbone = _backbone(out, train_root, stills_root, cfg, progress, stages, both)
     results["backbone"] = backbone
 
     with stages.stage("extract", "ViT CLS features of every crop -> feature store"):
         store = _extract(out, train_root, encoder_path, progress)
+        extra = [_extract(out, root, encoder_path, progress, "features_generator_crops") for root in both]
 
     runs = {}
     with stages.stage("train", f"TCN+Mamba and the frame-wise baseline ({cfg.baseline}), {cfg.epochs} epochs each"):
         for kind in ("mamba_va", cfg.baseline):
             stages.console.print(f"      training {kind}")
-            runs[kind] = _train(out, data_root, store, kind, cfg, progress)
+            runs[kind] = _train(out, data_root, store, kind, cfg, progress, extra)
     results["runs"] = {k: {"validation_best": v["best"], "parameters": v["parameters"],
                            "train_time_s": v["train_time_s"]} for k, v in runs.items()}
     return encoder_path, store, runs
@@ -324,7 +329,8 @@ def _machine() -> dict:
             "python": platform.python_version(), "processor": platform.processor() or platform.machine()}
 
 
-def _backbone(out: Path, data_root: Path, stills_root: Path, cfg: DemoConfig, progress: bool, stages: _Stages):
+def _backbone(out: Path, data_root: Path, stills_root: Path, cfg: DemoConfig, progress: bool, stages: _Stages,
+              extra_crops: list[Path] = ()):
     from mambava.backbone import ViTConfig, ViTEncoder
     from mambava.backbone.finetune import FinetuneConfig, finetune
 
@@ -344,7 +350,8 @@ def _backbone(out: Path, data_root: Path, stills_root: Path, cfg: DemoConfig, pr
                          f"{cfg.freeze_blocks}..{cfg.depth - 1} on the training videos' frames")
     ft = finetune(data_root, encoder, FinetuneConfig(freeze_blocks=cfg.freeze_blocks, epochs=cfg.finetune_epochs,
                                                      lr=cfg.finetune_lr, head_lr=cfg.finetune_lr,
-                                                     frames_per_video=cfg.finetune_frames_per_video, **common),
+                                                     frames_per_video=cfg.finetune_frames_per_video,
+                                                     extra_crops=tuple(map(str, extra_crops)), **common),
                   out=out / "runs" / "backbone_finetune", progress=progress)
     stages.console.print(f"      video-frame validation P_VA {ft.best_val_pva:.3f} "
                          f"({ft.trainable_parameters:,} trainable, {ft.frozen_parameters:,} frozen parameters)")
@@ -355,17 +362,18 @@ def _backbone(out: Path, data_root: Path, stills_root: Path, cfg: DemoConfig, pr
     return ft.encoder_path, info
 
 
-def _extract(out: Path, data_root: Path, encoder_path: Path, progress: bool) -> Path:
+def _extract(out: Path, data_root: Path, encoder_path: Path, progress: bool, name: str = "features") -> Path:
     from mambava.backbone import FeatureExtractor, load_encoder
     from mambava.extract import extract_features
 
-    store = out / "features"
+    store = out / name
     extractor = FeatureExtractor(load_encoder(encoder_path), batch_size=256, device="cpu", precision="auto")
     extract_features(data_root, store, extractor, backbone="demo_vit", dtype="float32", workers=1, progress=progress)
     return store
 
 
-def _train(out: Path, data_root: Path, store: Path, kind: str, cfg: DemoConfig, progress: bool) -> dict:
+def _train(out: Path, data_root: Path, store: Path, kind: str, cfg: DemoConfig, progress: bool,
+           extra: list[Path] = ()) -> dict:
     from mambava.training import DataConfig, TrainConfig, train
 
     model = dict(kind=kind, input_dim=cfg.embed_dim, tcn_channels=list(cfg.tcn_channels), kernel_size=cfg.kernel_size,
@@ -373,7 +381,7 @@ def _train(out: Path, data_root: Path, store: Path, kind: str, cfg: DemoConfig, 
                  dt_rank="auto", head_hidden=cfg.head_hidden)
     tcfg = TrainConfig(
         model=model, data=DataConfig(features=str(store), annotations=str(data_root), window=cfg.window,
-                                     stride=cfg.stride),
+                                     stride=cfg.stride, extra_features=[str(p) for p in extra]),
         batch_size=cfg.batch_size, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, lr=cfg.lr,
         weight_decay=cfg.weight_decay, seed=cfg.seed, accelerator="cpu", precision=cfg.training_precision(),
         progress_bar=progress,

@@ -39,9 +39,13 @@ class DataConfig:
     `make_folds(train, validation, n_folds, fold_seed)`. `fold` 0 is the official split, 1..n_folds the
     cross-validation folds. `audio_features`: an audio feature store (`mambava extract --audio`), joined to
     `features` per frame (visual, audio, audio mask: `mambava.features.AudioVisualStore`) for a fusion model.
+    `extra_features`: more feature stores of the same videos (the same backbone on another aligner's crops):
+    the training windows are cut from every store (each training video once per store), validation reads
+    `features` only.
     """
 
     features: str | None = None
+    extra_features: list[str] = field(default_factory=list)
     audio_features: str | None = None
     annotations: str | None = None
     folds: str | None = None

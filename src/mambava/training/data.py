@@ -74,6 +74,27 @@ def open_store(cfg: TrainConfig) -> FeatureStore | AudioVisualStore:
     return AudioVisualStore(store, FeatureStore(cfg.data.audio_features)) if cfg.data.audio_features else store
 
 
+def open_extra_stores(cfg: TrainConfig, names: Sequence[str], dim: int) -> list:
+    """`data.extra_features`, each joined with `data.audio_features` like `open_store`; MambavaError naming the
+    store when it lacks one of `names` (the fold's training videos) or its features are not `dim`-d."""
+    stores = []
+    for path in cfg.data.extra_features:
+        store = FeatureStore(path)
+        if not store.root.is_dir():
+            raise MambavaError(f"{store.root}: feature store not found (data.extra_features)")
+        missing = [name for name in names if not store.has(name)]
+        if missing:
+            raise MambavaError(f"{store.root}: no features for training video {missing[0]!r} "
+                               f"({len(missing)} of {len(names)} missing; data.extra_features)")
+        if cfg.data.audio_features:
+            store = AudioVisualStore(store, FeatureStore(cfg.data.audio_features))
+        found = {int(store.meta(name)["dim"]) for name in names}
+        if found != {dim}:
+            raise MambavaError(f"{path}: features are {sorted(found)}-d, data.features' are {dim}-d (data.extra_features)")
+        stores.append(store)
+    return stores
+
+
 def check_model_input(cfg: TrainConfig, dim: int) -> None:
     """MambavaError unless the features' size is what the model takes (a fusion model: visual, audio, mask)."""
     m = cfg.model

@@ -7,7 +7,7 @@ import math
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from mambava.errors import MambavaError
 from mambava.metrics import ConcordanceCCC, ccc_loss
@@ -23,6 +23,7 @@ from mambava.training.data import (
     collate_windows,
     load_fold_data,
     mix_seed,
+    open_extra_stores,
     open_store,
 )
 from mambava.windows import WindowDataset, authors_keep, authors_window_dataset, predict_sequence
@@ -51,10 +52,12 @@ class VADataModule(L.LightningDataModule):
             return
         store = open_store(self.cfg)
         data = self.fold_data
-        self.train_set = WindowDataset(
-            store, data.train, {n: data.labels[n] for n in data.train}, self.cfg.data.window, self.cfg.data.stride,
+        # the training windows of every store (data.extra_features: the same videos from other crops)
+        sets = [WindowDataset(
+            s, data.train, {n: data.labels[n] for n in data.train}, self.cfg.data.window, self.cfg.data.stride,
             tails=self.cfg.data.tails, fps=self._model_fps(),
-        )
+        ) for s in [store, *open_extra_stores(self.cfg, data.train, data.dim)]]
+        self.train_set = sets[0] if len(sets) == 1 else ConcatDataset(sets)
         if self.cfg.protocol == "authors":
             self.val_set = authors_window_dataset(
                 store, data.validation, data.labels, self.cfg.data.window, self.cfg.data.stride, self.cfg.eval_batch_size
