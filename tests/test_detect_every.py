@@ -109,3 +109,50 @@ def test_cli_faces_detect_every(media_dir, tmp_path, monkeypatch, capsys):
     assert info.value.code in (0, None)
     assert len(list((tmp_path / "single_face").glob("*.jpg"))) == 72
     assert "single_face: 72 frames, a face in 72 (100.0%), 1 track(s)" in capsys.readouterr().err
+
+
+class CountingWithVerify(Counting):
+    """Counting, plus the detector's cheap check of followed faces (O-Net alone), counted apart."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.verified = 0
+
+    def verify(self, image, faces):
+        self.verified += 1
+        return self.inner.verify(image, faces)
+
+
+def test_followed_faces_are_checked_by_onet_and_the_whole_frame_searched_every_sixth_time(media_dir, mtcnn):
+    """With a detector that can verify (MTCNN: O-Net on the followed box), k=5 searches the whole frame on
+    frames 0, 30, 60 and checks the followed face on the other scheduled frames; the face and its landmarks
+    stay those of every-frame detection within the same bounds as plain k=5."""
+    every, _ = _run(media_dir / "single_face.mp4", mtcnn, 1)
+    counting = CountingWithVerify(mtcnn)
+    checked = [(f.index, [(t.track_id, t.box, t.landmarks) for t in f.faces])
+               for f in iter_tracked_faces(media_dir / "single_face.mp4", counting, detect_every=5, keep_images=False)]
+    assert counting.frames == 3 and counting.verified == 12  # 15 scheduled: 0, 30, 60 whole; 12 checked
+    assert all(len(faces) == 1 and faces[0][0] == 0 for _, faces in checked)
+    errors = np.array([np.linalg.norm(a[0][2] - b[0][2], axis=1).mean() for (_, a), (_, b) in zip(every, checked)])
+    assert np.median(errors) <= 3.0 and errors.max() <= 8.0
+    from mambava.faces import iou
+    assert min(iou(a[0][1], b[0][1]) for (_, a), (_, b) in zip(every, checked)) >= 0.8
+
+
+def test_verify_drops_a_face_that_is_gone_and_the_card_stays_empty(media_dir, mtcnn):
+    """O-Net's check on the place of a followed face that has gone (the cut to the card) fails, so the whole
+    frame is searched at once: no face on the card beyond k-1 frames, as with plain k=5."""
+    from mambava.video import open_video
+
+    frames = [f.image for f in open_video(media_dir / "face_noface.mov")]
+    every, _ = _run(media_dir / "face_noface.mov", mtcnn, 1)
+    last_face = max(i for i, faces in every if faces)
+    face = mtcnn.detect(frames[last_face])[0]
+    assert mtcnn.verify(frames[last_face], [face])[0] is not None
+    assert mtcnn.verify(frames[-1], [face]) == [None]  # the card where the face was
+    counting = CountingWithVerify(mtcnn)
+    fifth = [(f.index, f.faces) for f in iter_tracked_faces(media_dir / "face_noface.mov", counting, detect_every=5,
+                                                             keep_images=False)]
+    assert max(i for i, faces in fifth if faces) <= last_face + 4
+    assert all(faces == [] for i, faces in fifth if i > last_face + 4)
+    assert counting.verified > 0

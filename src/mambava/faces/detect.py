@@ -401,8 +401,52 @@ class MTCNNDetector(BaseDetector):
                 results[i][k] = Face(box=old.box, landmarks=found.astype(np.float32), score=old.score)
         return results
 
-    # One function, 82 lines, on purpose: MTCNN's three stages in their order (P-Net over the pyramid, R-Net,
-    # O-Net), as the original cascade reads, so that it can be checked against it line by line.
+    def _onet(self, images: list[np.ndarray], boxes: np.ndarray, image_ids: np.ndarray):
+        """MTCNN's stage 3 on square candidate boxes (1-based inclusive): O-Net's score, its box regression and
+        the 5 landmarks (0-based pixels) of the boxes that pass its threshold."""
+        patches, valid = _crop_patches(images, boxes, image_ids, 48)
+        boxes, image_ids, patches = boxes[valid], image_ids[valid], patches[valid]
+        if len(boxes) == 0:
+            return boxes, image_ids, np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+        offsets, points, probs = (t.cpu().numpy() for t in self.onet(patches.to(self.device)))
+        score = probs[:, 1]
+        passed = score > max(self.thresholds[2], self.min_score)
+        boxes, image_ids, score, offsets, points = (
+            boxes[passed], image_ids[passed], score[passed], offsets[passed], points[passed])
+        w = boxes[:, 2] - boxes[:, 0] + 1
+        h = boxes[:, 3] - boxes[:, 1] + 1
+        lm_x = boxes[:, 0:1] + w[:, None] * points[:, 0:5] - 1
+        lm_y = boxes[:, 1:2] + h[:, None] * points[:, 5:10] - 1
+        landmarks = np.stack([lm_x, lm_y], axis=2)  # (N, 5, 2), 0-based pixel coordinates
+        return _regress(boxes, offsets), image_ids, score, landmarks
+
+    @torch.inference_mode()
+    def verify(self, image: np.ndarray, faces: Sequence[Face]) -> list[Face | None]:
+        """O-Net alone on faces whose place is known (followed by optical flow): its score, box and landmarks
+        for each, or None where O-Net no longer sees a face there. The cheap check of detection by tracking:
+        one 48×48 patch per face instead of the P-Net pyramid over the whole frame and R-Net over its
+        candidates (~1 ms against ~15-40 ms per frame here)."""
+        image = _check_image(image)
+        if not faces:
+            return []
+        corners = np.stack([f.box for f in faces]).astype(np.float64)
+        boxes = _square(np.concatenate([corners[:, :2] + 1, corners[:, 2:]], axis=1))  # 0-based → 1-based inclusive
+        wanted = busy_threads() if self.num_threads == "auto" else self.num_threads
+        with torch_threads(wanted if self.device.type == "cpu" else None):
+            found_boxes, ids, score, landmarks = self._onet([image], boxes, np.arange(len(faces)))
+            found = [[Face(box=np.array([b[0] - 1, b[1] - 1, b[2], b[3]], np.float32),
+                           landmarks=landmarks[k].astype(np.float32), score=float(score[k]))]
+                     for k, b in enumerate(found_boxes[:, :4])]
+            if self.refine and found:
+                found = self._refine([image] * len(found), found)
+        out: list[Face | None] = [None] * len(faces)
+        for k, i in enumerate(ids):
+            out[int(i)] = found[k][0]
+        return out
+
+    # One function on purpose: MTCNN's three stages in their order (P-Net over the pyramid, R-Net, O-Net), as
+    # the original cascade reads, so that it can be checked against it line by line (O-Net's stage is `_onet`,
+    # which `verify` shares).
     @torch.inference_mode()
     def _detect_same_size(self, images: list[np.ndarray]) -> list[list[Face]]:
         n = len(images)
@@ -463,21 +507,7 @@ class MTCNNDetector(BaseDetector):
             return [[] for _ in range(n)]
 
         # Stage 3: O-Net on 48×48 patches: final score, box offsets and the 5 landmarks.
-        patches, valid = _crop_patches(images, boxes, image_ids, 48)
-        boxes, image_ids, patches = boxes[valid], image_ids[valid], patches[valid]
-        if len(boxes) == 0:
-            return [[] for _ in range(n)]
-        offsets, points, probs = (t.cpu().numpy() for t in self.onet(patches.to(self.device)))
-        score = probs[:, 1]
-        passed = score > max(t3, self.min_score)
-        boxes, image_ids, score, offsets, points = (
-            boxes[passed], image_ids[passed], score[passed], offsets[passed], points[passed])
-        w = boxes[:, 2] - boxes[:, 0] + 1
-        h = boxes[:, 3] - boxes[:, 1] + 1
-        lm_x = boxes[:, 0:1] + w[:, None] * points[:, 0:5] - 1
-        lm_y = boxes[:, 1:2] + h[:, None] * points[:, 5:10] - 1
-        landmarks = np.stack([lm_x, lm_y], axis=2)  # (N, 5, 2), 0-based pixel coordinates
-        boxes = _regress(boxes, offsets)
+        boxes, image_ids, score, landmarks = self._onet(images, boxes, image_ids)
         keep = batched_nms(boxes, score, image_ids, 0.7, mode="min")
 
         results: list[list[Face]] = [[] for _ in range(n)]

@@ -64,6 +64,7 @@ def iter_tracked_faces(
     crops: bool = True,
     keep_images: bool = True,
     detect_every: int = 1,
+    search_every: int = 6,
 ) -> Iterator[FrameFaces]:
     """Detect, track and align faces frame by frame, streaming: yields one FrameFaces per frame read, in
     order, holding at most `batch_size` frames at once (frames are detected in batches; 1 for live sources).
@@ -74,6 +75,10 @@ def iter_tracked_faces(
     tracker: a FaceTracker to continue (default: a new one); crops=False skips alignment (crop=None).
     detect_every: run the detector on every k-th frame only and follow the faces in between with optical
         flow (`follow_faces`); a frame where a face is lost runs the detector at once. 1: every frame.
+    search_every: with detect_every > 1 and a detector that can `verify` faces (MTCNN: O-Net alone on the
+        followed boxes), one scheduled detection in this many searches the whole frame (for faces that
+        appear); the others only check the followed faces, and a face that fails the check sends that frame
+        to the whole-frame search. 1: always the whole frame.
     """
     if int(detect_every) != detect_every or detect_every < 1:
         raise MambavaError(f"--detect-every must be a whole number >= 1, got {detect_every}")
@@ -85,7 +90,8 @@ def iter_tracked_faces(
         batch_size = 1 if _is_live(frames_in) else 8
     try:
         if detect_every > 1:
-            yield from _detect_every(frames_in, det, tracker, int(detect_every), crop_size, crops, keep_images)
+            yield from _detect_every(frames_in, det, tracker, int(detect_every), max(1, int(search_every)), crop_size,
+                                     crops, keep_images)
             return
         batch: list[VideoFrame] = []
 
@@ -112,22 +118,29 @@ def iter_tracked_faces(
             frames_in.close()
 
 
-def _detect_every(frames_in, det: FaceDetector, tracker: FaceTracker, k: int, crop_size: int, crops: bool,
-                  keep_images: bool) -> Iterator[FrameFaces]:
+def _detect_every(frames_in, det: FaceDetector, tracker: FaceTracker, k: int, search_every: int, crop_size: int,
+                  crops: bool, keep_images: bool) -> Iterator[FrameFaces]:
     """iter_tracked_faces with the detector on every k-th frame (frame by frame: whether a frame needs the
     detector depends on the flow of the one before). Without a face the detector still runs every k frames,
-    so a face that appears is found at most k-1 frames late, and a followed face outlives its last
-    detection by at most k-1 frames."""
+    so a face that appears is found at most k-1 frames late (k * search_every - 1 while others are followed),
+    and a followed face outlives its last detection by at most k-1 frames."""
     import cv2
 
-    previous, followed, since = None, [], k
+    previous, followed, since, searches = None, [], k, 0
     for frame in frames_in:
         grey = cv2.cvtColor(np.ascontiguousarray(frame.image), cv2.COLOR_RGB2GRAY)
         faces = None
         if since < k and previous is not None and previous.shape == grey.shape:
             faces = follow_faces(previous, grey, followed)
         if faces is None:
-            faces, since = det.detect(frame.image), 1
+            searches += 1
+            verify = getattr(det, "verify", None)
+            if followed and verify is not None and searches % search_every and previous.shape == grey.shape:
+                checked = verify(frame.image, followed)
+                faces = None if any(face is None for face in checked) else checked
+            if faces is None:
+                faces, searches = det.detect(frame.image), 0
+            since = 1
         else:
             since += 1
         ids = tracker.update(faces, frame.time)
