@@ -43,7 +43,7 @@ def synth_command(
 
 def demo_command(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the dataset, runs and report."),
-    quick: bool = typer.Option(False, "--quick", help="A smaller run (about 2 minutes on 2 cores), as in CI."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller run (about 4 minutes on 2 cores), as in CI."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated dataset and of training."),
     threads: int = typer.Option(1, "--threads", help="torch threads (0: torch's default). One is fastest on a "
                                                      "2-core machine, above all a busy one; see DemoConfig."),

@@ -33,7 +33,7 @@ OWN_CROPS_JITTER = (1.0, 0.02, 1.0)
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo; the defaults take about 5 minutes on 2 CPU cores, `quick()` about 2."""
+    """Sizes of the demo; the defaults take about 10 minutes on 2 CPU cores, `quick()` about 4."""
 
     seed: int = 0
     # the generated dataset
@@ -110,7 +110,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, seed: int = 0, **overrides) -> "DemoConfig":
-        """The CI-sized demo (about 2 minutes on 2 cores)."""
+        """The CI-sized demo (about 4 minutes on 2 cores)."""
         values: dict[str, Any] = dict(seed=seed, n_train=40, n_val=8, n_test=10, frames=(240, 360), stills_train=2000,
                                       stills_val=200, pretrain_epochs=5, finetune_frames_per_video=80, epochs=8,
                                       audio_epochs=4)
