@@ -55,9 +55,7 @@ def faces_command(
             raise MambavaError("faces: give VIDEOS or --dataset ROOT, not both")
         if fps is not None:
             raise MambavaError("faces --dataset: every frame is processed (crops are named by frame), no --fps")
-        if detect_every != 1:
-            raise MambavaError("faces --dataset: training crops are detected on every frame, no --detect-every")
-        _dataset_faces(console, dataset, out, detector, kwargs, min_track_frames, workers, quiet)
+        _dataset_faces(console, dataset, out, detector, kwargs, min_track_frames, workers, quiet, detect_every)
         return
     if not videos or out is None:
         raise MambavaError("faces: give VIDEOS and --out DIR, or --dataset ROOT")
@@ -99,7 +97,7 @@ def _one_video(video: str, out: Path, console, **options) -> None:
 
 
 def _dataset_faces(console, root: Path, out: Optional[Path], detector: str, kwargs: dict, min_track_frames: int,
-                   workers: int, quiet: bool) -> None:
+                   workers: int, quiet: bool, detect_every: int = 1) -> None:
     from mambava.faces.dataset import extract_dataset_faces
 
     def report(done: int, total: int, item) -> None:
@@ -111,7 +109,8 @@ def _dataset_faces(console, root: Path, out: Optional[Path], detector: str, kwar
                           + f" ({item.frames / max(item.seconds, 1e-9):.0f} frames/s)", highlight=False)
 
     result = extract_dataset_faces(root, out, detector=detector, detector_kwargs=kwargs,
-                                   min_track_frames=min_track_frames, workers=workers, progress=report)
+                                   min_track_frames=min_track_frames, workers=workers, progress=report,
+                                   detect_every=detect_every)
     for item in result.videos:
         if item.unmatched:
             console.print(f"[yellow]warning:[/yellow] {item.video}: no crop folder for "

@@ -86,6 +86,9 @@ class DemoConfig:
     # same faces as two aligners crop them; `FinetuneConfig.extra_crops`, `data.extra_features`)
     both_crops: bool = False
     face_workers: int = 2  # processes for the faces stage (one video each)
+    # detection by tracking (`--detect-every`) for the own crops and every raw-video `predict`: 1 detects
+    # every frame; k > 1 also checks followed faces with O-Net (README Detection by tracking), steadier crops
+    detect_every: int = 1
     # torch threads. One: the small models here run many short ops, and on a 2-core machine that anything else
     # keeps busy two OpenMP threads stall at each of them (measured: the temporal training 7x slower on two
     # threads at a load average of ~3). The second core still works: the generator runs 2 processes, and a
@@ -446,7 +449,8 @@ def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: Dem
     labels = read_labels(data_root, [name])[name]
     truth = read_truth(data_root, name)
     predictor = Predictor(run["outputs"]["model"], backbone=encoder_path, window=cfg.window, stride=cfg.stride,
-                          detector=_detector(), device="cpu", precision="auto", progress=progress)
+                          detector=_detector(), device="cpu", precision="auto", progress=progress,
+                          detect_every=cfg.detect_every)
     info: dict[str, Any] = {"video": str(path.relative_to(out)), "track": name}
     table = None
     if cfg.predict_faces:
@@ -498,7 +502,8 @@ def _own_crops(data_root: Path, own_root: Path, cfg: DemoConfig, progress: bool)
     with ProgressBar("faces", enabled=progress) as bar:
         result = extract_dataset_faces(
             data_root, own_root, detector="mtcnn", detector_kwargs=dict(DETECTOR_KWARGS, num_threads=1),
-            workers=cfg.face_workers, progress=(lambda done, total, item: bar(done, total, item.video)) if bar else None)
+            workers=cfg.face_workers, progress=(lambda done, total, item: bar(done, total, item.video)) if bar else None,
+            detect_every=cfg.detect_every)
     if result.failed:
         raise MambavaError(result.failed[0].error)
     frames = sum(v.frames for v in result.videos)
@@ -530,7 +535,8 @@ def _predict_all(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg:
                      names=names, progress=False)
     store = FeatureStore(ideal_store)
     predictor = Predictor(run["outputs"]["model"], backbone=encoder_path, window=cfg.window, stride=cfg.stride,
-                          detector=_detector(), device="cpu", precision="auto", progress=progress)
+                          detector=_detector(), device="cpu", precision="auto", progress=progress,
+                          detect_every=cfg.detect_every)
     raw, ideal, truth, missing = [], [], [], []
     for video in test:
         table = predictor.predict_video(data_root / video["video"])

@@ -81,7 +81,7 @@ class DatasetFacesResult:
 
 def _video_job(args: tuple) -> VideoFaces:
     """Faces of one raw video into crops_dir (a worker process, or inline)."""
-    video, path, crops_dir, detector, detector_kwargs, min_track_frames, threads = args
+    video, path, crops_dir, detector, detector_kwargs, min_track_frames, threads, detect_every = args
     from mambava.faces.detect import get_detector
     from mambava.faces.pipeline import extract_faces
 
@@ -92,7 +92,8 @@ def _video_job(args: tuple) -> VideoFaces:
     start = time.perf_counter()
     try:
         det = detector if not isinstance(detector, str) else get_detector(detector, **detector_kwargs)
-        result = extract_faces(path, crops_dir, name=video, detector=det, min_track_frames=min_track_frames)
+        result = extract_faces(path, crops_dir, name=video, detector=det, min_track_frames=min_track_frames,
+                               detect_every=detect_every)
     except MambavaError as error:
         return VideoFaces(video, error=str(error), seconds=time.perf_counter() - start)
     return VideoFaces(video, frames=len(result.frames), tracks={t.name: len(t.present) for t in result.tracks},
@@ -110,6 +111,7 @@ def extract_dataset_faces(
     videos: list[str] | None = None,
     link: bool = True,
     progress: Callable[[int, int, VideoFaces], None] | None = None,
+    detect_every: int = 1,
 ) -> DatasetFacesResult:
     """Detect, track and align the faces of every raw video of the dataset at `root` and write them to
     `out`/cropped_aligned/ in the Aff-Wild2 layout (see the module docstring); `out` defaults to `root`.
@@ -119,12 +121,14 @@ def extract_dataset_faces(
     `detector`: a registered name (built in each worker with `detector_kwargs`) or, with workers=1, a detector
     object. `workers` > 1 runs that many processes, one video each, one torch thread each. `videos` keeps
     those raw videos only. `link` makes OUT a complete dataset root (links to ROOT's other entries).
+    `detect_every`: as `iter_tracked_faces`, so that training crops can be made as `predict --detect-every`
+    makes them (1: every frame).
     `progress(done, total, video_result)` is called after each video."""
     root = Path(root)
     out = Path(out) if out is not None else root
     dataset = AffWild2(root)
     raw = _raw_videos(dataset, root, videos)
-    crops_dir = _claim_crops_dir(out / CROPS_DIR, root, detector, detector_kwargs, min_track_frames)
+    crops_dir = _claim_crops_dir(out / CROPS_DIR, root, detector, detector_kwargs, min_track_frames, detect_every)
     linked = _link_root(root, out) if link and out.resolve() != root.resolve() else []
 
     results: dict[str, VideoFaces] = {}
@@ -138,7 +142,8 @@ def extract_dataset_faces(
         for video in results:
             progress(len(results), len(raw), results[video])
     threads = 1 if workers > 1 else 0
-    jobs = {v: (v, raw[v], crops_dir, detector, detector_kwargs or {}, min_track_frames, threads) for v in todo}
+    jobs = {v: (v, raw[v], crops_dir, detector, detector_kwargs or {}, min_track_frames, threads, detect_every)
+            for v in todo}
     for item in _run_jobs(jobs, raw, workers, detector):
         results[item.video] = item
         if progress is not None:
@@ -160,7 +165,7 @@ def _raw_videos(dataset: AffWild2, root: Path, videos: list[str] | None) -> dict
 
 
 def _claim_crops_dir(crops_dir: Path, root: Path, detector, detector_kwargs: dict | None,
-                     min_track_frames: int) -> Path:
+                     min_track_frames: int, detect_every: int = 1) -> Path:
     """`crops_dir`, made and marked as ours; an error when it holds crops this function did not write."""
     marker = crops_dir / MARKER
     if crops_dir.is_dir() and not marker.exists() and any(crops_dir.iterdir()):
@@ -173,7 +178,8 @@ def _claim_crops_dir(crops_dir: Path, root: Path, detector, detector_kwargs: dic
         with atomic_open(marker, "w") as handle:
             json.dump({"source": str(root.resolve()), "detector": detector if isinstance(detector, str) else
                        getattr(detector, "name", type(detector).__name__),
-                       "detector_kwargs": detector_kwargs or {}, "min_track_frames": min_track_frames}, handle)
+                       "detector_kwargs": detector_kwargs or {}, "min_track_frames": min_track_frames,
+                       "detect_every": detect_every}, handle)
     return crops_dir
 
 
