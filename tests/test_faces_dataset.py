@@ -166,3 +166,30 @@ def test_landmark_refinement_brings_mtcnn_closer_to_the_true_landmarks(own_crops
     assert mean[1] < mean[0] + 0.3
     with pytest.raises(Exception, match="refine"):
         get_detector("mtcnn", refine=-1)
+
+
+def test_dataset_crops_with_detect_every_are_predicts_crops(own_crops, tmp_path):
+    """`faces --dataset --detect-every 3` writes, for every frame, the crop that `iter_tracked_faces` with
+    detect_every=3 (what `predict --detect-every 3` runs) aligns, and records the setting in its marker."""
+    import json
+
+    import cv2
+
+    from mambava.faces import get_detector, iter_tracked_faces
+
+    root = own_crops[0]
+    video = next(v for v in _meta(root)["videos"] if len(v["persons"]) == 1)
+    result = CliRunner().invoke(app, ["faces", "--dataset", str(root), "--out", str(tmp_path / "k3"), "--detect-every",
+                                      "3", "--min-face", "20", "--quiet"])
+    assert result.exit_code == 0, result.output
+    crops = tmp_path / "k3" / "cropped_aligned"
+    assert json.loads((crops / ".mambava-faces.json").read_text())["detect_every"] == 3
+    detector = get_detector("mtcnn", min_face_size=20)
+    expected = {f.index: f.faces[0].crop for f in iter_tracked_faces(root / video["video"], detector, detect_every=3)
+                if f.faces}
+    name = video["persons"][0]["name"]
+    files = sorted((crops / name).iterdir())
+    assert [int(f.stem) - 1 for f in files] == sorted(expected)
+    for f in files[::7]:  # JPEG round trip: within JPEG's error of the in-memory crop
+        written = cv2.imread(str(f))[:, :, ::-1].astype(np.float32)
+        assert np.abs(written - expected[int(f.stem) - 1]).mean() < 4.0

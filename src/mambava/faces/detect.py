@@ -433,7 +433,8 @@ class MTCNNDetector(BaseDetector):
         boxes = _square(np.concatenate([corners[:, :2] + 1, corners[:, 2:]], axis=1))  # 0-based → 1-based inclusive
         wanted = busy_threads() if self.num_threads == "auto" else self.num_threads
         with torch_threads(wanted if self.device.type == "cpu" else None):
-            found_boxes, ids, score, landmarks = self._onet([image], boxes, np.arange(len(faces)))
+            # one image per face (the same array): O-Net's stage indexes images by the ids it returns
+            found_boxes, ids, score, landmarks = self._onet([image] * len(faces), boxes, np.arange(len(faces)))
             found = [[Face(box=np.array([b[0] - 1, b[1] - 1, b[2], b[3]], np.float32),
                            landmarks=landmarks[k].astype(np.float32), score=float(score[k]))]
                      for k, b in enumerate(found_boxes[:, :4])]
