@@ -193,3 +193,20 @@ def test_dataset_crops_with_detect_every_are_predicts_crops(own_crops, tmp_path)
     for f in files[::7]:  # JPEG round trip: within JPEG's error of the in-memory crop
         written = cv2.imread(str(f))[:, :, ::-1].astype(np.float32)
         assert np.abs(written - expected[int(f.stem) - 1]).mean() < 4.0
+
+
+def test_an_annotated_person_without_a_track_gets_an_empty_folder(own_crops, tmp_path):
+    """When our faces stage finds one face in a two-person video (one track, named after the video), the
+    annotation names `<v>_left`/`<v>_right` are reported unmatched and get empty folders: training and
+    extraction see every frame of them as a frame without a face, not a missing-folder error."""
+    from mambava.backbone.finetune import labelled_frames
+    from mambava.faces.dataset import VideoFaces, _match_tracks
+
+    root = own_crops[0]
+    video = next(v for v in _meta(root)["videos"] if len(v["persons"]) == 2)["name"]
+    results = {video: VideoFaces(video, frames=10, tracks={video: 10})}
+    _match_tracks(results, AffWild2(root), tmp_path)
+    names = sorted(p["name"] for p in next(v for v in _meta(root)["videos"] if v["name"] == video)["persons"])
+    assert results[video].unmatched == names and results[video].extra == [video]
+    assert all((tmp_path / n).is_dir() and not any((tmp_path / n).iterdir()) for n in names)
+    assert all(labelled_frames(AffWild2(root), n, folder=tmp_path / n) == [] for n in names)  # no frames, no error

@@ -48,7 +48,7 @@ CSV_SUFFIX = ".faces.csv"
 class VideoFaces:
     """One raw video of a dataset run: `tracks` {folder name: crops}; `skipped` when an earlier run finished it;
     `error` when it failed; `unmatched` names the dataset's annotation/test names of this video that got no
-    crop folder, and `extra` our track folders that are no such name."""
+    track (their folders are left empty), and `extra` our track folders that are no such name."""
 
     video: str
     frames: int = 0
@@ -219,6 +219,10 @@ def _match_tracks(results: dict[str, VideoFaces], dataset: AffWild2, crops_dir: 
         if expected:
             item.unmatched = sorted(expected - tracks)
             item.extra = sorted(tracks - expected)
+            for name in item.unmatched:
+                # an empty folder: our faces stage found no face of this person, so training and extraction see
+                # every frame of it as a frame without a face (as `predict` would) rather than a dataset error
+                (crops_dir / name).mkdir(exist_ok=True)
 
 
 def _tracks_in_csv(path: Path) -> list[str]:
