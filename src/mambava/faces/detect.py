@@ -422,10 +422,8 @@ class MTCNNDetector(BaseDetector):
 
     @torch.inference_mode()
     def verify(self, image: np.ndarray, faces: Sequence[Face]) -> list[Face | None]:
-        """O-Net alone on faces whose place is known (followed by optical flow): its score, box and landmarks
-        for each, or None where O-Net no longer sees a face there. The cheap check of detection by tracking:
-        one 48×48 patch per face instead of the P-Net pyramid over the whole frame and R-Net over its
-        candidates (~1 ms against ~15-40 ms per frame here)."""
+        """O-Net alone on faces whose place is known (followed by optical flow): score, box and landmarks for
+        each, or None where it sees no face. Detection by tracking's cheap check: one 48×48 patch per face."""
         image = _check_image(image)
         if not faces:
             return []
