@@ -126,6 +126,7 @@ def _detect_every(frames_in, det: FaceDetector, tracker: FaceTracker, k: int, se
     and a followed face outlives its last detection by at most k-1 frames."""
     import cv2
 
+    verify = getattr(det, "verify", None)  # MTCNN's O-Net check of followed faces; None: search every time
     previous, followed, since, searches = None, [], k, 0
     for frame in frames_in:
         grey = cv2.cvtColor(np.ascontiguousarray(frame.image), cv2.COLOR_RGB2GRAY)
@@ -134,7 +135,6 @@ def _detect_every(frames_in, det: FaceDetector, tracker: FaceTracker, k: int, se
             faces = follow_faces(previous, grey, followed)
         if faces is None:
             searches += 1
-            verify = getattr(det, "verify", None)
             if followed and verify is not None and searches % search_every and previous.shape == grey.shape:
                 checked = verify(frame.image, followed)
                 faces = None if any(face is None for face in checked) else checked

@@ -78,13 +78,7 @@ def evaluate_windows_authors(
     for name in names:
         pred = np.concatenate(preds[name]) if preds[name] else np.zeros((0, 2), np.float32)
         target = np.concatenate(targets[name]) if targets[name] else np.zeros((0, 2), np.float32)
-        row: dict[str, Any] = {"video": name, "frames": len(target), "valid_frames": len(target)}
-        if len(target) >= 2:
-            v, a = ccc_numpy(pred[:, 0], target[:, 0]), ccc_numpy(pred[:, 1], target[:, 1])
-            row.update(ccc_valence=v, ccc_arousal=a, p_va=(v + a) / 2)
-        else:
-            row.update(ccc_valence=None, ccc_arousal=None, p_va=None)
-        rows.append(row)
+        rows.append(_scored_row(name, pred, target, len(target)))  # the kept frames are the valid ones
     pred = np.concatenate([p for n in names for p in preds[n]])
     target = np.concatenate([t for n in names for t in targets[n]])
     v, a = ccc_numpy(pred[:, 0], target[:, 0]), ccc_numpy(pred[:, 1], target[:, 1])
@@ -112,16 +106,20 @@ class EvalResult:
         }
 
 
-def video_row(name: str, pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
-    valid = (target != -5).all(1) & np.isfinite(target).all(1)
-    row: dict[str, Any] = {"video": name, "frames": len(target), "valid_frames": int(valid.sum())}
-    if valid.sum() >= 2:
-        v = ccc_numpy(pred[valid, 0], target[valid, 0])
-        a = ccc_numpy(pred[valid, 1], target[valid, 1])
+def _scored_row(name: str, pred: np.ndarray, target: np.ndarray, frames: int) -> dict[str, Any]:
+    """A per-video row from its valid frames only: CCCs, or None where fewer than 2 frames are valid."""
+    row: dict[str, Any] = {"video": name, "frames": frames, "valid_frames": len(target)}
+    if len(target) >= 2:
+        v, a = ccc_numpy(pred[:, 0], target[:, 0]), ccc_numpy(pred[:, 1], target[:, 1])
         row.update(ccc_valence=v, ccc_arousal=a, p_va=(v + a) / 2)
     else:
         row.update(ccc_valence=None, ccc_arousal=None, p_va=None)
     return row
+
+
+def video_row(name: str, pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
+    valid = (target != -5).all(1) & np.isfinite(target).all(1)
+    return _scored_row(name, pred[valid], target[valid], len(target))
 
 
 def evaluate_videos(
@@ -148,15 +146,13 @@ def evaluate_videos(
                                f"{expected}-d (features of another backbone?)")
     model = loaded.model.to(dev).eval()
     fps = model_fps(model)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
     preds, targets, rows = [], [], []
     for name in track_items(names, "evaluating", enabled=progress):
         target = np.asarray(labels[name], dtype=np.float32)
         features, _ = store.read(name).window(0, len(target))
         # an entry stored at another rate: the model runs on its own grid, each stored frame takes its tick's value
         grid = stored_grid(len(features), store.meta(name).get("fps"), fps)
-        autocast = (
-            torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
-        )
         with autocast:
             x = features if grid is None else features[grid.held]
             pred = predict_sequence(model, torch.from_numpy(np.ascontiguousarray(x)).to(dev), window, stride, batch_size)
