@@ -278,4 +278,3 @@ def follow_faces(previous: np.ndarray, current: np.ndarray, faces: list[Face],
         landmarks = (src @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32) if face.landmarks is not None else None
         out.append(Face(box=box, landmarks=landmarks, score=face.score))
     return out
-
