@@ -66,7 +66,7 @@ SMOKE = {
         [rf"^  decode +{NUMBER} frames/s +×1\.000 of decode, \+0\.00 ms/frame$"]
         + [rf"^  {re.escape(name)} +{NUMBER} frames/s +×{NUMBER} of decode, [+-]{NUMBER} ms/frame$"
            for name in ("mtcnn (auto)", "mtcnn (1 thread)", "mtcnn (2 threads)", "mtcnn every 3", "mtcnn every 5",
-                        "mtcnn every 5, whole frame",
+                        "mtcnn every 5, whole frame", "mtcnn + learned landmarks",
                         "haar", "extract_faces")],
     ),
     "serve": (

@@ -79,11 +79,14 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
         DemoConfig(tcn_channels=(64, 32), d_model=64)
 
 
-def test_demo_crop_jitter_is_on_only_when_training_on_own_crops():
+def test_demo_crop_jitter_is_on_only_for_own_crops_from_mtcnns_points():
     from mambava.demo.run import OWN_CROPS_JITTER, DemoConfig
 
-    assert DemoConfig().align_jitter == (0.0, 0.0, 0.0)
-    assert DemoConfig.quick(own_crops=True).align_jitter == OWN_CROPS_JITTER == (1.0, 0.02, 1.0)
+    assert DemoConfig().own_crops and not DemoConfig.quick().own_crops  # the full demo trains on its own crops
+    # jitter covers MTCNN's own points' error; the learned landmarks' is smaller than it
+    assert DemoConfig().align_jitter == DemoConfig.quick().align_jitter == (0.0, 0.0, 0.0)
+    assert DemoConfig(learned_landmarks=False).align_jitter == OWN_CROPS_JITTER == (1.0, 0.02, 1.0)
+    assert DemoConfig.quick(own_crops=True, learned_landmarks=False).align_jitter == OWN_CROPS_JITTER
     assert DemoConfig(own_crops=True, align_jitter=[0, 0, 0]).align_jitter == (0.0, 0.0, 0.0)
 
 
@@ -99,6 +102,13 @@ def test_demo_own_crops_trains_on_the_faces_stage_and_scores_every_held_out_raw_
     assert (tmp_path / "demo" / "own_crops" / "cropped_aligned" / ".mambava-faces.json").is_file()
     assert faces["videos"] == results["dataset"]["videos"] and faces["unmatched"] == {}
     assert faces["alignment"]["ours"]["mean_px"] < 2.6 and faces["alignment"]["generator"]["mean_px"] < 0.9
+    # ... with MTCNN's points moved by the landmark refiner trained on the training people alone
+    landmarks = results["landmarks"]
+    assert faces["learned_landmarks"] and landmarks["epochs"] == cfg.landmark_epochs and landmarks["faces"] > 50
+    assert landmarks["loss"][-1] < landmarks["loss"][0]
+    marker = json.loads((tmp_path / "demo" / "own_crops" / "cropped_aligned" / ".mambava-faces.json").read_text())
+    assert marker["detector_kwargs"]["landmarks"] == str(tmp_path / "demo" / "landmarks.safetensors")
+    assert faces["alignment_held_out"]["ours"]["faces"] > 100
     assert results["backbone"]["encoder"].startswith(str(tmp_path / "demo" / "runs"))
     # every held-out person went through predict, scored beside the ideal crops on the same frames
     test_names = results["dataset"]["annotation_names"]["test"]
@@ -107,7 +117,8 @@ def test_demo_own_crops_trains_on_the_faces_stage_and_scores_every_held_out_raw_
     assert every["gap_p_va"] == pytest.approx(every["raw_video"]["p_va"] - every["ideal_crops"]["p_va"])
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "## Trained on our own crops" in report and f"{every['raw_video']['p_va']:.3f}" in report
-    assert tuple(results["config"]["align_jitter"]) == (1.0, 0.02, 1.0) and "jittered by ±1 px, ±0.02 log-scale" in report
+    assert "moved by the landmark refiner" in report
+    assert tuple(results["config"]["align_jitter"]) == (0.0, 0.0, 0.0)
 
 
 @pytest.mark.slow  # ~30 s here: the tiny own-crops demo (MTCNN on every frame), on both crop sets

@@ -63,3 +63,9 @@ def load_aware_threads():
     """`torch_threads(1)` while other work keeps every CPU busy (`busy_threads`), else no change: for the
     offline passes, whose large products do gain from a second thread on an idle machine."""
     return torch_threads(busy_threads())
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system

@@ -7,6 +7,8 @@ Per clip it times, in frames/s of the source video: `decode` (PyAV decode + RGB 
 `mtcnn` (decode + MTCNN detection + tracking + 112×112 alignment, as `iter_tracked_faces` runs them; with the
 detector's default num_threads="auto", and with torch threads fixed at 1 and at 2), `mtcnn every k` (the same
 with MTCNN on every k-th frame only, the faces followed by optical flow in between: `--detect-every k`), and
+`mtcnn + learned landmarks` (the same, each face's 5 points moved by a landmark refiner: two passes of its
+small CNN; `--landmarks FILE` times a trained one, else a freshly initialised one, whose cost is the same), and
 `haar` (decode + OpenCV Haar + centred crops). Besides frames/s, each row gives its cost over decode in ms per
 frame (for the detector rows: detection + tracking + alignment, amortised over every frame). Each
 figure is the best of `repeats` passes (the one least disturbed by other load on a shared machine); ratios are
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from mambava.benchmarks import load_average
 from mambava.faces import extract_faces, get_detector, iter_tracked_faces
+from mambava.faces.landmarks import LandmarkNet, LandmarkRefiner, RefinedDetector, RefinerConfig, load_refiner
 from mambava.video import open_video
 
 # the real clips the tests ship (a source checkout); pass --video elsewhere
@@ -42,7 +45,7 @@ def _best_rate(fn, n_frames: int, repeats: int) -> float:
     return n_frames / best
 
 
-def bench_clip(path: Path, repeats: int = 3) -> dict:
+def bench_clip(path: Path, repeats: int = 3, landmarks: Path | None = None) -> dict:
     with open_video(path) as reader:
         n_frames = sum(1 for _ in reader)
         width, height = reader.width, reader.height
@@ -64,6 +67,8 @@ def bench_clip(path: Path, repeats: int = 3) -> dict:
     mtcnn1 = get_detector("mtcnn", num_threads=1)
     mtcnn2 = get_detector("mtcnn", num_threads=2)
     haar = get_detector("haar")
+    refined = RefinedDetector(mtcnn, load_refiner(landmarks) if landmarks else LandmarkRefiner(
+        LandmarkNet(RefinerConfig().size, RefinerConfig().width), RefinerConfig()))
     pipeline(mtcnn)()  # warm-up: weights, kernels
     load_before = load_average()
     rates = {
@@ -75,6 +80,7 @@ def bench_clip(path: Path, repeats: int = 3) -> dict:
         "mtcnn every 5": _best_rate(pipeline(mtcnn, 5), n_frames, repeats),
         # the same without O-Net's check of followed faces: the whole frame searched on every scheduled frame
         "mtcnn every 5, whole frame": _best_rate(pipeline(mtcnn, 5, 1), n_frames, repeats),
+        "mtcnn + learned landmarks": _best_rate(pipeline(refined), n_frames, repeats),
         "haar": _best_rate(pipeline(haar), n_frames, repeats),
     }
     with tempfile.TemporaryDirectory() as out:
@@ -90,18 +96,19 @@ def bench_clip(path: Path, repeats: int = 3) -> dict:
     }
 
 
-def run(videos: list[Path] | None = None, repeats: int = 3) -> list[dict]:
+def run(videos: list[Path] | None = None, repeats: int = 3, landmarks: Path | None = None) -> list[dict]:
     videos = videos or [DEFAULT_MEDIA / name for name in DEFAULT_CLIPS]
-    return [bench_clip(Path(v), repeats) for v in videos]
+    return [bench_clip(Path(v), repeats, landmarks) for v in videos]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="mambava bench faces", description=__doc__.splitlines()[0])
     parser.add_argument("--video", action="append", type=Path, help="Clip(s) to time (default: the real clips in tests/data/media).")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--landmarks", type=Path, help="A trained landmark refiner to time (default: a fresh one).")
     parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
     args = parser.parse_args(argv)
-    results = run(args.video, args.repeats)
+    results = run(args.video, args.repeats, args.landmarks)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{r['clip']} ({r['size']}, {r['frames']} frames; load average {r['load_average'][0]} → "
                   f"{r['load_average'][1]} on {os.cpu_count()} CPUs)")
             for name, rate in r["frames_per_s"].items():
-                print(f"  {name:<18} {rate:8.1f} frames/s   ×{r['ratio_vs_decode'][name]:.3f} of decode, "
+                print(f"  {name:<26} {rate:8.1f} frames/s   ×{r['ratio_vs_decode'][name]:.3f} of decode, "
                       f"{r['ms_over_decode'][name]:+.2f} ms/frame")
     return results
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -48,12 +49,17 @@ def demo_command(
     threads: int = typer.Option(1, "--threads", help="torch threads (0: torch's default). One is fastest on a "
                                                      "2-core machine, above all a busy one; see DemoConfig."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the stage lines, no progress bars."),
-    own_crops: bool = typer.Option(False, "--own-crops", help="Train on crops made by our own faces stage from the "
-                                   "raw videos (as predict makes them), and score every held-out raw video "
-                                   "through predict beside the generator's ideal crops (~2 CPU-minutes more)."),
+    own_crops: Optional[bool] = typer.Option(None, "--own-crops/--generator-crops", help="Train on crops made by our "
+                                             "own faces stage from the raw videos (as predict makes them) and score "
+                                             "every held-out raw video through predict beside the generator's ideal "
+                                             "crops, or on the generator's crops (default: own, generator's with "
+                                             "--quick)."),
     both_crops: bool = typer.Option(False, "--both-crops", help="With --own-crops: fine-tune the backbone and train "
                                     "the temporal models on the generator's crops as well as ours (the same faces "
                                     "as two aligners crop them; README Crops for training)."),
+    learned_landmarks: bool = typer.Option(True, "--learned-landmarks/--mtcnn-landmarks", help="With --own-crops: "
+                                           "train the landmark refiner on the training videos' true landmarks and "
+                                           "refine MTCNN's points with it (README Learned landmarks)."),
     audio: bool = typer.Option(True, "--audio/--no-audio", help="The audio-visual ablation: the voices' features, "
                                "audio-only, early and mid fusion models beside the visual one."),
 ) -> None:
@@ -62,7 +68,8 @@ def demo_command(
     evaluate on held-out subjects -> predict on a held-out video -> OUT/report.md."""
     from mambava.demo import DemoConfig, run_demo
 
-    options = dict(seed=seed, threads=threads, own_crops=own_crops, both_crops=both_crops, audio=audio)
+    options = dict(seed=seed, threads=threads, both_crops=both_crops, audio=audio, learned_landmarks=learned_landmarks,
+                   **({} if own_crops is None else {"own_crops": own_crops}))
     cfg = DemoConfig.quick(**options) if quick else DemoConfig(**options)
     result = run_demo(out, cfg, progress=not quiet)
     typer.echo(f"report: {result.report}")

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from mambava.cli.options import landmarks_option
 from mambava.errors import MambavaError, OutputError
 
 
@@ -23,6 +24,7 @@ def faces_command(
     fps: Optional[float] = typer.Option(None, "--fps", help="Keep at most this many frames per second (default: all)."),
     detector: str = typer.Option("mtcnn", "--detector", help="mtcnn (5 landmarks, aligned crops), haar (boxes only, "
                                                             "centred crops), or package.module:Class."),
+    landmarks: Optional[Path] = landmarks_option(),
     min_face: float = typer.Option(40, "--min-face", help="Smallest face to find, pixels (mtcnn/haar)."),
     min_face_fraction: float = typer.Option(0.08, "--min-face-fraction",
                                             help="... or this fraction of the frame's shorter side, if larger "
@@ -50,6 +52,8 @@ def faces_command(
     if detect_every < 1:
         raise MambavaError(f"--detect-every must be a whole number >= 1, got {detect_every}")
     kwargs = {"min_face_size": min_face, "min_face_fraction": min_face_fraction} if detector in ("mtcnn", "haar") else {}
+    if landmarks is not None:
+        kwargs["landmarks"] = str(landmarks.resolve())  # recorded with the crops; each worker loads it
     if dataset is not None:
         if videos:
             raise MambavaError("faces: give VIDEOS or --dataset ROOT, not both")
@@ -127,5 +131,48 @@ def _dataset_faces(console, root: Path, out: Optional[Path], detector: str, kwar
         raise typer.Exit(2)
 
 
+def train_landmarks_command(
+    source: Path = typer.Argument(..., help="A synthetic dataset root (mambava synth: its raw videos and true "
+                                            "landmarks), or a CSV: image, left_eye_x, left_eye_y, right_eye_x, "
+                                            "right_eye_y, nose_x, nose_y, mouth_left_x, mouth_left_y, "
+                                            "mouth_right_x, mouth_right_y (one face per row, image paths "
+                                            "relative to the CSV)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The refiner file to write (.safetensors)."),
+    epochs: int = typer.Option(8, "--epochs", min=1, help="Passes over the faces (fresh perturbations each)."),
+    every: int = typer.Option(3, "--every", min=1, help="Synthetic dataset: every K-th frame of each video."),
+    split: str = typer.Option("train", "--split", help="Synthetic dataset: the split whose people to train on."),
+    size: int = typer.Option(64, "--size", min=32, help="The refiner's patch size in pixels."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
+) -> None:
+    """Train a landmark refiner: a small CNN that moves a detector's 5 points onto the true ones (cascaded
+    regression from perturbed starts). Then `faces`, `predict`, `stream` and `serve` take it with --landmarks;
+    make a model's training crops and its predictions with the same one (README Learned landmarks)."""
+    from rich.console import Console
+
+    from mambava.faces.landmarks import RefinerConfig, csv_refiner_samples, synth_refiner_samples, train_refiner
+
+    console = Console(stderr=True)
+    if source.is_dir():
+        from mambava.synth import read_meta
+
+        if not (source / "synth_meta.json").is_file():
+            raise MambavaError(f"{source}: not a synthetic dataset (no synth_meta.json); give a landmarks CSV")
+        names = [p["name"] for v in read_meta(source)["videos"] if v["split"] == split for p in v["persons"]]
+        if not names:
+            raise MambavaError(f"{source}: no people in split {split!r}")
+        frames, samples = synth_refiner_samples(source, names, every=every)
+    else:
+        frames, samples = csv_refiner_samples(source)
+    console.print(f"{len(samples)} faces in {len(frames)} images from {source}", highlight=False)
+
+    def report(epoch: int, loss: float) -> None:
+        if not quiet:
+            console.print(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}", highlight=False)
+
+    refiner = train_refiner(frames, samples, RefinerConfig(size=size, epochs=epochs), progress=report)
+    console.print(f"wrote {refiner.save(out)}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("faces")(faces_command)
+    app.command("train-landmarks")(train_landmarks_command)

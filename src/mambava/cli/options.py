@@ -9,6 +9,7 @@ GPU, which has no short name) where Lightning runs the model.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -64,3 +65,19 @@ def precision_option(default: Optional[str], lightning: bool = False, what: str 
     old = "32, bf16-mixed" + (", 16-mixed on a GPU" if lightning else "")
     return typer.Option(default, "--precision", callback=_check(lightning),
                         help=f"{what}{_AUTO_HELP} (also accepted: {old}).")
+
+
+def landmarks_option() -> typer.Option:
+    """--landmarks FILE: a learned landmark refiner for the detector's 5 points (`mambava train-landmarks`)."""
+    return typer.Option(None, "--landmarks", help="A landmark refiner (mambava train-landmarks) that moves the "
+                                                  "detector's 5 points: the one the model's training crops were "
+                                                  "made with (mambava faces --dataset --landmarks).")
+
+
+def face_detector(name: str, landmarks: Optional[Path]):
+    """The detector by name, or, with a landmark refiner file, the detector with its points refined."""
+    if landmarks is None:
+        return name
+    from mambava.faces import get_detector
+
+    return get_detector(name, landmarks=landmarks)

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from mambava.cli.options import precision_option
+from mambava.cli.options import face_detector, landmarks_option, precision_option
 from mambava.errors import MambavaError
 
 CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
@@ -40,6 +40,7 @@ def predict_command(
     overlay: bool = typer.Option(False, "--overlay", help="Also write <name>.overlay.mp4 with boxes and VA bars."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the VA-over-time and circumplex PNGs."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
+    landmarks: Optional[Path] = landmarks_option(),
     detect_every: int = typer.Option(1, "--detect-every", help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second (default: all); the others hold the last feature, every frame gets a row."),
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
@@ -74,7 +75,7 @@ def predict_command(
         raise MambavaError(f"{videos[0]}: --backbone is required for videos; pass a features .npy instead")
     predictor = Predictor(
         checkpoint, backbone if videos else None, windowing=windowing, stitching=stitching, window=window, stride=stride,
-        detector=detector, device=device, batch_size=batch_size, precision=precision, fps=fps,
+        detector=face_detector(detector, landmarks), device=device, batch_size=batch_size, precision=precision, fps=fps,
         features_fps=features_fps, progress=True, audio=_audio_choice(audio, no_audio), detect_every=detect_every,
     )
     from mambava.cli import error_line
@@ -127,6 +128,7 @@ def stream_command(
     realtime: bool = typer.Option(False, "--realtime", help="Replay a file at its own speed, dropping frames that cannot keep up."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print a line per frame."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
+    landmarks: Optional[Path] = landmarks_option(),
     detect_every: int = typer.Option(1, "--detect-every", help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Take at most this many frames per second of the source; the others get rows with dropped=1."),
     features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
@@ -157,7 +159,7 @@ def stream_command(
     if out is not None:
         _make_folder(out.parent)
     predictor = Predictor(
-        checkpoint, None if is_features else backbone, windowing="full", detector=detector, device=device,
+        checkpoint, None if is_features else backbone, windowing="full", detector=face_detector(detector, landmarks), device=device,
         batch_size=8, precision=precision, fps=fps, features_fps=features_fps, detect_every=detect_every,
         audio=False if is_features else _audio_choice(audio, no_audio),
     )

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mambava.cli.options import precision_option
+from mambava.cli.options import face_detector, landmarks_option, precision_option
 from mambava.cli.predict import BACKBONE_HELP, CHECKPOINT_HELP, DEVICE_HELP
 from mambava.errors import MambavaError
 
@@ -22,6 +22,7 @@ def serve_command(
     max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", help="Largest video POST /predict takes (413 beyond)."),
     max_frame_mb: float = typer.Option(8.0, "--max-frame-mb", help="Largest frame a session takes."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
+    landmarks: Optional[Path] = landmarks_option(),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     precision: str = precision_option("auto", what="Backbone precision: "),
     step_precision: str = typer.Option("fp32", "--step-precision", help="Temporal step weights of the live sessions: fp32, bf16 or int8."),
@@ -49,7 +50,7 @@ def serve_command(
     limits = ServeLimits(max_sessions=max_sessions, queue_frames=queue_frames, max_upload_mb=max_upload_mb,
                          max_frame_mb=max_frame_mb)
     checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
-    predictor = Predictor(checkpoint, backbone, windowing="full", detector=detector, device=device, batch_size=8,
+    predictor = Predictor(checkpoint, backbone, windowing="full", detector=face_detector(detector, landmarks), device=device, batch_size=8,
                           precision=precision)
     app = create_app(predictor, limits, step_precision)
     typer.echo(f"mambava serve: {predictor.model_name} on http://{host}:{port}/ "

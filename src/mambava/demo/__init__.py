@@ -35,12 +35,14 @@ Stages (each prints a line with its time; the long ones show a progress bar):
 9. report     OUT/report.md: the table (frame-wise vs TCN+Mamba: CCC_v, CCC_a, P_VA), training curves,
               predicted vs true plots, timings; OUT/results.json holds the same numbers.
 
-With `own_crops` (`mambava demo --own-crops`) a faces stage runs after generate: `mambava faces --dataset`
-over every raw video (`mambava.faces.dataset`) into OUT/own_crops/, whose crops (not the generator's ideal
-ones) the backbone, the features and the temporal models are trained on, as `predict` will see them; its
-alignment error against the generator's true landmarks is reported, and predict runs on every held-out raw
-video, scored beside the same model on the generator's crops of those videos. The backbone's training crops
-are then jittered (`DemoConfig.align_jitter`, 1 px / 2% / 1°), since MTCNN errs differently on every face.
+With `own_crops` (the default; `--quick` only with `--own-crops`) two stages run after generate: landmarks
+(`mambava.demo.own_crops.landmark_stage`: the landmark refiner trained on the training videos' true landmarks,
+OUT/landmarks.safetensors) and faces (`mambava faces --dataset` over every raw video, MTCNN's points refined,
+into OUT/own_crops/), whose crops (not the generator's ideal ones) the backbone, the features and the temporal
+models are trained on, as `predict` will see them; their alignment error against the generator's true
+landmarks is reported, and predict (with the same refiner) runs on every held-out raw video, scored beside
+the same model on the generator's crops of those videos. The backbone's training crops are then jittered
+(`DemoConfig.align_jitter`, 1 px / 2% / 1°).
 """
 
 from mambava.demo.run import REPORT_FILE, RESULTS_FILE, DemoConfig, DemoResult, run_demo

@@ -165,6 +165,22 @@ def _report_predict(pr: dict, rel: dict) -> list[str]:
     return lines
 
 
+def _landmarks_line(results: dict) -> str:
+    if not results["faces"].get("learned_landmarks"):
+        return "MTCNN's own 5 points aligned them. "
+    lm = results["landmarks"]
+    return (f"MTCNN's 5 points were moved by the landmark refiner (`mambava train-landmarks`), trained on "
+            f"{lm['faces']:,} faces of the {lm['people']} training people ({lm['epochs']} epochs, {lm['seconds']:.0f} s); "
+            "the held-out people it never saw. ")
+
+
+def _jitter_line(jitter) -> str:
+    if not any(jitter):
+        return "The backbone's training crops were not jittered."
+    return "The backbone's training crops were jittered by ±{:g} px, ±{:g} log-scale and ±{:g}° (`align_jitter`).".format(
+        *jitter)
+
+
 def _report_own_crops(results: dict) -> list[str]:
     """With `own_crops`: the alignment error of our crops and P_VA of every held-out raw video both ways."""
     lines: list[str] = []
@@ -179,9 +195,9 @@ def _report_own_crops(results: dict) -> list[str]:
             f"{fa['seconds']:.0f} s, {fa['cpu_s']:.0f} CPU-s), the crops `predict` makes. Their alignment error "
             f"against the generator's true landmarks: mean {al['ours']['mean_px']:.2f} px at 112 px "
             f"({al['ours']['mean_eye_pct']:.1f}% of the eye distance; median {al['ours']['median_px']:.2f} px, mean "
-            f"shift {al['ours']['mean_offset_px']}), against {al['generator']['mean_px']:.2f} px for the "
-            "generator's own crops. The backbone's training crops were jittered by ±{:g} px, ±{:g} log-scale and "
-            "±{:g}° (`align_jitter`).".format(*results["config"]["align_jitter"])
+            f"shift {al['ours']['mean_offset_px']}; the held-out people's alone "
+            f"{fa['alignment_held_out']['ours']['mean_px']:.2f} px), against {al['generator']['mean_px']:.2f} px for the "
+            "generator's own crops. " + _landmarks_line(results) + _jitter_line(results["config"]["align_jitter"])
             + (" With `both_crops` the backbone and the temporal models also trained on the generator's crops."
                if results["config"].get("both_crops") else ""),
             "",

@@ -18,11 +18,12 @@ import numpy as np
 
 from mambava.demo.ablation import run_ablation
 from mambava.demo.distill import distill_stage
+from mambava.demo.own_crops import LANDMARKS_FILE, demo_detector, landmark_stage, own_crops_stage, predict_all
 from mambava.demo.report import REPORT_FILE, write_figures, write_report
 from mambava.errors import MambavaError
 from mambava.fileio import atomic_open
 from mambava.progress import ProgressBar
-from mambava.runtime import torch_threads
+from mambava.runtime import cpu_seconds, torch_threads
 from mambava.synth.layout import read_labels
 
 RESULTS_FILE = "results.json"
@@ -57,7 +58,8 @@ class DemoConfig:
     freeze_blocks: int = 2  # of `depth`, as the paper freezes 16 of ViT-L's 24
     finetune_frames_per_video: int = 100
     # random shift (px at 112), log-scale, rotation (degrees) of the backbone's training crops (AlignJitter);
-    # None: OWN_CROPS_JITTER with own_crops (MTCNN errs per face; see README Crops for training), else none
+    # None: OWN_CROPS_JITTER with own crops from MTCNN's own points (it errs per face; README Crops for training),
+    # else none (the learned landmarks err 0.4 px, less than the jitter: it lowered P_VA, README Learned landmarks)
     align_jitter: tuple[float, float, float] | None = None
     # the temporal models (the paper's structure at reduced widths)
     tcn_channels: tuple[int, ...] = (128, 96, 64)
@@ -79,12 +81,17 @@ class DemoConfig:
     predict_faces: bool = True
     # train on crops made by our own faces stage from the raw videos (`mambava faces --dataset`), the crops
     # `predict` makes, instead of the generator's ideal ones; then every held-out raw video goes through
-    # `predict` and is scored beside the ideal-crop path. Off by default: MTCNN over every frame costs ~150
-    # frames per CPU-second here (~2 CPU-minutes for the quick demo's 17,600 frames).
-    own_crops: bool = False
+    # `predict` and is scored beside the ideal-crop path. Off in `quick()` (CI): MTCNN over every frame costs
+    # ~150 frames per CPU-second here, the landmark refiner's training ~2 minutes more.
+    own_crops: bool = True
     # with own_crops: fine-tune the backbone and train the temporal models on the generator's crops too (the
     # same faces as two aligners crop them; `FinetuneConfig.extra_crops`, `data.extra_features`)
     both_crops: bool = False
+    # with own_crops: train the landmark refiner (`mambava.faces.landmarks`) on the training videos' true
+    # landmarks and refine MTCNN's points with it, for the crops and every raw-video `predict` (README Crops for
+    # training: MTCNN's own points cost most of the raw-video path's P_VA)
+    learned_landmarks: bool = True
+    landmark_epochs: int = 8
     face_workers: int = 2  # processes for the faces stage (one video each)
     # detection by tracking (`--detect-every`) for the own crops and every raw-video `predict`: 1 detects
     # every frame; k > 1 also checks followed faces with O-Net (README Detection by tracking), steadier crops
@@ -102,7 +109,8 @@ class DemoConfig:
         self.frames = tuple(int(x) for x in self.frames)  # type: ignore[assignment]
         self.tcn_channels = tuple(int(x) for x in self.tcn_channels)  # type: ignore[assignment]
         if self.align_jitter is None:
-            self.align_jitter = OWN_CROPS_JITTER if self.own_crops else (0.0, 0.0, 0.0)
+            mtcnn_points = self.own_crops and not self.learned_landmarks
+            self.align_jitter = OWN_CROPS_JITTER if mtcnn_points else (0.0, 0.0, 0.0)
         self.align_jitter = tuple(float(x) for x in self.align_jitter)  # type: ignore[assignment]
         if self.n_test < 1 or self.n_val < 1 or self.n_train < 2:
             raise MambavaError("DemoConfig: at least 2 training, 1 validation and 1 test video are needed")
@@ -116,7 +124,7 @@ class DemoConfig:
         """The CI-sized demo (about 4 minutes on 2 cores)."""
         values: dict[str, Any] = dict(seed=seed, n_train=40, n_val=8, n_test=10, frames=(240, 360), stills_train=2000,
                                       stills_val=200, pretrain_epochs=5, finetune_frames_per_video=80, epochs=8,
-                                      audio_epochs=4)
+                                      audio_epochs=4, own_crops=False)
         values.update(overrides)
         return cls(**values)
 
@@ -157,18 +165,12 @@ class _Stages:
     def stage(self, name: str, what: str):
         self.k += 1
         self.console.print(f"[bold][{self.k}/{self.total}] {name}[/bold]: {what}")
-        start, cpu = time.perf_counter(), _cpu_seconds()
+        start, cpu = time.perf_counter(), cpu_seconds()
         yield
         self.times[name] = time.perf_counter() - start
-        self.cpu[name] = _cpu_seconds() - cpu
+        self.cpu[name] = cpu_seconds() - cpu
         self.console.print(f"      {name} done in {self.times[name]:.1f} s, {self.cpu[name]:.0f} CPU-s "
                            f"(total {time.perf_counter() - self.started:.0f} s)")
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (user + system)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def _quiet_lightning() -> None:
@@ -199,7 +201,7 @@ def run_demo(out: str | os.PathLike = "demo_out", cfg: DemoConfig | None = None,
 
 def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
     _quiet_lightning()
-    stages = _Stages((10 if cfg.own_crops else 9) + cfg.audio, progress)
+    stages = _Stages(9 + cfg.own_crops + (cfg.own_crops and cfg.learned_landmarks) + cfg.audio, progress)
     results: dict[str, Any] = {"config": cfg.to_dict(), "machine": _machine()}
     data_root, train_root, stills_root, test_names = _data_stages(out, cfg, progress, stages, results)
     encoder_path, store, runs = _model_stages(out, data_root, train_root, stills_root, cfg, progress, stages, results)
@@ -233,13 +235,20 @@ def _data_stages(out: Path, cfg: DemoConfig, progress: bool, stages: "_Stages", 
     # our own crops of every raw video: the faces `predict` will see
     train_root = data_root
     if cfg.own_crops:
-        own_root = out / "own_crops"
-        with stages.stage("faces", f"MTCNN + alignment over every raw video -> {own_root / 'cropped_aligned'}"):
-            results["faces"] = _own_crops(data_root, own_root, cfg, progress)
+        own_root, landmarks = out / "own_crops", _landmarks(out, cfg)
+        if landmarks:
+            with stages.stage("landmarks", "a landmark refiner for MTCNN's 5 points, trained on the training "
+                                           f"videos' true landmarks -> {landmarks}"):
+                landmarks, results["landmarks"] = landmark_stage(data_root, out, cfg.landmark_epochs, progress)
+        with stages.stage("faces", f"MTCNN{' + learned landmarks' if landmarks else ''} + alignment over every raw "
+                                   f"video -> {own_root / 'cropped_aligned'}"):
+            faces = results["faces"] = own_crops_stage(data_root, own_root, cfg.face_workers, cfg.detect_every,
+                                                       landmarks, progress)
             stages.console.print(
-                f"      {results['faces']['frames']:,} frames, {results['faces']['crops']:,} crops; alignment "
-                f"error vs the true landmarks: ours {results['faces']['alignment']['ours']['mean_px']:.2f} px, "
-                f"the generator's crops {results['faces']['alignment']['generator']['mean_px']:.2f} px (at 112 px)")
+                f"      {faces['frames']:,} frames, {faces['crops']:,} crops; alignment error vs the true "
+                f"landmarks: ours {faces['alignment']['ours']['mean_px']:.2f} px (held-out people "
+                f"{faces['alignment_held_out']['ours']['mean_px']:.2f} px), the generator's crops "
+                f"{faces['alignment']['generator']['mean_px']:.2f} px (at 112 px)")
         train_root = own_root
 
     with stages.stage("stills", f"{cfg.stills_train}+{cfg.stills_val} single faces for pretraining -> {stills_root}"):
@@ -290,7 +299,8 @@ def _score_and_report(out: Path, data_root: Path, encoder_path: Path, store: Pat
                       + ("; then every held-out raw video, beside the ideal crops" if cfg.own_crops else "")):
         results["predict"] = _predict(out, data_root, encoder_path, runs["mamba_va"], cfg, progress)
         if cfg.own_crops:
-            results["predict_all"] = _predict_all(out, data_root, encoder_path, runs["mamba_va"], cfg, progress)
+            results["predict_all"] = predict_all(out, data_root, encoder_path, runs["mamba_va"], cfg, progress,
+                                                 _landmarks(out, cfg))
             both = results["predict_all"]
             stages.console.print(f"      {both['videos']} held-out raw videos through predict: P_VA "
                                  f"{both['raw_video']['p_va']:.3f}; from the generator's ideal crops: "
@@ -449,7 +459,7 @@ def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: Dem
     labels = read_labels(data_root, [name])[name]
     truth = read_truth(data_root, name)
     predictor = Predictor(run["outputs"]["model"], backbone=encoder_path, window=cfg.window, stride=cfg.stride,
-                          detector=_detector(), device="cpu", precision="auto", progress=progress,
+                          detector=demo_detector(_landmarks(out, cfg)), device="cpu", precision="auto", progress=progress,
                           detect_every=cfg.detect_every)
     info: dict[str, Any] = {"video": str(path.relative_to(out)), "track": name}
     table = None
@@ -493,85 +503,9 @@ def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: Dem
     return info
 
 
-def _own_crops(data_root: Path, own_root: Path, cfg: DemoConfig, progress: bool) -> dict:
-    """`mambava faces --dataset` over the generated raw videos (the demo's relaxed MTCNN), and how far its crops
-    are from ideal (the generator keeps the true landmarks)."""
-    from mambava.faces.dataset import extract_dataset_faces, synth_alignment_error
-
-    start, cpu = time.perf_counter(), _cpu_seconds()
-    with ProgressBar("faces", enabled=progress) as bar:
-        result = extract_dataset_faces(
-            data_root, own_root, detector="mtcnn", detector_kwargs=dict(DETECTOR_KWARGS, num_threads=1),
-            workers=cfg.face_workers, progress=(lambda done, total, item: bar(done, total, item.video)) if bar else None,
-            detect_every=cfg.detect_every)
-    if result.failed:
-        raise MambavaError(result.failed[0].error)
-    frames = sum(v.frames for v in result.videos)
-    return {
-        "videos": len(result.videos), "frames": frames, "crops": sum(sum(v.tracks.values()) for v in result.videos),
-        "seconds": round(time.perf_counter() - start, 1), "cpu_s": round(_cpu_seconds() - cpu, 1),
-        "unmatched": {v.video: v.unmatched for v in result.videos if v.unmatched},
-        "alignment": synth_alignment_error(data_root, result.crops_dir),
-    }
-
-
-def _predict_all(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: DemoConfig, progress: bool) -> dict:
-    """Every held-out raw video through `predict` (faces stage, backbone, temporal model), and the same videos
-    from the generator's ideal crops (their features, the same model); P_VA of each over the frames both
-    predict and the labels cover, all videos concatenated."""
-    from mambava.backbone import FeatureExtractor, load_encoder
-    from mambava.extract import extract_features
-    from mambava.features import FeatureStore
-    from mambava.metrics import va_scores
-    from mambava.predict import Predictor
-    from mambava.synth import read_meta
-
-    meta = read_meta(data_root)
-    test = [v for v in meta["videos"] if v["split"] == "test"]
-    names = [p["name"] for v in test for p in v["persons"]]
-    ideal_store = out / "features_ideal_crops"
-    extractor = FeatureExtractor(load_encoder(encoder_path), batch_size=256, device="cpu", precision="auto")
-    extract_features(data_root, ideal_store, extractor, backbone="demo_vit", dtype="float32", workers=1,
-                     names=names, progress=False)
-    store = FeatureStore(ideal_store)
-    predictor = Predictor(run["outputs"]["model"], backbone=encoder_path, window=cfg.window, stride=cfg.stride,
-                          detector=_detector(), device="cpu", precision="auto", progress=progress,
-                          detect_every=cfg.detect_every)
-    raw, ideal, truth, missing = [], [], [], []
-    for video in test:
-        table = predictor.predict_video(data_root / video["video"])
-        for person in video["persons"]:
-            name = person["name"]
-            labels = read_labels(data_root, [name])[name]
-            rows = table[table["track"] == name].drop_duplicates("frame")
-            pred = np.full((len(labels), 2), np.nan)
-            frames = rows["frame"].to_numpy()
-            keep = frames < len(labels)
-            pred[frames[keep]] = rows[["valence", "arousal"]].to_numpy()[keep]
-            if not len(rows):
-                missing.append(name)
-            record = store.read(name)
-            from_crops = predictor.predict_features(*record.window(0, record.n_frames))[: len(labels)]
-            both = np.isfinite(pred).all(1)[: len(from_crops)] & (labels[: len(from_crops)] != -5).all(1)
-            raw.append(pred[: len(from_crops)][both])
-            ideal.append(from_crops[both])
-            truth.append(labels[: len(from_crops)][both])
-    raw_scores = va_scores(np.concatenate(raw), np.concatenate(truth))
-    ideal_scores = va_scores(np.concatenate(ideal), np.concatenate(truth))
-    return {"videos": len(test), "tracks": len(names), "frames": int(sum(len(t) for t in truth)),
-            "tracks_without_face": missing, "raw_video": raw_scores, "ideal_crops": ideal_scores,
-            "gap_p_va": raw_scores["p_va"] - ideal_scores["p_va"]}
-
-
-DETECTOR_KWARGS = dict(thresholds=(0.5, 0.5, 0.5), min_score=0.5)
-
-
-def _detector():
-    """MTCNN as the faces stage uses it, with thresholds relaxed for the drawn faces (trained on photographs,
-    its stages score cartoon faces lower)."""
-    from mambava.faces import get_detector
-
-    return get_detector("mtcnn", **DETECTOR_KWARGS)
+def _landmarks(out: Path, cfg: DemoConfig) -> Path | None:
+    """Where the demo's landmark refiner is (or goes): with own crops and learned landmarks only."""
+    return out / LANDMARKS_FILE if cfg.own_crops and cfg.learned_landmarks else None
 
 
 def _table_from_crops(predictor, dataset, name: str):

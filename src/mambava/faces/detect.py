@@ -376,13 +376,9 @@ class MTCNNDetector(BaseDetector):
 
     @torch.inference_mode()
     def _refine(self, images: list[np.ndarray], results: list[list[Face]]) -> list[list[Face]]:
-        """Landmark refinement: O-Net again on a 48×48 patch cut by the similarity that puts the found landmarks
-        on `REFINE_LAYOUT_48` (face upright, at one scale and place), its landmarks mapped back; `refine` times.
-        O-Net's landmarks lean towards where faces sit in its (unrotated, loosely placed) box; from a patch
-        framed by the landmarks themselves they are steadier: on the quick demo's 20,369 synthetic faces the
-        mean error against the true landmarks fell from 2.00 to 1.46 px (at 112 px), the frame-to-frame part
-        from 1.29 to 0.88 px, but the per-person part, which is what costs P_VA, did not (README Crops for
-        training), so it is off by default. Boxes and scores are kept."""
+        """O-Net again on a 48×48 patch cut by the similarity that puts the found landmarks on `REFINE_LAYOUT_48`,
+        its landmarks mapped back; `refine` times. Steadier points, but not the per-person error that costs
+        P_VA (README Crops for training; `mambava.faces.landmarks` is the learned one). Boxes and scores kept."""
         from mambava.faces.align import similarity_transform, transform_points, warp
 
         for _ in range(self.refine):
@@ -570,9 +566,14 @@ def available_detectors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_detector(name: str | FaceDetector = "mtcnn", **kwargs) -> FaceDetector:
+def get_detector(name: str | FaceDetector = "mtcnn", landmarks=None, **kwargs) -> FaceDetector:
     """A detector by registered name ("mtcnn", "haar"), by import path ("package.module:Class"), or the
-    object itself when one is passed. Keyword arguments go to the detector's constructor."""
+    object itself when one is passed; other keyword arguments go to the detector's constructor. `landmarks`: a
+    learned landmark refiner's file (`mambava.faces.landmarks`) that moves every face's 5 points."""
+    if landmarks is not None:
+        from mambava.faces.landmarks import RefinedDetector
+
+        return RefinedDetector(get_detector(name, **kwargs), landmarks)
     if not isinstance(name, str):
         return name
     if name in _REGISTRY:
