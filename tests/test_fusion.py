@@ -117,6 +117,44 @@ def test_save_load_round_trip(fusion, tmp_path):
         assert torch.equal(loaded.model(x), model(x))
 
 
+@pytest.mark.parametrize("fusion", ["early", "mid"])
+def test_audio_is_z_scored_inside_with_statistics_kept_in_the_checkpoint(fusion, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = fused(fusion)
+    assert not model.audio_normalised  # mean 0, std 1 until training sets them
+    x = inputs(2, 80)
+    mean, std = torch.linspace(-3, 900, A), torch.linspace(0.05, 400, A)
+    raw = x.clone()
+    raw[..., V:-1] = x[..., V:-1] * std + mean  # features at eGeMAPS-like scales
+    with torch.no_grad():
+        plain = model(x)
+        model.set_audio_normalisation(mean.numpy(), std.numpy())
+        assert model.audio_normalised
+        assert (model(raw) - plain).abs().max() < 1e-4  # raw features in, the same as z-scored ones
+        state = model.init_state(2)
+        stepped = torch.stack([model.step(raw[:, t], state)[0] for t in range(80)], 1)
+        assert (stepped - plain).abs().max() < 1e-4  # the streaming step too
+    path = save_temporal_model(model, tmp_path / "fusion.safetensors")
+    loaded = load_temporal_model(path).model
+    assert torch.equal(loaded.audio_mean, mean) and torch.equal(loaded.audio_std, std)
+    with torch.no_grad():
+        assert torch.equal(loaded(raw), model(raw))
+    # a file written before the statistics existed loads as mean 0, std 1 (what it was trained with)
+    old = {k: v for k, v in load_file(str(path)).items() if k not in ("audio_mean", "audio_std")}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    save_file(old, str(tmp_path / "old.safetensors"), metadata=metadata)
+    before = load_temporal_model(tmp_path / "old.safetensors").model
+    assert not before.audio_normalised
+    with torch.no_grad():
+        assert torch.equal(before(x), plain)
+    with pytest.raises(MambavaError, match="audio statistics of 3 columns"):
+        model.set_audio_normalisation(np.zeros(3), np.ones(3))
+
+
 def test_config_keys():
     # [visual] keeps the paper model: its class, parameters and checkpoint keys
     paper = build_temporal_model({"modalities": ["visual"]})
@@ -124,7 +162,8 @@ def test_config_keys():
     assert resolve_model_config({"modalities": ["visual", "audio"]})["kind"] == "fusion"
     assert resolve_model_config({"kind": "fusion"})["modalities"] == ["visual", "audio"]
     mid = fused("mid")
-    assert {k.split(".")[0] for k in mid.state_dict()} == {"temporal", "audio_temporal", "gate", "mamba", "head"}
+    assert {k.split(".")[0] for k in mid.state_dict()} == {"temporal", "audio_temporal", "gate", "mamba", "head",
+                                                           "audio_mean", "audio_std"}
     for bad, words in [
         ({"modalities": ["audio"]}, "must be [visual] or [visual, audio]"),
         ({"kind": "tcn", "modalities": ["visual", "audio"]}, "kind 'tcn' takes visual features only"),

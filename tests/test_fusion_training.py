@@ -65,11 +65,14 @@ def test_config_checks(tmp_path):
         check_model_input(load_config(None, fusion[:2]), VIS + AUD + 1)
 
 
-def write_heard_arousal(root: Path, n_train: int = 12, n_val: int = 6, n_frames: int = 200) -> tuple[Path, Path, Path]:
+def write_heard_arousal(root: Path, n_train: int = 12, n_val: int = 6, n_frames: int = 200,
+                        audio_scale: np.ndarray | None = None, audio_offset: np.ndarray | None = None,
+                        ) -> tuple[Path, Path, Path]:
     """A visual store, an audio store and Aff-Wild2 annotations. Valence and arousal are independent smooth
-    latents; the visual features are a noisy projection of valence only, the audio features of arousal only.
-    Every video loses its sound for a run of 20% of its frames (mask False, the store forward-fills); the
-    training videos are face tracks `<v>_left` whose sound is stored under `<v>`."""
+    latents; the visual features are a noisy projection of valence only, the audio features of arousal only
+    (times `audio_scale` plus `audio_offset` per column, when given). Every video loses its sound for a run of
+    20% of its frames (mask False, the store forward-fills); the training videos are face tracks `<v>_left`
+    whose sound is stored under `<v>`."""
     rng = np.random.default_rng(7)
     pv, pa = rng.normal(size=VIS), rng.normal(size=AUD)
     visual, audio = FeatureStore(root / "visual"), FeatureStore(root / "audio")
@@ -82,6 +85,8 @@ def write_heard_arousal(root: Path, n_train: int = 12, n_val: int = 6, n_frames:
             target = smooth_latent(rng, n_frames, 15.0)
             fv = target[:, :1] * pv + 0.3 * rng.normal(size=(n_frames, VIS))
             fa = target[:, 1:] * pa + 0.3 * rng.normal(size=(n_frames, AUD))
+            if audio_scale is not None:
+                fa = fa * audio_scale + audio_offset
             sound = np.ones(n_frames, bool)
             gap = int(rng.integers(0, n_frames - n_frames // 5))
             sound[gap : gap + n_frames // 5] = False
@@ -118,3 +123,25 @@ def test_fused_model_hears_the_arousal_the_visual_model_cannot_see(tmp_path, fus
     # evaluate reads the audio store from the run's config and scores the exported model as validation did
     result, _ = evaluate_checkpoint(tmp_path / "fused" / "model.safetensors", out=tmp_path / "e.csv")
     assert abs(result.p_va - heard["best"]["p_va"]) < 1e-4
+
+
+def test_fusion_learns_from_audio_at_its_extracted_scale(tmp_path):
+    """Audio columns as far apart as eGeMAPS' (std 0.01 to 2000, means up to 3000): training sets the model's
+    statistics from the training videos' frames with sound (each video's entry once), keeps them in the
+    exported model, and the fused model still hears arousal."""
+    from mambava.features import column_statistics
+    from mambava.temporal_models import load_temporal_model
+
+    scale, offset = np.array([0.01, 1.0, 40.0, 2000.0]), np.array([0.1, -5.0, 300.0, 3000.0])
+    visual, audio, annotations = write_heard_arousal(tmp_path, audio_scale=scale, audio_offset=offset)
+    heard = train(load_config(None, [
+        f"data.features={visual}", f"data.annotations={annotations}", f"data.audio_features={audio}",
+        "model.modalities=[visual,audio]", "model.fusion=mid", *SMALL_MODEL, *RECIPE, f"out_dir={tmp_path / 'fused'}",
+    ]))
+    model = load_temporal_model(tmp_path / "fused" / "model.safetensors").model
+    mean, std = column_statistics(FeatureStore(audio), [f"tr{i:02d}" for i in range(12)])
+    np.testing.assert_allclose(model.audio_mean.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(model.audio_std.numpy(), std, rtol=1e-5)
+    assert std.max() / std.min() > 1e4
+    print(f"scaled audio: fused {heard['best']}")
+    assert heard["best"]["ccc_arousal"] > 0.6 and heard["best"]["ccc_valence"] > 0.5

@@ -243,6 +243,7 @@ def _fit(base, cfg: AdaptConfig, work: Path, fold: int, out: Path, window: int, 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = VAModule(tcfg.to_dict())
     module.model.load_state_dict(copy.deepcopy(base.state_dict()))
+    module.fit_input_statistics = False  # the base's audio statistics, if any
     freeze(module.model, cfg.mode)
     datamodule = VADataModule(tcfg)
     trainer = build_trainer(tcfg, RunPaths(out))

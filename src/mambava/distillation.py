@@ -93,6 +93,7 @@ def finetune_temporal(model, features: str | os.PathLike, annotations: str | os.
     L.seed_everything(seed, workers=True, verbose=False)
     module = VAModule(tcfg.to_dict())
     module.model.load_state_dict(copy.deepcopy(loaded.model.state_dict()))
+    module.fit_input_statistics = False  # the base's audio statistics, if any
     build_trainer(tcfg, RunPaths(out)).fit(module, datamodule=VADataModule(tcfg))
     return save_temporal_model(module.model.to("cpu").float().eval(), out / "temporal_student.safetensors")
 

@@ -348,6 +348,12 @@ class AudioVisualStore:
     def names(self) -> list[str]:
         return self.visual.names()
 
+    def audio_statistics(self, names) -> tuple[np.ndarray, np.ndarray]:
+        """Per-column mean and std of the audio features over the frames with sound of the audio entries of
+        visual entries `names` (each audio entry once: a video's two face tracks share it). What a fusion model
+        normalises its audio input with (`FusionMambaVA.set_audio_normalisation`)."""
+        return column_statistics(self.audio, sorted({a for a in map(self.audio_name, names) if a is not None}))
+
     def __contains__(self, name: str) -> bool:
         return self.has(name)
 
@@ -373,6 +379,21 @@ class AudioVisualStore:
                 raise MambavaError(f"{audio.path}: audio features at {audio.fps:g} fps, the visual entry {name!r} at "
                                    f"{visual.fps:g}: both must be on the video's frame grid")
         return AudioVisualRecord(visual, audio, self.audio_dim)
+
+
+def column_statistics(store: "FeatureStore", names) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std (float64) of entries `names` of `store`, over their frames whose mask is set."""
+    total = total_sq = 0.0
+    count = 0
+    for name in names:
+        record = store.read(name)
+        values, mask = record.window(0, record.n_frames)
+        kept = np.asarray(values, np.float64)[np.asarray(mask, bool)]
+        total, total_sq, count = total + kept.sum(0), total_sq + (kept**2).sum(0), count + len(kept)
+    if count == 0:
+        raise MambavaError(f"{store.root}: no frames with a value among the entries {list(names)[:3]}...")
+    mean = np.asarray(total / count)
+    return mean, np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
 
 
 class AudioVisualRecord:

@@ -321,7 +321,10 @@ class FusionState:
 class FusionMambaVA(TemporalBaseline):
     """Audio-visual Mamba-VA (the module docstring's `fusion`): (B, T, input_dim + audio_dim + 1) -> (B, T, 2).
     Submodules: `temporal` (the TCN of the visual or, early, the joined features), `audio_temporal` and `gate`
-    (mid), `mamba`, `head`."""
+    (mid), `mamba`, `head`. Buffers `audio_mean`, `audio_std`: the audio columns are z-scored with them inside
+    the model (set from the training videos when training starts, kept in the checkpoint), so features from
+    `extract --audio`, `predict --audio` and `stream --audio` go in as extracted (eGeMAPS columns span ~0.1 to
+    ~3000); a checkpoint without them (made before) loads as mean 0, std 1."""
 
     kind = "fusion"
 
@@ -340,6 +343,27 @@ class FusionMambaVA(TemporalBaseline):
             self.temporal = _tcn({**c, "input_dim": self.visual_dim + self.audio_dim + 1})
         self.mamba = _mamba_encoder(c)
         self.head = _head(d, c["head_hidden"], c["n_outputs"])
+        self.register_buffer("audio_mean", torch.zeros(self.audio_dim))
+        self.register_buffer("audio_std", torch.ones(self.audio_dim))
+
+    @property
+    def audio_normalised(self) -> bool:
+        """Whether the audio statistics were set (training sets them once; a resumed or adapted run keeps them)."""
+        return bool(self.audio_mean.ne(0).any() or self.audio_std.ne(1).any())
+
+    def set_audio_normalisation(self, mean, std) -> None:
+        """The per-column mean and std of the training audio features (a column with std ~0 is only centred)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean.numel() != self.audio_dim or std.numel() != self.audio_dim:
+            raise MambavaError(f"audio statistics of {mean.numel()} columns for a model of audio_dim {self.audio_dim}")
+        self.audio_mean.copy_(mean)
+        self.audio_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, fill in (("audio_mean", 0.0), ("audio_std", 1.0)):  # checkpoints made before the buffers
+            state_dict.setdefault(prefix + name, torch.full((self.audio_dim,), fill))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def width(self) -> int:
@@ -351,7 +375,8 @@ class FusionMambaVA(TemporalBaseline):
         if x.shape[-1] != self.width:
             raise MambavaError(f"the fusion model expects {self.width} input columns ({self.visual_dim} visual, "
                                f"{self.audio_dim} audio, 1 audio mask), got {tuple(x.shape)}")
-        visual, audio = x[..., : self.visual_dim], x[..., self.visual_dim : -1]
+        visual = x[..., : self.visual_dim]
+        audio = (x[..., self.visual_dim : -1] - self.audio_mean.to(x.dtype)) / self.audio_std.to(x.dtype)
         mask = (x[..., -1:] > 0.5).to(x.dtype)
         if self.training and self.config["modality_dropout"] > 0:  # a window's audio dropped whole
             keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= self.config["modality_dropout"]

@@ -5,9 +5,11 @@ speaking rate rise with arousal; spectral tilt and pitch slope carry a little va
 a face's own voice is heard only in its turns). This stage
 
 1. extracts the videos' audio features with the audio stage (`mambava.audio.extract_audio`, eGeMAPS + log-mel,
-   on each video's frame grid) into OUT/audio_raw/, and writes them z-scored per column with the training
-   videos' statistics into OUT/audio_features/ (the models take features as given, and eGeMAPS columns range
-   from ~0.1 (loudness) to ~3000 (formant Hz));
+   on each video's frame grid) into OUT/audio_raw/: the fusion models read them as extracted and z-score them
+   inside (`FusionMambaVA.audio_mean`/`audio_std`, from the training videos, kept in the checkpoint), as they
+   will at `predict --audio`; the audio-only model is a plain Mamba-VA, which takes features as given, so it
+   reads them z-scored per column with the training videos' statistics from OUT/audio_features/ (eGeMAPS
+   columns range from ~0.1 (loudness) to ~3000 (formant Hz));
 2. trains, with the demo's recipe and sizes, Mamba-VA on the audio alone, early fusion and mid-level fusion
    (`model.modalities: [visual, audio]`, `model.fusion: early | mid`; `mambava.temporal_models.FusionMambaVA`);
 3. scores each on the held-out test subjects as the visual model was scored (whole videos, windows stitched).
@@ -66,8 +68,8 @@ def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: 
                   audio_tcn_channels=[cfg.tcn_channels[0] // 2], modality_dropout=0.1)
     plans = {
         "audio": (normed, None, dict(input_dim=dim)),
-        "early_fusion": (visual_store, normed, dict(fusion, fusion="early")),
-        "mid_fusion": (visual_store, normed, dict(fusion, fusion="mid")),
+        "early_fusion": (visual_store, raw, dict(fusion, fusion="early")),
+        "mid_fusion": (visual_store, raw, dict(fusion, fusion="mid")),
     }
     rows: dict[str, dict] = {"visual": dict(visual_scores)}
     runs: dict[str, dict] = {}
@@ -94,21 +96,12 @@ def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: 
 def _normalise(data_root: Path, raw, normed) -> int:
     """Write every entry of `raw` z-scored per column with the mean and std over the training videos' frames
     with sound; returns the feature size."""
+    from mambava.features import column_statistics
     from mambava.synth import read_meta
 
     train = [p["name"] for v in read_meta(data_root)["videos"] if v["split"] == "train" for p in v["persons"]]
     train = [n for n in train if raw.has(n)] or raw.names()
-    total = count = total_sq = 0.0
-    for name in train:
-        x, mask = raw.read(name).window(0, raw.n_frames(name))
-        x = np.asarray(x, np.float64)[np.asarray(mask, bool)]
-        total = total + x.sum(0)
-        total_sq = total_sq + (x * x).sum(0)
-        count += len(x)
-    if not count:
-        raise MambavaError(f"{raw.root}: the training videos have no frame with sound")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    mean, std = column_statistics(raw, train)
     std = np.where(std > 1e-6, std, 1.0)  # a constant column stays 0
     for name in raw.names():
         record = raw.read(name)
@@ -155,7 +148,7 @@ def report_lines(results: dict) -> list[str]:
         f"Every generated person speaks (pitch level and range, loudness and speaking rate rise with arousal; "
         f"a weaker valence cue in spectral tilt and pitch slope; in two-person videos a face's own voice is heard "
         f"only in its turns). Audio features ({'+'.join(a['sets'])}, {a['dim']} per frame, z-scored with the "
-        f"training videos' statistics) of {a['videos']} videos ({a['seconds_of_sound']:.0f} s of sound, "
+        f"training videos' statistics: inside the fusion models, which keep them) of {a['videos']} videos ({a['seconds_of_sound']:.0f} s of sound, "
         f"{a['extract_s']:.0f} s to extract); each model with the visual model's recipe "
         f"({a['epochs']} epochs; the visual model {a['visual_epochs']}), on the same held-out test subjects:",
         "",

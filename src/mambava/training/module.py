@@ -65,6 +65,12 @@ class VADataModule(L.LightningDataModule):
         else:
             self.val_set = VideoDataset(store, data.validation, data.labels, fps=self._model_fps())
 
+    def audio_statistics(self):
+        """The training videos' audio feature mean and std (`AudioVisualStore.audio_statistics`); None without
+        `data.audio_features`."""
+        store = open_store(self.cfg)
+        return store.audio_statistics(self.fold_data.train) if hasattr(store, "audio_statistics") else None
+
     def _model_fps(self) -> float:
         """The rate the model counts its frames at (`model.fps`): the grid the store's entries are put on."""
         model = self.cfg.model
@@ -111,9 +117,22 @@ class VAModule(L.LightningModule):
         self.cfg = TrainConfig.from_dict(config)
         self.model = build_temporal_model(self.cfg.model)
         self.val_ccc = ConcordanceCCC(num_outputs=2)
+        # a fresh fusion model takes its audio statistics from the training data when fit starts; a caller that
+        # loads trained weights into `model` (adapt, distill) sets this False so they stay the base model's
+        self.fit_input_statistics = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def on_fit_start(self) -> None:
+        # a fusion model z-scores its audio input with the training videos' statistics, set once: a resumed run
+        # has them from its checkpoint, an adapted model keeps its base's
+        datamodule = self.trainer.datamodule
+        fresh = self.fit_input_statistics and not getattr(self.model, "audio_normalised", True)
+        if fresh and hasattr(self.model, "set_audio_normalisation") and datamodule:
+            statistics = datamodule.audio_statistics()
+            if statistics is not None:
+                self.model.set_audio_normalisation(*statistics)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # Dropout noise depends on (seed, epoch, batch, rank) only: a resumed run continues exactly.
