@@ -77,9 +77,17 @@ def test_resumes_finished_videos_and_redoes_a_cut_off_one(own_crops):
     folder = crops / next(n for n in _names(root, first))
     for jpg in sorted(folder.iterdir())[::2]:
         jpg.unlink()
-    result = CliRunner().invoke(app, ["faces", "--dataset", str(root), "--out", str(own)], env={"COLUMNS": "300"})
-    assert result.exit_code == 0, result.output
-    assert "1 video(s) done" in result.output and f"{len(summary.videos) - 1} already there" in result.output
+    # resuming with other settings than the crops there were made with (the CLI's default thresholds, another
+    # landmark refiner) would mix two kinds of crops: refused, nothing written
+    for extra, named in (([], "'thresholds': [0.5, 0.5, 0.5]"), (["--landmarks", "lm.safetensors"], "'landmarks'")):
+        result = CliRunner().invoke(app, ["faces", "--dataset", str(root), "--out", str(own), *extra])
+        assert result.exit_code != 0 and "its crops were made with other settings (detector_kwargs: " in str(
+            result.exception) and named in str(result.exception), result.exception
+    assert {p: p.stat().st_mtime_ns for p in crops.rglob("*") if p.is_file() and p in stamps} == {
+        p: t for p, t in stamps.items() if p.exists()}
+    redo = extract_dataset_faces(root, own, detector_kwargs=dict(RELAXED, num_threads=1))  # threads do not count
+    assert [v.video for v in redo.videos if not v.skipped] == [first]
+    assert sum(v.skipped for v in redo.videos) == len(summary.videos) - 1
     after = {p: p.stat().st_mtime_ns for p in crops.rglob("*") if p.is_file()}
     redone = {p for p in after if p not in stamps or after[p] != stamps[p]}
     assert redone and all(p.parent == folder or p.name.startswith(first) or p.parent.name.startswith(first)

@@ -174,13 +174,30 @@ def _claim_crops_dir(crops_dir: Path, root: Path, detector, detector_kwargs: dic
             f"choose another --out"
         )
     crops_dir.mkdir(parents=True, exist_ok=True)
-    if not marker.exists():
+    settings = {"source": str(root.resolve()), "detector": detector if isinstance(detector, str) else
+                getattr(detector, "name", type(detector).__name__),
+                "detector_kwargs": detector_kwargs or {}, "min_track_frames": min_track_frames,
+                "detect_every": detect_every}
+    if marker.exists():  # resuming: the videos still to do must be cropped as the ones already there were
+        earlier = json.loads(marker.read_text())
+        earlier.setdefault("detect_every", 1)
+        differ = [k for k in ("detector", "detector_kwargs", "min_track_frames", "detect_every")
+                  if _crop_setting(earlier.get(k)) != _crop_setting(settings[k])]
+        if differ:
+            raise MambavaError(f"{crops_dir}: its crops were made with other settings ("
+                               + "; ".join(f"{k}: {earlier.get(k)} there, {settings[k]} now" for k in differ)
+                               + "): run with the same ones, or choose another --out")
+    else:
         with atomic_open(marker, "w") as handle:
-            json.dump({"source": str(root.resolve()), "detector": detector if isinstance(detector, str) else
-                       getattr(detector, "name", type(detector).__name__),
-                       "detector_kwargs": detector_kwargs or {}, "min_track_frames": min_track_frames,
-                       "detect_every": detect_every}, handle)
+            json.dump(settings, handle)
     return crops_dir
+
+
+def _crop_setting(value):
+    """A setting as it affects the crops (torch threads do not; JSON turns tuples into lists)."""
+    if isinstance(value, dict):
+        return {k: _crop_setting(v) for k, v in value.items() if k != "num_threads"}
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _run_jobs(jobs: dict, raw: dict[str, Path], workers: int, detector):
