@@ -79,7 +79,10 @@ def test_resumes_finished_videos_and_redoes_a_cut_off_one(own_crops):
         jpg.unlink()
     # resuming with other settings than the crops there were made with (the CLI's default thresholds, another
     # landmark refiner) would mix two kinds of crops: refused, nothing written
-    for extra, named in (([], "'thresholds': [0.5, 0.5, 0.5]"), (["--landmarks", "lm.safetensors"], "'landmarks'")):
+    from mambava.faces.landmarks import LandmarkNet, LandmarkRefiner, RefinerConfig
+
+    refiner = LandmarkRefiner(LandmarkNet(), RefinerConfig()).save(own.parent / "lm.safetensors")
+    for extra, named in (([], "'thresholds': [0.5, 0.5, 0.5]"), (["--landmarks", str(refiner)], "'landmarks'")):
         result = CliRunner().invoke(app, ["faces", "--dataset", str(root), "--out", str(own), *extra])
         assert result.exit_code != 0 and "its crops were made with other settings (detector_kwargs: " in str(
             result.exception) and named in str(result.exception), result.exception
@@ -93,6 +96,15 @@ def test_resumes_finished_videos_and_redoes_a_cut_off_one(own_crops):
     assert redone and all(p.parent == folder or p.name.startswith(first) or p.parent.name.startswith(first)
                           for p in redone)
     assert sorted(p.name for p in (crops / next(n for n in _names(root, second))).iterdir()) == kept
+
+
+def test_a_bad_landmarks_file_fails_before_anything_is_written(own_crops, tmp_path):
+    root, _, _, _ = own_crops
+    for bad in (tmp_path / "missing.safetensors", tmp_path):
+        result = CliRunner().invoke(app, ["faces", "--dataset", str(root), "--out", str(tmp_path / "o"),
+                                          "--landmarks", str(bad)])
+        assert result.exit_code != 0 and "landmark refiner" in str(result.exception)
+        assert not (tmp_path / "o" / "cropped_aligned").exists()  # no marker that would bind a later run
 
 
 def test_never_writes_over_the_datasets_own_crops(own_crops):

@@ -87,6 +87,9 @@ def test_round_trips_through_its_file_and_wraps_detectors_by_name(trained, tmp_p
     assert np.allclose(loaded.refine(frames[held[0][0]], [start])[0], refiner.refine(frames[held[0][0]], [start])[0])
     det = get_detector("mtcnn", landmarks=path, **RELAXED)
     assert isinstance(det, RefinedDetector) and det.thresholds == (0.5, 0.5, 0.5)  # the wrapped detector's settings
+    # the faces stage's marker names the refiner by its weights, not by where its file is
+    assert det.description == RefinedDetector(get_detector("mtcnn"), loaded).description != RefinedDetector(
+        get_detector("mtcnn"), train_refiner(frames[:2], held[:2], RefinerConfig(epochs=1, seed=5))).description
     face = det.detect(frames[held[0][0]])[0]
     # detection by tracking's check (O-Net on a known box) is refined too
     checked = det.verify(frames[held[0][0]], [face])[0]
@@ -130,3 +133,11 @@ def test_train_landmarks_command_from_a_synthetic_dataset_and_from_a_csv(trained
     code, _, err = run_cli(["train-landmarks", table, "--out", tmp_path / "c.safetensors"], capsys)
     assert code != 0 and err.strip().splitlines() == [f"error: {table}:4: landmark values must be numbers"]
     assert not (tmp_path / "c.safetensors").exists()
+    for text, words in ((b"image,left_eye_x\n\xff\xfe\x00", "not a readable CSV"),
+                        (("image," + ",".join(POINT_COLUMNS) + "\n ," + ",".join(["1"] * 10) + "\n").encode(),
+                         ":2: no image named")):
+        table.write_bytes(text)
+        code, _, err = run_cli(["train-landmarks", table, "--out", tmp_path / "c.safetensors"], capsys)
+        assert code != 0 and len(err.strip().splitlines()) == 1 and words in err, err
+    code, _, err = run_cli(["train-landmarks", root, "--out", tmp_path], capsys)  # a folder: before training
+    assert code != 0 and "is a folder" in err

@@ -152,6 +152,8 @@ def train_landmarks_command(
     from mambava.faces.landmarks import RefinerConfig, csv_refiner_samples, synth_refiner_samples, train_refiner
 
     console = Console(stderr=True)
+    if out.is_dir() or not out.parent.is_dir():  # found now, not after the training
+        raise MambavaError(f"{out}: " + ("is a folder; give a file name" if out.is_dir() else "its folder does not exist"))
     if source.is_dir():
         from mambava.synth import read_meta
 

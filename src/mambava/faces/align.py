@@ -84,8 +84,8 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
             new_w, new_h = max(1, round((x1 - x0) * factor)), max(1, round((y1 - y0) * factor))
             region = cv2.resize(region, (new_w, new_h), interpolation=cv2.INTER_AREA)
             fx, fy = new_w / (x1 - x0), new_h / (y1 - y0)
-            # region pixel (u, v) = ((x - x0) * fx, (y - y0) * fy)  →  compose with the original matrix
-            to_image = np.array([[1 / fx, 0, x0], [0, 1 / fy, y0], [0, 0, 1]])
+            # resize maps pixel centres: region pixel u is image x = x0 + (u + 0.5) / fx - 0.5 (same for v, y)
+            to_image = np.array([[1 / fx, 0, x0 + 0.5 / fx - 0.5], [0, 1 / fy, y0 + 0.5 / fy - 0.5], [0, 0, 1]])
             matrix = matrix @ to_image
             image = region
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,

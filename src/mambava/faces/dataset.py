@@ -38,7 +38,7 @@ import numpy as np
 from mambava.affwild2 import CROPS_DIR, AffWild2, base_video
 from mambava.errors import MambavaError
 from mambava.faces.align import ARCFACE_TEMPLATE_112, alignment_matrix, transform_points
-from mambava.fileio import atomic_open
+from mambava.fileio import atomic_open, file_sha256
 
 MARKER = ".mambava-faces.json"
 CSV_SUFFIX = ".faces.csv"
@@ -128,6 +128,10 @@ def extract_dataset_faces(
     out = Path(out) if out is not None else root
     dataset = AffWild2(root)
     raw = _raw_videos(dataset, root, videos)
+    if isinstance(detector, str):  # a bad name, option or refiner file: one error here, not one per video
+        from mambava.faces.detect import get_detector
+
+        get_detector(detector, **(detector_kwargs or {}))
     crops_dir = _claim_crops_dir(out / CROPS_DIR, root, detector, detector_kwargs, min_track_frames, detect_every)
     linked = _link_root(root, out) if link and out.resolve() != root.resolve() else []
 
@@ -175,14 +179,17 @@ def _claim_crops_dir(crops_dir: Path, root: Path, detector, detector_kwargs: dic
         )
     crops_dir.mkdir(parents=True, exist_ok=True)
     settings = {"source": str(root.resolve()), "detector": detector if isinstance(detector, str) else
-                getattr(detector, "name", type(detector).__name__),
+                getattr(detector, "description", getattr(detector, "name", type(detector).__name__)),
                 "detector_kwargs": detector_kwargs or {}, "min_track_frames": min_track_frames,
                 "detect_every": detect_every}
-    if marker.exists():  # resuming: the videos still to do must be cropped as the ones already there were
+    if (detector_kwargs or {}).get("landmarks"):  # the refiner's content: a file retrained in place differs
+        settings["landmarks_sha256"] = file_sha256(detector_kwargs["landmarks"])
+    started = any(crops_dir.glob(f"*{CSV_SUFFIX}"))
+    if marker.exists() and started:  # resuming: the videos still to do must be cropped as the ones there were
         earlier = json.loads(marker.read_text())
         earlier.setdefault("detect_every", 1)
-        differ = [k for k in ("detector", "detector_kwargs", "min_track_frames", "detect_every")
-                  if _crop_setting(earlier.get(k)) != _crop_setting(settings[k])]
+        differ = [k for k in ("detector", "detector_kwargs", "landmarks_sha256", "min_track_frames", "detect_every")
+                  if _crop_setting(earlier.get(k)) != _crop_setting(settings.get(k))]
         if differ:
             raise MambavaError(f"{crops_dir}: its crops were made with other settings ("
                                + "; ".join(f"{k}: {earlier.get(k)} there, {settings[k]} now" for k in differ)

@@ -20,6 +20,7 @@ the patch with the perturbed points and regresses the true ones: the cascaded-re
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -70,7 +71,7 @@ class LandmarkNet(nn.Module):
     """Five stride-2 conv blocks, then a fully connected head over the flattened map: coordinates need where
     a feature is, which global pooling would discard. Outputs offsets from the layout, in crop pixels / 4."""
 
-    def __init__(self, size: int = 80, width: int = 32):
+    def __init__(self, size: int = 64, width: int = 32):
         super().__init__()
         channels = [3, width // 2, width, 2 * width, 3 * width, 4 * width]
         layers: list[nn.Module] = []
@@ -150,12 +151,16 @@ def load_refiner(path: str | os.PathLike) -> LandmarkRefiner:
         if metadata.get("format") != FORMAT:
             raise MambavaError(f"{path}: not a landmark refiner (made by `mambava faces train-landmarks`)")
         config = RefinerConfig(**json.loads(metadata["config"]))
+        if config.size < 16 or config.width < 2 or config.passes < 1:
+            raise MambavaError(f"{path}: a landmark refiner with size {config.size}, width {config.width}, "
+                               f"passes {config.passes} cannot run")
         net = LandmarkNet(config.size, config.width)
         net.load_state_dict(load_file(str(path)))
     except MambavaError:
         raise
-    except Exception as error:  # a truncated or foreign safetensors file
-        raise MambavaError(f"{path}: cannot read the landmark refiner ({type(error).__name__}: {error})") from None
+    except Exception as error:  # a truncated or foreign safetensors file, weights of another shape
+        first = " ".join(line.strip() for line in str(error).strip().splitlines()[:2])[:240]
+        raise MambavaError(f"{path}: cannot read the landmark refiner ({type(error).__name__}: {first})") from None
     return LandmarkRefiner(net, config)
 
 
@@ -171,10 +176,17 @@ class RefinedDetector:
         self.detector = detector
         self.refiner = refiner if isinstance(refiner, LandmarkRefiner) else load_refiner(refiner)
         self.name = detector.name
+        # what made the crops (the faces stage's marker): the refiner's weights, not where its file was
+        digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in self.refiner.net.state_dict().values()))
+        self.description = f"{detector.name}+landmarks:{digest.hexdigest()[:16]}"
 
     def _refined(self, image: np.ndarray, faces: list) -> list:
+        from mambava.runtime import busy_threads, torch_threads
+
         kept = [f for f in faces if f is not None]
-        points = iter(self.refiner.refine(image, [f.landmarks for f in kept]))
+        wanted = getattr(self.detector, "num_threads", None)  # the small CNN runs as the detector's nets do
+        with torch_threads(busy_threads() if wanted == "auto" else wanted):
+            points = iter(self.refiner.refine(image, [f.landmarks for f in kept]))
         return [None if f is None else dataclasses.replace(f, landmarks=next(points).astype(np.float32))
                 for f in faces]
 
@@ -283,11 +295,11 @@ def synth_refiner_samples(synth_root: str | os.PathLike, names: Iterable[str], e
             for frame in reader:
                 if frame.index % every:
                     continue
-                points = [t[frame.index] for t in truths if frame.index < len(t) and np.isfinite(t[frame.index]).all()]
-                if not points:
-                    continue
-                frames.append(frame.image)
-                samples += [(len(frames) - 1, p.astype(np.float64)) for p in points]
+                for truth in truths:
+                    if frame.index < len(truth) and np.isfinite(truth[frame.index]).all():
+                        region, moved = face_region(frame.image, truth[frame.index].astype(np.float64))
+                        frames.append(region)
+                        samples.append((len(frames) - 1, moved))
     return frames, samples
 
 
@@ -306,29 +318,47 @@ def csv_refiner_samples(path: str | os.PathLike):
     if not path.is_file():
         raise MambavaError(f"{path}: no such landmarks CSV")
     frames: list[np.ndarray] = []
-    by_image: dict[str, int] = {}
     samples: list[tuple[int, np.ndarray]] = []
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in ["image", *POINT_COLUMNS] if c not in (reader.fieldnames or [])]
-        if missing:
-            raise MambavaError(f"{path}: missing column(s) {', '.join(missing)}")
-        for row in reader:
-            line = reader.line_num
-            try:
-                points = np.array([float(row[c]) for c in POINT_COLUMNS]).reshape(5, 2)
-            except (TypeError, ValueError):
-                raise MambavaError(f"{path}:{line}: landmark values must be numbers") from None
-            if not np.isfinite(points).all():
-                raise MambavaError(f"{path}:{line}: landmark values must be finite")
-            image = row["image"]
-            if image not in by_image:
+    images: dict[str, np.ndarray] = {}  # the last image only: rows of one image usually follow each other
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in ["image", *POINT_COLUMNS] if c not in (reader.fieldnames or [])]
+            if missing:
+                raise MambavaError(f"{path}: missing column(s) {', '.join(missing)}")
+            for row in reader:
+                line = reader.line_num
                 try:
-                    frames.append(read_image(path.parent / image))
-                except MambavaError as error:
-                    raise MambavaError(f"{path}:{line}: {error}") from None
-                by_image[image] = len(frames) - 1
-            samples.append((by_image[image], points))
+                    points = np.array([float(row[c]) for c in POINT_COLUMNS]).reshape(5, 2)
+                except (TypeError, ValueError):
+                    raise MambavaError(f"{path}:{line}: landmark values must be numbers") from None
+                if not np.isfinite(points).all():
+                    raise MambavaError(f"{path}:{line}: landmark values must be finite")
+                image = (row.get("image") or "").strip()
+                if not image:
+                    raise MambavaError(f"{path}:{line}: no image named")
+                if image not in images:
+                    try:
+                        images = {image: read_image(path.parent / image)}
+                    except MambavaError as error:
+                        raise MambavaError(f"{path}:{line}: {error}") from None
+                region, moved = face_region(images[image], points)
+                frames.append(region)
+                samples.append((len(frames) - 1, moved))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise MambavaError(f"{path}: not a readable CSV ({type(error).__name__}: {str(error)[:120]})") from None
     if not samples:
         raise MambavaError(f"{path}: no faces")
     return frames, samples
+
+
+def face_region(image: np.ndarray, points: np.ndarray, extent: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """The part of `image` within `extent` eye distances of the 5 points' centre (clipped to the image), copied,
+    and the points in its pixels: what training patches are cut from (the perturbed patch spans < 2.5 eye
+    distances from the centre), so a training set holds faces, not whole frames."""
+    reach = extent * max(float(np.linalg.norm(points[1] - points[0])), 4.0)
+    centre = points.mean(0)
+    h, w = image.shape[:2]
+    x0, y0 = (max(int(np.floor(c - reach)), 0) for c in centre)
+    x1, y1 = min(int(np.ceil(centre[0] + reach)) + 1, w), min(int(np.ceil(centre[1] + reach)) + 1, h)
+    return np.ascontiguousarray(image[y0:y1, x0:x1]), points - np.array([x0, y0], np.float64)

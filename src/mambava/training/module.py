@@ -128,7 +128,8 @@ class VAModule(L.LightningModule):
         # a fusion model z-scores its audio input with the training videos' statistics, set once: a resumed run
         # has them from its checkpoint, an adapted model keeps its base's
         datamodule = self.trainer.datamodule
-        fresh = self.fit_input_statistics and not getattr(self.model, "audio_normalised", True)
+        resumed = self.trainer.ckpt_path is not None  # its statistics (or a run from before them: none) stay
+        fresh = self.fit_input_statistics and not resumed and not getattr(self.model, "audio_normalised", True)
         if fresh and hasattr(self.model, "set_audio_normalisation") and datamodule:
             statistics = datamodule.audio_statistics()
             if statistics is not None:
