@@ -34,7 +34,7 @@ OWN_CROPS_JITTER = (1.0, 0.02, 1.0)
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo; the defaults take about 16 minutes on 2 CPU cores, `quick()` about 4-6."""
+    """Sizes of the demo; the defaults take about 17 minutes on 2 CPU cores, `quick()` about 4-6."""
 
     seed: int = 0
     # the generated dataset
