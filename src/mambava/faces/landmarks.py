@@ -149,7 +149,7 @@ def load_refiner(path: str | os.PathLike) -> LandmarkRefiner:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
         if metadata.get("format") != FORMAT:
-            raise MambavaError(f"{path}: not a landmark refiner (made by `mambava faces train-landmarks`)")
+            raise MambavaError(f"{path}: not a landmark refiner (made by `mambava train-landmarks`)")
         config = RefinerConfig(**json.loads(metadata["config"]))
         if config.size < 16 or config.width < 2 or config.passes < 1:
             raise MambavaError(f"{path}: a landmark refiner with size {config.size}, width {config.width}, "
