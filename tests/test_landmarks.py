@@ -141,3 +141,47 @@ def test_train_landmarks_command_from_a_synthetic_dataset_and_from_a_csv(trained
         assert code != 0 and len(err.strip().splitlines()) == 1 and words in err, err
     code, _, err = run_cli(["train-landmarks", root, "--out", tmp_path], capsys)  # a folder: before training
     assert code != 0 and "is a folder" in err
+
+
+def test_predict_names_a_faces_stage_other_than_the_one_that_made_the_training_crops(trained, tmp_path,
+                                                                                     tiny_mamba_va):
+    """A model trained on `faces --dataset` crops: predict reads their marker (the run's data.annotations) and
+    says where its own faces stage differs: no refiner, another refiner, another --detect-every."""
+    import json
+
+    import torch
+    import yaml
+
+    from mambava.backbone import ViTConfig, ViTEncoder
+    from mambava.faces.dataset import MARKER
+    from mambava.fileio import file_sha256
+    from mambava.predict import Predictor
+    from mambava.temporal_models import save_temporal_model
+
+    _, refiner, frames, held, _ = trained
+    lm = refiner.save(tmp_path / "lm.safetensors")
+    other = train_refiner(frames[:2], held[:2], RefinerConfig(epochs=1, seed=5)).save(tmp_path / "other.safetensors")
+    root = tmp_path / "own"
+    (root / "cropped_aligned").mkdir(parents=True)
+    with open(root / "cropped_aligned" / MARKER, "w") as handle:  # as `faces --dataset --landmarks lm` writes it
+        json.dump({"detector": "mtcnn", "detector_kwargs": {"landmarks": str(lm)}, "detect_every": 1,
+                   "landmarks_sha256": file_sha256(lm)}, handle)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"annotations": str(root)}}))
+    torch.manual_seed(0)
+    ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=24, depth=1, num_heads=2)).save(tmp_path / "vit.safetensors")
+    model = save_temporal_model(tiny_mamba_va(24), run / "model.safetensors")
+
+    def notes(detector, every=1):
+        return Predictor(model, tmp_path / "vit.safetensors", detector=detector, detect_every=every).face_stage_notes()
+
+    assert notes(get_detector("mtcnn", landmarks=lm)) == []
+    assert notes("mtcnn") == [f"the model's training crops were made with the landmark refiner {lm}: pass "
+                              "--landmarks with it, or its faces are aligned differently from what it learned"]
+    assert notes(get_detector("mtcnn", landmarks=other)) == [
+        f"the model's training crops were made with another landmark refiner ({lm})"]
+    assert notes(get_detector("mtcnn", landmarks=lm), 3) == [
+        "the model's training crops were made with --detect-every 1, predict uses 3"]
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"annotations": str(tmp_path / "elsewhere")}}))
+    assert notes("mtcnn") == []  # crops of unknown origin: nothing to say

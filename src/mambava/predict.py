@@ -80,15 +80,15 @@ DEFAULT_STITCHING = "most_history"
 
 
 def load_model(checkpoint):
-    """(model in eval mode, window, stride, name) from a checkpoint path (our safetensors, any model kind, a
-    Lightning run checkpoint or the authors' .pth: `mambava.temporal_models.load_temporal_model`) or a model
-    object."""
+    """(model in eval mode, window, stride, name, the run's config or None) from a checkpoint path (our
+    safetensors, any model kind, a Lightning run checkpoint or the authors' .pth:
+    `mambava.temporal_models.load_temporal_model`) or a model object."""
     if not isinstance(checkpoint, (str, os.PathLike)):
-        return checkpoint.eval(), None, None, type(checkpoint).__name__
+        return checkpoint.eval(), None, None, type(checkpoint).__name__, None
     from mambava.temporal_models import load_temporal_model
 
     loaded = load_temporal_model(checkpoint)
-    return loaded.model, loaded.window, loaded.stride, loaded.source
+    return loaded.model, loaded.window, loaded.stride, loaded.source, loaded.run_config
 
 
 def load_features_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +200,7 @@ class Predictor:
             check_fps(fps, "--fps")
         check_fps(features_fps, "--features-fps")
         self.device = resolve_device(device)
-        model, ckpt_window, ckpt_stride, self.model_name = load_model(checkpoint)
+        model, ckpt_window, ckpt_stride, self.model_name, self.run_config = load_model(checkpoint)
         self.model = model.to(self.device).eval()
         self.windowing = windowing
         self.stitching = stitching
@@ -225,6 +225,17 @@ class Predictor:
         self.progress = progress
         self.audio = self._check_audio(audio)
         self.extractor = self._make_extractor(backbone) if backbone is not None else None
+
+    def face_stage_notes(self) -> list[str]:
+        """How this predictor's faces stage differs from the one that made the model's training crops, one line
+        each, when those crops were made by `faces --dataset` and their marker is on this machine (the run's
+        `data.annotations`); empty when they agree or nothing is known."""
+        from mambava.faces.dataset import face_stage_differences, training_crops_settings
+
+        made = training_crops_settings(self.run_config)
+        if made is None or self.extractor is None:
+            return []
+        return face_stage_differences(made, self.detector, self.detect_every)
 
     @property
     def fusion(self) -> bool:

@@ -81,6 +81,10 @@ def predict_command(
     from mambava.cli import error_line
     from mambava.fileio import atomic_group
 
+    if videos:
+        for note in predictor.face_stage_notes():
+            typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
+
     failed = 0
     for path in paths:
         try:
@@ -164,6 +168,8 @@ def stream_command(
         audio=False if is_features else _audio_choice(audio, no_audio),
     )
     hears = getattr(predictor, "fusion", False) and not is_features
+    for note in [] if is_features else predictor.face_stage_notes():
+        typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
     live = predictor.stream(source, realtime=realtime, step_precision=step_precision)
     rows = []
     reported, last_report = 0, 0.0

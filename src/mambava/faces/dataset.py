@@ -200,6 +200,45 @@ def _claim_crops_dir(crops_dir: Path, root: Path, detector, detector_kwargs: dic
     return crops_dir
 
 
+def training_crops_settings(run_config: dict | None) -> dict | None:
+    """What made a training run's crops (the marker `faces --dataset` wrote in its `data.annotations` root's
+    cropped_aligned/), or None: another source of crops, or not on this machine."""
+    data = (run_config or {}).get("data") or {}
+    root = data.get("annotations") if isinstance(data, dict) else None
+    if not root:
+        return None
+    for folder in (Path(root), Path(root).parent):  # the dataset root, or its annotation folder
+        marker = folder / CROPS_DIR / MARKER
+        try:
+            if marker.is_file():
+                return json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def face_stage_differences(made: dict, detector, detect_every: int) -> list[str]:
+    """Where a faces stage (`detector`, `detect_every`) differs from the one whose marker is `made`, one line
+    each: another detector, a landmark refiner on one side only or another one, another --detect-every."""
+    notes = []
+    name = getattr(detector, "name", detector)
+    if made.get("detector") not in (name, getattr(detector, "description", None)):
+        notes.append(f"the model's training crops were made by the {made.get('detector')} detector, predict uses {name}")
+    theirs = (made.get("detector_kwargs") or {}).get("landmarks")
+    refiner = getattr(detector, "refiner_sha256", None)
+    if theirs and refiner is None:
+        notes.append(f"the model's training crops were made with the landmark refiner {theirs}: pass --landmarks "
+                     "with it, or its faces are aligned differently from what it learned")
+    elif not theirs and refiner is not None:
+        notes.append("the model's training crops were made without a landmark refiner; predict uses one")
+    elif theirs and made.get("landmarks_sha256") not in (None, refiner):
+        notes.append(f"the model's training crops were made with another landmark refiner ({theirs})")
+    if int(made.get("detect_every", 1)) != int(detect_every):
+        notes.append(f"the model's training crops were made with --detect-every {made.get('detect_every', 1)}, "
+                     f"predict uses {detect_every}")
+    return notes
+
+
 def _crop_setting(value):
     """A setting as it affects the crops (torch threads do not; JSON turns tuples into lists)."""
     if isinstance(value, dict):

@@ -33,6 +33,7 @@ from torch import nn
 
 from mambava.errors import MambavaError
 from mambava.faces.align import ARCFACE_TEMPLATE_112, similarity_transform, transform_points, warp
+from mambava.fileio import file_sha256
 
 FORMAT = "mambava-landmark-refiner"
 
@@ -176,6 +177,8 @@ class RefinedDetector:
         self.detector = detector
         self.refiner = refiner if isinstance(refiner, LandmarkRefiner) else load_refiner(refiner)
         self.name = detector.name
+        # the file's hash, as `faces --dataset` records it: which refiner made a model's training crops
+        self.refiner_sha256 = None if isinstance(refiner, LandmarkRefiner) else file_sha256(refiner)
         # what made the crops (the faces stage's marker): the refiner's weights, not where its file was
         digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in self.refiner.net.state_dict().values()))
         self.description = f"{detector.name}+landmarks:{digest.hexdigest()[:16]}"
