@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from mambava.cli import app
 from mambava.errors import MambavaError
 from mambava.faces import get_detector
+from mambava.faces.align import LANDMARK_COLUMNS
 from mambava.faces.dataset import alignment_error
 from mambava.faces.landmarks import (
-    POINT_COLUMNS,
     RefinedDetector,
     RefinerConfig,
     _perturb,
@@ -88,8 +88,8 @@ def test_round_trips_through_its_file_and_wraps_detectors_by_name(trained, tmp_p
     det = get_detector("mtcnn", landmarks=path, **RELAXED)
     assert isinstance(det, RefinedDetector) and det.thresholds == (0.5, 0.5, 0.5)  # the wrapped detector's settings
     # the faces stage's marker names the refiner by its weights, not by where its file is
-    assert det.description == RefinedDetector(get_detector("mtcnn"), loaded).description != RefinedDetector(
-        get_detector("mtcnn"), train_refiner(frames[:2], held[:2], RefinerConfig(epochs=1, seed=5))).description
+    assert det.refiner_sha256 == RefinedDetector(get_detector("mtcnn"), loaded).refiner_sha256 != RefinedDetector(
+        get_detector("mtcnn"), train_refiner(frames[:2], held[:2], RefinerConfig(epochs=1, seed=5))).refiner_sha256
     face = det.detect(frames[held[0][0]])[0]
     # detection by tracking's check (O-Net on a known box) is refined too
     checked = det.verify(frames[held[0][0]], [face])[0]
@@ -118,10 +118,10 @@ def test_train_landmarks_command_from_a_synthetic_dataset_and_from_a_csv(trained
     rows = []
     for k, (index, truth) in enumerate(held[:6]):
         Image.fromarray(frames[index]).save(tmp_path / f"f{k}.png")
-        rows.append({"image": f"f{k}.png", **dict(zip(POINT_COLUMNS, truth.reshape(-1)))})
+        rows.append({"image": f"f{k}.png", **dict(zip(LANDMARK_COLUMNS, truth.reshape(-1)))})
     table = tmp_path / "faces.csv"
     with open(table, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["image", *POINT_COLUMNS])
+        writer = csv.DictWriter(handle, ["image", *LANDMARK_COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
     result = runner.invoke(app, ["train-landmarks", str(table), "--out", str(tmp_path / "b.safetensors"),
@@ -134,7 +134,7 @@ def test_train_landmarks_command_from_a_synthetic_dataset_and_from_a_csv(trained
     assert code != 0 and err.strip().splitlines() == [f"error: {table}:4: landmark values must be numbers"]
     assert not (tmp_path / "c.safetensors").exists()
     for text, words in ((b"image,left_eye_x\n\xff\xfe\x00", "not a readable CSV"),
-                        (("image," + ",".join(POINT_COLUMNS) + "\n ," + ",".join(["1"] * 10) + "\n").encode(),
+                        (("image," + ",".join(LANDMARK_COLUMNS) + "\n ," + ",".join(["1"] * 10) + "\n").encode(),
                          ":2: no image named")):
         table.write_bytes(text)
         code, _, err = run_cli(["train-landmarks", table, "--out", tmp_path / "c.safetensors"], capsys)
@@ -154,7 +154,6 @@ def test_predict_names_a_faces_stage_other_than_the_one_that_made_the_training_c
 
     from mambava.backbone import ViTConfig, ViTEncoder
     from mambava.faces.dataset import MARKER
-    from mambava.fileio import file_sha256
     from mambava.predict import Predictor
     from mambava.temporal_models import save_temporal_model
 
@@ -165,7 +164,7 @@ def test_predict_names_a_faces_stage_other_than_the_one_that_made_the_training_c
     (root / "cropped_aligned").mkdir(parents=True)
     with open(root / "cropped_aligned" / MARKER, "w") as handle:  # as `faces --dataset --landmarks lm` writes it
         json.dump({"detector": "mtcnn", "detector_kwargs": {"landmarks": str(lm)}, "detect_every": 1,
-                   "landmarks_sha256": file_sha256(lm)}, handle)
+                   "landmarks_sha256": get_detector("mtcnn", landmarks=lm).refiner_sha256}, handle)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"annotations": str(root)}}))

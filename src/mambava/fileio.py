@@ -162,14 +162,3 @@ def atomic_group() -> Iterator[list[tuple[Path, Path]]]:
         raise output_error(error, pending[done][1], f"cannot write (new: {new}; the others are from before)") from None
     for folder in {target.parent for _, target in pending}:
         fsync_dir(folder)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 hex digest of a file's bytes, read in 1 MiB blocks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -12,6 +12,7 @@ added from) and `added` (UTC). A file whose hash no longer matches the index is 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -20,7 +21,6 @@ import sys
 from pathlib import Path
 
 from mambava.errors import MambavaError
-from mambava.fileio import file_sha256
 
 KINDS = ("temporal", "backbone")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -66,7 +66,12 @@ def _write_index(index: dict) -> None:
         handle.write("\n")
 
 
-sha256 = file_sha256  # (the registry's name for it)
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def guess_kind(path: Path) -> tuple[str, str]:

@@ -159,7 +159,7 @@ def train_landmarks_command(
 
         if not (source / "synth_meta.json").is_file():
             raise MambavaError(f"{source}: not a synthetic dataset (no synth_meta.json); give a landmarks CSV")
-        names = [p["name"] for v in read_meta(source)["videos"] if v["split"] == split for p in v["persons"]]
+        names = read_meta(source)["splits"].get(split, [])
         if not names:
             raise MambavaError(f"{source}: no people in split {split!r}")
         frames, samples = synth_refiner_samples(source, names, every=every)

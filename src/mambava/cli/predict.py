@@ -82,8 +82,7 @@ def predict_command(
     from mambava.fileio import atomic_group
 
     if videos:
-        for note in predictor.face_stage_notes():
-            typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
+        _warn_face_stage(predictor)
 
     failed = 0
     for path in paths:
@@ -109,6 +108,12 @@ def predict_command(
     if failed:
         typer.secho(f"{failed} of {len(paths)} inputs failed", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+
+
+def _warn_face_stage(predictor) -> None:
+    """A warning line for each way the faces stage differs from the one that made the model's training crops."""
+    for note in predictor.face_stage_notes():
+        typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
 
 
 def _make_folder(path: Path) -> None:
@@ -168,8 +173,8 @@ def stream_command(
         audio=False if is_features else _audio_choice(audio, no_audio),
     )
     hears = getattr(predictor, "fusion", False) and not is_features
-    for note in [] if is_features else predictor.face_stage_notes():
-        typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
+    if not is_features:
+        _warn_face_stage(predictor)
     live = predictor.stream(source, realtime=realtime, step_precision=step_precision)
     rows = []
     reported, last_report = 0, 0.0

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mambava.demo.recipe import score_run, train_temporal
 from mambava.errors import MambavaError
 
 ROWS = ("visual", "audio", "early_fusion", "mid_fusion")
@@ -49,8 +50,6 @@ def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: 
     """Extract, train and score (the module docstring); `visual_scores` is the visual model's test row."""
     from mambava.audio import extract_audio
     from mambava.features import AudioVisualStore, FeatureStore
-    from mambava.temporal_models import load_temporal_model
-    from mambava.training.evaluate import evaluate_videos, write_per_video
 
     sets = feature_sets()
     raw, normed = out / "audio_raw", out / "audio_features"
@@ -75,12 +74,10 @@ def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: 
     runs: dict[str, dict] = {}
     for name, (features, audio, model) in plans.items():
         say(f"      training {name}")
-        run = _train(out, data_root, features, audio, name, model, cfg, progress)
-        loaded = load_temporal_model(run["outputs"]["model"])
+        run = train_temporal(out / "runs" / name, data_root, features, model, cfg, progress,
+                             epochs=cfg.audio_epochs, audio=audio)
         store = AudioVisualStore(FeatureStore(features), FeatureStore(audio)) if audio else FeatureStore(features)
-        result = evaluate_videos(loaded, store, test_names, labels, cfg.window, cfg.stride, device="cpu")
-        write_per_video(result, out / "runs" / name / "eval_test.csv")
-        rows[name] = result.as_dict()
+        rows[name] = score_run(run, store, test_names, labels, cfg)[1].as_dict()
         runs[name] = {"validation_best": run["best"], "parameters": run["parameters"],
                       "train_time_s": run["train_time_s"]}
     best = max(("early_fusion", "mid_fusion"), key=lambda k: rows[k]["p_va"])
@@ -99,8 +96,7 @@ def _normalise(data_root: Path, raw, normed) -> int:
     from mambava.features import column_statistics
     from mambava.synth import read_meta
 
-    train = [p["name"] for v in read_meta(data_root)["videos"] if v["split"] == "train" for p in v["persons"]]
-    train = [n for n in train if raw.has(n)] or raw.names()
+    train = [n for n in read_meta(data_root)["splits"]["train"] if raw.has(n)] or raw.names()
     mean, std = column_statistics(raw, train)
     std = np.where(std > 1e-6, std, 1.0)  # a constant column stays 0
     for name in raw.names():
@@ -109,27 +105,6 @@ def _normalise(data_root: Path, raw, normed) -> int:
         normed.write(name, ((np.asarray(x, np.float64) - mean) / std).astype(np.float32), mask, record.fps,
                      record.backbone + ":zscore", "float32", {**record.extra, "zscore_from": "train"})
     return int(len(mean))
-
-
-def _train(out: Path, data_root: Path, features: Path, audio: Path | None, name: str, model: dict, cfg: DemoConfig,
-           progress: bool) -> dict:
-    """The demo's temporal recipe (as for the visual model: `mambava.demo.run`) on other features."""
-    from mambava.training import DataConfig, TrainConfig, train
-
-    model = dict(dict(kind="mamba_va", tcn_channels=list(cfg.tcn_channels), kernel_size=cfg.kernel_size,
-                      dropout=cfg.dropout, d_model=cfg.d_model, n_layers=cfg.n_layers, d_state=cfg.d_state,
-                      dt_rank="auto", head_hidden=cfg.head_hidden), **model)
-    tcfg = TrainConfig(
-        model=model, data=DataConfig(features=str(features), audio_features=str(audio) if audio else None,
-                                     annotations=str(data_root), window=cfg.window, stride=cfg.stride),
-        batch_size=cfg.batch_size, epochs=cfg.audio_epochs or cfg.epochs, warmup_epochs=cfg.warmup_epochs, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, accelerator="cpu", precision=cfg.training_precision(),
-        progress_bar=progress, out_dir=str(out / "runs" / name),
-    )
-    summary = train(tcfg)
-    if summary is None:
-        raise MambavaError(f"training {name} was interrupted")
-    return summary
 
 
 def _fmt(x) -> str:

@@ -4,6 +4,7 @@ true landmarks, `mambava faces --dataset` over every raw video with it, and ever
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def landmark_stage(data_root: Path, out: Path, epochs: int, progress: bool) -> t
     from mambava.synth import read_meta
 
     start, cpu = time.perf_counter(), cpu_seconds()
-    train = [p["name"] for v in read_meta(data_root)["videos"] if v["split"] == "train" for p in v["persons"]]
+    train = read_meta(data_root)["splits"]["train"]
     frames, samples = synth_refiner_samples(data_root, train, every=3)
     config = RefinerConfig(epochs=epochs)
     losses: list[float] = []
@@ -46,7 +47,7 @@ def landmark_stage(data_root: Path, out: Path, epochs: int, progress: bool) -> t
         refiner = train_refiner(frames, samples, config, progress=report)
     path = refiner.save(out / LANDMARKS_FILE)
     return path, {"people": len(train), "faces": len(samples), "epochs": epochs, "loss": losses,
-                  "config": {k: v for k, v in vars(config).items()},
+                  "config": dataclasses.asdict(config),
                   "seconds": round(time.perf_counter() - start, 1), "cpu_s": round(cpu_seconds() - cpu, 1)}
 
 
@@ -68,7 +69,7 @@ def own_crops_stage(data_root: Path, own_root: Path, workers: int, detect_every:
     if result.failed:
         raise MambavaError(result.failed[0].error)
     frames = sum(v.frames for v in result.videos)
-    test = [p["name"] for v in read_meta(data_root)["videos"] if v["split"] == "test" for p in v["persons"]]
+    test = read_meta(data_root)["splits"]["test"]
     return {
         "videos": len(result.videos), "frames": frames, "crops": sum(sum(v.tracks.values()) for v in result.videos),
         "seconds": round(time.perf_counter() - start, 1), "cpu_s": round(cpu_seconds() - cpu, 1),

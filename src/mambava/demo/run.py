@@ -19,6 +19,7 @@ import numpy as np
 from mambava.demo.ablation import run_ablation
 from mambava.demo.distill import distill_stage
 from mambava.demo.own_crops import LANDMARKS_FILE, demo_detector, landmark_stage, own_crops_stage, predict_all
+from mambava.demo.recipe import score_run, train_temporal
 from mambava.demo.report import REPORT_FILE, write_figures, write_report
 from mambava.errors import MambavaError
 from mambava.fileio import atomic_open
@@ -276,7 +277,8 @@ def _model_stages(out: Path, data_root: Path, train_root: Path, stills_root: Pat
     with stages.stage("train", f"TCN+Mamba and the frame-wise baseline ({cfg.baseline}), {cfg.epochs} epochs each"):
         for kind in ("mamba_va", cfg.baseline):
             stages.console.print(f"      training {kind}")
-            runs[kind] = _train(out, data_root, store, kind, cfg, progress, extra)
+            runs[kind] = train_temporal(out / "runs" / kind, data_root, store, dict(kind=kind, input_dim=cfg.embed_dim),
+                                        cfg, progress, extra=extra)
     results["runs"] = {k: {"validation_best": v["best"], "parameters": v["parameters"],
                            "train_time_s": v["train_time_s"]} for k, v in runs.items()}
     return encoder_path, store, runs
@@ -385,38 +387,13 @@ def _extract(out: Path, data_root: Path, encoder_path: Path, progress: bool, nam
     return store
 
 
-def _train(out: Path, data_root: Path, store: Path, kind: str, cfg: DemoConfig, progress: bool,
-           extra: list[Path] = ()) -> dict:
-    from mambava.training import DataConfig, TrainConfig, train
-
-    model = dict(kind=kind, input_dim=cfg.embed_dim, tcn_channels=list(cfg.tcn_channels), kernel_size=cfg.kernel_size,
-                 dropout=cfg.dropout, d_model=cfg.d_model, n_layers=cfg.n_layers, d_state=cfg.d_state,
-                 dt_rank="auto", head_hidden=cfg.head_hidden)
-    tcfg = TrainConfig(
-        model=model, data=DataConfig(features=str(store), annotations=str(data_root), window=cfg.window,
-                                     stride=cfg.stride, extra_features=[str(p) for p in extra]),
-        batch_size=cfg.batch_size, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, accelerator="cpu", precision=cfg.training_precision(),
-        progress_bar=progress,
-        out_dir=str(out / "runs" / kind),
-    )
-    summary = train(tcfg)
-    if summary is None:
-        raise MambavaError(f"training {kind} was interrupted")
-    return summary
-
-
 def _evaluate(out: Path, store: Path, runs: dict, names: list[str], labels: dict, cfg: DemoConfig):
-    from mambava.temporal_models import load_temporal_model
-    from mambava.training.evaluate import evaluate_videos, write_per_video
     from mambava.features import FeatureStore
 
     scores, predictions = {}, {}
     fs = FeatureStore(store)
     for kind, run in runs.items():
-        loaded = load_temporal_model(run["outputs"]["model"])
-        result = evaluate_videos(loaded, fs, names, labels, cfg.window, cfg.stride, device="cpu")
-        write_per_video(result, out / "runs" / kind / "eval_test.csv")
+        loaded, result = score_run(run, fs, names, labels, cfg)
         scores[kind] = result.as_dict()
         predictions[kind] = _predictions(loaded, fs, names, cfg)
     return scores, predictions

@@ -22,6 +22,10 @@ ARCFACE_TEMPLATE_112 = np.array(
 )
 
 
+# the 5 points' names, in the template's order, as the faces CSV spells its columns (x then y of each)
+LANDMARK_COLUMNS = [f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in "xy"]
+
+
 def template(size: int = 112) -> np.ndarray:
     """The 5-point template for a size×size crop (the 112 template scaled)."""
     return ARCFACE_TEMPLATE_112 * (size / 112.0)
@@ -59,6 +63,11 @@ def alignment_matrix(landmarks: np.ndarray, size: int = 112) -> np.ndarray:
     return similarity_transform(landmarks, template(size))
 
 
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """The 2×3 matrix of the inverse map (crop coordinates back into the image)."""
+    return np.linalg.inv(np.vstack([np.asarray(matrix, np.float64), [0.0, 0.0, 1.0]]))[:2]
+
+
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     points = np.asarray(points, dtype=np.float64)
     return points @ matrix[:, :2].T + matrix[:, 2]
@@ -73,7 +82,7 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float64)
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     if scale < 0.5:
-        inverse = cv2.invertAffineTransform(matrix)
+        inverse = invert_affine(matrix)
         corners = transform_points(inverse, np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64))
         h, w = image.shape[:2]
         x0, y0 = (max(int(np.floor(v)) - 2, 0) for v in corners.min(0))

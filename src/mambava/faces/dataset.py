@@ -37,8 +37,8 @@ import numpy as np
 
 from mambava.affwild2 import CROPS_DIR, AffWild2, base_video
 from mambava.errors import MambavaError
-from mambava.faces.align import ARCFACE_TEMPLATE_112, alignment_matrix, transform_points
-from mambava.fileio import atomic_open, file_sha256
+from mambava.faces.align import ARCFACE_TEMPLATE_112, LANDMARK_COLUMNS, alignment_matrix, transform_points
+from mambava.fileio import atomic_open
 
 MARKER = ".mambava-faces.json"
 CSV_SUFFIX = ".faces.csv"
@@ -128,11 +128,12 @@ def extract_dataset_faces(
     out = Path(out) if out is not None else root
     dataset = AffWild2(root)
     raw = _raw_videos(dataset, root, videos)
+    built = detector
     if isinstance(detector, str):  # a bad name, option or refiner file: one error here, not one per video
         from mambava.faces.detect import get_detector
 
-        get_detector(detector, **(detector_kwargs or {}))
-    crops_dir = _claim_crops_dir(out / CROPS_DIR, root, detector, detector_kwargs, min_track_frames, detect_every)
+        built = get_detector(detector, **(detector_kwargs or {}))
+    crops_dir = _claim_crops_dir(out / CROPS_DIR, root, built, detector_kwargs, min_track_frames, detect_every)
     linked = _link_root(root, out) if link and out.resolve() != root.resolve() else []
 
     results: dict[str, VideoFaces] = {}
@@ -146,8 +147,9 @@ def extract_dataset_faces(
         for video in results:
             progress(len(results), len(raw), results[video])
     threads = 1 if workers > 1 else 0
-    jobs = {v: (v, raw[v], crops_dir, detector, detector_kwargs or {}, min_track_frames, threads, detect_every)
-            for v in todo}
+    inline = workers <= 1 or len(todo) <= 1  # (worker processes build their own from the name)
+    jobs = {v: (v, raw[v], crops_dir, built if inline else detector, detector_kwargs or {}, min_track_frames,
+                threads, detect_every) for v in todo}
     for item in _run_jobs(jobs, raw, workers, detector):
         results[item.video] = item
         if progress is not None:
@@ -170,7 +172,8 @@ def _raw_videos(dataset: AffWild2, root: Path, videos: list[str] | None) -> dict
 
 def _claim_crops_dir(crops_dir: Path, root: Path, detector, detector_kwargs: dict | None,
                      min_track_frames: int, detect_every: int = 1) -> Path:
-    """`crops_dir`, made and marked as ours; an error when it holds crops this function did not write."""
+    """`crops_dir`, made and marked as ours (`detector`: the built detector); an error when it holds crops
+    this function did not write, or crops made with other settings."""
     marker = crops_dir / MARKER
     if crops_dir.is_dir() and not marker.exists() and any(crops_dir.iterdir()):
         raise MambavaError(
@@ -178,12 +181,11 @@ def _claim_crops_dir(crops_dir: Path, root: Path, detector, detector_kwargs: dic
             f"choose another --out"
         )
     crops_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"source": str(root.resolve()), "detector": detector if isinstance(detector, str) else
-                getattr(detector, "description", getattr(detector, "name", type(detector).__name__)),
+    settings = {"source": str(root.resolve()), "detector": getattr(detector, "name", type(detector).__name__),
                 "detector_kwargs": detector_kwargs or {}, "min_track_frames": min_track_frames,
                 "detect_every": detect_every}
-    if (detector_kwargs or {}).get("landmarks"):  # the refiner's content: a file retrained in place differs
-        settings["landmarks_sha256"] = file_sha256(detector_kwargs["landmarks"])
+    if getattr(detector, "refiner_sha256", None):  # the refiner's weights: a file retrained in place differs
+        settings["landmarks_sha256"] = detector.refiner_sha256
     started = any(crops_dir.glob(f"*{CSV_SUFFIX}"))
     if marker.exists() and started:  # resuming: the videos still to do must be cropped as the ones there were
         earlier = json.loads(marker.read_text())
@@ -222,17 +224,17 @@ def face_stage_differences(made: dict, detector, detect_every: int) -> list[str]
     each: another detector, a landmark refiner on one side only or another one, another --detect-every."""
     notes = []
     name = getattr(detector, "name", detector)
-    if made.get("detector") not in (name, getattr(detector, "description", None)):
+    if made.get("detector") != name:
         notes.append(f"the model's training crops were made by the {made.get('detector')} detector, predict uses {name}")
-    theirs = (made.get("detector_kwargs") or {}).get("landmarks")
-    refiner = getattr(detector, "refiner_sha256", None)
-    if theirs and refiner is None:
-        notes.append(f"the model's training crops were made with the landmark refiner {theirs}: pass --landmarks "
+    theirs, ours = made.get("landmarks_sha256"), getattr(detector, "refiner_sha256", None)
+    where = (made.get("detector_kwargs") or {}).get("landmarks", theirs)
+    if theirs and ours is None:
+        notes.append(f"the model's training crops were made with the landmark refiner {where}: pass --landmarks "
                      "with it, or its faces are aligned differently from what it learned")
-    elif not theirs and refiner is not None:
+    elif not theirs and ours is not None:
         notes.append("the model's training crops were made without a landmark refiner; predict uses one")
-    elif theirs and made.get("landmarks_sha256") not in (None, refiner):
-        notes.append(f"the model's training crops were made with another landmark refiner ({theirs})")
+    elif theirs != ours:
+        notes.append(f"the model's training crops were made with another landmark refiner ({where})")
     if int(made.get("detect_every", 1)) != int(detect_every):
         notes.append(f"the model's training crops were made with --detect-every {made.get('detect_every', 1)}, "
                      f"predict uses {detect_every}")
@@ -368,7 +370,6 @@ def synth_alignment_error(synth_root: str | os.PathLike, faces_dir: str | os.Pat
     meta = read_meta(synth_root)
     ours, theirs = [], []
     unmatched = 0
-    points = [f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in "xy"]
     for video in meta["videos"]:
         persons = [p["name"] for p in video["persons"] if names is None or p["name"] in names]
         if not persons:
@@ -384,7 +385,7 @@ def synth_alignment_error(synth_root: str | os.PathLike, faces_dir: str | os.Pat
             rows = table[(table["track"] == name) & (table["present"] == 1)]
             frames = rows["frame"].to_numpy()
             inside = frames < len(truth["landmarks"])
-            found = rows[points].to_numpy(np.float64)[inside].reshape(-1, 5, 2)
+            found = rows[LANDMARK_COLUMNS].to_numpy(np.float64)[inside].reshape(-1, 5, 2)
             true = truth["landmarks"][frames[inside]]
             drawn = np.isfinite(true).all((1, 2))
             unmatched += int((~drawn).sum()) + int((~inside).sum())

@@ -379,7 +379,7 @@ class MTCNNDetector(BaseDetector):
         """O-Net again on a 48×48 patch cut by the similarity that puts the found landmarks on `REFINE_LAYOUT_48`,
         its landmarks mapped back; `refine` times. Steadier points, but not the per-person error that costs
         P_VA (README Crops for training; `mambava.faces.landmarks` is the learned one). Boxes and scores kept."""
-        from mambava.faces.align import similarity_transform, transform_points, warp
+        from mambava.faces.align import invert_affine, similarity_transform, transform_points, warp
 
         for _ in range(self.refine):
             items = [(i, k) for i, faces in enumerate(results) for k in range(len(faces))]
@@ -391,8 +391,7 @@ class MTCNNDetector(BaseDetector):
             points = self.onet(batch.to(self.device))[1].cpu().numpy().astype(np.float64)
             for (i, k), m, p in zip(items, matrices, points):
                 # O-Net's outputs are fractions of its patch; -0.5: from edge to pixel-centre coordinates
-                inverse = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
-                found = transform_points(inverse, np.stack([p[:5], p[5:]], axis=1) * 48 - 0.5)
+                found = transform_points(invert_affine(m), np.stack([p[:5], p[5:]], axis=1) * 48 - 0.5)
                 old = results[i][k]
                 results[i][k] = Face(box=old.box, landmarks=found.astype(np.float32), score=old.score)
         return results

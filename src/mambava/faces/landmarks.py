@@ -12,7 +12,8 @@ Training perturbs the true landmarks by a random similarity and per-point noise 
 the patch with the perturbed points and regresses the true ones: the cascaded-regression recipe (Dollár et al.
 2010; Xiong & De la Torre 2013), so the net learns to correct any start within that range, not one detector.
 
-    refiner = train_refiner(samples)                     # samples: (RGB frame, true (5, 2) landmarks) pairs
+    frames, samples = synth_refiner_samples("data", names)   # or csv_refiner_samples("faces.csv")
+    refiner = train_refiner(frames, samples)                 # samples: (frame index, true (5, 2) landmarks)
     refiner.save("landmarks.safetensors")
     det = get_detector("mtcnn", landmarks="landmarks.safetensors")   # every face's points refined
 """
@@ -32,8 +33,8 @@ import torch
 from torch import nn
 
 from mambava.errors import MambavaError
-from mambava.faces.align import ARCFACE_TEMPLATE_112, similarity_transform, transform_points, warp
-from mambava.fileio import file_sha256
+from mambava.faces.align import (ARCFACE_TEMPLATE_112, LANDMARK_COLUMNS, invert_affine, similarity_transform,
+                                 transform_points, warp)
 
 FORMAT = "mambava-landmark-refiner"
 
@@ -60,7 +61,7 @@ class RefinerConfig:
 
     def layout(self) -> np.ndarray:
         """Where the 5 points sit on the patch when the start is right."""
-        return (ARCFACE_TEMPLATE_112 + self.margin) * (self.size / (112.0 + 2 * self.margin))
+        return (ARCFACE_TEMPLATE_112 + self.margin) * self.patch_scale
 
     @property
     def patch_scale(self) -> float:
@@ -119,7 +120,7 @@ class LandmarkRefiner:
             matrices = [similarity_transform(lm, self._layout) for lm in current]
             patches = np.stack([warp(image, m, size) for m in matrices])
             found = self._points(patches)
-            current = [transform_points(cv2_invert(m), p) for m, p in zip(matrices, found)]
+            current = [transform_points(invert_affine(m), p) for m, p in zip(matrices, found)]
         return current
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -132,10 +133,6 @@ class LandmarkRefiner:
             save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp),
                       metadata={"format": FORMAT, "config": json.dumps(asdict(self.config))})
         return path
-
-
-def cv2_invert(matrix: np.ndarray) -> np.ndarray:
-    return np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
 
 
 def load_refiner(path: str | os.PathLike) -> LandmarkRefiner:
@@ -177,11 +174,10 @@ class RefinedDetector:
         self.detector = detector
         self.refiner = refiner if isinstance(refiner, LandmarkRefiner) else load_refiner(refiner)
         self.name = detector.name
-        # the file's hash, as `faces --dataset` records it: which refiner made a model's training crops
-        self.refiner_sha256 = None if isinstance(refiner, LandmarkRefiner) else file_sha256(refiner)
-        # what made the crops (the faces stage's marker): the refiner's weights, not where its file was
-        digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in self.refiner.net.state_dict().values()))
-        self.description = f"{detector.name}+landmarks:{digest.hexdigest()[:16]}"
+        # which refiner this is, as `faces --dataset` records it with the crops: its weights, not where its file
+        # was (a file retrained in place is another refiner)
+        weights = self.refiner.net.state_dict().values()
+        self.refiner_sha256 = hashlib.sha256(b"".join(v.numpy().tobytes() for v in weights)).hexdigest()
 
     def _refined(self, image: np.ndarray, faces: list) -> list:
         from mambava.runtime import busy_threads, torch_threads
@@ -238,7 +234,7 @@ def training_patches(rng: np.random.Generator, frames: Sequence[np.ndarray], sam
             truth[:, 0] = image.shape[1] - 1 - truth[:, 0]
             truth = truth[[1, 0, 2, 4, 3]]
         matrix = similarity_transform(_perturb(rng, truth, cfg), layout)
-        patches[i] = warp(np.ascontiguousarray(image), matrix, cfg.size)
+        patches[i] = warp(image, matrix, cfg.size)
         targets[i] = ((transform_points(matrix, truth) - layout) / (4.0 * cfg.patch_scale)).reshape(-1)
     return patches, targets
 
@@ -306,11 +302,8 @@ def synth_refiner_samples(synth_root: str | os.PathLike, names: Iterable[str], e
     return frames, samples
 
 
-POINT_COLUMNS = [f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in "xy"]
-
-
 def csv_refiner_samples(path: str | os.PathLike):
-    """Training data from a CSV of annotated faces: `image` (relative to the CSV) and the 10 `POINT_COLUMNS`
+    """Training data from a CSV of annotated faces: `image` (relative to the CSV) and the 10 `LANDMARK_COLUMNS`
     (the faces CSV's names; frame pixels, image left first), one face per row. Returns (frames, samples); a
     one-line error names the file and line of a bad row."""
     import csv
@@ -326,13 +319,13 @@ def csv_refiner_samples(path: str | os.PathLike):
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            missing = [c for c in ["image", *POINT_COLUMNS] if c not in (reader.fieldnames or [])]
+            missing = [c for c in ["image", *LANDMARK_COLUMNS] if c not in (reader.fieldnames or [])]
             if missing:
                 raise MambavaError(f"{path}: missing column(s) {', '.join(missing)}")
             for row in reader:
                 line = reader.line_num
                 try:
-                    points = np.array([float(row[c]) for c in POINT_COLUMNS]).reshape(5, 2)
+                    points = np.array([float(row[c]) for c in LANDMARK_COLUMNS]).reshape(5, 2)
                 except (TypeError, ValueError):
                     raise MambavaError(f"{path}:{line}: landmark values must be numbers") from None
                 if not np.isfinite(points).all():

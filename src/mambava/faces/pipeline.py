@@ -13,18 +13,14 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from mambava.errors import MambavaError
-from mambava.faces.align import face_crop
+from mambava.faces.align import LANDMARK_COLUMNS, face_crop
 from mambava.faces.detect import FaceDetector, get_detector
 from mambava.faces.track import FaceTracker, finish_tracks, follow_faces
 from mambava.fileio import atomic_open, atomic_path, is_output_failure, output_error
 from mambava.progress import rate_progress
 from mambava.video import VideoFrame, VideoReader, open_video, source_name
 
-CSV_COLUMNS = [
-    "frame", "time", "track", "present", "image", "score", "x1", "y1", "x2", "y2",
-    "left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y",
-    "mouth_left_x", "mouth_left_y", "mouth_right_x", "mouth_right_y",
-]
+CSV_COLUMNS = ["frame", "time", "track", "present", "image", "score", "x1", "y1", "x2", "y2", *LANDMARK_COLUMNS]
 
 
 @dataclass(frozen=True, eq=False)
