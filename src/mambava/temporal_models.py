@@ -561,7 +561,7 @@ def _load_lightning(path: Path, map_location) -> LoadedModel:
     from mambava.errors import torch_load_reason
 
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)  # never code from a file
         run_config = checkpoint["hyper_parameters"]["config"]
         state = checkpoint["state_dict"]
     except Exception as error:  # torch raises several types for a bad file

@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mambava.fileio import atomic_torch_save
+from mambava.training.checkpoints import load_lightning_checkpoint
 from mambava.training.outputs import read_metrics, write_metrics
 
 
@@ -56,7 +57,6 @@ class EpochLog(L.Callback):
             write_metrics(self.path, self.rows)
 
 
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written beside their target, fsynced and renamed (mambava.fileio.atomic_path).
     Lightning's own writer stages the file in the system temporary folder and moves it across file
@@ -66,4 +66,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError("storage_options are not supported by AtomicCheckpointIO")
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        # Whatever Lightning asks for: a planted last.ckpt must never run its pickled code on resume.
+        return load_lightning_checkpoint(path, map_location=map_location)
 

@@ -8,12 +8,12 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import torch
 import yaml
 
 from mambava.errors import MambavaError
 from mambava.fileio import is_output_failure, output_error
 from mambava.temporal_models import count_parameters, lightning_state_dict, save_temporal_model
+from mambava.training.checkpoints import CheckpointReadError, load_lightning_checkpoint
 from mambava.training.config import MONITOR, TrainConfig, flatten_keys, save_config
 from mambava.training.data import FoldData, check_model_input, load_fold_data
 from mambava.training.outputs import RunPaths, plot_curves, read_metrics, read_summary, write_json
@@ -27,13 +27,11 @@ def check_resume_checkpoint(path: Path) -> None:
             f"run again without --resume to start from the beginning"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        complete = isinstance(checkpoint, dict) and {"state_dict", "epoch", "optimizer_states"} <= checkpoint.keys()
-    except Exception as error:  # torch reports a truncated zip as a RuntimeError, a bad pickle as others
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        complete = False
+        checkpoint = load_lightning_checkpoint(path)
+    except CheckpointReadError as error:
+        reason, complete = error.reason, False
     else:
-        reason = "not a training checkpoint"
+        reason, complete = "not a training checkpoint", {"state_dict", "epoch", "optimizer_states"} <= checkpoint.keys()
     if not complete:
         raise MambavaError(
             f"{path}: unreadable checkpoint, cannot resume ({reason}); restore it, or delete it and run again "
@@ -172,7 +170,7 @@ def _warn_config_changes(saved_path: Path, cfg: TrainConfig) -> None:
 
 def finish_run(cfg: TrainConfig, paths: RunPaths, module, fold_data: FoldData, trainer, wall_s: float) -> dict:
     """After fit: export the best model to model.safetensors, write summary.json and curves.png."""
-    state = torch.load(paths.best, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_lightning_checkpoint(paths.best)["state_dict"]
     model = module.model.to("cpu").float()
     model.load_state_dict(lightning_state_dict(state))
     save_temporal_model(model, paths.model)
