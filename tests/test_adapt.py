@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mambava.adapt import AdaptConfig, AdaptVideo, adapt, freeze, participant_folds
+from mambava.training.adapt import AdaptConfig, AdaptVideo, adapt, freeze, participant_folds
 from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 DIM, T, FPS = 8, 240, 30.0
@@ -87,7 +87,7 @@ def test_adaptation_gains_on_held_out_participants(tmp_path, tiny_mamba_va):
     assert summary["gain"] == pytest.approx(after - before)
 
     # the result is a normal checkpoint: predict -c loads it with the window of its config.yaml
-    from mambava.predict import Predictor
+    from mambava.inference.predict import Predictor
 
     predictor = Predictor(result.model_path)
     assert predictor.window == 60 and predictor.stride == 30
@@ -96,7 +96,7 @@ def test_adaptation_gains_on_held_out_participants(tmp_path, tiny_mamba_va):
 
 
 def test_adapt_command_on_files(tmp_path, capsys, tiny_mamba_va):
-    from mambava.temporal_models import save_temporal_model
+    from mambava.temporal.models import save_temporal_model
 
     model = save_temporal_model(tiny_mamba_va(DIM), tmp_path / "model.safetensors")
     mixing = np.random.default_rng(5).normal(0, 1, (2, DIM))
@@ -119,7 +119,7 @@ def test_adapt_command_on_files(tmp_path, capsys, tiny_mamba_va):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["gain"] == pytest.approx(rows["p_va_after"].mean() - rows["p_va_before"].mean(), abs=1e-5)
     # only the head changed
-    from mambava.temporal_models import load_temporal_model
+    from mambava.temporal.models import load_temporal_model
 
     before = load_temporal_model(model).model.state_dict()
     after = load_temporal_model(tmp_path / "out" / "adapted.safetensors").model.state_dict()
@@ -130,9 +130,9 @@ def test_adapt_command_on_files(tmp_path, capsys, tiny_mamba_va):
 
 
 def test_load_adapt_data_from_a_store_and_a_participants_file(tmp_path):
-    from mambava.adapt import load_adapt_data
-    from mambava.errors import MambavaError
-    from mambava.features import FeatureStore
+    from mambava.training.adapt import load_adapt_data
+    from mambava.core.errors import MambavaError
+    from mambava.data.store import FeatureStore
 
     store = FeatureStore(tmp_path / "store")
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import pytest
 from conftest import AFFWILD2_CROPS, AFFWILD2_INVALID, TEST_LIST_NAME
 from typer.testing import CliRunner
 
-from mambava.affwild2 import (
+from mambava.data.affwild2 import (
     AffWild2,
     DataWarning,
     align_lengths,
@@ -16,8 +16,8 @@ from mambava.affwild2 import (
     read_va_annotation,
 )
 from mambava.cli import app
-from mambava.datacheck import check
-from mambava.errors import MambavaError
+from mambava.data.check import check
+from mambava.core.errors import MambavaError
 
 
 def test_check_counts_every_split(affwild2_root):

@@ -1,4 +1,4 @@
-"""Summaries, events and baselines (mambava.analysis) checked against direct numpy computations and a
+"""Summaries, events and baselines (mambava.analysis.summaries) checked against direct numpy computations and a
 hand-built table."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mambava.analysis import (
+from mambava.analysis.summaries import (
     SUMMARY_COLUMNS,
     aggregate_events,
     read_events,
@@ -15,7 +15,7 @@ from mambava.analysis import (
     sustained_change,
     write_analysis,
 )
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 
 def _table(valence, arousal, face, fps=10.0, track="clip", video="clip"):

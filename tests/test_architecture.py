@@ -77,3 +77,66 @@ def test_the_library_never_imports_the_command_line():
            if not mod.startswith("mambava.cli") and mod != "mambava.__main__"
            for target, _, line in entries if target.startswith("mambava.cli")]
     assert not bad, "\n".join(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rooms and layers (docs/architecture.md): a room imports only rooms on an earlier line, or itself.
+
+LAYERS = [
+    ["core"],
+    ["media"],
+    ["data"],
+    ["faces", "audio"],
+    ["backbone"],
+    ["temporal"],
+    ["analysis"],
+    ["training"],
+    ["inference"],
+    ["serve"],
+    ["synth"],
+    ["demo"],
+    ["benchmarks"],
+    ["cli"],
+]
+RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
+ROOT_MODULES = {"mambava", "mambava.__main__"}
+
+
+def room_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and module not in ROOT_MODULES else None
+
+
+def wrong_way_imports(imports: dict[str, list[tuple[str, str | None, int]]]) -> list[str]:
+    bad = []
+    for module, entries in imports.items():
+        room = room_of(module)
+        if room is None:
+            continue
+        for target, _, line in entries:
+            target_room = room_of(target)
+            if target_room is None or target_room == room:
+                continue
+            if RANK[target_room] >= RANK[room]:
+                bad.append(f"{module}:{line} imports {target} ({room} may not import {target_room})")
+    return bad
+
+
+def test_every_module_lives_in_a_room():
+    """The package root keeps only __init__ and __main__; every other module is in a room of LAYERS."""
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    homeless = sorted(m for m in modules - ROOT_MODULES if room_of(m) not in RANK)
+    assert homeless == []
+
+
+def test_rooms_import_only_earlier_rooms():
+    bad = wrong_way_imports(_imports())
+    assert not bad, "\n".join(bad)
+
+
+def test_the_layering_check_catches_a_planted_wrong_way_import():
+    """A planted import of inference from faces (a lower room) is reported; the real graph is not."""
+    planted = _imports()
+    planted["mambava.faces.align"] = [*planted["mambava.faces.align"], ("mambava.inference.predict", "Predictor", 1)]
+    assert wrong_way_imports(planted) == [
+        "mambava.faces.align:1 imports mambava.inference.predict (faces may not import inference)"]

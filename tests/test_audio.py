@@ -13,8 +13,8 @@ import pytest
 from mambava import audio
 from mambava.audio import (AudioWarning, decode_audio, extract_audio, find_audio_sources, frame_features, frame_grid,
                            grid_from_times, log_mel, pool_frames)
-from mambava.errors import MambavaError
-from mambava.features import FeatureStore
+from mambava.core.errors import MambavaError
+from mambava.data.store import FeatureStore
 from test_predict import run_cli
 
 # (file, codec, audio start on the video's clock in s, announced audio duration in s, video frames)
@@ -90,7 +90,7 @@ def test_decode_real_media_sample_counts(media_dir, name, codec, start, duration
 
 @pytest.mark.parametrize("name,codec,start,duration,n_frames", REAL)
 def test_frame_grid_is_the_video_readers_frames(media_dir, name, codec, start, duration, n_frames):
-    from mambava.video import open_video
+    from mambava.media.video import open_video
 
     grid = frame_grid(media_dir / name)
     with open_video(media_dir / name) as reader:
@@ -267,7 +267,7 @@ def test_a_truncated_file_gives_the_frames_read_and_masks_past_the_sound(media_d
     video stage reads, and the frames after the last decoded sound are masked."""
     import av
 
-    from mambava.video import VideoWarning, open_video
+    from mambava.media.video import VideoWarning, open_video
 
     with av.open(str(media_dir / "single_face.mp4")) as source, av.open(str(tmp_path / "full.mkv"), "w") as target:
         streams = {s.index: target.add_stream_from_template(s) for s in source.streams}
@@ -428,6 +428,6 @@ def test_extract_audio_cli_and_data_check(tmp_path, capsys):
 
 
 def test_data_check_lists_videos_without_sound(affwild2_root):
-    from mambava.datacheck import check
+    from mambava.data.check import check
 
     assert check(affwild2_root, progress=False).videos_without_audio == ["vidD", "vidE"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mambava.backbone.augment import AlignJitter, jitter_matrix, warp_crop
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 
 def _image(size=16, seed=0):
@@ -63,7 +63,7 @@ def test_crop_images_jitter_only_when_asked(tmp_path):
     u = torch.rand(4).numpy()
     torch.manual_seed(0)
     jittered = CropImages(items, 112, jitter=AlignJitter(2.0, 0.03, 2.0))[0][0]
-    from mambava.affwild2 import read_crop
+    from mambava.data.affwild2 import read_crop
 
     expected = warp_crop(read_crop(path), AlignJitter(2.0, 0.03, 2.0).sample(112, lambda: u))
     np.testing.assert_array_equal(jittered.permute(1, 2, 0).numpy(), expected)

@@ -21,7 +21,7 @@ from mambava.backbone import (
     preprocess,
     sincos_pos_embed,
 )
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 
 

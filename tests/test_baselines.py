@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambava.temporal_models import (
+from mambava.temporal.models import (
     KINDS,
     build_temporal_model,
     count_parameters,
@@ -15,7 +15,7 @@ from mambava.temporal_models import (
     resolve_model_config,
     save_temporal_model,
 )
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 SMALL = {
     "input_dim": 12, "tcn_channels": [16, 16], "kernel_size": 3, "d_model": 16, "n_layers": 2, "d_state": 4,
@@ -86,8 +86,8 @@ def test_the_model_section_is_typed_by_its_schema():
     `kind` and the transformer keys, values are converted to their field's type, bad ones name the key."""
     import dataclasses
 
-    from mambava.model import MambaVAConfig
-    from mambava.temporal_models import BASELINE_DEFAULTS, FUSION_KEYS, ModelConfig
+    from mambava.temporal.mamba_va import MambaVAConfig
+    from mambava.temporal.models import BASELINE_DEFAULTS, FUSION_KEYS, ModelConfig
 
     names = [f.name for f in dataclasses.fields(ModelConfig)]
     assert names == ["kind", *(f.name for f in dataclasses.fields(MambaVAConfig)), *BASELINE_DEFAULTS, *FUSION_KEYS]
@@ -109,7 +109,7 @@ def test_one_loader_for_every_checkpoint_kind(tmp_path):
     same weights, and what the model was trained on (window, stride, fps, run config)."""
     import yaml
 
-    from mambava.model import MambaVA, MambaVAConfig
+    from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 
     torch.manual_seed(2)
     x = torch.randn(1, 30, 12)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mambava.features import FeatureStore
+from mambava.data.store import FeatureStore
 from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 
@@ -77,8 +77,8 @@ def test_extract_on_an_affwild2_root_without_crops_is_one_line(affwild2_root, tm
 
 def test_extract_api_without_on_error_still_stops_at_the_first_bad_video(affwild2_root, tmp_path):
     from mambava.backbone import FeatureExtractor, load_encoder
-    from mambava.errors import MambavaError
-    from mambava.extract import extract_features
+    from mambava.core.errors import MambavaError
+    from mambava.backbone.extract import extract_features
 
     shutil.rmtree(affwild2_root / "cropped_aligned" / "vidC")
     extractor = FeatureExtractor(load_encoder(_tiny_encoder(tmp_path / "enc.safetensors")), batch_size=8, precision="fp32")
@@ -90,7 +90,7 @@ def test_extract_api_without_on_error_still_stops_at_the_first_bad_video(affwild
 
 
 def test_predict_goes_on_past_bad_inputs(tmp_path, capsys):
-    from mambava.temporal_models import build_temporal_model, save_temporal_model
+    from mambava.temporal.models import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
     model = build_temporal_model("mlp", {"input_dim": 8})

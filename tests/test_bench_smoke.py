@@ -29,8 +29,8 @@ def _demo_run(out: Path) -> Path:
     import torch
 
     from conftest import make_affwild2_tree
-    from mambava.temporal_models import build_temporal_model, save_temporal_model
-    from mambava.features import FeatureStore
+    from mambava.temporal.models import build_temporal_model, save_temporal_model
+    from mambava.data.store import FeatureStore
     from mambava.synth import GROUND_TRUTH_DIR
 
     root = make_affwild2_tree(out / "data")

@@ -8,7 +8,7 @@ import typer
 
 from mambava.cli import app
 from mambava.cli.options import canonical_precision, lightning_precision
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 
@@ -71,7 +71,7 @@ def test_finetune_backbone_gets_lightnings_string(typed, lightning, monkeypatch,
 
 @pytest.mark.parametrize("typed, used", [("32", "fp32"), ("fp32", "fp32"), ("bf16-mixed", "bf16"), ("bf16", "bf16")])
 def test_extract_gets_the_short_name(typed, used, monkeypatch, capsys, tmp_path):
-    import mambava.extract as extract_module
+    import mambava.backbone.extract as extract_module
 
     seen = {}
 

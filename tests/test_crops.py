@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import mambava
-from mambava.affwild2 import crop_files, list_crop_frames
-from mambava.crops import scan_crop_folder
-from mambava.errors import MambavaError
+from mambava.data.affwild2 import crop_files, list_crop_frames
+from mambava.data.crops import scan_crop_folder
+from mambava.core.errors import MambavaError
 
 
 def _touch(folder: Path, *names: str) -> Path:
@@ -48,4 +48,4 @@ def test_finetuning_does_not_import_the_extract_stage():
     package = Path(mambava.__file__).parent
     imported = {node.module for node in ast.walk(ast.parse((package / "backbone" / "finetune.py").read_text()))
                 if isinstance(node, ast.ImportFrom) and node.module}
-    assert "mambava.crops" in imported and "mambava.extract" not in imported
+    assert "mambava.data.crops" in imported and "mambava.backbone.extract" not in imported

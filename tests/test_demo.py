@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mambava.cli import app
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 from mambava.faces import get_detector, iter_tracked_faces
 from mambava.faces.detect import Face
 from mambava.faces.track import follow_faces
@@ -142,7 +142,7 @@ def test_followed_faces_are_checked_by_onet_and_the_whole_frame_searched_every_s
 def test_verify_drops_a_face_that_is_gone_and_the_card_stays_empty(media_dir, mtcnn):
     """O-Net's check on the place of a followed face that has gone (the cut to the card) fails, so the whole
     frame is searched at once: no face on the card beyond k-1 frames, as with plain k=5."""
-    from mambava.video import open_video
+    from mambava.media.video import open_video
 
     frames = [f.image for f in open_video(media_dir / "face_noface.mov")]
     every, _ = _run(media_dir / "face_noface.mov", mtcnn, 1)

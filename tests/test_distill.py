@@ -16,7 +16,7 @@ from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, load_encod
 from mambava.backbone.distill import (DistillConfig, distill, fit_adapter, mean_cosine, student_cls,
                                       student_config)
 from mambava.cli import app
-from mambava.crops import find_crop_videos
+from mambava.data.crops import find_crop_videos
 
 TEACHER = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, name="teacher")
 
@@ -159,9 +159,9 @@ def test_cli_distills_and_scores_the_temporal_model(crop_tree, tmp_path, tiny_ma
     assert "P_VA" in cli.output and "ms/frame" in cli.output
     # --finetune-temporal: the temporal model, trained further on the student's Train_Set features, is another
     # model, scored on the same held-out features (as evaluating the saved file gives)
-    from mambava.distillation import temporal_p_va
-    from mambava.features import FeatureStore
-    from mambava.temporal_models import load_temporal_model
+    from mambava.training.distill import temporal_p_va
+    from mambava.data.store import FeatureStore
+    from mambava.temporal.models import load_temporal_model
 
     tuned = load_temporal_model(report["temporal_student"]).model.state_dict()
     original = load_temporal_model(tmp_path / "model.safetensors").model.state_dict()
@@ -203,9 +203,9 @@ def test_cli_one_line_errors(tmp_path, monkeypatch, capsys):
 
 def test_targets_from_the_teachers_feature_store_equal_running_the_teacher(distilled, tmp_path):
     from mambava.backbone.distill import crop_items, store_features, teacher_features
-    from mambava.errors import MambavaError
-    from mambava.extract import extract_features
-    from mambava.features import FeatureStore
+    from mambava.core.errors import MambavaError
+    from mambava.backbone.extract import extract_features
+    from mambava.data.store import FeatureStore
 
     _, teacher, videos, _ = distilled
     store = FeatureStore(tmp_path / "store")
@@ -220,7 +220,7 @@ def test_targets_from_the_teachers_feature_store_equal_running_the_teacher(disti
 
 
 def test_videos_go_through_the_faces_stage(media_dir, tmp_path):
-    from mambava.distillation import crops_of, split_videos
+    from mambava.training.distill import crops_of, split_videos
 
     videos, dataset = crops_of(media_dir / "single_face.mp4", tmp_path)
     assert dataset is None and [v.name for v in videos] == ["single_face"] and len(videos[0].frames) == 72

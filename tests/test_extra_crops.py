@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from mambava.affwild2 import AffWild2
+from mambava.data.affwild2 import AffWild2
 from mambava.backbone import ViTConfig, ViTEncoder
 from mambava.backbone.finetune import extra_crops_dir, finetune, labelled_frames
-from mambava.errors import MambavaError
-from mambava.features import FeatureStore
+from mambava.core.errors import MambavaError
+from mambava.data.store import FeatureStore
 from mambava.training import load_config
 from mambava.training.module import VADataModule
 from test_finetune import _config, make_va_tree

@@ -7,12 +7,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import AFFWILD2_CROPS
-from mambava.affwild2 import read_crop
+from mambava.data.affwild2 import read_crop
 from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder
-from mambava.errors import MambavaError
-from mambava.crops import find_crop_videos
-from mambava.extract import extract_features
-from mambava.features import FeatureStore, FeatureWriter
+from mambava.core.errors import MambavaError
+from mambava.data.crops import find_crop_videos
+from mambava.backbone.extract import extract_features
+from mambava.data.store import FeatureStore, FeatureWriter
 
 # Frames per video, as AffWild2.n_frames gives them for the conftest tree: raw video's count (vidD 27, vidE 20),
 # else the annotation's length, else the highest crop number (vidF_left 15).

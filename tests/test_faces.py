@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 from mambava.faces import (
     CSV_COLUMNS,
     Face,
@@ -31,7 +31,7 @@ from mambava.faces import (
     transform_points,
 )
 from mambava.faces.track import TrackSummary
-from mambava.video import VideoFrame, open_video, read_image
+from mambava.media.video import VideoFrame, open_video, read_image
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mambava.affwild2 import AffWild2, video_frame_count
-from mambava.datacheck import check
+from mambava.data.affwild2 import AffWild2, video_frame_count
+from mambava.data.check import check
 from mambava.cli import app
-from mambava.extract import find_crop_videos
-from mambava.faces.dataset import EYE_DISTANCE_112, alignment_error, extract_dataset_faces, synth_alignment_error
+from mambava.backbone.extract import find_crop_videos
+from mambava.faces.dataset import EYE_DISTANCE_112, alignment_error, extract_dataset_faces
+from mambava.synth.truth_faces import synth_alignment_error
 from mambava.faces.align import ARCFACE_TEMPLATE_112
 from mambava.synth import SynthConfig, generate, read_truth
 
@@ -153,7 +154,7 @@ def test_landmark_refinement_brings_mtcnn_closer_to_the_true_landmarks(own_crops
     about MTCNN's own; boxes and scores stay MTCNN's own."""
     from mambava.faces import get_detector
     from mambava.faces.dataset import alignment_offsets
-    from mambava.video import open_video
+    from mambava.media.video import open_video
 
     from mambava.synth import read_meta
 
@@ -219,7 +220,7 @@ def test_an_annotated_person_without_a_track_gets_an_empty_folder(own_crops, tmp
     """When our faces stage finds one face in a two-person video (one track, named after the video), the
     annotation names `<v>_left`/`<v>_right` are reported unmatched and get empty folders: training and
     extraction see every frame of them as a frame without a face, not a missing-folder error."""
-    from mambava.crops import scan_crop_folder
+    from mambava.data.crops import scan_crop_folder
     from mambava.faces.dataset import VideoFaces, _match_tracks
 
     root = own_crops[0]

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from mambava.errors import MambavaError
-from mambava.features import FeatureStore
+from mambava.core.errors import MambavaError
+from mambava.data.store import FeatureStore
 from mambava.training import read_metrics, train
 from test_train import TINY_MODEL, run_config, write_drift_dataset
 from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
@@ -41,7 +41,7 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def nan_model(tmp_path_factory) -> Path:
     """A tiny Mamba-VA on 8-d features whose head bias is NaN (what lr=1e12 leaves behind), saved as safetensors."""
-    from mambava.temporal_models import build_temporal_model, save_temporal_model
+    from mambava.temporal.models import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
     model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1,
@@ -56,7 +56,7 @@ def nan_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def good_model(tmp_path_factory) -> Path:
-    from mambava.temporal_models import build_temporal_model, save_temporal_model
+    from mambava.temporal.models import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
     model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1,
@@ -209,7 +209,7 @@ def test_stream_refuses_a_nan_model(nan_model, tmp_path, capsys):
 
 
 def test_submission_refuses_a_nan_model(data, nan_model):
-    from mambava.predict import Predictor, submission_predictions
+    from mambava.inference.predict import Predictor, submission_predictions
 
     features, _ = data
     with pytest.raises(MambavaError, match=r"not finite \(nan, nan\) for video va01, frame 0 "):
@@ -222,7 +222,7 @@ def test_submission_refuses_a_nan_model(data, nan_model):
 
 def test_nan_ccc_is_nan_and_printed_as_undefined():
     from mambava.cli.train import _score
-    from mambava.metrics import ccc_numpy, va_scores
+    from mambava.core.metrics import ccc_numpy, va_scores
 
     target = np.linspace(-1, 1, 20)
     assert math.isnan(ccc_numpy(np.full(20, np.nan), target))  # was 0.0: a NaN model read as a weak one

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mambava.errors import MambavaError
-from mambava.features import FeatureStore, forward_fill, forward_fill_index
+from mambava.core.errors import MambavaError
+from mambava.data.store import FeatureStore, forward_fill, forward_fill_index
 
 
 def _features(n=50, d=8, seed=0):

@@ -3,10 +3,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mambava.affwild2 import base_video
+from mambava.data.affwild2 import base_video
 from mambava.cli import app
-from mambava.errors import MambavaError
-from mambava.folds import load_folds, make_folds, save_folds
+from mambava.core.errors import MambavaError
+from mambava.data.folds import load_folds, make_folds, save_folds
 
 
 def _videos():

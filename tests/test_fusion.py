@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mambava.errors import MambavaError
-from mambava.stream import stream_features
-from mambava.temporal_models import (FusionMambaVA, build_temporal_model, count_parameters, load_temporal_model,
+from mambava.core.errors import MambavaError
+from mambava.inference.stream import stream_features
+from mambava.temporal.models import (FusionMambaVA, build_temporal_model, count_parameters, load_temporal_model,
                                      model_input_dim, resolve_model_config, save_temporal_model)
 
 V, A = 12, 6
@@ -180,7 +180,7 @@ def test_config_keys():
 
 def test_stream_batch_rows_equal_their_own_streams():
     # StreamBatch: a row that joins later (join_last) and one that leaves, as with the paper model
-    from mambava.stream import StreamBatch
+    from mambava.inference.stream import StreamBatch
 
     model = fused("mid")
     x = inputs(2, 60).numpy()
@@ -200,7 +200,7 @@ def test_stream_batch_rows_equal_their_own_streams():
 
 
 def test_predict_takes_joined_features():
-    from mambava.predict import Predictor
+    from mambava.inference.predict import Predictor
 
     model = fused("early")
     x = inputs(1, 90)[0].numpy()
@@ -220,9 +220,9 @@ def test_predict_audio_joins_each_frames_own_sound(media_dir):
 
     from mambava.audio import frame_features
     from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder
-    from mambava.features import forward_fill
-    from mambava.predict import COLUMNS, Predictor
-    from mambava.timebase import to_grid
+    from mambava.data.store import forward_fill
+    from mambava.inference.predict import COLUMNS, Predictor
+    from mambava.data.timebase import to_grid
 
     torch.manual_seed(0)
     encoder = ViTEncoder(ViTConfig(img_size=32, embed_dim=24, depth=1, num_heads=2, name="tiny"))

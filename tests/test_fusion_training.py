@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mambava.errors import MambavaError
-from mambava.features import AudioVisualStore, FeatureStore
+from mambava.core.errors import MambavaError
+from mambava.data.store import AudioVisualStore, FeatureStore
 from mambava.training import load_config, train
 from mambava.training.data import check_model_input
 from mambava.training.evaluate import evaluate_checkpoint
-from mambava.windows import WindowDataset
+from mambava.data.windows import WindowDataset
 from test_train import smooth_latent  # (n, 2) smooth latent VA in (-1, 1)
 
 VIS, AUD = 8, 4
@@ -129,8 +129,8 @@ def test_fusion_learns_from_audio_at_its_extracted_scale(tmp_path):
     """Audio columns as far apart as eGeMAPS' (std 0.01 to 2000, means up to 3000): training sets the model's
     statistics from the training videos' frames with sound (each video's entry once), keeps them in the
     exported model, and the fused model still hears arousal."""
-    from mambava.features import column_statistics
-    from mambava.temporal_models import load_temporal_model
+    from mambava.data.store import column_statistics
+    from mambava.temporal.models import load_temporal_model
 
     scale, offset = np.array([0.01, 1.0, 40.0, 2000.0]), np.array([0.1, -5.0, 300.0, 3000.0])
     visual, audio, annotations = write_heard_arousal(tmp_path, audio_scale=scale, audio_offset=offset)

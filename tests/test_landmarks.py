@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mambava.cli import app
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 from mambava.faces import get_detector
 from mambava.faces.align import LANDMARK_COLUMNS
 from mambava.faces.dataset import alignment_error
@@ -20,10 +20,10 @@ from mambava.faces.landmarks import (
     RefinerConfig,
     _perturb,
     load_refiner,
-    synth_refiner_samples,
     train_refiner,
 )
 from mambava.synth import SynthConfig, generate
+from mambava.synth.truth_faces import synth_refiner_samples
 from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 SYNTH = dict(n_train=3, n_val=1, n_test=1, frames=(90, 100), two_person_fraction=0.0, seed=3, workers=1)
@@ -154,8 +154,8 @@ def test_predict_names_a_faces_stage_other_than_the_one_that_made_the_training_c
 
     from mambava.backbone import ViTConfig, ViTEncoder
     from mambava.faces.dataset import MARKER
-    from mambava.predict import Predictor
-    from mambava.temporal_models import save_temporal_model
+    from mambava.inference.predict import Predictor
+    from mambava.temporal.models import save_temporal_model
 
     _, refiner, frames, held, _ = trained
     lm = refiner.save(tmp_path / "lm.safetensors")

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 import torchmetrics
 
-from mambava.metrics import ConcordanceCCC, ccc, ccc_loss, ccc_numpy, va_scores
+from mambava.core.metrics import ConcordanceCCC, ccc, ccc_loss, ccc_numpy, va_scores
 
 
 def _numpy_ccc(x, y):

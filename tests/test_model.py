@@ -8,12 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambava.errors import MambavaError
-from mambava.mamba import Mamba, MambaEncoder
-from mambava.model import MambaVA, MambaVAConfig
-from mambava.ops import selective_scan_ref
-from mambava.tcn import TCN
-from mambava.temporal_models import load_temporal_model
+from mambava.core.errors import MambavaError
+from mambava.temporal.mamba import Mamba, MambaEncoder
+from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
+from mambava.temporal.ops import selective_scan_ref
+from mambava.temporal.tcn import TCN
+from mambava.temporal.models import load_temporal_model
 
 SMALL = dict(input_dim=24, tcn_channels=(24, 16, 16), kernel_size=3, d_model=16, n_layers=2, d_state=4,
              dt_rank="auto", head_hidden=8)

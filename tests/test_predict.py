@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mambava.errors import MambavaError
-from mambava.predict import COLUMNS, Predictor
+from mambava.core.errors import MambavaError
+from mambava.inference.predict import COLUMNS, Predictor
 
 DIM = 24  # feature size of the tiny ViT below, and input size of the tiny temporal model
 
@@ -22,7 +22,7 @@ def models(tmp_path_factory, tiny_mamba_va) -> dict[str, Path]:
     """A tiny ViT (img 32, patch 16, D=24, 1 block) saved with encoder.save, a tiny Mamba-VA taking 24-d
     features, and one taking 48-d features (a checkpoint of another config)."""
     from mambava.backbone import ViTConfig, ViTEncoder
-    from mambava.temporal_models import save_temporal_model
+    from mambava.temporal.models import save_temporal_model
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ class _NullCapture:
 
 
 def test_predict_single_face_csv_plots_overlay(single_face_run, media_dir):
-    from mambava.video import open_video
+    from mambava.media.video import open_video
 
     code, _, _, out = single_face_run
     assert code == 0
@@ -199,7 +199,7 @@ def test_stream_audio_equals_predict_audio(models, media_dir, detector, tmp_path
     sound before the sound starts and different after. A webcam with sound is a one-line refusal."""
     import warnings
 
-    from mambava.temporal_models import build_temporal_model, save_temporal_model
+    from mambava.temporal.models import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
     save_temporal_model(build_temporal_model({"kind": "fusion", "fusion": "mid", "input_dim": DIM, "audio_dim": 89,
@@ -291,8 +291,8 @@ def test_predict_feature_files_and_folders(models, tmp_path, capsys):
 
 
 def test_submit_write_runs_the_model_over_test_features(models, tmp_path, capsys):
-    from mambava.features import FeatureStore
-    from mambava.submission import validate_submission
+    from mambava.data.store import FeatureStore
+    from mambava.data.submission import validate_submission
 
     rng = np.random.default_rng(1)
     store = FeatureStore(tmp_path / "store")
@@ -341,7 +341,7 @@ def test_submit_write_runs_the_model_over_test_features(models, tmp_path, capsys
 
 def test_va_plot_with_truth_and_two_tracks(tmp_path):
     """The VA plot takes a reference per track (-5 = no label, left out) and draws one panel per track."""
-    from mambava.plots import plot_circumplex, plot_va_over_time
+    from mambava.analysis.plots import plot_circumplex, plot_va_over_time
 
     t = np.arange(120) / 30
     table = pd.concat([pd.DataFrame({"track": name, "time": t, "valence": np.sin(t + k), "arousal": np.cos(t),

@@ -1,4 +1,4 @@
-"""The library's progress bar (`mambava.progress`), fed by progress(done, total, name) callbacks."""
+"""The library's progress bar (`mambava.core.progress`), fed by progress(done, total, name) callbacks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from io import StringIO
 
 from rich.console import Console
 
-from mambava.progress import ProgressBar
+from mambava.core.progress import ProgressBar
 
 
 def test_disabled_progress_bar_gives_no_callback():

@@ -1,4 +1,4 @@
-"""Ratings import and lag (mambava.ratings), local model names (mambava.registry), and the CLI around them:
+"""Ratings import and lag (mambava.analysis.ratings), local model names (mambava.inference.catalog), and the CLI around them:
 `mambava ratings`, `mambava models`, `mambava predict --events --baseline` on feature files."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mambava.errors import MambavaError
-from mambava.ratings import estimate_lag, read_ratings, shift_labels
+from mambava.core.errors import MambavaError
+from mambava.analysis.ratings import estimate_lag, read_ratings, shift_labels
 from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 DIM = 24
@@ -100,8 +100,8 @@ def home(tmp_path, monkeypatch):
 
 
 def test_models_add_list_remove_and_predict_by_name(home, tmp_path, capsys, tiny_mamba_va):
-    from mambava import registry
-    from mambava.temporal_models import save_temporal_model
+    from mambava.inference import catalog as registry
+    from mambava.temporal.models import save_temporal_model
 
     model_path = save_temporal_model(tiny_mamba_va(DIM), tmp_path / "model.safetensors")
     code, out, err = run_cli(["models", "add", "tiny", model_path, "--trained-on", "synthetic demo"], capsys)
@@ -147,7 +147,7 @@ def test_models_add_list_remove_and_predict_by_name(home, tmp_path, capsys, tiny
 
 
 def test_home_defaults(monkeypatch):
-    from mambava import registry
+    from mambava.inference import catalog as registry
 
     monkeypatch.delenv("MAMBAVA_HOME", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/x/cache")
@@ -156,8 +156,8 @@ def test_home_defaults(monkeypatch):
 
 
 def test_stream_out_writes_a_summary(tmp_path, capsys, tiny_mamba_va):
-    from mambava.analysis import summarize
-    from mambava.temporal_models import save_temporal_model
+    from mambava.analysis.summaries import summarize
+    from mambava.temporal.models import save_temporal_model
 
     model_path = save_temporal_model(tiny_mamba_va(DIM), tmp_path / "model.safetensors")
     features = np.random.default_rng(1).normal(size=(60, DIM)).astype(np.float32)

@@ -17,13 +17,13 @@ import pytest
 import torch
 import yaml
 
-from mambava.temporal_models import LoadedModel
+from mambava.temporal.models import LoadedModel
 from mambava.training.evaluate import evaluate_videos, evaluate_windows_authors
-from mambava.windows import authors_windows
-from mambava.features import FeatureStore
-from mambava.errors import MambavaError
+from mambava.data.windows import authors_windows
+from mambava.data.store import FeatureStore
+from mambava.core.errors import MambavaError
 from mambava.training import RECIPES, TrainConfig, config_items, load_recipe, warm_restarts_lrs
-from mambava.windows import split_windows
+from mambava.data.windows import split_windows
 from test_train import TINY_MODEL, write_drift_dataset
 
 

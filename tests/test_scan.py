@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mambava.errors import MambavaError
-from mambava.ops import (
+from mambava.core.errors import MambavaError
+from mambava.temporal.ops import (
     choose_chunking,
     mamba_ssm_available,
     selective_scan,

@@ -10,7 +10,7 @@ import pytest
 def test_step_some_equals_separate_streams_at_their_own_pace(tiny_mamba_va):
     """Four streams share a batch; at each step only some take part (joining late, holding, sitting out,
     leaving): each one's outputs equal a TemporalStream of its own fed the same steps, to <= 1e-5."""
-    from mambava.stream import StreamBatch, TemporalStream
+    from mambava.inference.stream import StreamBatch, TemporalStream
 
     model = tiny_mamba_va()
     dim = model.config.input_dim
@@ -47,7 +47,7 @@ N_FRAMES = 24  # frames of single_face.mp4 sent live (detection is the slow part
 
 
 def _app(models, detector, **limits):
-    from mambava.predict import Predictor
+    from mambava.inference.predict import Predictor
     from mambava.serve.app import create_app
     from mambava.serve.sessions import ServeLimits
 
@@ -61,7 +61,7 @@ def jpeg_clip(media_dir, tmp_path_factory):
     `stream` reads as an image folder at 30 fps)."""
     from PIL import Image
 
-    from mambava.video import open_video
+    from mambava.media.video import open_video
 
     folder = tmp_path_factory.mktemp("jpegs") / "clip"
     folder.mkdir()
@@ -92,7 +92,7 @@ def test_websocket_equals_stream_on_the_same_frames_with_other_sessions(models, 
     files, B's `stream` on the same features, to <= 1e-4 (float32 rounding of other batch sizes)."""
     from fastapi.testclient import TestClient
 
-    from mambava.predict import Predictor
+    from mambava.inference.predict import Predictor
 
     import shutil
 
@@ -154,7 +154,7 @@ def test_overload_drops_the_oldest_frames_and_says_so(models, detector):
     frames 3-4 absent and 5-10 cut out."""
     from fastapi.testclient import TestClient
 
-    from mambava.predict import Predictor
+    from mambava.inference.predict import Predictor
 
     features = np.random.default_rng(2).normal(size=(13, DIM)).astype(np.float32)
     app = _app(models, detector, queue_frames=2)
@@ -223,7 +223,7 @@ def test_post_predict_json_and_csv_equal_predicts_csv(models, detector, media_di
     import pandas as pd
     from fastapi.testclient import TestClient
 
-    from mambava.predict import COLUMNS
+    from mambava.inference.predict import COLUMNS
     from test_predict import run_cli
 
     from test_bench_smoke import _short_clip  # the first frames of single_face.mp4 (detection is the slow part)
@@ -342,7 +342,7 @@ def test_shutdown_closes_open_sessions_and_joins_the_worker(tiny_mamba_va):
     import websockets.sync.client
     from websockets.exceptions import ConnectionClosed
 
-    from mambava.predict import Predictor
+    from mambava.inference.predict import Predictor
     from mambava.serve.app import ServerThread, create_app
 
     app = create_app(Predictor(tiny_mamba_va(DIM), windowing="full"))

@@ -61,7 +61,7 @@ def write_webm(video: Path, path: Path, n_frames: int = 48) -> Path:
 
 def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, media_dir, tmp_path):
     sync_playwright = _browser_or_skip()
-    from mambava.predict import Predictor
+    from mambava.inference.predict import Predictor
     from mambava.serve.app import ServerThread, create_app
     from mambava.serve.sessions import ServeLimits
 
@@ -86,7 +86,7 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
             page.click("#stop")
             webcam = page.evaluate("window.mambava.rows.length")
             state = page.evaluate("""() => ({rows: window.mambava.rows, sent: window.mambava.sent,
-                drawn: window.mambava.drawn, point: window.mambava.point, errors: window.mambava.errors,
+                drawn: window.mambava.drawn, point: window.mambava.point, errors: window.mambava.core.errors,
                 session: window.mambava.session, shown: document.getElementById('rows').textContent,
                 table: document.querySelectorAll('#latest tr').length,
                 valence: document.getElementById('valence').textContent,
@@ -102,7 +102,7 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
             page.set_input_files("#file", str(write_webm(media_dir / "single_face.mp4", tmp_path / "talk.webm")))
             page.wait_for_function("window.mambava.session?.name === 'talk' && window.mambava.rows.length >= 6",
                                    timeout=60_000)
-            played = page.evaluate("({rows: window.mambava.rows, errors: window.mambava.errors})")
+            played = page.evaluate("({rows: window.mambava.rows, errors: window.mambava.core.errors})")
         finally:
             context.close()
     assert played["errors"] == [] and [r["frame"] for r in played["rows"]] == list(range(len(played["rows"])))

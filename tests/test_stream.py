@@ -1,4 +1,4 @@
-"""mambava.stream: the recurrent (step-by-step) form against the offline pass, and frame dropping."""
+"""mambava.inference.stream: the recurrent (step-by-step) form against the offline pass, and frame dropping."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mambava.predict import Predictor
-from mambava.stream import FrameDropper, LiveStream, stream_features
+from mambava.inference.predict import Predictor
+from mambava.inference.stream import FrameDropper, LiveStream, stream_features
 
 
 def smooth_features(n: int, dim: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
@@ -39,7 +39,7 @@ def test_stream_equals_full_offline_pass_paper_model(n_frames):
     causal pass over the whole sequence (predict --windowing full), to <= 1e-4. Each step reads all 260 MB
     of TCN weights (15-50 ms here, by load), so 2,000 steps take 40-75 s: that case runs with
     MAMBAVA_SLOW_TESTS=1."""
-    from mambava.model import MambaVA, MambaVAConfig
+    from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 
     torch.manual_seed(0)
     model = MambaVA(MambaVAConfig()).eval()
@@ -218,7 +218,7 @@ def test_frame_dropper_stops_its_thread_when_the_consumer_stops():
 def test_stream_batch_equals_separate_streams_with_joins_and_leaves(tiny_mamba_va):
     """Streams joining at frames 0, 7 and 20 and leaving at 30 and 45, some frames without a feature (held):
     each one's outputs equal a TemporalStream of its own fed the same, to <= 1e-5 (fp32)."""
-    from mambava.stream import StreamBatch, TemporalStream
+    from mambava.inference.stream import StreamBatch, TemporalStream
 
     model = tiny_mamba_va()
     dim = model.config.input_dim
@@ -245,8 +245,8 @@ def test_stream_batch_equals_separate_streams_with_joins_and_leaves(tiny_mamba_v
 
 
 def test_stream_batch_low_precision_and_refusals(tiny_mamba_va):
-    from mambava.errors import MambavaError
-    from mambava.stream import StreamBatch, TemporalStream
+    from mambava.core.errors import MambavaError
+    from mambava.inference.stream import StreamBatch, TemporalStream
 
     model = tiny_mamba_va()
     x = smooth_features(40, model.config.input_dim, seed=9)
@@ -274,7 +274,7 @@ def test_stream_cli_step_precision(tmp_path, capsys, tiny_mamba_va):
 
     import pandas as pd
 
-    from mambava.temporal_models import save_temporal_model
+    from mambava.temporal.models import save_temporal_model
     from mambava.cli import main
 
     def run(*args):
@@ -308,7 +308,7 @@ def test_track_streams_step_all_tracks_together_as_separate_streams(tiny_mamba_v
     """TrackStreams (one batched step for all tracks) gives each track the values of a TemporalStream of its
     own (`step_to`), to 1e-5: on a 60 fps source (two frames per tick of the 30 fps model, a track appearing on
     the second frame of a tick), across a gap of skipped ticks, frames without a feature, and a retired track."""
-    from mambava.stream import TemporalStream, TrackStreams
+    from mambava.inference.stream import TemporalStream, TrackStreams
 
     model = tiny_mamba_va()
     dim = model.config.input_dim

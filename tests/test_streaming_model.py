@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mambava.model import MambaVA, MambaVAConfig
+from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 
 SMALL = dict(input_dim=24, tcn_channels=(24, 16, 16), kernel_size=5, d_model=16, n_layers=2, d_state=4,
              dt_rank="auto", head_hidden=8)
@@ -132,7 +132,7 @@ def test_state_rows_join_and_leave_between_steps():
 
 
 def test_unknown_step_precision_is_refused():
-    from mambava.errors import MambavaError
+    from mambava.core.errors import MambavaError
 
     model = MambaVA(MambaVAConfig(**SMALL))
     with pytest.raises(MambavaError, match=r"^step precision 'fp16': expected one of fp32, bf16, int8$"):

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mambava.affwild2 import AffWild2
+from mambava.data.affwild2 import AffWild2
 from mambava.cli import app
-from mambava.errors import MambavaError
-from mambava.features import FeatureStore
+from mambava.core.errors import MambavaError
+from mambava.data.store import FeatureStore
 from mambava.cli.data import official_frame_counts
-from mambava.submission import HEADER, read_frame_counts, validate_submission, write_submission
+from mambava.data.submission import HEADER, read_frame_counts, validate_submission, write_submission
 
 COUNTS = {"vidE": 20, "vidF_left": 15}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mambava.affwild2 import AffWild2, base_video, read_crop, read_va_annotation, video_frame_count
-from mambava.errors import MambavaError
+from mambava.data.affwild2 import AffWild2, base_video, read_crop, read_va_annotation, video_frame_count
+from mambava.core.errors import MambavaError
 from mambava.synth import (
     ARCFACE_TEMPLATE_112,
     RENDERED_TRUTH,

@@ -1,4 +1,4 @@
-"""One time base (mambava.timebase): the temporal model runs on its own frame grid whatever the video's rate or
+"""One time base (mambava.data.timebase): the temporal model runs on its own frame grid whatever the video's rate or
 --fps; predict, stream and checkpoints agree on it."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 
 from mambava.backbone import FeatureExtractor
 from mambava.faces.detect import Face
-from mambava.predict import Predictor
-from mambava.timebase import GridClock, model_fps, to_grid
+from mambava.inference.predict import Predictor
+from mambava.data.timebase import GridClock, model_fps, to_grid
 
 # ------------------------------------------------------------------------------------------ the mapping
 
@@ -60,9 +60,9 @@ def test_the_stream_clock_gives_the_same_ticks():
 def test_model_fps_is_in_the_config_and_checkpoint_and_old_files_load_with_30(tmp_path, tiny_mamba_va):
     from safetensors.torch import save_file
 
-    from mambava.temporal_models import build_temporal_model, load_temporal_model, save_temporal_model
-    from mambava.errors import MambavaError
-    from mambava.model import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig
+    from mambava.temporal.models import build_temporal_model, load_temporal_model, save_temporal_model
+    from mambava.core.errors import MambavaError
+    from mambava.temporal.mamba_va import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig
 
     model = tiny_mamba_va()
     assert model.config.fps == 30.0 and model_fps(model) == 30.0
@@ -205,7 +205,7 @@ def test_30_and_60_fps_and_fps_10_agree_at_shared_timestamps(tmp_path, windowing
 def test_stream_steps_on_the_model_grid_and_equals_predict(tmp_path, tiny_mamba_va):
     """A 60 fps feature sequence streamed through a 30 fps model: the rows equal predict's (full pass on the
     grid), and a 25 fps one likewise (ticks without a frame hold the last feature)."""
-    from mambava.stream import LiveStream
+    from mambava.inference.stream import LiveStream
 
     model = tiny_mamba_va()
     rng = np.random.default_rng(0)
@@ -225,7 +225,7 @@ def test_stream_with_fps_gives_every_source_frame_a_row_and_equals_predict(tmp_p
     `predict --windowing full --fps 10` on each (float32 rounding) and to each other at shared timestamps."""
     import pandas as pd
 
-    from mambava.stream import LiveStream
+    from mambava.inference.stream import LiveStream
 
     model = tiny_mamba_va(3)
     tables = {}
@@ -250,7 +250,7 @@ def test_stream_with_fps_gives_every_source_frame_a_row_and_equals_predict(tmp_p
 def test_cli_rejects_bad_rates_and_stitching_in_one_line(args, message, tmp_path, tiny_mamba_va, capsys):
     import sys
 
-    from mambava.temporal_models import save_temporal_model
+    from mambava.temporal.models import save_temporal_model
     from mambava.cli import main
 
     save_temporal_model(tiny_mamba_va(4), tmp_path / "m.safetensors")
@@ -283,11 +283,11 @@ def test_training_and_evaluation_put_a_store_entry_of_another_rate_on_the_model_
     """A feature store keeps each video at its own rate (Aff-Wild2 has videos at other rates than 30). The same
     30 fps signal stored at 60 fps (every frame twice) gives a 30 fps model the same training windows, the same
     validation video and the same score as the 30 fps entry; read as consecutive frames it would not."""
-    from mambava.features import FeatureStore
-    from mambava.temporal_models import load_temporal_model, save_temporal_model
+    from mambava.data.store import FeatureStore
+    from mambava.temporal.models import load_temporal_model, save_temporal_model
     from mambava.training.data import VideoDataset
     from mambava.training.evaluate import evaluate_videos
-    from mambava.windows import WindowDataset
+    from mambava.data.windows import WindowDataset
 
     rng = np.random.default_rng(0)
     x30 = (np.cumsum(rng.normal(size=(90, 24)), axis=0) * 0.1).astype(np.float32)

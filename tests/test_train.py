@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from mambava.errors import MambavaError
-from mambava.features import FeatureStore
-from mambava.metrics import ConcordanceCCC, va_scores
+from mambava.core.errors import MambavaError
+from mambava.data.store import FeatureStore
+from mambava.core.metrics import ConcordanceCCC, va_scores
 from mambava.training import (
     EpochShuffleSampler,
     ShardSampler,

@@ -1,4 +1,4 @@
-"""mambava.video on the real media and on small clips made here: frames, timestamps, containers, rotation,
+"""mambava.media.video on the real media and on small clips made here: frames, timestamps, containers, rotation,
 variable frame rate, subsampling, streaming, image folders, and the errors/warnings for broken files."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import av
 import numpy as np
 import pytest
 
-from mambava.errors import MambavaError
-from mambava.video import VideoWarning, open_video
+from mambava.core.errors import MambavaError
+from mambava.media.video import VideoWarning, open_video
 
 
 def _encode(path: Path, frames: list[np.ndarray], codec: str, rate: int = 10, pts_ms: list[int] | None = None, **opts) -> Path:

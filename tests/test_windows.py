@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mambava.affwild2 import AffWild2, DataWarning
-from mambava.features import FeatureStore
-from mambava.windows import WindowDataset, load_labels, make_windows, pad_window, stitch, window_batch
+from mambava.data.affwild2 import AffWild2, DataWarning
+from mambava.data.store import FeatureStore
+from mambava.data.windows import WindowDataset, load_labels, make_windows, pad_window, stitch, window_batch
 
 
 def test_window_boundaries_follow_the_paper():
@@ -100,7 +100,7 @@ def test_stitch_most_history_takes_each_frame_from_the_window_that_started_first
 def test_predict_sequence_stitching_choice_on_a_causal_model():
     """predict_sequence with a model whose output is the frame's position in its window (its history): "mean"
     mixes a fresh window in, "most_history" never gives a frame less history than window - stride."""
-    from mambava.windows import predict_sequence
+    from mambava.data.windows import predict_sequence
 
     class Position(torch.nn.Module):
         def forward(self, x):
@@ -183,9 +183,9 @@ def test_load_labels_aligns_annotations_to_stored_features(affwild2_root, tmp_pa
 def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
     """`mambava bench stitching`: the largest jump is exact on a hand-built curve, and its "mean" row is the
     score `evaluate` gives (the same windows, the same stitching)."""
-    from mambava.temporal_models import save_temporal_model
+    from mambava.temporal.models import save_temporal_model
     from mambava.benchmarks.stitching import OPTIONS, largest_jump, measure
-    from mambava.temporal_models import load_temporal_model
+    from mambava.temporal.models import load_temporal_model
     from mambava.training.evaluate import evaluate_videos
 
     assert largest_jump(np.array([[0.0, 0.0], [0.1, -0.3], [0.6, -0.2], [0.5, -0.2]])) == pytest.approx(0.5)

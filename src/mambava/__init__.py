@@ -6,10 +6,10 @@ Pipeline (data flows one way): video -> faces -> backbone features -> feature st
 
 __version__ = "0.1.0"
 
-from mambava.errors import MambavaError  # noqa: F401
+from mambava.core.errors import MambavaError  # noqa: F401
 
 # Heavy parts are imported on first use, so `import mambava` stays light (no torch): name -> module.
-_LAZY = {"Predictor": "mambava.predict"}
+_LAZY = {"Predictor": "mambava.inference.predict"}
 
 
 def __getattr__(name: str):

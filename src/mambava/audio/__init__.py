@@ -6,7 +6,7 @@
     result.mask      # (T,) bool: False where the frame has no usable sound
 
 - Decoding: PyAV (FFmpeg), so any container and codec the video stage reads (AAC, MP3, Opus, PCM, ...);
-  resampled to 16 kHz mono. Sample times are on the clock `mambava.video` gives frames (seconds from the video
+  resampled to 16 kHz mono. Sample times are on the clock `mambava.media.video` gives frames (seconds from the video
   stream's start), so an audio stream that starts late (an edit list, a muxer offset) lands where it plays.
 - The frame grid: frame k of a video covers [t_k, t_{k+1}) (the last one 1/fps), t_k its presentation time
   from the demuxed packets (no video decoding). Each feature set's own frames (10 ms for eGeMAPS and log-mel,
@@ -25,13 +25,13 @@
   atomic like the visual store.
 """
 
-from mambava.audio.decode import (GAP_SECONDS, MIN_COVERAGE, SAMPLE_RATE, SILENCE_DBFS, AudioTrack, AudioWarning,
+from mambava.media.audio import (GAP_SECONDS, MIN_COVERAGE, SAMPLE_RATE, SILENCE_DBFS, AudioTrack, AudioWarning,
                                   FrameGrid, decode_audio, frame_grid, frame_peaks, grid_from_times, pool_frames)
 from mambava.audio.extract import AudioExtractSummary, AudioSource, extract_audio, find_audio_sources
 from mambava.audio.features import (DEFAULT_FEATURE_SETS, EGEMAPS_COLUMNS, FEATURE_SETS, LOG_OFFSET, MEL_FFT, MEL_HOP,
                                     MEL_WINDOW, N_MELS, AudioFeatures, SpeechModel, audio_of_frames, check_sets, egemaps_lld,
                                     frame_features, log_mel, mel_filterbank, set_dims)
-from mambava.video import has_audio
+from mambava.media.video import has_audio
 
 __all__ = ["EGEMAPS_COLUMNS", "GAP_SECONDS", "LOG_OFFSET", "MEL_FFT", "MEL_HOP", "MEL_WINDOW", "MIN_COVERAGE", "N_MELS",
            "SILENCE_DBFS", "set_dims", "AudioExtractSummary", "AudioFeatures", "AudioSource", "AudioTrack", "AudioWarning", "DEFAULT_FEATURE_SETS",

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mambava.audio.decode import SAMPLE_RATE, AudioWarning
+from mambava.media.audio import SAMPLE_RATE, AudioWarning
 from mambava.audio.features import DEFAULT_FEATURE_SETS, SpeechModel, check_sets, frame_features
-from mambava.errors import MambavaError, OutputError
+from mambava.core.errors import MambavaError, OutputError
 
 
 @dataclass
@@ -28,8 +28,8 @@ def find_audio_sources(source: str | os.PathLike, names: Sequence[str] | None = 
     """The entries to extract from `source`: an Aff-Wild2 root (its videos/ or raw_videos/: one entry per raw
     video, plus each `<v>_left`/`<v>_right` of its annotations, test list or crop folders whose `<v>` is there;
     frame counts as the dataset counts them), a folder of videos (any sub-folders) or one video file."""
-    from mambava.affwild2 import VIDEO_DIRS, AffWild2, base_video
-    from mambava.video import VIDEO_SUFFIXES
+    from mambava.data.affwild2 import VIDEO_DIRS, AffWild2, base_video
+    from mambava.media.video import VIDEO_SUFFIXES
 
     source = Path(source)
     if source.is_file():
@@ -123,7 +123,7 @@ def extract_audio(source: str | os.PathLike | list[AudioSource], store, sets: Se
     `on_warning` receives each AudioWarning line (default: Python's warnings). `workers` > 0: that many worker
     processes compute the features (openSMILE runs on one core), this process writes the store in order;
     not with a speech model (one copy of it, in this process). `progress(done, total, name)` after each video."""
-    from mambava.features import FeatureStore
+    from mambava.data.store import FeatureStore
 
     sets = check_sets(sets, speech_model)
     if workers and speech_model is not None:

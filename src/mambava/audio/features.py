@@ -12,10 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from mambava.audio.decode import (MIN_COVERAGE, SAMPLE_RATE, SILENCE_DBFS, AudioTrack, AudioWarning, FrameGrid,
+from mambava.media.audio import (MIN_COVERAGE, SAMPLE_RATE, SILENCE_DBFS, AudioTrack, AudioWarning, FrameGrid,
                                   decode_audio, frame_grid, frame_peaks, pool_frames)
-from mambava.errors import MambavaError
-from mambava.video import error_reason
+from mambava.core.errors import MambavaError
+from mambava.media.video import error_reason
 
 FEATURE_SETS = ("egemaps", "logmel", "ssl")
 DEFAULT_FEATURE_SETS = ("egemaps", "logmel")

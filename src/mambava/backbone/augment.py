@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 
 @dataclass(frozen=True)

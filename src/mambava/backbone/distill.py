@@ -33,14 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mambava.affwild2 import read_crop
+from mambava.data.affwild2 import read_crop
 from mambava.backbone.extractor import FeatureExtractor, normalize, resize_crop
 from mambava.backbone.finetune import BackboneTrainConfig, adamw_warmup_cosine, backbone_trainer, evenly_spaced
 from mambava.backbone.vit import ViTConfig, ViTEncoder, vit_config
-from mambava.crops import CropVideo
-from mambava.errors import MambavaError
-from mambava.fileio import atomic_open
-from mambava.runtime import resolve_device
+from mambava.data.crops import CropVideo
+from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open
+from mambava.core.runtime import resolve_device
 
 STUDENT_FILE = "student.safetensors"
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mambava.backbone.vit import FACE_MEAN, FACE_STD, ViTEncoder
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 
 def _as_uint8_hwc(image) -> np.ndarray:

@@ -32,16 +32,16 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from mambava.affwild2 import CROPS_DIR, AffWild2, read_crop
+from mambava.data.affwild2 import CROPS_DIR, AffWild2, read_crop
 from mambava.backbone.augment import AlignJitter, warp_crop
 from mambava.backbone.extractor import normalize, resize_crop
 from mambava.backbone.vit import Block, ViTConfig, ViTEncoder, sincos_pos_embed
 from mambava.backbone.weights import read_state_dict
-from mambava.crops import CropVideo, find_crop_videos, scan_crop_folder
-from mambava.errors import MambavaError
-from mambava.fileio import atomic_open, atomic_torch_save
-from mambava.metrics import ConcordanceCCC, ccc_loss, valid_mask
-from mambava.schedule import warmup_cosine
+from mambava.data.crops import CropVideo, find_crop_videos, scan_crop_folder
+from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open, atomic_torch_save
+from mambava.core.metrics import ConcordanceCCC, ccc_loss, valid_mask
+from mambava.core.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambava.errors import MambavaError
-from mambava.fileio import atomic_path
+from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_path
 
 # Face statistics used by the reference (FreedomPuppy77/Charon, preprocess/mae/feature_VA.py:52).
 FACE_MEAN = (0.471, 0.363, 0.333)

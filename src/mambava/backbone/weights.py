@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import torch
 
 from mambava.backbone.vit import MAMBAVA_FORMAT_TAG, PRESETS, ViTConfig, ViTEncoder, resample_pos_embed, vit_config
-from mambava.errors import MambavaError, torch_load_reason
+from mambava.core.errors import MambavaError, torch_load_reason
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from mambava.benchmarks import load_average
 from mambava.faces import extract_faces, get_detector, iter_tracked_faces
 from mambava.faces.landmarks import LandmarkNet, LandmarkRefiner, RefinedDetector, RefinerConfig, load_refiner
-from mambava.video import open_video
+from mambava.media.video import open_video
 
 # the real clips the tests ship (a source checkout); pass --video elsewhere
 DEFAULT_MEDIA = Path(__file__).resolve().parents[3] / "tests" / "data" / "media"

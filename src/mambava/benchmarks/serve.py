@@ -119,8 +119,8 @@ def main(argv=None) -> int:
     import torch
 
     from mambava.benchmarks.temporal import TINY
-    from mambava.model import MambaVA, MambaVAConfig
-    from mambava.predict import Predictor
+    from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
+    from mambava.inference.predict import Predictor
     from mambava.serve.app import ServerThread, create_app
     from mambava.serve.sessions import ServeLimits
 
@@ -178,7 +178,7 @@ def _jpeg_frames(video, n: int) -> list[bytes]:
 
     from PIL import Image
 
-    from mambava.video import open_video
+    from mambava.media.video import open_video
 
     path = Path(video) if video else Path(__file__).resolve().parents[3] / "tests" / "data" / "media" / "single_face.mp4"
     frames = []

@@ -34,9 +34,9 @@ def measure(checkpoint, store, names, labels) -> dict[str, dict[str, float]]:
     """{option: {"p_va", "ccc_valence", "ccc_arousal", "median_max_jump", "p_va_joined"}} over videos `names`
     of a feature store (forward-filled with their masks), against `labels` {name: (T, 2)}; "p_va_joined" with
     the videos run as one sequence, end to end."""
-    from mambava.features import FeatureStore
-    from mambava.metrics import va_scores
-    from mambava.predict import Predictor
+    from mambava.data.store import FeatureStore
+    from mambava.core.metrics import va_scores
+    from mambava.inference.predict import Predictor
 
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     results = {}
@@ -60,7 +60,7 @@ def measure(checkpoint, store, names, labels) -> dict[str, dict[str, float]]:
 
 
 def main(argv=None) -> int:
-    from mambava.affwild2 import AffWild2, read_va_annotation
+    from mambava.data.affwild2 import AffWild2, read_va_annotation
     from mambava.synth import ground_truth_path
 
     parser = argparse.ArgumentParser(prog="mambava bench stitching", description=__doc__.split("\n\n")[0])

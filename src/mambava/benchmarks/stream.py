@@ -9,7 +9,7 @@ recurrent form has to do, run the model over the last `--window` frames (300) fo
 last output -- with the reference scan in fp32 (the authors' model), and also with our chunked scan.
 
 `--end-to-end [VIDEO]` (default: tests/data/media/single_face.mp4, 30 fps) also times the whole live pipeline per
-frame, as `mambava stream` runs it (`mambava.stream.LiveStream`, no frame dropped), twice in the same run: today's
+frame, as `mambava stream` runs it (`mambava.inference.stream.LiveStream`, no frame dropped), twice in the same run: today's
 (MTCNN on every frame, the `--backbone-arch` ViT, default ViT-L/16 at 224 px, the fp32 step) and the fast one
 (MTCNN every `--detect-every` frames, 5, faces followed by optical flow in between; the student
 `--student-arch` at `--student-size` px, default ViT-Ti/16 at 112, with a linear adapter to the temporal model's
@@ -36,7 +36,7 @@ import torch
 
 from mambava.benchmarks import cpu_name, load_average
 from mambava.benchmarks.temporal import TINY
-from mambava.model import MambaVA, MambaVAConfig
+from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 
 
 def main(argv=None) -> int:
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
 def cheaper_steps(model, x, args):
     """Median seconds of one step per (precision, N) (N streams in one batched step), the fp32 N=1 step's
     per-frame times, and per precision (median seconds, MB) of the TCN's products alone."""
-    from mambava.tcn import STEP_PRECISIONS
+    from mambava.temporal.tcn import STEP_PRECISIONS
 
     batches = sorted({1, *(int(n) for n in args.batches.split(","))})
     configs = {}
@@ -185,7 +185,7 @@ class _Adapted:
 
 def _decode_seconds(video, frames: int) -> float:
     """Seconds per frame to decode the first `frames` + 1 frames of `video` (the first not counted)."""
-    from mambava.video import open_video
+    from mambava.media.video import open_video
 
     with open_video(str(video)) as reader:
         start = None
@@ -201,7 +201,7 @@ def _pipeline(model, video, extractor, step_precision: str, detect_every: int, f
     """One pass of `LiveStream` over `frames` + 1 processed frames of `video` (the first not counted): seconds
     per frame in total and in detection, backbone and step."""
     from mambava.faces import get_detector
-    from mambava.stream import LiveStream
+    from mambava.inference.stream import LiveStream
 
     detector = _Timed(get_detector("mtcnn"), "detect_batch", "detect")  # (detect: every k-th frame alone)
     backbone = _Timed(extractor, "features")

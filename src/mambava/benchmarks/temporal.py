@@ -5,7 +5,7 @@
 
 Baseline (measured in the same run): the same model, same weights, with the sequential reference scan
 (`selective_scan_ref`, mamba_ssm's formulation, autograd through its loop) in fp32 -- what the authors' model
-computes on a machine without CUDA. Fast: the chunked scan (mambava.ops), in fp32 and under bf16 autocast.
+computes on a machine without CUDA. Fast: the chunked scan (mambava.temporal.ops), in fp32 and under bf16 autocast.
 
 Parts: (a) inference B=32, T=300; (b) a training step (forward, CCC loss, backward, AdamW) B=8, T=300;
 (c) the Mamba encoder alone: forward B=32, forward+backward B=8; the TCN alone for the breakdown. Each time is
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import torch
 
 from mambava.benchmarks import cpu_name
-from mambava.metrics import ccc_loss
-from mambava.model import MambaVA, MambaVAConfig
+from mambava.core.metrics import ccc_loss
+from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 
 TINY = dict(input_dim=64, tcn_channels=(64, 48, 32, 32), kernel_size=5, d_model=32, d_state=8, dt_rank="auto",
             head_hidden=16)
@@ -333,7 +333,7 @@ def main(argv=None) -> int:
         print()
         print(_format_markdown(rows))
     if args.json:
-        from mambava.fileio import atomic_open
+        from mambava.core.fileio import atomic_open
 
         with atomic_open(args.json) as handle:
             json.dump({"header": _header(args), "rows": [dict(r.__dict__, fps=r.fps, ratio=r.ratio) for r in rows]},

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 app = typer.Typer(
     name="mambava",

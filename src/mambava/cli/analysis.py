@@ -1,6 +1,6 @@
 """`mambava ratings` (continuous ratings onto a prediction's frames, each rater's lag), `mambava adapt`
-(fine-tune on a lab's own data) and `mambava models` (local model names); see mambava.ratings,
-mambava.adapt and mambava.registry."""
+(fine-tune on a lab's own data) and `mambava models` (local model names); see mambava.analysis.ratings,
+mambava.training.adapt and mambava.inference.catalog."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 
 import typer
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 models_app = typer.Typer(help="Local model names: checkpoints kept in the user cache folder (no download).",
                          no_args_is_help=True)
@@ -53,8 +53,8 @@ def ratings_command(
     import numpy as np
     import pandas as pd
 
-    from mambava.analysis import write_csv
-    from mambava.ratings import estimate_lag, frame_rate, plot_lag_curves, read_ratings
+    from mambava.analysis.summaries import write_csv
+    from mambava.analysis.ratings import estimate_lag, frame_rate, plot_lag_curves, read_ratings
 
     if value_range is not None and value_range[0] >= value_range[1]:
         raise MambavaError(f"--range: LO must be below HI, got {value_range[0]:g} {value_range[1]:g}")
@@ -99,7 +99,7 @@ def models_add(
     replace: bool = typer.Option(False, "--replace", help="Replace an existing name."),
 ) -> None:
     """Copy a checkpoint into the user cache folder under NAME, with its SHA-256."""
-    from mambava.registry import add, models_dir
+    from mambava.inference.catalog import add, models_dir
 
     entry = add(name, file, kind, trained_on, replace)
     typer.echo(f"{name}: {entry['kind']}, sha256 {entry['sha256'][:16]}..., {entry['size']} bytes -> "
@@ -109,7 +109,7 @@ def models_add(
 @models_app.command("list")
 def models_list() -> None:
     """The model names: kind, SHA-256 (first 16 hex digits), size, what it was trained on."""
-    from mambava.registry import models_dir, read_index
+    from mambava.inference.catalog import models_dir, read_index
 
     index = read_index()
     if not index:
@@ -124,7 +124,7 @@ def models_list() -> None:
 @models_app.command("remove")
 def models_remove(name: str = typer.Argument(..., help="The name to remove (its cached file is deleted).")) -> None:
     """Forget a model name and delete its cached copy."""
-    from mambava.registry import remove
+    from mambava.inference.catalog import remove
 
     entry = remove(name)
     typer.echo(f"{name}: removed ({entry['file']})")
@@ -153,8 +153,8 @@ def adapt_command(
     """Fine-tune a trained temporal model on your own videos and ratings. Reports per-video CCC before and
     after on participants each cross-validation fold never saw (per_video.csv, summary.json), then adapts on
     everyone and writes adapted.safetensors (use with `mambava predict -c`)."""
-    from mambava.adapt import AdaptConfig, adapt, load_adapt_data
-    from mambava.registry import resolve_model
+    from mambava.training.adapt import AdaptConfig, adapt, load_adapt_data
+    from mambava.inference.catalog import resolve_model
 
     if lag != "auto":
         try:

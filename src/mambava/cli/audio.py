@@ -20,8 +20,8 @@ def extract_audio_command(source: Path, out: Path, features: str, speech_model: 
     from rich.console import Console
 
     from mambava.audio import SpeechModel, check_sets, extract_audio
-    from mambava.progress import ProgressBar
-    from mambava.runtime import resolve_device
+    from mambava.core.progress import ProgressBar
+    from mambava.core.runtime import resolve_device
 
     model = SpeechModel(speech_model, speech_layer, str(resolve_device(device))) if speech_model else None
     sets = check_sets(features, model)

@@ -12,8 +12,8 @@ import typer
 from mambava.cli.audio import FEATURES_HELP as AUDIO_FEATURES_HELP
 from mambava.cli.audio import SPEECH_MODEL_HELP, extract_audio_command
 from mambava.cli.options import lightning_precision, precision_option
-from mambava.errors import MambavaError
-from mambava.runtime import resolve_device
+from mambava.core.errors import MambavaError
+from mambava.core.runtime import resolve_device
 
 CHECKPOINT_HELP = ("Local ViT checkpoint: facebookresearch/mae .pth, timm weights (.safetensors/.pth or hub "
                    "folder), Hugging Face ViTMAE folder, or a mambava encoder.safetensors. Nothing is downloaded.")
@@ -73,7 +73,7 @@ def extract_command(
     import torch.distributed as dist
 
     from mambava.backbone import FeatureExtractor
-    from mambava.extract import extract_features
+    from mambava.backbone.extract import extract_features
 
     dev = resolve_device(device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available()
@@ -250,7 +250,7 @@ def distill_command(
     the teacher's feature space); OUT/student.safetensors is a backbone for `extract -c`, `predict --backbone`
     and `stream --backbone`, and a temporal model trained on the teacher's features runs on it unchanged."""
     from mambava.backbone.distill import DistillConfig
-    from mambava.distillation import run_distill
+    from mambava.training.distill import run_distill
 
     if teacher is None:
         raise MambavaError("distill: pass --teacher CHECKPOINT (the backbone whose features the student learns)")

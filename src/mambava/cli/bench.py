@@ -11,7 +11,7 @@ import pkgutil
 
 import typer
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 
 def available() -> dict[str, str]:

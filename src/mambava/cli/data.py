@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 data_app = typer.Typer(help="Aff-Wild2 data: check a dataset root, make cross-validation folds.", no_args_is_help=True)
 submit_app = typer.Typer(help="ABAW valence-arousal submission files.", no_args_is_help=True)
@@ -30,7 +30,7 @@ def check_command(
     Exits 1 when a problem (bad annotation, no crops, unreadable image) was found."""
     from rich.console import Console
 
-    from mambava.datacheck import check
+    from mambava.data.check import check
 
     summary = check(root, test_list=test_list, verify_images=verify_images)
     summary.print(Console())
@@ -52,8 +52,8 @@ def folds_command(
     from rich.console import Console
     from rich.table import Table
 
-    from mambava.affwild2 import AffWild2
-    from mambava.folds import make_folds, save_folds
+    from mambava.data.affwild2 import AffWild2
+    from mambava.data.folds import make_folds, save_folds
 
     dataset = AffWild2(root)
     folds = make_folds(dataset.splits["train"], dataset.splits["validation"], n_folds=n_folds, seed=seed)
@@ -81,9 +81,9 @@ def validate_command(
     Frame counts come from exactly one of --frame-counts (ABAW's own list, the one it scores against), --root
     (raw video, else annotation length, else highest crop), --crops (highest crop) or --features (stored
     frames). Prints OK, or the first problem as file:line and exits 2."""
-    from mambava.affwild2 import AffWild2, list_crop_frames, read_test_list
-    from mambava.features import FeatureStore
-    from mambava.submission import validate_submission
+    from mambava.data.affwild2 import AffWild2, list_crop_frames, read_test_list
+    from mambava.data.store import FeatureStore
+    from mambava.data.submission import validate_submission
 
     if sum(x is not None for x in (root, crops, features, frame_counts)) != 1:
         raise MambavaError(
@@ -121,8 +121,8 @@ def official_frame_counts(test_list: Optional[Path], root: Optional[Path], frame
     """The test videos and their frame counts for a submission: from a frame-counts file (ABAW's frame list or
     sample submission; the test list, where one is given or found under `root`, must name the same videos),
     else from the raw test videos under `root` (each test video must have one)."""
-    from mambava.affwild2 import AffWild2, VIDEO_DIRS, read_test_list
-    from mambava.submission import read_frame_counts
+    from mambava.data.affwild2 import AffWild2, VIDEO_DIRS, read_test_list
+    from mambava.data.submission import read_frame_counts
 
     if frame_counts is None and root is None:
         raise MambavaError(f"{command}: pass --frame-counts FILE (ABAW's frame list or sample submission) or "

@@ -30,7 +30,7 @@ def synth_command(
     truth (synth_ground_truth/, synth_meta/). See `mambava.synth`."""
     from rich.console import Console
 
-    from mambava.progress import ProgressBar
+    from mambava.core.progress import ProgressBar
     from mambava.synth import SynthConfig, generate
 
     cfg = SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, frames=(min_frames, max_frames),

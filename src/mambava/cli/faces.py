@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from mambava.cli.options import landmarks_option
-from mambava.errors import MambavaError, OutputError
+from mambava.core.errors import MambavaError, OutputError
 
 
 def faces_command(
@@ -81,7 +81,7 @@ def faces_command(
 
 def _one_video(video: str, out: Path, console, **options) -> None:
     from mambava.faces import extract_faces
-    from mambava.video import VideoWarning
+    from mambava.media.video import VideoWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", VideoWarning)
@@ -149,7 +149,8 @@ def train_landmarks_command(
     make a model's training crops and its predictions with the same one (README Learned landmarks)."""
     from rich.console import Console
 
-    from mambava.faces.landmarks import RefinerConfig, csv_refiner_samples, synth_refiner_samples, train_refiner
+    from mambava.faces.landmarks import RefinerConfig, csv_refiner_samples, train_refiner
+    from mambava.synth.truth_faces import synth_refiner_samples
 
     console = Console(stderr=True)
     if out.is_dir() or not out.parent.is_dir():  # found now, not after the training

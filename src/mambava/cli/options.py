@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 PRECISION_ALIASES = {"32": "fp32", "32-true": "fp32", "bf16-mixed": "bf16"}
@@ -45,7 +45,7 @@ def lightning_precision(value: Optional[str], device: str = "auto") -> Optional[
         return key
     if key == "auto":
         from mambava.backbone import bf16_supported
-        from mambava.runtime import resolve_device
+        from mambava.core.runtime import resolve_device
 
         device = {"gpu": "cuda"}.get(device, device)  # Lightning's accelerator name for CUDA
         key = "bf16" if bf16_supported(resolve_device(device)) else "fp32"

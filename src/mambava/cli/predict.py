@@ -1,5 +1,5 @@
 """`mambava predict` (offline: CSV, plots, overlay), `mambava stream` (live, frame by frame) and
-`mambava submit write` (the ABAW test-set submission); see mambava.predict and mambava.stream."""
+`mambava submit write` (the ABAW test-set submission); see mambava.inference.predict and mambava.inference.stream."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from mambava.cli.options import face_detector, landmarks_option, precision_option
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
 BACKBONE_HELP = "ViT checkpoint (MAE .pth, timm, Hugging Face, or saved by mambava); needed for videos."
@@ -59,11 +59,11 @@ def predict_command(
 
     Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
     feature was carried over), x1, y1, x2, y2 (face box)."""
-    from mambava.predict import Predictor
-    from mambava.predict_files import FEATURE_SUFFIXES, find_inputs, output_paths, write_overlay, write_table
+    from mambava.inference.predict import Predictor
+    from mambava.inference.files import FEATURE_SUFFIXES, find_inputs, output_paths, write_overlay, write_table
 
-    from mambava.analysis import NORMALISATIONS, write_analysis
-    from mambava.registry import resolve_model
+    from mambava.analysis.summaries import NORMALISATIONS, write_analysis
+    from mambava.inference.catalog import resolve_model
 
     if normalise not in NORMALISATIONS or (baseline is not None and events is None):
         raise MambavaError("--baseline needs --events" if normalise in NORMALISATIONS else f"--normalise: one of {', '.join(NORMALISATIONS)}")
@@ -79,7 +79,7 @@ def predict_command(
         features_fps=features_fps, progress=True, audio=_audio_choice(audio, no_audio), detect_every=detect_every,
     )
     from mambava.cli import error_line
-    from mambava.fileio import atomic_group
+    from mambava.core.fileio import atomic_group
 
     if videos:
         _warn_face_stage(predictor)
@@ -150,12 +150,12 @@ def stream_command(
     """Valence/arousal live, one recurrent step of the temporal model per frame (equals `predict --windowing
     full` on the same frames). Webcams and URLs are real time: when faces and backbone cannot keep up,
     frames are dropped (and said so), not queued. Ctrl-C stops; the summary and --out are still written."""
-    from mambava.predict import Predictor
-    from mambava.predict_files import FEATURE_SUFFIXES
-    from mambava.registry import resolve_model
-    from mambava.stream import is_live_source
+    from mambava.inference.predict import Predictor
+    from mambava.inference.files import FEATURE_SUFFIXES
+    from mambava.inference.catalog import resolve_model
+    from mambava.inference.stream import is_live_source
 
-    from mambava.tcn import STEP_PRECISIONS
+    from mambava.temporal.tcn import STEP_PRECISIONS
 
     if step_precision not in STEP_PRECISIONS:
         raise MambavaError(f"--step-precision {step_precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")
@@ -197,9 +197,9 @@ def stream_command(
         sys.stdout.flush()
     if out is not None:
         _write_rows(out, rows, voice=hears)
-        from mambava.analysis import write_stream_summary
+        from mambava.analysis.summaries import write_stream_summary
 
-        from mambava.video import source_name
+        from mambava.media.video import source_name
 
         write_stream_summary(out, rows, video=source_name(source))
     typer.echo(
@@ -215,7 +215,7 @@ def _write_rows(path: Path, rows, voice: bool = False) -> None:
 
     import pandas as pd
 
-    from mambava.fileio import atomic_path
+    from mambava.core.fileio import atomic_path
 
     columns = ["frame", "time", "track", "valence", "arousal", "face", "dropped", "confidence"] + (["voice"] if voice else [])
     table = pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=columns)
@@ -250,8 +250,8 @@ def submit_write_command(
     videos under --root; a test video whose stored features have another length is refused, naming both counts,
     unless --allow-length-mismatch."""
     from mambava.cli.data import official_frame_counts
-    from mambava.predict import Predictor, submission_predictions
-    from mambava.submission import write_submission
+    from mambava.inference.predict import Predictor, submission_predictions
+    from mambava.data.submission import write_submission
 
     videos, counts = official_frame_counts(test_list, root, frame_counts, "submit write")
     _make_folder(out.parent)

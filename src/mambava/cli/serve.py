@@ -9,7 +9,7 @@ import typer
 
 from mambava.cli.options import face_detector, landmarks_option, precision_option
 from mambava.cli.predict import BACKBONE_HELP, CHECKPOINT_HELP, DEVICE_HELP
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 
 def serve_command(
@@ -37,11 +37,11 @@ def serve_command(
         raise MambavaError("mambava serve needs FastAPI and uvicorn: pip install 'mambava[serve]'")
     import uvicorn
 
-    from mambava.predict import Predictor
-    from mambava.registry import resolve_model
+    from mambava.inference.predict import Predictor
+    from mambava.inference.catalog import resolve_model
     from mambava.serve.app import create_app
     from mambava.serve.sessions import ServeLimits
-    from mambava.tcn import STEP_PRECISIONS
+    from mambava.temporal.tcn import STEP_PRECISIONS
 
     if step_precision not in STEP_PRECISIONS:
         raise MambavaError(f"--step-precision {step_precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")

@@ -127,7 +127,7 @@ def cv_command(
 
     Finished folds are skipped and an interrupted fold resumes: re-run the same command to continue."""
     from mambava.training.cv import format_table, rescore, run_cv, write_results
-    from mambava.errors import MambavaError
+    from mambava.core.errors import MambavaError
 
     flags = {"out_dir": out_dir, "devices": devices, "strategy": strategy, "precision": lightning_precision(precision)}
     cfg = _config(config, overrides, recipe, **flags)

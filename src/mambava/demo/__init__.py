@@ -17,7 +17,7 @@ Stages (each prints a line with its time; the long ones show a progress bar):
               the video frames memorises who is on screen (frames of one video are near-duplicates, so a few
               dozen videos give few independent expressions) and reaches a validation CCC_v near 0.5 and a
               CCC_a near 0; MAE pretraining on the crops would need far longer than the demo's budget.
-4. extract    `mambava.extract.extract_features`: CLS features of every crop into a feature store (missing
+4. extract    `mambava.backbone.extract.extract_features`: CLS features of every crop into a feature store (missing
               crops forward-filled and masked).
 5. train      `mambava.training.train`: the Mamba-VA temporal model (causal TCN -> Mamba encoder -> head; the
               paper's structure at reduced widths, see `DemoConfig`) and the frame-wise baseline (`mlp`, the
@@ -29,7 +29,7 @@ Stages (each prints a line with its time; the long ones show a progress bar):
 7. evaluate   `mambava.training.evaluate.evaluate_videos` on the held-out test subjects (whole videos, windows stitched).
    audio      (`DemoConfig.audio`) `mambava.demo.ablation`: the voices' audio features, then audio-only, early and
               mid fusion models, scored the same way (results.json `audio.rows`).
-8. predict    `mambava.predict.Predictor` on a held-out raw video: faces detected, tracked and aligned by the
+8. predict    `mambava.inference.predict.Predictor` on a held-out raw video: faces detected, tracked and aligned by the
               faces stage (MTCNN), encoded by the fine-tuned ViT, then the temporal model; compared with the
               hidden labels.
 9. report     OUT/report.md: the table (frame-wise vs TCN+Mamba: CCC_v, CCC_a, P_VA), training curves,

@@ -11,7 +11,7 @@ a face's own voice is heard only in its turns). This stage
    reads them z-scored per column with the training videos' statistics from OUT/audio_features/ (eGeMAPS
    columns range from ~0.1 (loudness) to ~3000 (formant Hz));
 2. trains, with the demo's recipe and sizes, Mamba-VA on the audio alone, early fusion and mid-level fusion
-   (`model.modalities: [visual, audio]`, `model.fusion: early | mid`; `mambava.temporal_models.FusionMambaVA`);
+   (`model.modalities: [visual, audio]`, `model.fusion: early | mid`; `mambava.temporal.models.FusionMambaVA`);
 3. scores each on the held-out test subjects as the visual model was scored (whole videos, windows stitched).
 
 `results["audio"]` holds `rows` {visual, audio, early_fusion, mid_fusion: {ccc_valence, ccc_arousal, p_va,
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mambava.demo.recipe import score_run, train_temporal
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 ROWS = ("visual", "audio", "early_fusion", "mid_fusion")
 LABELS = {"visual": "visual only (Mamba-VA)", "audio": "audio only (Mamba-VA on the voice)",
@@ -49,7 +49,7 @@ def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: 
                  labels: dict[str, np.ndarray], cfg: DemoConfig, progress: bool, say=print) -> dict:
     """Extract, train and score (the module docstring); `visual_scores` is the visual model's test row."""
     from mambava.audio import extract_audio
-    from mambava.features import AudioVisualStore, FeatureStore
+    from mambava.data.store import AudioVisualStore, FeatureStore
 
     sets = feature_sets()
     raw, normed = out / "audio_raw", out / "audio_features"
@@ -93,7 +93,7 @@ def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: 
 def _normalise(data_root: Path, raw, normed) -> int:
     """Write every entry of `raw` z-scored per column with the mean and std over the training videos' frames
     with sound; returns the feature size."""
-    from mambava.features import column_statistics
+    from mambava.data.store import column_statistics
     from mambava.synth import read_meta
 
     train = [n for n in read_meta(data_root)["splits"]["train"] if raw.has(n)] or raw.names()

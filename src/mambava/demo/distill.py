@@ -39,13 +39,13 @@ def distill_stage(out: Path, data_root: Path, train_root: Path, encoder_path: Pa
 
 def demo_distill(out: Path, data_root: Path, train_root: Path, encoder_path: Path, store: Path, model: Path,
                  test_names: list[str], cfg, progress: bool) -> dict[str, Any]:
-    from mambava.affwild2 import AffWild2
+    from mambava.data.affwild2 import AffWild2
     from mambava.backbone import FeatureExtractor, load_encoder
     from mambava.backbone.distill import DistillConfig, distill, student_config
-    from mambava.crops import find_crop_videos
-    from mambava.distillation import BATCHED, frame_ms, temporal_p_va
-    from mambava.extract import extract_features
-    from mambava.features import FeatureStore
+    from mambava.data.crops import find_crop_videos
+    from mambava.training.distill import BATCHED, frame_ms, temporal_p_va
+    from mambava.backbone.extract import extract_features
+    from mambava.data.store import FeatureStore
     from mambava.synth.layout import read_labels
 
     teacher = load_encoder(encoder_path)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mambava.errors import MambavaError
-from mambava.progress import ProgressBar
-from mambava.runtime import cpu_seconds
+from mambava.core.errors import MambavaError
+from mambava.core.progress import ProgressBar
+from mambava.core.runtime import cpu_seconds
 from mambava.synth.layout import read_labels
 
 LANDMARKS_FILE = "landmarks.safetensors"
@@ -30,7 +30,8 @@ def demo_detector(landmarks: Path | None = None):
 def landmark_stage(data_root: Path, out: Path, epochs: int, progress: bool) -> tuple[Path, dict]:
     """Train the landmark refiner (`mambava.faces.landmarks`) on the training split's raw frames and the
     generator's true landmarks (held-out people never seen), save it to OUT/landmarks.safetensors."""
-    from mambava.faces.landmarks import RefinerConfig, synth_refiner_samples, train_refiner
+    from mambava.faces.landmarks import RefinerConfig, train_refiner
+    from mambava.synth.truth_faces import synth_refiner_samples
     from mambava.synth import read_meta
 
     start, cpu = time.perf_counter(), cpu_seconds()
@@ -56,7 +57,8 @@ def own_crops_stage(data_root: Path, own_root: Path, workers: int, detect_every:
     """`mambava faces --dataset` over the generated raw videos (the demo's relaxed MTCNN, refined landmarks),
     and how far its crops are from ideal (the generator keeps the true landmarks): over every face, and over
     the held-out people's alone (the refiner never saw them)."""
-    from mambava.faces.dataset import extract_dataset_faces, synth_alignment_error
+    from mambava.faces.dataset import extract_dataset_faces
+    from mambava.synth.truth_faces import synth_alignment_error
     from mambava.synth import read_meta
 
     start, cpu = time.perf_counter(), cpu_seconds()
@@ -86,10 +88,10 @@ def predict_all(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg, 
     from the generator's ideal crops (their features, the same model); P_VA of each over the frames both
     predict and the labels cover, all videos concatenated."""
     from mambava.backbone import FeatureExtractor, load_encoder
-    from mambava.extract import extract_features
-    from mambava.features import FeatureStore
-    from mambava.metrics import va_scores
-    from mambava.predict import Predictor
+    from mambava.backbone.extract import extract_features
+    from mambava.data.store import FeatureStore
+    from mambava.core.metrics import va_scores
+    from mambava.inference.predict import Predictor
     from mambava.synth import read_meta
 
     meta = read_meta(data_root)

@@ -10,8 +10,8 @@ import numpy as np
 
 from mambava.demo.ablation import report_lines as audio_report_lines
 from mambava.demo.distill import report_lines as distill_report_lines
-from mambava.fileio import atomic_open
-from mambava.plots import new_figure, save_figure
+from mambava.core.fileio import atomic_open
+from mambava.analysis.plots import new_figure, save_figure
 from mambava.synth.layout import read_labels
 
 REPORT_FILE = "report.md"

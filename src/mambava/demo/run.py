@@ -21,10 +21,10 @@ from mambava.demo.distill import distill_stage
 from mambava.demo.own_crops import LANDMARKS_FILE, demo_detector, landmark_stage, own_crops_stage, predict_all
 from mambava.demo.recipe import score_run, train_temporal
 from mambava.demo.report import REPORT_FILE, write_figures, write_report
-from mambava.errors import MambavaError
-from mambava.fileio import atomic_open
-from mambava.progress import ProgressBar
-from mambava.runtime import cpu_seconds, torch_threads
+from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open
+from mambava.core.progress import ProgressBar
+from mambava.core.runtime import cpu_seconds, torch_threads
 from mambava.synth.layout import read_labels
 
 RESULTS_FILE = "results.json"
@@ -379,7 +379,7 @@ def _backbone(out: Path, data_root: Path, stills_root: Path, cfg: DemoConfig, pr
 
 def _extract(out: Path, data_root: Path, encoder_path: Path, progress: bool, name: str = "features") -> Path:
     from mambava.backbone import FeatureExtractor, load_encoder
-    from mambava.extract import extract_features
+    from mambava.backbone.extract import extract_features
 
     store = out / name
     extractor = FeatureExtractor(load_encoder(encoder_path), batch_size=256, device="cpu", precision="auto")
@@ -388,7 +388,7 @@ def _extract(out: Path, data_root: Path, encoder_path: Path, progress: bool, nam
 
 
 def _evaluate(out: Path, store: Path, runs: dict, names: list[str], labels: dict, cfg: DemoConfig):
-    from mambava.features import FeatureStore
+    from mambava.data.store import FeatureStore
 
     scores, predictions = {}, {}
     fs = FeatureStore(store)
@@ -402,7 +402,7 @@ def _evaluate(out: Path, store: Path, runs: dict, names: list[str], labels: dict
 def _predictions(loaded, store, names: list[str], cfg: DemoConfig) -> dict[str, np.ndarray]:
     import torch
 
-    from mambava.windows import predict_sequence
+    from mambava.data.windows import predict_sequence
 
     model = loaded.model.to("cpu").eval()
     out = {}
@@ -415,10 +415,10 @@ def _predictions(loaded, store, names: list[str], cfg: DemoConfig) -> dict[str, 
 
 def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: DemoConfig, progress: bool) -> dict:
     """Predict a held-out raw video through the faces stage (or its crops) and score it against its labels."""
-    from mambava.affwild2 import AffWild2
-    from mambava.metrics import va_scores
-    from mambava.predict import Predictor
-    from mambava.predict_files import write_table
+    from mambava.data.affwild2 import AffWild2
+    from mambava.core.metrics import va_scores
+    from mambava.inference.predict import Predictor
+    from mambava.inference.files import write_table
     from mambava.synth import read_meta, read_truth
 
     meta = read_meta(data_root)
@@ -470,7 +470,7 @@ def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: Dem
         files={k: str(Path(v).relative_to(out)) for k, v in written.items()},
     )
     # the same video from its crops and stored features (the Aff-Wild2 path), for comparison
-    from mambava.features import FeatureStore
+    from mambava.data.store import FeatureStore
 
     record = FeatureStore(out / "features").read(name)
     features, mask = record.window(0, record.n_frames)
@@ -489,7 +489,7 @@ def _table_from_crops(predictor, dataset, name: str):
     """The per-frame table of a video from its Aff-Wild2 crops (the path Aff-Wild2 users take)."""
     import pandas as pd
 
-    from mambava.affwild2 import read_crop
+    from mambava.data.affwild2 import read_crop
 
     frames = dataset.crop_frames(name)
     n = dataset.n_frames(name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 # insightface's ArcFace template for 112×112 crops: left eye, right eye, nose tip, mouth left, mouth right
 # (image left/right), in pixels.

@@ -19,8 +19,8 @@ Every frame of every raw video under ROOT/videos/ (or raw_videos/, any sub-folde
 folder is filled under a hidden name and renamed into place when complete (`extract_faces`); a video that
 fails is reported and the others go on.
 
-`synth_alignment_error` measures how far our crops are from ideal on a synthetic dataset, whose generator
-keeps every face's true landmarks.
+`alignment_error` measures how far crops are from ideal given true landmarks (`mambava.synth.truth_faces` applies
+it to a synthetic dataset, whose generator keeps every face's true landmarks).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from typing import Callable
 
 import numpy as np
 
-from mambava.affwild2 import CROPS_DIR, AffWild2, base_video
-from mambava.errors import MambavaError
+from mambava.data.affwild2 import CROPS_DIR, AffWild2, base_video
+from mambava.core.errors import MambavaError
 from mambava.faces.align import ARCFACE_TEMPLATE_112, LANDMARK_COLUMNS, alignment_matrix, transform_points
-from mambava.fileio import atomic_open
+from mambava.core.fileio import atomic_open
 
 MARKER = ".mambava-faces.json"
 CSV_SUFFIX = ".faces.csv"
@@ -338,7 +338,7 @@ def alignment_error(landmarks: np.ndarray, true_landmarks: np.ndarray, size: int
     return np.linalg.norm(alignment_offsets(landmarks, true_landmarks, size), axis=2)
 
 
-def _summary(offsets: np.ndarray) -> dict:
+def alignment_summary(offsets: np.ndarray) -> dict:
     errors = np.linalg.norm(offsets, axis=2)
     per_face = errors.mean(1) if len(errors) else errors
     return {
@@ -352,43 +352,3 @@ def _summary(offsets: np.ndarray) -> dict:
         # the part common to all faces (x, y): a shift that training on the same crops absorbs
         "mean_offset_px": [round(float(x), 3) for x in offsets.mean((0, 1))] if len(errors) else None,
     }
-
-
-def synth_alignment_error(synth_root: str | os.PathLike, faces_dir: str | os.PathLike,
-                          names: list[str] | None = None) -> dict:
-    """Alignment error of the faces stage's crops in `faces_dir` (its `<v>.faces.csv` files: each crop's
-    landmarks) against the true landmarks the generator kept for the synthetic dataset at `synth_root`, in
-    pixels at 112 px (`alignment_error`: each face's mean over its 5 points, then mean / median / 95th
-    percentile over faces), as % of the template's eye distance (35.2 px), and the mean offset; beside it, the same for the generator's own crops
-    (`cropped_aligned/`, aligned with the true landmarks plus its simulated aligner error). A track is matched
-    to the annotation name it is named after; frames where the face is not drawn are left out (and counted)."""
-    import pandas as pd
-
-    from mambava.synth import read_meta, read_truth
-
-    synth_root, faces_dir = Path(synth_root), Path(faces_dir)
-    meta = read_meta(synth_root)
-    ours, theirs = [], []
-    unmatched = 0
-    for video in meta["videos"]:
-        persons = [p["name"] for p in video["persons"] if names is None or p["name"] in names]
-        if not persons:
-            continue
-        csv_path = faces_dir / f"{video['name']}{CSV_SUFFIX}"
-        table = pd.read_csv(csv_path) if csv_path.exists() else None
-        for name in persons:
-            truth = read_truth(synth_root, name)
-            crop = truth["crop"]
-            theirs.append(alignment_offsets(truth["crop_landmarks"][crop], truth["landmarks"][crop]))
-            if table is None:
-                continue
-            rows = table[(table["track"] == name) & (table["present"] == 1)]
-            frames = rows["frame"].to_numpy()
-            inside = frames < len(truth["landmarks"])
-            found = rows[LANDMARK_COLUMNS].to_numpy(np.float64)[inside].reshape(-1, 5, 2)
-            true = truth["landmarks"][frames[inside]]
-            drawn = np.isfinite(true).all((1, 2))
-            unmatched += int((~drawn).sum()) + int((~inside).sum())
-            ours.append(alignment_offsets(found[drawn], true[drawn]))
-    stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, 5, 2))  # noqa: E731
-    return {"ours": _summary(stack(ours)), "generator": _summary(stack(theirs)), "faces_not_drawn": unmatched}

@@ -20,9 +20,9 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 from mambava.faces.align import ARCFACE_TEMPLATE_112
-from mambava.runtime import busy_threads, torch_threads
+from mambava.core.runtime import busy_threads, torch_threads
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,7 +12,7 @@ Training perturbs the true landmarks by a random similarity and per-point noise 
 the patch with the perturbed points and regresses the true ones: the cascaded-regression recipe (Dollár et al.
 2010; Xiong & De la Torre 2013), so the net learns to correct any start within that range, not one detector.
 
-    frames, samples = synth_refiner_samples("data", names)   # or csv_refiner_samples("faces.csv")
+    frames, samples = csv_refiner_samples("faces.csv")      # or mambava.synth.truth_faces.synth_refiner_samples
     refiner = train_refiner(frames, samples)                 # samples: (frame index, true (5, 2) landmarks)
     refiner.save("landmarks.safetensors")
     det = get_detector("mtcnn", landmarks="landmarks.safetensors")   # every face's points refined
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 from mambava.faces.align import (ARCFACE_TEMPLATE_112, LANDMARK_COLUMNS, invert_affine, similarity_transform,
                                  transform_points, warp)
 
@@ -126,7 +126,7 @@ class LandmarkRefiner:
     def save(self, path: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
 
-        from mambava.fileio import atomic_path
+        from mambava.core.fileio import atomic_path
 
         path = Path(path)
         with atomic_path(path) as tmp:
@@ -180,7 +180,7 @@ class RefinedDetector:
         self.refiner_sha256 = hashlib.sha256(b"".join(v.numpy().tobytes() for v in weights)).hexdigest()
 
     def _refined(self, image: np.ndarray, faces: list) -> list:
-        from mambava.runtime import busy_threads, torch_threads
+        from mambava.core.runtime import busy_threads, torch_threads
 
         kept = [f for f in faces if f is not None]
         wanted = getattr(self.detector, "num_threads", None)  # the small CNN runs as the detector's nets do
@@ -275,40 +275,13 @@ def train_refiner(frames: Sequence[np.ndarray], samples: Sequence[tuple[int, np.
     return LandmarkRefiner(net, cfg)
 
 
-def synth_refiner_samples(synth_root: str | os.PathLike, names: Iterable[str], every: int = 2):
-    """Training data from a synthetic dataset: the raw videos' frames (every `every`-th) of the annotation names
-    given, with the generator's true landmarks. Returns (frames, samples) for `train_refiner`."""
-    from mambava.synth import read_meta, read_truth
-    from mambava.video import open_video
-
-    root = Path(synth_root)
-    wanted = set(names)
-    frames: list[np.ndarray] = []
-    samples: list[tuple[int, np.ndarray]] = []
-    for video in read_meta(root)["videos"]:
-        persons = [p["name"] for p in video["persons"] if p["name"] in wanted]
-        if not persons:
-            continue
-        truths = [read_truth(root, name)["landmarks"] for name in persons]
-        with open_video(root / video["video"]) as reader:
-            for frame in reader:
-                if frame.index % every:
-                    continue
-                for truth in truths:
-                    if frame.index < len(truth) and np.isfinite(truth[frame.index]).all():
-                        region, moved = face_region(frame.image, truth[frame.index].astype(np.float64))
-                        frames.append(region)
-                        samples.append((len(frames) - 1, moved))
-    return frames, samples
-
-
 def csv_refiner_samples(path: str | os.PathLike):
     """Training data from a CSV of annotated faces: `image` (relative to the CSV) and the 10 `LANDMARK_COLUMNS`
     (the faces CSV's names; frame pixels, image left first), one face per row. Returns (frames, samples); a
     one-line error names the file and line of a bad row."""
     import csv
 
-    from mambava.video import read_image
+    from mambava.media.video import read_image
 
     path = Path(path)
     if not path.is_file():

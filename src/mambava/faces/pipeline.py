@@ -12,13 +12,13 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 from mambava.faces.align import LANDMARK_COLUMNS, face_crop
 from mambava.faces.detect import FaceDetector, get_detector
 from mambava.faces.track import FaceTracker, finish_tracks, follow_faces
-from mambava.fileio import atomic_open, atomic_path, is_output_failure, output_error
-from mambava.progress import rate_progress
-from mambava.video import VideoFrame, VideoReader, open_video, source_name
+from mambava.core.fileio import atomic_open, atomic_path, is_output_failure, output_error
+from mambava.core.progress import rate_progress
+from mambava.media.video import VideoFrame, VideoReader, open_video, source_name
 
 CSV_COLUMNS = ["frame", "time", "track", "present", "image", "score", "x1", "y1", "x2", "y2", *LANDMARK_COLUMNS]
 

@@ -28,9 +28,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 from mambava.serve.sessions import ServeLimits, SessionHub, message_line
-from mambava.timebase import check_fps
+from mambava.data.timebase import check_fps
 
 STATIC = ("index.html", "app.js")
 # WebSocket close codes: 1008 policy (a refused session), 1013 try again later (server full), 1001 going away
@@ -55,8 +55,8 @@ def _records(table) -> list[dict]:
 
 
 def create_app(predictor, limits: ServeLimits = ServeLimits(), step_precision: str = "fp32"):
-    """The application around a loaded `mambava.predict.Predictor` (its model, detector and backbone)."""
-    from mambava.predict import COLUMNS
+    """The application around a loaded `mambava.inference.predict.Predictor` (its model, detector and backbone)."""
+    from mambava.inference.predict import COLUMNS
 
     detector = predictor.detector if predictor.extractor is not None else None
     hub_box: dict[str, SessionHub] = {}

@@ -7,7 +7,7 @@ them in one batch, the backbone on all the faces in one batch, and steps the tem
 together: one `StreamBatch.step_some` call per step, every session's tracks one row of the batch (sessions
 advance at their own pace, so a session with nothing to do sits the step out with its state untouched).
 
-Per session the time base and the tracks are those of `mambava stream` (`mambava.stream.TrackStreams`): the
+Per session the time base and the tracks are those of `mambava stream` (`mambava.inference.stream.TrackStreams`): the
 model steps once per tick of its own frame grid from the frames' timestamps (ticks skipped hold the last
 feature), faces are tracked (`FaceTracker`) and named after the session, a track's state starts when its face
 is first found and ends when the tracker drops it. So a session's values equal `stream`'s on the same frames.
@@ -34,9 +34,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
-# The first bytes of the images a session accepts (decoded as `mambava.video.read_image` decodes files).
+# The first bytes of the images a session accepts (decoded as `mambava.media.video.read_image` decodes files).
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 
 
@@ -67,7 +67,7 @@ class Session:
     def __init__(self, sid: int, name: str, fps: float, deliver: Callable[[dict], None], model_fps: float,
                  hold_budget: int = 2):
         from mambava.faces import FaceTracker
-        from mambava.timebase import GridClock, check_fps
+        from mambava.data.timebase import GridClock, check_fps
 
         self.id = sid
         self.name = name
@@ -183,9 +183,9 @@ class SessionHub:
 
     def __init__(self, model, detector=None, extractor=None, limits: ServeLimits = ServeLimits(),
                  step_precision: str = "fp32", crop_size: int = 112):
-        from mambava.stream import StreamBatch, check_streamable
-        from mambava.temporal_models import model_input_dim
-        from mambava.timebase import model_fps
+        from mambava.inference.stream import StreamBatch, check_streamable
+        from mambava.temporal.models import model_input_dim
+        from mambava.data.timebase import model_fps
 
         check_streamable(model)
         if getattr(model, "kind", "") == "fusion":
@@ -336,7 +336,7 @@ class SessionHub:
             if self.extractor is None:
                 raise MambavaError(f"frame {index}: this server has no backbone (started without --backbone): "
                                    f"send {self.input_dim} float32 features per frame")
-            from mambava.video import read_image
+            from mambava.media.video import read_image
 
             try:
                 return "image", read_image(io.BytesIO(payload))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 
 # progress(done, total, name), called after each video or album
 ProgressFn = Callable[[int, int, str], None]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mambava.fileio import atomic_path, is_output_failure, output_error
+from mambava.core.fileio import atomic_path, is_output_failure, output_error
 from mambava.synth.config import ProgressFn, SynthConfig, SynthSummary
 from mambava.synth.expression import Track, frame_params, track, truth_arrays
 from mambava.synth.identity import Identity, sample_identity

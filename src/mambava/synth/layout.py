@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mambava.errors import MambavaError
-from mambava.fileio import atomic_open
+from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open
 
 ANNOTATION_DIR = "VA_Estimation_Challenge"
 SPLIT_DIRS = {"train": "Train_Set", "validation": "Validation_Set", "test": "Test_Set"}
@@ -123,7 +123,7 @@ def ground_truth_path(root: str | os.PathLike, name: str) -> Path:
 def read_labels(root: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
     """{name: (T, 2) labels as the raters gave them (-5 where none)} for annotation names of any split, the
     test split's from synth_ground_truth/."""
-    from mambava.affwild2 import read_va_annotation
+    from mambava.data.affwild2 import read_va_annotation
 
     return {name: read_va_annotation(ground_truth_path(root, name)) for name in names}
 

@@ -65,7 +65,7 @@ def oracle_scores(truth: dict[str, dict], fps: float = 30.0, ridge: float = 10.0
     fitted on the train names of `truth` (from `simulate` or `read_truth`) and scored (CCC_v, CCC_a, P_VA) on
     the validation names. "frame" sees one frame; "context" adds causal means, spreads and motion energies
     over the last 0.25-2 s. A diagnostic of the generator's design (context must help), not a model."""
-    from mambava.metrics import va_scores
+    from mambava.core.metrics import va_scores
 
     def stack(split, context):
         xs, ys = [], []

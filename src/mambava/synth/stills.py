@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mambava.errors import MambavaError
+from mambava.core.errors import MambavaError
 from mambava.synth.config import ProgressFn, SynthSummary
 from mambava.synth.dataset import run_jobs
 from mambava.synth.expression import (JITTER_PITCH, JITTER_YAW, POSTURE_PITCH, POSTURE_YAW, blink_profile, blink_rate,

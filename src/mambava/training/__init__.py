@@ -16,11 +16,11 @@ warm_restarts`, `warm_restarts_lrs`), drop_last, their split of windows (`data.t
 their validation protocol (`protocol: authors`). Each value is cited to its file and line in those configs.
 
 Validation (every `val_every_n_epochs`), `protocol: videos` (ours): each validation video is run whole, as
-overlapping windows stitched back to one prediction per frame (`mambava.windows.predict_sequence`), and CCC
+overlapping windows stitched back to one prediction per frame (`mambava.data.windows.predict_sequence`), and CCC
 per dimension is computed over all valid frames of all validation videos concatenated; P_VA = (CCC_v + CCC_a)
 / 2. `protocol: authors`: CCC over the frames of the windows the reference's validation loop sees
-(`mambava.windows.authors_windows`: its split, its file order, its last partial batch dropped, overlapping
-frames counted once per window). The metric (`mambava.metrics.ConcordanceCCC`) keeps float64 sufficient
+(`mambava.data.windows.authors_windows`: its split, its file order, its last partial batch dropped, overlapping
+frames counted once per window). The metric (`mambava.core.metrics.ConcordanceCCC`) keeps float64 sufficient
 statistics whose DDP reduction is a sum, so ranks that each validated a share give exactly the
 single-process number (torchmetrics' `ConcordanceCorrCoef` uses sample, n-1, moments where ABAW uses
 population moments).
@@ -34,7 +34,7 @@ their target, fsynced and renamed (`AtomicCheckpointIO`), so a full disk never t
 unreadable last.ckpt stops `resume=True` with a one-line MambavaError.
 
 Outputs in `out_dir`: `config.yaml` (the resolved config), `checkpoints/best.ckpt` (best validation P_VA) and
-`checkpoints/last.ckpt`, `model.safetensors` (the best model, loadable by `mambava.temporal_models.load_temporal_model`
+`checkpoints/last.ckpt`, `model.safetensors` (the best model, loadable by `mambava.temporal.models.load_temporal_model`
 and, for the paper model, `MambaVA.load`), `metrics.csv` (one row per epoch), `logs/` (Lightning's per-step CSV
 log), `tensorboard/` (when tensorboard is installed), `summary.json`, `curves.png`.
 
@@ -46,7 +46,7 @@ package does not import Lightning; `module` and `callbacks` do.
 
 from __future__ import annotations
 
-from mambava.schedule import lr_factor, warm_restarts_lrs
+from mambava.core.schedule import lr_factor, warm_restarts_lrs
 from mambava.training.config import (
     MONITOR,
     PAPER_CONFIG,

@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mambava.fileio import atomic_torch_save
+from mambava.core.fileio import atomic_torch_save
 from mambava.training.checkpoints import load_lightning_checkpoint
 from mambava.training.outputs import read_metrics, write_metrics
 
@@ -58,7 +58,7 @@ class EpochLog(L.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written beside their target, fsynced and renamed (mambava.fileio.atomic_path).
+    """Checkpoints written beside their target, fsynced and renamed (mambava.core.fileio.atomic_path).
     Lightning's own writer stages the file in the system temporary folder and moves it across file
     systems, which on a full disk leaves a truncated best.ckpt in place of the good one."""
 

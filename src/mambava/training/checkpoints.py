@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mambava.errors import MambavaError, torch_load_reason
+from mambava.core.errors import MambavaError, torch_load_reason
 
 
 def load_lightning_checkpoint(path: str | Path, map_location="cpu") -> dict:

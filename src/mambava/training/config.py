@@ -1,5 +1,5 @@
 """The training config: `TrainConfig` (the paper's recipe as defaults, `configs/paper.yaml`), YAML + `--set`
-overrides (OmegaConf structured configs, `mambava.schema`), the named recipes (`paper`, `authors`)."""
+overrides (OmegaConf structured configs, `mambava.core.config`), the named recipes (`paper`, `authors`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from mambava import schema
-from mambava.errors import MambavaError
-from mambava.fileio import atomic_open
+from mambava.core import config as schema
+from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open
 
 PAPER_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
 # Recipes by name: (config of folds 1-5, config of fold 0). The authors' code uses other values on fold 0.
@@ -32,13 +32,13 @@ MONITOR = "val/p_va"
 class DataConfig:
     """Where the data comes from and how it is cut.
 
-    `features`: a feature store folder (`mambava.features.FeatureStore`). `annotations`: an Aff-Wild2 root
+    `features`: a feature store folder (`mambava.data.store.FeatureStore`). `annotations`: an Aff-Wild2 root
     (`VA_Estimation_Challenge/{Train_Set,Validation_Set}/<video>.txt`, or that folder itself), or any folder of
     `<video>.txt` files in the same `valence,arousal` format (searched recursively). `folds`: a folds file
-    (`mambava.folds.save_folds`); without one the folds are made from the Aff-Wild2 splits with
+    (`mambava.data.folds.save_folds`); without one the folds are made from the Aff-Wild2 splits with
     `make_folds(train, validation, n_folds, fold_seed)`. `fold` 0 is the official split, 1..n_folds the
     cross-validation folds. `audio_features`: an audio feature store (`mambava extract --audio`), joined to
-    `features` per frame (visual, audio, audio mask: `mambava.features.AudioVisualStore`) for a fusion model.
+    `features` per frame (visual, audio, audio mask: `mambava.data.store.AudioVisualStore`) for a fusion model.
     `extra_features`: more feature stores of the same videos (the same backbone on another aligner's crops):
     the training windows are cut from every store (each training video once per store), validation reads
     `features` only.
@@ -63,7 +63,7 @@ class TrainConfig:
     """Everything a training run needs; the defaults are the paper's recipe (see the module docstring).
 
     `model` holds the temporal model: `kind` ("mamba_va" the paper model, or an ablation baseline "tcn",
-    "mamba", "mlp", "transformer"; or "fusion", the audio-visual model, with `data.audio_features`) and its sizes (`mambava.temporal_models.default_model_config`). Missing model keys
+    "mamba", "mlp", "transformer"; or "fusion", the audio-visual model, with `data.audio_features`) and its sizes (`mambava.temporal.models.default_model_config`). Missing model keys
     take their defaults; unknown keys are an error.
     """
 
@@ -91,7 +91,7 @@ class TrainConfig:
     out_dir: str = "runs/mambava"
 
     def __post_init__(self) -> None:
-        from mambava.temporal_models import resolve_model_config
+        from mambava.temporal.models import resolve_model_config
 
         if isinstance(self.data, Mapping):
             self.data = DataConfig(**schema.to_dict(schema.merge(schema.structured(DataConfig), self.data, "data")))
@@ -144,7 +144,7 @@ def _with_source(source: str, make):
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """A TrainConfig from a YAML file (None: the paper defaults) plus `key=value` overrides (dotted keys, values
-    parsed as YAML). OmegaConf merges each over the `TrainConfig` schema (`mambava.schema`); an unknown key or
+    parsed as YAML). OmegaConf merges each over the `TrainConfig` schema (`mambava.core.config`); an unknown key or
     a bad value is a MambavaError naming the key and the file (or the --set option)."""
     tree: dict = {}
     source = "defaults"

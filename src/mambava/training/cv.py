@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mambava.errors import MambavaError
-from mambava.fileio import atomic_open
+from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open
 from mambava.training.config import TrainConfig
 from mambava.training.data import resolve_folds
 from mambava.training.evaluate import evaluate_checkpoint
@@ -42,7 +42,7 @@ def fold_config(cfg: TrainConfig, fold: int, folds_file: str) -> TrainConfig:
 def prepare_folds(cfg: TrainConfig) -> tuple[str, list[int]]:
     """The folds file every fold reads (cfg.data.folds, or folds made from the Aff-Wild2 splits and saved to
     out_dir/folds.yaml) and the fold ids it holds."""
-    from mambava.folds import load_folds, save_folds
+    from mambava.data.folds import load_folds, save_folds
 
     out = Path(cfg.out_dir)
     if cfg.data.folds:

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from mambava.affwild2 import AffWild2, align_lengths, find_annotations, read_va_annotation
-from mambava.errors import MambavaError
-from mambava.features import AudioVisualStore, FeatureStore
-from mambava.folds import load_folds, make_folds
-from mambava.timebase import stored_grid
+from mambava.data.affwild2 import AffWild2, align_lengths, find_annotations, read_va_annotation
+from mambava.core.errors import MambavaError
+from mambava.data.store import AudioVisualStore, FeatureStore
+from mambava.data.folds import load_folds, make_folds
+from mambava.data.timebase import stored_grid
 from mambava.training.config import TrainConfig
 
 
@@ -61,7 +61,7 @@ def resolve_folds(cfg: TrainConfig, labels: LabelSource | None = None) -> dict[i
     if labels.splits is None:
         raise MambavaError(
             f"{labels.root}: not an Aff-Wild2 root (no VA_Estimation_Challenge/Train_Set, Validation_Set), so the "
-            f"split cannot be read from it: set data.folds to a folds file (mambava.folds.save_folds)"
+            f"split cannot be read from it: set data.folds to a folds file (mambava.data.folds.save_folds)"
         )
     return make_folds(labels.splits["train"], labels.splits["validation"], cfg.data.n_folds, cfg.data.fold_seed)
 
@@ -139,7 +139,7 @@ class FoldData:
 
 def load_fold_data(cfg: TrainConfig, fold: int | None = None, sides: Sequence[str] = ("train", "validation")) -> FoldData:
     """Resolve the fold's videos, keep those with features (a warning lists the others) and read their
-    labels aligned to the features' length (mambava.windows.load_labels' policy)."""
+    labels aligned to the features' length (mambava.data.windows.load_labels' policy)."""
     store = open_store(cfg)
     labels = LabelSource(_need(cfg.data.annotations, "data.annotations"))
     folds = resolve_folds(cfg, labels)

@@ -8,7 +8,7 @@ plus the same scores per video.
 VA/vaestimation.py:268-324 over the windows of VA/data/dataset.py and preprocess/split_VA_fold.py): see
 `authors_windows`. Its numbers and ours are not the same quantity; `mambava cv --both-protocols` prints both.
 
-Checkpoints are loaded by `mambava.temporal_models.load_temporal_model`: our `model.safetensors` (the paper
+Checkpoints are loaded by `mambava.temporal.models.load_temporal_model`: our `model.safetensors` (the paper
 model or any baseline), a Lightning checkpoint of a run (`checkpoints/best.ckpt`), or a reference `.pth`.
 """
 
@@ -24,16 +24,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mambava.errors import MambavaError
-from mambava.fileio import atomic_open
-from mambava.metrics import ccc_numpy, va_scores
-from mambava.progress import track_items
-from mambava.runtime import resolve_device
-from mambava.temporal_models import LoadedModel, check_finite, load_temporal_model, model_input_dim
+from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open
+from mambava.core.metrics import ccc_numpy, va_scores
+from mambava.core.progress import track_items
+from mambava.core.runtime import resolve_device
+from mambava.temporal.models import LoadedModel, check_finite, load_temporal_model, model_input_dim
 from mambava.training.config import TrainConfig
 from mambava.training.data import load_fold_data
-from mambava.timebase import model_fps, stored_grid
-from mambava.windows import authors_keep, authors_window_dataset, check_windowing, predict_sequence
+from mambava.data.timebase import model_fps, stored_grid
+from mambava.data.windows import authors_keep, authors_window_dataset, check_windowing, predict_sequence
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from mambava.errors import MambavaError
-from mambava.metrics import ConcordanceCCC, ccc_loss
-from mambava.schedule import lr_factor, warm_restarts_lrs
-from mambava.temporal_models import build_temporal_model
+from mambava.core.errors import MambavaError
+from mambava.core.metrics import ConcordanceCCC, ccc_loss
+from mambava.core.schedule import lr_factor, warm_restarts_lrs
+from mambava.temporal.models import build_temporal_model
 from mambava.training.config import MONITOR, TrainConfig
 from mambava.training.data import (
     EpochShuffleSampler,
@@ -26,7 +26,7 @@ from mambava.training.data import (
     open_extra_stores,
     open_store,
 )
-from mambava.windows import WindowDataset, authors_keep, authors_window_dataset, predict_sequence
+from mambava.data.windows import WindowDataset, authors_keep, authors_window_dataset, predict_sequence
 
 
 class Diverged(MambavaError):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from mambava.fileio import atomic_open, atomic_path
+from mambava.core.fileio import atomic_open, atomic_path
 
 
 @dataclass

@@ -10,9 +10,9 @@ from typing import Sequence
 
 import yaml
 
-from mambava.errors import MambavaError
-from mambava.fileio import is_output_failure, output_error
-from mambava.temporal_models import count_parameters, lightning_state_dict, save_temporal_model
+from mambava.core.errors import MambavaError
+from mambava.core.fileio import is_output_failure, output_error
+from mambava.temporal.models import count_parameters, lightning_state_dict, save_temporal_model
 from mambava.training.checkpoints import CheckpointReadError, load_lightning_checkpoint
 from mambava.training.config import MONITOR, TrainConfig, flatten_keys, save_config
 from mambava.training.data import FoldData, check_model_input, load_fold_data

@@ -1,0 +1,71 @@
+"""Where and on how many threads torch runs: one device resolution and one thread policy for every stage.
+
+Threads: the models here run many short parallel regions. On an idle 2-core machine two OpenMP threads beat
+one; on a machine that other work keeps busy they stall at every barrier for a descheduled sibling (measured
+3-7x slower for MTCNN, ~3x for a streaming step), so the offline passes drop to one thread while the 1-minute
+load average is at least CPUs + 1 (`busy_threads`), and `torch_threads` sets and restores a count around a
+block. torch's setting is per calling thread (OpenMP), so a block changes nothing for other threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from mambava.core.errors import MambavaError
+
+
+def resolve_device(device: str | None = "auto"):
+    """A torch.device for "auto"/None (CUDA when available, on this process's LOCAL_RANK under torchrun; else
+    the CPU), or for a name like "cpu", "cuda", "cuda:1". An unknown name, or CUDA asked for where there is
+    none, is a MambavaError."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise MambavaError(f"unknown device {device!r} ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise MambavaError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved
+
+
+def busy_threads() -> int | None:
+    """1 when other work already keeps every CPU busy (load average >= CPUs + 1), else None (no change)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+    return 1 if load >= (os.cpu_count() or 1) + 1 else None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `n` torch intra-op threads (None: as they are), restored after; it is the calling
+    thread's OpenMP setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if n and n != previous:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+def load_aware_threads():
+    """`torch_threads(1)` while other work keeps every CPU busy (`busy_threads`), else no change: for the
+    offline passes, whose large products do gain from a second thread on an idle machine."""
+    return torch_threads(busy_threads())
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system

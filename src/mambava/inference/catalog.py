@@ -1,0 +1,172 @@
+"""Local model names: checkpoints (temporal models and backbones) kept in a user cache folder under a name,
+with their SHA-256 and what they were trained on, so that `predict -c NAME -b NAME` finds them. Nothing is
+ever downloaded: a name only exists after `mambava models add NAME FILE`.
+
+The folder is `$MAMBAVA_HOME/models` when MAMBAVA_HOME is set, else the platform's user cache folder:
+`$XDG_CACHE_HOME/mambava` or `~/.cache/mambava` (Linux), `~/Library/Caches/mambava` (macOS),
+`%LOCALAPPDATA%\\mambava\\Cache` (Windows). `index.json` there maps each name to its file (a copy, named
+`<name><suffix>`), kind (`temporal` or `backbone`), `sha256`, `size`, `trained_on`, `source` (the path it was
+added from) and `added` (UTC). A file whose hash no longer matches the index is an error, not a silent load.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from mambava.core.errors import MambavaError
+
+KINDS = ("temporal", "backbone")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def home() -> Path:
+    """The mambava user folder (see the module doc)."""
+    if os.environ.get("MAMBAVA_HOME"):
+        return Path(os.environ["MAMBAVA_HOME"]).expanduser()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "mambava" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "mambava"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mambava"
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def _index_path() -> Path:
+    return models_dir() / "index.json"
+
+
+def read_index() -> dict[str, dict]:
+    path = _index_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise MambavaError(f"{path}: unreadable model index ({error})") from None
+    if not isinstance(data, dict):
+        raise MambavaError(f"{path}: the model index is not a JSON object")
+    return data
+
+
+def _write_index(index: dict) -> None:
+    from mambava.core.fileio import atomic_open
+
+    with atomic_open(_index_path()) as handle:
+        json.dump(index, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def guess_kind(path: Path) -> tuple[str, str]:
+    """(kind, what it was trained on as far as the file says) of a checkpoint: a temporal model when
+    `mambava.temporal.models.load_temporal_model` reads it, else a backbone when `mambava.backbone.load_encoder` does."""
+    from mambava.temporal.models import load_temporal_model
+
+    try:
+        loaded = load_temporal_model(path)
+    except Exception:  # noqa: BLE001 - not a temporal model; try the backbone reader
+        pass
+    else:
+        data = (loaded.run_config or {}).get("data") or {}
+        said = ", ".join(f"{k} {data[k]}" for k in ("features", "labels", "fold") if data.get(k) is not None)
+        return "temporal", said
+    from mambava.backbone import load_encoder
+
+    try:
+        load_encoder(path)
+    except Exception as error:  # noqa: BLE001
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise MambavaError(f"{path}: neither a temporal model nor a backbone checkpoint ({first})") from None
+    return "backbone", ""
+
+
+def add(name: str, file: str | os.PathLike, kind: str | None = None, trained_on: str | None = None,
+        replace: bool = False) -> dict:
+    """Copy `file` into the cache under `name`; returns its index entry."""
+    if not _NAME.match(name):
+        raise MambavaError(f"{name!r}: a model name is letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    source = Path(file)
+    if not source.is_file():
+        raise MambavaError(f"{source}: no such file")
+    if kind is not None and kind not in KINDS:
+        raise MambavaError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    index = read_index()
+    if name in index and not replace:
+        raise MambavaError(f"{name}: already a model name ({index[name]['file']}); remove it first or pass --replace")
+    guessed, said = guess_kind(source)
+    if kind is not None and kind != guessed:
+        raise MambavaError(f"{source}: reads as a {guessed} checkpoint, not a {kind} one")
+    target = models_dir() / f"{name}{''.join(source.suffixes[-1:])}"
+    from mambava.core.fileio import atomic_path
+
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    entry = {
+        "file": target.name, "kind": guessed, "sha256": sha256(target), "size": target.stat().st_size,
+        "trained_on": trained_on if trained_on is not None else said, "source": str(source.resolve()),
+        "added": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    old = index.get(name)
+    index[name] = entry
+    _write_index(index)
+    if old and old["file"] != entry["file"]:
+        (models_dir() / old["file"]).unlink(missing_ok=True)
+    return entry
+
+
+def remove(name: str) -> dict:
+    index = read_index()
+    if name not in index:
+        raise MambavaError(f"{name}: no such model name ({models_dir()})")
+    entry = index.pop(name)
+    _write_index(index)
+    (models_dir() / entry["file"]).unlink(missing_ok=True)
+    return entry
+
+
+def path_of(name: str, kind: str | None = None) -> Path:
+    """The cached file of `name`, its SHA-256 checked against the index."""
+    index = read_index()
+    if name not in index:
+        known = ", ".join(sorted(index)) or "none"
+        raise MambavaError(f"{name}: no such file, nor a model name (names: {known}; see `mambava models add`)")
+    entry = index[name]
+    if kind is not None and entry["kind"] != kind:
+        raise MambavaError(f"{name}: a {entry['kind']} checkpoint, not a {kind} one")
+    path = models_dir() / entry["file"]
+    if not path.is_file():
+        raise MambavaError(f"{path}: the file of model {name!r} is missing; add it again")
+    if sha256(path) != entry["sha256"]:
+        raise MambavaError(f"{path}: SHA-256 differs from the one recorded for {name!r}; the file changed, add it again")
+    return path
+
+
+def resolve_model(value, kind: str | None = None):
+    """A checkpoint argument as given: an existing path (or None, or a model object) stays as it is; a
+    string that is no file but a model name becomes that model's cached file."""
+    if value is None or not isinstance(value, (str, os.PathLike)):
+        return value
+    path = Path(value)
+    if path.exists() or len(path.parts) != 1 or not _NAME.match(str(value)):
+        return value
+    return path_of(str(value), kind)
+
+
+__all__ = ["KINDS", "home", "models_dir", "read_index", "add", "remove", "path_of", "resolve_model", "sha256"]
