@@ -161,7 +161,7 @@ def tiny_mamba_va():
     def build(input_dim: int = 24, seed: int = 0):
         import torch
 
-        from mambava.temporal.models import build_temporal_model
+        from mambava.temporal import build_temporal_model
 
         torch.manual_seed(seed)
         return build_temporal_model("mamba_va", {

@@ -96,7 +96,7 @@ def test_adaptation_gains_on_held_out_participants(tmp_path, tiny_mamba_va):
 
 
 def test_adapt_command_on_files(tmp_path, capsys, tiny_mamba_va):
-    from mambava.temporal.models import save_temporal_model
+    from mambava.temporal import save_temporal_model
 
     model = save_temporal_model(tiny_mamba_va(DIM), tmp_path / "model.safetensors")
     mixing = np.random.default_rng(5).normal(0, 1, (2, DIM))
@@ -119,7 +119,7 @@ def test_adapt_command_on_files(tmp_path, capsys, tiny_mamba_va):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["gain"] == pytest.approx(rows["p_va_after"].mean() - rows["p_va_before"].mean(), abs=1e-5)
     # only the head changed
-    from mambava.temporal.models import load_temporal_model
+    from mambava.temporal import load_temporal_model
 
     before = load_temporal_model(model).model.state_dict()
     after = load_temporal_model(tmp_path / "out" / "adapted.safetensors").model.state_dict()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambava.temporal.models import (
-    KINDS,
+from mambava.temporal import (
+    temporal_kinds,
     build_temporal_model,
     count_parameters,
     default_model_config,
@@ -22,7 +22,7 @@ SMALL = {
     "dt_rank": 2, "head_hidden": 8, "dropout": 0.0, "transformer_ff": 24, "transformer_dropout": 0.0,
 }
 
-VISUAL_KINDS = [kind for kind in KINDS if kind != "fusion"]  # fusion takes audio too: tests/test_fusion.py
+VISUAL_KINDS = [kind for kind in temporal_kinds() if kind != "fusion"]  # fusion takes audio too: tests/test_fusion.py
 
 
 @pytest.mark.parametrize("kind", VISUAL_KINDS)
@@ -87,10 +87,12 @@ def test_the_model_section_is_typed_by_its_schema():
     import dataclasses
 
     from mambava.temporal.mamba_va import MambaVAConfig
-    from mambava.temporal.models import BASELINE_DEFAULTS, FUSION_KEYS, ModelConfig
+    from mambava.temporal import model_schema
+    from mambava.temporal.baselines import TRANSFORMER_DEFAULTS
+    from mambava.temporal.fusion import FUSION_KEYS
 
-    names = [f.name for f in dataclasses.fields(ModelConfig)]
-    assert names == ["kind", *(f.name for f in dataclasses.fields(MambaVAConfig)), *BASELINE_DEFAULTS, *FUSION_KEYS]
+    names = [f.name for f in dataclasses.fields(model_schema())]
+    assert names == ["kind", *(f.name for f in dataclasses.fields(MambaVAConfig)), *TRANSFORMER_DEFAULTS, *FUSION_KEYS]
     cfg = resolve_model_config({"dropout": "0.25", "n_layers": 3, "dt_rank": "auto", "tcn_channels": (32, 16)})
     assert (cfg["dropout"], cfg["n_layers"], cfg["dt_rank"], cfg["tcn_channels"]) == (0.25, 3, "auto", [32, 16])
     for values, message in (

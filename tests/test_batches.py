@@ -90,7 +90,7 @@ def test_extract_api_without_on_error_still_stops_at_the_first_bad_video(affwild
 
 
 def test_predict_goes_on_past_bad_inputs(tmp_path, capsys):
-    from mambava.temporal.models import build_temporal_model, save_temporal_model
+    from mambava.temporal import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
     model = build_temporal_model("mlp", {"input_dim": 8})

@@ -29,7 +29,7 @@ def _demo_run(out: Path) -> Path:
     import torch
 
     from conftest import make_affwild2_tree
-    from mambava.temporal.models import build_temporal_model, save_temporal_model
+    from mambava.temporal import build_temporal_model, save_temporal_model
     from mambava.data.store import FeatureStore
     from mambava.synth import GROUND_TRUTH_DIR
 

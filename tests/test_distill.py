@@ -161,7 +161,7 @@ def test_cli_distills_and_scores_the_temporal_model(crop_tree, tmp_path, tiny_ma
     # model, scored on the same held-out features (as evaluating the saved file gives)
     from mambava.training.distill import temporal_p_va
     from mambava.data.store import FeatureStore
-    from mambava.temporal.models import load_temporal_model
+    from mambava.temporal import load_temporal_model
 
     tuned = load_temporal_model(report["temporal_student"]).model.state_dict()
     original = load_temporal_model(tmp_path / "model.safetensors").model.state_dict()

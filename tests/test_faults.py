@@ -313,7 +313,7 @@ def test_train_killed_then_resumed_ends_bit_identical(train_data, tmp_path):
 @pytest.fixture(scope="module")
 def temporal_model(tmp_path_factory):
     """factory(input_dim, seed=0) -> a tiny Mamba-VA saved as model.safetensors."""
-    from mambava.temporal.models import build_temporal_model, save_temporal_model
+    from mambava.temporal import build_temporal_model, save_temporal_model
 
     folder = tmp_path_factory.mktemp("models")
 
@@ -405,7 +405,7 @@ def test_predict_on_a_full_disk_leaves_the_earlier_outputs_whole(temporal_model,
 @pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
 def test_saved_models_follow_the_umask(umask, tmp_path):
     from mambava.backbone import ViTConfig, ViTEncoder
-    from mambava.temporal.models import build_temporal_model, save_temporal_model
+    from mambava.temporal import build_temporal_model, save_temporal_model
 
     model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [8], "d_model": 8, "n_layers": 1,
                                               "head_hidden": 8})

@@ -23,7 +23,7 @@ SMALL_MODEL = {"tcn_channels": [16, 16], "d_model": 16, "n_layers": 1, "head_hid
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A drift feature store (8-d, 2 validation videos), models taking 8-d and 64-d features, a features .npy."""
-    from mambava.temporal.models import build_temporal_model, save_temporal_model
+    from mambava.temporal import build_temporal_model, save_temporal_model
 
     root = tmp_path_factory.mktemp("inputs")
     features, annotations = write_drift_dataset(root, n_train=6, n_val=2, n_frames=100, dim=8, noise=1.0, scale=20)

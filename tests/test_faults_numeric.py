@@ -41,7 +41,7 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def nan_model(tmp_path_factory) -> Path:
     """A tiny Mamba-VA on 8-d features whose head bias is NaN (what lr=1e12 leaves behind), saved as safetensors."""
-    from mambava.temporal.models import build_temporal_model, save_temporal_model
+    from mambava.temporal import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
     model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1,
@@ -56,7 +56,7 @@ def nan_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def good_model(tmp_path_factory) -> Path:
-    from mambava.temporal.models import build_temporal_model, save_temporal_model
+    from mambava.temporal import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
     model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1,

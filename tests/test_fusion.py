@@ -9,7 +9,7 @@ import torch
 
 from mambava.core.errors import MambavaError
 from mambava.inference.stream import stream_features
-from mambava.temporal.models import (FusionMambaVA, build_temporal_model, count_parameters, load_temporal_model,
+from mambava.temporal import (FusionMambaVA, build_temporal_model, count_parameters, load_temporal_model,
                                      model_input_dim, resolve_model_config, save_temporal_model)
 
 V, A = 12, 6

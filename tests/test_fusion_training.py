@@ -130,7 +130,7 @@ def test_fusion_learns_from_audio_at_its_extracted_scale(tmp_path):
     statistics from the training videos' frames with sound (each video's entry once), keeps them in the
     exported model, and the fused model still hears arousal."""
     from mambava.data.store import column_statistics
-    from mambava.temporal.models import load_temporal_model
+    from mambava.temporal import load_temporal_model
 
     scale, offset = np.array([0.01, 1.0, 40.0, 2000.0]), np.array([0.1, -5.0, 300.0, 3000.0])
     visual, audio, annotations = write_heard_arousal(tmp_path, audio_scale=scale, audio_offset=offset)

@@ -60,7 +60,7 @@ def test_fresh_venv_pip_install_then_predict_a_real_video(wheel, tmp_path, media
     environment's site-packages (seen through a .pth path, which does not run this checkout's editable hook),
     so the install resolves them without a network. Then the console script predicts on single_face.mp4."""
     from mambava.backbone import ViTConfig, ViTEncoder
-    from mambava.temporal.models import save_temporal_model
+    from mambava.temporal import save_temporal_model
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -100,7 +100,7 @@ def test_round_trips_through_its_file_and_wraps_detectors_by_name(trained, tmp_p
         load_refiner(tmp_path / "missing.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    with pytest.raises(MambavaError, match="bad.safetensors: cannot read"):
+    with pytest.raises(MambavaError, match="bad.safetensors: not a readable safetensors file"):
         load_refiner(bad)
 
 
@@ -155,7 +155,7 @@ def test_predict_names_a_faces_stage_other_than_the_one_that_made_the_training_c
     from mambava.backbone import ViTConfig, ViTEncoder
     from mambava.faces.dataset import MARKER
     from mambava.inference.predict import Predictor
-    from mambava.temporal.models import save_temporal_model
+    from mambava.temporal import save_temporal_model
 
     _, refiner, frames, held, _ = trained
     lm = refiner.save(tmp_path / "lm.safetensors")

@@ -22,7 +22,7 @@ def models(tmp_path_factory, tiny_mamba_va) -> dict[str, Path]:
     """A tiny ViT (img 32, patch 16, D=24, 1 block) saved with encoder.save, a tiny Mamba-VA taking 24-d
     features, and one taking 48-d features (a checkpoint of another config)."""
     from mambava.backbone import ViTConfig, ViTEncoder
-    from mambava.temporal.models import save_temporal_model
+    from mambava.temporal import save_temporal_model
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -199,7 +199,7 @@ def test_stream_audio_equals_predict_audio(models, media_dir, detector, tmp_path
     sound before the sound starts and different after. A webcam with sound is a one-line refusal."""
     import warnings
 
-    from mambava.temporal.models import build_temporal_model, save_temporal_model
+    from mambava.temporal import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
     save_temporal_model(build_temporal_model({"kind": "fusion", "fusion": "mid", "input_dim": DIM, "audio_dim": 89,

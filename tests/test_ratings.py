@@ -101,7 +101,7 @@ def home(tmp_path, monkeypatch):
 
 def test_models_add_list_remove_and_predict_by_name(home, tmp_path, capsys, tiny_mamba_va):
     from mambava.inference import catalog as registry
-    from mambava.temporal.models import save_temporal_model
+    from mambava.temporal import save_temporal_model
 
     model_path = save_temporal_model(tiny_mamba_va(DIM), tmp_path / "model.safetensors")
     code, out, err = run_cli(["models", "add", "tiny", model_path, "--trained-on", "synthetic demo"], capsys)
@@ -157,7 +157,7 @@ def test_home_defaults(monkeypatch):
 
 def test_stream_out_writes_a_summary(tmp_path, capsys, tiny_mamba_va):
     from mambava.analysis.summaries import summarize
-    from mambava.temporal.models import save_temporal_model
+    from mambava.temporal import save_temporal_model
 
     model_path = save_temporal_model(tiny_mamba_va(DIM), tmp_path / "model.safetensors")
     features = np.random.default_rng(1).normal(size=(60, DIM)).astype(np.float32)

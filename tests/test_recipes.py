@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from mambava.temporal.models import LoadedModel
+from mambava.temporal import LoadedModel
 from mambava.training.evaluate import evaluate_videos, evaluate_windows_authors
 from mambava.data.windows import authors_windows
 from mambava.data.store import FeatureStore

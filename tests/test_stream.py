@@ -274,7 +274,7 @@ def test_stream_cli_step_precision(tmp_path, capsys, tiny_mamba_va):
 
     import pandas as pd
 
-    from mambava.temporal.models import save_temporal_model
+    from mambava.temporal import save_temporal_model
     from mambava.cli import main
 
     def run(*args):

@@ -60,7 +60,7 @@ def test_the_stream_clock_gives_the_same_ticks():
 def test_model_fps_is_in_the_config_and_checkpoint_and_old_files_load_with_30(tmp_path, tiny_mamba_va):
     from safetensors.torch import save_file
 
-    from mambava.temporal.models import build_temporal_model, load_temporal_model, save_temporal_model
+    from mambava.temporal import build_temporal_model, load_temporal_model, save_temporal_model
     from mambava.core.errors import MambavaError
     from mambava.temporal.mamba_va import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig
 
@@ -250,7 +250,7 @@ def test_stream_with_fps_gives_every_source_frame_a_row_and_equals_predict(tmp_p
 def test_cli_rejects_bad_rates_and_stitching_in_one_line(args, message, tmp_path, tiny_mamba_va, capsys):
     import sys
 
-    from mambava.temporal.models import save_temporal_model
+    from mambava.temporal import save_temporal_model
     from mambava.cli import main
 
     save_temporal_model(tiny_mamba_va(4), tmp_path / "m.safetensors")
@@ -284,7 +284,7 @@ def test_training_and_evaluation_put_a_store_entry_of_another_rate_on_the_model_
     30 fps signal stored at 60 fps (every frame twice) gives a 30 fps model the same training windows, the same
     validation video and the same score as the 30 fps entry; read as consecutive frames it would not."""
     from mambava.data.store import FeatureStore
-    from mambava.temporal.models import load_temporal_model, save_temporal_model
+    from mambava.temporal import load_temporal_model, save_temporal_model
     from mambava.training.data import VideoDataset
     from mambava.training.evaluate import evaluate_videos
     from mambava.data.windows import WindowDataset

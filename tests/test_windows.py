@@ -183,9 +183,9 @@ def test_load_labels_aligns_annotations_to_stored_features(affwild2_root, tmp_pa
 def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
     """`mambava bench stitching`: the largest jump is exact on a hand-built curve, and its "mean" row is the
     score `evaluate` gives (the same windows, the same stitching)."""
-    from mambava.temporal.models import save_temporal_model
+    from mambava.temporal import save_temporal_model
     from mambava.benchmarks.stitching import OPTIONS, largest_jump, measure
-    from mambava.temporal.models import load_temporal_model
+    from mambava.temporal import load_temporal_model
     from mambava.training.evaluate import evaluate_videos
 
     assert largest_jump(np.array([[0.0, 0.0], [0.1, -0.3], [0.6, -0.2], [0.5, -0.2]])) == pytest.approx(0.5)

@@ -110,7 +110,7 @@ COMMANDS = {
 def test_no_command_runs_a_planted_checkpoint(command, suffix, train_data, features_npy, crop_tree, affwild2_root,  # noqa: F811
                                               media_dir, marker, tmp_path, capsys, monkeypatch):
     from mambava.backbone import ViTConfig, ViTEncoder
-    from mambava.temporal.models import build_temporal_model, save_temporal_model
+    from mambava.temporal import build_temporal_model, save_temporal_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # `models add` writes into the user cache
     model = save_temporal_model(build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [8], "d_model": 8,

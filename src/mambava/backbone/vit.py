@@ -19,13 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_path
+from mambava.core.checkpoint import save_checkpoint
 
 # Face statistics used by the reference (FreedomPuppy77/Charon, preprocess/mae/feature_VA.py:52).
 FACE_MEAN = (0.471, 0.363, 0.333)
 FACE_STD = (0.220, 0.193, 0.180)
 
-MAMBAVA_FORMAT_TAG = "mambava.vit_encoder"
+ENCODER_FORMAT = "mambava.vit_encoder"  # core.checkpoint writes "mambava.vit_encoder/1"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -84,6 +84,11 @@ class ViTConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+    def describe(self) -> str:
+        """One line for reports: the preset name and the shape."""
+        return (f"{self.name} (D={self.embed_dim}, depth={self.depth}, heads={self.num_heads}, "
+                f"patch={self.patch_size}, img={self.img_size}, ln_eps={self.ln_eps:g})")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ViTConfig":
@@ -303,10 +308,5 @@ class ViTEncoder(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write weights + config as one safetensors file (atomically); `load_encoder` reads it back."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": MAMBAVA_FORMAT_TAG, "config": self.config.to_json()})
-        return path
+        return save_checkpoint(path, {k: v.to("cpu") for k, v in self.state_dict().items()}, ENCODER_FORMAT,
+                               asdict(self.config))

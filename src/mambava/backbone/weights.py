@@ -25,41 +25,11 @@ from typing import Iterable, Sequence
 
 import torch
 
-from mambava.backbone.vit import MAMBAVA_FORMAT_TAG, PRESETS, ViTConfig, ViTEncoder, resample_pos_embed, vit_config
-from mambava.core.errors import MambavaError, torch_load_reason
+from mambava.backbone.vit import ENCODER_FORMAT, PRESETS, ViTConfig, ViTEncoder, resample_pos_embed, vit_config
+from mambava.core.checkpoint import LoadReport, load_checkpoint, load_torch_file, name_list, parse_tag
+from mambava.core.errors import MambavaError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoadReport:
-    """What `load_encoder` found: the format, the config used, and every key it did not use, by name."""
-
-    path: str
-    format: str
-    config: ViTConfig
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)  # decoder / classifier keys, not part of the encoder
-    notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        parts = [f"{self.path}: {self.format} checkpoint, {self.config.name} "
-                 f"(D={self.config.embed_dim}, depth={self.config.depth}, heads={self.config.num_heads}, "
-                 f"patch={self.config.patch_size}, img={self.config.img_size}, ln_eps={self.config.ln_eps:g})"]
-        parts += self.notes
-        if self.dropped:
-            parts.append(f"dropped {len(self.dropped)} non-encoder keys ({_name_list(self.dropped)})")
-        if self.missing:
-            parts.append(f"missing keys: {_name_list(self.missing)}")
-        if self.unexpected:
-            parts.append(f"unexpected keys: {_name_list(self.unexpected)}")
-        return "; ".join(parts)
-
-
-def _name_list(names: Sequence[str], limit: int = 12) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 _DROP_PATTERNS = (
@@ -70,29 +40,12 @@ _IGNORED_KEYS = re.compile(r"(^|\.)(num_batches_tracked|attn\.relative_position_
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        tensors, meta = {}, {}
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-        return tensors, meta
-    except Exception as error:  # safetensors raises its own error types
-        raise MambavaError(f"{path}: not a readable safetensors file ({error})") from None
+    checkpoint = load_checkpoint(path)
+    return checkpoint.tensors, checkpoint.metadata
 
 
 def _read_torch(path: Path) -> dict:
-    try:
-        try:  # memory-mapped: tensors are read once, straight into the model
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as error:
-        raise MambavaError(f"{path}: cannot read as a PyTorch checkpoint ({torch_load_reason(error)})") from None
+    obj = load_torch_file(path, what="a PyTorch checkpoint", mmap=True)  # memory-mapped: read once, into the model
     if not isinstance(obj, dict):
         raise MambavaError(f"{path}: expected a state_dict (a dict of tensors), found {type(obj).__name__}")
     return obj
@@ -108,7 +61,7 @@ def _unwrap(obj: dict, path: Path) -> tuple[dict[str, torch.Tensor], bool]:
             break
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise MambavaError(f"{path}: no tensors found (keys: {_name_list(list(obj))})")
+        raise MambavaError(f"{path}: no tensors found (keys: {name_list(list(obj))})")
     # wrapper prefixes that every key carries (DDP's `module.`, ...) hide the ViT names: strip them
     for prefix in ("module.", "model.", "encoder.", "backbone."):
         if all(k.startswith(prefix) for k in tensors):
@@ -194,7 +147,7 @@ def infer_config(state: dict[str, torch.Tensor], path: str = "checkpoint", **ove
     absent = [k for k in need if k not in state]
     if absent:
         raise MambavaError(f"{path}: not a ViT encoder checkpoint, no {', '.join(absent)} "
-                           f"(first keys: {_name_list(sorted(state), 6)})")
+                           f"(first keys: {name_list(sorted(state), 6)})")
     embed_dim = state["cls_token"].shape[-1]
     proj = state["patch_embed.proj.weight"]
     patch, in_chans = proj.shape[-1], proj.shape[1]
@@ -269,7 +222,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[str, dict[str, torch.Tenso
         fmt, state, hints = _read_folder(path)
     elif path.suffix == ".safetensors":
         state, meta = _read_safetensors(path)
-        if meta.get("format") == MAMBAVA_FORMAT_TAG:
+        if parse_tag(meta.get("format"))[0] == ENCODER_FORMAT:
             fmt, hints = "mambava", json.loads(meta["config"])
         else:
             fmt = "hf" if _is_hf_layout(state) else "timm"
@@ -339,7 +292,7 @@ def load_encoder(path: str | os.PathLike, arch: str | ViTConfig | None = None, *
             held = f" (the file holds D={found.embed_dim}, depth={found.depth}, patch={found.patch_size})"
         raise MambavaError(f"{path}: checkpoint does not fit {cfg.name} (D={cfg.embed_dim}, depth={cfg.depth}, "
                            f"patch={cfg.patch_size}){held}; {len(mismatched)} tensors differ: "
-                           f"{_name_list(mismatched, 6)}"
+                           f"{name_list(mismatched, 6)}"
                            + ("; leave out --arch to infer the size from the file" if arch is not None else ""))
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

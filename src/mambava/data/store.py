@@ -305,7 +305,7 @@ class FeatureStore:
 
 class AudioVisualStore:
     """A visual store with an audio store (`mambava extract --audio`) joined per frame: what the fusion models
-    (`mambava.temporal.models.FusionMambaVA`) take. Entry `name` reads as (T, D_visual + D_audio + 1): the
+    (`mambava.temporal.FusionMambaVA`) take. Entry `name` reads as (T, D_visual + D_audio + 1): the
     visual features, the audio features and the audio mask (1.0 = the frame has sound), T the visual entry's
     length. The audio entry is `name`'s, else (a face track `<v>_left`/`<v>_right`) `<v>`'s; frames past its end,
     and every frame of a video with no audio entry, are masked 0 with zero features. Both are on the video's own

@@ -11,7 +11,7 @@ a face's own voice is heard only in its turns). This stage
    reads them z-scored per column with the training videos' statistics from OUT/audio_features/ (eGeMAPS
    columns range from ~0.1 (loudness) to ~3000 (formant Hz));
 2. trains, with the demo's recipe and sizes, Mamba-VA on the audio alone, early fusion and mid-level fusion
-   (`model.modalities: [visual, audio]`, `model.fusion: early | mid`; `mambava.temporal.models.FusionMambaVA`);
+   (`model.modalities: [visual, audio]`, `model.fusion: early | mid`; `mambava.temporal.FusionMambaVA`);
 3. scores each on the held-out test subjects as the visual model was scored (whole videos, windows stitched).
 
 `results["audio"]` holds `rows` {visual, audio, early_fusion, mid_fusion: {ccc_valence, ccc_arousal, p_va,

@@ -39,7 +39,7 @@ def train_temporal(out_dir: Path, data_root: Path, features: Path, model: dict, 
 def score_run(run: dict, store, names: list[str], labels: dict, cfg: DemoConfig):
     """A trained run's model on whole held-out videos of `store` (windows stitched), its per-video scores written
     beside it (eval_test.csv): (the loaded model, the evaluation result)."""
-    from mambava.temporal.models import load_temporal_model
+    from mambava.temporal import load_temporal_model
     from mambava.training.evaluate import evaluate_videos, write_per_video
 
     loaded = load_temporal_model(run["outputs"]["model"])

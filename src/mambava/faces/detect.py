@@ -20,6 +20,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from mambava.core.checkpoint import load_checkpoint, load_torch_file
 from mambava.core.errors import MambavaError
 from mambava.faces.align import ARCFACE_TEMPLATE_112
 from mambava.core.runtime import busy_threads, torch_threads
@@ -181,11 +182,9 @@ def _load_nets(weights: str) -> tuple[PNet, RNet, ONet]:
             for name in _MTCNN_NETS:
                 if not (path / f"{name}.pt").is_file():
                     raise MambavaError(f"{path / f'{name}.pt'}: MTCNN weight file missing")
-                states.append(torch.load(path / f"{name}.pt", map_location="cpu", weights_only=True))
+                states.append(load_torch_file(path / f"{name}.pt", what="MTCNN weights"))
         else:
-            from safetensors.torch import load_file
-
-            flat = load_file(str(path))
+            flat = load_checkpoint(path).tensors  # untagged: facenet-pytorch's weights, converted
             states = [{k[len(name) + 1:]: v for k, v in flat.items() if k.startswith(name + ".")} for name in _MTCNN_NETS]
         for net, state in zip(nets, states):
             net.load_state_dict(state)

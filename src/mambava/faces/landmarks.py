@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mambava.core.checkpoint import load_checkpoint, save_checkpoint, weights_sha256
 from mambava.core.errors import MambavaError
 from mambava.faces.align import (ARCFACE_TEMPLATE_112, LANDMARK_COLUMNS, invert_affine, similarity_transform,
                                  transform_points, warp)
 
-FORMAT = "mambava-landmark-refiner"
+FORMAT = "mambava.landmark_refiner"  # files before core.checkpoint: "mambava-landmark-refiner"
 
 
 @dataclass
@@ -124,41 +125,29 @@ class LandmarkRefiner:
         return current
 
     def save(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
-
-        from mambava.core.fileio import atomic_path
-
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp),
-                      metadata={"format": FORMAT, "config": json.dumps(asdict(self.config))})
-        return path
+        """Write the net and its config (`mambava.core.checkpoint`, format mambava.landmark_refiner)."""
+        return save_checkpoint(path, self.net.state_dict(), FORMAT, asdict(self.config))
 
 
 def load_refiner(path: str | os.PathLike) -> LandmarkRefiner:
     """A refiner saved by `LandmarkRefiner.save`; a one-line error for a missing or foreign file."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise MambavaError(f"{path}: no such landmark refiner file")
+    checkpoint = load_checkpoint(path, FORMAT, what="a landmark refiner (made by `mambava train-landmarks`)")
     try:
-        with safe_open(str(path), "pt") as handle:
-            metadata = handle.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            raise MambavaError(f"{path}: not a landmark refiner (made by `mambava train-landmarks`)")
-        config = RefinerConfig(**json.loads(metadata["config"]))
-        if config.size < 16 or config.width < 2 or config.passes < 1:
-            raise MambavaError(f"{path}: a landmark refiner with size {config.size}, width {config.width}, "
-                               f"passes {config.passes} cannot run")
-        net = LandmarkNet(config.size, config.width)
-        net.load_state_dict(load_file(str(path)))
-    except MambavaError:
-        raise
-    except Exception as error:  # a truncated or foreign safetensors file, weights of another shape
+        config = RefinerConfig(**checkpoint.config)
+    except TypeError as error:
+        raise MambavaError(f"{path}: bad landmark refiner config ({error})") from None
+    if config.size < 16 or config.width < 2 or config.passes < 1:
+        raise MambavaError(f"{path}: a landmark refiner with size {config.size}, width {config.width}, "
+                           f"passes {config.passes} cannot run")
+    net = LandmarkNet(config.size, config.width)
+    try:
+        net.load_state_dict(checkpoint.tensors)
+    except RuntimeError as error:  # weights of another shape
         first = " ".join(line.strip() for line in str(error).strip().splitlines()[:2])[:240]
-        raise MambavaError(f"{path}: cannot read the landmark refiner ({type(error).__name__}: {first})") from None
+        raise MambavaError(f"{path}: weights do not fit the landmark refiner ({first})") from None
     return LandmarkRefiner(net, config)
 
 
@@ -176,8 +165,7 @@ class RefinedDetector:
         self.name = detector.name
         # which refiner this is, as `faces --dataset` records it with the crops: its weights, not where its file
         # was (a file retrained in place is another refiner)
-        weights = self.refiner.net.state_dict().values()
-        self.refiner_sha256 = hashlib.sha256(b"".join(v.numpy().tobytes() for v in weights)).hexdigest()
+        self.refiner_sha256 = weights_sha256(self.refiner.net.state_dict().values())
 
     def _refined(self, image: np.ndarray, faces: list) -> list:
         from mambava.core.runtime import busy_threads, torch_threads

@@ -76,8 +76,8 @@ def sha256(path: str | os.PathLike) -> str:
 
 def guess_kind(path: Path) -> tuple[str, str]:
     """(kind, what it was trained on as far as the file says) of a checkpoint: a temporal model when
-    `mambava.temporal.models.load_temporal_model` reads it, else a backbone when `mambava.backbone.load_encoder` does."""
-    from mambava.temporal.models import load_temporal_model
+    `mambava.temporal.load_temporal_model` reads it, else a backbone when `mambava.backbone.load_encoder` does."""
+    from mambava.temporal import load_temporal_model
 
     try:
         loaded = load_temporal_model(path)

@@ -36,7 +36,7 @@ Windowing, which decides what a frame's prediction has seen:
   windows that cover a frame (what `evaluate` scores).
 The defaults were chosen by measurement on the demo (`mambava bench stitching`; README "Stitching").
 
-An audio-visual fusion model (`mambava.temporal.models.FusionMambaVA`) hears by default (`audio` None: the
+An audio-visual fusion model (`mambava.temporal.FusionMambaVA`) hears by default (`audio` None: the
 feature sets its `audio_dim` names, `default_audio_sets`; or the sets given, e.g. "egemaps,logmel"; `audio=False`:
 every frame's sound masked, as a video without a track): the video's sound is turned into per-frame features on the same frames
 (`mambava.audio.frame_features`) and joined to each track's (visual, audio, audio mask); a frame without a face
@@ -83,10 +83,10 @@ DEFAULT_STITCHING = "most_history"
 def load_model(checkpoint):
     """(model in eval mode, window, stride, name, the run's config or None) from a checkpoint path (our
     safetensors, any model kind, a Lightning run checkpoint or the authors' .pth:
-    `mambava.temporal.models.load_temporal_model`) or a model object."""
+    `mambava.temporal.load_temporal_model`) or a model object."""
     if not isinstance(checkpoint, (str, os.PathLike)):
         return checkpoint.eval(), None, None, type(checkpoint).__name__, None
-    from mambava.temporal.models import load_temporal_model
+    from mambava.temporal import load_temporal_model
 
     loaded = load_temporal_model(checkpoint)
     return loaded.model, loaded.window, loaded.stride, loaded.source, loaded.run_config
@@ -170,7 +170,7 @@ class Predictor:
         self.windowing = windowing
         self.stitching = stitching
         self.model_fps = model_fps(self.model)  # the time base: the model's frame grid
-        from mambava.temporal.models import model_input_dim
+        from mambava.temporal import model_input_dim
         from mambava.data.windows import check_windowing
 
         # explicit values are checked (0 is an error, not "the default"); a --stride without --window is
@@ -296,8 +296,8 @@ class Predictor:
     def predict_features(self, features: np.ndarray, present: np.ndarray | None = None, name: str = "features") -> np.ndarray:
         """(T, 2) valence/arousal, clipped to [-1, 1], for a (T, D) feature sequence; `present` (T,) bool
         marks frames with a face (default: the rows that are not all NaN). A non-finite output is a
-        MambavaError naming `name` and the frame (`mambava.temporal.models.check_finite`)."""
-        from mambava.temporal.models import check_finite
+        MambavaError naming `name` and the frame (`mambava.temporal.check_finite`)."""
+        from mambava.temporal import check_finite
 
         features, present = self._checked(features, present)
         raw = self.predict_raw(features, present)

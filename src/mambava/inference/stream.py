@@ -24,7 +24,7 @@ model still steps through them with the last feature (cheap), so it keeps the so
 carry `dropped=True`. `FrameDropper.dropped` counts them. Frames skipped by `fps` get rows the same way, with
 `dropped=True` (not processed), so a file gives one row per source frame.
 
-Sound (an audio-visual fusion model, `mambava.temporal.models.FusionMambaVA`): a video file's sound track is
+Sound (an audio-visual fusion model, `mambava.temporal.FusionMambaVA`): a video file's sound track is
 decoded and turned into per-frame features before the first frame (`mambava.audio.frame_features`, on the
 video's frame grid, as `predict --audio` computes them); each processed frame joins every track's visual
 feature (a track without a face there holds its last one) to that frame's own sound and mask, as offline, and
@@ -144,7 +144,7 @@ class StreamBatch:
         self._torch, self.model, self.device, self.dtype, self.state = _recurrent_state(model, 0, precision)
         torch = self._torch
         self.keys: list = []
-        from mambava.temporal.models import model_input_dim  # (a fusion model's: visual, audio, mask)
+        from mambava.temporal import model_input_dim  # (a fusion model's: visual, audio, mask)
 
         self._last = torch.zeros(0, model_input_dim(model), device=self.device, dtype=self.dtype)
         self._fed: list[bool] = []  # whether each row has had a feature (one to hold)

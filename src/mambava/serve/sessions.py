@@ -184,7 +184,7 @@ class SessionHub:
     def __init__(self, model, detector=None, extractor=None, limits: ServeLimits = ServeLimits(),
                  step_precision: str = "fp32", crop_size: int = 112):
         from mambava.inference.stream import StreamBatch, check_streamable
-        from mambava.temporal.models import model_input_dim
+        from mambava.temporal import model_input_dim
         from mambava.data.timebase import model_fps
 
         check_streamable(model)

@@ -13,7 +13,7 @@ Checkpoints:
   `module.` prefix of DDP; `MambaVA.load_reference(path)` (config inferred from the tensor shapes) or
   `model.load_reference_state_dict(state_dict)`. Loaded with weights_only=True; missing/unexpected keys are
   reported by name.
-- `mambava.temporal.models.load_temporal_model(path)` takes either kind (and any model kind, and a run's
+- `mambava.temporal.load_temporal_model(path)` takes either kind (and any model kind, and a run's
   Lightning checkpoint), told apart by content: the one loader of a checkpoint file.
 
 Streaming (eval semantics, no dropout): `state = model.init_state(batch_size)`, then per frame
@@ -34,15 +34,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from mambava.core.errors import MambavaError, torch_load_reason
-from mambava.core.fileio import atomic_path
+from mambava.core.errors import MambavaError
+from mambava.core.checkpoint import LoadReport, is_safetensors, load_checkpoint, load_torch_file, save_checkpoint
 from mambava.temporal.mamba import MambaEncoder, MambaLayerState
 from mambava.temporal.ops.selective_scan import IMPLEMENTATIONS
 from mambava.temporal.tcn import STEP_PRECISIONS, TCN, TCNState
 
-__all__ = ["MambaVA", "MambaVAConfig", "MambaVAState", "LoadReport", "CHECKPOINT_FORMAT"]
+__all__ = ["MambaVA", "MambaVAConfig", "MambaVAState", "LoadReport", "TEMPORAL_FORMAT"]
 
-CHECKPOINT_FORMAT = "mambava.temporal/1"
+TEMPORAL_FORMAT = "mambava.temporal"  # core.checkpoint writes "mambava.temporal/1"
 
 # Fields that do not change the weights: a checkpoint loads into a model that differs only in these.
 # `fps` is the time base (the rate of the features the model was made for), not a weight shape.
@@ -160,27 +160,6 @@ class MambaVAConfig:
 
 
 @dataclass
-class LoadReport:
-    """What loading a state_dict found: keys the model wanted but the file lacks, and the reverse."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)  # duplicates in the reference format (TemporalBlock.net.*)
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and not self.unexpected
-
-    def __str__(self) -> str:
-        parts = []
-        if self.missing:
-            parts.append("missing keys: " + ", ".join(self.missing))
-        if self.unexpected:
-            parts.append("unexpected keys: " + ", ".join(self.unexpected))
-        return "; ".join(parts) or "all keys matched"
-
-
-@dataclass
 class MambaVAState:
     """Streaming state of the whole model (see MambaVA.init_state)."""
 
@@ -264,37 +243,16 @@ def _normalise_reference_keys(state_dict: dict) -> tuple[dict, list[str]]:
 
 
 def _read_safetensors(path: Path, device: str):
-    from safetensors import safe_open
-
+    checkpoint = load_checkpoint(path, TEMPORAL_FORMAT, device, what="a Mamba-VA checkpoint (written by MambaVA.save)")
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as error:  # safetensors raises its own error types
-        raise MambavaError(f"{path}: not a readable safetensors file ({error})") from None
-    if metadata.get("format") != CHECKPOINT_FORMAT or "config" not in metadata:
-        raise MambavaError(f"{path}: a safetensors file without a Mamba-VA config (not written by MambaVA.save)")
-    try:
-        config = MambaVAConfig.from_dict(json.loads(metadata["config"]))
+        config = MambaVAConfig.from_dict(checkpoint.config)
     except (ValueError, TypeError) as error:
         raise MambavaError(f"{path}: bad config in the checkpoint metadata ({error})") from None
-    return config, tensors
-
-
-def is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if len(head) < 9:
-        return False
-    header_len = int.from_bytes(head[:8], "little")
-    return head[8:9] == b"{" and 0 < header_len < 100_000_000
+    return config, checkpoint.tensors
 
 
 def _read_torch_state_dict(path: Path, map_location) -> dict:
-    try:
-        obj = torch.load(str(path), map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise MambavaError(f"{path}: cannot be read as a torch state_dict ({torch_load_reason(error)})") from None
+    obj = load_torch_file(path, map_location, what="a torch state_dict")
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):
             if wrapper in obj and isinstance(obj[wrapper], dict):
@@ -389,14 +347,7 @@ class MambaVA(nn.Module):
 
     def save(self, path) -> Path:
         """Write weights + config as safetensors (atomically). Returns the path."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        metadata = {"format": CHECKPOINT_FORMAT, "config": json.dumps(self.config.to_dict())}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
-        return path
+        return save_checkpoint(path, self.state_dict(), TEMPORAL_FORMAT, self.config.to_dict())
 
     @classmethod
     def load(cls, path, map_location="cpu", config: MambaVAConfig | None = None) -> "MambaVA":
@@ -445,7 +396,7 @@ class MambaVA(nn.Module):
         """
         tensors, ignored = _normalise_reference_keys(state_dict)
         report = self._load_tensors(tensors, source, strict)
-        report.ignored = ignored
+        report.dropped = ignored
         return report
 
     def _load_tensors(self, tensors: dict, source, strict: bool) -> LoadReport:

@@ -34,7 +34,7 @@ their target, fsynced and renamed (`AtomicCheckpointIO`), so a full disk never t
 unreadable last.ckpt stops `resume=True` with a one-line MambavaError.
 
 Outputs in `out_dir`: `config.yaml` (the resolved config), `checkpoints/best.ckpt` (best validation P_VA) and
-`checkpoints/last.ckpt`, `model.safetensors` (the best model, loadable by `mambava.temporal.models.load_temporal_model`
+`checkpoints/last.ckpt`, `model.safetensors` (the best model, loadable by `mambava.temporal.load_temporal_model`
 and, for the paper model, `MambaVA.load`), `metrics.csv` (one row per epoch), `logs/` (Lightning's per-step CSV
 log), `tensorboard/` (when tensorboard is installed), `summary.json`, `curves.png`.
 

@@ -187,7 +187,7 @@ def _write_workspace(work: Path, videos: Sequence[AdaptVideo], labels: dict[str,
 
 def model_config(model) -> dict:
     """The flat `TrainConfig.model` dict that rebuilds `model` (any kind)."""
-    from mambava.temporal.models import model_kind, resolve_model_config
+    from mambava.temporal import model_kind, resolve_model_config
 
     config = model.config
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -283,7 +283,7 @@ def estimate_rater_lag(model, videos: Sequence[AdaptVideo], window: int, stride:
 def adapt(checkpoint, videos: Sequence[AdaptVideo], out_dir: str | os.PathLike, cfg: AdaptConfig | None = None) -> AdaptResult:
     """Cross-validated adaptation and the final adapted checkpoint (see the module doc)."""
     from mambava.analysis.ratings import shift_labels
-    from mambava.temporal.models import load_temporal_model, save_temporal_model
+    from mambava.temporal import load_temporal_model, save_temporal_model
     from mambava.training.config import save_config
 
     cfg = cfg or AdaptConfig()

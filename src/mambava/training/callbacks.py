@@ -10,7 +10,7 @@ import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mambava.core.fileio import atomic_torch_save
-from mambava.training.checkpoints import load_lightning_checkpoint
+from mambava.core.checkpoint import load_lightning_checkpoint
 from mambava.training.outputs import read_metrics, write_metrics
 
 

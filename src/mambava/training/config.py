@@ -63,7 +63,7 @@ class TrainConfig:
     """Everything a training run needs; the defaults are the paper's recipe (see the module docstring).
 
     `model` holds the temporal model: `kind` ("mamba_va" the paper model, or an ablation baseline "tcn",
-    "mamba", "mlp", "transformer"; or "fusion", the audio-visual model, with `data.audio_features`) and its sizes (`mambava.temporal.models.default_model_config`). Missing model keys
+    "mamba", "mlp", "transformer"; or "fusion", the audio-visual model, with `data.audio_features`) and its sizes (`mambava.temporal.default_model_config`). Missing model keys
     take their defaults; unknown keys are an error.
     """
 
@@ -91,7 +91,7 @@ class TrainConfig:
     out_dir: str = "runs/mambava"
 
     def __post_init__(self) -> None:
-        from mambava.temporal.models import resolve_model_config
+        from mambava.temporal import resolve_model_config
 
         if isinstance(self.data, Mapping):
             self.data = DataConfig(**schema.to_dict(schema.merge(schema.structured(DataConfig), self.data, "data")))

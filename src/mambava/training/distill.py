@@ -56,7 +56,7 @@ def temporal_p_va(model, stores: dict[str, Any], names: list[str], labels: dict[
                   window: int | None = None, stride: int | None = None) -> dict[str, dict]:
     """Scores (`EvalResult.as_dict`) of one temporal model (a path or a LoadedModel) on whole videos `names`
     with the features of each store ({"teacher": store, "student": store})."""
-    from mambava.temporal.models import load_temporal_model
+    from mambava.temporal import load_temporal_model
     from mambava.training.evaluate import evaluate_videos
 
     loaded = load_temporal_model(model) if isinstance(model, (str, os.PathLike)) else model
@@ -76,7 +76,7 @@ def finetune_temporal(model, features: str | os.PathLike, annotations: str | os.
     import lightning as L
 
     from mambava.training.adapt import model_config
-    from mambava.temporal.models import load_temporal_model, save_temporal_model
+    from mambava.temporal import load_temporal_model, save_temporal_model
     from mambava.training.config import DataConfig, TrainConfig
     from mambava.training.module import VADataModule, VAModule
     from mambava.training.outputs import RunPaths

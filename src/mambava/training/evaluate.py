@@ -8,7 +8,7 @@ plus the same scores per video.
 VA/vaestimation.py:268-324 over the windows of VA/data/dataset.py and preprocess/split_VA_fold.py): see
 `authors_windows`. Its numbers and ours are not the same quantity; `mambava cv --both-protocols` prints both.
 
-Checkpoints are loaded by `mambava.temporal.models.load_temporal_model`: our `model.safetensors` (the paper
+Checkpoints are loaded by `mambava.temporal.load_temporal_model`: our `model.safetensors` (the paper
 model or any baseline), a Lightning checkpoint of a run (`checkpoints/best.ckpt`), or a reference `.pth`.
 """
 
@@ -29,7 +29,7 @@ from mambava.core.fileio import atomic_open
 from mambava.core.metrics import ccc_numpy, va_scores
 from mambava.core.progress import track_items
 from mambava.core.runtime import resolve_device
-from mambava.temporal.models import LoadedModel, check_finite, load_temporal_model, model_input_dim
+from mambava.temporal import LoadedModel, check_finite, load_temporal_model, model_input_dim
 from mambava.training.config import TrainConfig
 from mambava.training.data import load_fold_data
 from mambava.data.timebase import model_fps, stored_grid

@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from mambava.core.errors import MambavaError
 from mambava.core.metrics import ConcordanceCCC, ccc_loss
 from mambava.core.schedule import lr_factor, warm_restarts_lrs
-from mambava.temporal.models import build_temporal_model
+from mambava.temporal import build_temporal_model
 from mambava.training.config import MONITOR, TrainConfig
 from mambava.training.data import (
     EpochShuffleSampler,

@@ -12,8 +12,8 @@ import yaml
 
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import is_output_failure, output_error
-from mambava.temporal.models import count_parameters, lightning_state_dict, save_temporal_model
-from mambava.training.checkpoints import CheckpointReadError, load_lightning_checkpoint
+from mambava.temporal import count_parameters, lightning_state_dict, save_temporal_model
+from mambava.core.checkpoint import CheckpointError, load_lightning_checkpoint
 from mambava.training.config import MONITOR, TrainConfig, flatten_keys, save_config
 from mambava.training.data import FoldData, check_model_input, load_fold_data
 from mambava.training.outputs import RunPaths, plot_curves, read_metrics, read_summary, write_json
@@ -28,7 +28,7 @@ def check_resume_checkpoint(path: Path) -> None:
         )
     try:
         checkpoint = load_lightning_checkpoint(path)
-    except CheckpointReadError as error:
+    except CheckpointError as error:
         reason, complete = error.reason, False
     else:
         reason, complete = "not a training checkpoint", {"state_dict", "epoch", "optimizer_states"} <= checkpoint.keys()
