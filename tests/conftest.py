@@ -55,7 +55,6 @@ AFFWILD2_INVALID = {"vidA": slice(0, 5), "vidC": slice(10, 13)}
 TEST_LIST_NAME = "Valence_Arousal_Estimation_Challenge_test_set_release.txt"
 
 
-
 def first_frames(video: Path, path: Path, n_frames: int, codec: str = "mpeg4", rate: int = 25) -> Path:
     """The first `n_frames` of `video` re-encoded with `codec` at `rate` (short clips keep detection-bound tests fast)."""
     import av
@@ -72,6 +71,7 @@ def first_frames(video: Path, path: Path, n_frames: int, codec: str = "mpeg4", r
         for packet in stream.encode():
             target.mux(packet)
     return path
+
 
 def _tiny_jpeg() -> bytes:
     from PIL import Image
@@ -164,8 +164,15 @@ def tiny_mamba_va():
         from mambava.temporal import build_temporal_model
 
         torch.manual_seed(seed)
-        return build_temporal_model("mamba_va", {
-            "input_dim": input_dim, "tcn_channels": [32, 16], "d_model": 16, "n_layers": 2, "head_hidden": 16,
-        }).eval()
+        return build_temporal_model(
+            "mamba_va",
+            {
+                "input_dim": input_dim,
+                "tcn_channels": [32, 16],
+                "d_model": 16,
+                "n_layers": 2,
+                "head_hidden": 16,
+            },
+        ).eval()
 
     return build

@@ -10,19 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 from mambava.training.adapt import AdaptConfig, AdaptVideo, adapt, freeze, participant_folds
-from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 DIM, T, FPS = 8, 240, 30.0
 GAIN_MARGIN = 0.2  # mean per-video P_VA on held-out participants must rise by at least this much
 
 
-
 def _latent(rng, n):
     """Smooth valence/arousal in about [-0.8, 0.8]."""
     kernel = np.hanning(21)
-    z = np.stack([np.convolve(rng.normal(size=n + 40), kernel / kernel.sum(), mode="same")[20:20 + n] for _ in range(2)], 1)
+    z = np.stack(
+        [np.convolve(rng.normal(size=n + 40), kernel / kernel.sum(), mode="same")[20 : 20 + n] for _ in range(2)], 1
+    )
     return 0.8 * z / np.abs(z).max(0)
 
 
@@ -37,7 +38,9 @@ def _population(seed, n_people, videos_each, mapping, offset, rater_lag, mixing)
             x = expression @ mixing + person + rng.normal(0, 0.05, (T + rater_lag, DIM))
             labels = np.full((T, 2), np.nan)
             labels[rater_lag:] = z[: T - rater_lag]  # raters respond rater_lag frames late
-            videos.append(AdaptVideo(f"p{seed}{p}_v{v}", f"p{seed}{p}", x[:T].astype(np.float32), np.ones(T, bool), labels))
+            videos.append(
+                AdaptVideo(f"p{seed}{p}_v{v}", f"p{seed}{p}", x[:T].astype(np.float32), np.ones(T, bool), labels)
+            )
     return videos
 
 
@@ -66,12 +69,20 @@ def test_adaptation_gains_on_held_out_participants(tmp_path, tiny_mamba_va):
 
     torch.manual_seed(0)
     window = dict(window=60, stride=30, fps=FPS, seed=0, batch_size=16)
-    base = adapt(tiny_mamba_va(DIM), population_a, tmp_path / "base",
-                 AdaptConfig(mode="all", epochs=25, lr=5e-3, folds=0, lag=3 / FPS, **window))
+    base = adapt(
+        tiny_mamba_va(DIM),
+        population_a,
+        tmp_path / "base",
+        AdaptConfig(mode="all", epochs=25, lr=5e-3, folds=0, lag=3 / FPS, **window),
+    )
     assert base.rows == [] and base.lag_frames == 3
 
-    result = adapt(base.model_path, population_b, tmp_path / "adapted",
-                   AdaptConfig(mode="all", epochs=15, lr=3e-3, folds=3, lag="auto", **window))
+    result = adapt(
+        base.model_path,
+        population_b,
+        tmp_path / "adapted",
+        AdaptConfig(mode="all", epochs=15, lr=3e-3, folds=3, lag="auto", **window),
+    )
     assert abs(result.lag_frames - 24) <= 3  # estimated with the model before adaptation
     rows = pd.read_csv(tmp_path / "adapted" / "per_video.csv")
     assert len(rows) == 12 and rows["fold"].nunique() == 3
@@ -105,12 +116,36 @@ def test_adapt_command_on_files(tmp_path, capsys, tiny_mamba_va):
     for video in _population(3, 4, 1, np.eye(2), np.zeros(2), 0, mixing):
         np.save(tmp_path / "feats" / f"{video.name}.npy", video.features)
         t = np.arange(0, T / FPS, 0.1)  # 10 Hz ratings
-        pd.DataFrame({"time": t, "valence": np.interp(t, np.arange(T) / FPS, video.labels[:, 0]),
-                      "arousal": np.interp(t, np.arange(T) / FPS, video.labels[:, 1])}).to_csv(
-            tmp_path / "ratings" / f"{video.name}.csv", index=False)
-    args = ["adapt", "-c", model, "--features", tmp_path / "feats", "--ratings", tmp_path / "ratings",
-            "-o", tmp_path / "out", "--mode", "head", "--lag", "0.1", "--folds", "2", "--epochs", "2",
-            "--window", "60", "--stride", "30"]
+        pd.DataFrame(
+            {
+                "time": t,
+                "valence": np.interp(t, np.arange(T) / FPS, video.labels[:, 0]),
+                "arousal": np.interp(t, np.arange(T) / FPS, video.labels[:, 1]),
+            }
+        ).to_csv(tmp_path / "ratings" / f"{video.name}.csv", index=False)
+    args = [
+        "adapt",
+        "-c",
+        model,
+        "--features",
+        tmp_path / "feats",
+        "--ratings",
+        tmp_path / "ratings",
+        "-o",
+        tmp_path / "out",
+        "--mode",
+        "head",
+        "--lag",
+        "0.1",
+        "--folds",
+        "2",
+        "--epochs",
+        "2",
+        "--window",
+        "60",
+        "--stride",
+        "30",
+    ]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     assert "4 videos of 4 participants; lag 3 frames (0.100 s, given); trained: dual_reg" in out
@@ -130,20 +165,28 @@ def test_adapt_command_on_files(tmp_path, capsys, tiny_mamba_va):
 
 
 def test_load_adapt_data_from_a_store_and_a_participants_file(tmp_path):
-    from mambava.training.adapt import load_adapt_data
     from mambava.core.errors import MambavaError
     from mambava.data.store import FeatureStore
+    from mambava.training.adapt import load_adapt_data
 
     store = FeatureStore(tmp_path / "store")
     rng = np.random.default_rng(0)
     mask = np.ones(90, bool)
     mask[10:20] = False
     for name in ("a1", "a2", "b1"):
-        store.write(name, rng.normal(size=(90, DIM)).astype(np.float32), mask, fps=30.0, backbone="test", dtype="float32")
+        store.write(
+            name, rng.normal(size=(90, DIM)).astype(np.float32), mask, fps=30.0, backbone="test", dtype="float32"
+        )
     (tmp_path / "ratings").mkdir()
     # a1: `mambava ratings` output (frame, time, valence, arousal; blanks unrated); a2: Aff-Wild2; b1: no ratings
-    pd.DataFrame({"frame": range(90), "time": np.arange(90) / 30, "valence": np.linspace(-1, 1, 90),
-                  "arousal": [np.nan] * 45 + [0.5] * 45}).to_csv(tmp_path / "ratings" / "a1.frames.csv", index=False)
+    pd.DataFrame(
+        {
+            "frame": range(90),
+            "time": np.arange(90) / 30,
+            "valence": np.linspace(-1, 1, 90),
+            "arousal": [np.nan] * 45 + [0.5] * 45,
+        }
+    ).to_csv(tmp_path / "ratings" / "a1.frames.csv", index=False)
     (tmp_path / "ratings" / "a2.txt").write_text("valence,arousal\n" + "0.1,0.2\n" * 80 + "-5,-5\n" * 10)
     (tmp_path / "people.csv").write_text("video,participant\na1,P1\na2,P2\nb1,P3\n")
     videos = load_adapt_data(tmp_path / "store", tmp_path / "ratings", tmp_path / "people.csv")
@@ -157,4 +200,7 @@ def test_load_adapt_data_from_a_store_and_a_participants_file(tmp_path):
     with pytest.raises(MambavaError, match="no participant for video 'a2'"):
         load_adapt_data(tmp_path / "store", tmp_path / "ratings", tmp_path / "people.csv")
     # without a participants file the pattern's first group names the participant
-    assert [v.participant for v in load_adapt_data(tmp_path / "store", tmp_path / "ratings", pattern=r"^(\w)")] == ["a", "a"]
+    assert [v.participant for v in load_adapt_data(tmp_path / "store", tmp_path / "ratings", pattern=r"^(\w)")] == [
+        "a",
+        "a",
+    ]

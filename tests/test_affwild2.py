@@ -5,6 +5,8 @@ import pytest
 from conftest import AFFWILD2_CROPS, AFFWILD2_INVALID, TEST_LIST_NAME
 from typer.testing import CliRunner
 
+from mambava.cli import app
+from mambava.core.errors import MambavaError
 from mambava.data.affwild2 import (
     AffWild2,
     DataWarning,
@@ -15,9 +17,7 @@ from mambava.data.affwild2 import (
     read_test_list,
     read_va_annotation,
 )
-from mambava.cli import app
 from mambava.data.check import check
-from mambava.core.errors import MambavaError
 
 
 def test_check_counts_every_split(affwild2_root):
@@ -99,8 +99,15 @@ def test_annotation_without_header_and_trailing_blank_lines(tmp_path):
 
 @pytest.mark.parametrize(
     "line, why",
-    [("0.1;0.2", "malformed"), ("0.1,0.2,0.3", "malformed"), ("abc,0.2", "malformed"), ("", "malformed"),
-     ("1.5,0.2", "value out of range"), ("0.1,-4", "value out of range"), ("nan,0.1", "value out of range")],
+    [
+        ("0.1;0.2", "malformed"),
+        ("0.1,0.2,0.3", "malformed"),
+        ("abc,0.2", "malformed"),
+        ("", "malformed"),
+        ("1.5,0.2", "value out of range"),
+        ("0.1,-4", "value out of range"),
+        ("nan,0.1", "value out of range"),
+    ],
 )
 def test_bad_annotation_line_names_file_and_line(affwild2_root, line, why):
     path = affwild2_root / "VA_Estimation_Challenge" / "Train_Set" / "vidA.txt"
@@ -234,5 +241,7 @@ def test_no_videos_found_says_what_was_looked_for_and_found(affwild2_root):
     # annotation folders found but empty: their counts are named
     (affwild2_root / "VA_Estimation_Challenge" / "Train_Set").mkdir(parents=True)
     summary = check(affwild2_root, progress=False)
-    assert f"found {affwild2_root / 'VA_Estimation_Challenge'} (Train_Set: 0 .txt, Validation_Set: 0 .txt); " \
+    assert (
+        f"found {affwild2_root / 'VA_Estimation_Challenge'} (Train_Set: 0 .txt, Validation_Set: 0 .txt); "
         "VA_Estimation_Challenge/ (Train_Set/), annotations_zip/" in summary.problems[0]
+    )

@@ -20,10 +20,17 @@ from mambava.core.errors import MambavaError
 
 def _table(valence, arousal, face, fps=10.0, track="clip", video="clip"):
     n = len(valence)
-    return pd.DataFrame({
-        "video": video, "track": track, "frame": np.arange(n), "time": np.arange(n) / fps,
-        "valence": valence, "arousal": arousal, "face": np.asarray(face, np.int8),
-    })
+    return pd.DataFrame(
+        {
+            "video": video,
+            "track": track,
+            "frame": np.arange(n),
+            "time": np.arange(n) / fps,
+            "valence": valence,
+            "arousal": arousal,
+            "face": np.asarray(face, np.int8),
+        }
+    )
 
 
 def test_summary_matches_numpy():
@@ -88,8 +95,11 @@ def test_events_on_a_hand_built_table(tmp_path):
     face[35] = False
     v[35] = 9.0  # carried-over value that must not count
     table = _table(v, a, face)
-    path = _events(tmp_path, "onset\tduration\ttrial_type\tstim_file\n"
-                             "0\t2\trest\tn/a\n3\t2\tfilm\tjoy.mp4\n4.5\t1.5\tfilm\tb.mp4\n9\t3\tfilm\tlate.mp4\n20\t1\tfilm\tgone.mp4\n")
+    path = _events(
+        tmp_path,
+        "onset\tduration\ttrial_type\tstim_file\n"
+        "0\t2\trest\tn/a\n3\t2\tfilm\tjoy.mp4\n4.5\t1.5\tfilm\tb.mp4\n9\t3\tfilm\tlate.mp4\n20\t1\tfilm\tgone.mp4\n",
+    )
     events = read_events(path)
     out = aggregate_events(events=events, table=table, baseline="rest", normalisation="difference")
     assert len(out) == 5 and list(out["event"]) == [0, 1, 2, 3, 4]

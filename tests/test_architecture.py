@@ -43,16 +43,21 @@ def _imports() -> dict[str, list[tuple[str, str | None, int]]]:
 
 
 def test_no_module_imports_another_modules_private_name():
-    bad = [f"{mod}:{line} imports {name} from {target}" for mod, entries in _imports().items()
-           for target, name, line in entries
-           if name and name.startswith("_") and not name.startswith("__") and target != mod]
+    bad = [
+        f"{mod}:{line} imports {name} from {target}"
+        for mod, entries in _imports().items()
+        for target, name, line in entries
+        if name and name.startswith("_") and not name.startswith("__") and target != mod
+    ]
     assert not bad, "\n".join(bad)
 
 
 def test_no_import_cycles():
     # a submodule importing its own package (whose __init__ imports the submodule) is not a cycle
-    graph = {mod: {t for t, _, _ in entries if t != mod and not mod.startswith(t + ".")}
-             for mod, entries in _imports().items()}
+    graph = {
+        mod: {t for t, _, _ in entries if t != mod and not mod.startswith(t + ".")}
+        for mod, entries in _imports().items()
+    }
     cycles, state = [], {}
 
     def visit(node: str, stack: list[str]) -> None:
@@ -61,7 +66,7 @@ def test_no_import_cycles():
             if dep not in graph:
                 continue
             if state.get(dep) == "open":
-                cycles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+                cycles.append(" -> ".join(stack[stack.index(dep) :] + [dep]))
             elif dep not in state:
                 visit(dep, stack + [dep])
         state[node] = "done"
@@ -73,9 +78,13 @@ def test_no_import_cycles():
 
 
 def test_the_library_never_imports_the_command_line():
-    bad = [f"{mod}:{line} imports {target}" for mod, entries in _imports().items()
-           if not mod.startswith("mambava.cli") and mod != "mambava.__main__"
-           for target, _, line in entries if target.startswith("mambava.cli")]
+    bad = [
+        f"{mod}:{line} imports {target}"
+        for mod, entries in _imports().items()
+        if not mod.startswith("mambava.cli") and mod != "mambava.__main__"
+        for target, _, line in entries
+        if target.startswith("mambava.cli")
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -139,4 +148,5 @@ def test_the_layering_check_catches_a_planted_wrong_way_import():
     planted = _imports()
     planted["mambava.faces.align"] = [*planted["mambava.faces.align"], ("mambava.inference.predict", "Predictor", 1)]
     assert wrong_way_imports(planted) == [
-        "mambava.faces.align:1 imports mambava.inference.predict (faces may not import inference)"]
+        "mambava.faces.align:1 imports mambava.inference.predict (faces may not import inference)"
+    ]

@@ -9,13 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_predict import run_cli
 
 from mambava import audio
-from mambava.audio import (AudioWarning, decode_audio, extract_audio, find_audio_sources, frame_features, frame_grid,
-                           grid_from_times, log_mel, pool_frames)
+from mambava.audio import (
+    AudioWarning,
+    decode_audio,
+    extract_audio,
+    find_audio_sources,
+    frame_features,
+    frame_grid,
+    grid_from_times,
+    log_mel,
+    pool_frames,
+)
 from mambava.core.errors import MambavaError
 from mambava.data.store import FeatureStore
-from test_predict import run_cli
 
 # (file, codec, audio start on the video's clock in s, announced audio duration in s, video frames)
 REAL = [
@@ -25,8 +34,16 @@ REAL = [
 ]
 
 
-def write_av(path: Path, n_frames: int, fps: int = 30, sound: np.ndarray | None = None, rate: int = 48000,
-             codec: str = "aac", video_start: int = 0, gap: tuple[int, int] | None = None) -> Path:
+def write_av(
+    path: Path,
+    n_frames: int,
+    fps: int = 30,
+    sound: np.ndarray | None = None,
+    rate: int = 48000,
+    codec: str = "aac",
+    video_start: int = 0,
+    gap: tuple[int, int] | None = None,
+) -> Path:
     """A small video (black 32x32 frames at `fps`, the first at frame `video_start` of the clock) with `sound`
     (float in [-1, 1], mono at `rate`, from t=0) as its audio track in `codec` (aac, or pcm_s16le), or none.
     `gap=(k, n)`: the audio timestamps jump n samples ahead from sample k on (a hole in the stream)."""
@@ -50,9 +67,11 @@ def write_av(path: Path, n_frames: int, fps: int = 30, sound: np.ndarray | None 
         if stream is not None:
             x = np.asarray(sound, np.float32)
             for k in range(0, len(x), 1024):
-                chunk = x[k:k + 1024]
+                chunk = x[k : k + 1024]
                 if codec.startswith("pcm"):
-                    frame = av.AudioFrame.from_ndarray((chunk * 32767).astype(np.int16)[None], format="s16", layout="mono")
+                    frame = av.AudioFrame.from_ndarray(
+                        (chunk * 32767).astype(np.int16)[None], format="s16", layout="mono"
+                    )
                 else:
                     frame = av.AudioFrame.from_ndarray(chunk[None], format="fltp", layout="mono")
                 frame.sample_rate, frame.pts = rate, k + (gap[1] if gap and k >= gap[0] else 0)
@@ -66,7 +85,7 @@ def write_av(path: Path, n_frames: int, fps: int = 30, sound: np.ndarray | None 
 def click_track(seconds: float, at: float, rate: int = 48000) -> np.ndarray:
     """Faint noise (-60 dBFS, so no frame is digital silence) with a 1 ms click at `at` seconds."""
     x = np.random.default_rng(0).normal(size=int(seconds * rate)).astype(np.float32) * 1e-3
-    x[int(at * rate): int(at * rate) + rate // 1000] = 0.9
+    x[int(at * rate) : int(at * rate) + rate // 1000] = 0.9
     return x
 
 
@@ -110,8 +129,10 @@ def test_late_audio_masks_the_frames_before_it(media_dir):
         warnings.simplefilter("always")
         result = frame_features(path, "logmel")
     lines = [str(w.message) for w in caught if w.category is AudioWarning]
-    assert lines == [f"{path}: sound from 2.430 s to 6.396 s (1 part(s)) covers frames 73..168 of 169 (video to "
-                     f"6.398 s): 73 frame(s) without sound; the audio of 73 of 169 frames is masked"]
+    assert lines == [
+        f"{path}: sound from 2.430 s to 6.396 s (1 part(s)) covers frames 73..168 of 169 (video to "
+        f"6.398 s): 73 frame(s) without sound; the audio of 73 of 169 frames is masked"
+    ]
     edges = frame_grid(path).edges
     expected = np.minimum(edges[1:], 6.3956) - np.maximum(edges[:-1], 107164 / 44100) >= 0.5 * np.diff(edges)
     np.testing.assert_array_equal(result.mask, expected)
@@ -149,11 +170,18 @@ def test_egemaps_pooling_matches_opensmiles_own_output(media_dir):
 
     path = media_dir / "single_face.mp4"
     track = decode_audio(path)
-    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                            feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+    smile = opensmile.Smile(
+        feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.LowLevelDescriptors
+    )
     lld = smile.process_signal(track.samples, 16000)
-    centres = track.start + (lld.index.get_level_values("start").total_seconds().to_numpy()
-                             + lld.index.get_level_values("end").total_seconds().to_numpy()) / 2
+    centres = (
+        track.start
+        + (
+            lld.index.get_level_values("start").total_seconds().to_numpy()
+            + lld.index.get_level_values("end").total_seconds().to_numpy()
+        )
+        / 2
+    )
     edges = frame_grid(path).edges
     expected = np.stack([lld.to_numpy()[(centres >= lo) & (centres < hi)].mean(0) for lo, hi in zip(edges, edges[1:])])
     result = frame_features(path, ("egemaps", "logmel"))
@@ -186,8 +214,20 @@ def test_log_mel_in_blocks_equals_one_stft(monkeypatch):
 
     monkeypatch.setattr(features, "_MEL_BLOCK", 37)  # many blocks, the last one short
     values, times, names = log_mel(x)
-    spec = torch.stft(torch.from_numpy(x), 512, 160, 400, torch.hann_window(400), center=True, pad_mode="reflect",
-                      return_complex=True).abs().square()
+    spec = (
+        torch.stft(
+            torch.from_numpy(x),
+            512,
+            160,
+            400,
+            torch.hann_window(400),
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        .abs()
+        .square()
+    )
     reference = torch.log(torch.from_numpy(audio.mel_filterbank()) @ spec + audio.LOG_OFFSET).T.numpy()
     assert values.shape == reference.shape == (1 + len(x) // 160, 64) and len(names) == 64
     np.testing.assert_allclose(values, reference, rtol=1e-4, atol=1e-4)
@@ -208,8 +248,11 @@ def test_no_audio_track_is_masked_with_one_warning(tmp_path):
 
 def test_digital_silence_is_masked(tmp_path):
     path = write_av(tmp_path / "silent.mkv", 15, sound=np.zeros(48000 // 2), codec="pcm_s16le")
-    with pytest.warns(AudioWarning, match=r"silent.mkv: the audio track is silent \(peak below -80 dBFS\); the "
-                                          r"audio of 15 of 15 frames is masked"):
+    with pytest.warns(
+        AudioWarning,
+        match=r"silent.mkv: the audio track is silent \(peak below -80 dBFS\); the "
+        r"audio of 15 of 15 frames is masked",
+    ):
         result = frame_features(path, "logmel")
     assert not result.mask.any() and not result.features.any()
     # a quiet room (-60 dBFS noise) is sound, not silence
@@ -229,14 +272,18 @@ def test_sound_that_ends_early_masks_the_rest(tmp_path):
 def test_a_gap_in_the_sound_is_masked_and_the_rest_stays_in_place(tmp_path):
     """Audio timestamps that jump 0.5 s ahead after 1024 * 10 samples (0.213 s at 48 kHz): the hole is masked
     (frames less than half covered), and the click after it still lands in its frame."""
-    path = write_av(tmp_path / "gap.mkv", 45, sound=click_track(1.0, 40.5 / 30 - 0.5), codec="pcm_s16le",
-                    gap=(10240, 24000))
+    path = write_av(
+        tmp_path / "gap.mkv", 45, sound=click_track(1.0, 40.5 / 30 - 0.5), codec="pcm_s16le", gap=(10240, 24000)
+    )
     track = decode_audio(path)
     # Matroska's timestamps are in ms
     np.testing.assert_allclose(track.segments, [[0, 10240 / 48000], [34240 / 48000, 72000 / 48000]], atol=5e-4)
-    assert not track.samples[int(0.25 * 16000): int(0.7 * 16000)].any()  # the hole holds zeros, never signal
-    with pytest.warns(AudioWarning, match=r"gap.mkv: sound from 0.000 s to 1.500 s \(2 part\(s\)\) covers frames "
-                                          r"0..44 of 45 \(video to 1.500 s\): 15 frame\(s\) without sound"):
+    assert not track.samples[int(0.25 * 16000) : int(0.7 * 16000)].any()  # the hole holds zeros, never signal
+    with pytest.warns(
+        AudioWarning,
+        match=r"gap.mkv: sound from 0.000 s to 1.500 s \(2 part\(s\)\) covers frames "
+        r"0..44 of 45 \(video to 1.500 s\): 15 frame\(s\) without sound",
+    ):
         result = frame_features(path, "logmel")
     np.testing.assert_array_equal(np.flatnonzero(~result.mask), np.arange(6, 21))  # [0.2, 0.7) s
     assert int(np.argmax(np.where(result.mask, result.features.sum(1), -np.inf))) == 40
@@ -255,8 +302,13 @@ def test_duplicate_timestamps_are_judged_over_one_frame(tmp_path):
 
 
 def test_coverage_and_peaks_per_interval():
-    track = audio.AudioTrack("x", np.array([0.1, -0.5, 0.2, 0.0, 0.0, 0.3, -0.9, 0.4], np.float32), 10, 1.0,
-                             np.array([[1.0, 1.3], [1.5, 1.8]]))
+    track = audio.AudioTrack(
+        "x",
+        np.array([0.1, -0.5, 0.2, 0.0, 0.0, 0.3, -0.9, 0.4], np.float32),
+        10,
+        1.0,
+        np.array([[1.0, 1.3], [1.5, 1.8]]),
+    )
     lo, hi = np.array([0.9, 1.2, 1.3, 1.5, 1.75]), np.array([1.2, 1.5, 1.5, 1.9, 1.75])
     np.testing.assert_allclose(track.covered(lo, hi), [0.2, 0.1, 0.0, 0.3, 0.0], atol=1e-12)
     np.testing.assert_allclose(audio.frame_peaks(track, lo, hi), [0.5, 0.2, 0.0, 0.9, 0.0])
@@ -309,18 +361,28 @@ def _tiny_speech_model(folder: Path, kind: str) -> Path:
     import transformers
 
     torch.manual_seed(0)
-    cls_config, cls_model = {"wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model),
-                             "hubert": (transformers.HubertConfig, transformers.HubertModel)}[kind]
-    config = cls_config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                        conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    cls_config, cls_model = {
+        "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model),
+        "hubert": (transformers.HubertConfig, transformers.HubertModel),
+    }[kind]
+    config = cls_config(
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
     cls_model(config).eval().save_pretrained(folder)
     return folder
 
 
 @pytest.mark.parametrize("kind", ["wav2vec2", "hubert"])
 def test_speech_model_loader_on_a_tiny_saved_model(tmp_path, media_dir, kind):
-    pytest.importorskip("transformers", reason="the speech-model loader needs transformers (not installed: "
-                                               "pip install transformers)")
+    pytest.importorskip(
+        "transformers", reason="the speech-model loader needs transformers (not installed: pip install transformers)"
+    )
     import torch
 
     folder = _tiny_speech_model(tmp_path / kind, kind)
@@ -349,8 +411,11 @@ def test_speech_model_folder_errors(tmp_path):
 def _audio_root(root: Path) -> Path:
     """An Aff-Wild2 root whose videos/ holds vidX (sound, 20 frames; annotated as vidX_left and vidX_right) and
     vidY (no sound, 12 frames; annotated as vidY)."""
-    write_av((root / "videos" / "b1").mkdir(parents=True) or root / "videos" / "b1" / "vidX.mp4", 20,
-             sound=click_track(20 / 30, 0.3))
+    write_av(
+        (root / "videos" / "b1").mkdir(parents=True) or root / "videos" / "b1" / "vidX.mp4",
+        20,
+        sound=click_track(20 / 30, 0.3),
+    )
     write_av(root / "videos" / "vidY.mp4", 12)
     folder = root / "VA_Estimation_Challenge" / "Train_Set"
     folder.mkdir(parents=True)
@@ -362,12 +427,17 @@ def _audio_root(root: Path) -> Path:
 def test_extract_audio_into_the_store_resumably(tmp_path):
     root = _audio_root(tmp_path / "aff")
     assert [(s.name, s.path.name, s.n_frames) for s in find_audio_sources(root)] == [
-        ("vidX", "vidX.mp4", 20), ("vidX_left", "vidX.mp4", 20), ("vidX_right", "vidX.mp4", 20), ("vidY", "vidY.mp4", 12)]
+        ("vidX", "vidX.mp4", 20),
+        ("vidX_left", "vidX.mp4", 20),
+        ("vidX_right", "vidX.mp4", 20),
+        ("vidY", "vidY.mp4", 12),
+    ]
     messages = []
     summary = extract_audio(root, tmp_path / "store", "logmel,egemaps", on_warning=messages.append)
     assert summary.extracted == ["vidX", "vidX_left", "vidX_right", "vidY"] and summary.without_sound == ["vidY"]
-    assert summary.frames == 32 and messages == [f"{root / 'videos' / 'vidY.mp4'}: no audio track; the audio of all "
-                                                  f"12 frames is masked"]
+    assert summary.frames == 32 and messages == [
+        f"{root / 'videos' / 'vidY.mp4'}: no audio track; the audio of all 12 frames is masked"
+    ]
     store = FeatureStore(tmp_path / "store")
     x, left = store.read("vidX"), store.read("vidX_left")
     assert (x.n_frames, x.dim, x.dtype, x.fps, x.backbone) == (20, 89, "float32", 30.0, "audio:logmel+egemaps")
@@ -392,9 +462,15 @@ def test_extract_audio_with_worker_processes_writes_the_same_store(tmp_path):
     runs = {}
     for workers in (0, 2):
         lines, errors, seen = [], [], []
-        summary = extract_audio(root, tmp_path / f"w{workers}", "logmel,egemaps", workers=workers,
-                                on_warning=lines.append, on_error=errors.append,
-                                progress=lambda done, total, name: seen.append((done, total, name)))
+        summary = extract_audio(
+            root,
+            tmp_path / f"w{workers}",
+            "logmel,egemaps",
+            workers=workers,
+            on_warning=lines.append,
+            on_error=errors.append,
+            progress=lambda done, total, name: seen.append((done, total, name)),
+        )
         runs[workers] = (summary.extracted, summary.failed, lines, errors, seen)
     assert runs[0] == runs[2]
     extracted, failed, lines, errors, seen = runs[2]
@@ -413,16 +489,22 @@ def test_extract_audio_cli_and_data_check(tmp_path, capsys):
     code, out, err = run_cli(["extract", root, "--audio", "--audio-features", "logmel", "-o", tmp_path / "s"], capsys)
     assert code == 0, err
     assert out.startswith("4 entries from 2 video(s) extracted (32 frames, 1.1 s of video at ")
-    assert out.rstrip().endswith(f"real time, 1 without sound (masked)), 0 already in {tmp_path / 's'}; audio "
-                                 f"features logmel float16")
-    assert f"warning: {root / 'videos' / 'vidY.mp4'}: no audio track; the audio of all 12 frames is masked" in err.splitlines()
+    assert out.rstrip().endswith(
+        f"real time, 1 without sound (masked)), 0 already in {tmp_path / 's'}; audio features logmel float16"
+    )
+    assert (
+        f"warning: {root / 'videos' / 'vidY.mp4'}: no audio track; the audio of all 12 frames is masked"
+        in err.splitlines()
+    )
     assert FeatureStore(tmp_path / "s").read("vidX_left").dim == 64
     code, out, err = run_cli(["extract", root, "--audio", "--audio-features", "logmel", "-o", tmp_path / "s"], capsys)
-    assert code == 0 and out.strip() == (f"0 entries from 0 video(s) extracted, 4 already in {tmp_path / 's'}; audio "
-                                         f"features logmel float16")
+    assert code == 0 and out.strip() == (
+        f"0 entries from 0 video(s) extracted, 4 already in {tmp_path / 's'}; audio features logmel float16"
+    )
     code, out, err = run_cli(["extract", root, "--audio", "--audio-features", "mfcc", "-o", tmp_path / "s"], capsys)
-    assert code == 2 and err.strip() == ("error: audio feature sets: got mfcc; choose from egemaps, logmel, ssl "
-                                         "(comma-separated, each once)")
+    assert code == 2 and err.strip() == (
+        "error: audio feature sets: got mfcc; choose from egemaps, logmel, ssl (comma-separated, each once)"
+    )
     code, out, err = run_cli(["data", "check", root], capsys)
     assert "1 raw video(s) without sound: vidY" in out
 

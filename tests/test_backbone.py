@@ -24,7 +24,6 @@ from mambava.backbone import (
 from mambava.core.errors import MambavaError
 
 
-
 @pytest.fixture(scope="module")
 def vit_b():
     torch.manual_seed(0)
@@ -45,14 +44,20 @@ def _mae_layout(model):
     """facebookresearch/mae `MaskedAutoencoderViT` checkpoint: {"model": encoder + decoder keys}."""
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     dim = 64
-    sd.update({
-        "mask_token": torch.zeros(1, 1, dim),
-        "decoder_embed.weight": torch.zeros(dim, 768), "decoder_embed.bias": torch.zeros(dim),
-        "decoder_pos_embed": torch.zeros(1, 197, dim),
-        "decoder_blocks.0.norm1.weight": torch.ones(dim), "decoder_blocks.0.attn.qkv.weight": torch.zeros(3 * dim, dim),
-        "decoder_norm.weight": torch.ones(dim), "decoder_norm.bias": torch.zeros(dim),
-        "decoder_pred.weight": torch.zeros(768, dim), "decoder_pred.bias": torch.zeros(768),
-    })
+    sd.update(
+        {
+            "mask_token": torch.zeros(1, 1, dim),
+            "decoder_embed.weight": torch.zeros(dim, 768),
+            "decoder_embed.bias": torch.zeros(dim),
+            "decoder_pos_embed": torch.zeros(1, 197, dim),
+            "decoder_blocks.0.norm1.weight": torch.ones(dim),
+            "decoder_blocks.0.attn.qkv.weight": torch.zeros(3 * dim, dim),
+            "decoder_norm.weight": torch.ones(dim),
+            "decoder_norm.bias": torch.zeros(dim),
+            "decoder_pred.weight": torch.zeros(768, dim),
+            "decoder_pred.bias": torch.zeros(768),
+        }
+    )
     return {"model": sd, "optimizer": {}, "epoch": 799}
 
 
@@ -67,8 +72,13 @@ def _hf_layout(model, prefix=""):
         "layernorm.weight": sd["norm.weight"],
         "layernorm.bias": sd["norm.bias"],
     }
-    names = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
-             "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    names = {
+        "norm1": "layernorm_before",
+        "norm2": "layernorm_after",
+        "attn.proj": "attention.output.dense",
+        "mlp.fc1": "intermediate.dense",
+        "mlp.fc2": "output.dense",
+    }
     for i in range(model.config.depth):
         for ours, theirs in names.items():
             for kind in ("weight", "bias"):
@@ -85,9 +95,21 @@ def _hf_layout(model, prefix=""):
 
 
 def _hf_config(eps):
-    return {"model_type": "vit_mae", "architectures": ["ViTMAEModel"], "hidden_size": 768, "num_hidden_layers": 12,
-            "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu", "layer_norm_eps": eps,
-            "image_size": 224, "patch_size": 16, "num_channels": 3, "qkv_bias": True, "mask_ratio": 0.75}
+    return {
+        "model_type": "vit_mae",
+        "architectures": ["ViTMAEModel"],
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "hidden_act": "gelu",
+        "layer_norm_eps": eps,
+        "image_size": 224,
+        "patch_size": 16,
+        "num_channels": 3,
+        "qkv_bias": True,
+        "mask_ratio": 0.75,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +149,14 @@ def test_every_format_gives_identical_cls_features(vit_b, checkpoints):
 def test_hf_pretraining_layout_and_its_own_layer_norm_eps(tmp_path):
     torch.manual_seed(0)
     small = ViTEncoder(ViTConfig(embed_dim=64, depth=2, num_heads=2, ln_eps=1e-12, name="s")).eval()
-    config = {**_hf_config(1e-12), "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "intermediate_size": 256, "architectures": ["ViTMAEForPreTraining"]}
+    config = {
+        **_hf_config(1e-12),
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 256,
+        "architectures": ["ViTMAEForPreTraining"],
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     # ViTMAEForPreTraining: `vit.` prefix and a `decoder.` to drop
     save_file(_hf_layout(small, prefix="vit."), str(tmp_path / "model.safetensors"))
@@ -145,14 +173,19 @@ def test_hf_pretraining_layout_and_its_own_layer_norm_eps(tmp_path):
 
 def test_wrong_size_missing_and_unexpected_keys_are_named(vit_b, checkpoints, tmp_path):
     model, _, _ = vit_b
-    with pytest.raises(MambavaError, match=r"does not fit vit_large_patch16 .*holds D=768, depth=12.*"
-                                           r"cls_token: checkpoint \(1, 1, 768\) vs model \(1, 1, 1024\)"):
+    with pytest.raises(
+        MambavaError,
+        match=r"does not fit vit_large_patch16 .*holds D=768, depth=12.*"
+        r"cls_token: checkpoint \(1, 1, 768\) vs model \(1, 1, 1024\)",
+    ):
         load_encoder(checkpoints["mae"], arch="vit_large_patch16")
 
     sd = {k: v for k, v in model.state_dict().items() if k != "blocks.3.mlp.fc2.bias"}
     sd["blocks.3.extra.weight"] = torch.zeros(3)
     torch.save(sd, tmp_path / "broken.pth")
-    with pytest.raises(MambavaError, match=r"missing keys: blocks\.3\.mlp\.fc2\.bias.*unexpected keys: blocks\.3\.extra"):
+    with pytest.raises(
+        MambavaError, match=r"missing keys: blocks\.3\.mlp\.fc2\.bias.*unexpected keys: blocks\.3\.extra"
+    ):
         load_encoder(tmp_path / "broken.pth")
     lenient = load_encoder(tmp_path / "broken.pth", strict=False)
     assert lenient.load_report.missing == ["blocks.3.mlp.fc2.bias"]

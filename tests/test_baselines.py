@@ -6,20 +6,29 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mambava.core.errors import MambavaError
 from mambava.temporal import (
-    temporal_kinds,
     build_temporal_model,
     count_parameters,
     default_model_config,
     load_temporal_model,
     resolve_model_config,
     save_temporal_model,
+    temporal_kinds,
 )
-from mambava.core.errors import MambavaError
 
 SMALL = {
-    "input_dim": 12, "tcn_channels": [16, 16], "kernel_size": 3, "d_model": 16, "n_layers": 2, "d_state": 4,
-    "dt_rank": 2, "head_hidden": 8, "dropout": 0.0, "transformer_ff": 24, "transformer_dropout": 0.0,
+    "input_dim": 12,
+    "tcn_channels": [16, 16],
+    "kernel_size": 3,
+    "d_model": 16,
+    "n_layers": 2,
+    "d_state": 4,
+    "dt_rank": 2,
+    "head_hidden": 8,
+    "dropout": 0.0,
+    "transformer_ff": 24,
+    "transformer_dropout": 0.0,
 }
 
 VISUAL_KINDS = [kind for kind in temporal_kinds() if kind != "fusion"]  # fusion takes audio too: tests/test_fusion.py
@@ -86,10 +95,10 @@ def test_the_model_section_is_typed_by_its_schema():
     `kind` and the transformer keys, values are converted to their field's type, bad ones name the key."""
     import dataclasses
 
-    from mambava.temporal.mamba_va import MambaVAConfig
     from mambava.temporal import model_schema
     from mambava.temporal.baselines import TRANSFORMER_DEFAULTS
     from mambava.temporal.fusion import FUSION_KEYS
+    from mambava.temporal.mamba_va import MambaVAConfig
 
     names = [f.name for f in dataclasses.fields(model_schema())]
     assert names == ["kind", *(f.name for f in dataclasses.fields(MambaVAConfig)), *TRANSFORMER_DEFAULTS, *FUSION_KEYS]
@@ -124,8 +133,13 @@ def test_one_loader_for_every_checkpoint_kind(tmp_path):
 
     run_config = {"model": {**SMALL, "kind": "tcn"}, "data": {"window": 40, "stride": 20}}
     tcn = build_temporal_model(run_config["model"]).eval()
-    torch.save({"hyper_parameters": {"config": run_config},
-                "state_dict": {f"model.{k}": v for k, v in tcn.state_dict().items()}}, tmp_path / "best.ckpt")
+    torch.save(
+        {
+            "hyper_parameters": {"config": run_config},
+            "state_dict": {f"model.{k}": v for k, v in tcn.state_dict().items()},
+        },
+        tmp_path / "best.ckpt",
+    )
     loaded = load_temporal_model(tmp_path / "best.ckpt")
     assert (loaded.kind, loaded.window, loaded.stride, loaded.run_config) == ("tcn", 40, 20, run_config)
     with torch.no_grad():
@@ -134,7 +148,13 @@ def test_one_loader_for_every_checkpoint_kind(tmp_path):
     paper = MambaVA(MambaVAConfig(**{k: v for k, v in SMALL.items() if not k.startswith("transformer")})).eval()
     torch.save({f"module.{k}": v for k, v in paper.state_dict().items()}, tmp_path / "authors.pth")
     loaded = load_temporal_model(tmp_path / "authors.pth")
-    assert (loaded.kind, loaded.window, loaded.stride, loaded.fps, loaded.run_config) == ("mamba_va", 300, 200, 30.0, None)
+    assert (loaded.kind, loaded.window, loaded.stride, loaded.fps, loaded.run_config) == (
+        "mamba_va",
+        300,
+        200,
+        30.0,
+        None,
+    )
     with torch.no_grad():
         assert torch.equal(loaded.model(x), paper(x))
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 from mambava.data.store import FeatureStore
-from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 
 def test_faces_goes_on_past_bad_videos(media_dir, tmp_path, capsys):
@@ -19,8 +19,18 @@ def test_faces_goes_on_past_bad_videos(media_dir, tmp_path, capsys):
     (tmp_path / "other.mov").write_text("not a video\n")
     shutil.copy(media_dir / "no_face.mp4", tmp_path / "good.mp4")
     out = tmp_path / "faces"
-    args = ["faces", tmp_path / "empty.mp4", tmp_path / "good.mp4", tmp_path / "other.mov", tmp_path / "gone.mp4",
-            "-o", out, "--detector", "haar", "-q"]
+    args = [
+        "faces",
+        tmp_path / "empty.mp4",
+        tmp_path / "good.mp4",
+        tmp_path / "other.mov",
+        tmp_path / "gone.mp4",
+        "-o",
+        out,
+        "--detector",
+        "haar",
+        "-q",
+    ]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "Traceback" not in err
     lines = err.splitlines()
@@ -50,8 +60,9 @@ def test_extract_goes_on_past_a_bad_crop_and_a_missing_crop_folder(affwild2_root
     shutil.rmtree(crops / "vidC")  # annotated (validation) but no crops: was silently left out
     checkpoint = _tiny_encoder(tmp_path / "enc.safetensors")
     out = tmp_path / "store"
-    code, stdout, err = run_cli(["extract", affwild2_root, "-o", out, "-c", checkpoint, "--precision", "fp32",
-                                 "-j", "0", "-b", "16"], capsys)
+    code, stdout, err = run_cli(
+        ["extract", affwild2_root, "-o", out, "-c", checkpoint, "--precision", "fp32", "-j", "0", "-b", "16"], capsys
+    )
     assert code == 2 and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     bad = crops / "vidB_left" / "00007.jpg"
@@ -71,21 +82,27 @@ def test_extract_on_an_affwild2_root_without_crops_is_one_line(affwild2_root, tm
     checkpoint = _tiny_encoder(tmp_path / "enc.safetensors")
     code, _, err = run_cli(["extract", affwild2_root, "-o", tmp_path / "store", "-c", checkpoint, "-j", "0"], capsys)
     assert code == 2
-    assert err.strip() == (f"error: {affwild2_root}: an Aff-Wild2 root without cropped_aligned/: run `mambava faces` "
-                           "on its videos (or pass the folder of crops)")
+    assert err.strip() == (
+        f"error: {affwild2_root}: an Aff-Wild2 root without cropped_aligned/: run `mambava faces` "
+        "on its videos (or pass the folder of crops)"
+    )
 
 
 def test_extract_api_without_on_error_still_stops_at_the_first_bad_video(affwild2_root, tmp_path):
     from mambava.backbone import FeatureExtractor, load_encoder
-    from mambava.core.errors import MambavaError
     from mambava.backbone.extract import extract_features
+    from mambava.core.errors import MambavaError
 
     shutil.rmtree(affwild2_root / "cropped_aligned" / "vidC")
-    extractor = FeatureExtractor(load_encoder(_tiny_encoder(tmp_path / "enc.safetensors")), batch_size=8, precision="fp32")
+    extractor = FeatureExtractor(
+        load_encoder(_tiny_encoder(tmp_path / "enc.safetensors")), batch_size=8, precision="fp32"
+    )
     with pytest.raises(MambavaError, match=r"vidC: no crop folder for video 'vidC'"):
         extract_features(affwild2_root, tmp_path / "store", extractor, workers=0, progress=False)
     seen = []
-    summary = extract_features(affwild2_root, tmp_path / "store", extractor, workers=0, progress=False, on_error=seen.append)
+    summary = extract_features(
+        affwild2_root, tmp_path / "store", extractor, workers=0, progress=False, on_error=seen.append
+    )
     assert summary.failed == ["vidC"] and len(seen) == 1 and len(summary.extracted) == 6
 
 
@@ -100,11 +117,29 @@ def test_predict_goes_on_past_bad_inputs(tmp_path, capsys):
     (tmp_path / "b.npy").write_text("0.1 0.2\n")  # text, not .npy
     np.save(tmp_path / "c.npy", rng.normal(size=(30, 4)).astype(np.float32))  # 4-d for an 8-d model
     np.save(tmp_path / "d.npy", rng.normal(size=(20, 8)).astype(np.float32))
-    code, stdout, err = run_cli(["predict", *(tmp_path / f"{n}.npy" for n in "abcd"), "-c", tmp_path / "m.safetensors",
-                                 "-o", tmp_path / "out", "--no-plots"], capsys)
+    code, stdout, err = run_cli(
+        [
+            "predict",
+            *(tmp_path / f"{n}.npy" for n in "abcd"),
+            "-c",
+            tmp_path / "m.safetensors",
+            "-o",
+            tmp_path / "out",
+            "--no-plots",
+        ],
+        capsys,
+    )
     assert code == 2 and "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 3 and lines[-1] == "2 of 4 inputs failed"
     assert lines[0].startswith(f"error: {tmp_path / 'b.npy'}: ")
-    assert lines[1] == f"error: {tmp_path / 'c.npy'}: 4-d features, but the temporal model {tmp_path / 'm.safetensors'} takes 8-d"
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["a.csv", "a.summary.csv", "d.csv", "d.summary.csv"]
+    assert (
+        lines[1]
+        == f"error: {tmp_path / 'c.npy'}: 4-d features, but the temporal model {tmp_path / 'm.safetensors'} takes 8-d"
+    )
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == [
+        "a.csv",
+        "a.summary.csv",
+        "d.csv",
+        "d.summary.csv",
+    ]

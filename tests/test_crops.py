@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import mambava
+from mambava.core.errors import MambavaError
 from mambava.data.affwild2 import crop_files, list_crop_frames
 from mambava.data.crops import scan_crop_folder
-from mambava.core.errors import MambavaError
 
 
 def _touch(folder: Path, *names: str) -> Path:
@@ -46,6 +46,9 @@ def test_two_files_for_one_frame(tmp_path):
 
 def test_finetuning_does_not_import_the_extract_stage():
     package = Path(mambava.__file__).parent
-    imported = {node.module for node in ast.walk(ast.parse((package / "backbone" / "finetune.py").read_text()))
-                if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse((package / "backbone" / "finetune.py").read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert "mambava.data.crops" in imported and "mambava.backbone.extract" not in imported

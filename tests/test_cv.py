@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import re
 
+from test_train import write_drift_dataset
 from typer.testing import CliRunner
 
 from mambava.cli import app
 from mambava.training.cv import format_table
-from test_train import write_drift_dataset
 
 
 def test_format_table_like_the_paper():
@@ -18,11 +18,26 @@ def test_format_table_like_the_paper():
     lines = format_table(rows).splitlines()
     assert lines[0].split() == ["Fold", "Valence(CCC)", "Arousal(CCC)", "Average(CCC)"]
     assert lines[1].split() == ["0", "0.5000", "0.4000", "0.4500"]
-    assert lines[-1].split() == ["Mean", "±", "std", "0.5100", "±", "0.0100", "0.4000", "±", "0.0000", "0.4550", "±", "0.0050"]
+    assert lines[-1].split() == [
+        "Mean",
+        "±",
+        "std",
+        "0.5100",
+        "±",
+        "0.0100",
+        "0.4000",
+        "±",
+        "0.0000",
+        "0.4550",
+        "±",
+        "0.0050",
+    ]
 
 
 def test_cv_command_runs_six_folds_and_skips_finished_ones(tmp_path):
-    features, annotations = write_drift_dataset(tmp_path / "data", n_train=6, n_val=4, n_frames=60, dim=4, noise=0.5, scale=10)
+    features, annotations = write_drift_dataset(
+        tmp_path / "data", n_train=6, n_val=4, n_frames=60, dim=4, noise=0.5, scale=10
+    )
     cfg = tmp_path / "cv.yaml"
     cfg.write_text(
         "model:\n  input_dim: 4\n  tcn_channels: [8]\n  kernel_size: 3\n  d_model: 8\n  n_layers: 1\n  d_state: 2\n"

@@ -51,8 +51,17 @@ def test_demo_quick_end_to_end(tmp_path):
     assert f"{temporal['p_va']:.3f}" in report
     for name in ("curves.png", "test_predictions.png"):
         assert (out / "figures" / name).stat().st_size > 10_000
-    assert set(results["timings_s"]) >= {"generate", "stills", "backbone", "extract", "train", "distill", "evaluate",
-                                         "predict", "total"}
+    assert set(results["timings_s"]) >= {
+        "generate",
+        "stills",
+        "backbone",
+        "extract",
+        "train",
+        "distill",
+        "evaluate",
+        "predict",
+        "total",
+    }
     # the distilled student: >= 4x fewer FLOPs, close to the teacher's features, the temporal model still reads them
     distilled = results["distill"]
     assert distilled["flop_ratio"] >= 4 and distilled["cosine"] >= 0.98, distilled
@@ -94,8 +103,18 @@ def test_demo_crop_jitter_is_on_only_for_own_crops_from_mtcnns_points():
 def test_demo_own_crops_trains_on_the_faces_stage_and_scores_every_held_out_raw_video(tmp_path):
     from mambava.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.quick(n_train=4, n_val=2, n_test=2, frames=(100, 120), stills_train=200, stills_val=50,
-                           pretrain_epochs=1, epochs=2, finetune_frames_per_video=20, own_crops=True)
+    cfg = DemoConfig.quick(
+        n_train=4,
+        n_val=2,
+        n_test=2,
+        frames=(100, 120),
+        stills_train=200,
+        stills_val=50,
+        pretrain_epochs=1,
+        epochs=2,
+        finetune_frames_per_video=20,
+        own_crops=True,
+    )
     results = run_demo(tmp_path / "demo", cfg, progress=False).results
     faces, every = results["faces"], results["predict_all"]
     # the faces stage wrote the crops that were trained on, close to the true landmarks
@@ -129,9 +148,20 @@ def test_demo_both_crops_trains_on_ours_and_the_generators(tmp_path):
     from mambava.training import TrainConfig
     from mambava.training.module import VADataModule
 
-    cfg = DemoConfig.quick(n_train=4, n_val=2, n_test=2, frames=(100, 120), stills_train=200, stills_val=50,
-                           pretrain_epochs=1, epochs=1, finetune_frames_per_video=20, own_crops=True, both_crops=True,
-                           audio=False)
+    cfg = DemoConfig.quick(
+        n_train=4,
+        n_val=2,
+        n_test=2,
+        frames=(100, 120),
+        stills_train=200,
+        stills_val=50,
+        pretrain_epochs=1,
+        epochs=1,
+        finetune_frames_per_video=20,
+        own_crops=True,
+        both_crops=True,
+        audio=False,
+    )
     out = tmp_path / "demo"
     results = run_demo(out, cfg, progress=False).results
     fine = json.loads((out / "runs" / "backbone_finetune" / "finetune.json").read_text())

@@ -33,8 +33,10 @@ def mtcnn():
 
 def _run(path, detector, k):
     counting = Counting(detector)
-    frames = [(f.index, [(f2.track_id, f2.box, f2.landmarks) for f2 in f.faces])
-              for f in iter_tracked_faces(path, counting, detect_every=k, keep_images=False)]
+    frames = [
+        (f.index, [(f2.track_id, f2.box, f2.landmarks) for f2 in f.faces])
+        for f in iter_tracked_faces(path, counting, detect_every=k, keep_images=False)
+    ]
     return frames, counting.frames
 
 
@@ -49,14 +51,19 @@ def test_every_fifth_frame_follows_the_face(media_dir, mtcnn):
     assert np.median(errors) <= 3.0 and errors.max() <= 8.0
     # boxes follow too: IoU with the detector's box at least 0.8 on every frame
     from mambava.faces import iou
+
     assert min(iou(a[0][1], b[0][1]) for (_, a), (_, b) in zip(every, fifth)) >= 0.8
 
 
 def test_k1_is_every_frame_detection(media_dir, mtcnn):
-    default = [(f.index, [(t.track_id, t.box.tolist(), t.landmarks.tolist(), t.score) for t in f.faces])
-               for f in iter_tracked_faces(media_dir / "face_noface.mov", mtcnn, keep_images=False)]
-    one = [(f.index, [(t.track_id, t.box.tolist(), t.landmarks.tolist(), t.score) for t in f.faces])
-           for f in iter_tracked_faces(media_dir / "face_noface.mov", mtcnn, keep_images=False, detect_every=1)]
+    default = [
+        (f.index, [(t.track_id, t.box.tolist(), t.landmarks.tolist(), t.score) for t in f.faces])
+        for f in iter_tracked_faces(media_dir / "face_noface.mov", mtcnn, keep_images=False)
+    ]
+    one = [
+        (f.index, [(t.track_id, t.box.tolist(), t.landmarks.tolist(), t.score) for t in f.faces])
+        for f in iter_tracked_faces(media_dir / "face_noface.mov", mtcnn, keep_images=False, detect_every=1)
+    ]
     assert one == default
 
 
@@ -75,9 +82,13 @@ def test_follow_faces_drops_a_face_on_a_flat_frame():
     rng = np.random.default_rng(0)
     textured = (rng.random((120, 160)) * 255).astype(np.uint8)
     import cv2
+
     textured = cv2.GaussianBlur(textured, (5, 5), 1.0)
-    face = Face(box=np.array([40, 30, 100, 100], np.float32),
-                landmarks=np.array([[55, 50], [85, 50], [70, 65], [58, 82], [82, 82]], np.float32), score=0.99)
+    face = Face(
+        box=np.array([40, 30, 100, 100], np.float32),
+        landmarks=np.array([[55, 50], [85, 50], [70, 65], [58, 82], [82, 82]], np.float32),
+        score=0.99,
+    )
     shifted = np.roll(textured, (2, 3), axis=(0, 1))  # the frame moves 3 px right, 2 px down
     (moved,) = follow_faces(textured, shifted, [face])
     np.testing.assert_allclose(moved.landmarks, face.landmarks + [3, 2], atol=0.2)
@@ -92,8 +103,11 @@ def test_detect_every_must_be_positive(media_dir, mtcnn, tmp_path, monkeypatch, 
         next(iter_tracked_faces(media_dir / "single_face.mp4", mtcnn, detect_every=0))
     from mambava.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["mambava", "faces", str(media_dir / "single_face.mp4"), "--out",
-                                      str(tmp_path), "--detect-every", "0"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["mambava", "faces", str(media_dir / "single_face.mp4"), "--out", str(tmp_path), "--detect-every", "0"],
+    )
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code == 2 and "--detect-every must be a whole number >= 1, got 0" in capsys.readouterr().err
@@ -102,8 +116,20 @@ def test_detect_every_must_be_positive(media_dir, mtcnn, tmp_path, monkeypatch, 
 def test_cli_faces_detect_every(media_dir, tmp_path, monkeypatch, capsys):
     from mambava.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["mambava", "faces", str(media_dir / "single_face.mp4"), "--out",
-                                      str(tmp_path), "--detect-every", "5", "--quiet"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "mambava",
+            "faces",
+            str(media_dir / "single_face.mp4"),
+            "--out",
+            str(tmp_path),
+            "--detect-every",
+            "5",
+            "--quiet",
+        ],
+    )
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code in (0, None)
@@ -129,13 +155,16 @@ def test_followed_faces_are_checked_by_onet_and_the_whole_frame_searched_every_s
     stay those of every-frame detection within the same bounds as plain k=5."""
     every, _ = _run(media_dir / "single_face.mp4", mtcnn, 1)
     counting = CountingWithVerify(mtcnn)
-    checked = [(f.index, [(t.track_id, t.box, t.landmarks) for t in f.faces])
-               for f in iter_tracked_faces(media_dir / "single_face.mp4", counting, detect_every=5, keep_images=False)]
+    checked = [
+        (f.index, [(t.track_id, t.box, t.landmarks) for t in f.faces])
+        for f in iter_tracked_faces(media_dir / "single_face.mp4", counting, detect_every=5, keep_images=False)
+    ]
     assert counting.frames == 3 and counting.verified == 12  # 15 scheduled: 0, 30, 60 whole; 12 checked
     assert all(len(faces) == 1 and faces[0][0] == 0 for _, faces in checked)
     errors = np.array([np.linalg.norm(a[0][2] - b[0][2], axis=1).mean() for (_, a), (_, b) in zip(every, checked)])
     assert np.median(errors) <= 3.0 and errors.max() <= 8.0
     from mambava.faces import iou
+
     assert min(iou(a[0][1], b[0][1]) for (_, a), (_, b) in zip(every, checked)) >= 0.8
 
 
@@ -151,8 +180,10 @@ def test_verify_drops_a_face_that_is_gone_and_the_card_stays_empty(media_dir, mt
     assert mtcnn.verify(frames[last_face], [face])[0] is not None
     assert mtcnn.verify(frames[-1], [face]) == [None]  # the card where the face was
     counting = CountingWithVerify(mtcnn)
-    fifth = [(f.index, f.faces) for f in iter_tracked_faces(media_dir / "face_noface.mov", counting, detect_every=5,
-                                                             keep_images=False)]
+    fifth = [
+        (f.index, f.faces)
+        for f in iter_tracked_faces(media_dir / "face_noface.mov", counting, detect_every=5, keep_images=False)
+    ]
     assert max(i for i, faces in fifth if faces) <= last_face + 4
     assert all(faces == [] for i, faces in fifth if i > last_face + 4)
     assert counting.verified > 0

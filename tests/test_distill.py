@@ -13,8 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, load_encoder, vit_config
-from mambava.backbone.distill import (DistillConfig, distill, fit_adapter, mean_cosine, student_cls,
-                                      student_config)
+from mambava.backbone.distill import DistillConfig, distill, fit_adapter, mean_cosine, student_cls, student_config
 from mambava.cli import app
 from mambava.data.crops import find_crop_videos
 
@@ -35,8 +34,17 @@ def _smooth_crops(root, videos: int = 6, frames: int = 40, seed: int = 0):
 
 
 def _config(**overrides) -> DistillConfig:
-    base = dict(epochs=20, batch_size=32, lr=3e-3, frames_per_video=None, precision="32", accelerator="cpu",
-                devices=1, num_workers=0, warmup_fraction=0.1)
+    base = dict(
+        epochs=20,
+        batch_size=32,
+        lr=3e-3,
+        frames_per_video=None,
+        precision="32",
+        accelerator="cpu",
+        devices=1,
+        num_workers=0,
+        warmup_fraction=0.1,
+    )
     return DistillConfig(**{**base, **overrides})
 
 
@@ -108,7 +116,7 @@ def test_flop_count_by_hand_and_by_torch():
     for cfg in (cfg, ViTConfig(img_size=80, patch_size=16, embed_dim=128, depth=4, num_heads=2)):
         with FlopCounterMode(display=False) as counter:
             ViTEncoder(cfg).eval()(torch.zeros(1, 3, cfg.img_size, cfg.img_size))
-        tokens = cfg.grid ** 2 + 1
+        tokens = cfg.grid**2 + 1
         assert counter.get_total_flops() + cfg.depth * 2 * 2 * tokens * tokens * cfg.embed_dim == cfg.flops()
     assert vit_config("vit_large_patch16").flops() == 123_107_377_152  # the 123 GFLOP usually quoted
 
@@ -126,16 +134,35 @@ def test_distilled_backbone_loads_like_any_backbone(distilled, tmp_path):
     np.testing.assert_allclose(got, direct.numpy(), atol=1e-5)
     # and `extract -c` stores them
     store = tmp_path / "store"
-    cli = CliRunner().invoke(app, ["extract", str(videos[5].folder.parent), "-o", str(store), "-c",
-                                   str(result.student_path), "--dtype", "float32", "--workers", "0",
-                                   "--video", "v5", "--precision", "fp32"])
+    cli = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            str(videos[5].folder.parent),
+            "-o",
+            str(store),
+            "-c",
+            str(result.student_path),
+            "--dtype",
+            "float32",
+            "--workers",
+            "0",
+            "--video",
+            "v5",
+            "--precision",
+            "fp32",
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     stored = np.load(store / "v5" / "features.npy")
     assert stored.shape == (40, 32)
     np.testing.assert_allclose(stored[:8], got, atol=1e-5)
-    assert mean_cosine(stored, FeatureExtractor(teacher, precision="fp32").features(
-        np.stack([np.asarray(Image.open(videos[5].path(k))) for k in range(40)]))) == pytest.approx(
-        result.heldout_cosine, abs=5e-3)
+    assert mean_cosine(
+        stored,
+        FeatureExtractor(teacher, precision="fp32").features(
+            np.stack([np.asarray(Image.open(videos[5].path(k))) for k in range(40)])
+        ),
+    ) == pytest.approx(result.heldout_cosine, abs=5e-3)
 
 
 def test_cli_distills_and_scores_the_temporal_model(crop_tree, tmp_path, tiny_mamba_va):
@@ -144,11 +171,37 @@ def test_cli_distills_and_scores_the_temporal_model(crop_tree, tmp_path, tiny_ma
     teacher.save(tmp_path / "teacher.safetensors")
     tiny_mamba_va(24).save(tmp_path / "model.safetensors")
     out = tmp_path / "out"
-    cli = CliRunner().invoke(app, ["distill", str(crop_tree), "-t", str(tmp_path / "teacher.safetensors"),
-                                   "-o", str(out), "--student", "teacher", "--embed-dim", "8", "--heads", "1",
-                                   "-m", str(tmp_path / "model.safetensors"), "--epochs", "2", "-j", "0",
-                                   "--finetune-temporal", "1", "--finetune-lr", "1e-2",
-                                   "--accelerator", "cpu", "--precision", "fp32"])
+    cli = CliRunner().invoke(
+        app,
+        [
+            "distill",
+            str(crop_tree),
+            "-t",
+            str(tmp_path / "teacher.safetensors"),
+            "-o",
+            str(out),
+            "--student",
+            "teacher",
+            "--embed-dim",
+            "8",
+            "--heads",
+            "1",
+            "-m",
+            str(tmp_path / "model.safetensors"),
+            "--epochs",
+            "2",
+            "-j",
+            "0",
+            "--finetune-temporal",
+            "1",
+            "--finetune-lr",
+            "1e-2",
+            "--accelerator",
+            "cpu",
+            "--precision",
+            "fp32",
+        ],
+    )
     assert cli.exit_code == 0, cli.output + repr(cli.exception)
     report = json.loads((out / "report.json").read_text())
     # the Validation_Set is held out; P_VA with each backbone's features, scored on the same frames
@@ -159,17 +212,25 @@ def test_cli_distills_and_scores_the_temporal_model(crop_tree, tmp_path, tiny_ma
     assert "P_VA" in cli.output and "ms/frame" in cli.output
     # --finetune-temporal: the temporal model, trained further on the student's Train_Set features, is another
     # model, scored on the same held-out features (as evaluating the saved file gives)
-    from mambava.training.distill import temporal_p_va
     from mambava.data.store import FeatureStore
     from mambava.temporal import load_temporal_model
+    from mambava.training.distill import temporal_p_va
 
     tuned = load_temporal_model(report["temporal_student"]).model.state_dict()
     original = load_temporal_model(tmp_path / "model.safetensors").model.state_dict()
     assert any(not torch.equal(tuned[k], original[k]) for k in original)
-    labels = {n: np.loadtxt(crop_tree / "VA_Estimation_Challenge" / "Validation_Set" / f"{n}.txt", delimiter=",",
-                            skiprows=1, dtype=np.float32) for n in ("vidC", "vidD")}
-    again = temporal_p_va(report["temporal_student"], {"s": FeatureStore(out / "heldout_student")}, ["vidC", "vidD"],
-                          labels)["s"]
+    labels = {
+        n: np.loadtxt(
+            crop_tree / "VA_Estimation_Challenge" / "Validation_Set" / f"{n}.txt",
+            delimiter=",",
+            skiprows=1,
+            dtype=np.float32,
+        )
+        for n in ("vidC", "vidD")
+    }
+    again = temporal_p_va(
+        report["temporal_student"], {"s": FeatureStore(out / "heldout_student")}, ["vidC", "vidD"], labels
+    )["s"]
     assert report["p_va"]["student_finetuned"]["p_va"] == pytest.approx(again["p_va"], abs=1e-9)
     assert "fine-tuned on the student's features" in cli.output
 
@@ -184,8 +245,10 @@ def test_cli_one_line_errors(tmp_path, monkeypatch, capsys):
     tree = _smooth_crops(tmp_path / "tree", videos=2, frames=2)  # crops without labels
     cases = [
         ([str(tmp_path / "empty")], "pass --teacher"),
-        ([str(tmp_path / "empty"), "-t", str(tmp_path / "nope.safetensors")],
-         "nope.safetensors: teacher backbone not found"),
+        (
+            [str(tmp_path / "empty"), "-t", str(tmp_path / "nope.safetensors")],
+            "nope.safetensors: teacher backbone not found",
+        ),
         ([str(tmp_path / "empty"), "-t", str(teacher), *out], "empty: no crop folders"),
         ([str(tmp_path / "absent"), "-t", str(teacher), *out], "absent: no such file or folder"),
         ([str(tree), "-t", str(teacher), "-m", str(teacher), *out], "--model needs labels"),
@@ -203,14 +266,15 @@ def test_cli_one_line_errors(tmp_path, monkeypatch, capsys):
 
 def test_targets_from_the_teachers_feature_store_equal_running_the_teacher(distilled, tmp_path):
     from mambava.backbone.distill import crop_items, store_features, teacher_features
-    from mambava.core.errors import MambavaError
     from mambava.backbone.extract import extract_features
+    from mambava.core.errors import MambavaError
     from mambava.data.store import FeatureStore
 
     _, teacher, videos, _ = distilled
     store = FeatureStore(tmp_path / "store")
-    extract_features(videos[:2], store, FeatureExtractor(teacher, precision="fp32"), dtype="float32", workers=0,
-                     progress=False)
+    extract_features(
+        videos[:2], store, FeatureExtractor(teacher, precision="fp32"), dtype="float32", workers=0, progress=False
+    )
     items = crop_items(videos[:2], 7)
     assert [row for _, row, _ in items[:3]] == [0, 6, 13] and len(items) == 14
     ran = teacher_features(FeatureExtractor(teacher, precision="fp32"), [p for *_, p in items], _config())

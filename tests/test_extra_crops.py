@@ -10,15 +10,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_finetune import _config, make_va_tree
 
-from mambava.data.affwild2 import AffWild2
 from mambava.backbone import ViTConfig, ViTEncoder
 from mambava.backbone.finetune import extra_crops_dir, finetune, labelled_frames
 from mambava.core.errors import MambavaError
+from mambava.data.affwild2 import AffWild2
 from mambava.data.store import FeatureStore
 from mambava.training import load_config
 from mambava.training.module import VADataModule
-from test_finetune import _config, make_va_tree
 
 SPLITS = {"Train_Set": ["t1", "t2"], "Validation_Set": ["v1"]}
 
@@ -49,8 +49,13 @@ def test_finetune_reads_every_crop_root_with_the_main_roots_labels(tmp_path, lay
         np.testing.assert_array_equal(np.stack([y for _, y in items]), labels[[0, 1, 3, 5, 7, 8, 9, 10, 11]])
     torch.manual_seed(0)
     encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=16, depth=2, num_heads=2, name="t2"))
-    finetune(root, encoder, _config(freeze_blocks=1, max_steps=1, extra_crops=(str(other),)), out=tmp_path / "out",
-             progress=False)
+    finetune(
+        root,
+        encoder,
+        _config(freeze_blocks=1, max_steps=1, extra_crops=(str(other),)),
+        out=tmp_path / "out",
+        progress=False,
+    )
     written = json.loads((tmp_path / "out" / "finetune.json").read_text())
     assert (written["train_frames"], written["val_frames"]) == (2 * 10 + 2 * 9, 10)  # validation: main root only
     assert written["config"]["extra_crops"] == [str(other)]
@@ -62,8 +67,13 @@ def test_finetune_names_a_missing_extra_crop_folder(tmp_path):
     shutil.rmtree(other / "cropped_aligned" / "t2")
     encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=16, depth=2, num_heads=2, name="t2"))
     with pytest.raises(MambavaError, match=rf"^{other / 'cropped_aligned' / 't2'}: no crop folder for video 't2'$"):
-        finetune(root, encoder, _config(freeze_blocks=1, max_steps=1, extra_crops=(str(other),)),
-                 out=tmp_path / "out", progress=False)
+        finetune(
+            root,
+            encoder,
+            _config(freeze_blocks=1, max_steps=1, extra_crops=(str(other),)),
+            out=tmp_path / "out",
+            progress=False,
+        )
 
 
 def _stores(tmp_path, dim=4, n=40):
@@ -80,9 +90,18 @@ def _stores(tmp_path, dim=4, n=40):
 def test_training_windows_come_from_every_store_with_the_same_labels(tmp_path):
     root = make_va_tree(tmp_path / "aw", SPLITS, n_frames=40)
     main, extra = _stores(tmp_path)
-    cfg = load_config(None, [f"data.features={main.root}", f"data.annotations={root}",
-                             f"data.extra_features=[{extra.root}]", "data.window=16", "data.stride=8", "data.n_folds=2",
-                             "model.input_dim=4"])
+    cfg = load_config(
+        None,
+        [
+            f"data.features={main.root}",
+            f"data.annotations={root}",
+            f"data.extra_features=[{extra.root}]",
+            "data.window=16",
+            "data.stride=8",
+            "data.n_folds=2",
+            "model.input_dim=4",
+        ],
+    )
     assert cfg.data.extra_features == [str(extra.root)]
     data = VADataModule(cfg)
     data.setup()
@@ -94,11 +113,22 @@ def test_training_windows_come_from_every_store_with_the_same_labels(tmp_path):
         item = data.train_set[i]
         x = FeatureStore(main.root).read(item["name"]).window(item["start"], item["start"] + 16)[0]
         np.testing.assert_array_equal(item["x"].numpy(), x if i < 8 else -x)  # the main store's, then the extra's
-        y = labels.read_annotation(item["name"])[item["start"]: item["start"] + 16]
+        y = labels.read_annotation(item["name"])[item["start"] : item["start"] + 16]
         np.testing.assert_array_equal(item["y"].numpy(), np.where((y == -5).any(1, keepdims=True), -5, y))
     # without extra stores: the main store's 8 windows only
-    plain = VADataModule(load_config(None, [f"data.features={main.root}", f"data.annotations={root}",
-                                            "data.window=16", "data.stride=8", "data.n_folds=2", "model.input_dim=4"]))
+    plain = VADataModule(
+        load_config(
+            None,
+            [
+                f"data.features={main.root}",
+                f"data.annotations={root}",
+                "data.window=16",
+                "data.stride=8",
+                "data.n_folds=2",
+                "model.input_dim=4",
+            ],
+        )
+    )
     plain.setup()
     assert len(plain.train_set) == 8
 
@@ -106,7 +136,13 @@ def test_training_windows_come_from_every_store_with_the_same_labels(tmp_path):
 def test_extra_store_errors_name_the_store(tmp_path):
     root = make_va_tree(tmp_path / "aw", SPLITS, n_frames=40)
     main, extra = _stores(tmp_path)
-    base = [f"data.features={main.root}", f"data.annotations={root}", "data.window=16", "data.stride=8", "data.n_folds=2"]
+    base = [
+        f"data.features={main.root}",
+        f"data.annotations={root}",
+        "data.window=16",
+        "data.stride=8",
+        "data.n_folds=2",
+    ]
     narrow = FeatureStore(tmp_path / "narrow")
     for name in ("t1", "t2"):
         narrow.write(name, np.zeros((40, 3), np.float32), np.ones(40, bool), fps=30.0, backbone="t", dtype="float32")
@@ -127,16 +163,56 @@ def test_cli_finetune_takes_repeated_extra_crop_roots(tmp_path):
 
     root = make_va_tree(tmp_path / "aw", SPLITS, n_frames=12)
     first, second = _second_aligner(root, tmp_path / "a", True), _second_aligner(root, tmp_path / "b", False)
-    checkpoint = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=16, depth=2, num_heads=2,
-                                      name="t2")).save(tmp_path / "start.safetensors")
-    result = CliRunner().invoke(app, ["finetune-backbone", str(root), "-c", str(checkpoint), "-j", "0", "--precision",
-                                      "32", "--accelerator", "cpu", "--devices", "1", "--freeze-blocks", "1",
-                                      "--max-steps", "1", "--extra-crops", str(first), "--extra-crops", str(second),
-                                      "-o", str(tmp_path / "ft")])
+    checkpoint = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=16, depth=2, num_heads=2, name="t2")).save(
+        tmp_path / "start.safetensors"
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune-backbone",
+            str(root),
+            "-c",
+            str(checkpoint),
+            "-j",
+            "0",
+            "--precision",
+            "32",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "1",
+            "--freeze-blocks",
+            "1",
+            "--max-steps",
+            "1",
+            "--extra-crops",
+            str(first),
+            "--extra-crops",
+            str(second),
+            "-o",
+            str(tmp_path / "ft"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "ft" / "finetune.json").read_text())
-    assert written["train_frames"] == 2 * 10 + 2 * 2 * 9 and written["config"]["extra_crops"] == [str(first), str(second)]
-    result = CliRunner().invoke(app, ["finetune-backbone", str(root), "-c", str(checkpoint), "--accelerator", "cpu",
-                                      "--extra-crops", str(tmp_path / "none"), "-o", str(tmp_path / "ft2")])
+    assert written["train_frames"] == 2 * 10 + 2 * 2 * 9 and written["config"]["extra_crops"] == [
+        str(first),
+        str(second),
+    ]
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune-backbone",
+            str(root),
+            "-c",
+            str(checkpoint),
+            "--accelerator",
+            "cpu",
+            "--extra-crops",
+            str(tmp_path / "none"),
+            "-o",
+            str(tmp_path / "ft2"),
+        ],
+    )
     assert isinstance(result.exception, MambavaError)  # the CLI's entry point makes it one line, exit code 2
     assert str(result.exception) == f"{tmp_path / 'none' / 't1'}: no crop folder for video 't1'"

@@ -3,21 +3,20 @@
 import numpy as np
 import pytest
 import torch
+from conftest import AFFWILD2_CROPS
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import AFFWILD2_CROPS
-from mambava.data.affwild2 import read_crop
 from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder
-from mambava.core.errors import MambavaError
-from mambava.data.crops import find_crop_videos
 from mambava.backbone.extract import extract_features
+from mambava.core.errors import MambavaError
+from mambava.data.affwild2 import read_crop
+from mambava.data.crops import find_crop_videos
 from mambava.data.store import FeatureStore, FeatureWriter
 
 # Frames per video, as AffWild2.n_frames gives them for the conftest tree: raw video's count (vidD 27, vidE 20),
 # else the annotation's length, else the highest crop number (vidF_left 15).
 N_FRAMES = {"vidA": 50, "vidB_left": 40, "vidB_right": 40, "vidC": 30, "vidD": 27, "vidE": 20, "vidF_left": 15}
-
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +35,9 @@ def _expected(root, extractor, video):
 
 def test_extraction_round_trip_mask_and_forward_fill(crop_tree, extractor, tmp_path):
     store = FeatureStore(tmp_path / "store")
-    summary = extract_features(crop_tree, store, extractor, backbone="t:test", dtype="float32", workers=2,
-                               progress=False)
+    summary = extract_features(
+        crop_tree, store, extractor, backbone="t:test", dtype="float32", workers=2, progress=False
+    )
     assert sorted(summary.extracted) == sorted(N_FRAMES) and summary.skipped == []
     assert summary.frames == sum(len(f) for f in AFFWILD2_CROPS.values())
     for video, n in N_FRAMES.items():
@@ -127,8 +127,22 @@ def test_cli_extract(crop_tree, extractor, tmp_path):
 
     checkpoint = extractor.encoder.save(tmp_path / "encoder.safetensors")
     out = tmp_path / "store"
-    args = ["extract", str(crop_tree), "-o", str(out), "-c", str(checkpoint), "--precision", "fp32", "-j", "0",
-            "--video", "vidC", "--video", "vidF_left"]
+    args = [
+        "extract",
+        str(crop_tree),
+        "-o",
+        str(out),
+        "-c",
+        str(checkpoint),
+        "--precision",
+        "fp32",
+        "-j",
+        "0",
+        "--video",
+        "vidC",
+        "--video",
+        "vidF_left",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "2 video(s) extracted (44 crops" in result.output
@@ -147,8 +161,9 @@ def test_faces_stage_output_gives_frame_count_and_rate(tmp_path, extractor):
     for f in (2, 3):
         Image.fromarray(np.full((16, 16, 3), 50 * f, np.uint8)).save(root / "clip" / f"{f:05d}.jpg")
     header = "frame,time,track,present,image\n"
-    rows = [f"{i},{i / 25:.4f},clip,{int(i in (1, 2))},{'clip/%05d.jpg' % (i + 1) if i in (1, 2) else ''}"
-            for i in range(6)]
+    rows = [
+        f"{i},{i / 25:.4f},clip,{int(i in (1, 2))},{'clip/%05d.jpg' % (i + 1) if i in (1, 2) else ''}" for i in range(6)
+    ]
     (root / "clip.faces.csv").write_text(header + "\n".join(rows) + "\n")
     (root / "empty.faces.csv").write_text(header + "".join(f"{i},{i / 30:.4f},,0,\n" for i in range(4)))
     videos = {v.name: v for v in find_crop_videos(root)}

@@ -43,8 +43,10 @@ def detector():
 def extracted(media_dir, tmp_path_factory, detector):
     """extract_faces on the three real videos, every frame, once for the module."""
     out = tmp_path_factory.mktemp("cropped_aligned")
-    return {name: extract_faces(media_dir / name, out, detector=detector, preview=(name == "single_face.mp4"))
-            for name in ("single_face.mp4", "face_noface.mov", "no_face.mp4")}
+    return {
+        name: extract_faces(media_dir / name, out, detector=detector, preview=(name == "single_face.mp4"))
+        for name in ("single_face.mp4", "face_noface.mov", "no_face.mp4")
+    }
 
 
 def _read_csv(path):
@@ -53,6 +55,7 @@ def _read_csv(path):
 
 
 # ------------------------------------------------------------------------------------------ real media
+
 
 def test_single_face_one_track_aligned_crops(extracted, detector):
     result = extracted["single_face.mp4"]
@@ -108,7 +111,9 @@ def test_face_then_cartoon_missing_frames_recorded(extracted):
     rows = _read_csv(result.csv_path)
     assert len(rows) == 169  # every frame has its row; frames without a face say so
     missing_rows = [r for r in rows if r["present"] == "0"]
-    assert len(missing_rows) == len(track.missing) and all(r["image"] == "" and r["track"] == "face_noface" for r in missing_rows)
+    assert len(missing_rows) == len(track.missing) and all(
+        r["image"] == "" and r["track"] == "face_noface" for r in missing_rows
+    )
 
 
 def test_no_false_faces_on_cartoon(extracted):
@@ -127,7 +132,12 @@ def test_multi_face_photo_five_faces(media_dir, tmp_path, detector):
     for face in faces:
         x1, y1, x2, y2 = face.box
         assert face.score > 0.95 and 60 < x2 - x1 < 200
-        inside = (face.landmarks[:, 0] > x1) & (face.landmarks[:, 0] < x2) & (face.landmarks[:, 1] > y1) & (face.landmarks[:, 1] < y2)
+        inside = (
+            (face.landmarks[:, 0] > x1)
+            & (face.landmarks[:, 0] < x2)
+            & (face.landmarks[:, 1] > y1)
+            & (face.landmarks[:, 1] < y2)
+        )
         assert inside.all()
         left_eye, right_eye, nose, mouth_left, mouth_right = face.landmarks
         assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
@@ -166,6 +176,7 @@ def test_iter_tracked_faces_streams(media_dir, detector):
 
 
 # --------------------------------------------------------------------------------------- unit pieces
+
 
 def test_similarity_transform_recovers_known_transform():
     rng = np.random.default_rng(0)
@@ -311,12 +322,26 @@ def test_detector_errors():
 
 # ------------------------------------------------------------------------------------------------- CLI
 
+
 def test_cli_faces(media_dir, tmp_path, monkeypatch, capsys):
     from mambava.cli import main
 
     out = tmp_path / "out"
-    monkeypatch.setattr(sys, "argv", ["mambava", "faces", str(media_dir / "single_face.mp4"), "--out", str(out),
-                                      "--fps", "10", "--preview", "--quiet"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "mambava",
+            "faces",
+            str(media_dir / "single_face.mp4"),
+            "--out",
+            str(out),
+            "--fps",
+            "10",
+            "--preview",
+            "--quiet",
+        ],
+    )
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code in (0, None)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from mambava.backbone.extract import find_crop_videos
+from mambava.cli import app
 from mambava.data.affwild2 import AffWild2, video_frame_count
 from mambava.data.check import check
-from mambava.cli import app
-from mambava.backbone.extract import find_crop_videos
-from mambava.faces.dataset import EYE_DISTANCE_112, alignment_error, extract_dataset_faces
-from mambava.synth.truth_faces import synth_alignment_error
 from mambava.faces.align import ARCFACE_TEMPLATE_112
+from mambava.faces.dataset import EYE_DISTANCE_112, alignment_error, extract_dataset_faces
 from mambava.synth import SynthConfig, generate, read_truth
+from mambava.synth.truth_faces import synth_alignment_error
 
 # 4 short videos, one of them two-person (seed chosen for that), ~370 frames: ~10 s of MTCNN here.
 RELAXED = dict(thresholds=(0.5, 0.5, 0.5), min_score=0.5)
@@ -55,8 +55,10 @@ def test_writes_the_aff_wild2_layout_from_the_raw_videos(own_crops):
             assert len(present) >= 0.8 * drawn.sum()
     # OUT is a complete dataset root: the annotations, test list and videos are ROOT's
     data = AffWild2(own)
-    assert data.splits == AffWild2(root).splits and data.annotations_root.resolve() == (
-        root / "VA_Estimation_Challenge").resolve()
+    assert (
+        data.splits == AffWild2(root).splits
+        and data.annotations_root.resolve() == (root / "VA_Estimation_Challenge").resolve()
+    )
     assert check(own, progress=False).ok
     # extract reads it, with the raw videos' frame counts (frames after the last face included)
     videos = {v.name: v for v in find_crop_videos(own)}
@@ -85,25 +87,31 @@ def test_resumes_finished_videos_and_redoes_a_cut_off_one(own_crops):
     refiner = LandmarkRefiner(LandmarkNet(), RefinerConfig()).save(own.parent / "lm.safetensors")
     for extra, named in (([], "'thresholds': [0.5, 0.5, 0.5]"), (["--landmarks", str(refiner)], "'landmarks'")):
         result = CliRunner().invoke(app, ["faces", "--dataset", str(root), "--out", str(own), *extra])
-        assert result.exit_code != 0 and "its crops were made with other settings (detector_kwargs: " in str(
-            result.exception) and named in str(result.exception), result.exception
+        assert (
+            result.exit_code != 0
+            and "its crops were made with other settings (detector_kwargs: " in str(result.exception)
+            and named in str(result.exception)
+        ), result.exception
     assert {p: p.stat().st_mtime_ns for p in crops.rglob("*") if p.is_file() and p in stamps} == {
-        p: t for p, t in stamps.items() if p.exists()}
+        p: t for p, t in stamps.items() if p.exists()
+    }
     redo = extract_dataset_faces(root, own, detector_kwargs=dict(RELAXED, num_threads=1))  # threads do not count
     assert [v.video for v in redo.videos if not v.skipped] == [first]
     assert sum(v.skipped for v in redo.videos) == len(summary.videos) - 1
     after = {p: p.stat().st_mtime_ns for p in crops.rglob("*") if p.is_file()}
     redone = {p for p in after if p not in stamps or after[p] != stamps[p]}
-    assert redone and all(p.parent == folder or p.name.startswith(first) or p.parent.name.startswith(first)
-                          for p in redone)
+    assert redone and all(
+        p.parent == folder or p.name.startswith(first) or p.parent.name.startswith(first) for p in redone
+    )
     assert sorted(p.name for p in (crops / next(n for n in _names(root, second))).iterdir()) == kept
 
 
 def test_a_bad_landmarks_file_fails_before_anything_is_written(own_crops, tmp_path):
     root, _, _, _ = own_crops
     for bad in (tmp_path / "missing.safetensors", tmp_path):
-        result = CliRunner().invoke(app, ["faces", "--dataset", str(root), "--out", str(tmp_path / "o"),
-                                          "--landmarks", str(bad)])
+        result = CliRunner().invoke(
+            app, ["faces", "--dataset", str(root), "--out", str(tmp_path / "o"), "--landmarks", str(bad)]
+        )
         assert result.exit_code != 0 and "landmark refiner" in str(result.exception)
         assert not (tmp_path / "o" / "cropped_aligned").exists()  # no marker that would bind a later run
 
@@ -155,7 +163,6 @@ def test_landmark_refinement_brings_mtcnn_closer_to_the_true_landmarks(own_crops
     from mambava.faces import get_detector
     from mambava.faces.dataset import alignment_offsets
     from mambava.media.video import open_video
-
     from mambava.synth import read_meta
 
     root = own_crops[0]
@@ -178,7 +185,9 @@ def test_landmark_refinement_brings_mtcnn_closer_to_the_true_landmarks(own_crops
     per_video = {r: [np.stack(o) for o in by.values()] for r, by in offsets.items()}
     mean = {r: float(np.linalg.norm(np.concatenate(v), axis=2).mean()) for r, v in per_video.items()}
     # around each video's own mean offset: the frame-to-frame part, which training on the crops cannot absorb
-    spread = {r: float(np.mean([np.linalg.norm(o - o.mean(0), axis=2).mean() for o in v])) for r, v in per_video.items()}
+    spread = {
+        r: float(np.mean([np.linalg.norm(o - o.mean(0), axis=2).mean() for o in v])) for r, v in per_video.items()
+    }
     assert sum(len(o) for o in per_video[1]) > 60
     # measured here (3 one-person videos, every 3rd frame): frame-to-frame spread 1.21 -> 1.05 px; the mean
     # error 2.02 -> 2.15 px (before the faces talked and had a demeanour: 2.61 -> 1.82), so what refinement
@@ -200,14 +209,28 @@ def test_dataset_crops_with_detect_every_are_predicts_crops(own_crops, tmp_path)
 
     root = own_crops[0]
     video = next(v for v in _meta(root)["videos"] if len(v["persons"]) == 1)
-    result = CliRunner().invoke(app, ["faces", "--dataset", str(root), "--out", str(tmp_path / "k3"), "--detect-every",
-                                      "3", "--min-face", "20", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "faces",
+            "--dataset",
+            str(root),
+            "--out",
+            str(tmp_path / "k3"),
+            "--detect-every",
+            "3",
+            "--min-face",
+            "20",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     crops = tmp_path / "k3" / "cropped_aligned"
     assert json.loads((crops / ".mambava-faces.json").read_text())["detect_every"] == 3
     detector = get_detector("mtcnn", min_face_size=20)
-    expected = {f.index: f.faces[0].crop for f in iter_tracked_faces(root / video["video"], detector, detect_every=3)
-                if f.faces}
+    expected = {
+        f.index: f.faces[0].crop for f in iter_tracked_faces(root / video["video"], detector, detect_every=3) if f.faces
+    }
     name = video["persons"][0]["name"]
     files = sorted((crops / name).iterdir())
     assert [int(f.stem) - 1 for f in files] == sorted(expected)

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import AFFWILD2_CROPS, REPO
 
 PAGE = 4096
@@ -41,8 +40,9 @@ class Mounts:
         path = self.base / name
         path.mkdir(parents=True, exist_ok=True)
         options = f"size={size}" + (",ro" if read_only else "")
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {result.stderr.strip()}")
         self.mounted.append(path)
@@ -78,10 +78,15 @@ def fill(folder: Path, leave: int) -> Path:
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """The real `mambava` command in a subprocess (this checkout's source first on the path)."""
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "mambava", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "mambava", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, names: str | Path, reason: str) -> str:
@@ -116,8 +121,22 @@ def encoder_file(tmp_path_factory) -> Path:
 
 def extract_args(source: Path, store: Path, encoder: Path) -> list:
     # float32 64-d: vidA's 50 frames are 12.9 kB, four pages, so most of the file is written through the map
-    return ["extract", source, "-o", store, "-c", encoder, "--device", "cpu", "--workers", "0", "--dtype", "float32",
-            "--batch-size", "16"]
+    return [
+        "extract",
+        source,
+        "-o",
+        store,
+        "-c",
+        encoder,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--dtype",
+        "float32",
+        "--batch-size",
+        "16",
+    ]
 
 
 def store_arrays(store: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -157,9 +176,12 @@ def test_extract_killed_mid_video_resumes_to_the_same_store(crop_tree, encoder_f
     crop.unlink()
     os.mkfifo(crop)
     store = tmp_path / "store"
-    process = subprocess.Popen([sys.executable, "-m", "mambava", *map(str, extract_args(crop_tree, store, encoder_file))],
-                               env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mambava", *map(str, extract_args(crop_tree, store, encoder_file))],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list((store / "vidC").glob(".features.npy.*.tmp")):  # vidC's writer is open
@@ -180,7 +202,9 @@ def test_extract_killed_mid_video_resumes_to_the_same_store(crop_tree, encoder_f
     expected, resumed = store_arrays(reference), store_arrays(store)
     assert sorted(resumed) == sorted(expected)
     for name in expected:  # bit for bit
-        assert np.array_equal(resumed[name][0], expected[name][0]) and np.array_equal(resumed[name][1], expected[name][1])
+        assert np.array_equal(resumed[name][0], expected[name][0]) and np.array_equal(
+            resumed[name][1], expected[name][1]
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,17 +216,28 @@ def train_data(tmp_path_factory) -> tuple[Path, Path]:
     """6 short videos (4 train, 2 validation) of 8-d features with their annotations."""
     from test_train import write_drift_dataset
 
-    return write_drift_dataset(tmp_path_factory.mktemp("drift"), n_train=4, n_val=2, n_frames=120, dim=8,
-                               noise=1.0, scale=20)
+    return write_drift_dataset(
+        tmp_path_factory.mktemp("drift"), n_train=4, n_val=2, n_frames=120, dim=8, noise=1.0, scale=20
+    )
 
 
 def train_overrides(train_data, epochs: int) -> list[str]:
     from test_train import TINY_MODEL
 
     features, annotations = train_data
-    return [f"data.features={features}", f"data.annotations={annotations}", "progress_bar=false", *TINY_MODEL,
-            "model.input_dim=8", f"epochs={epochs}", "warmup_epochs=1", "batch_size=3", "seed=7", "data.window=60",
-            "data.stride=40"]
+    return [
+        f"data.features={features}",
+        f"data.annotations={annotations}",
+        "progress_bar=false",
+        *TINY_MODEL,
+        "model.input_dim=8",
+        f"epochs={epochs}",
+        "warmup_epochs=1",
+        "batch_size=3",
+        "seed=7",
+        "data.window=60",
+        "data.stride=40",
+    ]
 
 
 def train_cli(train_data, out: Path, epochs: int, *extra: str) -> list:
@@ -283,8 +318,12 @@ def test_resume_refuses_a_missing_or_truncated_checkpoint(train_data, tmp_path):
 def test_train_killed_then_resumed_ends_bit_identical(train_data, tmp_path):
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "mambava", *map(str, train_cli(train_data, out, 16))]
-    process = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        args,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "checkpoints" / "last.ckpt").exists():
@@ -302,8 +341,9 @@ def test_train_killed_then_resumed_ends_bit_identical(train_data, tmp_path):
 
     straight = uninterrupted_run(train_data, tmp_path / "straight", 16)
     assert_same_weights(straight, out)
-    assert [r["val_p_va"] for r in read_metrics(out / "metrics.csv")] == \
-        [r["val_p_va"] for r in read_metrics(straight / "metrics.csv")]
+    assert [r["val_p_va"] for r in read_metrics(out / "metrics.csv")] == [
+        r["val_p_va"] for r in read_metrics(straight / "metrics.csv")
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -319,8 +359,10 @@ def temporal_model(tmp_path_factory):
 
     def make(input_dim: int, seed: int = 0) -> Path:
         torch.manual_seed(seed)
-        model = build_temporal_model("mamba_va", {"input_dim": input_dim, "tcn_channels": [16, 16], "d_model": 16,
-                                                  "n_layers": 1, "head_hidden": 16}).eval()
+        model = build_temporal_model(
+            "mamba_va",
+            {"input_dim": input_dim, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1, "head_hidden": 16},
+        ).eval()
         return save_temporal_model(model, folder / f"model{input_dim}_{seed}.safetensors")
 
     return make
@@ -329,7 +371,15 @@ def temporal_model(tmp_path_factory):
 def command_args(command: str, out: Path, request) -> list:
     """The command line of `command` writing to `out`, with the inputs it needs."""
     if command == "faces":
-        return ["faces", request.getfixturevalue("media_dir") / "single_face.mp4", "-o", out, "--detector", "haar", "-q"]
+        return [
+            "faces",
+            request.getfixturevalue("media_dir") / "single_face.mp4",
+            "-o",
+            out,
+            "--detector",
+            "haar",
+            "-q",
+        ]
     if command == "extract":
         return extract_args(request.getfixturevalue("crop_tree"), out, request.getfixturevalue("encoder_file"))
     if command == "train":
@@ -337,11 +387,38 @@ def command_args(command: str, out: Path, request) -> list:
     if command == "evaluate":
         features, annotations = request.getfixturevalue("train_data")
         model = request.getfixturevalue("temporal_model")(8)
-        return ["evaluate", model, "--features", features, "--annotations", annotations, "-o", out / "eval.csv",
-                "--device", "cpu"]
+        return [
+            "evaluate",
+            model,
+            "--features",
+            features,
+            "--annotations",
+            annotations,
+            "-o",
+            out / "eval.csv",
+            "--device",
+            "cpu",
+        ]
     if command == "synth":
-        return ["synth", "-o", out / "synth", "--train", "1", "--val", "1", "--test", "0", "--min-frames", "30",
-                "--max-frames", "32", "--no-videos", "--workers", "1", "-q"]
+        return [
+            "synth",
+            "-o",
+            out / "synth",
+            "--train",
+            "1",
+            "--val",
+            "1",
+            "--test",
+            "0",
+            "--min-frames",
+            "30",
+            "--max-frames",
+            "32",
+            "--no-videos",
+            "--workers",
+            "1",
+            "-q",
+        ]
     if command == "folds":
         return ["data", "folds", request.getfixturevalue("affwild2_root"), "-o", out / "folds.yaml", "--n-folds", "2"]
     if command == "predict":
@@ -407,12 +484,16 @@ def test_saved_models_follow_the_umask(umask, tmp_path):
     from mambava.backbone import ViTConfig, ViTEncoder
     from mambava.temporal import build_temporal_model, save_temporal_model
 
-    model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [8], "d_model": 8, "n_layers": 1,
-                                              "head_hidden": 8})
+    model = build_temporal_model(
+        "mamba_va", {"input_dim": 8, "tcn_channels": [8], "d_model": 8, "n_layers": 1, "head_hidden": 8}
+    )
     encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, name="t"))
     previous = os.umask(umask)
     try:
-        paths = [save_temporal_model(model, tmp_path / "model.safetensors"), encoder.save(tmp_path / "encoder.safetensors")]
+        paths = [
+            save_temporal_model(model, tmp_path / "model.safetensors"),
+            encoder.save(tmp_path / "encoder.safetensors"),
+        ]
         if hasattr(model, "save"):
             paths.append(model.save(tmp_path / "mamba_va.safetensors"))
     finally:

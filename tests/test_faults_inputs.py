@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
+from test_train import write_drift_dataset
 
 from mambava.core.errors import MambavaError
 from mambava.data.store import FeatureStore
-from test_train import write_drift_dataset
-from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 SMALL_MODEL = {"tcn_channels": [16, 16], "d_model": 16, "n_layers": 1, "head_hidden": 8}
 
@@ -29,7 +29,9 @@ def setup(tmp_path_factory):
     features, annotations = write_drift_dataset(root, n_train=6, n_val=2, n_frames=100, dim=8, noise=1.0, scale=20)
     for dim in (8, 64):
         torch.manual_seed(0)
-        save_temporal_model(build_temporal_model("mamba_va", {"input_dim": dim, **SMALL_MODEL}), root / f"m{dim}.safetensors")
+        save_temporal_model(
+            build_temporal_model("mamba_va", {"input_dim": dim, **SMALL_MODEL}), root / f"m{dim}.safetensors"
+        )
     np.save(root / "f.npy", np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32))
     return {"root": root, "features": features, "annotations": annotations}
 
@@ -40,31 +42,63 @@ def _error(err: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("option, message", [
-    (["--window", "-5"], "--window must be >= 1 frame, got -5"),
-    (["--stride", "-5"], "--stride must be in 1..window (300), got -5"),
-    (["--stride", "0"], "--stride must be in 1..window (300), got 0"),  # was: silently the default 200
-    (["--window", "0"], "--window must be >= 1 frame, got 0"),
-    (["--window", "10", "--stride", "20"], "--stride must be in 1..window (10), got 20"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--window", "-5"], "--window must be >= 1 frame, got -5"),
+        (["--stride", "-5"], "--stride must be in 1..window (300), got -5"),
+        (["--stride", "0"], "--stride must be in 1..window (300), got 0"),  # was: silently the default 200
+        (["--window", "0"], "--window must be >= 1 frame, got 0"),
+        (["--window", "10", "--stride", "20"], "--stride must be in 1..window (10), got 20"),
+    ],
+)
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_window_and_stride_are_checked(command, option, message, setup, tmp_path, capsys):
     if command == "predict":
-        args = ["predict", setup["root"] / "f.npy", "-c", setup["root"] / "m8.safetensors", "-o", tmp_path, "--no-plots"]
+        args = [
+            "predict",
+            setup["root"] / "f.npy",
+            "-c",
+            setup["root"] / "m8.safetensors",
+            "-o",
+            tmp_path,
+            "--no-plots",
+        ]
     else:
-        args = ["evaluate", setup["root"] / "m8.safetensors", "--features", setup["features"],
-                "--annotations", setup["annotations"], "-o", tmp_path / "e.csv"]
+        args = [
+            "evaluate",
+            setup["root"] / "m8.safetensors",
+            "--features",
+            setup["features"],
+            "--annotations",
+            setup["annotations"],
+            "-o",
+            tmp_path / "e.csv",
+        ]
     code, _, err = run_cli([*args, *option], capsys)
     assert code == 2 and _error(err) == f"error: {message}"
 
 
 def test_evaluate_names_the_features_of_the_wrong_size(setup, tmp_path, capsys):
     model = setup["root"] / "m64.safetensors"
-    code, _, err = run_cli(["evaluate", model, "--features", setup["features"], "--annotations", setup["annotations"],
-                            "-o", tmp_path / "e.csv"], capsys)
+    code, _, err = run_cli(
+        [
+            "evaluate",
+            model,
+            "--features",
+            setup["features"],
+            "--annotations",
+            setup["annotations"],
+            "-o",
+            tmp_path / "e.csv",
+        ],
+        capsys,
+    )
     assert code == 2
-    assert _error(err) == (f"error: {setup['features'] / 'va00'}: 8-d features, but the model {model} takes 64-d "
-                           "(features of another backbone?)")
+    assert _error(err) == (
+        f"error: {setup['features'] / 'va00'}: 8-d features, but the model {model} takes 64-d "
+        "(features of another backbone?)"
+    )
 
 
 def _copy_store(setup, tmp_path) -> Path:
@@ -76,11 +110,24 @@ def _copy_store(setup, tmp_path) -> Path:
 def test_store_entry_without_mask_is_an_error_not_a_missing_video(setup, tmp_path, capsys):
     store = _copy_store(setup, tmp_path)
     (store / "va01" / "mask.npy").unlink()
-    code, _, err = run_cli(["evaluate", setup["root"] / "m8.safetensors", "--features", store,
-                            "--annotations", setup["annotations"], "-o", tmp_path / "e.csv"], capsys)
+    code, _, err = run_cli(
+        [
+            "evaluate",
+            setup["root"] / "m8.safetensors",
+            "--features",
+            store,
+            "--annotations",
+            setup["annotations"],
+            "-o",
+            tmp_path / "e.csv",
+        ],
+        capsys,
+    )
     assert code == 2  # was: va01 silently left out, the score over the other video only
-    assert _error(err) == (f"error: {store / 'va01'}: damaged feature entry: mask.npy missing beside meta.json "
-                           "(remove the folder and extract the video again)")
+    assert _error(err) == (
+        f"error: {store / 'va01'}: damaged feature entry: mask.npy missing beside meta.json "
+        "(remove the folder and extract the video again)"
+    )
     assert not FeatureStore(store).has("nothing") and FeatureStore(store).has("va00")
 
 
@@ -90,8 +137,19 @@ def test_store_entry_of_zero_frames_is_an_error(setup, tmp_path, capsys):
     meta = json.loads(meta_path.read_text())
     meta["n_frames"] = 0
     meta_path.write_text(json.dumps(meta))
-    code, _, err = run_cli(["evaluate", setup["root"] / "m8.safetensors", "--features", store,
-                            "--annotations", setup["annotations"], "-o", tmp_path / "e.csv"], capsys)
+    code, _, err = run_cli(
+        [
+            "evaluate",
+            setup["root"] / "m8.safetensors",
+            "--features",
+            store,
+            "--annotations",
+            setup["annotations"],
+            "-o",
+            tmp_path / "e.csv",
+        ],
+        capsys,
+    )
     assert code == 2
     assert _error(err) == f"error: {meta_path}: an empty feature entry (n_frames 0, dim 8); extract the video again"
 
@@ -99,8 +157,18 @@ def test_store_entry_of_zero_frames_is_an_error(setup, tmp_path, capsys):
 def test_npy_that_is_text_or_empty_says_so(setup, tmp_path, capsys):
     (tmp_path / "text.npy").write_text("0.1,0.2\n0.3,0.4\n")
     (tmp_path / "empty.npy").write_bytes(b"")
-    code, _, err = run_cli(["predict", tmp_path / "text.npy", tmp_path / "empty.npy", "-c", setup["root"] / "m8.safetensors",
-                            "-o", tmp_path / "out"], capsys)
+    code, _, err = run_cli(
+        [
+            "predict",
+            tmp_path / "text.npy",
+            tmp_path / "empty.npy",
+            "-c",
+            setup["root"] / "m8.safetensors",
+            "-o",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
     assert code == 2
     assert err.strip().splitlines() == [
         f"error: {tmp_path / 'text.npy'}: not a .npy file (no NUMPY header; it is text: save the array with numpy.save)",
@@ -117,13 +185,15 @@ def test_pt_load_errors_do_not_advise_weights_only_false(setup, tmp_path, capsys
     (tmp_path / "text.ckpt").write_text("0.1 0.2\n")
     expected = {
         "objects.pth": "cannot be read as a torch state_dict (it holds a Python object (numpy._core.multiarray."
-                       "_reconstruct), not only tensors; mambava loads weights only, never code from a checkpoint: "
-                       "save its state_dict instead)",
+        "_reconstruct), not only tensors; mambava loads weights only, never code from a checkpoint: "
+        "save its state_dict instead)",
         "text.pth": "cannot be read as a torch state_dict (not a PyTorch weights file)",  # torch: "KeyError: 101"
         "text.ckpt": "not a mambava Lightning checkpoint (not a PyTorch weights file: Unsupported operand 48)",
     }
     for name, message in expected.items():
-        code, _, err = run_cli(["predict", setup["root"] / "f.npy", "-c", tmp_path / name, "-o", tmp_path / "out"], capsys)
+        code, _, err = run_cli(
+            ["predict", setup["root"] / "f.npy", "-c", tmp_path / name, "-o", tmp_path / "out"], capsys
+        )
         line = _error(err)
         assert code == 2 and "weights_only" not in err and len(err.strip().splitlines()) == 1
         if name == "objects.pth" and "numpy.core" in line:  # numpy 1.x names the module numpy.core

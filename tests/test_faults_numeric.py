@@ -16,12 +16,12 @@ import lightning  # noqa: F401  (imported here, not first under capsys: its log 
 import numpy as np
 import pytest
 import torch
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
+from test_train import TINY_MODEL, run_config, write_drift_dataset
 
 from mambava.core.errors import MambavaError
 from mambava.data.store import FeatureStore
 from mambava.training import read_metrics, train
-from test_train import TINY_MODEL, run_config, write_drift_dataset
-from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 COMMON = [*TINY_MODEL, "model.input_dim=8", "warmup_epochs=0", "batch_size=3", "progress_bar=false"]
 
@@ -35,7 +35,9 @@ def _one_error_line(err: str) -> str:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     """6 train + 4 validation videos of ~150 frames, 8-d features (test_train's drift data)."""
-    return write_drift_dataset(tmp_path_factory.mktemp("nan"), n_train=6, n_val=4, n_frames=150, dim=8, noise=1.0, scale=20)
+    return write_drift_dataset(
+        tmp_path_factory.mktemp("nan"), n_train=6, n_val=4, n_frames=150, dim=8, noise=1.0, scale=20
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +46,9 @@ def nan_model(tmp_path_factory) -> Path:
     from mambava.temporal import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
-    model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1,
-                                              "head_hidden": 8})
+    model = build_temporal_model(
+        "mamba_va", {"input_dim": 8, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1, "head_hidden": 8}
+    )
     last = [p for p in model.parameters()][-1]
     with torch.no_grad():
         last.fill_(float("nan"))
@@ -59,8 +62,9 @@ def good_model(tmp_path_factory) -> Path:
     from mambava.temporal import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
-    model = build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1,
-                                              "head_hidden": 8})
+    model = build_temporal_model(
+        "mamba_va", {"input_dim": 8, "tcn_channels": [16, 16], "d_model": 16, "n_layers": 1, "head_hidden": 8}
+    )
     path = tmp_path_factory.mktemp("goodmodel") / "model.safetensors"
     save_temporal_model(model, path)
     return path
@@ -73,13 +77,22 @@ def good_model(tmp_path_factory) -> Path:
 def test_train_lr_1e12_stops_at_the_first_nan_loss_with_one_line(data, tmp_path, capsys):
     features, annotations = data
     out = tmp_path / "run"
-    sets = [f"data.features={features}", f"data.annotations={annotations}", *COMMON, "epochs=3", "lr=1e12", "grad_clip=0"]
+    sets = [
+        f"data.features={features}",
+        f"data.annotations={annotations}",
+        *COMMON,
+        "epochs=3",
+        "lr=1e12",
+        "grad_clip=0",
+    ]
     code, stdout, err = run_cli(["train", "-o", out, *[a for s in sets for a in ("--set", s)]], capsys)
     assert code == 2
     line = _one_error_line(err)
     # step 1 is finite (the weights are still the initial ones); its update of 1e12 makes step 2's loss NaN
-    assert line == (f"error: {out}: training stopped at epoch 1, step 2: training loss is nan (the model diverged: "
-                    "lower lr, or set grad_clip > 0); no epoch finished before, so no checkpoint was saved")
+    assert line == (
+        f"error: {out}: training stopped at epoch 1, step 2: training loss is nan (the model diverged: "
+        "lower lr, or set grad_clip > 0); no epoch finished before, so no checkpoint was saved"
+    )
     assert "P_VA" not in stdout
     assert not (out / "checkpoints").exists() and not (out / "model.safetensors").exists()
     assert not (out / "summary.json").exists()
@@ -137,7 +150,9 @@ def test_train_weights_gone_nan_at_an_epoch_end_are_not_checkpointed(data, tmp_p
     features, annotations = data
     out = tmp_path / "run"
     cfg = run_config(features, annotations, out, *COMMON, "epochs=4", "val_every_n_epochs=2")
-    with pytest.raises(MambavaError, match=r"training stopped at epoch 3, step 6: parameter temporal\.\S+ is not finite"):
+    with pytest.raises(
+        MambavaError, match=r"training stopped at epoch 3, step 6: parameter temporal\.\S+ is not finite"
+    ):
         train(cfg, callbacks=[PoisonAfterLastStep()])
     assert torch.load(out / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
 
@@ -147,9 +162,13 @@ def test_train_on_features_of_1e30_stops_with_one_line(tmp_path):
     store = FeatureStore(features)
     for name in ("tr00", "tr01", "tr02"):
         n = store.n_frames(name)
-        store.write(name, np.full((n, 8), 1e30, np.float32), np.ones(n, bool), fps=30.0, backbone="drift", dtype="float32")
+        store.write(
+            name, np.full((n, 8), 1e30, np.float32), np.ones(n, bool), fps=30.0, backbone="drift", dtype="float32"
+        )
     cfg = run_config(features, annotations, tmp_path / "run", *COMMON, "epochs=2")
-    with pytest.raises(MambavaError, match=r"training stopped at epoch 1, step 1: training loss is nan .*no checkpoint"):
+    with pytest.raises(
+        MambavaError, match=r"training stopped at epoch 1, step 1: training loss is nan .*no checkpoint"
+    ):
         train(cfg)
 
 
@@ -159,8 +178,10 @@ def test_train_on_features_of_1e30_stops_with_one_line(tmp_path):
 
 def test_evaluate_refuses_a_nan_model_naming_video_and_frame(data, nan_model, tmp_path, capsys):
     features, annotations = data
-    code, stdout, err = run_cli(["evaluate", nan_model, "--features", features, "--annotations", annotations,
-                                 "--out", tmp_path / "e.csv"], capsys)
+    code, stdout, err = run_cli(
+        ["evaluate", nan_model, "--features", features, "--annotations", annotations, "--out", tmp_path / "e.csv"],
+        capsys,
+    )
     assert code == 2 and stdout.strip() == ""  # (the progress bar leaves a newline)
     assert _one_error_line(err) == (
         f"error: {nan_model}: the model's output is not finite (nan, nan) for video va00, frame 0 "
@@ -230,4 +251,9 @@ def test_nan_ccc_is_nan_and_printed_as_undefined():
     assert ccc_numpy(np.zeros(20), np.zeros(20)) == 0.0  # no variance at all stays 0 (defined by convention)
     scores = va_scores(np.full((20, 2), np.nan), np.stack([target, target], 1))
     assert math.isnan(scores["p_va"])
-    assert [_score(v) for v in (0.51234, float("nan"), float("inf"), None)] == ["0.5123", "undefined", "undefined", "undefined"]
+    assert [_score(v) for v in (0.51234, float("nan"), float("inf"), None)] == [
+        "0.5123",
+        "undefined",
+        "undefined",
+        "undefined",
+    ]

@@ -1,13 +1,11 @@
 """Partial-freeze fine-tuning: frozen layers stay bit-identical, the top ones learn VA from crops."""
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from mambava.backbone import ViTConfig, ViTEncoder, load_encoder
 from mambava.backbone.finetune import FinetuneConfig, finetune, freeze_prefix
-
 
 
 def make_va_tree(root, videos, n_frames=24, seed=0):
@@ -36,8 +34,17 @@ def make_va_tree(root, videos, n_frames=24, seed=0):
 
 
 def _config(**overrides):
-    base = dict(epochs=1, batch_size=8, frames_per_video=None, precision="32", accelerator="cpu", devices=1,
-                num_workers=0, warmup_fraction=0.0, drop_path=0.0)
+    base = dict(
+        epochs=1,
+        batch_size=8,
+        frames_per_video=None,
+        precision="32",
+        accelerator="cpu",
+        devices=1,
+        num_workers=0,
+        warmup_fraction=0.0,
+        drop_path=0.0,
+    )
     return FinetuneConfig(**{**base, **overrides})
 
 
@@ -47,11 +54,16 @@ def test_frozen_prefix_is_bit_identical_after_training(tmp_path):
     encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=16, depth=24, num_heads=2, name="t24"))
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     assert len(freeze_prefix(ViTEncoder(encoder.config), 16)) == 8 * 12 + 2  # 8 blocks of 12 tensors + norm
-    result = finetune(root, encoder, _config(freeze_blocks=16, max_steps=2, lr=1e-3), out=tmp_path / "out",
-                      progress=False)
+    result = finetune(
+        root, encoder, _config(freeze_blocks=16, max_steps=2, lr=1e-3), out=tmp_path / "out", progress=False
+    )
     after = encoder.state_dict()
-    frozen = [k for k in after if k.startswith(("patch_embed.", "cls_token", "pos_embed"))
-              or (k.startswith("blocks.") and int(k.split(".")[1]) < 16)]
+    frozen = [
+        k
+        for k in after
+        if k.startswith(("patch_embed.", "cls_token", "pos_embed"))
+        or (k.startswith("blocks.") and int(k.split(".")[1]) < 16)
+    ]
     assert len(frozen) == 4 + 16 * 12
     for key in frozen:
         assert torch.equal(after[key], before[key]), key
@@ -66,12 +78,12 @@ def test_frozen_prefix_is_bit_identical_after_training(tmp_path):
 
 
 def test_finetuning_learns_va_from_crops(tmp_path):
-    root = make_va_tree(tmp_path / "aw", {"Train_Set": ["t1", "t2", "t3", "t4"], "Validation_Set": ["v1"]},
-                        n_frames=40)
+    root = make_va_tree(tmp_path / "aw", {"Train_Set": ["t1", "t2", "t3", "t4"], "Validation_Set": ["v1"]}, n_frames=40)
     torch.manual_seed(0)
     encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=32, depth=4, num_heads=2, name="t4"))
-    config = _config(freeze_blocks=2, epochs=3, batch_size=16, lr=1e-3, head_lr=3e-3, precision="bf16-mixed",
-                     head_hidden=64)
+    config = _config(
+        freeze_blocks=2, epochs=3, batch_size=16, lr=1e-3, head_lr=3e-3, precision="bf16-mixed", head_hidden=64
+    )
     result = finetune(root, encoder, config, out=tmp_path / "out", progress=False)
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     # an untrained head scores ~0; the labels are a (noisy) function of the crops' colour
@@ -90,16 +102,57 @@ def test_cli_finetune_then_mae_pretraining_round_trip(tmp_path):
     torch.manual_seed(0)
     start = ViTEncoder(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, name="t2"))
     checkpoint = start.save(tmp_path / "start.safetensors")
-    common = ["-c", str(checkpoint), "-j", "0", "--precision", "32", "--accelerator", "cpu", "--devices", "1",
-              "-b", "10"]
-    result = CliRunner().invoke(app, ["finetune-backbone", str(root), *common, "--freeze-blocks", "1",
-                                      "--max-steps", "1", "-o", str(tmp_path / "ft")])
+    common = [
+        "-c",
+        str(checkpoint),
+        "-j",
+        "0",
+        "--precision",
+        "32",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+        "-b",
+        "10",
+    ]
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune-backbone",
+            str(root),
+            *common,
+            "--freeze-blocks",
+            "1",
+            "--max-steps",
+            "1",
+            "-o",
+            str(tmp_path / "ft"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "no validation set" in result.output and (tmp_path / "ft" / "encoder.safetensors").is_file()
 
-    result = CliRunner().invoke(app, ["pretrain-backbone", str(root), *common, "--epochs", "6", "--lr", "3e-3",
-                                      "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads", "2",
-                                      "-o", str(tmp_path / "mae")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "pretrain-backbone",
+            str(root),
+            *common,
+            "--epochs",
+            "6",
+            "--lr",
+            "3e-3",
+            "--decoder-dim",
+            "32",
+            "--decoder-depth",
+            "1",
+            "--decoder-heads",
+            "2",
+            "-o",
+            str(tmp_path / "mae"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     losses = [float(x) for x in result.output.split("loss per epoch: ")[1].split(")")[0].split(", ")]
     assert len(losses) == 6 and losses[-1] < 0.9 * losses[0], losses

@@ -3,9 +3,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mambava.data.affwild2 import base_video
 from mambava.cli import app
 from mambava.core.errors import MambavaError
+from mambava.data.affwild2 import base_video
 from mambava.data.folds import load_folds, make_folds, save_folds
 
 
@@ -69,7 +69,10 @@ def test_save_and_load_round_trip(tmp_path, suffix):
 @pytest.mark.parametrize(
     "text, problem",
     [
-        ("folds:\n  '1': {train: [a, b], validation: [b]}\n", "folds.yaml: fold 1 has 'b' in both train and validation"),
+        (
+            "folds:\n  '1': {train: [a, b], validation: [b]}\n",
+            "folds.yaml: fold 1 has 'b' in both train and validation",
+        ),
         ("folds:\n  one: {train: [a], validation: [b]}\n", "folds.yaml: fold id 'one' is not an integer"),
         ("- just a list\n", "folds.yaml: expected a mapping"),
         ("folds: {'0': {train: [a]}}\n", "folds.yaml: fold 0 must have exactly 'train' and 'validation' lists"),

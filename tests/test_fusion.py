@@ -9,13 +9,31 @@ import torch
 
 from mambava.core.errors import MambavaError
 from mambava.inference.stream import stream_features
-from mambava.temporal import (FusionMambaVA, build_temporal_model, count_parameters, load_temporal_model,
-                                     model_input_dim, resolve_model_config, save_temporal_model)
+from mambava.temporal import (
+    FusionMambaVA,
+    build_temporal_model,
+    count_parameters,
+    load_temporal_model,
+    model_input_dim,
+    resolve_model_config,
+    save_temporal_model,
+)
 
 V, A = 12, 6
 WIDTH = V + A + 1
-SMALL = {"input_dim": V, "audio_dim": A, "tcn_channels": [16, 16], "audio_tcn_channels": [8], "kernel_size": 3,
-         "d_model": 16, "n_layers": 2, "d_state": 4, "dt_rank": 2, "head_hidden": 8, "dropout": 0.0}
+SMALL = {
+    "input_dim": V,
+    "audio_dim": A,
+    "tcn_channels": [16, 16],
+    "audio_tcn_channels": [8],
+    "kernel_size": 3,
+    "d_model": 16,
+    "n_layers": 2,
+    "d_state": 4,
+    "dt_rank": 2,
+    "head_hidden": 8,
+    "dropout": 0.0,
+}
 
 
 def fused(fusion: str, **extra) -> FusionMambaVA:
@@ -162,8 +180,15 @@ def test_config_keys():
     assert resolve_model_config({"modalities": ["visual", "audio"]})["kind"] == "fusion"
     assert resolve_model_config({"kind": "fusion"})["modalities"] == ["visual", "audio"]
     mid = fused("mid")
-    assert {k.split(".")[0] for k in mid.state_dict()} == {"temporal", "audio_temporal", "gate", "mamba", "head",
-                                                           "audio_mean", "audio_std"}
+    assert {k.split(".")[0] for k in mid.state_dict()} == {
+        "temporal",
+        "audio_temporal",
+        "gate",
+        "mamba",
+        "head",
+        "audio_mean",
+        "audio_std",
+    }
     for bad, words in [
         ({"modalities": ["audio"]}, "must be [visual] or [visual, audio]"),
         ({"kind": "tcn", "modalities": ["visual", "audio"]}, "kind 'tcn' takes visual features only"),
@@ -221,16 +246,18 @@ def test_predict_audio_joins_each_frames_own_sound(media_dir):
     from mambava.audio import frame_features
     from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder
     from mambava.data.store import forward_fill
-    from mambava.inference.predict import COLUMNS, Predictor
     from mambava.data.timebase import to_grid
+    from mambava.inference.predict import COLUMNS, Predictor
 
     torch.manual_seed(0)
     encoder = ViTEncoder(ViTConfig(img_size=32, embed_dim=24, depth=1, num_heads=2, name="tiny"))
     model = build_temporal_model({**SMALL, "input_dim": 24, "audio_dim": 89, "kind": "fusion", "fusion": "mid"}).eval()
     assert Predictor(model, FeatureExtractor(encoder)).audio == ["egemaps", "logmel"]  # on by default: its 89 columns
     odd = build_temporal_model({**SMALL, "input_dim": 24, "audio_dim": 7, "kind": "fusion"})
-    with pytest.raises(MambavaError, match="7 audio features per frame: pass --audio with the feature sets it was "
-                                           "trained on, or --no-audio"):
+    with pytest.raises(
+        MambavaError,
+        match="7 audio features per frame: pass --audio with the feature sets it was trained on, or --no-audio",
+    ):
         Predictor(odd, FeatureExtractor(encoder))
     with pytest.raises(MambavaError, match="--audio logmel: 64 audio features per frame, but the fusion model"):
         Predictor(model, FeatureExtractor(encoder), audio="logmel")
@@ -244,10 +271,16 @@ def test_predict_audio_joins_each_frames_own_sound(media_dir):
     with pytest.raises(MambavaError, match="audio is not supported live .* stream with --no-audio"):
         predictor.stream(0)  # a webcam: refused before it is opened
     assert table["voice"].tolist() == [0] * 73 + [1] * 96
-    (name, track), = extracted.tracks.items()
+    ((name, track),) = extracted.tracks.items()
     assert not track.present[120:].any()  # the title card: no face, but sound
-    x = np.concatenate([forward_fill(track.features, track.present), np.where(sound.mask[:, None], sound.features, 0),
-                        sound.mask[:, None]], 1).astype(np.float32)
+    x = np.concatenate(
+        [
+            forward_fill(track.features, track.present),
+            np.where(sound.mask[:, None], sound.features, 0),
+            sound.mask[:, None],
+        ],
+        1,
+    ).astype(np.float32)
     grid = to_grid(extracted.times, 30.0, extracted.source_times)  # the model's frame grid (the clip: 26.4 fps)
     with torch.no_grad():
         expected = np.clip(model(torch.from_numpy(x[grid.held])[None])[0].numpy(), -1, 1)[grid.tick]

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_train import smooth_latent  # (n, 2) smooth latent VA in (-1, 1)
 
 from mambava.core.errors import MambavaError
 from mambava.data.store import AudioVisualStore, FeatureStore
+from mambava.data.windows import WindowDataset
 from mambava.training import load_config, train
 from mambava.training.data import check_model_input
 from mambava.training.evaluate import evaluate_checkpoint
-from mambava.data.windows import WindowDataset
-from test_train import smooth_latent  # (n, 2) smooth latent VA in (-1, 1)
 
 VIS, AUD = 8, 4
 
@@ -53,10 +53,18 @@ def test_config_checks(tmp_path):
     visual, audio = FeatureStore(tmp_path / "v"), FeatureStore(tmp_path / "a")
     visual.write("x", np.zeros((5, VIS), np.float32), np.ones(5, bool), fps=30.0, backbone="t")
     audio.write("x", np.zeros((5, AUD), np.float32), np.ones(5, bool), fps=30.0, backbone="t")
-    fusion = [f"data.features={visual.root}", f"data.audio_features={audio.root}", "model.modalities=[visual,audio]",
-              f"model.input_dim={VIS}", "model.audio_dim=3"]
-    with pytest.raises(MambavaError, match=r"features are 8-d visual and 4-d audio, the model takes 8 and 3 "
-                                           r"\(--set model.input_dim=8 model.audio_dim=4\)"):
+    fusion = [
+        f"data.features={visual.root}",
+        f"data.audio_features={audio.root}",
+        "model.modalities=[visual,audio]",
+        f"model.input_dim={VIS}",
+        "model.audio_dim=3",
+    ]
+    with pytest.raises(
+        MambavaError,
+        match=r"features are 8-d visual and 4-d audio, the model takes 8 and 3 "
+        r"\(--set model.input_dim=8 model.audio_dim=4\)",
+    ):
         check_model_input(load_config(None, fusion), VIS + AUD + 1)
     check_model_input(load_config(None, [*fusion[:-1], f"model.audio_dim={AUD}"]), VIS + AUD + 1)
     with pytest.raises(MambavaError, match="set data.audio_features"):
@@ -65,9 +73,14 @@ def test_config_checks(tmp_path):
         check_model_input(load_config(None, fusion[:2]), VIS + AUD + 1)
 
 
-def write_heard_arousal(root: Path, n_train: int = 12, n_val: int = 6, n_frames: int = 200,
-                        audio_scale: np.ndarray | None = None, audio_offset: np.ndarray | None = None,
-                        ) -> tuple[Path, Path, Path]:
+def write_heard_arousal(
+    root: Path,
+    n_train: int = 12,
+    n_val: int = 6,
+    n_frames: int = 200,
+    audio_scale: np.ndarray | None = None,
+    audio_offset: np.ndarray | None = None,
+) -> tuple[Path, Path, Path]:
     """A visual store, an audio store and Aff-Wild2 annotations. Valence and arousal are independent smooth
     latents; the visual features are a noisy projection of valence only, the audio features of arousal only
     (times `audio_scale` plus `audio_offset` per column, when given). Every video loses its sound for a run of
@@ -98,11 +111,28 @@ def write_heard_arousal(root: Path, n_train: int = 12, n_val: int = 6, n_frames:
     return root / "visual", root / "audio", root / "affwild2"
 
 
-SMALL_MODEL = ["model.tcn_channels=[16,16]", "model.audio_tcn_channels=[16]", "model.kernel_size=3",
-               "model.d_model=16", "model.n_layers=1", "model.d_state=4", "model.dt_rank=2", "model.head_hidden=8",
-               "model.dropout=0.0", f"model.input_dim={VIS}", f"model.audio_dim={AUD}"]
-RECIPE = ["epochs=6", "warmup_epochs=1", "batch_size=4", "lr=3e-3", "data.window=100", "data.stride=50",
-          "progress_bar=false"]
+SMALL_MODEL = [
+    "model.tcn_channels=[16,16]",
+    "model.audio_tcn_channels=[16]",
+    "model.kernel_size=3",
+    "model.d_model=16",
+    "model.n_layers=1",
+    "model.d_state=4",
+    "model.dt_rank=2",
+    "model.head_hidden=8",
+    "model.dropout=0.0",
+    f"model.input_dim={VIS}",
+    f"model.audio_dim={AUD}",
+]
+RECIPE = [
+    "epochs=6",
+    "warmup_epochs=1",
+    "batch_size=4",
+    "lr=3e-3",
+    "data.window=100",
+    "data.stride=50",
+    "progress_bar=false",
+]
 
 
 @pytest.mark.parametrize("fusion", ["early", "mid"])
@@ -112,10 +142,21 @@ def test_fused_model_hears_the_arousal_the_visual_model_cannot_see(tmp_path, fus
     visual, audio, annotations = write_heard_arousal(tmp_path)
     data = [f"data.features={visual}", f"data.annotations={annotations}"]
     seen = train(load_config(None, [*data, *SMALL_MODEL, *RECIPE, f"out_dir={tmp_path / 'visual_only'}"]))
-    heard = train(load_config(None, [
-        *data, f"data.audio_features={audio}", "model.modalities=[visual,audio]", f"model.fusion={fusion}",
-        "model.modality_dropout=0.1", *SMALL_MODEL, *RECIPE, f"out_dir={tmp_path / 'fused'}",
-    ]))
+    heard = train(
+        load_config(
+            None,
+            [
+                *data,
+                f"data.audio_features={audio}",
+                "model.modalities=[visual,audio]",
+                f"model.fusion={fusion}",
+                "model.modality_dropout=0.1",
+                *SMALL_MODEL,
+                *RECIPE,
+                f"out_dir={tmp_path / 'fused'}",
+            ],
+        )
+    )
     print(f"{fusion}: visual-only {seen['best']}, fused {heard['best']}")
     assert heard["best"]["ccc_arousal"] >= seen["best"]["ccc_arousal"] + 0.3
     assert heard["best"]["p_va"] >= seen["best"]["p_va"] + 0.15
@@ -134,10 +175,21 @@ def test_fusion_learns_from_audio_at_its_extracted_scale(tmp_path):
 
     scale, offset = np.array([0.01, 1.0, 40.0, 2000.0]), np.array([0.1, -5.0, 300.0, 3000.0])
     visual, audio, annotations = write_heard_arousal(tmp_path, audio_scale=scale, audio_offset=offset)
-    heard = train(load_config(None, [
-        f"data.features={visual}", f"data.annotations={annotations}", f"data.audio_features={audio}",
-        "model.modalities=[visual,audio]", "model.fusion=mid", *SMALL_MODEL, *RECIPE, f"out_dir={tmp_path / 'fused'}",
-    ]))
+    heard = train(
+        load_config(
+            None,
+            [
+                f"data.features={visual}",
+                f"data.annotations={annotations}",
+                f"data.audio_features={audio}",
+                "model.modalities=[visual,audio]",
+                "model.fusion=mid",
+                *SMALL_MODEL,
+                *RECIPE,
+                f"out_dir={tmp_path / 'fused'}",
+            ],
+        )
+    )
     model = load_temporal_model(tmp_path / "fused" / "model.safetensors").model
     mean, std = column_statistics(FeatureStore(audio), [f"tr{i:02d}" for i in range(12)])
     np.testing.assert_allclose(model.audio_mean.numpy(), mean, rtol=1e-5)

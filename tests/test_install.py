@@ -27,8 +27,11 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(source)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
+        check=True,
+        capture_output=True,
+    )
     (path,) = out.glob("mambava-*.whl")
     return path
 
@@ -50,7 +53,7 @@ def test_shipped_weights_load_into_the_three_nets():
     pnet, rnet, onet = _load_nets(str(MTCNN_WEIGHTS))
     for prefix, net in (("pnet", pnet), ("rnet", rnet), ("onet", onet)):
         state = net.state_dict()
-        assert sorted(state) == sorted(k[len(prefix) + 1:] for k in flat if k.startswith(prefix + "."))
+        assert sorted(state) == sorted(k[len(prefix) + 1 :] for k in flat if k.startswith(prefix + "."))
         assert all(torch.equal(state[k], flat[f"{prefix}.{k}"]) for k in state)
     assert sum(v.numel() for v in flat.values()) == 6_632 + 100_178 + 389_040  # MTCNN's P/R/O-Net sizes
 
@@ -68,21 +71,48 @@ def test_fresh_venv_pip_install_then_predict_a_real_video(wheel, tmp_path, media
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     python = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-index",
-                              str(wheel)], env=env,
-                             capture_output=True, text=True)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-index", str(wheel)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert install.returncode == 0, install.stderr
 
     torch.manual_seed(0)
     ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=24, depth=1, num_heads=2, name="t")).save(
-        tmp_path / "vit.safetensors")
+        tmp_path / "vit.safetensors"
+    )
     save_temporal_model(tiny_mamba_va(24), tmp_path / "model.safetensors")
-    run = subprocess.run([venv / "bin" / "mambava", "predict", media_dir / "single_face.mp4", "-c",
-                          tmp_path / "model.safetensors", "-b", tmp_path / "vit.safetensors", "-o", tmp_path / "out",
-                          "--precision", "fp32"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            venv / "bin" / "mambava",
+            "predict",
+            media_dir / "single_face.mp4",
+            "-c",
+            tmp_path / "model.safetensors",
+            "-b",
+            tmp_path / "vit.safetensors",
+            "-o",
+            tmp_path / "out",
+            "--precision",
+            "fp32",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
-    where = subprocess.run([python, "-c", "import mambava; print(mambava.__file__)"], env=env, cwd=tmp_path,
-                           capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [python, "-c", "import mambava; print(mambava.__file__)"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(site))  # the installed copy ran, not this checkout
     table = pd.read_csv(tmp_path / "out" / "single_face.csv")
     assert len(table) == 72 and table["face"].sum() == 72  # MTCNN from the wheel found the face in every frame

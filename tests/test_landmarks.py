@@ -8,6 +8,7 @@ import csv
 
 import numpy as np
 import pytest
+from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 from typer.testing import CliRunner
 
 from mambava.cli import app
@@ -24,7 +25,6 @@ from mambava.faces.landmarks import (
 )
 from mambava.synth import SynthConfig, generate
 from mambava.synth.truth_faces import synth_refiner_samples
-from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
 SYNTH = dict(n_train=3, n_val=1, n_test=1, frames=(90, 100), two_person_fraction=0.0, seed=3, workers=1)
 CONFIG = RefinerConfig(epochs=30, batch_size=32, seed=0)
@@ -50,8 +50,9 @@ def test_learns_to_move_perturbed_points_onto_a_held_out_persons_true_landmarks(
     starts = [_perturb(rng, truth, CONFIG) for _, truth in held]
     truths = np.stack([truth for _, truth in held])
     before = alignment_error(np.stack(starts), truths).mean()
-    after = alignment_error(np.stack([refiner.refine(frames[i], [s])[0] for (i, _), s in zip(held, starts)]),
-                            truths).mean()
+    after = alignment_error(
+        np.stack([refiner.refine(frames[i], [s])[0] for (i, _), s in zip(held, starts)]), truths
+    ).mean()
     # the perturbations (2.5 px shift, 5% scale, 5 degrees, 1 px per point at 112) leave ~4 px of error
     assert before > 3.0
     assert after < 0.4 * before, (before, after)
@@ -88,8 +89,13 @@ def test_round_trips_through_its_file_and_wraps_detectors_by_name(trained, tmp_p
     det = get_detector("mtcnn", landmarks=path, **RELAXED)
     assert isinstance(det, RefinedDetector) and det.thresholds == (0.5, 0.5, 0.5)  # the wrapped detector's settings
     # the faces stage's marker names the refiner by its weights, not by where its file is
-    assert det.refiner_sha256 == RefinedDetector(get_detector("mtcnn"), loaded).refiner_sha256 != RefinedDetector(
-        get_detector("mtcnn"), train_refiner(frames[:2], held[:2], RefinerConfig(epochs=1, seed=5))).refiner_sha256
+    assert (
+        det.refiner_sha256
+        == RefinedDetector(get_detector("mtcnn"), loaded).refiner_sha256
+        != RefinedDetector(
+            get_detector("mtcnn"), train_refiner(frames[:2], held[:2], RefinerConfig(epochs=1, seed=5))
+        ).refiner_sha256
+    )
     face = det.detect(frames[held[0][0]])[0]
     # detection by tracking's check (O-Net on a known box) is refined too
     checked = det.verify(frames[held[0][0]], [face])[0]
@@ -108,8 +114,20 @@ def test_train_landmarks_command_from_a_synthetic_dataset_and_from_a_csv(trained
 
     root, _, frames, held, _ = trained
     runner = CliRunner()
-    result = runner.invoke(app, ["train-landmarks", str(root), "--out", str(tmp_path / "a.safetensors"),
-                                 "--epochs", "1", "--every", "10", "-q"])
+    result = runner.invoke(
+        app,
+        [
+            "train-landmarks",
+            str(root),
+            "--out",
+            str(tmp_path / "a.safetensors"),
+            "--epochs",
+            "1",
+            "--every",
+            "10",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert load_refiner(tmp_path / "a.safetensors").config.epochs == 1
 
@@ -124,8 +142,9 @@ def test_train_landmarks_command_from_a_synthetic_dataset_and_from_a_csv(trained
         writer = csv.DictWriter(handle, ["image", *LANDMARK_COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
-    result = runner.invoke(app, ["train-landmarks", str(table), "--out", str(tmp_path / "b.safetensors"),
-                                 "--epochs", "1", "-q"])
+    result = runner.invoke(
+        app, ["train-landmarks", str(table), "--out", str(tmp_path / "b.safetensors"), "--epochs", "1", "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert "6 faces in 6 images" in result.output
     # a bad row is a one-line error naming the file and line
@@ -133,9 +152,10 @@ def test_train_landmarks_command_from_a_synthetic_dataset_and_from_a_csv(trained
     code, _, err = run_cli(["train-landmarks", table, "--out", tmp_path / "c.safetensors"], capsys)
     assert code != 0 and err.strip().splitlines() == [f"error: {table}:4: landmark values must be numbers"]
     assert not (tmp_path / "c.safetensors").exists()
-    for text, words in ((b"image,left_eye_x\n\xff\xfe\x00", "not a readable CSV"),
-                        (("image," + ",".join(LANDMARK_COLUMNS) + "\n ," + ",".join(["1"] * 10) + "\n").encode(),
-                         ":2: no image named")):
+    for text, words in (
+        (b"image,left_eye_x\n\xff\xfe\x00", "not a readable CSV"),
+        (("image," + ",".join(LANDMARK_COLUMNS) + "\n ," + ",".join(["1"] * 10) + "\n").encode(), ":2: no image named"),
+    ):
         table.write_bytes(text)
         code, _, err = run_cli(["train-landmarks", table, "--out", tmp_path / "c.safetensors"], capsys)
         assert code != 0 and len(err.strip().splitlines()) == 1 and words in err, err
@@ -143,8 +163,7 @@ def test_train_landmarks_command_from_a_synthetic_dataset_and_from_a_csv(trained
     assert code != 0 and "is a folder" in err
 
 
-def test_predict_names_a_faces_stage_other_than_the_one_that_made_the_training_crops(trained, tmp_path,
-                                                                                     tiny_mamba_va):
+def test_predict_names_a_faces_stage_other_than_the_one_that_made_the_training_crops(trained, tmp_path, tiny_mamba_va):
     """A model trained on `faces --dataset` crops: predict reads their marker (the run's data.annotations) and
     says where its own faces stage differs: no refiner, another refiner, another --detect-every."""
     import json
@@ -163,24 +182,37 @@ def test_predict_names_a_faces_stage_other_than_the_one_that_made_the_training_c
     root = tmp_path / "own"
     (root / "cropped_aligned").mkdir(parents=True)
     with open(root / "cropped_aligned" / MARKER, "w") as handle:  # as `faces --dataset --landmarks lm` writes it
-        json.dump({"detector": "mtcnn", "detector_kwargs": {"landmarks": str(lm)}, "detect_every": 1,
-                   "landmarks_sha256": get_detector("mtcnn", landmarks=lm).refiner_sha256}, handle)
+        json.dump(
+            {
+                "detector": "mtcnn",
+                "detector_kwargs": {"landmarks": str(lm)},
+                "detect_every": 1,
+                "landmarks_sha256": get_detector("mtcnn", landmarks=lm).refiner_sha256,
+            },
+            handle,
+        )
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"annotations": str(root)}}))
     torch.manual_seed(0)
-    ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=24, depth=1, num_heads=2)).save(tmp_path / "vit.safetensors")
+    ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=24, depth=1, num_heads=2)).save(
+        tmp_path / "vit.safetensors"
+    )
     model = save_temporal_model(tiny_mamba_va(24), run / "model.safetensors")
 
     def notes(detector, every=1):
         return Predictor(model, tmp_path / "vit.safetensors", detector=detector, detect_every=every).face_stage_notes()
 
     assert notes(get_detector("mtcnn", landmarks=lm)) == []
-    assert notes("mtcnn") == [f"the model's training crops were made with the landmark refiner {lm}: pass "
-                              "--landmarks with it, or its faces are aligned differently from what it learned"]
+    assert notes("mtcnn") == [
+        f"the model's training crops were made with the landmark refiner {lm}: pass "
+        "--landmarks with it, or its faces are aligned differently from what it learned"
+    ]
     assert notes(get_detector("mtcnn", landmarks=other)) == [
-        f"the model's training crops were made with another landmark refiner ({lm})"]
+        f"the model's training crops were made with another landmark refiner ({lm})"
+    ]
     assert notes(get_detector("mtcnn", landmarks=lm), 3) == [
-        "the model's training crops were made with --detect-every 1, predict uses 3"]
+        "the model's training crops were made with --detect-every 1, predict uses 3"
+    ]
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"annotations": str(tmp_path / "elsewhere")}}))
     assert notes("mtcnn") == []  # crops of unknown origin: nothing to say

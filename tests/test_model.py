@@ -9,15 +9,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mambava.core.errors import MambavaError
+from mambava.temporal import load_temporal_model
 from mambava.temporal.mamba import Mamba, MambaEncoder
 from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 from mambava.temporal.ops import selective_scan_ref
 from mambava.temporal.tcn import TCN
-from mambava.temporal import load_temporal_model
 
-SMALL = dict(input_dim=24, tcn_channels=(24, 16, 16), kernel_size=3, d_model=16, n_layers=2, d_state=4,
-             dt_rank="auto", head_hidden=8)
-
+SMALL = dict(
+    input_dim=24,
+    tcn_channels=(24, 16, 16),
+    kernel_size=3,
+    d_model=16,
+    n_layers=2,
+    d_state=4,
+    dt_rank="auto",
+    head_hidden=8,
+)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -47,8 +54,9 @@ class _RefBlock(nn.Module):
         self.chomp1, self.chomp2 = _Chomp(pad), _Chomp(pad)
         self.relu1, self.relu2, self.relu = nn.PReLU(), nn.PReLU(), nn.PReLU()
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
-        self.net = nn.Sequential(self.conv1, self.chomp1, self.relu1, self.dropout1,
-                                 self.conv2, self.chomp2, self.relu2, self.dropout2)
+        self.net = nn.Sequential(
+            self.conv1, self.chomp1, self.relu1, self.dropout1, self.conv2, self.chomp2, self.relu2, self.dropout2
+        )
         self.downsample = nn.Conv1d(n_in, n_out, 1) if n_in != n_out else None
 
     def forward(self, x):
@@ -59,9 +67,9 @@ class _RefBlock(nn.Module):
 class _RefTCN(nn.Module):
     def __init__(self, n_in, channels, k, dropout):
         super().__init__()
-        self.network = nn.Sequential(*[
-            _RefBlock(n_in if i == 0 else channels[i - 1], c, k, 2**i, dropout) for i, c in enumerate(channels)
-        ])
+        self.network = nn.Sequential(
+            *[_RefBlock(n_in if i == 0 else channels[i - 1], c, k, 2**i, dropout) for i, c in enumerate(channels)]
+        )
 
     def forward(self, x):
         return self.network(x)
@@ -87,16 +95,26 @@ class _RefMamba(nn.Module):
         x_dbl = self.x_proj(x.transpose(1, 2))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = dt @ self.dt_proj.weight.t()
-        y = selective_scan_ref(x.transpose(1, 2), dt, -torch.exp(self.A_log), B, C, self.D, z.transpose(1, 2),
-                               self.dt_proj.bias, delta_softplus=True)
+        y = selective_scan_ref(
+            x.transpose(1, 2),
+            dt,
+            -torch.exp(self.A_log),
+            B,
+            C,
+            self.D,
+            z.transpose(1, 2),
+            self.dt_proj.bias,
+            delta_softplus=True,
+        )
         return self.out_proj(y)
 
 
 class _RefMambaBlock(nn.Module):
     def __init__(self, dim, n_layers, d_state, d_conv, expand):
         super().__init__()
-        self.layers = nn.ModuleList([nn.Sequential(_RefMamba(dim, d_state, d_conv, expand), nn.LayerNorm(dim))
-                                     for _ in range(n_layers)])
+        self.layers = nn.ModuleList(
+            [nn.Sequential(_RefMamba(dim, d_state, d_conv, expand), nn.LayerNorm(dim)) for _ in range(n_layers)]
+        )
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
@@ -123,8 +141,9 @@ class _RefModel(nn.Module):
         super().__init__()
         self.temporal = _RefTCN(c.input_dim, c.tcn_channels, c.kernel_size, c.dropout)
         self.mamba = _RefEncoder(c.d_model, c.n_layers, c.d_state, c.d_conv, c.expand)
-        self.dual_reg = nn.Sequential(nn.Linear(c.d_model, c.head_hidden), nn.ReLU(),
-                                      nn.Linear(c.head_hidden, c.n_outputs))
+        self.dual_reg = nn.Sequential(
+            nn.Linear(c.d_model, c.head_hidden), nn.ReLU(), nn.Linear(c.head_hidden, c.n_outputs)
+        )
 
     def forward(self, x):
         return self.dual_reg(self.mamba(self.temporal(x.transpose(1, 2))))
@@ -151,7 +170,10 @@ def _rel(a, b):
 def test_paper_configuration_has_the_reference_parameter_count():
     model = MambaVA(MambaVAConfig())
     assert model.parameter_counts() == {
-        "temporal": 66_203_148, "mamba": 919_296, "head": 33_154, "total": 67_155_598,
+        "temporal": 66_203_148,
+        "mamba": 919_296,
+        "head": 33_154,
+        "total": 67_155_598,
     }
     assert sum(p.numel() for p in model.parameters()) == 67_155_598
     # the paper's values are the defaults

@@ -16,7 +16,6 @@ from mambava.inference.predict import COLUMNS, Predictor
 DIM = 24  # feature size of the tiny ViT below, and input size of the tiny temporal model
 
 
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_mamba_va) -> dict[str, Path]:
     """A tiny ViT (img 32, patch 16, D=24, 1 block) saved with encoder.save, a tiny Mamba-VA taking 24-d
@@ -30,7 +29,11 @@ def models(tmp_path_factory, tiny_mamba_va) -> dict[str, Path]:
     encoder.save(root / "vit.safetensors")
     save_temporal_model(tiny_mamba_va(DIM), root / "model.safetensors")
     save_temporal_model(tiny_mamba_va(2 * DIM), root / "model48.safetensors")
-    return {"vit": root / "vit.safetensors", "model": root / "model.safetensors", "model48": root / "model48.safetensors"}
+    return {
+        "vit": root / "vit.safetensors",
+        "model": root / "model.safetensors",
+        "model48": root / "model48.safetensors",
+    }
 
 
 class _CachedDetector:
@@ -102,8 +105,24 @@ def single_face_run(models, media_dir, detector, tmp_path_factory):
     """`mambava predict single_face.mp4 --overlay` once for the module (face detection is the slow part)."""
     out = tmp_path_factory.mktemp("predict")
     capsys = _NullCapture()
-    code, stdout, stderr = run_cli(["predict", media_dir / "single_face.mp4", "-c", models["model"], "-b", models["vit"],
-                                    "-o", out, "--overlay", "--precision", "fp32", "--detector", detector], capsys)
+    code, stdout, stderr = run_cli(
+        [
+            "predict",
+            media_dir / "single_face.mp4",
+            "-c",
+            models["model"],
+            "-b",
+            models["vit"],
+            "-o",
+            out,
+            "--overlay",
+            "--precision",
+            "fp32",
+            "--detector",
+            detector,
+        ],
+        capsys,
+    )
     return code, stdout, stderr, out
 
 
@@ -159,7 +178,11 @@ def test_predict_marks_no_face_frames(models, media_dir, detector):
 def test_stream_equals_predict_on_the_same_video(models, media_dir, detector, single_face_run):
     """stream on single_face.mp4 (a face in every frame from frame 0) equals the offline predict. The video is
     shorter than one 300-frame window, so the paper's windows are here one full causal pass."""
-    rows = list(Predictor(models["model"], models["vit"], precision="fp32", detector=detector).stream(media_dir / "single_face.mp4"))
+    rows = list(
+        Predictor(models["model"], models["vit"], precision="fp32", detector=detector).stream(
+            media_dir / "single_face.mp4"
+        )
+    )
     offline = pd.read_csv(single_face_run[3] / "single_face.csv")
     assert [r.frame for r in rows] == offline["frame"].tolist()
     assert [int(r.face) for r in rows] == offline["face"].tolist()
@@ -185,8 +208,21 @@ def test_detect_every_predict_equals_stream(models, media_dir, detector, single_
     assert min(iou(a, b) for a, b in zip(table[boxes].to_numpy(), every[boxes].to_numpy())) >= 0.8
     with pytest.raises(MambavaError, match="--detect-every must be a whole number >= 1, got 0"):
         Predictor(models["model"], detect_every=0)
-    code, _, stderr = run_cli(["predict", media_dir / "single_face.mp4", "-c", models["model"], "-b", models["vit"],
-                               "-o", tmp_path, "--detect-every", "0"], capsys)
+    code, _, stderr = run_cli(
+        [
+            "predict",
+            media_dir / "single_face.mp4",
+            "-c",
+            models["model"],
+            "-b",
+            models["vit"],
+            "-o",
+            tmp_path,
+            "--detect-every",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 2 and "--detect-every must be a whole number >= 1, got 0" in stderr
 
 
@@ -202,10 +238,26 @@ def test_stream_audio_equals_predict_audio(models, media_dir, detector, tmp_path
     from mambava.temporal import build_temporal_model, save_temporal_model
 
     torch.manual_seed(0)
-    save_temporal_model(build_temporal_model({"kind": "fusion", "fusion": "mid", "input_dim": DIM, "audio_dim": 89,
-                                              "tcn_channels": [16, 16], "audio_tcn_channels": [8], "kernel_size": 3,
-                                              "d_model": 16, "n_layers": 2, "d_state": 4, "dt_rank": 2,
-                                              "head_hidden": 8, "dropout": 0.0}), tmp_path / "fusion.safetensors")
+    save_temporal_model(
+        build_temporal_model(
+            {
+                "kind": "fusion",
+                "fusion": "mid",
+                "input_dim": DIM,
+                "audio_dim": 89,
+                "tcn_channels": [16, 16],
+                "audio_tcn_channels": [8],
+                "kernel_size": 3,
+                "d_model": 16,
+                "n_layers": 2,
+                "d_state": 4,
+                "dt_rank": 2,
+                "head_hidden": 8,
+                "dropout": 0.0,
+            }
+        ),
+        tmp_path / "fusion.safetensors",
+    )
     common = ["-c", tmp_path / "fusion.safetensors", "-b", models["vit"], "--precision", "fp32", "--detector", detector]
     clip = media_dir / "face_noface.mov"
     runs = {}
@@ -213,8 +265,9 @@ def test_stream_audio_equals_predict_audio(models, media_dir, detector, tmp_path
         warnings.simplefilter("ignore")  # the sound's late start, one line
         for flags in ([], ["--no-audio"]):
             out = tmp_path / ("muted" if flags else "sound")
-            code, _, stderr = run_cli(["predict", clip, *common, "-o", out, "--windowing", "full", "--no-plots",
-                                       *flags], capsys)
+            code, _, stderr = run_cli(
+                ["predict", clip, *common, "-o", out, "--windowing", "full", "--no-plots", *flags], capsys
+            )
             assert code == 0, stderr
             code, _, stderr = run_cli(["stream", clip, *common, "-o", out / "stream.csv", "-q", *flags], capsys)
             assert code == 0, stderr
@@ -235,8 +288,21 @@ def test_stream_audio_equals_predict_audio(models, media_dir, detector, tmp_path
 
 
 def test_no_face_video_is_a_clear_error(models, media_dir, tmp_path, capsys):
-    code, out, err = run_cli(["predict", media_dir / "no_face.mp4", "-c", models["model"], "-b", models["vit"],
-                              "-o", tmp_path, "--fps", "8"], capsys)
+    code, out, err = run_cli(
+        [
+            "predict",
+            media_dir / "no_face.mp4",
+            "-c",
+            models["model"],
+            "-b",
+            models["vit"],
+            "-o",
+            tmp_path,
+            "--fps",
+            "8",
+        ],
+        capsys,
+    )
     assert code == 2
     assert "no face found in any of its" in err and "no_face.mp4" in err
     assert "Traceback" not in err + out
@@ -303,8 +369,10 @@ def test_submit_write_runs_the_model_over_test_features(models, tmp_path, capsys
     (tmp_path / "test.txt").write_text("vidE\nvidF_left\n")
     # the frame counts from ABAW's sample submission (placeholder values), as it distributes it
     sample = tmp_path / "sample.txt"
-    sample.write_text("image_location,valence,arousal\n" + "".join(
-        f"{video}/{frame:05d}.jpg,0,0\n" for video, n in lengths.items() for frame in range(1, n + 1)))
+    sample.write_text(
+        "image_location,valence,arousal\n"
+        + "".join(f"{video}/{frame:05d}.jpg,0,0\n" for video, n in lengths.items() for frame in range(1, n + 1))
+    )
     out = tmp_path / "submission.txt"
     write = ["submit", "write", "-c", models["model"], "--features", tmp_path / "store", "-o", out]
     code, stdout, err = run_cli([*write, "--frame-counts", sample, "--test-list", tmp_path / "test.txt"], capsys)
@@ -313,7 +381,9 @@ def test_submit_write_runs_the_model_over_test_features(models, tmp_path, capsys
     lines = out.read_text().splitlines()
     assert lines[0] == "image_location,valence,arousal" and lines[1].startswith("vidE/00001.jpg,")
     record = store.read("vidE")
-    expected = Predictor(models["model"], windowing="windows", stitching="mean").predict_features(*record.window(0, 320))
+    expected = Predictor(models["model"], windowing="windows", stitching="mean").predict_features(
+        *record.window(0, 320)
+    )
     got = np.array([[float(x) for x in line.split(",")[1:]] for line in lines[1:321]])
     assert np.abs(got - expected).max() < 1e-5
 
@@ -323,8 +393,10 @@ def test_submit_write_runs_the_model_over_test_features(models, tmp_path, capsys
     counts.write_text("video,frames\nvidE,320\nvidF_left,46\n")
     code, stdout, err = run_cli([*write, "--frame-counts", counts], capsys)
     assert code == 2 and not out.exists()
-    assert err.strip() == (f"error: {tmp_path / 'store'}: test video 'vidF_left' has 45 stored frames but 46 in "
-                           "the frame counts (allow the mismatch to pad or cut)")
+    assert err.strip() == (
+        f"error: {tmp_path / 'store'}: test video 'vidF_left' has 45 stored frames but 46 in "
+        "the frame counts (allow the mismatch to pad or cut)"
+    )
     # unless allowed: the last prediction is carried over, with a warning
     with pytest.warns(UserWarning, match="vidF_left: 45 stored frames but the video has 46"):
         code, stdout, err = run_cli([*write, "--frame-counts", counts, "--allow-length-mismatch"], capsys)
@@ -344,8 +416,20 @@ def test_va_plot_with_truth_and_two_tracks(tmp_path):
     from mambava.analysis.plots import plot_circumplex, plot_va_over_time
 
     t = np.arange(120) / 30
-    table = pd.concat([pd.DataFrame({"track": name, "time": t, "valence": np.sin(t + k), "arousal": np.cos(t),
-                                     "face": (np.arange(120) % 50 > 5).astype(int)}) for k, name in enumerate("LR")])
+    table = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "track": name,
+                    "time": t,
+                    "valence": np.sin(t + k),
+                    "arousal": np.cos(t),
+                    "face": (np.arange(120) % 50 > 5).astype(int),
+                }
+            )
+            for k, name in enumerate("LR")
+        ]
+    )
     truth = np.stack([np.sin(t), np.cos(t)], 1)
     truth[:10] = -5
     one = _png_size(plot_va_over_time(table[table.track == "L"], tmp_path / "one.png", truth=truth))

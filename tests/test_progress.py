@@ -20,7 +20,6 @@ def test_progress_bar_shows_the_counts_and_the_last_name():
         progress(0, 3, "")
         progress(2, 3, "12-30-256x192")
         task = progress.bar.tasks[0]
-        assert (task.description, task.completed, task.total, task.fields["name"]) == ("synth", 2, 3,
-                                                                                       "12-30-256x192")
+        assert (task.description, task.completed, task.total, task.fields["name"]) == ("synth", 2, 3, "12-30-256x192")
     last = out.getvalue().strip().splitlines()[-1]
     assert last.startswith("synth") and "2/3" in last and last.endswith("12-30-256x192")

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from mambava.core.errors import MambavaError
-from mambava.analysis.ratings import estimate_lag, read_ratings, shift_labels
 from test_predict import run_cli  # `mambava ARGS` in-process: (exit code, stdout, stderr)
 
-DIM = 24
+from mambava.analysis.ratings import estimate_lag, read_ratings, shift_labels
+from mambava.core.errors import MambavaError
 
+DIM = 24
 
 
 def _smooth(n, seed, fps=30.0):
@@ -41,7 +40,7 @@ def test_lag_recovered_within_one_frame():
     # shift_labels undoes a known lag
     shifted = shift_labels(np.roll(signal, 17)[:n], 17)
     np.testing.assert_allclose(shifted[: n - 17], prediction[: n - 17])
-    assert np.isnan(shifted[n - 17:]).all()
+    assert np.isnan(shifted[n - 17 :]).all()
 
 
 def test_ratings_resampled_to_frames(tmp_path):
@@ -75,8 +74,17 @@ def test_ratings_resampled_to_frames(tmp_path):
 def test_ratings_command(tmp_path, capsys):
     fps, n = 30.0, 600
     signal = _smooth(n + 60, 2)
-    pd.DataFrame({"video": "clip", "track": "clip", "frame": np.arange(n), "time": np.arange(n) / fps,
-                  "valence": signal[:n], "arousal": -signal[:n], "face": 1}).to_csv(tmp_path / "clip.csv", index=False)
+    pd.DataFrame(
+        {
+            "video": "clip",
+            "track": "clip",
+            "frame": np.arange(n),
+            "time": np.arange(n) / fps,
+            "valence": signal[:n],
+            "arousal": -signal[:n],
+            "face": 1,
+        }
+    ).to_csv(tmp_path / "clip.csv", index=False)
     # rater at 10 Hz, 0.5 s behind (15 frames)
     t = np.arange(0, n / fps, 0.1)
     late = np.interp(t - 0.5, np.arange(n + 60) / fps, signal)
@@ -121,8 +129,24 @@ def test_models_add_list_remove_and_predict_by_name(home, tmp_path, capsys, tiny
     rng = np.random.default_rng(0)
     np.save(tmp_path / "p01.npy", rng.normal(size=(90, DIM)).astype(np.float32))
     (tmp_path / "p01_events.tsv").write_text("onset\tduration\ttrial_type\n0\t1\trest\n1\t1.5\tfilm\n")
-    code, out, err = run_cli(["predict", tmp_path / "p01.npy", "-c", "tiny", "-o", tmp_path / "pred",
-                              "--events", tmp_path, "--baseline", "rest", "--normalise", "zscore", "--no-plots"], capsys)
+    code, out, err = run_cli(
+        [
+            "predict",
+            tmp_path / "p01.npy",
+            "-c",
+            "tiny",
+            "-o",
+            tmp_path / "pred",
+            "--events",
+            tmp_path,
+            "--baseline",
+            "rest",
+            "--normalise",
+            "zscore",
+            "--no-plots",
+        ],
+        capsys,
+    )
     assert code == 0, err
     table = pd.read_csv(tmp_path / "pred" / "p01.csv")
     summary = pd.read_csv(tmp_path / "pred" / "p01.summary.csv")
@@ -133,8 +157,9 @@ def test_models_add_list_remove_and_predict_by_name(home, tmp_path, capsys, tiny
     inside = table[(table["time"] >= 1) & (table["time"] < 2.5)]
     rest = table[table["time"] < 1]
     assert film["frames"] == len(inside) == 45
-    assert film["v_mean_norm"] == pytest.approx((inside["valence"].mean() - rest["valence"].mean())
-                                                / rest["valence"].std(ddof=1), rel=1e-4)
+    assert film["v_mean_norm"] == pytest.approx(
+        (inside["valence"].mean() - rest["valence"].mean()) / rest["valence"].std(ddof=1), rel=1e-4
+    )
 
     # the hash is checked on use
     (home / "models" / "tiny.safetensors").write_bytes(b"changed")

@@ -10,21 +10,19 @@ import csv
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-
-from mambava.temporal import LoadedModel
-from mambava.training.evaluate import evaluate_videos, evaluate_windows_authors
-from mambava.data.windows import authors_windows
-from mambava.data.store import FeatureStore
-from mambava.core.errors import MambavaError
-from mambava.training import RECIPES, TrainConfig, config_items, load_recipe, warm_restarts_lrs
-from mambava.data.windows import split_windows
 from test_train import TINY_MODEL, write_drift_dataset
+
+from mambava.core.errors import MambavaError
+from mambava.data.store import FeatureStore
+from mambava.data.windows import authors_windows, split_windows
+from mambava.temporal import LoadedModel
+from mambava.training import RECIPES, TrainConfig, config_items, load_recipe, warm_restarts_lrs
+from mambava.training.evaluate import evaluate_videos, evaluate_windows_authors
 
 
 def direct_ccc(x, y) -> float:
@@ -44,23 +42,60 @@ def test_authors_recipe_values_per_fold(tmp_path):
     fold2 = load_recipe("authors", ["data.fold=2"])
     assert fold0.data.fold == 0 and fold2.data.fold == 2
     # fold 0: VA/config/config_fold0.yml; folds 1-5: config_fold1..5.yml
-    assert (fold0.lr, fold0.weight_decay, fold0.model["dropout"], fold0.data.window, fold0.data.stride) == (3e-4, 1e-2, 0.3, 1000, 800)
-    assert (fold2.lr, fold2.weight_decay, fold2.model["dropout"], fold2.data.window, fold2.data.stride) == (3e-5, 1e-3, 0.2, 300, 200)
+    assert (fold0.lr, fold0.weight_decay, fold0.model["dropout"], fold0.data.window, fold0.data.stride) == (
+        3e-4,
+        1e-2,
+        0.3,
+        1000,
+        800,
+    )
+    assert (fold2.lr, fold2.weight_decay, fold2.model["dropout"], fold2.data.window, fold2.data.stride) == (
+        3e-5,
+        1e-3,
+        0.2,
+        300,
+        200,
+    )
     for cfg in (fold0, fold2):
         assert (cfg.batch_size, cfg.drop_last, cfg.epochs, cfg.warmup_epochs, cfg.grad_clip) == (16, True, 50, 5, 1.0)
-        assert (cfg.adam_eps, cfg.schedule, cfg.seed, cfg.protocol, cfg.eval_batch_size) == (1e-7, "warm_restarts", 42, "authors", 16)
-        assert cfg.data.tails == "drop" and cfg.model["kind"] == "mamba_va" and cfg.model["tcn_channels"] == [1024, 768, 512, 256]
+        assert (cfg.adam_eps, cfg.schedule, cfg.seed, cfg.protocol, cfg.eval_batch_size) == (
+            1e-7,
+            "warm_restarts",
+            42,
+            "authors",
+            16,
+        )
+        assert (
+            cfg.data.tails == "drop"
+            and cfg.model["kind"] == "mamba_va"
+            and cfg.model["tcn_channels"] == [1024, 768, 512, 256]
+        )
     # the two files differ in exactly the keys the reference's fold-0 config changes (and their comments)
     folds_1_5, fold_0 = (yaml.safe_load(path.read_text()) for path in RECIPES["authors"])
-    flat = lambda tree, p="": {k2: v2 for k, v in tree.items() for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(p + k, v)])}
+    flat = lambda tree, p="": {
+        k2: v2
+        for k, v in tree.items()
+        for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(p + k, v)])
+    }
     a, b = flat(folds_1_5), flat(fold_0)
-    assert set(a) == set(b) and {k for k in a if a[k] != b[k]} == {"model.dropout", "data.window", "data.stride", "lr", "weight_decay"}
+    assert set(a) == set(b) and {k for k in a if a[k] != b[k]} == {
+        "model.dropout",
+        "data.window",
+        "data.stride",
+        "lr",
+        "weight_decay",
+    }
     # --set wins over the recipe, and so does a user's file laid over it; the paper recipe is the default config
     assert load_recipe("authors", ["data.fold=1", "lr=1e-3"]).lr == 1e-3
     user = tmp_path / "va.yaml"
     user.write_text("data: {features: feats, annotations: root, fold: 3}\nmodel: {tcn_channels: [8, 4]}\n")
     layered = load_recipe("authors", config_items(user))
-    assert (layered.data.features, layered.data.fold, layered.model["tcn_channels"], layered.lr) == ("feats", 3, [8, 4], 3e-5)
+    assert (layered.data.features, layered.data.fold, layered.model["tcn_channels"], layered.lr) == (
+        "feats",
+        3,
+        [8, 4],
+        3e-5,
+    )
     user.write_text("data: {featurs: x}\n")
     with pytest.raises(MambavaError, match="va.yaml.*featurs"):
         config_items(user)
@@ -77,7 +112,9 @@ def test_warm_restarts_schedule_is_the_references_per_iteration_schedule():
         assert lrs[warmup + m] == pytest.approx(eta + (lr - eta) * (1 + math.cos(math.pi * m / period)) / 2, rel=1e-9)
     assert lrs[warmup + period] == pytest.approx(lr, rel=1e-9)  # restart
     for m in (1, 45, 91):  # second cycle twice as long (T_mult 2)
-        assert lrs[warmup + period + m] == pytest.approx(eta + (lr - eta) * (1 + math.cos(math.pi * m / (2 * period))) / 2, rel=1e-9)
+        assert lrs[warmup + period + m] == pytest.approx(
+            eta + (lr - eta) * (1 + math.cos(math.pi * m / (2 * period))) / 2, rel=1e-9
+        )
     assert lrs[warmup + 3 * period] == pytest.approx(lr, rel=1e-9)
 
 
@@ -108,8 +145,8 @@ def _hand_case(tmp_path):
         features[name] = (rng.integers(-8, 9, size=(n, 2)) / 8).astype(np.float32)  # exact in float16
         labels[name] = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
         store.write(name, features[name], np.ones(n, bool), fps=30.0, backbone="hand", dtype="float16")
-    labels["a"][5] = [-5, -5]      # masked by both protocols
-    labels["a"][2] = [0.25, -5]    # the reference masks by valence only: this arousal -5 counts there
+    labels["a"][5] = [-5, -5]  # masked by both protocols
+    labels["a"][2] = [0.25, -5]  # the reference masks by valence only: this arousal -5 counts there
     return store, features, labels
 
 
@@ -145,7 +182,9 @@ def test_both_protocols_on_a_hand_built_case(tmp_path):
 
     # the order is the reference's sorted file names, cut to whole batches
     assert authors_windows([("b", 0, 4), ("a_right", 0, 4), ("a", 2, 6), ("a", 0, 4)], 2, 3) == [
-        ("a", 0, 4), ("a", 2, 6), ("a_right", 0, 4)
+        ("a", 0, 4),
+        ("a", 2, 6),
+        ("a_right", 0, 4),
     ]
 
 
@@ -156,8 +195,16 @@ def test_both_protocols_on_a_hand_built_case(tmp_path):
 def _tiny(features, annotations):
     """The authors' recipe made tiny: 8-d inputs, a small model, windows of 40 every 20, batches of 4."""
     sets = [
-        f"data.features={features}", f"data.annotations={annotations}", "model.input_dim=8", *TINY_MODEL,
-        "data.window=40", "data.stride=20", "batch_size=4", "eval_batch_size=4", "epochs=2", "warmup_epochs=1",
+        f"data.features={features}",
+        f"data.annotations={annotations}",
+        "model.input_dim=8",
+        *TINY_MODEL,
+        "data.window=40",
+        "data.stride=20",
+        "batch_size=4",
+        "eval_batch_size=4",
+        "epochs=2",
+        "warmup_epochs=1",
         "progress_bar=false",
     ]
     return [arg for item in sets for arg in ("--set", item)]
@@ -169,13 +216,23 @@ def test_train_with_the_authors_recipe_and_its_protocol(tmp_path):
     from mambava.cli import app
     from mambava.training.evaluate import evaluate_checkpoint
 
-    features, annotations = write_drift_dataset(tmp_path / "data", n_train=6, n_val=4, n_frames=150, dim=8, noise=1.0, scale=20)
+    features, annotations = write_drift_dataset(
+        tmp_path / "data", n_train=6, n_val=4, n_frames=150, dim=8, noise=1.0, scale=20
+    )
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "--recipe", "authors", "--out-dir", str(out), *_tiny(features, annotations)])
+    result = CliRunner().invoke(
+        app, ["train", "--recipe", "authors", "--out-dir", str(out), *_tiny(features, annotations)]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     cfg = summary["config"]
-    assert (cfg["lr"], cfg["weight_decay"], cfg["model"]["dropout"], cfg["adam_eps"], cfg["seed"]) == (3e-4, 1e-2, 0.3, 1e-7, 42)
+    assert (cfg["lr"], cfg["weight_decay"], cfg["model"]["dropout"], cfg["adam_eps"], cfg["seed"]) == (
+        3e-4,
+        1e-2,
+        0.3,
+        1e-7,
+        42,
+    )
     assert summary["protocol"] == "authors"
     # training windows: the authors' split of each training video; drop_last: whole batches only
     store = FeatureStore(features)
@@ -195,9 +252,13 @@ def test_train_with_the_authors_recipe_and_its_protocol(tmp_path):
     scored, path = evaluate_checkpoint(out / "model.safetensors", protocol="authors", device="cpu")
     assert scored.p_va == pytest.approx(summary["best"]["p_va"], abs=1e-4)
     assert path.name == "eval_validation_fold0_authors.csv"
-    cli = CliRunner().invoke(app, ["evaluate", str(out / "model.safetensors"), "--protocol", "authors", "--device", "cpu"])
+    cli = CliRunner().invoke(
+        app, ["evaluate", str(out / "model.safetensors"), "--protocol", "authors", "--device", "cpu"]
+    )
     assert cli.exit_code == 0, cli.output
-    assert float(next(l for l in cli.output.splitlines() if l.startswith("P_VA")).split()[1]) == pytest.approx(scored.p_va, abs=1e-4)
+    assert float(next(l for l in cli.output.splitlines() if l.startswith("P_VA")).split()[1]) == pytest.approx(
+        scored.p_va, abs=1e-4
+    )
     assert f"{scored.frames} frames counted over windows" in cli.output
     val_windows = sum(len(split_windows(store.n_frames(f"va{i:02d}"), 40, 20)) for i in range(4))
     assert summary["validation_windows"] == val_windows // 4 * 4
@@ -208,16 +269,34 @@ def test_cv_with_the_authors_recipe_prints_table_1_under_both_protocols(tmp_path
 
     from mambava.cli import app
 
-    features, annotations = write_drift_dataset(tmp_path / "data", n_train=6, n_val=4, n_frames=100, dim=8, noise=1.0, scale=20)
+    features, annotations = write_drift_dataset(
+        tmp_path / "data", n_train=6, n_val=4, n_frames=100, dim=8, noise=1.0, scale=20
+    )
     out = tmp_path / "cv"
     user = tmp_path / "va.yaml"  # the user's data paths, laid over the recipe
     user.write_text(f"data:\n  features: {features}\n  annotations: {annotations}\n")
     tiny = _tiny("unused", "unused")[4:]  # (without the data paths)
-    args = ["cv", "--recipe", "authors", "--config", str(user), "--folds", "0,1", "--out-dir", str(out), "--both-protocols", *tiny]
+    args = [
+        "cv",
+        "--recipe",
+        "authors",
+        "--config",
+        str(user),
+        "--folds",
+        "0,1",
+        "--out-dir",
+        str(out),
+        "--both-protocols",
+        *tiny,
+    ]
     result = CliRunner().invoke(app, [*args, "--set", "epochs=1", "--set", "warmup_epochs=0"])
     assert result.exit_code == 0, result.output
     folds = [json.loads((out / f"fold{k}/summary.json").read_text())["config"] for k in (0, 1)]
-    assert (folds[0]["lr"], folds[0]["weight_decay"], folds[0]["model"]["dropout"]) == (3e-4, 1e-2, 0.3)  # fold 0's values
+    assert (folds[0]["lr"], folds[0]["weight_decay"], folds[0]["model"]["dropout"]) == (
+        3e-4,
+        1e-2,
+        0.3,
+    )  # fold 0's values
     assert (folds[1]["lr"], folds[1]["weight_decay"], folds[1]["model"]["dropout"]) == (3e-5, 1e-3, 0.2)  # folds 1-5's
     tables = re.split(r"\nTable 1", result.output)[1:]
     assert len(tables) == 3 and "validation protocol: authors" in tables[0]

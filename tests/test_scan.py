@@ -16,7 +16,6 @@ from mambava.temporal.ops import (
 )
 
 
-
 def _inputs(batch, T, dim, n, seed, dtype=torch.float32, dt_scale=0.5, initial_state=False):
     g = torch.Generator().manual_seed(seed)
 
@@ -83,8 +82,9 @@ def test_chunked_matches_sequential_reference_outputs_and_gradients(batch, T, di
 def test_random_shapes_parity():
     gen = torch.Generator().manual_seed(7)
     for trial in range(6):
-        batch, T, dim, n = (int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in
-                            [(1, 4), (1, 200), (1, 12), (1, 9)])
+        batch, T, dim, n = (
+            int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in [(1, 4), (1, 200), (1, 12), (1, 9)]
+        )
         chunk = int(torch.randint(1, 40, (1,), generator=gen)) if trial % 2 else None
         inputs = _inputs(batch, T, dim, n, seed=100 + trial, initial_state=bool(trial % 3))
         y_ref, last_ref, g_ref = _run(selective_scan_ref, inputs)
@@ -100,8 +100,9 @@ def test_gradcheck_float64():
     leaves = [inputs[k].clone().requires_grad_() for k in names]
 
     def f(u, delta, A, B, C, h0):
-        y, last = selective_scan_chunked(u, delta, A, B, C, inputs["D"], inputs["z"], inputs["delta_bias"], True,
-                                         h0, True, chunk_size=4)
+        y, last = selective_scan_chunked(
+            u, delta, A, B, C, inputs["D"], inputs["z"], inputs["delta_bias"], True, h0, True, chunk_size=4
+        )
         return y, last
 
     assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
@@ -137,10 +138,20 @@ def test_recurrent_step_equals_full_scan():
     state = inputs["initial_state"].clone()
     ys = []
     for t in range(40):
-        ys.append(selective_state_update(
-            state, inputs["u"][:, t], inputs["delta"][:, t], inputs["A"], inputs["B"][:, t], inputs["C"][:, t],
-            inputs["D"], inputs["z"][:, t], inputs["delta_bias"], dt_softplus=True,
-        ))
+        ys.append(
+            selective_state_update(
+                state,
+                inputs["u"][:, t],
+                inputs["delta"][:, t],
+                inputs["A"],
+                inputs["B"][:, t],
+                inputs["C"][:, t],
+                inputs["D"],
+                inputs["z"][:, t],
+                inputs["delta_bias"],
+                dt_softplus=True,
+            )
+        )
     assert _rel(torch.stack(ys, 1), y_full) <= 1e-5
     assert _rel(state, last_full) <= 1e-5
 

@@ -90,11 +90,11 @@ def test_websocket_equals_stream_on_the_same_frames_with_other_sessions(models, 
     (their images share detector and backbone batches, their steps the batch): A's per-frame valence/arousal,
     boxes and face flags equal `stream` on the same JPEG files (an image folder, 30 fps), C's `stream` on its
     files, B's `stream` on the same features, to <= 1e-4 (float32 rounding of other batch sizes)."""
+    import shutil
+
     from fastapi.testclient import TestClient
 
     from mambava.inference.predict import Predictor
-
-    import shutil
 
     folder, jpegs = jpeg_clip
     late = folder.parent / "late"  # session C: the same clip from its 7th frame, so two images per detector batch
@@ -108,15 +108,22 @@ def test_websocket_equals_stream_on_the_same_frames_with_other_sessions(models, 
     want_b = list(predictor.stream(features))
     app = _app(models, detector, queue_frames=64)
     with TestClient(app) as client:
-        with client.websocket_connect("/ws?name=clip&fps=30") as a, client.websocket_connect("/ws?name=b") as b, \
-                client.websocket_connect("/ws?name=late") as c:
+        with (
+            client.websocket_connect("/ws?name=clip&fps=30") as a,
+            client.websocket_connect("/ws?name=b") as b,
+            client.websocket_connect("/ws?name=late") as c,
+        ):
             assert [w.receive_json()["name"] for w in (a, b, c)] == ["clip", "b", "late"]
             for i, (jpeg, feature) in enumerate(zip(jpegs, features)):
                 a.send_bytes(jpeg)
                 b.send_bytes(feature.astype("<f4").tobytes())
                 if i >= 6:
                     c.send_bytes(jpeg)
-            got, got_b, got_c = _receive_frames(a, N_FRAMES), _receive_frames(b, N_FRAMES), _receive_frames(c, N_FRAMES - 6)
+            got, got_b, got_c = (
+                _receive_frames(a, N_FRAMES),
+                _receive_frames(b, N_FRAMES),
+                _receive_frames(c, N_FRAMES - 6),
+            )
         hub = app.state.hub
         assert hub.step_calls < 2 * N_FRAMES  # the sessions' steps were batched (each would take N alone)
     assert hub.alive is False  # the worker was joined at shutdown
@@ -222,15 +229,30 @@ def test_post_predict_json_and_csv_equal_predicts_csv(models, detector, media_di
     JSON rows are the same rows (column for column, NaN as null)."""
     import pandas as pd
     from fastapi.testclient import TestClient
-
-    from mambava.inference.predict import COLUMNS
+    from test_bench_smoke import _short_clip  # the first frames of single_face.mp4 (detection is the slow part)
     from test_predict import run_cli
 
-    from test_bench_smoke import _short_clip  # the first frames of single_face.mp4 (detection is the slow part)
+    from mambava.inference.predict import COLUMNS
 
     clip = _short_clip(media_dir, tmp_path / "single_face.mp4", n=N_FRAMES)
-    code, _, err = run_cli(["predict", clip, "-c", models["model"], "-b", models["vit"], "-o", tmp_path / "out",
-                            "--no-plots", "--precision", "fp32", "--detector", detector], capsys)
+    code, _, err = run_cli(
+        [
+            "predict",
+            clip,
+            "-c",
+            models["model"],
+            "-b",
+            models["vit"],
+            "-o",
+            tmp_path / "out",
+            "--no-plots",
+            "--precision",
+            "fp32",
+            "--detector",
+            detector,
+        ],
+        capsys,
+    )
     assert code == 0, err
     expected = (tmp_path / "out" / "single_face.csv").read_text()
     video = clip.read_bytes()
@@ -265,7 +287,9 @@ def test_post_predict_refusals(models, detector, media_dir):
     assert junk.status_code == 422 and junk.json()["error"].startswith("junk.mp4: cannot open as a video (")
     assert "mambava-serve-" not in junk.text and "Traceback" not in junk.text and "\n" not in junk.json()["error"]
     assert empty.status_code == 400 and empty.json() == {"error": "empty.mp4: the upload is empty"}
-    assert nofile.status_code == 400 and nofile.json() == {"error": "POST /predict needs the video as the multipart field 'file'"}
+    assert nofile.status_code == 400 and nofile.json() == {
+        "error": "POST /predict needs the video as the multipart field 'file'"
+    }
     assert fmt.status_code == 400 and fmt.json() == {"error": "format=xml: expected json or csv"}
 
 
@@ -284,8 +308,12 @@ def test_serve_command_binds_localhost_answers_and_stops_cleanly_on_ctrl_c(model
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     script = [sys.executable, "-c", "from mambava.cli import main; main()", "serve"]
-    process = subprocess.Popen(script + ["-c", str(models["model"]), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        script + ["-c", str(models["model"]), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         end = time.monotonic() + 60
         while True:
@@ -303,7 +331,7 @@ def test_serve_command_binds_localhost_answers_and_stops_cleanly_on_ctrl_c(model
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     assert info["input_dim"] == DIM and info["backbone"] is False and info["max_sessions"] == 8 and info["fps"] == 30
-    assert "<canvas id=\"circumplex\"" in page and "app.js" in page
+    assert '<canvas id="circumplex"' in page and "app.js" in page
     assert listening in (["127.0.0.1"], None)  # (None: no /proc/net/tcp to read it from)
     assert process.returncode == 0 and "Traceback" not in err, err[-2000:]
     assert f"on http://127.0.0.1:{port}/ (features only: no --backbone; up to 8 live sessions)" in err

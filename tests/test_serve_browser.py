@@ -12,14 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_predict import detector, models  # noqa: F401  (tiny ViT + Mamba-VA, the cached MTCNN)
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The flags the tool notes ask for: no sandbox (root in a container), no GPU, nothing fetched from the network.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
 ROWS = int(os.environ.get("MAMBAVA_SERVE_ROWS", 12))  # answers the page must show (more for a screenshot)
 
 
@@ -70,8 +78,12 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
     app = create_app(predictor, ServeLimits(max_sessions=2))
     with ServerThread(app) as server, sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
-            args=FLAGS + [f"--use-file-for-fake-video-capture={clip}"], viewport={"width": 1000, "height": 760})
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS + [f"--use-file-for-fake-video-capture={clip}"],
+            viewport={"width": 1000, "height": 760},
+        )
         try:
             page = context.pages[0] if context.pages else context.new_page()
             page.goto(server.url + "/")
@@ -100,8 +112,9 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
                     for (let i = 0; i < d.length; i += 4) if (d[i+3] > 0) n++; return n; })()})""")
             # then a video file: a new session named after it, its frames at the video's own times
             page.set_input_files("#file", str(write_webm(media_dir / "single_face.mp4", tmp_path / "talk.webm")))
-            page.wait_for_function("window.mambava.session?.name === 'talk' && window.mambava.rows.length >= 6",
-                                   timeout=60_000)
+            page.wait_for_function(
+                "window.mambava.session?.name === 'talk' && window.mambava.rows.length >= 6", timeout=60_000
+            )
             played = page.evaluate("({rows: window.mambava.rows, errors: window.mambava.core.errors})")
         finally:
             context.close()

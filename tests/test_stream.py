@@ -19,7 +19,9 @@ def smooth_features(n: int, dim: int, seed: int = 0, scale: float = 1.0) -> np.n
     """Random features that drift over time like real per-frame features (a random walk plus noise)."""
     rng = np.random.default_rng(seed)
     walk = np.cumsum(rng.normal(0, 0.1, (n, dim)), axis=0)
-    return (scale * (walk / np.sqrt(np.arange(1, n + 1))[:, None] * 3 + rng.normal(0, 0.5, (n, dim)))).astype(np.float32)
+    return (scale * (walk / np.sqrt(np.arange(1, n + 1))[:, None] * 3 + rng.normal(0, 0.5, (n, dim)))).astype(
+        np.float32
+    )
 
 
 def _stream_vs_full(model, n_frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,11 +31,21 @@ def _stream_vs_full(model, n_frames: int, seed: int) -> tuple[np.ndarray, np.nda
     return streamed, offline
 
 
-@pytest.mark.parametrize("n_frames", [
-    256,  # every ring buffer (at most 113 frames: (15-1)*8+1) wraps around twice
-    pytest.param(2000, marks=[pytest.mark.slow, pytest.mark.skipif(
-        not os.environ.get("MAMBAVA_SLOW_TESTS"), reason="40-75 s on 2 cores; set MAMBAVA_SLOW_TESTS=1")]),
-])
+@pytest.mark.parametrize(
+    "n_frames",
+    [
+        256,  # every ring buffer (at most 113 frames: (15-1)*8+1) wraps around twice
+        pytest.param(
+            2000,
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(
+                    not os.environ.get("MAMBAVA_SLOW_TESTS"), reason="40-75 s on 2 cores; set MAMBAVA_SLOW_TESTS=1"
+                ),
+            ],
+        ),
+    ],
+)
 def test_stream_equals_full_offline_pass_paper_model(n_frames):
     """The paper-size model (67M parameters): stepping frame by frame from frame 0 gives the values of one
     causal pass over the whole sequence (predict --windowing full), to <= 1e-4. Each step reads all 260 MB
@@ -274,8 +286,8 @@ def test_stream_cli_step_precision(tmp_path, capsys, tiny_mamba_va):
 
     import pandas as pd
 
-    from mambava.temporal import save_temporal_model
     from mambava.cli import main
+    from mambava.temporal import save_temporal_model
 
     def run(*args):
         argv, sys.argv = sys.argv, ["mambava", *map(str, args)]
@@ -293,8 +305,17 @@ def test_stream_cli_step_precision(tmp_path, capsys, tiny_mamba_va):
     np.save(tmp_path / "s.npy", smooth_features(50, model.config.input_dim, seed=3))
     rows = {}
     for precision in ("fp32", "bf16", "int8"):
-        code, err = run("stream", tmp_path / "s.npy", "-c", model_path, "-q", "--step-precision", precision,
-                        "--out", tmp_path / f"{precision}.csv")
+        code, err = run(
+            "stream",
+            tmp_path / "s.npy",
+            "-c",
+            model_path,
+            "-q",
+            "--step-precision",
+            precision,
+            "--out",
+            tmp_path / f"{precision}.csv",
+        )
         assert code == 0, err
         rows[precision] = pd.read_csv(tmp_path / f"{precision}.csv")[["valence", "arousal"]].to_numpy()
     for precision in ("bf16", "int8"):

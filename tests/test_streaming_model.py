@@ -5,9 +5,16 @@ import torch
 
 from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 
-SMALL = dict(input_dim=24, tcn_channels=(24, 16, 16), kernel_size=5, d_model=16, n_layers=2, d_state=4,
-             dt_rank="auto", head_hidden=8)
-
+SMALL = dict(
+    input_dim=24,
+    tcn_channels=(24, 16, 16),
+    kernel_size=5,
+    d_model=16,
+    n_layers=2,
+    d_state=4,
+    dt_rank="auto",
+    head_hidden=8,
+)
 
 
 def _features(T, dim, batch=1, seed=0):
@@ -71,8 +78,16 @@ def test_fresh_state_restarts_the_stream():
 
 
 # A small model whose TCN products have K = k*C_in a multiple of 16: the int8 step uses torch's int8 kernel.
-INT8_KERNEL = dict(input_dim=32, tcn_channels=(32, 16, 16), kernel_size=3, d_model=16, n_layers=2, d_state=4,
-                   dt_rank="auto", head_hidden=8)
+INT8_KERNEL = dict(
+    input_dim=32,
+    tcn_channels=(32, 16, 16),
+    kernel_size=3,
+    d_model=16,
+    n_layers=2,
+    d_state=4,
+    dt_rank="auto",
+    head_hidden=8,
+)
 
 
 def _stream_with(model, x, precision):

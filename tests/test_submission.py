@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mambava.data.affwild2 import AffWild2
 from mambava.cli import app
-from mambava.core.errors import MambavaError
-from mambava.data.store import FeatureStore
 from mambava.cli.data import official_frame_counts
+from mambava.core.errors import MambavaError
+from mambava.data.affwild2 import AffWild2
+from mambava.data.store import FeatureStore
 from mambava.data.submission import HEADER, read_frame_counts, validate_submission, write_submission
 
 COUNTS = {"vidE": 20, "vidF_left": 15}
@@ -34,8 +34,10 @@ def test_submission_round_trips_through_the_validator(affwild2_root, tmp_path):
     assert values.max() == 1.0 and values.min() == -1.0  # clipped
     assert not list(path.parent.glob(".*"))  # atomic: no temporary left
 
-    for option in (["--root", str(affwild2_root)],
-                   ["--crops", str(affwild2_root / "cropped_aligned"), "--test-list", str(data.test_list_path)]):
+    for option in (
+        ["--root", str(affwild2_root)],
+        ["--crops", str(affwild2_root / "cropped_aligned"), "--test-list", str(data.test_list_path)],
+    ):
         result = CliRunner().invoke(app, ["submit", "validate", str(path), *option])
         if option[0] == "--crops":  # highest crop of vidE is 18, its video has 20 frames
             assert isinstance(result.exception, MambavaError)
@@ -121,8 +123,10 @@ def test_writer_refuses_predictions_that_do_not_fit(tmp_path):
 
 def test_frame_counts_from_abaw_sample_submission_or_count_list(tmp_path):
     sample = tmp_path / "sample.txt"
-    sample.write_text("image_location,valence,arousal\n" + "".join(
-        f"{video}/{frame:05d}.jpg,,\n" for video, n in COUNTS.items() for frame in range(1, n + 1)))
+    sample.write_text(
+        "image_location,valence,arousal\n"
+        + "".join(f"{video}/{frame:05d}.jpg,,\n" for video, n in COUNTS.items() for frame in range(1, n + 1))
+    )
     assert read_frame_counts(sample) == COUNTS
     listing = tmp_path / "frames.txt"  # a bare frame list, any order: the count is the highest frame
     listing.write_text("vidF_left/00015.jpg\nvidE/00020.jpg\nvidE/00001.jpg\n")
@@ -158,8 +162,10 @@ def test_submission_frame_counts_come_from_an_official_source(affwild2_root, tmp
     (affwild2_root / "videos" / "batch1" / "vidE.mp4").rename(affwild2_root / "videos" / "batch1" / "vidF.mp4")
     (affwild2_root / "cropped_aligned" / "vidE").rename(affwild2_root / "cropped_aligned" / "vidF_right")
     (affwild2_root / "Valence_Arousal_Estimation_Challenge_test_set_release.txt").write_text("vidF_left\nvidF_right\n")
-    assert official_frame_counts(None, affwild2_root, None, "x") == (["vidF_left", "vidF_right"],
-                                                                    {"vidF_left": 20, "vidF_right": 20})
+    assert official_frame_counts(None, affwild2_root, None, "x") == (
+        ["vidF_left", "vidF_right"],
+        {"vidF_left": 20, "vidF_right": 20},
+    )
     with pytest.raises(MambavaError, match="submit write: pass --frame-counts FILE"):
         official_frame_counts(None, None, None, "submit write")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mambava.data.affwild2 import AffWild2, base_video, read_crop, read_va_annotation, video_frame_count
 from mambava.core.errors import MambavaError
+from mambava.data.affwild2 import AffWild2, base_video, read_crop, read_va_annotation, video_frame_count
 from mambava.synth import (
     ARCFACE_TEMPLATE_112,
     RENDERED_TRUTH,
@@ -25,8 +25,17 @@ from mambava.synth import (
 )
 
 # Two train videos (one of them two-person), one validation, one test: every layout feature, ~2 s.
-TINY = dict(n_train=2, n_val=1, n_test=1, frames=(150, 180), two_person_fraction=0.5, seed=7,
-            gaps_per_min=12.0, occlusions_per_min=12.0, invalid_runs_per_min=6.0)
+TINY = dict(
+    n_train=2,
+    n_val=1,
+    n_test=1,
+    frames=(150, 180),
+    two_person_fraction=0.5,
+    seed=7,
+    gaps_per_min=12.0,
+    occlusions_per_min=12.0,
+    invalid_runs_per_min=6.0,
+)
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -61,8 +70,11 @@ def test_same_seed_gives_identical_files_whatever_the_workers(tiny, tmp_path):
 def test_layout_is_read_by_the_affwild2_loader(tiny):
     root, summary = tiny
     data = AffWild2(root)
-    assert data.splits == {"train": summary.splits["train"], "validation": summary.splits["validation"],
-                           "test": summary.splits["test"]}
+    assert data.splits == {
+        "train": summary.splits["train"],
+        "validation": summary.splits["validation"],
+        "test": summary.splits["test"],
+    }
     names = data.videos
     assert any(n.endswith("_left") for n in names) and any(n.endswith("_right") for n in names)
     assert len(summary.videos) == 4 and len(names) == 4 + sum(n.endswith("_left") for n in names)
@@ -162,8 +174,7 @@ def test_trajectories_have_long_range_structure_and_cover_the_space():
     two = np.median([_autocorrelation(t["va_true"].astype(float), 60) for t in items], axis=0)
     assert (one > 0.6).all() and (two > 0.2).all(), (one, two)
     # ... while the expression noise a single frame carries (smile - valence) is gone after 0.5 s
-    noise = np.median([_autocorrelation((t["smile"] - t["va_true"][:, 0])[:, None].astype(float), 15)
-                       for t in items])
+    noise = np.median([_autocorrelation((t["smile"] - t["va_true"][:, 0])[:, None].astype(float), 15) for t in items])
     assert noise < 0.3
 
 
@@ -218,9 +229,30 @@ def test_synth_command_writes_a_dataset(tmp_path):
     from mambava.cli import app
 
     out = tmp_path / "synth"
-    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--train", "1", "--val", "1", "--test", "1",
-                                      "--min-frames", "40", "--max-frames", "50", "--two-person", "0", "--no-videos", "--quiet",
-                                      "--workers", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--train",
+            "1",
+            "--val",
+            "1",
+            "--test",
+            "1",
+            "--min-frames",
+            "40",
+            "--max-frames",
+            "50",
+            "--two-person",
+            "0",
+            "--no-videos",
+            "--quiet",
+            "--workers",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = AffWild2(out)
     assert [len(data.splits[s]) for s in ("train", "validation", "test")] == [1, 1, 1]

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from mambava.backbone import FeatureExtractor
+from mambava.data.timebase import GridClock, model_fps, to_grid
 from mambava.faces.detect import Face
 from mambava.inference.predict import Predictor
-from mambava.data.timebase import GridClock, model_fps, to_grid
 
 # ------------------------------------------------------------------------------------------ the mapping
 
@@ -60,8 +60,8 @@ def test_the_stream_clock_gives_the_same_ticks():
 def test_model_fps_is_in_the_config_and_checkpoint_and_old_files_load_with_30(tmp_path, tiny_mamba_va):
     from safetensors.torch import save_file
 
-    from mambava.temporal import build_temporal_model, load_temporal_model, save_temporal_model
     from mambava.core.errors import MambavaError
+    from mambava.temporal import build_temporal_model, load_temporal_model, save_temporal_model
     from mambava.temporal.mamba_va import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig
 
     model = tiny_mamba_va()
@@ -73,7 +73,9 @@ def test_model_fps_is_in_the_config_and_checkpoint_and_old_files_load_with_30(tm
     config = model.config.to_dict()
     del config["fps"]
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"format": CHECKPOINT_FORMAT, "config": json.dumps(config)})
+    save_file(
+        tensors, str(tmp_path / "old.safetensors"), metadata={"format": CHECKPOINT_FORMAT, "config": json.dumps(config)}
+    )
     old = MambaVA.load(tmp_path / "old.safetensors")
     assert old.config.fps == 30.0
     assert model_fps(Predictor(tmp_path / "old.safetensors").model) == 30.0
@@ -185,8 +187,9 @@ def test_30_and_60_fps_and_fps_10_agree_at_shared_timestamps(tmp_path, windowing
     clip30, clip60 = _clip(tmp_path / "c30.mkv", 30), _clip(tmp_path / "c60.mkv", 60)
 
     def run(path, fps=None):
-        predictor = Predictor(_CausalFilter(), _MeanColour(), detector=_WholeFrame(), fps=fps, windowing=windowing,
-                              window=60, stride=40)
+        predictor = Predictor(
+            _CausalFilter(), _MeanColour(), detector=_WholeFrame(), fps=fps, windowing=windowing, window=60, stride=40
+        )
         return predictor.predict_video(path)
 
     a30, a60, b30, b60 = run(clip30), run(clip60), run(clip30, 10), run(clip60, 10)
@@ -232,31 +235,49 @@ def test_stream_with_fps_gives_every_source_frame_a_row_and_equals_predict(tmp_p
     for fps in (30, 60):
         clip = _clip(tmp_path / f"c{fps}.mkv", fps, seconds=2.0)
         rows = list(LiveStream(model, str(clip), _WholeFrame(), _MeanColour(), fps=10))
-        streamed = pd.DataFrame([(r.frame, r.time, r.valence, r.arousal, r.dropped) for r in rows],
-                                columns=["frame", "time", "valence", "arousal", "dropped"])
+        streamed = pd.DataFrame(
+            [(r.frame, r.time, r.valence, r.arousal, r.dropped) for r in rows],
+            columns=["frame", "time", "valence", "arousal", "dropped"],
+        )
         assert streamed["frame"].tolist() == list(range(2 * fps))
         assert streamed["dropped"].tolist() == ([False] + [True] * (fps // 10 - 1)) * 20
         table = Predictor(model, _MeanColour(), detector=_WholeFrame(), fps=10, windowing="full").predict_video(clip)
-        assert np.abs(streamed[["valence", "arousal"]].to_numpy() - table[["valence", "arousal"]].to_numpy()).max() <= 1e-5
+        assert (
+            np.abs(streamed[["valence", "arousal"]].to_numpy() - table[["valence", "arousal"]].to_numpy()).max() <= 1e-5
+        )
         tables[fps] = streamed
     assert _at_shared_times(tables[30], tables[60]).max() <= SAME_GRID
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--fps", "0"], "error: --fps must be a positive number of frames per second, got 0.0"),
-    (["--features-fps", "-30"], "error: --features-fps must be a positive number of frames per second, got -30.0"),
-    (["--stitching", "median"], "error: stitching must be one of mean, most_history, got 'median'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fps", "0"], "error: --fps must be a positive number of frames per second, got 0.0"),
+        (["--features-fps", "-30"], "error: --features-fps must be a positive number of frames per second, got -30.0"),
+        (["--stitching", "median"], "error: stitching must be one of mean, most_history, got 'median'"),
+    ],
+)
 def test_cli_rejects_bad_rates_and_stitching_in_one_line(args, message, tmp_path, tiny_mamba_va, capsys):
     import sys
 
-    from mambava.temporal import save_temporal_model
     from mambava.cli import main
+    from mambava.temporal import save_temporal_model
 
     save_temporal_model(tiny_mamba_va(4), tmp_path / "m.safetensors")
     np.save(tmp_path / "f.npy", np.zeros((10, 4), np.float32))
-    argv, sys.argv = sys.argv, ["mambava", "predict", str(tmp_path / "f.npy"), "-c", str(tmp_path / "m.safetensors"),
-                                "-o", str(tmp_path / "out"), *args]
+    argv, sys.argv = (
+        sys.argv,
+        [
+            "mambava",
+            "predict",
+            str(tmp_path / "f.npy"),
+            "-c",
+            str(tmp_path / "m.safetensors"),
+            "-o",
+            str(tmp_path / "out"),
+            *args,
+        ],
+    )
     try:
         with pytest.raises(SystemExit) as exit_:
             main()
@@ -284,10 +305,10 @@ def test_training_and_evaluation_put_a_store_entry_of_another_rate_on_the_model_
     30 fps signal stored at 60 fps (every frame twice) gives a 30 fps model the same training windows, the same
     validation video and the same score as the 30 fps entry; read as consecutive frames it would not."""
     from mambava.data.store import FeatureStore
+    from mambava.data.windows import WindowDataset
     from mambava.temporal import load_temporal_model, save_temporal_model
     from mambava.training.data import VideoDataset
     from mambava.training.evaluate import evaluate_videos
-    from mambava.data.windows import WindowDataset
 
     rng = np.random.default_rng(0)
     x30 = (np.cumsum(rng.normal(size=(90, 24)), axis=0) * 0.1).astype(np.float32)

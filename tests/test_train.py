@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from mambava.core.errors import MambavaError
-from mambava.data.store import FeatureStore
 from mambava.core.metrics import ConcordanceCCC, va_scores
+from mambava.data.store import FeatureStore
 from mambava.training import (
     EpochShuffleSampler,
     ShardSampler,
@@ -29,8 +29,13 @@ from mambava.training import (
 
 # A small temporal model of the paper's structure, for tests that check plumbing rather than learning.
 TINY_MODEL = [
-    "model.tcn_channels=[16,16]", "model.kernel_size=3", "model.d_model=16", "model.n_layers=1",
-    "model.d_state=4", "model.dt_rank=2", "model.head_hidden=8",
+    "model.tcn_channels=[16,16]",
+    "model.kernel_size=3",
+    "model.d_model=16",
+    "model.n_layers=1",
+    "model.d_state=4",
+    "model.dt_rank=2",
+    "model.head_hidden=8",
 ]
 
 
@@ -84,25 +89,33 @@ def write_drift_dataset(
                 run = max(2, n // 20)
                 start = int(rng.integers(0, n - run))
                 labels[start : start + run] = -5.0
-            store.write(name, features.astype(np.float32), np.ones(n, bool), fps=30.0, backbone="drift", dtype="float16")
-            lines = ["valence,arousal"] + [
-                "-5,-5" if v == -5 else f"{v:.5f},{a:.5f}" for v, a in labels
-            ]
+            store.write(
+                name, features.astype(np.float32), np.ones(n, bool), fps=30.0, backbone="drift", dtype="float16"
+            )
+            lines = ["valence,arousal"] + ["-5,-5" if v == -5 else f"{v:.5f},{a:.5f}" for v, a in labels]
             (annotations / folder / f"{name}.txt").write_text("\n".join(lines) + "\n")
     return root / "features", root / "affwild2"
 
 
 def run_config(features: Path, annotations: Path, out_dir: Path, *overrides: str) -> TrainConfig:
-    return load_config(None, [
-        f"data.features={features}", f"data.annotations={annotations}", f"out_dir={out_dir}",
-        "progress_bar=false", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            f"data.features={features}",
+            f"data.annotations={annotations}",
+            f"out_dir={out_dir}",
+            "progress_bar=false",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> tuple[Path, Path]:
     """6 train + 4 validation videos of ~150 frames, 8-d features (plumbing tests)."""
-    return write_drift_dataset(tmp_path_factory.mktemp("small"), n_train=6, n_val=4, n_frames=150, dim=8, noise=1.0, scale=20)
+    return write_drift_dataset(
+        tmp_path_factory.mktemp("small"), n_train=6, n_val=4, n_frames=150, dim=8, noise=1.0, scale=20
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,12 +123,14 @@ def small_data(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_paper_yaml_is_the_dataclass_defaults():
-    from mambava.training import PAPER_CONFIG
-
     import yaml
 
+    from mambava.training import PAPER_CONFIG
+
     def keys(tree, prefix=""):
-        return set().union(*[keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k} for k, v in tree.items()])
+        return set().union(
+            *[keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k} for k, v in tree.items()]
+        )
 
     assert keys(yaml.safe_load(PAPER_CONFIG.read_text())) == keys(TrainConfig().to_dict())  # it lists every key
     paper = load_config(PAPER_CONFIG)
@@ -214,7 +229,9 @@ def test_validation_ccc_is_the_formula_over_concatenated_videos_and_ranks_add_up
     valid = np.concatenate([(t != -5).all(1) for _, t in videos])
     pred_all = np.concatenate([p for p, _ in videos])[valid]
     target_all = np.concatenate([t for _, t in videos])[valid]
-    tm = torchmetrics.functional.concordance_corrcoef(torch.from_numpy(pred_all).double(), torch.from_numpy(target_all).double())
+    tm = torchmetrics.functional.concordance_corrcoef(
+        torch.from_numpy(pred_all).double(), torch.from_numpy(target_all).double()
+    )
     assert np.all(np.abs(tm.numpy() - got) < 2.0 / len(pred_all))  # close, not equal: why we do not use it
     x, y = pred_all.astype(np.float64), target_all.astype(np.float64)
     cov = ((x - x.mean(0)) * (y - y.mean(0))).sum(0) / (len(x) - 1)  # ... it uses sample (n - 1) moments
@@ -292,7 +309,15 @@ def test_run_outputs_and_evaluate_cli(small_data, tmp_path):
     result = runner.invoke(app, ["train", "--config", str(cfg_path), "--out-dir", str(out), "--set", "lr=1e-3"])
     assert result.exit_code == 0, result.output
     assert "P_VA" in result.output
-    for name in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "model.safetensors", "metrics.csv", "summary.json", "curves.png"):
+    for name in (
+        "config.yaml",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "model.safetensors",
+        "metrics.csv",
+        "summary.json",
+        "curves.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
@@ -303,7 +328,9 @@ def test_run_outputs_and_evaluate_cli(small_data, tmp_path):
     assert list((out / "logs").glob("version_*/metrics.csv"))  # Lightning's per-step CSV log
 
     # evaluate the exported best model: same number as the validation that selected it
-    result = runner.invoke(app, ["evaluate", str(out / "model.safetensors"), "--features", str(features), "--split", "validation"])
+    result = runner.invoke(
+        app, ["evaluate", str(out / "model.safetensors"), "--features", str(features), "--split", "validation"]
+    )
     assert result.exit_code == 0, result.output
     p_va = float(next(line for line in result.output.splitlines() if line.startswith("P_VA")).split()[1])
     assert abs(p_va - summary["best"]["p_va"]) < 1e-4
@@ -370,7 +397,9 @@ def test_paper_model_learns_long_context_and_beats_framewise_mlp(drift_data, tmp
     features, annotations = drift_data
     oracle = _frame_oracle(features, annotations)
     paper = train(run_config(features, annotations, tmp_path / "mamba_va", *LEARNING_MODEL, *LEARNING_RECIPE))
-    mlp = train(run_config(features, annotations, tmp_path / "mlp", *LEARNING_MODEL, *LEARNING_RECIPE, "model.kind=mlp"))
+    mlp = train(
+        run_config(features, annotations, tmp_path / "mlp", *LEARNING_MODEL, *LEARNING_RECIPE, "model.kind=mlp")
+    )
     print(
         f"frame-wise linear oracle P_VA {oracle:.3f}; mamba_va {paper['best']} in {paper['train_time_s']} s; "
         f"mlp {mlp['best']} in {mlp['train_time_s']} s"
@@ -390,8 +419,15 @@ def test_ddp_on_two_cpu_processes_validates_exactly_like_one(small_data, tmp_pat
     features, annotations = small_data
     out = tmp_path / "ddp"
     settings = [
-        *TINY_MODEL, "model.input_dim=8", "epochs=2", "warmup_epochs=1", "batch_size=2", "accelerator=cpu",
-        f"data.features={features}", f"data.annotations={annotations}", "progress_bar=false",
+        *TINY_MODEL,
+        "model.input_dim=8",
+        "epochs=2",
+        "warmup_epochs=1",
+        "batch_size=2",
+        "accelerator=cpu",
+        f"data.features={features}",
+        f"data.annotations={annotations}",
+        "progress_bar=false",
     ]
     command = [sys.executable, "-m", "mambava", "train", "--out-dir", str(out), "--devices", "2", "--strategy", "ddp"]
     for item in settings:
@@ -422,8 +458,18 @@ def test_bf16_mixed_training_clips_gradients_with_the_fused_optimizer(small_data
         return torch.tensor(before)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
-    cfg = run_config(features, annotations, tmp_path / "run", *TINY_MODEL, "model.input_dim=8", "epochs=2",
-                     "warmup_epochs=1", "batch_size=3", "precision=bf16-mixed", "grad_clip=0.001")
+    cfg = run_config(
+        features,
+        annotations,
+        tmp_path / "run",
+        *TINY_MODEL,
+        "model.input_dim=8",
+        "epochs=2",
+        "warmup_epochs=1",
+        "batch_size=3",
+        "precision=bf16-mixed",
+        "grad_clip=0.001",
+    )
     summary = train(cfg)
     assert summary["finished"] and len(seen) == summary["global_step"] > 0
     assert all(before > 0.001 for before, _ in seen)  # the clip was active on every step

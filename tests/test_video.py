@@ -17,7 +17,9 @@ from mambava.core.errors import MambavaError
 from mambava.media.video import VideoWarning, open_video
 
 
-def _encode(path: Path, frames: list[np.ndarray], codec: str, rate: int = 10, pts_ms: list[int] | None = None, **opts) -> Path:
+def _encode(
+    path: Path, frames: list[np.ndarray], codec: str, rate: int = 10, pts_ms: list[int] | None = None, **opts
+) -> Path:
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w", options=opts) as container:
         stream = container.add_stream(codec, rate=rate)
@@ -90,7 +92,9 @@ def test_fps_above_source_rate_keeps_every_frame(media_dir):
         assert sum(1 for _ in reader) == 72
 
 
-@pytest.mark.parametrize("suffix,codec", [(".webm", "libvpx-vp9"), (".avi", "mpeg4"), (".mkv", "libx264"), (".mov", "libx264")])
+@pytest.mark.parametrize(
+    "suffix,codec", [(".webm", "libvpx-vp9"), (".avi", "mpeg4"), (".mkv", "libx264"), (".mov", "libx264")]
+)
 def test_common_containers(tmp_path, suffix, codec):
     clip = _gray_clip()
     path = _encode(tmp_path / f"clip{suffix}", clip, codec)

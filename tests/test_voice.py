@@ -69,7 +69,7 @@ def test_pitch_loudness_and_speaking_rate_rise_with_arousal():
     x = voice(np.random.default_rng(0), va, np.ones(n, bool), fps, Speaker(120.0, -26.0, 1.0, 1.0))
     f0, loud, times = _rows(x.astype(np.float32))
     second = times.astype(int)
-    arousal = np.array([va[int(s * fps):int((s + 1) * fps), 1].mean() for s in range(24)])
+    arousal = np.array([va[int(s * fps) : int((s + 1) * fps), 1].mean() for s in range(24)])
     pitch = np.array([np.median(f0[(second == s) & (f0 > 0)]) for s in range(24)])
     loudness = np.array([loud[second == s].mean() for s in range(24)])
     onsets = np.flatnonzero((f0[1:] > 0) & (f0[:-1] == 0))  # voiced stretches begin about once a syllable
@@ -153,9 +153,28 @@ def test_no_voices_leaves_the_videos_silent(tmp_path):
 
     from mambava.cli import app
 
-    result = CliRunner().invoke(app, ["synth", "-o", str(tmp_path / "d"), "--train", "1", "--val", "1", "--test", "0",
-                                      "--min-frames", "30", "--max-frames", "32", "--no-voices", "--workers", "1",
-                                      "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "synth",
+            "-o",
+            str(tmp_path / "d"),
+            "--train",
+            "1",
+            "--val",
+            "1",
+            "--test",
+            "0",
+            "--min-frames",
+            "30",
+            "--max-frames",
+            "32",
+            "--no-voices",
+            "--workers",
+            "1",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     meta = read_meta(tmp_path / "d")
     assert meta["config"]["voices"] is False

@@ -86,8 +86,19 @@ def test_stitch_most_history_takes_each_frame_from_the_window_that_started_first
     assert out[:, 1].tolist() == [-v for v in out[:, 0].tolist()]
     # the mean of the same windows, by hand: frames 2-4 are in two or three windows
     mean = stitch(preds, windows, 11, how="mean")[:, 0]
-    assert mean.tolist() == [0, 1, (2 + 10) / 2, (3 + 11) / 2, (4 + 12 + 20) / 3, (13 + 21) / 2, (14 + 22 + 30) / 3,
-                             (23 + 31) / 2, (24 + 32) / 2, 33, 34]
+    assert mean.tolist() == [
+        0,
+        1,
+        (2 + 10) / 2,
+        (3 + 11) / 2,
+        (4 + 12 + 20) / 3,
+        (13 + 21) / 2,
+        (14 + 22 + 30) / 3,
+        (23 + 31) / 2,
+        (24 + 32) / 2,
+        33,
+        34,
+    ]
     # the last window moved back to end at the video's end (n=12: (6,11) becomes (7,12))
     windows = make_windows(12, window=5, stride=2)
     assert windows[-1] == (7, 12)
@@ -183,9 +194,8 @@ def test_load_labels_aligns_annotations_to_stored_features(affwild2_root, tmp_pa
 def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
     """`mambava bench stitching`: the largest jump is exact on a hand-built curve, and its "mean" row is the
     score `evaluate` gives (the same windows, the same stitching)."""
-    from mambava.temporal import save_temporal_model
     from mambava.benchmarks.stitching import OPTIONS, largest_jump, measure
-    from mambava.temporal import load_temporal_model
+    from mambava.temporal import load_temporal_model, save_temporal_model
     from mambava.training.evaluate import evaluate_videos
 
     assert largest_jump(np.array([[0.0, 0.0], [0.1, -0.3], [0.6, -0.2], [0.5, -0.2]])) == pytest.approx(0.5)
@@ -200,6 +210,8 @@ def test_stitching_benchmark_numbers(tmp_path, tiny_mamba_va):
     save_temporal_model(tiny_mamba_va(), tmp_path / "model.safetensors")
     results = measure(tmp_path / "model.safetensors", store, ["a", "b"], labels)
     assert list(results) == [option for option, _, _ in OPTIONS] == ["mean", "most_history", "full"]
-    official = evaluate_videos(load_temporal_model(tmp_path / "model.safetensors"), store, ["a", "b"], labels, device="cpu")
+    official = evaluate_videos(
+        load_temporal_model(tmp_path / "model.safetensors"), store, ["a", "b"], labels, device="cpu"
+    )
     assert results["mean"]["p_va"] == pytest.approx(official.p_va, abs=1e-6)
     assert results["mean"]["p_va"] != pytest.approx(results["full"]["p_va"], abs=1e-6)

@@ -12,8 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mambava.core.checkpoint import (CheckpointError, LoadReport, load_checkpoint, load_torch_file, parse_tag,
-                                     read_header, save_checkpoint, weights_sha256)
+from mambava.core.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    load_checkpoint,
+    load_torch_file,
+    parse_tag,
+    read_header,
+    save_checkpoint,
+    weights_sha256,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 
@@ -71,8 +79,11 @@ def test_the_shipped_untagged_mtcnn_weights_load():
 def test_new_files_carry_format_version_config_and_the_weights_hash(tmp_path):
     from mambava.temporal import MambaVA, MambaVAConfig
 
-    model = MambaVA(MambaVAConfig(input_dim=8, tcn_channels=(8,), kernel_size=3, d_model=8, n_layers=1, d_state=2,
-                                  dt_rank=1, head_hidden=4))
+    model = MambaVA(
+        MambaVAConfig(
+            input_dim=8, tcn_channels=(8,), kernel_size=3, d_model=8, n_layers=1, d_state=2, dt_rank=1, head_hidden=4
+        )
+    )
     header = read_header(model.save(tmp_path / "m.safetensors"))
     assert header["format"] == "mambava.temporal/1"
     assert json.loads(header["config"])["tcn_channels"] == [8]
@@ -123,5 +134,6 @@ def test_one_report_type():
     report = LoadReport("m.pth", "mae", None, missing=["a"], unexpected=["b"], dropped=["decoder.x"])
     assert not report.ok
     assert str(report) == "missing keys: a; unexpected keys: b"
-    assert report.summary() == ("m.pth: mae checkpoint; dropped 1 keys not part of the model (decoder.x); "
-                                "missing keys: a; unexpected keys: b")
+    assert report.summary() == (
+        "m.pth: mae checkpoint; dropped 1 keys not part of the model (decoder.x); missing keys: a; unexpected keys: b"
+    )

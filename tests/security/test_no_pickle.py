@@ -7,12 +7,10 @@ create a marker file. The command must stop with one `error:` line (exit 2) and 
 from __future__ import annotations
 
 import builtins
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
 from test_faults import train_cli, train_data  # noqa: F401  (the drift dataset fixture)
 from test_predict import run_cli
 
@@ -30,8 +28,11 @@ class Payload:
 def plant(path: Path, marker: Path, lightning: bool = False) -> Path:
     """A torch.save file at `path` holding the payload, shaped like a Lightning checkpoint when asked."""
     tensors = {"w": torch.zeros(2)}
-    content = {"state_dict": tensors, "epoch": 0, "global_step": 1, "optimizer_states": [{}], "payload": Payload(marker)} \
-        if lightning else {"model": tensors, "payload": Payload(marker)}
+    content = (
+        {"state_dict": tensors, "epoch": 0, "global_step": 1, "optimizer_states": [{}], "payload": Payload(marker)}
+        if lightning
+        else {"model": tensors, "payload": Payload(marker)}
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(content, path)
     return path
@@ -96,7 +97,17 @@ COMMANDS = {
     "stream -c": ["stream", "MEDIA/single_face.mp4", "-c", "CKPT", "-b", "BACKBONE", "-o", "OUT/s.csv"],
     "serve -c": ["serve", "-c", "CKPT", "--port", "PORT"],
     "models add": ["models", "add", "evil", "CKPT"],
-    "adapt -c": ["adapt", "-c", "CKPT", "--features", "FEATURES", "--ratings", "ANNOTATIONS/VA_Estimation_Challenge/Train_Set", "-o", "OUT/adapted"],
+    "adapt -c": [
+        "adapt",
+        "-c",
+        "CKPT",
+        "--features",
+        "FEATURES",
+        "--ratings",
+        "ANNOTATIONS/VA_Estimation_Challenge/Train_Set",
+        "-o",
+        "OUT/adapted",
+    ],
     "extract -c": ["extract", "CROPS", "-o", "OUT/store", "-c", "CKPT"],
     "finetune-backbone -c": ["finetune-backbone", "AFFWILD2", "-c", "CKPT", "-o", "OUT/ft"],
     "pretrain-backbone -c": ["pretrain-backbone", "CROPS", "-c", "CKPT", "-o", "OUT/mae"],
@@ -107,23 +118,46 @@ COMMANDS = {
 
 @pytest.mark.parametrize("suffix", [".pth", ".ckpt"])
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_no_command_runs_a_planted_checkpoint(command, suffix, train_data, features_npy, crop_tree, affwild2_root,  # noqa: F811
-                                              media_dir, marker, tmp_path, capsys, monkeypatch):
+def test_no_command_runs_a_planted_checkpoint(
+    command,
+    suffix,
+    train_data,
+    features_npy,
+    crop_tree,
+    affwild2_root,  # noqa: F811
+    media_dir,
+    marker,
+    tmp_path,
+    capsys,
+    monkeypatch,
+):
     from mambava.backbone import ViTConfig, ViTEncoder
     from mambava.temporal import build_temporal_model, save_temporal_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # `models add` writes into the user cache
-    model = save_temporal_model(build_temporal_model("mamba_va", {"input_dim": 8, "tcn_channels": [8], "d_model": 8,
-                                                                   "n_layers": 1, "head_hidden": 4}),
-                                tmp_path / "model.safetensors")
+    model = save_temporal_model(
+        build_temporal_model(
+            "mamba_va", {"input_dim": 8, "tcn_channels": [8], "d_model": 8, "n_layers": 1, "head_hidden": 4}
+        ),
+        tmp_path / "model.safetensors",
+    )
     evil = plant(tmp_path / f"evil{suffix}", marker, lightning=suffix == ".ckpt")
     features, annotations = train_data
     out = tmp_path / "out"
     out.mkdir()
     backbone = tmp_path / "vit.safetensors"
     ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2, name="t")).save(backbone)
-    values = {"CKPT": evil, "BACKBONE": backbone, "PORT": free_port(), "FEATURES": features, "ANNOTATIONS": annotations, "NPY": features_npy, "MODEL": model,
-              "CROPS": crop_tree, "AFFWILD2": affwild2_root}
+    values = {
+        "CKPT": evil,
+        "BACKBONE": backbone,
+        "PORT": free_port(),
+        "FEATURES": features,
+        "ANNOTATIONS": annotations,
+        "NPY": features_npy,
+        "MODEL": model,
+        "CROPS": crop_tree,
+        "AFFWILD2": affwild2_root,
+    }
     argv = []
     for arg in COMMANDS[command]:
         for key, value in values.items():

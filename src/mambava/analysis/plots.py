@@ -13,6 +13,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import av
+import cv2
 import numpy as np
 
 from mambava.core.fileio import atomic_path
@@ -67,8 +69,9 @@ def _no_face_spans(time: np.ndarray, face: np.ndarray) -> list[tuple[float, floa
     return spans
 
 
-def plot_va_over_time(table, path: str | os.PathLike, title: str | None = None, truth=None,
-                      truth_label: str = "truth", events=None) -> Path:
+def plot_va_over_time(
+    table, path: str | os.PathLike, title: str | None = None, truth=None, truth_label: str = "truth", events=None
+) -> Path:
     """One panel per track: valence and arousal against time (seconds), y in [-1, 1]; frames without a face
     (values carried over from the last face, see `mambava.inference.predict`) are shaded grey. `truth`, when known: a
     (T, 2) array for a one-track table, or {track: (T, 2)}, one row per row of the track in time order; drawn
@@ -115,8 +118,14 @@ def _shade_events(ax, events) -> None:
     for index, kind in enumerate(types):
         rows = events[events["trial_type"].astype(str) == kind]
         for i, (onset, duration) in enumerate(zip(rows["onset"], rows["duration"])):
-            ax.axvspan(float(onset), float(onset) + float(duration), color=colours(index % 8), alpha=0.45, zorder=0,
-                       label=kind if i == 0 else None)
+            ax.axvspan(
+                float(onset),
+                float(onset) + float(duration),
+                color=colours(index % 8),
+                alpha=0.45,
+                zorder=0,
+                label=kind if i == 0 else None,
+            )
 
 
 def plot_event_bars(aggregated, path: str | os.PathLike, title: str | None = None) -> Path:
@@ -129,7 +138,9 @@ def plot_event_bars(aggregated, path: str | os.PathLike, title: str | None = Non
     for ax, name in zip(axes, names):
         rows = aggregated[aggregated["track"].astype(str) == name]
         x = np.arange(len(rows))
-        for offset, (prefix, label, colour) in zip((-0.2, 0.2), (("v", "valence", VALENCE_COLOR), ("a", "arousal", AROUSAL_COLOR))):
+        for offset, (prefix, label, colour) in zip(
+            (-0.2, 0.2), (("v", "valence", VALENCE_COLOR), ("a", "arousal", AROUSAL_COLOR))
+        ):
             mean = rows[f"{prefix}_mean_norm" if norm else f"{prefix}_mean"].to_numpy(float)
             sd = rows[f"{prefix}_sd"].to_numpy(float)
             if norm and rows["normalisation"].iloc[0] == "zscore":
@@ -137,8 +148,12 @@ def plot_event_bars(aggregated, path: str | os.PathLike, title: str | None = Non
             ax.bar(x + offset, mean, 0.4, yerr=np.nan_to_num(sd), capsize=3, color=colour, label=label)
         ax.axhline(0.0, color="0.5", lw=0.6)
         ax.set_xticks(x)
-        ax.set_xticklabels([f"{e}: {t}" for e, t in zip(rows["event"], rows["trial_type"].astype(str))],
-                           rotation=30, ha="right", fontsize="small")
+        ax.set_xticklabels(
+            [f"{e}: {t}" for e, t in zip(rows["event"], rows["trial_type"].astype(str))],
+            rotation=30,
+            ha="right",
+            fontsize="small",
+        )
         what = f"{rows['normalisation'].iloc[0]} from '{rows['baseline'].iloc[0]}'" if norm else "mean"
         ax.set_ylabel(f"{name}\n{what} (±1 SD)" if name else f"{what} (±1 SD)")
         ax.grid(alpha=0.3, axis="y")
@@ -203,7 +218,6 @@ def draw_overlay(
     """Draw, in place on an RGB uint8 image, the face box (grey when the face was not found in this frame and
     the values are carried over) and two bars under it: valence and arousal, each from -1 (left) to +1 (right)
     with a tick at 0. With no box the bars go to the top-left corner. Returns the image."""
-    import cv2
 
     height, width = image.shape[:2]
     scale = max(0.5, min(width, height) / 480)
@@ -233,8 +247,16 @@ def draw_overlay(
         cv2.rectangle(image, (min(mid, end), top), (max(mid, end), top + bar_h), rgb, -1)
         cv2.line(image, (mid, top - 1), (mid, top + bar_h + 1), (255, 255, 255), 1)
         cv2.putText(image, name, (bx, top + bar_h), font, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
-        cv2.putText(image, f"{value:+.2f}", (left + bar_w + gap, top + bar_h), font, font_scale,
-                    (255, 255, 255), thickness, cv2.LINE_AA)
+        cv2.putText(
+            image,
+            f"{value:+.2f}",
+            (left + bar_w + gap, top + bar_h),
+            font,
+            font_scale,
+            (255, 255, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
     if label and box is not None:
         cv2.putText(image, label, (bx, max(bar_h, label_y)), font, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return image
@@ -253,8 +275,6 @@ class OverlayVideoWriter:
         self._stream = None
 
     def write(self, image: np.ndarray) -> None:
-        import av
-
         if image.shape[0] % 2 or image.shape[1] % 2:
             image = np.pad(image, ((0, image.shape[0] % 2), (0, image.shape[1] % 2), (0, 0)), mode="edge")
         if self._container is None:

@@ -22,8 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from mambava.analysis.plots import AROUSAL_COLOR, VALENCE_COLOR, new_figure, save_figure
 from mambava.core.errors import MambavaError
+from mambava.core.metrics import ccc_numpy
+from mambava.data.affwild2 import ANNOTATION_HEADER, INVALID_LABEL, read_va_annotation
 
 TIME_COLUMNS = ("time", "timestamp", "t", "seconds", "time_s")
 MAX_LAG_S = 3.0
@@ -31,8 +35,6 @@ MIN_OVERLAP = 10  # frames both known, for a lag's CCC to count
 
 
 def _is_affwild2(path: Path) -> bool:
-    from mambava.data.affwild2 import ANNOTATION_HEADER
-
     try:
         with open(path, encoding="utf-8-sig") as handle:
             first = handle.readline()
@@ -41,8 +43,9 @@ def _is_affwild2(path: Path) -> bool:
     return first.strip().replace(" ", "").lower() == ANNOTATION_HEADER
 
 
-def read_ratings(path: str | os.PathLike, frames: np.ndarray, times: np.ndarray,
-                 value_range: tuple[float, float] | None = None) -> np.ndarray:
+def read_ratings(
+    path: str | os.PathLike, frames: np.ndarray, times: np.ndarray, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """(T, 2) float64 valence/arousal of one rater at the given frames (0-based numbers) and times
     (seconds); NaN where the rater gave none (a dimension not rated, outside the rated span, -5)."""
     path = Path(path)
@@ -52,14 +55,11 @@ def read_ratings(path: str | os.PathLike, frames: np.ndarray, times: np.ndarray,
     if not path.is_file():
         raise MambavaError(f"{path}: no such ratings file")
     if _is_affwild2(path):
-        from mambava.data.affwild2 import INVALID_LABEL, read_va_annotation
-
         values = read_va_annotation(path).astype(float)
         values[values == INVALID_LABEL] = np.nan
         inside = frames < len(values)
         out[inside] = values[frames[inside]]
         return out
-    import pandas as pd
 
     try:
         table = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
@@ -69,8 +69,10 @@ def read_ratings(path: str | os.PathLike, frames: np.ndarray, times: np.ndarray,
     lower = {c.strip().lower(): c for c in table.columns}
     time_column = next((lower[c] for c in TIME_COLUMNS if c in lower), None)
     if time_column is None:
-        raise MambavaError(f"{path}: no time column in seconds ({', '.join(TIME_COLUMNS)}), and not the "
-                           "Aff-Wild2 per-frame format (first line 'valence,arousal')")
+        raise MambavaError(
+            f"{path}: no time column in seconds ({', '.join(TIME_COLUMNS)}), and not the "
+            "Aff-Wild2 per-frame format (first line 'valence,arousal')"
+        )
     dims = [(i, lower[name]) for i, name in enumerate(("valence", "arousal")) if name in lower]
     if not dims:
         raise MambavaError(f"{path}: no 'valence' or 'arousal' column")
@@ -99,8 +101,10 @@ def read_ratings(path: str | os.PathLike, frames: np.ndarray, times: np.ndarray,
         out_of_range = np.isfinite(x) & (np.abs(x) > 1.0 + 1e-9)
         if out_of_range.any():
             row = int(np.argmax(out_of_range))
-            raise MambavaError(f"{path}: line {row + 2}: {column} {table[column].iloc[row]} is outside [-1, 1]"
-                               + (" after --range" if value_range else " (pass --range LO HI for another scale)"))
+            raise MambavaError(
+                f"{path}: line {row + 2}: {column} {table[column].iloc[row]} is outside [-1, 1]"
+                + (" after --range" if value_range else " (pass --range LO HI for another scale)")
+            )
         known = np.isfinite(x)
         if known.sum() < 2:
             continue
@@ -123,7 +127,6 @@ class Lag:
 
 def lag_curve(prediction: np.ndarray, rating: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
     """(lags, CCC per lag) for lags -max_lag..max_lag frames: CCC(prediction[t], rating[t + k])."""
-    from mambava.core.metrics import ccc_numpy
 
     p = np.asarray(prediction, float)
     r = np.asarray(rating, float)
@@ -149,8 +152,15 @@ def estimate_lag(prediction: np.ndarray, rating: np.ndarray, fps: float, max_lag
         raise MambavaError(f"fewer than {MIN_OVERLAP} frames where both prediction and rating are known")
     best = int(np.nanargmax(curve))
     zero = curve[lags == 0]
-    return Lag(int(lags[best]), float(lags[best] / fps), float(curve[best]), float(zero[0]) if len(zero) else float("nan"),
-               lags, curve, float(fps))
+    return Lag(
+        int(lags[best]),
+        float(lags[best] / fps),
+        float(curve[best]),
+        float(zero[0]) if len(zero) else float("nan"),
+        lags,
+        curve,
+        float(fps),
+    )
 
 
 def shift_labels(labels: np.ndarray, lag_frames: int) -> np.ndarray:
@@ -179,7 +189,6 @@ def frame_rate(times: np.ndarray) -> float:
 
 def plot_lag_curves(results: list[tuple[str, str, Lag]], path: str | os.PathLike, title: str | None = None) -> Path:
     """CCC against lag (seconds) for each (rater, dimension), the best lag marked."""
-    from mambava.analysis.plots import AROUSAL_COLOR, VALENCE_COLOR, new_figure, save_figure
 
     figure = new_figure(7, 4)
     ax = figure.subplots()
@@ -200,5 +209,14 @@ def plot_lag_curves(results: list[tuple[str, str, Lag]], path: str | os.PathLike
     return save_figure(figure, path)
 
 
-__all__ = ["read_ratings", "estimate_lag", "lag_curve", "shift_labels", "frame_rate", "plot_lag_curves", "Lag",
-           "TIME_COLUMNS", "MAX_LAG_S"]
+__all__ = [
+    "read_ratings",
+    "estimate_lag",
+    "lag_curve",
+    "shift_labels",
+    "frame_rate",
+    "plot_lag_curves",
+    "Lag",
+    "TIME_COLUMNS",
+    "MAX_LAG_S",
+]

@@ -29,11 +29,16 @@ for arousal; the baseline is all face frames of that track inside the events of 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-import numpy as np
 
+import numpy as np
+import pandas as pd
+
+from mambava.analysis.plots import plot_event_bars, plot_va_over_time
 from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_path
 
 NEUTRAL_RADIUS = 0.1
 SUSTAIN_S = 1.0
@@ -50,11 +55,16 @@ def _value_columns() -> list[str]:
     return columns
 
 
-SUMMARY_COLUMNS = (["video", "track", "duration_s", "frames", "face_frames", "face_share"] + _value_columns()
-                   + ["v_change", "v_change_time", "a_change", "a_change_time"])
+SUMMARY_COLUMNS = (
+    ["video", "track", "duration_s", "frames", "face_frames", "face_share"]
+    + _value_columns()
+    + ["v_change", "v_change_time", "a_change", "a_change_time"]
+)
 
 
-def quadrant_shares(valence: np.ndarray, arousal: np.ndarray, neutral_radius: float = NEUTRAL_RADIUS) -> dict[str, float]:
+def quadrant_shares(
+    valence: np.ndarray, arousal: np.ndarray, neutral_radius: float = NEUTRAL_RADIUS
+) -> dict[str, float]:
     """Share of points in each circumplex quadrant and near neutral (see the module doc); NaN when empty."""
     v = np.asarray(valence, float)
     a = np.asarray(arousal, float)
@@ -81,17 +91,24 @@ def value_stats(valence: np.ndarray, arousal: np.ndarray) -> dict[str, float]:
             row.update({f"{prefix}_{s}": float("nan") for s in _STATS})
             continue
         q25, median, q75 = np.percentile(x, [25, 50, 75])
-        row.update({
-            f"{prefix}_mean": float(x.mean()), f"{prefix}_sd": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
-            f"{prefix}_min": float(x.min()), f"{prefix}_q25": float(q25), f"{prefix}_median": float(median),
-            f"{prefix}_q75": float(q75), f"{prefix}_max": float(x.max()),
-        })
+        row.update(
+            {
+                f"{prefix}_mean": float(x.mean()),
+                f"{prefix}_sd": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
+                f"{prefix}_min": float(x.min()),
+                f"{prefix}_q25": float(q25),
+                f"{prefix}_median": float(median),
+                f"{prefix}_q75": float(q75),
+                f"{prefix}_max": float(x.max()),
+            }
+        )
     row.update(quadrant_shares(valence, arousal))
     return row
 
 
-def sustained_change(time: np.ndarray, values: np.ndarray, span_start: float, span_end: float,
-                     sustain_s: float = SUSTAIN_S) -> tuple[float, float]:
+def sustained_change(
+    time: np.ndarray, values: np.ndarray, span_start: float, span_end: float, sustain_s: float = SUSTAIN_S
+) -> tuple[float, float]:
     """(change, time) of the largest-magnitude difference between the mean over [t, t+sustain) and over
     [t-sustain, t), over sample times t with both windows inside [span_start, span_end] and non-empty.
     (NaN, NaN) when the span is shorter than two windows."""
@@ -138,7 +155,6 @@ def _tracks(table):
 
 def summarize(table, sustain_s: float = SUSTAIN_S):
     """One row per track of a per-frame prediction table (`mambava.inference.predict.COLUMNS`): SUMMARY_COLUMNS."""
-    import pandas as pd
 
     _check_table(table)
     out = []
@@ -150,7 +166,10 @@ def summarize(table, sustain_s: float = SUSTAIN_S):
         start, end = float(time.min()), float(time.max()) + _frame_step(time)
         row = {
             "video": str(rows["video"].iloc[0]) if "video" in rows.columns else "",
-            "track": name, "duration_s": end - start, "frames": len(rows), "face_frames": int(face.sum()),
+            "track": name,
+            "duration_s": end - start,
+            "frames": len(rows),
+            "face_frames": int(face.sum()),
             "face_share": float(face.mean()),
         }
         row.update(value_stats(v, a))
@@ -167,7 +186,6 @@ def summarize(table, sustain_s: float = SUSTAIN_S):
 def read_events(path: str | os.PathLike):
     """A BIDS events file (tab-separated, `onset` and `duration` in seconds, optional `trial_type`, any other
     columns kept) as a DataFrame; bad values are a MambavaError naming the file and line."""
-    import pandas as pd
 
     path = Path(path)
     try:
@@ -180,7 +198,9 @@ def read_events(path: str | os.PathLike):
     events.columns = [c.strip() for c in events.columns]
     for column in ("onset", "duration"):
         if column not in events.columns:
-            raise MambavaError(f"{path}: no '{column}' column (BIDS events need onset and duration, in seconds, tab-separated)")
+            raise MambavaError(
+                f"{path}: no '{column}' column (BIDS events need onset and duration, in seconds, tab-separated)"
+            )
     for column in ("onset", "duration"):
         values = pd.to_numeric(events[column].str.strip(), errors="coerce")
         bad = ~np.isfinite(values.to_numpy(float))
@@ -188,8 +208,11 @@ def read_events(path: str | os.PathLike):
             bad |= values.to_numpy(float) < 0
         if bad.any():
             line = int(np.argmax(bad)) + 2  # 1-based, after the header
-            raise MambavaError(f"{path}: line {line}: {column} {events[column].iloc[line - 2]!r} is not a "
-                               + ("number" if column == "onset" else "non-negative number") + " of seconds")
+            raise MambavaError(
+                f"{path}: line {line}: {column} {events[column].iloc[line - 2]!r} is not a "
+                + ("number" if column == "onset" else "non-negative number")
+                + " of seconds"
+            )
         events[column] = values.astype(float)
     if "trial_type" not in events.columns:
         events["trial_type"] = "n/a"
@@ -216,17 +239,19 @@ def event_issues(events, start: float, end: float) -> list[str]:
     return issues
 
 
-def aggregate_events(table, events, baseline: str | None = None, normalisation: str = "difference",
-                     pre_s: float = PRE_S):
+def aggregate_events(
+    table, events, baseline: str | None = None, normalisation: str = "difference", pre_s: float = PRE_S
+):
     """Per event and track statistics (see the module doc) of a per-frame table and a `read_events` frame."""
-    import pandas as pd
 
     _check_table(table)
     if normalisation not in NORMALISATIONS:
         raise MambavaError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}")
     types = events["trial_type"].astype(str)
     if baseline is not None and not (types == baseline).any():
-        raise MambavaError(f"no event of trial_type {baseline!r} for the baseline (types: {', '.join(sorted(set(types)))})")
+        raise MambavaError(
+            f"no event of trial_type {baseline!r} for the baseline (types: {', '.join(sorted(set(types)))})"
+        )
     onset = events["onset"].to_numpy(float)
     stop = onset + events["duration"].to_numpy(float)
     extra = [c for c in events.columns if c not in ("onset", "duration", "trial_type")]
@@ -246,8 +271,10 @@ def aggregate_events(table, events, baseline: str | None = None, normalisation: 
             inside &= face
             if not inside.any():
                 raise MambavaError(f"track {name}: no face frame inside the {baseline!r} baseline events")
-            base = {p: (float(x[inside].mean()), float(x[inside].std(ddof=1)) if inside.sum() > 1 else float("nan"))
-                    for (p, _), x in zip(_DIMS, (v_all, a_all))}
+            base = {
+                p: (float(x[inside].mean()), float(x[inside].std(ddof=1)) if inside.sum() > 1 else float("nan"))
+                for (p, _), x in zip(_DIMS, (v_all, a_all))
+            }
         for i in range(len(events)):
             keep = (time >= onset[i]) & (time < stop[i])
             use = keep & face
@@ -256,8 +283,16 @@ def aggregate_events(table, events, baseline: str | None = None, normalisation: 
             issue = issues[i]
             if keep.any() and not use.any():
                 issue = "; ".join(filter(None, [issue, "no face in the event"]))
-            row.update({"event": i, "track": name, "issue": issue, "frames": int(keep.sum()),
-                        "face_frames": int(use.sum()), "face_share": float(use.sum() / keep.sum()) if keep.any() else float("nan")})
+            row.update(
+                {
+                    "event": i,
+                    "track": name,
+                    "issue": issue,
+                    "frames": int(keep.sum()),
+                    "face_frames": int(use.sum()),
+                    "face_share": float(use.sum() / keep.sum()) if keep.any() else float("nan"),
+                }
+            )
             row.update(value_stats(v_all[use], a_all[use]))
             pre = (time >= onset[i] - pre_s) & (time < onset[i]) & face
             for (p, _), x in zip(_DIMS, (v_all, a_all)):
@@ -269,7 +304,9 @@ def aggregate_events(table, events, baseline: str | None = None, normalisation: 
                     mean, sd = base[p]
                     row[f"{p}_baseline_mean"], row[f"{p}_baseline_sd"] = mean, sd
                     diff = row[f"{p}_mean"] - mean
-                    row[f"{p}_mean_norm"] = diff if normalisation == "difference" else (diff / sd if sd > 0 else float("nan"))
+                    row[f"{p}_mean_norm"] = (
+                        diff if normalisation == "difference" else (diff / sd if sd > 0 else float("nan"))
+                    )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -293,20 +330,29 @@ def events_for(events: str | os.PathLike, stem: str) -> Path | None:
 
 def analysis_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
     out_dir = Path(out_dir)
-    return {"summary": out_dir / f"{stem}.summary.csv", "events": out_dir / f"{stem}.events.csv",
-            "events_plot": out_dir / f"{stem}.events.png", "va_events_plot": out_dir / f"{stem}.va.png"}
+    return {
+        "summary": out_dir / f"{stem}.summary.csv",
+        "events": out_dir / f"{stem}.events.csv",
+        "events_plot": out_dir / f"{stem}.events.png",
+        "va_events_plot": out_dir / f"{stem}.va.png",
+    }
 
 
 def write_csv(frame, path: str | os.PathLike) -> Path:
-    from mambava.core.fileio import atomic_path
-
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
     return Path(path)
 
 
-def write_analysis(table, out_dir: str | os.PathLike, stem: str, events: str | os.PathLike | None = None,
-                   baseline: str | None = None, normalisation: str = "difference", plots: bool = True) -> dict[str, Path]:
+def write_analysis(
+    table,
+    out_dir: str | os.PathLike,
+    stem: str,
+    events: str | os.PathLike | None = None,
+    baseline: str | None = None,
+    normalisation: str = "difference",
+    plots: bool = True,
+) -> dict[str, Path]:
     """Write `<stem>.summary.csv` and, with an events file, `<stem>.events.csv` (and with `plots`, the
     per-event bar chart `<stem>.events.png` and the VA figure redrawn with the events shaded). {kind: path}."""
     written = {"summary": write_csv(summarize(table), analysis_paths(out_dir, stem)["summary"])}
@@ -322,8 +368,6 @@ def write_analysis(table, out_dir: str | os.PathLike, stem: str, events: str | o
     paths = analysis_paths(out_dir, stem)
     written["events"] = write_csv(aggregated, paths["events"])
     if plots:
-        from mambava.analysis.plots import plot_event_bars, plot_va_over_time
-
         title = str(table["video"].iloc[0]) if "video" in table.columns and len(table) else stem
         written["events_plot"] = plot_event_bars(aggregated, paths["events_plot"], title=title)
         written["va_plot"] = plot_va_over_time(table, paths["va_events_plot"], title=title, events=frame)
@@ -334,11 +378,10 @@ def write_stream_summary(csv_path: str | os.PathLike, rows, video: str = "") -> 
     """`<stem>.summary.csv` beside the CSV of `mambava stream --out`, from its StreamResult rows (frames with
     no track at all are left out); `video` names the source, as `predict`'s summary does. None when no track
     was seen."""
-    import dataclasses
 
-    import pandas as pd
-
-    table = pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=["frame", "time", "track", "valence", "arousal", "face"])
+    table = pd.DataFrame(
+        [dataclasses.asdict(r) for r in rows], columns=["frame", "time", "track", "valence", "arousal", "face"]
+    )
     table = table[table["track"].astype(str) != ""]
     if table.empty:
         return None
@@ -349,7 +392,19 @@ def write_stream_summary(csv_path: str | os.PathLike, rows, video: str = "") -> 
 
 __all__ = [
     "write_stream_summary",
-    "SUMMARY_COLUMNS", "NEUTRAL_RADIUS", "SUSTAIN_S", "PRE_S", "NORMALISATIONS", "summarize", "value_stats",
-    "quadrant_shares", "sustained_change", "read_events", "event_issues", "aggregate_events", "events_for",
-    "write_analysis", "analysis_paths",
+    "SUMMARY_COLUMNS",
+    "NEUTRAL_RADIUS",
+    "SUSTAIN_S",
+    "PRE_S",
+    "NORMALISATIONS",
+    "summarize",
+    "value_stats",
+    "quadrant_shares",
+    "sustained_change",
+    "read_events",
+    "event_issues",
+    "aggregate_events",
+    "events_for",
+    "write_analysis",
+    "analysis_paths",
 ]

@@ -3,16 +3,23 @@ store, resumable and atomic. See `mambava.audio`."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mambava.media.audio import SAMPLE_RATE, AudioWarning
+import torch
+
 from mambava.audio.features import DEFAULT_FEATURE_SETS, SpeechModel, check_sets, frame_features
 from mambava.core.errors import MambavaError, OutputError
+from mambava.data.affwild2 import VIDEO_DIRS, AffWild2, base_video
+from mambava.data.store import FeatureStore
+from mambava.media.audio import SAMPLE_RATE, AudioWarning
+from mambava.media.video import VIDEO_SUFFIXES
 
 
 @dataclass
@@ -28,8 +35,6 @@ def find_audio_sources(source: str | os.PathLike, names: Sequence[str] | None = 
     """The entries to extract from `source`: an Aff-Wild2 root (its videos/ or raw_videos/: one entry per raw
     video, plus each `<v>_left`/`<v>_right` of its annotations, test list or crop folders whose `<v>` is there;
     frame counts as the dataset counts them), a folder of videos (any sub-folders) or one video file."""
-    from mambava.data.affwild2 import VIDEO_DIRS, AffWild2, base_video
-    from mambava.media.video import VIDEO_SUFFIXES
 
     source = Path(source)
     if source.is_file():
@@ -105,16 +110,23 @@ def _features_job(path: Path, n_frames: int | None, sets: list[str], speech_mode
 
 
 def _worker_init() -> None:
-    import torch
-
     torch.set_num_threads(1)  # one process per core: log-mel's STFT must not spread over the others' cores
 
 
-def extract_audio(source: str | os.PathLike | list[AudioSource], store, sets: Sequence[str] | str = DEFAULT_FEATURE_SETS,
-                  *, speech_model: SpeechModel | None = None, dtype: str = "float32", names: Sequence[str] | None = None,
-                  overwrite: bool = False, workers: int = 0, on_error: Callable[[str], None] | None = None,
-                  on_warning: Callable[[str], None] | None = None,
-                  progress: Callable[[int, int, str], None] | None = None) -> AudioExtractSummary:
+def extract_audio(
+    source: str | os.PathLike | list[AudioSource],
+    store,
+    sets: Sequence[str] | str = DEFAULT_FEATURE_SETS,
+    *,
+    speech_model: SpeechModel | None = None,
+    dtype: str = "float32",
+    names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    workers: int = 0,
+    on_error: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> AudioExtractSummary:
     """Extract every pending entry of `source` into `store` (a FeatureStore or its folder): features (T, D),
     the sound mask, fps, `backbone` "audio:<sets>", and in `extra` the columns, sets, source file and why frames
     are masked. Resumable: complete entries are skipped (the store publishes an entry only once written), and a
@@ -123,7 +135,6 @@ def extract_audio(source: str | os.PathLike | list[AudioSource], store, sets: Se
     `on_warning` receives each AudioWarning line (default: Python's warnings). `workers` > 0: that many worker
     processes compute the features (openSMILE runs on one core), this process writes the store in order;
     not with a speech model (one copy of it, in this process). `progress(done, total, name)` after each video."""
-    from mambava.data.store import FeatureStore
 
     sets = check_sets(sets, speech_model)
     if workers and speech_model is not None:
@@ -142,9 +153,6 @@ def extract_audio(source: str | os.PathLike | list[AudioSource], store, sets: Se
     jobs = list(pending.items())
     pool = None
     if workers and len(jobs) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         # spawn, not fork: the parent may hold torch's and openSMILE's threads
         pool = ProcessPoolExecutor(min(workers, len(jobs)), multiprocessing.get_context("spawn"), _worker_init)
         futures = [pool.submit(_features_job, path, n_frames, sets) for (path, n_frames), _ in jobs]
@@ -164,8 +172,14 @@ def extract_audio(source: str | os.PathLike | list[AudioSource], store, sets: Se
                 summary.failed.extend(e.name for e in entries)
                 on_error(error)
             else:
-                extra = {"columns": result.columns, "sets": result.sets, "source": str(path), "codec": result.codec,
-                         "masked": result.reason, "sample_rate": SAMPLE_RATE}
+                extra = {
+                    "columns": result.columns,
+                    "sets": result.sets,
+                    "source": str(path),
+                    "codec": result.codec,
+                    "masked": result.reason,
+                    "sample_rate": SAMPLE_RATE,
+                }
                 for entry in entries:  # an OutputError (full disk, read-only store) stops the run
                     store.write(entry.name, result.features, result.mask, result.fps, backbone, dtype, extra)
                     summary.extracted.append(entry.name)

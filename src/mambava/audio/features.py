@@ -11,10 +11,21 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
-from mambava.media.audio import (MIN_COVERAGE, SAMPLE_RATE, SILENCE_DBFS, AudioTrack, AudioWarning, FrameGrid,
-                                  decode_audio, frame_grid, frame_peaks, pool_frames)
 from mambava.core.errors import MambavaError
+from mambava.media.audio import (
+    MIN_COVERAGE,
+    SAMPLE_RATE,
+    SILENCE_DBFS,
+    AudioTrack,
+    AudioWarning,
+    FrameGrid,
+    decode_audio,
+    frame_grid,
+    frame_peaks,
+    pool_frames,
+)
 from mambava.media.video import error_reason
 
 FEATURE_SETS = ("egemaps", "logmel", "ssl")
@@ -27,11 +38,30 @@ LOG_OFFSET = 1e-6  # log(mel + offset): bounded at silence, negligible against s
 _MEL_BLOCK = 6000  # STFT frames per block (60 s): bounds memory on long videos, same result as one pass
 _SSL_CHUNK_SECONDS = 30.0
 EGEMAPS_COLUMNS = (
-    "Loudness_sma3", "alphaRatio_sma3", "hammarbergIndex_sma3", "slope0-500_sma3", "slope500-1500_sma3",
-    "spectralFlux_sma3", "mfcc1_sma3", "mfcc2_sma3", "mfcc3_sma3", "mfcc4_sma3", "F0semitoneFrom27.5Hz_sma3nz",
-    "jitterLocal_sma3nz", "shimmerLocaldB_sma3nz", "HNRdBACF_sma3nz", "logRelF0-H1-H2_sma3nz", "logRelF0-H1-A3_sma3nz",
-    "F1frequency_sma3nz", "F1bandwidth_sma3nz", "F1amplitudeLogRelF0_sma3nz", "F2frequency_sma3nz",
-    "F2bandwidth_sma3nz", "F2amplitudeLogRelF0_sma3nz", "F3frequency_sma3nz", "F3bandwidth_sma3nz",
+    "Loudness_sma3",
+    "alphaRatio_sma3",
+    "hammarbergIndex_sma3",
+    "slope0-500_sma3",
+    "slope500-1500_sma3",
+    "spectralFlux_sma3",
+    "mfcc1_sma3",
+    "mfcc2_sma3",
+    "mfcc3_sma3",
+    "mfcc4_sma3",
+    "F0semitoneFrom27.5Hz_sma3nz",
+    "jitterLocal_sma3nz",
+    "shimmerLocaldB_sma3nz",
+    "HNRdBACF_sma3nz",
+    "logRelF0-H1-H2_sma3nz",
+    "logRelF0-H1-A3_sma3nz",
+    "F1frequency_sma3nz",
+    "F1bandwidth_sma3nz",
+    "F1amplitudeLogRelF0_sma3nz",
+    "F2frequency_sma3nz",
+    "F2bandwidth_sma3nz",
+    "F2amplitudeLogRelF0_sma3nz",
+    "F3frequency_sma3nz",
+    "F3bandwidth_sma3nz",
     "F3amplitudeLogRelF0_sma3nz",
 )
 
@@ -55,15 +85,22 @@ def _smile():
         try:
             import opensmile
         except ImportError:
-            raise MambavaError("eGeMAPS features need the opensmile package: pip install 'mambava[audio]' "
-                               "(or pip install opensmile)") from None
-        _SMILE = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                                 feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+            raise MambavaError(
+                "eGeMAPS features need the opensmile package: pip install 'mambava[audio]' (or pip install opensmile)"
+            ) from None
+        _SMILE = opensmile.Smile(
+            feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.LowLevelDescriptors
+        )
     return _SMILE
 
 
-def mel_filterbank(n_mels: int = N_MELS, n_fft: int = MEL_FFT, sample_rate: int = SAMPLE_RATE,
-                   fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    n_mels: int = N_MELS,
+    n_fft: int = MEL_FFT,
+    sample_rate: int = SAMPLE_RATE,
+    fmin: float = 0.0,
+    fmax: float | None = None,
+) -> np.ndarray:
     """(n_mels, n_fft // 2 + 1) triangular filters, equally spaced on the HTK mel scale, each peaking at 1."""
     fmax = sample_rate / 2 if fmax is None else fmax
 
@@ -84,7 +121,6 @@ def mel_filterbank(n_mels: int = N_MELS, n_fft: int = MEL_FFT, sample_rate: int 
 def log_mel(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, n_mels: int = N_MELS):
     """log(mel power + LOG_OFFSET) every 10 ms (25 ms Hann window; frame i centred on sample i * hop, the signal
     reflect-padded at both ends like torch.stft(center=True)), computed with torch in 60 s blocks."""
-    import torch
 
     x = np.asarray(samples, np.float32)
     pad = MEL_FFT // 2
@@ -98,9 +134,10 @@ def log_mel(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, n_mels: int = N
     blocks = []
     for first in range(0, n_frames, _MEL_BLOCK):
         count = min(_MEL_BLOCK, n_frames - first)
-        piece = signal[first * MEL_HOP: (first + count - 1) * MEL_HOP + MEL_FFT]
-        spec = torch.stft(piece, MEL_FFT, hop_length=MEL_HOP, win_length=MEL_WINDOW, window=window, center=False,
-                          return_complex=True)
+        piece = signal[first * MEL_HOP : (first + count - 1) * MEL_HOP + MEL_FFT]
+        spec = torch.stft(
+            piece, MEL_FFT, hop_length=MEL_HOP, win_length=MEL_WINDOW, window=window, center=False, return_complex=True
+        )
         blocks.append(torch.log(bank @ spec.abs().square() + LOG_OFFSET).T)
     values = torch.cat(blocks).numpy().astype(np.float64)
     return values, np.arange(n_frames) * MEL_HOP / sample_rate, [f"logmel{i}" for i in range(n_mels)]
@@ -120,22 +157,25 @@ class SpeechModel:
     def __init__(self, path: str | os.PathLike, layer: int | None = None, device: str = "cpu"):
         path = Path(path)
         if not (path / "config.json").is_file():
-            raise MambavaError(f"{path}: not a Hugging Face model folder (no config.json); save one with "
-                               f"model.save_pretrained(FOLDER)")
+            raise MambavaError(
+                f"{path}: not a Hugging Face model folder (no config.json); save one with model.save_pretrained(FOLDER)"
+            )
         try:
             import transformers
         except ImportError:
-            raise MambavaError(f"{path}: the speech model needs the transformers package (pip install transformers); "
-                               f"eGeMAPS and log-mel features do not") from None
-        import torch
+            raise MambavaError(
+                f"{path}: the speech model needs the transformers package (pip install transformers); "
+                f"eGeMAPS and log-mel features do not"
+            ) from None
 
         try:
             config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
         except Exception as error:
             raise MambavaError(f"{path / 'config.json'}: unreadable model config ({error_reason(error)})") from None
         if config.model_type not in self.KINDS:
-            raise MambavaError(f"{path}: a {config.model_type!r} model; the speech features take one of "
-                               f"{', '.join(self.KINDS)}")
+            raise MambavaError(
+                f"{path}: a {config.model_type!r} model; the speech features take one of {', '.join(self.KINDS)}"
+            )
         try:
             model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
         except Exception as error:
@@ -163,8 +203,6 @@ class SpeechModel:
                 raise MambavaError(f"{preprocessor}: unreadable ({error})") from None
 
     def features(self, samples: np.ndarray, sample_rate: int = SAMPLE_RATE):
-        import torch
-
         if sample_rate != SAMPLE_RATE:
             raise MambavaError(f"{self.path}: the speech model takes {SAMPLE_RATE} Hz audio, got {sample_rate} Hz")
         x = np.asarray(samples, np.float32)
@@ -174,7 +212,7 @@ class SpeechModel:
         rows = []
         with torch.inference_mode():
             for first in range(0, len(x), chunk):
-                piece = x[first:first + chunk]
+                piece = x[first : first + chunk]
                 if len(piece) < self.receptive_field:  # too short for one output frame
                     continue
                 inputs = torch.from_numpy(np.ascontiguousarray(piece))[None].to(self.device)
@@ -219,8 +257,10 @@ def check_sets(sets: Sequence[str] | str, speech_model: SpeechModel | None = Non
         names.append("ssl")
     unknown = [s for s in names if s not in FEATURE_SETS]
     if unknown or not names or len(set(names)) != len(names):
-        raise MambavaError(f"audio feature sets: got {','.join(names) or 'none'}; choose from {', '.join(FEATURE_SETS)} "
-                           f"(comma-separated, each once)")
+        raise MambavaError(
+            f"audio feature sets: got {','.join(names) or 'none'}; choose from {', '.join(FEATURE_SETS)} "
+            f"(comma-separated, each once)"
+        )
     if "ssl" in names and speech_model is None:
         raise MambavaError("audio feature set 'ssl' needs a speech model folder (--speech-model PATH)")
     return names
@@ -230,9 +270,15 @@ def set_dims(sets: Sequence[str], speech_model: SpeechModel | None = None) -> li
     return [{"egemaps": len(EGEMAPS_COLUMNS), "logmel": N_MELS}.get(s) or speech_model.dim for s in sets]
 
 
-def frame_features(path: str | os.PathLike, sets: Sequence[str] | str = DEFAULT_FEATURE_SETS, *,
-                   speech_model: SpeechModel | None = None, grid: FrameGrid | None = None,
-                   n_frames: int | None = None, track: AudioTrack | None = None) -> AudioFeatures:
+def frame_features(
+    path: str | os.PathLike,
+    sets: Sequence[str] | str = DEFAULT_FEATURE_SETS,
+    *,
+    speech_model: SpeechModel | None = None,
+    grid: FrameGrid | None = None,
+    n_frames: int | None = None,
+    track: AudioTrack | None = None,
+) -> AudioFeatures:
     """Audio features of a video, one row per video frame (see the module doc); `grid` defaults to
     `frame_grid(path, n_frames)`, `track` to `decode_audio(path)`. Masked frames hold zeros here (the store
     forward-fills them); each reason for masking is one AudioWarning naming the file."""
@@ -247,12 +293,24 @@ def frame_features(path: str | os.PathLike, sets: Sequence[str] | str = DEFAULT_
     if track is None or len(track.samples) == 0:
         reason = "no audio track" if track is None else "an audio track with no decodable sound"
         warnings.warn(f"{path}: {reason}; the audio of all {n} frames is masked", AudioWarning, stacklevel=2)
-        names = {"egemaps": list(EGEMAPS_COLUMNS), "logmel": [f"logmel{i}" for i in range(N_MELS)],
-                 "ssl": [f"ssl{i}" for i in range(dims[-1])]}
+        names = {
+            "egemaps": list(EGEMAPS_COLUMNS),
+            "logmel": [f"logmel{i}" for i in range(N_MELS)],
+            "ssl": [f"ssl{i}" for i in range(dims[-1])],
+        }
         for s in sets:
             columns += names[s]
-        return AudioFeatures(str(path), np.zeros((n, sum(dims)), np.float32), np.zeros(n, bool), grid.fps, columns,
-                             list(sets), reason, track.codec if track is not None else "", 0.0)
+        return AudioFeatures(
+            str(path),
+            np.zeros((n, sum(dims)), np.float32),
+            np.zeros(n, bool),
+            grid.fps,
+            columns,
+            list(sets),
+            reason,
+            track.codec if track is not None else "",
+            0.0,
+        )
     # a frame sharing its timestamp with the next (a damaged stream) is judged over 1/fps from its time
     lo = edges[:-1]
     hi = np.where(edges[1:] > lo, edges[1:], lo + 1.0 / grid.fps)
@@ -267,9 +325,11 @@ def frame_features(path: str | os.PathLike, sets: Sequence[str] | str = DEFAULT_
         if uncovered:
             inside = np.flatnonzero(present)
             span = f"frames {inside[0]}..{inside[-1]}" if len(inside) else "no frame"
-            reasons.append(f"sound from {track.segments[0, 0]:.3f} s to {track.segments[-1, 1]:.3f} s "
-                           f"({len(track.segments)} part(s)) covers {span} of {n} (video to {edges[-1]:.3f} s): "
-                           f"{uncovered} frame(s) without sound")
+            reasons.append(
+                f"sound from {track.segments[0, 0]:.3f} s to {track.segments[-1, 1]:.3f} s "
+                f"({len(track.segments)} part(s)) covers {span} of {n} (video to {edges[-1]:.3f} s): "
+                f"{uncovered} frame(s) without sound"
+            )
         silent = int((present & ~loud).sum())
         if silent:
             reasons.append(f"{silent} frame(s) of digital silence")
@@ -293,10 +353,10 @@ def frame_features(path: str | os.PathLike, sets: Sequence[str] | str = DEFAULT_
     features[~mask] = 0.0
     reason = "; ".join(reasons)
     if reason:
-        warnings.warn(f"{path}: {reason}; the audio of {int((~mask).sum())} of {n} frames is masked",
-                      AudioWarning, stacklevel=2)
-    return AudioFeatures(str(path), features, mask, grid.fps, columns, list(sets), reason, track.codec,
-                         track.duration)
+        warnings.warn(
+            f"{path}: {reason}; the audio of {int((~mask).sum())} of {n} frames is masked", AudioWarning, stacklevel=2
+        )
+    return AudioFeatures(str(path), features, mask, grid.fps, columns, list(sets), reason, track.codec, track.duration)
 
 
 def audio_of_frames(features: np.ndarray, mask: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,16 +13,66 @@
   (`mambava.backbone.finetune`), so loading an encoder never imports Lightning.
 """
 
-from mambava.backbone.extractor import (FeatureExtractor, autocast_context, bf16_supported, normalize, preprocess,
-                                        resize_crop, resize_crops, resolve_precision)
-from mambava.backbone.vit import (FACE_MEAN, FACE_STD, ENCODER_FORMAT, PRESETS, Attention, Block, Mlp,
-                                  PatchEmbed, ViTConfig, ViTEncoder, resample_pos_embed, sincos_pos_embed, vit_config)
-from mambava.backbone.weights import (LoadReport, hf_to_timm, infer_config, load_encoder, read_checkpoint,
-                                      read_state_dict)
+from mambava.backbone.extractor import (
+    FeatureExtractor,
+    autocast_context,
+    bf16_supported,
+    normalize,
+    preprocess,
+    resize_crop,
+    resize_crops,
+    resolve_precision,
+)
+from mambava.backbone.vit import (
+    ENCODER_FORMAT,
+    FACE_MEAN,
+    FACE_STD,
+    PRESETS,
+    Attention,
+    Block,
+    Mlp,
+    PatchEmbed,
+    ViTConfig,
+    ViTEncoder,
+    resample_pos_embed,
+    sincos_pos_embed,
+    vit_config,
+)
+from mambava.backbone.weights import (
+    LoadReport,
+    hf_to_timm,
+    infer_config,
+    load_encoder,
+    read_checkpoint,
+    read_state_dict,
+)
 
 __all__ = [
-    "FACE_MEAN", "FACE_STD", "ENCODER_FORMAT", "PRESETS", "Attention", "Block", "FeatureExtractor", "LoadReport",
-    "Mlp", "PatchEmbed", "ViTConfig", "ViTEncoder", "autocast_context", "bf16_supported", "hf_to_timm",
-    "infer_config", "load_encoder", "normalize", "preprocess", "read_checkpoint", "read_state_dict",
-    "resample_pos_embed", "resize_crop", "resize_crops", "resolve_precision", "sincos_pos_embed", "vit_config",
+    "FACE_MEAN",
+    "FACE_STD",
+    "ENCODER_FORMAT",
+    "PRESETS",
+    "Attention",
+    "Block",
+    "FeatureExtractor",
+    "LoadReport",
+    "Mlp",
+    "PatchEmbed",
+    "ViTConfig",
+    "ViTEncoder",
+    "autocast_context",
+    "bf16_supported",
+    "hf_to_timm",
+    "infer_config",
+    "load_encoder",
+    "normalize",
+    "preprocess",
+    "read_checkpoint",
+    "read_state_dict",
+    "resample_pos_embed",
+    "resize_crop",
+    "resize_crops",
+    "resolve_precision",
+    "sincos_pos_embed",
+    "vit_config",
 ]

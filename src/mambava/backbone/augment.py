@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from mambava.core.errors import MambavaError
@@ -60,8 +61,12 @@ def jitter_matrix(size: int, dx: float, dy: float, log_scale: float, angle_deg: 
 def warp_crop(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """The crop (H, W, 3) uint8 moved by `matrix` (output pixel M·p takes input pixel p), bilinear, edges
     replicated (a shifted face uncovers the crop's own border, not black)."""
-    import cv2
 
     h, w = image.shape[:2]
-    return cv2.warpAffine(np.ascontiguousarray(image), np.asarray(matrix, np.float64), (w, h),
-                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        np.ascontiguousarray(image),
+        np.asarray(matrix, np.float64),
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )

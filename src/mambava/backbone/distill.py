@@ -33,14 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mambava.data.affwild2 import read_crop
 from mambava.backbone.extractor import FeatureExtractor, normalize, resize_crop
 from mambava.backbone.finetune import BackboneTrainConfig, adamw_warmup_cosine, backbone_trainer, evenly_spaced
 from mambava.backbone.vit import ViTConfig, ViTEncoder, vit_config
-from mambava.data.crops import CropVideo
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open
 from mambava.core.runtime import resolve_device
+from mambava.data.affwild2 import read_crop
+from mambava.data.crops import CropVideo
 
 STUDENT_FILE = "student.safetensors"
 
@@ -89,8 +89,9 @@ def fit_adapter(h: torch.Tensor, t: torch.Tensor, ridge: float = 1e-4) -> tuple[
     lam = ridge * trace(Hc'Hc) / d. Returns (W (D, d), b (D,)) in float32; computed in float64."""
     h64, t64 = h.double(), t.double()
     if h64.ndim != 2 or t64.ndim != 2 or len(h64) != len(t64) or len(h64) < 2:
-        raise MambavaError(f"adapter fit: need (N, d) and (N, D) with N >= 2 rows, got {tuple(h.shape)} and "
-                           f"{tuple(t.shape)}")
+        raise MambavaError(
+            f"adapter fit: need (N, d) and (N, D) with N >= 2 rows, got {tuple(h.shape)} and {tuple(t.shape)}"
+        )
     hm, tm = h64.mean(0), t64.mean(0)
     hc, tc = h64 - hm, t64 - tm
     gram = hc.T @ hc
@@ -136,27 +137,40 @@ class CropTargets(Dataset):
 
 
 def _fits(n: int, size: int, limit_mb: int) -> bool:
-    return n * size * size * 3 <= limit_mb * 2 ** 20
+    return n * size * size * 3 <= limit_mb * 2**20
 
 
 def _loader(dataset: Dataset, config: DistillConfig, train: bool) -> DataLoader:
     workers = 0 if getattr(dataset, "images", None) is not None else config.num_workers
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=train,
-                      drop_last=train and len(dataset) > config.batch_size, num_workers=workers,
-                      persistent_workers=train and workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > config.batch_size,
+        num_workers=workers,
+        persistent_workers=train and workers > 0,
+    )
 
 
-def teacher_features(teacher: ViTEncoder | FeatureExtractor, paths: list[Path], config: DistillConfig,
-                     device: str | torch.device = "cpu", precision: str = "auto") -> np.ndarray:
+def teacher_features(
+    teacher: ViTEncoder | FeatureExtractor,
+    paths: list[Path],
+    config: DistillConfig,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+) -> np.ndarray:
     """The teacher's features (N, D) of crops, as `extract` computes them (its preprocessing, bf16 where fast)."""
-    extractor = teacher if isinstance(teacher, FeatureExtractor) else \
-        FeatureExtractor(teacher, batch_size=config.batch_size, device=device, precision=precision)
+    extractor = (
+        teacher
+        if isinstance(teacher, FeatureExtractor)
+        else FeatureExtractor(teacher, batch_size=config.batch_size, device=device, precision=precision)
+    )
     data = CropTargets(paths, None, extractor.config.img_size)
     loader = DataLoader(data, batch_size=config.batch_size, num_workers=config.num_workers)
     out = np.empty((len(paths), extractor.dim), np.float32)
     done = 0
     for images, _ in loader:
-        out[done:done + len(images)] = extractor.features_from_resized(images).cpu().numpy()
+        out[done : done + len(images)] = extractor.features_from_resized(images).cpu().numpy()
         done += len(images)
     return out
 
@@ -236,8 +250,9 @@ class _KeepBest(L.Callback):
             return
         cos = float(trainer.callback_metrics["val_cosine"])
         loss = trainer.callback_metrics.get("train_loss_epoch")
-        self.history.append({"epoch": trainer.current_epoch, "val_cosine": cos,
-                             "train_loss": float(loss) if loss is not None else None})
+        self.history.append(
+            {"epoch": trainer.current_epoch, "val_cosine": cos, "train_loss": float(loss) if loss is not None else None}
+        )
         if cos > self.best:
             self.best, self.state = cos, copy.deepcopy(module.student.state_dict())
 
@@ -251,8 +266,11 @@ def student_cls(student: ViTEncoder, images: torch.Tensor | DataLoader, batch_si
     """The student's normed CLS tokens, before the adapter (N, embed_dim), float32 on the CPU, of uint8 images
     (N, 3, S, S) or of the (image, target) batches of a DataLoader; run on the student's device."""
     device = student.cls_token.device
-    batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size)) \
-        if isinstance(images, torch.Tensor) else (batch[0] for batch in images)
+    batches = (
+        (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+        if isinstance(images, torch.Tensor)
+        else (batch[0] for batch in images)
+    )
     out = []
     for batch in batches:
         x = student.embed(normalize(batch.to(device), student.config.mean, student.config.std))
@@ -298,9 +316,16 @@ class DistillResult:
     student_config: dict = field(default_factory=dict)
 
 
-def distill(train: list[CropVideo], teacher: ViTEncoder, student: ViTConfig | ViTEncoder,
-            config: DistillConfig | None = None, out: str | os.PathLike = "runs/distill",
-            heldout: list[CropVideo] | None = None, teacher_store=None, progress: bool = True) -> DistillResult:
+def distill(
+    train: list[CropVideo],
+    teacher: ViTEncoder,
+    student: ViTConfig | ViTEncoder,
+    config: DistillConfig | None = None,
+    out: str | os.PathLike = "runs/distill",
+    heldout: list[CropVideo] | None = None,
+    teacher_store=None,
+    progress: bool = True,
+) -> DistillResult:
     """Train a student on the crops of `train` to reproduce `teacher`'s features, score it on the crops of
     `heldout`, and write OUT/student.safetensors and OUT/distill.json. `teacher_store`: a FeatureStore holding
     the teacher's features of these videos (skips running the teacher over the crops)."""
@@ -315,8 +340,10 @@ def distill(train: list[CropVideo], teacher: ViTEncoder, student: ViTConfig | Vi
         raise MambavaError(f"distill: fewer than 2 training crops ({names})")
     model = student if isinstance(student, ViTEncoder) else ViTEncoder(student)
     if model.config.feature_dim != teacher.feature_dim:
-        raise MambavaError(f"distill: the student gives {model.config.feature_dim}-d features, the teacher "
-                           f"{teacher.feature_dim}-d (give the student out_dim={teacher.feature_dim})")
+        raise MambavaError(
+            f"distill: the student gives {model.config.feature_dim}-d features, the teacher "
+            f"{teacher.feature_dim}-d (give the student out_dim={teacher.feature_dim})"
+        )
     device = resolve_device("cpu" if config.accelerator == "cpu" else "auto")
 
     def targets(items):
@@ -328,8 +355,9 @@ def distill(train: list[CropVideo], teacher: ViTEncoder, student: ViTConfig | Vi
 
     t_train, t_held = targets(train_items), targets(held_items)
     size = model.config.img_size
-    train_data = CropTargets([p for *_, p in train_items], t_train, size,
-                             _fits(len(train_items), size, config.preload_mb))
+    train_data = CropTargets(
+        [p for *_, p in train_items], t_train, size, _fits(len(train_items), size, config.preload_mb)
+    )
     held_data = CropTargets([p for *_, p in held_items], t_held, size, _fits(len(held_items), size, config.preload_mb))
     target_var = float(t_train.var(0).mean())
 
@@ -356,15 +384,28 @@ def distill(train: list[CropVideo], teacher: ViTEncoder, student: ViTConfig | Vi
             adapter.weight.copy_(w)
             adapter.bias.copy_(b)
     result = DistillResult(
-        out / STUDENT_FILE, mean_cosine(features(h_held), t_held) if h_held is not None else float("nan"),
-        mean_cosine(features(h_train), t_train), joint_held,
+        out / STUDENT_FILE,
+        mean_cosine(features(h_held), t_held) if h_held is not None else float("nan"),
+        mean_cosine(features(h_train), t_train),
+        joint_held,
         explained_variance(features(h_held), t_held, t_train.mean(0)) if h_held is not None else float("nan"),
         mean_cosine(np.broadcast_to(t_train.mean(0), t_held.shape), t_held) if h_held is not None else float("nan"),
-        keep.history, teacher.config.flops(),
-        model.config.flops(), len(train_items), len(held_items), asdict(model.config))
+        keep.history,
+        teacher.config.flops(),
+        model.config.flops(),
+        len(train_items),
+        len(held_items),
+        asdict(model.config),
+    )
     if trainer.is_global_zero:
         model.save(result.student_path)
         with atomic_open(out / "distill.json") as handle:
-            json.dump({"config": asdict(config), **{k: (str(v) if isinstance(v, Path) else v)
-                                                     for k, v in asdict(result).items()}}, handle, indent=1)
+            json.dump(
+                {
+                    "config": asdict(config),
+                    **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()},
+                },
+                handle,
+                indent=1,
+            )
     return result

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mambava.data.affwild2 import read_crop
 from mambava.backbone import FeatureExtractor, resize_crop
-from mambava.data.crops import CropVideo, find_crop_videos
 from mambava.core.errors import MambavaError, OutputError
-from mambava.data.store import FeatureStore
 from mambava.core.progress import rate_progress
+from mambava.data.affwild2 import read_crop
+from mambava.data.crops import CropVideo, find_crop_videos
+from mambava.data.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,16 @@ def _worker_init(_: int) -> None:
 def _crop_loader(dataset: CropDataset, extractor: FeatureExtractor, workers: int | None) -> DataLoader:
     """Worker processes decode and resize the crops, in order, while the model runs on the previous batch."""
     workers = default_workers(extractor.device) if workers is None else workers
-    return DataLoader(dataset, batch_size=extractor.batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=extractor.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=extractor.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=extractor.device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
 
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -107,12 +114,23 @@ class ExtractSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def extract_features(source: str | os.PathLike | list[CropVideo], store: str | os.PathLike | FeatureStore,
-                     extractor: FeatureExtractor, *, backbone: str = "vit", dtype: str = "float16",
-                     workers: int | None = None, fps: float | None = None, names: list[str] | None = None,
-                     rank: int | None = None, world_size: int | None = None, overwrite: bool = False,
-                     progress: bool = True, extra: dict | None = None,
-                     on_error: Callable[[str], None] | None = None) -> ExtractSummary:
+def extract_features(
+    source: str | os.PathLike | list[CropVideo],
+    store: str | os.PathLike | FeatureStore,
+    extractor: FeatureExtractor,
+    *,
+    backbone: str = "vit",
+    dtype: str = "float16",
+    workers: int | None = None,
+    fps: float | None = None,
+    names: list[str] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra: dict | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> ExtractSummary:
     """Extract every (pending) video of `source` into `store`; returns what this rank did.
 
     `backbone` is recorded in each entry (with `extra`); `dtype` is the stored dtype (float16 or float32).
@@ -140,8 +158,15 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
     entry_extra = {"img_size": extractor.config.img_size, "precision": extractor.precision, **(extra or {})}
 
     def open_writer(video: CropVideo):
-        return store.writer(video.name, video.n_frames, extractor.dim, video.fps, backbone, dtype,
-                            extra={**entry_extra, "source": str(video.folder)})
+        return store.writer(
+            video.name,
+            video.n_frames,
+            extractor.dim,
+            video.fps,
+            backbone,
+            dtype,
+            extra={**entry_extra, "source": str(video.folder)},
+        )
 
     for video in [v for v in pending if len(v.frames) == 0]:  # no face anywhere: all rows missing
         with open_writer(video):
@@ -155,8 +180,7 @@ def extract_features(source: str | os.PathLike | list[CropVideo], store: str | o
     loader = _crop_loader(dataset, extractor, workers)
     start = time.perf_counter()
     with rate_progress(progress and rank == 0) as bar:
-        task = bar.add_task(f"extract (rank {rank}/{world_size})" if world_size > 1 else "extract",
-                            total=len(dataset))
+        task = bar.add_task(f"extract (rank {rank}/{world_size})" if world_size > 1 else "extract", total=len(dataset))
 
         def runs():
             """(video index, rows, features) for each run of one video's frames within a batch, in order."""

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from mambava.backbone.vit import FACE_MEAN, FACE_STD, ViTEncoder
 from mambava.core.errors import MambavaError
@@ -30,7 +31,6 @@ def _as_uint8_hwc(image) -> np.ndarray:
 def resize_crop(image, size: int = 224) -> np.ndarray:
     """One RGB crop (H, W, 3) uint8 -> (size, size, 3) uint8: PIL bicubic, exactly the reference's
     torchvision `Resize((size, size), BICUBIC, antialias=True)` on a PIL image."""
-    from PIL import Image
 
     array = _as_uint8_hwc(image)
     if array.shape[:2] == (size, size):
@@ -47,8 +47,12 @@ def resize_crops(crops, size: int = 224) -> np.ndarray:
     return np.stack([resize_crop(c, size) for c in crops])
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float] = FACE_MEAN, std: Sequence[float] = FACE_STD,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float] = FACE_MEAN,
+    std: Sequence[float] = FACE_STD,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """uint8 (N, S, S, 3) or (N, 3, S, S) -> float (N, 3, S, S): /255, minus mean, over std (on their device)."""
     if images.ndim != 4:
         raise MambavaError(f"expected a batch of images (N, S, S, 3), got shape {tuple(images.shape)}")
@@ -59,8 +63,9 @@ def normalize(images: torch.Tensor, mean: Sequence[float] = FACE_MEAN, std: Sequ
     return ((images.float() - m) / s).to(dtype).contiguous()
 
 
-def preprocess(crops, size: int = 224, mean: Sequence[float] = FACE_MEAN,
-               std: Sequence[float] = FACE_STD) -> torch.Tensor:
+def preprocess(
+    crops, size: int = 224, mean: Sequence[float] = FACE_MEAN, std: Sequence[float] = FACE_STD
+) -> torch.Tensor:
     """RGB uint8 crops, (N, H, W, 3) numpy/torch or a list of (H, W, 3) -> normalised float (N, 3, size, size)."""
     return normalize(torch.from_numpy(resize_crops(crops, size)), mean, std)
 
@@ -105,8 +110,9 @@ class FeatureExtractor:
     precision "auto" uses bf16 autocast where the hardware runs it fast (CUDA, CPU AMX / AVX-512 BF16).
     """
 
-    def __init__(self, encoder: ViTEncoder, batch_size: int = 64, device: str | torch.device = "cpu",
-                 precision: str = "auto"):
+    def __init__(
+        self, encoder: ViTEncoder, batch_size: int = 64, device: str | torch.device = "cpu", precision: str = "auto"
+    ):
         self.device = torch.device(device)
         self.encoder = encoder.eval().to(self.device)
         self.batch_size = int(batch_size)
@@ -128,6 +134,6 @@ class FeatureExtractor:
         n = len(crops)
         out = np.empty((n, self.dim), np.float32)
         for start in range(0, n, self.batch_size):
-            batch = torch.from_numpy(resize_crops(crops[start:start + self.batch_size], self.config.img_size))
-            out[start:start + len(batch)] = self.features_from_resized(batch).cpu().numpy()
+            batch = torch.from_numpy(resize_crops(crops[start : start + self.batch_size], self.config.img_size))
+            out[start : start + len(batch)] = self.features_from_resized(batch).cpu().numpy()
         return out

@@ -32,16 +32,16 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from mambava.data.affwild2 import CROPS_DIR, AffWild2, read_crop
 from mambava.backbone.augment import AlignJitter, warp_crop
 from mambava.backbone.extractor import normalize, resize_crop
 from mambava.backbone.vit import Block, ViTConfig, ViTEncoder, sincos_pos_embed
 from mambava.backbone.weights import read_state_dict
-from mambava.data.crops import CropVideo, find_crop_videos, scan_crop_folder
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open, atomic_torch_save
 from mambava.core.metrics import ConcordanceCCC, ccc_loss, valid_mask
 from mambava.core.schedule import warmup_cosine
+from mambava.data.affwild2 import CROPS_DIR, AffWild2, read_crop
+from mambava.data.crops import CropVideo, find_crop_videos, scan_crop_folder
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,9 @@ def extra_crops_dir(root: str | os.PathLike, video: str) -> Path:
     return (root / CROPS_DIR if (root / CROPS_DIR).is_dir() else root) / video
 
 
-def labelled_frames(dataset: AffWild2, video: str, frames_per_video: int | None = None,
-                    folder: Path | None = None) -> list[tuple[Path, np.ndarray]]:
+def labelled_frames(
+    dataset: AffWild2, video: str, frames_per_video: int | None = None, folder: Path | None = None
+) -> list[tuple[Path, np.ndarray]]:
     """(crop path, (valence, arousal)) of the frames of `video` that have a crop and a valid label, at most
     `frames_per_video` of them, evenly spaced; the crops from `folder` (default: the dataset's own)."""
     labels = dataset.read_annotation(video)
@@ -152,8 +153,9 @@ def labelled_frames(dataset: AffWild2, video: str, frames_per_video: int | None 
 class CropImages(Dataset):
     """(uint8 (3, S, S) crop, float32 (2,) label) for a list of (crop path, label) items."""
 
-    def __init__(self, items: list[tuple[Path, np.ndarray]], size: int, hflip: bool = False,
-                 jitter: AlignJitter | None = None):
+    def __init__(
+        self, items: list[tuple[Path, np.ndarray]], size: int, hflip: bool = False, jitter: AlignJitter | None = None
+    ):
         self.items = items
         self.size = size
         self.hflip = hflip
@@ -175,18 +177,35 @@ class CropImages(Dataset):
 
 def _loader(items, size: int, config: BackboneTrainConfig, train: bool) -> DataLoader:
     jitter = AlignJitter(*config.align_jitter) if train else None
-    return DataLoader(CropImages(items, size, hflip=train and config.hflip, jitter=jitter), batch_size=config.batch_size,
-                      shuffle=train, drop_last=train and len(items) > config.batch_size,
-                      num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
+    return DataLoader(
+        CropImages(items, size, hflip=train and config.hflip, jitter=jitter),
+        batch_size=config.batch_size,
+        shuffle=train,
+        drop_last=train and len(items) > config.batch_size,
+        num_workers=config.num_workers,
+        persistent_workers=config.num_workers > 0,
+    )
 
 
-def backbone_trainer(config: BackboneTrainConfig, out: Path, callbacks: list, progress: bool, validate: bool = True) -> L.Trainer:
+def backbone_trainer(
+    config: BackboneTrainConfig, out: Path, callbacks: list, progress: bool, validate: bool = True
+) -> L.Trainer:
     return L.Trainer(
-        max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
-        devices=config.devices, strategy=config.strategy, precision=config.precision, callbacks=callbacks,
-        logger=L.pytorch.loggers.CSVLogger(out, name="logs"), enable_checkpointing=False,
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0,
-        limit_val_batches=None if validate else 0, log_every_n_steps=10,
+        max_epochs=config.epochs,
+        max_steps=config.max_steps,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        precision=config.precision,
+        callbacks=callbacks,
+        logger=L.pytorch.loggers.CSVLogger(out, name="logs"),
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        limit_val_batches=None if validate else 0,
+        log_every_n_steps=10,
     )
 
 
@@ -197,8 +216,11 @@ def adamw_warmup_cosine(module: nn.Module, config: BackboneTrainConfig, lr: floa
         if param.requires_grad:
             plain = param.ndim < 2 or name.split(".")[-1] in ("cls_token", "pos_embed", "mask_token")
             (no_decay if plain else decay).append(param)
-    groups = [{"params": decay, "lr": lr, "weight_decay": config.weight_decay},
-              {"params": no_decay, "lr": lr, "weight_decay": 0.0}, *extra_groups]
+    groups = [
+        {"params": decay, "lr": lr, "weight_decay": config.weight_decay},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+        *extra_groups,
+    ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
     total = max(1, int(trainer.estimated_stepping_batches))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, config.warmup_fraction))
@@ -238,8 +260,7 @@ class VARegressor(L.LightningModule):
     def training_step(self, batch, batch_idx):
         images, target = batch
         loss = ccc_loss(self(images), target)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images),
-                 sync_dist=True)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -250,8 +271,11 @@ class VARegressor(L.LightningModule):
         ccc = self.val_ccc.compute()
         self.val_ccc.reset()
         # already over all ranks (ConcordanceCCC reduces its sums); sync_dist only averages equal values
-        self.log_dict({"val_ccc_v": ccc[0].float(), "val_ccc_a": ccc[1].float(), "val_pva": ccc.mean().float()},
-                      prog_bar=True, sync_dist=True)
+        self.log_dict(
+            {"val_ccc_v": ccc[0].float(), "val_ccc_a": ccc[1].float(), "val_pva": ccc.mean().float()},
+            prog_bar=True,
+            sync_dist=True,
+        )
 
     def configure_optimizers(self):
         head = {"params": list(self.head.parameters()), "lr": self.cfg.head_lr, "weight_decay": self.cfg.weight_decay}
@@ -292,9 +316,15 @@ class FinetuneResult:
     is_global_zero: bool = True  # False in the other DDP processes
 
 
-def finetune(root: str | os.PathLike | AffWild2, encoder: ViTEncoder, config: FinetuneConfig | None = None,
-             out: str | os.PathLike = "runs/finetune_backbone", train_videos: list[str] | None = None,
-             val_videos: list[str] | None = None, progress: bool = True) -> FinetuneResult:
+def finetune(
+    root: str | os.PathLike | AffWild2,
+    encoder: ViTEncoder,
+    config: FinetuneConfig | None = None,
+    out: str | os.PathLike = "runs/finetune_backbone",
+    train_videos: list[str] | None = None,
+    val_videos: list[str] | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
     """Fine-tune `encoder` in place on Aff-Wild2 frame-level VA; writes OUT/encoder.safetensors (best validation
     P_VA) and OUT/finetune.json. Videos default to the official Train_Set / Validation_Set."""
     config = config or FinetuneConfig()
@@ -309,25 +339,46 @@ def finetune(root: str | os.PathLike | AffWild2, encoder: ViTEncoder, config: Fi
     size = encoder.config.img_size
     train_items = [item for v in train_videos for item in labelled_frames(dataset, v, config.frames_per_video)]
     for extra in config.extra_crops:  # the same videos and labels, another aligner's crops
-        train_items += [item for v in train_videos
-                        for item in labelled_frames(dataset, v, config.frames_per_video, extra_crops_dir(extra, v))]
+        train_items += [
+            item
+            for v in train_videos
+            for item in labelled_frames(dataset, v, config.frames_per_video, extra_crops_dir(extra, v))
+        ]
     val_items = [item for v in val_videos for item in labelled_frames(dataset, v, config.frames_per_video)]
     if len(train_items) < 2:
         raise MambavaError(f"{dataset.root}: fewer than 2 labelled frames with crops in the training videos")
     module = VARegressor(encoder, config)
     export = ExportEncoder(out / ENCODER_FILE)
     trainer = backbone_trainer(config, out, [export], progress, validate=bool(val_items))
-    trainer.fit(module, _loader(train_items, size, config, True),
-                _loader(val_items, size, config, False) if val_items else None)
+    trainer.fit(
+        module, _loader(train_items, size, config, True), _loader(val_items, size, config, False) if val_items else None
+    )
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
-    result = FinetuneResult(out / ENCODER_FILE, export.best if export.history else None, export.history,
-                            n_train, n_frozen, trainer.is_global_zero)
+    result = FinetuneResult(
+        out / ENCODER_FILE,
+        export.best if export.history else None,
+        export.history,
+        n_train,
+        n_frozen,
+        trainer.is_global_zero,
+    )
     if trainer.is_global_zero:
         with atomic_open(out / "finetune.json") as handle:
-            json.dump({"config": asdict(config), "encoder": str(result.encoder_path), "best_val_pva": result.best_val_pva,
-                       "history": result.history, "trainable_parameters": n_train, "frozen_parameters": n_frozen,
-                       "train_frames": len(train_items), "val_frames": len(val_items)}, handle, indent=1)
+            json.dump(
+                {
+                    "config": asdict(config),
+                    "encoder": str(result.encoder_path),
+                    "best_val_pva": result.best_val_pva,
+                    "history": result.history,
+                    "trainable_parameters": n_train,
+                    "frozen_parameters": n_frozen,
+                    "train_frames": len(train_items),
+                    "val_frames": len(val_items),
+                },
+                handle,
+                indent=1,
+            )
     return result
 
 
@@ -362,15 +413,21 @@ class MAEPretrainer(L.LightningModule):
         for param in encoder.parameters():
             param.requires_grad_(True)
         encoder.pos_embed.requires_grad_(False)  # MAE keeps the sin-cos position embedding fixed
-        dec = ViTConfig(img_size=enc.img_size, patch_size=enc.patch_size, embed_dim=config.decoder_dim,
-                        depth=config.decoder_depth, num_heads=config.decoder_heads, mlp_ratio=enc.mlp_ratio,
-                        ln_eps=enc.ln_eps)
+        dec = ViTConfig(
+            img_size=enc.img_size,
+            patch_size=enc.patch_size,
+            embed_dim=config.decoder_dim,
+            depth=config.decoder_depth,
+            num_heads=config.decoder_heads,
+            mlp_ratio=enc.mlp_ratio,
+            ln_eps=enc.ln_eps,
+        )
         self.decoder_embed = nn.Linear(enc.embed_dim, dec.embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec.embed_dim))
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(dec.embed_dim, dec.grid), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(Block(dec) for _ in range(dec.depth))
         self.decoder_norm = nn.LayerNorm(dec.embed_dim, eps=dec.ln_eps)
-        self.decoder_pred = nn.Linear(dec.embed_dim, enc.patch_size ** 2 * enc.in_chans)
+        self.decoder_pred = nn.Linear(dec.embed_dim, enc.patch_size**2 * enc.in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
         for module in (self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()):
             if isinstance(module, nn.Linear):
@@ -416,8 +473,9 @@ class MAEPretrainer(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self(batch[0])
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[0]),
-                 sync_dist=True)
+        self.log(
+            "train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[0]), sync_dist=True
+        )
         return loss
 
     def configure_optimizers(self):
@@ -455,9 +513,14 @@ def load_mae_decoder(module: MAEPretrainer, path: str | os.PathLike) -> list[str
     return sorted(found)
 
 
-def pretrain_mae(source: str | os.PathLike, encoder: ViTEncoder, config: PretrainConfig | None = None,
-                 out: str | os.PathLike = "runs/pretrain_mae", decoder_from: str | os.PathLike | None = None,
-                 progress: bool = True) -> PretrainResult:
+def pretrain_mae(
+    source: str | os.PathLike,
+    encoder: ViTEncoder,
+    config: PretrainConfig | None = None,
+    out: str | os.PathLike = "runs/pretrain_mae",
+    decoder_from: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> PretrainResult:
     """MAE self-supervised pretraining of `encoder` (in place) on the crops of a crop source (an Aff-Wild2 root,
     cropped_aligned/, or any <dir>/<video>/<NNNNN>.jpg tree); writes OUT/mae_pretrain.pth, a
     facebookresearch/mae-format checkpoint ({"model": encoder + decoder}) for `finetune-backbone -c` or
@@ -471,7 +534,9 @@ def pretrain_mae(source: str | os.PathLike, encoder: ViTEncoder, config: Pretrai
     bad = next((video.error for video in videos if video.error), None)
     if bad:  # (no crop folder, two crops for one frame): said, not pretrained without it
         raise MambavaError(bad)
-    items = [(video.path(k), zero) for video in videos for k in evenly_spaced(len(video.frames), config.frames_per_video)]
+    items = [
+        (video.path(k), zero) for video in videos for k in evenly_spaced(len(video.frames), config.frames_per_video)
+    ]
     if len(items) < 2:
         raise MambavaError(f"{source}: fewer than 2 crops to pretrain on")
     module = MAEPretrainer(encoder, config)

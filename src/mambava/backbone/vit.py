@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambava.core.errors import MambavaError
 from mambava.core.checkpoint import save_checkpoint
+from mambava.core.errors import MambavaError
 
 # Face statistics used by the reference (FreedomPuppy77/Charon, preprocess/mae/feature_VA.py:52).
 FACE_MEAN = (0.471, 0.363, 0.333)
@@ -57,7 +57,9 @@ class ViTConfig:
         if self.embed_dim % self.num_heads:
             raise MambavaError(f"ViT config: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.img_size % self.patch_size:
-            raise MambavaError(f"ViT config: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+            raise MambavaError(
+                f"ViT config: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
 
     @property
     def grid(self) -> int:
@@ -79,7 +81,7 @@ class ViTConfig:
         tokens = self.grid * self.grid + 1
         d = self.embed_dim
         per_block = tokens * (4 * d * d + 2 * d * self.mlp_hidden) + 2 * tokens * tokens * d
-        patch = (tokens - 1) * self.in_chans * self.patch_size ** 2 * d
+        patch = (tokens - 1) * self.in_chans * self.patch_size**2 * d
         return 2 * (self.depth * per_block + patch + d * self.out_dim)
 
     def to_json(self) -> str:
@@ -87,8 +89,10 @@ class ViTConfig:
 
     def describe(self) -> str:
         """One line for reports: the preset name and the shape."""
-        return (f"{self.name} (D={self.embed_dim}, depth={self.depth}, heads={self.num_heads}, "
-                f"patch={self.patch_size}, img={self.img_size}, ln_eps={self.ln_eps:g})")
+        return (
+            f"{self.name} (D={self.embed_dim}, depth={self.depth}, heads={self.num_heads}, "
+            f"patch={self.patch_size}, img={self.img_size}, ln_eps={self.ln_eps:g})"
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> "ViTConfig":
@@ -102,20 +106,31 @@ PRESETS: dict[str, ViTConfig] = {
     "vit_small_patch16": ViTConfig(embed_dim=384, depth=12, num_heads=6, name="vit_small_patch16"),
     # distillation students at 112 px, the aligned crops' own size: a quarter of the 224 px tokens
     "vit_tiny_patch16_112": ViTConfig(img_size=112, embed_dim=192, depth=12, num_heads=3, name="vit_tiny_patch16_112"),
-    "vit_small_patch16_112": ViTConfig(img_size=112, embed_dim=384, depth=12, num_heads=6,
-                                       name="vit_small_patch16_112"),
+    "vit_small_patch16_112": ViTConfig(
+        img_size=112, embed_dim=384, depth=12, num_heads=6, name="vit_small_patch16_112"
+    ),
     "vit_base_patch16": ViTConfig(embed_dim=768, depth=12, num_heads=12, name="vit_base_patch16"),
     "vit_large_patch16": ViTConfig(embed_dim=1024, depth=24, num_heads=16, name="vit_large_patch16"),
     "vit_huge_patch14": ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, name="vit_huge_patch14"),
 }
 _ALIASES = {
-    "vit_tiny": "vit_tiny_patch16", "tiny": "vit_tiny_patch16",
-    "vit_small": "vit_small_patch16", "small": "vit_small_patch16",
-    "vit_tiny_112": "vit_tiny_patch16_112", "tiny_112": "vit_tiny_patch16_112",
-    "vit_small_112": "vit_small_patch16_112", "small_112": "vit_small_patch16_112",
-    "vit_base": "vit_base_patch16", "base": "vit_base_patch16", "vit_b16": "vit_base_patch16",
-    "vit_large": "vit_large_patch16", "large": "vit_large_patch16", "vit_l16": "vit_large_patch16",
-    "vit_huge": "vit_huge_patch14", "huge": "vit_huge_patch14", "vit_h14": "vit_huge_patch14",
+    "vit_tiny": "vit_tiny_patch16",
+    "tiny": "vit_tiny_patch16",
+    "vit_small": "vit_small_patch16",
+    "small": "vit_small_patch16",
+    "vit_tiny_112": "vit_tiny_patch16_112",
+    "tiny_112": "vit_tiny_patch16_112",
+    "vit_small_112": "vit_small_patch16_112",
+    "small_112": "vit_small_patch16_112",
+    "vit_base": "vit_base_patch16",
+    "base": "vit_base_patch16",
+    "vit_b16": "vit_base_patch16",
+    "vit_large": "vit_large_patch16",
+    "large": "vit_large_patch16",
+    "vit_l16": "vit_large_patch16",
+    "vit_huge": "vit_huge_patch14",
+    "huge": "vit_huge_patch14",
+    "vit_h14": "vit_huge_patch14",
 }
 
 
@@ -308,5 +323,6 @@ class ViTEncoder(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write weights + config as one safetensors file (atomically); `load_encoder` reads it back."""
-        return save_checkpoint(path, {k: v.to("cpu") for k, v in self.state_dict().items()}, ENCODER_FORMAT,
-                               asdict(self.config))
+        return save_checkpoint(
+            path, {k: v.to("cpu") for k, v in self.state_dict().items()}, ENCODER_FORMAT, asdict(self.config)
+        )

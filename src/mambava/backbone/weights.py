@@ -19,9 +19,9 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 
@@ -65,7 +65,7 @@ def _unwrap(obj: dict, path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     # wrapper prefixes that every key carries (DDP's `module.`, ...) hide the ViT names: strip them
     for prefix in ("module.", "model.", "encoder.", "backbone."):
         if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors, wrapped
 
 
@@ -90,7 +90,7 @@ _HF_LAYER = {
 def hf_to_timm(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename Hugging Face ViTMAE keys to timm's (fusing q, k, v into qkv); returns (state, dropped keys)."""
     if all(k.startswith("vit.") or k.startswith("decoder.") for k in state):
-        state = {k[len("vit."):] if k.startswith("vit.") else k: v for k, v in state.items()}
+        state = {k[len("vit.") :] if k.startswith("vit.") else k: v for k, v in state.items()}
     out: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
@@ -146,8 +146,9 @@ def infer_config(state: dict[str, torch.Tensor], path: str = "checkpoint", **ove
     need = ("cls_token", "pos_embed", "patch_embed.proj.weight")
     absent = [k for k in need if k not in state]
     if absent:
-        raise MambavaError(f"{path}: not a ViT encoder checkpoint, no {', '.join(absent)} "
-                           f"(first keys: {name_list(sorted(state), 6)})")
+        raise MambavaError(
+            f"{path}: not a ViT encoder checkpoint, no {', '.join(absent)} (first keys: {name_list(sorted(state), 6)})"
+        )
     embed_dim = state["cls_token"].shape[-1]
     proj = state["patch_embed.proj.weight"]
     patch, in_chans = proj.shape[-1], proj.shape[1]
@@ -161,10 +162,18 @@ def infer_config(state: dict[str, torch.Tensor], path: str = "checkpoint", **ove
     heads = preset.num_heads if preset else max(1, embed_dim // 64)
     qkv_bias = "blocks.0.attn.qkv.bias" in state if depth else True
     adapter = state.get("adapter.weight")
-    base = dict(img_size=img_size, patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=heads,
-                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, in_chans=in_chans,
-                out_dim=adapter.shape[0] if adapter is not None else 0,
-                name=preset.name if preset else f"vit_d{embed_dim}_l{depth}_p{patch}")
+    base = dict(
+        img_size=img_size,
+        patch_size=patch,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=qkv_bias,
+        in_chans=in_chans,
+        out_dim=adapter.shape[0] if adapter is not None else 0,
+        name=preset.name if preset else f"vit_d{embed_dim}_l{depth}_p{patch}",
+    )
     base.update(overrides)
     return ViTConfig(**base)
 
@@ -176,11 +185,18 @@ def _hf_config(cfg: dict, path: Path) -> dict:
     patch = int(cfg.get("patch_size", 16))
     depth = int(cfg.get("num_hidden_layers", 12))
     preset = _preset_for(hidden, depth, patch, int(cfg.get("image_size", 224)))
-    return dict(img_size=int(cfg.get("image_size", 224)), patch_size=patch, embed_dim=hidden, depth=depth,
-                num_heads=int(cfg.get("num_attention_heads", 12)),
-                mlp_ratio=int(cfg.get("intermediate_size", 4 * hidden)) / hidden,
-                ln_eps=float(cfg.get("layer_norm_eps", 1e-12)), qkv_bias=bool(cfg.get("qkv_bias", True)),
-                in_chans=int(cfg.get("num_channels", 3)), name=preset.name if preset else "hf_vit_mae")
+    return dict(
+        img_size=int(cfg.get("image_size", 224)),
+        patch_size=patch,
+        embed_dim=hidden,
+        depth=depth,
+        num_heads=int(cfg.get("num_attention_heads", 12)),
+        mlp_ratio=int(cfg.get("intermediate_size", 4 * hidden)) / hidden,
+        ln_eps=float(cfg.get("layer_norm_eps", 1e-12)),
+        qkv_bias=bool(cfg.get("qkv_bias", True)),
+        in_chans=int(cfg.get("num_channels", 3)),
+        name=preset.name if preset else "hf_vit_mae",
+    )
 
 
 def _read_folder(path: Path) -> tuple[str, dict[str, torch.Tensor], dict]:
@@ -208,8 +224,10 @@ def _read_folder(path: Path) -> tuple[str, dict[str, torch.Tensor], dict]:
         return "hf", state, _hf_config(cfg, path)
     if "architecture" in cfg:
         return "timm", state, {}
-    raise MambavaError(f"{config_file}: neither a Hugging Face ViTMAE config (model_type {model_type!r}) "
-                       f"nor a timm config (no 'architecture')")
+    raise MambavaError(
+        f"{config_file}: neither a Hugging Face ViTMAE config (model_type {model_type!r}) "
+        f"nor a timm config (no 'architecture')"
+    )
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[str, dict[str, torch.Tensor], dict, list[str]]:
@@ -249,8 +267,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[str, dict[str, torch.Tenso
     return fmt, keep, hints, dropped
 
 
-def load_encoder(path: str | os.PathLike, arch: str | ViTConfig | None = None, *, strict: bool = True,
-                 img_size: int | None = None) -> ViTEncoder:
+def load_encoder(
+    path: str | os.PathLike, arch: str | ViTConfig | None = None, *, strict: bool = True, img_size: int | None = None
+) -> ViTEncoder:
     """Build a ViTEncoder from a local checkpoint in any supported format (see the module docstring).
 
     arch=None infers the size from the tensors (or reads it from the file's config); an explicit arch whose
@@ -278,22 +297,31 @@ def load_encoder(path: str | os.PathLike, arch: str | ViTConfig | None = None, *
     model = model.to_empty(device="cpu")
     expected = model.state_dict()
     pos = state.get("pos_embed")
-    if pos is not None and pos.ndim == 3 and pos.shape[1] != expected["pos_embed"].shape[1] \
-            and pos.shape[-1] == expected["pos_embed"].shape[-1]:
+    if (
+        pos is not None
+        and pos.ndim == 3
+        and pos.shape[1] != expected["pos_embed"].shape[1]
+        and pos.shape[-1] == expected["pos_embed"].shape[-1]
+    ):
         state["pos_embed"] = resample_pos_embed(pos, cfg.grid, cfg.grid)
         notes.append(f"position embedding resampled from {pos.shape[1] - 1} to {cfg.grid * cfg.grid} patches")
 
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-                  for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
     if mismatched:
         held = ""
         with contextlib.suppress(MambavaError):
             found = infer_config(state)
             held = f" (the file holds D={found.embed_dim}, depth={found.depth}, patch={found.patch_size})"
-        raise MambavaError(f"{path}: checkpoint does not fit {cfg.name} (D={cfg.embed_dim}, depth={cfg.depth}, "
-                           f"patch={cfg.patch_size}){held}; {len(mismatched)} tensors differ: "
-                           f"{name_list(mismatched, 6)}"
-                           + ("; leave out --arch to infer the size from the file" if arch is not None else ""))
+        raise MambavaError(
+            f"{path}: checkpoint does not fit {cfg.name} (D={cfg.embed_dim}, depth={cfg.depth}, "
+            f"patch={cfg.patch_size}){held}; {len(mismatched)} tensors differ: "
+            f"{name_list(mismatched, 6)}"
+            + ("; leave out --arch to infer the size from the file" if arch is not None else "")
+        )
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     report = LoadReport(str(path), fmt, cfg, missing, unexpected, sorted(dropped), notes)

@@ -20,6 +20,8 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
+
 from mambava.audio import AudioWarning, SpeechModel, decode_audio, frame_features, frame_grid
 from mambava.benchmarks import cpu_name, load_average
 
@@ -50,9 +52,13 @@ def bench_clip(path: Path, repeats: int = 3, speech_model: SpeechModel | None = 
     rates = {name: seconds / t for name, t in times.items()}
     track = decode_audio(path)
     return {
-        "clip": path.name, "codec": track.codec if track is not None else "none", "frames": grid.n_frames,
-        "seconds_of_video": seconds, "load_average": (load_before, load_average()),
-        "realtime": rates, "ratio_vs_decode": {k: v / rates["decode"] for k, v in rates.items()},
+        "clip": path.name,
+        "codec": track.codec if track is not None else "none",
+        "frames": grid.n_frames,
+        "seconds_of_video": seconds,
+        "load_average": (load_before, load_average()),
+        "realtime": rates,
+        "ratio_vs_decode": {k: v / rates["decode"] for k, v in rates.items()},
     }
 
 
@@ -63,14 +69,20 @@ def run(videos: list[Path] | None = None, repeats: int = 3, speech_model: Speech
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="mambava bench audio", description=__doc__.splitlines()[0])
-    parser.add_argument("--video", action="append", type=Path, help="Clip(s) to time (default: the real clips in tests/data/media).")
+    parser.add_argument(
+        "--video", action="append", type=Path, help="Clip(s) to time (default: the real clips in tests/data/media)."
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--speech-model", type=Path, help="A local wav2vec 2.0 / HuBERT folder: adds the ssl row.")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for log-mel and ssl (default 1: "
-                        "on a shared 2-vCPU machine a second thread stalls more than it helps).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for log-mel and ssl (default 1: "
+        "on a shared 2-vCPU machine a second thread stalls more than it helps).",
+    )
     parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
     args = parser.parse_args(argv)
-    import torch
 
     torch.set_num_threads(args.threads)
     model = SpeechModel(args.speech_model) if args.speech_model else None
@@ -78,11 +90,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         print(json.dumps(results, indent=2))
         return results
-    print(f"{cpu_name()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); rates in seconds of video per "
-          f"second (x real time), best of {args.repeats}")
+    print(
+        f"{cpu_name()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); rates in seconds of video per "
+        f"second (x real time), best of {args.repeats}"
+    )
     for r in results:
-        print(f"{r['clip']} ({r['codec']}, {r['frames']} frames, {r['seconds_of_video']:.2f} s; load average "
-              f"{r['load_average'][0]} → {r['load_average'][1]})")
+        print(
+            f"{r['clip']} ({r['codec']}, {r['frames']} frames, {r['seconds_of_video']:.2f} s; load average "
+            f"{r['load_average'][0]} → {r['load_average'][1]})"
+        )
         for name, rate in r["realtime"].items():
             print(f"  {name:<16} {rate:9.1f} x real time   ×{r['ratio_vs_decode'][name]:.3f} of decode")
     return results

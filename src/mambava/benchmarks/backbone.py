@@ -18,6 +18,9 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
+
+from mambava.backbone import FeatureExtractor, ViTEncoder, bf16_supported, resize_crop
 
 
 def _time_batches(fn, repeats: int) -> float:
@@ -35,9 +38,6 @@ def _time_batches(fn, repeats: int) -> float:
 
 def decode_rate(n: int = 64, size: int = 112) -> float:
     """Images/s of one process doing what an extraction worker does: JPEG decode + PIL bicubic resize."""
-    from PIL import Image
-
-    from mambava.backbone import resize_crop
 
     rng = np.random.default_rng(0)
     blobs = []
@@ -68,10 +68,13 @@ def gemm_gflops(device: torch.device, dtype: torch.dtype, tokens: int, dim: int,
     return 2 * tokens * dim * hidden / seconds / 1e9
 
 
-def run(arch: str = "vit_large_patch16", device: str = "cpu", batch_size: int = 8, repeats: int = 2,
-        precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict:
-    from mambava.backbone import FeatureExtractor, ViTEncoder, bf16_supported
-
+def run(
+    arch: str = "vit_large_patch16",
+    device: str = "cpu",
+    batch_size: int = 8,
+    repeats: int = 2,
+    precisions: tuple[str, ...] = ("fp32", "bf16"),
+) -> dict:
     dev = torch.device(device)
     torch.manual_seed(0)
     encoder = ViTEncoder(arch)
@@ -79,16 +82,29 @@ def run(arch: str = "vit_large_patch16", device: str = "cpu", batch_size: int = 
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
     if dev.type == "cuda":
         images = images.to(dev)
-    results = {"arch": encoder.config.name, "device": str(dev), "batch_size": batch_size, "threads": torch.get_num_threads(),
-               "bf16_fast": bf16_supported(dev), "images_per_s": {},
-               "gflop_per_image": vit_gflop(encoder.config), "gemm_gflops": {}, "of_gemm_peak": {}}
+    results = {
+        "arch": encoder.config.name,
+        "device": str(dev),
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "bf16_fast": bf16_supported(dev),
+        "images_per_s": {},
+        "gflop_per_image": vit_gflop(encoder.config),
+        "gemm_gflops": {},
+        "of_gemm_peak": {},
+    }
     for precision in precisions:
         extractor = FeatureExtractor(encoder, batch_size=batch_size, device=dev, precision=precision)
         seconds = _time_batches(lambda: extractor.features_from_resized(images), repeats)
         results["images_per_s"][precision] = batch_size / seconds
-        gemm = gemm_gflops(dev, torch.bfloat16 if extractor.precision == "bf16" else torch.float32,
-                           batch_size * (encoder.config.grid ** 2 + 1), encoder.config.embed_dim,
-                           encoder.config.mlp_hidden, max(3, repeats))
+        gemm = gemm_gflops(
+            dev,
+            torch.bfloat16 if extractor.precision == "bf16" else torch.float32,
+            batch_size * (encoder.config.grid**2 + 1),
+            encoder.config.embed_dim,
+            encoder.config.mlp_hidden,
+            max(3, repeats),
+        )
         results["gemm_gflops"][precision] = gemm
         results["of_gemm_peak"][precision] = batch_size / seconds * results["gflop_per_image"] / gemm
     base = results["images_per_s"].get("fp32")
@@ -109,13 +125,17 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
     result = run(args.arch, args.device, args.batch_size or (256 if cuda else 8), args.repeats or (20 if cuda else 2))
-    print(f"{result['arch']} on {result['device']} ({result['threads']} threads), batch {result['batch_size']}, "
-          f"bf16 hardware: {'yes' if result['bf16_fast'] else 'no'}")
+    print(
+        f"{result['arch']} on {result['device']} ({result['threads']} threads), batch {result['batch_size']}, "
+        f"bf16 hardware: {'yes' if result['bf16_fast'] else 'no'}"
+    )
     print(f"  {result['gflop_per_image']:.1f} GFLOP per image")
     for precision, rate in result["images_per_s"].items():
-        print(f"  {precision:5s} {rate:9.2f} images/s   x{result['speedup'].get(precision, float('nan')):.2f} vs fp32"
-              f"   ({100 * result['of_gemm_peak'][precision]:.0f}% of a {result['gemm_gflops'][precision]:.0f} "
-              f"GFLOP/s {precision} GEMM measured in this run)")
+        print(
+            f"  {precision:5s} {rate:9.2f} images/s   x{result['speedup'].get(precision, float('nan')):.2f} vs fp32"
+            f"   ({100 * result['of_gemm_peak'][precision]:.0f}% of a {result['gemm_gflops'][precision]:.0f} "
+            f"GFLOP/s {precision} GEMM measured in this run)"
+        )
     print(f"  decode+resize (112 px JPEG -> 224): {result['decode_resize_per_worker']:.0f} images/s per worker")
     return result
 

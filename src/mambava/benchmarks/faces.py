@@ -58,17 +58,23 @@ def bench_clip(path: Path, repeats: int = 3, landmarks: Path | None = None) -> d
     def pipeline(detector, every: int = 1, search_every: int = 6):
         def run():
             with open_video(path) as reader:
-                for _ in iter_tracked_faces(reader, detector, keep_images=False, detect_every=every,
-                                            search_every=search_every):
+                for _ in iter_tracked_faces(
+                    reader, detector, keep_images=False, detect_every=every, search_every=search_every
+                ):
                     pass
+
         return run
 
     mtcnn = get_detector("mtcnn")
     mtcnn1 = get_detector("mtcnn", num_threads=1)
     mtcnn2 = get_detector("mtcnn", num_threads=2)
     haar = get_detector("haar")
-    refined = RefinedDetector(mtcnn, load_refiner(landmarks) if landmarks else LandmarkRefiner(
-        LandmarkNet(RefinerConfig().size, RefinerConfig().width), RefinerConfig()))
+    refined = RefinedDetector(
+        mtcnn,
+        load_refiner(landmarks)
+        if landmarks
+        else LandmarkRefiner(LandmarkNet(RefinerConfig().size, RefinerConfig().width), RefinerConfig()),
+    )
     pipeline(mtcnn)()  # warm-up: weights, kernels
     load_before = load_average()
     rates = {
@@ -103,7 +109,9 @@ def run(videos: list[Path] | None = None, repeats: int = 3, landmarks: Path | No
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="mambava bench faces", description=__doc__.splitlines()[0])
-    parser.add_argument("--video", action="append", type=Path, help="Clip(s) to time (default: the real clips in tests/data/media).")
+    parser.add_argument(
+        "--video", action="append", type=Path, help="Clip(s) to time (default: the real clips in tests/data/media)."
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--landmarks", type=Path, help="A trained landmark refiner to time (default: a fresh one).")
     parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
@@ -113,11 +121,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
-            print(f"{r['clip']} ({r['size']}, {r['frames']} frames; load average {r['load_average'][0]} → "
-                  f"{r['load_average'][1]} on {os.cpu_count()} CPUs)")
+            print(
+                f"{r['clip']} ({r['size']}, {r['frames']} frames; load average {r['load_average'][0]} → "
+                f"{r['load_average'][1]} on {os.cpu_count()} CPUs)"
+            )
             for name, rate in r["frames_per_s"].items():
-                print(f"  {name:<26} {rate:8.1f} frames/s   ×{r['ratio_vs_decode'][name]:.3f} of decode, "
-                      f"{r['ms_over_decode'][name]:+.2f} ms/frame")
+                print(
+                    f"  {name:<26} {rate:8.1f} frames/s   ×{r['ratio_vs_decode'][name]:.3f} of decode, "
+                    f"{r['ms_over_decode'][name]:+.2f} ms/frame"
+                )
     return results
 
 

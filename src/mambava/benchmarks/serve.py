@@ -23,20 +23,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
+from mambava.backbone import ViTConfig, ViTEncoder
 from mambava.benchmarks import cpu_name, load_average
+from mambava.benchmarks.temporal import TINY
+from mambava.inference.predict import Predictor
+from mambava.media.video import open_video
+from mambava.serve.app import ServerThread, create_app
+from mambava.serve.sessions import ServeLimits
+from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 
 
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def _client(url: str, name: str, frames: list[bytes], rate: float, seconds: float, start: float,
-                  drain: float) -> dict:
+async def _client(
+    url: str, name: str, frames: list[bytes], rate: float, seconds: float, start: float, drain: float
+) -> dict:
     """One camera-like session: a frame every 1/rate s from `start` for `seconds`; latency per answered frame."""
     import websockets
 
@@ -78,24 +90,37 @@ async def _client(url: str, name: str, frames: list[bytes], rate: float, seconds
     return {"sent": n, "answered": answered, "dropped": dropped, "errors": errors, "latencies": latencies}
 
 
-async def _load(url: str, streams: int, frames: list[bytes], rate: float, seconds: float,
-                drain: float = 10.0) -> list[dict]:
+async def _load(
+    url: str, streams: int, frames: list[bytes], rate: float, seconds: float, drain: float = 10.0
+) -> list[dict]:
     start = time.perf_counter() + 0.2
-    return await asyncio.gather(*(_client(url, f"s{i}", frames, rate, seconds, start + i / (rate * streams), drain)
-                                  for i in range(streams)))
+    return await asyncio.gather(
+        *(_client(url, f"s{i}", frames, rate, seconds, start + i / (rate * streams), drain) for i in range(streams))
+    )
 
 
-def _row(label: str, streams: int, results: list[dict], seconds: float, hub_steps: int, hub_rows: int,
-         base: dict | None) -> dict:
+def _row(
+    label: str, streams: int, results: list[dict], seconds: float, hub_steps: int, hub_rows: int, base: dict | None
+) -> dict:
     latencies = [x * 1e3 for r in results for x in r["latencies"]]
     sent = sum(r["sent"] for r in results)
     served = sum(len(r["latencies"]) for r in results)
     dropped = sum(r["dropped"] for r in results)
     lost = sum(r["sent"] - r["answered"] for r in results)
     per_stream = served / seconds / streams
-    row = {"label": label, "streams": streams, "sent": sent, "served": served, "dropped": dropped, "lost": lost,
-           "p50": _percentile(latencies, 50), "p90": _percentile(latencies, 90), "p99": _percentile(latencies, 99),
-           "per_stream": per_stream, "per_step": hub_rows / max(hub_steps, 1)}
+    row = {
+        "label": label,
+        "streams": streams,
+        "sent": sent,
+        "served": served,
+        "dropped": dropped,
+        "lost": lost,
+        "p50": _percentile(latencies, 50),
+        "p90": _percentile(latencies, 90),
+        "p99": _percentile(latencies, 99),
+        "per_stream": per_stream,
+        "per_step": hub_rows / max(hub_steps, 1),
+    }
     row["latency_ratio"] = row["p50"] / base["p50"] if base else 1.0
     row["rate_ratio"] = per_stream / base["per_stream"] if base else 1.0
     return row
@@ -109,20 +134,20 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=float, default=30.0, help="frames/s each session sends (default 30)")
     parser.add_argument("--queue-frames", type=int, default=2, help="the server's per-session queue (default 2)")
     parser.add_argument("--tiny", action="store_true", help="a small temporal model: a quick smoke run")
-    parser.add_argument("--images", action="store_true", help="JPEG frames of a clip (faces + backbone) instead of features")
-    parser.add_argument("--video", default=None, help="the clip for --images (default tests/data/media/single_face.mp4)")
-    parser.add_argument("--backbone-arch", default="vit_small_patch16",
-                        help="ViT for --images (random weights; default vit_small_patch16, --tiny: a 1-block ViT)")
+    parser.add_argument(
+        "--images", action="store_true", help="JPEG frames of a clip (faces + backbone) instead of features"
+    )
+    parser.add_argument(
+        "--video", default=None, help="the clip for --images (default tests/data/media/single_face.mp4)"
+    )
+    parser.add_argument(
+        "--backbone-arch",
+        default="vit_small_patch16",
+        help="ViT for --images (random weights; default vit_small_patch16, --tiny: a 1-block ViT)",
+    )
     parser.add_argument("--step-precision", default="fp32", help="the sessions' step weights: fp32, bf16 or int8")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
-    import torch
-
-    from mambava.benchmarks.temporal import TINY
-    from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
-    from mambava.inference.predict import Predictor
-    from mambava.serve.app import ServerThread, create_app
-    from mambava.serve.sessions import ServeLimits
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,10 +156,13 @@ def main(argv=None) -> int:
     config = MambaVAConfig(**TINY) if args.tiny else MambaVAConfig()
     backbone = None
     if args.images:  # the temporal model takes the backbone's features
-        from mambava.backbone import ViTConfig, ViTEncoder
-
-        backbone = (ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=config.input_dim, depth=1,
-                                         num_heads=2, name="tiny")) if args.tiny else ViTEncoder(args.backbone_arch))
+        backbone = (
+            ViTEncoder(
+                ViTConfig(img_size=32, patch_size=16, embed_dim=config.input_dim, depth=1, num_heads=2, name="tiny")
+            )
+            if args.tiny
+            else ViTEncoder(args.backbone_arch)
+        )
         config = MambaVAConfig(**{**(TINY if args.tiny else {}), "input_dim": backbone.config.embed_dim})
         frames = _jpeg_frames(args.video, 24)
     else:
@@ -143,44 +171,48 @@ def main(argv=None) -> int:
     model = MambaVA(config).eval()
     predictor = Predictor(model, backbone, windowing="full", batch_size=32, precision="auto")
     kind = "JPEG frames of a clip (MTCNN + ViT)" if args.images else f"features ({model.config.input_dim}-d)"
-    print(f"mambava bench serve: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} intra-op "
-          f"thread(s), load average {load_average()}; {'tiny test model' if args.tiny else 'paper model'}, {kind}, "
-          f"{args.rate:g} frames/s per session for {args.seconds:g} s, queue {args.queue_frames}, step "
-          f"{args.step_precision}")
+    print(
+        f"mambava bench serve: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} intra-op "
+        f"thread(s), load average {load_average()}; {'tiny test model' if args.tiny else 'paper model'}, {kind}, "
+        f"{args.rate:g} frames/s per session for {args.seconds:g} s, queue {args.queue_frames}, step "
+        f"{args.step_precision}"
+    )
     rows, base = [], None
     for streams in [1] + counts:
-        app = create_app(predictor, ServeLimits(max_sessions=max(counts + [1]), queue_frames=args.queue_frames),
-                         args.step_precision)
+        app = create_app(
+            predictor, ServeLimits(max_sessions=max(counts + [1]), queue_frames=args.queue_frames), args.step_precision
+        )
         with ServerThread(app) as server:
             hub = app.state.hub
-            results = asyncio.run(_load(server.url.replace("http", "ws"), streams, frames, args.rate, args.seconds,
-                                        args.drain))
+            results = asyncio.run(
+                _load(server.url.replace("http", "ws"), streams, frames, args.rate, args.seconds, args.drain)
+            )
         row_steps = (hub.stepped_rows, hub.step_calls)
         label = "baseline: 1 session alone" if base is None else f"{streams} sessions"
         row = _row(label, streams, results, args.seconds, row_steps[1], row_steps[0], base)
         base = base or row
         rows.append(row)
     print()
-    print("| sessions | frames sent | served | dropped | unanswered | p50 ms | p90 ms | p99 ms | frames/step call "
-          "| served/s per session | p50 vs 1 | served/s vs 1 |")
+    print(
+        "| sessions | frames sent | served | dropped | unanswered | p50 ms | p90 ms | p99 ms | frames/step call "
+        "| served/s per session | p50 vs 1 | served/s vs 1 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['label']} | {row['sent']} | {row['served']} | {row['dropped']} | {row['lost']} | "
-              f"{row['p50']:.1f} | {row['p90']:.1f} | {row['p99']:.1f} | {row['per_step']:.2f} | "
-              f"{row['per_stream']:.1f} | ×{row['latency_ratio']:.2f} | ×{row['rate_ratio']:.2f} |")
+        print(
+            f"| {row['label']} | {row['sent']} | {row['served']} | {row['dropped']} | {row['lost']} | "
+            f"{row['p50']:.1f} | {row['p90']:.1f} | {row['p99']:.1f} | {row['per_step']:.2f} | "
+            f"{row['per_stream']:.1f} | ×{row['latency_ratio']:.2f} | ×{row['rate_ratio']:.2f} |"
+        )
     return 0
 
 
 def _jpeg_frames(video, n: int) -> list[bytes]:
     """The first n frames of `video` (default: the test clip single_face.mp4) as JPEG bytes."""
-    import io
-    from pathlib import Path
 
-    from PIL import Image
-
-    from mambava.media.video import open_video
-
-    path = Path(video) if video else Path(__file__).resolve().parents[3] / "tests" / "data" / "media" / "single_face.mp4"
+    path = (
+        Path(video) if video else Path(__file__).resolve().parents[3] / "tests" / "data" / "media" / "single_face.mp4"
+    )
     frames = []
     with open_video(path) as reader:
         for frame in reader:

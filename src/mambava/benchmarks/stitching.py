@@ -21,6 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mambava.core.metrics import va_scores
+from mambava.data.affwild2 import AffWild2, read_va_annotation
+from mambava.data.store import FeatureStore
+from mambava.inference.predict import Predictor
+from mambava.synth import ground_truth_path
+
 OPTIONS = (("mean", "windows", "mean"), ("most_history", "windows", "most_history"), ("full", "full", "mean"))
 
 
@@ -34,9 +40,6 @@ def measure(checkpoint, store, names, labels) -> dict[str, dict[str, float]]:
     """{option: {"p_va", "ccc_valence", "ccc_arousal", "median_max_jump", "p_va_joined"}} over videos `names`
     of a feature store (forward-filled with their masks), against `labels` {name: (T, 2)}; "p_va_joined" with
     the videos run as one sequence, end to end."""
-    from mambava.data.store import FeatureStore
-    from mambava.core.metrics import va_scores
-    from mambava.inference.predict import Predictor
 
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     results = {}
@@ -53,18 +56,22 @@ def measure(checkpoint, store, names, labels) -> dict[str, dict[str, float]]:
             jumps.append(largest_jump(pred))
         target = np.concatenate(targets)
         scores = va_scores(np.concatenate(preds), target)
-        joined = predictor.predict_features(np.concatenate([f for f, _ in inputs]), np.concatenate([p for _, p in inputs]))
-        results[option] = {**scores, "median_max_jump": float(np.median(jumps)),
-                           "p_va_joined": va_scores(joined, target)["p_va"]}
+        joined = predictor.predict_features(
+            np.concatenate([f for f, _ in inputs]), np.concatenate([p for _, p in inputs])
+        )
+        results[option] = {
+            **scores,
+            "median_max_jump": float(np.median(jumps)),
+            "p_va_joined": va_scores(joined, target)["p_va"],
+        }
     return results
 
 
 def main(argv=None) -> int:
-    from mambava.data.affwild2 import AffWild2, read_va_annotation
-    from mambava.synth import ground_truth_path
-
     parser = argparse.ArgumentParser(prog="mambava bench stitching", description=__doc__.split("\n\n")[0])
-    parser.add_argument("demo", nargs="?", default="demo_out", help="output folder of `mambava demo` (default demo_out)")
+    parser.add_argument(
+        "demo", nargs="?", default="demo_out", help="output folder of `mambava demo` (default demo_out)"
+    )
     parser.add_argument("--model", default="mamba_va", help="run under DEMO/runs (default mamba_va)")
     args = parser.parse_args(argv)
     demo = Path(args.demo)
@@ -77,8 +84,10 @@ def main(argv=None) -> int:
     print("| option | P_VA | CCC_v | CCC_a | median largest jump | P_VA, videos joined |")
     print("|---|---|---|---|---|---|")
     for option, r in results.items():
-        print(f"| {option} | {r['p_va']:.4f} | {r['ccc_valence']:.4f} | {r['ccc_arousal']:.4f} | "
-              f"{r['median_max_jump']:.3f} | {r['p_va_joined']:.4f} |")
+        print(
+            f"| {option} | {r['p_va']:.4f} | {r['ccc_valence']:.4f} | {r['ccc_arousal']:.4f} | "
+            f"{r['median_max_jump']:.3f} | {r['p_va_joined']:.4f} |"
+        )
     return 0
 
 

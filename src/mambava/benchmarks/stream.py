@@ -31,12 +31,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, vit_config
 from mambava.benchmarks import cpu_name, load_average
+from mambava.benchmarks.faces import DEFAULT_MEDIA
 from mambava.benchmarks.temporal import TINY
+from mambava.faces import get_detector
+from mambava.inference.stream import LiveStream
+from mambava.media.video import open_video
 from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
+from mambava.temporal.tcn import STEP_PRECISIONS
 
 
 def main(argv=None) -> int:
@@ -47,16 +55,35 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--tiny", action="store_true", help="a small model: a quick smoke run")
     parser.add_argument("--batches", default="1,4,16", help="stream counts N of the batched step (default 1,4,16)")
-    parser.add_argument("--end-to-end", nargs="?", const="", default=None, metavar="VIDEO",
-                        help="also time the whole live pipeline per frame on VIDEO (default: single_face.mp4)")
+    parser.add_argument(
+        "--end-to-end",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="VIDEO",
+        help="also time the whole live pipeline per frame on VIDEO (default: single_face.mp4)",
+    )
     parser.add_argument("--e2e-frames", type=int, default=8, help="frames of VIDEO for --end-to-end (default 8)")
-    parser.add_argument("--e2e-fast-frames", type=int, default=60,
-                        help="frames of VIDEO for --end-to-end's fast pipeline (default 60: every detection period many times)")
-    parser.add_argument("--detect-every", type=int, default=5, help="--end-to-end's fast pipeline: MTCNN every K frames (default 5)")
-    parser.add_argument("--student-arch", default="vit_tiny_patch16", help="--end-to-end's fast pipeline: the student ViT (default vit_tiny_patch16)")
+    parser.add_argument(
+        "--e2e-fast-frames",
+        type=int,
+        default=60,
+        help="frames of VIDEO for --end-to-end's fast pipeline (default 60: every detection period many times)",
+    )
+    parser.add_argument(
+        "--detect-every", type=int, default=5, help="--end-to-end's fast pipeline: MTCNN every K frames (default 5)"
+    )
+    parser.add_argument(
+        "--student-arch",
+        default="vit_tiny_patch16",
+        help="--end-to-end's fast pipeline: the student ViT (default vit_tiny_patch16)",
+    )
     parser.add_argument("--student-size", type=int, default=112, help="the student's input size in px (default 112)")
-    parser.add_argument("--backbone-arch", default="vit_large_patch16",
-                        help="ViT for --end-to-end (default vit_large_patch16, the paper's; --tiny: a 1-block ViT)")
+    parser.add_argument(
+        "--backbone-arch",
+        default="vit_large_patch16",
+        help="ViT for --end-to-end (default vit_large_patch16, the paper's; --tiny: a 1-block ViT)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,8 +92,10 @@ def main(argv=None) -> int:
     model = MambaVA(config).eval()
     W = args.window
     x = torch.randn(1, W + args.frames, config.input_dim)
-    print(f"mambava bench stream: torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), "
-          f"{cpu_name()}, {'tiny test model' if args.tiny else 'paper configuration'}, batch 1")
+    print(
+        f"mambava bench stream: torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), "
+        f"{cpu_name()}, {'tiny test model' if args.tiny else 'paper configuration'}, batch 1"
+    )
 
     results = {}
     with torch.no_grad():
@@ -87,22 +116,33 @@ def main(argv=None) -> int:
 
     base = results["reference"]
     print(f"{'method':<52} {'ms/frame':>9} {'vs baseline':>12}")
-    print(f"{'baseline: window of ' + str(W) + ' frames per frame, reference scan':<52} {base * 1e3:>9.1f} {'1.0x':>12}")
-    print(f"{'window of ' + str(W) + ' frames per frame, chunked scan':<52} {results['chunked'] * 1e3:>9.1f} "
-          f"{base / results['chunked']:>11.1f}x")
+    print(
+        f"{'baseline: window of ' + str(W) + ' frames per frame, reference scan':<52} {base * 1e3:>9.1f} {'1.0x':>12}"
+    )
+    print(
+        f"{'window of ' + str(W) + ' frames per frame, chunked scan':<52} {results['chunked'] * 1e3:>9.1f} "
+        f"{base / results['chunked']:>11.1f}x"
+    )
     print(f"{'step(): one frame, recurrent state':<52} {step * 1e3:>9.2f} {base / step:>11.0f}x")
     floor, megabytes = floors["fp32"]
-    print(f"{'  floor: the TCN products alone (' + f'{megabytes:.0f} MB read)':<52} {floor * 1e3:>9.2f} "
-          f"{base / floor:>11.0f}x")
-    print(f"(init_state: {init * 1e3:.0f} ms once per stream; step median over {args.frames} frames, "
-          f"p90 {sorted(times)[int(0.9 * len(times))] * 1e3:.2f} ms; the floor streams the weights from memory at "
-          f"{megabytes / 1e3 / floor:.1f} GB/s)")
+    print(
+        f"{'  floor: the TCN products alone (' + f'{megabytes:.0f} MB read)':<52} {floor * 1e3:>9.2f} "
+        f"{base / floor:>11.0f}x"
+    )
+    print(
+        f"(init_state: {init * 1e3:.0f} ms once per stream; step median over {args.frames} frames, "
+        f"p90 {sorted(times)[int(0.9 * len(times))] * 1e3:.2f} ms; the floor streams the weights from memory at "
+        f"{megabytes / 1e3 / floor:.1f} GB/s)"
+    )
     print(f"\n(1-minute load average {load_average()})")
-    print(f"{'cheaper step: TCN weights, N streams per step':<52} {'ms/step':>9} {'ms/stream':>10} {'vs fp32 step':>13}")
+    print(
+        f"{'cheaper step: TCN weights, N streams per step':<52} {'ms/step':>9} {'ms/stream':>10} {'vs fp32 step':>13}"
+    )
     names = {"fp32": "fp32", "bf16": "bf16 weights", "int8": "int8 weight-only"}
     for (precision, n), seconds in cheap.items():
-        label = f"{names[precision]}, N={n}" + (" (today's step)" if (precision, n) == ("fp32", 1) else
-                                                ", batched" if n > 1 else "")
+        label = f"{names[precision]}, N={n}" + (
+            " (today's step)" if (precision, n) == ("fp32", 1) else ", batched" if n > 1 else ""
+        )
         print(f"{label:<52} {seconds * 1e3:>9.2f} {seconds / n * 1e3:>10.2f} {step / (seconds / n):>12.2f}x")
     for precision, (seconds, megabytes) in floors.items():
         label = f"  floor {precision}: the TCN products alone ({megabytes:.1f} MB read)"
@@ -115,7 +155,6 @@ def main(argv=None) -> int:
 def cheaper_steps(model, x, args):
     """Median seconds of one step per (precision, N) (N streams in one batched step), the fp32 N=1 step's
     per-frame times, and per precision (median seconds, MB) of the TCN's products alone."""
-    from mambava.temporal.tcn import STEP_PRECISIONS
 
     batches = sorted({1, *(int(n) for n in args.batches.split(","))})
     configs = {}
@@ -141,8 +180,10 @@ def cheaper_steps(model, x, args):
             for p, v in products:
                 p(v)
             times[precision].append(time.perf_counter() - start)
-    floors = {precision: (statistics.median(times[precision]), sum(p.nbytes for p, _ in products) / 1e6)
-              for precision, products in floors.items()}
+    floors = {
+        precision: (statistics.median(times[precision]), sum(p.nbytes for p, _ in products) / 1e6)
+        for precision, products in floors.items()
+    }
     return {key: statistics.median(times[key]) for key in configs}, times[("fp32", 1)], floors
 
 
@@ -174,10 +215,8 @@ class _Adapted:
     distill` fits one to the teacher's features; here random: the cost is what is measured)."""
 
     def __init__(self, extractor, dim: int):
-        import numpy as np
-
         self.extractor, self.precision, self.dim = extractor, extractor.precision, dim
-        self.weight = np.random.default_rng(0).normal(0, extractor.dim ** -0.5, (extractor.dim, dim)).astype(np.float32)
+        self.weight = np.random.default_rng(0).normal(0, extractor.dim**-0.5, (extractor.dim, dim)).astype(np.float32)
 
     def features(self, crops):
         return self.extractor.features(crops) @ self.weight
@@ -185,7 +224,6 @@ class _Adapted:
 
 def _decode_seconds(video, frames: int) -> float:
     """Seconds per frame to decode the first `frames` + 1 frames of `video` (the first not counted)."""
-    from mambava.media.video import open_video
 
     with open_video(str(video)) as reader:
         start = None
@@ -200,8 +238,6 @@ def _decode_seconds(video, frames: int) -> float:
 def _pipeline(model, video, extractor, step_precision: str, detect_every: int, frames: int) -> dict:
     """One pass of `LiveStream` over `frames` + 1 processed frames of `video` (the first not counted): seconds
     per frame in total and in detection, backbone and step."""
-    from mambava.faces import get_detector
-    from mambava.inference.stream import LiveStream
 
     detector = _Timed(get_detector("mtcnn"), "detect_batch", "detect")  # (detect: every k-th frame alone)
     backbone = _Timed(extractor, "features")
@@ -217,17 +253,18 @@ def _pipeline(model, video, extractor, step_precision: str, detect_every: int, f
         if live.processed > frames:
             break
     n = max(live.processed - 1, 1)
-    return {"total": (time.perf_counter() - start) / n, "detect": detector.seconds / n,
-            "encode": backbone.seconds / n, "step": stepper.seconds / n, "frames": n}
+    return {
+        "total": (time.perf_counter() - start) / n,
+        "detect": detector.seconds / n,
+        "encode": backbone.seconds / n,
+        "step": stepper.seconds / n,
+        "frames": n,
+    }
 
 
 def end_to_end(model, args, step: float, window: float) -> None:
     """Per-frame cost of today's live pipeline and the fast one (`LiveStream`) on a video, by stage; see the
     module docstring."""
-    from pathlib import Path
-
-    from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, vit_config
-    from mambava.benchmarks.faces import DEFAULT_MEDIA
 
     video = Path(args.end_to_end) if args.end_to_end else DEFAULT_MEDIA / "single_face.mp4"
     torch.manual_seed(0)
@@ -242,33 +279,51 @@ def end_to_end(model, args, step: float, window: float) -> None:
         student = vit_config(args.student_arch, img_size=args.student_size)
     today = FeatureExtractor(ViTEncoder(config), batch_size=1, precision="auto")
     fast = _Adapted(FeatureExtractor(ViTEncoder(student), batch_size=1, precision="auto"), dim)
-    runs = {"today": _pipeline(model, video, today, "fp32", 1, args.e2e_frames),
-            "fast": _pipeline(model, video, fast, "bf16", args.detect_every, args.e2e_fast_frames)}
+    runs = {
+        "today": _pipeline(model, video, today, "fp32", 1, args.e2e_frames),
+        "fast": _pipeline(model, video, fast, "bf16", args.detect_every, args.e2e_fast_frames),
+    }
     decode = _decode_seconds(video, max(args.e2e_frames, args.e2e_fast_frames))
-    labels = {"today": f"today: MTCNN every frame, {config.name} ({today.precision}), fp32 step",
-              "fast": f"fast: MTCNN every {args.detect_every}, {student.name} {student.img_size} px "
-                      f"({fast.precision}) + adapter, bf16 step"}
-    print(f"\nend to end, {video.name}, one face, ms/frame (1-minute load average {load_average()}); decode timed "
-          f"alone in the same run, rest = tracking, optical flow, alignment, Python")
-    print(f"  {'pipeline':<72} {'decode':>7} {'faces':>7} {'backbone':>9} {'step':>7} {'rest':>7} {'total':>8} "
-          f"{'frames/s':>9} {'vs today':>9}")
+    labels = {
+        "today": f"today: MTCNN every frame, {config.name} ({today.precision}), fp32 step",
+        "fast": f"fast: MTCNN every {args.detect_every}, {student.name} {student.img_size} px "
+        f"({fast.precision}) + adapter, bf16 step",
+    }
+    print(
+        f"\nend to end, {video.name}, one face, ms/frame (1-minute load average {load_average()}); decode timed "
+        f"alone in the same run, rest = tracking, optical flow, alignment, Python"
+    )
+    print(
+        f"  {'pipeline':<72} {'decode':>7} {'faces':>7} {'backbone':>9} {'step':>7} {'rest':>7} {'total':>8} "
+        f"{'frames/s':>9} {'vs today':>9}"
+    )
     floor = {}
     for name, r in runs.items():
         rest = max(r["total"] - decode - r["detect"] - r["encode"] - r["step"], 0.0)
         stages = {"decode": decode, "faces": r["detect"], "backbone": r["encode"], "step": r["step"], "rest": rest}
         floor[name] = max(stages.items(), key=lambda item: item[1])
-        print(f"  {labels[name]:<72} " + " ".join(f"{v * 1e3:>{w}.1f}" for v, w in zip(stages.values(), (7, 7, 9, 7, 7)))
-              + f" {r['total'] * 1e3:>8.1f} {1 / r['total']:>9.2f} {runs['today']['total'] / r['total']:>8.1f}x")
+        print(
+            f"  {labels[name]:<72} "
+            + " ".join(f"{v * 1e3:>{w}.1f}" for v, w in zip(stages.values(), (7, 7, 9, 7, 7)))
+            + f" {r['total'] * 1e3:>8.1f} {1 / r['total']:>9.2f} {runs['today']['total'] / r['total']:>8.1f}x"
+        )
     fps = 1 / runs["fast"]["total"]
     stage, seconds = floor["fast"]
-    print(f"  fast pipeline: {fps:.1f} frames/s end to end: a 30 fps source is "
-          + ("followed with no frame dropped" if fps >= 30 else
-             f"NOT followed (keeps about 1 frame in {30 / fps:.1f}); its largest stage: {stage} {seconds * 1e3:.1f} ms")
-          + f" ({runs['fast']['frames']} frames)")
+    print(
+        f"  fast pipeline: {fps:.1f} frames/s end to end: a 30 fps source is "
+        + (
+            "followed with no frame dropped"
+            if fps >= 30
+            else f"NOT followed (keeps about 1 frame in {30 / fps:.1f}); its largest stage: {stage} {seconds * 1e3:.1f} ms"
+        )
+        + f" ({runs['fast']['frames']} frames)"
+    )
     total = runs["today"]["total"]
     with_window = total - step + window
-    print(f"  today with the 300-frame window re-run instead of step(): {with_window * 1e3:.1f} ms/frame, "
-          f"{1 / with_window:.2f} frames/s (step() makes today's frame {with_window / total:.1f}x faster)")
+    print(
+        f"  today with the 300-frame window re-run instead of step(): {with_window * 1e3:.1f} ms/frame, "
+        f"{1 / with_window:.2f} frames/s (step() makes today's frame {with_window / total:.1f}x faster)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

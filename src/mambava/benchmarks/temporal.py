@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 import torch
 
 from mambava.benchmarks import cpu_name
+from mambava.core.fileio import atomic_open
 from mambava.core.metrics import ccc_loss
 from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 
-TINY = dict(input_dim=64, tcn_channels=(64, 48, 32, 32), kernel_size=5, d_model=32, d_state=8, dt_rank="auto",
-            head_hidden=16)
+TINY = dict(
+    input_dim=64, tcn_channels=(64, 48, 32, 32), kernel_size=5, d_model=32, d_state=8, dt_rank="auto", head_hidden=16
+)
 
 
 @dataclass
@@ -98,8 +100,14 @@ def _tcn_gemms(model, rows: int, backward: bool = False):
         if block.downsample is not None:
             shapes.append((rows, block.downsample.in_channels, block.downsample.out_channels))
     # weights (N, K), the layout of a conv's kernel and of F.linear (measured a few % faster here than (K, N))
-    mats = [(torch.randn(m, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16),
-             torch.randn(m, n, dtype=torch.bfloat16) if backward else None) for m, k, n in shapes]
+    mats = [
+        (
+            torch.randn(m, k, dtype=torch.bfloat16),
+            torch.randn(n, k, dtype=torch.bfloat16),
+            torch.randn(m, n, dtype=torch.bfloat16) if backward else None,
+        )
+        for m, k, n in shapes
+    ]
 
     def run():
         for a, w, grad in mats:
@@ -169,11 +177,16 @@ def run(args) -> list[Row]:
     model.eval()
     part = f"inference B={B} T={T}"
     log(f"[{part}]")
-    variants = {"baseline: reference scan, fp32": ("reference", False), "chunked scan, fp32": ("chunked", False),
-                "chunked scan, bf16 autocast": ("chunked", True)}
+    variants = {
+        "baseline: reference scan, fp32": ("reference", False),
+        "chunked scan, fp32": ("chunked", False),
+        "chunked scan, bf16 autocast": ("chunked", True),
+    }
     floor, flops = _floor_fn(model, x)
-    fns = {name: (lambda s=scan, b=bf16: _inference(model, x, s, b), lambda s=scan, b=bf16: _inference(model, short, s, b))
-           for name, (scan, bf16) in variants.items()}
+    fns = {
+        name: (lambda s=scan, b=bf16: _inference(model, x, s, b), lambda s=scan, b=bf16: _inference(model, short, s, b))
+        for name, (scan, bf16) in variants.items()
+    }
     times = _compare({**fns, FLOOR: (floor, None)}, args.repeats)
     base = times["baseline: reference scan, fp32"]
     for name, t in times.items():
@@ -210,8 +223,16 @@ def run(args) -> list[Row]:
     base, fast = t["reference"], t["chunked"]
     rows.append(Row(part, "baseline: reference scan", base, B * T))
     rows.append(Row(part, "chunked scan", fast, B * T, base, [f"rel. diff. {diff:.1e}"]))
-    rows.append(Row(part, "its matmuls alone (a floor)", t["matmuls"], B * T, base,
-                    ["in/x/dt/out projections + final Linear, same shapes"]))
+    rows.append(
+        Row(
+            part,
+            "its matmuls alone (a floor)",
+            t["matmuls"],
+            B * T,
+            base,
+            ["in/x/dt/out projections + final Linear, same shapes"],
+        )
+    )
     log(f"  baseline {base:.3f} s, chunked {fast:.3f} s, matmuls alone {t['matmuls']:.3f} s")
 
     ht = torch.randn(Bt, T, config.d_model)
@@ -222,8 +243,10 @@ def run(args) -> list[Row]:
         encoder.zero_grad(set_to_none=True)
         encoder(inp, scan).square().mean().backward()
 
-    t = _compare({s: (lambda s=s: fwd_bwd(s), lambda s=s: fwd_bwd(s, ht[:2, :16])) for s in ("reference", "chunked")},
-                 args.repeats)
+    t = _compare(
+        {s: (lambda s=s: fwd_bwd(s), lambda s=s: fwd_bwd(s, ht[:2, :16])) for s in ("reference", "chunked")},
+        args.repeats,
+    )
     base, fast = t["reference"], t["chunked"]
     rows.append(Row(part, "baseline: reference scan", base, Bt * T))
     rows.append(Row(part, "chunked scan", fast, Bt * T, base))
@@ -231,16 +254,27 @@ def run(args) -> list[Row]:
 
     # (b) training step -------------------------------------------------------------------------------------------
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=1e-3,
-                                  fused=True)  # as the training module's
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=1e-3, fused=True
+    )  # as the training module's
     xt = torch.randn(Bt, T, config.input_dim)
     target = torch.rand(Bt, T, 2) * 2 - 1
     part = f"training step B={Bt} T={T}"
     log(f"[{part}]")
     floor, flops = _floor_fn(model, xt, backward=True)
-    times = _compare({**{name: (lambda s=scan, b=bf16: _train_step(model, optimizer, xt, target, s, b),
-                                lambda s=scan, b=bf16: _train_step(model, optimizer, xt[:2, :16], target[:2, :16], s, b))
-                         for name, (scan, bf16) in variants.items()}, FLOOR: (floor, None)}, args.repeats)
+    times = _compare(
+        {
+            **{
+                name: (
+                    lambda s=scan, b=bf16: _train_step(model, optimizer, xt, target, s, b),
+                    lambda s=scan, b=bf16: _train_step(model, optimizer, xt[:2, :16], target[:2, :16], s, b),
+                )
+                for name, (scan, bf16) in variants.items()
+            },
+            FLOOR: (floor, None),
+        },
+        args.repeats,
+    )
     base = times["baseline: reference scan, fp32"]
     for name, t in times.items():
         rows.append(Row(part, name, t, Bt * T, None if name.startswith("baseline") or name == FLOOR else base))
@@ -259,8 +293,17 @@ def _mambapy_cross_check(model, B, Bt, T, repeats, log) -> list[Row]:
         log("[mambapy not installed: `pip install mambapy` adds a cross-check against its parallel scan]")
         return []
     layer = model.mamba.mamba.layers[0][0]
-    other = MambaBlock(MambaConfig(d_model=layer.d_model, n_layers=1, dt_rank=layer.dt_rank, d_state=layer.d_state,
-                                   expand_factor=layer.expand, d_conv=layer.d_conv, pscan=True))
+    other = MambaBlock(
+        MambaConfig(
+            d_model=layer.d_model,
+            n_layers=1,
+            dt_rank=layer.dt_rank,
+            d_state=layer.d_state,
+            expand_factor=layer.expand,
+            d_conv=layer.d_conv,
+            pscan=True,
+        )
+    )
     other.load_state_dict(layer.state_dict())
     part = f"one Mamba layer fwd, B={B} T={T}"
     log(f"[{part}: mambapy cross-check]")
@@ -269,8 +312,10 @@ def _mambapy_cross_check(model, B, Bt, T, repeats, log) -> list[Row]:
         diff = _rel(layer(h, "chunked"), other(h))
         t = _compare({"other": (lambda: other(h), None), "ours": (lambda: layer(h, "chunked"), None)}, repeats)
         t_other, t_ours = t["other"], t["ours"]
-    rows = [Row(part, "mambapy (parallel scan)", t_other, B * T),
-            Row(part, "ours (chunked scan)", t_ours, B * T, t_other, [f"rel. diff. to mambapy {diff:.1e}"])]
+    rows = [
+        Row(part, "mambapy (parallel scan)", t_other, B * T),
+        Row(part, "ours (chunked scan)", t_ours, B * T, t_other, [f"rel. diff. to mambapy {diff:.1e}"]),
+    ]
     hb = torch.randn(Bt, T, layer.d_model)
 
     def fb(module, *extra):
@@ -280,15 +325,19 @@ def _mambapy_cross_check(model, B, Bt, T, repeats, log) -> list[Row]:
     t = _compare({"other": (lambda: fb(other), None), "ours": (lambda: fb(layer, "chunked"), None)}, repeats)
     t_other, t_ours = t["other"], t["ours"]
     part = f"one Mamba layer fwd+bwd, B={Bt} T={T}"
-    rows += [Row(part, "mambapy (parallel scan)", t_other, Bt * T),
-             Row(part, "ours (chunked scan)", t_ours, Bt * T, t_other)]
+    rows += [
+        Row(part, "mambapy (parallel scan)", t_other, Bt * T),
+        Row(part, "ours (chunked scan)", t_ours, Bt * T, t_other),
+    ]
     return rows
 
 
 def _header(args) -> str:
     load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    return (f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {cpu_name()}{load}, "
-            f"{'tiny test model' if args.tiny else 'paper configuration (67,155,598 parameters)'}")
+    return (
+        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {cpu_name()}{load}, "
+        f"{'tiny test model' if args.tiny else 'paper configuration (67,155,598 parameters)'}"
+    )
 
 
 def _format_text(rows: list[Row]) -> str:
@@ -333,11 +382,12 @@ def main(argv=None) -> int:
         print()
         print(_format_markdown(rows))
     if args.json:
-        from mambava.core.fileio import atomic_open
-
         with atomic_open(args.json) as handle:
-            json.dump({"header": _header(args), "rows": [dict(r.__dict__, fps=r.fps, ratio=r.ratio) for r in rows]},
-                      handle, indent=1)
+            json.dump(
+                {"header": _header(args), "rows": [dict(r.__dict__, fps=r.fps, ratio=r.ratio) for r in rows]},
+                handle,
+                indent=1,
+            )
     return 0
 
 

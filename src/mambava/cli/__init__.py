@@ -21,7 +21,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Per-frame valence/arousal from face videos (Mamba-VA)."""

@@ -11,8 +11,9 @@ import typer
 
 from mambava.core.errors import MambavaError
 
-models_app = typer.Typer(help="Local model names: checkpoints kept in the user cache folder (no download).",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Local model names: checkpoints kept in the user cache folder (no download).", no_args_is_help=True
+)
 
 
 def _prediction_track(path: Path, track: Optional[str]):
@@ -40,10 +41,16 @@ def _prediction_track(path: Path, track: Optional[str]):
 
 def ratings_command(
     predictions: Path = typer.Argument(..., help="A `mambava predict` CSV (<name>.csv) of the rated video."),
-    ratings: List[Path] = typer.Argument(..., help="One file per rater: CSV with time (s) and valence/arousal columns, or Aff-Wild2 per-frame .txt."),
+    ratings: List[Path] = typer.Argument(
+        ..., help="One file per rater: CSV with time (s) and valence/arousal columns, or Aff-Wild2 per-frame .txt."
+    ),
     out: Path = typer.Option(Path("ratings"), "--out", "-o", help="Output folder."),
-    track: Optional[str] = typer.Option(None, "--track", help="The rated person's track (needed when the video has several)."),
-    value_range: Optional[Tuple[float, float]] = typer.Option(None, "--range", help="Rating scale LO HI, mapped onto [-1, 1] (default: already in [-1, 1])."),
+    track: Optional[str] = typer.Option(
+        None, "--track", help="The rated person's track (needed when the video has several)."
+    ),
+    value_range: Optional[Tuple[float, float]] = typer.Option(
+        None, "--range", help="Rating scale LO HI, mapped onto [-1, 1] (default: already in [-1, 1])."
+    ),
     max_lag: float = typer.Option(3.0, "--max-lag", help="Largest lag tried, seconds, either way."),
 ) -> None:
     """Resample each rater's continuous ratings to the video's frames (<rater>.frames.csv: frame, time,
@@ -53,8 +60,8 @@ def ratings_command(
     import numpy as np
     import pandas as pd
 
-    from mambava.analysis.summaries import write_csv
     from mambava.analysis.ratings import estimate_lag, frame_rate, plot_lag_curves, read_ratings
+    from mambava.analysis.summaries import write_csv
 
     if value_range is not None and value_range[0] >= value_range[1]:
         raise MambavaError(f"--range: LO must be below HI, got {value_range[0]:g} {value_range[1]:g}")
@@ -71,18 +78,31 @@ def ratings_command(
     for path in ratings:
         rated = read_ratings(path, frames, times, value_range)
         rater = path.stem
-        write_csv(pd.DataFrame({"frame": frames, "time": times, "valence": rated[:, 0], "arousal": rated[:, 1]}),
-                  out / f"{rater}.frames.csv")
+        write_csv(
+            pd.DataFrame({"frame": frames, "time": times, "valence": rated[:, 0], "arousal": rated[:, 1]}),
+            out / f"{rater}.frames.csv",
+        )
         for index, dim in enumerate(("valence", "arousal")):
             known = int(np.isfinite(rated[:, index]).sum())
             if known == 0:
                 continue
             lag = estimate_lag(predicted[:, index], rated[:, index], fps, max_lag)
-            rows.append({"rater": rater, "dimension": dim, "lag_frames": lag.frames, "lag_s": lag.seconds,
-                         "ccc_at_lag": lag.ccc, "ccc_at_zero": lag.ccc_zero, "frames_rated": known})
+            rows.append(
+                {
+                    "rater": rater,
+                    "dimension": dim,
+                    "lag_frames": lag.frames,
+                    "lag_s": lag.seconds,
+                    "ccc_at_lag": lag.ccc,
+                    "ccc_at_zero": lag.ccc_zero,
+                    "frames_rated": known,
+                }
+            )
             curves.append((rater, dim, lag))
-            typer.echo(f"{path}: {dim} lag {lag.frames:+d} frames ({lag.seconds:+.3f} s), CCC {lag.ccc:.3f} "
-                       f"(at 0: {lag.ccc_zero:.3f}), {known}/{len(frames)} frames rated")
+            typer.echo(
+                f"{path}: {dim} lag {lag.frames:+d} frames ({lag.seconds:+.3f} s), CCC {lag.ccc:.3f} "
+                f"(at 0: {lag.ccc_zero:.3f}), {known}/{len(frames)} frames rated"
+            )
     if not rows:
         raise MambavaError("no rater rated any frame of this prediction")
     write_csv(pd.DataFrame(rows), out / "lags.csv")
@@ -95,15 +115,19 @@ def models_add(
     name: str = typer.Argument(..., help="The name to use with predict -c/-b."),
     file: Path = typer.Argument(..., help="Checkpoint: a temporal model or a backbone."),
     kind: Optional[str] = typer.Option(None, "--kind", help="temporal or backbone (default: read from the file)."),
-    trained_on: Optional[str] = typer.Option(None, "--trained-on", help="What it was trained on (default: what its run config says)."),
+    trained_on: Optional[str] = typer.Option(
+        None, "--trained-on", help="What it was trained on (default: what its run config says)."
+    ),
     replace: bool = typer.Option(False, "--replace", help="Replace an existing name."),
 ) -> None:
     """Copy a checkpoint into the user cache folder under NAME, with its SHA-256."""
     from mambava.inference.catalog import add, models_dir
 
     entry = add(name, file, kind, trained_on, replace)
-    typer.echo(f"{name}: {entry['kind']}, sha256 {entry['sha256'][:16]}..., {entry['size']} bytes -> "
-               f"{models_dir() / entry['file']}")
+    typer.echo(
+        f"{name}: {entry['kind']}, sha256 {entry['sha256'][:16]}..., {entry['size']} bytes -> "
+        f"{models_dir() / entry['file']}"
+    )
 
 
 @models_app.command("list")
@@ -118,7 +142,9 @@ def models_list() -> None:
     typer.echo("name\tkind\tsha256\tsize\ttrained_on\tadded")
     for name in sorted(index):
         entry = index[name]
-        typer.echo(f"{name}\t{entry['kind']}\t{entry['sha256'][:16]}\t{entry['size']}\t{entry['trained_on'] or '-'}\t{entry['added']}")
+        typer.echo(
+            f"{name}\t{entry['kind']}\t{entry['sha256'][:16]}\t{entry['size']}\t{entry['trained_on'] or '-'}\t{entry['added']}"
+        )
 
 
 @models_app.command("remove")
@@ -131,30 +157,46 @@ def models_remove(name: str = typer.Argument(..., help="The name to remove (its 
 
 
 def adapt_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="The trained temporal model (path or `mambava models` name)."),
-    features: Path = typer.Option(..., "--features", help="The lab's features: a feature store folder or a folder of <video>.npy."),
-    ratings: Path = typer.Option(..., "--ratings", help="Folder of <video>.csv (time + valence/arousal), <video>.frames.csv or Aff-Wild2 <video>.txt."),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", "-c", help="The trained temporal model (path or `mambava models` name)."
+    ),
+    features: Path = typer.Option(
+        ..., "--features", help="The lab's features: a feature store folder or a folder of <video>.npy."
+    ),
+    ratings: Path = typer.Option(
+        ...,
+        "--ratings",
+        help="Folder of <video>.csv (time + valence/arousal), <video>.frames.csv or Aff-Wild2 <video>.txt.",
+    ),
     out: Path = typer.Option(Path("adapted"), "--out", "-o", help="Output folder."),
     mode: str = typer.Option("head", "--mode", help="What is trained: head, encoder (Mamba encoder + head) or all."),
     lag: str = typer.Option("auto", "--lag", help="Raters' lag in seconds (e.g. from `mambava ratings`), or auto."),
     participants: Optional[Path] = typer.Option(None, "--participants", help="CSV with columns video, participant."),
-    pattern: str = typer.Option(r"^([^_-]+)", "--participant-pattern", help="Without --participants: regex whose first group of the video name is the participant."),
+    pattern: str = typer.Option(
+        r"^([^_-]+)",
+        "--participant-pattern",
+        help="Without --participants: regex whose first group of the video name is the participant.",
+    ),
     folds: int = typer.Option(3, "--folds", help="Cross-validation groups of participants (0: none)."),
     epochs: int = typer.Option(20, "--epochs"),
     lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(8, "--batch-size"),
-    window: Optional[int] = typer.Option(None, "--window", help="Training window (default: the checkpoint's, else 300)."),
+    window: Optional[int] = typer.Option(
+        None, "--window", help="Training window (default: the checkpoint's, else 300)."
+    ),
     stride: Optional[int] = typer.Option(None, "--stride", help="Window stride (default: the checkpoint's, else 200)."),
     fps: float = typer.Option(30.0, "--fps", help="Frame rate of the features."),
-    value_range: Optional[Tuple[float, float]] = typer.Option(None, "--range", help="Rating scale LO HI, mapped onto [-1, 1]."),
+    value_range: Optional[Tuple[float, float]] = typer.Option(
+        None, "--range", help="Rating scale LO HI, mapped onto [-1, 1]."
+    ),
     accelerator: str = typer.Option("cpu", "--accelerator", help="cpu, gpu or auto."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Fine-tune a trained temporal model on your own videos and ratings. Reports per-video CCC before and
     after on participants each cross-validation fold never saw (per_video.csv, summary.json), then adapts on
     everyone and writes adapted.safetensors (use with `mambava predict -c`)."""
-    from mambava.training.adapt import AdaptConfig, adapt, load_adapt_data
     from mambava.inference.catalog import resolve_model
+    from mambava.training.adapt import AdaptConfig, adapt, load_adapt_data
 
     if lag != "auto":
         try:
@@ -163,17 +205,33 @@ def adapt_command(
             raise MambavaError(f"--lag: seconds or auto, got {lag!r}") from None
     else:
         lag_value = "auto"
-    cfg = AdaptConfig(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, window=window, stride=stride, lag=lag_value,
-                      folds=folds, fps=fps, seed=seed, accelerator=accelerator, progress_bar=False)
+    cfg = AdaptConfig(
+        mode=mode,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        window=window,
+        stride=stride,
+        lag=lag_value,
+        folds=folds,
+        fps=fps,
+        seed=seed,
+        accelerator=accelerator,
+        progress_bar=False,
+    )
     cfg.check()
     videos = load_adapt_data(features, ratings, participants, pattern, fps, value_range)
     result = adapt(resolve_model(checkpoint, "temporal"), videos, out, cfg)
     s = result.summary
-    typer.echo(f"{len(videos)} videos of {s['participants']} participants; lag {result.lag_frames} frames "
-               f"({s['lag_s']:.3f} s, {s['lag_source']}); trained: {', '.join(s['trainable'])}")
+    typer.echo(
+        f"{len(videos)} videos of {s['participants']} participants; lag {result.lag_frames} frames "
+        f"({s['lag_s']:.3f} s, {s['lag_source']}); trained: {', '.join(s['trainable'])}"
+    )
     if "gain" in s:
-        typer.echo(f"held-out participants, mean per-video P_VA: before {s['p_va_before']:.4f}, after "
-                   f"{s['p_va_after']:.4f} (gain {s['gain']:+.4f}) -> {out / 'per_video.csv'}")
+        typer.echo(
+            f"held-out participants, mean per-video P_VA: before {s['p_va_before']:.4f}, after "
+            f"{s['p_va_after']:.4f} (gain {s['gain']:+.4f}) -> {out / 'per_video.csv'}"
+        )
     typer.echo(f"-> {result.model_path}")
 
 

@@ -8,15 +8,28 @@ from typing import List, Optional
 
 import typer
 
-FEATURES_HELP = ("With --audio: feature sets, comma-separated, concatenated in this order: egemaps (25 eGeMAPS "
-                 "descriptors, opensmile), logmel (64 log-mel energies), ssl (a local speech model, --speech-model).")
-SPEECH_MODEL_HELP = ("With --audio: a local wav2vec 2.0 / HuBERT / WavLM folder in Hugging Face format (needs the "
-                     "transformers package; nothing is downloaded); adds the ssl feature set.")
+FEATURES_HELP = (
+    "With --audio: feature sets, comma-separated, concatenated in this order: egemaps (25 eGeMAPS "
+    "descriptors, opensmile), logmel (64 log-mel energies), ssl (a local speech model, --speech-model)."
+)
+SPEECH_MODEL_HELP = (
+    "With --audio: a local wav2vec 2.0 / HuBERT / WavLM folder in Hugging Face format (needs the "
+    "transformers package; nothing is downloaded); adds the ssl feature set."
+)
 
 
-def extract_audio_command(source: Path, out: Path, features: str, speech_model: Optional[Path],
-                          speech_layer: Optional[int], dtype: str, video: Optional[List[str]], overwrite: bool,
-                          device: str, workers: Optional[int]) -> None:
+def extract_audio_command(
+    source: Path,
+    out: Path,
+    features: str,
+    speech_model: Optional[Path],
+    speech_layer: Optional[int],
+    dtype: str,
+    video: Optional[List[str]],
+    overwrite: bool,
+    device: str,
+    workers: Optional[int],
+) -> None:
     from rich.console import Console
 
     from mambava.audio import SpeechModel, check_sets, extract_audio
@@ -28,17 +41,33 @@ def extract_audio_command(source: Path, out: Path, features: str, speech_model: 
     console = Console(stderr=True)
     with ProgressBar("extract audio", console=console) as progress:
         summary = extract_audio(
-            source, out, sets, speech_model=model, dtype=dtype, names=video or None, overwrite=overwrite,
-            workers=workers or 0, progress=progress,
-            on_error=lambda message: console.print(f"error: {message}", style="red", markup=False, highlight=False,
-                                                   soft_wrap=True),
-            on_warning=lambda message: console.print(f"warning: {message}", style="yellow", markup=False,
-                                                     highlight=False, soft_wrap=True))
+            source,
+            out,
+            sets,
+            speech_model=model,
+            dtype=dtype,
+            names=video or None,
+            overwrite=overwrite,
+            workers=workers or 0,
+            progress=progress,
+            on_error=lambda message: console.print(
+                f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True
+            ),
+            on_warning=lambda message: console.print(
+                f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True
+            ),
+        )
     without = f", {len(summary.without_sound)} without sound (masked)" if summary.without_sound else ""
-    done = (f" ({summary.frames} frames, {summary.seconds_of_video:.1f} s of video at {summary.realtime_factor:.1f}x "
-            f"real time{without})" if summary.videos else "")
-    typer.echo(f"{len(summary.extracted)} entries from {summary.videos} video(s) extracted{done}, "
-               f"{len(summary.skipped)} already in {out}; audio features {'+'.join(sets)} {dtype}")
+    done = (
+        f" ({summary.frames} frames, {summary.seconds_of_video:.1f} s of video at {summary.realtime_factor:.1f}x "
+        f"real time{without})"
+        if summary.videos
+        else ""
+    )
+    typer.echo(
+        f"{len(summary.extracted)} entries from {summary.videos} video(s) extracted{done}, "
+        f"{len(summary.skipped)} already in {out}; audio features {'+'.join(sets)} {dtype}"
+    )
     if summary.failed:
         typer.secho(f"{len(summary.failed)} of {len(summary.entries)} videos failed", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)

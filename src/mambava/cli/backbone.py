@@ -15,11 +15,15 @@ from mambava.cli.options import lightning_precision, precision_option
 from mambava.core.errors import MambavaError
 from mambava.core.runtime import resolve_device
 
-CHECKPOINT_HELP = ("Local ViT checkpoint: facebookresearch/mae .pth, timm weights (.safetensors/.pth or hub "
-                   "folder), Hugging Face ViTMAE folder, or a mambava encoder.safetensors. Nothing is downloaded.")
-ARCH_HELP = ("ViT size (vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, "
-             "vit_huge_patch14; vit_tiny_patch16_112, vit_small_patch16_112 at 112 px); "
-             "default: inferred from the checkpoint.")
+CHECKPOINT_HELP = (
+    "Local ViT checkpoint: facebookresearch/mae .pth, timm weights (.safetensors/.pth or hub "
+    "folder), Hugging Face ViTMAE folder, or a mambava encoder.safetensors. Nothing is downloaded."
+)
+ARCH_HELP = (
+    "ViT size (vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, "
+    "vit_huge_patch14; vit_tiny_patch16_112, vit_small_patch16_112 at 112 px); "
+    "default: inferred from the checkpoint."
+)
 
 
 def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool, seed: int):
@@ -30,36 +34,53 @@ def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool,
     if checkpoint is not None:
         return load_encoder(checkpoint, arch)
     if not random_init:
-        raise MambavaError("pass --checkpoint PATH (a local MAE/timm/Hugging Face ViT; nothing is downloaded), "
-                           "or --random-init --arch NAME for a randomly initialised ViT (tests and demos only)")
+        raise MambavaError(
+            "pass --checkpoint PATH (a local MAE/timm/Hugging Face ViT; nothing is downloaded), "
+            "or --random-init --arch NAME for a randomly initialised ViT (tests and demos only)"
+        )
     torch.manual_seed(seed)
     return ViTEncoder(vit_config(arch or "vit_tiny_patch16")).eval()
 
 
 def extract_command(
-    source: Path = typer.Argument(..., help="Aff-Wild2 root, its cropped_aligned/ folder, or a crop tree "
-                                            "<dir>/<video>/<NNNNN>.jpg (e.g. the faces stage's crops); with "
-                                            "--audio: an Aff-Wild2 root (videos/), a folder of videos or a video."),
+    source: Path = typer.Argument(
+        ...,
+        help="Aff-Wild2 root, its cropped_aligned/ folder, or a crop tree "
+        "<dir>/<video>/<NNNNN>.jpg (e.g. the faces stage's crops); with "
+        "--audio: an Aff-Wild2 root (videos/), a folder of videos or a video.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Feature store folder (one entry per video)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     random_init: bool = typer.Option(False, "--random-init", help="No checkpoint: random weights (demo/tests)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0,
-                                          help="Decode/resize worker processes (default: by device and cores); "
-                                               "with --audio: feature processes (default 0: this one)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0..."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        "-j",
+        min=0,
+        help="Decode/resize worker processes (default: by device and cores); "
+        "with --audio: feature processes (default 0: this one).",
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0..."
+    ),
     precision: str = precision_option("auto"),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 or float32."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate recorded per video (default: raw video's, else 30)."),
+    fps: Optional[float] = typer.Option(
+        None, "--fps", help="Frame rate recorded per video (default: raw video's, else 30)."
+    ),
     video: Optional[List[str]] = typer.Option(None, "--video", help="Only these videos (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos already in the store."),
-    audio: bool = typer.Option(False, "--audio", help="Audio features of the raw videos' sound instead (README Audio)."),
+    audio: bool = typer.Option(
+        False, "--audio", help="Audio features of the raw videos' sound instead (README Audio)."
+    ),
     audio_features: str = typer.Option("egemaps,logmel", "--audio-features", help=AUDIO_FEATURES_HELP),
     speech_model: Optional[Path] = typer.Option(None, "--speech-model", help=SPEECH_MODEL_HELP),
-    speech_layer: Optional[int] = typer.Option(None, "--speech-layer", help="With --speech-model: hidden layer "
-                                               "(0: CNN features; default: the last)."),
+    speech_layer: Optional[int] = typer.Option(
+        None, "--speech-layer", help="With --speech-model: hidden layer (0: CNN features; default: the last)."
+    ),
 ) -> None:
     """Run the ViT over face crops and store each video's CLS features (T, D) with its face mask; with --audio,
     store each video's sound features on its frame grid with a sound mask.
@@ -67,8 +88,9 @@ def extract_command(
     Resumable (complete videos are skipped). Under torchrun, rank r takes videos[r::world_size]:
     `torchrun --nproc-per-node 8 -m mambava extract ROOT -o STORE -c CKPT`."""
     if audio:
-        return extract_audio_command(source, out, audio_features, speech_model, speech_layer, dtype, video,
-                                     overwrite, device, workers)
+        return extract_audio_command(
+            source, out, audio_features, speech_model, speech_layer, dtype, video, overwrite, device, workers
+        )
     import torch
     import torch.distributed as dist
 
@@ -86,19 +108,35 @@ def extract_command(
         extractor = FeatureExtractor(encoder, batch_size=batch_size, device=dev, precision=precision)
         cfg = encoder.config
         backbone = f"{cfg.name}:{checkpoint.name if checkpoint else f'random-seed{seed}'}"
-        extra = {"checkpoint": str(checkpoint) if checkpoint else None,
-                 "checkpoint_format": encoder.load_report.format if encoder.load_report else "random"}
-        summary = extract_features(source, out, extractor, backbone=backbone, dtype=dtype, workers=workers, fps=fps,
-                                   names=video or None, overwrite=overwrite, extra=extra,
-                                   on_error=lambda message: typer.secho(f"error: {message}", fg=typer.colors.RED, err=True))
+        extra = {
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "checkpoint_format": encoder.load_report.format if encoder.load_report else "random",
+        }
+        summary = extract_features(
+            source,
+            out,
+            extractor,
+            backbone=backbone,
+            dtype=dtype,
+            workers=workers,
+            fps=fps,
+            names=video or None,
+            overwrite=overwrite,
+            extra=extra,
+            on_error=lambda message: typer.secho(f"error: {message}", fg=typer.colors.RED, err=True),
+        )
         where = f"rank {summary.rank}/{summary.world_size}: " if summary.world_size > 1 else ""
-        typer.echo(f"{where}{len(summary.extracted)} video(s) extracted ({summary.frames} crops, "
-                   f"{summary.frames_per_second:.1f} frames/s, {extractor.precision} on {dev}), "
-                   f"{len(summary.skipped)} already in {out}; features (T, {extractor.dim}) {dtype}")
+        typer.echo(
+            f"{where}{len(summary.extracted)} video(s) extracted ({summary.frames} crops, "
+            f"{summary.frames_per_second:.1f} frames/s, {extractor.precision} on {dev}), "
+            f"{len(summary.skipped)} already in {out}; features (T, {extractor.dim}) {dtype}"
+        )
         if distributed:
             dist.barrier()
         if summary.failed:  # the batch went on past them (a line each above); the exit code says so
-            typer.secho(f"{where}{len(summary.failed)} of {len(summary.videos)} videos failed", fg=typer.colors.RED, err=True)
+            typer.secho(
+                f"{where}{len(summary.failed)} of {len(summary.videos)} videos failed", fg=typer.colors.RED, err=True
+            )
             raise typer.Exit(2)
     finally:
         if distributed and dist.is_initialized():
@@ -124,12 +162,20 @@ def finetune_command(
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy (auto, ddp, ...)."),
     workers: int = typer.Option(4, "--workers", "-j", min=0),
     seed: int = typer.Option(0, "--seed"),
-    align_jitter: str = typer.Option("0,0,0", "--align-jitter", help="Random shift (px at 112), log-scale and "
-                                     "rotation (degrees) ranges for training crops, e.g. 1,0.02,1: features that "
-                                     "do not move with an aligner's per-face error (README Crops for training)."),
-    extra_crops: List[Path] = typer.Option([], "--extra-crops", help="Another crop root of the same "
-                                                     "videos (e.g. `mambava faces --dataset` output), labelled "
-                                                     "from ROOT: training frames come from both. Repeatable."),
+    align_jitter: str = typer.Option(
+        "0,0,0",
+        "--align-jitter",
+        help="Random shift (px at 112), log-scale and "
+        "rotation (degrees) ranges for training crops, e.g. 1,0.02,1: features that "
+        "do not move with an aligner's per-face error (README Crops for training).",
+    ),
+    extra_crops: List[Path] = typer.Option(
+        [],
+        "--extra-crops",
+        help="Another crop root of the same "
+        "videos (e.g. `mambava faces --dataset` output), labelled "
+        "from ROOT: training frames come from both. Repeatable.",
+    ),
 ) -> None:
     """Fine-tune the top blocks of the ViT on frame-level valence/arousal (CCC loss), the patch embedding and
     the first --freeze-blocks blocks frozen; writes OUT/encoder.safetensors for `mambava extract -c`."""
@@ -137,19 +183,32 @@ def finetune_command(
 
     jitter = _jitter(align_jitter)
     encoder = _encoder(checkpoint, arch, random_init, seed)
-    config = FinetuneConfig(freeze_blocks=freeze_blocks, epochs=epochs, max_steps=max_steps, lr=lr, head_lr=head_lr,
-                            batch_size=batch_size, frames_per_video=frames_per_video or None,
-                            precision=lightning_precision(precision, accelerator),
-                            accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
-                            strategy=strategy, num_workers=workers, seed=seed,
-                            align_jitter=jitter, extra_crops=tuple(str(p) for p in extra_crops))
+    config = FinetuneConfig(
+        freeze_blocks=freeze_blocks,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        head_lr=head_lr,
+        batch_size=batch_size,
+        frames_per_video=frames_per_video or None,
+        precision=lightning_precision(precision, accelerator),
+        accelerator=accelerator,
+        devices=int(devices) if devices.isdigit() else devices,
+        strategy=strategy,
+        num_workers=workers,
+        seed=seed,
+        align_jitter=jitter,
+        extra_crops=tuple(str(p) for p in extra_crops),
+    )
     result = finetune(root, encoder, config, out=out)
     if not result.is_global_zero:
         return
     best = f"best validation P_VA {result.best_val_pva:.4f}" if result.best_val_pva is not None else "no validation set"
-    typer.echo(f"{result.encoder_path} ({best}; {result.trainable_parameters:,} trained / "
-               f"{result.frozen_parameters:,} frozen parameters)\n"
-               f"next: mambava extract {root} -o FEATURES -c {result.encoder_path}")
+    typer.echo(
+        f"{result.encoder_path} ({best}; {result.trainable_parameters:,} trained / "
+        f"{result.frozen_parameters:,} frozen parameters)\n"
+        f"next: mambava extract {root} -o FEATURES -c {result.encoder_path}"
+    )
 
 
 def _jitter(text: str) -> tuple[float, float, float]:
@@ -168,8 +227,9 @@ def _jitter(text: str) -> tuple[float, float, float]:
 
 def pretrain_command(
     source: Path = typer.Argument(..., help="Crops: Aff-Wild2 root, cropped_aligned/, or <dir>/<video>/<NNNNN>.jpg."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
-                                              help=CHECKPOINT_HELP + " Its MAE decoder, if it has one, is used too."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", "-c", help=CHECKPOINT_HELP + " Its MAE decoder, if it has one, is used too."
+    ),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     random_init: bool = typer.Option(False, "--random-init", help="No checkpoint: pretrain from scratch."),
     out: Path = typer.Option(Path("runs/pretrain_mae"), "--out", "-o", help="Output folder."),
@@ -194,53 +254,96 @@ def pretrain_command(
     from mambava.backbone.finetune import PretrainConfig, pretrain_mae
 
     encoder = _encoder(checkpoint, arch, random_init, seed)
-    config = PretrainConfig(mask_ratio=mask_ratio, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
-                            decoder_heads=decoder_heads, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
-                            frames_per_video=frames_per_video or None,
-                            precision=lightning_precision(precision, accelerator), accelerator=accelerator,
-                            devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
-                            num_workers=workers, seed=seed)
+    config = PretrainConfig(
+        mask_ratio=mask_ratio,
+        decoder_dim=decoder_dim,
+        decoder_depth=decoder_depth,
+        decoder_heads=decoder_heads,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        batch_size=batch_size,
+        frames_per_video=frames_per_video or None,
+        precision=lightning_precision(precision, accelerator),
+        accelerator=accelerator,
+        devices=int(devices) if devices.isdigit() else devices,
+        strategy=strategy,
+        num_workers=workers,
+        seed=seed,
+    )
     result = pretrain_mae(source, encoder, config, out=out, decoder_from=checkpoint)
     if not result.is_global_zero:
         return
     losses = ", ".join(f"{x:.4f}" for x in result.epoch_losses)
-    typer.echo(f"{result.checkpoint} ({result.frames} crops; loss per epoch: {losses})\n"
-               f"next: mambava finetune-backbone ROOT -c {result.checkpoint}")
+    typer.echo(
+        f"{result.checkpoint} ({result.frames} crops; loss per epoch: {losses})\n"
+        f"next: mambava finetune-backbone ROOT -c {result.checkpoint}"
+    )
 
 
 def distill_command(
-    source: Path = typer.Argument(..., help="Face crops (Aff-Wild2 root, cropped_aligned/, or a faces output "
-                                            "<dir>/<video>/<NNNNN>.jpg), or a video / folder of videos (run "
-                                            "through the faces stage into OUT/crops/ first)."),
+    source: Path = typer.Argument(
+        ...,
+        help="Face crops (Aff-Wild2 root, cropped_aligned/, or a faces output "
+        "<dir>/<video>/<NNNNN>.jpg), or a video / folder of videos (run "
+        "through the faces stage into OUT/crops/ first).",
+    ),
     teacher: Optional[Path] = typer.Option(None, "--teacher", "-t", help="The teacher backbone: " + CHECKPOINT_HELP),
     out: Path = typer.Option(Path("runs/distill"), "--out", "-o", help="Output folder (OUT/student.safetensors)."),
-    student: str = typer.Option("vit_tiny_patch16_112", "--student", help="Student preset (vit_tiny_patch16, "
-                                "vit_small_patch16, at 224 px, or their _112 presets at 112 px), or `teacher` "
-                                "for the teacher's own shape; changed by the options below."),
+    student: str = typer.Option(
+        "vit_tiny_patch16_112",
+        "--student",
+        help="Student preset (vit_tiny_patch16, "
+        "vit_small_patch16, at 224 px, or their _112 presets at 112 px), or `teacher` "
+        "for the teacher's own shape; changed by the options below.",
+    ),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Student input size (a multiple of its patch)."),
     embed_dim: Optional[int] = typer.Option(None, "--embed-dim", help="Student width."),
     depth: Optional[int] = typer.Option(None, "--depth", help="Student blocks."),
     heads: Optional[int] = typer.Option(None, "--heads", help="Student attention heads (divides --embed-dim)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A temporal model trained on the teacher's "
-                                         "features: P_VA on the held-out videos with teacher vs student features "
-                                         "(needs an Aff-Wild2 root for the labels)."),
-    teacher_features: Optional[Path] = typer.Option(None, "--teacher-features", help="A feature store the teacher "
-                                                    "filled (`extract`): its features are the targets, the teacher "
-                                                    "is not run over the training crops."),
-    finetune_temporal: int = typer.Option(0, "--finetune-temporal", min=0, help="With --model: fine-tune it this "
-                                          "many epochs on the student's features of the Train_Set videos, and score "
-                                          "it beside the unchanged model (OUT/temporal_student/)."),
+    model: Optional[Path] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="A temporal model trained on the teacher's "
+        "features: P_VA on the held-out videos with teacher vs student features "
+        "(needs an Aff-Wild2 root for the labels).",
+    ),
+    teacher_features: Optional[Path] = typer.Option(
+        None,
+        "--teacher-features",
+        help="A feature store the teacher "
+        "filled (`extract`): its features are the targets, the teacher "
+        "is not run over the training crops.",
+    ),
+    finetune_temporal: int = typer.Option(
+        0,
+        "--finetune-temporal",
+        min=0,
+        help="With --model: fine-tune it this "
+        "many epochs on the student's features of the Train_Set videos, and score "
+        "it beside the unchanged model (OUT/temporal_student/).",
+    ),
     finetune_lr: float = typer.Option(1e-4, "--finetune-lr", help="Learning rate of --finetune-temporal."),
-    heldout_every: int = typer.Option(10, "--heldout-every", min=2, help="Without an Aff-Wild2 Validation_Set: "
-                                      "every N-th video (by name) is held out."),
+    heldout_every: int = typer.Option(
+        10,
+        "--heldout-every",
+        min=2,
+        help="Without an Aff-Wild2 Validation_Set: every N-th video (by name) is held out.",
+    ),
     epochs: int = typer.Option(10, "--epochs", min=1),
     lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     frames_per_video: int = typer.Option(256, "--frames-per-video", help="Evenly spaced crops per video (0: all)."),
-    adapter: str = typer.Option("lstsq", "--adapter", help="lstsq: refit the linear adapter in closed form after "
-                                "training; joint: keep the one trained with the student."),
-    mse_weight: float = typer.Option(1.0, "--mse-weight", help="Weight of the (variance-normalised) MSE beside "
-                                     "the cosine loss."),
+    adapter: str = typer.Option(
+        "lstsq",
+        "--adapter",
+        help="lstsq: refit the linear adapter in closed form after "
+        "training; joint: keep the one trained with the student.",
+    ),
+    mse_weight: float = typer.Option(
+        1.0, "--mse-weight", help="Weight of the (variance-normalised) MSE beside the cosine loss."
+    ),
     precision: str = precision_option("auto", lightning=True),
     accelerator: str = typer.Option("auto", "--accelerator"),
     workers: int = typer.Option(4, "--workers", "-j", min=0),
@@ -254,14 +357,35 @@ def distill_command(
 
     if teacher is None:
         raise MambavaError("distill: pass --teacher CHECKPOINT (the backbone whose features the student learns)")
-    config = DistillConfig(epochs=epochs, lr=lr, batch_size=batch_size, frames_per_video=frames_per_video or None,
-                           adapter=adapter, mse_weight=mse_weight,
-                           precision=lightning_precision(precision, accelerator),
-                           accelerator=accelerator, devices=1, num_workers=workers, seed=seed)
-    report = run_distill(source, teacher, out, None if student == "teacher" else student, config, model=model,
-                         heldout_every=heldout_every, teacher_features=teacher_features,
-                         finetune_epochs=finetune_temporal, finetune_lr=finetune_lr, img_size=img_size,
-                         embed_dim=embed_dim, depth=depth, num_heads=heads)
+    config = DistillConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        frames_per_video=frames_per_video or None,
+        adapter=adapter,
+        mse_weight=mse_weight,
+        precision=lightning_precision(precision, accelerator),
+        accelerator=accelerator,
+        devices=1,
+        num_workers=workers,
+        seed=seed,
+    )
+    report = run_distill(
+        source,
+        teacher,
+        out,
+        None if student == "teacher" else student,
+        config,
+        model=model,
+        heldout_every=heldout_every,
+        teacher_features=teacher_features,
+        finetune_epochs=finetune_temporal,
+        finetune_lr=finetune_lr,
+        img_size=img_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+    )
     typer.echo(report.summary())
     typer.echo(f"next: mambava extract SOURCE -o FEATURES -c {report.student}")
 

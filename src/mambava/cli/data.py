@@ -74,7 +74,8 @@ def validate_command(
     crops: Optional[Path] = typer.Option(None, "--crops", help="cropped_aligned/ folder: frame count = highest crop."),
     features: Optional[Path] = typer.Option(None, "--features", help="Feature store: frame count = stored frames."),
     frame_counts: Optional[Path] = typer.Option(
-        None, "--frame-counts", help="ABAW's frame list or sample submission for the test set."),
+        None, "--frame-counts", help="ABAW's frame list or sample submission for the test set."
+    ),
 ) -> None:
     """Check a submission file against the test list and the test videos' frame counts.
 
@@ -116,17 +117,20 @@ def validate_command(
     typer.echo(f"OK: {file} covers {len(videos)} test videos, {sum(counts.values())} frames")
 
 
-def official_frame_counts(test_list: Optional[Path], root: Optional[Path], frame_counts: Optional[Path],
-                          command: str) -> tuple[list[str], dict[str, int]]:
+def official_frame_counts(
+    test_list: Optional[Path], root: Optional[Path], frame_counts: Optional[Path], command: str
+) -> tuple[list[str], dict[str, int]]:
     """The test videos and their frame counts for a submission: from a frame-counts file (ABAW's frame list or
     sample submission; the test list, where one is given or found under `root`, must name the same videos),
     else from the raw test videos under `root` (each test video must have one)."""
-    from mambava.data.affwild2 import AffWild2, VIDEO_DIRS, read_test_list
+    from mambava.data.affwild2 import VIDEO_DIRS, AffWild2, read_test_list
     from mambava.data.submission import read_frame_counts
 
     if frame_counts is None and root is None:
-        raise MambavaError(f"{command}: pass --frame-counts FILE (ABAW's frame list or sample submission) or "
-                           f"--root ROOT with the raw test videos")
+        raise MambavaError(
+            f"{command}: pass --frame-counts FILE (ABAW's frame list or sample submission) or "
+            f"--root ROOT with the raw test videos"
+        )
     dataset = AffWild2(root, test_list) if root is not None else None
     videos = dataset.splits["test"] if dataset is not None else read_test_list(test_list) if test_list else None
     if frame_counts is not None:

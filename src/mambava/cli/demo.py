@@ -10,8 +10,12 @@ import typer
 
 
 def synth_command(
-    out: Path = typer.Option(..., "--out", "-o", help="Dataset root to write (new or empty folder, or an earlier "
-                                                      "synthetic dataset, which is replaced)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Dataset root to write (new or empty folder, or an earlier synthetic dataset, which is replaced).",
+    ),
     n_train: int = typer.Option(16, "--train", help="Training videos."),
     n_val: int = typer.Option(4, "--val", help="Validation videos."),
     n_test: int = typer.Option(4, "--test", help="Test videos (labels go to synth_ground_truth/, not the layout)."),
@@ -20,8 +24,11 @@ def synth_command(
     two_person: float = typer.Option(0.2, "--two-person", help="Fraction of two-person videos (<v>_left/_right)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same annotations and crops."),
     videos: bool = typer.Option(True, "--videos/--no-videos", help="Also write the raw H.264 videos."),
-    voices: bool = typer.Option(True, "--voices/--no-voices", help="Each person speaks: the raw videos' AAC sound "
-                                "track (see mambava.synth.voice)."),
+    voices: bool = typer.Option(
+        True,
+        "--voices/--no-voices",
+        help="Each person speaks: the raw videos' AAC sound track (see mambava.synth.voice).",
+    ),
     workers: int = typer.Option(0, "--workers", help="Processes (0: up to 2)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -33,9 +40,17 @@ def synth_command(
     from mambava.core.progress import ProgressBar
     from mambava.synth import SynthConfig, generate
 
-    cfg = SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, frames=(min_frames, max_frames),
-                      two_person_fraction=two_person, seed=seed, write_videos=videos, voices=voices,
-                      workers=workers)
+    cfg = SynthConfig(
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        frames=(min_frames, max_frames),
+        two_person_fraction=two_person,
+        seed=seed,
+        write_videos=videos,
+        voices=voices,
+        workers=workers,
+    )
     console = Console(stderr=True)
     with ProgressBar("synth", enabled=not quiet) as progress:
         summary = generate(out, cfg, progress=progress)
@@ -46,30 +61,56 @@ def demo_command(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the dataset, runs and report."),
     quick: bool = typer.Option(False, "--quick", help="A smaller run (about 4 minutes on 2 cores), as in CI."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated dataset and of training."),
-    threads: int = typer.Option(1, "--threads", help="torch threads (0: torch's default). One is fastest on a "
-                                                     "2-core machine, above all a busy one; see DemoConfig."),
+    threads: int = typer.Option(
+        1,
+        "--threads",
+        help="torch threads (0: torch's default). One is fastest on a "
+        "2-core machine, above all a busy one; see DemoConfig.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the stage lines, no progress bars."),
-    own_crops: Optional[bool] = typer.Option(None, "--own-crops/--generator-crops", help="Train on crops made by our "
-                                             "own faces stage from the raw videos (as predict makes them) and score "
-                                             "every held-out raw video through predict beside the generator's ideal "
-                                             "crops, or on the generator's crops (default: own, generator's with "
-                                             "--quick)."),
-    both_crops: bool = typer.Option(False, "--both-crops", help="With --own-crops: fine-tune the backbone and train "
-                                    "the temporal models on the generator's crops as well as ours (the same faces "
-                                    "as two aligners crop them; README Crops for training)."),
-    learned_landmarks: bool = typer.Option(True, "--learned-landmarks/--mtcnn-landmarks", help="With --own-crops: "
-                                           "train the landmark refiner on the training videos' true landmarks and "
-                                           "refine MTCNN's points with it (README Learned landmarks)."),
-    audio: bool = typer.Option(True, "--audio/--no-audio", help="The audio-visual ablation: the voices' features, "
-                               "audio-only, early and mid fusion models beside the visual one."),
+    own_crops: Optional[bool] = typer.Option(
+        None,
+        "--own-crops/--generator-crops",
+        help="Train on crops made by our "
+        "own faces stage from the raw videos (as predict makes them) and score "
+        "every held-out raw video through predict beside the generator's ideal "
+        "crops, or on the generator's crops (default: own, generator's with "
+        "--quick).",
+    ),
+    both_crops: bool = typer.Option(
+        False,
+        "--both-crops",
+        help="With --own-crops: fine-tune the backbone and train "
+        "the temporal models on the generator's crops as well as ours (the same faces "
+        "as two aligners crop them; README Crops for training).",
+    ),
+    learned_landmarks: bool = typer.Option(
+        True,
+        "--learned-landmarks/--mtcnn-landmarks",
+        help="With --own-crops: "
+        "train the landmark refiner on the training videos' true landmarks and "
+        "refine MTCNN's points with it (README Learned landmarks).",
+    ),
+    audio: bool = typer.Option(
+        True,
+        "--audio/--no-audio",
+        help="The audio-visual ablation: the voices' features, "
+        "audio-only, early and mid fusion models beside the visual one.",
+    ),
 ) -> None:
     """Every stage of the pipeline on a generated face-video dataset, on CPU: generate -> fine-tune a small ViT
     (partial freezing, frame-level CCC) -> extract features -> train Mamba-VA and a frame-wise baseline ->
     evaluate on held-out subjects -> predict on a held-out video -> OUT/report.md."""
     from mambava.demo import DemoConfig, run_demo
 
-    options = dict(seed=seed, threads=threads, both_crops=both_crops, audio=audio, learned_landmarks=learned_landmarks,
-                   **({} if own_crops is None else {"own_crops": own_crops}))
+    options = dict(
+        seed=seed,
+        threads=threads,
+        both_crops=both_crops,
+        audio=audio,
+        learned_landmarks=learned_landmarks,
+        **({} if own_crops is None else {"own_crops": own_crops}),
+    )
     cfg = DemoConfig.quick(**options) if quick else DemoConfig(**options)
     result = run_demo(out, cfg, progress=not quiet)
     typer.echo(f"report: {result.report}")

@@ -14,25 +14,43 @@ from mambava.core.errors import MambavaError, OutputError
 
 
 def faces_command(
-    videos: Optional[List[str]] = typer.Argument(None, help="Video files (any container FFmpeg reads), image folders, "
-                                                            "images, a webcam index (0) or a stream URL/device."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (Aff-Wild2 cropped_aligned layout); "
-                                                                 "with --dataset, the dataset root to write."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help="A dataset root: crops of every raw video under "
-                                                                   "its videos/ into OUT/cropped_aligned/ (resumable)."),
+    videos: Optional[List[str]] = typer.Argument(
+        None,
+        help="Video files (any container FFmpeg reads), image folders, "
+        "images, a webcam index (0) or a stream URL/device.",
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Output folder (Aff-Wild2 cropped_aligned layout); with --dataset, the dataset root to write.",
+    ),
+    dataset: Optional[Path] = typer.Option(
+        None,
+        "--dataset",
+        help="A dataset root: crops of every raw video under its videos/ into OUT/cropped_aligned/ (resumable).",
+    ),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="With --dataset: videos processed in parallel."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Keep at most this many frames per second (default: all)."),
-    detector: str = typer.Option("mtcnn", "--detector", help="mtcnn (5 landmarks, aligned crops), haar (boxes only, "
-                                                            "centred crops), or package.module:Class."),
+    detector: str = typer.Option(
+        "mtcnn",
+        "--detector",
+        help="mtcnn (5 landmarks, aligned crops), haar (boxes only, centred crops), or package.module:Class.",
+    ),
     landmarks: Optional[Path] = landmarks_option(),
     min_face: float = typer.Option(40, "--min-face", help="Smallest face to find, pixels (mtcnn/haar)."),
-    min_face_fraction: float = typer.Option(0.08, "--min-face-fraction",
-                                            help="... or this fraction of the frame's shorter side, if larger "
-                                                 "(0 for small faces in large frames; slower)."),
+    min_face_fraction: float = typer.Option(
+        0.08,
+        "--min-face-fraction",
+        help="... or this fraction of the frame's shorter side, if larger (0 for small faces in large frames; slower).",
+    ),
     min_track_frames: int = typer.Option(3, "--min-track-frames", help="Discard tracks with fewer faces as spurious."),
     size: int = typer.Option(112, "--size", help="Crop size in pixels."),
-    detect_every: int = typer.Option(1, "--detect-every", help="Run the detector every K frames and follow the faces "
-                                                               "in between with optical flow (1: every frame)."),
+    detect_every: int = typer.Option(
+        1,
+        "--detect-every",
+        help="Run the detector every K frames and follow the faces in between with optical flow (1: every frame).",
+    ),
     preview: bool = typer.Option(False, "--preview", help="Also write <video>.preview.png, a contact sheet per track."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -51,7 +69,9 @@ def faces_command(
     console = Console(stderr=True)
     if detect_every < 1:
         raise MambavaError(f"--detect-every must be a whole number >= 1, got {detect_every}")
-    kwargs = {"min_face_size": min_face, "min_face_fraction": min_face_fraction} if detector in ("mtcnn", "haar") else {}
+    kwargs = (
+        {"min_face_size": min_face, "min_face_fraction": min_face_fraction} if detector in ("mtcnn", "haar") else {}
+    )
     if landmarks is not None:
         kwargs["landmarks"] = str(landmarks.resolve())  # recorded with the crops; each worker loads it
     if dataset is not None:
@@ -67,8 +87,18 @@ def faces_command(
     failed = 0
     for video in videos:
         try:
-            _one_video(video, out, console, fps=fps, detector=det, crop_size=size, min_track_frames=min_track_frames,
-                       preview=preview, progress=not quiet, detect_every=detect_every)
+            _one_video(
+                video,
+                out,
+                console,
+                fps=fps,
+                detector=det,
+                crop_size=size,
+                min_track_frames=min_track_frames,
+                preview=preview,
+                progress=not quiet,
+                detect_every=detect_every,
+            )
         except OutputError:  # the output folder cannot be written: no fault of this video, every next one fails too
             raise
         except MambavaError as error:  # this video only: the batch goes on, the count and exit code tell
@@ -92,51 +122,80 @@ def _one_video(video: str, out: Path, console, **options) -> None:
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     n = len(result.frames)
-    console.print(f"[bold]{result.video}[/bold]: {n} frames, a face in {result.frames_with_face} "
-                  f"({100 * result.frames_with_face / max(n, 1):.1f}%), {len(result.tracks)} track(s)"
-                  + (f", {result.dropped_tracks} short track(s) dropped" if result.dropped_tracks else ""))
+    console.print(
+        f"[bold]{result.video}[/bold]: {n} frames, a face in {result.frames_with_face} "
+        f"({100 * result.frames_with_face / max(n, 1):.1f}%), {len(result.tracks)} track(s)"
+        + (f", {result.dropped_tracks} short track(s) dropped" if result.dropped_tracks else "")
+    )
     for track in result.tracks:
         console.print(f"  {track.directory}/  {len(track.present)} crops, {len(track.missing)} frames missing")
     console.print(f"  {result.csv_path}" + (f"\n  {result.preview_path}" if result.preview_path else ""))
 
 
-def _dataset_faces(console, root: Path, out: Optional[Path], detector: str, kwargs: dict, min_track_frames: int,
-                   workers: int, quiet: bool, detect_every: int = 1) -> None:
+def _dataset_faces(
+    console,
+    root: Path,
+    out: Optional[Path],
+    detector: str,
+    kwargs: dict,
+    min_track_frames: int,
+    workers: int,
+    quiet: bool,
+    detect_every: int = 1,
+) -> None:
     from mambava.faces.dataset import extract_dataset_faces
 
     def report(done: int, total: int, item) -> None:
         if item.error is not None:
             console.print(f"[red]error:[/red] {item.error}", highlight=False)
         elif not quiet and not item.skipped:
-            console.print(f"[{done}/{total}] {item.video}: {item.frames} frames, "
-                          + ", ".join(f"{name} {n} crops" for name, n in item.tracks.items())
-                          + f" ({item.frames / max(item.seconds, 1e-9):.0f} frames/s)", highlight=False)
+            console.print(
+                f"[{done}/{total}] {item.video}: {item.frames} frames, "
+                + ", ".join(f"{name} {n} crops" for name, n in item.tracks.items())
+                + f" ({item.frames / max(item.seconds, 1e-9):.0f} frames/s)",
+                highlight=False,
+            )
 
-    result = extract_dataset_faces(root, out, detector=detector, detector_kwargs=kwargs,
-                                   min_track_frames=min_track_frames, workers=workers, progress=report,
-                                   detect_every=detect_every)
+    result = extract_dataset_faces(
+        root,
+        out,
+        detector=detector,
+        detector_kwargs=kwargs,
+        min_track_frames=min_track_frames,
+        workers=workers,
+        progress=report,
+        detect_every=detect_every,
+    )
     for item in result.videos:
         if item.unmatched:
-            console.print(f"[yellow]warning:[/yellow] {item.video}: no crop folder for "
-                          f"{', '.join(item.unmatched)} (tracks found: {', '.join(item.tracks) or 'none'})",
-                          highlight=False)
+            console.print(
+                f"[yellow]warning:[/yellow] {item.video}: no crop folder for "
+                f"{', '.join(item.unmatched)} (tracks found: {', '.join(item.tracks) or 'none'})",
+                highlight=False,
+            )
     made = [v for v in result.videos if not v.skipped and v.error is None]
     skipped = sum(v.skipped for v in result.videos)
     rate = f", {result.frames_per_second:.0f} frames/s per worker" if made else ""
-    console.print(f"{result.crops_dir}: {len(made)} video(s) done ({sum(v.frames for v in made)} frames{rate}), "
-                  f"{skipped} already there"
-                  + (f", {len(result.failed)} failed" if result.failed else "")
-                  + (f"; linked from {root}: {', '.join(result.linked)}" if result.linked else ""), highlight=False)
+    console.print(
+        f"{result.crops_dir}: {len(made)} video(s) done ({sum(v.frames for v in made)} frames{rate}), "
+        f"{skipped} already there"
+        + (f", {len(result.failed)} failed" if result.failed else "")
+        + (f"; linked from {root}: {', '.join(result.linked)}" if result.linked else ""),
+        highlight=False,
+    )
     if result.failed:
         raise typer.Exit(2)
 
 
 def train_landmarks_command(
-    source: Path = typer.Argument(..., help="A synthetic dataset root (mambava synth: its raw videos and true "
-                                            "landmarks), or a CSV: image, left_eye_x, left_eye_y, right_eye_x, "
-                                            "right_eye_y, nose_x, nose_y, mouth_left_x, mouth_left_y, "
-                                            "mouth_right_x, mouth_right_y (one face per row, image paths "
-                                            "relative to the CSV)."),
+    source: Path = typer.Argument(
+        ...,
+        help="A synthetic dataset root (mambava synth: its raw videos and true "
+        "landmarks), or a CSV: image, left_eye_x, left_eye_y, right_eye_x, "
+        "right_eye_y, nose_x, nose_y, mouth_left_x, mouth_left_y, "
+        "mouth_right_x, mouth_right_y (one face per row, image paths "
+        "relative to the CSV).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="The refiner file to write (.safetensors)."),
     epochs: int = typer.Option(8, "--epochs", min=1, help="Passes over the faces (fresh perturbations each)."),
     every: int = typer.Option(3, "--every", min=1, help="Synthetic dataset: every K-th frame of each video."),
@@ -154,7 +213,9 @@ def train_landmarks_command(
 
     console = Console(stderr=True)
     if out.is_dir() or not out.parent.is_dir():  # found now, not after the training
-        raise MambavaError(f"{out}: " + ("is a folder; give a file name" if out.is_dir() else "its folder does not exist"))
+        raise MambavaError(
+            f"{out}: " + ("is a folder; give a file name" if out.is_dir() else "its folder does not exist")
+        )
     if source.is_dir():
         from mambava.synth import read_meta
 

@@ -63,15 +63,20 @@ def precision_option(default: Optional[str], lightning: bool = False, what: str 
     """The --precision option: `default` in the one vocabulary (None: the config's value); `lightning` also
     accepts 16-mixed. The command receives auto, bf16, fp32 (or 16-mixed) whatever spelling was typed."""
     old = "32, bf16-mixed" + (", 16-mixed on a GPU" if lightning else "")
-    return typer.Option(default, "--precision", callback=_check(lightning),
-                        help=f"{what}{_AUTO_HELP} (also accepted: {old}).")
+    return typer.Option(
+        default, "--precision", callback=_check(lightning), help=f"{what}{_AUTO_HELP} (also accepted: {old})."
+    )
 
 
 def landmarks_option() -> typer.Option:
     """--landmarks FILE: a learned landmark refiner for the detector's 5 points (`mambava train-landmarks`)."""
-    return typer.Option(None, "--landmarks", help="A landmark refiner (mambava train-landmarks) that moves the "
-                                                  "detector's 5 points: the one the model's training crops were "
-                                                  "made with (mambava faces --dataset --landmarks).")
+    return typer.Option(
+        None,
+        "--landmarks",
+        help="A landmark refiner (mambava train-landmarks) that moves the "
+        "detector's 5 points: the one the model's training crops were "
+        "made with (mambava faces --dataset --landmarks).",
+    )
 
 
 def face_detector(name: str, landmarks: Optional[Path]):

@@ -16,8 +16,10 @@ from mambava.core.errors import MambavaError
 CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
 BACKBONE_HELP = "ViT checkpoint (MAE .pth, timm, Hugging Face, or saved by mambava); needed for videos."
 DEVICE_HELP = "cpu, cuda, cuda:1 or auto."
-AUDIO_HELP = ("A fusion model's audio feature sets, e.g. egemaps,logmel (default: those of its audio width): "
-              "computed from each video's sound; adds a voice column.")
+AUDIO_HELP = (
+    "A fusion model's audio feature sets, e.g. egemaps,logmel (default: those of its audio width): "
+    "computed from each video's sound; adds a voice column."
+)
 NO_AUDIO_HELP = "A fusion model without its sound: every frame's audio masked (voice 0)."
 
 
@@ -33,24 +35,48 @@ def predict_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
-    windowing: str = typer.Option("full", "--windowing", help="full: one causal pass (= stream; default, see README Stitching); windows: 300/200 windows, stitched."),
-    stitching: str = typer.Option("most_history", "--stitching", help="With --windowing windows: most_history (each frame from the window where it has the most history) or mean (what evaluate scores)."),
+    windowing: str = typer.Option(
+        "full",
+        "--windowing",
+        help="full: one causal pass (= stream; default, see README Stitching); windows: 300/200 windows, stitched.",
+    ),
+    stitching: str = typer.Option(
+        "most_history",
+        "--stitching",
+        help="With --windowing windows: most_history (each frame from the window where it has the most history) or mean (what evaluate scores).",
+    ),
     window: Optional[int] = typer.Option(None, "--window", help="Window length (default: the run's, else 300)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Window stride (default: the run's, else 200)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <name>.overlay.mp4 with boxes and VA bars."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the VA-over-time and circumplex PNGs."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
     landmarks: Optional[Path] = landmarks_option(),
-    detect_every: int = typer.Option(1, "--detect-every", help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking)."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second (default: all); the others hold the last feature, every frame gets a row."),
-    features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
+    detect_every: int = typer.Option(
+        1,
+        "--detect-every",
+        help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking).",
+    ),
+    fps: Optional[float] = typer.Option(
+        None,
+        "--fps",
+        help="Process at most this many frames per second (default: all); the others hold the last feature, every frame gets a row.",
+    ),
+    features_fps: float = typer.Option(
+        30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."
+    ),
     audio: Optional[str] = typer.Option(None, "--audio", help=AUDIO_HELP),
     no_audio: bool = typer.Option(False, "--no-audio", help=NO_AUDIO_HELP),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Face crops per backbone batch."),
     precision: str = precision_option("auto", what="Backbone precision: "),
-    events: Optional[Path] = typer.Option(None, "--events", help="BIDS events .tsv (onset, duration, trial_type), or a folder of <name>_events.tsv: writes <name>.events.csv."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="trial_type of the baseline events: each track is normalised against its own."),
+    events: Optional[Path] = typer.Option(
+        None,
+        "--events",
+        help="BIDS events .tsv (onset, duration, trial_type), or a folder of <name>_events.tsv: writes <name>.events.csv.",
+    ),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline", help="trial_type of the baseline events: each track is normalised against its own."
+    ),
     normalise: str = typer.Option("difference", "--normalise", help="Against the baseline: difference or zscore."),
 ) -> None:
     """Per-frame valence/arousal for videos (or precomputed features): <name>.csv (+ .parquet with pyarrow),
@@ -59,14 +85,17 @@ def predict_command(
 
     Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
     feature was carried over), x1, y1, x2, y2 (face box)."""
-    from mambava.inference.predict import Predictor
-    from mambava.inference.files import FEATURE_SUFFIXES, find_inputs, output_paths, write_overlay, write_table
-
     from mambava.analysis.summaries import NORMALISATIONS, write_analysis
     from mambava.inference.catalog import resolve_model
+    from mambava.inference.files import FEATURE_SUFFIXES, find_inputs, output_paths, write_overlay, write_table
+    from mambava.inference.predict import Predictor
 
     if normalise not in NORMALISATIONS or (baseline is not None and events is None):
-        raise MambavaError("--baseline needs --events" if normalise in NORMALISATIONS else f"--normalise: one of {', '.join(NORMALISATIONS)}")
+        raise MambavaError(
+            "--baseline needs --events"
+            if normalise in NORMALISATIONS
+            else f"--normalise: one of {', '.join(NORMALISATIONS)}"
+        )
     checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
     paths = find_inputs(inputs)
     _make_folder(out)
@@ -74,9 +103,21 @@ def predict_command(
     if videos and backbone is None:
         raise MambavaError(f"{videos[0]}: --backbone is required for videos; pass a features .npy instead")
     predictor = Predictor(
-        checkpoint, backbone if videos else None, windowing=windowing, stitching=stitching, window=window, stride=stride,
-        detector=face_detector(detector, landmarks), device=device, batch_size=batch_size, precision=precision, fps=fps,
-        features_fps=features_fps, progress=True, audio=_audio_choice(audio, no_audio), detect_every=detect_every,
+        checkpoint,
+        backbone if videos else None,
+        windowing=windowing,
+        stitching=stitching,
+        window=window,
+        stride=stride,
+        detector=face_detector(detector, landmarks),
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        fps=fps,
+        features_fps=features_fps,
+        progress=True,
+        audio=_audio_choice(audio, no_audio),
+        detect_every=detect_every,
     )
     from mambava.cli import error_line
     from mambava.core.fileio import atomic_group
@@ -104,7 +145,9 @@ def predict_command(
         typer.echo(f"{path}: {_describe(table)} -> " + ", ".join(str(p) for p in written.values()))
         stale = [str(p) for kind, p in output_paths(out, name).items() if kind not in written and p.exists()]
         if stale:
-            typer.secho(f"note: {', '.join(stale)} from an earlier run, not rewritten", fg=typer.colors.YELLOW, err=True)
+            typer.secho(
+                f"note: {', '.join(stale)} from an earlier run, not rewritten", fg=typer.colors.YELLOW, err=True
+            )
     if failed:
         typer.secho(f"{failed} of {len(paths)} inputs failed", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
@@ -134,27 +177,44 @@ def stream_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write all rows to this CSV at the end."),
-    realtime: bool = typer.Option(False, "--realtime", help="Replay a file at its own speed, dropping frames that cannot keep up."),
+    realtime: bool = typer.Option(
+        False, "--realtime", help="Replay a file at its own speed, dropping frames that cannot keep up."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print a line per frame."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
     landmarks: Optional[Path] = landmarks_option(),
-    detect_every: int = typer.Option(1, "--detect-every", help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking)."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Take at most this many frames per second of the source; the others get rows with dropped=1."),
-    features_fps: float = typer.Option(30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."),
+    detect_every: int = typer.Option(
+        1,
+        "--detect-every",
+        help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking).",
+    ),
+    fps: Optional[float] = typer.Option(
+        None,
+        "--fps",
+        help="Take at most this many frames per second of the source; the others get rows with dropped=1.",
+    ),
+    features_fps: float = typer.Option(
+        30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."
+    ),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     precision: str = precision_option("auto", what="Backbone precision: "),
-    step_precision: str = typer.Option("fp32", "--step-precision", help="Temporal step weights: fp32, bf16 (half the bytes read per frame) or int8 (weight-only, a quarter); outputs within 1e-2 of fp32."),
-    audio: Optional[str] = typer.Option(None, "--audio", help=AUDIO_HELP.replace("each video's", "the file's") + " Not for live sources."),
+    step_precision: str = typer.Option(
+        "fp32",
+        "--step-precision",
+        help="Temporal step weights: fp32, bf16 (half the bytes read per frame) or int8 (weight-only, a quarter); outputs within 1e-2 of fp32.",
+    ),
+    audio: Optional[str] = typer.Option(
+        None, "--audio", help=AUDIO_HELP.replace("each video's", "the file's") + " Not for live sources."
+    ),
     no_audio: bool = typer.Option(False, "--no-audio", help=NO_AUDIO_HELP),
 ) -> None:
     """Valence/arousal live, one recurrent step of the temporal model per frame (equals `predict --windowing
     full` on the same frames). Webcams and URLs are real time: when faces and backbone cannot keep up,
     frames are dropped (and said so), not queued. Ctrl-C stops; the summary and --out are still written."""
-    from mambava.inference.predict import Predictor
-    from mambava.inference.files import FEATURE_SUFFIXES
     from mambava.inference.catalog import resolve_model
+    from mambava.inference.files import FEATURE_SUFFIXES
+    from mambava.inference.predict import Predictor
     from mambava.inference.stream import is_live_source
-
     from mambava.temporal.tcn import STEP_PRECISIONS
 
     if step_precision not in STEP_PRECISIONS:
@@ -168,8 +228,16 @@ def stream_command(
     if out is not None:
         _make_folder(out.parent)
     predictor = Predictor(
-        checkpoint, None if is_features else backbone, windowing="full", detector=face_detector(detector, landmarks), device=device,
-        batch_size=8, precision=precision, fps=fps, features_fps=features_fps, detect_every=detect_every,
+        checkpoint,
+        None if is_features else backbone,
+        windowing="full",
+        detector=face_detector(detector, landmarks),
+        device=device,
+        batch_size=8,
+        precision=precision,
+        fps=fps,
+        features_fps=features_fps,
+        detect_every=detect_every,
         audio=False if is_features else _audio_choice(audio, no_audio),
     )
     hears = getattr(predictor, "fusion", False) and not is_features
@@ -182,14 +250,20 @@ def stream_command(
         for row in live:
             rows.append(row)
             if not quiet and len(rows) == 1:
-                typer.echo("frame\ttime\ttrack\tvalence\tarousal\tface\tdropped\tconfidence" + ("\tvoice" if hears else ""))
+                typer.echo(
+                    "frame\ttime\ttrack\tvalence\tarousal\tface\tdropped\tconfidence" + ("\tvoice" if hears else "")
+                )
             if not quiet:
-                typer.echo(f"{row.frame}\t{row.time:.3f}\t{row.track or '-'}\t{row.valence:+.4f}\t{row.arousal:+.4f}\t"
-                           f"{int(row.face)}\t{int(row.dropped)}\t{row.confidence:.3f}"
-                           + (f"\t{int(bool(row.voice))}" if hears else ""))
+                typer.echo(
+                    f"{row.frame}\t{row.time:.3f}\t{row.track or '-'}\t{row.valence:+.4f}\t{row.arousal:+.4f}\t"
+                    f"{int(row.face)}\t{int(row.dropped)}\t{row.confidence:.3f}"
+                    + (f"\t{int(bool(row.voice))}" if hears else "")
+                )
             now = time.monotonic()
             if live.dropped > reported and now - last_report >= 1.0:
-                typer.secho(f"dropped {live.dropped} frames so far to keep up with real time", fg=typer.colors.YELLOW, err=True)
+                typer.secho(
+                    f"dropped {live.dropped} frames so far to keep up with real time", fg=typer.colors.YELLOW, err=True
+                )
                 reported, last_report = live.dropped, now
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
@@ -198,7 +272,6 @@ def stream_command(
     if out is not None:
         _write_rows(out, rows, voice=hears)
         from mambava.analysis.summaries import write_stream_summary
-
         from mambava.media.video import source_name
 
         write_stream_summary(out, rows, video=source_name(source))
@@ -217,7 +290,9 @@ def _write_rows(path: Path, rows, voice: bool = False) -> None:
 
     from mambava.core.fileio import atomic_path
 
-    columns = ["frame", "time", "track", "valence", "arousal", "face", "dropped", "confidence"] + (["voice"] if voice else [])
+    columns = ["frame", "time", "track", "valence", "arousal", "face", "dropped", "confidence"] + (
+        ["voice"] if voice else []
+    )
     table = pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=columns)
     flags = ["face", "dropped"] + (["voice"] if voice else [])
     table[flags] = table[flags].fillna(False).astype("int8")
@@ -232,15 +307,26 @@ def submit_write_command(
     features: Path = typer.Option(..., "--features", help="Feature store holding the test videos."),
     out: Path = typer.Option(..., "--out", "-o", help="Submission file to write."),
     frame_counts: Optional[Path] = typer.Option(
-        None, "--frame-counts", help="ABAW's frame list or sample submission for the test set: the frame counts "
-        "(default: the raw test videos under --root)."),
-    test_list: Optional[Path] = typer.Option(None, "--test-list", help="Test-set video list (default: from --root, "
-                                             "else the videos of --frame-counts)."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Aff-Wild2 root: the test list, and frame counts from its raw videos."),
+        None,
+        "--frame-counts",
+        help="ABAW's frame list or sample submission for the test set: the frame counts "
+        "(default: the raw test videos under --root).",
+    ),
+    test_list: Optional[Path] = typer.Option(
+        None, "--test-list", help="Test-set video list (default: from --root, else the videos of --frame-counts)."
+    ),
+    root: Optional[Path] = typer.Option(
+        None, "--root", help="Aff-Wild2 root: the test list, and frame counts from its raw videos."
+    ),
     allow_length_mismatch: bool = typer.Option(
-        False, "--allow-length-mismatch", help="Where the stored frames differ from a video's count, carry the "
-        "last prediction over or cut, with a warning, instead of refusing."),
-    windowing: str = typer.Option("windows", "--windowing", help="windows (300/200, mean-stitched, as evaluate) or full."),
+        False,
+        "--allow-length-mismatch",
+        help="Where the stored frames differ from a video's count, carry the "
+        "last prediction over or cut, with a warning, instead of refusing.",
+    ),
+    windowing: str = typer.Option(
+        "windows", "--windowing", help="windows (300/200, mean-stitched, as evaluate) or full."
+    ),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Run a temporal model over the test videos' stored features and write the ABAW submission file
@@ -250,14 +336,15 @@ def submit_write_command(
     videos under --root; a test video whose stored features have another length is refused, naming both counts,
     unless --allow-length-mismatch."""
     from mambava.cli.data import official_frame_counts
-    from mambava.inference.predict import Predictor, submission_predictions
     from mambava.data.submission import write_submission
+    from mambava.inference.predict import Predictor, submission_predictions
 
     videos, counts = official_frame_counts(test_list, root, frame_counts, "submit write")
     _make_folder(out.parent)
     predictor = Predictor(checkpoint, windowing=windowing, stitching="mean", device=device)  # as evaluated
-    predictions = submission_predictions(predictor, features, counts, progress=True,
-                                         allow_length_mismatch=allow_length_mismatch)
+    predictions = submission_predictions(
+        predictor, features, counts, progress=True, allow_length_mismatch=allow_length_mismatch
+    )
     write_submission(out, predictions, counts)
     typer.echo(f"{out}: {len(videos)} test videos, {sum(counts.values())} frames")
 

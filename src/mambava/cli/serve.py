@@ -14,18 +14,30 @@ from mambava.core.errors import MambavaError
 
 def serve_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
-    backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP + " Without it, sessions send features."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only; 0.0.0.0 opens it to the network)."),
+    backbone: Optional[Path] = typer.Option(
+        None, "--backbone", "-b", help=BACKBONE_HELP + " Without it, sessions send features."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind (default: this machine only; 0.0.0.0 opens it to the network)."
+    ),
     port: int = typer.Option(8000, "--port", help="TCP port."),
-    max_sessions: int = typer.Option(8, "--max-sessions", help="Live sessions at once; one more is refused (WebSocket close 1013)."),
-    queue_frames: int = typer.Option(2, "--queue-frames", help="Frames a session may have waiting; beyond, the oldest is dropped (and reported)."),
-    max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", help="Largest video POST /predict takes (413 beyond)."),
+    max_sessions: int = typer.Option(
+        8, "--max-sessions", help="Live sessions at once; one more is refused (WebSocket close 1013)."
+    ),
+    queue_frames: int = typer.Option(
+        2, "--queue-frames", help="Frames a session may have waiting; beyond, the oldest is dropped (and reported)."
+    ),
+    max_upload_mb: float = typer.Option(
+        200.0, "--max-upload-mb", help="Largest video POST /predict takes (413 beyond)."
+    ),
     max_frame_mb: float = typer.Option(8.0, "--max-frame-mb", help="Largest frame a session takes."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
     landmarks: Optional[Path] = landmarks_option(),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     precision: str = precision_option("auto", what="Backbone precision: "),
-    step_precision: str = typer.Option("fp32", "--step-precision", help="Temporal step weights of the live sessions: fp32, bf16 or int8."),
+    step_precision: str = typer.Option(
+        "fp32", "--step-precision", help="Temporal step weights of the live sessions: fp32, bf16 or int8."
+    ),
 ) -> None:
     """Serve the model: POST /predict (a video as the multipart field `file` -> predict's rows as JSON, or
     CSV with ?format=csv), live sessions on the WebSocket /ws (JPEG frames or features in, per-frame
@@ -37,8 +49,8 @@ def serve_command(
         raise MambavaError("mambava serve needs FastAPI and uvicorn: pip install 'mambava[serve]'")
     import uvicorn
 
-    from mambava.inference.predict import Predictor
     from mambava.inference.catalog import resolve_model
+    from mambava.inference.predict import Predictor
     from mambava.serve.app import create_app
     from mambava.serve.sessions import ServeLimits
     from mambava.temporal.tcn import STEP_PRECISIONS
@@ -47,15 +59,26 @@ def serve_command(
         raise MambavaError(f"--step-precision {step_precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")
     if not 0 < port < 65536:
         raise MambavaError(f"--port must be 1..65535, got {port}")
-    limits = ServeLimits(max_sessions=max_sessions, queue_frames=queue_frames, max_upload_mb=max_upload_mb,
-                         max_frame_mb=max_frame_mb)
+    limits = ServeLimits(
+        max_sessions=max_sessions, queue_frames=queue_frames, max_upload_mb=max_upload_mb, max_frame_mb=max_frame_mb
+    )
     checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
-    predictor = Predictor(checkpoint, backbone, windowing="full", detector=face_detector(detector, landmarks), device=device, batch_size=8,
-                          precision=precision)
+    predictor = Predictor(
+        checkpoint,
+        backbone,
+        windowing="full",
+        detector=face_detector(detector, landmarks),
+        device=device,
+        batch_size=8,
+        precision=precision,
+    )
     app = create_app(predictor, limits, step_precision)
-    typer.echo(f"mambava serve: {predictor.model_name} on http://{host}:{port}/ "
-               f"({'videos and features' if backbone else 'features only: no --backbone'}; "
-               f"up to {max_sessions} live sessions)", err=True)
+    typer.echo(
+        f"mambava serve: {predictor.model_name} on http://{host}:{port}/ "
+        f"({'videos and features' if backbone else 'features only: no --backbone'}; "
+        f"up to {max_sessions} live sessions)",
+        err=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=int(max_frame_mb * 1024 * 1024) + 1024)
 
 

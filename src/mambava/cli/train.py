@@ -57,7 +57,13 @@ def train_command(
     from mambava.training import train
 
     cfg = _config(
-        config, overrides, recipe, out_dir=out_dir, **{"data.fold": fold}, devices=devices, strategy=strategy,
+        config,
+        overrides,
+        recipe,
+        out_dir=out_dir,
+        **{"data.fold": fold},
+        devices=devices,
+        strategy=strategy,
         precision=lightning_precision(precision),
     )
     summary = train(cfg, resume=resume)
@@ -76,18 +82,28 @@ def train_command(
 def evaluate_command(
     checkpoint: Path = typer.Argument(..., help="model.safetensors, a run's .ckpt, or a reference .pth."),
     features: Optional[str] = typer.Option(None, "--features", help="Feature store (default: the run's)."),
-    annotations: Optional[str] = typer.Option(None, "--annotations", help="Aff-Wild2 root or labels folder (default: the run's)."),
+    annotations: Optional[str] = typer.Option(
+        None, "--annotations", help="Aff-Wild2 root or labels folder (default: the run's)."
+    ),
     audio_features: Optional[str] = typer.Option(
         None, "--audio-features", help="Audio feature store of a fusion model (extract --audio; default: the run's)."
     ),
     split: str = typer.Option("validation", "--split", help="'validation' or 'train' side of the fold."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Fold (default: the run's, else 0 = official split)."),
-    folds: Optional[str] = typer.Option(None, "--folds", help="Folds file (default: the run's, else from the Aff-Wild2 splits)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Per-video CSV (default: eval_<split>_fold<k>.csv beside CKPT)."),
-    batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", help="Windows per forward pass (default 32; --protocol authors: the run's eval_batch_size, else 16)."
+    folds: Optional[str] = typer.Option(
+        None, "--folds", help="Folds file (default: the run's, else from the Aff-Wild2 splits)."
     ),
-    protocol: str = typer.Option("videos", "--protocol", help="videos (whole videos, stitched) or authors (the reference's windows)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Per-video CSV (default: eval_<split>_fold<k>.csv beside CKPT)."
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None,
+        "--batch-size",
+        help="Windows per forward pass (default 32; --protocol authors: the run's eval_batch_size, else 16).",
+    ),
+    protocol: str = typer.Option(
+        "videos", "--protocol", help="videos (whole videos, stitched) or authors (the reference's windows)."
+    ),
     window: Optional[int] = typer.Option(None, "--window", help="Window (default: the run's, else 300)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Stride (default: the run's, else 200)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
@@ -98,10 +114,21 @@ def evaluate_command(
     from mambava.training.evaluate import evaluate_checkpoint
 
     result, path = evaluate_checkpoint(
-        checkpoint, features=features, annotations=annotations, split=split, fold=fold, folds=folds,
-        window=window, stride=stride, batch_size=batch_size, device=device,
-        precision=lightning_precision(precision, device), out=out,
-        progress=True, protocol=protocol, audio_features=audio_features,
+        checkpoint,
+        features=features,
+        annotations=annotations,
+        split=split,
+        fold=fold,
+        folds=folds,
+        window=window,
+        stride=stride,
+        batch_size=batch_size,
+        device=device,
+        precision=lightning_precision(precision, device),
+        out=out,
+        progress=True,
+        protocol=protocol,
+        audio_features=audio_features,
     )
     typer.echo(f"CCC_v {_score(result.ccc_valence)}")
     typer.echo(f"CCC_a {_score(result.ccc_arousal)}")
@@ -114,10 +141,14 @@ def cv_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: the paper's recipe)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
-    out_dir: Optional[str] = typer.Option(None, "--out-dir", "-o", help="Folder of the folds' runs (config key out_dir)."),
+    out_dir: Optional[str] = typer.Option(
+        None, "--out-dir", "-o", help="Folder of the folds' runs (config key out_dir)."
+    ),
     folds: Optional[str] = typer.Option(None, "--folds", help="Only these folds, e.g. '0,1,2' (default: all)."),
     both_protocols: bool = typer.Option(
-        False, "--both-protocols", help="Also score each fold's best model under both protocols (videos, authors): two more tables."
+        False,
+        "--both-protocols",
+        help="Also score each fold's best model under both protocols (videos, authors): two more tables.",
     ),
     devices: Optional[str] = typer.Option(None, "--devices", help="Lightning devices."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Lightning strategy."),
@@ -126,15 +157,17 @@ def cv_command(
     """Fold 0 (official split) and folds 1-5, then the paper's Table 1 (V, A, average per fold, mean ± std).
 
     Finished folds are skipped and an interrupted fold resumes: re-run the same command to continue."""
-    from mambava.training.cv import format_table, rescore, run_cv, write_results
     from mambava.core.errors import MambavaError
+    from mambava.training.cv import format_table, rescore, run_cv, write_results
 
     flags = {"out_dir": out_dir, "devices": devices, "strategy": strategy, "precision": lightning_precision(precision)}
     cfg = _config(config, overrides, recipe, **flags)
     config_for = None
     if recipe is not None:
+
         def config_for(k: int):
             return _config(config, overrides, recipe, **flags, **{"data.fold": k})
+
     chosen = None
     if folds:
         try:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from mambava.core.errors import MambavaError, torch_load_reason
 from mambava.core.fileio import atomic_path
@@ -108,8 +110,11 @@ def weights_sha256(tensors: Iterable[torch.Tensor]) -> str:
     """SHA-256 of the tensors' bytes, in the order given (a state dict's values)."""
     digest = hashlib.sha256()
     for tensor in tensors:
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes() if tensor.dtype != torch.bfloat16
-                      else tensor.detach().cpu().contiguous().view(torch.int16).numpy().tobytes())
+        digest.update(
+            tensor.detach().cpu().contiguous().numpy().tobytes()
+            if tensor.dtype != torch.bfloat16
+            else tensor.detach().cpu().contiguous().view(torch.int16).numpy().tobytes()
+        )
     return digest.hexdigest()
 
 
@@ -139,8 +144,14 @@ def is_safetensors(path: str | os.PathLike) -> bool:
     return head[8:9] == b"{" and 0 < header_len < HEADER_LIMIT
 
 
-def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], format: str, config: Mapping,
-                    version: int = 1, **extra: str) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    format: str,
+    config: Mapping,
+    version: int = 1,
+    **extra: str,
+) -> Path:
     """Write `tensors` with the format tag, the config (JSON) and the weights' hash, atomically.
 
     Args:
@@ -156,9 +167,12 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
     """
     path = Path(path)
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-    metadata = {"format": format_tag(format, version), "config": json.dumps(dict(config)),
-                "weights_sha256": weights_sha256(tensors.values()), **extra}
-    from safetensors.torch import save_file
+    metadata = {
+        "format": format_tag(format, version),
+        "config": json.dumps(dict(config)),
+        "weights_sha256": weights_sha256(tensors.values()),
+        **extra,
+    }
 
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -168,7 +182,6 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
 def read_header(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of a safetensors file without reading its tensors (CheckpointError if it is none)."""
     path = _existing(path)
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -177,8 +190,9 @@ def read_header(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, format: str | None = None, device: str | torch.device = "cpu",
-                    what: str | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike, format: str | None = None, device: str | torch.device = "cpu", what: str | None = None
+) -> Checkpoint:
     """Read a checkpoint (tensors, metadata, config).
 
     Args:
@@ -192,7 +206,6 @@ def load_checkpoint(path: str | os.PathLike, format: str | None = None, device: 
         The Checkpoint.
     """
     path = _existing(path)
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
@@ -217,8 +230,9 @@ def load_checkpoint(path: str | os.PathLike, format: str | None = None, device: 
     return Checkpoint(path, name, version, config, metadata, tensors)
 
 
-def load_torch_file(path: str | os.PathLike, map_location="cpu", what: str = "a PyTorch weights file",
-                    mmap: bool = False) -> Any:
+def load_torch_file(
+    path: str | os.PathLike, map_location="cpu", what: str = "a PyTorch weights file", mmap: bool = False
+) -> Any:
     """A pickled torch file loaded with `weights_only=True` (tensors, containers, numbers: never code).
 
     Args:

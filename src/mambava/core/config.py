@@ -107,4 +107,10 @@ def _check_sections(schema: Any, values: Mapping[str, Any], prefix: str) -> None
 
 
 def _plain(value: Any) -> Any:
-    return to_dict(value) if isinstance(value, DictConfig) else OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+    return (
+        to_dict(value)
+        if isinstance(value, DictConfig)
+        else OmegaConf.to_container(value)
+        if OmegaConf.is_list(value)
+        else value
+    )

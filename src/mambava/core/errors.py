@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 
 class MambavaError(Exception):
@@ -12,7 +13,6 @@ class MambavaError(Exception):
 def torch_load_reason(error: BaseException) -> str:
     """The cause of a failed `torch.load(..., weights_only=True)` in a few words, without torch's advice to
     re-run with weights_only=False: that would execute code from the file, which mambava never does."""
-    import re
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
     if "WeightsUnpickler error:" in text:
@@ -20,8 +20,10 @@ def torch_load_reason(error: BaseException) -> str:
         detail = re.split(r"\. |\.$| Please use | Check the documentation", detail)[0]
         global_name = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
         if global_name:
-            return (f"it holds a Python object ({global_name.group(1)}), not only tensors; mambava loads weights "
-                    "only, never code from a checkpoint: save its state_dict instead")
+            return (
+                f"it holds a Python object ({global_name.group(1)}), not only tensors; mambava loads weights "
+                "only, never code from a checkpoint: save its state_dict instead"
+            )
         return f"not a PyTorch weights file: {detail}" if detail else "not a PyTorch weights file"
     if isinstance(error, (KeyError, EOFError, IndexError)) or type(error).__name__ == "UnpicklingError":
         return "not a PyTorch weights file"  # the legacy unpickler tripping over arbitrary bytes: "KeyError: 101"

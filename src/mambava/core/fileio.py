@@ -14,10 +14,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import io
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+import torch
 
 from mambava.core.errors import OutputError
 
@@ -124,9 +127,6 @@ def atomic_open(target: str | os.PathLike, mode: str = "w", **kwargs) -> Iterato
 def atomic_torch_save(obj, target: str | os.PathLike) -> Path:
     """torch.save, atomically. Serialised in memory first: torch's own file writer reports a full disk as a
     RuntimeError ("unexpected pos"), Python's file write as the OSError that becomes an OutputError."""
-    import io
-
-    import torch
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)

@@ -89,7 +89,11 @@ class ConcordanceCCC(torchmetrics.Metric):
             self.add_state(name, default=torch.zeros(num_outputs, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(
-        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> None:
         """`keep`, when given, is the caller's own choice of frames to count (in place of `valid_mask`)."""
         pred = pred.reshape(-1, self.num_outputs)

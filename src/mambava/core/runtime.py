@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+import torch
+
 from mambava.core.errors import MambavaError
 
 
@@ -19,7 +21,6 @@ def resolve_device(device: str | None = "auto"):
     """A torch.device for "auto"/None (CUDA when available, on this process's LOCAL_RANK under torchrun; else
     the CPU), or for a name like "cpu", "cuda", "cuda:1". An unknown name, or CUDA asked for where there is
     none, is a MambavaError."""
-    import torch
 
     if device in (None, "auto"):
         if torch.cuda.is_available():
@@ -47,7 +48,6 @@ def busy_threads() -> int | None:
 def torch_threads(n: int | None):
     """Run the block with `n` torch intra-op threads (None: as they are), restored after; it is the calling
     thread's OpenMP setting."""
-    import torch
 
     previous = torch.get_num_threads()
     if n and n != previous:

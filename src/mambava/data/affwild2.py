@@ -32,7 +32,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
+import av
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from mambava.core.errors import MambavaError
 from mambava.core.metrics import INVALID_LABEL
@@ -165,7 +167,9 @@ _HEADER_WORDS = {"video", "videos", "video_name", "video_names", "name", "names"
 def _looks_like_header(first: str) -> bool:
     lower = first.lower()
     return (
-        " " in first or ":" in first or lower in _HEADER_WORDS
+        " " in first
+        or ":" in first
+        or lower in _HEADER_WORDS
         or any(word in lower for word in ("challenge", "test_set", "testset", "video_name"))
     )
 
@@ -240,9 +244,7 @@ def describe_layout(root: str | os.PathLike) -> str:
     found = ", ".join(shown) + more if shown else "nothing"
     annotations = find_annotations(root) if root.is_dir() else None
     if annotations is not None:
-        counts = ", ".join(
-            f"{d}: {len(list((annotations / d).glob('*.txt')))} .txt" for d in SPLIT_DIRS.values()
-        )
+        counts = ", ".join(f"{d}: {len(list((annotations / d).glob('*.txt')))} .txt" for d in SPLIT_DIRS.values())
         found = f"{annotations} ({counts}); {found}"
     return f"{looked}; found {found}"
 
@@ -272,7 +274,6 @@ def list_crop_frames(folder: str | os.PathLike) -> list[int]:
 
 def read_crop(path: str | os.PathLike) -> np.ndarray:
     """Decode one face crop to an (H, W, 3) uint8 RGB array; MambavaError naming the file if unreadable."""
-    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
@@ -295,7 +296,6 @@ def video_frame_count(path: str | os.PathLike) -> int:
     """Number of frames of a video file from its container's header (PyAV), as OpenCV's
     CAP_PROP_FRAME_COUNT reports it (the reference's count); where the header has none, the number of
     demuxed video packets. MambavaError naming the file if it cannot be opened."""
-    import av
 
     path = Path(path)
     try:
@@ -368,8 +368,7 @@ class AffWild2:
             return self._annotations[video]
         except KeyError:
             raise MambavaError(
-                f"{self.annotations_root}: no annotation for video {video!r} in "
-                f"{'/'.join(SPLIT_DIRS.values())}"
+                f"{self.annotations_root}: no annotation for video {video!r} in {'/'.join(SPLIT_DIRS.values())}"
             ) from None
 
     def read_annotation(self, video: str) -> np.ndarray:

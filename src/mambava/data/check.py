@@ -8,11 +8,11 @@ import dataclasses
 import os
 from pathlib import Path
 
-from mambava.data.affwild2 import SPLITS, AffWild2, describe_layout, verify_crop
 from mambava.core.errors import MambavaError
 from mambava.core.metrics import INVALID_LABEL
 from mambava.core.progress import track_items
-
+from mambava.data.affwild2 import SPLITS, AffWild2, describe_layout, verify_crop
+from mambava.media.video import has_audio
 
 
 @dataclasses.dataclass
@@ -57,8 +57,14 @@ class DataSummary:
             table.add_column(header, justify="left" if header == "split" else "right", no_wrap=True)
         for s in self.splits.values():
             table.add_row(
-                s.split, str(s.videos), str(s.frames), str(s.annotated_frames) if s.split != "test" else "-",
-                str(s.crop_frames), str(s.missing_crops), str(len(s.videos_without_crops)), str(len(s.mismatches)),
+                s.split,
+                str(s.videos),
+                str(s.frames),
+                str(s.annotated_frames) if s.split != "test" else "-",
+                str(s.crop_frames),
+                str(s.missing_crops),
+                str(len(s.videos_without_crops)),
+                str(len(s.mismatches)),
             )
         return table
 
@@ -82,9 +88,14 @@ class DataSummary:
                 + (" ..." if len(self.unannotated_crop_folders) > 10 else "")
             )
         if self.videos_without_audio:  # a warning: their audio features are masked (README Audio)
-            console.print(f"{len(self.videos_without_audio)} raw video(s) without sound: "
-                          + ", ".join(self.videos_without_audio[:10]) + (" ..." if len(self.videos_without_audio) > 10 else ""),
-                          markup=False, highlight=False, soft_wrap=True)
+            console.print(
+                f"{len(self.videos_without_audio)} raw video(s) without sound: "
+                + ", ".join(self.videos_without_audio[:10])
+                + (" ..." if len(self.videos_without_audio) > 10 else ""),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         for s in self.splits.values():
             for line in s.mismatches:
                 console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
@@ -105,16 +116,18 @@ def check(
     `verify_images=True` also decodes every crop (slow) and reports unreadable ones."""
     dataset = AffWild2(root, test_list)
     summary = DataSummary(
-        root=dataset.root, test_list=dataset.test_list_path,
-        splits={split: SplitSummary(split) for split in SPLITS}, problems=[],
-        unannotated_crop_folders=sorted(set(dataset.crop_videos) - set(dataset.videos)), unreadable_crops=[],
+        root=dataset.root,
+        test_list=dataset.test_list_path,
+        splits={split: SplitSummary(split) for split in SPLITS},
+        problems=[],
+        unannotated_crop_folders=sorted(set(dataset.crop_videos) - set(dataset.videos)),
+        unreadable_crops=[],
     )
     jobs = [(split, video) for split in SPLITS for video in dataset.splits[split]]
     if not jobs:
         summary.problems.append(f"{dataset.root}: no videos found: {describe_layout(dataset.root)}")
     for split, video in track_items(jobs, "checking videos", enabled=progress):
         _check_video(dataset, split, video, summary, verify_images)
-    from mambava.media.video import has_audio
 
     for stem, path in sorted(dataset.raw_videos.items()):
         try:

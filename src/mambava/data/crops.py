@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mambava.data.affwild2 import CROP_SUFFIXES, CROPS_DIR, AffWild2, crop_files, find_annotations
 from mambava.core.errors import MambavaError
+from mambava.data.affwild2 import CROP_SUFFIXES, CROPS_DIR, AffWild2, crop_files, find_annotations
+from mambava.media.video import open_video
 
 DEFAULT_FPS = 30.0  # Aff-Wild2 videos are mostly 30 fps; used when no raw video gives the rate
 
@@ -92,7 +93,6 @@ def faces_csv_info(root: Path) -> dict[str, tuple[int, float | None]]:
 def _video_fps(path: Path | None, default: float) -> float:
     if path is None:
         return default
-    from mambava.media.video import open_video
 
     with contextlib.suppress(MambavaError), open_video(path) as reader:
         if reader.fps and math.isfinite(reader.fps) and reader.fps > 0:
@@ -107,13 +107,16 @@ def _source_dataset(source: Path) -> AffWild2 | None:
     if source.name == CROPS_DIR and find_annotations(source.parent) is not None:
         return AffWild2(source.parent)
     if find_annotations(source) is not None:  # an annotation tree: its sub-folders are not crop folders
-        raise MambavaError(f"{source}: an Aff-Wild2 root without {CROPS_DIR}/: run `mambava faces` on its videos "
-                           f"(or pass the folder of crops)")
+        raise MambavaError(
+            f"{source}: an Aff-Wild2 root without {CROPS_DIR}/: run `mambava faces` on its videos "
+            f"(or pass the folder of crops)"
+        )
     return None
 
 
-def _crop_folders(source: Path, dataset: AffWild2 | None,
-                  faces_info: dict[str, tuple[int, float | None]]) -> dict[str, Path]:
+def _crop_folders(
+    source: Path, dataset: AffWild2 | None, faces_info: dict[str, tuple[int, float | None]]
+) -> dict[str, Path]:
     """{video name: its crop folder (which may be missing)} of a source."""
     if dataset is not None:
         folders = {v: dataset.crops_dir(v) for v in dataset.crop_videos}
@@ -130,8 +133,13 @@ def _crop_folders(source: Path, dataset: AffWild2 | None,
     return folders
 
 
-def _crop_video(name: str, folder: Path, dataset: AffWild2 | None, faces_info: dict[str, tuple[int, float | None]],
-                fps: float | None) -> CropVideo | None:
+def _crop_video(
+    name: str,
+    folder: Path,
+    dataset: AffWild2 | None,
+    faces_info: dict[str, tuple[int, float | None]],
+    fps: float | None,
+) -> CropVideo | None:
     """One video of a source; None (with a CropWarning) when it has neither crops nor a frame count."""
     if dataset is not None and not folder.is_dir():
         return CropVideo(name, folder, np.zeros(0, np.int64), 0, error=f"{folder}: no crop folder for video {name!r}")
@@ -142,8 +150,9 @@ def _crop_video(name: str, folder: Path, dataset: AffWild2 | None, faces_info: d
         except MambavaError as error:
             return CropVideo(name, folder, np.zeros(0, np.int64), 0, error=str(error))
     if dataset is not None:
-        countable = len(frames) or dataset.video_path(name) is not None \
-            or dataset.split_of(name) in ("train", "validation")
+        countable = (
+            len(frames) or dataset.video_path(name) is not None or dataset.split_of(name) in ("train", "validation")
+        )
         n_frames = dataset.n_frames(name) if countable else 0
         rate = fps or _video_fps(dataset.video_path(name), DEFAULT_FPS)
     elif name in faces_info:  # the faces stage's output: its CSV knows every processed frame
@@ -155,15 +164,19 @@ def _crop_video(name: str, folder: Path, dataset: AffWild2 | None, faces_info: d
         return None
     inside = (frames >= 1) & (frames <= n_frames)
     if not inside.all():
-        warnings.warn(f"{folder}: {int((~inside).sum())} crop(s) numbered outside frames 1..{n_frames} "
-                      f"ignored", CropWarning, stacklevel=3)
+        warnings.warn(
+            f"{folder}: {int((~inside).sum())} crop(s) numbered outside frames 1..{n_frames} ignored",
+            CropWarning,
+            stacklevel=3,
+        )
         files = [f for f, keep in zip(files, inside) if keep] if files is not None else None
         frames = frames[inside]
     return CropVideo(name, folder, frames, n_frames, rate, files, suffix)
 
 
-def find_crop_videos(source: str | os.PathLike, fps: float | None = None,
-                     names: list[str] | None = None) -> list[CropVideo]:
+def find_crop_videos(
+    source: str | os.PathLike, fps: float | None = None, names: list[str] | None = None
+) -> list[CropVideo]:
     """The videos of a crop source (see the module docstring), sorted by name. `fps` overrides the rate (else
     the raw video's, else 30); `names` keeps only those videos (MambavaError naming any that is absent)."""
     source = Path(source)
@@ -175,8 +188,10 @@ def find_crop_videos(source: str | os.PathLike, fps: float | None = None,
     if names is not None:
         absent = [n for n in names if n not in folders]
         if absent:
-            raise MambavaError(f"{source}: no crop folder for {', '.join(absent[:5])}"
-                               + (f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""))
+            raise MambavaError(
+                f"{source}: no crop folder for {', '.join(absent[:5])}"
+                + (f" (and {len(absent) - 5} more)" if len(absent) > 5 else "")
+            )
         folders = {n: folders[n] for n in names}
     videos = []
     for name in sorted(folders):  # a loop, not a comprehension: the warnings' stacklevel names our caller

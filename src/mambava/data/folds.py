@@ -24,9 +24,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import yaml
 
-from mambava.data.affwild2 import base_video
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open
+from mambava.data.affwild2 import base_video
 
 FORMAT_VERSION = 1
 Folds = dict[int, dict[str, list[str]]]

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open, atomic_path, output_error
@@ -76,8 +77,6 @@ def forward_fill(features, present_mask):
         raise ValueError(f"features have {len(features)} rows but the mask has {len(present)}")
     index = forward_fill_index(present)
     if hasattr(features, "index_select"):  # torch
-        import torch
-
         out = features.index_select(0, torch.from_numpy(index).to(features.device))
         return out if present.any() else torch.zeros_like(features)
     features = np.asarray(features)
@@ -141,8 +140,10 @@ class FeatureStore:
             return False
         missing = [f for f in (FEATURES_FILE, MASK_FILE) if not (folder / f).is_file()]
         if missing:
-            raise MambavaError(f"{folder}: damaged feature entry: {' and '.join(missing)} missing beside {META_FILE} "
-                               f"(remove the folder and extract the video again)")
+            raise MambavaError(
+                f"{folder}: damaged feature entry: {' and '.join(missing)} missing beside {META_FILE} "
+                f"(remove the folder and extract the video again)"
+            )
         return True
 
     def names(self) -> list[str]:
@@ -170,7 +171,9 @@ class FeatureStore:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise MambavaError(f"{path}: unreadable feature metadata ({error})") from error
         if n_frames < 1 or dim < 1:  # the writer never makes one: an empty entry would silently score nothing
-            raise MambavaError(f"{path}: an empty feature entry (n_frames {n_frames}, dim {dim}); extract the video again")
+            raise MambavaError(
+                f"{path}: an empty feature entry (n_frames {n_frames}, dim {dim}); extract the video again"
+            )
         return meta
 
     def n_frames(self, name: str) -> int:
@@ -198,8 +201,15 @@ class FeatureStore:
             for start in range(0, n, _CHUNK_ROWS):
                 _check_finite(features[start : start + _CHUNK_ROWS], path, start)
         return FeatureRecord(
-            name=name, path=folder, features=features, mask=mask, fps=float(meta["fps"]),
-            backbone=str(meta["backbone"]), n_frames=n, dim=d, dtype=str(meta["dtype"]),
+            name=name,
+            path=folder,
+            features=features,
+            mask=mask,
+            fps=float(meta["fps"]),
+            backbone=str(meta["backbone"]),
+            n_frames=n,
+            dim=d,
+            dtype=str(meta["dtype"]),
             extra=dict(meta.get("extra") or {}),
         )
 
@@ -277,8 +287,15 @@ class FeatureStore:
                 with open(mask_tmp, "wb") as handle:
                     np.save(handle, present)
         meta = {
-            "name": name, "n_frames": int(n_frames), "dim": int(dim), "fps": fps_value, "backbone": str(backbone),
-            "dtype": dtype, "present_frames": int(present.sum()), "format": FORMAT_VERSION, "extra": extra or {},
+            "name": name,
+            "n_frames": int(n_frames),
+            "dim": int(dim),
+            "fps": fps_value,
+            "backbone": str(backbone),
+            "dtype": dtype,
+            "present_frames": int(present.sum()),
+            "format": FORMAT_VERSION,
+            "extra": extra or {},
         }
         with atomic_open(folder / META_FILE, "w") as handle:
             json.dump(meta, handle, indent=1)
@@ -373,11 +390,15 @@ class AudioVisualStore:
         audio = None if audio_name is None else self.audio.read(audio_name, verify)
         if audio is not None:
             if audio.dim != self.audio_dim:
-                raise MambavaError(f"{audio.path}: {audio.dim}-d audio features, other entries of {self.audio.root} "
-                                   f"are {self.audio_dim}-d")
+                raise MambavaError(
+                    f"{audio.path}: {audio.dim}-d audio features, other entries of {self.audio.root} "
+                    f"are {self.audio_dim}-d"
+                )
             if not math.isclose(audio.fps, visual.fps, rel_tol=1e-3):
-                raise MambavaError(f"{audio.path}: audio features at {audio.fps:g} fps, the visual entry {name!r} at "
-                                   f"{visual.fps:g}: both must be on the video's frame grid")
+                raise MambavaError(
+                    f"{audio.path}: audio features at {audio.fps:g} fps, the visual entry {name!r} at "
+                    f"{visual.fps:g}: both must be on the video's frame grid"
+                )
         return AudioVisualRecord(visual, audio, self.audio_dim)
 
 
@@ -497,9 +518,10 @@ def load_features_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
         if not head.startswith(b"\x93NUMPY"):
             # np.load would try it as a pickle and call it "pickled (object) data"
             text = head and all(32 <= b < 127 or b in b"\t\r\n" for b in head)
-            raise MambavaError(f"{path}: not a .npy file (no NUMPY header"
-                               + ("; it is text: save the array with numpy.save)" if text else
-                                  "; an empty file)" if not head else ")"))
+            raise MambavaError(
+                f"{path}: not a .npy file (no NUMPY header"
+                + ("; it is text: save the array with numpy.save)" if text else "; an empty file)" if not head else ")")
+            )
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise MambavaError(f"{path}: no such file") from None
@@ -512,13 +534,17 @@ def features_with_mask(array, name: str = "features") -> tuple[np.ndarray, np.nd
     """(float32 (T, D), present (T,) bool) from a (T, D) array whose all-NaN rows are no-face frames."""
     array = np.asarray(array)
     if array.ndim != 2 or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.number):
-        raise MambavaError(f"{name}: features must be a numeric (T, D) array with T >= 1, got {array.dtype} {array.shape}")
+        raise MambavaError(
+            f"{name}: features must be a numeric (T, D) array with T >= 1, got {array.dtype} {array.shape}"
+        )
     array = array.astype(np.float32, copy=False)
     finite = np.isfinite(array)
     present = finite.all(axis=1)
     partial = ~present & finite.any(axis=1)
     if partial.any():
-        raise MambavaError(f"{name}: row {int(np.argmax(partial))} mixes NaN/Inf with numbers (a no-face row is all NaN)")
+        raise MambavaError(
+            f"{name}: row {int(np.argmax(partial))} mixes NaN/Inf with numbers (a no-face row is all NaN)"
+        )
     if not present.any():
         raise MambavaError(f"{name}: every row is NaN: no frame with a face, nothing to predict")
     return array, present

@@ -17,9 +17,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mambava.data.affwild2 import crop_name
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open
+from mambava.data.affwild2 import crop_name
 
 HEADER = "image_location,valence,arousal"
 
@@ -67,9 +67,7 @@ def write_submission(
     return path
 
 
-def validate_submission(
-    path: str | os.PathLike, test_videos: Sequence[str], frame_counts: Mapping[str, int]
-) -> None:
+def validate_submission(path: str | os.PathLike, test_videos: Sequence[str], frame_counts: Mapping[str, int]) -> None:
     """Check a submission file against the test-set videos and their frame counts; returns None when it is
     valid, else raises MambavaError naming the first problem, as `file:line: ...` for a bad line (header,
     field count, image location, unknown video, frame out of range, duplicate, value not a finite number in

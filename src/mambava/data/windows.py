@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mambava.data.affwild2 import AffWild2, align_lengths
 from mambava.core.errors import MambavaError
-from mambava.data.store import FeatureRecord, FeatureStore
 from mambava.core.metrics import INVALID_LABEL
+from mambava.data.affwild2 import AffWild2, align_lengths
+from mambava.data.store import FeatureRecord, FeatureStore
 from mambava.data.timebase import stored_grid
 
 WINDOW = 300

@@ -26,12 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from mambava.demo.recipe import score_run, train_temporal
+from mambava.audio import extract_audio
 from mambava.core.errors import MambavaError
+from mambava.data.store import AudioVisualStore, FeatureStore, column_statistics
+from mambava.demo.recipe import score_run, train_temporal
+from mambava.synth import read_meta
 
 ROWS = ("visual", "audio", "early_fusion", "mid_fusion")
-LABELS = {"visual": "visual only (Mamba-VA)", "audio": "audio only (Mamba-VA on the voice)",
-          "early_fusion": "early fusion", "mid_fusion": "mid-level fusion (gated)"}
+LABELS = {
+    "visual": "visual only (Mamba-VA)",
+    "audio": "audio only (Mamba-VA on the voice)",
+    "early_fusion": "early fusion",
+    "mid_fusion": "mid-level fusion (gated)",
+}
 # the run's DemoConfig (`mambava.demo.run`), passed in: this module is below the run
 DemoConfig = Any
 
@@ -45,11 +52,18 @@ def feature_sets() -> tuple[str, ...]:
     return ("egemaps", "logmel")
 
 
-def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: dict, test_names: list[str],
-                 labels: dict[str, np.ndarray], cfg: DemoConfig, progress: bool, say=print) -> dict:
+def run_ablation(
+    out: Path,
+    data_root: Path,
+    visual_store: Path,
+    visual_scores: dict,
+    test_names: list[str],
+    labels: dict[str, np.ndarray],
+    cfg: DemoConfig,
+    progress: bool,
+    say=print,
+) -> dict:
     """Extract, train and score (the module docstring); `visual_scores` is the visual model's test row."""
-    from mambava.audio import extract_audio
-    from mambava.data.store import AudioVisualStore, FeatureStore
 
     sets = feature_sets()
     raw, normed = out / "audio_raw", out / "audio_features"
@@ -60,11 +74,18 @@ def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: 
         raise MambavaError(f"{data_root}: no sound extracted for {(summary.failed + summary.without_sound)[0]}")
     dim = _normalise(data_root, FeatureStore(raw), FeatureStore(normed))
     extract_s = time.perf_counter() - start
-    say(f"      audio features ({'+'.join(sets)}, {dim}-d) of {summary.videos} videos, "
-        f"{summary.seconds_of_video:.0f} s of sound, in {extract_s:.1f} s")
+    say(
+        f"      audio features ({'+'.join(sets)}, {dim}-d) of {summary.videos} videos, "
+        f"{summary.seconds_of_video:.0f} s of sound, in {extract_s:.1f} s"
+    )
 
-    fusion = dict(input_dim=cfg.embed_dim, audio_dim=dim, modalities=["visual", "audio"],
-                  audio_tcn_channels=[cfg.tcn_channels[0] // 2], modality_dropout=0.1)
+    fusion = dict(
+        input_dim=cfg.embed_dim,
+        audio_dim=dim,
+        modalities=["visual", "audio"],
+        audio_tcn_channels=[cfg.tcn_channels[0] // 2],
+        modality_dropout=0.1,
+    )
     plans = {
         "audio": (normed, None, dict(input_dim=dim)),
         "early_fusion": (visual_store, raw, dict(fusion, fusion="early")),
@@ -74,27 +95,44 @@ def run_ablation(out: Path, data_root: Path, visual_store: Path, visual_scores: 
     runs: dict[str, dict] = {}
     for name, (features, audio, model) in plans.items():
         say(f"      training {name}")
-        run = train_temporal(out / "runs" / name, data_root, features, model, cfg, progress,
-                             epochs=cfg.audio_epochs, audio=audio)
+        run = train_temporal(
+            out / "runs" / name, data_root, features, model, cfg, progress, epochs=cfg.audio_epochs, audio=audio
+        )
         store = AudioVisualStore(FeatureStore(features), FeatureStore(audio)) if audio else FeatureStore(features)
         rows[name] = score_run(run, store, test_names, labels, cfg)[1].as_dict()
-        runs[name] = {"validation_best": run["best"], "parameters": run["parameters"],
-                      "train_time_s": run["train_time_s"]}
+        runs[name] = {
+            "validation_best": run["best"],
+            "parameters": run["parameters"],
+            "train_time_s": run["train_time_s"],
+        }
     best = max(("early_fusion", "mid_fusion"), key=lambda k: rows[k]["p_va"])
-    gain = {"best_fusion": best, "p_va": rows[best]["p_va"] - rows["visual"]["p_va"],
-            "ccc_arousal": rows[best]["ccc_arousal"] - rows["visual"]["ccc_arousal"]}
-    say(f"      best fusion ({best}) vs visual only: {gain['p_va']:+.3f} P_VA, {gain['ccc_arousal']:+.3f} CCC_a; "
-        f"audio only P_VA {rows['audio']['p_va']:.3f}")
-    return {"sets": list(sets), "dim": dim, "videos": summary.videos, "seconds_of_sound": summary.seconds_of_video,
-            "epochs": cfg.audio_epochs or cfg.epochs, "visual_epochs": cfg.epochs,
-            "extract_s": round(extract_s, 1), "warnings": messages, "rows": rows, "runs": runs, "gain": gain}
+    gain = {
+        "best_fusion": best,
+        "p_va": rows[best]["p_va"] - rows["visual"]["p_va"],
+        "ccc_arousal": rows[best]["ccc_arousal"] - rows["visual"]["ccc_arousal"],
+    }
+    say(
+        f"      best fusion ({best}) vs visual only: {gain['p_va']:+.3f} P_VA, {gain['ccc_arousal']:+.3f} CCC_a; "
+        f"audio only P_VA {rows['audio']['p_va']:.3f}"
+    )
+    return {
+        "sets": list(sets),
+        "dim": dim,
+        "videos": summary.videos,
+        "seconds_of_sound": summary.seconds_of_video,
+        "epochs": cfg.audio_epochs or cfg.epochs,
+        "visual_epochs": cfg.epochs,
+        "extract_s": round(extract_s, 1),
+        "warnings": messages,
+        "rows": rows,
+        "runs": runs,
+        "gain": gain,
+    }
 
 
 def _normalise(data_root: Path, raw, normed) -> int:
     """Write every entry of `raw` z-scored per column with the mean and std over the training videos' frames
     with sound; returns the feature size."""
-    from mambava.data.store import column_statistics
-    from mambava.synth import read_meta
 
     train = [n for n in read_meta(data_root)["splits"]["train"] if raw.has(n)] or raw.names()
     mean, std = column_statistics(raw, train)
@@ -102,8 +140,15 @@ def _normalise(data_root: Path, raw, normed) -> int:
     for name in raw.names():
         record = raw.read(name)
         x, mask = record.window(0, record.n_frames)
-        normed.write(name, ((np.asarray(x, np.float64) - mean) / std).astype(np.float32), mask, record.fps,
-                     record.backbone + ":zscore", "float32", {**record.extra, "zscore_from": "train"})
+        normed.write(
+            name,
+            ((np.asarray(x, np.float64) - mean) / std).astype(np.float32),
+            mask,
+            record.fps,
+            record.backbone + ":zscore",
+            "float32",
+            {**record.extra, "zscore_from": "train"},
+        )
     return int(len(mean))
 
 
@@ -129,8 +174,11 @@ def report_lines(results: dict) -> list[str]:
         "",
         "| model | CCC_v | CCC_a | P_VA |",
         "|---|---|---|---|",
-        *[f"| {LABELS[k]} | {_fmt(rows[k]['ccc_valence'])} | {_fmt(rows[k]['ccc_arousal'])} | "
-          f"{_fmt(rows[k]['p_va'])} |" for k in ROWS],
+        *[
+            f"| {LABELS[k]} | {_fmt(rows[k]['ccc_valence'])} | {_fmt(rows[k]['ccc_arousal'])} | "
+            f"{_fmt(rows[k]['p_va'])} |"
+            for k in ROWS
+        ],
         "",
         f"The better fusion ({LABELS[gain['best_fusion']]}) is {gain['p_va']:+.3f} P_VA and "
         f"{gain['ccc_arousal']:+.3f} CCC_a from visual only.",

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from mambava.analysis.plots import new_figure, save_figure
+from mambava.core.fileio import atomic_open
 from mambava.demo.ablation import report_lines as audio_report_lines
 from mambava.demo.distill import report_lines as distill_report_lines
-from mambava.core.fileio import atomic_open
-from mambava.analysis.plots import new_figure, save_figure
+from mambava.synth import read_truth
 from mambava.synth.layout import read_labels
+from mambava.training import read_metrics
 
 REPORT_FILE = "report.md"
 # the run's DemoConfig (`mambava.demo.run`), passed in: this module is below the run
@@ -20,8 +22,6 @@ DemoConfig = Any
 
 
 def write_figures(out: Path, runs: dict, predictions: dict, labels: dict, results: dict, cfg: DemoConfig) -> dict:
-    from mambava.training import read_metrics
-
     figures = {}
     names = {"mamba_va": "TCN+Mamba", cfg.baseline: f"frame-wise ({cfg.baseline})"}
     colours = {"mamba_va": "#d62728", cfg.baseline: "#1f77b4"}
@@ -35,9 +35,13 @@ def write_figures(out: Path, runs: dict, predictions: dict, labels: dict, result
         loss_key = next((k for k in ("train_loss", "train/loss_epoch", "train/loss") if rows and k in rows[0]), None)
         if loss_key:
             ax_loss.plot(epochs, [r[loss_key] for r in rows], color=colours[kind], label=names[kind])
-        ax_val.plot([r["epoch"] for r in rows if r.get("val_p_va") is not None],
-                    [r["val_p_va"] for r in rows if r.get("val_p_va") is not None], "o-", color=colours[kind],
-                    label=names[kind])
+        ax_val.plot(
+            [r["epoch"] for r in rows if r.get("val_p_va") is not None],
+            [r["val_p_va"] for r in rows if r.get("val_p_va") is not None],
+            "o-",
+            color=colours[kind],
+            label=names[kind],
+        )
     ax_loss.set(title="training loss (1-CCC_v)+(1-CCC_a)", xlabel="epoch")
     ax_val.set(title="validation P_VA", xlabel="epoch")
     for ax in (ax_loss, ax_val):
@@ -71,8 +75,6 @@ def write_figures(out: Path, runs: dict, predictions: dict, labels: dict, result
     pred = results["predict"].get("prediction")
     name = results["predict"]["track"]
     if pred is not None:
-        from mambava.synth import read_truth
-
         pred = np.asarray(pred, dtype=float)
         y = read_labels(out / "data", [name])[name]
         truth = read_truth(out / "data", name)
@@ -99,9 +101,14 @@ def _fmt(x) -> str:
 def write_report(out: Path, results: dict, figures: dict, cfg: DemoConfig) -> Path:
     """OUT/report.md: the test table and figures, the prediction on the held-out raw video, what ran."""
     rel = {k: Path(p).relative_to(out).as_posix() for k, p in figures.items()}
-    lines = [*_report_results(results, rel, cfg), *_report_predict(results["predict"], rel),
-             *_report_own_crops(results), *distill_report_lines(results), *audio_report_lines(results),
-             *_report_what_ran(results, cfg)]
+    lines = [
+        *_report_results(results, rel, cfg),
+        *_report_predict(results["predict"], rel),
+        *_report_own_crops(results),
+        *distill_report_lines(results),
+        *audio_report_lines(results),
+        *_report_what_ran(results, cfg),
+    ]
     path = out / REPORT_FILE
     with atomic_open(path) as handle:
         handle.write("\n".join(lines))
@@ -169,16 +176,21 @@ def _landmarks_line(results: dict) -> str:
     if not results["faces"].get("learned_landmarks"):
         return "MTCNN's own 5 points aligned them. "
     lm = results["landmarks"]
-    return (f"MTCNN's 5 points were moved by the landmark refiner (`mambava train-landmarks`), trained on "
-            f"{lm['faces']:,} faces of the {lm['people']} training people ({lm['epochs']} epochs, {lm['seconds']:.0f} s); "
-            "the held-out people it never saw. ")
+    return (
+        f"MTCNN's 5 points were moved by the landmark refiner (`mambava train-landmarks`), trained on "
+        f"{lm['faces']:,} faces of the {lm['people']} training people ({lm['epochs']} epochs, {lm['seconds']:.0f} s); "
+        "the held-out people it never saw. "
+    )
 
 
 def _jitter_line(jitter) -> str:
     if not any(jitter):
         return "The backbone's training crops were not jittered."
-    return "The backbone's training crops were jittered by ±{:g} px, ±{:g} log-scale and ±{:g}° (`align_jitter`).".format(
-        *jitter)
+    return (
+        "The backbone's training crops were jittered by ±{:g} px, ±{:g} log-scale and ±{:g}° (`align_jitter`).".format(
+            *jitter
+        )
+    )
 
 
 def _report_own_crops(results: dict) -> list[str]:
@@ -197,9 +209,14 @@ def _report_own_crops(results: dict) -> list[str]:
             f"({al['ours']['mean_eye_pct']:.1f}% of the eye distance; median {al['ours']['median_px']:.2f} px, mean "
             f"shift {al['ours']['mean_offset_px']}; the held-out people's alone "
             f"{fa['alignment_held_out']['ours']['mean_px']:.2f} px), against {al['generator']['mean_px']:.2f} px for the "
-            "generator's own crops. " + _landmarks_line(results) + _jitter_line(results["config"]["align_jitter"])
-            + (" With `both_crops` the backbone and the temporal models also trained on the generator's crops."
-               if results["config"].get("both_crops") else ""),
+            "generator's own crops. "
+            + _landmarks_line(results)
+            + _jitter_line(results["config"]["align_jitter"])
+            + (
+                " With `both_crops` the backbone and the temporal models also trained on the generator's crops."
+                if results["config"].get("both_crops")
+                else ""
+            ),
             "",
             "| held-out raw videos | CCC_v | CCC_a | P_VA |",
             "|---|---|---|---|",
@@ -244,7 +261,8 @@ def _report_what_ran(results: dict, cfg: DemoConfig) -> list[str]:
         f"d_state {cfg.d_state}; head {cfg.head_hidden}) and the frame-wise `{base}` on the same features; "
         f"windows of {cfg.window} frames every {cfg.stride}, {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr "
         f"{cfg.lr:g}, CCC loss; parameters: "
-        + ", ".join(f"{k} {r['parameters']:,}" for k, r in results["runs"].items()) + ".",
+        + ", ".join(f"{k} {r['parameters']:,}" for k, r in results["runs"].items())
+        + ".",
         "",
         "| stage | seconds |",
         "|---|---|",

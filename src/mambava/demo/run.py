@@ -6,25 +6,39 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import platform
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 
+from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, bf16_supported, load_encoder
+from mambava.backbone.extract import extract_features
+from mambava.backbone.finetune import FinetuneConfig, finetune
+from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open
+from mambava.core.metrics import va_scores
+from mambava.core.progress import ProgressBar
+from mambava.core.runtime import cpu_seconds, torch_threads
+from mambava.data.affwild2 import AffWild2, read_crop
+from mambava.data.store import FeatureStore
+from mambava.data.windows import predict_sequence
 from mambava.demo.ablation import run_ablation
 from mambava.demo.distill import distill_stage
 from mambava.demo.own_crops import LANDMARKS_FILE, demo_detector, landmark_stage, own_crops_stage, predict_all
 from mambava.demo.recipe import score_run, train_temporal
 from mambava.demo.report import REPORT_FILE, write_figures, write_report
-from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open
-from mambava.core.progress import ProgressBar
-from mambava.core.runtime import cpu_seconds, torch_threads
+from mambava.inference.files import write_table
+from mambava.inference.predict import Predictor
+from mambava.synth import StillsConfig, SynthConfig, generate, generate_stills, read_meta, read_truth
 from mambava.synth.layout import read_labels
 
 RESULTS_FILE = "results.json"
@@ -123,9 +137,20 @@ class DemoConfig:
     @classmethod
     def quick(cls, seed: int = 0, **overrides) -> "DemoConfig":
         """The CI-sized demo (about 4 minutes on 2 cores)."""
-        values: dict[str, Any] = dict(seed=seed, n_train=40, n_val=8, n_test=10, frames=(240, 360), stills_train=2000,
-                                      stills_val=200, pretrain_epochs=5, finetune_frames_per_video=80, epochs=8,
-                                      audio_epochs=4, own_crops=False)
+        values: dict[str, Any] = dict(
+            seed=seed,
+            n_train=40,
+            n_val=8,
+            n_test=10,
+            frames=(240, 360),
+            stills_train=2000,
+            stills_val=200,
+            pretrain_epochs=5,
+            finetune_frames_per_video=80,
+            epochs=8,
+            audio_epochs=4,
+            own_crops=False,
+        )
         values.update(overrides)
         return cls(**values)
 
@@ -135,8 +160,6 @@ class DemoConfig:
     def training_precision(self) -> str:
         """Lightning precision for the backbone and the temporal models."""
         if self.precision == "auto":
-            from mambava.backbone import bf16_supported
-
             return "bf16-mixed" if bf16_supported("cpu") else "32"
         return self.precision
 
@@ -170,16 +193,14 @@ class _Stages:
         yield
         self.times[name] = time.perf_counter() - start
         self.cpu[name] = cpu_seconds() - cpu
-        self.console.print(f"      {name} done in {self.times[name]:.1f} s, {self.cpu[name]:.0f} CPU-s "
-                           f"(total {time.perf_counter() - self.started:.0f} s)")
+        self.console.print(
+            f"      {name} done in {self.times[name]:.1f} s, {self.cpu[name]:.0f} CPU-s "
+            f"(total {time.perf_counter() - self.started:.0f} s)"
+        )
 
 
 def _quiet_lightning() -> None:
     """Lightning's start-up chatter (accelerator lines, tips) off; its progress bars stay."""
-    import logging
-    import warnings
-
-    import lightning  # noqa: F401  (its import configures its loggers: quieten them after)
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -206,65 +227,105 @@ def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
     results: dict[str, Any] = {"config": cfg.to_dict(), "machine": _machine()}
     data_root, train_root, stills_root, test_names = _data_stages(out, cfg, progress, stages, results)
     encoder_path, store, runs = _model_stages(out, data_root, train_root, stills_root, cfg, progress, stages, results)
-    distill_stage(out, data_root, train_root, encoder_path, store, runs["mamba_va"]["outputs"]["model"], test_names,
-                  cfg, progress, stages, results)
+    distill_stage(
+        out,
+        data_root,
+        train_root,
+        encoder_path,
+        store,
+        runs["mamba_va"]["outputs"]["model"],
+        test_names,
+        cfg,
+        progress,
+        stages,
+        results,
+    )
     report = _score_and_report(out, data_root, encoder_path, store, runs, test_names, cfg, progress, stages, results)
     t, b = results["test"]["mamba_va"], results["test"][cfg.baseline]
     stages.console.print(
         f"[bold]held-out test subjects[/bold]: TCN+Mamba P_VA {t['p_va']:.3f} (CCC_v {t['ccc_valence']:.3f}, "
         f"CCC_a {t['ccc_arousal']:.3f}); frame-wise P_VA {b['p_va']:.3f} (CCC_v {b['ccc_valence']:.3f}, "
-        f"CCC_a {b['ccc_arousal']:.3f}); {results['timings_s']['total']:.0f} s in all")
+        f"CCC_a {b['ccc_arousal']:.3f}); {results['timings_s']['total']:.0f} s in all"
+    )
     return DemoResult(out, report, results)
 
 
 def _data_stages(out: Path, cfg: DemoConfig, progress: bool, stages: "_Stages", results: dict):
     """1. the dataset, 1b. (own_crops) our faces stage over its raw videos, 2. the stills. Returns the dataset
     root, the root the models train on (ours or the generator's crops), the stills root and the test names."""
-    from mambava.synth import SynthConfig, StillsConfig, generate, generate_stills
 
     data_root, stills_root = out / "data", out / "stills"
-    synth_cfg = SynthConfig(n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, frames=cfg.frames,
-                            two_person_fraction=cfg.two_person_fraction, seed=cfg.seed)
+    synth_cfg = SynthConfig(
+        n_train=cfg.n_train,
+        n_val=cfg.n_val,
+        n_test=cfg.n_test,
+        frames=cfg.frames,
+        two_person_fraction=cfg.two_person_fraction,
+        seed=cfg.seed,
+    )
     with stages.stage("generate", f"{cfg.n_train}+{cfg.n_val}+{cfg.n_test} synthetic videos -> {data_root}"):
         with ProgressBar("generate", enabled=progress) as bar:
             summary = generate(data_root, synth_cfg, progress=bar)
         stages.console.print(f"      {summary.describe()}")
-    results["dataset"] = {"videos": len(summary.videos), "frames": summary.frames, "crops": summary.crops,
-                          "invalid_labels": summary.invalid_labels,
-                          "annotation_names": {k: len(v) for k, v in summary.splits.items()}}
+    results["dataset"] = {
+        "videos": len(summary.videos),
+        "frames": summary.frames,
+        "crops": summary.crops,
+        "invalid_labels": summary.invalid_labels,
+        "annotation_names": {k: len(v) for k, v in summary.splits.items()},
+    }
 
     # our own crops of every raw video: the faces `predict` will see
     train_root = data_root
     if cfg.own_crops:
         own_root, landmarks = out / "own_crops", _landmarks(out, cfg)
         if landmarks:
-            with stages.stage("landmarks", "a landmark refiner for MTCNN's 5 points, trained on the training "
-                                           f"videos' true landmarks -> {landmarks}"):
+            with stages.stage(
+                "landmarks",
+                "a landmark refiner for MTCNN's 5 points, trained on the training "
+                f"videos' true landmarks -> {landmarks}",
+            ):
                 landmarks, results["landmarks"] = landmark_stage(data_root, out, cfg.landmark_epochs, progress)
-        with stages.stage("faces", f"MTCNN{' + learned landmarks' if landmarks else ''} + alignment over every raw "
-                                   f"video -> {own_root / 'cropped_aligned'}"):
-            faces = results["faces"] = own_crops_stage(data_root, own_root, cfg.face_workers, cfg.detect_every,
-                                                       landmarks, progress)
+        with stages.stage(
+            "faces",
+            f"MTCNN{' + learned landmarks' if landmarks else ''} + alignment over every raw "
+            f"video -> {own_root / 'cropped_aligned'}",
+        ):
+            faces = results["faces"] = own_crops_stage(
+                data_root, own_root, cfg.face_workers, cfg.detect_every, landmarks, progress
+            )
             stages.console.print(
                 f"      {faces['frames']:,} frames, {faces['crops']:,} crops; alignment error vs the true "
                 f"landmarks: ours {faces['alignment']['ours']['mean_px']:.2f} px (held-out people "
                 f"{faces['alignment_held_out']['ours']['mean_px']:.2f} px), the generator's crops "
-                f"{faces['alignment']['generator']['mean_px']:.2f} px (at 112 px)")
+                f"{faces['alignment']['generator']['mean_px']:.2f} px (at 112 px)"
+            )
         train_root = own_root
 
     with stages.stage("stills", f"{cfg.stills_train}+{cfg.stills_val} single faces for pretraining -> {stills_root}"):
         with ProgressBar("stills", enabled=progress) as bar:
-            stills = generate_stills(stills_root, StillsConfig(n_train=cfg.stills_train, n_val=cfg.stills_val,
-                                                               seed=cfg.seed), progress=bar)
+            stills = generate_stills(
+                stills_root, StillsConfig(n_train=cfg.stills_train, n_val=cfg.stills_val, seed=cfg.seed), progress=bar
+            )
     results["stills"] = {"images": stills.frames}
     return data_root, train_root, stills_root, summary.splits["test"]
 
 
-def _model_stages(out: Path, data_root: Path, train_root: Path, stills_root: Path, cfg: DemoConfig, progress: bool,
-                  stages: "_Stages", results: dict):
+def _model_stages(
+    out: Path,
+    data_root: Path,
+    train_root: Path,
+    stills_root: Path,
+    cfg: DemoConfig,
+    progress: bool,
+    stages: "_Stages",
+    results: dict,
+):
     """3. the backbone, 4. its features, 5. the temporal models. Returns the encoder, the store and the runs."""
-    with stages.stage("backbone", "a small ViT: pretrain on the stills, then partial-freeze fine-tuning on the "
-                                  "video frames (frame-level CCC)"):
+    with stages.stage(
+        "backbone",
+        "a small ViT: pretrain on the stills, then partial-freeze fine-tuning on the video frames (frame-level CCC)",
+    ):
         both = [data_root] if cfg.own_crops and cfg.both_crops else []
         encoder_path, backbone = _backbone(out, train_root, stills_root, cfg, progress, stages, both)
     results["backbone"] = backbone
@@ -277,15 +338,34 @@ def _model_stages(out: Path, data_root: Path, train_root: Path, stills_root: Pat
     with stages.stage("train", f"TCN+Mamba and the frame-wise baseline ({cfg.baseline}), {cfg.epochs} epochs each"):
         for kind in ("mamba_va", cfg.baseline):
             stages.console.print(f"      training {kind}")
-            runs[kind] = train_temporal(out / "runs" / kind, data_root, store, dict(kind=kind, input_dim=cfg.embed_dim),
-                                        cfg, progress, extra=extra)
-    results["runs"] = {k: {"validation_best": v["best"], "parameters": v["parameters"],
-                           "train_time_s": v["train_time_s"]} for k, v in runs.items()}
+            runs[kind] = train_temporal(
+                out / "runs" / kind,
+                data_root,
+                store,
+                dict(kind=kind, input_dim=cfg.embed_dim),
+                cfg,
+                progress,
+                extra=extra,
+            )
+    results["runs"] = {
+        k: {"validation_best": v["best"], "parameters": v["parameters"], "train_time_s": v["train_time_s"]}
+        for k, v in runs.items()
+    }
     return encoder_path, store, runs
 
 
-def _score_and_report(out: Path, data_root: Path, encoder_path: Path, store: Path, runs: dict, test_names: list[str],
-                      cfg: DemoConfig, progress: bool, stages: "_Stages", results: dict) -> Path:
+def _score_and_report(
+    out: Path,
+    data_root: Path,
+    encoder_path: Path,
+    store: Path,
+    runs: dict,
+    test_names: list[str],
+    cfg: DemoConfig,
+    progress: bool,
+    stages: "_Stages",
+    results: dict,
+) -> Path:
     """7. evaluation on held-out subjects (and the audio ablation), 8. predict on held-out raw video(s), 9. the report."""
     with stages.stage("evaluate", f"whole test videos of {len(test_names)} held-out subjects"):
         labels = read_labels(data_root, test_names)
@@ -294,19 +374,26 @@ def _score_and_report(out: Path, data_root: Path, encoder_path: Path, store: Pat
     results["validation"] = {k: v["best"] for k, v in runs.items()}
     if cfg.audio:
         with stages.stage("audio", "the voices: audio features, then audio-only, early and mid fusion models"):
-            results["audio"] = run_ablation(out, data_root, store, scores["mamba_va"], test_names, labels, cfg,
-                                            progress, stages.console.print)
+            results["audio"] = run_ablation(
+                out, data_root, store, scores["mamba_va"], test_names, labels, cfg, progress, stages.console.print
+            )
 
-    with stages.stage("predict", "a held-out raw video: faces -> features -> temporal model"
-                      + ("; then every held-out raw video, beside the ideal crops" if cfg.own_crops else "")):
+    with stages.stage(
+        "predict",
+        "a held-out raw video: faces -> features -> temporal model"
+        + ("; then every held-out raw video, beside the ideal crops" if cfg.own_crops else ""),
+    ):
         results["predict"] = _predict(out, data_root, encoder_path, runs["mamba_va"], cfg, progress)
         if cfg.own_crops:
-            results["predict_all"] = predict_all(out, data_root, encoder_path, runs["mamba_va"], cfg, progress,
-                                                 _landmarks(out, cfg))
+            results["predict_all"] = predict_all(
+                out, data_root, encoder_path, runs["mamba_va"], cfg, progress, _landmarks(out, cfg)
+            )
             both = results["predict_all"]
-            stages.console.print(f"      {both['videos']} held-out raw videos through predict: P_VA "
-                                 f"{both['raw_video']['p_va']:.3f}; from the generator's ideal crops: "
-                                 f"{both['ideal_crops']['p_va']:.3f}")
+            stages.console.print(
+                f"      {both['videos']} held-out raw videos through predict: P_VA "
+                f"{both['raw_video']['p_va']:.3f}; from the generator's ideal crops: "
+                f"{both['ideal_crops']['p_va']:.3f}"
+            )
 
     with stages.stage("report", f"{out / REPORT_FILE}"):
         figures = write_figures(out, runs, predictions, labels, results, cfg)
@@ -338,49 +425,98 @@ def _prepare_out(out: Path) -> None:
 
 
 def _machine() -> dict:
-    import torch
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "processor": platform.processor() or platform.machine()}
 
-
-def _backbone(out: Path, data_root: Path, stills_root: Path, cfg: DemoConfig, progress: bool, stages: _Stages,
-              extra_crops: list[Path] = ()):
-    from mambava.backbone import ViTConfig, ViTEncoder
-    from mambava.backbone.finetune import FinetuneConfig, finetune
-
-    import torch
-
+def _backbone(
+    out: Path,
+    data_root: Path,
+    stills_root: Path,
+    cfg: DemoConfig,
+    progress: bool,
+    stages: _Stages,
+    extra_crops: list[Path] = (),
+):
     torch.manual_seed(cfg.seed)
-    encoder = ViTEncoder(ViTConfig(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
-                                   depth=cfg.depth, num_heads=cfg.num_heads, name="demo_vit"))
-    common = dict(batch_size=64, num_workers=1, precision=cfg.training_precision(), accelerator="cpu", devices=1, seed=cfg.seed,
-                  hflip=False, head_hidden=0, drop_path=0.0, align_jitter=tuple(cfg.align_jitter))
+    encoder = ViTEncoder(
+        ViTConfig(
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            name="demo_vit",
+        )
+    )
+    common = dict(
+        batch_size=64,
+        num_workers=1,
+        precision=cfg.training_precision(),
+        accelerator="cpu",
+        devices=1,
+        seed=cfg.seed,
+        hflip=False,
+        head_hidden=0,
+        drop_path=0.0,
+        align_jitter=tuple(cfg.align_jitter),
+    )
     stages.console.print(f"      pretraining all {cfg.depth} blocks on the stills")
-    pre = finetune(stills_root, encoder, FinetuneConfig(freeze_blocks=0, epochs=cfg.pretrain_epochs,
-                                                        lr=cfg.pretrain_lr, head_lr=cfg.pretrain_lr,
-                                                        frames_per_video=None, **common),
-                   out=out / "runs" / "backbone_pretrain", progress=progress)
-    stages.console.print(f"      stills validation P_VA {pre.best_val_pva:.3f}; fine-tuning blocks "
-                         f"{cfg.freeze_blocks}..{cfg.depth - 1} on the training videos' frames")
-    ft = finetune(data_root, encoder, FinetuneConfig(freeze_blocks=cfg.freeze_blocks, epochs=cfg.finetune_epochs,
-                                                     lr=cfg.finetune_lr, head_lr=cfg.finetune_lr,
-                                                     frames_per_video=cfg.finetune_frames_per_video,
-                                                     extra_crops=tuple(map(str, extra_crops)), **common),
-                  out=out / "runs" / "backbone_finetune", progress=progress)
-    stages.console.print(f"      video-frame validation P_VA {ft.best_val_pva:.3f} "
-                         f"({ft.trainable_parameters:,} trainable, {ft.frozen_parameters:,} frozen parameters)")
-    info = {"pretrain_val_p_va": pre.best_val_pva, "finetune_val_p_va": ft.best_val_pva,
-            "pretrain_history": pre.history, "finetune_history": ft.history,
-            "trainable_parameters": ft.trainable_parameters, "frozen_parameters": ft.frozen_parameters,
-            "encoder": str(ft.encoder_path)}
+    pre = finetune(
+        stills_root,
+        encoder,
+        FinetuneConfig(
+            freeze_blocks=0,
+            epochs=cfg.pretrain_epochs,
+            lr=cfg.pretrain_lr,
+            head_lr=cfg.pretrain_lr,
+            frames_per_video=None,
+            **common,
+        ),
+        out=out / "runs" / "backbone_pretrain",
+        progress=progress,
+    )
+    stages.console.print(
+        f"      stills validation P_VA {pre.best_val_pva:.3f}; fine-tuning blocks "
+        f"{cfg.freeze_blocks}..{cfg.depth - 1} on the training videos' frames"
+    )
+    ft = finetune(
+        data_root,
+        encoder,
+        FinetuneConfig(
+            freeze_blocks=cfg.freeze_blocks,
+            epochs=cfg.finetune_epochs,
+            lr=cfg.finetune_lr,
+            head_lr=cfg.finetune_lr,
+            frames_per_video=cfg.finetune_frames_per_video,
+            extra_crops=tuple(map(str, extra_crops)),
+            **common,
+        ),
+        out=out / "runs" / "backbone_finetune",
+        progress=progress,
+    )
+    stages.console.print(
+        f"      video-frame validation P_VA {ft.best_val_pva:.3f} "
+        f"({ft.trainable_parameters:,} trainable, {ft.frozen_parameters:,} frozen parameters)"
+    )
+    info = {
+        "pretrain_val_p_va": pre.best_val_pva,
+        "finetune_val_p_va": ft.best_val_pva,
+        "pretrain_history": pre.history,
+        "finetune_history": ft.history,
+        "trainable_parameters": ft.trainable_parameters,
+        "frozen_parameters": ft.frozen_parameters,
+        "encoder": str(ft.encoder_path),
+    }
     return ft.encoder_path, info
 
 
 def _extract(out: Path, data_root: Path, encoder_path: Path, progress: bool, name: str = "features") -> Path:
-    from mambava.backbone import FeatureExtractor, load_encoder
-    from mambava.backbone.extract import extract_features
-
     store = out / name
     extractor = FeatureExtractor(load_encoder(encoder_path), batch_size=256, device="cpu", precision="auto")
     extract_features(data_root, store, extractor, backbone="demo_vit", dtype="float32", workers=1, progress=progress)
@@ -388,8 +524,6 @@ def _extract(out: Path, data_root: Path, encoder_path: Path, progress: bool, nam
 
 
 def _evaluate(out: Path, store: Path, runs: dict, names: list[str], labels: dict, cfg: DemoConfig):
-    from mambava.data.store import FeatureStore
-
     scores, predictions = {}, {}
     fs = FeatureStore(store)
     for kind, run in runs.items():
@@ -400,26 +534,18 @@ def _evaluate(out: Path, store: Path, runs: dict, names: list[str], labels: dict
 
 
 def _predictions(loaded, store, names: list[str], cfg: DemoConfig) -> dict[str, np.ndarray]:
-    import torch
-
-    from mambava.data.windows import predict_sequence
-
     model = loaded.model.to("cpu").eval()
     out = {}
     for name in names:
         features, _ = store.read(name).window(0, store.read(name).n_frames)
-        out[name] = predict_sequence(model, torch.from_numpy(np.ascontiguousarray(features)), cfg.window,
-                                     cfg.stride).numpy()
+        out[name] = predict_sequence(
+            model, torch.from_numpy(np.ascontiguousarray(features)), cfg.window, cfg.stride
+        ).numpy()
     return out
 
 
 def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: DemoConfig, progress: bool) -> dict:
     """Predict a held-out raw video through the faces stage (or its crops) and score it against its labels."""
-    from mambava.data.affwild2 import AffWild2
-    from mambava.core.metrics import va_scores
-    from mambava.inference.predict import Predictor
-    from mambava.inference.files import write_table
-    from mambava.synth import read_meta, read_truth
 
     meta = read_meta(data_root)
     test = [v for v in meta["videos"] if v["split"] == "test"]
@@ -435,9 +561,17 @@ def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: Dem
     path = data_root / video["video"]
     labels = read_labels(data_root, [name])[name]
     truth = read_truth(data_root, name)
-    predictor = Predictor(run["outputs"]["model"], backbone=encoder_path, window=cfg.window, stride=cfg.stride,
-                          detector=demo_detector(_landmarks(out, cfg)), device="cpu", precision="auto", progress=progress,
-                          detect_every=cfg.detect_every)
+    predictor = Predictor(
+        run["outputs"]["model"],
+        backbone=encoder_path,
+        window=cfg.window,
+        stride=cfg.stride,
+        detector=demo_detector(_landmarks(out, cfg)),
+        device="cpu",
+        precision="auto",
+        progress=progress,
+        detect_every=cfg.detect_every,
+    )
     info: dict[str, Any] = {"video": str(path.relative_to(out)), "track": name}
     table = None
     if cfg.predict_faces:
@@ -447,7 +581,7 @@ def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: Dem
         except MambavaError as error:
             info["faces_error"] = str(error)
     if table is not None and video["two_person"]:
-        table = table[table["track"].str.endswith(name[len(video["name"]):])]
+        table = table[table["track"].str.endswith(name[len(video["name"]) :])]
     if table is None or len(table) == 0:
         table = _table_from_crops(predictor, AffWild2(data_root), name)
         info["source"] = "the video's cropped_aligned/ crops"
@@ -464,13 +598,15 @@ def _predict(out: Path, data_root: Path, encoder_path: Path, run: dict, cfg: Dem
     scores = va_scores(pred[have], labels[have])
     written = write_table(table, out / "predict", Path(video["name"]).stem)
     info.update(
-        scores=scores, frames=n, frames_predicted=int(have.sum()),
-        face_found=int(face.sum()), face_rendered=int(truth["present"].sum()),
+        scores=scores,
+        frames=n,
+        frames_predicted=int(have.sum()),
+        face_found=int(face.sum()),
+        face_rendered=int(truth["present"].sum()),
         face_found_where_rendered=float((face & truth["present"]).sum() / max(truth["present"].sum(), 1)),
         files={k: str(Path(v).relative_to(out)) for k, v in written.items()},
     )
     # the same video from its crops and stored features (the Aff-Wild2 path), for comparison
-    from mambava.data.store import FeatureStore
 
     record = FeatureStore(out / "features").read(name)
     features, mask = record.window(0, record.n_frames)
@@ -487,9 +623,6 @@ def _landmarks(out: Path, cfg: DemoConfig) -> Path | None:
 
 def _table_from_crops(predictor, dataset, name: str):
     """The per-frame table of a video from its Aff-Wild2 crops (the path Aff-Wild2 users take)."""
-    import pandas as pd
-
-    from mambava.data.affwild2 import read_crop
 
     frames = dataset.crop_frames(name)
     n = dataset.n_frames(name)
@@ -499,6 +632,18 @@ def _table_from_crops(predictor, dataset, name: str):
     feats[np.array(frames) - 1] = predictor.extractor.features(crops)
     present[np.array(frames) - 1] = True
     va = predictor.predict_features(feats, present)
-    return pd.DataFrame({"video": name, "track": name, "frame": np.arange(n), "time": np.arange(n) / 30.0,
-                         "valence": va[:, 0], "arousal": va[:, 1], "face": present.astype(np.int8),
-                         "x1": np.nan, "y1": np.nan, "x2": np.nan, "y2": np.nan})
+    return pd.DataFrame(
+        {
+            "video": name,
+            "track": name,
+            "frame": np.arange(n),
+            "time": np.arange(n) / 30.0,
+            "valence": va[:, 0],
+            "arousal": va[:, 1],
+            "face": present.astype(np.int8),
+            "x1": np.nan,
+            "y1": np.nan,
+            "x2": np.nan,
+            "y2": np.nan,
+        }
+    )

@@ -4,6 +4,7 @@ Detectors without landmarks get a centred square crop of the box instead (`crop_
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from mambava.core.errors import MambavaError
@@ -76,7 +77,6 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     """warpAffine into a size×size crop, black outside the frame. When the crop shrinks the face by more
     than 2×, the region it covers is first reduced with area averaging (warpAffine alone would alias)."""
-    import cv2
 
     image = np.ascontiguousarray(image)
     matrix = np.asarray(matrix, dtype=np.float64)
@@ -97,8 +97,9 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
             to_image = np.array([[1 / fx, 0, x0 + 0.5 / fx - 0.5], [0, 1 / fy, y0 + 0.5 / fy - 0.5], [0, 0, 1]])
             matrix = matrix @ to_image
             image = region
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    return cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
+    )
 
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:

@@ -25,20 +25,25 @@ it to a synthetic dataset, whose generator keeps every face's true landmarks).
 
 from __future__ import annotations
 
+import csv
 import json
+import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
-from mambava.data.affwild2 import CROPS_DIR, AffWild2, base_video
 from mambava.core.errors import MambavaError
-from mambava.faces.align import ARCFACE_TEMPLATE_112, LANDMARK_COLUMNS, alignment_matrix, transform_points
 from mambava.core.fileio import atomic_open
+from mambava.data.affwild2 import CROPS_DIR, AffWild2, base_video
+from mambava.faces.align import ARCFACE_TEMPLATE_112, alignment_matrix, transform_points
+from mambava.faces.detect import get_detector
+from mambava.faces.pipeline import extract_faces
 
 MARKER = ".mambava-faces.json"
 CSV_SUFFIX = ".faces.csv"
@@ -82,22 +87,23 @@ class DatasetFacesResult:
 def _video_job(args: tuple) -> VideoFaces:
     """Faces of one raw video into crops_dir (a worker process, or inline)."""
     video, path, crops_dir, detector, detector_kwargs, min_track_frames, threads, detect_every = args
-    from mambava.faces.detect import get_detector
-    from mambava.faces.pipeline import extract_faces
 
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
         det = detector if not isinstance(detector, str) else get_detector(detector, **detector_kwargs)
-        result = extract_faces(path, crops_dir, name=video, detector=det, min_track_frames=min_track_frames,
-                               detect_every=detect_every)
+        result = extract_faces(
+            path, crops_dir, name=video, detector=det, min_track_frames=min_track_frames, detect_every=detect_every
+        )
     except MambavaError as error:
         return VideoFaces(video, error=str(error), seconds=time.perf_counter() - start)
-    return VideoFaces(video, frames=len(result.frames), tracks={t.name: len(t.present) for t in result.tracks},
-                      seconds=time.perf_counter() - start)
+    return VideoFaces(
+        video,
+        frames=len(result.frames),
+        tracks={t.name: len(t.present) for t in result.tracks},
+        seconds=time.perf_counter() - start,
+    )
 
 
 def extract_dataset_faces(
@@ -130,8 +136,6 @@ def extract_dataset_faces(
     raw = _raw_videos(dataset, root, videos)
     built = detector
     if isinstance(detector, str):  # a bad name, option or refiner file: one error here, not one per video
-        from mambava.faces.detect import get_detector
-
         built = get_detector(detector, **(detector_kwargs or {}))
     crops_dir = _claim_crops_dir(out / CROPS_DIR, root, built, detector_kwargs, min_track_frames, detect_every)
     linked = _link_root(root, out) if link and out.resolve() != root.resolve() else []
@@ -148,8 +152,19 @@ def extract_dataset_faces(
             progress(len(results), len(raw), results[video])
     threads = 1 if workers > 1 else 0
     inline = workers <= 1 or len(todo) <= 1  # (worker processes build their own from the name)
-    jobs = {v: (v, raw[v], crops_dir, built if inline else detector, detector_kwargs or {}, min_track_frames,
-                threads, detect_every) for v in todo}
+    jobs = {
+        v: (
+            v,
+            raw[v],
+            crops_dir,
+            built if inline else detector,
+            detector_kwargs or {},
+            min_track_frames,
+            threads,
+            detect_every,
+        )
+        for v in todo
+    }
     for item in _run_jobs(jobs, raw, workers, detector):
         results[item.video] = item
         if progress is not None:
@@ -170,32 +185,41 @@ def _raw_videos(dataset: AffWild2, root: Path, videos: list[str] | None) -> dict
     return raw
 
 
-def _claim_crops_dir(crops_dir: Path, root: Path, detector, detector_kwargs: dict | None,
-                     min_track_frames: int, detect_every: int = 1) -> Path:
+def _claim_crops_dir(
+    crops_dir: Path, root: Path, detector, detector_kwargs: dict | None, min_track_frames: int, detect_every: int = 1
+) -> Path:
     """`crops_dir`, made and marked as ours (`detector`: the built detector); an error when it holds crops
     this function did not write, or crops made with other settings."""
     marker = crops_dir / MARKER
     if crops_dir.is_dir() and not marker.exists() and any(crops_dir.iterdir()):
         raise MambavaError(
-            f"{crops_dir}: holds crops not made by `mambava faces --dataset` (the dataset's own?): "
-            f"choose another --out"
+            f"{crops_dir}: holds crops not made by `mambava faces --dataset` (the dataset's own?): choose another --out"
         )
     crops_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"source": str(root.resolve()), "detector": getattr(detector, "name", type(detector).__name__),
-                "detector_kwargs": detector_kwargs or {}, "min_track_frames": min_track_frames,
-                "detect_every": detect_every}
+    settings = {
+        "source": str(root.resolve()),
+        "detector": getattr(detector, "name", type(detector).__name__),
+        "detector_kwargs": detector_kwargs or {},
+        "min_track_frames": min_track_frames,
+        "detect_every": detect_every,
+    }
     if getattr(detector, "refiner_sha256", None):  # the refiner's weights: a file retrained in place differs
         settings["landmarks_sha256"] = detector.refiner_sha256
     started = any(crops_dir.glob(f"*{CSV_SUFFIX}"))
     if marker.exists() and started:  # resuming: the videos still to do must be cropped as the ones there were
         earlier = json.loads(marker.read_text())
         earlier.setdefault("detect_every", 1)
-        differ = [k for k in ("detector", "detector_kwargs", "landmarks_sha256", "min_track_frames", "detect_every")
-                  if _crop_setting(earlier.get(k)) != _crop_setting(settings.get(k))]
+        differ = [
+            k
+            for k in ("detector", "detector_kwargs", "landmarks_sha256", "min_track_frames", "detect_every")
+            if _crop_setting(earlier.get(k)) != _crop_setting(settings.get(k))
+        ]
         if differ:
-            raise MambavaError(f"{crops_dir}: its crops were made with other settings ("
-                               + "; ".join(f"{k}: {earlier.get(k)} there, {settings[k]} now" for k in differ)
-                               + "): run with the same ones, or choose another --out")
+            raise MambavaError(
+                f"{crops_dir}: its crops were made with other settings ("
+                + "; ".join(f"{k}: {earlier.get(k)} there, {settings[k]} now" for k in differ)
+                + "): run with the same ones, or choose another --out"
+            )
     else:
         with atomic_open(marker, "w") as handle:
             json.dump(settings, handle)
@@ -225,19 +249,25 @@ def face_stage_differences(made: dict, detector, detect_every: int) -> list[str]
     notes = []
     name = getattr(detector, "name", detector)
     if made.get("detector") != name:
-        notes.append(f"the model's training crops were made by the {made.get('detector')} detector, predict uses {name}")
+        notes.append(
+            f"the model's training crops were made by the {made.get('detector')} detector, predict uses {name}"
+        )
     theirs, ours = made.get("landmarks_sha256"), getattr(detector, "refiner_sha256", None)
     where = (made.get("detector_kwargs") or {}).get("landmarks", theirs)
     if theirs and ours is None:
-        notes.append(f"the model's training crops were made with the landmark refiner {where}: pass --landmarks "
-                     "with it, or its faces are aligned differently from what it learned")
+        notes.append(
+            f"the model's training crops were made with the landmark refiner {where}: pass --landmarks "
+            "with it, or its faces are aligned differently from what it learned"
+        )
     elif not theirs and ours is not None:
         notes.append("the model's training crops were made without a landmark refiner; predict uses one")
     elif theirs != ours:
         notes.append(f"the model's training crops were made with another landmark refiner ({where})")
     if int(made.get("detect_every", 1)) != int(detect_every):
-        notes.append(f"the model's training crops were made with --detect-every {made.get('detect_every', 1)}, "
-                     f"predict uses {detect_every}")
+        notes.append(
+            f"the model's training crops were made with --detect-every {made.get('detect_every', 1)}, "
+            f"predict uses {detect_every}"
+        )
     return notes
 
 
@@ -253,11 +283,11 @@ def _run_jobs(jobs: dict, raw: dict[str, Path], workers: int, detector):
     if workers > 1 and len(jobs) > 1:
         if not isinstance(detector, str):
             raise MambavaError("extract_dataset_faces: workers > 1 needs a detector name, not an object")
-        import multiprocessing
-        from concurrent.futures import as_completed
 
         # spawned, not forked: safe beside torch's threads in the parent
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             # longest first keeps the workers busy to the end
             order = sorted(jobs, key=lambda v: -os.path.getsize(raw[v]))
             futures = [pool.submit(_video_job, jobs[v]) for v in order]
@@ -291,8 +321,6 @@ def _match_tracks(results: dict[str, VideoFaces], dataset: AffWild2, crops_dir: 
 
 
 def _tracks_in_csv(path: Path) -> list[str]:
-    import csv
-
     with open(path, newline="") as handle:
         return sorted({row["track"] for row in csv.DictReader(handle) if row.get("track")})
 
@@ -329,7 +357,8 @@ def alignment_offsets(landmarks: np.ndarray, true_landmarks: np.ndarray, size: i
     offsets = np.empty((len(landmarks), 5, 2))
     for i, (found, true) in enumerate(zip(landmarks, true_landmarks)):
         offsets[i] = transform_points(alignment_matrix(found, size), true) - transform_points(
-            alignment_matrix(true, size), true)
+            alignment_matrix(true, size), true
+        )
     return offsets
 
 

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
+import cv2
 import numpy as np
 
 from mambava.core.checkpoint import load_checkpoint, load_torch_file
 from mambava.core.errors import MambavaError
-from mambava.faces.align import ARCFACE_TEMPLATE_112
 from mambava.core.runtime import busy_threads, torch_threads
+from mambava.faces.align import ARCFACE_TEMPLATE_112, invert_affine, similarity_transform, transform_points, warp
+from mambava.faces.landmarks import RefinedDetector
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,7 +187,9 @@ def _load_nets(weights: str) -> tuple[PNet, RNet, ONet]:
                 states.append(load_torch_file(path / f"{name}.pt", what="MTCNN weights"))
         else:
             flat = load_checkpoint(path).tensors  # untagged: facenet-pytorch's weights, converted
-            states = [{k[len(name) + 1:]: v for k, v in flat.items() if k.startswith(name + ".")} for name in _MTCNN_NETS]
+            states = [
+                {k[len(name) + 1 :]: v for k, v in flat.items() if k.startswith(name + ".")} for name in _MTCNN_NETS
+            ]
         for net, state in zip(nets, states):
             net.load_state_dict(state)
     except MambavaError:
@@ -221,7 +225,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
     return np.asarray(keep, dtype=np.int64)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float, mode: str = "union"
+) -> np.ndarray:
     """NMS applied independently within each group (e.g. per image): boxes of different groups never suppress."""
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -256,7 +262,6 @@ def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def _shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize to size=(h, w) ≤ the image: area averaging by the largest integer factor (OpenCV's fast
     path), then bilinear for the remaining factor (< 2), which costs a tenth of a non-integer area resize."""
-    import cv2
 
     h, w = image.shape[:2]
     k = int(min(h / size[0], w / size[1]))
@@ -267,10 +272,11 @@ def _shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def _crop_patches(images: Sequence[np.ndarray], boxes: np.ndarray, image_ids: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarray]:
+def _crop_patches(
+    images: Sequence[np.ndarray], boxes: np.ndarray, image_ids: np.ndarray, size: int
+) -> tuple[torch.Tensor, np.ndarray]:
     """Cut boxes (1-based inclusive corners, zero padding outside the image) and resize to size×size.
     Returns the normalised (N, 3, size, size) batch and a mask of the boxes that were usable."""
-    import cv2
 
     out = np.zeros((len(boxes), size, size, 3), dtype=np.uint8)
     valid = np.zeros(len(boxes), dtype=bool)
@@ -285,7 +291,11 @@ def _crop_patches(images: Sequence[np.ndarray], boxes: np.ndarray, image_ids: np
         patch = np.zeros((h, w, 3), dtype=np.uint8)
         sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, width - 1), min(y2, height - 1)
         patch[sy1 - y1 : sy2 - y1 + 1, sx1 - x1 : sx2 - x1 + 1] = image[sy1 : sy2 + 1, sx1 : sx2 + 1]
-        out[k] = _shrink(patch, (size, size)) if min(w, h) >= size else cv2.resize(patch, (size, size), interpolation=cv2.INTER_LINEAR)
+        out[k] = (
+            _shrink(patch, (size, size))
+            if min(w, h) >= size
+            else cv2.resize(patch, (size, size), interpolation=cv2.INTER_LINEAR)
+        )
         valid[k] = True
     batch = torch.from_numpy(out).permute(0, 3, 1, 2).float()
     return (batch - 127.5) * 0.0078125, valid
@@ -378,7 +388,6 @@ class MTCNNDetector(BaseDetector):
         """O-Net again on a 48×48 patch cut by the similarity that puts the found landmarks on `REFINE_LAYOUT_48`,
         its landmarks mapped back; `refine` times. Steadier points, but not the per-person error that costs
         P_VA (README Crops for training; `mambava.faces.landmarks` is the learned one). Boxes and scores kept."""
-        from mambava.faces.align import invert_affine, similarity_transform, transform_points, warp
 
         for _ in range(self.refine):
             items = [(i, k) for i, faces in enumerate(results) for k in range(len(faces))]
@@ -406,7 +415,12 @@ class MTCNNDetector(BaseDetector):
         score = probs[:, 1]
         passed = score > max(self.thresholds[2], self.min_score)
         boxes, image_ids, score, offsets, points = (
-            boxes[passed], image_ids[passed], score[passed], offsets[passed], points[passed])
+            boxes[passed],
+            image_ids[passed],
+            score[passed],
+            offsets[passed],
+            points[passed],
+        )
         w = boxes[:, 2] - boxes[:, 0] + 1
         h = boxes[:, 3] - boxes[:, 1] + 1
         lm_x = boxes[:, 0:1] + w[:, None] * points[:, 0:5] - 1
@@ -427,9 +441,16 @@ class MTCNNDetector(BaseDetector):
         with torch_threads(wanted if self.device.type == "cpu" else None):
             # one image per face (the same array): O-Net's stage indexes images by the ids it returns
             found_boxes, ids, score, landmarks = self._onet([image] * len(faces), boxes, np.arange(len(faces)))
-            found = [[Face(box=np.array([b[0] - 1, b[1] - 1, b[2], b[3]], np.float32),
-                           landmarks=landmarks[k].astype(np.float32), score=float(score[k]))]
-                     for k, b in enumerate(found_boxes[:, :4])]
+            found = [
+                [
+                    Face(
+                        box=np.array([b[0] - 1, b[1] - 1, b[2], b[3]], np.float32),
+                        landmarks=landmarks[k].astype(np.float32),
+                        score=float(score[k]),
+                    )
+                ]
+                for k, b in enumerate(found_boxes[:, :4])
+            ]
             if self.refine and found:
                 found = self._refine([image] * len(found), found)
         out: list[Face | None] = [None] * len(faces)
@@ -480,8 +501,14 @@ class MTCNNDetector(BaseDetector):
         w = boxes[:, 2] - boxes[:, 0]
         h = boxes[:, 3] - boxes[:, 1]
         refined = np.stack(
-            [boxes[:, 0] + boxes[:, 5] * w, boxes[:, 1] + boxes[:, 6] * h,
-             boxes[:, 2] + boxes[:, 7] * w, boxes[:, 3] + boxes[:, 8] * h], axis=1)
+            [
+                boxes[:, 0] + boxes[:, 5] * w,
+                boxes[:, 1] + boxes[:, 6] * h,
+                boxes[:, 2] + boxes[:, 7] * w,
+                boxes[:, 3] + boxes[:, 8] * h,
+            ],
+            axis=1,
+        )
         boxes = _square(refined)
 
         # Stage 2: R-Net on 24×24 patches of all candidates of all images at once.
@@ -492,7 +519,12 @@ class MTCNNDetector(BaseDetector):
         offsets, probs = self.rnet(patches.to(self.device))
         score = probs[:, 1].cpu().numpy()
         passed = score > t2
-        boxes, image_ids, score, offsets = boxes[passed], image_ids[passed], score[passed], offsets.cpu().numpy()[passed]
+        boxes, image_ids, score, offsets = (
+            boxes[passed],
+            image_ids[passed],
+            score[passed],
+            offsets.cpu().numpy()[passed],
+        )
         keep = batched_nms(boxes, score, image_ids, 0.7)
         boxes, image_ids, offsets = boxes[keep], image_ids[keep], offsets[keep]
         boxes = _square(_regress(boxes, offsets))
@@ -507,11 +539,14 @@ class MTCNNDetector(BaseDetector):
         for k in keep:  # best score first
             x1, y1, x2, y2 = boxes[k, :4]
             box = np.array([x1 - 1, y1 - 1, x2, y2], dtype=np.float32)  # 1-based inclusive → 0-based corners
-            results[image_ids[k]].append(Face(box=box, landmarks=landmarks[k].astype(np.float32), score=float(score[k])))
+            results[image_ids[k]].append(
+                Face(box=box, landmarks=landmarks[k].astype(np.float32), score=float(score[k]))
+            )
         return results
 
 
 # ------------------------------------------------------------------------------------------------ Haar
+
 
 class HaarDetector(BaseDetector):
     """OpenCV's frontal-face Haar cascade (data shipped in opencv-python). Fast; frontal faces only; no
@@ -521,10 +556,14 @@ class HaarDetector(BaseDetector):
     name = "haar"
     has_landmarks = False
 
-    def __init__(self, cascade: str = "haarcascade_frontalface_default.xml", scale_factor: float = 1.1,
-                 min_neighbors: int = 5, min_face_size: float = 40, min_face_fraction: float = 0.08):
-        import cv2
-
+    def __init__(
+        self,
+        cascade: str = "haarcascade_frontalface_default.xml",
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_face_size: float = 40,
+        min_face_fraction: float = 0.08,
+    ):
         self._cv2 = cv2
         path = Path(cv2.data.haarcascades) / cascade if not Path(cascade).is_file() else Path(cascade)
         self._cascade = cv2.CascadeClassifier(str(path))
@@ -541,8 +580,12 @@ class HaarDetector(BaseDetector):
         gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
         side = int(max(self.min_face_size, self.min_face_fraction * min(image.shape[:2])))
         rects, _, weights = self._cascade.detectMultiScale3(
-            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(side, side),
-            outputRejectLevels=True)
+            gray,
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(side, side),
+            outputRejectLevels=True,
+        )
         faces = []
         for (x, y, w, h), weight in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).reshape(-1)):
             box = np.array([x, y, x + w, y + h], dtype=np.float32)
@@ -569,8 +612,6 @@ def get_detector(name: str | FaceDetector = "mtcnn", landmarks=None, **kwargs) -
     object itself when one is passed; other keyword arguments go to the detector's constructor. `landmarks`: a
     learned landmark refiner's file (`mambava.faces.landmarks`) that moves every face's 5 points."""
     if landmarks is not None:
-        from mambava.faces.landmarks import RefinedDetector
-
         return RefinedDetector(get_detector(name, **kwargs), landmarks)
     if not isinstance(name, str):
         return name
@@ -583,8 +624,10 @@ def get_detector(name: str | FaceDetector = "mtcnn", landmarks=None, **kwargs) -
         except (ImportError, AttributeError) as error:
             raise MambavaError(f"detector {name!r}: cannot import ({error})") from None
         return factory(**kwargs)
-    raise MambavaError(f"unknown face detector {name!r}; available: {', '.join(available_detectors())} "
-                       "or an import path 'package.module:Class'")
+    raise MambavaError(
+        f"unknown face detector {name!r}; available: {', '.join(available_detectors())} "
+        "or an import path 'package.module:Class'"
+    )
 
 
 @functools.lru_cache(maxsize=4)

@@ -20,13 +20,12 @@ the patch with the perturbed points and regresses the true ones: the cascaded-re
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,8 +33,16 @@ from torch import nn
 
 from mambava.core.checkpoint import load_checkpoint, save_checkpoint, weights_sha256
 from mambava.core.errors import MambavaError
-from mambava.faces.align import (ARCFACE_TEMPLATE_112, LANDMARK_COLUMNS, invert_affine, similarity_transform,
-                                 transform_points, warp)
+from mambava.core.runtime import busy_threads, torch_threads
+from mambava.faces.align import (
+    ARCFACE_TEMPLATE_112,
+    LANDMARK_COLUMNS,
+    invert_affine,
+    similarity_transform,
+    transform_points,
+    warp,
+)
+from mambava.media.video import read_image
 
 FORMAT = "mambava.landmark_refiner"  # files before core.checkpoint: "mambava-landmark-refiner"
 
@@ -79,14 +86,18 @@ class LandmarkNet(nn.Module):
         channels = [3, width // 2, width, 2 * width, 3 * width, 4 * width]
         layers: list[nn.Module] = []
         for k, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
-            layers += [nn.Conv2d(cin, cout, 3, stride=1 if k == 0 else 2, padding=1, bias=False),
-                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=1 if k == 0 else 2, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
         self.features = nn.Sequential(*layers)
         side = size
         for _ in range(4):
             side = (side + 1) // 2
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * side * side, 256), nn.ReLU(inplace=True),
-                                  nn.Linear(256, 10))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels[-1] * side * side, 256), nn.ReLU(inplace=True), nn.Linear(256, 10)
+        )
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -140,8 +151,10 @@ def load_refiner(path: str | os.PathLike) -> LandmarkRefiner:
     except TypeError as error:
         raise MambavaError(f"{path}: bad landmark refiner config ({error})") from None
     if config.size < 16 or config.width < 2 or config.passes < 1:
-        raise MambavaError(f"{path}: a landmark refiner with size {config.size}, width {config.width}, "
-                           f"passes {config.passes} cannot run")
+        raise MambavaError(
+            f"{path}: a landmark refiner with size {config.size}, width {config.width}, "
+            f"passes {config.passes} cannot run"
+        )
     net = LandmarkNet(config.size, config.width)
     try:
         net.load_state_dict(checkpoint.tensors)
@@ -168,14 +181,11 @@ class RefinedDetector:
         self.refiner_sha256 = weights_sha256(self.refiner.net.state_dict().values())
 
     def _refined(self, image: np.ndarray, faces: list) -> list:
-        from mambava.core.runtime import busy_threads, torch_threads
-
         kept = [f for f in faces if f is not None]
         wanted = getattr(self.detector, "num_threads", None)  # the small CNN runs as the detector's nets do
         with torch_threads(busy_threads() if wanted == "auto" else wanted):
             points = iter(self.refiner.refine(image, [f.landmarks for f in kept]))
-        return [None if f is None else dataclasses.replace(f, landmarks=next(points).astype(np.float32))
-                for f in faces]
+        return [None if f is None else dataclasses.replace(f, landmarks=next(points).astype(np.float32)) for f in faces]
 
     def detect(self, image: np.ndarray) -> list:
         return self.detect_batch([image])[0]
@@ -207,8 +217,13 @@ def _perturb(rng: np.random.Generator, truth: np.ndarray, cfg: RefinerConfig) ->
     return moved + rng.normal(0.0, cfg.point_noise * unit, (5, 2))
 
 
-def training_patches(rng: np.random.Generator, frames: Sequence[np.ndarray], samples: Sequence[tuple[int, np.ndarray]],
-                     cfg: RefinerConfig, flip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def training_patches(
+    rng: np.random.Generator,
+    frames: Sequence[np.ndarray],
+    samples: Sequence[tuple[int, np.ndarray]],
+    cfg: RefinerConfig,
+    flip: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One epoch's patches and targets (offsets from the layout, crop px / 4): each sample (frame index, true
     (5, 2) points) cut from a perturbed start; `flip[i]` mirrors the sample (left and right points swapped)."""
     layout = cfg.layout()
@@ -227,9 +242,12 @@ def training_patches(rng: np.random.Generator, frames: Sequence[np.ndarray], sam
     return patches, targets
 
 
-def train_refiner(frames: Sequence[np.ndarray], samples: Sequence[tuple[int, np.ndarray]],
-                  config: RefinerConfig | None = None,
-                  progress: Callable[[int, float], None] | None = None) -> LandmarkRefiner:
+def train_refiner(
+    frames: Sequence[np.ndarray],
+    samples: Sequence[tuple[int, np.ndarray]],
+    config: RefinerConfig | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> LandmarkRefiner:
     """Train a refiner on RGB `frames` and `samples` (frame index, true (5, 2) landmarks in that frame's pixels).
     Fresh perturbations every epoch, half the samples mirrored; AdamW, cosine schedule, smooth-L1 loss."""
     cfg = config or RefinerConfig()
@@ -240,8 +258,9 @@ def train_refiner(frames: Sequence[np.ndarray], samples: Sequence[tuple[int, np.
     net = LandmarkNet(cfg.size, cfg.width)
     steps_per_epoch = max(1, len(samples) // cfg.batch_size)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                   pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
+    )
     loss_fn = nn.SmoothL1Loss(beta=0.25)
     for epoch in range(cfg.epochs):
         net.train()
@@ -249,7 +268,7 @@ def train_refiner(frames: Sequence[np.ndarray], samples: Sequence[tuple[int, np.
         order = rng.permutation(len(samples))
         total = 0.0
         for step in range(steps_per_epoch):
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = _to_batch(patches[batch])
             x = x * float(rng.uniform(0.7, 1.3)) + float(rng.uniform(-0.2, 0.2))  # contrast, brightness
             loss = loss_fn(net(x), torch.from_numpy(targets[batch]))
@@ -267,9 +286,6 @@ def csv_refiner_samples(path: str | os.PathLike):
     """Training data from a CSV of annotated faces: `image` (relative to the CSV) and the 10 `LANDMARK_COLUMNS`
     (the faces CSV's names; frame pixels, image left first), one face per row. Returns (frames, samples); a
     one-line error names the file and line of a bad row."""
-    import csv
-
-    from mambava.media.video import read_image
 
     path = Path(path)
     if not path.is_file():

@@ -10,14 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import cv2
 import numpy as np
+from PIL import Image, ImageDraw
 
 from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open, atomic_path, is_output_failure, output_error
+from mambava.core.progress import rate_progress
 from mambava.faces.align import LANDMARK_COLUMNS, face_crop
 from mambava.faces.detect import FaceDetector, get_detector
 from mambava.faces.track import FaceTracker, finish_tracks, follow_faces
-from mambava.core.fileio import atomic_open, atomic_path, is_output_failure, output_error
-from mambava.core.progress import rate_progress
 from mambava.media.video import VideoFrame, VideoReader, open_video, source_name
 
 CSV_COLUMNS = ["frame", "time", "track", "present", "image", "score", "x1", "y1", "x2", "y2", *LANDMARK_COLUMNS]
@@ -86,8 +88,9 @@ def iter_tracked_faces(
         batch_size = 1 if _is_live(frames_in) else 8
     try:
         if detect_every > 1:
-            yield from _detect_every(frames_in, det, tracker, int(detect_every), max(1, int(search_every)), crop_size,
-                                     crops, keep_images)
+            yield from _detect_every(
+                frames_in, det, tracker, int(detect_every), max(1, int(search_every)), crop_size, crops, keep_images
+            )
             return
         batch: list[VideoFrame] = []
 
@@ -96,8 +99,13 @@ def iter_tracked_faces(
             for frame, faces in zip(batch, detections):
                 ids = tracker.update(faces, frame.time)
                 tracked = [
-                    TrackedFace(track_id=tid, box=face.box, landmarks=face.landmarks, score=face.score,
-                                crop=face_crop(frame.image, face, crop_size) if crops else None)
+                    TrackedFace(
+                        track_id=tid,
+                        box=face.box,
+                        landmarks=face.landmarks,
+                        score=face.score,
+                        crop=face_crop(frame.image, face, crop_size) if crops else None,
+                    )
                     for tid, face in zip(ids, faces)
                 ]
                 yield FrameFaces(frame.index, frame.time, tracked, frame.image if keep_images else None)
@@ -114,13 +122,20 @@ def iter_tracked_faces(
             frames_in.close()
 
 
-def _detect_every(frames_in, det: FaceDetector, tracker: FaceTracker, k: int, search_every: int, crop_size: int,
-                  crops: bool, keep_images: bool) -> Iterator[FrameFaces]:
+def _detect_every(
+    frames_in,
+    det: FaceDetector,
+    tracker: FaceTracker,
+    k: int,
+    search_every: int,
+    crop_size: int,
+    crops: bool,
+    keep_images: bool,
+) -> Iterator[FrameFaces]:
     """iter_tracked_faces with the detector on every k-th frame (frame by frame: whether a frame needs the
     detector depends on the flow of the one before). Without a face the detector still runs every k frames,
     so a face that appears is found at most k-1 frames late (k * search_every - 1 while others are followed),
     and a followed face outlives its last detection by at most k-1 frames."""
-    import cv2
 
     verify = getattr(det, "verify", None)  # MTCNN's O-Net check of followed faces; None: search every time
     previous, followed, since, searches = None, [], k, 0
@@ -141,8 +156,13 @@ def _detect_every(frames_in, det: FaceDetector, tracker: FaceTracker, k: int, se
             since += 1
         ids = tracker.update(faces, frame.time)
         tracked = [
-            TrackedFace(track_id=tid, box=face.box, landmarks=face.landmarks, score=face.score,
-                        crop=face_crop(frame.image, face, crop_size) if crops else None)
+            TrackedFace(
+                track_id=tid,
+                box=face.box,
+                landmarks=face.landmarks,
+                score=face.score,
+                crop=face_crop(frame.image, face, crop_size) if crops else None,
+            )
             for tid, face in zip(ids, faces)
         ]
         previous, followed = grey, faces
@@ -150,6 +170,7 @@ def _detect_every(frames_in, det: FaceDetector, tracker: FaceTracker, k: int, se
 
 
 # ------------------------------------------------------------------------------------------ crop writer
+
 
 @dataclass
 class TrackResult:
@@ -204,8 +225,6 @@ class FacesResult:
 
 
 def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
-    import cv2
-
     ok, data = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise MambavaError(f"{path}: JPEG encoding failed")
@@ -247,9 +266,19 @@ def extract_faces(
     try:
         with open_video(video_path, fps=fps) as reader:
             source_fps = reader.fps
-            frames, times, rows = _stage_crops(reader, det, staging, f"faces {video}", tracker=tracker,
-                                               batch_size=batch_size, crop_size=crop_size, jpeg_quality=jpeg_quality,
-                                               progress=progress, on_frame=on_frame, detect_every=detect_every)
+            frames, times, rows = _stage_crops(
+                reader,
+                det,
+                staging,
+                f"faces {video}",
+                tracker=tracker,
+                batch_size=batch_size,
+                crop_size=crop_size,
+                jpeg_quality=jpeg_quality,
+                progress=progress,
+                on_frame=on_frame,
+                detect_every=detect_every,
+            )
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, OSError) and is_output_failure(error, out_dir):  # a full disk: name the folder
@@ -266,9 +295,18 @@ def extract_faces(
 
     csv_path = out_dir / f"{video}.faces.csv"
     _write_csv(csv_path, frames, times, tracks, {t.track_id: {r[0]: r for r in t.rows} for t in finished}, out_dir)
-    result = FacesResult(video=video, source=str(video_path), out_dir=out_dir, frames=frames, times=times,
-                         tracks=tracks, csv_path=csv_path, fps=source_fps, dropped_tracks=dropped,
-                         detector=getattr(det, "name", type(det).__name__))
+    result = FacesResult(
+        video=video,
+        source=str(video_path),
+        out_dir=out_dir,
+        frames=frames,
+        times=times,
+        tracks=tracks,
+        csv_path=csv_path,
+        fps=source_fps,
+        dropped_tracks=dropped,
+        detector=getattr(det, "name", type(det).__name__),
+    )
     if preview:
         result.preview_path = contact_sheet(result, out_dir / f"{video}.preview.png")
     return result
@@ -287,9 +325,20 @@ def _fresh_staging(out_dir: Path, video: str) -> Path:
     return staging
 
 
-def _stage_crops(reader: VideoReader, det: FaceDetector, staging: Path, description: str, *,
-                 tracker: FaceTracker | None, batch_size: int | None, crop_size: int, jpeg_quality: int,
-                 progress: bool, on_frame: Callable[[FrameFaces], None] | None, detect_every: int = 1):
+def _stage_crops(
+    reader: VideoReader,
+    det: FaceDetector,
+    staging: Path,
+    description: str,
+    *,
+    tracker: FaceTracker | None,
+    batch_size: int | None,
+    crop_size: int,
+    jpeg_quality: int,
+    progress: bool,
+    on_frame: Callable[[FrameFaces], None] | None,
+    detect_every: int = 1,
+):
     """Run the tracker over the reader, writing each face's crop to staging/<track id>/<NNNNN>.jpg; returns
     (processed frame indices, their times, {track id: [(index, score, box, landmarks)]})."""
     frames: list[int] = []
@@ -298,8 +347,15 @@ def _stage_crops(reader: VideoReader, det: FaceDetector, staging: Path, descript
     with rate_progress(progress) as bar:
         task = bar.add_task(description, total=reader.n_output_frames)
         try:
-            for item in iter_tracked_faces(reader, det, tracker=tracker, batch_size=batch_size, crop_size=crop_size,
-                                           keep_images=on_frame is not None, detect_every=detect_every):
+            for item in iter_tracked_faces(
+                reader,
+                det,
+                tracker=tracker,
+                batch_size=batch_size,
+                crop_size=crop_size,
+                keep_images=on_frame is not None,
+                detect_every=detect_every,
+            ):
                 frames.append(item.index)
                 times.append(item.time)
                 for face in item.faces:
@@ -334,7 +390,9 @@ def _publish_tracks(finished, staging: Path, out_dir: Path, frames: list[int]) -
         if target.exists():
             shutil.rmtree(target)
         folder.rename(target)
-        tracks.append(TrackResult(track.name, track.track_id, target, present, [f for f in frames if f not in present_set]))
+        tracks.append(
+            TrackResult(track.name, track.track_id, target, present, [f for f in frames if f not in present_set])
+        )
     return tracks
 
 
@@ -358,14 +416,12 @@ def _write_csv(path: Path, frames, times, tracks: list[TrackResult], by_track: d
                 _, score, box, landmarks = row
                 lm = [""] * 10 if landmarks is None else [_fmt(v) for v in np.asarray(landmarks).reshape(-1)]
                 image = track.crop_path(index).relative_to(out_dir).as_posix()
-                writer.writerow([index, _fmt(t, 4), track.name, 1, image, _fmt(score, 4)]
-                                + [_fmt(v) for v in box] + lm)
+                writer.writerow([index, _fmt(t, 4), track.name, 1, image, _fmt(score, 4)] + [_fmt(v) for v in box] + lm)
 
 
 def contact_sheet(result: FacesResult, path: str | os.PathLike, per_track: int = 8) -> Path:
     """A PNG with one row per track: evenly spaced crops (frame number under each) and a strip showing
     where in the processed frames the track has a face (green) or is missing (red)."""
-    from PIL import Image, ImageDraw
 
     path = Path(path)
     tile, caption, label_w, pad = 112, 16, 150, 6
@@ -377,8 +433,11 @@ def contact_sheet(result: FacesResult, path: str | os.PathLike, per_track: int =
     width = max(label_w + columns * (tile + pad) + pad, 560)
     sheet = Image.new("RGB", (width, header + rows * row_h), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 6), f"{result.video}: {len(result.frames)} frames, {len(result.tracks)} track(s), detector {result.detector}",
-              fill=(235, 235, 235))
+    draw.text(
+        (pad, 6),
+        f"{result.video}: {len(result.frames)} frames, {len(result.tracks)} track(s), detector {result.detector}",
+        fill=(235, 235, 235),
+    )
     if not result.tracks:
         draw.text((pad, header + pad), "no face found", fill=(235, 120, 120))
     n_frames = len(result.frames)
@@ -387,7 +446,9 @@ def contact_sheet(result: FacesResult, path: str | os.PathLike, per_track: int =
         draw.text((pad, y + 4), track.name, fill=(235, 235, 235))
         draw.text((pad, y + 22), f"{len(track.present)}/{n_frames} frames", fill=(180, 180, 180))
         draw.text((pad, y + 38), f"{100 * track.coverage:.1f}% present", fill=(180, 180, 180))
-        chosen = [track.present[round(i)] for i in np.linspace(0, len(track.present) - 1, min(per_track, len(track.present)))]
+        chosen = [
+            track.present[round(i)] for i in np.linspace(0, len(track.present) - 1, min(per_track, len(track.present)))
+        ]
         for c, index in enumerate(chosen):
             x = label_w + c * (tile + pad)
             with Image.open(track.crop_path(index)) as crop:
@@ -400,7 +461,9 @@ def contact_sheet(result: FacesResult, path: str | os.PathLike, per_track: int =
         for k, index in enumerate(result.frames):
             a = x0 + (x1 - x0) * k / max(n_frames, 1)
             b = x0 + (x1 - x0) * (k + 1) / max(n_frames, 1)
-            draw.rectangle([a, sy, max(a, b - 1), sy + strip - 1], fill=(70, 170, 90) if index in present else (190, 60, 60))
+            draw.rectangle(
+                [a, sy, max(a, b - 1), sy + strip - 1], fill=(70, 170, 90) if index in present else (190, 60, 60)
+            )
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG", optimize=True)
     return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from mambava.faces.detect import Face
@@ -199,8 +200,9 @@ class FinishedTrack:
     rows: list
 
 
-def finish_tracks(video: str, hits: dict[int, list], n_frames: int, min_track_frames: int = 3,
-                  box=lambda row: row[2]) -> tuple[list[FinishedTrack], int]:
+def finish_tracks(
+    video: str, hits: dict[int, list], n_frames: int, min_track_frames: int = 3, box=lambda row: row[2]
+) -> tuple[list[FinishedTrack], int]:
     """Finish the tracks of a whole video, the way the crop writer does: drop tracks with fewer than
     `min_track_frames` faces (fewer than n_frames for very short inputs) as spurious, join tracks that follow
     one another at the same place (`stitch_tracks`), and name them (`name_tracks`).
@@ -211,8 +213,9 @@ def finish_tracks(video: str, hits: dict[int, list], n_frames: int, min_track_fr
 
     def summary(tid: int, rows: list) -> TrackSummary:
         boxes = [np.asarray(box(r), dtype=np.float64) for r in rows]
-        return TrackSummary(tid, [r[0] for r in rows], boxes[0], boxes[-1],
-                            float(np.mean([(b[0] + b[2]) / 2 for b in boxes])))
+        return TrackSummary(
+            tid, [r[0] for r in rows], boxes[0], boxes[-1], float(np.mean([(b[0] + b[2]) / 2 for b in boxes]))
+        )
 
     needed = min(min_track_frames, n_frames)
     kept = {tid: sorted(rows, key=lambda r: r[0]) for tid, rows in hits.items() if len(rows) >= needed}
@@ -220,7 +223,9 @@ def finish_tracks(video: str, hits: dict[int, list], n_frames: int, min_track_fr
     members: dict[int, list[int]] = {}
     for tid in sorted(kept, key=lambda t: kept[t][0][0]):
         members.setdefault(owner[tid], []).append(tid)
-    merged = {root: sorted((r for tid in tids for r in kept[tid]), key=lambda r: r[0]) for root, tids in members.items()}
+    merged = {
+        root: sorted((r for tid in tids for r in kept[tid]), key=lambda r: r[0]) for root, tids in members.items()
+    }
     names = name_tracks(video, [summary(root, rows) for root, rows in merged.items()])
     finished = [FinishedTrack(names[root], root, members[root], merged[root]) for root in merged]
     natural = lambda t: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", t.name)]  # noqa: E731
@@ -228,6 +233,7 @@ def finish_tracks(video: str, hits: dict[int, list], n_frames: int, min_track_fr
 
 
 # ------------------------------------------------------------------------ following faces between detections
+
 
 def _follow_points(face: Face) -> np.ndarray:
     """The points optical flow follows: the 5 landmarks, or (no landmarks) the box centre and four points
@@ -239,21 +245,20 @@ def _follow_points(face: Face) -> np.ndarray:
     return np.array([[cx, cy], [cx - w, cy - h], [cx + w, cy - h], [cx - w, cy + h], [cx + w, cy + h]], np.float32)
 
 
-def follow_faces(previous: np.ndarray, current: np.ndarray, faces: list[Face],
-                 max_fb_error: float = 0.05) -> list[Face] | None:
+def follow_faces(
+    previous: np.ndarray, current: np.ndarray, faces: list[Face], max_fb_error: float = 0.05
+) -> list[Face] | None:
     """Move `faces` found in the grey frame `previous` to the grey frame `current` with pyramidal
     Lucas-Kanade flow of their landmarks, then moved by the similarity fitted to those points: landmarks
     and box move rigidly (box: shift and scale, upright), so an expression changing between detections does
     not drag the mouth corners, which measured better on the demo's videos than the raw flow. Returns None when any face is lost: a point the flow cannot
     follow, or whose forward-backward error exceeds `max_fb_error` face sizes (a cut, an occlusion, a
     flat card) — the caller then runs the detector."""
-    import cv2
 
     if not faces:
         return []
     points = np.concatenate([_follow_points(f) for f in faces]).reshape(-1, 1, 2)
-    params = dict(winSize=(21, 21), maxLevel=3,
-                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    params = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
     moved, ok, _ = cv2.calcOpticalFlowPyrLK(previous, current, points, None, **params)
     if moved is None:
         return None

@@ -20,7 +20,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from mambava.backbone import load_encoder
 from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open, atomic_path
+from mambava.temporal import load_temporal_model
 
 KINDS = ("temporal", "backbone")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -59,8 +62,6 @@ def read_index() -> dict[str, dict]:
 
 
 def _write_index(index: dict) -> None:
-    from mambava.core.fileio import atomic_open
-
     with atomic_open(_index_path()) as handle:
         json.dump(index, handle, indent=2, sort_keys=True)
         handle.write("\n")
@@ -77,7 +78,6 @@ def sha256(path: str | os.PathLike) -> str:
 def guess_kind(path: Path) -> tuple[str, str]:
     """(kind, what it was trained on as far as the file says) of a checkpoint: a temporal model when
     `mambava.temporal.load_temporal_model` reads it, else a backbone when `mambava.backbone.load_encoder` does."""
-    from mambava.temporal import load_temporal_model
 
     try:
         loaded = load_temporal_model(path)
@@ -87,7 +87,6 @@ def guess_kind(path: Path) -> tuple[str, str]:
         data = (loaded.run_config or {}).get("data") or {}
         said = ", ".join(f"{k} {data[k]}" for k in ("features", "labels", "fold") if data.get(k) is not None)
         return "temporal", said
-    from mambava.backbone import load_encoder
 
     try:
         load_encoder(path)
@@ -97,11 +96,14 @@ def guess_kind(path: Path) -> tuple[str, str]:
     return "backbone", ""
 
 
-def add(name: str, file: str | os.PathLike, kind: str | None = None, trained_on: str | None = None,
-        replace: bool = False) -> dict:
+def add(
+    name: str, file: str | os.PathLike, kind: str | None = None, trained_on: str | None = None, replace: bool = False
+) -> dict:
     """Copy `file` into the cache under `name`; returns its index entry."""
     if not _NAME.match(name):
-        raise MambavaError(f"{name!r}: a model name is letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+        raise MambavaError(
+            f"{name!r}: a model name is letters, digits, '.', '_' or '-' (starting with a letter or digit)"
+        )
     source = Path(file)
     if not source.is_file():
         raise MambavaError(f"{source}: no such file")
@@ -114,13 +116,16 @@ def add(name: str, file: str | os.PathLike, kind: str | None = None, trained_on:
     if kind is not None and kind != guessed:
         raise MambavaError(f"{source}: reads as a {guessed} checkpoint, not a {kind} one")
     target = models_dir() / f"{name}{''.join(source.suffixes[-1:])}"
-    from mambava.core.fileio import atomic_path
 
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     entry = {
-        "file": target.name, "kind": guessed, "sha256": sha256(target), "size": target.stat().st_size,
-        "trained_on": trained_on if trained_on is not None else said, "source": str(source.resolve()),
+        "file": target.name,
+        "kind": guessed,
+        "sha256": sha256(target),
+        "size": target.stat().st_size,
+        "trained_on": trained_on if trained_on is not None else said,
+        "source": str(source.resolve()),
         "added": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     old = index.get(name)
@@ -154,7 +159,9 @@ def path_of(name: str, kind: str | None = None) -> Path:
     if not path.is_file():
         raise MambavaError(f"{path}: the file of model {name!r} is missing; add it again")
     if sha256(path) != entry["sha256"]:
-        raise MambavaError(f"{path}: SHA-256 differs from the one recorded for {name!r}; the file changed, add it again")
+        raise MambavaError(
+            f"{path}: SHA-256 differs from the one recorded for {name!r}; the file changed, add it again"
+        )
     return path
 
 

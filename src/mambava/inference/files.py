@@ -4,13 +4,17 @@ and circumplex plots, the overlay video. Written atomically (`mambava.core.filei
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 
+from mambava.analysis.plots import OverlayVideoWriter, draw_overlay, plot_circumplex, plot_va_over_time
 from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_path
 from mambava.core.progress import track_items
+from mambava.media.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_video
 
 FEATURE_SUFFIXES = (".npy",)
 
@@ -29,10 +33,6 @@ def output_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
 def write_table(table, out_dir: str | os.PathLike, stem: str, plots: bool = True) -> dict[str, Path]:
     """Write the per-frame table as CSV (and Parquet when pyarrow is installed) and, with `plots`, the two
     PNGs; every file atomically. Returns {kind: path} of what was written."""
-    import importlib.util
-
-    from mambava.core.fileio import atomic_path
-    from mambava.analysis.plots import plot_circumplex, plot_va_over_time
 
     paths = output_paths(out_dir, stem)
     written = {}
@@ -50,12 +50,12 @@ def write_table(table, out_dir: str | os.PathLike, stem: str, plots: bool = True
     return written
 
 
-def write_overlay(video: str | os.PathLike, table, path: str | os.PathLike, fps: float | None = None, progress: bool = False) -> Path:
+def write_overlay(
+    video: str | os.PathLike, table, path: str | os.PathLike, fps: float | None = None, progress: bool = False
+) -> Path:
     """Re-read `video` (with the same `fps` sampling as the prediction) and write it with each track's box and
     valence/arousal bars drawn (`mambava.analysis.plots.draw_overlay`); a track whose face is missing in a frame keeps
     its last box, in grey."""
-    from mambava.analysis.plots import OverlayVideoWriter, draw_overlay
-    from mambava.media.video import open_video
 
     by_frame = {frame: rows for frame, rows in table.groupby("frame", sort=False)}
     last_box: dict[str, np.ndarray] = {}
@@ -69,8 +69,14 @@ def write_overlay(video: str | os.PathLike, table, path: str | os.PathLike, fps:
                     box = np.array([row.x1, row.y1, row.x2, row.y2], np.float32)
                     if np.isfinite(box).all():
                         last_box[row.track] = box
-                    draw_overlay(image, last_box.get(row.track), row.valence, row.arousal,
-                                 label=str(row.track) if several else None, face=bool(row.face))
+                    draw_overlay(
+                        image,
+                        last_box.get(row.track),
+                        row.valence,
+                        row.arousal,
+                        label=str(row.track) if several else None,
+                        face=bool(row.face),
+                    )
             writer.write(image)
     return Path(path)
 
@@ -78,7 +84,6 @@ def write_overlay(video: str | os.PathLike, table, path: str | os.PathLike, fps:
 def find_inputs(paths) -> list:
     """Expand the inputs of `mambava predict`: a file stays as is (a URL too, as a string); a folder holding
     videos or .npy files gives those (sorted); a folder of images only is one image-sequence video."""
-    from mambava.media.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
     found: list = []
     for text in map(str, paths):

@@ -51,19 +51,31 @@ like a video's.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
+import pandas as pd
+import torch
 
+from mambava.analysis.summaries import summarize
+from mambava.audio import audio_of_frames, check_sets, frame_features, set_dims
+from mambava.backbone import FeatureExtractor, ViTEncoder, load_encoder
 from mambava.core.errors import MambavaError
-from mambava.data.store import features_with_mask, load_features_file
-from mambava.inference.files import FEATURE_SUFFIXES
 from mambava.core.progress import track_items
-from mambava.core.runtime import resolve_device
+from mambava.core.runtime import load_aware_threads, resolve_device
+from mambava.data.affwild2 import DataWarning
+from mambava.data.store import FeatureStore, features_with_mask, forward_fill, load_features_file
 from mambava.data.timebase import check_fps, model_fps, to_grid
-from mambava.media.video import source_name
+from mambava.data.windows import STITCHING, check_windowing, predict_sequence
+from mambava.faces import FaceTracker, finish_tracks, get_detector, iter_tracked_faces
+from mambava.faces.dataset import face_stage_differences, training_crops_settings
+from mambava.inference.files import FEATURE_SUFFIXES
+from mambava.inference.stream import LiveStream, is_live_source
+from mambava.media.video import open_video, source_name
+from mambava.temporal import check_finite, load_temporal_model, model_input_dim
 
 if TYPE_CHECKING:
     import pandas
@@ -71,8 +83,23 @@ if TYPE_CHECKING:
     from mambava.inference.stream import LiveStream
 
 WINDOWING = ("windows", "full")
-COLUMNS = ["video", "track", "frame", "time", "valence", "arousal", "face", "x1", "y1", "x2", "y2", "processed",
-           "timestamp", "confidence", "success"]
+COLUMNS = [
+    "video",
+    "track",
+    "frame",
+    "time",
+    "valence",
+    "arousal",
+    "face",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "processed",
+    "timestamp",
+    "confidence",
+    "success",
+]
 # Chosen by measurement on the demo (`mambava bench stitching`, README "Stitching"): the full causal pass has
 # the smallest frame-to-frame jumps at a P_VA within 0.002 of the best; with windows, most_history has 30%
 # smaller jumps than the mean at the mean's P_VA.
@@ -86,7 +113,6 @@ def load_model(checkpoint):
     `mambava.temporal.load_temporal_model`) or a model object."""
     if not isinstance(checkpoint, (str, os.PathLike)):
         return checkpoint.eval(), None, None, type(checkpoint).__name__, None
-    from mambava.temporal import load_temporal_model
 
     loaded = load_temporal_model(checkpoint)
     return loaded.model, loaded.window, loaded.stride, loaded.source, loaded.run_config
@@ -157,7 +183,6 @@ class Predictor:
     ):
         if windowing not in WINDOWING:
             raise MambavaError(f"windowing must be one of {', '.join(WINDOWING)}, got {windowing!r}")
-        from mambava.data.windows import STITCHING
 
         if stitching not in STITCHING:
             raise MambavaError(f"stitching must be one of {', '.join(STITCHING)}, got {stitching!r}")
@@ -170,13 +195,13 @@ class Predictor:
         self.windowing = windowing
         self.stitching = stitching
         self.model_fps = model_fps(self.model)  # the time base: the model's frame grid
-        from mambava.temporal import model_input_dim
-        from mambava.data.windows import check_windowing
 
         # explicit values are checked (0 is an error, not "the default"); a --stride without --window is
         # checked against the checkpoint's window
-        self.window, self.stride = check_windowing(window if window is not None else (ckpt_window or 300),
-                                                   stride if stride is not None else (ckpt_stride or 200))
+        self.window, self.stride = check_windowing(
+            window if window is not None else (ckpt_window or 300),
+            stride if stride is not None else (ckpt_stride or 200),
+        )
         self.input_dim = model_input_dim(self.model)
         self.detector_name = detector
         if int(detect_every) != detect_every or detect_every < 1:
@@ -195,7 +220,6 @@ class Predictor:
         """How this predictor's faces stage differs from the one that made the model's training crops, one line
         each, when those crops were made by `faces --dataset` and their marker is on this machine (the run's
         `data.annotations`); empty when they agree or nothing is known."""
-        from mambava.faces.dataset import face_stage_differences, training_crops_settings
 
         made = training_crops_settings(self.run_config)
         if made is None or self.extractor is None:
@@ -213,37 +237,43 @@ class Predictor:
         if audio is False or (audio is None and not self.fusion):
             return None
         if not self.fusion:
-            raise MambavaError(f"--audio: the temporal model {self.model_name} takes visual features only (not a "
-                               f"fusion model)")
+            raise MambavaError(
+                f"--audio: the temporal model {self.model_name} takes visual features only (not a fusion model)"
+            )
         if audio is None or audio is True:
             return default_audio_sets(self.model.audio_dim)  # (None: a width to name, see _make_extractor)
-        from mambava.audio import check_sets, set_dims
 
         sets = check_sets(audio)  # (ssl, which needs a speech model, is refused here)
         dim = sum(set_dims(sets))
         if dim != self.model.audio_dim:
-            raise MambavaError(f"--audio {','.join(sets)}: {dim} audio features per frame, but the fusion model "
-                               f"{self.model_name} takes {self.model.audio_dim}")
+            raise MambavaError(
+                f"--audio {','.join(sets)}: {dim} audio features per frame, but the fusion model "
+                f"{self.model_name} takes {self.model.audio_dim}"
+            )
         return list(sets)
 
     def _make_extractor(self, backbone):
-        from mambava.backbone import FeatureExtractor, ViTEncoder, load_encoder
-
         if isinstance(backbone, FeatureExtractor):
             extractor = backbone
             name = "the backbone"
         else:
             encoder = backbone if isinstance(backbone, ViTEncoder) else load_encoder(backbone)
-            extractor = FeatureExtractor(encoder, batch_size=self.batch_size, device=self.device, precision=self.precision)
+            extractor = FeatureExtractor(
+                encoder, batch_size=self.batch_size, device=self.device, precision=self.precision
+            )
             name = str(backbone) if not isinstance(backbone, ViTEncoder) else "the backbone"
         if self.fusion:  # its width holds the audio's too
             if self.audio is None and not self.muted:
-                raise MambavaError(f"{self.model_name}: an audio-visual fusion model of {self.model.audio_dim} audio "
-                                   f"features per frame: pass --audio with the feature sets it was trained on, or "
-                                   f"--no-audio")
+                raise MambavaError(
+                    f"{self.model_name}: an audio-visual fusion model of {self.model.audio_dim} audio "
+                    f"features per frame: pass --audio with the feature sets it was trained on, or "
+                    f"--no-audio"
+                )
             if extractor.dim != self.model.visual_dim:
-                raise MambavaError(f"{name} gives {extractor.dim}-d features but the fusion model {self.model_name} "
-                                   f"takes {self.model.visual_dim}-d visual features: trained on another backbone")
+                raise MambavaError(
+                    f"{name} gives {extractor.dim}-d features but the fusion model {self.model_name} "
+                    f"takes {self.model.visual_dim}-d visual features: trained on another backbone"
+                )
         elif self.input_dim is not None and extractor.dim != self.input_dim:
             raise MambavaError(
                 f"{name} gives {extractor.dim}-d features but the temporal model {self.model_name} takes "
@@ -254,8 +284,6 @@ class Predictor:
     @property
     def detector(self):
         if self._detector is None:
-            from mambava.faces import get_detector
-
             self._detector = get_detector(self.detector_name)
         return self._detector
 
@@ -263,16 +291,15 @@ class Predictor:
 
     def _check_dim(self, dim: int, what: str) -> None:
         if self.input_dim is not None and dim != self.input_dim:
-            raise MambavaError(f"{what}: {dim}-d features, but the temporal model {self.model_name} takes {self.input_dim}-d")
+            raise MambavaError(
+                f"{what}: {dim}-d features, but the temporal model {self.model_name} takes {self.input_dim}-d"
+            )
 
-    def predict_raw(self, features: np.ndarray, present: np.ndarray | None = None, windowing: str | None = None) -> np.ndarray:
+    def predict_raw(
+        self, features: np.ndarray, present: np.ndarray | None = None, windowing: str | None = None
+    ) -> np.ndarray:
         """The temporal model on one sequence (T, D): (T, 2) float32, not clipped. Absent rows (present False)
         are forward-filled first."""
-        import torch
-
-        from mambava.data.store import forward_fill
-        from mambava.core.runtime import load_aware_threads
-        from mambava.data.windows import predict_sequence
 
         windowing = windowing or self.windowing
         if windowing not in WINDOWING:
@@ -293,11 +320,12 @@ class Predictor:
                 y = predict_sequence(self.model, x, self.window, self.stride, stitching=self.stitching)
         return y.cpu().numpy()
 
-    def predict_features(self, features: np.ndarray, present: np.ndarray | None = None, name: str = "features") -> np.ndarray:
+    def predict_features(
+        self, features: np.ndarray, present: np.ndarray | None = None, name: str = "features"
+    ) -> np.ndarray:
         """(T, 2) valence/arousal, clipped to [-1, 1], for a (T, D) feature sequence; `present` (T,) bool
         marks frames with a face (default: the rows that are not all NaN). A non-finite output is a
         MambavaError naming `name` and the frame (`mambava.temporal.check_finite`)."""
-        from mambava.temporal import check_finite
 
         features, present = self._checked(features, present)
         raw = self.predict_raw(features, present)
@@ -313,8 +341,9 @@ class Predictor:
         self._check_dim(features.shape[1], "features")
         return features, np.asarray(present, bool)
 
-    def predict_timed(self, features: np.ndarray, present: np.ndarray, times, source_times=None,
-                      name: str = "features") -> np.ndarray:
+    def predict_timed(
+        self, features: np.ndarray, present: np.ndarray, times, source_times=None, name: str = "features"
+    ) -> np.ndarray:
         """(N, 2) clipped valence/arousal for the source frames at `source_times` (default: `times`), from the
         features (n, D) of the processed frames at `times` (seconds): the model runs on its own frame grid
         (`mambava.data.timebase.to_grid`) and each source frame takes its slot's tick."""
@@ -335,20 +364,28 @@ class Predictor:
         n = len(features)
         frames = np.arange(n)
         return self._table(
-            Path(path).stem, frames, frames / self.features_fps,
+            Path(path).stem,
+            frames,
+            frames / self.features_fps,
             {Path(path).stem: TrackFeatures(features, present, np.full((n, 4), np.nan, np.float32))},
         )
 
     def predict_video(self, path: str | os.PathLike) -> pandas.DataFrame:
         """Faces, features and the temporal model for every processed frame of a video; see the module doc."""
         extracted = self.video_features(path)
-        return self._table(extracted.video, extracted.frames, extracted.times, extracted.tracks,
-                           extracted.source_frames, extracted.source_times, extracted.audio, extracted.voice)
+        return self._table(
+            extracted.video,
+            extracted.frames,
+            extracted.times,
+            extracted.tracks,
+            extracted.source_frames,
+            extracted.source_times,
+            extracted.audio,
+            extracted.voice,
+        )
 
     def video_features(self, path: str | os.PathLike) -> VideoFeatures:
         """Detect and track faces over a video and encode every face crop (batched)."""
-        from mambava.faces import FaceTracker, finish_tracks, iter_tracked_faces
-        from mambava.media.video import open_video
 
         if self.extractor is None:
             raise MambavaError(f"{path}: --backbone is required for videos; pass a features .npy instead")
@@ -367,8 +404,9 @@ class Predictor:
             pending.clear()
 
         with open_video(path, fps=self.fps) as reader:
-            stream = iter_tracked_faces(reader, self.detector, tracker=FaceTracker(), keep_images=False,
-                                        detect_every=self.detect_every)
+            stream = iter_tracked_faces(
+                reader, self.detector, tracker=FaceTracker(), keep_images=False, detect_every=self.detect_every
+            )
             for item in track_items(stream, f"faces+features {video}", reader.n_output_frames, self.progress):
                 position = len(frames)
                 frames.append(item.index)
@@ -400,15 +438,22 @@ class Predictor:
             tracks[track.name] = TrackFeatures(features, present, boxes, scores)
         frames = np.asarray(frames, np.int64)
         audio, voice = self._audio_features(path, frames) if self.fusion else (None, None)
-        return VideoFeatures(video, frames, np.asarray(times, np.float64), fps, tracks,
-                             source_frames if len(source_frames) else None, source_times if len(source_times) else None,
-                             audio, voice)
+        return VideoFeatures(
+            video,
+            frames,
+            np.asarray(times, np.float64),
+            fps,
+            tracks,
+            source_frames if len(source_frames) else None,
+            source_times if len(source_times) else None,
+            audio,
+            voice,
+        )
 
     def _audio_features(self, path, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, D_audio) features and (n,) sound mask of the processed source frames `frames`: the video's frame
         grid is the one the frames are numbered on; frames past the sound's grid are masked, and every frame
         when `muted`."""
-        from mambava.audio import audio_of_frames
 
         return audio_of_frames(*self.source_audio(path), frames)
 
@@ -417,16 +462,23 @@ class Predictor:
         empty (N = 0, every frame masked) when `muted`."""
         if self.muted:
             return np.zeros((0, self.model.audio_dim), np.float32), np.zeros(0, bool)
-        from mambava.audio import frame_features
 
         result = frame_features(path, self.audio)
         return result.features, result.mask
 
-    def _table(self, video: str, frames, times, tracks: Mapping[str, TrackFeatures],
-               source_frames=None, source_times=None, audio=None, voice=None) -> pandas.DataFrame:
+    def _table(
+        self,
+        video: str,
+        frames,
+        times,
+        tracks: Mapping[str, TrackFeatures],
+        source_frames=None,
+        source_times=None,
+        audio=None,
+        voice=None,
+    ) -> pandas.DataFrame:
         """One row per source frame and track; the model on its frame grid (see `predict_timed`). With `audio`
         and `voice` (per processed frame) each track's features are joined to them, and a `voice` column added."""
-        import pandas as pd
 
         frames, times = np.asarray(frames, np.int64), np.asarray(times, np.float64)
         if source_frames is None:
@@ -445,22 +497,38 @@ class Predictor:
             va = self.predict_timed(features, track.present, times, source_times, name=name)
             face = track.present[row] & processed
             boxes = np.where(processed[:, None], track.boxes[row], np.nan)
-            confidence = (np.full(len(row), np.nan, np.float32) if track.scores is None else
-                          np.where(face, np.nan_to_num(track.scores[row]), 0.0).astype(np.float32))
-            parts.append(pd.DataFrame({
-                "video": video, "track": name, "frame": source_frames, "time": source_times,
-                "valence": va[:, 0], "arousal": va[:, 1], "face": face.astype(np.int8),
-                "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
-                "processed": processed.astype(np.int8), "timestamp": source_times, "confidence": confidence,
-                "success": face.astype(np.int8),
-                **({} if voice is None else {"voice": (voice[row] & processed).astype(np.int8)}),
-            }))
+            confidence = (
+                np.full(len(row), np.nan, np.float32)
+                if track.scores is None
+                else np.where(face, np.nan_to_num(track.scores[row]), 0.0).astype(np.float32)
+            )
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "video": video,
+                        "track": name,
+                        "frame": source_frames,
+                        "time": source_times,
+                        "valence": va[:, 0],
+                        "arousal": va[:, 1],
+                        "face": face.astype(np.int8),
+                        "x1": boxes[:, 0],
+                        "y1": boxes[:, 1],
+                        "x2": boxes[:, 2],
+                        "y2": boxes[:, 3],
+                        "processed": processed.astype(np.int8),
+                        "timestamp": source_times,
+                        "confidence": confidence,
+                        "success": face.astype(np.int8),
+                        **({} if voice is None else {"voice": (voice[row] & processed).astype(np.int8)}),
+                    }
+                )
+            )
         return pd.concat(parts, ignore_index=True)[COLUMNS + ([] if voice is None else ["voice"])]
 
     @staticmethod
     def summarize(table) -> pandas.DataFrame:
         """One row per track of a per-frame table: duration, face share, VA statistics (`mambava.analysis.summaries`)."""
-        from mambava.analysis.summaries import summarize
 
         return summarize(table)
 
@@ -472,7 +540,6 @@ class Predictor:
         windowing="full"; with `step_precision` "bf16" or "int8", the TCN's step weights in that dtype: to 1e-2).
         Returns an iterable `mambava.inference.stream.LiveStream` of StreamResult rows; its `.dropped` counts frames
         skipped to keep up with real time (live sources, or files with `realtime=True`)."""
-        from mambava.inference.stream import LiveStream
 
         if isinstance(source, np.ndarray) or Path(str(source)).suffix.lower() in FEATURE_SUFFIXES:
             if isinstance(source, np.ndarray):
@@ -485,20 +552,28 @@ class Predictor:
             raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
         audio = None
         if self.fusion:
-            from mambava.inference.stream import is_live_source
-
             if is_live_source(source) and not self.muted:
-                raise MambavaError(f"{source}: audio is not supported live (only a video file's sound is read): "
-                                   f"stream with --no-audio (the fusion model with its sound masked)")
+                raise MambavaError(
+                    f"{source}: audio is not supported live (only a video file's sound is read): "
+                    f"stream with --no-audio (the fusion model with its sound masked)"
+                )
             audio = self.source_audio(source)  # a file's whole sound track, decoded before the first frame
-        return LiveStream(self.model, source, self.detector, self.extractor, realtime=realtime, fps=self.fps,
-                          step_precision=step_precision, detect_every=self.detect_every, audio=audio)
+        return LiveStream(
+            self.model,
+            source,
+            self.detector,
+            self.extractor,
+            realtime=realtime,
+            fps=self.fps,
+            step_precision=step_precision,
+            detect_every=self.detect_every,
+            audio=audio,
+        )
 
 
 def default_audio_sets(audio_dim: int) -> list[str] | None:
     """The audio feature sets a fusion model of `audio_dim` audio columns was trained on: egemaps (25), logmel
     (64) or both (89, `extract --audio`'s default); None for any other width (`ssl`: the sets must be named)."""
-    from mambava.audio import set_dims
 
     for sets in (["egemaps", "logmel"], ["egemaps"], ["logmel"]):
         if sum(set_dims(sets)) == audio_dim:
@@ -506,17 +581,18 @@ def default_audio_sets(audio_dim: int) -> list[str] | None:
     return None
 
 
-def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[str, int], progress: bool = False,
-                           allow_length_mismatch: bool = False) -> dict[str, np.ndarray]:
+def submission_predictions(
+    predictor: Predictor,
+    store,
+    frame_counts: Mapping[str, int],
+    progress: bool = False,
+    allow_length_mismatch: bool = False,
+) -> dict[str, np.ndarray]:
     """{video: (frame_counts[video], 2)} for the ABAW submission, from the stored features of each video
     (`mambava.data.store.FeatureStore`, forward-filled with their mask). A video whose store holds another
     number of frames than its count is a MambavaError naming it and both counts (ABAW scores every frame of
     its own frame list, so a wrong count must not pass); with `allow_length_mismatch`, the last prediction is
     carried over to the end (the no-face policy) or the extra frames are cut, with a DataWarning."""
-    import warnings
-
-    from mambava.data.affwild2 import DataWarning
-    from mambava.data.store import FeatureStore
 
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     predictions = {}
@@ -532,9 +608,12 @@ def submission_predictions(predictor: Predictor, store, frame_counts: Mapping[st
                 f"counts (allow the mismatch to pad or cut)"
             )
         if len(values) != count:
-            warnings.warn(f"{video}: {len(values)} stored frames but the video has {count}; "
-                          + ("the last prediction is carried over" if len(values) < count else "the extra frames are cut"),
-                          DataWarning, stacklevel=2)
+            warnings.warn(
+                f"{video}: {len(values)} stored frames but the video has {count}; "
+                + ("the last prediction is carried over" if len(values) < count else "the extra frames are cut"),
+                DataWarning,
+                stacklevel=2,
+            )
             values = values[np.minimum(np.arange(count), len(values) - 1)]
         predictions[video] = values
     return predictions

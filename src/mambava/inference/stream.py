@@ -41,9 +41,15 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
+import torch
 
+from mambava.audio import audio_of_frames
 from mambava.core.errors import MambavaError
 from mambava.core.runtime import torch_threads
+from mambava.data.timebase import GridClock, model_fps
+from mambava.faces import FaceTracker, iter_tracked_faces
+from mambava.media.video import open_video, source_name
+from mambava.temporal import model_input_dim
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,6 @@ STEP_THREADS = 1
 
 def _recurrent_state(model, batch_size: int, precision: str):
     """(torch, model, its device, its dtype, a fresh recurrent state of `batch_size` rows) for a streamable model."""
-    import torch
 
     check_streamable(model)
     parameter = next(model.parameters())
@@ -144,7 +149,6 @@ class StreamBatch:
         self._torch, self.model, self.device, self.dtype, self.state = _recurrent_state(model, 0, precision)
         torch = self._torch
         self.keys: list = []
-        from mambava.temporal import model_input_dim  # (a fusion model's: visual, audio, mask)
 
         self._last = torch.zeros(0, model_input_dim(model), device=self.device, dtype=self.dtype)
         self._fed: list[bool] = []  # whether each row has had a feature (one to hold)
@@ -367,8 +371,6 @@ class TrackStreams:
     "int8"). `hears`: a fusion model fed each frame's sound (`advance`'s `audio`)."""
 
     def __init__(self, model, precision: str = "fp32", hears: bool = False):
-        from mambava.data.timebase import GridClock, model_fps
-
         check_streamable(model)
         self.model = model
         self.hears = hears
@@ -401,8 +403,15 @@ class TrackStreams:
         self.outputs = self.batch.step(features)
         self.tick = tick
 
-    def advance(self, index: int, time: float, features: dict[str, np.ndarray], dropped: bool = False,
-                scores: dict[str, float] | None = None, audio: np.ndarray | None = None) -> list[StreamResult]:
+    def advance(
+        self,
+        index: int,
+        time: float,
+        features: dict[str, np.ndarray],
+        dropped: bool = False,
+        scores: dict[str, float] | None = None,
+        audio: np.ndarray | None = None,
+    ) -> list[StreamResult]:
         """One frame: step every live track to the frame's grid tick (`features` {track: feature} of the faces
         found; `scores` their detector scores, None for features without a detector). With `hears`, `audio` is
         the frame's (audio features, mask) row, joined to every track's visual feature (its last where its face
@@ -425,12 +434,25 @@ class TrackStreams:
             feature = found.get(track)
             raw = self.outputs[track]
             if not np.isfinite(raw).all():  # a diverged model: refused, as predict and evaluate do
-                raise MambavaError(f"the model's output is not finite ({raw[0]:g}, {raw[1]:g}) for track {track}, "
-                                   f"frame {index}: a diverged model, or features it was not trained on")
+                raise MambavaError(
+                    f"the model's output is not finite ({raw[0]:g}, {raw[1]:g}) for track {track}, "
+                    f"frame {index}: a diverged model, or features it was not trained on"
+                )
             y = np.clip(raw, -1.0, 1.0)
             confidence = math.nan if scores is None else float(scores.get(track, 0.0))
-            results.append(StreamResult(index, float(time), track, float(y[0]), float(y[1]), face=feature is not None,
-                                        dropped=dropped, confidence=confidence, voice=voice))
+            results.append(
+                StreamResult(
+                    index,
+                    float(time),
+                    track,
+                    float(y[0]),
+                    float(y[1]),
+                    face=feature is not None,
+                    dropped=dropped,
+                    confidence=confidence,
+                    voice=voice,
+                )
+            )
         return results
 
 
@@ -455,8 +477,18 @@ class LiveStream:
     through faces and backbone), `dropped` (frames skipped to keep up with real time, see `FrameDropper`).
     """
 
-    def __init__(self, model, source, detector=None, extractor=None, realtime: bool = False, fps: float | None = None,
-                 step_precision: str = "fp32", detect_every: int = 1, audio: tuple | None = None):
+    def __init__(
+        self,
+        model,
+        source,
+        detector=None,
+        extractor=None,
+        realtime: bool = False,
+        fps: float | None = None,
+        step_precision: str = "fp32",
+        detect_every: int = 1,
+        audio: tuple | None = None,
+    ):
         check_streamable(model)
         self.audio = audio
         self.detect_every = detect_every
@@ -473,8 +505,15 @@ class LiveStream:
         self._dropper: FrameDropper | None = None
 
     @classmethod
-    def from_features(cls, model, features: np.ndarray, present: np.ndarray | None, name: str, fps: float = 30.0,
-                      step_precision: str = "fp32") -> "LiveStream":
+    def from_features(
+        cls,
+        model,
+        features: np.ndarray,
+        present: np.ndarray | None,
+        name: str,
+        fps: float = 30.0,
+        step_precision: str = "fp32",
+    ) -> "LiveStream":
         """Stream a (T, D) feature sequence as one track `name`, frame t at time t / fps, without dropping.
         Rows where `present` is False carry the last feature over, like a frame without a face."""
         stream = cls(model, name, step_precision=step_precision)
@@ -501,17 +540,11 @@ class LiveStream:
         """Source frame `index`'s (audio features, mask) row for a fusion model fed sound, else None."""
         if self.audio is None:
             return None
-        from mambava.audio import audio_of_frames
 
         audio, voice = audio_of_frames(*self.audio, np.array([index]))
         return np.concatenate([audio[0], voice.astype(np.float32)])
 
     def _iter_video(self, tracks: TrackStreams) -> Iterator[StreamResult]:
-        from mambava.faces import FaceTracker, iter_tracked_faces
-        from mambava.media.video import open_video
-
-        from mambava.media.video import source_name
-
         reader = open_video(self.source, fps=self.fps)
         base, names_by_id = source_name(self.source), {}
 
@@ -538,8 +571,14 @@ class LiveStream:
             return list(zip(indices[:before].tolist(), times[:before].tolist()))
 
         try:
-            for item in iter_tracked_faces(frames(), self.detector, tracker=tracker, batch_size=1, keep_images=False,
-                                           detect_every=self.detect_every):
+            for item in iter_tracked_faces(
+                frames(),
+                self.detector,
+                tracker=tracker,
+                batch_size=1,
+                keep_images=False,
+                detect_every=self.detect_every,
+            ):
                 for index, time in not_processed_before(item.index):
                     self.frames += 1
                     yield from tracks.advance(index, time, {}, dropped=True, scores={})
@@ -551,9 +590,13 @@ class LiveStream:
                 tracks.retire(track_name(tid) for tid in tracker.active_ids)
                 self.frames += 1
                 self.processed += 1
-                yield from tracks.advance(item.index, item.time, found,
-                                          scores={name: face.score for name, face in zip(names, item.faces)},
-                                          audio=self._audio_row(item.index))
+                yield from tracks.advance(
+                    item.index,
+                    item.time,
+                    found,
+                    scores={name: face.score for name, face in zip(names, item.faces)},
+                    audio=self._audio_row(item.index),
+                )
             for index, time in not_processed_before(sys.maxsize):  # skipped after the last processed frame
                 self.frames += 1
                 yield from tracks.advance(index, time, {}, dropped=True, scores={})

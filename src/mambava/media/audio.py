@@ -7,6 +7,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
+import av
 import numpy as np
 
 from mambava.core.errors import MambavaError
@@ -68,7 +69,6 @@ def _video_origin(container) -> float:
 def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> AudioTrack | None:
     """A file's first audio stream as mono float32 at `sample_rate`, on the video's clock; None when the file has
     no audio stream. A stream that breaks mid-way is kept up to the break, with an AudioWarning."""
-    import av
 
     with open_container(path) as container:
         if not container.streams.audio:
@@ -97,8 +97,11 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Aud
                 break
             except Exception as error:  # a damaged or truncated stream
                 where = f"after t={decoded_to:.3f} s" if decoded_to is not None else "before the first sample"
-                warnings.warn(f"{path}: audio decoding stopped {where}: {error_reason(error)}; the sound after it is masked",
-                              AudioWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path}: audio decoding stopped {where}: {error_reason(error)}; the sound after it is masked",
+                    AudioWarning,
+                    stacklevel=2,
+                )
                 break
             if frame.samples == 0 or not frame.sample_rate:
                 continue
@@ -128,7 +131,7 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Aud
     samples = np.zeros(total, np.float32)
     bounds = []
     for o, (_, x) in zip(offsets, runs):
-        samples[o:o + len(x)] = x
+        samples[o : o + len(x)] = x
         bounds.append((start + o / sample_rate, start + (o + len(x)) / sample_rate))
     return AudioTrack(str(path), samples, sample_rate, start, np.array(bounds, np.float64), codec, announced_end)
 
@@ -163,8 +166,11 @@ def frame_grid(path: str | os.PathLike, n_frames: int | None = None) -> FrameGri
         origin = stream.start_time or 0
         try:
             # packets the decoder discards (an edit list's lead-in) are no frames of the video
-            pts = [p.pts for p in container.demux(stream)
-                   if p.size > 0 and p.pts is not None and not getattr(p, "is_discard", False)]
+            pts = [
+                p.pts
+                for p in container.demux(stream)
+                if p.size > 0 and p.pts is not None and not getattr(p, "is_discard", False)
+            ]
         except Exception as error:
             raise MambavaError(f"{path}: cannot read the video's frame times ({error_reason(error)})") from None
     times = np.sort((np.asarray(pts, np.float64) - origin) * float(tb)) if pts and tb is not None else np.zeros(0)

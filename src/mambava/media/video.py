@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import av
+import cv2
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mambava.core.errors import MambavaError
 
@@ -148,7 +151,6 @@ class _AVReader(VideoReader):
 
     def __init__(self, path: str, target_fps: float | None, av_format: str | None = None, live: bool = False):
         super().__init__(path, target_fps)
-        import av
 
         self._av = av
         self.live = live
@@ -199,7 +201,9 @@ class _AVReader(VideoReader):
             except self._av.error.EOFError:
                 break
             except Exception as error:  # a damaged or truncated stream
-                where = f"after frame {index} (t={last_time:.3f} s)" if last_time is not None else "before the first frame"
+                where = (
+                    f"after frame {index} (t={last_time:.3f} s)" if last_time is not None else "before the first frame"
+                )
                 warnings.warn(
                     f"{self.path}: decoding stopped {where}: {_short(error)}; the video is damaged or "
                     f"truncated, {index + 1} frames were read",
@@ -261,7 +265,6 @@ class _CaptureReader(VideoReader):
 
     def __init__(self, index: int, target_fps: float | None):
         super().__init__(f"camera {index}", target_fps)
-        import cv2
 
         self.live = True
         self._cv2 = cv2
@@ -295,7 +298,6 @@ def _natural_key(path: Path):
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB, EXIF orientation applied. MambavaError naming the file otherwise."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
@@ -348,7 +350,9 @@ def open_video(source: str | int | os.PathLike, fps: float | None = None) -> Vid
         return _AVReader(text, fps, av_format="v4l2" if sys.platform.startswith("linux") else None, live=True)
     path = Path(text)
     if path.is_dir():
-        files = sorted((f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()), key=_natural_key)
+        files = sorted(
+            (f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()), key=_natural_key
+        )
         return _ImagesReader(text, files, fps)
     if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and path.stat().st_size > 0:
         return _ImagesReader(text, [path], fps)
@@ -372,13 +376,14 @@ def check_media_file(path: str | os.PathLike) -> Path:
 
 def open_container(path: str | os.PathLike):
     """A PyAV container for a media file, or a MambavaError naming it (missing, empty, not readable)."""
-    import av
 
     path = check_media_file(path)
     try:
         return av.open(str(path))
     except Exception as error:  # av.error.* and OSError
-        raise MambavaError(f"{path}: cannot open as a video ({_short(error)}); the file may be corrupt or truncated") from None
+        raise MambavaError(
+            f"{path}: cannot open as a video ({_short(error)}); the file may be corrupt or truncated"
+        ) from None
 
 
 def has_audio(path: str | os.PathLike) -> bool:

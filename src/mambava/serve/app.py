@@ -17,20 +17,24 @@ import asyncio
 import json
 import re
 import shutil
+import socket
 import tempfile
 import threading
+import time
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect  # (the `serve` extra)
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from mambava.core.errors import MambavaError
-from mambava.serve.sessions import ServeLimits, SessionHub, message_line
 from mambava.data.timebase import check_fps
+from mambava.inference.predict import COLUMNS
+from mambava.serve.sessions import ServeLimits, SessionHub, message_line
 
 STATIC = ("index.html", "app.js")
 # WebSocket close codes: 1008 policy (a refused session), 1013 try again later (server full), 1001 going away
@@ -47,16 +51,16 @@ def _safe_name(filename: str | None) -> str:
 
 def _records(table) -> list[dict]:
     """The table's rows as JSON objects, NaN as null."""
-    import numpy as np
 
     clean = table.astype(object).where(table.notna(), None)
-    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
-            for row in clean.to_dict(orient="records")]
+    return [
+        {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+        for row in clean.to_dict(orient="records")
+    ]
 
 
 def create_app(predictor, limits: ServeLimits = ServeLimits(), step_precision: str = "fp32"):
     """The application around a loaded `mambava.inference.predict.Predictor` (its model, detector and backbone)."""
-    from mambava.inference.predict import COLUMNS
 
     detector = predictor.detector if predictor.extractor is not None else None
     hub_box: dict[str, SessionHub] = {}
@@ -88,14 +92,24 @@ def create_app(predictor, limits: ServeLimits = ServeLimits(), step_precision: s
     @app.get("/info")
     def info():
         hub = hub_box["hub"]
-        return {"model": predictor.model_name, "input_dim": hub.input_dim, "fps": hub.model_fps,
-                "backbone": predictor.extractor is not None, "sessions": len(hub.sessions),
-                "max_sessions": limits.max_sessions, "queue_frames": limits.queue_frames,
-                "max_upload_mb": limits.max_upload_mb, "max_frame_mb": limits.max_frame_mb}
+        return {
+            "model": predictor.model_name,
+            "input_dim": hub.input_dim,
+            "fps": hub.model_fps,
+            "backbone": predictor.extractor is not None,
+            "sessions": len(hub.sessions),
+            "max_sessions": limits.max_sessions,
+            "queue_frames": limits.queue_frames,
+            "max_upload_mb": limits.max_upload_mb,
+            "max_frame_mb": limits.max_frame_mb,
+        }
 
     def too_large(size: float) -> JSONResponse:
-        return error(413, f"upload of {size / MB:.1f} MB is over this server's limit of {limits.max_upload_mb:g} MB "
-                          f"(--max-upload-mb)")
+        return error(
+            413,
+            f"upload of {size / MB:.1f} MB is over this server's limit of {limits.max_upload_mb:g} MB "
+            f"(--max-upload-mb)",
+        )
 
     @app.post("/predict")
     async def predict(request: Request, format: str = "json"):
@@ -141,8 +155,11 @@ def create_app(predictor, limits: ServeLimits = ServeLimits(), step_precision: s
             shutil.rmtree(folder, ignore_errors=True)
         table = table[COLUMNS]
         if format == "csv":
-            return Response(table.to_csv(index=False, float_format="%.6g"), media_type="text/csv",
-                            headers={"content-disposition": f'attachment; filename="{Path(name).stem}.csv"'})
+            return Response(
+                table.to_csv(index=False, float_format="%.6g"),
+                media_type="text/csv",
+                headers={"content-disposition": f'attachment; filename="{Path(name).stem}.csv"'},
+            )
         return JSONResponse(_records(table))
 
     @app.websocket("/ws")
@@ -167,8 +184,11 @@ def create_app(predictor, limits: ServeLimits = ServeLimits(), step_precision: s
             await websocket.send_text(message_line({"error": str(exc)}))
             await websocket.close(code=FULL, reason=str(exc)[:120])
             return
-        await websocket.send_text(message_line({"session": session.id, "name": session.name, "fps": session.fps,
-                                                "queue_frames": limits.queue_frames}))
+        await websocket.send_text(
+            message_line(
+                {"session": session.id, "name": session.name, "fps": session.fps, "queue_frames": limits.queue_frames}
+            )
+        )
 
         async def send() -> None:
             while True:
@@ -184,8 +204,11 @@ def create_app(predictor, limits: ServeLimits = ServeLimits(), step_precision: s
                 if message.get("bytes") is not None:
                     payload = message["bytes"]
                     if len(payload) > limits.max_frame_mb * MB:
-                        hub.refuse(session, f"{len(payload) / MB:.3g} MB is over the limit of {limits.max_frame_mb:g} "
-                                            f"MB (--max-frame-mb)")
+                        hub.refuse(
+                            session,
+                            f"{len(payload) / MB:.3g} MB is over the limit of {limits.max_frame_mb:g} "
+                            f"MB (--max-frame-mb)",
+                        )
                         continue
                     hub.put(session, payload, next_time)
                     next_time = None
@@ -194,8 +217,12 @@ def create_app(predictor, limits: ServeLimits = ServeLimits(), step_precision: s
                         control = json.loads(message["text"])
                         next_time = float(control["time"])
                     except (ValueError, KeyError, TypeError):
-                        outbox.put_nowait({"error": 'a text message must be {"time": seconds} (the next frame\'s '
-                                                    'timestamp); frames are binary messages'})
+                        outbox.put_nowait(
+                            {
+                                "error": 'a text message must be {"time": seconds} (the next frame\'s '
+                                "timestamp); frames are binary messages"
+                            }
+                        )
         except WebSocketDisconnect:
             pass
         finally:
@@ -218,8 +245,6 @@ class ServerThread:
     worker joined) and joins the thread."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        import socket
-
         import uvicorn
 
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -228,12 +253,11 @@ class ServerThread:
         self.url = f"http://{self.host}:{self.port}"
         config = uvicorn.Config(app, log_level="warning", ws_max_size=64 * MB, lifespan="on")
         self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]},
-                                        name="mambava-uvicorn", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._socket]}, name="mambava-uvicorn", daemon=True
+        )
 
     def __enter__(self) -> "ServerThread":
-        import time
-
         self._thread.start()
         end = time.monotonic() + 30
         while not self.server.started:

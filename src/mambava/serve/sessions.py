@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import sys
 import threading
 import traceback
@@ -35,6 +36,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from mambava.core.errors import MambavaError
+from mambava.data.timebase import GridClock, check_fps, model_fps
+from mambava.faces import FaceTracker, face_crop
+from mambava.inference.stream import StreamBatch, check_streamable
+from mambava.media.video import read_image
+from mambava.temporal import model_input_dim
 
 # The first bytes of the images a session accepts (decoded as `mambava.media.video.read_image` decodes files).
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
@@ -64,11 +70,9 @@ class Session:
     """One live stream: its waiting frames, its tracker and clock, its tracks' rows in the shared batch.
     `deliver(message)` hands a JSON-able dict to the client (called from the worker thread)."""
 
-    def __init__(self, sid: int, name: str, fps: float, deliver: Callable[[dict], None], model_fps: float,
-                 hold_budget: int = 2):
-        from mambava.faces import FaceTracker
-        from mambava.data.timebase import GridClock, check_fps
-
+    def __init__(
+        self, sid: int, name: str, fps: float, deliver: Callable[[dict], None], model_fps: float, hold_budget: int = 2
+    ):
         self.id = sid
         self.name = name
         self.fps = check_fps(fps, "fps")
@@ -146,15 +150,24 @@ class Session:
         for track in self.tracks:
             raw = self.outputs[track]
             if not np.isfinite(raw).all():
-                return {"frame": event.index, "error": f"frame {event.index}: the model's output is not finite for "
-                        f"track {track}: a diverged model, or features it was not trained on"}
+                return {
+                    "frame": event.index,
+                    "error": f"frame {event.index}: the model's output is not finite for "
+                    f"track {track}: a diverged model, or features it was not trained on",
+                }
             y = np.clip(raw, -1.0, 1.0)
             box = event.boxes.get(track)
             score = event.scores.get(track) if event.scores is not None else None
-            rows.append({"track": track, "valence": round(float(y[0]), 6), "arousal": round(float(y[1]), 6),
-                         "face": track in event.features,
-                         "box": None if box is None else [round(float(v), 2) for v in box],
-                         "confidence": None if score is None else round(float(score), 4)})
+            rows.append(
+                {
+                    "track": track,
+                    "valence": round(float(y[0]), 6),
+                    "arousal": round(float(y[1]), 6),
+                    "face": track in event.features,
+                    "box": None if box is None else [round(float(v), 2) for v in box],
+                    "confidence": None if score is None else round(float(score), 4),
+                }
+            )
         return {"frame": event.index, "time": round(event.time, 6), "dropped": event.dropped, "tracks": rows}
 
 
@@ -181,12 +194,15 @@ class SessionHub:
     (None: the sessions take features only). `open` / `close_session` / `put` are called from the server's
     event loop; the batch, trackers and clocks are touched by the worker only."""
 
-    def __init__(self, model, detector=None, extractor=None, limits: ServeLimits = ServeLimits(),
-                 step_precision: str = "fp32", crop_size: int = 112):
-        from mambava.inference.stream import StreamBatch, check_streamable
-        from mambava.temporal import model_input_dim
-        from mambava.data.timebase import model_fps
-
+    def __init__(
+        self,
+        model,
+        detector=None,
+        extractor=None,
+        limits: ServeLimits = ServeLimits(),
+        step_precision: str = "fp32",
+        crop_size: int = 112,
+    ):
         check_streamable(model)
         if getattr(model, "kind", "") == "fusion":
             raise MambavaError("serve: a fusion model needs each frame's sound, which a session does not send")
@@ -218,8 +234,10 @@ class SessionHub:
             if self._stop:
                 raise MambavaError("the server is shutting down")
             if len(self.sessions) >= self.limits.max_sessions:
-                raise MambavaError(f"server full: {len(self.sessions)} of {self.limits.max_sessions} live sessions "
-                                   f"in use; try again later")
+                raise MambavaError(
+                    f"server full: {len(self.sessions)} of {self.limits.max_sessions} live sessions "
+                    f"in use; try again later"
+                )
             session = Session(next(self._ids), name, fps, deliver, self.model_fps, self.limits.queue_frames)
             self.sessions[session.id] = session
             return session
@@ -283,8 +301,11 @@ class SessionHub:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stop and (self._paused or not any(
-                        s.inbox or s.overflow for s in self.sessions.values())) and not self._leaving:
+                while (
+                    not self._stop
+                    and (self._paused or not any(s.inbox or s.overflow for s in self.sessions.values()))
+                    and not self._leaving
+                ):
                     self._cond.wait()
                 if self._stop:
                     return
@@ -334,9 +355,10 @@ class SessionHub:
     def _decode(self, payload: bytes, index: int):
         if payload.startswith(IMAGE_MAGIC):
             if self.extractor is None:
-                raise MambavaError(f"frame {index}: this server has no backbone (started without --backbone): "
-                                   f"send {self.input_dim} float32 features per frame")
-            from mambava.media.video import read_image
+                raise MambavaError(
+                    f"frame {index}: this server has no backbone (started without --backbone): "
+                    f"send {self.input_dim} float32 features per frame"
+                )
 
             try:
                 return "image", read_image(io.BytesIO(payload))
@@ -348,12 +370,13 @@ class SessionHub:
             if not np.isfinite(features).all():
                 raise MambavaError(f"frame {index}: features with NaN or infinite values")
             return "features", features
-        raise MambavaError(f"frame {index}: {len(payload)} bytes are neither a JPEG/PNG image nor "
-                           f"{self.input_dim} float32 features ({4 * (self.input_dim or 0)} bytes)")
+        raise MambavaError(
+            f"frame {index}: {len(payload)} bytes are neither a JPEG/PNG image nor "
+            f"{self.input_dim} float32 features ({4 * (self.input_dim or 0)} bytes)"
+        )
 
     def _faces(self, images: list) -> Iterator[tuple[_Event, Session]]:
         """Faces of every session's image in one detector batch, their crops in one backbone batch."""
-        from mambava.faces import face_crop
 
         detections = self.detector.detect_batch([image for _, _, _, image in images])
         crops, owners = [], []
@@ -361,7 +384,9 @@ class SessionHub:
         for (session, index, time, image), faces in zip(images, detections):
             ids = session.tracker.update(faces, time)
             names = [session.track_name(tid) for tid in ids]
-            tracked.append((session, index, time, names, faces, {session.track_name(t) for t in session.tracker.active_ids}))
+            tracked.append(
+                (session, index, time, names, faces, {session.track_name(t) for t in session.tracker.active_ids})
+            )
             for face in faces:
                 crops.append(face_crop(image, face, self.crop_size))
                 owners.append(len(tracked) - 1)
@@ -370,8 +395,17 @@ class SessionHub:
         for owner, feature in zip(owners, features):
             per_image[owner].append(feature)
         for (session, index, time, names, faces, active), feats in zip(tracked, per_image):
-            yield _Event(index, time, dict(zip(names, feats)), boxes={n: f.box for n, f in zip(names, faces)},
-                         scores={n: f.score for n, f in zip(names, faces)}, retire=active), session
+            yield (
+                _Event(
+                    index,
+                    time,
+                    dict(zip(names, feats)),
+                    boxes={n: f.box for n, f in zip(names, faces)},
+                    scores={n: f.score for n, f in zip(names, faces)},
+                    retire=active,
+                ),
+                session,
+            )
 
     def _step(self, taken: list, events: dict) -> None:
         """Drive every session's coroutine in lockstep: per step, the leaves, then one `join_last` for the new
@@ -415,7 +449,6 @@ class SessionHub:
 
 def message_line(message: dict) -> str:
     """A session's message as one compact JSON line (NaN cannot occur: rows without a track are empty)."""
-    import json
 
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
 

@@ -16,28 +16,55 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 
 from mambava.core.fileio import atomic_path, is_output_failure, output_error
 from mambava.synth.config import ProgressFn, SynthConfig, SynthSummary
 from mambava.synth.expression import Track, frame_params, track, truth_arrays
 from mambava.synth.identity import Identity, sample_identity
-from mambava.synth.layout import (ANNOTATION_DIR, CROPS_DIR, FORMAT_VERSION, GROUND_TRUTH_DIR, META_DIR, META_FILE,
-                                  SPLIT_DIRS, TEST_LIST_NAME, VIDEOS_DIR, annotation_text, new_crop_dir,
-                                  prepare_root, replace_dir, write_jpeg, write_text)
-from mambava.synth.render import (LANDMARK_BIAS, LANDMARK_JITTER, align_crop, background, composite,
-                                  draw_back_of_head, draw_occluder, face_base, face_placement, render_face, to_frame)
+from mambava.synth.layout import (
+    ANNOTATION_DIR,
+    CROPS_DIR,
+    FORMAT_VERSION,
+    GROUND_TRUTH_DIR,
+    META_DIR,
+    META_FILE,
+    SPLIT_DIRS,
+    TEST_LIST_NAME,
+    VIDEOS_DIR,
+    annotation_text,
+    new_crop_dir,
+    prepare_root,
+    replace_dir,
+    write_jpeg,
+    write_text,
+)
+from mambava.synth.render import (
+    LANDMARK_BIAS,
+    LANDMARK_JITTER,
+    align_crop,
+    background,
+    composite,
+    draw_back_of_head,
+    draw_occluder,
+    face_base,
+    face_placement,
+    render_face,
+    to_frame,
+)
 from mambava.synth.signals import smooth_noise
 from mambava.synth.voice import SAMPLE_RATE as VOICE_RATE
 from mambava.synth.voice import video_audio
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Which videos
@@ -87,8 +114,17 @@ def plan(cfg: SynthConfig) -> list[VideoSpec]:
         two = bool(plan_rng.random() < cfg.two_person_fraction)
         n = int(plan_rng.integers(cfg.frames[0], cfg.frames[1] + 1))
         w, h = cfg.two_person_size if two else cfg.size
-        specs.append(VideoSpec(index=i, name=f"{numbers[i]}-{cfg.fps}-{w}x{h}", split=split, two_person=two,
-                               n_frames=n, seed=children[i], batch="batch1" if i % 2 == 0 else "batch2"))
+        specs.append(
+            VideoSpec(
+                index=i,
+                name=f"{numbers[i]}-{cfg.fps}-{w}x{h}",
+                split=split,
+                two_person=two,
+                n_frames=n,
+                seed=children[i],
+                batch="batch1" if i % 2 == 0 else "batch2",
+            )
+        )
     return specs
 
 
@@ -99,7 +135,6 @@ def plan(cfg: SynthConfig) -> list[VideoSpec]:
 def render_video(root: Path, spec: VideoSpec, cfg: SynthConfig) -> dict:
     """Render one video, write its raw file, crops, annotation(s) and per-frame truth; return its facts.
     Draws from the video's generator in a fixed order: people, scene, lighting, the aligner's error."""
-    import cv2
 
     cv2.setNumThreads(1)
     rng = np.random.default_rng(spec.seed)
@@ -109,17 +144,25 @@ def render_video(root: Path, spec: VideoSpec, cfg: SynthConfig) -> dict:
     lighting = _Lighting.draw(rng, spec.n_frames, cfg.fps, w, h, cfg.noise_sigma)
     # the aligner's landmark error, in frame pixels: a bias per person (a detector errs alike on one face) and a
     # per-frame jitter (together ~2% of the eye distance; MTCNN errs by ~5% on these faces, see README)
-    jitter = rng.normal(0.0, LANDMARK_BIAS, (len(names), 1, 5, 2)) + rng.normal(0.0, LANDMARK_JITTER,
-                                                                                 (len(names), spec.n_frames, 5, 2))
+    jitter = rng.normal(0.0, LANDMARK_BIAS, (len(names), 1, 5, 2)) + rng.normal(
+        0.0, LANDMARK_JITTER, (len(names), spec.n_frames, 5, 2)
+    )
     # each person's voice (its own generator, so the frames above are as without it) and when it is heard
-    audio, heard = video_audio(spec.seed, [tr.va for tr in tracks], [tr.talking for tr in tracks], cfg.fps,
-                               render=cfg.write_videos and cfg.voices)
+    audio, heard = video_audio(
+        spec.seed,
+        [tr.va for tr in tracks],
+        [tr.talking for tr in tracks],
+        cfg.fps,
+        render=cfg.write_videos and cfg.voices,
+    )
     tmp_dirs = [new_crop_dir(root / CROPS_DIR, name) for name in names]
     try:
-        n_crops, true_lm, crop_lm = _render_frames(root, spec, cfg, idents, tracks, scene, lighting, jitter, tmp_dirs,
-                                                   audio)
-        return _write_people(root, spec, cfg, names, idents, tracks, tmp_dirs, n_crops, true_lm, crop_lm,
-                             heard if cfg.voices else None)
+        n_crops, true_lm, crop_lm = _render_frames(
+            root, spec, cfg, idents, tracks, scene, lighting, jitter, tmp_dirs, audio
+        )
+        return _write_people(
+            root, spec, cfg, names, idents, tracks, tmp_dirs, n_crops, true_lm, crop_lm, heard if cfg.voices else None
+        )
     except BaseException:
         for tmp in tmp_dirs:  # no half-written crop folders left behind
             shutil.rmtree(tmp, ignore_errors=True)
@@ -139,8 +182,10 @@ class _Scene:
         back = background(rng, w, h)
         bases = [face_base(ident) for ident in idents]
         if two_person:
-            anchors = [(w * 0.27 + rng.uniform(-6, 6), h * 0.5 + rng.uniform(-8, 8)),
-                       (w * 0.73 + rng.uniform(-6, 6), h * 0.5 + rng.uniform(-8, 8))]
+            anchors = [
+                (w * 0.27 + rng.uniform(-6, 6), h * 0.5 + rng.uniform(-8, 8)),
+                (w * 0.73 + rng.uniform(-6, 6), h * 0.5 + rng.uniform(-8, 8)),
+            ]
         else:
             anchors = [(w / 2 + rng.uniform(-25, 25), h / 2 + rng.uniform(-10, 12))]
         return cls(back, bases, anchors)
@@ -162,8 +207,9 @@ class _Lighting:
     yy: np.ndarray
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, n: int, fps: float, w: int, h: int,
-             noise_sigma: tuple[float, float]) -> "_Lighting":
+    def draw(
+        cls, rng: np.random.Generator, n: int, fps: float, w: int, h: int, noise_sigma: tuple[float, float]
+    ) -> "_Lighting":
         gain = 1.0 + 0.12 * smooth_noise(rng, n, 4.0 * fps)
         if rng.random() < 0.4:
             switch = int(rng.integers(n // 4, 3 * n // 4))
@@ -182,7 +228,6 @@ class _Lighting:
 
     def apply(self, frame: np.ndarray, t: int) -> np.ndarray:
         """Frame t lit and with sensor noise (uint8)."""
-        import cv2
 
         h, w = frame.shape[:2]
         gain, strength, angle, tint = self.gain[t], self.grad_strength[t], self.grad_angle[t], self.tint
@@ -191,28 +236,42 @@ class _Lighting:
         light += gain
         oy, ox = self.noise_off[t]
         lit = cv2.multiply(frame, cv2.merge([light * tint[0], light * tint[1], light * tint[2]]), dtype=cv2.CV_32F)
-        cv2.add(lit, self.noise_bank[self.noise_pick[t], oy:oy + h, ox:ox + w], dst=lit)
+        cv2.add(lit, self.noise_bank[self.noise_pick[t], oy : oy + h, ox : ox + w], dst=lit)
         return cv2.convertScaleAbs(lit)  # rounds and saturates to uint8 (values are >= 0 after abs)
 
 
-def _render_frames(root: Path, spec: VideoSpec, cfg: SynthConfig, idents: list[Identity], tracks: list[Track],
-                   scene: _Scene, lighting: _Lighting, jitter: np.ndarray,
-                   tmp_dirs: list[Path], audio: np.ndarray | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
+def _render_frames(
+    root: Path,
+    spec: VideoSpec,
+    cfg: SynthConfig,
+    idents: list[Identity],
+    tracks: list[Track],
+    scene: _Scene,
+    lighting: _Lighting,
+    jitter: np.ndarray,
+    tmp_dirs: list[Path],
+    audio: np.ndarray | None = None,
+) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Draw every frame, write it to the raw video (with `audio` as its sound track, AAC at the voices' 16 kHz,
     when given) and its crops to the temporary crop folders; returns the
     number of crops per person, and per person and frame (frame pixels, NaN where none) the drawn face's true
     landmarks and those its crop was aligned with (`RENDERED_TRUTH`)."""
     w, h = _frame_size(spec, cfg)
-    writer = VideoWriter(root / VIDEOS_DIR / spec.batch / f"{spec.name}.mp4", w, h, cfg.fps, cfg.crf, audio) if \
-        cfg.write_videos else None
+    writer = (
+        VideoWriter(root / VIDEOS_DIR / spec.batch / f"{spec.name}.mp4", w, h, cfg.fps, cfg.crf, audio)
+        if cfg.write_videos
+        else None
+    )
     n_crops = [0] * len(idents)
     true_lm = np.full((len(idents), spec.n_frames, 5, 2), np.nan, np.float32)
     crop_lm = np.full((len(idents), spec.n_frames, 5, 2), np.nan, np.float32)
     try:
         for t in range(spec.n_frames):
             frame = scene.background.copy()
-            landmarks = [_draw_person(frame, t, ident, tr, scene.bases[k], scene.anchors[k])
-                         for k, (ident, tr) in enumerate(zip(idents, tracks))]
+            landmarks = [
+                _draw_person(frame, t, ident, tr, scene.bases[k], scene.anchors[k])
+                for k, (ident, tr) in enumerate(zip(idents, tracks))
+            ]
             frame = lighting.apply(frame, t)
             if writer is not None:
                 writer.write(frame)
@@ -234,8 +293,14 @@ def _render_frames(root: Path, spec: VideoSpec, cfg: SynthConfig, idents: list[I
     return n_crops, true_lm, crop_lm
 
 
-def _draw_person(frame: np.ndarray, t: int, ident: Identity, tr: Track, base: tuple[np.ndarray, np.ndarray],
-                 anchor: tuple[float, float]) -> np.ndarray | None:
+def _draw_person(
+    frame: np.ndarray,
+    t: int,
+    ident: Identity,
+    tr: Track,
+    base: tuple[np.ndarray, np.ndarray],
+    anchor: tuple[float, float],
+) -> np.ndarray | None:
     """Draw one person into frame t (in place): the face with its occluders, or the back of the head when the
     person has turned away. Returns the 5 landmarks in frame pixels, None without a face."""
     s = ident.scale * tr.scale[t]
@@ -254,33 +319,65 @@ def _draw_person(frame: np.ndarray, t: int, ident: Identity, tr: Track, base: tu
     return lm_frame
 
 
-def _write_people(root: Path, spec: VideoSpec, cfg: SynthConfig, names: list[str], idents: list[Identity],
-                  tracks: list[Track], tmp_dirs: list[Path], n_crops: list[int], true_lm: np.ndarray,
-                  crop_lm: np.ndarray, heard: list[np.ndarray] | None = None) -> dict:
+def _write_people(
+    root: Path,
+    spec: VideoSpec,
+    cfg: SynthConfig,
+    names: list[str],
+    idents: list[Identity],
+    tracks: list[Track],
+    tmp_dirs: list[Path],
+    n_crops: list[int],
+    true_lm: np.ndarray,
+    crop_lm: np.ndarray,
+    heard: list[np.ndarray] | None = None,
+) -> dict:
     """Move the crop folders into place, write each person's annotation and truth (with `voice`, the frames
     where their voice is heard); return the video's facts."""
     w, h = _frame_size(spec, cfg)
-    facts = {"name": spec.name, "split": spec.split, "two_person": spec.two_person, "n_frames": spec.n_frames,
-             "size": [w, h], "fps": cfg.fps, "video": f"{VIDEOS_DIR}/{spec.batch}/{spec.name}.mp4" if
-             cfg.write_videos else None, "persons": []}
+    facts = {
+        "name": spec.name,
+        "split": spec.split,
+        "two_person": spec.two_person,
+        "n_frames": spec.n_frames,
+        "size": [w, h],
+        "fps": cfg.fps,
+        "video": f"{VIDEOS_DIR}/{spec.batch}/{spec.name}.mp4" if cfg.write_videos else None,
+        "persons": [],
+    }
     for k, (name, ident, tr) in enumerate(zip(names, idents, tracks)):
         replace_dir(tmp_dirs[k], root / CROPS_DIR / name)
-        label_dir = (root / ANNOTATION_DIR / SPLIT_DIRS[spec.split]) if spec.split != "test" else (
-            root / GROUND_TRUTH_DIR / SPLIT_DIRS["test"])
+        label_dir = (
+            (root / ANNOTATION_DIR / SPLIT_DIRS[spec.split])
+            if spec.split != "test"
+            else (root / GROUND_TRUTH_DIR / SPLIT_DIRS["test"])
+        )
         write_text(label_dir / f"{name}.txt", annotation_text(tr.labels))
         with atomic_path(root / META_DIR / f"{name}.npz") as tmp:
             with open(tmp, "wb") as handle:
                 voice = {} if heard is None else {"voice": heard[k]}
-                np.savez_compressed(handle, **truth_arrays(tr), landmarks=true_lm[k], crop_landmarks=crop_lm[k],
-                                    **voice)
-        facts["persons"].append({
-            "name": name, "lag_frames": tr.lag, "crops": n_crops[k],
-            "invalid_labels": int((tr.labels[:, 0] == -5.0).sum()),
-            **({} if heard is None else {"voice_frames": int(heard[k].sum())}),
-            "identity": {key: (round(val, 4) if isinstance(val, float) else
-                               [round(x, 1) for x in val] if isinstance(val, tuple) else val)
-                         for key, val in dataclasses.asdict(ident).items()},
-        })
+                np.savez_compressed(
+                    handle, **truth_arrays(tr), landmarks=true_lm[k], crop_landmarks=crop_lm[k], **voice
+                )
+        facts["persons"].append(
+            {
+                "name": name,
+                "lag_frames": tr.lag,
+                "crops": n_crops[k],
+                "invalid_labels": int((tr.labels[:, 0] == -5.0).sum()),
+                **({} if heard is None else {"voice_frames": int(heard[k].sum())}),
+                "identity": {
+                    key: (
+                        round(val, 4)
+                        if isinstance(val, float)
+                        else [round(x, 1) for x in val]
+                        if isinstance(val, tuple)
+                        else val
+                    )
+                    for key, val in dataclasses.asdict(ident).items()
+                },
+            }
+        )
     return facts
 
 
@@ -288,10 +385,16 @@ class VideoWriter:
     """H.264 (yuv420p) mp4 through PyAV, written to a temporary file and renamed when closed; with `audio`
     (float32 mono samples at `sample_rate` from t = 0), an AAC sound track muxed beside the frames."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int, audio: np.ndarray | None = None,
-                 sample_rate: int = VOICE_RATE):
-        import av
-
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        fps: int,
+        crf: int,
+        audio: np.ndarray | None = None,
+        sample_rate: int = VOICE_RATE,
+    ):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -307,8 +410,6 @@ class VideoWriter:
             self.audio_stream.bit_rate = 48000
 
     def write(self, bgr: np.ndarray) -> None:
-        import av
-
         frame = av.VideoFrame.from_ndarray(bgr, format="bgr24")
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
@@ -317,12 +418,11 @@ class VideoWriter:
             self._write_audio(round(self.frames / self.fps * self.sample_rate))
 
     def _write_audio(self, until: int) -> None:
-        import av
-
-        chunk = self.audio[self.samples:until]
+        chunk = self.audio[self.samples : until]
         if len(chunk):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk, np.float32)[None], format="flt",
-                                               layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(chunk, np.float32)[None], format="flt", layout="mono"
+            )
             frame.sample_rate, frame.pts = self.sample_rate, self.samples
             for packet in self.audio_stream.encode(frame):
                 self.container.mux(packet)
@@ -355,8 +455,9 @@ def _job(args: tuple) -> dict:
     return render_video(Path(root), spec, cfg)
 
 
-def run_jobs(fn, jobs: list, workers: int, progress: ProgressFn | None, names: list[str],
-             order: list[int] | None = None) -> list:
+def run_jobs(
+    fn, jobs: list, workers: int, progress: ProgressFn | None, names: list[str], order: list[int] | None = None
+) -> list:
     """fn(job) for every job, in worker processes (spawned, so safe beside torch) when workers > 1; results in
     job order. `order` is the submission order (longest first keeps the workers busy to the end)."""
     workers = max(1, min(workers or min(2, os.cpu_count() or 1), len(jobs)))
@@ -369,8 +470,6 @@ def run_jobs(fn, jobs: list, workers: int, progress: ProgressFn | None, names: l
             if progress:
                 progress(i + 1, len(jobs), names[i])
         return results
-    import multiprocessing
-    from concurrent.futures import as_completed
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(fn, jobs[i]): i for i in (order or range(len(jobs)))}
@@ -382,8 +481,9 @@ def run_jobs(fn, jobs: list, workers: int, progress: ProgressFn | None, names: l
     return results
 
 
-def generate(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
-             progress: ProgressFn | None = None) -> SynthSummary:
+def generate(
+    out_dir: str | os.PathLike, cfg: SynthConfig | None = None, progress: ProgressFn | None = None
+) -> SynthSummary:
     """Generate a synthetic dataset under `out_dir` (see the module docstring). `progress(done, total, name)` is
     called after each video. An existing synthetic dataset there is replaced; any other non-empty folder is an
     error."""
@@ -401,8 +501,9 @@ def _generate(root: Path, cfg: SynthConfig, progress: ProgressFn | None) -> Synt
     prepare_root(root)
     specs = plan(cfg)
     order = sorted(range(len(specs)), key=lambda i: -specs[i].n_frames * (2 if specs[i].two_person else 1))
-    facts = run_jobs(_job, [(str(root), spec, cfg) for spec in specs], cfg.workers, progress,
-                     [spec.name for spec in specs], order)
+    facts = run_jobs(
+        _job, [(str(root), spec, cfg) for spec in specs], cfg.workers, progress, [spec.name for spec in specs], order
+    )
 
     splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
     for f in facts:
@@ -413,15 +514,21 @@ def _generate(root: Path, cfg: SynthConfig, progress: ProgressFn | None) -> Synt
     (root / ANNOTATION_DIR / SPLIT_DIRS["validation"]).mkdir(parents=True, exist_ok=True)
     write_text(root / TEST_LIST_NAME, "".join(f"{name}\n" for name in splits["test"]))
     meta = {
-        "generator": "mambava.synth", "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
-        "splits": splits, "videos": facts,
+        "generator": "mambava.synth",
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "splits": splits,
+        "videos": facts,
     }
     write_text(root / META_FILE, json.dumps(meta, indent=1) + "\n")
     return SynthSummary(
-        root=root, splits=splits, videos=[f["name"] for f in facts],
+        root=root,
+        splits=splits,
+        videos=[f["name"] for f in facts],
         frames=sum(f["n_frames"] for f in facts),
         person_frames=sum(f["n_frames"] * len(f["persons"]) for f in facts),
         crops=sum(p["crops"] for f in facts for p in f["persons"]),
         invalid_labels=sum(p["invalid_labels"] for f in facts for p in f["persons"]),
-        seconds=time.perf_counter() - started, config=cfg,
+        seconds=time.perf_counter() - started,
+        config=cfg,
     )

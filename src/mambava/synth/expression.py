@@ -76,8 +76,15 @@ def blink_rate(a: np.ndarray) -> np.ndarray:
     return 0.12 + 1.1 * ((a + 1) / 2) ** 2
 
 
-def expression(v: np.ndarray, a: np.ndarray, ident: Identity, noise: dict, blink: np.ndarray,
-               talking: np.ndarray, syllables: np.ndarray) -> dict[str, np.ndarray]:
+def expression(
+    v: np.ndarray,
+    a: np.ndarray,
+    ident: Identity,
+    noise: dict,
+    blink: np.ndarray,
+    talking: np.ndarray,
+    syllables: np.ndarray,
+) -> dict[str, np.ndarray]:
     """Expression parameters from the true VA (one mapping for videos and stills). `noise` holds unit-variance
     noises (smooth in time for videos, independent for stills); `blink` multiplies the eye opening; `talking`
     and `syllables` (0..1, the phase of the syllable oscillation) drive the mouth.
@@ -96,8 +103,13 @@ def expression(v: np.ndarray, a: np.ndarray, ident: Identity, noise: dict, blink
     laugh = np.clip((v - 0.4) * 2, 0, 1) * np.clip((a - 0.3) * 2, 0, 1)
     mouth_open = np.where(talking, amplitude * syllables, 0.03) + 0.45 * laugh * (0.6 + 0.4 * syllables)
     mouth_open = np.clip(mouth_open + 0.04 * noise["mouth"], 0, 1)
-    return {"smile": smile, "brow_raise": brow_raise, "brow_inner": brow_inner, "eye_open": eye * blink,
-            "mouth_open": mouth_open}
+    return {
+        "smile": smile,
+        "brow_raise": brow_raise,
+        "brow_inner": brow_inner,
+        "eye_open": eye * blink,
+        "mouth_open": mouth_open,
+    }
 
 
 def track(rng: np.random.Generator, n: int, fps: float, ident: Identity, cfg: SynthConfig) -> Track:
@@ -137,8 +149,9 @@ def _rater(rng: np.random.Generator, va: np.ndarray, fps: float, cfg: SynthConfi
     return labels, lag, invalid
 
 
-def _video_expression(rng: np.random.Generator, va: np.ndarray, fps: float, ident: Identity,
-                      fast: Callable[[float], np.ndarray]) -> dict[str, np.ndarray]:
+def _video_expression(
+    rng: np.random.Generator, va: np.ndarray, fps: float, ident: Identity, fast: Callable[[float], np.ndarray]
+) -> dict[str, np.ndarray]:
     """The expression parameters of every frame, from the true VA at the frame itself, and `talking`."""
     n = len(va)
     v, a = va[:, 0], va[:, 1]
@@ -196,8 +209,7 @@ def _head_motion(a: np.ndarray, fast: Callable[[float], np.ndarray]) -> dict[str
     return {"yaw": yaw, "pitch": pitch, "roll": roll, "tx": tx, "ty": ty, "scale": scale}
 
 
-def _disturbances(rng: np.random.Generator, n: int, fps: float, ident: Identity, cfg: SynthConfig,
-                  invalid: np.ndarray):
+def _disturbances(rng: np.random.Generator, n: int, fps: float, ident: Identity, cfg: SynthConfig, invalid: np.ndarray):
     """(present, crop, occluders): no-face gaps (the rater pauses in half of them: marked in `invalid`, in
     place) and occluders (a third of them hide the face past recognition: no crop)."""
     present = np.ones(n, dtype=bool)
@@ -209,8 +221,10 @@ def _disturbances(rng: np.random.Generator, n: int, fps: float, ident: Identity,
     occluders = []
     for start, length in events(rng, n, fps, cfg.occlusions_per_min, dur_s=(0.5, 2.0)):
         kind = int(rng.integers(3))  # 0 hand over the mouth, 1 object over an eye, 2 object over the lower face
-        colour = tuple(np.clip(np.array(ident.skin) * rng.uniform(0.85, 1.05), 0, 255)) if kind == 0 else tuple(
-            rng.uniform(20, 235, 3)
+        colour = (
+            tuple(np.clip(np.array(ident.skin) * rng.uniform(0.85, 1.05), 0, 255))
+            if kind == 0
+            else tuple(rng.uniform(20, 235, 3))
         )
         drops = bool(rng.random() < 0.3)
         occluders.append((start, length, kind, colour, drops, rng.uniform(-4, 4), rng.uniform(-4, 4)))
@@ -223,8 +237,12 @@ def _disturbances(rng: np.random.Generator, n: int, fps: float, ident: Identity,
 def frame_params(tr: Track, t: int) -> dict:
     """The expression and pose of frame t, as `render.render_face` takes them."""
     return {
-        "smile": float(tr.smile[t]), "brow_raise": float(tr.brow_raise[t]), "brow_inner": float(tr.brow_inner[t]),
-        "eye_open": float(tr.eye_open[t]), "mouth_open": float(tr.mouth_open[t]), "yaw": float(tr.yaw[t]),
+        "smile": float(tr.smile[t]),
+        "brow_raise": float(tr.brow_raise[t]),
+        "brow_inner": float(tr.brow_inner[t]),
+        "eye_open": float(tr.eye_open[t]),
+        "mouth_open": float(tr.mouth_open[t]),
+        "yaw": float(tr.yaw[t]),
         "pitch": float(tr.pitch[t]),
     }
 
@@ -242,8 +260,17 @@ def truth_arrays(tr: Track) -> dict[str, np.ndarray]:
         occluded[occ[0] : occ[0] + occ[1]] = True
     f32 = lambda x: np.asarray(x, dtype=np.float32)  # noqa: E731
     return {
-        "va_true": f32(tr.va), "labels": f32(tr.labels), "crop": tr.crop, "present": tr.present,
-        "occluded": occluded & tr.present, "smile": f32(tr.smile), "brow_raise": f32(tr.brow_raise),
-        "brow_inner": f32(tr.brow_inner), "eye_open": f32(tr.eye_open), "mouth_open": f32(tr.mouth_open),
-        "yaw": f32(tr.yaw), "pitch": f32(tr.pitch), "roll": f32(tr.roll),
+        "va_true": f32(tr.va),
+        "labels": f32(tr.labels),
+        "crop": tr.crop,
+        "present": tr.present,
+        "occluded": occluded & tr.present,
+        "smile": f32(tr.smile),
+        "brow_raise": f32(tr.brow_raise),
+        "brow_inner": f32(tr.brow_inner),
+        "eye_open": f32(tr.eye_open),
+        "mouth_open": f32(tr.mouth_open),
+        "yaw": f32(tr.yaw),
+        "pitch": f32(tr.pitch),
+        "roll": f32(tr.roll),
     }

@@ -11,10 +11,12 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open
+from mambava.data.affwild2 import read_va_annotation
 
 ANNOTATION_DIR = "VA_Estimation_Challenge"
 SPLIT_DIRS = {"train": "Train_Set", "validation": "Validation_Set", "test": "Test_Set"}
@@ -69,7 +71,6 @@ def new_crop_dir(crops_root: Path, name: str) -> Path:
 def write_jpeg(path: Path, crop: np.ndarray, quality: int, name: str, where: str) -> None:
     """Encode a BGR crop as JPEG into `path` (inside a temporary crop folder, so not atomic itself); `name` and
     `where` ("frame 12") name the image in the error."""
-    import cv2
 
     ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -113,8 +114,11 @@ def read_meta(root: str | os.PathLike) -> dict:
 def ground_truth_path(root: str | os.PathLike, name: str) -> Path:
     """Labels of an annotation name: the Aff-Wild2 file for train/validation, synth_ground_truth/ for test."""
     root = Path(root)
-    for folder in (root / ANNOTATION_DIR / SPLIT_DIRS["train"], root / ANNOTATION_DIR / SPLIT_DIRS["validation"],
-                   root / GROUND_TRUTH_DIR / SPLIT_DIRS["test"]):
+    for folder in (
+        root / ANNOTATION_DIR / SPLIT_DIRS["train"],
+        root / ANNOTATION_DIR / SPLIT_DIRS["validation"],
+        root / GROUND_TRUTH_DIR / SPLIT_DIRS["test"],
+    ):
         if (folder / f"{name}.txt").exists():
             return folder / f"{name}.txt"
     raise MambavaError(f"{root}: no labels for {name!r}")
@@ -123,7 +127,6 @@ def ground_truth_path(root: str | os.PathLike, name: str) -> Path:
 def read_labels(root: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
     """{name: (T, 2) labels as the raters gave them (-5 where none)} for annotation names of any split, the
     test split's from synth_ground_truth/."""
-    from mambava.data.affwild2 import read_va_annotation
 
     return {name: read_va_annotation(ground_truth_path(root, name)) for name in names}
 

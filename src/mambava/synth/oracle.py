@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mambava.core.metrics import va_scores
 from mambava.synth.config import SynthConfig
 from mambava.synth.dataset import people, plan
 from mambava.synth.expression import truth_arrays
@@ -21,8 +22,9 @@ def simulate(cfg: SynthConfig) -> dict[str, dict]:
     out = {}
     for spec in plan(cfg):
         names, _idents, tracks = people(np.random.default_rng(spec.seed), spec, cfg)
-        _, heard = video_audio(spec.seed, [tr.va for tr in tracks], [tr.talking for tr in tracks], cfg.fps,
-                               render=False)
+        _, heard = video_audio(
+            spec.seed, [tr.va for tr in tracks], [tr.talking for tr in tracks], cfg.fps, render=False
+        )
         for name, tr, voice in zip(names, tracks, heard):
             out[name] = {"split": spec.split, **truth_arrays(tr), **({"voice": voice} if cfg.voices else {})}
     return out
@@ -65,7 +67,6 @@ def oracle_scores(truth: dict[str, dict], fps: float = 30.0, ridge: float = 10.0
     fitted on the train names of `truth` (from `simulate` or `read_truth`) and scored (CCC_v, CCC_a, P_VA) on
     the validation names. "frame" sees one frame; "context" adds causal means, spreads and motion energies
     over the last 0.25-2 s. A diagnostic of the generator's design (context must help), not a model."""
-    from mambava.core.metrics import va_scores
 
     def stack(split, context):
         xs, ys = [], []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from mambava.synth.identity import Identity
@@ -48,7 +49,6 @@ def face_base(ident: Identity) -> tuple[np.ndarray, np.ndarray]:
     """The parts of a face that do not change with expression, drawn once per identity: clothes, neck, hair,
     face and ears, with soft shading (darker rim, eye sockets, a nose-side and a chin shadow, lit cheeks) so
     that the face reads as a face to a detector trained on photographs. Returns (BGR uint8, uint8 mask)."""
-    import cv2
 
     img = np.zeros((CANVAS, CANVAS, 3), np.uint8)
     mask = np.zeros((CANVAS, CANVAS), np.uint8)
@@ -61,35 +61,102 @@ def face_base(ident: Identity) -> tuple[np.ndarray, np.ndarray]:
         draw(img, None)
         draw(mask, 255)
 
-    both(lambda im, c: cv2.ellipse(im, _pt(fx, fy + 98), (int(62 * _ONE), int(34 * _ONE)), 0, 0, 360,
-                                   c or ident.shirt, -1, aa, _SHIFT))
+    both(
+        lambda im, c: cv2.ellipse(
+            im, _pt(fx, fy + 98), (int(62 * _ONE), int(34 * _ONE)), 0, 0, 360, c or ident.shirt, -1, aa, _SHIFT
+        )
+    )
     neck = tuple(0.8 * x for x in ident.skin)
-    both(lambda im, c: cv2.rectangle(im, (int((fx - 15) * _ONE), int((fy + 35) * _ONE)),
-                                     (int((fx + 15) * _ONE), int((fy + 72) * _ONE)), c or neck, -1, aa, _SHIFT))
+    both(
+        lambda im, c: cv2.rectangle(
+            im,
+            (int((fx - 15) * _ONE), int((fy + 35) * _ONE)),
+            (int((fx + 15) * _ONE), int((fy + 72) * _ONE)),
+            c or neck,
+            -1,
+            aa,
+            _SHIFT,
+        )
+    )
     if ident.hair_style == 1:  # long hair behind the face
-        both(lambda im, c: cv2.ellipse(im, _pt(fx, fy + 8), (int((ident.face_w + 9) * _ONE),
-                                                             int((ident.face_h + 16) * _ONE)), 0, 0, 360,
-                                       c or ident.hair, -1, aa, _SHIFT))
+        both(
+            lambda im, c: cv2.ellipse(
+                im,
+                _pt(fx, fy + 8),
+                (int((ident.face_w + 9) * _ONE), int((ident.face_h + 16) * _ONE)),
+                0,
+                0,
+                360,
+                c or ident.hair,
+                -1,
+                aa,
+                _SHIFT,
+            )
+        )
     if ident.hair_style == 3:  # a bun
-        both(lambda im, c: cv2.circle(im, _pt(fx, fy - ident.face_h - 4), int(15 * _ONE), c or ident.hair, -1, aa,
-                                      _SHIFT))
+        both(
+            lambda im, c: cv2.circle(
+                im, _pt(fx, fy - ident.face_h - 4), int(15 * _ONE), c or ident.hair, -1, aa, _SHIFT
+            )
+        )
     for side in (-1, 1):  # ears
-        both(lambda im, c: cv2.ellipse(im, _pt(fx + side * (ident.face_w - 1), fy + 4), (int(5 * _ONE),
-                                                                                       int(9 * _ONE)), 0, 0, 360,
-                                       c or tuple(0.9 * x for x in ident.skin), -1, aa, _SHIFT))
-    both(lambda im, c: cv2.ellipse(im, _pt(fx, fy), (int(ident.face_w * _ONE), int(ident.face_h * _ONE)), 0, 0,
-                                   360, c or ident.skin, -1, aa, _SHIFT))
+        both(
+            lambda im, c: cv2.ellipse(
+                im,
+                _pt(fx + side * (ident.face_w - 1), fy + 4),
+                (int(5 * _ONE), int(9 * _ONE)),
+                0,
+                0,
+                360,
+                c or tuple(0.9 * x for x in ident.skin),
+                -1,
+                aa,
+                _SHIFT,
+            )
+        )
+    both(
+        lambda im, c: cv2.ellipse(
+            im,
+            _pt(fx, fy),
+            (int(ident.face_w * _ONE), int(ident.face_h * _ONE)),
+            0,
+            0,
+            360,
+            c or ident.skin,
+            -1,
+            aa,
+            _SHIFT,
+        )
+    )
     if ident.beard:  # a chin beard below the mouth, a shade between skin and hair
         beard = tuple(0.55 * a + 0.36 * b for a, b in zip(ident.skin, ident.hair))
-        cv2.ellipse(img, _pt(fx, fy + 0.68 * ident.face_h), (int(0.6 * ident.face_w * _ONE),
-                                                              int(0.32 * ident.face_h * _ONE)), 0, 0, 180,
-                    beard, -1, aa, _SHIFT)
+        cv2.ellipse(
+            img,
+            _pt(fx, fy + 0.68 * ident.face_h),
+            (int(0.6 * ident.face_w * _ONE), int(0.32 * ident.face_h * _ONE)),
+            0,
+            0,
+            180,
+            beard,
+            -1,
+            aa,
+            _SHIFT,
+        )
     _shade(img, ident, fx, fy)
     if ident.hair_style != 2:  # hair on top, over the forehead
         for im, c in ((img, ident.hair), (mask, 255)):
-            cv2.ellipse(im, _pt(fx, fy - 0.3 * ident.face_h), (int((ident.face_w + 3) * _ONE),
-                                                                int(0.75 * ident.face_h * _ONE)), 0, 180, 360,
-                        c, -1, aa, _SHIFT)
+            cv2.ellipse(
+                im,
+                _pt(fx, fy - 0.3 * ident.face_h),
+                (int((ident.face_w + 3) * _ONE), int(0.75 * ident.face_h * _ONE)),
+                0,
+                180,
+                360,
+                c,
+                -1,
+                aa,
+                _SHIFT,
+            )
     return img, mask
 
 
@@ -114,8 +181,9 @@ def _shade(img: np.ndarray, ident: Identity, fx: float, fy: float) -> None:
     img[inside] = np.clip(img[inside].astype(np.float32) * shade[inside, None], 0, 255).astype(np.uint8)
 
 
-def render_face(ident: Identity, p: dict, base: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray,
-                                                                                      np.ndarray]:
+def render_face(
+    ident: Identity, p: dict, base: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw the expression of one frame (`expression.frame_params`) over the identity's base (`face_base`).
     Returns (BGR uint8 canvas, uint8 mask, 5 landmarks in canvas pixels)."""
     img = base[0].copy()
@@ -132,7 +200,6 @@ def render_face(ident: Identity, p: dict, base: tuple[np.ndarray, np.ndarray]) -
 def _draw_eyes(img: np.ndarray, ident: Identity, eye_open: float, dx: float, dy: float):
     """Eyes at the template positions + the yaw/pitch shift, opened by `eye_open`; glasses. Returns the eye
     centres ((x_left, x_right), y)."""
-    import cv2
 
     o = _OFF
     aa = cv2.LINE_AA
@@ -141,16 +208,56 @@ def _draw_eyes(img: np.ndarray, ident: Identity, eye_open: float, dx: float, dy:
     open_h = max(ident.eye_h * eye_open, 0.0)
     for x in ex:
         if open_h > 0.6:
-            cv2.ellipse(img, _pt(x, ey), (int(ident.eye_w * _ONE), int(open_h * _ONE)), 0, 0, 360,
-                        (245, 245, 245), -1, aa, _SHIFT)
+            cv2.ellipse(
+                img,
+                _pt(x, ey),
+                (int(ident.eye_w * _ONE), int(open_h * _ONE)),
+                0,
+                0,
+                360,
+                (245, 245, 245),
+                -1,
+                aa,
+                _SHIFT,
+            )
             r = min(3.2, open_h)
-            cv2.ellipse(img, _pt(x + 0.6 * dx / 9.0 * 3, ey), (int(3.2 * _ONE), int(r * _ONE)), 0, 0, 360,
-                        ident.iris, -1, aa, _SHIFT)
-            cv2.ellipse(img, _pt(x + 0.6 * dx / 9.0 * 3, ey), (int(1.4 * _ONE), int(min(1.4, r) * _ONE)), 0, 0,
-                        360, (10, 10, 10), -1, aa, _SHIFT)
+            cv2.ellipse(
+                img,
+                _pt(x + 0.6 * dx / 9.0 * 3, ey),
+                (int(3.2 * _ONE), int(r * _ONE)),
+                0,
+                0,
+                360,
+                ident.iris,
+                -1,
+                aa,
+                _SHIFT,
+            )
+            cv2.ellipse(
+                img,
+                _pt(x + 0.6 * dx / 9.0 * 3, ey),
+                (int(1.4 * _ONE), int(min(1.4, r) * _ONE)),
+                0,
+                0,
+                360,
+                (10, 10, 10),
+                -1,
+                aa,
+                _SHIFT,
+            )
         # upper lid
-        cv2.ellipse(img, _pt(x, ey), (int(ident.eye_w * _ONE), int(max(open_h, 0.8) * _ONE)), 0, 180, 360,
-                    (40, 40, 50), 1, aa, _SHIFT)
+        cv2.ellipse(
+            img,
+            _pt(x, ey),
+            (int(ident.eye_w * _ONE), int(max(open_h, 0.8) * _ONE)),
+            0,
+            180,
+            360,
+            (40, 40, 50),
+            1,
+            aa,
+            _SHIFT,
+        )
         if ident.glasses:
             cv2.circle(img, _pt(x, ey + 1), int(11 * _ONE), (30, 30, 30), 2, aa, _SHIFT)
     if ident.glasses:
@@ -160,7 +267,6 @@ def _draw_eyes(img: np.ndarray, ident: Identity, eye_open: float, dx: float, dy:
 
 def _draw_brows(img: np.ndarray, ident: Identity, p: dict, ex: tuple[float, float], ey: float) -> None:
     """Brows: height with arousal (`brow_raise`), inner ends with valence (`brow_inner`)."""
-    import cv2
 
     aa = cv2.LINE_AA
     brow_colour = tuple(0.7 * x for x in ident.hair) if ident.hair_style != 2 else (50, 50, 60)
@@ -174,23 +280,38 @@ def _draw_brows(img: np.ndarray, ident: Identity, p: dict, ex: tuple[float, floa
 
 def _draw_nose(img: np.ndarray, ident: Identity, dx: float, dy: float) -> tuple[float, float]:
     """The nose (a line and nostrils); returns the nose tip."""
-    import cv2
 
     o = _OFF
     aa = cv2.LINE_AA
     nx, ny = 56.0 + o + 1.4 * dx, 71.7 + o + dy
-    cv2.polylines(img, [_poly([(nx - 0.5 * dx - 1, ny - 14), (nx - 1.5, ny - 2), (nx, ny + 1), (nx + 4, ny)])],
-                  False, tuple(0.7 * x for x in ident.skin), 1, aa, _SHIFT)
+    cv2.polylines(
+        img,
+        [_poly([(nx - 0.5 * dx - 1, ny - 14), (nx - 1.5, ny - 2), (nx, ny + 1), (nx + 4, ny)])],
+        False,
+        tuple(0.7 * x for x in ident.skin),
+        1,
+        aa,
+        _SHIFT,
+    )
     for side in (-1, 1):
-        cv2.ellipse(img, _pt(nx + side * 3.5, ny + 0.5), (int(1.6 * _ONE), int(1.0 * _ONE)), 0, 0, 360,
-                    tuple(0.5 * x for x in ident.skin), -1, aa, _SHIFT)
+        cv2.ellipse(
+            img,
+            _pt(nx + side * 3.5, ny + 0.5),
+            (int(1.6 * _ONE), int(1.0 * _ONE)),
+            0,
+            0,
+            360,
+            tuple(0.5 * x for x in ident.skin),
+            -1,
+            aa,
+            _SHIFT,
+        )
     return nx, ny
 
 
 def _draw_mouth(img: np.ndarray, ident: Identity, p: dict, dx: float, dy: float):
     """Lips whose corners rise with `smile`, opened by `mouth_open` (talking, laughing: the inside, then teeth).
     Returns the two mouth corners."""
-    import cv2
 
     o = _OFF
     aa = cv2.LINE_AA
@@ -212,8 +333,12 @@ def _draw_mouth(img: np.ndarray, ident: Identity, p: dict, dx: float, dy: float)
         inner = np.concatenate([np.stack([xs, top_in], 1), np.stack([xs[::-1], bot_in[::-1]], 1)])
         cv2.fillPoly(img, [_poly(inner)], (35, 25, 60), aa, _SHIFT)
         if gap > 3.0:
-            teeth = np.concatenate([np.stack([xs[3:-3], top_in[3:-3]], 1),
-                                    np.stack([xs[3:-3][::-1], np.minimum(top_in + 2.2, bot_in)[3:-3][::-1]], 1)])
+            teeth = np.concatenate(
+                [
+                    np.stack([xs[3:-3], top_in[3:-3]], 1),
+                    np.stack([xs[3:-3][::-1], np.minimum(top_in + 2.2, bot_in)[3:-3][::-1]], 1),
+                ]
+            )
             cv2.fillPoly(img, [_poly(teeth)], (235, 240, 240), aa, _SHIFT)
     else:
         cv2.polylines(img, [_poly(np.stack([xs, mid_y], 1))], False, (40, 30, 70), 1, aa, _SHIFT)
@@ -233,7 +358,6 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     """A w x h BGR room: a colour ramp with blurred rectangles and discs (furniture, pictures, windows)."""
-    import cv2
 
     c1, c2 = rng.uniform(40, 220, 3), rng.uniform(40, 220, 3)
     ramp = np.linspace(0.0, 1.0, h)[:, None, None] if rng.random() < 0.5 else np.linspace(0.0, 1.0, w)[None, :, None]
@@ -250,7 +374,6 @@ def background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
 def composite(frame: np.ndarray, canvas: np.ndarray, mask: np.ndarray, m: np.ndarray) -> None:
     """Warp the canvas by m (canvas -> frame) and alpha-blend it into frame, in place, inside its bounding box."""
-    import cv2
 
     h, w = frame.shape[:2]
     corners = np.array([[0, 0, 1], [CANVAS, 0, 1], [0, CANVAS, 1], [CANVAS, CANVAS, 1]], np.float64) @ m.T
@@ -271,27 +394,60 @@ def composite(frame: np.ndarray, canvas: np.ndarray, mask: np.ndarray, m: np.nda
 def draw_occluder(frame: np.ndarray, lm: np.ndarray, scale: float, occ: tuple, t: int) -> None:
     """Draw an occluder (`Track.occluder`) at frame t over the face with frame landmarks lm, in place: a hand
     over the mouth, an object over one eye or over the lower face, wobbling slowly."""
-    import cv2
 
     start, length, kind, colour, _drops, ox, oy = occ
     wobble = math.sin((t - start) / 7.0)
     aa = cv2.LINE_AA
     if kind == 0:  # a hand over the mouth
         c = lm[3:5].mean(0) + (ox + 2 * wobble, oy + 3)
-        cv2.ellipse(frame, _pt(*c), (int(22 * scale * _ONE), int(15 * scale * _ONE)), 10 * wobble, 0, 360, colour, -1,
-                    aa, _SHIFT)
+        cv2.ellipse(
+            frame,
+            _pt(*c),
+            (int(22 * scale * _ONE), int(15 * scale * _ONE)),
+            10 * wobble,
+            0,
+            360,
+            colour,
+            -1,
+            aa,
+            _SHIFT,
+        )
         for k in range(4):  # fingers
             fx = c[0] - 15 * scale + 10 * scale * k
-            cv2.ellipse(frame, _pt(fx, c[1] - 14 * scale), (int(4 * scale * _ONE), int(10 * scale * _ONE)), 0, 0,
-                        360, colour, -1, aa, _SHIFT)
+            cv2.ellipse(
+                frame,
+                _pt(fx, c[1] - 14 * scale),
+                (int(4 * scale * _ONE), int(10 * scale * _ONE)),
+                0,
+                0,
+                360,
+                colour,
+                -1,
+                aa,
+                _SHIFT,
+            )
     elif kind == 1:  # an object over one eye
         c = lm[0 if ox < 0 else 1] + (ox, oy + wobble)
-        cv2.rectangle(frame, _pt(c[0] - 14 * scale, c[1] - 12 * scale), _pt(c[0] + 14 * scale, c[1] + 12 * scale),
-                      colour, -1, aa, _SHIFT)
+        cv2.rectangle(
+            frame,
+            _pt(c[0] - 14 * scale, c[1] - 12 * scale),
+            _pt(c[0] + 14 * scale, c[1] + 12 * scale),
+            colour,
+            -1,
+            aa,
+            _SHIFT,
+        )
     else:  # an object (cup, microphone) over the lower face
         c = lm[2:5].mean(0) + (ox + 3 * wobble, oy + 6 * scale)
-        cv2.rectangle(frame, _pt(c[0] - 16 * scale, c[1] - 10 * scale), _pt(c[0] + 16 * scale, c[1] + 40 * scale),
-                      colour, -1, aa, _SHIFT)
+        cv2.rectangle(
+            frame,
+            _pt(c[0] - 16 * scale, c[1] - 10 * scale),
+            _pt(c[0] + 16 * scale, c[1] + 40 * scale),
+            colour,
+            -1,
+            aa,
+            _SHIFT,
+        )
 
 
 def face_placement(scale: float, angle: float, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -309,21 +465,29 @@ def to_frame(points: np.ndarray, m: np.ndarray) -> np.ndarray:
     return points @ m[:, :2].T + m[:, 2]
 
 
-def draw_back_of_head(frame: np.ndarray, ident: Identity, centre: np.ndarray, rot: np.ndarray, scale: float,
-                      angle: float) -> None:
+def draw_back_of_head(
+    frame: np.ndarray, ident: Identity, centre: np.ndarray, rot: np.ndarray, scale: float, angle: float
+) -> None:
     """The person turned away: the back of the head (hair, or skin when bald) where the face would be."""
-    import cv2
 
     c = centre + rot @ np.array([0.0, -8.0])
-    cv2.ellipse(frame, _pt(*c), (int(ident.face_w * 1.05 * scale * _ONE), int(ident.face_h * scale * _ONE)),
-                math.degrees(angle), 0, 360, ident.hair if ident.hair_style != 2 else ident.skin, -1, cv2.LINE_AA,
-                _SHIFT)
+    cv2.ellipse(
+        frame,
+        _pt(*c),
+        (int(ident.face_w * 1.05 * scale * _ONE), int(ident.face_h * scale * _ONE)),
+        math.degrees(angle),
+        0,
+        360,
+        ident.hair if ident.hair_style != 2 else ident.skin,
+        -1,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
 
 
 def align_crop(frame: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
     """The size x size crop whose 5 landmarks land on the ArcFace template (edges replicated), as an aligner
     cuts it."""
-    import cv2
 
     align = similarity(landmarks, ARCFACE_TEMPLATE_112 * (size / 112.0))
     return cv2.warpAffine(frame, align, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -12,18 +12,47 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from mambava.core.errors import MambavaError
 from mambava.synth.config import ProgressFn, SynthSummary
 from mambava.synth.dataset import run_jobs
-from mambava.synth.expression import (JITTER_PITCH, JITTER_YAW, POSTURE_PITCH, POSTURE_YAW, blink_profile, blink_rate,
-                                      expression)
+from mambava.synth.expression import (
+    JITTER_PITCH,
+    JITTER_YAW,
+    POSTURE_PITCH,
+    POSTURE_YAW,
+    blink_profile,
+    blink_rate,
+    expression,
+)
 from mambava.synth.identity import Identity, sample_identity
-from mambava.synth.layout import (ANNOTATION_DIR, CROPS_DIR, FORMAT_VERSION, META_FILE, SPLIT_DIRS, annotation_text,
-                                  new_crop_dir, prepare_root, replace_dir, write_jpeg, write_text)
-from mambava.synth.render import (LANDMARK_BIAS, LANDMARK_JITTER, align_crop, background, composite,
-                                  draw_occluder, face_base, face_placement, render_face, to_frame)
+from mambava.synth.layout import (
+    ANNOTATION_DIR,
+    CROPS_DIR,
+    FORMAT_VERSION,
+    META_FILE,
+    SPLIT_DIRS,
+    annotation_text,
+    new_crop_dir,
+    prepare_root,
+    replace_dir,
+    write_jpeg,
+    write_text,
+)
+from mambava.synth.render import (
+    LANDMARK_BIAS,
+    LANDMARK_JITTER,
+    align_crop,
+    background,
+    composite,
+    draw_occluder,
+    face_base,
+    face_placement,
+    render_face,
+    to_frame,
+)
 
 
 @dataclass
@@ -70,8 +99,13 @@ def _still(rng: np.random.Generator, cfg: StillsConfig) -> tuple[np.ndarray, tup
     lm_frame = to_frame(lm, m)
     if rng.random() < cfg.occlusion_fraction:
         colour = tuple(float(x) for x in rng.uniform(20, 235, 3))
-        draw_occluder(frame, lm_frame, s, (0, 30, int(rng.integers(3)), colour, False, rng.uniform(-4, 4),
-                                           rng.uniform(-4, 4)), int(rng.integers(30)))
+        draw_occluder(
+            frame,
+            lm_frame,
+            s,
+            (0, 30, int(rng.integers(3)), colour, False, rng.uniform(-4, 4), rng.uniform(-4, 4)),
+            int(rng.integers(30)),
+        )
     error = math.hypot(LANDMARK_BIAS, LANDMARK_JITTER)
     crop = align_crop(frame, lm_frame + rng.normal(0.0, error, (5, 2)), cfg.crop_size)
     return _lit(rng, crop, cfg.noise_sigma), (float(va[0]), float(va[1]))
@@ -104,13 +138,13 @@ def _still_expression(rng: np.random.Generator, ident: Identity) -> tuple[np.nda
 def _lit(rng: np.random.Generator, crop: np.ndarray, noise_sigma: tuple[float, float]) -> np.ndarray:
     """Lighting (gain, a directional gradient, a tint) and sensor noise, applied to the crop only (cheaper than
     the frame)."""
-    import cv2
 
     c = crop.shape[0]
     angle = rng.uniform(0, 2 * math.pi)
     ramp = np.linspace(-0.6, 0.6, c, dtype=np.float32)
-    light = rng.uniform(0.8, 1.2) * (1 + rng.uniform(0, 0.25) * (ramp[None, :] * math.cos(angle)
-                                                                 + ramp[:, None] * math.sin(angle)))
+    light = rng.uniform(0.8, 1.2) * (
+        1 + rng.uniform(0, 0.25) * (ramp[None, :] * math.cos(angle) + ramp[:, None] * math.sin(angle))
+    )
     tint = rng.uniform(0.88, 1.12, 3).astype(np.float32)
     lit = crop.astype(np.float32) * (light[..., None] * tint)
     lit += rng.standard_normal((c, c, 3), dtype=np.float32) * np.float32(rng.uniform(*noise_sigma))
@@ -119,7 +153,6 @@ def _lit(rng: np.random.Generator, crop: np.ndarray, noise_sigma: tuple[float, f
 
 def _album_job(args: tuple) -> dict:
     """Render one album into a temporary crop folder, then move it into place and write its annotation."""
-    import cv2
 
     cv2.setNumThreads(1)
     root, name, split, n, seed, cfg = args
@@ -135,8 +168,9 @@ def _album_job(args: tuple) -> dict:
     return {"name": name, "split": split, "images": n}
 
 
-def generate_stills(out_dir: str | os.PathLike, cfg: StillsConfig | None = None,
-                    progress: ProgressFn | None = None) -> SynthSummary:
+def generate_stills(
+    out_dir: str | os.PathLike, cfg: StillsConfig | None = None, progress: ProgressFn | None = None
+) -> SynthSummary:
     """Write a still-image set (see StillsConfig) under `out_dir` in the Aff-Wild2 layout: albums
     `still-NNNN` as videos of Train_Set / Validation_Set, one crop and one annotation line per image."""
     cfg = cfg or StillsConfig()
@@ -145,7 +179,8 @@ def generate_stills(out_dir: str | os.PathLike, cfg: StillsConfig | None = None,
     prepare_root(root)
     jobs = []
     children = np.random.SeedSequence(cfg.seed, spawn_key=(2,)).spawn(
-        math.ceil(cfg.n_train / cfg.per_album) + math.ceil(cfg.n_val / cfg.per_album))
+        math.ceil(cfg.n_train / cfg.per_album) + math.ceil(cfg.n_val / cfg.per_album)
+    )
     for split, total in (("train", cfg.n_train), ("validation", cfg.n_val)):
         for start in range(0, total, cfg.per_album):
             k = len(jobs)
@@ -155,9 +190,23 @@ def generate_stills(out_dir: str | os.PathLike, cfg: StillsConfig | None = None,
     splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
     for f in facts:
         splits[f["split"]].append(f["name"])
-    meta = {"generator": "mambava.synth.stills", "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
-            "splits": splits, "albums": facts}
+    meta = {
+        "generator": "mambava.synth.stills",
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "splits": splits,
+        "albums": facts,
+    }
     write_text(root / META_FILE, json.dumps(meta, indent=1) + "\n")
     images = sum(f["images"] for f in facts)
-    return SynthSummary(root=root, splits=splits, videos=[], frames=images, person_frames=images, crops=images,
-                        invalid_labels=0, seconds=time.perf_counter() - started, config=cfg)  # type: ignore[arg-type]
+    return SynthSummary(
+        root=root,
+        splits=splits,
+        videos=[],
+        frames=images,
+        person_frames=images,
+        crops=images,
+        invalid_labels=0,
+        seconds=time.perf_counter() - started,
+        config=cfg,
+    )  # type: ignore[arg-type]

@@ -43,8 +43,9 @@ def synth_refiner_samples(synth_root: str | os.PathLike, names: Iterable[str], e
     return frames, samples
 
 
-def synth_alignment_error(synth_root: str | os.PathLike, faces_dir: str | os.PathLike,
-                          names: list[str] | None = None) -> dict:
+def synth_alignment_error(
+    synth_root: str | os.PathLike, faces_dir: str | os.PathLike, names: list[str] | None = None
+) -> dict:
     """Alignment error of the faces stage's crops in `faces_dir` (its `<v>.faces.csv` files: each crop's
     landmarks) against the true landmarks the generator kept for the synthetic dataset at `synth_root`, in
     pixels at 112 px (`alignment_error`: each face's mean over its 5 points, then mean / median / 95th
@@ -76,4 +77,8 @@ def synth_alignment_error(synth_root: str | os.PathLike, faces_dir: str | os.Pat
             unmatched += int((~drawn).sum()) + int((~inside).sum())
             ours.append(alignment_offsets(found[drawn], true[drawn]))
     stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, 5, 2))  # noqa: E731
-    return {"ours": alignment_summary(stack(ours)), "generator": alignment_summary(stack(theirs)), "faces_not_drawn": unmatched}
+    return {
+        "ours": alignment_summary(stack(ours)),
+        "generator": alignment_summary(stack(theirs)),
+        "faces_not_drawn": unmatched,
+    }

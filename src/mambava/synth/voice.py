@@ -32,8 +32,9 @@ SAMPLE_RATE = 16000  # the audio stage's rate: nothing is lost to resampling
 VOICE_KEY = 0x766F  # the spawn-key element of the audio's SeedSequence (beside the video's)
 
 # vowels' formants (F1, F2, F3 Hz) of an adult voice, and their bandwidths (Hz)
-VOWELS = np.array([[730, 1090, 2440], [530, 1840, 2480], [270, 2290, 3010], [570, 840, 2410], [300, 870, 2240]],
-                  dtype=np.float64)
+VOWELS = np.array(
+    [[730, 1090, 2440], [530, 1840, 2480], [270, 2290, 3010], [570, 840, 2410], [300, 870, 2240]], dtype=np.float64
+)
 BANDWIDTHS = np.array([90.0, 110.0, 160.0])
 
 AROUSAL_SEMITONES = 5.0  # F0 level: ±5 semitones over arousal -1..1
@@ -64,8 +65,12 @@ def sample_speaker(rng: np.random.Generator) -> Speaker:
     low = rng.random() < 0.5  # lower and higher voices
     f0 = rng.uniform(85, 140) if low else rng.uniform(160, 240)
     scale = rng.uniform(0.95, 1.05) * (1.0 if low else 1.15)
-    return Speaker(f0=float(f0), level_db=float(-26 + rng.uniform(-3, 3)), formant_scale=float(scale),
-                   rate=float(rng.uniform(0.9, 1.1)))
+    return Speaker(
+        f0=float(f0),
+        level_db=float(-26 + rng.uniform(-3, 3)),
+        formant_scale=float(scale),
+        rate=float(rng.uniform(0.9, 1.1)),
+    )
 
 
 def speaking(rng: np.random.Generator, talking: list[np.ndarray], fps: float) -> list[np.ndarray]:
@@ -78,7 +83,7 @@ def speaking(rng: np.random.Generator, talking: list[np.ndarray], fps: float) ->
     t, holder = 0, int(rng.integers(len(talking)))
     while t < n:
         length = int(rng.uniform(1.0, 6.0) * fps)
-        floor[t:t + length] = holder
+        floor[t : t + length] = holder
         t += length
         holder = (holder + 1) % len(talking)
     return [talk & (floor == k) for k, talk in enumerate(talking)]
@@ -114,8 +119,9 @@ def _rosenberg(phase: np.ndarray, closing: np.ndarray, opening: float = 0.4) -> 
     return g
 
 
-def voice(rng: np.random.Generator, va: np.ndarray, heard: np.ndarray, fps: float, speaker: Speaker,
-          sr: int = SAMPLE_RATE) -> np.ndarray:
+def voice(
+    rng: np.random.Generator, va: np.ndarray, heard: np.ndarray, fps: float, speaker: Speaker, sr: int = SAMPLE_RATE
+) -> np.ndarray:
     """One person's dry voice (float64 samples covering the video) from their true VA (n, 2) per frame, heard
     only where `heard` (n,) is True (exact zeros elsewhere)."""
     n = len(va)
@@ -209,8 +215,14 @@ def room_noise(rng: np.random.Generator, n_samples: int, sr: int = SAMPLE_RATE) 
     return (noise + hum) * 10 ** (rng.uniform(-58, -46) / 20)
 
 
-def video_audio(seed: np.random.SeedSequence, vas: list[np.ndarray], talking: list[np.ndarray], fps: float,
-                sr: int = SAMPLE_RATE, render: bool = True) -> tuple[np.ndarray | None, list[np.ndarray]]:
+def video_audio(
+    seed: np.random.SeedSequence,
+    vas: list[np.ndarray],
+    talking: list[np.ndarray],
+    fps: float,
+    sr: int = SAMPLE_RATE,
+    render: bool = True,
+) -> tuple[np.ndarray | None, list[np.ndarray]]:
     """The sound track of one video (float32 mono at `sr`, the video's duration; None unless `render`) and, per
     person, the frames where their voice is heard. `vas` and `talking`: per person, the true VA (n, 2) and the
     talking frames (n,); `seed`: the video's SeedSequence (the audio draws from `voice_rng(seed)`)."""

@@ -28,8 +28,9 @@ class TemporalBaseline(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the weights with the kind and config (`mambava.core.checkpoint`, format mambava.temporal)."""
-        return save_checkpoint(path, {k: v.cpu() for k, v in self.state_dict().items()}, TEMPORAL_FORMAT,
-                               self.config, kind=self.kind)
+        return save_checkpoint(
+            path, {k: v.cpu() for k, v in self.state_dict().items()}, TEMPORAL_FORMAT, self.config, kind=self.kind
+        )
 
 
 def regression_head(d_in: int, hidden: int, n_outputs: int) -> nn.Sequential:
@@ -47,5 +48,6 @@ def paper_mamba_encoder(c: Mapping[str, Any]) -> MambaEncoder:
     """The paper model's Mamba encoder, built as MambaVA builds it."""
     dt_rank = math.ceil(c["d_model"] / 16) if c["dt_rank"] == "auto" else c["dt_rank"]
     init = "reference" if c["init"] == "reference" else "mamba"
-    return MambaEncoder(c["d_model"], c["n_layers"], c["d_state"], c["d_conv"], c["expand"], dt_rank, c["scan"],
-                        init=init)
+    return MambaEncoder(
+        c["d_model"], c["n_layers"], c["d_state"], c["d_conv"], c["expand"], dt_rank, c["scan"], init=init
+    )

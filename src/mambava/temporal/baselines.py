@@ -120,7 +120,9 @@ class TransformerEncoder(nn.Module):
         return self.proj(self.layers(x, mask=mask, is_causal=self.causal))
 
 
-@register_temporal_model("transformer", fields=tuple((key, type(value), value) for key, value in TRANSFORMER_DEFAULTS.items()))
+@register_temporal_model(
+    "transformer", fields=tuple((key, type(value), value) for key, value in TRANSFORMER_DEFAULTS.items())
+)
 class TCNTransformer(TemporalBaseline):
     """TCN -> Transformer encoder -> head: the paper model with attention in place of Mamba."""
 
@@ -133,8 +135,12 @@ class TCNTransformer(TemporalBaseline):
         last = c["tcn_channels"][-1]
         self.adapt = nn.Identity() if last == c["d_model"] else nn.Linear(last, c["d_model"])
         self.encoder = TransformerEncoder(
-            c["d_model"], c["transformer_layers"], c["transformer_heads"], c["transformer_ff"],
-            c["transformer_dropout"], c["transformer_causal"],
+            c["d_model"],
+            c["transformer_layers"],
+            c["transformer_heads"],
+            c["transformer_ff"],
+            c["transformer_dropout"],
+            c["transformer_causal"],
         )
         self.head = regression_head(c["d_model"], c["head_hidden"], c["n_outputs"])
 

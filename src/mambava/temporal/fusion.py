@@ -86,8 +86,12 @@ class FusionState:
         return self.extend(self.fresh(n))
 
     def fresh(self, n: int) -> "FusionState":
-        return FusionState(self.tcn.fresh(n), None if self.audio is None else self.audio.fresh(n),
-                           [layer.fresh(n) for layer in self.mamba], self.frames)
+        return FusionState(
+            self.tcn.fresh(n),
+            None if self.audio is None else self.audio.fresh(n),
+            [layer.fresh(n) for layer in self.mamba],
+            self.frames,
+        )
 
     def extend(self, other: "FusionState") -> "FusionState":
         self.tcn.extend(other.tcn)
@@ -155,8 +159,10 @@ class FusionMambaVA(TemporalBaseline):
     def _split(self, x: torch.Tensor):
         """(visual, audio with masked frames zeroed, mask as 0/1) of (..., width) input."""
         if x.shape[-1] != self.width:
-            raise MambavaError(f"the fusion model expects {self.width} input columns ({self.visual_dim} visual, "
-                               f"{self.audio_dim} audio, 1 audio mask), got {tuple(x.shape)}")
+            raise MambavaError(
+                f"the fusion model expects {self.width} input columns ({self.visual_dim} visual, "
+                f"{self.audio_dim} audio, 1 audio mask), got {tuple(x.shape)}"
+            )
         visual = x[..., : self.visual_dim]
         audio = (x[..., self.visual_dim : -1] - self.audio_mean.to(x.dtype)) / self.audio_std.to(x.dtype)
         mask = (x[..., -1:] > 0.5).to(x.dtype)
@@ -183,8 +189,11 @@ class FusionMambaVA(TemporalBaseline):
         if precision not in STEP_PRECISIONS:
             raise MambavaError(f"step precision {precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")
         audio = self.audio_temporal.init_state(batch_size, device, dtype, precision) if self.mid else None
-        return FusionState(self.temporal.init_state(batch_size, device, dtype, precision), audio,
-                           self.mamba.init_state(batch_size, device, dtype))
+        return FusionState(
+            self.temporal.init_state(batch_size, device, dtype, precision),
+            audio,
+            self.mamba.init_state(batch_size, device, dtype),
+        )
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, state: FusionState) -> tuple[torch.Tensor, FusionState]:

@@ -34,7 +34,7 @@ def save_temporal_model(model: nn.Module, path: str | os.PathLike) -> Path:
 
 def lightning_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The temporal model's weights from a run's Lightning state_dict (the module holds it as `model`)."""
-    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
 
 
 @dataclass
@@ -105,7 +105,9 @@ def _load_safetensors(path: Path, map_location) -> nn.Module:
     model = build_temporal_model(kind, checkpoint.config)
     missing, unexpected = model.load_state_dict(checkpoint.tensors, strict=False)
     if missing or unexpected:
-        raise MambavaError(f"{path}: weights do not match a {kind} model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise MambavaError(
+            f"{path}: weights do not match a {kind} model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model
 
 

@@ -152,8 +152,16 @@ class Mamba(nn.Module):
             dt, B, C = self._ssm_inputs(x)
             A = -torch.exp(self.A_log.to(cdtype))
             y = selective_scan(
-                x, dt, A, B, C, self.D.to(cdtype), z, self.dt_proj.bias.to(cdtype),
-                delta_softplus=True, impl=scan or self.scan,
+                x,
+                dt,
+                A,
+                B,
+                C,
+                self.D.to(cdtype),
+                z,
+                self.dt_proj.bias.to(cdtype),
+                delta_softplus=True,
+                impl=scan or self.scan,
             )
         return self.out_proj(y.to(self.out_proj.weight.dtype))
 

@@ -25,17 +25,16 @@ state are independent streams, which `state.join(n)` / `state.keep(rows)` add an
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from mambava.core.errors import MambavaError
 from mambava.core.checkpoint import LoadReport, is_safetensors, load_checkpoint, load_torch_file, save_checkpoint
+from mambava.core.errors import MambavaError
 from mambava.temporal.mamba import MambaEncoder, MambaLayerState
 from mambava.temporal.ops.selective_scan import IMPLEMENTATIONS
 from mambava.temporal.tcn import STEP_PRECISIONS, TCN, TCNState
@@ -191,8 +190,9 @@ class MambaVAState:
     def rows(self, rows) -> "MambaVAState":
         """A copy of these rows (indices): put it back with `put` to undo a step for them."""
         rows = list(rows)
-        return MambaVAState(tcn=self.tcn.rows(rows), mamba=[layer.rows(rows) for layer in self.mamba],
-                            frames=self.frames)
+        return MambaVAState(
+            tcn=self.tcn.rows(rows), mamba=[layer.rows(rows) for layer in self.mamba], frames=self.frames
+        )
 
     def put(self, rows, other: "MambaVAState", turn: int = 0) -> "MambaVAState":
         """Write the copy `other` of these rows back, after `turn` steps of the batch that those rows sat out:
@@ -280,12 +280,21 @@ class MambaVA(nn.Module):
         super().__init__()
         self.config = config = config if config is not None else MambaVAConfig()
         self.temporal = TCN(
-            config.input_dim, config.tcn_channels, config.kernel_size, config.dropout,
+            config.input_dim,
+            config.tcn_channels,
+            config.kernel_size,
+            config.dropout,
             init="reference" if config.init == "reference" else "normal",
         )
         self.mamba = MambaEncoder(
-            config.d_model, config.n_layers, config.d_state, config.d_conv, config.expand,
-            config.resolved_dt_rank, config.scan, init="reference" if config.init == "reference" else "mamba",
+            config.d_model,
+            config.n_layers,
+            config.d_state,
+            config.d_conv,
+            config.expand,
+            config.resolved_dt_rank,
+            config.scan,
+            init="reference" if config.init == "reference" else "mamba",
         )
         self.dual_reg = nn.Sequential(
             nn.Linear(config.d_model, config.head_hidden), nn.ReLU(), nn.Linear(config.head_hidden, config.n_outputs)
@@ -420,6 +429,4 @@ class MambaVA(nn.Module):
 def _require_same_architecture(path, file_config: MambaVAConfig, config: MambaVAConfig) -> None:
     diffs = file_config.differences(config)
     if diffs:
-        raise MambavaError(
-            f"{path}: checkpoint was built for another config (file vs model): " + "; ".join(diffs)
-        )
+        raise MambavaError(f"{path}: checkpoint was built for another config (file vs model): " + "; ".join(diffs))

@@ -102,8 +102,14 @@ class WNConv1d(nn.Module):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         if torch.is_grad_enabled() and (self.weight_v.requires_grad or self.weight_g.requires_grad):
             return _WeightNorm.apply(self.weight_v, self.weight_g, dtype)
-        key = (self.weight_v._version, self.weight_g._version, self.weight_v.data_ptr(), self.weight_g.data_ptr(),
-               dtype, x.device)
+        key = (
+            self.weight_v._version,
+            self.weight_g._version,
+            self.weight_v.data_ptr(),
+            self.weight_g.data_ptr(),
+            dtype,
+            x.device,
+        )
         if self._kernel_cache is None or self._kernel_cache[0] != key:
             with torch.no_grad():
                 self._kernel_cache = (key, self.weight().to(dtype))
@@ -117,7 +123,9 @@ class WNConv1d(nn.Module):
         return F.conv1d(F.pad(x, (self.padding, 0)), self.kernel(x), self.bias, dilation=self.dilation)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, dilation={self.dilation}, causal"
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, dilation={self.dilation}, causal"
+        )
 
 
 class TemporalBlock(nn.Module):
@@ -159,8 +167,12 @@ def _onednn_pack(weight: torch.Tensor):
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, _PACK_ROWS)
         probe = torch.ones(1, weight.shape[1], dtype=torch.bfloat16)
-        if not torch.allclose(torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "").float(),
-                              F.linear(probe, weight).float(), rtol=1e-2, atol=1e-2):
+        if not torch.allclose(
+            torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "").float(),
+            F.linear(probe, weight).float(),
+            rtol=1e-2,
+            atol=1e-2,
+        ):
             return None
         return packed
     except (RuntimeError, AttributeError):
@@ -252,8 +264,12 @@ class TCNState:
 
     def products(self) -> list[StepProduct]:
         """Every product a step does, the kernels' and the downsamples'."""
-        return [p for streams, _ in self.convs for p in
-                (streams[0].product, streams[1].product, streams[2]) if p is not None]
+        return [
+            p
+            for streams, _ in self.convs
+            for p in (streams[0].product, streams[1].product, streams[2])
+            if p is not None
+        ]
 
     def keep(self, rows) -> None:
         """Keep only these rows (a list of indices, in the new order); the others' streams end."""
@@ -268,15 +284,26 @@ class TCNState:
 
     def fresh(self, n: int) -> "TCNState":
         """A state of n fresh rows at this state's frame count, sharing its weights (not copying them)."""
-        convs = [([_ConvStream(c.product, c.buffer.new_zeros(n, *c.buffer.shape[1:]), c.taps) for c in streams[:2]]
-                  + streams[2:], prelu) for streams, prelu in self.convs]
+        convs = [
+            (
+                [_ConvStream(c.product, c.buffer.new_zeros(n, *c.buffer.shape[1:]), c.taps) for c in streams[:2]]
+                + streams[2:],
+                prelu,
+            )
+            for streams, prelu in self.convs
+        ]
         return TCNState(convs=convs, frames=self.frames, precision=self.precision)
 
     def rows(self, rows) -> "TCNState":
         """A copy of these rows (indices) at this state's frame count, sharing its weights."""
         index = torch.as_tensor(list(rows), dtype=torch.long, device=self.convs[0][0][0].buffer.device)
-        convs = [([_ConvStream(c.product, c.buffer.index_select(0, index), c.taps) for c in streams[:2]]
-                  + streams[2:], prelu) for streams, prelu in self.convs]
+        convs = [
+            (
+                [_ConvStream(c.product, c.buffer.index_select(0, index), c.taps) for c in streams[:2]] + streams[2:],
+                prelu,
+            )
+            for streams, prelu in self.convs
+        ]
         return TCNState(convs=convs, frames=self.frames, precision=self.precision)
 
     def put(self, rows, other: "TCNState", turn: int = 0) -> None:
@@ -361,8 +388,11 @@ class TCN(nn.Module):
                     streams.append(_ConvStream(product=product, buffer=buffer, taps=taps.to(device)))
                 if block.downsample is not None:
                     ds = block.downsample
-                    streams.append(StepProduct(ds.weight.detach()[:, :, 0].to(device), ds.bias.detach().to(device),
-                                               precision, dtype))
+                    streams.append(
+                        StepProduct(
+                            ds.weight.detach()[:, :, 0].to(device), ds.bias.detach().to(device), precision, dtype
+                        )
+                    )
                 else:
                     streams.append(None)
                 prelu = [m.weight.detach().to(device, dtype) for m in (block.relu1, block.relu2, block.relu)]

@@ -59,13 +59,40 @@ from mambava.training.config import (
     recipe_config,
     save_config,
 )
-from mambava.training.data import EpochShuffleSampler, FoldData, LabelSource, ShardSampler, load_fold_data, resolve_folds
+from mambava.training.data import (
+    EpochShuffleSampler,
+    FoldData,
+    LabelSource,
+    ShardSampler,
+    load_fold_data,
+    resolve_folds,
+)
 from mambava.training.outputs import RunPaths, plot_curves, read_metrics, read_summary
 from mambava.training.run import check_resume_checkpoint, train
 
 __all__ = [
-    "MONITOR", "PAPER_CONFIG", "RECIPES", "DataConfig", "TrainConfig", "config_items", "load_config", "load_recipe",
-    "recipe_config", "save_config", "EpochShuffleSampler", "FoldData", "LabelSource",
-    "ShardSampler", "load_fold_data", "resolve_folds", "RunPaths", "plot_curves", "read_metrics", "read_summary",
-    "check_resume_checkpoint", "train", "lr_factor", "warm_restarts_lrs",
+    "MONITOR",
+    "PAPER_CONFIG",
+    "RECIPES",
+    "DataConfig",
+    "TrainConfig",
+    "config_items",
+    "load_config",
+    "load_recipe",
+    "recipe_config",
+    "save_config",
+    "EpochShuffleSampler",
+    "FoldData",
+    "LabelSource",
+    "ShardSampler",
+    "load_fold_data",
+    "resolve_folds",
+    "RunPaths",
+    "plot_curves",
+    "read_metrics",
+    "read_summary",
+    "check_resume_checkpoint",
+    "train",
+    "lr_factor",
+    "warm_restarts_lrs",
 ]

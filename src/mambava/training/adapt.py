@@ -31,13 +31,29 @@ import copy
 import json
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+import lightning as L
 import numpy as np
+import pandas as pd
+import torch
 
+from mambava.analysis.ratings import estimate_lag, read_ratings, shift_labels
+from mambava.analysis.summaries import write_csv
 from mambava.core.errors import MambavaError
+from mambava.core.fileio import atomic_open
+from mambava.data.folds import save_folds
+from mambava.data.store import FeatureStore, load_features_file
+from mambava.data.windows import predict_sequence
+from mambava.temporal import load_temporal_model, model_kind, resolve_model_config, save_temporal_model
+from mambava.training.config import DataConfig, TrainConfig, save_config
+from mambava.training.evaluate import video_row
+from mambava.training.module import VADataModule, VAModule
+from mambava.training.outputs import RunPaths
+from mambava.training.run import build_trainer
 
 MODES = ("head", "encoder", "all")
 MONITOR = "~final-monitor"
@@ -104,14 +120,17 @@ def participant_folds(participants: Sequence[str], n_folds: int, seed: int) -> l
     return [sorted(people[i] for i in order[k::n_folds]) for k in range(n_folds)]
 
 
-def load_adapt_data(features: str | os.PathLike, ratings: str | os.PathLike, participants: str | os.PathLike | None = None,
-                    pattern: str = r"^([^_-]+)", fps: float = 30.0, value_range=None) -> list[AdaptVideo]:
+def load_adapt_data(
+    features: str | os.PathLike,
+    ratings: str | os.PathLike,
+    participants: str | os.PathLike | None = None,
+    pattern: str = r"^([^_-]+)",
+    fps: float = 30.0,
+    value_range=None,
+) -> list[AdaptVideo]:
     """Videos with features (a feature store folder, or a folder of `<video>.npy`) and ratings (a folder of
     `<video>.csv`, `<video>.frames.csv` or Aff-Wild2 `<video>.txt`); participant from a CSV (`video`,
     `participant` columns) or from the first group of `pattern` matched on the video name."""
-    from mambava.data.store import FeatureStore
-    from mambava.data.store import load_features_file
-    from mambava.analysis.ratings import read_ratings
 
     features, ratings = Path(features), Path(ratings)
     if not features.is_dir():
@@ -132,8 +151,6 @@ def load_adapt_data(features: str | os.PathLike, ratings: str | os.PathLike, par
         raise MambavaError(f"{features}: neither a feature store nor a folder of <video>.npy files")
     table = None
     if participants is not None:
-        import pandas as pd
-
         try:
             table = pd.read_csv(participants, dtype=str)
         except (OSError, ValueError) as error:
@@ -144,8 +161,14 @@ def load_adapt_data(features: str | os.PathLike, ratings: str | os.PathLike, par
     regex = re.compile(pattern)
     videos = []
     for name, (x, present) in arrays.items():
-        rating = next((ratings / f"{name}{suffix}" for suffix in (".csv", ".frames.csv", ".txt")
-                       if (ratings / f"{name}{suffix}").is_file()), None)
+        rating = next(
+            (
+                ratings / f"{name}{suffix}"
+                for suffix in (".csv", ".frames.csv", ".txt")
+                if (ratings / f"{name}{suffix}").is_file()
+            ),
+            None,
+        )
         if rating is None:
             continue
         if table is not None:
@@ -166,10 +189,6 @@ def load_adapt_data(features: str | os.PathLike, ratings: str | os.PathLike, par
 
 
 def _write_workspace(work: Path, videos: Sequence[AdaptVideo], labels: dict[str, np.ndarray], folds: dict) -> None:
-    from mambava.data.store import FeatureStore
-    from mambava.core.fileio import atomic_open
-    from mambava.data.folds import save_folds
-
     store = FeatureStore(work / "features")
     (work / "labels").mkdir(parents=True, exist_ok=True)
     for video in videos:
@@ -187,7 +206,6 @@ def _write_workspace(work: Path, videos: Sequence[AdaptVideo], labels: dict[str,
 
 def model_config(model) -> dict:
     """The flat `TrainConfig.model` dict that rebuilds `model` (any kind)."""
-    from mambava.temporal import model_kind, resolve_model_config
 
     config = model.config
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -212,32 +230,38 @@ def freeze(model, mode: str) -> list[str]:
 
 
 def predict_video(model, features: np.ndarray, window: int, stride: int) -> np.ndarray:
-    import torch
-
-    from mambava.data.windows import predict_sequence
-
     with torch.inference_mode():
-        return predict_sequence(model.eval(), torch.from_numpy(np.ascontiguousarray(features)), window, stride).float().numpy()
+        return (
+            predict_sequence(model.eval(), torch.from_numpy(np.ascontiguousarray(features)), window, stride)
+            .float()
+            .numpy()
+        )
 
 
 def _fit(base, cfg: AdaptConfig, work: Path, fold: int, out: Path, window: int, stride: int):
     """Adapt a copy of `base` on fold `fold`'s train side with mambava.training's module, data and trainer."""
-    import warnings
-
-    import lightning as L
-
-    from mambava.training.config import DataConfig, TrainConfig
-    from mambava.training.module import VADataModule, VAModule
-    from mambava.training.outputs import RunPaths
-    from mambava.training.run import build_trainer
 
     tcfg = TrainConfig(
         model=model_config(base),
-        data=DataConfig(features=str(work / "features"), annotations=str(work / "labels"), folds=str(work / "folds.json"),
-                        fold=fold, window=window, stride=stride),
-        batch_size=cfg.batch_size, epochs=cfg.epochs, warmup_epochs=min(cfg.warmup_epochs, cfg.epochs), lr=cfg.lr,
-        weight_decay=cfg.weight_decay, accelerator=cfg.accelerator, devices=1, seed=cfg.seed,
-        val_every_n_epochs=cfg.epochs, progress_bar=cfg.progress_bar, out_dir=str(out),
+        data=DataConfig(
+            features=str(work / "features"),
+            annotations=str(work / "labels"),
+            folds=str(work / "folds.json"),
+            fold=fold,
+            window=window,
+            stride=stride,
+        ),
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        warmup_epochs=min(cfg.warmup_epochs, cfg.epochs),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        accelerator=cfg.accelerator,
+        devices=1,
+        seed=cfg.seed,
+        val_every_n_epochs=cfg.epochs,
+        progress_bar=cfg.progress_bar,
+        out_dir=str(out),
     )
     tcfg.check()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -248,23 +272,27 @@ def _fit(base, cfg: AdaptConfig, work: Path, fold: int, out: Path, window: int, 
     datamodule = VADataModule(tcfg)
     trainer = build_trainer(tcfg, RunPaths(out))
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(does not have many workers|It is recommended to use|smaller than the logging interval).*")
+        warnings.filterwarnings(
+            "ignore",
+            message=r".*(does not have many workers|It is recommended to use|smaller than the logging interval).*",
+        )
         trainer.fit(module, datamodule=datamodule)
     return module.model.to("cpu").float().eval(), tcfg
 
 
 def _scores(pred: np.ndarray, target: np.ndarray) -> dict:
-    from mambava.training.evaluate import video_row
-
     row = video_row("", pred, np.where(np.isfinite(target), target, -5.0).astype(np.float32))
-    return {"valid_frames": row["valid_frames"], "ccc_valence": row["ccc_valence"], "ccc_arousal": row["ccc_arousal"],
-            "p_va": row["p_va"]}
+    return {
+        "valid_frames": row["valid_frames"],
+        "ccc_valence": row["ccc_valence"],
+        "ccc_arousal": row["ccc_arousal"],
+        "p_va": row["p_va"],
+    }
 
 
 def estimate_rater_lag(model, videos: Sequence[AdaptVideo], window: int, stride: int, fps: float) -> int:
     """Median over videos and dimensions of the lag (frames) that maximises CCC of the model's predictions
     with the ratings (`mambava.analysis.ratings.estimate_lag`)."""
-    from mambava.analysis.ratings import estimate_lag
 
     lags = []
     for video in videos:
@@ -280,11 +308,10 @@ def estimate_rater_lag(model, videos: Sequence[AdaptVideo], window: int, stride:
     return int(round(float(np.median(lags))))
 
 
-def adapt(checkpoint, videos: Sequence[AdaptVideo], out_dir: str | os.PathLike, cfg: AdaptConfig | None = None) -> AdaptResult:
+def adapt(
+    checkpoint, videos: Sequence[AdaptVideo], out_dir: str | os.PathLike, cfg: AdaptConfig | None = None
+) -> AdaptResult:
     """Cross-validated adaptation and the final adapted checkpoint (see the module doc)."""
-    from mambava.analysis.ratings import shift_labels
-    from mambava.temporal import load_temporal_model, save_temporal_model
-    from mambava.training.config import save_config
 
     cfg = cfg or AdaptConfig()
     cfg.check()
@@ -297,8 +324,11 @@ def adapt(checkpoint, videos: Sequence[AdaptVideo], out_dir: str | os.PathLike, 
     input_dim = model_config(base)["input_dim"]
     if dims != {input_dim}:
         raise MambavaError(f"features are {sorted(dims)}-d but the model takes {input_dim}-d")
-    lag = (estimate_rater_lag(base, videos, window, stride, cfg.fps) if cfg.lag == "auto"
-           else int(round(float(cfg.lag) * cfg.fps)))
+    lag = (
+        estimate_rater_lag(base, videos, window, stride, cfg.fps)
+        if cfg.lag == "auto"
+        else int(round(float(cfg.lag) * cfg.fps))
+    )
     labels = {v.name: shift_labels(v.labels, lag) for v in videos}
     participants = [v.participant for v in videos]
     groups = participant_folds(participants, cfg.folds, cfg.seed) if cfg.folds else []
@@ -324,27 +354,37 @@ def adapt(checkpoint, videos: Sequence[AdaptVideo], out_dir: str | os.PathLike, 
             row = {"video": name, "participant": video.participant, "fold": k, "valid_frames": before["valid_frames"]}
             for key in ("ccc_valence", "ccc_arousal", "p_va"):
                 row[f"{key}_before"], row[f"{key}_after"] = before[key], after[key]
-            row["gain"] = (after["p_va"] - before["p_va"]) if before["p_va"] is not None and after["p_va"] is not None else None
+            row["gain"] = (
+                (after["p_va"] - before["p_va"]) if before["p_va"] is not None and after["p_va"] is not None else None
+            )
             rows.append(row)
     final, tcfg = _fit(base, cfg, work, 0, out / "final", window, stride)
     model_path = save_temporal_model(final, out / "adapted.safetensors")
     save_config(tcfg, out / "config.yaml")
 
-    import pandas as pd
-
-    from mambava.analysis.summaries import write_csv
-
-    summary = {"checkpoint": str(checkpoint) if loaded else type(checkpoint).__name__, "mode": cfg.mode,
-               "trainable": freeze(copy.deepcopy(base), cfg.mode), "lag_frames": lag, "lag_s": lag / cfg.fps,
-               "lag_source": "estimated" if cfg.lag == "auto" else "given", "videos": len(videos),
-               "participants": len(set(participants)), "folds": [sorted(g) for g in groups],
-               "window": window, "stride": stride, "config": asdict(cfg), "model": str(model_path)}
+    summary = {
+        "checkpoint": str(checkpoint) if loaded else type(checkpoint).__name__,
+        "mode": cfg.mode,
+        "trainable": freeze(copy.deepcopy(base), cfg.mode),
+        "lag_frames": lag,
+        "lag_s": lag / cfg.fps,
+        "lag_source": "estimated" if cfg.lag == "auto" else "given",
+        "videos": len(videos),
+        "participants": len(set(participants)),
+        "folds": [sorted(g) for g in groups],
+        "window": window,
+        "stride": stride,
+        "config": asdict(cfg),
+        "model": str(model_path),
+    }
     if rows:
         frame = pd.DataFrame(rows)
         write_csv(frame, out / "per_video.csv")
-        summary.update(p_va_before=float(frame["p_va_before"].mean()), p_va_after=float(frame["p_va_after"].mean()),
-                       gain=float(frame["p_va_after"].mean() - frame["p_va_before"].mean()))
-    from mambava.core.fileio import atomic_open
+        summary.update(
+            p_va_before=float(frame["p_va_before"].mean()),
+            p_va_after=float(frame["p_va_after"].mean()),
+            gain=float(frame["p_va_after"].mean() - frame["p_va_before"].mean()),
+        )
 
     with atomic_open(out / "summary.json") as handle:
         json.dump(summary, handle, indent=2, default=str)
@@ -352,5 +392,15 @@ def adapt(checkpoint, videos: Sequence[AdaptVideo], out_dir: str | os.PathLike, 
     return AdaptResult(model_path, lag, rows, summary)
 
 
-__all__ = ["AdaptConfig", "AdaptVideo", "AdaptResult", "MODES", "adapt", "load_adapt_data", "participant_folds",
-           "freeze", "model_config", "estimate_rater_lag"]
+__all__ = [
+    "AdaptConfig",
+    "AdaptVideo",
+    "AdaptResult",
+    "MODES",
+    "adapt",
+    "load_adapt_data",
+    "participant_folds",
+    "freeze",
+    "model_config",
+    "estimate_rater_lag",
+]

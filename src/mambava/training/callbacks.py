@@ -9,8 +9,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mambava.core.fileio import atomic_torch_save
 from mambava.core.checkpoint import load_lightning_checkpoint
+from mambava.core.fileio import atomic_torch_save
 from mambava.training.outputs import read_metrics, write_metrics
 
 
@@ -70,4 +70,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         # Whatever Lightning asks for: a planted last.ckpt must never run its pickled code on resume.
         return load_lightning_checkpoint(path, map_location=map_location)
-

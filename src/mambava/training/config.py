@@ -14,6 +14,7 @@ import yaml
 from mambava.core import config as schema
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open
+from mambava.temporal import resolve_model_config
 
 PAPER_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
 # Recipes by name: (config of folds 1-5, config of fold 0). The authors' code uses other values on fold 0.
@@ -91,8 +92,6 @@ class TrainConfig:
     out_dir: str = "runs/mambava"
 
     def __post_init__(self) -> None:
-        from mambava.temporal import resolve_model_config
-
         if isinstance(self.data, Mapping):
             self.data = DataConfig(**schema.to_dict(schema.merge(schema.structured(DataConfig), self.data, "data")))
         self.model = resolve_model_config(self.model)  # the model section's own schema (`model.kind`'s keys)
@@ -118,7 +117,9 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.adam_eps <= 0:
             problems.append("lr and adam_eps must be > 0, weight_decay and grad_clip >= 0")
         for key, allowed, value in (
-            ("schedule", SCHEDULES, self.schedule), ("protocol", PROTOCOLS, self.protocol), ("data.tails", TAILS, self.data.tails),
+            ("schedule", SCHEDULES, self.schedule),
+            ("protocol", PROTOCOLS, self.protocol),
+            ("data.tails", TAILS, self.data.tails),
         ):
             if value not in allowed:
                 problems.append(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
@@ -214,4 +215,3 @@ def flatten_keys(tree: Mapping, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-

@@ -24,6 +24,7 @@ import numpy as np
 
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open
+from mambava.data.folds import load_folds, save_folds
 from mambava.training.config import TrainConfig
 from mambava.training.data import resolve_folds
 from mambava.training.evaluate import evaluate_checkpoint
@@ -42,7 +43,6 @@ def fold_config(cfg: TrainConfig, fold: int, folds_file: str) -> TrainConfig:
 def prepare_folds(cfg: TrainConfig) -> tuple[str, list[int]]:
     """The folds file every fold reads (cfg.data.folds, or folds made from the Aff-Wild2 splits and saved to
     out_dir/folds.yaml) and the fold ids it holds."""
-    from mambava.data.folds import load_folds, save_folds
 
     out = Path(cfg.out_dir)
     if cfg.data.folds:
@@ -91,7 +91,9 @@ def collect(out_dir: str, folds: Sequence[int]) -> list[dict[str, Any]]:
         if not summary or not summary.get("finished") or not summary.get("best"):
             raise MambavaError(f"{Path(out_dir) / f'fold{k}'}: fold {k} has no finished run")
         best = summary["best"]
-        rows.append({"fold": k, "ccc_valence": best["ccc_valence"], "ccc_arousal": best["ccc_arousal"], "p_va": best["p_va"]})
+        rows.append(
+            {"fold": k, "ccc_valence": best["ccc_valence"], "ccc_arousal": best["ccc_arousal"], "p_va": best["p_va"]}
+        )
     return rows
 
 
@@ -104,7 +106,9 @@ def rescore(out_dir: str, folds: Sequence[int], protocol: str, device: str = "au
         if not model.is_file():
             raise MambavaError(f"{model}: fold {k} has no finished run")
         result, _ = evaluate_checkpoint(model, split="validation", device=device, protocol=protocol)
-        rows.append({"fold": k, "ccc_valence": result.ccc_valence, "ccc_arousal": result.ccc_arousal, "p_va": result.p_va})
+        rows.append(
+            {"fold": k, "ccc_valence": result.ccc_valence, "ccc_arousal": result.ccc_arousal, "p_va": result.p_va}
+        )
     return rows
 
 
@@ -137,5 +141,13 @@ def write_results(out_dir: str, rows: Sequence[dict[str, Any]], suffix: str = ""
         writer.writerows(rows)
     stats = mean_std(rows)
     with atomic_open(json_path, "w") as handle:
-        json.dump({"folds": list(rows), "mean": {k: v[0] for k, v in stats.items()}, "std": {k: v[1] for k, v in stats.items()}}, handle, indent=1)
+        json.dump(
+            {
+                "folds": list(rows),
+                "mean": {k: v[0] for k, v in stats.items()},
+                "std": {k: v[1] for k, v in stats.items()},
+            },
+            handle,
+            indent=1,
+        )
     return csv_path, json_path

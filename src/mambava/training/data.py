@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from mambava.data.affwild2 import AffWild2, align_lengths, find_annotations, read_va_annotation
 from mambava.core.errors import MambavaError
-from mambava.data.store import AudioVisualStore, FeatureStore
+from mambava.data.affwild2 import AffWild2, align_lengths, find_annotations, read_va_annotation
 from mambava.data.folds import load_folds, make_folds
+from mambava.data.store import AudioVisualStore, FeatureStore
 from mambava.data.timebase import stored_grid
 from mambava.training.config import TrainConfig
 
@@ -33,7 +33,10 @@ class LabelSource:
         self.affwild2 = None
         if find_annotations(self.root) is not None:
             self.affwild2 = AffWild2(self.root)
-            self.paths = {v: self.affwild2.annotation_path(v) for v in self.affwild2.splits["train"] + self.affwild2.splits["validation"]}
+            self.paths = {
+                v: self.affwild2.annotation_path(v)
+                for v in self.affwild2.splits["train"] + self.affwild2.splits["validation"]
+            }
         else:
             self.paths = {}
             for path in sorted(self.root.rglob("*.txt")):
@@ -84,13 +87,17 @@ def open_extra_stores(cfg: TrainConfig, names: Sequence[str], dim: int) -> list:
             raise MambavaError(f"{store.root}: feature store not found (data.extra_features)")
         missing = [name for name in names if not store.has(name)]
         if missing:
-            raise MambavaError(f"{store.root}: no features for training video {missing[0]!r} "
-                               f"({len(missing)} of {len(names)} missing; data.extra_features)")
+            raise MambavaError(
+                f"{store.root}: no features for training video {missing[0]!r} "
+                f"({len(missing)} of {len(names)} missing; data.extra_features)"
+            )
         if cfg.data.audio_features:
             store = AudioVisualStore(store, FeatureStore(cfg.data.audio_features))
         found = {int(store.meta(name)["dim"]) for name in names}
         if found != {dim}:
-            raise MambavaError(f"{path}: features are {sorted(found)}-d, data.features' are {dim}-d (data.extra_features)")
+            raise MambavaError(
+                f"{path}: features are {sorted(found)}-d, data.features' are {dim}-d (data.extra_features)"
+            )
         stores.append(store)
     return stores
 
@@ -100,15 +107,21 @@ def check_model_input(cfg: TrainConfig, dim: int) -> None:
     m = cfg.model
     if m["kind"] != "fusion":
         if cfg.data.audio_features:
-            raise MambavaError(f"{cfg.data.audio_features}: data.audio_features is set but model kind {m['kind']!r} "
-                               f"takes visual features only (set model.modalities=[visual,audio])")
+            raise MambavaError(
+                f"{cfg.data.audio_features}: data.audio_features is set but model kind {m['kind']!r} "
+                f"takes visual features only (set model.modalities=[visual,audio])"
+            )
         if dim != m["input_dim"]:
-            raise MambavaError(f"{cfg.data.features}: features are {dim}-d but model.input_dim is {m['input_dim']} "
-                               f"(--set model.input_dim={dim})")
+            raise MambavaError(
+                f"{cfg.data.features}: features are {dim}-d but model.input_dim is {m['input_dim']} "
+                f"(--set model.input_dim={dim})"
+            )
         return
     if not cfg.data.audio_features:
-        raise MambavaError("model.modalities includes audio: set data.audio_features to an audio feature store "
-                           "(mambava extract --audio)")
+        raise MambavaError(
+            "model.modalities includes audio: set data.audio_features to an audio feature store "
+            "(mambava extract --audio)"
+        )
     if dim != m["input_dim"] + m["audio_dim"] + 1:
         audio = FeatureStore(cfg.data.audio_features)
         audio_dim = AudioVisualStore(FeatureStore(cfg.data.features), audio).audio_dim
@@ -137,7 +150,9 @@ class FoldData:
     skipped: list[str]
 
 
-def load_fold_data(cfg: TrainConfig, fold: int | None = None, sides: Sequence[str] = ("train", "validation")) -> FoldData:
+def load_fold_data(
+    cfg: TrainConfig, fold: int | None = None, sides: Sequence[str] = ("train", "validation")
+) -> FoldData:
     """Resolve the fold's videos, keep those with features (a warning lists the others) and read their
     labels aligned to the features' length (mambava.data.windows.load_labels' policy)."""
     store = open_store(cfg)
@@ -152,7 +167,9 @@ def load_fold_data(cfg: TrainConfig, fold: int | None = None, sides: Sequence[st
         for name in folds[fold][side]:
             (chosen[side] if store.has(name) else skipped).append(name)
         if not chosen[side]:
-            raise MambavaError(f"{store.root}: none of the {len(folds[fold][side])} {side} videos of fold {fold} has features")
+            raise MambavaError(
+                f"{store.root}: none of the {len(folds[fold][side])} {side} videos of fold {fold} has features"
+            )
     if skipped:
         warnings.warn(
             f"{store.root}: {len(skipped)} videos of fold {fold} have no features and are left out "

@@ -29,12 +29,11 @@ from mambava.core.fileio import atomic_open
 from mambava.core.metrics import ccc_numpy, va_scores
 from mambava.core.progress import track_items
 from mambava.core.runtime import resolve_device
-from mambava.temporal import LoadedModel, check_finite, load_temporal_model, model_input_dim
-from mambava.training.config import TrainConfig
-from mambava.training.data import load_fold_data
 from mambava.data.timebase import model_fps, stored_grid
 from mambava.data.windows import authors_keep, authors_window_dataset, check_windowing, predict_sequence
-
+from mambava.temporal import LoadedModel, check_finite, load_temporal_model, model_input_dim
+from mambava.training.config import TrainConfig
+from mambava.training.data import load_fold_data, open_store
 
 # ---------------------------------------------------------------------------------------------------------
 # The authors' protocol
@@ -101,8 +100,11 @@ class EvalResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "ccc_valence": self.ccc_valence, "ccc_arousal": self.ccc_arousal, "p_va": self.p_va,
-            "frames": self.frames, "videos": len(self.per_video),
+            "ccc_valence": self.ccc_valence,
+            "ccc_arousal": self.ccc_arousal,
+            "p_va": self.p_va,
+            "frames": self.frames,
+            "videos": len(self.per_video),
         }
 
 
@@ -135,15 +137,18 @@ def evaluate_videos(
     progress: bool = False,
 ) -> EvalResult:
     """Score `loaded.model` on whole videos `names` of a feature store against `labels` (aligned (T, 2))."""
-    window, stride = check_windowing(loaded.window if window is None else window,
-                                     loaded.stride if stride is None else stride)
+    window, stride = check_windowing(
+        loaded.window if window is None else window, loaded.stride if stride is None else stride
+    )
     dev = resolve_device(device)
     expected = model_input_dim(loaded.model)
     for name in names:
         dim = int(store.meta(name)["dim"])
         if expected is not None and dim != expected:
-            raise MambavaError(f"{store.root / name}: {dim}-d features, but the model {loaded.source} takes "
-                               f"{expected}-d (features of another backbone?)")
+            raise MambavaError(
+                f"{store.root / name}: {dim}-d features, but the model {loaded.source} takes "
+                f"{expected}-d (features of another backbone?)"
+            )
     model = loaded.model.to(dev).eval()
     fps = model_fps(model)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
@@ -155,7 +160,9 @@ def evaluate_videos(
         grid = stored_grid(len(features), store.meta(name).get("fps"), fps)
         with autocast:
             x = features if grid is None else features[grid.held]
-            pred = predict_sequence(model, torch.from_numpy(np.ascontiguousarray(x)).to(dev), window, stride, batch_size)
+            pred = predict_sequence(
+                model, torch.from_numpy(np.ascontiguousarray(x)).to(dev), window, stride, batch_size
+            )
         pred = pred.float().cpu().numpy()
         if grid is not None:
             pred = pred[grid.tick]
@@ -180,10 +187,16 @@ def write_per_video(result: EvalResult, path: str | os.PathLike) -> Path:
         writer.writeheader()
         for row in result.per_video:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
-        writer.writerow({
-            "video": "ALL", "frames": sum(r["frames"] for r in result.per_video), "valid_frames": result.frames,
-            "ccc_valence": result.ccc_valence, "ccc_arousal": result.ccc_arousal, "p_va": result.p_va,
-        })
+        writer.writerow(
+            {
+                "video": "ALL",
+                "frames": sum(r["frames"] for r in result.per_video),
+                "valid_frames": result.frames,
+                "ccc_valence": result.ccc_valence,
+                "ccc_arousal": result.ccc_arousal,
+                "p_va": result.p_va,
+            }
+        )
     return path
 
 
@@ -212,7 +225,6 @@ def evaluate_checkpoint(
     returns (result, csv path). `batch_size` (windows per forward pass) defaults to 32; under the authors'
     protocol it also sets which windows the dropped last batch holds, and defaults to the run's
     `eval_batch_size`, else 16 (the reference's test_batch_size, VA/config/config_fold*.yml:8)."""
-    from mambava.training.data import open_store
 
     if split not in ("train", "validation"):
         raise MambavaError(f"--split must be 'train' or 'validation', got {split!r}")
@@ -220,8 +232,13 @@ def evaluate_checkpoint(
         raise MambavaError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     loaded = load_temporal_model(checkpoint)
     data = dict((loaded.run_config or {}).get("data") or {})
-    for key, value in (("features", features), ("annotations", annotations), ("folds", folds), ("fold", fold),
-                       ("audio_features", audio_features)):
+    for key, value in (
+        ("features", features),
+        ("annotations", annotations),
+        ("folds", folds),
+        ("fold", fold),
+        ("audio_features", audio_features),
+    ):
         if value is not None:
             data[key] = value
     for key in ("features", "annotations"):
@@ -232,8 +249,10 @@ def evaluate_checkpoint(
     except MambavaError as error:
         raise MambavaError(f"{checkpoint}: {error}") from None
     if loaded.kind == "fusion" and not data.get("audio_features"):
-        raise MambavaError(f"{checkpoint}: a fusion model (visual + audio): pass --audio-features (no run config "
-                           f"beside the checkpoint names its audio store)")
+        raise MambavaError(
+            f"{checkpoint}: a fusion model (visual + audio): pass --audio-features (no run config "
+            f"beside the checkpoint names its audio store)"
+        )
     fold_data = load_fold_data(cfg, sides=(split,))
     names = fold_data.train if split == "train" else fold_data.validation
     store = open_store(cfg)
@@ -244,7 +263,9 @@ def evaluate_checkpoint(
     if protocol == "authors":
         if batch_size is None:
             batch_size = int((loaded.run_config or {}).get("eval_batch_size") or 16)
-        result = evaluate_windows_authors(loaded, store, names, fold_data.labels, window, stride, batch_size, device, precision)
+        result = evaluate_windows_authors(
+            loaded, store, names, fold_data.labels, window, stride, batch_size, device, precision
+        )
     else:
         result = evaluate_videos(
             loaded, store, names, fold_data.labels, window, stride, batch_size or 32, device, precision, progress

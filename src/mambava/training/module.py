@@ -12,6 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from mambava.core.errors import MambavaError
 from mambava.core.metrics import ConcordanceCCC, ccc_loss
 from mambava.core.schedule import lr_factor, warm_restarts_lrs
+from mambava.data.windows import WindowDataset, authors_keep, authors_window_dataset, predict_sequence
 from mambava.temporal import build_temporal_model
 from mambava.training.config import MONITOR, TrainConfig
 from mambava.training.data import (
@@ -26,7 +27,6 @@ from mambava.training.data import (
     open_extra_stores,
     open_store,
 )
-from mambava.data.windows import WindowDataset, authors_keep, authors_window_dataset, predict_sequence
 
 
 class Diverged(MambavaError):
@@ -53,14 +53,27 @@ class VADataModule(L.LightningDataModule):
         store = open_store(self.cfg)
         data = self.fold_data
         # the training windows of every store (data.extra_features: the same videos from other crops)
-        sets = [WindowDataset(
-            s, data.train, {n: data.labels[n] for n in data.train}, self.cfg.data.window, self.cfg.data.stride,
-            tails=self.cfg.data.tails, fps=self._model_fps(),
-        ) for s in [store, *open_extra_stores(self.cfg, data.train, data.dim)]]
+        sets = [
+            WindowDataset(
+                s,
+                data.train,
+                {n: data.labels[n] for n in data.train},
+                self.cfg.data.window,
+                self.cfg.data.stride,
+                tails=self.cfg.data.tails,
+                fps=self._model_fps(),
+            )
+            for s in [store, *open_extra_stores(self.cfg, data.train, data.dim)]
+        ]
         self.train_set = sets[0] if len(sets) == 1 else ConcatDataset(sets)
         if self.cfg.protocol == "authors":
             self.val_set = authors_window_dataset(
-                store, data.validation, data.labels, self.cfg.data.window, self.cfg.data.stride, self.cfg.eval_batch_size
+                store,
+                data.validation,
+                data.labels,
+                self.cfg.data.window,
+                self.cfg.data.stride,
+                self.cfg.eval_batch_size,
             )
         else:
             self.val_set = VideoDataset(store, data.validation, data.labels, fps=self._model_fps())
@@ -90,8 +103,12 @@ class VADataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         sampler = EpochShuffleSampler(len(self.train_set), self.cfg.seed, rank, world)
         return DataLoader(
-            self.train_set, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate_windows,
-            drop_last=self.cfg.drop_last, **self._loader_kwargs(),
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            collate_fn=collate_windows,
+            drop_last=self.cfg.drop_last,
+            **self._loader_kwargs(),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -100,12 +117,16 @@ class VADataModule(L.LightningDataModule):
             # Windows in the reference's order, already cut to whole batches; dealt to ranks without repeats.
             sampler = ShardSampler([1] * len(self.val_set), rank, world)
             return DataLoader(
-                self.val_set, batch_size=self.cfg.eval_batch_size, sampler=sampler, collate_fn=collate_windows,
+                self.val_set,
+                batch_size=self.cfg.eval_batch_size,
+                sampler=sampler,
+                collate_fn=collate_windows,
                 **self._loader_kwargs(),
             )
         sampler = ShardSampler(self.val_set.lengths, rank, world)
-        return DataLoader(self.val_set, batch_size=1, sampler=sampler, collate_fn=collate_video, **self._loader_kwargs())
-
+        return DataLoader(
+            self.val_set, batch_size=1, sampler=sampler, collate_fn=collate_video, **self._loader_kwargs()
+        )
 
 
 class VAModule(L.LightningModule):
@@ -148,7 +169,9 @@ class VAModule(L.LightningModule):
             raise Diverged(self.current_epoch, self.global_step, f"training loss is {float(loss.detach())}")
         n = batch["x"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        self.log(
+            "lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True, batch_size=n
+        )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -207,4 +230,3 @@ class VAModule(L.LightningModule):
         else:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-

@@ -8,14 +8,20 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import lightning as L
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
+from mambava.core.checkpoint import CheckpointError, load_lightning_checkpoint
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import is_output_failure, output_error
 from mambava.temporal import count_parameters, lightning_state_dict, save_temporal_model
-from mambava.core.checkpoint import CheckpointError, load_lightning_checkpoint
+from mambava.training.callbacks import AtomicCheckpointIO, EpochLog
 from mambava.training.config import MONITOR, TrainConfig, flatten_keys, save_config
 from mambava.training.data import FoldData, check_model_input, load_fold_data
+from mambava.training.module import Diverged, VADataModule, VAModule
 from mambava.training.outputs import RunPaths, plot_curves, read_metrics, read_summary, write_json
 
 
@@ -41,26 +47,29 @@ def check_resume_checkpoint(path: Path) -> None:
 
 def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
     """The Lightning Trainer of a run: checkpoints (best by val P_VA, last every epoch), loggers, progress."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger
-
-    from mambava.training.callbacks import AtomicCheckpointIO, EpochLog
 
     best = ModelCheckpoint(
-        dirpath=paths.checkpoints, filename="best", monitor=MONITOR, mode="max", save_top_k=1,
-        auto_insert_metric_name=False, enable_version_counter=False,
+        dirpath=paths.checkpoints,
+        filename="best",
+        monitor=MONITOR,
+        mode="max",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
     )
     # The latest epoch, every epoch (monitor None + top 1 = keep the newest; Lightning's save_last only follows
     # a top-k save, which a monitored callback skips when the score did not improve).
     last = ModelCheckpoint(
-        dirpath=paths.checkpoints, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
-        save_on_train_epoch_end=True, enable_version_counter=False,
+        dirpath=paths.checkpoints,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
     )
     loggers = [CSVLogger(paths.out, name="logs", version=None)]
     if importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         loggers.append(TensorBoardLogger(paths.out, name="tensorboard", default_hp_metric=False))
     all_callbacks = [EpochLog(paths.metrics), *callbacks, best, last]
     if cfg.progress_bar:
@@ -88,8 +97,6 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
 
 
 def _info(message: str) -> None:
-    from lightning.pytorch.utilities import rank_zero_info
-
     rank_zero_info(message)
 
 
@@ -100,9 +107,6 @@ def train(cfg: TrainConfig, resume: bool | str = False, callbacks: Sequence = ()
     returned); a missing or unreadable last.ckpt is then a MambavaError, never a silent restart.
     `resume="auto"` (cross-validation) resumes when last.ckpt exists and starts the run otherwise. Without
     resume, an out_dir that already holds a run is an error."""
-    import lightning as L
-
-    from mambava.training.module import Diverged, VADataModule, VAModule
 
     cfg.check()
     paths = RunPaths(Path(cfg.out_dir))
@@ -111,7 +115,9 @@ def train(cfg: TrainConfig, resume: bool | str = False, callbacks: Sequence = ()
         _info(f"{paths.out}: finished run, skipped (best val P_VA {finished['best']['p_va']:.4f})")
         return finished
     if not resume and (paths.last.exists() or paths.summary.exists()):
-        raise MambavaError(f"{paths.out}: holds a previous run; pass --resume to continue it, or choose another out_dir")
+        raise MambavaError(
+            f"{paths.out}: holds a previous run; pass --resume to continue it, or choose another out_dir"
+        )
     if resume and (resume != "auto" or paths.last.exists()):
         check_resume_checkpoint(paths.last)
     ckpt_path = str(paths.last) if resume and paths.last.exists() else None
@@ -182,8 +188,11 @@ def finish_run(cfg: TrainConfig, paths: RunPaths, module, fold_data: FoldData, t
         if row is None:
             return None
         return {
-            "epoch": row["epoch"], "step": row["step"], "ccc_valence": row["val_ccc_valence"],
-            "ccc_arousal": row["val_ccc_arousal"], "p_va": row["val_p_va"],
+            "epoch": row["epoch"],
+            "step": row["step"],
+            "ccc_valence": row["val_ccc_valence"],
+            "ccc_arousal": row["val_ccc_arousal"],
+            "p_va": row["val_p_va"],
         }
 
     summary = {
@@ -202,10 +211,16 @@ def finish_run(cfg: TrainConfig, paths: RunPaths, module, fold_data: FoldData, t
         "validation_frames": int(sum(len(fold_data.labels[n]) for n in fold_data.validation)),
         "validation_windows": len(trainer.datamodule.val_set) if cfg.protocol == "authors" else None,
         "skipped_videos": fold_data.skipped,
-        "train_time_s": round(rows[-1]["time_s"], 1) if rows and rows[-1].get("time_s") is not None else round(wall_s, 1),
+        "train_time_s": round(rows[-1]["time_s"], 1)
+        if rows and rows[-1].get("time_s") is not None
+        else round(wall_s, 1),
         "outputs": {
-            "best_checkpoint": str(paths.best), "last_checkpoint": str(paths.last), "model": str(paths.model),
-            "metrics": str(paths.metrics), "curves": str(paths.curves), "config": str(paths.config),
+            "best_checkpoint": str(paths.best),
+            "last_checkpoint": str(paths.last),
+            "model": str(paths.model),
+            "metrics": str(paths.metrics),
+            "curves": str(paths.curves),
+            "config": str(paths.config),
         },
         "config": cfg.to_dict(),
     }
@@ -224,8 +239,7 @@ def _diverged_message(error, paths: RunPaths) -> str:
         keep = f"kept the checkpoints of the earlier epochs: {', '.join(str(p) for p in kept)}{note}"
     else:
         keep = "no epoch finished before, so no checkpoint was saved"
-    return (f"{paths.out}: training stopped at {error} (the model diverged: lower lr, or set grad_clip > 0); "
-            f"{keep}")
+    return f"{paths.out}: training stopped at {error} (the model diverged: lower lr, or set grad_clip > 0); {keep}"
 
 
 _CLASSES: dict[str, type] = {}

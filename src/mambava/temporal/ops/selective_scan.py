@@ -312,8 +312,17 @@ class _ChunkedScan(torch.autograd.Function):
         dh_last = None if gh_last is None else gh_last.to(u.dtype).transpose(1, 2)
         with _loop_threads(starts.numel()):
             ds, ddt_a, dB, dC, dA, dh0 = _scan_backward(
-                g.unsqueeze(-2), dtc.unsqueeze(-2), pc.unsqueeze(-2), qc.unsqueeze(-1), cc.unsqueeze(-1),
-                a2t, at, starts, chunk_decay, states, dh_last,
+                g.unsqueeze(-2),
+                dtc.unsqueeze(-2),
+                pc.unsqueeze(-2),
+                qc.unsqueeze(-1),
+                cc.unsqueeze(-1),
+                a2t,
+                at,
+                starts,
+                chunk_decay,
+                states,
+                dh_last,
             )
         ds = _from_chunks(ds, T)
         du = ds * dt
@@ -323,8 +332,18 @@ class _ChunkedScan(torch.autograd.Function):
 
 
 def selective_scan_chunked(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    initial_state=None, return_last_state=False, chunk_size: int | None = None,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_last_state=False,
+    chunk_size: int | None = None,
 ):
     """The fast pure-PyTorch scan (see the module docstring); computes in fp32 (fp64 for fp64 inputs), returns
     u's dtype."""
@@ -370,9 +389,16 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
         raise MambavaError("scan='cuda' needs the mamba-ssm package and a CUDA device (pip install mambava[cuda])")
     # mamba_ssm wants (batch, D, T) and (batch, N, T).
     out = fn(
-        u.transpose(1, 2), delta.transpose(1, 2), A.float(), B.transpose(1, 2), C.transpose(1, 2),
-        None if D is None else D.float(), None if z is None else z.transpose(1, 2),
-        None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state,
+        u.transpose(1, 2),
+        delta.transpose(1, 2),
+        A.float(),
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+        None if D is None else D.float(),
+        None if z is None else z.transpose(1, 2),
+        None if delta_bias is None else delta_bias.float(),
+        delta_softplus,
+        return_last_state,
     )
     if return_last_state:
         y, last = out
@@ -413,9 +439,7 @@ def selective_scan(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state, chunk_size
         )
     if impl == "reference":
-        return selective_scan_ref(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
-        )
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
     if impl == "cuda":
         if initial_state is not None:
             raise MambavaError("scan='cuda' (mamba_ssm) cannot start from an initial state; use 'chunked'")
