@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from support import AFFWILD2_CROPS, DIM, CachedDetector, make_affwild2_tree, write_drift_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,90 +36,6 @@ def media_dir() -> Path:
 #
 # The test list (with a header line and blank lines) is Valence_Arousal_Estimation_Challenge_test_set_release.txt
 # at the root. Annotation values are deterministic (seed 0), rounded to 3 decimals.
-
-AFFWILD2_LAYOUT = {
-    "train": {"vidA": 50, "vidB_left": 40, "vidB_right": 40},
-    "validation": {"vidC": 30, "vidD": 25},
-    "test": {"vidE": 20, "vidF_left": 15},
-}
-AFFWILD2_CROPS = {
-    "vidA": [f for f in range(3, 51) if f not in (20, 21)],
-    "vidB_left": list(range(1, 41)),
-    "vidB_right": list(range(1, 39)),
-    "vidC": list(range(1, 31)),
-    "vidD": list(range(1, 26)),
-    "vidE": list(range(1, 19)),
-    "vidF_left": [f for f in range(1, 16) if f != 7],
-}
-AFFWILD2_VIDEOS = {"vidE": ("batch1", 20), "vidD": ("batch2", 27)}
-AFFWILD2_INVALID = {"vidA": slice(0, 5), "vidC": slice(10, 13)}
-TEST_LIST_NAME = "Valence_Arousal_Estimation_Challenge_test_set_release.txt"
-
-
-def first_frames(video: Path, path: Path, n_frames: int, codec: str = "mpeg4", rate: int = 25) -> Path:
-    """The first `n_frames` of `video` re-encoded with `codec` at `rate` (short clips keep detection-bound tests fast)."""
-    import av
-
-    with av.open(str(video)) as source, av.open(str(path), "w") as target:
-        stream = target.add_stream(codec, rate=rate)
-        for i, frame in enumerate(source.decode(video=0)):
-            if i == n_frames:
-                break
-            if i == 0:
-                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
-                target.mux(packet)
-        for packet in stream.encode():
-            target.mux(packet)
-    return path
-
-
-def _tiny_jpeg() -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _write_video(path: Path, n_frames: int) -> None:
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 8 % 256, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def make_affwild2_tree(root: Path) -> Path:
-    """Write the tree described above under `root` and return root."""
-    rng = np.random.default_rng(0)
-    jpeg = _tiny_jpeg()
-    folders = {"train": "Train_Set", "validation": "Validation_Set"}
-    for split, videos in AFFWILD2_LAYOUT.items():
-        for video, n in videos.items():
-            if split in folders:
-                labels = np.round(rng.uniform(-1, 1, size=(n, 2)), 3)
-                if video in AFFWILD2_INVALID:
-                    labels[AFFWILD2_INVALID[video]] = -5
-                folder = root / "VA_Estimation_Challenge" / folders[split]
-                folder.mkdir(parents=True, exist_ok=True)
-                lines = ["valence,arousal"] + [f"{v:g},{a:g}" for v, a in labels]
-                (folder / f"{video}.txt").write_text("\n".join(lines) + "\n")
-            crops = root / "cropped_aligned" / video
-            crops.mkdir(parents=True, exist_ok=True)
-            for frame in AFFWILD2_CROPS[video]:
-                (crops / f"{frame:05d}.jpg").write_bytes(jpeg)
-    for video, (batch, n) in AFFWILD2_VIDEOS.items():
-        _write_video(root / "videos" / batch / f"{video}.mp4", n)
-    (root / TEST_LIST_NAME).write_text("Video Name\n\nvidE\nvidF_left\n\n")
-    return root
 
 
 @pytest.fixture
@@ -176,3 +93,42 @@ def tiny_mamba_va():
         ).eval()
 
     return build
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_mamba_va) -> dict[str, Path]:
+    """A tiny ViT (img 32, patch 16, D=24, 1 block) saved with encoder.save, a tiny Mamba-VA taking 24-d
+    features, and one taking 48-d features (a checkpoint of another config)."""
+    from mambava.backbone import ViTConfig, ViTEncoder
+    from mambava.temporal import save_temporal_model
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    encoder = ViTEncoder(ViTConfig(img_size=32, patch_size=16, embed_dim=DIM, depth=1, num_heads=2, name="tiny-test"))
+    encoder.save(root / "vit.safetensors")
+    save_temporal_model(tiny_mamba_va(DIM), root / "model.safetensors")
+    save_temporal_model(tiny_mamba_va(2 * DIM), root / "model48.safetensors")
+    return {
+        "vit": root / "vit.safetensors",
+        "model": root / "model.safetensors",
+        "model48": root / "model48.safetensors",
+    }
+
+
+@pytest.fixture(scope="module")
+def detector():
+    """The name of a cached MTCNN shared by this module's tests (see _CachedDetector)."""
+    from mambava.faces import detect, register_detector
+
+    shared = CachedDetector()
+    register_detector(shared.name, lambda: shared)
+    yield shared.name
+    detect._REGISTRY.pop(shared.name, None)
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> tuple[Path, Path]:
+    """6 short videos (4 train, 2 validation) of 8-d features with their annotations."""
+    return write_drift_dataset(
+        tmp_path_factory.mktemp("drift"), n_train=4, n_val=2, n_frames=120, dim=8, noise=1.0, scale=20
+    )

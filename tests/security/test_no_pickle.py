@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import train_cli, train_data  # noqa: F401  (the drift dataset fixture)
-from test_predict import run_cli
+from support import run_cli, train_cli
 
 
 class Payload:

@@ -160,7 +160,7 @@ def extract_audio(
     else:
         results = (_features_job(path, n_frames, sets, speech_model) for (path, n_frames), _ in jobs)
     try:
-        for done, (((path, n_frames), entries), (result, lines, error)) in enumerate(zip(jobs, results), 1):
+        for done, (((path, _), entries), (result, lines, error)) in enumerate(zip(jobs, results), 1):
             for line in lines:
                 if on_warning is None:
                     warnings.warn(line, AudioWarning, stacklevel=2)

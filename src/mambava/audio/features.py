@@ -8,7 +8,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,6 @@ from mambava.media.audio import (
 )
 from mambava.media.video import error_reason
 
-FEATURE_SETS = ("egemaps", "logmel", "ssl")
 DEFAULT_FEATURE_SETS = ("egemaps", "logmel")
 N_MELS = 64
 MEL_WINDOW = 400  # 25 ms at 16 kHz
@@ -64,6 +63,50 @@ EGEMAPS_COLUMNS = (
     "F3bandwidth_sma3nz",
     "F3amplitudeLogRelF0_sma3nz",
 )
+
+
+@dataclass(frozen=True)
+class AudioFeatureSet:
+    """A registered feature set: `compute(samples, sample_rate, speech_model) -> (values (M, D), times (M,)
+    seconds from the track's first sample, column names)`, `dim(speech_model)` its width and `columns(dim)`
+    its column names (used where there is no sound to compute them from)."""
+
+    name: str
+    compute: Callable
+    dim: Callable
+    columns: Callable
+    needs_speech_model: bool = False
+
+
+_FEATURE_SETS: dict[str, AudioFeatureSet] = {}
+FEATURE_SETS: list[str] = []  # the registered names, in registration order
+
+
+def register_audio_features(name: str, dim: Callable, columns: Callable, needs_speech_model: bool = False):
+    """Decorator: register the decorated `compute(samples, sample_rate, speech_model)` as feature set `name`
+    (for `extract --audio --audio-sets`, `predict --audio` and the fusion models).
+
+    Args:
+        name: the set's name.
+        dim: `dim(speech_model) -> int`, the number of columns.
+        columns: `columns(dim) -> list[str]`, their names.
+        needs_speech_model: whether it needs `--speech-model`.
+
+    Returns:
+        The decorator (which returns the function unchanged).
+    """
+
+    def register(compute: Callable):
+        _FEATURE_SETS[name] = AudioFeatureSet(name, compute, dim, columns, needs_speech_model)
+        if name not in FEATURE_SETS:
+            FEATURE_SETS.append(name)
+        return compute
+
+    return register
+
+
+def feature_set(name: str) -> AudioFeatureSet:
+    return _FEATURE_SETS[name]
 
 
 def egemaps_lld(samples: np.ndarray, sample_rate: int = SAMPLE_RATE):
@@ -249,6 +292,23 @@ class AudioFeatures:
     seconds_of_audio: float = 0.0
 
 
+@register_audio_features("egemaps", dim=lambda _: len(EGEMAPS_COLUMNS), columns=lambda _: list(EGEMAPS_COLUMNS))
+def _egemaps_set(samples: np.ndarray, sample_rate: int, speech_model=None):
+    return egemaps_lld(samples, sample_rate)
+
+
+@register_audio_features("logmel", dim=lambda _: N_MELS, columns=lambda dim: [f"logmel{i}" for i in range(dim)])
+def _logmel_set(samples: np.ndarray, sample_rate: int, speech_model=None):
+    return log_mel(samples, sample_rate)
+
+
+@register_audio_features(
+    "ssl", dim=lambda model: model.dim, columns=lambda dim: [f"ssl{i}" for i in range(dim)], needs_speech_model=True
+)
+def _speech_model_set(samples: np.ndarray, sample_rate: int, speech_model=None):
+    return speech_model.features(samples, sample_rate)
+
+
 def check_sets(sets: Sequence[str] | str, speech_model: SpeechModel | None = None) -> list[str]:
     """The feature sets asked for, as a list (a comma-separated string is accepted); MambavaError on an unknown
     one, on `ssl` without a speech model, or on none."""
@@ -261,13 +321,14 @@ def check_sets(sets: Sequence[str] | str, speech_model: SpeechModel | None = Non
             f"audio feature sets: got {','.join(names) or 'none'}; choose from {', '.join(FEATURE_SETS)} "
             f"(comma-separated, each once)"
         )
-    if "ssl" in names and speech_model is None:
-        raise MambavaError("audio feature set 'ssl' needs a speech model folder (--speech-model PATH)")
+    for name in names:
+        if _FEATURE_SETS[name].needs_speech_model and speech_model is None:
+            raise MambavaError(f"audio feature set {name!r} needs a speech model folder (--speech-model PATH)")
     return names
 
 
 def set_dims(sets: Sequence[str], speech_model: SpeechModel | None = None) -> list[int]:
-    return [{"egemaps": len(EGEMAPS_COLUMNS), "logmel": N_MELS}.get(s) or speech_model.dim for s in sets]
+    return [_FEATURE_SETS[s].dim(speech_model) for s in sets]
 
 
 def frame_features(
@@ -293,13 +354,8 @@ def frame_features(
     if track is None or len(track.samples) == 0:
         reason = "no audio track" if track is None else "an audio track with no decodable sound"
         warnings.warn(f"{path}: {reason}; the audio of all {n} frames is masked", AudioWarning, stacklevel=2)
-        names = {
-            "egemaps": list(EGEMAPS_COLUMNS),
-            "logmel": [f"logmel{i}" for i in range(N_MELS)],
-            "ssl": [f"ssl{i}" for i in range(dims[-1])],
-        }
-        for s in sets:
-            columns += names[s]
+        for s, dim in zip(sets, dims):
+            columns += _FEATURE_SETS[s].columns(dim)
         return AudioFeatures(
             str(path),
             np.zeros((n, sum(dims)), np.float32),
@@ -335,12 +391,7 @@ def frame_features(
             reasons.append(f"{silent} frame(s) of digital silence")
     mask = present & loud
     for name in sets:
-        if name == "egemaps":
-            values, times, names = egemaps_lld(track.samples, track.sample_rate)
-        elif name == "logmel":
-            values, times, names = log_mel(track.samples, track.sample_rate)
-        else:
-            values, times, names = speech_model.features(track.samples, track.sample_rate)
+        values, times, names = _FEATURE_SETS[name].compute(track.samples, track.sample_rate, speech_model)
         columns += names
         if len(values) == 0:  # too little sound for one feature frame
             mask[:] = False

@@ -169,7 +169,9 @@ def main(argv=None) -> int:
         rng = np.random.default_rng(0)
         frames = [rng.normal(size=config.input_dim).astype("<f4").tobytes() for _ in range(64)]
     model = MambaVA(config).eval()
-    predictor = Predictor(model, backbone, windowing="full", batch_size=32, precision="auto")
+    predictor = Predictor(
+        model, backbone, windowing="full", batch_size=32, precision="auto", step_precision=args.step_precision
+    )
     kind = "JPEG frames of a clip (MTCNN + ViT)" if args.images else f"features ({model.config.input_dim}-d)"
     print(
         f"mambava bench serve: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} intra-op "
@@ -179,9 +181,7 @@ def main(argv=None) -> int:
     )
     rows, base = [], None
     for streams in [1] + counts:
-        app = create_app(
-            predictor, ServeLimits(max_sessions=max(counts + [1]), queue_frames=args.queue_frames), args.step_precision
-        )
+        app = create_app(predictor, ServeLimits(max_sessions=max(counts + [1]), queue_frames=args.queue_frames))
         with ServerThread(app) as server:
             hub = app.state.hub
             results = asyncio.run(

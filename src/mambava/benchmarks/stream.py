@@ -9,7 +9,8 @@ recurrent form has to do, run the model over the last `--window` frames (300) fo
 last output -- with the reference scan in fp32 (the authors' model), and also with our chunked scan.
 
 `--end-to-end [VIDEO]` (default: tests/data/media/single_face.mp4, 30 fps) also times the whole live pipeline per
-frame, as `mambava stream` runs it (`mambava.inference.stream.LiveStream`, no frame dropped), twice in the same run: today's
+frame, as `mambava stream` runs it (`mambava.inference.stream.LiveStream`, no frame dropped), twice in the same run:
+today's
 (MTCNN on every frame, the `--backbone-arch` ViT, default ViT-L/16 at 224 px, the fp32 step) and the fast one
 (MTCNN every `--detect-every` frames, 5, faces followed by optical flow in between; the student
 `--student-arch` at `--student-size` px, default ViT-Ti/16 at 112, with a linear adapter to the temporal model's
@@ -314,7 +315,8 @@ def end_to_end(model, args, step: float, window: float) -> None:
         + (
             "followed with no frame dropped"
             if fps >= 30
-            else f"NOT followed (keeps about 1 frame in {30 / fps:.1f}); its largest stage: {stage} {seconds * 1e3:.1f} ms"
+            else f"NOT followed (keeps about 1 frame in {30 / fps:.1f}); its largest stage: {stage} "
+            f"{seconds * 1e3:.1f} ms"
         )
         + f" ({runs['fast']['frames']} frames)"
     )

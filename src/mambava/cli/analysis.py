@@ -143,7 +143,8 @@ def models_list() -> None:
     for name in sorted(index):
         entry = index[name]
         typer.echo(
-            f"{name}\t{entry['kind']}\t{entry['sha256'][:16]}\t{entry['size']}\t{entry['trained_on'] or '-'}\t{entry['added']}"
+            f"{name}\t{entry['kind']}\t{entry['sha256'][:16]}\t{entry['size']}\t"
+            f"{entry['trained_on'] or '-'}\t{entry['added']}"
         )
 
 

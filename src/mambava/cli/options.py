@@ -79,10 +79,6 @@ def landmarks_option() -> typer.Option:
     )
 
 
-def face_detector(name: str, landmarks: Optional[Path]):
-    """The detector by name, or, with a landmark refiner file, the detector with its points refined."""
-    if landmarks is None:
-        return name
-    from mambava.faces import get_detector
-
-    return get_detector(name, landmarks=landmarks)
+def landmark_source(landmarks: Optional[Path]) -> str | None:
+    """`--landmarks` as PredictConfig takes it: a registered source's name or a refiner file's path."""
+    return None if landmarks is None else str(landmarks)

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from mambava.cli.options import face_detector, landmarks_option, precision_option
+from mambava.cli.options import landmark_source, landmarks_option, precision_option
 from mambava.core.errors import MambavaError
 
 CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
@@ -43,7 +43,8 @@ def predict_command(
     stitching: str = typer.Option(
         "most_history",
         "--stitching",
-        help="With --windowing windows: most_history (each frame from the window where it has the most history) or mean (what evaluate scores).",
+        help="With --windowing windows: most_history (each frame from the window where it has the most history) "
+        "or mean (what evaluate scores).",
     ),
     window: Optional[int] = typer.Option(None, "--window", help="Window length (default: the run's, else 300)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Window stride (default: the run's, else 200)."),
@@ -54,12 +55,14 @@ def predict_command(
     detect_every: int = typer.Option(
         1,
         "--detect-every",
-        help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking).",
+        help="Run the face detector every K frames and follow the faces in between with optical flow "
+        "(1: every frame; see README Detection by tracking).",
     ),
     fps: Optional[float] = typer.Option(
         None,
         "--fps",
-        help="Process at most this many frames per second (default: all); the others hold the last feature, every frame gets a row.",
+        help="Process at most this many frames per second (default: all); the others hold "
+        "the last feature, every frame gets a row.",
     ),
     features_fps: float = typer.Option(
         30.0, "--features-fps", help="Frame rate of .npy features (for the time column)."
@@ -72,7 +75,8 @@ def predict_command(
     events: Optional[Path] = typer.Option(
         None,
         "--events",
-        help="BIDS events .tsv (onset, duration, trial_type), or a folder of <name>_events.tsv: writes <name>.events.csv.",
+        help="BIDS events .tsv (onset, duration, trial_type), or a folder "
+        "of <name>_events.tsv: writes <name>.events.csv.",
     ),
     baseline: Optional[str] = typer.Option(
         None, "--baseline", help="trial_type of the baseline events: each track is normalised against its own."
@@ -87,6 +91,7 @@ def predict_command(
     feature was carried over), x1, y1, x2, y2 (face box)."""
     from mambava.analysis.summaries import NORMALISATIONS, write_analysis
     from mambava.inference.catalog import resolve_model
+    from mambava.inference.config import PredictConfig
     from mambava.inference.files import FEATURE_SUFFIXES, find_inputs, output_paths, write_overlay, write_table
     from mambava.inference.predict import Predictor
 
@@ -102,14 +107,13 @@ def predict_command(
     videos = [p for p in paths if Path(p).suffix.lower() not in FEATURE_SUFFIXES]
     if videos and backbone is None:
         raise MambavaError(f"{videos[0]}: --backbone is required for videos; pass a features .npy instead")
-    predictor = Predictor(
-        checkpoint,
-        backbone if videos else None,
+    config = PredictConfig(
         windowing=windowing,
         stitching=stitching,
         window=window,
         stride=stride,
-        detector=face_detector(detector, landmarks),
+        detector=detector,
+        landmarks=landmark_source(landmarks),
         device=device,
         batch_size=batch_size,
         precision=precision,
@@ -119,6 +123,7 @@ def predict_command(
         audio=_audio_choice(audio, no_audio),
         detect_every=detect_every,
     )
+    predictor = Predictor(checkpoint, backbone if videos else None, config)
     from mambava.cli import error_line
     from mambava.core.fileio import atomic_group
 
@@ -186,7 +191,8 @@ def stream_command(
     detect_every: int = typer.Option(
         1,
         "--detect-every",
-        help="Run the face detector every K frames and follow the faces in between with optical flow (1: every frame; see README Detection by tracking).",
+        help="Run the face detector every K frames and follow the faces in between with optical flow "
+        "(1: every frame; see README Detection by tracking).",
     ),
     fps: Optional[float] = typer.Option(
         None,
@@ -201,7 +207,8 @@ def stream_command(
     step_precision: str = typer.Option(
         "fp32",
         "--step-precision",
-        help="Temporal step weights: fp32, bf16 (half the bytes read per frame) or int8 (weight-only, a quarter); outputs within 1e-2 of fp32.",
+        help="Temporal step weights: fp32, bf16 (half the bytes read per frame) or int8 "
+        "(weight-only, a quarter); outputs within 1e-2 of fp32.",
     ),
     audio: Optional[str] = typer.Option(
         None, "--audio", help=AUDIO_HELP.replace("each video's", "the file's") + " Not for live sources."
@@ -212,6 +219,7 @@ def stream_command(
     full` on the same frames). Webcams and URLs are real time: when faces and backbone cannot keep up,
     frames are dropped (and said so), not queued. Ctrl-C stops; the summary and --out are still written."""
     from mambava.inference.catalog import resolve_model
+    from mambava.inference.config import PredictConfig
     from mambava.inference.files import FEATURE_SUFFIXES
     from mambava.inference.predict import Predictor
     from mambava.inference.stream import is_live_source
@@ -227,11 +235,10 @@ def stream_command(
         raise MambavaError(f"{source}: no such file")
     if out is not None:
         _make_folder(out.parent)
-    predictor = Predictor(
-        checkpoint,
-        None if is_features else backbone,
+    config = PredictConfig(
         windowing="full",
-        detector=face_detector(detector, landmarks),
+        detector=detector,
+        landmarks=landmark_source(landmarks),
         device=device,
         batch_size=8,
         precision=precision,
@@ -239,11 +246,14 @@ def stream_command(
         features_fps=features_fps,
         detect_every=detect_every,
         audio=False if is_features else _audio_choice(audio, no_audio),
+        step_precision=step_precision,
+        realtime=realtime,
     )
+    predictor = Predictor(checkpoint, None if is_features else backbone, config)
     hears = getattr(predictor, "fusion", False) and not is_features
     if not is_features:
         _warn_face_stage(predictor)
-    live = predictor.stream(source, realtime=realtime, step_precision=step_precision)
+    live = predictor.stream(source)
     rows = []
     reported, last_report = 0, 0.0
     try:

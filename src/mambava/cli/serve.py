@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mambava.cli.options import face_detector, landmarks_option, precision_option
+from mambava.cli.options import landmark_source, landmarks_option, precision_option
 from mambava.cli.predict import BACKBONE_HELP, CHECKPOINT_HELP, DEVICE_HELP
 from mambava.core.errors import MambavaError
 
@@ -50,6 +50,7 @@ def serve_command(
     import uvicorn
 
     from mambava.inference.catalog import resolve_model
+    from mambava.inference.config import PredictConfig
     from mambava.inference.predict import Predictor
     from mambava.serve.app import create_app
     from mambava.serve.sessions import ServeLimits
@@ -63,16 +64,17 @@ def serve_command(
         max_sessions=max_sessions, queue_frames=queue_frames, max_upload_mb=max_upload_mb, max_frame_mb=max_frame_mb
     )
     checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
-    predictor = Predictor(
-        checkpoint,
-        backbone,
+    config = PredictConfig(
         windowing="full",
-        detector=face_detector(detector, landmarks),
+        detector=detector,
+        landmarks=landmark_source(landmarks),
         device=device,
         batch_size=8,
         precision=precision,
+        step_precision=step_precision,
     )
-    app = create_app(predictor, limits, step_precision)
+    predictor = Predictor(checkpoint, backbone, config)
+    app = create_app(predictor, limits)
     typer.echo(
         f"mambava serve: {predictor.model_name} on http://{host}:{port}/ "
         f"({'videos and features' if backbone else 'features only: no --backbone'}; "

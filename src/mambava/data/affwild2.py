@@ -473,5 +473,6 @@ def align_lengths(name: str, n_frames: int, n_labels: int) -> int:
             f"{name}: annotation has {n_labels} frames but the video/features have {n_frames}; "
             f"both truncated to {min(n_frames, n_labels)}",
             DataWarning,
+            stacklevel=2,
         )
     return min(n_frames, n_labels)

@@ -11,7 +11,8 @@ An entry exists (`has`, `names`) only once its meta.json is there; meta.json is 
 temporary file + rename. A crash mid-write therefore leaves no visible entry, and re-running extraction
 (skipping names for which `has(name)` is true) redoes exactly the unfinished ones. The memory-mapped
 features file is allocated on disk (posix_fallocate) before a row goes in, so a full disk is an OutputError
-naming the store, not a SIGBUS. One writer per name at a time. Features are checked for NaN/Inf on write (after the cast to the stored dtype, so float16 overflow is
+naming the store, not a SIGBUS. One writer per name at a time. Features are checked for NaN/Inf on write (after the
+cast to the stored dtype, so float16 overflow is
 caught) and on every window read; `read(name, verify=True)` scans a whole entry in chunks.
 
 Missing frames are forward-filled (`forward_fill`): a frame with no face takes the previous real frame's

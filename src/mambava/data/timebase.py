@@ -107,7 +107,8 @@ class GridClock:
     """The same grid, one frame at a time (for the stream): `tick(time)` is the tick of the frame's slot,
     counted from the first frame seen (never going back). A stream steps the model once per new tick: the
     frame that opens a tick gives it its feature, ticks skipped over (slots no frame fell in) hold the last
-    one, and a frame whose slot already has its tick takes that tick's output (`mambava.inference.stream.TrackStreams`)."""
+    one, and a frame whose slot already has its tick takes that tick's output
+    (`mambava.inference.stream.TrackStreams`)."""
 
     def __init__(self, fps: float):
         self.fps = check_fps(fps)

@@ -2,7 +2,8 @@
 
 The paper (§3.2) gives only the count, ⌊n/s⌋ + 1 segments, the i-th starting at frame i·s; w = 300, s = 200 are
 the authors' code's values (FreedomPuppy77/Charon, preprocess/split_VA_fold.py:24-25 and VA/config/config.yml;
-its fold-0 config uses 1000/800). Window policy (`make_windows`, ours): Segments that would run past the end are moved back to end at the video's last frame
+its fold-0 config uses 1000/800). Window policy (`make_windows`, ours): Segments that would run past the end are moved
+back to end at the video's last frame
 (start n − w), and duplicates dropped, so every frame is covered and no window is cut short:
 
     n = 1000 -> (0,300) (200,500) (400,700) (600,900) (700,1000)
@@ -14,7 +15,8 @@ tail and every video shorter than w give no window (n = 1000 -> (0,300) (200,500
 Full-video inference runs the model on every window and `stitch`es the per-window predictions back to one
 value per frame (`STITCHING`): "mean" averages the windows that cover a frame (what `evaluate` scores);
 "most_history" takes each frame from the window in which it has the most history (the covering window that
-starts first), so no frame's value mixes a window that has just started from an empty state. Training reads windows from the feature store through
+starts first), so no frame's value mixes a window that has just started from an empty state. Training reads windows
+from the feature store through
 `WindowDataset`, which memory-maps each video and reads only the window's rows.
 """
 

@@ -26,7 +26,8 @@ Stages (each prints a line with its time; the long ones show a progress bar):
 6. distill    `mambava.demo.distill`: the fine-tuned ViT distilled into a student ViT of ~6x fewer FLOPs
               (`mambava.backbone.distill`, on the training videos' crops), and the TCN+Mamba scored unchanged on
               the held-out test subjects with the teacher's and with the student's features.
-7. evaluate   `mambava.training.evaluate.evaluate_videos` on the held-out test subjects (whole videos, windows stitched).
+7. evaluate   `mambava.training.evaluate.evaluate_videos` on the held-out test subjects (whole videos, windows
+stitched).
    audio      (`DemoConfig.audio`) `mambava.demo.ablation`: the voices' audio features, then audio-only, early and
               mid fusion models, scored the same way (results.json `audio.rows`).
 8. predict    `mambava.inference.predict.Predictor` on a held-out raw video: faces detected, tracked and aligned by the

@@ -168,7 +168,8 @@ def report_lines(results: dict) -> list[str]:
         f"Every generated person speaks (pitch level and range, loudness and speaking rate rise with arousal; "
         f"a weaker valence cue in spectral tilt and pitch slope; in two-person videos a face's own voice is heard "
         f"only in its turns). Audio features ({'+'.join(a['sets'])}, {a['dim']} per frame, z-scored with the "
-        f"training videos' statistics: inside the fusion models, which keep them) of {a['videos']} videos ({a['seconds_of_sound']:.0f} s of sound, "
+        f"training videos' statistics: inside the fusion models, which keep them) of {a['videos']} videos "
+        f"({a['seconds_of_sound']:.0f} s of sound, "
         f"{a['extract_s']:.0f} s to extract); each model with the visual model's recipe "
         f"({a['epochs']} epochs; the visual model {a['visual_epochs']}), on the same held-out test subjects:",
         "",

@@ -208,7 +208,8 @@ def _report_own_crops(results: dict) -> list[str]:
             f"against the generator's true landmarks: mean {al['ours']['mean_px']:.2f} px at 112 px "
             f"({al['ours']['mean_eye_pct']:.1f}% of the eye distance; median {al['ours']['median_px']:.2f} px, mean "
             f"shift {al['ours']['mean_offset_px']}; the held-out people's alone "
-            f"{fa['alignment_held_out']['ours']['mean_px']:.2f} px), against {al['generator']['mean_px']:.2f} px for the "
+            f"{fa['alignment_held_out']['ours']['mean_px']:.2f} px), "
+            f"against {al['generator']['mean_px']:.2f} px for the "
             "generator's own crops. "
             + _landmarks_line(results)
             + _jitter_line(results["config"]["align_jitter"])

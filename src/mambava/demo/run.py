@@ -366,7 +366,8 @@ def _score_and_report(
     stages: "_Stages",
     results: dict,
 ) -> Path:
-    """7. evaluation on held-out subjects (and the audio ablation), 8. predict on held-out raw video(s), 9. the report."""
+    """7. evaluation on held-out subjects (and the audio ablation), 8. predict on held-out raw video(s),
+    9. the report."""
     with stages.stage("evaluate", f"whole test videos of {len(test_names)} held-out subjects"):
         labels = read_labels(data_root, test_names)
         scores, predictions = _evaluate(out, store, runs, test_names, labels, cfg)

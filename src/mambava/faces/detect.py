@@ -25,7 +25,7 @@ from mambava.core.checkpoint import load_checkpoint, load_torch_file
 from mambava.core.errors import MambavaError
 from mambava.core.runtime import busy_threads, torch_threads
 from mambava.faces.align import ARCFACE_TEMPLATE_112, invert_affine, similarity_transform, transform_points, warp
-from mambava.faces.landmarks import RefinedDetector
+from mambava.faces.landmarks import with_landmarks
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +76,31 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise MambavaError(f"expected an HxWx3 uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
     return image
+
+
+# -------------------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Callable[..., FaceDetector]] = {}
+
+
+def register_detector(name: str, factory: Callable[..., FaceDetector] | None = None):
+    """Make `get_detector(name)` (and `--detector name` on every command) build detectors with `factory`.
+
+    Used as a decorator on a detector class (`@register_detector(NAME)`) or called with the factory.
+
+    Args:
+        name: the detector's name.
+        factory: a class or function taking the detector's keyword options; None to decorate.
+
+    Returns:
+        The factory (or, as a decorator, the decorated class unchanged).
+    """
+
+    def register(built: Callable[..., FaceDetector]):
+        _REGISTRY[name] = built
+        return built
+
+    return register if factory is None else register(factory)
 
 
 # ----------------------------------------------------------------------------------------------- MTCNN
@@ -306,6 +331,7 @@ def _crop_patches(
 REFINE_LAYOUT_48 = (ARCFACE_TEMPLATE_112 - 8.0) * (48.0 / 96.0)
 
 
+@register_detector("mtcnn")
 class MTCNNDetector(BaseDetector):
     """MTCNN (Zhang et al. 2016): P-Net over an image pyramid → R-Net → O-Net, 5 landmarks.
 
@@ -548,6 +574,7 @@ class MTCNNDetector(BaseDetector):
 # ------------------------------------------------------------------------------------------------ Haar
 
 
+@register_detector("haar")
 class HaarDetector(BaseDetector):
     """OpenCV's frontal-face Haar cascade (data shipped in opencv-python). Fast; frontal faces only; no
     landmarks (the pipeline then takes a centred square crop instead of an aligned one). `score` is a
@@ -593,16 +620,6 @@ class HaarDetector(BaseDetector):
         return sorted(faces, key=lambda f: -f.score)
 
 
-# -------------------------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, Callable[..., FaceDetector]] = {"mtcnn": MTCNNDetector, "haar": HaarDetector}
-
-
-def register_detector(name: str, factory: Callable[..., FaceDetector]) -> None:
-    """Make `get_detector(name)` (and `mambava faces --detector name`) build detectors with `factory`."""
-    _REGISTRY[name] = factory
-
-
 def available_detectors() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -612,7 +629,7 @@ def get_detector(name: str | FaceDetector = "mtcnn", landmarks=None, **kwargs) -
     object itself when one is passed; other keyword arguments go to the detector's constructor. `landmarks`: a
     learned landmark refiner's file (`mambava.faces.landmarks`) that moves every face's 5 points."""
     if landmarks is not None:
-        return RefinedDetector(get_detector(name, **kwargs), landmarks)
+        return with_landmarks(get_detector(name, **kwargs), landmarks)
     if not isinstance(name, str):
         return name
     if name in _REGISTRY:

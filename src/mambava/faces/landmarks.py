@@ -335,3 +335,36 @@ def face_region(image: np.ndarray, points: np.ndarray, extent: float = 3.0) -> t
     x0, y0 = (max(int(np.floor(c - reach)), 0) for c in centre)
     x1, y1 = min(int(np.ceil(centre[0] + reach)) + 1, w), min(int(np.ceil(centre[1] + reach)) + 1, h)
     return np.ascontiguousarray(image[y0:y1, x0:x1]), points - np.array([x0, y0], np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Landmark sources: what `--landmarks` names
+
+
+_LANDMARK_SOURCES: dict[str, Callable] = {}
+
+
+def register_landmark_source(name: str):
+    """Decorator: register a landmark source under `name` for `--landmarks NAME` (and `get_detector(...,
+    landmarks=NAME)`). The decorated callable takes a detector and returns a detector whose faces carry the
+    source's landmarks (the 5 alignment points, and any others it gives)."""
+
+    def register(factory: Callable):
+        _LANDMARK_SOURCES[name] = factory
+        return factory
+
+    return register
+
+
+def landmark_sources() -> list[str]:
+    """The registered landmark source names (a refiner file's path is accepted besides these)."""
+    return sorted(_LANDMARK_SOURCES)
+
+
+def with_landmarks(detector, landmarks):
+    """`detector` with its landmarks from `landmarks`: a registered source's name, or a learned refiner (a
+    `LandmarkRefiner` or its file)."""
+    name = os.fspath(landmarks) if isinstance(landmarks, (str, os.PathLike)) else None
+    if name in _LANDMARK_SOURCES:
+        return _LANDMARK_SOURCES[name](detector)
+    return RefinedDetector(detector, landmarks)

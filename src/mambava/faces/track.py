@@ -251,7 +251,8 @@ def follow_faces(
     """Move `faces` found in the grey frame `previous` to the grey frame `current` with pyramidal
     Lucas-Kanade flow of their landmarks, then moved by the similarity fitted to those points: landmarks
     and box move rigidly (box: shift and scale, upright), so an expression changing between detections does
-    not drag the mouth corners, which measured better on the demo's videos than the raw flow. Returns None when any face is lost: a point the flow cannot
+    not drag the mouth corners, which measured better on the demo's videos than the raw flow. Returns None when any
+    face is lost: a point the flow cannot
     follow, or whose forward-backward error exceeds `max_fb_error` face sizes (a cut, an occlusion, a
     flat card) — the caller then runs the detector."""
 

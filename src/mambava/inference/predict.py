@@ -38,7 +38,8 @@ The defaults were chosen by measurement on the demo (`mambava bench stitching`; 
 
 An audio-visual fusion model (`mambava.temporal.FusionMambaVA`) hears by default (`audio` None: the
 feature sets its `audio_dim` names, `default_audio_sets`; or the sets given, e.g. "egemaps,logmel"; `audio=False`:
-every frame's sound masked, as a video without a track): the video's sound is turned into per-frame features on the same frames
+every frame's sound masked, as a video without a track): the video's sound is turned into per-frame features on the
+same frames
 (`mambava.audio.frame_features`) and joined to each track's (visual, audio, audio mask); a frame without a face
 holds its track's last face feature but keeps its own sound. The table then has a `voice` column (1 where the
 frame had usable sound). A features `.npy` for a fusion model holds the joined columns itself.
@@ -68,10 +69,11 @@ from mambava.core.progress import track_items
 from mambava.core.runtime import load_aware_threads, resolve_device
 from mambava.data.affwild2 import DataWarning
 from mambava.data.store import FeatureStore, features_with_mask, forward_fill, load_features_file
-from mambava.data.timebase import check_fps, model_fps, to_grid
-from mambava.data.windows import STITCHING, check_windowing, predict_sequence
+from mambava.data.timebase import model_fps, to_grid
+from mambava.data.windows import check_windowing, predict_sequence
 from mambava.faces import FaceTracker, finish_tracks, get_detector, iter_tracked_faces
 from mambava.faces.dataset import face_stage_differences, training_crops_settings
+from mambava.inference.config import WINDOWING, PredictConfig
 from mambava.inference.files import FEATURE_SUFFIXES
 from mambava.inference.stream import LiveStream, is_live_source
 from mambava.media.video import open_video, source_name
@@ -82,7 +84,6 @@ if TYPE_CHECKING:
 
     from mambava.inference.stream import LiveStream
 
-WINDOWING = ("windows", "full")
 COLUMNS = [
     "video",
     "track",
@@ -103,8 +104,6 @@ COLUMNS = [
 # Chosen by measurement on the demo (`mambava bench stitching`, README "Stitching"): the full causal pass has
 # the smallest frame-to-frame jumps at a P_VA within 0.002 of the best; with windows, most_history has 30%
 # smaller jumps than the mean at the mean's P_VA.
-DEFAULT_WINDOWING = "full"
-DEFAULT_STITCHING = "most_history"
 
 
 def load_model(checkpoint):
@@ -147,73 +146,47 @@ class VideoFeatures:
 class Predictor:
     """Valence/arousal per frame from videos, feature files or live sources.
 
-    checkpoint: a temporal model file (see `load_model`) or a model object.
-    backbone: a ViT checkpoint path (`mambava.backbone.load_encoder`), a ViTEncoder or a FeatureExtractor;
-        needed for videos, not for feature files.
-    windowing: "full" (default: one causal pass; equals the stream) or "windows"; see the module doc.
-    stitching: how windows are stitched, "most_history" (default) or "mean" (the paper's; `mambava.data.windows.stitch`).
-    window, stride: default the checkpoint's run config, else 300/200.
-    detector: face detector name or object (`mambava.faces.get_detector`), "mtcnn" by default.
-    fps: process at most this many frames per second of the source (None: every frame); the model still runs
-        on its own frame grid (`mambava.data.timebase`), and the table still has a row per source frame.
-    precision: the backbone's ("auto": bf16 where the CPU/GPU runs it fast); the temporal model runs in fp32.
-    audio: a fusion model's audio feature sets ("egemaps,logmel"; `mambava.audio.FEATURE_SETS`, no "ssl"),
-        computed from each video's sound; None: those of its `audio_dim` (`default_audio_sets`), nothing for a
-        visual model; False: a fusion model with every frame's sound masked (`voice` 0).
+    Args:
+        checkpoint: a temporal model file (see `load_model`) or a model object.
+        backbone: a ViT checkpoint path (`mambava.backbone.load_encoder`), a ViTEncoder or a FeatureExtractor;
+            needed for videos, not for feature files.
+        config: the options (`mambava.inference.config.PredictConfig`: windowing, stitching, window, stride,
+            detector, landmarks, detect_every, device, batch_size, precision, fps, features_fps, audio,
+            step_precision, realtime, progress); its defaults when None.
+        **options: fields of PredictConfig that replace the config's (`Predictor(m, b, fps=10)`).
+
+    `fps` processes at most that many frames per second of the source; the model still runs on its own frame
+    grid (`mambava.data.timebase`), and the table still has a row per source frame. `audio` is a fusion
+    model's audio feature sets ("egemaps,logmel"; `mambava.audio.FEATURE_SETS`, no "ssl"), computed from each
+    video's sound; None: those of its `audio_dim` (`default_audio_sets`), nothing for a visual model; False: a
+    fusion model with every frame's sound masked (`voice` 0).
     """
 
-    def __init__(
-        self,
-        checkpoint,
-        backbone=None,
-        *,
-        windowing: str = DEFAULT_WINDOWING,
-        stitching: str = DEFAULT_STITCHING,
-        window: int | None = None,
-        stride: int | None = None,
-        detector="mtcnn",
-        device: str | None = "cpu",
-        batch_size: int = 32,
-        precision: str = "auto",
-        fps: float | None = None,
-        features_fps: float = 30.0,
-        progress: bool = False,
-        audio: str | bool | None = None,
-        detect_every: int = 1,
-    ):
-        if windowing not in WINDOWING:
-            raise MambavaError(f"windowing must be one of {', '.join(WINDOWING)}, got {windowing!r}")
-
-        if stitching not in STITCHING:
-            raise MambavaError(f"stitching must be one of {', '.join(STITCHING)}, got {stitching!r}")
-        if fps is not None:
-            check_fps(fps, "--fps")
-        check_fps(features_fps, "--features-fps")
-        self.device = resolve_device(device)
+    def __init__(self, checkpoint, backbone=None, config: PredictConfig | None = None, **options):
+        self.config = (config or PredictConfig()).replace(**options)
+        c = self.config
+        self.device = resolve_device(c.device)
         model, ckpt_window, ckpt_stride, self.model_name, self.run_config = load_model(checkpoint)
         self.model = model.to(self.device).eval()
-        self.windowing = windowing
-        self.stitching = stitching
+        self.windowing = c.windowing
+        self.stitching = c.stitching
         self.model_fps = model_fps(self.model)  # the time base: the model's frame grid
 
         # explicit values are checked (0 is an error, not "the default"); a --stride without --window is
         # checked against the checkpoint's window
         self.window, self.stride = check_windowing(
-            window if window is not None else (ckpt_window or 300),
-            stride if stride is not None else (ckpt_stride or 200),
+            c.window if c.window is not None else (ckpt_window or 300),
+            c.stride if c.stride is not None else (ckpt_stride or 200),
         )
         self.input_dim = model_input_dim(self.model)
-        self.detector_name = detector
-        if int(detect_every) != detect_every or detect_every < 1:
-            raise MambavaError(f"--detect-every must be a whole number >= 1, got {detect_every}")
-        self.detect_every = int(detect_every)
+        self.detect_every = c.detect_every
         self._detector = None
-        self.batch_size = batch_size
-        self.precision = precision
-        self.fps = fps
-        self.features_fps = features_fps
-        self.progress = progress
-        self.audio = self._check_audio(audio)
+        self.batch_size = c.batch_size
+        self.precision = c.precision
+        self.fps = c.fps
+        self.features_fps = c.features_fps
+        self.progress = c.progress
+        self.audio = self._check_audio(c.audio)
         self.extractor = self._make_extractor(backbone) if backbone is not None else None
 
     def face_stage_notes(self) -> list[str]:
@@ -284,7 +257,7 @@ class Predictor:
     @property
     def detector(self):
         if self._detector is None:
-            self._detector = get_detector(self.detector_name)
+            self._detector = get_detector(self.config.detector, landmarks=self.config.landmarks)
         return self._detector
 
     # ------------------------------------------------------------------------------------------ the model
@@ -528,18 +501,22 @@ class Predictor:
 
     @staticmethod
     def summarize(table) -> pandas.DataFrame:
-        """One row per track of a per-frame table: duration, face share, VA statistics (`mambava.analysis.summaries`)."""
+        """One row per track of a per-frame table: duration, face share, VA statistics
+        (`mambava.analysis.summaries`)."""
 
         return summarize(table)
 
     # ------------------------------------------------------------------------------------------ live
 
-    def stream(self, source, realtime: bool = False, step_precision: str = "fp32") -> LiveStream:
+    def stream(self, source, realtime: bool | None = None, step_precision: str | None = None) -> LiveStream:
         """Per-frame results from a webcam index, video file, URL, or features (.npy path or (T, D) array),
         computed with the temporal model's recurrent form (one step per tick of the model's frame grid; equals
         windowing="full"; with `step_precision` "bf16" or "int8", the TCN's step weights in that dtype: to 1e-2).
         Returns an iterable `mambava.inference.stream.LiveStream` of StreamResult rows; its `.dropped` counts frames
-        skipped to keep up with real time (live sources, or files with `realtime=True`)."""
+        skipped to keep up with real time (live sources, or files with `realtime=True`). `realtime` and
+        `step_precision` default to the config's."""
+        realtime = self.config.realtime if realtime is None else realtime
+        step_precision = self.config.step_precision if step_precision is None else step_precision
 
         if isinstance(source, np.ndarray) or Path(str(source)).suffix.lower() in FEATURE_SUFFIXES:
             if isinstance(source, np.ndarray):

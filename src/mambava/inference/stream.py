@@ -96,7 +96,8 @@ def _recurrent_state(model, batch_size: int, precision: str):
 
 class TemporalStream:
     """The temporal model stepped one frame at a time for one sequence (B=1), in eval mode, without grad, on
-    STEP_THREADS torch threads. `precision`: the TCN's step weights, "fp32" | "bf16" | "int8" (`mambava.temporal.tcn`)."""
+    STEP_THREADS torch threads. `precision`: the TCN's step weights, "fp32" | "bf16" | "int8"
+    (`mambava.temporal.tcn`)."""
 
     def __init__(self, model, precision: str = "fp32"):
         self._torch, self.model, self.device, self.dtype, self.state = _recurrent_state(model, 1, precision)

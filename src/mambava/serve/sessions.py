@@ -325,7 +325,7 @@ class SessionHub:
                     self._round(taken)
                 except Exception as error:  # a bug must not end every session: each one is told, the worker goes on
                     traceback.print_exc(file=sys.stderr)
-                    for session, overflow, frame in taken:
+                    for session, _, _ in taken:
                         session.deliver({"error": f"internal error in this round ({type(error).__name__}: {error})"})
 
     def _round(self, taken: list) -> None:

@@ -3,7 +3,7 @@
 `simulate(cfg)` gives the per-frame truth `generate(cfg)` would write, without rendering (fast), and
 `oracle_scores(truth)` how well the labels can be predicted from the rendered expression parameters one frame
 at a time vs. with causal context (ridge regressions): a check of the design, e.g. P_VA 0.66 frame by frame vs.
-0.92 with context for 40 training videos (`tests/test_synth.py`)."""
+0.92 with context for 40 training videos (`tests/synth/test_synth.py`)."""
 
 from __future__ import annotations
 

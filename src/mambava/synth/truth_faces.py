@@ -49,7 +49,8 @@ def synth_alignment_error(
     """Alignment error of the faces stage's crops in `faces_dir` (its `<v>.faces.csv` files: each crop's
     landmarks) against the true landmarks the generator kept for the synthetic dataset at `synth_root`, in
     pixels at 112 px (`alignment_error`: each face's mean over its 5 points, then mean / median / 95th
-    percentile over faces), as % of the template's eye distance (35.2 px), and the mean offset; beside it, the same for the generator's own crops
+    percentile over faces), as % of the template's eye distance (35.2 px), and the mean offset; beside it, the same for
+    the generator's own crops
     (`cropped_aligned/`, aligned with the true landmarks plus its simulated aligner error). A track is matched
     to the annotation name it is named after; frames where the face is not drawn are left out (and counted)."""
     synth_root, faces_dir = Path(synth_root), Path(faces_dir)

@@ -2,7 +2,8 @@
 
 `Mamba` is the layer of Gu & Dao (mamba_ssm's `Mamba`, same parameter names and shapes, so checkpoints of the
 reference load): in_proj (no bias) -> x, z; depthwise causal conv1d (bias) on x; SiLU; x_proj -> (dt, B, C);
-dt_proj (bias) and softplus; the selective scan (mambava.temporal.ops) with A = -exp(A_log) and the D skip; times SiLU(z);
+dt_proj (bias) and softplus; the selective scan (mambava.temporal.ops) with A = -exp(A_log) and the D skip; times
+SiLU(z);
 out_proj (no bias). Layout (batch, T, d_model) throughout.
 
 Precision: a `Mamba` layer under CPU/CUDA autocast runs its two big projections (in_proj, out_proj) in the

@@ -18,7 +18,8 @@ Checkpoints:
 
 Streaming (eval semantics, no dropout): `state = model.init_state(batch_size)`, then per frame
 `y_t, state = model.step(x_t, state)` with x_t (batch, input_dim) -> y_t (batch, n_outputs).
-`init_state(precision="bf16" | "int8")` holds the TCN's step weights in fewer bytes (`mambava.temporal.tcn`); the rows of a
+`init_state(precision="bf16" | "int8")` holds the TCN's step weights in fewer bytes (`mambava.temporal.tcn`); the rows
+of a
 state are independent streams, which `state.join(n)` / `state.keep(rows)` add and drop between steps.
 """
 

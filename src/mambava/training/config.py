@@ -64,7 +64,8 @@ class TrainConfig:
     """Everything a training run needs; the defaults are the paper's recipe (see the module docstring).
 
     `model` holds the temporal model: `kind` ("mamba_va" the paper model, or an ablation baseline "tcn",
-    "mamba", "mlp", "transformer"; or "fusion", the audio-visual model, with `data.audio_features`) and its sizes (`mambava.temporal.default_model_config`). Missing model keys
+    "mamba", "mlp", "transformer"; or "fusion", the audio-visual model, with `data.audio_features`) and its sizes
+    (`mambava.temporal.default_model_config`). Missing model keys
     take their defaults; unknown keys are an error.
     """
 

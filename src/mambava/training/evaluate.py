@@ -220,7 +220,8 @@ def evaluate_checkpoint(
     """`mambava evaluate`: score a checkpoint on one side ("train" or "validation") of a fold.
 
     Data paths and fold default to those of the run the checkpoint belongs to (its config.yaml or the
-    Lightning checkpoint's hyper-parameters); a fusion model's audio store is `audio_features` or the run's. Writes the per-video CSV to `out` (default: beside the
+    Lightning checkpoint's hyper-parameters); a fusion model's audio store is `audio_features` or the run's. Writes the
+    per-video CSV to `out` (default: beside the
     checkpoint, `eval_<split>_fold<k>.csv`, `eval_<split>_fold<k>_authors.csv` for the authors' protocol) and
     returns (result, csv path). `batch_size` (windows per forward pass) defaults to 32; under the authors'
     protocol it also sets which windows the dropped last batch holds, and defaults to the run's

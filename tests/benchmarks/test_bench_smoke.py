@@ -1,0 +1,224 @@
+"""Every `mambava bench NAME` runs through the CLI at its smallest size (issue 13, item 6): exit 0, no traceback,
+its own usage line, and the rows that carry its ratios against the baseline (their values are timing: not
+asserted). A new benchmark without an entry in SMOKE fails `test_every_benchmark_has_a_smoke_run`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from support import run_cli, short_clip
+
+from mambava.cli.bench import available
+
+NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
+
+
+def _demo_run(out: Path) -> Path:
+    """What `bench stitching` reads of a `mambava demo` folder: the test videos of data/ (the small Aff-Wild2
+    tree of conftest), their labels in synth_ground_truth/, their features, and runs/mamba_va's model."""
+    import numpy as np
+    import torch
+    from support import make_affwild2_tree
+
+    from mambava.data.store import FeatureStore
+    from mambava.synth import GROUND_TRUTH_DIR
+    from mambava.temporal import build_temporal_model, save_temporal_model
+
+    root = make_affwild2_tree(out / "data")
+    rng = np.random.default_rng(0)
+    store = FeatureStore(out / "features")
+    for name, n in (("vidE", 20), ("vidF_left", 15)):
+        x = np.cumsum(rng.normal(size=(n, 8)), axis=0).astype(np.float32)
+        store.write(name, x, np.ones(n, bool), fps=30, backbone="test", dtype="float32")
+        path = root / GROUND_TRUTH_DIR / "Test_Set" / f"{name}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("valence,arousal\n" + "".join(f"{v:.3f},{a:.3f}\n" for v, a in np.tanh(x[:, :2] / 4)))
+    torch.manual_seed(0)
+    model = build_temporal_model(
+        "mamba_va", {"input_dim": 8, "tcn_channels": [8], "d_model": 8, "n_layers": 1, "head_hidden": 8}
+    )
+    save_temporal_model(model.eval(), out / "runs" / "mamba_va" / "model.safetensors")
+    return out
+
+
+# name -> (arguments for the smallest run, the ratio rows expected in its output)
+SMOKE = {
+    "audio": (
+        ["--video", "{media}/single_face.mp4", "--repeats", "1"],
+        [rf"^  decode +{NUMBER} x real time +×1\.000 of decode$"]
+        + [
+            rf"^  {re.escape(name)} +{NUMBER} x real time +×{NUMBER} of decode$"
+            for name in ("logmel", "egemaps", "egemaps+logmel")
+        ],
+    ),
+    "backbone": (
+        ["--arch", "vit_tiny_patch16", "--batch-size", "1", "--repeats", "1", "--threads", "1"],
+        [rf"^  fp32 +{NUMBER} images/s +x1\.00 vs fp32 ", rf"^  bf16 +{NUMBER} images/s +x{NUMBER} vs fp32 "],
+    ),
+    "faces": (
+        ["--video", "{clip}", "--repeats", "1"],
+        [rf"^  decode +{NUMBER} frames/s +×1\.000 of decode, \+0\.00 ms/frame$"]
+        + [
+            rf"^  {re.escape(name)} +{NUMBER} frames/s +×{NUMBER} of decode, [+-]{NUMBER} ms/frame$"
+            for name in (
+                "mtcnn (auto)",
+                "mtcnn (1 thread)",
+                "mtcnn (2 threads)",
+                "mtcnn every 3",
+                "mtcnn every 5",
+                "mtcnn every 5, whole frame",
+                "mtcnn + learned landmarks",
+                "haar",
+                "extract_faces",
+            )
+        ],
+    ),
+    "serve": (
+        ["--tiny", "--threads", "1", "--streams", "2", "--seconds", "0.5", "--rate", "10"],
+        [
+            r"^\| baseline: 1 session alone \| 5 \| \d+ \| \d+ \| \d+ \| "
+            + NUMBER
+            + r" \| "
+            + NUMBER
+            + r" \| "
+            + NUMBER
+            + r" \| "
+            + NUMBER
+            + r" \| "
+            + NUMBER
+            + r" \| ×1\.00 \| ×1\.00 \|$",
+            r"^\| 2 sessions \| 10 \| \d+ \| \d+ \| \d+ \| "
+            + NUMBER
+            + r" \| "
+            + NUMBER
+            + r" \| "
+            + NUMBER
+            + r" \| "
+            + NUMBER
+            + r" \| "
+            + NUMBER
+            + r" \| ×"
+            + NUMBER
+            + r" \| ×"
+            + NUMBER
+            + r" \|$",
+        ],
+    ),
+    "stitching": (
+        ["{demo}"],
+        [
+            rf"^\| {option} \| -?{NUMBER} \| -?{NUMBER} \| -?{NUMBER} \| {NUMBER} \| -?{NUMBER} \|$"
+            for option in ("mean", "most_history", "full")
+        ],
+    ),
+    "stream": (
+        [
+            "--tiny",
+            "--threads",
+            "1",
+            "--frames",
+            "10",
+            "--window-frames",
+            "1",
+            "--window",
+            "40",
+            "--end-to-end",
+            "--e2e-frames",
+            "2",
+            "--e2e-fast-frames",
+            "6",
+        ],
+        [
+            r"^baseline: window of 40 frames per frame, reference scan +" + NUMBER + r" +1\.0x$",
+            r"^window of 40 frames per frame, chunked scan +" + NUMBER + r" +" + NUMBER + r"x$",
+            r"^step\(\): one frame, recurrent state +" + NUMBER + r" +" + NUMBER + r"x$",
+            r"^fp32, N=1 \(today's step\) +" + NUMBER + r" +" + NUMBER + r" +1\.00x$",
+            r"^bf16 weights, N=1 +" + NUMBER + r" +" + NUMBER + r" +" + NUMBER + r"x$",
+            r"^int8 weight-only, N=1 +" + NUMBER + r" +" + NUMBER + r" +" + NUMBER + r"x$",
+            *(
+                r"^" + p + r", N=" + n + r", batched +" + NUMBER + r" +" + NUMBER + r" +" + NUMBER + r"x$"
+                for p in ("fp32", "bf16 weights", "int8 weight-only")
+                for n in ("4", "16")
+            ),
+            *(
+                r"^  floor "
+                + p
+                + r": the TCN products alone \("
+                + NUMBER
+                + r" MB read\) +"
+                + NUMBER
+                + r" +"
+                + NUMBER
+                + r" +"
+                + NUMBER
+                + r"x$"
+                for p in ("fp32", "bf16", "int8")
+            ),
+            # --end-to-end: today's pipeline and the fast one, ms/frame per stage, frames/s, the ratio to today's
+            *(
+                r"^  " + label + r" +" + r" +".join([NUMBER] * 7) + r" +" + NUMBER + r"x$"
+                for label in (
+                    r"today: MTCNN every frame, tiny \(\w+\), fp32 step",
+                    r"fast: MTCNN every 5, tiny student 32 px \(\w+\) \+ adapter, bf16 step",
+                )
+            ),
+            r"^  fast pipeline: " + NUMBER + r" frames/s end to end: a 30 fps source is (followed|NOT followed)",
+        ],
+    ),
+    "temporal": (
+        ["--tiny", "--threads", "1", "--repeats", "1", "--quiet"],
+        [
+            r"^inference B=\d+ T=\d+ +baseline: reference scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" *$",
+            r"^inference B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x ",
+            r"^inference B=\d+ T=\d+ +chunked scan, bf16 autocast .*; " + NUMBER + r"x the floor$",
+            r"^inference B=\d+ T=\d+ +floor: TCN GEMMs bf16 \+ enc\. proj\. +"
+            + NUMBER
+            + r" ms +"
+            + NUMBER
+            + r" +TCN GEMMs at "
+            + NUMBER
+            + r" GFLOP/s bf16$",
+            r"^training step B=\d+ T=\d+ +chunked scan, bf16 autocast .* " + NUMBER + r"x the floor$",
+            r"^training step B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x",
+        ],
+    ),
+}
+
+
+def test_every_benchmark_has_a_smoke_run(capsys):
+    assert sorted(available()) == sorted(SMOKE)
+    code, out, _ = run_cli(["bench"], capsys)
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[3:]] == sorted(SMOKE)
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_bench_help_names_the_command(name, capsys):
+    code, out, err = run_cli(["bench", name, "--help"], capsys)
+    assert code == 0 and out.startswith(f"usage: mambava bench {name} [-h]"), out[:200]
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    args, rows = SMOKE[name]
+    clip = short_clip(media_dir, tmp_path / "clip.mp4") if name == "faces" else None
+    demo = _demo_run(tmp_path / "demo") if name == "stitching" else None
+    try:
+        code, out, err = run_cli(
+            ["bench", name, *(a.format(clip=clip, demo=demo, media=media_dir) for a in args)], capsys
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    lines = out.splitlines()
+    for row in rows:
+        assert any(re.search(row, line) for line in lines), (row, out)
+
+
+def test_bench_unknown_name_is_one_line(capsys):
+    code, out, err = run_cli(["bench", "nope"], capsys)
+    assert code == 2 and err.strip() == f"error: no benchmark named 'nope'; available: {', '.join(sorted(SMOKE))}"
