@@ -4,7 +4,7 @@ page must show rows arriving, the face box and the plots updating; its state is 
 `window.mambava`; then the same with a video file chosen in the page. Skipped only where /usr/bin/chromium (or
 Playwright) is absent outside CI; in CI it runs.
 
-MAMBAVA_SERVE_SCREENSHOT=PATH also saves the page's screenshot there (docs/serve.png in the README)."""
+MAMBAVA_SERVE_SCREENSHOT=PATH also saves the page's screenshot there (docs/images/serve.png in docs/serve.md)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ clipped predictions: a window that starts from an empty state puts a step into t
 joins. A last column scores the test videos joined end to end into one long sequence (P_VA over the same
 frames): the demo's videos are only two or three windows long, and this shows what each option does with far
 more history than the model was trained on (a full pass carries all of it). `mambava predict`'s default
-stitching was chosen from this table (README "Stitching").
+stitching was chosen from this table (docs/predict.md, Stitching).
 """
 
 from __future__ import annotations

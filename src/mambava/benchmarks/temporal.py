@@ -10,7 +10,8 @@ computes on a machine without CUDA. Fast: the chunked scan (mambava.temporal.ops
 Parts: (a) inference B=32, T=300; (b) a training step (forward, CCC loss, backward, AdamW) B=8, T=300;
 (c) the Mamba encoder alone: forward B=32, forward+backward B=8; the TCN alone for the breakdown. Each time is
 the median of --repeats runs after a warm-up on a short input. Prints frames/s and the ratio to the baseline,
-the agreement of the outputs, and with --markdown the README table. If `mambapy` is installed, one Mamba layer
+the agreement of the outputs, and with --markdown the table of docs/benchmarks.md. If `mambapy` is installed, one Mamba
+layer
 is also cross-checked against its parallel scan (outputs and time).
 
 The floor (rows "floor: ..."): what the model's dense products cost alone on this machine, measured in the same

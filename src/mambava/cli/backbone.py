@@ -74,7 +74,7 @@ def extract_command(
     video: Optional[List[str]] = typer.Option(None, "--video", help="Only these videos (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos already in the store."),
     audio: bool = typer.Option(
-        False, "--audio", help="Audio features of the raw videos' sound instead (README Audio)."
+        False, "--audio", help="Audio features of the raw videos' sound instead (docs/audio.md)."
     ),
     audio_features: str = typer.Option("egemaps,logmel", "--audio-features", help=AUDIO_FEATURES_HELP),
     speech_model: Optional[Path] = typer.Option(None, "--speech-model", help=SPEECH_MODEL_HELP),
@@ -167,7 +167,7 @@ def finetune_command(
         "--align-jitter",
         help="Random shift (px at 112), log-scale and "
         "rotation (degrees) ranges for training crops, e.g. 1,0.02,1: features that "
-        "do not move with an aligner's per-face error (README Crops for training).",
+        "do not move with an aligner's per-face error (docs/faces.md, Crops for training).",
     ),
     extra_crops: List[Path] = typer.Option(
         [],

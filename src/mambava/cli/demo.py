@@ -82,14 +82,14 @@ def demo_command(
         "--both-crops",
         help="With --own-crops: fine-tune the backbone and train "
         "the temporal models on the generator's crops as well as ours (the same faces "
-        "as two aligners crop them; README Crops for training).",
+        "as two aligners crop them; docs/faces.md, Crops for training).",
     ),
     learned_landmarks: bool = typer.Option(
         True,
         "--learned-landmarks/--mtcnn-landmarks",
         help="With --own-crops: "
         "train the landmark refiner on the training videos' true landmarks and "
-        "refine MTCNN's points with it (README Learned landmarks).",
+        "refine MTCNN's points with it (docs/faces.md, Learned landmarks).",
     ),
     audio: bool = typer.Option(
         True,

@@ -205,7 +205,7 @@ def train_landmarks_command(
 ) -> None:
     """Train a landmark refiner: a small CNN that moves a detector's 5 points onto the true ones (cascaded
     regression from perturbed starts). Then `faces`, `predict`, `stream` and `serve` take it with --landmarks;
-    make a model's training crops and its predictions with the same one (README Learned landmarks)."""
+    make a model's training crops and its predictions with the same one (docs/faces.md, Learned landmarks)."""
     from rich.console import Console
 
     from mambava.faces.landmarks import RefinerConfig, csv_refiner_samples, train_refiner

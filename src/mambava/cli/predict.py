@@ -38,7 +38,8 @@ def predict_command(
     windowing: str = typer.Option(
         "full",
         "--windowing",
-        help="full: one causal pass (= stream; default, see README Stitching); windows: 300/200 windows, stitched.",
+        help="full: one causal pass (= stream; default, see docs/predict.md, Stitching); "
+        "windows: 300/200 windows, stitched.",
     ),
     stitching: str = typer.Option(
         "most_history",
@@ -56,7 +57,7 @@ def predict_command(
         1,
         "--detect-every",
         help="Run the face detector every K frames and follow the faces in between with optical flow "
-        "(1: every frame; see README Detection by tracking).",
+        "(1: every frame; see docs/faces.md, Detection by tracking).",
     ),
     fps: Optional[float] = typer.Option(
         None,
@@ -192,7 +193,7 @@ def stream_command(
         1,
         "--detect-every",
         help="Run the face detector every K frames and follow the faces in between with optical flow "
-        "(1: every frame; see README Detection by tracking).",
+        "(1: every frame; see docs/faces.md, Detection by tracking).",
     ),
     fps: Optional[float] = typer.Option(
         None,

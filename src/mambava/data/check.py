@@ -87,7 +87,7 @@ class DataSummary:
                 + ", ".join(self.unannotated_crop_folders[:10])
                 + (" ..." if len(self.unannotated_crop_folders) > 10 else "")
             )
-        if self.videos_without_audio:  # a warning: their audio features are masked (README Audio)
+        if self.videos_without_audio:  # a warning: their audio features are masked (docs/audio.md)
             console.print(
                 f"{len(self.videos_without_audio)} raw video(s) without sound: "
                 + ", ".join(self.videos_without_audio[:10])

@@ -73,8 +73,9 @@ class DemoConfig:
     freeze_blocks: int = 2  # of `depth`, as the paper freezes 16 of ViT-L's 24
     finetune_frames_per_video: int = 100
     # random shift (px at 112), log-scale, rotation (degrees) of the backbone's training crops (AlignJitter);
-    # None: OWN_CROPS_JITTER with own crops from MTCNN's own points (it errs per face; README Crops for training),
-    # else none (the learned landmarks err 0.4 px, less than the jitter: it lowered P_VA, README Learned landmarks)
+    # None: OWN_CROPS_JITTER with own crops from MTCNN's own points (it errs per face; docs/faces.md, Crops for
+    # training), else none (the learned landmarks err 0.4 px, less than the jitter: it lowered P_VA, docs/faces.md,
+    # Learned landmarks)
     align_jitter: tuple[float, float, float] | None = None
     # the temporal models (the paper's structure at reduced widths)
     tcn_channels: tuple[int, ...] = (128, 96, 64)
@@ -103,13 +104,13 @@ class DemoConfig:
     # same faces as two aligners crop them; `FinetuneConfig.extra_crops`, `data.extra_features`)
     both_crops: bool = False
     # with own_crops: train the landmark refiner (`mambava.faces.landmarks`) on the training videos' true
-    # landmarks and refine MTCNN's points with it, for the crops and every raw-video `predict` (README Crops for
+    # landmarks and refine MTCNN's points with it, for the crops and every raw-video `predict` (docs/faces.md, Crops for
     # training: MTCNN's own points cost most of the raw-video path's P_VA)
     learned_landmarks: bool = True
     landmark_epochs: int = 8
     face_workers: int = 2  # processes for the faces stage (one video each)
     # detection by tracking (`--detect-every`) for the own crops and every raw-video `predict`: 1 detects
-    # every frame; k > 1 also checks followed faces with O-Net (README Detection by tracking), steadier crops
+    # every frame; k > 1 also checks followed faces with O-Net (docs/faces.md, Detection by tracking), steadier crops
     detect_every: int = 1
     # torch threads. One: the small models here run many short ops, and on a 2-core machine that anything else
     # keeps busy two OpenMP threads stall at each of them (measured: the temporal training 7x slower on two

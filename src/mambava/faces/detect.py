@@ -413,7 +413,8 @@ class MTCNNDetector(BaseDetector):
     def _refine(self, images: list[np.ndarray], results: list[list[Face]]) -> list[list[Face]]:
         """O-Net again on a 48×48 patch cut by the similarity that puts the found landmarks on `REFINE_LAYOUT_48`,
         its landmarks mapped back; `refine` times. Steadier points, but not the per-person error that costs
-        P_VA (README Crops for training; `mambava.faces.landmarks` is the learned one). Boxes and scores kept."""
+        P_VA (docs/faces.md, Crops for training; `mambava.faces.landmarks` is the learned one). Boxes and scores
+        kept."""
 
         for _ in range(self.refine):
             items = [(i, k) for i, faces in enumerate(results) for k in range(len(faces))]

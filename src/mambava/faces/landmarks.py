@@ -2,7 +2,7 @@
 
 MTCNN's 5 points err by ~2 px (at 112) on faces unlike its training photographs, with a part that is constant
 per person; a crop cut with them places each face a little differently, which a model cannot tell from a
-different expression (README, Crops for training). No landmark model with better points ships its weights in a
+different expression (docs/faces.md, Crops for training). No landmark model with better points ships its weights in a
 wheel, so this one is trained here on faces whose true landmarks are known (the synthetic generator keeps them;
 any set of images with 5 annotated points works the same way), and then runs after any detector that gives 5
 points: it cuts a patch with the similarity that puts the found landmarks on `layout` (the ArcFace template with

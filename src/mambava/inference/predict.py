@@ -34,7 +34,7 @@ Windowing, which decides what a frame's prediction has seen:
   (`mambava.data.windows.predict_sequence`), stitched by `stitching` (`mambava.data.windows.STITCHING`):
   "most_history" (default), each frame from the window where it has the most history, or "mean" over the
   windows that cover a frame (what `evaluate` scores).
-The defaults were chosen by measurement on the demo (`mambava bench stitching`; README "Stitching").
+The defaults were chosen by measurement on the demo (`mambava bench stitching`; docs/predict.md, Stitching).
 
 An audio-visual fusion model (`mambava.temporal.FusionMambaVA`) hears by default (`audio` None: the
 feature sets its `audio_dim` names, `default_audio_sets`; or the sets given, e.g. "egemaps,logmel"; `audio=False`:
@@ -101,7 +101,7 @@ COLUMNS = [
     "confidence",
     "success",
 ]
-# Chosen by measurement on the demo (`mambava bench stitching`, README "Stitching"): the full causal pass has
+# Chosen by measurement on the demo (`mambava bench stitching`, docs/predict.md, Stitching): the full causal pass has
 # the smallest frame-to-frame jumps at a P_VA within 0.002 of the best; with windows, most_history has 30%
 # smaller jumps than the mean at the mean's P_VA.
 

@@ -143,7 +143,7 @@ def render_video(root: Path, spec: VideoSpec, cfg: SynthConfig) -> dict:
     scene = _Scene.draw(rng, idents, spec.two_person, w, h)
     lighting = _Lighting.draw(rng, spec.n_frames, cfg.fps, w, h, cfg.noise_sigma)
     # the aligner's landmark error, in frame pixels: a bias per person (a detector errs alike on one face) and a
-    # per-frame jitter (together ~2% of the eye distance; MTCNN errs by ~5% on these faces, see README)
+    # per-frame jitter (together ~2% of the eye distance; MTCNN errs by ~5% on these faces, see docs/faces.md)
     jitter = rng.normal(0.0, LANDMARK_BIAS, (len(names), 1, 5, 2)) + rng.normal(
         0.0, LANDMARK_JITTER, (len(names), spec.n_frames, 5, 2)
     )

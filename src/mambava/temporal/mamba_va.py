@@ -66,7 +66,7 @@ class MambaVAConfig:
     head_hidden: int = 128
     n_outputs: int = 2
     scan: str = "auto"  # selective scan: "auto" | "chunked" | "reference" | "cuda"
-    init: str = "reference"  # "reference" (the authors' init, quirks included) | "standard" (see README)
+    init: str = "reference"  # "reference" (the authors' init, quirks included) | "standard" (see docs/model.md)
     # Frame rate of the features the model was trained on (Aff-Wild2: 30): its receptive field and windows are
     # counted in frames of this rate, so `predict`/`stream` put any video on this grid (`mambava.data.timebase`).
     # Checkpoints written before this field load with 30.
