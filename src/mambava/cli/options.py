@@ -1,7 +1,9 @@
 """Command-line options that several commands share, spelled once.
 
 `--precision` has one vocabulary in every command: `auto` (bf16 where the hardware runs it fast: CUDA with bf16,
-a CPU with AMX or AVX-512 BF16; else fp32), `bf16` or `fp32`. The commands that train or evaluate on Lightning
+a CPU with AMX or AVX-512 BF16; on a CPU without them, int8 for inference with a wide enough model, else fp32),
+`bf16`, `int8` (inference on the CPU: extract, predict, stream, serve, evaluate) or `fp32`. The commands that
+train or evaluate on Lightning
 map it to Lightning's strings inside (`lightning_precision`: fp32 -> "32", bf16 -> "bf16-mixed"). The older
 spellings stay accepted as aliases (`32`, `32-true`, `bf16-mixed`), and `16-mixed` (fp16 mixed precision on a
 GPU, which has no short name) where Lightning runs the model.
@@ -16,23 +18,29 @@ import typer
 
 from mambava.core.errors import MambavaError
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "int8", "fp32")
+TRAINING_PRECISIONS = ("auto", "bf16", "fp32")  # int8 is inference only
 PRECISION_ALIASES = {"32": "fp32", "32-true": "fp32", "bf16-mixed": "bf16"}
 LIGHTNING_ONLY = ("16-mixed",)
 _LIGHTNING = {"fp32": "32", "bf16": "bf16-mixed"}
-_AUTO_HELP = "auto (bf16 where fast: CUDA, CPU AMX/AVX512-BF16, else fp32), bf16 or fp32"
+_AUTO_HELP = (
+    "auto (bf16 where fast: CUDA, CPU AMX/AVX512-BF16; else int8 for wide models, else fp32), bf16, int8 or fp32"
+)
+_TRAINING_HELP = "auto (bf16 where fast: CUDA, CPU AMX/AVX512-BF16, else fp32), bf16 or fp32"
 
 
-def canonical_precision(value: Optional[str], lightning: bool = False) -> Optional[str]:
-    """auto, bf16 or fp32 for a --precision value (an old spelling is mapped; `16-mixed` kept where `lightning`);
-    None stays None (the config's own value). MambavaError naming the accepted values otherwise."""
+def canonical_precision(value: Optional[str], lightning: bool = False, int8: bool = True) -> Optional[str]:
+    """auto, bf16, int8 or fp32 for a --precision value (an old spelling is mapped; `16-mixed` kept where
+    `lightning`; int8 only where `int8`: inference); None stays None (the config's own value). MambavaError
+    naming the accepted values otherwise."""
     if value is None:
         return None
     key = value.strip().lower()
     key = PRECISION_ALIASES.get(key, key)
-    if key in PRECISIONS or (lightning and key in LIGHTNING_ONLY):
+    names = PRECISIONS if int8 else TRAINING_PRECISIONS
+    if key in names or (lightning and key in LIGHTNING_ONLY):
         return key
-    accepted = PRECISIONS + tuple(PRECISION_ALIASES) + (LIGHTNING_ONLY if lightning else ())
+    accepted = names + tuple(PRECISION_ALIASES) + (LIGHTNING_ONLY if lightning else ())
     raise MambavaError(f"--precision {value!r}: expected one of {', '.join(accepted)}")
 
 
@@ -41,7 +49,7 @@ def lightning_precision(value: Optional[str], device: str = "auto") -> Optional[
     bf16 runs fast on `device` (a torch device name, "auto", or a Lightning accelerator: cpu, gpu, cuda), else "32";
     `16-mixed` as is; None stays None."""
     key = canonical_precision(value, lightning=True)
-    if key is None or key in LIGHTNING_ONLY:
+    if key is None or key in LIGHTNING_ONLY or key == "int8":  # int8: evaluate's own inference path
         return key
     if key == "auto":
         from mambava.backbone import bf16_supported
@@ -52,19 +60,24 @@ def lightning_precision(value: Optional[str], device: str = "auto") -> Optional[
     return _LIGHTNING[key]
 
 
-def _check(lightning: bool):
+def _check(lightning: bool, int8: bool):
     def callback(value: Optional[str]) -> Optional[str]:
-        return canonical_precision(value, lightning)
+        return canonical_precision(value, lightning, int8)
 
     return callback
 
 
-def precision_option(default: Optional[str], lightning: bool = False, what: str = "") -> typer.Option:
+def precision_option(
+    default: Optional[str], lightning: bool = False, what: str = "", int8: bool | None = None
+) -> typer.Option:
     """The --precision option: `default` in the one vocabulary (None: the config's value); `lightning` also
-    accepts 16-mixed. The command receives auto, bf16, fp32 (or 16-mixed) whatever spelling was typed."""
+    accepts 16-mixed; `int8` (default: not `lightning`) accepts int8, an inference precision. The command
+    receives auto, bf16, int8, fp32 (or 16-mixed) whatever spelling was typed."""
+    int8 = not lightning if int8 is None else int8
     old = "32, bf16-mixed" + (", 16-mixed on a GPU" if lightning else "")
+    described = _AUTO_HELP if int8 else _TRAINING_HELP
     return typer.Option(
-        default, "--precision", callback=_check(lightning), help=f"{what}{_AUTO_HELP} (also accepted: {old})."
+        default, "--precision", callback=_check(lightning, int8), help=f"{what}{described} (also accepted: {old})."
     )
 
 

@@ -64,6 +64,7 @@ import torch
 from mambava.analysis.summaries import summarize
 from mambava.audio import audio_of_frames, check_sets, frame_features, set_dims
 from mambava.backbone import FeatureExtractor, ViTEncoder, load_encoder
+from mambava.backbone.extractor import resolve_precision
 from mambava.core.errors import MambavaError
 from mambava.core.progress import track_items
 from mambava.core.runtime import load_aware_threads, resolve_device
@@ -78,6 +79,7 @@ from mambava.inference.files import FEATURE_SUFFIXES
 from mambava.inference.stream import LiveStream, is_live_source
 from mambava.media.video import open_video, source_name
 from mambava.temporal import check_finite, load_temporal_model, model_input_dim
+from mambava.temporal.tcn import quantize_tcn
 
 if TYPE_CHECKING:
     import pandas
@@ -179,6 +181,13 @@ class Predictor:
             c.stride if c.stride is not None else (ckpt_stride or 200),
         )
         self.input_dim = model_input_dim(self.model)
+        # the offline pass in int8 where `precision` resolves to it for a TCN this wide (`resolve_precision`);
+        # the live step keeps its own `step_precision`
+        self.temporal_precision = "fp32"
+        if self.device.type == "cpu" and c.precision in ("auto", "int8"):
+            if resolve_precision(c.precision, self.device, self.input_dim or 0) == "int8":
+                self.temporal_precision = "int8"
+        self.runner = quantize_tcn(self.model) if self.temporal_precision == "int8" else self.model
         self.detect_every = c.detect_every
         self._detector = None
         self.batch_size = c.batch_size
@@ -288,9 +297,9 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(features)).to(self.device)
         with torch.inference_mode(), load_aware_threads():
             if windowing == "full":
-                y = self.model(x[None]).float()[0]
+                y = self.runner(x[None]).float()[0]
             else:
-                y = predict_sequence(self.model, x, self.window, self.stride, stitching=self.stitching)
+                y = predict_sequence(self.runner, x, self.window, self.stride, stitching=self.stitching)
         return y.cpu().numpy()
 
     def predict_features(
