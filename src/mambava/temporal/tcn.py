@@ -161,7 +161,9 @@ class Int8CausalConv(nn.Module):
     """A causal, dilated Conv1d (a `WNConv1d`, its kernel fixed, or a 1x1 nn.Conv1d) run as int8 products on
     the CPU: the k taps of each frame are gathered into one row (im2col) and multiplied by the (C_out, k*C_in)
     kernel with fbgemm's dynamic int8 product (`mambava.core.quantize.Int8Matmul`), a block of frames at a time
-    (rows of about ROWS, so the gathered block stays in cache). Inference only: its weights are a snapshot."""
+    (rows of about ROWS, so the gathered block stays in cache). Inference only: its weights are a snapshot.
+    Causal up to rounding: the activations' int8 scale is taken over a block, so a later frame of the block can
+    move an earlier frame's output by a quantisation step (never by what it holds)."""
 
     ROWS = 512
 
