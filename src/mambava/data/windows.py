@@ -326,7 +326,7 @@ def predict_sequence(
     stitching: str = "mean",
 ) -> torch.Tensor:
     """Per-frame predictions (T, C) of one video's features (T, D) by overlapping windows and stitching
-    (`mambava.data.windows.stitch`: "mean", the paper's, or "most_history").
+    (`mambava.data.windows.stitch`: "mean" or "most_history", both ours: the paper states no stitching).
 
     Full-length windows run in batches of `batch_size`; a video shorter than the window runs as one shorter
     sequence (no padding, so no model, causal or not, sees padding). Returns float32 on the features' device.
