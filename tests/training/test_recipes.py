@@ -528,3 +528,32 @@ def test_a_short_epoch_validates_after_the_previous_epochs_last_update(tmp_path)
             (cosine if epoch >= 1 else warm).step()
     assert len(theirs) == 6
     assert [float(r["val_p_va"]) for r in validations] == pytest.approx(theirs[1:], abs=1e-6)
+
+
+def test_a_resumed_authors_run_validates_as_an_uninterrupted_one(tmp_path):
+    """Killed as its second epoch starts and resumed: the same validations (with N = 3 one of them falls on
+    the epoch boundary) and the same best model as the uninterrupted run."""
+    import lightning as L
+
+    from mambava.training.run import train
+
+    class Killed(RuntimeError):
+        pass
+
+    class Kill(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise Killed("killed")
+
+    features, annotations = write_drift_dataset(tmp_path / "data", n_train=12, n_val=2, n_frames=60, dim=8, noise=1.0)
+    sets = [f"data.features={features}", f"data.annotations={annotations}", "model.input_dim=8", *TINY_MODEL]
+    sets += ["data.window=40", "data.stride=40", "batch_size=4", "eval_batch_size=2", "epochs=3"]
+    sets += ["warmup_epochs=1", "progress_bar=false"]
+    straight = train(load_recipe("authors", [*sets, f"out_dir={tmp_path / 'straight'}"]))
+    cfg = load_recipe("authors", [*sets, f"out_dir={tmp_path / 'killed'}"])
+    with pytest.raises(Killed):
+        train(cfg, callbacks=[Kill()])
+    resumed = train(cfg, resume=True)
+    rows = [list(csv.DictReader(open(tmp_path / run / "validations.csv"))) for run in ("straight", "killed")]
+    assert [int(r["step"]) for r in rows[1]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert rows[0] == rows[1] and resumed["best"] == straight["best"]
