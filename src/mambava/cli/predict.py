@@ -336,7 +336,20 @@ def submit_write_command(
         "last prediction over or cut, with a warning, instead of refusing.",
     ),
     windowing: str = typer.Option(
-        "windows", "--windowing", help="windows (300/200, mean-stitched, as evaluate) or full."
+        "windows",
+        "--windowing",
+        help="windows (the run's windows, 300/200 by default, mean-stitched, as evaluate), full, or chunks "
+        "(non-overlapping windows concatenated: with --window 500 the authors' test.py).",
+    ),
+    window: Optional[int] = typer.Option(None, "--window", help="Window length (default: the run's, else 300)."),
+    stride: Optional[int] = typer.Option(
+        None, "--stride", help="Window stride (default: the run's, else 200; chunks: the window)."
+    ),
+    fill: str = typer.Option(
+        "forward",
+        "--fill",
+        help="Frames without a face: forward (the last face's features, as in training) or zeros (the "
+        "authors' test set, construct_VA_testset.py:51).",
     ),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
@@ -345,16 +358,21 @@ def submit_write_command(
 
     Frame counts come from --frame-counts (ABAW's own list: it scores against it), else from the raw test
     videos under --root; a test video whose stored features have another length is refused, naming both counts,
-    unless --allow-length-mismatch."""
+    unless --allow-length-mismatch. The authors' test inference is `--windowing chunks --window 500 --fill zeros`
+    (VA/test.py:47-113 on the features of preprocess/construct_VA_testset.py:51-61)."""
     from mambava.cli.data import official_frame_counts
     from mambava.data.submission import write_submission
     from mambava.inference.predict import Predictor, submission_predictions
 
     videos, counts = official_frame_counts(test_list, root, frame_counts, "submit write")
     _make_folder(out.parent)
-    predictor = Predictor(checkpoint, windowing=windowing, stitching="mean", device=device)  # as evaluated
+    if windowing == "chunks" and window is not None and stride is None:
+        stride = window  # (chunks never overlap: a stride is only checked against the window)
+    predictor = Predictor(
+        checkpoint, windowing=windowing, stitching="mean", window=window, stride=stride, device=device
+    )
     predictions = submission_predictions(
-        predictor, features, counts, progress=True, allow_length_mismatch=allow_length_mismatch
+        predictor, features, counts, progress=True, allow_length_mismatch=allow_length_mismatch, fill=fill
     )
     write_submission(out, predictions, counts)
     typer.echo(f"{out}: {len(videos)} test videos, {sum(counts.values())} frames")

@@ -180,7 +180,7 @@ def cv_command(
     if not _rank_zero():
         return
     csv_path, _ = write_results(cfg.out_dir, rows)
-    typer.echo(f"Table 1 (validation protocol: {cfg.protocol}, at each fold's best epoch)")
+    typer.echo(f"Table 1 (validation protocol: {cfg.protocol}, at each fold's best validation)")
     typer.echo(format_table(rows))
     typer.echo(f"(table: {csv_path})")
     if both_protocols:

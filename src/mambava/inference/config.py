@@ -13,7 +13,7 @@ from mambava.data.timebase import check_fps
 from mambava.data.windows import STITCHING
 from mambava.temporal.tcn import STEP_PRECISIONS
 
-WINDOWING = ("windows", "full")
+WINDOWING = ("windows", "full", "chunks")
 
 
 @dataclass
@@ -21,8 +21,11 @@ class PredictConfig:
     """How to predict.
 
     Attributes:
-        windowing: "full" (one causal pass; equals the stream) or "windows" (the paper's windows, stitched).
-        stitching: how windows are stitched: "most_history" or "mean" (the paper's).
+        windowing: "full" (one causal pass; equals the stream), "windows" (overlapping windows of `window`
+            frames every `stride`, stitched; ours) or "chunks" (non-overlapping windows of `window` frames, each
+            from an empty state, concatenated, the last one shorter: with window 500, the authors' test inference,
+            FreedomPuppy77/Charon VA/test.py:47-107).
+        stitching: how windows are stitched: "most_history" or "mean" (both ours: the paper states none).
         window: window length in frames (None: the checkpoint's run config, else 300).
         stride: window stride in frames (None: the checkpoint's run config, else 200).
         detector: a face detector's name or object (`mambava.faces.get_detector`).

@@ -34,6 +34,8 @@ Windowing, which decides what a frame's prediction has seen:
   (`mambava.data.windows.predict_sequence`), stitched by `stitching` (`mambava.data.windows.STITCHING`):
   "most_history" (default), each frame from the window where it has the most history, or "mean" over the
   windows that cover a frame (what `evaluate` scores).
+- `"chunks"`: non-overlapping windows of `window` frames, each from an empty state, concatenated (the last one
+  shorter): with `window=500` what the authors' test inference computes (FreedomPuppy77/Charon VA/test.py:47-107).
 The defaults were chosen by measurement on the demo (`mambava bench stitching`; docs/predict.md, Stitching).
 
 An audio-visual fusion model (`mambava.temporal.FusionMambaVA`) hears by default (`audio` None: the
@@ -298,6 +300,9 @@ class Predictor:
         with torch.inference_mode(), load_aware_threads():
             if windowing == "full":
                 y = self.runner(x[None]).float()[0]
+            elif windowing == "chunks":  # each chunk run alone, as it is (the last one shorter, no padding)
+                parts = [self.runner(x[None, s : s + self.window]).float()[0] for s in range(0, len(x), self.window)]
+                y = torch.cat(parts) if parts else self.runner(x[None]).float()[0]
             else:
                 y = predict_sequence(self.runner, x, self.window, self.stride, stitching=self.stitching)
         return y.cpu().numpy()
@@ -567,41 +572,59 @@ def default_audio_sets(audio_dim: int) -> list[str] | None:
     return None
 
 
+SUBMISSION_FILLS = ("forward", "zeros")
+
+
 def submission_predictions(
     predictor: Predictor,
     store,
     frame_counts: Mapping[str, int],
     progress: bool = False,
     allow_length_mismatch: bool = False,
+    fill: str = "forward",
 ) -> dict[str, np.ndarray]:
     """{video: (frame_counts[video], 2)} for the ABAW submission, from the stored features of each video
-    (`mambava.data.store.FeatureStore`, forward-filled with their mask). A video whose store holds another
-    number of frames than its count is a MambavaError naming it and both counts (ABAW scores every frame of
-    its own frame list, so a wrong count must not pass); with `allow_length_mismatch`, the last prediction is
-    carried over to the end (the no-face policy) or the extra frames are cut, with a DataWarning."""
+    (`mambava.data.store.FeatureStore`). A video whose store holds another number of frames than its count is
+    a MambavaError naming it and both counts (ABAW scores every frame of its own frame list, so a wrong count
+    must not pass); with `allow_length_mismatch`, the extra frames are cut and missing ones follow the no-face
+    policy, with a DataWarning.
 
+    `fill`, the no-face policy: "forward" (ours, as in training: a frame without a face takes the last face's
+    features, the store's forward fill; frames missing at the end carry the last prediction over) or "zeros"
+    (the authors' test set, FreedomPuppy77/Charon preprocess/construct_VA_testset.py:51-61: every frame without
+    a face, and every frame missing at the end, is a zero feature vector)."""
+
+    if fill not in SUBMISSION_FILLS:
+        raise MambavaError(f"--fill must be one of {', '.join(SUBMISSION_FILLS)}, got {fill!r}")
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     predictions = {}
     for video, count in track_items(frame_counts.items(), "test videos", len(frame_counts), progress):
         if not store.has(video):
             raise MambavaError(f"{store.root}: no features for test video {video!r}")
         record = store.read(video)
-        features, present = record.window(0, record.n_frames)
-        values = predictor.predict_timed(features, present, np.arange(record.n_frames) / record.fps, name=video)
-        if len(values) != count and not allow_length_mismatch:
+        n = record.n_frames
+        if n != count and not allow_length_mismatch:
             raise MambavaError(
-                f"{store.root}: test video {video!r} has {len(values)} stored frames but {count} in the frame "
+                f"{store.root}: test video {video!r} has {n} stored frames but {count} in the frame "
                 f"counts (allow the mismatch to pad or cut)"
             )
-        if len(values) != count:
+        if n != count:
+            pad = "the last prediction is carried over" if fill == "forward" else "zero features fill the rest"
             warnings.warn(
-                f"{video}: {len(values)} stored frames but the video has {count}; "
-                + ("the last prediction is carried over" if len(values) < count else "the extra frames are cut"),
+                f"{video}: {n} stored frames but the video has {count}; "
+                + (pad if n < count else "the extra frames are cut"),
                 DataWarning,
                 stacklevel=2,
             )
-            values = values[np.minimum(np.arange(count), len(values) - 1)]
-        predictions[video] = values
+        features, present = record.window(0, n)
+        if fill == "zeros":
+            # the authors' array of zeros, a row filled where a face's features exist (and nothing to fill after)
+            zeros = np.zeros((count, features.shape[1]), np.float32)
+            kept = min(n, count)
+            zeros[:kept][present[:kept]] = features[:kept][present[:kept]]
+            features, present, n = zeros, np.ones(count, bool), count
+        values = predictor.predict_timed(features, present, np.arange(n) / record.fps, name=video)
+        predictions[video] = values[np.minimum(np.arange(count), len(values) - 1)]
     return predictions
 
 
@@ -613,5 +636,6 @@ __all__ = [
     "TrackFeatures",
     "load_model",
     "submission_predictions",
+    "SUBMISSION_FILLS",
     "default_audio_sets",
 ]

@@ -1,8 +1,8 @@
-"""Evaluation the official way (ABAW, paper §4.3: CCC over all frames): whole videos, cut into overlapping windows
-(w 300, s 200, the authors' code's values; the stitching is ours: the paper does not say how it scores), run
-through the temporal model, stitched back to one (valence, arousal) per frame (mean over overlapping windows);
-CCC per dimension over all valid frames (label != -5) of all videos concatenated, P_VA = (CCC_v + CCC_a) / 2,
-plus the same scores per video.
+"""Evaluation the official way (ABAW's: CCC over all frames; the paper §4.3 gives the CCC and P_VA formulas): whole
+videos, cut into overlapping windows (w 300, s 200, the authors' code's values; the stitching is ours: the paper
+does not say how it scores), run through the temporal model, stitched back to one (valence, arousal) per frame (mean
+over overlapping windows); CCC per dimension over all valid frames (label != -5) of all videos concatenated, P_VA =
+(CCC_v + CCC_a) / 2, plus the same scores per video.
 
 `protocol="authors"` scores instead as the authors' validation loop does (FreedomPuppy77/Charon,
 VA/vaestimation.py:268-324 over the windows of VA/data/dataset.py and preprocess/split_VA_fold.py): see
