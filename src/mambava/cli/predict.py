@@ -194,6 +194,10 @@ def _write_identified(identified: list, write, out: Path, gallery) -> int:
             failed += 1
             typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
     typer.echo(f"{write_persons_csv(out, tracks, persons)}: {len(set(persons))} person(s) in {len(tracks)} track(s)")
+    from mambava.analysis.summaries import summarize_persons, write_csv
+
+    summary = write_csv(summarize_persons([item[2] for item in identified]), out / "persons.summary.csv")
+    typer.echo(f"{summary}: valence and arousal per person over all inputs")
     return failed
 
 
