@@ -322,11 +322,10 @@ def follow_faces(
 @dataclass
 class CutDetector:
     """Finds cuts (a new shot) between consecutive frames: the mean absolute difference of the two frames' grey
-    thumbnails (64 px wide, area-averaged), in grey levels, at least `threshold`, and at least `ratio` times the
-    median of the last differences (so a fast pan, which moves every frame, is not a cut). Hand-written: a
-    scene-detection library for one comparison a frame is not worth a dependency.
-
-    Measured (docs/faces.md, Identities): 0.3-4 levels frame to frame on the test media, 60+ at a cut."""
+    thumbnails (64 px wide, area-averaged, each scaled to a standard deviation of 64 levels about its mean, so
+    that a change of light is not a cut) at least `threshold`, and at least `ratio` times the median of the last
+    differences (so a fast pan, which moves every frame, is not a cut). Hand-written: a scene-detection library
+    for one comparison a frame is not worth a dependency. Measured in docs/faces.md (Identities)."""
 
     threshold: float = 25.0
     ratio: float = 4.0
@@ -343,6 +342,7 @@ class CutDetector:
         if thumb.ndim == 3:
             thumb = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
         thumb = thumb.astype(np.float32)
+        thumb = (thumb - thumb.mean()) * (64.0 / max(float(thumb.std()), 1.0))  # a change of light is no cut
         last, self._last = self._last, thumb
         if last is None or last.shape != thumb.shape:
             self._recent.clear()
