@@ -10,7 +10,9 @@ import pytest
 import torch
 from support import DIM, run_cli
 
+from mambava.cli.options import faces_extra_installed
 from mambava.core.errors import MambavaError
+from mambava.faces.columns import GEOMETRY_COLUMNS
 from mambava.inference.predict import COLUMNS, Predictor
 
 
@@ -63,7 +65,8 @@ def test_predict_single_face_csv_plots_overlay(single_face_run, media_dir):
     code, _, _, out = single_face_run
     assert code == 0
     table = pd.read_csv(out / "single_face.csv")
-    assert list(table.columns) == COLUMNS
+    # --landmarks auto: dlib's 68 points and the head pose where the faces extra is installed
+    assert list(table.columns) == COLUMNS + (GEOMETRY_COLUMNS if faces_extra_installed() else [])
     assert len(table) == 72 and table["frame"].tolist() == list(range(72))  # one row per frame, one track
     assert table["track"].unique().tolist() == ["single_face"]
     assert table["face"].sum() >= 70

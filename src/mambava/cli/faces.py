@@ -96,6 +96,10 @@ def faces_command(
         raise MambavaError("faces: give VIDEOS and --out DIR, or --dataset ROOT")
     det = get_detector(detector, **kwargs)
     gallery = None
+    if persons:  # without the faces extra: one line now, not one per video
+        from mambava.faces.dlib_models import face_recognizer
+
+        face_recognizer()
     if identities is not None:  # read (and a bad photo refused) before anything is written
         from mambava.faces.identity import load_gallery
 

@@ -74,6 +74,7 @@ from mambava.data.windows import check_windowing, predict_sequence
 from mambava.faces import FaceTracker, get_detector, iter_tracked_faces
 from mambava.faces.columns import GEOMETRY_COLUMNS, geometry_columns, gives_landmarks68
 from mambava.faces.dataset import face_stage_differences, training_crops_settings
+from mambava.faces.dlib_models import face_recognizer
 from mambava.faces.identity import TrackIdentity, TrackSampler, assign_persons, finish_identified_tracks, load_gallery
 from mambava.inference.config import WINDOWING, PredictConfig
 from mambava.inference.files import FEATURE_SUFFIXES
@@ -196,6 +197,8 @@ class Predictor:
         self.extractor = self._make_extractor(backbone) if backbone is not None else None
         # the gallery is read (and a bad photo refused) before any input is touched
         self.gallery = load_gallery(c.identities, self.detector) if c.identities is not None else None
+        if c.persons:
+            face_recognizer()  # without the faces extra: one line now, not one per input
 
     def face_stage_notes(self) -> list[str]:
         """How this predictor's faces stage differs from the one that made the model's training crops, one line
