@@ -10,10 +10,13 @@ import pytest
 import torch
 from support import DIM, run_cli
 
-from mambava.cli.options import faces_extra_installed
+from mambava.cli.options import faces_extra_installed, landmark_source
 from mambava.core.errors import MambavaError
 from mambava.faces.columns import GEOMETRY_COLUMNS
 from mambava.inference.predict import COLUMNS, Predictor
+
+
+AUTO = landmark_source("auto")  # the points the CLI's default `--landmarks auto` gives (dlib68 with the extra)
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -106,7 +109,7 @@ def test_stream_equals_predict_on_the_same_video(models, media_dir, detector, si
     """stream on single_face.mp4 (a face in every frame from frame 0) equals the offline predict. The video is
     shorter than one 300-frame window, so the paper's windows are here one full causal pass."""
     rows = list(
-        Predictor(models["model"], models["vit"], precision="fp32", detector=detector).stream(
+        Predictor(models["model"], models["vit"], precision="fp32", detector=detector, landmarks=AUTO).stream(
             media_dir / "single_face.mp4"
         )
     )
@@ -124,7 +127,9 @@ def test_detect_every_predict_equals_stream(models, media_dir, detector, single_
     every frame, stream equal to predict, and the boxes within IoU 0.8 of every-frame detection's."""
     from mambava.faces import iou
 
-    predictor = Predictor(models["model"], models["vit"], precision="fp32", detector=detector, detect_every=5)
+    predictor = Predictor(
+        models["model"], models["vit"], precision="fp32", detector=detector, detect_every=5, landmarks=AUTO
+    )
     table = predictor.predict_video(media_dir / "single_face.mp4")
     rows = list(predictor.stream(media_dir / "single_face.mp4"))
     assert table["face"].tolist() == [int(r.face) for r in rows] == [1] * 72
