@@ -15,7 +15,6 @@ from mambava.core.errors import MambavaError
 from mambava.faces.columns import GEOMETRY_COLUMNS
 from mambava.inference.predict import COLUMNS, Predictor
 
-
 AUTO = landmark_source("auto")  # the points the CLI's default `--landmarks auto` gives (dlib68 with the extra)
 
 
