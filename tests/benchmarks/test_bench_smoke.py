@@ -72,6 +72,9 @@ SMOKE = {
                 "mtcnn + learned landmarks",
                 "haar",
                 "extract_faces",
+                "mtcnn + dlib68",  # the faces extra's rows (setup.sh installs it)
+                "mtcnn + dlib68 every 5",
+                "mtcnn + dlib68 + descriptors",
             )
         ],
     ),

