@@ -1,4 +1,6 @@
-"""POST /predict: a video as the multipart field `file` -> predict's rows as JSON (?format=csv: its CSV).
+"""POST /predict: a video as the multipart field `file` -> predict's rows as JSON (?format=csv: its CSV), with
+every column `predict` writes (`COLUMNS`, then `voice` and the face columns: the 68 points and head pose with
+`--landmarks auto`/`dlib68`, null in JSON and empty in CSV where the track has no face).
 
 Uploads are predicted one at a time in a thread (`app.state.predict_lock`), with the server's loaded
 `Predictor`; the upload is written to a temporary folder that is removed when the answer is sent.
@@ -16,7 +18,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from mambava.core.errors import MambavaError
-from mambava.inference.predict import COLUMNS
 from mambava.serve.common import MB, error, records, safe_name
 
 router = APIRouter()
@@ -65,7 +66,6 @@ async def predict(request: Request, format: str = "json"):
     finally:
         await upload.close()
         shutil.rmtree(folder, ignore_errors=True)
-    table = table[COLUMNS]
     if format == "csv":
         return Response(
             table.to_csv(index=False, float_format="%.6g"),
