@@ -3,8 +3,9 @@
 Threads: the models here run many short parallel regions. On an idle 2-core machine two OpenMP threads beat
 one; on a machine that other work keeps busy they stall at every barrier for a descheduled sibling (measured
 3-7x slower for MTCNN, ~3x for a streaming step), so the offline passes drop to one thread while the 1-minute
-load average is at least CPUs + 1 (`busy_threads`), and `torch_threads` sets and restores a count around a
-block. torch's setting is per calling thread (OpenMP), so a block changes nothing for other threads.
+load average is at least CPUs + 1 (`busy_threads`), the small nets of the faces stage use only the CPUs that
+other work leaves free (`free_threads`), and `torch_threads` sets and restores a count around a block. torch's
+setting is per calling thread (OpenMP), so a block changes nothing for other threads.
 """
 
 from __future__ import annotations
@@ -42,6 +43,19 @@ def busy_threads() -> int | None:
     except (AttributeError, OSError):  # not on every platform
         return None
     return 1 if load >= (os.cpu_count() or 1) + 1 else None
+
+
+def free_threads() -> int | None:
+    """Threads for many short parallel regions (MTCNN's nets, the landmark refiner): the CPUs that other work leaves
+    free, this process's own busy one counted in the load (CPUs - round(1-minute load average) + 1, at least 1, at
+    most torch's current setting); None where the load is unknown (no change). Measured on a 2-core AMD EPYC with
+    MTCNN on single_face.mp4: at load 1.4 (nothing else running) 2 threads 18.5 ms/frame against 1 thread's 23;
+    at load 2-5.5, 2 threads 112-160 ms/frame against 1 thread's 23-34 (`busy_threads`' CPUs + 1 waits too long)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    return max(1, min((os.cpu_count() or 1) - round(load) + 1, torch.get_num_threads()))
 
 
 @contextlib.contextmanager

@@ -469,13 +469,13 @@ class TrackStreams:
 class LiveStream:
     """Per-frame StreamResult rows from a live source, a video file or a feature sequence; iterate once.
 
-    Video sources go frame -> faces (tracked, `mambava.faces.FaceTracker`) -> backbone feature -> one
-    recurrent step per track. A track's rows stop once the tracker drops it (unseen for longer than its
-    `max_gap`, 1 s, or at a cut: `mambava.faces.track.CutDetector`); a face that comes back later starts a new track with a fresh state. A frame with no live
-    track gives one row with `track=""`, NaN values and `face=False`. Tracks are named as `predict` names them,
-    after the source (`mambava.media.video.source_name`): the first `<name>`, later ones `<name>_2`, `<name>_3`, ... in
-    order of appearance (`predict`, seeing the whole video, can also join a track the tracker lost and name two
-    people seen together `_left`/`_right`; a live stream cannot know either in advance).
+    Video sources go frame -> faces (tracked, `mambava.faces.FaceTracker`) -> backbone feature -> one recurrent step
+    per track. A track's rows stop once the tracker drops it (unseen for longer than its `max_gap`, 1 s, or at a
+    cut: `mambava.faces.track.CutDetector`); a face that comes back later starts a new track with a fresh state. A
+    frame with no live track gives one row with `track=""`, NaN values and `face=False`. Tracks are named as
+    `predict` names them, after the source (`mambava.media.video.source_name`): the first `<name>`, later ones
+    `<name>_2`, `<name>_3`, ... in order of appearance (`predict`, seeing the whole video, can also join a track the
+    tracker lost and name two people seen together `_left`/`_right`; a live stream cannot know either in advance).
 
     `step_precision`: the TCN's step weights, "fp32" (default) | "bf16" | "int8" (`mambava.temporal.tcn`): fewer weight
     bytes read per step, outputs within 1e-2 of fp32.
