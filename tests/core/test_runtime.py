@@ -13,6 +13,7 @@ from mambava.core import runtime
     [
         (2, 0.9, 2, 2, None),  # nothing else runs: both cores
         (2, 1.4, 2, 2, None),  # this process alone (measured: 2 threads 1.25x faster than 1)
+        (2, 1.9, 2, 2, None),
         (2, 2.0, 2, 1, None),  # one other busy process (measured: 2 threads 5x slower than 1)
         (2, 5.5, 2, 1, 1),
         (16, 10.2, 16, 7, None),  # 10 busy, this process's own among them

@@ -11,6 +11,7 @@ setting is per calling thread (OpenMP), so a block changes nothing for other thr
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import torch
@@ -47,15 +48,16 @@ def busy_threads() -> int | None:
 
 def free_threads() -> int | None:
     """Threads for many short parallel regions (MTCNN's nets, the landmark refiner): the CPUs that other work leaves
-    free, this process's own busy one counted in the load (CPUs - round(1-minute load average) + 1, at least 1, at
+    free, this process's own busy one counted in the load (CPUs - floor(1-minute load average) + 1, at least 1, at
     most torch's current setting); None where the load is unknown (no change). Measured on a 2-core AMD EPYC with
-    MTCNN on single_face.mp4: at load 1.4 (nothing else running) 2 threads 18.5 ms/frame against 1 thread's 23;
-    at load 2-5.5, 2 threads 112-160 ms/frame against 1 thread's 23-34 (`busy_threads`' CPUs + 1 waits too long)."""
+    MTCNN on single_face.mp4: at load 1.4-1.6 (nothing else running) 2 threads 16-18.5 ms/frame against 1 thread's
+    22-23; at load 2-5.5, 2 threads 112-160 ms/frame against 1 thread's 23-34 (`busy_threads`' CPUs + 1 waits too
+    long)."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
-    return max(1, min((os.cpu_count() or 1) - round(load) + 1, torch.get_num_threads()))
+    return max(1, min((os.cpu_count() or 1) - math.floor(load) + 1, torch.get_num_threads()))
 
 
 @contextlib.contextmanager

@@ -349,7 +349,7 @@ class MTCNNDetector(BaseDetector):
         (default) keeps MTCNN's own landmarks.
     num_threads: torch threads for the nets while detecting, set in the calling thread only and restored
         after; None keeps the current setting; "auto" (default) uses the CPUs other work leaves free
-        (`mambava.core.runtime.free_threads`: one thread on a 2-core machine as soon as anything else runs). The
+        (`mambava.core.runtime.free_threads`: one thread on a 2-core machine from a load average of 2). The
         nets are small and run many short parallel regions: on an idle 2-core machine two threads were 1.25×
         faster than one, on a busy one 3-7× slower (OpenMP threads wait at every barrier for a descheduled
         sibling).
