@@ -10,7 +10,15 @@ from typing import List, Optional
 
 import typer
 
-from mambava.cli.options import landmark_source, landmarks_option, precision_option
+from mambava.cli.options import (
+    backbone_workers_option,
+    engine_option,
+    landmark_source,
+    landmarks_option,
+    precision_option,
+    ray_address_option,
+    ray_options,
+)
 from mambava.core.errors import MambavaError
 
 CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
@@ -83,17 +91,21 @@ def predict_command(
         None, "--baseline", help="trial_type of the baseline events: each track is normalised against its own."
     ),
     normalise: str = typer.Option("difference", "--normalise", help="Against the baseline: difference or zscore."),
+    engine: str = engine_option(),
+    ray_address: Optional[str] = ray_address_option(),
+    backbone_workers: Optional[int] = backbone_workers_option(),
 ) -> None:
     """Per-frame valence/arousal for videos (or precomputed features): <name>.csv (+ .parquet with pyarrow),
     <name>.summary.csv (one row per track), <name>.va.png, <name>.circumplex.png and, with --overlay,
     <name>.overlay.mp4 in the output folder; with --events also <name>.events.csv and <name>.events.png.
 
     Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
-    feature was carried over), x1, y1, x2, y2 (face box)."""
-    from mambava.analysis.summaries import NORMALISATIONS, write_analysis
+    feature was carried over), x1, y1, x2, y2 (face box). With --engine ray, one Ray task per input and the
+    backbone in an actor pool on --device (docs/scaling.md)."""
+    from mambava.analysis.summaries import NORMALISATIONS
     from mambava.inference.catalog import resolve_model
     from mambava.inference.config import PredictConfig
-    from mambava.inference.files import FEATURE_SUFFIXES, find_inputs, output_paths, write_overlay, write_table
+    from mambava.inference.files import FEATURE_SUFFIXES, OutputOptions, find_inputs, predict_input
     from mambava.inference.predict import Predictor
 
     if normalise not in NORMALISATIONS or (baseline is not None and events is None):
@@ -102,6 +114,7 @@ def predict_command(
             if normalise in NORMALISATIONS
             else f"--normalise: one of {', '.join(NORMALISATIONS)}"
         )
+    ray = ray_options(engine, ray_address, backbone_workers)
     checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
     paths = find_inputs(inputs)
     _make_folder(out)
@@ -115,45 +128,32 @@ def predict_command(
         stride=stride,
         detector=detector,
         landmarks=landmark_source(landmarks),
-        device=device,
+        # with --engine ray the backbone runs on --device in its actors; the temporal model in the CPU tasks
+        device="cpu" if ray is not None else device,
         batch_size=batch_size,
         precision=precision,
         fps=fps,
         features_fps=features_fps,
-        progress=True,
+        progress=ray is None,
         audio=_audio_choice(audio, no_audio),
         detect_every=detect_every,
     )
     predictor = Predictor(checkpoint, backbone if videos else None, config)
-    from mambava.cli import error_line
-    from mambava.core.fileio import atomic_group
-
     if videos:
         _warn_face_stage(predictor)
+    output = OutputOptions(out, plots, overlay, fps, events, baseline, normalise)
+    if ray is not None:
+        from mambava.distributed import predict_ray
 
-    failed = 0
-    for path in paths:
-        try:
-            name = Path(path).stem
-            table = predictor.predict(path)
-            with atomic_group():  # the CSV, summaries, plots and overlay of one input appear together or not at all
-                written = write_table(table, out, name, plots=plots)
-                written.update(write_analysis(table, out, name, events, baseline, normalise, plots=plots))
-                if overlay and path in videos:
-                    overlay_path = output_paths(out, name)["overlay"]
-                    written["overlay"] = write_overlay(path, table, overlay_path, fps=fps, progress=True)
-            if events is not None and "events" not in written:
-                typer.secho(f"{path}: no {name}_events.tsv or {name}.tsv in {events}", fg=typer.colors.YELLOW, err=True)
-        except (MambavaError, OSError) as error:  # OSError: an output that cannot be written (disk full, ...)
-            failed += 1
-            typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
-            continue
-        typer.echo(f"{path}: {_describe(table)} -> " + ", ".join(str(p) for p in written.values()))
-        stale = [str(p) for kind, p in output_paths(out, name).items() if kind not in written and p.exists()]
-        if stale:
-            typer.secho(
-                f"note: {', '.join(stale)} from an earlier run, not rewritten", fg=typer.colors.YELLOW, err=True
-            )
+        done = predict_ray(predictor, paths, output, backbone=backbone, device=device, on_report=_show, options=ray)
+        typer.echo(done.run.describe(), err=True)
+        failed = done.failed
+    else:
+        failed = 0
+        for path in paths:
+            report = predict_input(predictor, path, output, progress=True)
+            _show(report)
+            failed += report.error is not None
     if failed:
         typer.secho(f"{failed} of {len(paths)} inputs failed", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
@@ -172,10 +172,17 @@ def _make_folder(path: Path) -> None:
         raise MambavaError(f"{path}: cannot create the output folder ({error.strerror or error})") from None
 
 
-def _describe(table) -> str:
-    tracks = table.groupby("track", sort=False)["face"]
-    parts = [f"{name} (face in {int(faces.sum())}/{len(faces)})" for name, faces in tracks]
-    return f"{table['frame'].nunique()} frames, {len(parts)} track(s): " + ", ".join(parts)
+def _show(report) -> None:
+    """One input's lines, as predict prints them: an error in red, warnings in yellow on stderr, the files on
+    stdout."""
+    if report.error is not None:
+        typer.secho(f"error: {report.error}", fg=typer.colors.RED, err=True)
+        return
+    for text, kind in report.lines:
+        if kind == "out":
+            typer.echo(text)
+        else:
+            typer.secho(text, fg=typer.colors.YELLOW, err=True)
 
 
 def stream_command(

@@ -51,11 +51,12 @@ like a video's.
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Generator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -143,6 +144,49 @@ class VideoFeatures:
     voice: np.ndarray | None = None  # (n,) bool: the processed frame has usable sound
 
 
+@dataclass
+class CropBatch:
+    """Face crops of one backbone batch, in the order the faces stage found them: each crop's tracker id, its
+    position among the processed frames, its box and detector score (`Predictor.scan_faces`)."""
+
+    track_ids: list[int]
+    positions: list[int]
+    boxes: list[np.ndarray]
+    scores: list[float]
+    crops: np.ndarray  # (B, S, S, 3) uint8 RGB
+
+    @classmethod
+    def of(cls, pending: list[tuple]) -> CropBatch:
+        return cls(
+            [p[0] for p in pending],
+            [p[1] for p in pending],
+            [np.asarray(p[2], np.float32) for p in pending],
+            [p[3] for p in pending],
+            np.stack([p[4] for p in pending]),
+        )
+
+
+@dataclass
+class FaceScan:
+    """What the faces stage read of a video: the processed frames (0-based source numbers, seconds), the
+    source's frame rate and every frame decoded (processed or skipped by `fps`)."""
+
+    video: str
+    frames: list[int]
+    times: list[float]
+    fps: float | None
+    source_frames: np.ndarray
+    source_times: np.ndarray
+
+
+def add_features(hits: dict[int, list], batch: CropBatch, features: np.ndarray) -> None:
+    """Add a batch's features (B, D) to `hits` ({track id: [(position, feature, box, score)]}), in order."""
+    for tid, position, box, score, feature in zip(
+        batch.track_ids, batch.positions, batch.boxes, batch.scores, features
+    ):
+        hits.setdefault(tid, []).append((position, feature, box, score))
+
+
 class Predictor:
     """Valence/arousal per frame from videos, feature files or live sources.
 
@@ -188,6 +232,17 @@ class Predictor:
         self.progress = c.progress
         self.audio = self._check_audio(c.audio)
         self.extractor = self._make_extractor(backbone) if backbone is not None else None
+
+    def without_backbone(self) -> Predictor:
+        """A copy without the backbone and without a built detector (it is built again from the config where
+        the copy is used): what a process needs that gets the crops' features from elsewhere (a Ray task,
+        `mambava.distributed`). It cuts the faces stage's batches as this predictor does."""
+        twin = copy.copy(self)
+        if self.extractor is not None:
+            twin.batch_size = self.extractor.batch_size
+        twin.extractor = None
+        twin._detector = None
+        return twin
 
     def face_stage_notes(self) -> list[str]:
         """How this predictor's faces stage differs from the one that made the model's training crops, one line
@@ -345,37 +400,33 @@ class Predictor:
 
     def predict_video(self, path: str | os.PathLike) -> pandas.DataFrame:
         """Faces, features and the temporal model for every processed frame of a video; see the module doc."""
-        extracted = self.video_features(path)
-        return self._table(
-            extracted.video,
-            extracted.frames,
-            extracted.times,
-            extracted.tracks,
-            extracted.source_frames,
-            extracted.source_times,
-            extracted.audio,
-            extracted.voice,
-        )
+        return self.table(self.video_features(path))
 
     def video_features(self, path: str | os.PathLike) -> VideoFeatures:
-        """Detect and track faces over a video and encode every face crop (batched)."""
+        """Detect and track faces over a video and encode every face crop (batched): `scan_faces`, the backbone
+        on each of its batches, `assemble`, all in this process (a Ray run spreads the same steps over a
+        cluster: `mambava.distributed`)."""
 
         if self.extractor is None:
             raise MambavaError(f"{path}: --backbone is required for videos; pass a features .npy instead")
+        hits: dict[int, list] = {}
+        scan = self.scan_faces(path)
+        while True:
+            try:
+                batch = next(scan)
+            except StopIteration as stop:
+                return self.assemble(path, stop.value, hits)
+            add_features(hits, batch, self.extractor.features(batch.crops))
+
+    def scan_faces(self, path: str | os.PathLike) -> Generator[CropBatch, None, FaceScan]:
+        """The faces stage over a video, streaming: yields the face crops in the batches the backbone takes
+        (cut where `batch_size` crops are pending after a frame, so a batch may hold a few more), and returns
+        the FaceScan of the frames it read. At most one batch of crops is held at a time."""
         video = source_name(path)
         frames: list[int] = []
         times: list[float] = []
-        hits: dict[int, list] = {}
         pending: list[tuple[int, int, np.ndarray, float, np.ndarray]] = []  # (track id, position, box, score, crop)
-
-        def flush() -> None:
-            if not pending:
-                return
-            features = self.extractor.features(np.stack([p[4] for p in pending]))
-            for (tid, position, box, score, _), feature in zip(pending, features):
-                hits.setdefault(tid, []).append((position, feature, np.asarray(box, np.float32), score))
-            pending.clear()
-
+        batch_size = self.extractor.batch_size if self.extractor is not None else self.batch_size
         with open_video(path, fps=self.fps) as reader:
             stream = iter_tracked_faces(
                 reader, self.detector, tracker=FaceTracker(), keep_images=False, detect_every=self.detect_every
@@ -385,22 +436,29 @@ class Predictor:
                 frames.append(item.index)
                 times.append(item.time)
                 pending.extend((face.track_id, position, face.box, face.score, face.crop) for face in item.faces)
-                if len(pending) >= self.extractor.batch_size:
-                    flush()
-            flush()
-            fps = reader.fps
+                if len(pending) >= batch_size:
+                    yield CropBatch.of(pending)
+                    pending = []
+            if pending:
+                yield CropBatch.of(pending)
             source_frames, source_times = reader.decoded()
-        n = len(frames)
+            return FaceScan(video, frames, times, reader.fps, source_frames, source_times)
+
+    def assemble(self, path: str | os.PathLike, scan: FaceScan, hits: dict[int, list]) -> VideoFeatures:
+        """A video's VideoFeatures from its FaceScan and the features of its crops (`add_features`): tracks
+        finished as the faces stage finishes them, and a fusion model's sound."""
+        n = len(scan.frames)
         if n == 0:
             raise MambavaError(f"{path}: no frame could be read")
-        finished, _ = finish_tracks(video, hits, n)  # drop spurious tracks, join, name: as the faces stage
+        finished, _ = finish_tracks(scan.video, hits, n)  # drop spurious tracks, join, name: as the faces stage
         if not finished:
             raise MambavaError(f"{path}: no face found in any of its {n} frames; nothing to predict")
+        dim = len(next(iter(hits.values()))[0][1])
         tracks = {}
         for track in finished:
             rows = track.rows
             positions = np.array([r[0] for r in rows])
-            features = np.zeros((n, self.extractor.dim), np.float32)
+            features = np.zeros((n, dim), np.float32)
             present = np.zeros(n, bool)
             boxes = np.full((n, 4), np.nan, np.float32)
             scores = np.full(n, np.nan, np.float32)
@@ -409,18 +467,31 @@ class Predictor:
             scores[positions] = [r[3] for r in rows]
             present[positions] = True
             tracks[track.name] = TrackFeatures(features, present, boxes, scores)
-        frames = np.asarray(frames, np.int64)
+        frames = np.asarray(scan.frames, np.int64)
         audio, voice = self._audio_features(path, frames) if self.fusion else (None, None)
         return VideoFeatures(
-            video,
+            scan.video,
             frames,
-            np.asarray(times, np.float64),
-            fps,
+            np.asarray(scan.times, np.float64),
+            scan.fps,
             tracks,
-            source_frames if len(source_frames) else None,
-            source_times if len(source_times) else None,
+            scan.source_frames if len(scan.source_frames) else None,
+            scan.source_times if len(scan.source_times) else None,
             audio,
             voice,
+        )
+
+    def table(self, extracted: VideoFeatures) -> pandas.DataFrame:
+        """The per-frame table of a video's VideoFeatures (see the module doc)."""
+        return self._table(
+            extracted.video,
+            extracted.frames,
+            extracted.times,
+            extracted.tracks,
+            extracted.source_frames,
+            extracted.source_times,
+            extracted.audio,
+            extracted.voice,
         )
 
     def _audio_features(self, path, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -602,6 +673,9 @@ __all__ = [
     "Predictor",
     "VideoFeatures",
     "TrackFeatures",
+    "CropBatch",
+    "FaceScan",
+    "add_features",
     "load_model",
     "submission_predictions",
     "default_audio_sets",
