@@ -207,3 +207,14 @@ def test_extract_audio_on_ray_writes_the_local_engines_store(ray_instance, media
     assert code == 0, stderr
     local = _store(tmp_path / "local")
     assert len(local) == 3 * 2 and _store(tmp_path / "ray") == local
+
+
+def test_ray_options_belong_to_the_ray_engine(capsys, tmp_path):
+    for extra, named in (
+        (["--ray-address", "auto"], "--ray-address"),
+        (["--backbone-workers", "0"], "--backbone-workers"),
+    ):
+        code, _, stderr = run_cli(["predict", tmp_path, "-c", tmp_path / "m", "-o", tmp_path / "o", *extra], capsys)
+        assert code == 2 and stderr == f"error: {named} is an option of --engine ray\n"
+    code, _, stderr = run_cli(["faces", "--dataset", tmp_path, "--engine", "spark"], capsys)
+    assert code == 2 and stderr == "error: --engine 'spark': expected one of local, ray\n"

@@ -8,8 +8,6 @@ from typing import List, Optional
 
 import typer
 
-from mambava.core.errors import MambavaError
-
 FEATURES_HELP = (
     "With --audio: feature sets, comma-separated, concatenated in this order: egemaps (25 eGeMAPS "
     "descriptors, opensmile), logmel (64 log-mel energies), ssl (a local speech model, --speech-model)."
@@ -39,8 +37,6 @@ def extract_audio_command(
     from mambava.core.progress import ProgressBar
     from mambava.core.runtime import resolve_device
 
-    if ray is not None and workers:
-        raise MambavaError("--workers: the local engine's processes; --engine ray runs a task per video")
     # with --engine ray the speech model runs in the tasks, on their CPUs
     where = "cpu" if ray is not None else str(resolve_device(device))
     model = SpeechModel(speech_model, speech_layer, where) if speech_model else None

@@ -94,6 +94,8 @@ def extract_command(
     `torchrun --nproc-per-node 8 -m mambava extract ROOT -o STORE -c CKPT`. With --engine ray, one Ray task per
     video and the backbone in an actor pool (docs/scaling.md)."""
     ray = ray_options(engine, ray_address, backbone_workers)
+    if ray is not None and workers is not None:
+        raise MambavaError("--workers: the local engine's processes; --engine ray runs one task per video")
     if ray is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MambavaError("extract --engine ray: run it once, not under torchrun (Ray places the work itself)")
     if audio:

@@ -30,8 +30,8 @@ def faces_command(
         "--dataset",
         help="A dataset root: crops of every raw video under its videos/ into OUT/cropped_aligned/ (resumable).",
     ),
-    workers: int = typer.Option(
-        1, "--workers", "-j", min=1, help="With --dataset and --engine local: videos processed in parallel."
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-j", min=1, help="With --dataset and --engine local: videos processed in parallel (1)."
     ),
     engine: str = engine_option(),
     ray_address: Optional[str] = ray_address_option(),
@@ -75,6 +75,8 @@ def faces_command(
     ray = ray_options(engine, ray_address, progress=not quiet)
     if ray is not None and dataset is None:
         raise MambavaError("faces --engine ray: with --dataset ROOT (the corpus job); VIDEOS run here")
+    if ray is not None and workers is not None:
+        raise MambavaError("--workers: the local engine's processes; --engine ray runs one task per video")
     if detect_every < 1:
         raise MambavaError(f"--detect-every must be a whole number >= 1, got {detect_every}")
     kwargs = (
@@ -87,7 +89,9 @@ def faces_command(
             raise MambavaError("faces: give VIDEOS or --dataset ROOT, not both")
         if fps is not None:
             raise MambavaError("faces --dataset: every frame is processed (crops are named by frame), no --fps")
-        _dataset_faces(console, dataset, out, detector, kwargs, min_track_frames, workers, quiet, detect_every, ray)
+        _dataset_faces(
+            console, dataset, out, detector, kwargs, min_track_frames, workers or 1, quiet, detect_every, ray
+        )
         return
     if not videos or out is None:
         raise MambavaError("faces: give VIDEOS and --out DIR, or --dataset ROOT")

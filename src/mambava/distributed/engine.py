@@ -83,11 +83,11 @@ class Cluster:
 def connect(options: RayOptions) -> Iterator[Cluster]:
     """The cluster at `options.address`, a Ray already initialised in this process, or a Ray instance started
     on this machine (shut down at the end). Worker output is not forwarded here (each task reports its own
-    warnings); Ray's own logging is kept to warnings."""
+    warnings); Ray's own logging is kept to errors."""
     ray = import_ray()
     started = False
     if not ray.is_initialized():
-        settings: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+        settings: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
         if options.address:
             settings["address"] = options.address
         else:
@@ -183,18 +183,20 @@ def run_videos(
     in_flight: int | None = None,
     cleanup: Callable[[list], None] | None = None,
     name: Callable[[Any], str] = str,
+    progress: CorpusProgress | None = None,
 ) -> list[Failure]:
     """Run `submit(item)` (an ObjectRef of a task) for every item, at most `in_flight` at once (default: twice
     the cluster's CPUs), and `on_result(item, result)` as each finishes. Returns the items whose task failed for
     good (a worker died on every try). A task that raised an OutputError (the outputs cannot be written: every
     next video would fail too) stops the run with it; any other exception from a task is a bug and is raised.
     Ctrl-C: the running tasks are cancelled and waited for, `cleanup(running items)` removes what a killed
-    worker left, and the KeyboardInterrupt goes on."""
+    worker left, a line on `progress` says what is complete, and the KeyboardInterrupt goes on."""
     ray = cluster.ray
     window = max(1, in_flight or 2 * max(1, cluster.cpus))
     queue = list(items)[::-1]
     running: dict[Any, Any] = {}
     failures: list[Failure] = []
+    finished = 0
     try:
         while queue or running:
             while queue and len(running) < window:
@@ -218,10 +220,17 @@ def run_videos(
                     failures.append(Failure(item, f"{name(item)}: its Ray task failed for good ({reason})"))
                     continue
                 on_result(item, result)
-    except BaseException:
+                finished += 1
+    except BaseException as error:
         _stop(ray, running)
         if cleanup is not None:
             cleanup(list(running.values()))
+        if isinstance(error, KeyboardInterrupt) and progress is not None:
+            progress.print(
+                f"interrupted: {finished} finished in this run, each complete; the {len(running)} in flight were "
+                "stopped and left no file",
+                style="yellow",
+            )
         raise
     return failures
 

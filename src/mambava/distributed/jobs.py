@@ -49,7 +49,7 @@ from mambava.backbone import FeatureExtractor, build_encoder, resolve_precision
 from mambava.backbone.extract import EntrySpec, ExtractSummary, crop_batches, write_video_features
 from mambava.backbone.vit import ViTEncoder
 from mambava.core.errors import MambavaError, OutputError, error_line
-from mambava.core.fileio import remove_temporaries
+from mambava.core.fileio import output_error, remove_temporaries
 from mambava.core.runtime import resolve_device
 from mambava.data.crops import CropVideo, find_crop_videos
 from mambava.data.store import FeatureStore
@@ -395,7 +395,9 @@ def faces_dataset_ray(
                     shutil.rmtree(staging_folder(plan.crops_dir, video), ignore_errors=True)
                     remove_temporaries(plan.crops_dir / f"{video}{CSV_SUFFIX}")
 
-            failures = run_videos(cluster, order, submit, finished, in_flight=options.in_flight, cleanup=cleanup)
+            failures = run_videos(
+                cluster, order, submit, finished, in_flight=options.in_flight, cleanup=cleanup, progress=bar
+            )
             for failure in failures:
                 results[failure.item] = VideoFaces(failure.item, error=failure.message)
                 bar.advance(0)
@@ -515,7 +517,7 @@ def extract_features_ray(
 
                 order = sorted(by_name, key=lambda n: -len(by_name[n].frames))  # longest first
                 for failure in run_videos(
-                    cluster, order, submit, finished, in_flight=options.in_flight, cleanup=cleanup
+                    cluster, order, submit, finished, in_flight=options.in_flight, cleanup=cleanup, progress=bar
                 ):
                     bar.advance(0)
                     fail(failure.item, failure.message)
@@ -629,6 +631,7 @@ def extract_audio_ray(
                 finished,
                 in_flight=options.in_flight,
                 cleanup=cleanup,
+                progress=bar,
                 name=lambda k: str(jobs[k][0][0]),
             ):
                 bar.advance(0)
@@ -722,6 +725,10 @@ def predict_ray(
         events=Path(output.events).absolute() if output.events is not None else None,
     )
     has_videos = any(Path(p).suffix.lower() not in FEATURE_SUFFIXES for p in labels)
+    try:
+        output.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise output_error(error, output.out, "cannot create the output folder") from None
     result = PredictRun()
     with connect(options) as cluster:
         ray = cluster.ray
@@ -768,6 +775,7 @@ def predict_ray(
                     finished,
                     in_flight=options.in_flight,
                     cleanup=cleanup,
+                    progress=bar,
                     name=lambda k: labels[k],
                 ):
                     report = InputReport(labels[failure.item], error=failure.message)
