@@ -10,11 +10,11 @@ model, CSV and plots). The backbone is a randomly initialised ViT-Tiny at 112 px
 the temporal model a random Mamba-VA on its features: the costs are those of the real pipeline, the values mean
 nothing. The baseline is the local engine (one process, one torch thread: one CPU worker); then, for each count
 in `--workers`, a Ray instance with that many CPUs runs the same jobs (`--engine ray`, the backbone inside each
-video's task: every worker a CPU). Each Ray instance is started and its workers have imported mambava before
-the clock starts (that start-up is printed apart); with `--repeats N` the engines' runs are interleaved N times
-and each stage's best time counts. Printed per stage: frames/s, the ratio of N workers to 1,
-Ray's overhead per video (Ray with 1 worker minus the local engine, per video) and whether Ray wrote the local
-engine's files byte for byte; then the peak memory of a video task's worker.
+video's task: every worker a CPU), each from a process of its own. Each Ray instance is started and its workers
+have imported mambava before the clock starts (that start-up is printed apart); with `--repeats N` the engines'
+runs are interleaved N times and each stage's best time counts. Printed per stage: frames/s, the ratio of N
+workers to 1, Ray's overhead per video (Ray with 1 worker minus the local engine, per video) and whether Ray
+wrote the local engine's files byte for byte; then the peak memory of a video task's worker.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -33,7 +35,6 @@ import torch
 from mambava.backbone import FeatureExtractor, build_encoder
 from mambava.backbone.extract import extract_features
 from mambava.benchmarks import cpu_name, load_average
-from mambava.core.errors import MambavaError
 from mambava.data.affwild2 import AffWild2
 from mambava.distributed import RayOptions, connect, import_ray
 from mambava.distributed.jobs import EncoderSource, extract_features_ray, faces_dataset_ray, predict_ray
@@ -98,10 +99,17 @@ def _local(root: Path, out: Path, models: dict) -> dict[str, StageTime]:
     return times
 
 
+def _ray_apart(root: Path, out: Path, models: dict, workers: int) -> tuple[dict[str, StageTime], float, float]:
+    """`_ray` in a process of its own, whose Ray instance is its own whatever this process has started."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_ray, root, out, models, workers).result()
+
+
 def _ray(root: Path, out: Path, models: dict, workers: int) -> tuple[dict[str, StageTime], float, float]:
     """The three jobs on a Ray instance of `workers` CPUs: their times, the instance's start-up and the peak
     memory of a video task's worker (MB)."""
     ray = import_ray()
+    torch.set_num_threads(1)
     start = time.perf_counter()
     options = RayOptions(num_cpus=workers, backbone_workers=0, object_store_memory=OBJECT_STORE_MB << 20)
     options.progress = False
@@ -173,9 +181,7 @@ def _same(local: Path, other: Path) -> dict[str, bool]:
 
 
 def run(args) -> dict:
-    ray = import_ray()
-    if ray.is_initialized():
-        raise MambavaError("bench scale starts its own Ray instances: run it where Ray is not started yet")
+    import_ray()  # one line naming the extra, before anything is generated
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the local engine as one CPU worker; Ray's workers run one thread each too
     base = Path(tempfile.mkdtemp(prefix="mambava-scale-"))
@@ -205,7 +211,7 @@ def run(args) -> dict:
             _keep_best(results, "local", _local(root, out, models))
             for n in args.workers:
                 ray_out = base / f"ray{n}-{repeat}"
-                times, started, peak_mb = _ray(root, ray_out, models, n)
+                times, started, peak_mb = _ray_apart(root, ray_out, models, n)
                 _keep_best(results, n, times)
                 startup[n] = min(startup.get(n, started), started)
                 peak[n] = max(peak.get(n, 0.0), peak_mb)

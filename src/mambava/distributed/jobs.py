@@ -98,6 +98,17 @@ class RayRun:
 
 
 _CACHE: dict[str, Any] = {}
+_CACHE_SIZE = 6  # a run's predictor, backbone and its precision, and the previous run's
+
+
+def _remember(key: str, make: Callable[[], Any]) -> Any:
+    """`make()`, once per worker process for `key` (the few latest kept): a video's task reuses what an earlier
+    task of the same run built (the predictor, the backbone) instead of building it again."""
+    if key not in _CACHE:
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = make()
+    return _CACHE[key]
 
 
 def _shared(box: list) -> Any:
@@ -105,12 +116,7 @@ def _shared(box: list) -> Any:
     worker process."""
     import ray
 
-    key = box[0].hex()
-    if key not in _CACHE:
-        while len(_CACHE) >= 4:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = ray.get(box[0])
-    return _CACHE[key]
+    return _remember(box[0].hex(), lambda: ray.get(box[0]))
 
 
 def _peak_mb() -> float:
@@ -155,7 +161,9 @@ class EncoderSource:
         return build_encoder(self.checkpoint, self.arch, self.seed)
 
     def key(self) -> str:
-        return f"{self.checkpoint}:{self.arch}:{self.seed}:{self.box[0].hex() if self.box else ''}"
+        """Names these weights in a worker's cache (a checkpoint rewritten in place is another key)."""
+        stamp = os.stat(self.checkpoint).st_mtime_ns if self.checkpoint else ""
+        return f"{self.checkpoint}@{stamp}:{self.arch}:{self.seed}:{self.box[0].hex() if self.box else ''}"
 
 
 class BackboneWorker:
@@ -187,7 +195,7 @@ class BackboneWorker:
 
 @dataclass
 class BackbonePool:
-    """The backbone actors of a job (none: each task runs the backbone itself, from `encoder_box`)."""
+    """The backbone actors of a job (none: each task builds the backbone itself, from `source`)."""
 
     actors: list
     source: EncoderSource
@@ -204,16 +212,11 @@ class BackbonePool:
             return resolve_precision(self.precision, "cpu")
         import ray
 
-        key = f"precision:{self.token}"
-        if key not in _CACHE:
-            _CACHE[key] = ray.get(self.actors[0].info.remote())["precision"]
-        return _CACHE[key]
+        return _remember(f"precision:{self.token}", lambda: ray.get(self.actors[0].info.remote())["precision"])
 
     def _local(self) -> BackboneWorker:
         key = f"backbone:{self.source.key()}:{self.batch_size}:{self.device}:{self.precision}"
-        if key not in _CACHE:
-            _CACHE[key] = BackboneWorker(self.source, self.batch_size, self.device, self.precision)
-        return _CACHE[key]
+        return _remember(key, lambda: BackboneWorker(self.source, self.batch_size, self.device, self.precision))
 
     def in_order(self, method: str, items: Iterable[tuple[Any, Any]], offset: int = 0) -> Iterator[tuple[Any, Any]]:
         """(item, features of its payload) for each (item, payload), in order; the payloads go to the actors
