@@ -186,15 +186,33 @@ SMOKE = {
         [
             r"^inference B=\d+ T=\d+ +baseline: reference scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" *$",
             r"^inference B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x ",
-            r"^inference B=\d+ T=\d+ +chunked scan, bf16 autocast .*; " + NUMBER + r"x the floor$",
-            r"^inference B=\d+ T=\d+ +floor: TCN GEMMs bf16 \+ enc\. proj\. +"
-            + NUMBER
-            + r" ms +"
-            + NUMBER
-            + r" +TCN GEMMs at "
-            + NUMBER
-            + r" GFLOP/s bf16$",
-            r"^training step B=\d+ T=\d+ +chunked scan, bf16 autocast .* " + NUMBER + r"x the floor$",
+        ]
+        + (  # the bf16 rows and their floor where bf16 runs in hardware; else the line that says why not
+            [
+                r"^inference B=\d+ T=\d+ +chunked scan, bf16 autocast .*; " + NUMBER + r"x the floor$",
+                r"^inference B=\d+ T=\d+ +floor: TCN GEMMs bf16 \+ enc\. proj\. +"
+                + NUMBER
+                + r" ms +"
+                + NUMBER
+                + r" +TCN GEMMs at "
+                + NUMBER
+                + r" GFLOP/s bf16$",
+                r"^training step B=\d+ T=\d+ +chunked scan, bf16 autocast .* " + NUMBER + r"x the floor$",
+            ]
+            if quantize.cpu_has_fast_bf16()
+            else [
+                r"^  bf16 rows skipped: emulated on this CPU .* runs " + NUMBER + r"x slower in bf16 than in fp32 here"
+            ]
+        )
+        + (
+            [
+                r"^inference B=\d+ T=\d+ +chunked scan, int8 TCN +" + NUMBER + r" ms .*rel\. diff\. to fp32 .*x fp32$",
+                r"^TCN alone, B=\d+ T=\d+ +int8 \(Int8CausalConv\) +" + NUMBER + r" ms",
+            ]
+            if quantize.cpu_has_int8_kernels()
+            else []
+        )
+        + [
             r"^training step B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x",
         ],
     ),
