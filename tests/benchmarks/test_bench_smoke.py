@@ -68,6 +68,14 @@ SMOKE = {
             else []
         ),
     ),
+    "device": (
+        ["--device", "cpu", "--tiny", "--out", "{tmp}/device.json"],
+        [
+            rf"^  {step} +ok in {NUMBER} s: "
+            for step in ("environment", "scan", "backbone", "train_epoch", "stream_step")
+        ]
+        + [r"^  cuda_tests +ok in .*no CUDA device", r"device\.json: 6 of 6 steps ok$"],
+    ),
     "faces": (
         ["--video", "{clip}", "--repeats", "1"],
         [rf"^  decode +{NUMBER} frames/s +×1\.000 of decode, \+0\.00 ms/frame$"]
@@ -241,7 +249,7 @@ def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, cap
     demo = _demo_run(tmp_path / "demo") if name == "stitching" else None
     try:
         code, out, err = run_cli(
-            ["bench", name, *(a.format(clip=clip, demo=demo, media=media_dir) for a in args)], capsys
+            ["bench", name, *(a.format(clip=clip, demo=demo, media=media_dir, tmp=tmp_path) for a in args)], capsys
         )
     finally:
         torch.set_num_threads(threads)
@@ -249,6 +257,21 @@ def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, cap
     lines = out.splitlines()
     for row in rows:
         assert any(re.search(row, line) for line in lines), (row, out)
+    if name == "device":
+        _check_device_figures(tmp_path / "device.json")
+
+
+def _check_device_figures(path: Path) -> None:
+    """The GPU check's CPU run: its JSON holds every step with numbers that say the code is right."""
+    import json
+
+    figures = json.loads(path.read_text())
+    assert figures["scan"]["chunked"]["max_abs_diff_to_reference"] < 1e-4
+    assert figures["stream_step"]["max_abs_diff_to_full_pass"] < 1e-4
+    assert figures["stream_step"]["ms_per_stream_n16"] < figures["stream_step"]["ms_per_stream_n1"] * 16
+    assert figures["backbone"]["images_per_s"]["fp32"] > 0 and figures["backbone"]["target_images_per_s"] == 2500
+    assert figures["train_epoch"]["parameters"] > 0 and -1 <= figures["train_epoch"]["validation_p_va"] <= 1
+    assert figures["environment"]["cuda_available"] is False and "mamba_ssm" in figures["environment"]
 
 
 def test_bench_unknown_name_is_one_line(capsys):
