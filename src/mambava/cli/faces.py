@@ -264,7 +264,7 @@ def train_landmarks_command(
         names = read_meta(source)["splits"].get(split, [])
         if not names:
             raise MambavaError(f"{source}: no people in split {split!r}")
-        frames, samples = synth_refiner_samples(source, names, every=every)
+        frames, samples = synth_refiner_samples(source, names, every=every, workers=2)
     else:
         frames, samples = csv_refiner_samples(source)
     console.print(f"{len(samples)} faces in {len(frames)} images from {source}", highlight=False)
