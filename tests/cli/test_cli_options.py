@@ -1,4 +1,4 @@
-"""The shared command-line options: one --precision vocabulary (auto|bf16|fp32) in every command, the old
+"""The shared command-line options: one --precision vocabulary (auto|bf16|int8|fp32) in every command, the old
 spellings accepted, mapped to Lightning's strings where Lightning runs the model."""
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ def test_one_vocabulary_with_the_old_spellings_as_aliases():
     assert canonical_precision("16-mixed", lightning=True) == "16-mixed"
     with pytest.raises(MambavaError) as error:
         canonical_precision("16-mixed")
-    assert str(error.value) == "--precision '16-mixed': expected one of auto, bf16, fp32, 32, 32-true, bf16-mixed"
+    assert str(error.value) == "--precision '16-mixed': expected one of auto, bf16, int8, fp32, 32, 32-true, bf16-mixed"
+    assert canonical_precision("int8") == "int8"  # inference only: training commands refuse it
+    with pytest.raises(MambavaError, match=r"^--precision 'int8': expected one of auto, bf16, fp32, "):
+        canonical_precision("int8", lightning=True, int8=False)
     with pytest.raises(MambavaError, match=r"^--precision 'fp8': expected one of .*, 16-mixed$"):
         canonical_precision("fp8", lightning=True)
 
@@ -67,8 +70,10 @@ def test_every_precision_option_is_the_shared_one():
         "stream",
         "train",
     ]
+    inference = {"evaluate", "extract", "predict", "serve", "stream"}
     for name, param in found.items():
-        assert "auto (bf16 where fast" in param.help and "bf16 or fp32" in param.help, name
+        vocabulary = "bf16, int8 or fp32" if name in inference else "bf16 or fp32"
+        assert "auto (bf16 where fast" in param.help and vocabulary in param.help, name
         assert param.callback is not None and param.callback.__qualname__ == "_check.<locals>.callback", name
     assert {name: param.default for name, param in found.items()} == {
         "cv": None,
@@ -126,4 +131,4 @@ def test_a_spelling_no_command_knows_is_one_line(capsys, tmp_path):
         ["extract", str(tmp_path), "-o", str(tmp_path / "f"), "--random-init", "--precision", "16-mixed"], capsys
     )
     assert (code, out) == (2, "")
-    assert err == "error: --precision '16-mixed': expected one of auto, bf16, fp32, 32, 32-true, bf16-mixed\n"
+    assert err == "error: --precision '16-mixed': expected one of auto, bf16, int8, fp32, 32, 32-true, bf16-mixed\n"

@@ -62,7 +62,7 @@ def test_model_fps_is_in_the_config_and_checkpoint_and_old_files_load_with_30(tm
 
     from mambava.core.errors import MambavaError
     from mambava.temporal import build_temporal_model, load_temporal_model, save_temporal_model
-    from mambava.temporal.mamba_va import CHECKPOINT_FORMAT, MambaVA, MambaVAConfig
+    from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 
     model = tiny_mamba_va()
     assert model.config.fps == 30.0 and model_fps(model) == 30.0
@@ -74,7 +74,7 @@ def test_model_fps_is_in_the_config_and_checkpoint_and_old_files_load_with_30(tm
     del config["fps"]
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(
-        tensors, str(tmp_path / "old.safetensors"), metadata={"format": CHECKPOINT_FORMAT, "config": json.dumps(config)}
+        tensors, str(tmp_path / "old.safetensors"), metadata={"format": "mambava.temporal/1", "config": json.dumps(config)}
     )
     old = MambaVA.load(tmp_path / "old.safetensors")
     assert old.config.fps == 30.0

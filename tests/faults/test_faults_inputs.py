@@ -210,7 +210,7 @@ def test_backbone_pt_load_error_is_short(tmp_path):
     with pytest.raises(MambavaError) as caught:
         load_encoder(path)
     assert "weights_only" not in str(caught.value) and "\n" not in str(caught.value)
-    assert str(caught.value).startswith(f"{path}: cannot read as a PyTorch checkpoint (")
+    assert str(caught.value).startswith(f"{path}: cannot be read as a PyTorch checkpoint (")
 
 
 def test_mae_pretraining_names_a_missing_crop_folder(affwild2_root, tmp_path):

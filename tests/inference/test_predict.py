@@ -10,8 +10,12 @@ import pytest
 import torch
 from support import DIM, run_cli
 
+from mambava.cli.options import faces_extra_installed, landmark_source
 from mambava.core.errors import MambavaError
+from mambava.faces.columns import GEOMETRY_COLUMNS
 from mambava.inference.predict import COLUMNS, Predictor
+
+AUTO = landmark_source("auto")  # the points the CLI's default `--landmarks auto` gives (dlib68 with the extra)
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -63,7 +67,8 @@ def test_predict_single_face_csv_plots_overlay(single_face_run, media_dir):
     code, _, _, out = single_face_run
     assert code == 0
     table = pd.read_csv(out / "single_face.csv")
-    assert list(table.columns) == COLUMNS
+    # --landmarks auto: dlib's 68 points and the head pose where the faces extra is installed
+    assert list(table.columns) == COLUMNS + (GEOMETRY_COLUMNS if faces_extra_installed() else [])
     assert len(table) == 72 and table["frame"].tolist() == list(range(72))  # one row per frame, one track
     assert table["track"].unique().tolist() == ["single_face"]
     assert table["face"].sum() >= 70
@@ -103,7 +108,7 @@ def test_stream_equals_predict_on_the_same_video(models, media_dir, detector, si
     """stream on single_face.mp4 (a face in every frame from frame 0) equals the offline predict. The video is
     shorter than one 300-frame window, so the paper's windows are here one full causal pass."""
     rows = list(
-        Predictor(models["model"], models["vit"], precision="fp32", detector=detector).stream(
+        Predictor(models["model"], models["vit"], precision="fp32", detector=detector, landmarks=AUTO).stream(
             media_dir / "single_face.mp4"
         )
     )
@@ -121,7 +126,9 @@ def test_detect_every_predict_equals_stream(models, media_dir, detector, single_
     every frame, stream equal to predict, and the boxes within IoU 0.8 of every-frame detection's."""
     from mambava.faces import iou
 
-    predictor = Predictor(models["model"], models["vit"], precision="fp32", detector=detector, detect_every=5)
+    predictor = Predictor(
+        models["model"], models["vit"], precision="fp32", detector=detector, detect_every=5, landmarks=AUTO
+    )
     table = predictor.predict_video(media_dir / "single_face.mp4")
     rows = list(predictor.stream(media_dir / "single_face.mp4"))
     assert table["face"].tolist() == [int(r.face) for r in rows] == [1] * 72

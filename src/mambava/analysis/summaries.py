@@ -29,7 +29,6 @@ for arousal; the baseline is all face frames of that track inside the events of 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -167,6 +166,7 @@ def summarize(table, sustain_s: float = SUSTAIN_S):
         row = {
             "video": str(rows["video"].iloc[0]) if "video" in rows.columns else "",
             "track": name,
+            **({"person": str(rows["person"].iloc[0])} if "person" in rows.columns else {}),
             "duration_s": end - start,
             "frames": len(rows),
             "face_frames": int(face.sum()),
@@ -177,7 +177,37 @@ def summarize(table, sustain_s: float = SUSTAIN_S):
             change, at = sustained_change(time[face], x, start, end, sustain_s)
             row[f"{prefix}_change"], row[f"{prefix}_change_time"] = change, at
         out.append(row)
-    return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
+    columns = SUMMARY_COLUMNS if "person" not in table.columns else ["video", "track", "person", *SUMMARY_COLUMNS[2:]]
+    return pd.DataFrame(out, columns=columns)
+
+
+PERSON_SUMMARY_COLUMNS = ["person", "videos", "tracks", "frames", "face_frames", "face_share"] + _value_columns()
+
+
+def summarize_persons(tables) -> pd.DataFrame:
+    """One row per person over per-frame tables with a `person` column (`predict --persons`, a batch): the
+    videos and tracks (`;`-separated), frames, face frames and their share, and the statistics of `value_stats`
+    over the person's face frames in all of them (`PERSON_SUMMARY_COLUMNS`)."""
+    tables = [t for t in tables if "person" in t.columns]
+    if not tables:
+        return pd.DataFrame(columns=PERSON_SUMMARY_COLUMNS)
+    table = pd.concat(tables, ignore_index=True)
+    _check_table(table, "persons")
+    out = []
+    for person in dict.fromkeys(table["person"].astype(str)):
+        rows = table[table["person"].astype(str) == person]
+        face = rows["face"].to_numpy().astype(bool)
+        row = {
+            "person": person,
+            "videos": ";".join(dict.fromkeys(rows["video"].astype(str))) if "video" in rows.columns else "",
+            "tracks": ";".join(dict.fromkeys(rows["track"].astype(str))),
+            "frames": len(rows),
+            "face_frames": int(face.sum()),
+            "face_share": float(face.mean()),
+        }
+        row.update(value_stats(rows["valence"].to_numpy(float)[face], rows["arousal"].to_numpy(float)[face]))
+        out.append(row)
+    return pd.DataFrame(out, columns=PERSON_SUMMARY_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -379,9 +409,8 @@ def write_stream_summary(csv_path: str | os.PathLike, rows, video: str = "") -> 
     no track at all are left out); `video` names the source, as `predict`'s summary does. None when no track
     was seen."""
 
-    table = pd.DataFrame(
-        [dataclasses.asdict(r) for r in rows], columns=["frame", "time", "track", "valence", "arousal", "face"]
-    )
+    columns = ["frame", "time", "track", "valence", "arousal", "face"]
+    table = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in rows], columns=columns)
     table = table[table["track"].astype(str) != ""]
     if table.empty:
         return None
@@ -398,6 +427,8 @@ __all__ = [
     "PRE_S",
     "NORMALISATIONS",
     "summarize",
+    "summarize_persons",
+    "PERSON_SUMMARY_COLUMNS",
     "value_stats",
     "quadrant_shares",
     "sustained_change",

@@ -15,6 +15,7 @@ from PIL import Image
 
 from mambava.backbone.vit import FACE_MEAN, FACE_STD, ViTEncoder
 from mambava.core.errors import MambavaError
+from mambava.core.quantize import INT8_MIN_WIDTH, PRECISIONS, auto_precision, cpu_has_fast_bf16, quantize_linears
 
 
 def _as_uint8_hwc(image) -> np.ndarray:
@@ -79,21 +80,23 @@ def bf16_supported(device: torch.device | str) -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-            fn = getattr(cpu, probe, None)
-            with contextlib.suppress(Exception):
-                if fn is not None and fn():
-                    return True
-    return False
+    return device.type == "cpu" and cpu_has_fast_bf16()
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    if precision not in ("auto", "bf16", "fp32"):
-        raise MambavaError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+def resolve_precision(precision: str, device: torch.device | str, width: int | None = None) -> str:
+    """The precision an extractor runs in: bf16, int8 or fp32 for `precision` (auto, bf16, int8, fp32).
+
+    "auto" is bf16 where the hardware runs it (CUDA, AMX, AVX-512 BF16); on a CPU without bf16 it is int8 where
+    fbgemm's kernels run and the ViT is wide enough (`width` >= INT8_MIN_WIDTH: narrower ones gain nothing),
+    else fp32 (`mambava.core.quantize.auto_precision`).
+    """
+    if precision not in PRECISIONS:
+        raise MambavaError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
     if precision == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
+        return auto_precision(device, int8_allowed=width is None or width >= INT8_MIN_WIDTH)
+    if precision == "int8" and device.type != "cpu":
+        raise MambavaError(f"precision int8 runs on the CPU (fbgemm); on {device} use bf16 or fp32")
     return precision
 
 
@@ -107,7 +110,9 @@ def autocast_context(precision: str, device: torch.device | str):
 class FeatureExtractor:
     """Batched CLS features from RGB uint8 crops: `.features(crops) -> np.ndarray (N, D) float32`.
 
-    precision "auto" uses bf16 autocast where the hardware runs it fast (CUDA, CPU AMX / AVX-512 BF16).
+    precision "auto" uses bf16 autocast where the hardware runs it fast (CUDA, CPU AMX / AVX-512 BF16), and on a
+    CPU without bf16 the ViT's linear layers in int8 (fbgemm, `mambava.core.quantize`) when it is wide enough to
+    gain from it; "int8" and "fp32" ask for those. The int8 copy of the encoder is made once, here.
     """
 
     def __init__(
@@ -116,8 +121,9 @@ class FeatureExtractor:
         self.device = torch.device(device)
         self.encoder = encoder.eval().to(self.device)
         self.batch_size = int(batch_size)
-        self.precision = resolve_precision(precision, self.device)
         self.config = encoder.config
+        self.precision = resolve_precision(precision, self.device, encoder.config.embed_dim)
+        self.runner = quantize_linears(self.encoder) if self.precision == "int8" else self.encoder
 
     @property
     def dim(self) -> int:
@@ -128,7 +134,7 @@ class FeatureExtractor:
         """Already-resized uint8 images (N, S, S, 3) or (N, 3, S, S), any device -> float32 (N, D) on device."""
         x = normalize(images.to(self.device, non_blocking=True), self.config.mean, self.config.std)
         with autocast_context(self.precision, self.device):
-            return self.encoder(x).float()
+            return self.runner(x).float()
 
     def features(self, crops) -> np.ndarray:
         n = len(crops)

@@ -1,4 +1,5 @@
-"""Partial-freeze fine-tuning of the ViT on frame-level valence/arousal (paper §3.1), on Lightning.
+"""Partial-freeze fine-tuning of the ViT (the freezing is the paper's, §3.1) on frame-level valence/arousal (the
+objective and head are ours: the paper names neither), on Lightning.
 
     from mambava.backbone.finetune import FinetuneConfig, finetune
     finetune("affwild2/", load_encoder("mae_pretrain_vit_large.pth"), FinetuneConfig(), out="runs/vit_ft")

@@ -9,7 +9,11 @@ detector's default num_threads="auto", and with torch threads fixed at 1 and at 
 with MTCNN on every k-th frame only, the faces followed by optical flow in between: `--detect-every k`), and
 `mtcnn + learned landmarks` (the same, each face's 5 points moved by a landmark refiner: two passes of its
 small CNN; `--landmarks FILE` times a trained one, else a freshly initialised one, whose cost is the same), and
-`haar` (decode + OpenCV Haar + centred crops). Besides frames/s, each row gives its cost over decode in ms per
+`haar` (decode + OpenCV Haar + centred crops), and with the faces extra `mtcnn + dlib68` (dlib's 68 points on
+MTCNN's boxes, the 5 alignment points from them and the head pose, every frame), `mtcnn + dlib68 every 5` (with
+`--detect-every 5`: the 68 points still on every frame, on the followed boxes) and `mtcnn + dlib68 +
+descriptors` (each track's 3 best faces described, as `--persons` does, amortised over the clip).
+Besides frames/s, each row gives its cost over decode in ms per
 frame (for the detector rows: detection + tracking + alignment, amortised over every frame). Each
 figure is the best of `repeats` passes (the one least disturbed by other load on a shared machine); ratios are
 against `decode` of the same clip in the same run. `extract_faces` is the whole crop writer with its defaults
@@ -26,8 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mambava.benchmarks import load_average
+from mambava.benchmarks import cpu_name, load_average
+from mambava.core.errors import MambavaError
 from mambava.faces import extract_faces, get_detector, iter_tracked_faces
+from mambava.faces.identity import TrackSampler
 from mambava.faces.landmarks import LandmarkNet, LandmarkRefiner, RefinedDetector, RefinerConfig, load_refiner
 from mambava.media.video import open_video
 
@@ -89,6 +95,7 @@ def bench_clip(path: Path, repeats: int = 3, landmarks: Path | None = None) -> d
         "mtcnn + learned landmarks": _best_rate(pipeline(refined), n_frames, repeats),
         "haar": _best_rate(pipeline(haar), n_frames, repeats),
     }
+    rates.update(_dlib_rates(path, pipeline, mtcnn, n_frames, repeats))
     with tempfile.TemporaryDirectory() as out:
         rates["extract_faces"] = _best_rate(lambda: extract_faces(path, out, detector=mtcnn), n_frames, repeats)
     return {
@@ -99,6 +106,29 @@ def bench_clip(path: Path, repeats: int = 3, landmarks: Path | None = None) -> d
         "frames_per_s": rates,
         "ratio_vs_decode": {k: v / rates["decode"] for k, v in rates.items()},
         "ms_over_decode": {k: 1000 / v - 1000 / rates["decode"] for k, v in rates.items()},
+    }
+
+
+def _dlib_rates(path: Path, pipeline, mtcnn, n_frames: int, repeats: int) -> dict:
+    """The faces extra's stages over the same pipeline (nothing without the extra)."""
+    try:
+        dlib68 = get_detector(mtcnn, landmarks="dlib68")
+    except MambavaError:
+        return {}
+
+    def described():
+        sampler = TrackSampler()
+        with open_video(path) as reader:
+            for item in iter_tracked_faces(reader, dlib68):
+                for face in item.faces:
+                    sampler.offer(face.track_id, item.index, item.image, face)
+        sampler.descriptors()
+
+    pipeline(dlib68)()  # warm-up: the models' files
+    return {
+        "mtcnn + dlib68": _best_rate(pipeline(dlib68), n_frames, repeats),
+        "mtcnn + dlib68 every 5": _best_rate(pipeline(dlib68, 5), n_frames, repeats),
+        "mtcnn + dlib68 + descriptors": _best_rate(described, n_frames, repeats),
     }
 
 
@@ -123,11 +153,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for r in results:
             print(
                 f"{r['clip']} ({r['size']}, {r['frames']} frames; load average {r['load_average'][0]} → "
-                f"{r['load_average'][1]} on {os.cpu_count()} CPUs)"
+                f"{r['load_average'][1]} on {os.cpu_count()} CPUs, {cpu_name()})"
             )
             for name, rate in r["frames_per_s"].items():
                 print(
-                    f"  {name:<26} {rate:8.1f} frames/s   ×{r['ratio_vs_decode'][name]:.3f} of decode, "
+                    f"  {name:<28} {rate:8.1f} frames/s   ×{r['ratio_vs_decode'][name]:.3f} of decode, "
                     f"{r['ms_over_decode'][name]:+.2f} ms/frame"
                 )
     return results

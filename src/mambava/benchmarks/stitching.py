@@ -3,13 +3,13 @@
     mambava bench stitching demo_out          # the test videos of a `mambava demo` run
 
 Options compared, on the held-out test videos' stored features with the run's trained Mamba-VA and its
-window/stride: `mean` (windows stitched by the mean over the windows covering a frame, the paper's
-evaluation), `most_history` (each frame from the covering window that started first) and `full` (one causal
-pass, as the stream computes). Columns: P_VA over all valid frames concatenated (the official score), and the
-median over videos of each video's largest frame-to-frame jump, max_t max(|Δvalence|, |Δarousal|), of the
-clipped predictions: a window that starts from an empty state puts a step into the mean's curve where it
-joins. A last column scores the test videos joined end to end into one long sequence (P_VA over the same
-frames): the demo's videos are only two or three windows long, and this shows what each option does with far
+window/stride: `mean` (windows stitched by the mean over the windows covering a frame, what `evaluate` scores; the
+paper states no stitching), `most_history` (each frame from the covering window that started first) and `full` (one
+causal pass, as the stream computes). Columns: P_VA over all valid frames concatenated (the official score), and the
+median over videos of each video's largest frame-to-frame jump, max_t max(|Δvalence|, |Δarousal|), of the clipped
+predictions: a window that starts from an empty state puts a step into the mean's curve where it joins. A last
+column scores the test videos joined end to end into one long sequence (P_VA over the same frames): the demo's
+videos are only two or three windows long, and this shows what each option does with far
 more history than the model was trained on (a full pass carries all of it). `mambava predict`'s default
 stitching was chosen from this table (docs/predict.md, Stitching).
 """

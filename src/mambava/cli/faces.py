@@ -9,7 +9,15 @@ from typing import List, Optional
 
 import typer
 
-from mambava.cli.options import engine_option, landmarks_option, ray_address_option, ray_options
+from mambava.cli.options import (
+    engine_option,
+    identities_option,
+    landmark_source,
+    landmarks_option,
+    persons_option,
+    ray_address_option,
+    ray_options,
+)
 from mambava.core.errors import MambavaError, OutputError
 
 
@@ -41,7 +49,9 @@ def faces_command(
         "--detector",
         help="mtcnn (5 landmarks, aligned crops), haar (boxes only, centred crops), or package.module:Class.",
     ),
-    landmarks: Optional[Path] = landmarks_option(),
+    landmarks: Optional[str] = landmarks_option(),
+    persons: bool = persons_option(),
+    identities: Optional[Path] = identities_option(),
     min_face: float = typer.Option(40, "--min-face", help="Smallest face to find, pixels (mtcnn/haar)."),
     min_face_fraction: float = typer.Option(
         0.08,
@@ -60,7 +70,9 @@ def faces_command(
 ) -> None:
     """Detect, track and align the faces of videos: OUT/<video>/<NNNNN>.jpg (1-based frame numbers; two people
     seen together: <video>_left and <video>_right), OUT/<video>.faces.csv (one row per frame and track:
-    frame, time, track, present, image, score, box, 5 landmarks) and, with --preview, OUT/<video>.preview.png.
+    frame, time, track, present, image, score, box, 5 landmarks; with dlib's 68 points, x_0..y_67 and
+    pose_Rx..pose_Tz; with --persons/--identities, person) and, with --preview, OUT/<video>.preview.png; with
+    --persons/--identities, OUT/persons.csv (one set of person ids over all VIDEOS).
 
     With --dataset ROOT (no VIDEOS): every raw video of the dataset, every frame, into OUT/cropped_aligned/
     in the same layout (OUT defaults to ROOT; OUT's other entries link to ROOT's, so OUT is a dataset root that
@@ -82,11 +94,18 @@ def faces_command(
     kwargs = (
         {"min_face_size": min_face, "min_face_fraction": min_face_fraction} if detector in ("mtcnn", "haar") else {}
     )
-    if landmarks is not None:
-        kwargs["landmarks"] = str(landmarks.resolve())  # recorded with the crops; each worker loads it
+    source = landmark_source(landmarks)
+    if source is not None:
+        from mambava.faces.landmarks import landmark_sources
+
+        # recorded with the crops; each worker loads it
+        kwargs["landmarks"] = source if source in landmark_sources() else str(Path(source).resolve())
+    persons = persons or identities is not None
     if dataset is not None:
         if videos:
             raise MambavaError("faces: give VIDEOS or --dataset ROOT, not both")
+        if persons:
+            raise MambavaError("faces --dataset: --persons and --identities are for VIDEOS")
         if fps is not None:
             raise MambavaError("faces --dataset: every frame is processed (crops are named by frame), no --fps")
         _dataset_faces(
@@ -96,10 +115,20 @@ def faces_command(
     if not videos or out is None:
         raise MambavaError("faces: give VIDEOS and --out DIR, or --dataset ROOT")
     det = get_detector(detector, **kwargs)
+    gallery = None
+    if persons:  # without the faces extra: one line now, not one per video
+        from mambava.faces.dlib_models import face_recognizer
+
+        face_recognizer()
+    if identities is not None:  # read (and a bad photo refused) before anything is written
+        from mambava.faces.identity import load_gallery
+
+        gallery = load_gallery(identities, det)
     failed = 0
+    results = []
     for video in videos:
         try:
-            _one_video(
+            result = _one_video(
                 video,
                 out,
                 console,
@@ -110,18 +139,36 @@ def faces_command(
                 preview=preview,
                 progress=not quiet,
                 detect_every=detect_every,
+                persons=persons,
+                gallery=gallery,
             )
+            results.append(result)
         except OutputError:  # the output folder cannot be written: no fault of this video, every next one fails too
             raise
         except MambavaError as error:  # this video only: the batch goes on, the count and exit code tell
             failed += 1
             console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+    if persons and results:
+        _batch_persons(results, out, gallery, console)
     if failed:
         console.print(f"[red]{failed} of {len(videos)} videos failed[/red]", highlight=False)
         raise typer.Exit(2)
 
 
-def _one_video(video: str, out: Path, console, **options) -> None:
+def _batch_persons(results: list, out: Path, gallery, console) -> None:
+    """One set of person ids over the batch: each CSV's `person` column rewritten, and OUT/persons.csv."""
+    from mambava.faces.identity import assign_persons, write_persons_csv
+
+    tracks = [t for result in results for t in result.identities or []]
+    persons = assign_persons(tracks, gallery)
+    given = {(t.video, t.track): p for t, p in zip(tracks, persons)}
+    for result in results:
+        result.write_csv({t.name: given[(result.video, t.name)] for t in result.tracks})
+    path = write_persons_csv(out, tracks, persons)
+    console.print(f"{path}: {len(set(persons))} person(s) in {len(tracks)} track(s)", highlight=False)
+
+
+def _one_video(video: str, out: Path, console, **options):
     from mambava.faces import extract_faces
     from mambava.media.video import VideoWarning
 
@@ -142,6 +189,7 @@ def _one_video(video: str, out: Path, console, **options) -> None:
     for track in result.tracks:
         console.print(f"  {track.directory}/  {len(track.present)} crops, {len(track.missing)} frames missing")
     console.print(f"  {result.csv_path}" + (f"\n  {result.preview_path}" if result.preview_path else ""))
+    return result
 
 
 def _dataset_faces(
@@ -248,7 +296,7 @@ def train_landmarks_command(
         names = read_meta(source)["splits"].get(split, [])
         if not names:
             raise MambavaError(f"{source}: no people in split {split!r}")
-        frames, samples = synth_refiner_samples(source, names, every=every)
+        frames, samples = synth_refiner_samples(source, names, every=every, workers=2)
     else:
         frames, samples = csv_refiner_samples(source)
     console.print(f"{len(samples)} faces in {len(frames)} images from {source}", highlight=False)

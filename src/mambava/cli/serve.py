@@ -32,7 +32,7 @@ def serve_command(
     ),
     max_frame_mb: float = typer.Option(8.0, "--max-frame-mb", help="Largest frame a session takes."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
-    landmarks: Optional[Path] = landmarks_option(),
+    landmarks: Optional[str] = landmarks_option(),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     precision: str = precision_option("auto", what="Backbone precision: "),
     step_precision: str = typer.Option(

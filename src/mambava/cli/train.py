@@ -113,7 +113,9 @@ def evaluate_command(
     window: Optional[int] = typer.Option(None, "--window", help="Window (default: the run's, else 300)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Stride (default: the run's, else 200)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
-    precision: str = precision_option("fp32", lightning=True),
+    precision: str = precision_option(
+        "fp32", lightning=True, int8=True, what="The temporal model's; int8 runs its TCN in int8 on the CPU. "
+    ),
 ) -> None:
     """Score a checkpoint on whole videos (or --protocol authors: on the reference's validation windows): prints
     CCC_v, CCC_a, P_VA over all frames, writes per-video CCCs."""
@@ -202,7 +204,7 @@ def cv_command(
     if not _rank_zero():
         return
     csv_path, _ = write_results(cfg.out_dir, rows)
-    typer.echo(f"Table 1 (validation protocol: {cfg.protocol}, at each fold's best epoch)")
+    typer.echo(f"Table 1 (validation protocol: {cfg.protocol}, at each fold's best validation)")
     typer.echo(format_table(rows))
     typer.echo(f"(table: {csv_path})")
     if both_protocols:

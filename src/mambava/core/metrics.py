@@ -47,6 +47,38 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
     return (1.0 - ccc(p, t)).sum()
 
 
+def authors_ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The authors' loss (FreedomPuppy77/Charon): their `CCCLoss` (VA/utils/loss.py:18-32) on valence plus on
+    arousal (VA/vaestimation.py:188-190, 206), over the batch's frames whose *valence* label is not -5
+    (lines 180-186: a -5 arousal on such a frame counts as a target), within `mask` (window padding; the
+    authors' windows have none). Per dimension: Pearson's rho = Σ vx·vy / (√Σvx² · √Σvy² + 1e-8), sample
+    (n - 1) standard deviations, CCC = 2·rho·s_x·s_y / (s_x² + s_y² + (x̄ - ȳ)²), loss 1 - CCC.
+
+    Fewer than 2 such frames: a zero loss that keeps the graph (theirs would be NaN), as `ccc_loss`.
+
+    Args:
+        pred: (B, T, 2) or (N, 2) predictions.
+        target: labels of the same shape, -5 where there is none.
+        mask: (B, T) or (N,) bool, the real frames, or None for all.
+
+    Returns:
+        The scalar loss (1 - CCC_v) + (1 - CCC_a).
+    """
+    keep = target[..., 0] != INVALID_LABEL
+    if mask is not None:
+        keep = keep & mask.bool()
+    p = pred[keep].float()
+    t = target[keep].float()
+    if p.shape[0] < 2:
+        return pred.sum() * 0.0
+    vx = p - p.mean(0)
+    vy = t - t.mean(0)
+    rho = (vx * vy).sum(0) / (vx.pow(2).sum(0).sqrt() * vy.pow(2).sum(0).sqrt() + 1e-8)
+    sx, sy = p.std(0), t.std(0)  # torch.std: n - 1, as theirs
+    concordance = 2 * rho * sx * sy / (sx.pow(2) + sy.pow(2) + (p.mean(0) - t.mean(0)).pow(2))
+    return (1.0 - concordance).sum()
+
+
 def ccc_numpy(pred: np.ndarray, target: np.ndarray) -> float:
     """float64 reference CCC of two 1-D arrays (used in tests and reports)."""
     x = np.asarray(pred, dtype=np.float64)

@@ -1,10 +1,11 @@
-"""Folds for the paper's evaluation (§4.3): fold 0 is the official train/validation split; folds 1..n are an
+"""Folds for the paper's Table 1 (§4.4): fold 0 is the official train/validation split; folds 1..n are an
 n-fold cross-validation over the train + validation videos together.
 
 Videos are grouped by base video (`mambava.data.affwild2.base_video`): `<v>`, `<v>_left` and `<v>_right` always land
-in the same fold, so the same person/recording is never on both sides. The groups are shuffled with `seed`,
-then dealt largest first to the fold with the least load so far (load = number of videos, or the sum of
-`weights`, e.g. frame counts); the result depends only on the video names, `n_folds`, `seed` and `weights`.
+in the same fold (`_left`/`_right` are the two annotated people of one recording), so no recording is on both sides.
+The groups are shuffled with `seed`, then dealt largest first to the fold with the least load so far (load = number
+of videos, or the sum of `weights`, e.g. frame counts); the result depends only on the video names, `n_folds`,
+`seed` and `weights`.
 Folds are saved to a small YAML (or JSON, by suffix) file so a run names exactly what it trained on:
 
     format: 1

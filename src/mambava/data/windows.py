@@ -1,23 +1,27 @@
 """Windows over a video's frames (w = 300, s = 200), and the inverse, stitching.
 
-The paper (§3.2) gives only the count, ⌊n/s⌋ + 1 segments, the i-th starting at frame i·s; w = 300, s = 200 are
-the authors' code's values (FreedomPuppy77/Charon, preprocess/split_VA_fold.py:24-25 and VA/config/config.yml;
-its fold-0 config uses 1000/800). Window policy (`make_windows`, ours): Segments that would run past the end are moved
-back to end at the video's last frame
-(start n − w), and duplicates dropped, so every frame is covered and no window is cut short:
+The paper (§3.2) gives only the count: a video of n frames gives ⌊n/s⌋ + 1 segments, the i-th starting at frame
+i·s. w = 300, s = 200 are the authors' code's values (FreedomPuppy77/Charon: preprocess/split_VA_fold.py:24-25
+writes 300/200 windows to `300_200_fold_k/{Train_Set,Validation_Set}`; its fold configs read folders named
+`fine_train_300_200_fold_k` and `val_300_200_fold_k`, VA/config/config_fold1.yml:2-3, and
+`*_1000_800_fold_1` on fold 0, config_fold0.yml:2-3). Window policy (`make_windows`, ours): the starts i·s for
+i = 0..⌊n/s⌋, those that would run past the end moved back to end at the video's last frame (start n − w) and
+duplicates dropped, so every frame is covered, no window is cut short, and a video can give fewer than
+⌊n/s⌋ + 1 windows:
 
-    n = 1000 -> (0,300) (200,500) (400,700) (600,900) (700,1000)
+    n = 1000 -> (0,300) (200,500) (400,700) (600,900) (700,1000)     5 windows (starts 800 and 1000 -> 700)
     n = 250  -> (0,250), padded to 300 by `pad_window` (padding masked out)
 
 The authors' split (`split_windows`) differs: windows that would run past the end are dropped, so a video's
-tail and every video shorter than w give no window (n = 1000 -> (0,300) (200,500) (400,700) (600,900)).
+tail and every video shorter than w give no window (n = 1000 -> (0,300) (200,500) (400,700) (600,900)); and
+their per-video sequences run from the first frame with a face up to, not including, the last (`crop_span`).
 
 Full-video inference runs the model on every window and `stitch`es the per-window predictions back to one
-value per frame (`STITCHING`): "mean" averages the windows that cover a frame (what `evaluate` scores);
-"most_history" takes each frame from the window in which it has the most history (the covering window that
-starts first), so no frame's value mixes a window that has just started from an empty state. Training reads windows
-from the feature store through
-`WindowDataset`, which memory-maps each video and reads only the window's rows.
+value per frame (`STITCHING`, ours: the paper states no stitching): "mean" averages the windows that cover a
+frame (what `evaluate` scores); "most_history" takes each frame from the window in which it has the most history
+(the covering window that starts first), so no frame's value mixes a window that has just started from an empty
+state. Training reads windows from the feature store through `WindowDataset`, which memory-maps each video and
+reads only the window's rows.
 """
 
 from __future__ import annotations
@@ -154,6 +158,35 @@ def load_labels(dataset: AffWild2, names: Sequence[str], store: FeatureStore | N
     return labels
 
 
+def crop_span(present: np.ndarray, n_frames: int) -> tuple[int, int]:
+    """The authors' sequence of a video: frames [begin, end), begin its first frame with a face, end its last
+    frame with a face (excluded), at most `n_frames` (FreedomPuppy77/Charon, preprocess/construct_VA.py:78-81:
+    begin and end are the first and last crop numbers minus 1, end capped at the video's frame count; line 102
+    reads features for range(begin, end), lines 121-122 slice the labels [begin:end]). No face, or one: (0, 0),
+    nothing to cut (their script skips the first and cannot stack the second).
+
+    Args:
+        present: (T,) bool, the frames with a face (a feature store's mask).
+        n_frames: the frames that count (the video's length after aligning its labels: their labels slice
+            [begin:end] comes out short where the annotation is, and a window short of labels is dropped,
+            split_VA_fold.py:59-60).
+
+    Returns:
+        (begin, end), 0-based, end exclusive; begin == end when the span is empty.
+    """
+    found = np.flatnonzero(np.asarray(present, bool))  # the last crop of all, then capped (as theirs)
+    if len(found) == 0:
+        return 0, 0
+    begin, end = int(found[0]), min(int(found[-1]), n_frames)
+    return (begin, end) if end > begin else (0, 0)
+
+
+def present_mask(store, name: str) -> np.ndarray:
+    """The face mask of a stored entry (the visual one of a joined audio-visual entry)."""
+    record = store.read(name)
+    return np.asarray(record.visual.mask if hasattr(record, "visual") else record.mask, bool)
+
+
 class WindowDataset(Dataset):
     """Training windows read from a feature store.
 
@@ -166,14 +199,18 @@ class WindowDataset(Dataset):
     - `y` (window, 2) float32 labels, -5 on padding and on invalid frames (all -5 when labels is None)
     - `mask` (window,) bool: True for the window's real frames, False for padding
     - `present` (window,) bool: True where the frame had a face (False: forward-filled or padding)
-    - `name` str, `start` int (0-based first frame), `length` int (real frames in the window)
+    - `name` str, `start` int (0-based first frame of the sequence), `length` int (real frames in the window)
 
     `windows` lists (name, start, stop) per item. Each video is opened memory-mapped on first use, per
     process (DataLoader workers re-open after pickling), so a window reads only its rows.
 
+    `span` ("video" or "crops"): the frames of each video that form its sequence, all of them or the authors'
+    `crop_span` (from the first frame with a face up to, not including, the last). Starts and stops count from
+    the sequence's first frame; `spans` holds each video's (first, end) stored frame.
+
     `fps` (the model's frame rate, `mambava.data.timebase`): an entry stored at another rate is put on the model's
     grid, features and labels alike (sample and hold, `stored_grid`), so that a window spans the time the
-    model counts in frames; `lengths` and windows are then in grid ticks.
+    model counts in frames; `lengths` and windows are then in grid ticks. None: the stored frames as they are.
     """
 
     def __init__(
@@ -185,9 +222,12 @@ class WindowDataset(Dataset):
         stride: int = STRIDE,
         tails: str = "cover",
         fps: float | None = None,
+        span: str = "video",
     ):
         if tails not in ("cover", "drop"):
             raise ValueError(f"tails must be 'cover' or 'drop', got {tails!r}")
+        if span not in ("video", "crops"):
+            raise ValueError(f"span must be 'video' or 'crops', got {span!r}")
         cut = make_windows if tails == "cover" else split_windows
         self.store = store
         self.names = list(names)
@@ -198,8 +238,9 @@ class WindowDataset(Dataset):
             raise MambavaError(f"{store.root}: no labels given for {missing!r}")
         self.labels = None if labels is None else {n: np.asarray(labels[n], np.float32) for n in self.names}
         self.lengths: dict[str, int] = {}
+        self.spans: dict[str, tuple[int, int]] = {}  # name -> (first, end) stored frame of its sequence
         self.windows: list[tuple[str, int, int]] = []
-        self.grids: dict[str, tuple[np.ndarray, int]] = {}  # name -> (held frame per tick, stored frames read)
+        self.grids: dict[str, np.ndarray] = {}  # name -> the held stored frame (from the span's first) per tick
         dims = set()
         for name in self.names:
             meta = store.meta(name)
@@ -207,11 +248,16 @@ class WindowDataset(Dataset):
             dims.add(int(meta["dim"]))
             if self.labels is not None:
                 n = align_lengths(name, n, len(self.labels[name]))
-            grid = stored_grid(n, meta.get("fps"), fps) if fps else None
+            first, end = crop_span(present_mask(store, name), n) if span == "crops" else (0, n)
+            self.spans[name] = (first, end)
+            n = end - first
+            if self.labels is not None:
+                self.labels[name] = self.labels[name][first:end]
+            grid = stored_grid(n, meta.get("fps"), fps) if fps and n else None
             if grid is not None:
-                self.grids[name] = (grid.held, n)
+                self.grids[name] = grid.held
                 if self.labels is not None:
-                    self.labels[name] = self.labels[name][:n][grid.held]
+                    self.labels[name] = self.labels[name][grid.held]
                 n = grid.n_ticks
             self.lengths[name] = n
             self.windows += [(name, start, stop) for start, stop in cut(n, window, stride)]
@@ -231,8 +277,8 @@ class WindowDataset(Dataset):
 
     def _on_grid(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self._gridded:
-            held, n = self.grids[name]
-            features, present = self._record(name).window(0, n)
+            held = self.grids[name]
+            features, present = self._record(name).window(*self.spans[name])
             self._gridded[name] = (features[held], present[held])
         return self._gridded[name]
 
@@ -247,7 +293,8 @@ class WindowDataset(Dataset):
             features, present = self._on_grid(name)
             features, present = features[start:stop], present[start:stop]
         else:
-            features, present = self._record(name).window(start, stop)
+            first = self.spans[name][0]
+            features, present = self._record(name).window(first + start, first + stop)
         x, mask = pad_window(features, self.window)
         present, _ = pad_window(present, self.window, fill=False)
         if self.labels is not None:
@@ -279,7 +326,7 @@ def predict_sequence(
     stitching: str = "mean",
 ) -> torch.Tensor:
     """Per-frame predictions (T, C) of one video's features (T, D) by overlapping windows and stitching
-    (`mambava.data.windows.stitch`: "mean", the paper's, or "most_history").
+    (`mambava.data.windows.stitch`: "mean" or "most_history", both ours: the paper states no stitching).
 
     Full-length windows run in batches of `batch_size`; a video shorter than the window runs as one shorter
     sequence (no padding, so no model, causal or not, sees padding). Returns float32 on the features' device.
@@ -340,9 +387,10 @@ def authors_keep(target: torch.Tensor, mask: torch.Tensor | None = None) -> torc
 
 
 def authors_window_dataset(store, names: Sequence[str], labels, window: int, stride: int, batch_size: int):
-    """A WindowDataset of the validation videos cut by the authors' split (`mambava.data.windows.split_windows`),
-    its windows in `authors_windows` order. MambavaError when not one whole batch is left."""
-    dataset = WindowDataset(store, names, {n: labels[n] for n in names}, window, stride, tails="drop")
+    """A WindowDataset of the validation videos as the authors' validation loop sees them: each video's
+    `crop_span` at its stored frames (never resampled), cut by their split (`split_windows`), its windows in
+    `authors_windows` order. MambavaError when not one whole batch is left."""
+    dataset = WindowDataset(store, names, {n: labels[n] for n in names}, window, stride, tails="drop", span="crops")
     cut = len(dataset.windows)
     dataset.windows = authors_windows(dataset.windows, stride, batch_size)
     if not dataset.windows:

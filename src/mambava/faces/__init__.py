@@ -32,6 +32,7 @@ from mambava.faces.detect import (
     nms,
     register_detector,
 )
+from mambava.faces.dlib_models import LANDMARK68_COLUMNS, Dlib68Detector
 from mambava.faces.pipeline import (
     CSV_COLUMNS,
     FacesResult,
@@ -42,6 +43,7 @@ from mambava.faces.pipeline import (
     extract_faces,
     iter_tracked_faces,
 )
+from mambava.faces.pose import POSE_COLUMNS, head_pose
 from mambava.faces.track import FaceTracker, FinishedTrack, finish_tracks, iou, name_tracks, stitch_tracks
 
 __all__ = [
@@ -63,6 +65,10 @@ __all__ = [
     "get_detector",
     "nms",
     "register_detector",
+    "LANDMARK68_COLUMNS",
+    "Dlib68Detector",
+    "POSE_COLUMNS",
+    "head_pose",
     "CSV_COLUMNS",
     "FacesResult",
     "FrameFaces",

@@ -286,13 +286,22 @@ def _claim_crops_dir(
     }
     if getattr(detector, "refiner_sha256", None):  # the refiner's weights: a file retrained in place differs
         settings["landmarks_sha256"] = detector.refiner_sha256
+    if getattr(detector, "landmark_source", None):  # a registered landmark source (`--landmarks dlib68`)
+        settings["landmark_source"] = detector.landmark_source
     started = any(crops_dir.glob(f"*{CSV_SUFFIX}"))
     if marker.exists() and started:  # resuming: the videos still to do must be cropped as the ones there were
         earlier = json.loads(marker.read_text())
         earlier.setdefault("detect_every", 1)
         differ = [
             k
-            for k in ("detector", "detector_kwargs", "landmarks_sha256", "min_track_frames", "detect_every")
+            for k in (
+                "detector",
+                "detector_kwargs",
+                "landmarks_sha256",
+                "landmark_source",
+                "min_track_frames",
+                "detect_every",
+            )
             if _crop_setting(earlier.get(k)) != _crop_setting(settings.get(k))
         ]
         if differ:
@@ -344,12 +353,22 @@ def face_stage_differences(made: dict, detector, detect_every: int) -> list[str]
         notes.append("the model's training crops were made without a landmark refiner; predict uses one")
     elif theirs != ours:
         notes.append(f"the model's training crops were made with another landmark refiner ({where})")
+    theirs, ours = made.get("landmark_source"), getattr(detector, "landmark_source", None)
+    if theirs != ours:
+        notes.append(
+            f"the model's training crops were aligned on {_points_of(theirs)}, predict aligns on {_points_of(ours)}"
+            + (" (pass --landmarks none)" if theirs is None else f" (pass --landmarks {theirs})")
+        )
     if int(made.get("detect_every", 1)) != int(detect_every):
         notes.append(
             f"the model's training crops were made with --detect-every {made.get('detect_every', 1)}, "
             f"predict uses {detect_every}"
         )
     return notes
+
+
+def _points_of(source: str | None) -> str:
+    return "the detector's own points" if source is None else f"{source}'s points"
 
 
 def _crop_setting(value):

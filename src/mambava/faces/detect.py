@@ -30,11 +30,14 @@ from mambava.faces.landmarks import with_landmarks
 
 @dataclass(frozen=True, eq=False)
 class Face:
-    """One detected face. `landmarks` is None for detectors that find none (Haar)."""
+    """One detected face. `landmarks` is None for detectors that find none (Haar). `landmarks68` and `pose` are
+    set by a landmark source that gives them (`--landmarks dlib68`: `mambava.faces.dlib_models`), else None."""
 
     box: np.ndarray  # (4,) float32: x1, y1, x2, y2
     landmarks: np.ndarray | None  # (5, 2) float32, or None
     score: float
+    landmarks68: np.ndarray | None = None  # (68, 2) float32, OpenFace's (iBUG) point order, frame pixels
+    pose: np.ndarray | None = None  # (6,) float32: Rx, Ry, Rz (radians), Tx, Ty, Tz (mm); `mambava.faces.pose`
 
     @property
     def size(self) -> float:

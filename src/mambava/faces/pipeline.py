@@ -4,6 +4,7 @@ Aff-Wild2-layout crop writer (`extract_faces`) with its per-frame CSV and contac
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open, atomic_path, is_output_failure, output_error
 from mambava.core.progress import rate_progress
 from mambava.faces.align import LANDMARK_COLUMNS, face_crop
+from mambava.faces.columns import GEOMETRY_COLUMNS, geometry_row, gives_landmarks68
 from mambava.faces.detect import FaceDetector, get_detector
-from mambava.faces.track import FaceTracker, finish_tracks, follow_faces
+from mambava.faces.identity import TrackSampler, assign_persons, finish_identified_tracks
+from mambava.faces.track import CutDetector, FaceTracker, follow_faces
 from mambava.media.video import VideoFrame, VideoReader, open_video, source_name
 
 CSV_COLUMNS = ["frame", "time", "track", "present", "image", "score", "x1", "y1", "x2", "y2", *LANDMARK_COLUMNS]
@@ -34,6 +37,8 @@ class TrackedFace:
     landmarks: np.ndarray | None
     score: float
     crop: np.ndarray | None
+    landmarks68: np.ndarray | None = None  # (68, 2) with a landmark source that gives them (`dlib68`)
+    pose: np.ndarray | None = None  # (6,) Rx, Ry, Rz, Tx, Ty, Tz with the 68 points (`mambava.faces.pose`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +68,7 @@ def iter_tracked_faces(
     keep_images: bool = True,
     detect_every: int = 1,
     search_every: int = 6,
+    cuts: bool = True,
 ) -> Iterator[FrameFaces]:
     """Detect, track and align faces frame by frame, streaming: yields one FrameFaces per frame read, in
     order, holding at most `batch_size` frames at once (frames are detected in batches; 1 for live sources).
@@ -77,11 +83,13 @@ def iter_tracked_faces(
         followed boxes), one scheduled detection in this many searches the whole frame (for faces that
         appear); the others only check the followed faces, and a face that fails the check sends that frame
         to the whole-frame search. 1: always the whole frame.
+    cuts: at a cut (`CutDetector`: a new shot) no face continues a track by its place (`FaceTracker.cut`).
     """
     if int(detect_every) != detect_every or detect_every < 1:
         raise MambavaError(f"--detect-every must be a whole number >= 1, got {detect_every}")
     det = get_detector(detector or "mtcnn")
     tracker = tracker or FaceTracker()
+    cut = CutDetector() if cuts else None
     own = not isinstance(reader, VideoReader) and isinstance(reader, (str, os.PathLike, int))
     frames_in = open_video(reader, fps=fps) if own else reader
     if batch_size is None:
@@ -89,7 +97,15 @@ def iter_tracked_faces(
     try:
         if detect_every > 1:
             yield from _detect_every(
-                frames_in, det, tracker, int(detect_every), max(1, int(search_every)), crop_size, crops, keep_images
+                frames_in,
+                det,
+                tracker,
+                int(detect_every),
+                max(1, int(search_every)),
+                crop_size,
+                crops,
+                keep_images,
+                cut,
             )
             return
         batch: list[VideoFrame] = []
@@ -97,17 +113,9 @@ def iter_tracked_faces(
         def flush() -> Iterator[FrameFaces]:
             detections = det.detect_batch([f.image for f in batch])
             for frame, faces in zip(batch, detections):
-                ids = tracker.update(faces, frame.time)
-                tracked = [
-                    TrackedFace(
-                        track_id=tid,
-                        box=face.box,
-                        landmarks=face.landmarks,
-                        score=face.score,
-                        crop=face_crop(frame.image, face, crop_size) if crops else None,
-                    )
-                    for tid, face in zip(ids, faces)
-                ]
+                if cut is not None and cut(frame.image):
+                    tracker.cut()
+                tracked = _tracked(frame.image, tracker.update(faces, frame.time), faces, crop_size, crops)
                 yield FrameFaces(frame.index, frame.time, tracked, frame.image if keep_images else None)
             batch.clear()
 
@@ -122,6 +130,21 @@ def iter_tracked_faces(
             frames_in.close()
 
 
+def _tracked(image: np.ndarray, ids: list[int], faces: list, crop_size: int, crops: bool) -> list[TrackedFace]:
+    return [
+        TrackedFace(
+            track_id=tid,
+            box=face.box,
+            landmarks=face.landmarks,
+            score=face.score,
+            crop=face_crop(image, face, crop_size) if crops else None,
+            landmarks68=face.landmarks68,
+            pose=face.pose,
+        )
+        for tid, face in zip(ids, faces)
+    ]
+
+
 def _detect_every(
     frames_in,
     det: FaceDetector,
@@ -131,6 +154,7 @@ def _detect_every(
     crop_size: int,
     crops: bool,
     keep_images: bool,
+    cut: CutDetector | None = None,
 ) -> Iterator[FrameFaces]:
     """iter_tracked_faces with the detector on every k-th frame (frame by frame: whether a frame needs the
     detector depends on the flow of the one before). Without a face the detector still runs every k frames,
@@ -138,12 +162,20 @@ def _detect_every(
     and a followed face outlives its last detection by at most k-1 frames."""
 
     verify = getattr(det, "verify", None)  # MTCNN's O-Net check of followed faces; None: search every time
+    # a landmark source's own points for the faces the flow followed (`dlib68`: its 68 points every frame, for
+    # they follow the expression, which the flow's rigid move does not); None: the followed points as they are
+    annotate = getattr(det, "annotate", None)
     previous, followed, since, searches = None, [], k, 0
     for frame in frames_in:
         grey = cv2.cvtColor(np.ascontiguousarray(frame.image), cv2.COLOR_RGB2GRAY)
         faces = None
+        if cut is not None and cut(grey):
+            tracker.cut()
+            since = k  # the faces followed were in another shot: detect
         if since < k and previous is not None and previous.shape == grey.shape:
             faces = follow_faces(previous, grey, followed)
+        if faces is not None and annotate is not None:
+            faces = annotate(frame.image, faces)  # the landmark source's points on the followed boxes
         if faces is None:
             searches += 1
             if followed and verify is not None and searches % search_every and previous.shape == grey.shape:
@@ -154,17 +186,7 @@ def _detect_every(
             since = 1
         else:
             since += 1
-        ids = tracker.update(faces, frame.time)
-        tracked = [
-            TrackedFace(
-                track_id=tid,
-                box=face.box,
-                landmarks=face.landmarks,
-                score=face.score,
-                crop=face_crop(frame.image, face, crop_size) if crops else None,
-            )
-            for tid, face in zip(ids, faces)
-        ]
+        tracked = _tracked(frame.image, tracker.update(faces, frame.time), faces, crop_size, crops)
         previous, followed = grey, faces
         yield FrameFaces(frame.index, frame.time, tracked, frame.image if keep_images else None)
 
@@ -209,6 +231,18 @@ class FacesResult:
     fps: float | None = None  # the source's frame rate
     dropped_tracks: int = 0  # short tracks discarded as spurious
     detector: str = ""
+    landmarks68: bool = False  # the CSV has the 68 points and the head pose (`--landmarks dlib68`)
+    identities: list | None = None  # with `persons`: each track's `mambava.faces.identity.TrackIdentity`
+    persons: dict[str, str] | None = None  # with `persons`: {track name: person}; `write_csv` sets it again
+    rows: dict = dataclasses.field(default_factory=dict, repr=False)  # {track id: {frame: row}}, for write_csv
+
+    def write_csv(self, persons: dict[str, str] | None = None) -> Path:
+        """(Re)write the per-frame CSV, with `persons` ({track name: person}, e.g. a whole batch's) as its `person`
+        column (default: those found for this video alone, if any)."""
+        if persons is not None:
+            self.persons = dict(persons)
+        _write_csv(self, self.out_dir)
+        return self.csv_path
 
     def track(self, name: str) -> TrackResult:
         for track in self.tracks:
@@ -247,6 +281,8 @@ def extract_faces(
     progress: bool = False,
     on_frame: Callable[[FrameFaces], None] | None = None,
     detect_every: int = 1,
+    persons: bool = False,
+    gallery: dict | None = None,
 ) -> FacesResult:
     """Write the crops of `video_path` in the Aff-Wild2 `cropped_aligned` layout and a per-frame CSV.
 
@@ -257,11 +293,16 @@ def extract_faces(
     Tracks with fewer than `min_track_frames` faces (fewer than the number of processed frames for very
     short inputs) are discarded as spurious; tracks that follow one another at the same place are joined.
     detect_every: see iter_tracked_faces.
+    persons: describe a few faces of each track (`mambava.faces.identity`, the `faces` extra), join one person's
+    tracks by face where place cannot tell, and add a `person` column (this video's persons, named from
+    `gallery` ({name: descriptors}, `identity.load_gallery`) where they match; `result.write_csv(persons)` rewrites
+    it with a whole batch's).
     Crops go to a hidden staging folder first and are renamed into place at the end.
     """
     out_dir = Path(out_dir)
     video = name or source_name(video_path)
     det = get_detector(detector or "mtcnn")
+    sampler = TrackSampler(detector=getattr(det, "name", "")) if persons else None
     staging = _fresh_staging(out_dir, video)
     try:
         with open_video(video_path, fps=fps) as reader:
@@ -278,6 +319,7 @@ def extract_faces(
                 progress=progress,
                 on_frame=on_frame,
                 detect_every=detect_every,
+                sampler=sampler,
             )
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -289,12 +331,10 @@ def extract_faces(
         raise MambavaError(f"{video_path}: no frame could be read")
 
     # Finish the tracks: drop spurious ones, join those that follow one another, name them.
-    finished, dropped = finish_tracks(video, rows, len(frames), min_track_frames)
+    finished, dropped, identities = finish_identified_tracks(video, rows, len(frames), sampler, min_track_frames)
     tracks = _publish_tracks(finished, staging, out_dir, frames)
     shutil.rmtree(staging, ignore_errors=True)
 
-    csv_path = out_dir / f"{video}.faces.csv"
-    _write_csv(csv_path, frames, times, tracks, {t.track_id: {r[0]: r for r in t.rows} for t in finished}, out_dir)
     result = FacesResult(
         video=video,
         source=str(video_path),
@@ -302,11 +342,19 @@ def extract_faces(
         frames=frames,
         times=times,
         tracks=tracks,
-        csv_path=csv_path,
+        csv_path=out_dir / f"{video}.faces.csv",
         fps=source_fps,
         dropped_tracks=dropped,
         detector=getattr(det, "name", type(det).__name__),
+        landmarks68=gives_landmarks68(det),
+        identities=identities,
+        persons=None
+        if identities is None
+        else dict(zip([t.name for t in finished], assign_persons(identities, gallery))),
+        rows={t.track_id: {r[0]: r for r in t.rows} for t in finished},
     )
+    result.csv_path = out_dir / f"{video}.faces.csv"
+    result.write_csv()
     if preview:
         result.preview_path = contact_sheet(result, out_dir / f"{video}.preview.png")
     return result
@@ -343,12 +391,14 @@ def _stage_crops(
     progress: bool,
     on_frame: Callable[[FrameFaces], None] | None,
     detect_every: int = 1,
+    sampler: TrackSampler | None = None,
 ):
     """Run the tracker over the reader, writing each face's crop to staging/<track id>/<NNNNN>.jpg; returns
-    (processed frame indices, their times, {track id: [(index, score, box, landmarks)]})."""
+    (processed frame indices, their times, {track id: [(index, score, box, landmarks, landmarks68, pose)]}); each
+    face offered to `sampler` (identities)."""
     frames: list[int] = []
     times: list[float] = []
-    rows: dict[int, list[tuple[int, float, np.ndarray, np.ndarray | None]]] = {}  # track_id → (index, score, box, lm)
+    rows: dict[int, list[tuple]] = {}  # track_id → (index, score, box, landmarks, landmarks68, pose)
     with rate_progress(progress) as bar:
         task = bar.add_task(description, total=reader.n_output_frames)
         try:
@@ -358,7 +408,7 @@ def _stage_crops(
                 tracker=tracker,
                 batch_size=batch_size,
                 crop_size=crop_size,
-                keep_images=on_frame is not None,
+                keep_images=on_frame is not None or sampler is not None,
                 detect_every=detect_every,
             ):
                 frames.append(item.index)
@@ -368,7 +418,11 @@ def _stage_crops(
                     if face.track_id not in rows:
                         folder.mkdir()
                         rows[face.track_id] = []
-                    rows[face.track_id].append((item.index, face.score, face.box, face.landmarks))
+                    rows[face.track_id].append(
+                        (item.index, face.score, face.box, face.landmarks, face.landmarks68, face.pose)
+                    )
+                    if sampler is not None:
+                        sampler.offer(face.track_id, item.index, item.image, face)
                     _write_jpeg(folder / f"{item.index + 1:05d}.jpg", face.crop, jpeg_quality)
                 if on_frame is not None:
                     on_frame(item)
@@ -405,23 +459,49 @@ def _fmt(value: float, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def _write_csv(path: Path, frames, times, tracks: list[TrackResult], by_track: dict, out_dir: Path) -> None:
-    with atomic_open(path, "w", newline="") as handle:
+def csv_columns(result: FacesResult) -> list[str]:
+    """The faces CSV's columns: `CSV_COLUMNS`, then the 68 points and head pose (`--landmarks dlib68`), then
+    `person` (with persons)."""
+    return (
+        CSV_COLUMNS
+        + (GEOMETRY_COLUMNS if result.landmarks68 else [])
+        + (["person"] if result.persons is not None else [])
+    )
+
+
+def _write_csv(result: FacesResult, out_dir: Path) -> None:
+    columns = csv_columns(result)
+    with atomic_open(result.csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for index, t in zip(frames, times):
-            if not tracks:
-                writer.writerow([index, _fmt(t, 4), "", 0] + [""] * (len(CSV_COLUMNS) - 4))
+        writer.writerow(columns)
+        for index, t in zip(result.frames, result.times):
+            if not result.tracks:
+                writer.writerow([index, _fmt(t, 4), "", 0] + [""] * (len(columns) - 4))
                 continue
-            for track in tracks:
-                row = by_track[track.track_id].get(index)
+            for track in result.tracks:
+                row = result.rows[track.track_id].get(index)
+                person = [] if result.persons is None else [result.persons.get(track.name, "")]
                 if row is None:
-                    writer.writerow([index, _fmt(t, 4), track.name, 0] + [""] * (len(CSV_COLUMNS) - 4))
+                    writer.writerow(
+                        [index, _fmt(t, 4), track.name, 0] + [""] * (len(columns) - 4 - len(person)) + person
+                    )
                     continue
-                _, score, box, landmarks = row
+                _, score, box, landmarks, points68, pose = row
                 lm = [""] * 10 if landmarks is None else [_fmt(v) for v in np.asarray(landmarks).reshape(-1)]
                 image = track.crop_path(index).relative_to(out_dir).as_posix()
-                writer.writerow([index, _fmt(t, 4), track.name, 1, image, _fmt(score, 4)] + [_fmt(v) for v in box] + lm)
+                geometry = []
+                if result.landmarks68:
+                    values = geometry_row(points68, pose)
+                    geometry = [
+                        "" if not np.isfinite(v) else _fmt(v, 2 if k < 136 else 4) for k, v in enumerate(values)
+                    ]
+                writer.writerow(
+                    [index, _fmt(t, 4), track.name, 1, image, _fmt(score, 4)]
+                    + [_fmt(v) for v in box]
+                    + lm
+                    + geometry
+                    + person
+                )
 
 
 def contact_sheet(result: FacesResult, path: str | os.PathLike, per_track: int = 8) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -79,6 +80,11 @@ class FaceTracker:
         self._tracks.clear()
         self._next_id = 0
 
+    def cut(self) -> None:
+        """A cut in the video: where a face was tells nothing of who is where now, so no face after it continues
+        a track by place (new ids; `stitch_tracks` joins them again, by face where it can). Ids keep counting."""
+        self._tracks.clear()
+
     @property
     def active_ids(self) -> list[int]:
         return [t.track_id for t in self._tracks]
@@ -138,14 +144,26 @@ class TrackSummary:
         return self.frames[-1]
 
 
-def stitch_tracks(tracks: list[TrackSummary], max_distance: float = 1.0, max_size_ratio: float = 1.5) -> dict[int, int]:
+def stitch_tracks(
+    tracks: list[TrackSummary],
+    max_distance: float = 1.0,
+    max_size_ratio: float = 1.5,
+    identity: Callable[[list[int], int], float | None] | None = None,
+    max_identity: float = 0.5,
+) -> dict[int, int]:
     """Join tracks that follow one another in time at the same place (the face left the frame or went
     undetected for longer than the tracker's gap, then came back where it was). Returns {track_id: kept id};
-    tracks that overlap in time are never joined."""
+    tracks that overlap in time are never joined.
+
+    identity: where it gives a distance between a chain's tracks (their ids) and a later track (face descriptors,
+    `mambava.faces.identity.identity_distance`), it decides instead of place, whatever the gap (a cut, a person who
+    left and came back elsewhere, or someone else now where that person was): the nearest chain below
+    `max_identity`. Tracks it knows nothing of are joined by place, as without it."""
     order = sorted(tracks, key=lambda t: t.start)
     chains: list[TrackSummary] = []  # the last piece of each chain
     owner: dict[int, int] = {}
     spans: dict[int, list[tuple[int, int]]] = {}
+    members: dict[int, list[int]] = {}
     for track in order:
         best, best_distance = None, None
         for chain_last in chains:
@@ -153,6 +171,11 @@ def stitch_tracks(tracks: list[TrackSummary], max_distance: float = 1.0, max_siz
             if any(not (track.start > e or track.end < s) for s, e in spans[root]):
                 continue  # overlaps in time with some piece of that chain
             if chain_last.end >= track.start:
+                continue
+            known = identity(members[root], track.track_id) if identity is not None else None
+            if known is not None:
+                if known < max_identity and (best_distance is None or known < best_distance):
+                    best, best_distance = chain_last, known
                 continue
             a, b = chain_last.last_box, track.first_box
             ratio = _size(b) / _size(a)
@@ -164,11 +187,13 @@ def stitch_tracks(tracks: list[TrackSummary], max_distance: float = 1.0, max_siz
         if best is None:
             owner[track.track_id] = track.track_id
             spans[track.track_id] = [(track.start, track.end)]
+            members[track.track_id] = [track.track_id]
             chains.append(track)
         else:
             root = owner[best.track_id]
             owner[track.track_id] = root
             spans[root].append((track.start, track.end))
+            members[root].append(track.track_id)
             chains[chains.index(best)] = track
     return owner
 
@@ -201,15 +226,20 @@ class FinishedTrack:
 
 
 def finish_tracks(
-    video: str, hits: dict[int, list], n_frames: int, min_track_frames: int = 3, box=lambda row: row[2]
+    video: str,
+    hits: dict[int, list],
+    n_frames: int,
+    min_track_frames: int = 3,
+    box=lambda row: row[2],
+    identity: Callable[[list[int], int], float | None] | None = None,
 ) -> tuple[list[FinishedTrack], int]:
     """Finish the tracks of a whole video, the way the crop writer does: drop tracks with fewer than
     `min_track_frames` faces (fewer than n_frames for very short inputs) as spurious, join tracks that follow
     one another at the same place (`stitch_tracks`), and name them (`name_tracks`).
 
     hits: {tracker id: rows}, each row a tuple whose first item is the frame index (or any increasing
-    position) and from which `box(row)` gives the (x1, y1, x2, y2) box. Returns the tracks sorted by name
-    and the number of tracks dropped."""
+    position) and from which `box(row)` gives the (x1, y1, x2, y2) box. `identity`: see `stitch_tracks` (by
+    tracker id). Returns the tracks sorted by name and the number of tracks dropped."""
 
     def summary(tid: int, rows: list) -> TrackSummary:
         boxes = [np.asarray(box(r), dtype=np.float64) for r in rows]
@@ -219,7 +249,7 @@ def finish_tracks(
 
     needed = min(min_track_frames, n_frames)
     kept = {tid: sorted(rows, key=lambda r: r[0]) for tid, rows in hits.items() if len(rows) >= needed}
-    owner = stitch_tracks([summary(tid, rows) for tid, rows in kept.items()])
+    owner = stitch_tracks([summary(tid, rows) for tid, rows in kept.items()], identity=identity)
     members: dict[int, list[int]] = {}
     for tid in sorted(kept, key=lambda t: kept[t][0][0]):
         members.setdefault(owner[tid], []).append(tid)
@@ -284,3 +314,40 @@ def follow_faces(
         landmarks = (src @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32) if face.landmarks is not None else None
         out.append(Face(box=box, landmarks=landmarks, score=face.score))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- cuts
+
+
+@dataclass
+class CutDetector:
+    """Finds cuts (a new shot) between consecutive frames: the mean absolute difference of the two frames' grey
+    thumbnails (64 px wide, area-averaged, each scaled to a standard deviation of 64 levels about its mean, so
+    that a change of light is not a cut) at least `threshold`, and at least `ratio` times the median of the last
+    differences (so a fast pan, which moves every frame, is not a cut). Hand-written: a scene-detection library
+    for one comparison a frame is not worth a dependency. Measured in docs/faces.md (Identities)."""
+
+    threshold: float = 25.0
+    ratio: float = 4.0
+    width: int = 64
+    _last: np.ndarray | None = field(default=None, repr=False)
+    _recent: list[float] = field(default_factory=list, repr=False)
+
+    def __call__(self, frame: np.ndarray) -> bool:
+        """Whether the frame (grey, or RGB) starts a new shot (False for the first frame)."""
+        h, w = frame.shape[:2]
+        thumb = cv2.resize(
+            np.ascontiguousarray(frame), (self.width, max(1, round(h * self.width / w))), interpolation=cv2.INTER_AREA
+        )
+        if thumb.ndim == 3:
+            thumb = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
+        thumb = thumb.astype(np.float32)
+        thumb = (thumb - thumb.mean()) * (64.0 / max(float(thumb.std()), 1.0))  # a change of light is no cut
+        last, self._last = self._last, thumb
+        if last is None or last.shape != thumb.shape:
+            self._recent.clear()
+            return last is not None
+        change = float(np.abs(thumb - last).mean())
+        usual = float(np.median(self._recent)) if self._recent else 0.0
+        self._recent = (self._recent + [change])[-15:]
+        return change >= self.threshold and change >= self.ratio * usual

@@ -13,7 +13,7 @@ from mambava.data.timebase import check_fps
 from mambava.data.windows import STITCHING
 from mambava.temporal.tcn import STEP_PRECISIONS
 
-WINDOWING = ("windows", "full")
+WINDOWING = ("windows", "full", "chunks")
 
 
 @dataclass
@@ -21,13 +21,19 @@ class PredictConfig:
     """How to predict.
 
     Attributes:
-        windowing: "full" (one causal pass; equals the stream) or "windows" (the paper's windows, stitched).
-        stitching: how windows are stitched: "most_history" or "mean" (the paper's).
+        windowing: "full" (one causal pass; equals the stream), "windows" (overlapping windows of `window`
+            frames every `stride`, stitched; ours) or "chunks" (non-overlapping windows of `window` frames, each
+            from an empty state, concatenated, the last one shorter: with window 500, the authors' test inference,
+            FreedomPuppy77/Charon VA/test.py:47-107).
+        stitching: how windows are stitched: "most_history" or "mean" (both ours: the paper states none).
         window: window length in frames (None: the checkpoint's run config, else 300).
         stride: window stride in frames (None: the checkpoint's run config, else 200).
         detector: a face detector's name or object (`mambava.faces.get_detector`).
         landmarks: a landmark source for the detector's faces (a refiner file or a registered name), or None.
         detect_every: run the detector on 1 frame in this many and follow faces between (1: every frame).
+        persons: describe each track's face (`mambava.faces.identity`, the `faces` extra): tracks of one person
+            joined by face, and a `person` column.
+        identities: a gallery folder (one photo or folder of photos per name) naming the persons; implies `persons`.
         device: "cpu", "cuda", "auto", or None for the default.
         batch_size: crops per backbone batch.
         precision: the backbone's: "auto" (bf16 where the CPU or GPU runs it fast), "bf16" or "fp32".
@@ -47,6 +53,8 @@ class PredictConfig:
     detector: Any = "mtcnn"
     landmarks: str | None = None
     detect_every: int = 1
+    persons: bool = False
+    identities: str | None = None
     device: str | None = "cpu"
     batch_size: int = 32
     precision: str = "auto"
@@ -68,6 +76,8 @@ class PredictConfig:
         if int(self.detect_every) != self.detect_every or self.detect_every < 1:
             raise MambavaError(f"--detect-every must be a whole number >= 1, got {self.detect_every}")
         self.detect_every = int(self.detect_every)
+        if self.identities is not None:
+            self.persons = True
         if self.step_precision not in STEP_PRECISIONS:
             raise MambavaError(f"step precision {self.step_precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")
 

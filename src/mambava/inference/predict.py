@@ -34,6 +34,8 @@ Windowing, which decides what a frame's prediction has seen:
   (`mambava.data.windows.predict_sequence`), stitched by `stitching` (`mambava.data.windows.STITCHING`):
   "most_history" (default), each frame from the window where it has the most history, or "mean" over the
   windows that cover a frame (what `evaluate` scores).
+- `"chunks"`: non-overlapping windows of `window` frames, each from an empty state, concatenated (the last one
+  shorter): with `window=500` what the authors' test inference computes (FreedomPuppy77/Charon VA/test.py:47-107).
 The defaults were chosen by measurement on the demo (`mambava bench stitching`; docs/predict.md, Stitching).
 
 An audio-visual fusion model (`mambava.temporal.FusionMambaVA`) hears by default (`audio` None: the
@@ -65,6 +67,7 @@ import torch
 from mambava.analysis.summaries import summarize
 from mambava.audio import audio_of_frames, check_sets, frame_features, set_dims
 from mambava.backbone import FeatureExtractor, ViTEncoder, load_encoder
+from mambava.backbone.extractor import resolve_precision
 from mambava.core.errors import MambavaError
 from mambava.core.progress import track_items
 from mambava.core.runtime import load_aware_threads, resolve_device
@@ -72,13 +75,17 @@ from mambava.data.affwild2 import DataWarning
 from mambava.data.store import FeatureStore, features_with_mask, forward_fill, load_features_file
 from mambava.data.timebase import model_fps, to_grid
 from mambava.data.windows import check_windowing, predict_sequence
-from mambava.faces import FaceTracker, finish_tracks, get_detector, iter_tracked_faces
+from mambava.faces import FaceTracker, get_detector, iter_tracked_faces
+from mambava.faces.columns import GEOMETRY_COLUMNS, geometry_columns, gives_landmarks68
 from mambava.faces.dataset import face_stage_differences, training_crops_settings
+from mambava.faces.dlib_models import face_recognizer
+from mambava.faces.identity import TrackIdentity, TrackSampler, assign_persons, finish_identified_tracks, load_gallery
 from mambava.inference.config import WINDOWING, PredictConfig
 from mambava.inference.files import FEATURE_SUFFIXES
 from mambava.inference.stream import LiveStream, is_live_source
 from mambava.media.video import open_video, source_name
 from mambava.temporal import check_finite, load_temporal_model, model_input_dim
+from mambava.temporal.tcn import quantize_tcn
 
 if TYPE_CHECKING:
     import pandas
@@ -126,6 +133,9 @@ class TrackFeatures:
     present: np.ndarray  # (n,) bool
     boxes: np.ndarray  # (n, 4) float32, NaN where absent
     scores: np.ndarray | None = None  # (n,) float32 detector scores, NaN where absent; None: no detector
+    landmarks68: np.ndarray | None = None  # (n, 68, 2) float32, NaN where absent; None: no 68-point source
+    pose: np.ndarray | None = None  # (n, 6) float32 head pose, NaN where absent (with landmarks68)
+    person: str | None = None  # the track's person (`PredictConfig.persons`)
 
 
 @dataclass
@@ -142,18 +152,22 @@ class VideoFeatures:
     source_times: np.ndarray | None = None  # (N,) float64 seconds
     audio: np.ndarray | None = None  # (n, D_audio) float32 per processed frame (fusion models), zeros where no sound
     voice: np.ndarray | None = None  # (n,) bool: the processed frame has usable sound
+    identities: list[TrackIdentity] | None = None  # per track, with `persons` (`mambava.faces.identity`)
 
 
 @dataclass
 class CropBatch:
     """Face crops of one backbone batch, in the order the faces stage found them: each crop's tracker id, its
-    position among the processed frames, its box and detector score (`Predictor.scan_faces`)."""
+    position among the processed frames, its box, detector score, 68 points and head pose (None without them)
+    (`Predictor.scan_faces`)."""
 
     track_ids: list[int]
     positions: list[int]
     boxes: list[np.ndarray]
     scores: list[float]
-    crops: np.ndarray  # (B, S, S, 3) uint8 RGB
+    points: list
+    poses: list
+    crops: np.ndarray | None  # (B, S, S, 3) uint8 RGB
 
     @classmethod
     def of(cls, pending: list[tuple]) -> CropBatch:
@@ -162,6 +176,8 @@ class CropBatch:
             [p[1] for p in pending],
             [np.asarray(p[2], np.float32) for p in pending],
             [p[3] for p in pending],
+            [p[5] for p in pending],
+            [p[6] for p in pending],
             np.stack([p[4] for p in pending]),
         )
 
@@ -169,7 +185,8 @@ class CropBatch:
 @dataclass
 class FaceScan:
     """What the faces stage read of a video: the processed frames (0-based source numbers, seconds), the
-    source's frame rate and every frame decoded (processed or skipped by `fps`)."""
+    source's frame rate, every frame decoded (processed or skipped by `fps`) and, with `persons`, the sampled
+    faces of each track (`TrackSampler`)."""
 
     video: str
     frames: list[int]
@@ -177,14 +194,15 @@ class FaceScan:
     fps: float | None
     source_frames: np.ndarray
     source_times: np.ndarray
+    sampler: TrackSampler | None = None
 
 
 def add_features(hits: dict[int, list], batch: CropBatch, features: np.ndarray) -> None:
-    """Add a batch's features (B, D) to `hits` ({track id: [(position, feature, box, score)]}), in order."""
-    for tid, position, box, score, feature in zip(
-        batch.track_ids, batch.positions, batch.boxes, batch.scores, features
+    """Add a batch's features (B, D) to `hits` ({track id: [(position, feature, box, score, points, pose)]})."""
+    for tid, position, box, score, points, pose, feature in zip(
+        batch.track_ids, batch.positions, batch.boxes, batch.scores, batch.points, batch.poses, features
     ):
-        hits.setdefault(tid, []).append((position, feature, box, score))
+        hits.setdefault(tid, []).append((position, feature, box, score, points, pose))
 
 
 class Predictor:
@@ -223,6 +241,13 @@ class Predictor:
             c.stride if c.stride is not None else (ckpt_stride or 200),
         )
         self.input_dim = model_input_dim(self.model)
+        # the offline pass in int8 where `precision` resolves to it for a TCN this wide (`resolve_precision`);
+        # the live step keeps its own `step_precision`
+        self.temporal_precision = "fp32"
+        if self.device.type == "cpu" and c.precision in ("auto", "int8"):
+            if resolve_precision(c.precision, self.device, self.input_dim or 0) == "int8":
+                self.temporal_precision = "int8"
+        self.runner = quantize_tcn(self.model) if self.temporal_precision == "int8" else self.model
         self.detect_every = c.detect_every
         self._detector = None
         self.batch_size = c.batch_size
@@ -232,6 +257,10 @@ class Predictor:
         self.progress = c.progress
         self.audio = self._check_audio(c.audio)
         self.extractor = self._make_extractor(backbone) if backbone is not None else None
+        # the gallery is read (and a bad photo refused) before any input is touched
+        self.gallery = load_gallery(c.identities, self.detector) if c.identities is not None else None
+        if c.persons:
+            face_recognizer()  # without the faces extra: one line now, not one per input
 
     def without_backbone(self) -> Predictor:
         """A copy without the backbone and without a built detector (it is built again from the config where
@@ -343,9 +372,12 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(features)).to(self.device)
         with torch.inference_mode(), load_aware_threads():
             if windowing == "full":
-                y = self.model(x[None]).float()[0]
+                y = self.runner(x[None]).float()[0]
+            elif windowing == "chunks":  # each chunk run alone, as it is (the last one shorter, no padding)
+                parts = [self.runner(x[None, s : s + self.window]).float()[0] for s in range(0, len(x), self.window)]
+                y = torch.cat(parts) if parts else self.runner(x[None]).float()[0]
             else:
-                y = predict_sequence(self.model, x, self.window, self.stride, stitching=self.stitching)
+                y = predict_sequence(self.runner, x, self.window, self.stride, stitching=self.stitching)
         return y.cpu().numpy()
 
     def predict_features(
@@ -400,7 +432,14 @@ class Predictor:
 
     def predict_video(self, path: str | os.PathLike) -> pandas.DataFrame:
         """Faces, features and the temporal model for every processed frame of a video; see the module doc."""
-        return self.table(self.video_features(path))
+        return self.predict_with_identities(path)[0]
+
+    def predict_with_identities(self, path: str | os.PathLike) -> tuple[pandas.DataFrame, list[TrackIdentity] | None]:
+        """`predict_video`'s table and, with `persons`, each track's `TrackIdentity` (in the table's track order),
+        from which `mambava.faces.identity.assign_persons` gives a whole batch one set of person ids
+        (`name_persons`)."""
+        extracted = self.video_features(path)
+        return self.table(extracted), extracted.identities
 
     def video_features(self, path: str | os.PathLike) -> VideoFeatures:
         """Detect and track faces over a video and encode every face crop (batched): `scan_faces`, the backbone
@@ -425,37 +464,50 @@ class Predictor:
         video = source_name(path)
         frames: list[int] = []
         times: list[float] = []
-        pending: list[tuple[int, int, np.ndarray, float, np.ndarray]] = []  # (track id, position, box, score, crop)
+        pending: list[tuple] = []  # (track id, position, box, score, crop, 68 points, pose)
+        sampler = TrackSampler(detector=getattr(self.detector, "name", "")) if self.config.persons else None
         batch_size = self.extractor.batch_size if self.extractor is not None else self.batch_size
         with open_video(path, fps=self.fps) as reader:
             stream = iter_tracked_faces(
-                reader, self.detector, tracker=FaceTracker(), keep_images=False, detect_every=self.detect_every
+                reader,
+                self.detector,
+                tracker=FaceTracker(),
+                keep_images=sampler is not None,
+                detect_every=self.detect_every,
             )
             for item in track_items(stream, f"faces+features {video}", reader.n_output_frames, self.progress):
                 position = len(frames)
                 frames.append(item.index)
                 times.append(item.time)
-                pending.extend((face.track_id, position, face.box, face.score, face.crop) for face in item.faces)
+                for face in item.faces:
+                    pending.append(
+                        (face.track_id, position, face.box, face.score, face.crop, face.landmarks68, face.pose)
+                    )
+                    if sampler is not None:
+                        sampler.offer(face.track_id, position, item.image, face)
                 if len(pending) >= batch_size:
                     yield CropBatch.of(pending)
                     pending = []
             if pending:
                 yield CropBatch.of(pending)
             source_frames, source_times = reader.decoded()
-            return FaceScan(video, frames, times, reader.fps, source_frames, source_times)
+            return FaceScan(video, frames, times, reader.fps, source_frames, source_times, sampler)
 
     def assemble(self, path: str | os.PathLike, scan: FaceScan, hits: dict[int, list]) -> VideoFeatures:
         """A video's VideoFeatures from its FaceScan and the features of its crops (`add_features`): tracks
-        finished as the faces stage finishes them, and a fusion model's sound."""
+        finished (and, with `persons`, identified) as the faces stage finishes them, and a fusion model's sound."""
         n = len(scan.frames)
         if n == 0:
             raise MambavaError(f"{path}: no frame could be read")
-        finished, _ = finish_tracks(scan.video, hits, n)  # drop spurious tracks, join, name: as the faces stage
+        # drop spurious tracks, join (by face too, with persons), name: as the faces stage
+        finished, _, identities = finish_identified_tracks(scan.video, hits, n, scan.sampler)
         if not finished:
             raise MambavaError(f"{path}: no face found in any of its {n} frames; nothing to predict")
+        persons = assign_persons(identities, self.gallery) if identities is not None else [None] * len(finished)
+        geometry = gives_landmarks68(self.detector)
         dim = len(next(iter(hits.values()))[0][1])
         tracks = {}
-        for track in finished:
+        for track, person in zip(finished, persons):
             rows = track.rows
             positions = np.array([r[0] for r in rows])
             features = np.zeros((n, dim), np.float32)
@@ -466,7 +518,9 @@ class Predictor:
             boxes[positions] = np.stack([r[2] for r in rows])
             scores[positions] = [r[3] for r in rows]
             present[positions] = True
-            tracks[track.name] = TrackFeatures(features, present, boxes, scores)
+            tracks[track.name] = TrackFeatures(features, present, boxes, scores, person=person)
+            if geometry:
+                tracks[track.name].landmarks68, tracks[track.name].pose = _track_geometry(rows, positions, n)
         frames = np.asarray(scan.frames, np.int64)
         audio, voice = self._audio_features(path, frames) if self.fusion else (None, None)
         return VideoFeatures(
@@ -479,6 +533,7 @@ class Predictor:
             scan.source_times if len(scan.source_times) else None,
             audio,
             voice,
+            identities,
         )
 
     def table(self, extracted: VideoFeatures) -> pandas.DataFrame:
@@ -565,10 +620,13 @@ class Predictor:
                         "confidence": confidence,
                         "success": face.astype(np.int8),
                         **({} if voice is None else {"voice": (voice[row] & processed).astype(np.int8)}),
+                        **_face_columns(track, row, face),
                     }
                 )
             )
-        return pd.concat(parts, ignore_index=True)[COLUMNS + ([] if voice is None else ["voice"])]
+        return pd.concat(parts, ignore_index=True)[
+            COLUMNS + ([] if voice is None else ["voice"]) + _face_column_names(next(iter(tracks.values())))
+        ]
 
     @staticmethod
     def summarize(table) -> pandas.DataFrame:
@@ -619,6 +677,54 @@ class Predictor:
         )
 
 
+def _track_geometry(rows: list, positions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A track's (n, 68, 2) points and (n, 6) poses over the processed frames, NaN where it has no face."""
+    points = np.full((n, 68, 2), np.nan, np.float32)
+    pose = np.full((n, 6), np.nan, np.float32)
+    for position, r in zip(positions, rows):
+        if r[4] is not None:
+            points[position] = r[4]
+        if r[5] is not None:
+            pose[position] = r[5]
+    return points, pose
+
+
+def _face_column_names(track: TrackFeatures) -> list[str]:
+    """The face columns a table has after `COLUMNS`: the 68 points and head pose (`--landmarks dlib68`) and
+    `person` (`--persons`); every track of a video has the same."""
+    return (GEOMETRY_COLUMNS if track.landmarks68 is not None else []) + (
+        ["person"] if track.person is not None else []
+    )
+
+
+def _face_columns(track: TrackFeatures, row: np.ndarray, face: np.ndarray) -> dict:
+    """A track's face columns over the source frames (`row`: each one's processed position), NaN where the
+    track has no face there (`face` False)."""
+    columns = {}
+    if track.landmarks68 is not None:
+        points = np.where(face[:, None, None], track.landmarks68[row], np.nan)
+        pose = np.where(face[:, None], track.pose[row], np.nan)
+        columns.update(geometry_columns(points, pose))
+    if track.person is not None:
+        columns["person"] = track.person
+    return columns
+
+
+def name_persons(tables: list, identities: list, gallery: dict | None = None) -> list:
+    """One set of person ids for a batch: each (table, its tracks' `TrackIdentity` list) of
+    `Predictor.predict_with_identities`, its `person` column set from `assign_persons` over all of them.
+    Returns the batch's identities and their persons, flattened (for `write_persons_csv`)."""
+    flat = [item for found in identities for item in (found or [])]
+    persons = assign_persons(flat, gallery) if flat else []
+    by_track = {(t.video, t.track): p for t, p in zip(flat, persons)}
+    for table in tables:
+        if "person" in table.columns:
+            table["person"] = [
+                by_track.get((v, t), p) for v, t, p in zip(table["video"], table["track"], table["person"])
+            ]
+    return flat, persons
+
+
 def default_audio_sets(audio_dim: int) -> list[str] | None:
     """The audio feature sets a fusion model of `audio_dim` audio columns was trained on: egemaps (25), logmel
     (64) or both (89, `extract --audio`'s default); None for any other width (`ssl`: the sets must be named)."""
@@ -629,41 +735,59 @@ def default_audio_sets(audio_dim: int) -> list[str] | None:
     return None
 
 
+SUBMISSION_FILLS = ("forward", "zeros")
+
+
 def submission_predictions(
     predictor: Predictor,
     store,
     frame_counts: Mapping[str, int],
     progress: bool = False,
     allow_length_mismatch: bool = False,
+    fill: str = "forward",
 ) -> dict[str, np.ndarray]:
     """{video: (frame_counts[video], 2)} for the ABAW submission, from the stored features of each video
-    (`mambava.data.store.FeatureStore`, forward-filled with their mask). A video whose store holds another
-    number of frames than its count is a MambavaError naming it and both counts (ABAW scores every frame of
-    its own frame list, so a wrong count must not pass); with `allow_length_mismatch`, the last prediction is
-    carried over to the end (the no-face policy) or the extra frames are cut, with a DataWarning."""
+    (`mambava.data.store.FeatureStore`). A video whose store holds another number of frames than its count is
+    a MambavaError naming it and both counts (ABAW scores every frame of its own frame list, so a wrong count
+    must not pass); with `allow_length_mismatch`, the extra frames are cut and missing ones follow the no-face
+    policy, with a DataWarning.
 
+    `fill`, the no-face policy: "forward" (ours, as in training: a frame without a face takes the last face's
+    features, the store's forward fill; frames missing at the end carry the last prediction over) or "zeros"
+    (the authors' test set, FreedomPuppy77/Charon preprocess/construct_VA_testset.py:51-61: every frame without
+    a face, and every frame missing at the end, is a zero feature vector)."""
+
+    if fill not in SUBMISSION_FILLS:
+        raise MambavaError(f"--fill must be one of {', '.join(SUBMISSION_FILLS)}, got {fill!r}")
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     predictions = {}
     for video, count in track_items(frame_counts.items(), "test videos", len(frame_counts), progress):
         if not store.has(video):
             raise MambavaError(f"{store.root}: no features for test video {video!r}")
         record = store.read(video)
-        features, present = record.window(0, record.n_frames)
-        values = predictor.predict_timed(features, present, np.arange(record.n_frames) / record.fps, name=video)
-        if len(values) != count and not allow_length_mismatch:
+        n = record.n_frames
+        if n != count and not allow_length_mismatch:
             raise MambavaError(
-                f"{store.root}: test video {video!r} has {len(values)} stored frames but {count} in the frame "
+                f"{store.root}: test video {video!r} has {n} stored frames but {count} in the frame "
                 f"counts (allow the mismatch to pad or cut)"
             )
-        if len(values) != count:
+        if n != count:
+            pad = "the last prediction is carried over" if fill == "forward" else "zero features fill the rest"
             warnings.warn(
-                f"{video}: {len(values)} stored frames but the video has {count}; "
-                + ("the last prediction is carried over" if len(values) < count else "the extra frames are cut"),
+                f"{video}: {n} stored frames but the video has {count}; "
+                + (pad if n < count else "the extra frames are cut"),
                 DataWarning,
                 stacklevel=2,
             )
-            values = values[np.minimum(np.arange(count), len(values) - 1)]
-        predictions[video] = values
+        features, present = record.window(0, n)
+        if fill == "zeros":
+            # the authors' array of zeros, a row filled where a face's features exist (and nothing to fill after)
+            zeros = np.zeros((count, features.shape[1]), np.float32)
+            kept = min(n, count)
+            zeros[:kept][present[:kept]] = features[:kept][present[:kept]]
+            features, present, n = zeros, np.ones(count, bool), count
+        values = predictor.predict_timed(features, present, np.arange(n) / record.fps, name=video)
+        predictions[video] = values[np.minimum(np.arange(count), len(values) - 1)]
     return predictions
 
 
@@ -678,5 +802,7 @@ __all__ = [
     "add_features",
     "load_model",
     "submission_predictions",
+    "SUBMISSION_FILLS",
     "default_audio_sets",
+    "name_persons",
 ]

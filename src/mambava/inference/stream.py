@@ -68,6 +68,10 @@ class StreamResult:
     dropped: bool = False
     confidence: float = math.nan
     voice: bool | None = None  # the frame's sound was used (a fusion model fed sound; None otherwise)
+    # the face's 68 points ((68, 2) frame pixels) and head pose ((6,) Rx, Ry, Rz, Tx, Ty, Tz) with `--landmarks
+    # dlib68`; None where the track has no face in this frame or the landmark source gives none
+    landmarks68: np.ndarray | None = None
+    pose: np.ndarray | None = None
 
 
 def check_streamable(model) -> None:
@@ -412,11 +416,13 @@ class TrackStreams:
         dropped: bool = False,
         scores: dict[str, float] | None = None,
         audio: np.ndarray | None = None,
+        geometry: dict[str, tuple] | None = None,
     ) -> list[StreamResult]:
         """One frame: step every live track to the frame's grid tick (`features` {track: feature} of the faces
         found; `scores` their detector scores, None for features without a detector). With `hears`, `audio` is
         the frame's (audio features, mask) row, joined to every track's visual feature (its last where its face
-        is not found); None (a dropped frame) holds the last joined rows, as offline."""
+        is not found); None (a dropped frame) holds the last joined rows, as offline. `geometry`: {track: (68
+        points, pose)} of the faces found (`--landmarks dlib68`), put on their rows."""
         tick = self.clock.tick(time)
         found = features
         voice = None
@@ -441,6 +447,7 @@ class TrackStreams:
                 )
             y = np.clip(raw, -1.0, 1.0)
             confidence = math.nan if scores is None else float(scores.get(track, 0.0))
+            points, pose = (geometry or {}).get(track, (None, None)) if feature is not None else (None, None)
             results.append(
                 StreamResult(
                     index,
@@ -452,6 +459,8 @@ class TrackStreams:
                     dropped=dropped,
                     confidence=confidence,
                     voice=voice,
+                    landmarks68=points,
+                    pose=pose,
                 )
             )
         return results
@@ -597,6 +606,7 @@ class LiveStream:
                     found,
                     scores={name: face.score for name, face in zip(names, item.faces)},
                     audio=self._audio_row(item.index),
+                    geometry={name: (face.landmarks68, face.pose) for name, face in zip(names, item.faces)},
                 )
             for index, time in not_processed_before(sys.maxsize):  # skipped after the last processed frame
                 self.frames += 1

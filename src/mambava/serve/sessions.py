@@ -166,6 +166,7 @@ class Session:
                     "face": track in event.features,
                     "box": None if box is None else [round(float(v), 2) for v in box],
                     "confidence": None if score is None else round(float(score), 4),
+                    **_geometry_fields(event.geometry.get(track) if track in event.features else None),
                 }
             )
         return {"frame": event.index, "time": round(event.time, 6), "dropped": event.dropped, "tracks": rows}
@@ -182,9 +183,11 @@ class _Event:
     boxes: dict | None = None
     scores: dict | None = None
     retire: set | None = None  # the tracks the tracker still follows (a processed image)
+    geometry: dict | None = None  # {track: (68 points, pose)} with `--landmarks dlib68`
 
     def __post_init__(self):
         self.boxes = self.boxes or {}
+        self.geometry = self.geometry or {}
 
 
 class SessionHub:
@@ -403,6 +406,7 @@ class SessionHub:
                     boxes={n: f.box for n, f in zip(names, faces)},
                     scores={n: f.score for n, f in zip(names, faces)},
                     retire=active,
+                    geometry={n: (f.landmarks68, f.pose) for n, f in zip(names, faces)},
                 ),
                 session,
             )
@@ -445,6 +449,18 @@ class SessionHub:
             for sid, (kind, keys) in ops.items():
                 if kind != "leave":
                     replies[sid] = {k: out[k] for k in keys}
+
+
+def _geometry_fields(geometry: tuple | None) -> dict:
+    """A track row's `landmarks` ([[x, y]] × 68, frame pixels) and `pose` ([Rx, Ry, Rz] radians, [Tx, Ty, Tz] mm)
+    where its face has them (`--landmarks dlib68`); nothing otherwise (a JSON row has no NaN)."""
+    if geometry is None or geometry[0] is None:
+        return {}
+    points, pose = geometry
+    fields = {"landmarks": np.round(np.asarray(points, np.float64), 1).tolist()}
+    if pose is not None and np.isfinite(pose).all():
+        fields["pose"] = [round(float(v), 4) for v in pose]
+    return fields
 
 
 def message_line(message: dict) -> str:

@@ -532,3 +532,57 @@ def _generate(root: Path, cfg: SynthConfig, progress: ProgressFn | None) -> Synt
         seconds=time.perf_counter() - started,
         config=cfg,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A video with a cut (identities across shots)
+
+
+@dataclass
+class CutVideo:
+    """What `render_cut_video` drew: the video, the frame where the second shot starts, and per person (0, 1)
+    and frame the true 5 landmarks' centre in frame pixels (where that person's face is)."""
+
+    path: Path
+    cut: int
+    n_frames: int
+    centres: np.ndarray  # (2, n_frames, 2)
+
+
+def render_cut_video(
+    path: str | os.PathLike, seed: int = 0, shot_frames: tuple[int, int] = (20, 20), cfg: SynthConfig | None = None
+) -> CutVideo:
+    """Two people, then a cut to another shot of the same two with their places swapped (another background
+    and light): what a tracker that follows places gets wrong, and what identities must get right. Both faces
+    are visible in every frame (no turning away, no occluders); the sound track is left out. H.264 mp4."""
+    cfg = cfg or SynthConfig(seed=seed)
+    path = Path(path)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+    w, h = cfg.two_person_size
+    n = int(sum(shot_frames))
+    idents = [sample_identity(rng, True) for _ in range(2)]
+    tracks = []
+    for ident in idents:
+        tr = track(rng, n, cfg.fps, ident, cfg)
+        tracks.append(dataclasses.replace(tr, present=np.ones(n, bool), occluder=[]))
+    shots = [(_Scene.draw(rng, idents, True, w, h), (0, 1)), (_Scene.draw(rng, idents[::-1], True, w, h), (1, 0))]
+    lights = [_Lighting.draw(rng, k, cfg.fps, w, h, cfg.noise_sigma) for k in shot_frames]
+    centres = np.full((2, n, 2), np.nan)
+    writer = VideoWriter(path, w, h, cfg.fps, cfg.crf)
+    try:
+        t = 0
+        for (scene, order), lighting, frames in zip(shots, lights, shot_frames):
+            for k in range(frames):
+                frame = scene.background.copy()
+                for place, person in enumerate(order):
+                    landmarks = _draw_person(
+                        frame, t, idents[person], tracks[person], scene.bases[place], scene.anchors[place]
+                    )
+                    centres[person, t] = landmarks.mean(0)
+                writer.write(lighting.apply(frame, k))
+                t += 1
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return CutVideo(path, int(shot_frames[0]), n, centres)

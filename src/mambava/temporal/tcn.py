@@ -40,11 +40,14 @@ that has already stepped any number of frames.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mambava.core.quantize import Int8Matmul
 
 
 class _WeightNorm(torch.autograd.Function):
@@ -152,6 +155,63 @@ class TemporalBlock(nn.Module):
 
 
 STEP_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+class Int8CausalConv(nn.Module):
+    """A causal, dilated Conv1d (a `WNConv1d`, its kernel fixed, or a 1x1 nn.Conv1d) run as int8 products on
+    the CPU: the k taps of each frame are gathered into one row (im2col) and multiplied by the (C_out, k*C_in)
+    kernel with fbgemm's dynamic int8 product (`mambava.core.quantize.Int8Matmul`), a block of frames at a time
+    (rows of about ROWS, so the gathered block stays in cache). Inference only: its weights are a snapshot.
+    Causal up to rounding: the activations' int8 scale is taken over a block, so a later frame of the block can
+    move an earlier frame's output by a quantisation step (never by what it holds)."""
+
+    ROWS = 512
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        if isinstance(conv, WNConv1d):
+            with torch.no_grad():
+                weight, bias = conv.weight().float(), conv.bias
+            self.kernel_size, self.dilation = conv.kernel_size, conv.dilation
+        else:  # the residual's 1x1 nn.Conv1d
+            weight, bias = conv.weight.detach().float(), conv.bias
+            self.kernel_size, self.dilation = 1, 1
+        self.out_channels, in_channels = weight.shape[0], weight.shape[1]
+        # (C_out, C_in, k) -> (C_out, k * C_in): tap j's inputs are row block j, as the gathered rows hold them
+        self.product = Int8Matmul(weight.permute(0, 2, 1).reshape(self.out_channels, -1), bias)
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, frames = x.shape
+        pad = (self.kernel_size - 1) * self.dilation
+        rows = F.pad(x.float(), (pad, 0)).transpose(1, 2)  # (B, T + pad, C_in)
+        out = x.new_empty(batch, frames, self.out_channels, dtype=torch.float32)
+        step = max(1, self.ROWS // batch)
+        for start in range(0, frames, step):
+            stop = min(frames, start + step)
+            taps = [rows[:, start + j * self.dilation : stop + j * self.dilation] for j in range(self.kernel_size)]
+            gathered = torch.cat(taps, dim=2) if len(taps) > 1 else taps[0]  # (B, t, k * C_in)
+            out[:, start:stop] = self.product(gathered.reshape(-1, gathered.shape[-1])).view(batch, stop - start, -1)
+        return out.transpose(1, 2)
+
+
+def quantize_tcn(model: nn.Module) -> nn.Module:
+    """A copy of `model` (any module holding `TemporalBlock`s: a TCN, Mamba-VA, an ablation, the fusion model)
+    whose TCN convolutions run in int8 on the CPU (`Int8CausalConv`), for inference; the rest stays fp32.
+
+    Args:
+        model: the model; it is not changed.
+
+    Returns:
+        The int8 copy, in eval mode on the CPU.
+    """
+    copy = deepcopy(model).cpu().eval()
+    for block in [m for m in copy.modules() if isinstance(m, TemporalBlock)]:
+        block.conv1 = Int8CausalConv(block.conv1)
+        block.conv2 = Int8CausalConv(block.conv2)
+        if block.downsample is not None:
+            block.downsample = Int8CausalConv(block.downsample)
+    return copy
 
 
 # oneDNN's bf16 product packed for 4 rows and run on 4 (a batch of 1-3 padded with zero rows) read the weights

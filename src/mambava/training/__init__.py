@@ -12,18 +12,20 @@ steps_per_epoch steps, then a cosine from lr down to 0 at the last step (ours; `
 The authors' recipe as their code runs it is `configs/authors.yaml` (folds 1-5) and `configs/authors_fold0.yaml`
 (fold 0), chosen by `recipe_config("authors", fold)` (`mambava train --recipe authors`): per-fold values,
 AdamW eps 1e-7, warmup from ~0 then CosineAnnealingWarmRestarts stepped per iteration (`schedule:
-warm_restarts`, `warm_restarts_lrs`), drop_last, their split of windows (`data.tails: drop`), seed 42 and
-their validation protocol (`protocol: authors`). Each value is cited to its file and line in those configs.
+warm_restarts`, `warm_restarts_lrs`), drop_last, their loss (`loss: authors`), their per-video sequences and split
+of windows (`data.span: crops`, `data.tails: drop`) on the stored frames (`data.resample: false`), seed 42, their
+validation protocol (`protocol: authors`) and timing (`val_check: authors`: four validations an epoch, before an
+update). Each value is cited to its file and line in those configs; docs/fidelity.md lists what is not reproduced.
 
 Validation (every `val_every_n_epochs`), `protocol: videos` (ours): each validation video is run whole, as
-overlapping windows stitched back to one prediction per frame (`mambava.data.windows.predict_sequence`), and CCC
-per dimension is computed over all valid frames of all validation videos concatenated; P_VA = (CCC_v + CCC_a)
-/ 2. `protocol: authors`: CCC over the frames of the windows the reference's validation loop sees
-(`mambava.data.windows.authors_windows`: its split, its file order, its last partial batch dropped, overlapping
-frames counted once per window). The metric (`mambava.core.metrics.ConcordanceCCC`) keeps float64 sufficient
-statistics whose DDP reduction is a sum, so ranks that each validated a share give exactly the
-single-process number (torchmetrics' `ConcordanceCorrCoef` uses sample, n-1, moments where ABAW uses
-population moments).
+overlapping windows stitched back to one prediction per frame (`mambava.data.windows.predict_sequence`), and CCC per
+dimension is computed over all valid frames of all validation videos concatenated; P_VA = (CCC_v + CCC_a) / 2.
+`protocol: authors`: CCC over the frames of the windows the reference's validation loop sees
+(`mambava.data.windows.authors_window_dataset`: each video from its first crop to before its last, its split, its
+file order, its last partial batch dropped, overlapping frames counted once per window). The metric
+(`mambava.core.metrics.ConcordanceCCC`) keeps float64 sufficient statistics whose DDP reduction is a sum, so ranks
+that each validated a share give exactly the single-process number (torchmetrics' `ConcordanceCorrCoef` uses sample,
+n-1, moments where ABAW uses population moments).
 
 Reproducibility and resume: `seed` seeds the model's initialisation; the training windows are shuffled by a
 sampler seeded with (seed, epoch) and the global RNG (dropout) is re-seeded from (seed, epoch, batch, rank)

@@ -25,6 +25,9 @@ RECIPES = {
 SCHEDULES = ("cosine", "warm_restarts")
 PROTOCOLS = ("videos", "authors")
 TAILS = ("cover", "drop")
+SPANS = ("video", "crops")
+LOSSES = ("ccc", "authors")
+VAL_CHECKS = ("epoch", "authors")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 MONITOR = "val/p_va"
 
@@ -42,7 +45,11 @@ class DataConfig:
     `features` per frame (visual, audio, audio mask: `mambava.data.store.AudioVisualStore`) for a fusion model.
     `extra_features`: more feature stores of the same videos (the same backbone on another aligner's crops):
     the training windows are cut from every store (each training video once per store), validation reads
-    `features` only.
+    `features` only. `span`: the frames of a video that are cut into training windows, "video" (all of them,
+    ours) or "crops" (the authors': from its first frame with a face up to, not including, its last:
+    `mambava.data.windows.crop_span`). `resample`: put an entry stored at another frame rate on the model's
+    grid (`model.fps`) for training and whole-video validation (true, ours), or cut its stored frames as they
+    are (false: the authors', who never resample).
     """
 
     features: str | None = None
@@ -56,6 +63,8 @@ class DataConfig:
     window: int = 300
     stride: int = 200
     tails: str = "cover"
+    span: str = "video"
+    resample: bool = True
     num_workers: int = 0
 
 
@@ -67,6 +76,13 @@ class TrainConfig:
     "mamba", "mlp", "transformer"; or "fusion", the audio-visual model, with `data.audio_features`) and its sizes
     (`mambava.temporal.default_model_config`). Missing model keys
     take their defaults; unknown keys are an error.
+
+    `loss`: "ccc" ((1 - CCC_v) + (1 - CCC_a), population moments, frames with -5 in either label left out:
+    `mambava.core.metrics.ccc_loss`) or "authors" (their CCCLoss on the frames whose valence is not -5:
+    `mambava.core.metrics.authors_ccc_loss`). `val_check`: when validation runs, "epoch" (every
+    `val_every_n_epochs` epochs, at the epoch's end) or "authors" (four times an epoch, on the weights before the
+    update of iterations ⌊N/4⌋+1, 2(⌊N/4⌋+1), 3(⌊N/4⌋+1) and N, the best of all selecting the model:
+    `mambava.training.callbacks.validate_like_the_authors`).
     """
 
     model: dict = field(default_factory=dict)
@@ -80,7 +96,9 @@ class TrainConfig:
     schedule: str = "cosine"
     adam_eps: float = 1e-8
     drop_last: bool = False
+    loss: str = "ccc"
     protocol: str = "videos"
+    val_check: str = "epoch"
     precision: str = "32"
     accelerator: str = "auto"
     devices: Any = 1
@@ -122,9 +140,14 @@ class TrainConfig:
             ("schedule", SCHEDULES, self.schedule),
             ("protocol", PROTOCOLS, self.protocol),
             ("data.tails", TAILS, self.data.tails),
+            ("data.span", SPANS, self.data.span),
+            ("loss", LOSSES, self.loss),
+            ("val_check", VAL_CHECKS, self.val_check),
         ):
             if value not in allowed:
                 problems.append(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.val_check == "authors" and self.val_every_n_epochs != 1:
+            problems.append("val_check: authors validates four times every epoch, so val_every_n_epochs must be 1")
         d = self.data
         if not 0 < d.stride <= d.window:
             problems.append(f"data.stride must be in 1..data.window, got window={d.window}, stride={d.stride}")

@@ -1,6 +1,6 @@
 """Cross-validation as in the paper's Table 1: fold 0 (the official train/validation split) and folds 1-5 (a
 5-fold cross-validation over train + validation), one training run per fold, then a table of each fold's
-validation CCC_v, CCC_a and their average (at the epoch of best validation P_VA, the run's model selection),
+validation CCC_v, CCC_a and their average (at the best validation P_VA, the run's model selection),
 with mean ± std over the folds (sample std, ddof = 1).
 
 Layout: `out_dir/folds.yaml` (the folds used, written once so every fold reads the same partition),

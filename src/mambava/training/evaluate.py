@@ -1,8 +1,8 @@
-"""Evaluation the official way (ABAW, paper §4.3: CCC over all frames): whole videos, cut into overlapping windows
-(w 300, s 200, the authors' code's values; the stitching is ours: the paper does not say how it scores), run
-through the temporal model, stitched back to one (valence, arousal) per frame (mean over overlapping windows);
-CCC per dimension over all valid frames (label != -5) of all videos concatenated, P_VA = (CCC_v + CCC_a) / 2,
-plus the same scores per video.
+"""Evaluation the official way (ABAW's: CCC over all frames; the paper §4.3 gives the CCC and P_VA formulas): whole
+videos, cut into overlapping windows (w 300, s 200, the authors' code's values; the stitching is ours: the paper
+does not say how it scores), run through the temporal model, stitched back to one (valence, arousal) per frame (mean
+over overlapping windows); CCC per dimension over all valid frames (label != -5) of all videos concatenated, P_VA =
+(CCC_v + CCC_a) / 2, plus the same scores per video.
 
 `protocol="authors"` scores instead as the authors' validation loop does (FreedomPuppy77/Charon,
 VA/vaestimation.py:268-324 over the windows of VA/data/dataset.py and preprocess/split_VA_fold.py): see
@@ -32,6 +32,7 @@ from mambava.core.runtime import resolve_device
 from mambava.data.timebase import model_fps, stored_grid
 from mambava.data.windows import authors_keep, authors_window_dataset, check_windowing, predict_sequence
 from mambava.temporal import LoadedModel, check_finite, load_temporal_model, model_input_dim
+from mambava.temporal.tcn import quantize_tcn
 from mambava.training.config import TrainConfig
 from mambava.training.data import load_fold_data, open_store
 
@@ -59,7 +60,7 @@ def evaluate_windows_authors(
     window = window or loaded.window
     stride = stride or loaded.stride
     dev = resolve_device(device)
-    model = loaded.model.to(dev).eval()
+    model = _runner(loaded.model, dev, precision)
     dataset = authors_window_dataset(store, names, labels, window, stride, batch_size)
     preds: dict[str, list[np.ndarray]] = {n: [] for n in names}
     targets: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -149,7 +150,7 @@ def evaluate_videos(
                 f"{store.root / name}: {dim}-d features, but the model {loaded.source} takes "
                 f"{expected}-d (features of another backbone?)"
             )
-    model = loaded.model.to(dev).eval()
+    model = _runner(loaded.model, dev, precision)
     fps = model_fps(model)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
     preds, targets, rows = [], [], []
@@ -275,3 +276,12 @@ def evaluate_checkpoint(
         suffix = "_authors" if protocol == "authors" else ""
         out = Path(checkpoint).parent / f"eval_{split}_fold{cfg.data.fold}{suffix}.csv"
     return result, write_per_video(result, out)
+
+
+def _runner(model, device: torch.device, precision: str):
+    """The model in eval mode on `device`; with precision "int8", its TCN in int8 on the CPU (`quantize_tcn`)."""
+    if precision == "int8":
+        if device.type != "cpu":
+            raise MambavaError(f"precision int8 runs on the CPU (fbgemm); on {device} use bf16 or fp32")
+        return quantize_tcn(model)
+    return model.to(device).eval()

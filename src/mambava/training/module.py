@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from mambava.core.errors import MambavaError
-from mambava.core.metrics import ConcordanceCCC, ccc_loss
+from mambava.core.metrics import ConcordanceCCC, authors_ccc_loss, ccc_loss
 from mambava.core.schedule import lr_factor, warm_restarts_lrs
 from mambava.data.windows import WindowDataset, authors_keep, authors_window_dataset, predict_sequence
 from mambava.temporal import build_temporal_model
@@ -62,6 +62,7 @@ class VADataModule(L.LightningDataModule):
                 self.cfg.data.stride,
                 tails=self.cfg.data.tails,
                 fps=self._model_fps(),
+                span=self.cfg.data.span,
             )
             for s in [store, *open_extra_stores(self.cfg, data.train, data.dim)]
         ]
@@ -84,8 +85,11 @@ class VADataModule(L.LightningDataModule):
         store = open_store(self.cfg)
         return store.audio_statistics(self.fold_data.train) if hasattr(store, "audio_statistics") else None
 
-    def _model_fps(self) -> float:
-        """The rate the model counts its frames at (`model.fps`): the grid the store's entries are put on."""
+    def _model_fps(self) -> float | None:
+        """The rate the model counts its frames at (`model.fps`): the grid the store's entries are put on; None
+        with `data.resample: false` (the authors' recipe), where windows are cut from the stored frames."""
+        if not self.cfg.data.resample:
+            return None
         model = self.cfg.model
         return float((model.get("fps") if isinstance(model, dict) else getattr(model, "fps", None)) or 30.0)
 
@@ -162,7 +166,7 @@ class VAModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pred = self.model(batch["x"])
-        loss = ccc_loss(pred.float(), batch["y"], batch["mask"])
+        loss = (authors_ccc_loss if self.cfg.loss == "authors" else ccc_loss)(pred.float(), batch["y"], batch["mask"])
         # Stop at the first non-finite loss (any rank, so no rank waits in a collective the others left),
         # before backward: the weights and the checkpoints of earlier epochs stay as they were.
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):

@@ -37,6 +37,10 @@ class RunPaths:
         return self.out / "metrics.csv"
 
     @property
+    def validations(self) -> Path:
+        return self.out / "validations.csv"
+
+    @property
     def summary(self) -> Path:
         return self.out / "summary.json"
 
@@ -50,6 +54,7 @@ class RunPaths:
 
 
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_ccc_valence", "val_ccc_arousal", "val_p_va", "time_s"]
+VALIDATION_COLUMNS = ["epoch", "step", "val_ccc_valence", "val_ccc_arousal", "val_p_va"]
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -72,12 +77,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics(path: Path, rows: list[dict[str, Any]], columns: list[str] = METRIC_COLUMNS) -> None:
+    """Rows as a CSV of `columns` (metrics.csv; validations.csv with VALIDATION_COLUMNS), atomically."""
     with atomic_open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_COLUMNS})
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
 
 
 def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:

@@ -18,7 +18,7 @@ from mambava.core.checkpoint import CheckpointError, load_lightning_checkpoint
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import is_output_failure, output_error
 from mambava.temporal import count_parameters, lightning_state_dict, save_temporal_model
-from mambava.training.callbacks import AtomicCheckpointIO, EpochLog
+from mambava.training.callbacks import AtomicCheckpointIO, EpochLog, validate_like_the_authors
 from mambava.training.config import MONITOR, TrainConfig, flatten_keys, save_config
 from mambava.training.data import FoldData, check_model_input, load_fold_data
 from mambava.training.module import Diverged, VADataModule, VAModule
@@ -46,16 +46,20 @@ def check_resume_checkpoint(path: Path) -> None:
 
 
 def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
-    """The Lightning Trainer of a run: checkpoints (best by val P_VA, last every epoch), loggers, progress."""
+    """The Lightning Trainer of a run: checkpoints (best by val P_VA, last every epoch), loggers, progress;
+    with `val_check: authors`, validation when the authors' trainer validates, every one a candidate for best."""
 
+    authors = cfg.val_check == "authors"
     best = ModelCheckpoint(
         dirpath=paths.checkpoints,
         filename="best",
         monitor=MONITOR,
-        mode="max",
+        mode="max",  # a later validation replaces the best only when strictly higher, as vaestimation.py:327
         save_top_k=1,
         auto_insert_metric_name=False,
         enable_version_counter=False,
+        # several validations an epoch: compare after each, not once at the epoch's end
+        save_on_train_epoch_end=False if authors else None,
     )
     # The latest epoch, every epoch (monitor None + top 1 = keep the newest; Lightning's save_last only follows
     # a top-k save, which a monitored callback skips when the score did not improve).
@@ -71,10 +75,10 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
     loggers = [CSVLogger(paths.out, name="logs", version=None)]
     if importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None:
         loggers.append(TensorBoardLogger(paths.out, name="tensorboard", default_hp_metric=False))
-    all_callbacks = [EpochLog(paths.metrics), *callbacks, best, last]
+    all_callbacks = [EpochLog(paths.metrics, paths.validations if authors else None), *callbacks, best, last]
     if cfg.progress_bar:
         all_callbacks.append(TQDMProgressBar(refresh_rate=1))
-    return L.Trainer(
+    trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -95,6 +99,9 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
         num_sanity_val_steps=0,
         default_root_dir=str(paths.out),
     )
+    if authors:
+        validate_like_the_authors(trainer)
+    return trainer
 
 
 def _info(message: str) -> None:
@@ -191,8 +198,10 @@ def finish_run(cfg: TrainConfig, paths: RunPaths, module, fold_data: FoldData, t
     model.load_state_dict(lightning_state_dict(state))
     save_temporal_model(model, paths.model)
     rows = read_metrics(paths.metrics)
-    validated = [r for r in rows if r.get("val_p_va") is not None]
-    best_row = max(validated, key=lambda r: r["val_p_va"]) if validated else None
+    # every validation (val_check: authors), so that the best's step is its own, not its epoch's end
+    validations = read_metrics(paths.validations) if cfg.val_check == "authors" else rows
+    validated = [r for r in validations if r.get("val_p_va") is not None]
+    best_row = max(validated, key=lambda r: r["val_p_va"]) if validated else None  # the first of equals
 
     def scores(row):
         if row is None:
@@ -229,6 +238,7 @@ def finish_run(cfg: TrainConfig, paths: RunPaths, module, fold_data: FoldData, t
             "last_checkpoint": str(paths.last),
             "model": str(paths.model),
             "metrics": str(paths.metrics),
+            **({"validations": str(paths.validations)} if cfg.val_check == "authors" else {}),
             "curves": str(paths.curves),
             "config": str(paths.config),
         },

@@ -43,7 +43,8 @@ function received(message) {
   const track = message.tracks[0];
   const row = { frame: message.frame, time: message.time, dropped: message.dropped,
                 valence: track ? track.valence : null, arousal: track ? track.arousal : null,
-                face: track ? track.face : false, box: track ? track.box : null };
+                face: track ? track.face : false, box: track ? track.box : null,
+                landmarks: track && track.landmarks ? track.landmarks : null, pose: track && track.pose ? track.pose : null };
   state.rows.push(row);
   $("rows").textContent = state.rows.length;
   $("dropped").textContent = state.dropped;
@@ -124,10 +125,11 @@ $("webcam").addEventListener("click", async () => {
 });
 
 $("stop").addEventListener("click", stop);
+$("points").addEventListener("change", drawBox);
 
 // ------------------------------------------------------------------ drawing
 
-const COLORS = { valence: "#1f77b4", arousal: "#ff7f0e", box: "#00e676" };
+const COLORS = { valence: "#1f77b4", arousal: "#ff7f0e", box: "#00e676", points: "#ffeb3b" };
 
 function draw() {
   drawBox(); drawTimeline(); drawCircumplex();
@@ -151,6 +153,18 @@ function drawBox() {
   ctx.fillStyle = "#fff";
   ctx.font = "13px system-ui, sans-serif";
   ctx.fillText(`V ${fmt(row.valence)}  A ${fmt(row.arousal)}`, dx + x1 + 4, dy + y1 - 5);
+  drawPoints(ctx, row, scale, dx, dy);
+}
+
+// the face's 68 points (served with --landmarks dlib68), when the "68 points" box is ticked
+function drawPoints(ctx, row, scale, dx, dy) {
+  state.pointsDrawn = 0;
+  if (!$("points").checked || !row.landmarks) return;
+  ctx.fillStyle = COLORS.points;
+  for (const [x, y] of row.landmarks) {
+    ctx.beginPath(); ctx.arc(dx + x * scale, dy + y * scale, 2, 0, 2 * Math.PI); ctx.fill();
+  }
+  state.pointsDrawn = row.landmarks.length;
 }
 
 function drawTimeline() {
