@@ -97,6 +97,13 @@ SMOKE = {
             )
         ],
     ),
+    "scale": (
+        ["--video", "{clip}", "--workers", "1"],
+        [
+            rf"^\| {re.escape(stage)} \| {NUMBER} frames/s \| {NUMBER} frames/s \| [+-]{NUMBER} s \| yes \|$"
+            for stage in ("faces --dataset", "extract", "predict", "pipeline")
+        ],
+    ),
     "serve": (
         ["--tiny", "--threads", "1", "--streams", "2", "--seconds", "0.5", "--rate", "10"],
         [
@@ -245,7 +252,7 @@ def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, cap
 
     threads = torch.get_num_threads()
     args, rows = SMOKE[name]
-    clip = short_clip(media_dir, tmp_path / "clip.mp4") if name == "faces" else None
+    clip = short_clip(media_dir, tmp_path / "clip.mp4") if name in ("faces", "scale") else None
     demo = _demo_run(tmp_path / "demo") if name == "stitching" else None
     try:
         code, out, err = run_cli(

@@ -11,6 +11,7 @@ import sys
 import typer
 
 from mambava.core.errors import MambavaError
+from mambava.core.errors import error_line as error_line  # (the commands import it from here)
 
 app = typer.Typer(
     name="mambava",
@@ -47,14 +48,6 @@ def version() -> None:
     from mambava import __version__
 
     typer.echo(__version__)
-
-
-def error_line(error: BaseException) -> str:
-    """The one-line message for a MambavaError or an OSError (naming its file when it has one)."""
-    if isinstance(error, OSError) and not isinstance(error, MambavaError):
-        reason = error.strerror or str(error) or type(error).__name__
-        return f"{error.filename}: {reason}" if error.filename is not None else reason
-    return str(error)
 
 
 def main() -> None:

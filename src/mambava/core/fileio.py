@@ -114,6 +114,16 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files an `atomic_path` of `target` left when its process was killed (a normal exit,
+    an exception or Ctrl-C removes its own); returns them."""
+    target = Path(target)
+    found = sorted(target.parent.glob(f".{target.name}.*.tmp")) if target.parent.is_dir() else []
+    for tmp in found:
+        tmp.unlink(missing_ok=True)
+    return found
+
+
 @contextlib.contextmanager
 def atomic_open(target: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """open() that only replaces `target` once the block finishes without error."""

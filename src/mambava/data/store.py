@@ -218,6 +218,14 @@ class FeatureStore:
         """Rows start:stop of an entry as (float32 features, bool mask), reading only those rows."""
         return self.read(name).window(start, stop)
 
+    def discard_unfinished(self, name: str) -> None:
+        """Remove the temporary files a writer of `name` left when its process was killed (its next writer would
+        too); a complete entry is kept."""
+        folder = self._dir(name)
+        if folder.is_dir():
+            for stale in folder.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+
     def remove(self, name: str) -> None:
         """Delete an entry (meta.json first, so it is invisible at once)."""
         folder = self._dir(name)

@@ -360,9 +360,14 @@ def extract_faces(
     return result
 
 
+def staging_folder(out_dir: str | os.PathLike, video: str) -> Path:
+    """The hidden folder where `extract_faces` stages one video's crops until they are complete."""
+    return Path(out_dir) / f".{video}.faces-staging"
+
+
 def _fresh_staging(out_dir: Path, video: str) -> Path:
     """An empty hidden staging folder for one video's crops (what an interrupted run left there is removed)."""
-    staging = out_dir / f".{video}.faces-staging"
+    staging = staging_folder(out_dir, video)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if staging.exists():

@@ -82,6 +82,7 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=cfg.precision,
         gradient_clip_val=cfg.grad_clip or None,
@@ -162,7 +163,16 @@ def train(cfg: TrainConfig, resume: bool | str = False, callbacks: Sequence = ()
     return summary if summary is not None else read_summary(paths.out)
 
 
-_RUNTIME_KEYS = {"out_dir", "devices", "strategy", "accelerator", "progress_bar", "data.num_workers", "eval_batch_size"}
+_RUNTIME_KEYS = {
+    "out_dir",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "accelerator",
+    "progress_bar",
+    "data.num_workers",
+    "eval_batch_size",
+}
 
 
 def _warn_config_changes(saved_path: Path, cfg: TrainConfig) -> None:
