@@ -57,13 +57,13 @@ class DemoConfig:
 
     seed: int = 0
     # the generated dataset
-    n_train: int = 40
-    n_val: int = 8
-    n_test: int = 10
-    frames: tuple[int, int] = (240, 360)
+    n_train: int = 32
+    n_val: int = 6
+    n_test: int = 8
+    frames: tuple[int, int] = (220, 300)
     two_person_fraction: float = 0.15
-    stills_train: int = 2000
-    stills_val: int = 200
+    stills_train: int = 1600
+    stills_val: int = 160
     # the backbone: a small ViT, pretrained on the stills, then partially frozen and fine-tuned on video frames
     img_size: int = 80
     patch_size: int = 16
@@ -75,7 +75,7 @@ class DemoConfig:
     finetune_epochs: int = 1
     finetune_lr: float = 2e-4
     freeze_blocks: int = 2  # of `depth`, as the paper freezes 16 of ViT-L's 24
-    finetune_frames_per_video: int = 80
+    finetune_frames_per_video: int = 60
     # random shift (px at 112), log-scale, rotation (degrees) of the backbone's training crops (AlignJitter);
     # None: OWN_CROPS_JITTER with own crops from MTCNN's own points (it errs per face; docs/faces.md, Crops for
     # training), else none (the learned landmarks err 0.4 px, less than the jitter: it lowered P_VA, docs/faces.md,
