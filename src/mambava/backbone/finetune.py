@@ -37,9 +37,10 @@ from mambava.backbone.augment import AlignJitter, warp_crop
 from mambava.backbone.extractor import normalize, resize_crop
 from mambava.backbone.vit import Block, ViTConfig, ViTEncoder, sincos_pos_embed
 from mambava.backbone.weights import read_state_dict
+from mambava.core.ccc_metric import ConcordanceCCC
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open, atomic_torch_save
-from mambava.core.metrics import ConcordanceCCC, ccc_loss, valid_mask
+from mambava.core.metrics import ccc_loss, valid_mask
 from mambava.core.schedule import warmup_cosine
 from mambava.data.affwild2 import CROPS_DIR, AffWild2, read_crop
 from mambava.data.crops import CropVideo, find_crop_videos, scan_crop_folder
