@@ -51,19 +51,20 @@ OWN_CROPS_JITTER = (1.0, 0.02, 1.0)
 @dataclass
 class DemoConfig:
     """Sizes of the demo. The defaults are the first run (at most 5 minutes on 2 CPU cores): every stage of the
-    paper's pipeline on its own data, our faces stage on the raw videos included; `full()` adds the learned
-    landmarks, the audio-visual ablation, distillation, every held-out raw video through predict and more data
-    (about 17-28 minutes); `quick()` is the CI-sized run of everything."""
+    paper's pipeline on its own data, trained on the dataset's crops as the paper trains on Aff-Wild2's
+    `cropped_aligned/`, and our faces stage on a held-out raw video for `predict`. `full()` adds our own crops
+    of every raw video with the learned landmarks, the audio-visual ablation, distillation, every held-out raw
+    video through predict and more data (about 17-28 minutes); `quick()` is a smaller run of every stage."""
 
     seed: int = 0
     # the generated dataset
-    n_train: int = 32
-    n_val: int = 6
-    n_test: int = 8
-    frames: tuple[int, int] = (220, 300)
+    n_train: int = 40
+    n_val: int = 8
+    n_test: int = 10
+    frames: tuple[int, int] = (240, 360)
     two_person_fraction: float = 0.15
-    stills_train: int = 1600
-    stills_val: int = 160
+    stills_train: int = 2000
+    stills_val: int = 200
     # the backbone: a small ViT, pretrained on the stills, then partially frozen and fine-tuned on video frames
     img_size: int = 80
     patch_size: int = 16
@@ -75,7 +76,7 @@ class DemoConfig:
     finetune_epochs: int = 1
     finetune_lr: float = 2e-4
     freeze_blocks: int = 2  # of `depth`, as the paper freezes 16 of ViT-L's 24
-    finetune_frames_per_video: int = 60
+    finetune_frames_per_video: int = 80
     # random shift (px at 112), log-scale, rotation (degrees) of the backbone's training crops (AlignJitter);
     # None: OWN_CROPS_JITTER with own crops from MTCNN's own points (it errs per face; docs/faces.md, Crops for
     # training), else none (the learned landmarks err 0.4 px, less than the jitter: it lowered P_VA, docs/faces.md,
@@ -100,8 +101,8 @@ class DemoConfig:
     # the held-out video for `predict`: through the faces stage (MTCNN) or from the crops
     predict_faces: bool = True
     # train on crops made by our own faces stage from the raw videos (`mambava faces --dataset`), the crops
-    # `predict` makes, instead of the generator's ideal ones
-    own_crops: bool = True
+    # `predict` makes, instead of the dataset's own (the generator's ideal ones); `full()` does
+    own_crops: bool = False
     # with own_crops: fine-tune the backbone and train the temporal models on the generator's crops too (the
     # same faces as two aligners crop them; `FinetuneConfig.extra_crops`, `data.extra_features`)
     both_crops: bool = False
@@ -112,9 +113,8 @@ class DemoConfig:
     landmark_epochs: int = 8
     face_workers: int = 2  # processes for the faces stage (one video each)
     # detection by tracking (`--detect-every`) for the own crops and every raw-video `predict`: 1 detects
-    # every frame; k > 1 also checks followed faces with O-Net (docs/faces.md, Detection by tracking), steadier
-    # crops, and ~5x less detection at k=5
-    detect_every: int = 5
+    # every frame; k > 1 also checks followed faces with O-Net (docs/faces.md, Detection by tracking)
+    detect_every: int = 1
     # torch threads. One: the small models here run many short ops, and on a 2-core machine that anything else
     # keeps busy two OpenMP threads stall at each of them (measured: the temporal training 7x slower on two
     # threads at a load average of ~3). The second core works through processes instead (`workers`). 0 leaves
@@ -158,8 +158,8 @@ class DemoConfig:
             pretrain_epochs=6,
             finetune_frames_per_video=100,
             epochs=10,
+            own_crops=True,
             learned_landmarks=True,
-            detect_every=1,
             audio=True,
             distill=True,
             predict_all=True,
@@ -169,8 +169,8 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, seed: int = 0, **overrides) -> DemoConfig:
-        """The CI-sized run of every stage but our own crops (the generator's instead; `own_crops=True` adds
-        them): the ablation and distillation included, at small sizes."""
+        """A smaller run of the first run's stages and of the ablation and distillation (the dataset's crops;
+        `own_crops=True` adds ours)."""
         values: dict[str, Any] = dict(
             seed=seed,
             n_train=24,
