@@ -268,7 +268,13 @@ class _CaptureReader(VideoReader):
 
         self.live = True
         self._cv2 = cv2
-        self._cap = cv2.VideoCapture(index)
+        # OpenCV logs its own warnings for a camera it cannot open (one per backend tried): the error below says
+        # it in one line, so its log is silenced while it opens.
+        level = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            self._cap = cv2.VideoCapture(index)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not self._cap.isOpened():
             raise MambavaError(f"camera {index}: cannot open the webcam/device (is it connected and free?)")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
@@ -297,7 +303,7 @@ def _natural_key(path: Path):
 
 
 # The most pixels an image may have (PIL's own bomb limit): its header is read first, and a larger one is refused
-# before a byte is decoded (a 69-byte PNG may claim 20000x20000, 1.2 GB of RGB).
+# before a byte is decoded (a 65-byte PNG may claim 20000x20000, 1.2 GB of RGB).
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 # PIL warns on opening an image over its limit; read_image refuses those itself, in one line, so the warning
 # (printed on stderr, once per image) would only be a second line saying the same.

@@ -167,7 +167,8 @@ class Session:
         except OverflowError:
             time = math.inf
         if not (math.isfinite(time) and abs(time) <= MAX_TIME_S):
-            shown = f"{value:g}" if isinstance(value, float) else f"{str(value)[:20]}..."
+            digits = str(value)
+            shown = f"{value:g}" if isinstance(value, float) else digits if len(digits) <= 20 else f"{digits[:20]}..."
             raise MambavaError(f"time {shown}: a time must be a finite number of seconds within +-{MAX_TIME_S:g}")
         if self.last_time is not None and time < self.last_time:
             raise MambavaError(
@@ -378,6 +379,8 @@ class SessionHub:
             index = session.received
             session.received += 1
             time = session.next_time(index, time)
+            if session.closed:  # failed and closed by the worker: its socket is closing, nothing more is served
+                return index
             session.inbox.append((index, time, payload))
             while len(session.inbox) > self.limits.queue_frames:
                 old_index, old_time, _ = session.inbox.popleft()
