@@ -1,6 +1,7 @@
 """The `mambava` command line. Each stage keeps its commands in its own module here and exposes
 `register(app)`; this file only assembles them and turns a MambavaError, or an OSError that escaped a stage
-(an output folder that cannot be created, a file that cannot be read), into a one-line message, exit code 2."""
+(an output folder that cannot be created, a file that cannot be read), into a one-line message, exit code 2;
+the output folders a failed command made and left empty are removed (`mambava.core.fileio.tidy_folders`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import typer
 
 from mambava.core.errors import MambavaError
 from mambava.core.errors import error_line as error_line  # (the commands import it from here)
+from mambava.core.fileio import tidy_folders
 
 app = typer.Typer(
     name="mambava",
@@ -52,7 +54,8 @@ def version() -> None:
 
 def main() -> None:
     try:
-        app()
+        with tidy_folders():  # a failed command leaves no empty output folder behind
+            app()
     except (MambavaError, OSError) as error:
         typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
         sys.exit(2)

@@ -22,6 +22,7 @@ from mambava.cli.options import (
     ray_options,
 )
 from mambava.core.errors import MambavaError
+from mambava.core.fileio import make_folder
 
 CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
 BACKBONE_HELP = "ViT checkpoint (MAE .pth, timm, Hugging Face, or saved by mambava); needed for videos."
@@ -217,7 +218,7 @@ def _warn_face_stage(predictor) -> None:
 
 def _make_folder(path: Path) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_folder(path)
     except OSError as error:
         raise MambavaError(f"{path}: cannot create the output folder ({error.strerror or error})") from None
 

@@ -24,7 +24,7 @@ from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, bf16_suppo
 from mambava.backbone.extract import extract_features
 from mambava.backbone.finetune import FinetuneConfig, finetune
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open
+from mambava.core.fileio import atomic_open, make_folder
 from mambava.core.metrics import va_scores
 from mambava.core.progress import ProgressBar
 from mambava.core.runtime import cpu_seconds, torch_threads
@@ -465,7 +465,7 @@ def _prepare_out(out: Path) -> None:
                 shutil.rmtree(child)
             else:
                 child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     (out / ".mambava-demo").write_text("output of `mambava demo`; the whole folder is replaced by the next run\n")
 
 

@@ -49,7 +49,7 @@ from mambava.backbone import FeatureExtractor, build_encoder, resolve_precision
 from mambava.backbone.extract import EntrySpec, ExtractSummary, crop_batches, write_video_features
 from mambava.backbone.vit import ViTEncoder
 from mambava.core.errors import MambavaError, OutputError, error_line
-from mambava.core.fileio import output_error, remove_temporaries
+from mambava.core.fileio import make_folder, output_error, remove_temporaries
 from mambava.core.runtime import resolve_device
 from mambava.data.crops import CropVideo, find_crop_videos
 from mambava.data.store import FeatureStore
@@ -481,7 +481,7 @@ def extract_features_ray(
     pending = [v for v in videos if not v.error and v.name not in summary.skipped]
     if not pending:
         return summary, RayRun("not started: nothing to extract")
-    store_path.mkdir(parents=True, exist_ok=True)
+    make_folder(store_path)
     with connect(options) as cluster:
         run = RayRun(cluster.describe())
         pool = start_backbone(cluster, options, encoder, weights, batch_size, device, precision)
@@ -587,7 +587,7 @@ def extract_audio_ray(
     summary = AudioExtractSummary(entries=[s.name for s in sources])
     summary.skipped, jobs = pending_audio(sources, fs, overwrite)
     backbone = audio_backbone(sets, speech_model)
-    store_path.mkdir(parents=True, exist_ok=True)
+    make_folder(store_path)
     with connect(options) as cluster:
         ray = cluster.ray
         run = RayRun(cluster.describe())
@@ -729,7 +729,7 @@ def predict_ray(
     )
     has_videos = any(Path(p).suffix.lower() not in FEATURE_SUFFIXES for p in labels)
     try:
-        output.out.mkdir(parents=True, exist_ok=True)
+        make_folder(output.out)
     except OSError as error:
         raise output_error(error, output.out, "cannot create the output folder") from None
     result = PredictRun()

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open
+from mambava.core.fileio import atomic_open, make_folder
 from mambava.data.affwild2 import CROPS_DIR, AffWild2, base_video
 from mambava.faces.align import ARCFACE_TEMPLATE_112, alignment_matrix, transform_points
 from mambava.faces.detect import get_detector
@@ -276,7 +276,7 @@ def _claim_crops_dir(
         raise MambavaError(
             f"{crops_dir}: holds crops not made by `mambava faces --dataset` (the dataset's own?): choose another --out"
         )
-    crops_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(crops_dir)
     settings = {
         "source": str(root.resolve()),
         "detector": getattr(detector, "name", type(detector).__name__),

@@ -70,7 +70,7 @@ from mambava.backbone import FeatureExtractor, ViTEncoder, load_encoder
 from mambava.backbone.extractor import resolve_precision
 from mambava.core.errors import MambavaError
 from mambava.core.progress import track_items
-from mambava.core.runtime import load_aware_threads, resolve_device
+from mambava.core.runtime import fixed_threads, load_aware_threads, resolve_device
 from mambava.data.affwild2 import DataWarning
 from mambava.data.store import FeatureStore, features_with_mask, forward_fill, load_features_file
 from mambava.data.timebase import model_fps, to_grid
@@ -214,7 +214,7 @@ class Predictor:
             needed for videos, not for feature files.
         config: the options (`mambava.inference.config.PredictConfig`: windowing, stitching, window, stride,
             detector, landmarks, detect_every, device, batch_size, precision, fps, features_fps, audio,
-            step_precision, realtime, progress); its defaults when None.
+            step_precision, realtime, progress, threads); its defaults when None.
         **options: fields of PredictConfig that replace the config's (`Predictor(m, b, fps=10)`).
 
     `fps` processes at most that many frames per second of the source; the model still runs on its own frame
@@ -413,10 +413,12 @@ class Predictor:
     # ------------------------------------------------------------------------------------------ inputs
 
     def predict(self, source: str | os.PathLike) -> pandas.DataFrame:
-        """A video (file, image folder, URL) or a feature file (.npy) -> the per-frame table."""
-        if Path(source).suffix.lower() in FEATURE_SUFFIXES:
-            return self.predict_feature_file(source)
-        return self.predict_video(source)
+        """A video (file, image folder, URL) or a feature file (.npy) -> the per-frame table (on
+        `config.threads` threads when set: `mambava.core.runtime.fixed_threads`)."""
+        with fixed_threads(self.config.threads):
+            if Path(source).suffix.lower() in FEATURE_SUFFIXES:
+                return self.predict_feature_file(source)
+            return self.predict_video(source)
 
     def predict_feature_file(self, path: str | os.PathLike) -> pandas.DataFrame:
         features, present = load_features_file(path)

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mambava.core.checkpoint import CheckpointError, load_lightning_checkpoint
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import is_output_failure, output_error
+from mambava.core.fileio import is_output_failure, make_folder, output_error
 from mambava.temporal import count_parameters, lightning_state_dict, save_temporal_model
 from mambava.training.callbacks import AtomicCheckpointIO, EpochLog, validate_like_the_authors
 from mambava.training.config import MONITOR, TrainConfig, flatten_keys, save_config
@@ -139,7 +139,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, callbacks: Sequence = ()
     datamodule = VADataModule(cfg, fold_data)
     trainer = build_trainer(cfg, paths, callbacks)
     if trainer.is_global_zero:
-        paths.out.mkdir(parents=True, exist_ok=True)
+        make_folder(paths.out)
         save_config(cfg, paths.config)
     # The validation scores are synced by ConcordanceCCC itself; Lightning cannot know and suggests sync_dist.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
