@@ -101,6 +101,7 @@ LAYERS = [
     ["analysis"],
     ["training"],
     ["inference"],
+    ["distributed"],
     ["serve"],
     ["synth"],
     ["demo"],

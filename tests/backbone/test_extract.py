@@ -75,7 +75,7 @@ def test_resume_after_interruption(crop_tree, extractor, tmp_path, monkeypatch):
         extract_features(crop_tree, store, extractor, dtype="float32", workers=0, progress=False)
     monkeypatch.undo()
     done = store.names()
-    # batches of 16 over vidA(46), vidB_left(40), vidB_right(38), ...: the 9th block is inside vidB_right
+    # batches of 16 within each video: vidA(46) 3, vidB_left(40) 3, vidB_right(38) 3: the 9th is vidB_right's last
     assert done == ["vidA", "vidB_left"]
     assert not store.has("vidB_right")
 

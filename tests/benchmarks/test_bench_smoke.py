@@ -11,6 +11,7 @@ import pytest
 from support import run_cli, short_clip
 
 from mambava.cli.bench import available
+from mambava.core import quantize
 
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
 
@@ -55,7 +56,25 @@ SMOKE = {
     ),
     "backbone": (
         ["--arch", "vit_tiny_patch16", "--batch-size", "1", "--repeats", "1", "--threads", "1"],
-        [rf"^  fp32 +{NUMBER} images/s +x1\.00 vs fp32 ", rf"^  bf16 +{NUMBER} images/s +x{NUMBER} vs fp32 "],
+        [rf"^  fp32 +{NUMBER} images/s +x1\.00 vs fp32 "]
+        + (  # bf16 timed where the hardware runs it, else skipped with the measured slowdown
+            [rf"^  bf16 +{NUMBER} images/s +x{NUMBER} vs fp32 "]
+            if quantize.cpu_has_fast_bf16()
+            else [rf"^  bf16  skipped: emulated on this CPU .* runs {NUMBER}x slower in bf16 than in fp32 here$"]
+        )
+        + (
+            [rf"^  int8 +{NUMBER} images/s +x{NUMBER} vs fp32 .*; features' cosine to fp32 >= 0\.\d+$"]
+            if quantize.cpu_has_int8_kernels()
+            else []
+        ),
+    ),
+    "device": (
+        ["--device", "cpu", "--tiny", "--out", "{tmp}/device.json"],
+        [
+            rf"^  {step} +ok in {NUMBER} s: "
+            for step in ("environment", "scan", "backbone", "train_epoch", "stream_step")
+        ]
+        + [r"^  cuda_tests +ok in .*no CUDA device", r"device\.json: 6 of 6 steps ok$"],
     ),
     "faces": (
         ["--video", "{clip}", "--repeats", "1"],
@@ -86,6 +105,13 @@ SMOKE = {
                 ("head pose", "face"),
                 ("descriptor", "face"),
             )
+        ],
+    ),
+    "scale": (
+        ["--video", "{clip}", "--workers", "1"],
+        [
+            rf"^\| {re.escape(stage)} \| {NUMBER} frames/s \| {NUMBER} frames/s \| [+-]{NUMBER} s \| yes \|$"
+            for stage in ("faces --dataset", "extract", "predict", "pipeline")
         ],
     ),
     "serve": (
@@ -185,15 +211,33 @@ SMOKE = {
         [
             r"^inference B=\d+ T=\d+ +baseline: reference scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" *$",
             r"^inference B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x ",
-            r"^inference B=\d+ T=\d+ +chunked scan, bf16 autocast .*; " + NUMBER + r"x the floor$",
-            r"^inference B=\d+ T=\d+ +floor: TCN GEMMs bf16 \+ enc\. proj\. +"
-            + NUMBER
-            + r" ms +"
-            + NUMBER
-            + r" +TCN GEMMs at "
-            + NUMBER
-            + r" GFLOP/s bf16$",
-            r"^training step B=\d+ T=\d+ +chunked scan, bf16 autocast .* " + NUMBER + r"x the floor$",
+        ]
+        + (  # the bf16 rows and their floor where bf16 runs in hardware; else the line that says why not
+            [
+                r"^inference B=\d+ T=\d+ +chunked scan, bf16 autocast .*; " + NUMBER + r"x the floor$",
+                r"^inference B=\d+ T=\d+ +floor: TCN GEMMs bf16 \+ enc\. proj\. +"
+                + NUMBER
+                + r" ms +"
+                + NUMBER
+                + r" +TCN GEMMs at "
+                + NUMBER
+                + r" GFLOP/s bf16$",
+                r"^training step B=\d+ T=\d+ +chunked scan, bf16 autocast .* " + NUMBER + r"x the floor$",
+            ]
+            if quantize.cpu_has_fast_bf16()
+            else [
+                r"^  bf16 rows skipped: emulated on this CPU .* runs " + NUMBER + r"x slower in bf16 than in fp32 here"
+            ]
+        )
+        + (
+            [
+                r"^inference B=\d+ T=\d+ +chunked scan, int8 TCN +" + NUMBER + r" ms .*rel\. diff\. to fp32 .*x fp32$",
+                r"^TCN alone, B=\d+ T=\d+ +int8 \(Int8CausalConv\) +" + NUMBER + r" ms",
+            ]
+            if quantize.cpu_has_int8_kernels()
+            else []
+        )
+        + [
             r"^training step B=\d+ T=\d+ +chunked scan, fp32 +" + NUMBER + r" ms +" + NUMBER + r" +" + NUMBER + r"x",
         ],
     ),
@@ -218,11 +262,11 @@ def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, cap
 
     threads = torch.get_num_threads()
     args, rows = SMOKE[name]
-    clip = short_clip(media_dir, tmp_path / "clip.mp4") if name == "faces" else None
+    clip = short_clip(media_dir, tmp_path / "clip.mp4") if name in ("faces", "scale") else None
     demo = _demo_run(tmp_path / "demo") if name == "stitching" else None
     try:
         code, out, err = run_cli(
-            ["bench", name, *(a.format(clip=clip, demo=demo, media=media_dir) for a in args)], capsys
+            ["bench", name, *(a.format(clip=clip, demo=demo, media=media_dir, tmp=tmp_path) for a in args)], capsys
         )
     finally:
         torch.set_num_threads(threads)
@@ -230,6 +274,21 @@ def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, cap
     lines = out.splitlines()
     for row in rows:
         assert any(re.search(row, line) for line in lines), (row, out)
+    if name == "device":
+        _check_device_figures(tmp_path / "device.json")
+
+
+def _check_device_figures(path: Path) -> None:
+    """The GPU check's CPU run: its JSON holds every step with numbers that say the code is right."""
+    import json
+
+    figures = json.loads(path.read_text())
+    assert figures["scan"]["chunked"]["max_abs_diff_to_reference"] < 1e-4
+    assert figures["stream_step"]["max_abs_diff_to_full_pass"] < 1e-4
+    assert figures["stream_step"]["ms_per_stream_n16"] < figures["stream_step"]["ms_per_stream_n1"] * 16
+    assert figures["backbone"]["images_per_s"]["fp32"] > 0 and figures["backbone"]["target_images_per_s"] == 2500
+    assert figures["train_epoch"]["parameters"] > 0 and -1 <= figures["train_epoch"]["validation_p_va"] <= 1
+    assert figures["environment"]["cuda_available"] is False and "mamba_ssm" in figures["environment"]
 
 
 def test_bench_unknown_name_is_one_line(capsys):

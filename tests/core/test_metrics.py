@@ -2,7 +2,8 @@ import numpy as np
 import torch
 import torchmetrics
 
-from mambava.core.metrics import ConcordanceCCC, ccc, ccc_loss, ccc_numpy, va_scores
+from mambava.core.ccc_metric import ConcordanceCCC
+from mambava.core.metrics import ccc, ccc_loss, ccc_numpy, va_scores
 
 
 def _numpy_ccc(x, y):

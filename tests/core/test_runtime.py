@@ -34,3 +34,10 @@ def test_free_threads_without_a_load_average_changes_nothing(monkeypatch):
 
     monkeypatch.setattr(runtime.os, "getloadavg", missing)
     assert runtime.free_threads() is None and runtime.busy_threads() is None
+
+
+def test_fixed_threads_turn_the_policy_off(monkeypatch):
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    with runtime.fixed_threads(2):
+        assert runtime.free_threads() == runtime.busy_threads() == 2
+    assert runtime.free_threads() == 1

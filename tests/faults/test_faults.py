@@ -170,8 +170,9 @@ def test_extract_killed_mid_video_resumes_to_the_same_store(crop_tree, encoder_f
     reference = tmp_path / "reference"
     assert run_cli(*extract_args(crop_tree, reference, encoder_file)).returncode == 0
     # A crop that is a FIFO blocks the reader: the process is stopped mid-extraction, its writer open (a
-    # memory-mapped temporary file), at a place that does not depend on timing, and killed there.
-    crop = crop_tree / "cropped_aligned" / "vidC" / "00010.jpg"
+    # memory-mapped temporary file), at a place that does not depend on timing, and killed there: crop 20 is in
+    # vidC's second batch of 16 (a batch never spans two videos), so its first batch is in the writer by then.
+    crop = crop_tree / "cropped_aligned" / "vidC" / "00020.jpg"
     jpeg = crop.read_bytes()
     crop.unlink()
     os.mkfifo(crop)

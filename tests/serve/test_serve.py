@@ -233,7 +233,7 @@ def test_overload_drops_the_oldest_frames_and_says_so(models, detector):
     with TestClient(app) as client, client.websocket_connect("/ws?name=s") as ws:
         ws.receive_json()
         first = []
-        for feature in features[:3]:  # one at a time: three at once could overflow the queue of 2 on a busy CPU
+        for feature in features[:3]:  # one at a time: three sent at once could already overflow the queue of 2
             ws.send_bytes(feature.tobytes())
             first += _receive_frames(ws, 1)
         hub = app.state.hub

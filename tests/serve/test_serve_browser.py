@@ -1,8 +1,9 @@
 """The page of `mambava serve` in a real headless Chromium (issue 17, item 7): Debian's chromium package, driven
 by Playwright (never a downloaded browser), with a fake webcam fed from single_face.mp4 converted to .y4m. The
 page must show rows arriving, the face box (and with the faces extra, the 68 points when "68 points" is ticked)
-and the plots updating; its state is read from the DOM and from
-`window.mambava`; then the same with a video file chosen in the page. Skipped only where /usr/bin/chromium (or
+and the plots updating; its state is read from the DOM and from `window.mambava`; then the same with a video
+file chosen in the page. The server has a token, given to the page in its address (/?token=...), as `mambava
+serve` prints it. Skipped only where /usr/bin/chromium (or
 Playwright) is absent outside CI; in CI it runs.
 
 MAMBAVA_SERVE_SCREENSHOT=PATH also saves the page's screenshot there (docs/images/serve.png in docs/serve.md)."""
@@ -72,6 +73,7 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
     sync_playwright = _browser_or_skip()
     from mambava.cli.options import faces_extra_installed, landmark_source
     from mambava.inference.predict import Predictor
+    from mambava.serve.access import Access
     from mambava.serve.app import ServerThread, create_app
     from mambava.serve.sessions import ServeLimits
 
@@ -80,7 +82,8 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
     predictor = Predictor(
         models["model"], models["vit"], precision="fp32", detector=detector, landmarks=landmark_source("auto")
     )
-    app = create_app(predictor, ServeLimits(max_sessions=2))
+    token = "browser-test-token"  # the page is opened as /?token=...: it sends it on the WebSocket
+    app = create_app(predictor, ServeLimits(max_sessions=2), Access(token=token))
     with ServerThread(app) as server, sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
@@ -91,8 +94,9 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
         )
         try:
             page = context.pages[0] if context.pages else context.new_page()
-            page.goto(server.url + "/")
+            page.goto(f"{server.url}/?token={token}")
             assert page.title() == "mambava: live valence/arousal"
+            assert page.url == server.url + "/"  # the token is out of the address bar (kept for the tab)
             page.check("#points")
             page.click("#webcam")
             page.wait_for_function("window.mambava.rows.length >= 4", timeout=60_000)

@@ -341,10 +341,13 @@ def test_fast_scan_model_matches_reference_scan_with_gradients():
 
 @pytest.mark.parametrize("seed", [2, 5])
 def test_bf16_autocast_close_to_fp32(seed):
-    """Relative error ||y_bf16 - y_fp32|| / ||y_fp32|| <= 1e-2 (paper config; the TCN runs in bf16)."""
+    """Relative error ||y_bf16 - y_fp32|| / ||y_fp32|| <= 1e-2 (paper config; the TCN runs in bf16). Where the
+    CPU emulates bf16 (tens of times slower than fp32) the same check runs on fewer frames."""
+    from mambava.core.quantize import cpu_has_fast_bf16
+
     torch.manual_seed(seed)
     model = MambaVA(MambaVAConfig()).eval()
-    x = torch.randn(2, 64, 1024)
+    x = torch.randn(2, 64 if cpu_has_fast_bf16() else 12, 1024)
     with torch.no_grad():
         y32 = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -192,6 +192,7 @@ def test_chunking_choice():
     assert choose_chunking(37, 10, chunk_size=8) == (5, 8)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not mamba_ssm_available(), reason="needs CUDA and mamba-ssm")
 def test_mamba_ssm_kernel_matches_reference():  # pragma: no cover - runs only with CUDA + mamba-ssm
     inputs = {k: (v.cuda() if v is not None else None) for k, v in _inputs(2, 100, 16, 8, seed=1).items()}

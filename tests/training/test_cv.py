@@ -66,3 +66,27 @@ def test_cv_command_runs_six_folds_and_skips_finished_ones(tmp_path):
     assert again.exit_code == 0, again.output
     assert again.output.count("finished earlier, skipped") == 6
     assert [line for line in again.output.splitlines() if re.match(r"^(\d|Mean)", line)] == table[1:]
+
+    # folds run as parallel jobs (`cv --folds K` each, as above), then one command gathers the table: the same
+    (tmp_path / "cv/cv_results.csv").unlink()
+    gathered = runner.invoke(app, ["cv", "--config", str(cfg), "--gather"])
+    assert gathered.exit_code == 0, gathered.output
+    assert "training" not in gathered.output and "skipped" not in gathered.output
+    assert [line for line in gathered.output.splitlines() if re.match(r"^(\d|Mean)", line)] == table[1:]
+    assert (tmp_path / "cv/cv_results.csv").is_file()
+    (tmp_path / "cv/fold5/summary.json").unlink()  # a fold whose job has not finished
+    unfinished = runner.invoke(app, ["cv", "--config", str(cfg), "--gather"])
+    assert unfinished.exit_code != 0 and "fold 5 has no finished run" in str(unfinished.exception)
+
+
+def test_num_nodes_reaches_the_trainer(tmp_path):
+    """`--num-nodes N` (config key num_nodes): Lightning's Trainer of the run spans N machines; a runtime key,
+    so resuming on another number of machines does not warn."""
+    from mambava.training import load_config
+    from mambava.training.outputs import RunPaths
+    from mambava.training.run import _RUNTIME_KEYS, build_trainer
+
+    cfg = load_config(None, ["num_nodes=2", "accelerator=cpu", "strategy=ddp", f"out_dir={tmp_path}"])
+    assert cfg.num_nodes == 2 and "num_nodes" in _RUNTIME_KEYS
+    trainer = build_trainer(cfg, RunPaths(tmp_path))
+    assert trainer.num_nodes == 2

@@ -15,8 +15,9 @@ import pytest
 import torch
 from support import TINY_MODEL, run_config, write_drift_dataset
 
+from mambava.core.ccc_metric import ConcordanceCCC
 from mambava.core.errors import MambavaError
-from mambava.core.metrics import ConcordanceCCC, va_scores
+from mambava.core.metrics import va_scores
 from mambava.data.store import FeatureStore
 from mambava.training import (
     EpochShuffleSampler,

@@ -17,7 +17,7 @@ import av
 import cv2
 import numpy as np
 
-from mambava.core.fileio import atomic_path
+from mambava.core.fileio import atomic_path, make_folder
 
 VALENCE_COLOR = "#1f77b4"
 AROUSAL_COLOR = "#d62728"
@@ -41,7 +41,7 @@ def new_figure(width: float, height: float):
 def save_figure(figure, path: str | os.PathLike) -> Path:
     """Write `figure` as a PNG at `path`, atomically (its folder made if needed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
     return path

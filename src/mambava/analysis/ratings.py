@@ -17,6 +17,8 @@ with the highest CCC (positive: the rater is behind the model). The curve is kep
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +36,24 @@ MAX_LAG_S = 3.0
 MIN_OVERLAP = 10  # frames both known, for a lag's CCC to count
 
 
-def _is_affwild2(path: Path) -> bool:
+def _read_text(path: Path) -> str:
+    """A ratings file's text, checked: not empty, not binary, UTF-8 (a BOM allowed); MambavaError naming the
+    file (and the line of a byte that is not UTF-8) otherwise."""
     try:
-        with open(path, encoding="utf-8-sig") as handle:
-            first = handle.readline()
+        data = path.read_bytes()
     except OSError as error:
         raise MambavaError(f"{path}: cannot read ratings ({error.strerror or error})") from None
-    return first.strip().replace(" ", "").lower() == ANNOTATION_HEADER
+    if not data.strip():
+        raise MambavaError(f"{path}: an empty file (a ratings CSV with a header line is expected)")
+    if b"\x00" in data[:65536]:
+        raise MambavaError(f"{path}: a binary file, not a ratings CSV (text with a time and valence/arousal columns)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise MambavaError(
+            f"{path}: line {line}: byte 0x{data[error.start]:02x} is not UTF-8 text (save the file as UTF-8)"
+        ) from None
 
 
 def read_ratings(
@@ -54,7 +67,8 @@ def read_ratings(
     out = np.full((len(frames), 2), np.nan)
     if not path.is_file():
         raise MambavaError(f"{path}: no such ratings file")
-    if _is_affwild2(path):
+    text = _read_text(path)
+    if text.splitlines()[0].strip().replace(" ", "").lower() == ANNOTATION_HEADER:
         values = read_va_annotation(path).astype(float)
         values[values == INVALID_LABEL] = np.nan
         inside = frames < len(values)
@@ -62,8 +76,8 @@ def read_ratings(
         return out
 
     try:
-        table = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
+        table = pd.read_csv(io.StringIO(text), sep=None, engine="python", dtype=str, keep_default_na=False)
+    except (OSError, ValueError, csv.Error, pd.errors.ParserError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise MambavaError(f"{path}: not a readable ratings CSV ({first})") from None
     lower = {c.strip().lower(): c for c in table.columns}

@@ -92,9 +92,9 @@ class AudioExtractSummary:
         return self.seconds_of_video / self.seconds if self.seconds > 0 else 0.0
 
 
-def _features_job(path: Path, n_frames: int | None, sets: list[str], speech_model: SpeechModel | None = None):
-    """One video's features for extraction, in this process or a worker: (AudioFeatures or None, its AudioWarning
-    lines, the MambavaError line or None)."""
+def audio_of_video(path: Path, n_frames: int | None, sets: list[str], speech_model: SpeechModel | None = None):
+    """One video's features for extraction, the unit of work of every engine (this process, a worker process,
+    a Ray task): (AudioFeatures or None, its AudioWarning lines, the MambavaError line or None)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AudioWarning)
         try:
@@ -107,6 +107,44 @@ def _features_job(path: Path, n_frames: int | None, sets: list[str], speech_mode
         if not issubclass(w.category, AudioWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return result, [str(w.message) for w in caught if issubclass(w.category, AudioWarning)], error
+
+
+def audio_backbone(sets: Sequence[str], speech_model: SpeechModel | None) -> str:
+    """The `backbone` an audio store entry records: "audio:" and the sets (ssl as the speech model's name)."""
+    return "audio:" + "+".join(speech_model.name if s == "ssl" else s for s in sets)
+
+
+def write_audio_entries(
+    store: FeatureStore, entries: Sequence[AudioSource], path: Path | str, result, backbone: str, dtype: str
+) -> list[str]:
+    """Store one video's features (`audio_of_video`'s result) under each of its entries (`<v>_left`/`<v>_right`
+    share `<v>`'s sound); `path` is recorded as their source. Returns the entries without any sound. An
+    OutputError (full disk, read-only store) is raised: it stops the run."""
+    extra = {
+        "columns": result.columns,
+        "sets": result.sets,
+        "source": str(path),
+        "codec": result.codec,
+        "masked": result.reason,
+        "sample_rate": SAMPLE_RATE,
+    }
+    for entry in entries:
+        store.write(entry.name, result.features, result.mask, result.fps, backbone, dtype, extra)
+    return [entry.name for entry in entries if not result.mask.any()]
+
+
+def pending_audio(
+    sources: Sequence[AudioSource], store: FeatureStore, overwrite: bool = False
+) -> tuple[list[str], list[tuple[tuple[Path, int | None], list[AudioSource]]]]:
+    """(entries already complete in `store`, the jobs still to do): one job per video file and frame count,
+    with every entry that takes its sound."""
+    skipped, pending = [], {}
+    for entry in sources:
+        if not overwrite and store.has(entry.name):
+            skipped.append(entry.name)
+        else:
+            pending.setdefault((entry.path, entry.n_frames), []).append(entry)
+    return skipped, list(pending.items())
 
 
 def _worker_init() -> None:
@@ -142,23 +180,17 @@ def extract_audio(
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     sources = source if isinstance(source, list) else find_audio_sources(source, names)
     summary = AudioExtractSummary(entries=[s.name for s in sources])
-    pending: dict[tuple[Path, int | None], list[AudioSource]] = {}
-    for entry in sources:
-        if not overwrite and store.has(entry.name):
-            summary.skipped.append(entry.name)
-        else:
-            pending.setdefault((entry.path, entry.n_frames), []).append(entry)
-    backbone = "audio:" + "+".join(speech_model.name if s == "ssl" else s for s in sets)
+    summary.skipped, jobs = pending_audio(sources, store, overwrite)
+    backbone = audio_backbone(sets, speech_model)
     start = time.perf_counter()
-    jobs = list(pending.items())
     pool = None
     if workers and len(jobs) > 1:
         # spawn, not fork: the parent may hold torch's and openSMILE's threads
         pool = ProcessPoolExecutor(min(workers, len(jobs)), multiprocessing.get_context("spawn"), _worker_init)
-        futures = [pool.submit(_features_job, path, n_frames, sets) for (path, n_frames), _ in jobs]
+        futures = [pool.submit(audio_of_video, path, n_frames, sets) for (path, n_frames), _ in jobs]
         results = (future.result() for future in futures)
     else:
-        results = (_features_job(path, n_frames, sets, speech_model) for (path, n_frames), _ in jobs)
+        results = (audio_of_video(path, n_frames, sets, speech_model) for (path, n_frames), _ in jobs)
     try:
         for done, (((path, _), entries), (result, lines, error)) in enumerate(zip(jobs, results), 1):
             for line in lines:
@@ -172,19 +204,8 @@ def extract_audio(
                 summary.failed.extend(e.name for e in entries)
                 on_error(error)
             else:
-                extra = {
-                    "columns": result.columns,
-                    "sets": result.sets,
-                    "source": str(path),
-                    "codec": result.codec,
-                    "masked": result.reason,
-                    "sample_rate": SAMPLE_RATE,
-                }
-                for entry in entries:  # an OutputError (full disk, read-only store) stops the run
-                    store.write(entry.name, result.features, result.mask, result.fps, backbone, dtype, extra)
-                    summary.extracted.append(entry.name)
-                    if not result.mask.any():
-                        summary.without_sound.append(entry.name)
+                summary.without_sound += write_audio_entries(store, entries, path, result, backbone, dtype)
+                summary.extracted += [e.name for e in entries]
                 summary.videos += 1
                 summary.frames += len(result.mask)
                 summary.seconds_of_video += len(result.mask) / result.fps

@@ -40,6 +40,7 @@ from mambava.backbone.vit import (
 )
 from mambava.backbone.weights import (
     LoadReport,
+    build_encoder,
     hf_to_timm,
     infer_config,
     load_encoder,
@@ -55,6 +56,7 @@ __all__ = [
     "Attention",
     "Block",
     "FeatureExtractor",
+    "build_encoder",
     "LoadReport",
     "Mlp",
     "PatchEmbed",

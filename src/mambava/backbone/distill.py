@@ -37,7 +37,7 @@ from mambava.backbone.extractor import FeatureExtractor, normalize, resize_crop
 from mambava.backbone.finetune import BackboneTrainConfig, adamw_warmup_cosine, backbone_trainer, evenly_spaced
 from mambava.backbone.vit import ViTConfig, ViTEncoder, vit_config
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open
+from mambava.core.fileio import atomic_open, make_folder
 from mambava.core.runtime import resolve_device
 from mambava.data.affwild2 import read_crop
 from mambava.data.crops import CropVideo
@@ -331,7 +331,7 @@ def distill(
     the teacher's features of these videos (skips running the teacher over the crops)."""
     config = config or DistillConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_items = crop_items(train, config.frames_per_video)
     held_items = crop_items(heldout or [], config.frames_per_video)

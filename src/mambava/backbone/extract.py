@@ -8,6 +8,8 @@
 - Worker processes (a torch DataLoader) decode the JPEGs and resize them exactly as the reference (PIL bicubic
   to 224, uint8) while the model runs; normalisation and the ViT run in the main process under bf16 autocast
   where the hardware supports it.
+- Batches never span two videos (`video_batches`): a crop's batch, and so its features to the last bit, are the
+  same whichever engine runs the video (this process, or a Ray task: `mambava.distributed`).
 - Resumable: a video whose entry is complete in the store is skipped; an interrupted one is redone (the store
   publishes an entry only once it is complete).
 - Sharding: with torchrun (or RANK/WORLD_SIZE set), rank r extracts videos[r::world_size] (sorted names) into the
@@ -21,11 +23,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from mambava.backbone import FeatureExtractor, resize_crop
 from mambava.core.errors import MambavaError, OutputError
@@ -60,6 +62,64 @@ class CropDataset(Dataset):
         return v, int(video.frames[k]) - 1, torch.from_numpy(image).permute(2, 0, 1), error
 
 
+def video_batches(videos: list[CropVideo], batch_size: int) -> list[list[int]]:
+    """`CropDataset(videos)` indices in batches: each video's crops in order, cut every `batch_size` from its
+    first crop, so that no batch spans two videos."""
+    batches, start = [], 0
+    for video in videos:
+        n = len(video.frames)
+        batches += [list(range(start + lo, start + min(lo + batch_size, n))) for lo in range(0, n, batch_size)]
+        start += n
+    return batches
+
+
+def crop_batches(video: CropVideo, batch_size: int, size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, str]]:
+    """One video's crops, decoded and resized, in the batches `extract_features` makes of them (in this process):
+    (0-based rows, uint8 (B, 3, size, size), the first unreadable crop's message or "")."""
+    dataset = CropDataset([video], size)
+    for indices in video_batches([video], batch_size):
+        _, rows, images, errors = default_collate([dataset[i] for i in indices])
+        yield rows.numpy(), images, next((e for e in errors if e), "")
+
+
+@dataclass
+class EntrySpec:
+    """What every store entry of an extraction records besides its features: the feature size, the backbone's
+    name, the stored dtype and `extra` (img_size, precision, the checkpoint ...)."""
+
+    dim: int
+    backbone: str
+    dtype: str
+    extra: dict
+
+
+def open_entry(store: FeatureStore, video: CropVideo, spec: EntrySpec, source: str | None = None):
+    """The store writer of one video's entry (published when its block exits cleanly); `source` is recorded as
+    the crops' folder (default: `video.folder`)."""
+    return store.writer(
+        video.name,
+        video.n_frames,
+        spec.dim,
+        video.fps,
+        spec.backbone,
+        spec.dtype,
+        extra={**spec.extra, "source": str(video.folder) if source is None else source},
+    )
+
+
+def write_video_features(
+    store: FeatureStore, video: CropVideo, spec: EntrySpec, runs: Iterable, source: str | None = None
+) -> None:
+    """One video's entry from its runs of (rows, features, bad crop message or ""), in order: the one writer
+    of both engines. A bad crop is a MambavaError naming it, and nothing of the video is stored. `source`: as
+    `open_entry`."""
+    with open_entry(store, video, spec, source) as writer:
+        for rows, feats, bad in runs:
+            if bad:  # (the rest of this video's crops are not read)
+                raise MambavaError(f"{bad} (remove the file to treat that frame as having no face)")
+            writer.put_frames(rows, feats)
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -69,8 +129,7 @@ def _crop_loader(dataset: CropDataset, extractor: FeatureExtractor, workers: int
     workers = default_workers(extractor.device) if workers is None else workers
     return DataLoader(
         dataset,
-        batch_size=extractor.batch_size,
-        shuffle=False,
+        batch_sampler=video_batches(dataset.videos, extractor.batch_size),
         num_workers=workers,
         pin_memory=extractor.device.type == "cuda",
         worker_init_fn=_worker_init if workers else None,
@@ -114,6 +173,16 @@ class ExtractSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+def entry_spec(extractor: FeatureExtractor, backbone: str, dtype: str, extra: dict | None = None) -> EntrySpec:
+    """The EntrySpec of an extraction by `extractor` (its img_size and resolved precision go into `extra`)."""
+    return EntrySpec(
+        extractor.dim,
+        backbone,
+        dtype,
+        {"img_size": extractor.config.img_size, "precision": extractor.precision, **(extra or {})},
+    )
+
+
 def extract_features(
     source: str | os.PathLike | list[CropVideo],
     store: str | os.PathLike | FeatureStore,
@@ -155,22 +224,10 @@ def extract_features(
     for video in (v for v in mine if v.error):
         fail(video, video.error)
     pending = [v for v in mine if not v.error and v.name not in summary.skipped]
-    entry_extra = {"img_size": extractor.config.img_size, "precision": extractor.precision, **(extra or {})}
-
-    def open_writer(video: CropVideo):
-        return store.writer(
-            video.name,
-            video.n_frames,
-            extractor.dim,
-            video.fps,
-            backbone,
-            dtype,
-            extra={**entry_extra, "source": str(video.folder)},
-        )
+    spec = entry_spec(extractor, backbone, dtype, extra)
 
     for video in [v for v in pending if len(v.frames) == 0]:  # no face anywhere: all rows missing
-        with open_writer(video):
-            pass
+        write_video_features(store, video, spec, [])
         summary.extracted.append(video.name)
     pending = [v for v in pending if len(v.frames)]
     if not pending:
@@ -183,27 +240,19 @@ def extract_features(
         task = bar.add_task(f"extract (rank {rank}/{world_size})" if world_size > 1 else "extract", total=len(dataset))
 
         def runs():
-            """(video index, rows, features) for each run of one video's frames within a batch, in order."""
+            """(video index, rows, features, bad crop) for each batch (one video's), in order."""
             for video_idx, rows, images, errors in loader:
                 feats = extractor.features_from_resized(images).cpu().numpy()
-                video_idx, rows = video_idx.numpy(), rows.numpy()
-                cuts = np.flatnonzero(np.diff(video_idx)) + 1
-                for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(video_idx)]):
-                    bad = next((e for e in errors[lo:hi] if e), None)
-                    yield int(video_idx[lo]), rows[lo:hi], feats[lo:hi], bad
+                yield int(video_idx[0]), rows.numpy(), feats, next((e for e in errors if e), "")
                 summary.frames += len(video_idx)
                 bar.advance(task, len(video_idx))
 
-        # a video's frames are contiguous: one writer per video, published when its block exits cleanly,
+        # a video's batches are contiguous: one writer per video, published when its block exits cleanly,
         # discarded if anything (an error, an interrupt) escapes it
         for v, group in itertools.groupby(runs(), key=lambda run: run[0]):
             bar.update(task, description=f"extract {pending[v].name}")
             try:
-                with open_writer(pending[v]) as writer:
-                    for _, rows, feats, bad in group:
-                        if bad:  # the rest of this video's crops are passed over by groupby
-                            raise MambavaError(f"{bad} (remove the file to treat that frame as having no face)")
-                        writer.put_frames(rows, feats)
+                write_video_features(store, pending[v], spec, (run[1:] for run in group))
             except OutputError:  # the store cannot be written (full, read-only): every next video would fail too
                 raise
             except MambavaError as error:

@@ -37,9 +37,10 @@ from mambava.backbone.augment import AlignJitter, warp_crop
 from mambava.backbone.extractor import normalize, resize_crop
 from mambava.backbone.vit import Block, ViTConfig, ViTEncoder, sincos_pos_embed
 from mambava.backbone.weights import read_state_dict
+from mambava.core.ccc_metric import ConcordanceCCC
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open, atomic_torch_save
-from mambava.core.metrics import ConcordanceCCC, ccc_loss, valid_mask
+from mambava.core.fileio import atomic_open, atomic_torch_save, make_folder
+from mambava.core.metrics import ccc_loss, valid_mask
 from mambava.core.schedule import warmup_cosine
 from mambava.data.affwild2 import CROPS_DIR, AffWild2, read_crop
 from mambava.data.crops import CropVideo, find_crop_videos, scan_crop_folder
@@ -335,7 +336,7 @@ def finetune(
     if not train_videos:
         raise MambavaError(f"{dataset.root}: no training videos (VA_Estimation_Challenge/Train_Set/*.txt)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     L.seed_everything(config.seed, workers=True, verbose=False)
     size = encoder.config.img_size
     train_items = [item for v in train_videos for item in labelled_frames(dataset, v, config.frames_per_video)]
@@ -528,7 +529,7 @@ def pretrain_mae(
     `extract -c`. `decoder_from`: an MAE checkpoint whose decoder to start from, when it has one."""
     config = config or PretrainConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     L.seed_everything(config.seed, workers=True, verbose=False)
     zero = np.zeros(2, np.float32)
     videos = find_crop_videos(source)

@@ -336,3 +336,17 @@ def load_encoder(
     model.load_report = report
     (log.warning if missing or unexpected else log.info)(report.summary())
     return model.eval()
+
+
+def build_encoder(
+    checkpoint: str | os.PathLike | None = None, arch: str | ViTConfig | None = None, seed: int | None = None
+) -> ViTEncoder:
+    """`load_encoder(checkpoint, arch)`, or without a checkpoint a randomly initialised ViT of `arch` (default
+    vit_tiny_patch16) drawn with torch's seed `seed` (tests and demos): the same weights wherever it is built
+    (each Ray actor builds its own, `mambava.distributed`)."""
+    if checkpoint is not None:
+        return load_encoder(checkpoint, arch)
+    if seed is None:
+        raise MambavaError("a backbone needs a checkpoint, or a seed for random weights")
+    torch.manual_seed(seed)
+    return ViTEncoder(vit_config(arch or "vit_tiny_patch16")).eval()

@@ -1,4 +1,4 @@
-"""ViT feature-extraction throughput: fp32 (the baseline) vs. bf16 autocast, measured in the same run.
+"""ViT feature-extraction throughput: fp32 (the baseline) vs. bf16 autocast and int8, measured in the same run.
 
     mambava bench backbone                       # ViT-L/16 on this machine's CPU
     mambava bench backbone --device cuda --batch-size 256 --repeats 20
@@ -7,7 +7,12 @@ It times `FeatureExtractor.features_from_resized` (normalise + ViT + CLS), i.e. 
 process does per batch; JPEG decoding and resizing run in the DataLoader workers and are timed separately
 (per worker process) as `decode+resize`. Random weights: the speed does not depend on them. To tell the code from
 the machine, each precision is also compared with one ViT-sized matrix product timed in the same run: the
-fraction of that GEMM rate the whole ViT reaches.
+fraction of that GEMM rate the whole ViT reaches (int8: fbgemm's dynamic int8 product on the same shape).
+
+On a CPU without bf16 in hardware (AMD Zen 3: AVX2 only) bf16 is emulated, tens of times slower than fp32: its
+row is skipped, with the slowdown of a small product measured instead. The int8 row (a CPU with fbgemm's
+kernels) also gives the features' cosine similarity to fp32: `--precision auto` takes int8 on such a CPU
+for a ViT this wide only when it is within 0.999 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import torch
 from PIL import Image
 
 from mambava.backbone import FeatureExtractor, ViTEncoder, bf16_supported, resize_crop
+from mambava.backbone.extractor import resolve_precision
+from mambava.benchmarks import bf16_slowdown, describe_cpu
+from mambava.core.quantize import Int8Matmul, cpu_has_int8_kernels
 
 
 def _time_batches(fn, repeats: int) -> float:
@@ -59,13 +67,37 @@ def vit_gflop(config) -> float:
     return config.flops() / 1e9
 
 
-def gemm_gflops(device: torch.device, dtype: torch.dtype, tokens: int, dim: int, hidden: int, repeats: int) -> float:
-    """Rate of one ViT-sized matrix product (tokens x dim @ dim x hidden), the hardware's practical ceiling."""
-    x = torch.randn(tokens, dim, device=device, dtype=dtype)
-    w = torch.randn(hidden, dim, device=device, dtype=dtype)
+def gemm_gflops(device: torch.device, dtype, tokens: int, dim: int, hidden: int, repeats: int) -> float:
+    """Rate of one ViT-sized matrix product (tokens x dim @ dim x hidden), the hardware's practical ceiling;
+    dtype "int8": fbgemm's dynamic int8 product (`mambava.core.quantize.Int8Matmul`)."""
+    x = torch.randn(tokens, dim, device=device)
+    w = torch.randn(hidden, dim, device=device)
     with torch.inference_mode():
-        seconds = _time_batches(lambda: torch.nn.functional.linear(x, w), repeats)
+        if dtype == "int8":
+            product = Int8Matmul(w, None)
+            seconds = _time_batches(lambda: product(x), repeats)
+        else:
+            a, b = x.to(dtype), w.to(dtype)
+            seconds = _time_batches(lambda: torch.nn.functional.linear(a, b), repeats)
     return 2 * tokens * dim * hidden / seconds / 1e9
+
+
+def default_precisions(device: torch.device) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The precisions worth timing on `device` and why any other is left out: bf16 only where the hardware
+    runs it, int8 only on a CPU with fbgemm's kernels."""
+    precisions, skipped = ["fp32"], {}
+    if bf16_supported(device):
+        precisions.append("bf16")
+    else:
+        skipped["bf16"] = (
+            f"emulated on this CPU (no AMX / AVX-512 BF16): a 512x1024 @ 1024x1024 product runs "
+            f"{bf16_slowdown():.0f}x slower in bf16 than in fp32 here"
+        )
+    if device.type == "cpu" and cpu_has_int8_kernels():
+        precisions.append("int8")
+    elif device.type == "cpu":
+        skipped["int8"] = "no fbgemm int8 kernels on this CPU"
+    return tuple(precisions), skipped
 
 
 def run(
@@ -73,9 +105,12 @@ def run(
     device: str = "cpu",
     batch_size: int = 8,
     repeats: int = 2,
-    precisions: tuple[str, ...] = ("fp32", "bf16"),
+    precisions: tuple[str, ...] | None = None,
 ) -> dict:
     dev = torch.device(device)
+    skipped: dict[str, str] = {}
+    if precisions is None:
+        precisions, skipped = default_precisions(dev)
     torch.manual_seed(0)
     encoder = ViTEncoder(arch)
     size = encoder.config.img_size
@@ -85,21 +120,32 @@ def run(
     results = {
         "arch": encoder.config.name,
         "device": str(dev),
+        "cpu": describe_cpu() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "batch_size": batch_size,
         "threads": torch.get_num_threads(),
         "bf16_fast": bf16_supported(dev),
+        "auto": resolve_precision("auto", dev, encoder.config.embed_dim),
         "images_per_s": {},
         "gflop_per_image": vit_gflop(encoder.config),
         "gemm_gflops": {},
         "of_gemm_peak": {},
+        "cosine_to_fp32": {},
+        "skipped": skipped,
     }
+    reference = None
     for precision in precisions:
         extractor = FeatureExtractor(encoder, batch_size=batch_size, device=dev, precision=precision)
         seconds = _time_batches(lambda: extractor.features_from_resized(images), repeats)
+        features = extractor.features_from_resized(images).float().cpu()
+        if precision == "fp32":
+            reference = features
+        elif reference is not None:
+            cosine = torch.nn.functional.cosine_similarity(reference, features, dim=1)
+            results["cosine_to_fp32"][precision] = float(cosine.min())
         results["images_per_s"][precision] = batch_size / seconds
         gemm = gemm_gflops(
             dev,
-            torch.bfloat16 if extractor.precision == "bf16" else torch.float32,
+            {"bf16": torch.bfloat16, "int8": "int8"}.get(extractor.precision, torch.float32),
             batch_size * (encoder.config.grid**2 + 1),
             encoder.config.embed_dim,
             encoder.config.mlp_hidden,
@@ -126,8 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = args.device.startswith("cuda")
     result = run(args.arch, args.device, args.batch_size or (256 if cuda else 8), args.repeats or (20 if cuda else 2))
     print(
-        f"{result['arch']} on {result['device']} ({result['threads']} threads), batch {result['batch_size']}, "
-        f"bf16 hardware: {'yes' if result['bf16_fast'] else 'no'}"
+        f"{result['arch']} on {result['device']} ({result['threads']} threads), batch {result['batch_size']}: "
+        f"{result['cpu']}; --precision auto -> {result['auto']}"
     )
     print(f"  {result['gflop_per_image']:.1f} GFLOP per image")
     for precision, rate in result["images_per_s"].items():
@@ -135,7 +181,14 @@ def main(argv: list[str] | None = None) -> dict:
             f"  {precision:5s} {rate:9.2f} images/s   x{result['speedup'].get(precision, float('nan')):.2f} vs fp32"
             f"   ({100 * result['of_gemm_peak'][precision]:.0f}% of a {result['gemm_gflops'][precision]:.0f} "
             f"GFLOP/s {precision} GEMM measured in this run)"
+            + (
+                f"; features' cosine to fp32 >= {result['cosine_to_fp32'][precision]:.5f}"
+                if precision in result["cosine_to_fp32"]
+                else ""
+            )
         )
+    for precision, why in result["skipped"].items():
+        print(f"  {precision:5s} skipped: {why}")
     print(f"  decode+resize (112 px JPEG -> 224): {result['decode_resize_per_worker']:.0f} images/s per worker")
     return result
 

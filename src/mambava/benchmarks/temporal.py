@@ -5,7 +5,9 @@
 
 Baseline (measured in the same run): the same model, same weights, with the sequential reference scan
 (`selective_scan_ref`, mamba_ssm's formulation, autograd through its loop) in fp32 -- what the authors' model
-computes on a machine without CUDA. Fast: the chunked scan (mambava.temporal.ops), in fp32 and under bf16 autocast.
+computes on a machine without CUDA. Fast: the chunked scan (mambava.temporal.ops), in fp32, under bf16 autocast
+(where the CPU has bf16 in hardware: elsewhere it is emulated and its rows are skipped, saying why) and with the
+TCN in int8 (`quantize_tcn`, where fbgemm's kernels run).
 
 Parts: (a) inference B=32, T=300; (b) a training step (forward, CCC loss, backward, AdamW) B=8, T=300;
 (c) the Mamba encoder alone: forward B=32, forward+backward B=8; the TCN alone for the breakdown. Each time is
@@ -32,10 +34,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mambava.benchmarks import cpu_name
+from mambava.benchmarks import bf16_slowdown, describe_cpu
 from mambava.core.fileio import atomic_open
 from mambava.core.metrics import ccc_loss
+from mambava.core.quantize import cpu_has_fast_bf16, cpu_has_int8_kernels
 from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
+from mambava.temporal.tcn import quantize_tcn
 
 TINY = dict(
     input_dim=64, tcn_channels=(64, 48, 32, 32), kernel_size=5, d_model=32, d_state=8, dt_rank="auto", head_hidden=16
@@ -155,6 +159,7 @@ def _train_step(model, optimizer, x, target, scan, bf16):
 
 
 FLOOR = "floor: TCN GEMMs bf16 + enc. proj."
+INT8 = "chunked scan, int8 TCN"
 
 
 def _note_floor(bf16: Row, floor: Row, flops: int) -> None:
@@ -181,35 +186,55 @@ def run(args) -> list[Row]:
     variants = {
         "baseline: reference scan, fp32": ("reference", False),
         "chunked scan, fp32": ("chunked", False),
-        "chunked scan, bf16 autocast": ("chunked", True),
     }
-    floor, flops = _floor_fn(model, x)
+    if args.bf16:
+        variants["chunked scan, bf16 autocast"] = ("chunked", True)
     fns = {
         name: (lambda s=scan, b=bf16: _inference(model, x, s, b), lambda s=scan, b=bf16: _inference(model, short, s, b))
         for name, (scan, bf16) in variants.items()
     }
-    times = _compare({**fns, FLOOR: (floor, None)}, args.repeats)
+    quantized = quantize_tcn(model) if args.int8 else None
+    if quantized is not None:
+        fns[INT8] = (
+            lambda: _inference(quantized, x, "chunked", False),
+            lambda: _inference(quantized, short, "chunked", False),
+        )
+    if args.bf16:
+        floor, flops = _floor_fn(model, x)
+        fns[FLOOR] = (floor, None)
+    times = _compare(fns, args.repeats)
     base = times["baseline: reference scan, fp32"]
+    found = {}
     for name, t in times.items():
-        rows.append(Row(part, name, t, B * T, None if name.startswith("baseline") or name == FLOOR else base))
+        found[name] = Row(part, name, t, B * T, None if name.startswith("baseline") or name == FLOOR else base)
+        rows.append(found[name])
         log(f"  {name} {t:.2f} s")
     y_ref = _inference(model, x, "reference", False)
     y32 = _inference(model, x, "chunked", False)
-    y16 = _inference(model, x, "chunked", True)
-    rows[-3].notes.append(f"rel. diff. to baseline {_rel(y32, y_ref):.1e}")
-    rows[-2].notes.append(f"rel. diff. to fp32 {_rel(y16, y32):.1e}")
-    _note_floor(rows[-2], rows[-1], flops)
+    found["chunked scan, fp32"].notes.append(f"rel. diff. to baseline {_rel(y32, y_ref):.1e}")
+    if args.bf16:
+        y16 = _inference(model, x, "chunked", True)
+        found["chunked scan, bf16 autocast"].notes.append(f"rel. diff. to fp32 {_rel(y16, y32):.1e}")
+        _note_floor(found["chunked scan, bf16 autocast"], found[FLOOR], flops)
+    if quantized is not None:
+        y8 = _inference(quantized, x, "chunked", False)
+        found[INT8].notes.append(f"rel. diff. to fp32 {_rel(y8, y32):.1e}; max abs {(y8 - y32).abs().max():.1e}")
+        found[INT8].notes.append(f"{found['chunked scan, fp32'].seconds / found[INT8].seconds:.2f}x fp32")
 
     # TCN alone (the same module in baseline and fast path) -------------------------------------------------------
     part = f"TCN alone, B={B} T={T}"
     log(f"[{part}]")
     with torch.no_grad():  # one run each: this row only explains where the time goes
         t32 = _measure(lambda: model.temporal(x), 1, lambda: model.temporal(short))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            t16 = _measure(lambda: model.temporal(x), 1, lambda: model.temporal(short))
-    rows.append(Row(part, "fp32 (in both)", t32, B * T))
-    rows.append(Row(part, "bf16 autocast", t16, B * T, t32))
-    log(f"  fp32 {t32:.2f} s, bf16 {t16:.2f} s")
+        rows.append(Row(part, "fp32 (in both)", t32, B * T))
+        if args.bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                t16 = _measure(lambda: model.temporal(x), 1, lambda: model.temporal(short))
+            rows.append(Row(part, "bf16 autocast", t16, B * T, t32))
+        if quantized is not None:
+            t8 = _measure(lambda: quantized.temporal(x), 1, lambda: quantized.temporal(short))
+            rows.append(Row(part, "int8 (Int8CausalConv)", t8, B * T, t32))
+    log("  " + ", ".join(f"{r.variant} {r.seconds:.2f} s" for r in rows if r.part == part))
 
     # (c) the Mamba encoder alone --------------------------------------------------------------------------------
     encoder = model.mamba
@@ -262,25 +287,25 @@ def run(args) -> list[Row]:
     target = torch.rand(Bt, T, 2) * 2 - 1
     part = f"training step B={Bt} T={T}"
     log(f"[{part}]")
-    floor, flops = _floor_fn(model, xt, backward=True)
-    times = _compare(
-        {
-            **{
-                name: (
-                    lambda s=scan, b=bf16: _train_step(model, optimizer, xt, target, s, b),
-                    lambda s=scan, b=bf16: _train_step(model, optimizer, xt[:2, :16], target[:2, :16], s, b),
-                )
-                for name, (scan, bf16) in variants.items()
-            },
-            FLOOR: (floor, None),
-        },
-        args.repeats,
-    )
+    fns = {
+        name: (
+            lambda s=scan, b=bf16: _train_step(model, optimizer, xt, target, s, b),
+            lambda s=scan, b=bf16: _train_step(model, optimizer, xt[:2, :16], target[:2, :16], s, b),
+        )
+        for name, (scan, bf16) in variants.items()
+    }
+    if args.bf16:
+        floor, flops = _floor_fn(model, xt, backward=True)
+        fns[FLOOR] = (floor, None)
+    times = _compare(fns, args.repeats)
     base = times["baseline: reference scan, fp32"]
+    found = {}
     for name, t in times.items():
-        rows.append(Row(part, name, t, Bt * T, None if name.startswith("baseline") or name == FLOOR else base))
+        found[name] = Row(part, name, t, Bt * T, None if name.startswith("baseline") or name == FLOOR else base)
+        rows.append(found[name])
         log(f"  {name} {t:.2f} s")
-    _note_floor(rows[-2], rows[-1], flops)
+    if args.bf16:
+        _note_floor(found["chunked scan, bf16 autocast"], found[FLOOR], flops)
 
     # optional: an independent implementation (mambapy's parallel scan) ----------------------------------------
     rows += _mambapy_cross_check(model, B, Bt, T, args.repeats, log)
@@ -336,7 +361,7 @@ def _mambapy_cross_check(model, B, Bt, T, repeats, log) -> list[Row]:
 def _header(args) -> str:
     load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     return (
-        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {cpu_name()}{load}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {describe_cpu()}{load}, "
         f"{'tiny test model' if args.tiny else 'paper configuration (67,155,598 parameters)'}"
     )
 
@@ -370,13 +395,23 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--quiet", action="store_true", help="only the final table")
+    parser.add_argument("--force-bf16", action="store_true", help="time the bf16 rows even where bf16 is emulated")
     args = parser.parse_args(argv)
     if args.tiny:
         args.batch, args.frames, args.train_batch = min(args.batch, 4), min(args.frames, 40), min(args.train_batch, 2)
         args.repeats = min(args.repeats, 1)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.bf16 = cpu_has_fast_bf16() or args.force_bf16
+    args.int8 = cpu_has_int8_kernels()
     print(f"mambava bench temporal: {_header(args)}")
+    if not args.bf16:
+        print(
+            f"  bf16 rows skipped: emulated on this CPU (no AMX / AVX-512 BF16), a 512x1024 @ 1024x1024 product "
+            f"runs {bf16_slowdown():.0f}x slower in bf16 than in fp32 here (--force-bf16 times them anyway)"
+        )
+    if not args.int8:
+        print("  int8 rows skipped: no fbgemm int8 kernels on this CPU")
     rows = run(args)
     print(_format_text(rows))
     if args.markdown:

@@ -1,6 +1,7 @@
 """The `mambava` command line. Each stage keeps its commands in its own module here and exposes
 `register(app)`; this file only assembles them and turns a MambavaError, or an OSError that escaped a stage
-(an output folder that cannot be created, a file that cannot be read), into a one-line message, exit code 2."""
+(an output folder that cannot be created, a file that cannot be read), into a one-line message, exit code 2;
+the output folders a failed command made and left empty are removed (`mambava.core.fileio.tidy_folders`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 import typer
 
 from mambava.core.errors import MambavaError
+from mambava.core.errors import error_line as error_line  # (the commands import it from here)
+from mambava.core.fileio import tidy_folders
 
 app = typer.Typer(
     name="mambava",
@@ -49,17 +52,10 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def error_line(error: BaseException) -> str:
-    """The one-line message for a MambavaError or an OSError (naming its file when it has one)."""
-    if isinstance(error, OSError) and not isinstance(error, MambavaError):
-        reason = error.strerror or str(error) or type(error).__name__
-        return f"{error.filename}: {reason}" if error.filename is not None else reason
-    return str(error)
-
-
 def main() -> None:
     try:
-        app()
+        with tidy_folders():  # a failed command leaves no empty output folder behind
+            app()
     except (MambavaError, OSError) as error:
         typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
         sys.exit(2)

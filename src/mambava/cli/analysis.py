@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 import typer
 
 from mambava.core.errors import MambavaError
+from mambava.core.fileio import make_folder
 
 models_app = typer.Typer(
     help="Local model names: checkpoints kept in the user cache folder (no download).", no_args_is_help=True
@@ -70,17 +71,13 @@ def ratings_command(
     times = table["time"].to_numpy(float)
     fps = frame_rate(times)
     predicted = table[["valence", "arousal"]].to_numpy(float)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise MambavaError(f"{out}: cannot create the output folder ({error.strerror or error})") from None
-    rows, curves = [], []
+    # every rater is read and every lag estimated before anything is written: a run that fails leaves no output
+    rows, curves, frame_tables = [], [], []
     for path in ratings:
         rated = read_ratings(path, frames, times, value_range)
         rater = path.stem
-        write_csv(
-            pd.DataFrame({"frame": frames, "time": times, "valence": rated[:, 0], "arousal": rated[:, 1]}),
-            out / f"{rater}.frames.csv",
+        frame_tables.append(
+            (rater, pd.DataFrame({"frame": frames, "time": times, "valence": rated[:, 0], "arousal": rated[:, 1]}))
         )
         for index, dim in enumerate(("valence", "arousal")):
             known = int(np.isfinite(rated[:, index]).sum())
@@ -104,7 +101,16 @@ def ratings_command(
                 f"(at 0: {lag.ccc_zero:.3f}), {known}/{len(frames)} frames rated"
             )
     if not rows:
-        raise MambavaError("no rater rated any frame of this prediction")
+        raise MambavaError(
+            "no rater rated any frame of this prediction (ratings all empty or NaN, or their times outside "
+            f"the video's {times[0]:g}..{times[-1]:g} s)"
+        )
+    try:
+        make_folder(out)
+    except OSError as error:
+        raise MambavaError(f"{out}: cannot create the output folder ({error.strerror or error})") from None
+    for rater, frame_table in frame_tables:
+        write_csv(frame_table, out / f"{rater}.frames.csv")
     write_csv(pd.DataFrame(rows), out / "lags.csv")
     plot_lag_curves(curves, out / "lags.png", title=predictions.stem)
     typer.echo(f"-> {out / 'lags.csv'}, {out / 'lags.png'}")
@@ -154,7 +160,12 @@ def models_remove(name: str = typer.Argument(..., help="The name to remove (its 
     from mambava.inference.catalog import remove
 
     entry = remove(name)
-    typer.echo(f"{name}: removed ({entry['file']})")
+    if entry["deleted"]:
+        typer.echo(f"{name}: removed ({entry['file']})")
+    else:
+        typer.echo(
+            f"{name}: removed; its index entry named {entry.get('file')!r}, not a file of the registry: nothing deleted"
+        )
 
 
 def adapt_command(

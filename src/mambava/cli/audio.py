@@ -29,6 +29,7 @@ def extract_audio_command(
     overwrite: bool,
     device: str,
     workers: Optional[int],
+    ray=None,
 ) -> None:
     from rich.console import Console
 
@@ -36,9 +37,40 @@ def extract_audio_command(
     from mambava.core.progress import ProgressBar
     from mambava.core.runtime import resolve_device
 
-    model = SpeechModel(speech_model, speech_layer, str(resolve_device(device))) if speech_model else None
+    # with --engine ray the speech model runs in the tasks, on their CPUs
+    where = "cpu" if ray is not None else str(resolve_device(device))
+    model = SpeechModel(speech_model, speech_layer, where) if speech_model else None
     sets = check_sets(features, model)
     console = Console(stderr=True)
+
+    def on_error(message: str) -> None:
+        console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+    def on_warning(message: str) -> None:
+        console.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+    if ray is not None:
+        from mambava.distributed import extract_audio_ray
+
+        summary, run = extract_audio_ray(
+            source,
+            out,
+            sets,
+            speech_model=model,
+            dtype=dtype,
+            names=video or None,
+            overwrite=overwrite,
+            on_error=on_error,
+            on_warning=on_warning,
+            options=ray,
+            console=console,
+        )
+        _report(summary, out, sets, dtype)
+        console.print(run.describe(), markup=False, highlight=False)
+        if summary.failed:
+            typer.secho(f"{len(summary.failed)} of {len(summary.entries)} videos failed", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        return
     with ProgressBar("extract audio", console=console) as progress:
         summary = extract_audio(
             source,
@@ -50,13 +82,16 @@ def extract_audio_command(
             overwrite=overwrite,
             workers=workers or 0,
             progress=progress,
-            on_error=lambda message: console.print(
-                f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True
-            ),
-            on_warning=lambda message: console.print(
-                f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True
-            ),
+            on_error=on_error,
+            on_warning=on_warning,
         )
+    _report(summary, out, sets, dtype)
+    if summary.failed:
+        typer.secho(f"{len(summary.failed)} of {len(summary.entries)} videos failed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+
+
+def _report(summary, out: Path, sets, dtype: str) -> None:
     without = f", {len(summary.without_sound)} without sound (masked)" if summary.without_sound else ""
     done = (
         f" ({summary.frames} frames, {summary.seconds_of_video:.1f} s of video at {summary.realtime_factor:.1f}x "
@@ -68,6 +103,3 @@ def extract_audio_command(
         f"{len(summary.extracted)} entries from {summary.videos} video(s) extracted{done}, "
         f"{len(summary.skipped)} already in {out}; audio features {'+'.join(sets)} {dtype}"
     )
-    if summary.failed:
-        typer.secho(f"{len(summary.failed)} of {len(summary.entries)} videos failed", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)

@@ -11,7 +11,14 @@ import typer
 
 from mambava.cli.audio import FEATURES_HELP as AUDIO_FEATURES_HELP
 from mambava.cli.audio import SPEECH_MODEL_HELP, extract_audio_command
-from mambava.cli.options import lightning_precision, precision_option
+from mambava.cli.options import (
+    backbone_workers_option,
+    engine_option,
+    lightning_precision,
+    precision_option,
+    ray_address_option,
+    ray_options,
+)
 from mambava.core.errors import MambavaError
 from mambava.core.runtime import resolve_device
 
@@ -27,19 +34,14 @@ ARCH_HELP = (
 
 
 def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool, seed: int):
-    import torch
+    from mambava.backbone import build_encoder
 
-    from mambava.backbone import ViTEncoder, load_encoder, vit_config
-
-    if checkpoint is not None:
-        return load_encoder(checkpoint, arch)
-    if not random_init:
+    if checkpoint is None and not random_init:
         raise MambavaError(
             "pass --checkpoint PATH (a local MAE/timm/Hugging Face ViT; nothing is downloaded), "
             "or --random-init --arch NAME for a randomly initialised ViT (tests and demos only)"
         )
-    torch.manual_seed(seed)
-    return ViTEncoder(vit_config(arch or "vit_tiny_patch16")).eval()
+    return build_encoder(checkpoint, arch, None if checkpoint is not None else seed)
 
 
 def extract_command(
@@ -81,15 +83,43 @@ def extract_command(
     speech_layer: Optional[int] = typer.Option(
         None, "--speech-layer", help="With --speech-model: hidden layer (0: CNN features; default: the last)."
     ),
+    engine: str = engine_option(),
+    ray_address: Optional[str] = ray_address_option(),
+    backbone_workers: Optional[int] = backbone_workers_option(),
 ) -> None:
     """Run the ViT over face crops and store each video's CLS features (T, D) with its face mask; with --audio,
     store each video's sound features on its frame grid with a sound mask.
 
     Resumable (complete videos are skipped). Under torchrun, rank r takes videos[r::world_size]:
-    `torchrun --nproc-per-node 8 -m mambava extract ROOT -o STORE -c CKPT`."""
+    `torchrun --nproc-per-node 8 -m mambava extract ROOT -o STORE -c CKPT`. With --engine ray, one Ray task per
+    video and the backbone in an actor pool (docs/scaling.md)."""
+    ray = ray_options(engine, ray_address, backbone_workers)
+    if ray is not None and workers is not None:
+        raise MambavaError("--workers: the local engine's processes; --engine ray runs one task per video")
+    if ray is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MambavaError("extract --engine ray: run it once, not under torchrun (Ray places the work itself)")
     if audio:
+        if backbone_workers is not None:
+            raise MambavaError("--backbone-workers: not with --audio (there is no backbone)")
         return extract_audio_command(
-            source, out, audio_features, speech_model, speech_layer, dtype, video, overwrite, device, workers
+            source, out, audio_features, speech_model, speech_layer, dtype, video, overwrite, device, workers, ray
+        )
+    if ray is not None:
+        return _extract_ray(
+            source,
+            out,
+            checkpoint,
+            arch,
+            random_init,
+            seed,
+            batch_size,
+            device,
+            precision,
+            dtype,
+            fps,
+            video,
+            overwrite,
+            ray,
         )
     import torch
     import torch.distributed as dist
@@ -141,6 +171,45 @@ def extract_command(
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _extract_ray(
+    source, out, checkpoint, arch, random_init, seed, batch_size, device, precision, dtype, fps, video, overwrite, ray
+) -> None:
+    """`extract` with --engine ray: the encoder built here (as the local engine builds it) goes to the actors."""
+    from mambava.distributed import EncoderSource, extract_features_ray
+
+    encoder = _encoder(checkpoint, arch, random_init, seed)
+    cfg = encoder.config
+    summary, run = extract_features_ray(
+        source,
+        out,
+        encoder,
+        # each actor builds the same encoder: from the checkpoint (on the shared filesystem), or the seed
+        weights=EncoderSource(str(checkpoint.absolute()), arch) if checkpoint else EncoderSource(arch=arch, seed=seed),
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        backbone=f"{cfg.name}:{checkpoint.name if checkpoint else f'random-seed{seed}'}",
+        dtype=dtype,
+        fps=fps,
+        names=video or None,
+        overwrite=overwrite,
+        extra={
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "checkpoint_format": encoder.load_report.format if encoder.load_report else "random",
+        },
+        on_error=lambda message: typer.secho(f"error: {message}", fg=typer.colors.RED, err=True),
+        options=ray,
+    )
+    typer.echo(
+        f"{len(summary.extracted)} video(s) extracted ({summary.frames} crops, {summary.frames_per_second:.1f} "
+        f"frames/s), {len(summary.skipped)} already in {out}; features (T, {cfg.feature_dim}) {dtype}"
+    )
+    typer.echo(run.describe(), err=True)
+    if summary.failed:
+        typer.secho(f"{len(summary.failed)} of {len(summary.videos)} videos failed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
 
 
 def finetune_command(

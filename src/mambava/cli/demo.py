@@ -59,7 +59,13 @@ def synth_command(
 
 def demo_command(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the dataset, runs and report."),
-    quick: bool = typer.Option(False, "--quick", help="A smaller run (about 4 minutes on 2 cores), as in CI."),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="Everything: more data, the learned landmarks for our crops, the audio-visual ablation, "
+        "distillation, every held-out raw video through predict (about 17-28 minutes on 2 cores).",
+    ),
+    quick: bool = typer.Option(False, "--quick", help="The CI-sized run of every stage (the generator's crops)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated dataset and of training."),
     threads: int = typer.Option(
         1,
@@ -84,34 +90,34 @@ def demo_command(
         "the temporal models on the generator's crops as well as ours (the same faces "
         "as two aligners crop them; docs/faces.md, Crops for training).",
     ),
-    learned_landmarks: bool = typer.Option(
-        True,
+    learned_landmarks: Optional[bool] = typer.Option(
+        None,
         "--learned-landmarks/--mtcnn-landmarks",
         help="With --own-crops: "
         "train the landmark refiner on the training videos' true landmarks and "
-        "refine MTCNN's points with it (docs/faces.md, Learned landmarks).",
+        "refine MTCNN's points with it (docs/faces.md, Learned landmarks; default: with --full).",
     ),
-    audio: bool = typer.Option(
-        True,
+    audio: Optional[bool] = typer.Option(
+        None,
         "--audio/--no-audio",
         help="The audio-visual ablation: the voices' features, "
-        "audio-only, early and mid fusion models beside the visual one.",
+        "audio-only, early and mid fusion models beside the visual one (default: with --full and --quick).",
     ),
 ) -> None:
-    """Every stage of the pipeline on a generated face-video dataset, on CPU: generate -> fine-tune a small ViT
-    (partial freezing, frame-level CCC) -> extract features -> train Mamba-VA and a frame-wise baseline ->
-    evaluate on held-out subjects -> predict on a held-out video -> OUT/report.md."""
+    """Every stage of the pipeline on a generated face-video dataset, on CPU: generate -> our faces stage on the
+    raw videos -> fine-tune a small ViT (partial freezing, frame-level CCC) -> extract features -> train Mamba-VA
+    and a frame-wise baseline -> evaluate on held-out subjects -> predict on a held-out raw video -> OUT/report.md.
+    At most 5 minutes on 2 cores; --full adds the rest (about 17-28 minutes)."""
+    from mambava.core.errors import MambavaError
     from mambava.demo import DemoConfig, run_demo
 
-    options = dict(
-        seed=seed,
-        threads=threads,
-        both_crops=both_crops,
-        audio=audio,
-        learned_landmarks=learned_landmarks,
-        **({} if own_crops is None else {"own_crops": own_crops}),
-    )
-    cfg = DemoConfig.quick(**options) if quick else DemoConfig(**options)
+    if full and quick:
+        raise MambavaError("--full and --quick: choose one")
+    options = dict(seed=seed, threads=threads, both_crops=both_crops)
+    for name, value in (("own_crops", own_crops), ("audio", audio), ("learned_landmarks", learned_landmarks)):
+        if value is not None:
+            options[name] = value
+    cfg = DemoConfig.full(**options) if full else DemoConfig.quick(**options) if quick else DemoConfig(**options)
     result = run_demo(out, cfg, progress=not quiet)
     typer.echo(f"report: {result.report}")
 

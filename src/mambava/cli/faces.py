@@ -9,7 +9,15 @@ from typing import List, Optional
 
 import typer
 
-from mambava.cli.options import identities_option, landmark_source, landmarks_option, persons_option
+from mambava.cli.options import (
+    engine_option,
+    identities_option,
+    landmark_source,
+    landmarks_option,
+    persons_option,
+    ray_address_option,
+    ray_options,
+)
 from mambava.core.errors import MambavaError, OutputError
 
 
@@ -30,7 +38,11 @@ def faces_command(
         "--dataset",
         help="A dataset root: crops of every raw video under its videos/ into OUT/cropped_aligned/ (resumable).",
     ),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="With --dataset: videos processed in parallel."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-j", min=1, help="With --dataset and --engine local: videos processed in parallel (1)."
+    ),
+    engine: str = engine_option(),
+    ray_address: Optional[str] = ray_address_option(),
     fps: Optional[float] = typer.Option(None, "--fps", help="Keep at most this many frames per second (default: all)."),
     detector: str = typer.Option(
         "mtcnn",
@@ -64,13 +76,19 @@ def faces_command(
 
     With --dataset ROOT (no VIDEOS): every raw video of the dataset, every frame, into OUT/cropped_aligned/
     in the same layout (OUT defaults to ROOT; OUT's other entries link to ROOT's, so OUT is a dataset root that
-    `extract` and training read): the crops `predict` makes, to train on. Finished videos are skipped."""
+    `extract` and training read): the crops `predict` makes, to train on. Finished videos are skipped. With
+    --engine ray, one Ray task per video (docs/scaling.md)."""
     from rich.console import Console
     from rich.markup import escape
 
     from mambava.faces import get_detector
 
     console = Console(stderr=True)
+    ray = ray_options(engine, ray_address, progress=not quiet)
+    if ray is not None and dataset is None:
+        raise MambavaError("faces --engine ray: with --dataset ROOT (the corpus job); VIDEOS run here")
+    if ray is not None and workers is not None:
+        raise MambavaError("--workers: the local engine's processes; --engine ray runs one task per video")
     if detect_every < 1:
         raise MambavaError(f"--detect-every must be a whole number >= 1, got {detect_every}")
     kwargs = (
@@ -90,7 +108,9 @@ def faces_command(
             raise MambavaError("faces --dataset: --persons and --identities are for VIDEOS")
         if fps is not None:
             raise MambavaError("faces --dataset: every frame is processed (crops are named by frame), no --fps")
-        _dataset_faces(console, dataset, out, detector, kwargs, min_track_frames, workers, quiet, detect_every)
+        _dataset_faces(
+            console, dataset, out, detector, kwargs, min_track_frames, workers or 1, quiet, detect_every, ray
+        )
         return
     if not videos or out is None:
         raise MambavaError("faces: give VIDEOS and --out DIR, or --dataset ROOT")
@@ -182,12 +202,15 @@ def _dataset_faces(
     workers: int,
     quiet: bool,
     detect_every: int = 1,
+    ray=None,
 ) -> None:
+    from rich.markup import escape
+
     from mambava.faces.dataset import extract_dataset_faces
 
     def report(done: int, total: int, item) -> None:
         if item.error is not None:
-            console.print(f"[red]error:[/red] {item.error}", highlight=False)
+            console.print(f"[red]error:[/red] {escape(item.error)}", highlight=False, soft_wrap=True)
         elif not quiet and not item.skipped:
             console.print(
                 f"[{done}/{total}] {item.video}: {item.frames} frames, "
@@ -196,16 +219,23 @@ def _dataset_faces(
                 highlight=False,
             )
 
-    result = extract_dataset_faces(
-        root,
-        out,
+    options = dict(
         detector=detector,
         detector_kwargs=kwargs,
         min_track_frames=min_track_frames,
-        workers=workers,
         progress=report,
         detect_every=detect_every,
     )
+    run = None
+    if ray is not None:
+        from mambava.distributed import faces_dataset_ray
+
+        def warn(line: str) -> None:
+            console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+
+        result, run = faces_dataset_ray(root, out, **options, on_warning=warn, options=ray, console=console)
+    else:
+        result = extract_dataset_faces(root, out, workers=workers, **options)
     for item in result.videos:
         if item.unmatched:
             console.print(
@@ -223,6 +253,8 @@ def _dataset_faces(
         + (f"; linked from {root}: {', '.join(result.linked)}" if result.linked else ""),
         highlight=False,
     )
+    if run is not None:
+        console.print(run.describe(), highlight=False)
     if result.failed:
         raise typer.Exit(2)
 
@@ -264,7 +296,7 @@ def train_landmarks_command(
         names = read_meta(source)["splits"].get(split, [])
         if not names:
             raise MambavaError(f"{source}: no people in split {split!r}")
-        frames, samples = synth_refiner_samples(source, names, every=every)
+        frames, samples = synth_refiner_samples(source, names, every=every, workers=2)
     else:
         frames, samples = csv_refiner_samples(source)
     console.print(f"{len(samples)} faces in {len(frames)} images from {source}", highlight=False)

@@ -135,3 +135,57 @@ def identities_option() -> typer.Option:
         help="A gallery folder naming people: DIR/<name>.jpg or DIR/<name>/*.jpg, one face per photo "
         "(implies --persons; others are unknown-N).",
     )
+
+
+ENGINES = ("local", "ray")
+
+
+def engine_option() -> typer.Option:
+    """--engine local|ray: this machine (the default, as before) or a Ray cluster (docs/scaling.md)."""
+    return typer.Option(
+        "local",
+        "--engine",
+        help="local: this machine; ray: one task per video on a Ray cluster (the 'distributed' extra; "
+        "docs/scaling.md), same files.",
+    )
+
+
+def ray_address_option() -> typer.Option:
+    """--ray-address ADDR: the Ray cluster to join (default: a Ray instance started on this machine)."""
+    return typer.Option(
+        None,
+        "--ray-address",
+        help="With --engine ray: a running cluster (auto, HOST:6379, ray://HOST:10001); "
+        "default: a Ray instance started here on this machine's cores.",
+    )
+
+
+def backbone_workers_option() -> typer.Option:
+    """--backbone-workers N: the backbone's Ray actors."""
+    return typer.Option(
+        None,
+        "--backbone-workers",
+        min=0,
+        help="With --engine ray: backbone actors (default: one per GPU of the cluster, else 1 on CPU; "
+        "0: the backbone inside each video's task).",
+    )
+
+
+def ray_options(engine: str, address: Optional[str], backbone_workers: Optional[int] = None, progress: bool = True):
+    """The RayOptions of `--engine ray`, or None for `--engine local` (where --ray-address and
+    --backbone-workers are an error: they would be ignored)."""
+    if engine not in ENGINES:
+        raise MambavaError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "local":
+        given = [
+            name
+            for name, value in (("--ray-address", address), ("--backbone-workers", backbone_workers))
+            if value is not None
+        ]
+        if given:
+            raise MambavaError(f"{given[0]} is an option of --engine ray")
+        return None
+    from mambava.distributed.engine import RayOptions, import_ray
+
+    import_ray()  # the one-line error naming the extra, before anything is read or written
+    return RayOptions(address=address, backbone_workers=backbone_workers, progress=progress)

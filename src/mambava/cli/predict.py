@@ -11,13 +11,18 @@ from typing import List, Optional
 import typer
 
 from mambava.cli.options import (
+    backbone_workers_option,
+    engine_option,
     identities_option,
     landmark_source,
     landmarks_option,
     persons_option,
     precision_option,
+    ray_address_option,
+    ray_options,
 )
 from mambava.core.errors import MambavaError
+from mambava.core.fileio import make_folder
 
 CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
 BACKBONE_HELP = "ViT checkpoint (MAE .pth, timm, Hugging Face, or saved by mambava); needed for videos."
@@ -91,6 +96,9 @@ def predict_command(
         None, "--baseline", help="trial_type of the baseline events: each track is normalised against its own."
     ),
     normalise: str = typer.Option("difference", "--normalise", help="Against the baseline: difference or zscore."),
+    engine: str = engine_option(),
+    ray_address: Optional[str] = ray_address_option(),
+    backbone_workers: Optional[int] = backbone_workers_option(),
 ) -> None:
     """Per-frame valence/arousal for videos (or precomputed features): <name>.csv (+ .parquet with pyarrow),
     <name>.summary.csv (one row per track), <name>.va.png, <name>.circumplex.png and, with --overlay,
@@ -99,11 +107,13 @@ def predict_command(
     Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
     feature was carried over), x1, y1, x2, y2 (face box); with dlib's 68 points (--landmarks auto/dlib68)
     x_0..x_67, y_0..y_67 and pose_Rx..pose_Tz; with --persons or --identities, person (one set of ids over all
-    inputs; OUT/persons.csv: person, videos, tracks, frames, thumbnail)."""
-    from mambava.analysis.summaries import NORMALISATIONS, write_analysis
+    inputs; OUT/persons.csv: person, videos, tracks, frames, thumbnail). With --engine ray, one Ray task per
+    input and the backbone in an actor pool on --device (docs/scaling.md)."""
+    from mambava.analysis.summaries import NORMALISATIONS
+    from mambava.core.errors import error_line
     from mambava.inference.catalog import resolve_model
     from mambava.inference.config import PredictConfig
-    from mambava.inference.files import FEATURE_SUFFIXES, find_inputs, output_paths, write_overlay, write_table
+    from mambava.inference.files import FEATURE_SUFFIXES, OutputOptions, find_inputs, predict_input, write_input
     from mambava.inference.predict import Predictor
 
     if normalise not in NORMALISATIONS or (baseline is not None and events is None):
@@ -111,6 +121,11 @@ def predict_command(
             "--baseline needs --events"
             if normalise in NORMALISATIONS
             else f"--normalise: one of {', '.join(NORMALISATIONS)}"
+        )
+    ray = ray_options(engine, ray_address, backbone_workers)
+    if ray is not None and (persons or identities is not None):
+        raise MambavaError(
+            "--persons/--identities: one set of person ids over all inputs, made in one process: not with --engine ray"
         )
     checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
     paths = find_inputs(inputs)
@@ -125,54 +140,48 @@ def predict_command(
         stride=stride,
         detector=detector,
         landmarks=landmark_source(landmarks),
-        device=device,
+        # with --engine ray the backbone runs on --device in its actors; the temporal model in the CPU tasks
+        device="cpu" if ray is not None else device,
         batch_size=batch_size,
         precision=precision,
         fps=fps,
         features_fps=features_fps,
-        progress=True,
+        progress=ray is None,
         audio=_audio_choice(audio, no_audio),
         detect_every=detect_every,
         persons=persons,
         identities=None if identities is None else str(identities),
     )
     predictor = Predictor(checkpoint, backbone if videos else None, config)
-    from mambava.cli import error_line
-    from mambava.core.fileio import atomic_group
-
     if videos:
         _warn_face_stage(predictor)
+    output = OutputOptions(out, plots, overlay, fps, events, baseline, normalise)
+    if ray is not None:
+        from mambava.distributed import predict_ray
 
-    def write(path: str, name: str, table) -> None:
-        with atomic_group():  # the CSV, summaries, plots and overlay of one input appear together or not at all
-            written = write_table(table, out, name, plots=plots)
-            written.update(write_analysis(table, out, name, events, baseline, normalise, plots=plots))
-            if overlay and path in videos:
-                overlay_path = output_paths(out, name)["overlay"]
-                written["overlay"] = write_overlay(path, table, overlay_path, fps=fps, progress=True)
-        if events is not None and "events" not in written:
-            typer.secho(f"{path}: no {name}_events.tsv or {name}.tsv in {events}", fg=typer.colors.YELLOW, err=True)
-        typer.echo(f"{path}: {_describe(table)} -> " + ", ".join(str(p) for p in written.values()))
-        stale = [str(p) for kind, p in output_paths(out, name).items() if kind not in written and p.exists()]
-        if stale:
-            typer.secho(
-                f"note: {', '.join(stale)} from an earlier run, not rewritten", fg=typer.colors.YELLOW, err=True
-            )
-
-    failed = 0
-    identified = []  # with persons: (path, name, table, its tracks' identities), written once all are read
-    for path in paths:
-        try:
-            name = Path(path).stem
+        done = predict_ray(predictor, paths, output, backbone=backbone, device=device, on_report=_show, options=ray)
+        typer.echo(done.run.describe(), err=True)
+        failed = done.failed
+    else:
+        failed = 0
+        identified = []  # with persons: (path, name, table, its tracks' identities), written once all are read
+        for path in paths:
             if config.persons and path in videos:
-                identified.append((path, name, *predictor.predict_with_identities(path)))
+                try:
+                    identified.append((path, Path(path).stem, *predictor.predict_with_identities(path)))
+                except (MambavaError, OSError) as error:  # OSError: an input that cannot be read
+                    failed += 1
+                    typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
                 continue
-            write(path, name, predictor.predict(path))
-        except (MambavaError, OSError) as error:  # OSError: an output that cannot be written (disk full, ...)
-            failed += 1
-            typer.secho(f"error: {error_line(error)}", fg=typer.colors.RED, err=True)
-    if identified:
-        failed += _write_identified(identified, write, out, predictor.gallery)
+            report = predict_input(predictor, path, output, progress=True)
+            _show(report)
+            failed += report.error is not None
+        if identified:
+
+            def write(path, name: str, table) -> None:
+                _show(write_input(path, table, output, True, progress=True))
+
+            failed += _write_identified(identified, write, out, predictor.gallery)
     if failed:
         typer.secho(f"{failed} of {len(paths)} inputs failed", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
@@ -209,15 +218,22 @@ def _warn_face_stage(predictor) -> None:
 
 def _make_folder(path: Path) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_folder(path)
     except OSError as error:
         raise MambavaError(f"{path}: cannot create the output folder ({error.strerror or error})") from None
 
 
-def _describe(table) -> str:
-    tracks = table.groupby("track", sort=False)["face"]
-    parts = [f"{name} (face in {int(faces.sum())}/{len(faces)})" for name, faces in tracks]
-    return f"{table['frame'].nunique()} frames, {len(parts)} track(s): " + ", ".join(parts)
+def _show(report) -> None:
+    """One input's lines, as predict prints them: an error in red, warnings in yellow on stderr, the files on
+    stdout."""
+    if report.error is not None:
+        typer.secho(f"error: {report.error}", fg=typer.colors.RED, err=True)
+        return
+    for text, kind in report.lines:
+        if kind == "out":
+            typer.echo(text)
+        else:
+            typer.secho(text, fg=typer.colors.YELLOW, err=True)
 
 
 def stream_command(

@@ -12,6 +12,10 @@ from mambava.cli.options import lightning_precision, precision_option
 SET_HELP = "Override a config key: --set lr=1e-4 --set model.kind=tcn --set data.features=feats/ (repeatable)."
 
 
+NUM_NODES_HELP = (
+    "Machines of a multi-node DDP run, each running --devices processes (started by torchrun or SLURM's srun; "
+    "docs/scaling.md)."
+)
 RECIPE_HELP = "Named recipe: 'paper' (default) or 'authors' (their code's per-fold values); a --config is laid over it."
 
 
@@ -46,6 +50,7 @@ def train_command(
     out_dir: Optional[str] = typer.Option(None, "--out-dir", "-o", help="Run folder (config key out_dir)."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Fold: 0 official split, 1-5 cross-validation."),
     devices: Optional[str] = typer.Option(None, "--devices", help="Lightning devices: 1, 2, 'auto', '[0,1]'."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", min=1, help=NUM_NODES_HELP),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Lightning strategy: auto, ddp, ..."),
     precision: Optional[str] = precision_option(None, lightning=True, what="Default: the config's. "),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in out_dir from its last checkpoint."),
@@ -63,6 +68,7 @@ def train_command(
         out_dir=out_dir,
         **{"data.fold": fold},
         devices=devices,
+        num_nodes=num_nodes,
         strategy=strategy,
         precision=lightning_precision(precision),
     )
@@ -153,16 +159,30 @@ def cv_command(
         help="Also score each fold's best model under both protocols (videos, authors): two more tables.",
     ),
     devices: Optional[str] = typer.Option(None, "--devices", help="Lightning devices."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", min=1, help=NUM_NODES_HELP),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Lightning strategy."),
     precision: Optional[str] = precision_option(None, lightning=True, what="Default: the config's. "),
+    gather: bool = typer.Option(
+        False,
+        "--gather",
+        help="Train nothing: the table of the folds finished in out_dir (after one `cv --folds K` job per fold, "
+        "run in parallel; docs/scaling.md).",
+    ),
 ) -> None:
     """Fold 0 (official split) and folds 1-5, then the paper's Table 1 (V, A, average per fold, mean ± std).
 
-    Finished folds are skipped and an interrupted fold resumes: re-run the same command to continue."""
+    Finished folds are skipped and an interrupted fold resumes: re-run the same command to continue. Folds in
+    parallel: one `cv --folds K` job per fold (a node or GPU each), then `cv --gather` for the table."""
     from mambava.core.errors import MambavaError
-    from mambava.training.cv import format_table, rescore, run_cv, write_results
+    from mambava.training.cv import collect, format_table, prepare_folds, rescore, run_cv, write_results
 
-    flags = {"out_dir": out_dir, "devices": devices, "strategy": strategy, "precision": lightning_precision(precision)}
+    flags = {
+        "out_dir": out_dir,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": strategy,
+        "precision": lightning_precision(precision),
+    }
     cfg = _config(config, overrides, recipe, **flags)
     config_for = None
     if recipe is not None:
@@ -176,7 +196,11 @@ def cv_command(
             chosen = [int(k) for k in folds.split(",") if k.strip()]
         except ValueError:
             raise MambavaError(f"--folds {folds!r}: expected comma-separated fold numbers") from None
-    rows = run_cv(cfg, chosen, echo=typer.echo if _rank_zero() else (lambda *_: None), config_for=config_for)
+    if gather:
+        _, available = prepare_folds(cfg)  # the folds file the fold jobs shared
+        rows = collect(cfg.out_dir, chosen if chosen is not None else available)
+    else:
+        rows = run_cv(cfg, chosen, echo=typer.echo if _rank_zero() else (lambda *_: None), config_for=config_for)
     if not _rank_zero():
         return
     csv_path, _ = write_results(cfg.out_dir, rows)

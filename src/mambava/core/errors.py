@@ -31,6 +31,14 @@ def torch_load_reason(error: BaseException) -> str:
     return first[:200]
 
 
+def error_line(error: BaseException) -> str:
+    """The one-line message for a MambavaError or an OSError (naming its file when it has one)."""
+    if isinstance(error, OSError) and not isinstance(error, MambavaError):
+        reason = error.strerror or str(error) or type(error).__name__
+        return f"{error.filename}: {reason}" if error.filename is not None else reason
+    return str(error)
+
+
 class OutputError(MambavaError):
     """An output that cannot be written (read-only, no space, no permission). `path` is the output named in
     the message; whatever was there before is left as it was."""

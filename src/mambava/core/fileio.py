@@ -7,6 +7,10 @@ no permission) becomes an `OutputError` naming the target, never the hidden temp
 `atomic_group()` extends this to an output made of several files (a CSV and its plots): inside the group each
 `atomic_path` writes its temporary file but the renames wait until the group ends without error, so after a
 failure every file of the group is still the earlier run's (or absent), never a mix.
+
+Folders: `make_folder` is mkdir -p that remembers what it made while a `tidy_folders()` block is open (the
+command line opens one around every command); when the block fails, the folders it made that are still empty
+are removed, so a failed command leaves no empty output folder behind (and never removes one it did not make).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import errno
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -28,6 +33,10 @@ from mambava.core.errors import OutputError
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 _GROUP: contextvars.ContextVar[list | None] = contextvars.ContextVar("mambava_atomic_group", default=None)
+# The folders make_folder made inside the open tidy_folders() block (None: none open). Process-wide, not a
+# ContextVar: a stage may make its folders from a worker thread.
+_MADE: list[Path] | None = None
+_MADE_LOCK = threading.Lock()
 
 
 def output_error(error: OSError, target: str | os.PathLike, what: str = "cannot write") -> OutputError:
@@ -73,6 +82,62 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
+def make_folder(path: str | os.PathLike) -> Path:
+    """mkdir -p, remembering the folders it made for `tidy_folders` (OSError as mkdir raises it).
+
+    Args:
+        path: the folder.
+
+    Returns:
+        The folder, as a Path.
+    """
+    path = Path(path)
+    missing = []
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    path.mkdir(parents=True, exist_ok=True)
+    with _MADE_LOCK:
+        if _MADE is not None:
+            _MADE.extend(missing)
+    return path
+
+
+@contextlib.contextmanager
+def tidy_folders() -> Iterator[None]:
+    """Remember the folders `make_folder` makes in the block; should it fail (an exception, or SystemExit with
+    a code other than 0), remove those still empty, deepest first. A folder that was there before, or that
+    holds anything, is never removed."""
+    global _MADE
+    with _MADE_LOCK:
+        outer, _MADE = _MADE, []
+    try:
+        yield
+    except SystemExit as done:
+        if done.code not in (0, None):
+            _remove_empty_made()
+        raise
+    except BaseException:
+        _remove_empty_made()
+        raise
+    finally:
+        with _MADE_LOCK:
+            made, _MADE = _MADE, outer
+            if outer is not None:
+                outer.extend(made)
+
+
+def _remove_empty_made() -> None:
+    with _MADE_LOCK:
+        made = sorted(set(_MADE or []), key=lambda folder: len(folder.parts), reverse=True)
+    for folder in made:
+        try:
+            folder.rmdir()  # only an empty folder goes
+        except OSError:
+            pass
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success fsync it and rename it over the target.
@@ -81,7 +146,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     replaced the temporary file (safetensors does). OutputError naming `target` on an OSError writing it."""
     target = Path(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(target.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
     except OSError as error:
@@ -112,6 +177,16 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         group = _GROUP.get()
         if tmp_path.exists() and not (group is not None and (tmp_path, target) in group):
             tmp_path.unlink()
+
+
+def remove_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files an `atomic_path` of `target` left when its process was killed (a normal exit,
+    an exception or Ctrl-C removes its own); returns them."""
+    target = Path(target)
+    found = sorted(target.parent.glob(f".{target.name}.*.tmp")) if target.parent.is_dir() else []
+    for tmp in found:
+        tmp.unlink(missing_ok=True)
+    return found
 
 
 @contextlib.contextmanager

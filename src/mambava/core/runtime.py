@@ -6,6 +6,12 @@ one; on a machine that other work keeps busy they stall at every barrier for a d
 load average is at least CPUs + 1 (`busy_threads`), the small nets of the faces stage use only the CPUs that
 other work leaves free (`free_threads`), and `torch_threads` sets and restores a count around a block. torch's
 setting is per calling thread (OpenMP), so a block changes nothing for other threads.
+
+A thread count changes the order of some sums (MTCNN's boxes moved by 3e-5 px between one thread and two, a
+temporal model's outputs by 3e-7), so results that follow the load also follow it in their last digits.
+`fixed_threads(n)` turns the policy off in the calling thread: inside it every stage runs on `n` threads
+whatever the load, and the same input gives the same bits (`mambava serve`: an upload's rows never depend on
+what else is being served).
 """
 
 from __future__ import annotations
@@ -13,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 
 import torch
 
 from mambava.core.errors import MambavaError
+
+_FIXED = threading.local()  # .threads: the count `fixed_threads` holds in this thread (None: the load policy)
 
 
 def resolve_device(device: str | None = "auto"):
@@ -38,7 +47,11 @@ def resolve_device(device: str | None = "auto"):
 
 
 def busy_threads() -> int | None:
-    """1 when other work already keeps every CPU busy (load average >= CPUs + 1), else None (no change)."""
+    """1 when other work already keeps every CPU busy (load average >= CPUs + 1), else None (no change); inside
+    `fixed_threads(n)`, n whatever the load."""
+    fixed = getattr(_FIXED, "threads", None)
+    if fixed is not None:
+        return fixed
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # not on every platform
@@ -49,10 +62,13 @@ def busy_threads() -> int | None:
 def free_threads() -> int | None:
     """Threads for many short parallel regions (MTCNN's nets, the landmark refiner): the CPUs that other work leaves
     free, this process's own busy one counted in the load (CPUs - floor(1-minute load average) + 1, at least 1, at
-    most torch's current setting); None where the load is unknown (no change). Measured on a 2-core AMD EPYC with
-    MTCNN on single_face.mp4: at load 1.4-1.6 (nothing else running) 2 threads 16-18.5 ms/frame against 1 thread's
-    22-23; at load 2-5.5, 2 threads 112-160 ms/frame against 1 thread's 23-34 (`busy_threads`' CPUs + 1 waits too
-    long)."""
+    most torch's current setting); None where the load is unknown (no change); inside `fixed_threads(n)`, n whatever
+    the load. Measured on a 2-core AMD EPYC with MTCNN on single_face.mp4: at load 1.4-1.6 (nothing else running)
+    2 threads 16-18.5 ms/frame against 1 thread's 22-23; at load 2-5.5, 2 threads 112-160 ms/frame against 1
+    thread's 23-34 (`busy_threads`' CPUs + 1 waits too long)."""
+    fixed = getattr(_FIXED, "threads", None)
+    if fixed is not None:
+        return fixed
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
@@ -73,6 +89,28 @@ def torch_threads(n: int | None):
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def fixed_threads(n: int | None):
+    """Run the block on `n` torch intra-op threads in the calling thread, the load-aware policy off
+    (`busy_threads` and `free_threads` answer `n`), restored after; None: no change (the policy stays on).
+
+    Args:
+        n: the thread count, or None.
+    """
+    if n is None:
+        yield
+        return
+    if int(n) != n or n < 1:
+        raise MambavaError(f"threads must be a whole number >= 1, got {n}")
+    previous = getattr(_FIXED, "threads", None)
+    _FIXED.threads = int(n)
+    try:
+        with torch_threads(int(n)):
+            yield
+    finally:
+        _FIXED.threads = previous
 
 
 def load_aware_threads():

@@ -279,7 +279,7 @@ def read_crop(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise MambavaError(f"{path}: unreadable image ({error})") from error
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open, atomic_path, output_error
+from mambava.core.fileio import atomic_open, atomic_path, make_folder, output_error
 
 FEATURES_FILE = "features.npy"
 MASK_FILE = "mask.npy"
@@ -218,6 +218,14 @@ class FeatureStore:
         """Rows start:stop of an entry as (float32 features, bool mask), reading only those rows."""
         return self.read(name).window(start, stop)
 
+    def discard_unfinished(self, name: str) -> None:
+        """Remove the temporary files a writer of `name` left when its process was killed (its next writer would
+        too); a complete entry is kept."""
+        folder = self._dir(name)
+        if folder.is_dir():
+            for stale in folder.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+
     def remove(self, name: str) -> None:
         """Delete an entry (meta.json first, so it is invisible at once)."""
         folder = self._dir(name)
@@ -271,7 +279,7 @@ class FeatureStore:
         if not (math.isfinite(fps_value) and fps_value > 0):
             raise MambavaError(f"{folder}: fps must be a positive number, got {fps!r}")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_folder(folder)
             (folder / META_FILE).unlink(missing_ok=True)  # invisible from now until finished
             for stale in folder.glob(".*.tmp"):  # left by a writer that was killed
                 stale.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ import numpy as np
 from mambava.audio import extract_audio
 from mambava.core.errors import MambavaError
 from mambava.data.store import AudioVisualStore, FeatureStore, column_statistics
-from mambava.demo.recipe import score_run, train_temporal
+from mambava.demo.recipe import score_run, train_side_by_side
 from mambava.synth import read_meta
 
 ROWS = ("visual", "audio", "early_fusion", "mid_fusion")
@@ -93,11 +93,23 @@ def run_ablation(
     }
     rows: dict[str, dict] = {"visual": dict(visual_scores)}
     runs: dict[str, dict] = {}
-    for name, (features, audio, model) in plans.items():
-        say(f"      training {name}")
-        run = train_temporal(
-            out / "runs" / name, data_root, features, model, cfg, progress, epochs=cfg.audio_epochs, audio=audio
+    say(f"      training {', '.join(plans)}" + (" side by side" if cfg.workers > 1 else ""))
+    jobs = {
+        name: dict(
+            out_dir=out / "runs" / name,
+            data_root=data_root,
+            features=features,
+            model=model,
+            cfg=cfg,
+            progress=progress,
+            epochs=cfg.audio_epochs,
+            audio=audio,
         )
+        for name, (features, audio, model) in plans.items()
+    }
+    trained = train_side_by_side(jobs, cfg.workers)
+    for name, (features, audio, _) in plans.items():
+        run = trained[name]
         store = AudioVisualStore(FeatureStore(features), FeatureStore(audio)) if audio else FeatureStore(features)
         rows[name] = score_run(run, store, test_names, labels, cfg)[1].as_dict()
         runs[name] = {

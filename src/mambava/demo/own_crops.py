@@ -42,7 +42,7 @@ def landmark_stage(data_root: Path, out: Path, epochs: int, progress: bool) -> t
 
     start, cpu = time.perf_counter(), cpu_seconds()
     train = read_meta(data_root)["splits"]["train"]
-    frames, samples = synth_refiner_samples(data_root, train, every=3)
+    frames, samples = synth_refiner_samples(data_root, train, every=3, workers=2)
     config = RefinerConfig(epochs=epochs)
     losses: list[float] = []
     with ProgressBar("landmarks", enabled=progress) as bar:

@@ -198,7 +198,7 @@ def _report_own_crops(results: dict) -> list[str]:
     lines: list[str] = []
     if "faces" in results:
         fa, al = results["faces"], results["faces"]["alignment"]
-        pa = results["predict_all"]
+        pa = results.get("predict_all")
         lines += [
             "## Trained on our own crops",
             "",
@@ -219,18 +219,21 @@ def _report_own_crops(results: dict) -> list[str]:
                 else ""
             ),
             "",
-            "| held-out raw videos | CCC_v | CCC_a | P_VA |",
-            "|---|---|---|---|",
-            f"| through `predict` (faces stage) | {_fmt(pa['raw_video']['ccc_valence'])} | "
-            f"{_fmt(pa['raw_video']['ccc_arousal'])} | **{_fmt(pa['raw_video']['p_va'])}** |",
-            f"| the generator's ideal crops | {_fmt(pa['ideal_crops']['ccc_valence'])} | "
-            f"{_fmt(pa['ideal_crops']['ccc_arousal'])} | {_fmt(pa['ideal_crops']['p_va'])} |",
-            "",
-            f"All {pa['videos']} held-out videos ({pa['tracks']} people, {pa['frames']:,} labelled frames that both "
-            f"paths predict), the same model; the raw-video path is {pa['gap_p_va']:+.3f} P_VA from the ideal-crop "
-            "path.",
-            "",
         ]
+        if pa:
+            lines += [
+                "| held-out raw videos | CCC_v | CCC_a | P_VA |",
+                "|---|---|---|---|",
+                f"| through `predict` (faces stage) | {_fmt(pa['raw_video']['ccc_valence'])} | "
+                f"{_fmt(pa['raw_video']['ccc_arousal'])} | **{_fmt(pa['raw_video']['p_va'])}** |",
+                f"| the generator's ideal crops | {_fmt(pa['ideal_crops']['ccc_valence'])} | "
+                f"{_fmt(pa['ideal_crops']['ccc_arousal'])} | {_fmt(pa['ideal_crops']['p_va'])} |",
+                "",
+                f"All {pa['videos']} held-out videos ({pa['tracks']} people, {pa['frames']:,} labelled frames that "
+                f"both paths predict), the same model; the raw-video path is {pa['gap_p_va']:+.3f} P_VA from the "
+                "ideal-crop path.",
+                "",
+            ]
     return lines
 
 
@@ -265,9 +268,16 @@ def _report_what_ran(results: dict, cfg: DemoConfig) -> list[str]:
         + ", ".join(f"{k} {r['parameters']:,}" for k, r in results["runs"].items())
         + ".",
         "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {s:.1f} |" for k, s in times.items()],
+        "| stage | seconds | CPU-seconds | cores busy |",
+        "|---|---:|---:|---:|",
+        *[
+            f"| {k} | {s:.1f} | {results['cpu_s'].get(k, float('nan')):.0f} | "
+            f"{results['cpu_s'].get(k, float('nan')) / max(s, 1e-9):.2f} |"
+            for k, s in times.items()
+            if k != "total"
+        ],
+        f"| total | {times['total']:.1f} | {sum(results['cpu_s'].values()):.0f} | "
+        f"{sum(results['cpu_s'].values()) / max(times['total'], 1e-9):.2f} |",
         "",
         "Numbers are in `results.json`; runs (checkpoints, metrics.csv, curves.png, summary.json) in `runs/`.",
         "",

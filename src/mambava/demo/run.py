@@ -24,7 +24,7 @@ from mambava.backbone import FeatureExtractor, ViTConfig, ViTEncoder, bf16_suppo
 from mambava.backbone.extract import extract_features
 from mambava.backbone.finetune import FinetuneConfig, finetune
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open
+from mambava.core.fileio import atomic_open, make_folder
 from mambava.core.metrics import va_scores
 from mambava.core.progress import ProgressBar
 from mambava.core.runtime import cpu_seconds, torch_threads
@@ -33,8 +33,9 @@ from mambava.data.store import FeatureStore
 from mambava.data.windows import predict_sequence
 from mambava.demo.ablation import run_ablation
 from mambava.demo.distill import distill_stage
-from mambava.demo.own_crops import LANDMARKS_FILE, demo_detector, landmark_stage, own_crops_stage, predict_all
-from mambava.demo.recipe import score_run, train_temporal
+from mambava.demo.own_crops import LANDMARKS_FILE, demo_detector, landmark_stage, own_crops_stage
+from mambava.demo.own_crops import predict_all as predict_every_raw_video
+from mambava.demo.recipe import score_run, train_side_by_side
 from mambava.demo.report import REPORT_FILE, write_figures, write_report
 from mambava.inference.files import write_table
 from mambava.inference.predict import Predictor
@@ -49,29 +50,33 @@ OWN_CROPS_JITTER = (1.0, 0.02, 1.0)
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo; the defaults take about 17 minutes on 2 CPU cores, `quick()` about 4-6."""
+    """Sizes of the demo. The defaults are the first run (at most 5 minutes on 2 CPU cores): every stage of the
+    paper's pipeline on its own data, trained on the dataset's crops as the paper trains on Aff-Wild2's
+    `cropped_aligned/`, and our faces stage on a held-out raw video for `predict`. `full()` adds our own crops
+    of every raw video with the learned landmarks, the audio-visual ablation, distillation, every held-out raw
+    video through predict and more data (about 17-28 minutes); `quick()` is a smaller run of every stage."""
 
     seed: int = 0
     # the generated dataset
-    n_train: int = 80
-    n_val: int = 10
-    n_test: int = 16
-    frames: tuple[int, int] = (300, 450)
+    n_train: int = 40
+    n_val: int = 8
+    n_test: int = 10
+    frames: tuple[int, int] = (240, 360)
     two_person_fraction: float = 0.15
-    stills_train: int = 4000
-    stills_val: int = 300
+    stills_train: int = 2000
+    stills_val: int = 200
     # the backbone: a small ViT, pretrained on the stills, then partially frozen and fine-tuned on video frames
     img_size: int = 80
     patch_size: int = 16
     embed_dim: int = 128
     depth: int = 4
     num_heads: int = 2
-    pretrain_epochs: int = 6
+    pretrain_epochs: int = 5
     pretrain_lr: float = 5e-4
     finetune_epochs: int = 1
     finetune_lr: float = 2e-4
     freeze_blocks: int = 2  # of `depth`, as the paper freezes 16 of ViT-L's 24
-    finetune_frames_per_video: int = 100
+    finetune_frames_per_video: int = 80
     # random shift (px at 112), log-scale, rotation (degrees) of the backbone's training crops (AlignJitter);
     # None: OWN_CROPS_JITTER with own crops from MTCNN's own points (it errs per face; docs/faces.md, Crops for
     # training), else none (the learned landmarks err 0.4 px, less than the jitter: it lowered P_VA, docs/faces.md,
@@ -87,7 +92,7 @@ class DemoConfig:
     dropout: float = 0.1
     window: int = 150
     stride: int = 50
-    epochs: int = 10
+    epochs: int = 8
     warmup_epochs: int = 1
     batch_size: int = 16
     lr: float = 1e-3
@@ -96,30 +101,33 @@ class DemoConfig:
     # the held-out video for `predict`: through the faces stage (MTCNN) or from the crops
     predict_faces: bool = True
     # train on crops made by our own faces stage from the raw videos (`mambava faces --dataset`), the crops
-    # `predict` makes, instead of the generator's ideal ones; then every held-out raw video goes through
-    # `predict` and is scored beside the ideal-crop path. Off in `quick()` (CI): MTCNN over every frame costs
-    # ~150 frames per CPU-second here, the landmark refiner's training ~2 minutes more.
-    own_crops: bool = True
+    # `predict` makes, instead of the dataset's own (the generator's ideal ones); `full()` does
+    own_crops: bool = False
     # with own_crops: fine-tune the backbone and train the temporal models on the generator's crops too (the
     # same faces as two aligners crop them; `FinetuneConfig.extra_crops`, `data.extra_features`)
     both_crops: bool = False
     # with own_crops: train the landmark refiner (`mambava.faces.landmarks`) on the training videos' true
-    # landmarks and refine MTCNN's points with it, for the crops and every raw-video `predict` (docs/faces.md, Crops for
-    # training: MTCNN's own points cost most of the raw-video path's P_VA)
-    learned_landmarks: bool = True
+    # landmarks and refine MTCNN's points with it, for the crops and every raw-video `predict` (docs/faces.md,
+    # Crops for training: MTCNN's own points cost most of the raw-video path's P_VA); `full()` does
+    learned_landmarks: bool = False
     landmark_epochs: int = 8
     face_workers: int = 2  # processes for the faces stage (one video each)
     # detection by tracking (`--detect-every`) for the own crops and every raw-video `predict`: 1 detects
-    # every frame; k > 1 also checks followed faces with O-Net (docs/faces.md, Detection by tracking), steadier crops
+    # every frame; k > 1 also checks followed faces with O-Net (docs/faces.md, Detection by tracking)
     detect_every: int = 1
     # torch threads. One: the small models here run many short ops, and on a 2-core machine that anything else
     # keeps busy two OpenMP threads stall at each of them (measured: the temporal training 7x slower on two
-    # threads at a load average of ~3). The second core still works: the generator runs 2 processes, and a
-    # DataLoader worker decodes crops while the model runs. 0 leaves torch's default.
+    # threads at a load average of ~3). The second core works through processes instead (`workers`). 0 leaves
+    # torch's default.
     threads: int = 1
+    # processes for the stages made of independent jobs: the temporal models trained side by side, the audio
+    # ablation's three models, the landmark samples, the audio features (the faces stage has `face_workers`)
+    workers: int = 2
     precision: str = "auto"  # "auto": bf16 mixed precision where the CPU runs it fast (AMX / AVX-512 BF16), else 32
-    audio: bool = True  # the audio-visual ablation (`mambava.demo.ablation`): audio only, early and mid fusion
+    audio: bool = False  # the audio-visual ablation (`mambava.demo.ablation`): audio only, early and mid fusion
     audio_epochs: int | None = None  # the ablation's models (None: `epochs`)
+    distill: bool = False  # the distilled student backbone (`mambava.demo.distill`)
+    predict_all: bool = False  # with own_crops: every held-out raw video through predict, beside the ideal crops
 
     def __post_init__(self) -> None:
         self.frames = tuple(int(x) for x in self.frames)  # type: ignore[assignment]
@@ -136,21 +144,49 @@ class DemoConfig:
             raise MambavaError("DemoConfig: d_model must equal the last TCN channel count")
 
     @classmethod
-    def quick(cls, seed: int = 0, **overrides) -> "DemoConfig":
-        """The CI-sized demo (about 4 minutes on 2 cores)."""
+    def full(cls, seed: int = 0, **overrides) -> DemoConfig:
+        """Everything (`mambava demo --full`): more data, the learned landmarks for our crops, the audio-visual
+        ablation, distillation, every held-out raw video through predict."""
         values: dict[str, Any] = dict(
             seed=seed,
-            n_train=40,
-            n_val=8,
-            n_test=10,
-            frames=(240, 360),
-            stills_train=2000,
-            stills_val=200,
-            pretrain_epochs=5,
-            finetune_frames_per_video=80,
+            n_train=80,
+            n_val=10,
+            n_test=16,
+            frames=(300, 450),
+            stills_train=4000,
+            stills_val=300,
+            pretrain_epochs=6,
+            finetune_frames_per_video=100,
+            epochs=10,
+            own_crops=True,
+            learned_landmarks=True,
+            audio=True,
+            distill=True,
+            predict_all=True,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def quick(cls, seed: int = 0, **overrides) -> DemoConfig:
+        """A smaller run of the first run's stages and of the ablation and distillation (the dataset's crops;
+        `own_crops=True` adds ours)."""
+        values: dict[str, Any] = dict(
+            seed=seed,
+            n_train=24,
+            n_val=6,
+            n_test=8,
+            frames=(200, 260),
+            stills_train=1200,
+            stills_val=150,
+            pretrain_epochs=4,
+            finetune_frames_per_video=60,
             epochs=8,
             audio_epochs=4,
             own_crops=False,
+            audio=True,
+            distill=True,
+            predict_all=True,
         )
         values.update(overrides)
         return cls(**values)
@@ -196,7 +232,8 @@ class _Stages:
         self.cpu[name] = cpu_seconds() - cpu
         self.console.print(
             f"      {name} done in {self.times[name]:.1f} s, {self.cpu[name]:.0f} CPU-s "
-            f"(total {time.perf_counter() - self.started:.0f} s)"
+            f"({self.cpu[name] / max(self.times[name], 1e-9):.2f} cores busy; total "
+            f"{time.perf_counter() - self.started:.0f} s)"
         )
 
 
@@ -224,23 +261,24 @@ def run_demo(out: str | os.PathLike = "demo_out", cfg: DemoConfig | None = None,
 
 def _run(out: Path, cfg: DemoConfig, progress: bool) -> DemoResult:
     _quiet_lightning()
-    stages = _Stages(9 + cfg.own_crops + (cfg.own_crops and cfg.learned_landmarks) + cfg.audio, progress)
+    stages = _Stages(8 + cfg.own_crops + (cfg.own_crops and cfg.learned_landmarks) + cfg.audio + cfg.distill, progress)
     results: dict[str, Any] = {"config": cfg.to_dict(), "machine": _machine()}
     data_root, train_root, stills_root, test_names = _data_stages(out, cfg, progress, stages, results)
     encoder_path, store, runs = _model_stages(out, data_root, train_root, stills_root, cfg, progress, stages, results)
-    distill_stage(
-        out,
-        data_root,
-        train_root,
-        encoder_path,
-        store,
-        runs["mamba_va"]["outputs"]["model"],
-        test_names,
-        cfg,
-        progress,
-        stages,
-        results,
-    )
+    if cfg.distill:
+        distill_stage(
+            out,
+            data_root,
+            train_root,
+            encoder_path,
+            store,
+            runs["mamba_va"]["outputs"]["model"],
+            test_names,
+            cfg,
+            progress,
+            stages,
+            results,
+        )
     report = _score_and_report(out, data_root, encoder_path, store, runs, test_names, cfg, progress, stages, results)
     t, b = results["test"]["mamba_va"], results["test"][cfg.baseline]
     stages.console.print(
@@ -335,19 +373,24 @@ def _model_stages(
         store = _extract(out, train_root, encoder_path, progress)
         extra = [_extract(out, root, encoder_path, progress, "features_generator_crops") for root in both]
 
-    runs = {}
-    with stages.stage("train", f"TCN+Mamba and the frame-wise baseline ({cfg.baseline}), {cfg.epochs} epochs each"):
-        for kind in ("mamba_va", cfg.baseline):
-            stages.console.print(f"      training {kind}")
-            runs[kind] = train_temporal(
-                out / "runs" / kind,
-                data_root,
-                store,
-                dict(kind=kind, input_dim=cfg.embed_dim),
-                cfg,
-                progress,
+    with stages.stage(
+        "train",
+        f"TCN+Mamba and the frame-wise baseline ({cfg.baseline}), {cfg.epochs} epochs each"
+        + (", side by side" if cfg.workers > 1 else ""),
+    ):
+        jobs = {
+            kind: dict(
+                out_dir=out / "runs" / kind,
+                data_root=data_root,
+                features=store,
+                model=dict(kind=kind, input_dim=cfg.embed_dim),
+                cfg=cfg,
+                progress=progress,
                 extra=extra,
             )
+            for kind in ("mamba_va", cfg.baseline)
+        }
+        runs = train_side_by_side(jobs, cfg.workers)
     results["runs"] = {
         k: {"validation_best": v["best"], "parameters": v["parameters"], "train_time_s": v["train_time_s"]}
         for k, v in runs.items()
@@ -383,11 +426,11 @@ def _score_and_report(
     with stages.stage(
         "predict",
         "a held-out raw video: faces -> features -> temporal model"
-        + ("; then every held-out raw video, beside the ideal crops" if cfg.own_crops else ""),
+        + ("; then every held-out raw video, beside the ideal crops" if cfg.own_crops and cfg.predict_all else ""),
     ):
         results["predict"] = _predict(out, data_root, encoder_path, runs["mamba_va"], cfg, progress)
-        if cfg.own_crops:
-            results["predict_all"] = predict_all(
+        if cfg.own_crops and cfg.predict_all:
+            results["predict_all"] = predict_every_raw_video(
                 out, data_root, encoder_path, runs["mamba_va"], cfg, progress, _landmarks(out, cfg)
             )
             both = results["predict_all"]
@@ -422,7 +465,7 @@ def _prepare_out(out: Path) -> None:
                 shutil.rmtree(child)
             else:
                 child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     (out / ".mambava-demo").write_text("output of `mambava demo`; the whole folder is replaced by the next run\n")
 
 

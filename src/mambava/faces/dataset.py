@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open
+from mambava.core.fileio import atomic_open, make_folder
 from mambava.data.affwild2 import CROPS_DIR, AffWild2, base_video
 from mambava.faces.align import ARCFACE_TEMPLATE_112, alignment_matrix, transform_points
 from mambava.faces.detect import get_detector
@@ -84,15 +84,27 @@ class DatasetFacesResult:
         return sum(v.frames for v in done) / seconds if seconds > 0 else 0.0
 
 
-def _video_job(args: tuple) -> VideoFaces:
-    """Faces of one raw video into crops_dir (a worker process, or inline)."""
-    video, path, crops_dir, detector, detector_kwargs, min_track_frames, threads, detect_every = args
+def faces_of_video(
+    video: str,
+    path: str | os.PathLike,
+    crops_dir: str | os.PathLike,
+    detector: str | object = "mtcnn",
+    detector_kwargs: dict | None = None,
+    min_track_frames: int = 3,
+    detect_every: int = 1,
+    threads: int = 0,
+) -> VideoFaces:
+    """One raw video of a dataset run into `crops_dir` (`extract_faces` under the name `video`): the unit of work
+    of every engine (this process, worker processes, a Ray task), so that each writes the same files.
 
+    `detector`: a registered name (built here with `detector_kwargs`) or a detector object. `threads`: torch's
+    intra-op threads for this video (0: as they are). A MambavaError (an unreadable video) is returned in
+    `error`, not raised: the other videos go on."""
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
-        det = detector if not isinstance(detector, str) else get_detector(detector, **detector_kwargs)
+        det = detector if not isinstance(detector, str) else get_detector(detector, **(detector_kwargs or {}))
         result = extract_faces(
             path, crops_dir, name=video, detector=det, min_track_frames=min_track_frames, detect_every=detect_every
         )
@@ -104,6 +116,81 @@ def _video_job(args: tuple) -> VideoFaces:
         tracks={t.name: len(t.present) for t in result.tracks},
         seconds=time.perf_counter() - start,
     )
+
+
+def _video_job(args: tuple) -> VideoFaces:
+    """`faces_of_video` in a worker process (a picklable one-argument call), or inline."""
+    video, path, crops_dir, detector, detector_kwargs, min_track_frames, threads, detect_every = args
+    return faces_of_video(video, path, crops_dir, detector, detector_kwargs, min_track_frames, detect_every, threads)
+
+
+@dataclass
+class DatasetFacesPlan:
+    """What a dataset run will do, decided before any video is processed (`plan_dataset_faces`): the raw videos,
+    the claimed crops folder, the videos already done (`done`, skipped) and those to do (`todo`, in name order).
+    `detector` is the built detector (checked once here); the engines pass `detector_name` to their workers."""
+
+    root: Path
+    out: Path
+    dataset: AffWild2
+    raw: dict[str, Path]
+    crops_dir: Path
+    linked: list[str]
+    detector: object
+    detector_name: str | object
+    detector_kwargs: dict
+    min_track_frames: int
+    detect_every: int
+    done: dict[str, VideoFaces]
+    todo: list[str]
+
+
+def plan_dataset_faces(
+    root: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    detector: str | object = "mtcnn",
+    detector_kwargs: dict | None = None,
+    min_track_frames: int = 3,
+    videos: list[str] | None = None,
+    link: bool = True,
+    detect_every: int = 1,
+) -> DatasetFacesPlan:
+    """The first step of `extract_dataset_faces` (its arguments): find the raw videos, build the detector (a
+    bad name, option or refiner file is one error here, not one per video), claim OUT/cropped_aligned/, link
+    ROOT's other entries, and sort the videos into done (their CSV is there) and to do."""
+    root = Path(root)
+    out = Path(out) if out is not None else root
+    dataset = AffWild2(root)
+    raw = _raw_videos(dataset, root, videos)
+    built = get_detector(detector, **(detector_kwargs or {})) if isinstance(detector, str) else detector
+    crops_dir = _claim_crops_dir(out / CROPS_DIR, root, built, detector_kwargs, min_track_frames, detect_every)
+    linked = _link_root(root, out) if link and out.resolve() != root.resolve() else []
+    done = {v: VideoFaces(v, skipped=True) for v in sorted(raw) if (crops_dir / f"{v}{CSV_SUFFIX}").exists()}
+    todo = [v for v in sorted(raw) if v not in done]
+    return DatasetFacesPlan(
+        root,
+        out,
+        dataset,
+        raw,
+        crops_dir,
+        linked,
+        built,
+        detector,
+        dict(detector_kwargs or {}),
+        min_track_frames,
+        detect_every,
+        done,
+        todo,
+    )
+
+
+def finish_dataset_faces(plan: DatasetFacesPlan, results: dict[str, VideoFaces]) -> DatasetFacesResult:
+    """The last step of `extract_dataset_faces`: every video's result (those done earlier included) matched
+    against the dataset's annotation names (`unmatched` get an empty folder)."""
+    results = {**plan.done, **results}
+    _match_tracks(results, plan.dataset, plan.crops_dir)
+    return DatasetFacesResult(plan.root, plan.out, plan.crops_dir, [results[v] for v in sorted(results)], plan.linked)
 
 
 def extract_dataset_faces(
@@ -129,48 +216,42 @@ def extract_dataset_faces(
     those raw videos only. `link` makes OUT a complete dataset root (links to ROOT's other entries).
     `detect_every`: as `iter_tracked_faces`, so that training crops can be made as `predict --detect-every`
     makes them (1: every frame).
-    `progress(done, total, video_result)` is called after each video."""
-    root = Path(root)
-    out = Path(out) if out is not None else root
-    dataset = AffWild2(root)
-    raw = _raw_videos(dataset, root, videos)
-    built = detector
-    if isinstance(detector, str):  # a bad name, option or refiner file: one error here, not one per video
-        built = get_detector(detector, **(detector_kwargs or {}))
-    crops_dir = _claim_crops_dir(out / CROPS_DIR, root, built, detector_kwargs, min_track_frames, detect_every)
-    linked = _link_root(root, out) if link and out.resolve() != root.resolve() else []
-
+    `progress(done, total, video_result)` is called after each video. The same run on a Ray cluster:
+    `mambava.distributed.faces_dataset_ray`."""
+    plan = plan_dataset_faces(
+        root,
+        out,
+        detector=detector,
+        detector_kwargs=detector_kwargs,
+        min_track_frames=min_track_frames,
+        videos=videos,
+        link=link,
+        detect_every=detect_every,
+    )
     results: dict[str, VideoFaces] = {}
-    todo = []
-    for video in sorted(raw):
-        if (crops_dir / f"{video}{CSV_SUFFIX}").exists():
-            results[video] = VideoFaces(video, skipped=True)
-        else:
-            todo.append(video)
     if progress is not None:
-        for video in results:
-            progress(len(results), len(raw), results[video])
+        for video in plan.done:
+            progress(len(plan.done), len(plan.raw), plan.done[video])
     threads = 1 if workers > 1 else 0
-    inline = workers <= 1 or len(todo) <= 1  # (worker processes build their own from the name)
+    inline = workers <= 1 or len(plan.todo) <= 1  # (worker processes build their own from the name)
     jobs = {
         v: (
             v,
-            raw[v],
-            crops_dir,
-            built if inline else detector,
-            detector_kwargs or {},
+            plan.raw[v],
+            plan.crops_dir,
+            plan.detector if inline else detector,
+            plan.detector_kwargs,
             min_track_frames,
             threads,
             detect_every,
         )
-        for v in todo
+        for v in plan.todo
     }
-    for item in _run_jobs(jobs, raw, workers, detector):
+    for item in _run_jobs(jobs, plan.raw, workers, detector):
         results[item.video] = item
         if progress is not None:
-            progress(len(results), len(raw), item)
-    _match_tracks(results, dataset, crops_dir)
-    return DatasetFacesResult(root, out, crops_dir, [results[v] for v in sorted(results)], linked)
+            progress(len(plan.done) + len(results), len(plan.raw), item)
+    return finish_dataset_faces(plan, results)
 
 
 def _raw_videos(dataset: AffWild2, root: Path, videos: list[str] | None) -> dict[str, Path]:
@@ -195,7 +276,7 @@ def _claim_crops_dir(
         raise MambavaError(
             f"{crops_dir}: holds crops not made by `mambava faces --dataset` (the dataset's own?): choose another --out"
         )
-    crops_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(crops_dir)
     settings = {
         "source": str(root.resolve()),
         "detector": getattr(detector, "name", type(detector).__name__),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -249,7 +250,11 @@ def train_refiner(
     progress: Callable[[int, float], None] | None = None,
 ) -> LandmarkRefiner:
     """Train a refiner on RGB `frames` and `samples` (frame index, true (5, 2) landmarks in that frame's pixels).
-    Fresh perturbations every epoch, half the samples mirrored; AdamW, cosine schedule, smooth-L1 loss."""
+    Fresh perturbations every epoch, half the samples mirrored; AdamW, cosine schedule, smooth-L1 loss.
+
+    The next epoch's patches are cut in a second thread while this epoch trains (OpenCV's warps release the
+    GIL): the two cores of a small machine both work. Each epoch's perturbations come from their own generator
+    (seed, epoch), so the result does not depend on which thread ran first."""
     cfg = config or RefinerConfig()
     if not samples:
         raise MambavaError("train_refiner: no samples (faces with known landmarks) to train on")
@@ -262,23 +267,32 @@ def train_refiner(
         optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
     )
     loss_fn = nn.SmoothL1Loss(beta=0.25)
-    for epoch in range(cfg.epochs):
-        net.train()
-        patches, targets = training_patches(rng, frames, samples, cfg, flip=rng.random(len(samples)) < 0.5)
-        order = rng.permutation(len(samples))
-        total = 0.0
-        for step in range(steps_per_epoch):
-            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = _to_batch(patches[batch])
-            x = x * float(rng.uniform(0.7, 1.3)) + float(rng.uniform(-0.2, 0.2))  # contrast, brightness
-            loss = loss_fn(net(x), torch.from_numpy(targets[batch]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach())
-        if progress is not None:
-            progress(epoch, total / steps_per_epoch)
+
+    def epoch_patches(epoch: int):
+        local = np.random.default_rng([cfg.seed, epoch])
+        return training_patches(local, frames, samples, cfg, flip=local.random(len(samples)) < 0.5)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="mambava-patches") as prefetch:
+        upcoming = prefetch.submit(epoch_patches, 0)
+        for epoch in range(cfg.epochs):
+            net.train()
+            patches, targets = upcoming.result()
+            if epoch + 1 < cfg.epochs:
+                upcoming = prefetch.submit(epoch_patches, epoch + 1)
+            order = rng.permutation(len(samples))
+            total = 0.0
+            for step in range(steps_per_epoch):
+                batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                x = _to_batch(patches[batch])
+                x = x * float(rng.uniform(0.7, 1.3)) + float(rng.uniform(-0.2, 0.2))  # contrast, brightness
+                loss = loss_fn(net(x), torch.from_numpy(targets[batch]))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += float(loss.detach())
+            if progress is not None:
+                progress(epoch, total / steps_per_epoch)
     return LandmarkRefiner(net, cfg)
 
 

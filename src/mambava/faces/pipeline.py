@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open, atomic_path, is_output_failure, output_error
+from mambava.core.fileio import atomic_open, atomic_path, is_output_failure, make_folder, output_error
 from mambava.core.progress import rate_progress
 from mambava.faces.align import LANDMARK_COLUMNS, face_crop
 from mambava.faces.columns import GEOMETRY_COLUMNS, geometry_row, gives_landmarks68
@@ -360,11 +360,16 @@ def extract_faces(
     return result
 
 
+def staging_folder(out_dir: str | os.PathLike, video: str) -> Path:
+    """The hidden folder where `extract_faces` stages one video's crops until they are complete."""
+    return Path(out_dir) / f".{video}.faces-staging"
+
+
 def _fresh_staging(out_dir: Path, video: str) -> Path:
     """An empty hidden staging folder for one video's crops (what an interrupted run left there is removed)."""
-    staging = out_dir / f".{video}.faces-staging"
+    staging = staging_folder(out_dir, video)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir()

@@ -20,6 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 from mambava.backbone import load_encoder
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open, atomic_path
@@ -77,23 +79,53 @@ def sha256(path: str | os.PathLike) -> str:
 
 def guess_kind(path: Path) -> tuple[str, str]:
     """(kind, what it was trained on as far as the file says) of a checkpoint: a temporal model when
-    `mambava.temporal.load_temporal_model` reads it, else a backbone when `mambava.backbone.load_encoder` does."""
+    `mambava.temporal.load_temporal_model` reads it, else a backbone when `mambava.backbone.load_encoder` does.
+    A model with NaN or infinite weights (a diverged run) is a MambavaError: it could only give NaN."""
 
     try:
         loaded = load_temporal_model(path)
     except Exception:  # noqa: BLE001 - not a temporal model; try the backbone reader
         pass
     else:
+        check_finite(loaded.model, path)
         data = (loaded.run_config or {}).get("data") or {}
         said = ", ".join(f"{k} {data[k]}" for k in ("features", "labels", "fold") if data.get(k) is not None)
         return "temporal", said
 
     try:
-        load_encoder(path)
+        encoder = load_encoder(path)
     except Exception as error:  # noqa: BLE001
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise MambavaError(f"{path}: neither a temporal model nor a backbone checkpoint ({first})") from None
+    check_finite(encoder, path)
     return "backbone", ""
+
+
+def check_finite(model, path: str | os.PathLike) -> None:
+    """MambavaError naming the first tensor of `model`'s weights with NaN or infinite values, and how many.
+
+    Args:
+        model: a torch module (its state_dict is read).
+        path: the file it was loaded from, for the message.
+    """
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise MambavaError(
+                    f"{path}: {bad} of {tensor.numel()} weights of {name} are NaN or infinite (a diverged "
+                    "model): not added"
+                )
+
+
+def _cached_file(name: str, entry) -> Path | None:
+    """The registry's file of an index entry, or None when the entry names anything but a plain file name in
+    the registry's folder (`../../x`, an absolute path): an index edited by hand, or planted, is never
+    followed out of the folder."""
+    file = entry.get("file") if isinstance(entry, dict) else None
+    if not isinstance(file, str) or not file or file in (".", "..") or "/" in file or "\\" in file:
+        return None
+    return models_dir() / file
 
 
 def add(
@@ -131,19 +163,24 @@ def add(
     old = index.get(name)
     index[name] = entry
     _write_index(index)
-    if old and old["file"] != entry["file"]:
-        (models_dir() / old["file"]).unlink(missing_ok=True)
+    stale = _cached_file(name, old) if old else None
+    if stale is not None and stale.name != entry["file"]:
+        stale.unlink(missing_ok=True)
     return entry
 
 
 def remove(name: str) -> dict:
+    """Forget `name` and delete its cached file; returns its index entry, with "deleted": False when the entry
+    named no file of the registry (nothing outside the registry's folder is ever deleted)."""
     index = read_index()
     if name not in index:
         raise MambavaError(f"{name}: no such model name ({models_dir()})")
     entry = index.pop(name)
     _write_index(index)
-    (models_dir() / entry["file"]).unlink(missing_ok=True)
-    return entry
+    cached = _cached_file(name, entry)
+    if cached is not None:
+        cached.unlink(missing_ok=True)
+    return {**(entry if isinstance(entry, dict) else {"file": entry}), "deleted": cached is not None}
 
 
 def path_of(name: str, kind: str | None = None) -> Path:
@@ -153,9 +190,11 @@ def path_of(name: str, kind: str | None = None) -> Path:
         known = ", ".join(sorted(index)) or "none"
         raise MambavaError(f"{name}: no such file, nor a model name (names: {known}; see `mambava models add`)")
     entry = index[name]
-    if kind is not None and entry["kind"] != kind:
-        raise MambavaError(f"{name}: a {entry['kind']} checkpoint, not a {kind} one")
-    path = models_dir() / entry["file"]
+    path = _cached_file(name, entry)
+    if path is None:
+        raise MambavaError(f"{name}: its index entry names no file of {models_dir()}; remove it and add it again")
+    if kind is not None and entry.get("kind") != kind:
+        raise MambavaError(f"{name}: a {entry.get('kind')} checkpoint, not a {kind} one")
     if not path.is_file():
         raise MambavaError(f"{path}: the file of model {name!r} is missing; add it again")
     if sha256(path) != entry["sha256"]:

@@ -44,6 +44,10 @@ class PredictConfig:
         step_precision: the live stream's recurrent step: "fp32", "bf16" or "int8" (its TCN weights).
         realtime: a video file streamed at its own pace, dropping frames that cannot be kept up with.
         progress: show a progress bar over inputs.
+        threads: torch threads for every stage (detector, landmarks, backbone, temporal model), whatever the
+            load, so that the same input always gives the same bits (`mambava.core.runtime.fixed_threads`);
+            None: one thread while the machine is busy, else torch's count (faster on a shared machine, but
+            the last digits follow the load).
     """
 
     windowing: str = "full"
@@ -64,6 +68,7 @@ class PredictConfig:
     step_precision: str = "fp32"
     realtime: bool = False
     progress: bool = False
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.windowing not in WINDOWING:
@@ -78,6 +83,8 @@ class PredictConfig:
         self.detect_every = int(self.detect_every)
         if self.identities is not None:
             self.persons = True
+        if self.threads is not None and (int(self.threads) != self.threads or self.threads < 1):
+            raise MambavaError(f"--threads must be a whole number >= 1, got {self.threads}")
         if self.step_precision not in STEP_PRECISIONS:
             raise MambavaError(f"step precision {self.step_precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")
 

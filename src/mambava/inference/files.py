@@ -1,18 +1,23 @@
 """What `mambava predict` reads and writes besides the model: the inputs a command line names (videos, feature
 files, folders of them), and each input's files: `<name>.csv` (+ `.parquet` with pyarrow), the valence/arousal
-and circumplex plots, the overlay video. Written atomically (`mambava.core.fileio`)."""
+and circumplex plots, the overlay video. Written atomically (`mambava.core.fileio`).
+
+`write_input` writes one input's files and says what it did (an `InputReport`): the one writer of every engine
+(`predict_input` in this process, a Ray task in `mambava.distributed`), so both write the same files."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mambava.analysis.plots import OverlayVideoWriter, draw_overlay, plot_circumplex, plot_va_over_time
-from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_path
+from mambava.analysis.summaries import write_analysis
+from mambava.core.errors import MambavaError, error_line
+from mambava.core.fileio import atomic_group, atomic_path
 from mambava.core.progress import track_items
 from mambava.media.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_video
 
@@ -105,3 +110,83 @@ def find_inputs(paths) -> list:
         else:
             raise MambavaError(f"{path}: no videos, .npy feature files or images in this folder")
     return found
+
+
+@dataclass
+class OutputOptions:
+    """What `predict` writes for each input besides its CSV.
+
+    Attributes:
+        out: the output folder.
+        plots: the VA-over-time and circumplex PNGs.
+        overlay: `<name>.overlay.mp4` for videos.
+        fps: the sampling of the prediction (the overlay re-reads the video with it).
+        events: a BIDS events .tsv or a folder of them (`<name>.events.csv`).
+        baseline: the events' baseline trial_type.
+        normalise: against the baseline: "difference" or "zscore".
+    """
+
+    out: Path
+    plots: bool = True
+    overlay: bool = False
+    fps: float | None = None
+    events: Path | None = None
+    baseline: str | None = None
+    normalise: str = "difference"
+
+
+@dataclass
+class InputReport:
+    """What predict did with one input: `lines` to show, in order, as (text, "out" for stdout or "warn" for a
+    yellow line on stderr); `error` the one-line message of a failed input (nothing of it was written);
+    `frames` the rows' frames."""
+
+    path: str
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    error: str | None = None
+    frames: int = 0
+
+
+def describe_table(table) -> str:
+    """`N frames, K track(s): name (face in a/b), ...` for a predict table."""
+    tracks = table.groupby("track", sort=False)["face"]
+    parts = [f"{name} (face in {int(faces.sum())}/{len(faces)})" for name, faces in tracks]
+    return f"{table['frame'].nunique()} frames, {len(parts)} track(s): " + ", ".join(parts)
+
+
+def write_input(
+    path, table, options: OutputOptions, video: bool, progress: bool = False, label: str | None = None
+) -> InputReport:
+    """Write one input's files (the CSV, summaries, plots and overlay appear together or not at all) and
+    report them. `video`: the input is a video (an overlay can be drawn); `label`: the input as the report
+    names it (default: `path`)."""
+    name = Path(path).stem
+    shown = str(path) if label is None else label
+    with atomic_group():
+        written = write_table(table, options.out, name, plots=options.plots)
+        written.update(
+            write_analysis(
+                table, options.out, name, options.events, options.baseline, options.normalise, plots=options.plots
+            )
+        )
+        if options.overlay and video:
+            overlay_path = output_paths(options.out, name)["overlay"]
+            written["overlay"] = write_overlay(path, table, overlay_path, fps=options.fps, progress=progress)
+    report = InputReport(shown, frames=int(table["frame"].nunique()))
+    if options.events is not None and "events" not in written:
+        report.lines.append((f"{shown}: no {name}_events.tsv or {name}.tsv in {options.events}", "warn"))
+    report.lines.append((f"{shown}: {describe_table(table)} -> " + ", ".join(str(p) for p in written.values()), "out"))
+    stale = [str(p) for kind, p in output_paths(options.out, name).items() if kind not in written and p.exists()]
+    if stale:
+        report.lines.append((f"note: {', '.join(stale)} from an earlier run, not rewritten", "warn"))
+    return report
+
+
+def predict_input(predictor, path, options: OutputOptions, progress: bool = False) -> InputReport:
+    """`predictor.predict(path)` and its files (`write_input`); a MambavaError or OSError (a bad input, an
+    output that cannot be written) is the report's `error`, and the batch goes on."""
+    try:
+        table = predictor.predict(path)
+        return write_input(path, table, options, Path(str(path)).suffix.lower() not in FEATURE_SUFFIXES, progress)
+    except (MambavaError, OSError) as error:
+        return InputReport(str(path), error=error_line(error))

@@ -53,11 +53,12 @@ like a video's.
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Generator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -69,7 +70,7 @@ from mambava.backbone import FeatureExtractor, ViTEncoder, load_encoder
 from mambava.backbone.extractor import resolve_precision
 from mambava.core.errors import MambavaError
 from mambava.core.progress import track_items
-from mambava.core.runtime import load_aware_threads, resolve_device
+from mambava.core.runtime import fixed_threads, load_aware_threads, resolve_device
 from mambava.data.affwild2 import DataWarning
 from mambava.data.store import FeatureStore, features_with_mask, forward_fill, load_features_file
 from mambava.data.timebase import model_fps, to_grid
@@ -161,6 +162,56 @@ class VideoFeatures:
     identities: list[TrackIdentity] | None = None  # per track, with `persons` (`mambava.faces.identity`)
 
 
+@dataclass
+class CropBatch:
+    """Face crops of one backbone batch, in the order the faces stage found them: each crop's tracker id, its
+    position among the processed frames, its box, detector score, 68 points and head pose (None without them)
+    (`Predictor.scan_faces`)."""
+
+    track_ids: list[int]
+    positions: list[int]
+    boxes: list[np.ndarray]
+    scores: list[float]
+    points: list
+    poses: list
+    crops: np.ndarray | None  # (B, S, S, 3) uint8 RGB
+
+    @classmethod
+    def of(cls, pending: list[tuple]) -> CropBatch:
+        return cls(
+            [p[0] for p in pending],
+            [p[1] for p in pending],
+            [np.asarray(p[2], np.float32) for p in pending],
+            [p[3] for p in pending],
+            [p[5] for p in pending],
+            [p[6] for p in pending],
+            np.stack([p[4] for p in pending]),
+        )
+
+
+@dataclass
+class FaceScan:
+    """What the faces stage read of a video: the processed frames (0-based source numbers, seconds), the
+    source's frame rate, every frame decoded (processed or skipped by `fps`) and, with `persons`, the sampled
+    faces of each track (`TrackSampler`)."""
+
+    video: str
+    frames: list[int]
+    times: list[float]
+    fps: float | None
+    source_frames: np.ndarray
+    source_times: np.ndarray
+    sampler: TrackSampler | None = None
+
+
+def add_features(hits: dict[int, list], batch: CropBatch, features: np.ndarray) -> None:
+    """Add a batch's features (B, D) to `hits` ({track id: [(position, feature, box, score, points, pose)]})."""
+    for tid, position, box, score, points, pose, feature in zip(
+        batch.track_ids, batch.positions, batch.boxes, batch.scores, batch.points, batch.poses, features
+    ):
+        hits.setdefault(tid, []).append((position, feature, box, score, points, pose))
+
+
 class Predictor:
     """Valence/arousal per frame from videos, feature files or live sources.
 
@@ -170,7 +221,7 @@ class Predictor:
             needed for videos, not for feature files.
         config: the options (`mambava.inference.config.PredictConfig`: windowing, stitching, window, stride,
             detector, landmarks, detect_every, device, batch_size, precision, fps, features_fps, audio,
-            step_precision, realtime, progress); its defaults when None.
+            step_precision, realtime, progress, threads); its defaults when None.
         **options: fields of PredictConfig that replace the config's (`Predictor(m, b, fps=10)`).
 
     `fps` processes at most that many frames per second of the source; the model still runs on its own frame
@@ -217,6 +268,17 @@ class Predictor:
         self.gallery = load_gallery(c.identities, self.detector) if c.identities is not None else None
         if c.persons:
             face_recognizer()  # without the faces extra: one line now, not one per input
+
+    def without_backbone(self) -> Predictor:
+        """A copy without the backbone and without a built detector (it is built again from the config where
+        the copy is used): what a process needs that gets the crops' features from elsewhere (a Ray task,
+        `mambava.distributed`). It cuts the faces stage's batches as this predictor does."""
+        twin = copy.copy(self)
+        if self.extractor is not None:
+            twin.batch_size = self.extractor.batch_size
+        twin.extractor = None
+        twin._detector = None
+        return twin
 
     def face_stage_notes(self) -> list[str]:
         """How this predictor's faces stage differs from the one that made the model's training crops, one line
@@ -358,10 +420,12 @@ class Predictor:
     # ------------------------------------------------------------------------------------------ inputs
 
     def predict(self, source: str | os.PathLike) -> pandas.DataFrame:
-        """A video (file, image folder, URL) or a feature file (.npy) -> the per-frame table."""
-        if Path(source).suffix.lower() in FEATURE_SUFFIXES:
-            return self.predict_feature_file(source)
-        return self.predict_video(source)
+        """A video (file, image folder, URL) or a feature file (.npy) -> the per-frame table (on
+        `config.threads` threads when set: `mambava.core.runtime.fixed_threads`)."""
+        with fixed_threads(self.config.threads):
+            if Path(source).suffix.lower() in FEATURE_SUFFIXES:
+                return self.predict_feature_file(source)
+            return self.predict_video(source)
 
     def predict_feature_file(self, path: str | os.PathLike) -> pandas.DataFrame:
         features, present = load_features_file(path)
@@ -384,37 +448,34 @@ class Predictor:
         from which `mambava.faces.identity.assign_persons` gives a whole batch one set of person ids
         (`name_persons`)."""
         extracted = self.video_features(path)
-        return self._table(
-            extracted.video,
-            extracted.frames,
-            extracted.times,
-            extracted.tracks,
-            extracted.source_frames,
-            extracted.source_times,
-            extracted.audio,
-            extracted.voice,
-        ), extracted.identities
+        return self.table(extracted), extracted.identities
 
     def video_features(self, path: str | os.PathLike) -> VideoFeatures:
-        """Detect and track faces over a video and encode every face crop (batched)."""
+        """Detect and track faces over a video and encode every face crop (batched): `scan_faces`, the backbone
+        on each of its batches, `assemble`, all in this process (a Ray run spreads the same steps over a
+        cluster: `mambava.distributed`)."""
 
         if self.extractor is None:
             raise MambavaError(f"{path}: --backbone is required for videos; pass a features .npy instead")
+        hits: dict[int, list] = {}
+        scan = self.scan_faces(path)
+        while True:
+            try:
+                batch = next(scan)
+            except StopIteration as stop:
+                return self.assemble(path, stop.value, hits)
+            add_features(hits, batch, self.extractor.features(batch.crops))
+
+    def scan_faces(self, path: str | os.PathLike) -> Generator[CropBatch, None, FaceScan]:
+        """The faces stage over a video, streaming: yields the face crops in the batches the backbone takes
+        (cut where `batch_size` crops are pending after a frame, so a batch may hold a few more), and returns
+        the FaceScan of the frames it read. At most one batch of crops is held at a time."""
         video = source_name(path)
         frames: list[int] = []
         times: list[float] = []
-        hits: dict[int, list] = {}
         pending: list[tuple] = []  # (track id, position, box, score, crop, 68 points, pose)
         sampler = TrackSampler(detector=getattr(self.detector, "name", "")) if self.config.persons else None
-
-        def flush() -> None:
-            if not pending:
-                return
-            features = self.extractor.features(np.stack([p[4] for p in pending]))
-            for (tid, position, box, score, _, points, pose), feature in zip(pending, features):
-                hits.setdefault(tid, []).append((position, feature, np.asarray(box, np.float32), score, points, pose))
-            pending.clear()
-
+        batch_size = self.extractor.batch_size if self.extractor is not None else self.batch_size
         with open_video(path, fps=self.fps) as reader:
             stream = iter_tracked_faces(
                 reader,
@@ -433,25 +494,32 @@ class Predictor:
                     )
                     if sampler is not None:
                         sampler.offer(face.track_id, position, item.image, face)
-                if len(pending) >= self.extractor.batch_size:
-                    flush()
-            flush()
-            fps = reader.fps
+                if len(pending) >= batch_size:
+                    yield CropBatch.of(pending)
+                    pending = []
+            if pending:
+                yield CropBatch.of(pending)
             source_frames, source_times = reader.decoded()
-        n = len(frames)
+            return FaceScan(video, frames, times, reader.fps, source_frames, source_times, sampler)
+
+    def assemble(self, path: str | os.PathLike, scan: FaceScan, hits: dict[int, list]) -> VideoFeatures:
+        """A video's VideoFeatures from its FaceScan and the features of its crops (`add_features`): tracks
+        finished (and, with `persons`, identified) as the faces stage finishes them, and a fusion model's sound."""
+        n = len(scan.frames)
         if n == 0:
             raise MambavaError(f"{path}: no frame could be read")
         # drop spurious tracks, join (by face too, with persons), name: as the faces stage
-        finished, _, identities = finish_identified_tracks(video, hits, n, sampler)
+        finished, _, identities = finish_identified_tracks(scan.video, hits, n, scan.sampler)
         if not finished:
             raise MambavaError(f"{path}: no face found in any of its {n} frames; nothing to predict")
         persons = assign_persons(identities, self.gallery) if identities is not None else [None] * len(finished)
         geometry = gives_landmarks68(self.detector)
+        dim = len(next(iter(hits.values()))[0][1])
         tracks = {}
         for track, person in zip(finished, persons):
             rows = track.rows
             positions = np.array([r[0] for r in rows])
-            features = np.zeros((n, self.extractor.dim), np.float32)
+            features = np.zeros((n, dim), np.float32)
             present = np.zeros(n, bool)
             boxes = np.full((n, 4), np.nan, np.float32)
             scores = np.full(n, np.nan, np.float32)
@@ -462,19 +530,32 @@ class Predictor:
             tracks[track.name] = TrackFeatures(features, present, boxes, scores, person=person)
             if geometry:
                 tracks[track.name].landmarks68, tracks[track.name].pose = _track_geometry(rows, positions, n)
-        frames = np.asarray(frames, np.int64)
+        frames = np.asarray(scan.frames, np.int64)
         audio, voice = self._audio_features(path, frames) if self.fusion else (None, None)
         return VideoFeatures(
-            video,
+            scan.video,
             frames,
-            np.asarray(times, np.float64),
-            fps,
+            np.asarray(scan.times, np.float64),
+            scan.fps,
             tracks,
-            source_frames if len(source_frames) else None,
-            source_times if len(source_times) else None,
+            scan.source_frames if len(scan.source_frames) else None,
+            scan.source_times if len(scan.source_times) else None,
             audio,
             voice,
             identities,
+        )
+
+    def table(self, extracted: VideoFeatures) -> pandas.DataFrame:
+        """The per-frame table of a video's VideoFeatures (see the module doc)."""
+        return self._table(
+            extracted.video,
+            extracted.frames,
+            extracted.times,
+            extracted.tracks,
+            extracted.source_frames,
+            extracted.source_times,
+            extracted.audio,
+            extracted.voice,
         )
 
     def _audio_features(self, path, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -728,6 +809,9 @@ __all__ = [
     "Predictor",
     "VideoFeatures",
     "TrackFeatures",
+    "CropBatch",
+    "FaceScan",
+    "add_features",
     "load_model",
     "submission_predictions",
     "SUBMISSION_FILLS",

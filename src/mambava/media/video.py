@@ -268,7 +268,13 @@ class _CaptureReader(VideoReader):
 
         self.live = True
         self._cv2 = cv2
-        self._cap = cv2.VideoCapture(index)
+        # OpenCV logs its own warnings for a camera it cannot open (one per backend tried): the error below says
+        # it in one line, so its log is silenced while it opens.
+        level = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            self._cap = cv2.VideoCapture(index)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not self._cap.isOpened():
             raise MambavaError(f"camera {index}: cannot open the webcam/device (is it connected and free?)")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
@@ -296,17 +302,46 @@ def _natural_key(path: Path):
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB, EXIF orientation applied. MambavaError naming the file otherwise."""
+# The most pixels an image may have (PIL's own bomb limit): its header is read first, and a larger one is refused
+# before a byte is decoded (a 65-byte PNG may claim 20000x20000, 1.2 GB of RGB).
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+# PIL warns on opening an image over its limit; read_image refuses those itself, in one line, so the warning
+# (printed on stderr, once per image) would only be a second line saying the same.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
+
+def read_image(path, max_pixels: int | None = None, name: str | None = None) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB, EXIF orientation applied. MambavaError naming the file otherwise.
+
+    Args:
+        path: the file (or a binary file object).
+        max_pixels: refuse an image whose header claims more pixels than this, before decoding it (default
+            `MAX_IMAGE_PIXELS`).
+        name: how messages name it (default: `path`).
+
+    Returns:
+        The image, (H, W, 3) uint8.
+    """
+
+    name = path if name is None else name
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else min(int(max_pixels), MAX_IMAGE_PIXELS)
     try:
         with Image.open(path) as im:
+            width, height = im.size
+            if width * height > limit:
+                raise MambavaError(
+                    f"{name}: a {width}x{height} image ({width * height} pixels) is over the limit of {limit} pixels"
+                )
             im = ImageOps.exif_transpose(im)
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
-        raise MambavaError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise MambavaError(f"{path}: cannot read as an image ({_short(error)})") from None
+        raise MambavaError(f"{name}: no such file") from None
+    except Image.DecompressionBombError as error:  # PIL's own check, at twice its limit: the header's pixels
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{claimed.group(1)} pixels" if claimed else f"over {2 * Image.MAX_IMAGE_PIXELS} pixels"
+        raise MambavaError(f"{name}: an image of {size} is over the limit of {limit} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise MambavaError(f"{name}: cannot read as an image ({_short(error)})") from None
 
 
 class _ImagesReader(VideoReader):

@@ -1,4 +1,4 @@
-"""What the routes share: the JSON error answer, upload names, rows as JSON."""
+"""What the routes share: the JSON error answer (never an absolute path), upload names, rows as JSON."""
 
 from __future__ import annotations
 
@@ -11,9 +11,19 @@ from fastapi.responses import JSONResponse
 MB = 1024 * 1024
 
 
+# An absolute path (POSIX, or a Windows drive): what a client is shown of it is its last part, the file's name.
+_ABSOLUTE = re.compile(r"(?<![\w.~-])(?:[A-Za-z]:[\\/]|/)(?:[^\s/\\:'\"()]+[/\\])+(?=[^\s/\\:'\"()]*)")
+
+
+def no_paths(text: str) -> str:
+    """`text` with every absolute path cut to its file name: a client never learns where the server keeps its
+    files (`/home/me/models/va.safetensors: ...` -> `va.safetensors: ...`)."""
+    return _ABSOLUTE.sub("", text)
+
+
 def error(status: int, message: str) -> JSONResponse:
-    """The one shape of a refusal: {"error": one line}."""
-    return JSONResponse({"error": message}, status_code=status)
+    """The one shape of a refusal: {"error": one line}, absolute paths cut to file names."""
+    return JSONResponse({"error": no_paths(message).splitlines()[0] if message else ""}, status_code=status)
 
 
 def safe_name(filename: str | None) -> str:

@@ -1,27 +1,31 @@
 """GET / (the browser page: plain HTML + JS + canvas, nothing from the network), GET /app.js, and GET /info
-(the model and the limits, as JSON)."""
+(the model's file name and the limits, as JSON: never a path of the server's)."""
 
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import PurePath
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 STATIC = ("index.html", "app.js")
+# The page is not to be framed by another site's page, nor to pass its address (with ?token=) on as a Referer.
+HEADERS = {"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 
 router = APIRouter()
 
 
 @router.get("/", response_class=HTMLResponse)
 def index():
-    return HTMLResponse(resources.files("mambava.serve").joinpath("static/index.html").read_text("utf-8"))
+    text = resources.files("mambava.serve").joinpath("static/index.html").read_text("utf-8")
+    return HTMLResponse(text, headers=HEADERS)
 
 
 @router.get("/app.js")
 def script():
     text = resources.files("mambava.serve").joinpath("static/app.js").read_text("utf-8")
-    return Response(text, media_type="text/javascript")
+    return Response(text, media_type="text/javascript", headers=HEADERS)
 
 
 @router.get("/info")
@@ -29,7 +33,7 @@ def info(request: Request):
     state = request.app.state
     hub, limits = state.hub, state.limits
     return {
-        "model": state.predictor.model_name,
+        "model": PurePath(str(state.predictor.model_name)).name,  # the file's name, never where it is
         "input_dim": hub.input_dim,
         "fps": hub.model_fps,
         "backbone": state.predictor.extractor is not None,
@@ -38,4 +42,6 @@ def info(request: Request):
         "queue_frames": limits.queue_frames,
         "max_upload_mb": limits.max_upload_mb,
         "max_frame_mb": limits.max_frame_mb,
+        "max_frame_pixels": limits.max_frame_pixels,
+        "token": state.access.token is not None,
     }

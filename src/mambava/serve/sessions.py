@@ -20,7 +20,15 @@ dropped frames with the last feature, as `stream` does with frames it cannot kee
 `queue_frames` of them per round: a step is not free (the paper model's is 16-50 ms on a small CPU), and
 stepping every dropped frame would let the work owed grow without bound. Dropped frames past that take the last
 values without a step, and the session's clock moves past them (`skipped` counts the grid ticks its model
-lost), so a session's latency stays bounded by the queue under any load.
+lost), so a session's latency stays bounded by the queue under any load. A gap in one session's timestamps is
+stepped through the same way up to `max_gap_ticks` steps; the rest of a longer gap is skipped, so no message
+costs the worker more than a bounded number of steps.
+
+Hostile input: every message is checked before it joins a round (`Session.parse_time`: a finite time that
+does not go back; `SessionHub.put`: the bytes; the worker: an image's size from its header before it is
+decoded), and whatever still fails is that session's alone: a frame's error is answered to its session, a
+failure in a session's own work closes that session (`{"error": ..., "close": code}`), and the other sessions
+of the round get their answers as if it had not been there (`tests/security/test_serve_live.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import sys
 import threading
 import traceback
@@ -38,6 +47,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from mambava.core.errors import MambavaError
+from mambava.core.runtime import fixed_threads
 from mambava.data.timebase import GridClock, check_fps, model_fps
 from mambava.faces import FaceTracker, face_crop
 from mambava.faces.columns import gives_landmarks68
@@ -48,26 +58,54 @@ from mambava.temporal import model_input_dim
 
 # The first bytes of the images a session accepts (decoded as `mambava.media.video.read_image` decodes files).
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+MAX_TIME_S = 1e9  # |time| a session may send (31 years: any clock in seconds; larger values lose the ms digits)
+# Close codes a failed session is closed with: 1008 its input (a model state no longer finite), 1011 a failure
+# in the server's work for it.
+CLOSE_POLICY, CLOSE_INTERNAL = 1008, 1011
 
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """What the server accepts. `queue_frames`: frames a session may have waiting before the oldest is dropped;
-    `max_frame_mb`: one WebSocket message; `max_upload_mb`: one video of POST /predict."""
+    """What the server accepts.
+
+    Attributes:
+        max_sessions: live sessions at once.
+        queue_frames: frames a session may have waiting before the oldest is dropped.
+        max_upload_mb: one video of POST /predict (counted while it is read).
+        max_frame_mb: one frame of a session; a larger one is answered with an error. The connection itself
+            takes messages up to `ws_max_bytes` (4x this), and closes with 1009 beyond.
+        max_frame_pixels: width x height of a session's image, read from its header before decoding
+            (default 3840x2160, a 4K frame).
+        max_gap_ticks: model steps a gap in a session's timestamps may cost (the last feature held, as
+            `stream` does); the rest of a longer gap is skipped (`skipped_total`).
+        threads: torch threads of the worker and of each upload, whatever the load, so that results never
+            depend on it (`mambava.core.runtime.fixed_threads`); None: torch's count when the app is made.
+    """
 
     max_sessions: int = 8
     queue_frames: int = 2
     max_upload_mb: float = 200.0
     max_frame_mb: float = 8.0
+    max_frame_pixels: int = 3840 * 2160
+    max_gap_ticks: int = 15
+    threads: int | None = None
 
     def __post_init__(self):
-        for name in ("max_sessions", "queue_frames"):
+        if self.threads is not None and (int(self.threads) != self.threads or self.threads < 1):
+            raise MambavaError(f"--threads must be a whole number >= 1, got {self.threads}")
+        for name in ("max_sessions", "queue_frames", "max_frame_pixels", "max_gap_ticks"):
             value = getattr(self, name)
             if int(value) != value or value < 1:
                 raise MambavaError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value}")
         for name in ("max_upload_mb", "max_frame_mb"):
             if not getattr(self, name) > 0:
                 raise MambavaError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def ws_max_bytes(self) -> int:
+        """The largest WebSocket message the server reads: 4x `max_frame_mb`, so that a frame somewhat over the
+        limit is answered with its error rather than closing the connection (1009)."""
+        return int(4 * self.max_frame_mb * 1024 * 1024) + 4096
 
 
 class Session:
@@ -82,6 +120,7 @@ class Session:
         deliver: Callable[[dict], None],
         model_fps: float,
         hold_budget: int = 2,
+        max_gap_ticks: int = 15,
         geometry: bool = False,
     ):
         self.id = sid
@@ -100,7 +139,12 @@ class Session:
         self.clock = GridClock(model_fps)
         self.tick: int | None = None
         self.hold_budget = hold_budget
-        self.skipped = 0  # grid ticks the model did not step (dropped frames past the hold budget)
+        self.max_gap_ticks = max_gap_ticks
+        self.skipped = 0  # grid ticks the model did not step (dropped frames past the hold budget, long gaps)
+        self.last_time: float | None = None  # the last frame's time (frames' times never go back)
+        self._origin = (0, 0.0)  # (index, time) of the last frame given a time: the next come 1/fps apart
+        self.closed = False  # failed and closed by the worker
+        self.poisoned: str | None = None  # why the model's state of a track is no longer usable (not finite)
         self.tracks: list[str] = []  # in the batch, in order of joining
         self.outputs: dict[str, np.ndarray] = {}
 
@@ -112,6 +156,44 @@ class Session:
 
     def key(self, track: str) -> tuple[int, str]:
         return (self.id, track)
+
+    def parse_time(self, value) -> float:
+        """The time of a {"time": seconds} message, checked: a finite number of seconds within +-MAX_TIME_S,
+        not before the previous frame's. MambavaError (one line) otherwise; the session goes on.
+
+        Args:
+            value: the message's "time" (any JSON value).
+
+        Returns:
+            The time, seconds.
+        """
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MambavaError(f'{{"time": ...}} must be a number of seconds, got {type(value).__name__}')
+        try:
+            time = float(value)
+        except OverflowError:
+            time = math.inf
+        if not (math.isfinite(time) and abs(time) <= MAX_TIME_S):
+            digits = str(value)
+            shown = f"{value:g}" if isinstance(value, float) else digits if len(digits) <= 20 else f"{digits[:20]}..."
+            raise MambavaError(f"time {shown}: a time must be a finite number of seconds within +-{MAX_TIME_S:g}")
+        if self.last_time is not None and time < self.last_time:
+            raise MambavaError(
+                f"time {time:g}: before the previous frame's {self.last_time:g} (a session's times never go back)"
+            )
+        return time
+
+    def next_time(self, index: int, time: float | None) -> float:
+        """Frame `index`'s time: `time` when given, else 1/fps after the last frame given one (index/fps when none
+        was: `stream`'s time base)."""
+        if time is not None:
+            self._origin = (index, float(time))
+        start, t0 = self._origin
+        value = t0 + (index - start) / self.fps
+        if self.last_time is not None and value < self.last_time:  # a default time after a later given one
+            value = self.last_time
+        self.last_time = value
+        return value
 
     def advance(self, events: list) -> Iterator[tuple[str, object]]:
         """The temporal model's work for this round's frames, as a coroutine: yields ("leave", [keys]),
@@ -138,6 +220,12 @@ class Session:
                     for track in gone:
                         del self.outputs[track]
             tick = self.clock.tick(event.time)
+            if self.tick is not None and self.tracks and tick - self.tick - 1 > self.max_gap_ticks:
+                # a long gap: step through max_gap_ticks of it, move the clock past the rest
+                skip = tick - self.tick - 1 - self.max_gap_ticks
+                self.clock.t0 += skip / self.clock.fps
+                self.clock.last = tick = tick - skip
+                self.skipped += skip
             found = event.features
             if found or self.tracks:
                 new = [t for t in found if t not in self.tracks]
@@ -162,7 +250,11 @@ class Session:
         rows = []
         for track in self.tracks:
             raw = self.outputs[track]
-            if not np.isfinite(raw).all():
+            if not np.isfinite(raw).all():  # the track's recurrent state is lost for good: the session is closed
+                self.poisoned = (
+                    f"the model's state of track {track} is no longer finite (features it was not trained on, "
+                    "or a diverged model): the session is closed"
+                )
                 return {
                     "frame": event.index,
                     "error": f"frame {event.index}: the model's output is not finite for "
@@ -223,9 +315,7 @@ class SessionHub:
         step_precision: str = "fp32",
         crop_size: int = 112,
     ):
-        check_streamable(model)
-        if getattr(model, "kind", "") == "fusion":
-            raise MambavaError("serve: a fusion model needs each frame's sound, which a session does not send")
+        self.check_model(model)
         self.model = model
         self.detector = detector
         self.extractor = extractor
@@ -246,6 +336,21 @@ class SessionHub:
         self._thread = threading.Thread(target=self._run, name="mambava-serve", daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def check_model(model) -> None:
+        """MambavaError unless `model` can serve live sessions (streamable, not a fusion model): checked before
+        the server starts, so that a bad model is one line, not a failed start.
+
+        Args:
+            model: the temporal model.
+        """
+        check_streamable(model)
+        if getattr(model, "kind", "") == "fusion":
+            raise MambavaError(
+                "serve: a fusion model needs each frame's sound, which a live session does not send; "
+                "serve a visual model (predict takes fusion models)"
+            )
+
     # ------------------------------------------------------------------ called from the event loop
 
     def open(self, name: str, fps: float, deliver: Callable[[dict], None]) -> Session:
@@ -265,6 +370,7 @@ class SessionHub:
                 deliver,
                 self.model_fps,
                 self.limits.queue_frames,
+                self.limits.max_gap_ticks,
                 geometry=gives_landmarks68(self.detector),
             )
             self.sessions[session.id] = session
@@ -279,11 +385,14 @@ class SessionHub:
 
     def put(self, session: Session, payload: bytes, time: float | None = None) -> int:
         """Queue one frame of `session` (its index is the count of frames received); past `queue_frames`
-        waiting, the oldest is dropped. Returns the frame's index."""
+        waiting, the oldest is dropped. `time`: checked by `Session.parse_time` (None: 1/fps after the last
+        frame). Returns the frame's index."""
         with self._cond:
             index = session.received
             session.received += 1
-            time = index / session.fps if time is None else float(time)
+            time = session.next_time(index, time)
+            if session.closed:  # failed and closed by the worker: its socket is closing, nothing more is served
+                return index
             session.inbox.append((index, time, payload))
             while len(session.inbox) > self.limits.queue_frames:
                 old_index, old_time, _ = session.inbox.popleft()
@@ -293,11 +402,13 @@ class SessionHub:
             return index
 
     def refuse(self, session: Session, reason: str) -> int:
-        """A frame that is not queued (too large): it takes its index and is answered with `reason`."""
+        """A frame that is not queued (too large): it takes its index (and its time, 1/fps after the last) and
+        is answered with `reason`."""
         with self._cond:
             index = session.received
             session.received += 1
             session.served += 1
+            session.next_time(index, None)
         session.deliver({"frame": index, "error": f"frame {index}: {reason}"})
         return index
 
@@ -327,6 +438,10 @@ class SessionHub:
     # ------------------------------------------------------------------ the worker
 
     def _run(self) -> None:
+        with fixed_threads(self.limits.threads):
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while (
@@ -345,16 +460,33 @@ class SessionHub:
                     overflow, session.overflow = session.overflow, []
                     taken.append((session, overflow, session.inbox.popleft() if session.inbox else None))
             for session in leaving:
-                for track in session.tracks:
-                    self.batch.leave(session.key(track))
-                session.tracks = []
+                self._leave(session)
             if taken:
                 try:
                     self._round(taken)
-                except Exception as error:  # a bug must not end every session: each one is told, the worker goes on
+                except Exception as error:  # a bug in the shared work (not one session's input): each is told
                     traceback.print_exc(file=sys.stderr)
                     for session, _, _ in taken:
-                        session.deliver({"error": f"internal error in this round ({type(error).__name__}: {error})"})
+                        if not session.closed:
+                            session.deliver({"error": f"internal error in this round ({error_kind(error)})"})
+
+    def _leave(self, session: Session) -> None:
+        """The session's tracks leave the batch (those that joined it: a failed session may be half way)."""
+        for track in session.tracks:
+            if session.key(track) in self.batch.keys:
+                self.batch.leave(session.key(track))
+        session.tracks = []
+
+    def _fail(self, session: Session, reason: str, code: int = CLOSE_INTERNAL) -> None:
+        """Close `session` after a failure of its own: it is told (one line and the close code), its frames
+        are discarded and its tracks leave the batch; the other sessions go on."""
+        session.closed = True
+        with self._cond:
+            self.sessions.pop(session.id, None)
+            session.inbox.clear()
+            session.overflow = []
+        self._leave(session)
+        session.deliver({"error": reason, "close": code})
 
     def _round(self, taken: list) -> None:
         self.rounds += 1
@@ -371,6 +503,10 @@ class SessionHub:
                 session.served += 1
                 session.deliver({"frame": index, "error": str(error)})
                 continue
+            except Exception as error:  # a decoder's own failure on hostile bytes: this frame's error only
+                session.served += 1
+                session.deliver({"frame": index, "error": f"frame {index}: cannot decode ({type(error).__name__})"})
+                continue
             if kind == "features":
                 events[session.id].append(_Event(index, time, {session.name: value}))
             else:
@@ -378,7 +514,7 @@ class SessionHub:
         if images:
             for event, session in self._faces(images):
                 events[session.id].append(event)
-        self._step(taken, events)
+        self._step([item for item in taken if not item[0].closed], events)
 
     def _decode(self, payload: bytes, index: int):
         if payload.startswith(IMAGE_MAGIC):
@@ -389,10 +525,13 @@ class SessionHub:
                 )
 
             try:
-                return "image", read_image(io.BytesIO(payload))
+                image = read_image(io.BytesIO(payload), self.limits.max_frame_pixels, name=f"frame {index}")
             except MambavaError as error:
                 reason = str(error).split(": ", 1)[-1]
+                if "pixels" in reason:
+                    raise MambavaError(f"frame {index}: {reason} (--max-frame-pixels)") from None
                 raise MambavaError(f"frame {index}: a broken image ({reason})") from None
+            return "image", image
         if self.input_dim is not None and len(payload) == 4 * self.input_dim:
             features = np.frombuffer(payload, dtype="<f4").astype(np.float32)
             if not np.isfinite(features).all():
@@ -404,12 +543,27 @@ class SessionHub:
         )
 
     def _faces(self, images: list) -> Iterator[tuple[_Event, Session]]:
-        """Faces of every session's image in one detector batch, their crops in one backbone batch."""
+        """Faces of every session's image in one detector batch, their crops in one backbone batch. Should the
+        batch fail, each image is tried alone, so that an image that breaks the detector fails its frame only."""
 
-        detections = self.detector.detect_batch([image for _, _, _, image in images])
+        try:
+            detections = self.detector.detect_batch([image for _, _, _, image in images])
+            kept = images
+        except Exception:
+            detections, kept = [], []
+            for item in images:
+                session, index = item[0], item[1]
+                try:
+                    detections.append(self.detector.detect_batch([item[3]])[0])
+                    kept.append(item)
+                except Exception as error:
+                    session.served += 1
+                    session.deliver(
+                        {"frame": index, "error": f"frame {index}: face detection failed ({error_kind(error)})"}
+                    )
         crops, owners = [], []
         tracked = []
-        for (session, index, time, image), faces in zip(images, detections):
+        for (session, index, time, image), faces in zip(kept, detections):
             if session.cut(image):
                 session.tracker.cut()
             ids = session.tracker.update(faces, time)
@@ -460,6 +614,12 @@ class SessionHub:
                         message["dropped_total"] = session.dropped
                         message["skipped_total"] = session.skipped
                         session.deliver(message)
+                    if session.poisoned:
+                        self._fail(session, session.poisoned, CLOSE_POLICY)
+                except Exception as error:  # this session's own work failed: it alone is closed
+                    del running[sid]
+                    log(f"session {session.id}: internal error ({type(error).__name__}: {error})")
+                    self._fail(session, f"internal error in this session ({error_kind(error)}); it is closed")
             replies = {}
             for sid, (kind, keys) in ops.items():
                 if kind == "leave":
@@ -487,10 +647,21 @@ def _geometry_fields(geometry: tuple | None) -> dict:
     return fields
 
 
+def error_kind(error: BaseException) -> str:
+    """An unexpected exception in a few words for a client: its type and the first line of its message."""
+    text = str(error).strip().splitlines()[0][:120] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def log(line: str) -> None:
+    """One line to the server's log (stderr): no traceback for a client's bad input."""
+    print(f"mambava serve: {line}", file=sys.stderr, flush=True)
+
+
 def message_line(message: dict) -> str:
     """A session's message as one compact JSON line (NaN cannot occur: rows without a track are empty)."""
 
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
 
 
-__all__ = ["ServeLimits", "Session", "SessionHub", "IMAGE_MAGIC", "message_line"]
+__all__ = ["ServeLimits", "Session", "SessionHub", "IMAGE_MAGIC", "MAX_TIME_S", "error_kind", "message_line"]

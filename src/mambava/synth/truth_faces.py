@@ -5,7 +5,9 @@ never import the synthetic data's readers."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
@@ -19,28 +21,47 @@ from mambava.media.video import open_video
 from mambava.synth.layout import read_meta, read_truth
 
 
-def synth_refiner_samples(synth_root: str | os.PathLike, names: Iterable[str], every: int = 2):
+def synth_refiner_samples(synth_root: str | os.PathLike, names: Iterable[str], every: int = 2, workers: int = 1):
     """Training data from a synthetic dataset: the raw videos' frames (every `every`-th) of the annotation names
-    given, with the generator's true landmarks. Returns (frames, samples) for `train_refiner`."""
+    given, with the generator's true landmarks. Returns (frames, samples) for `train_refiner`. `workers` > 1
+    reads that many videos at a time in processes (decoding and cutting the face regions is the cost); the
+    result is the same, in the same order."""
     root = Path(synth_root)
     wanted = set(names)
-    frames: list[np.ndarray] = []
-    samples: list[tuple[int, np.ndarray]] = []
+    jobs = []
     for video in read_meta(root)["videos"]:
         persons = [p["name"] for p in video["persons"] if p["name"] in wanted]
-        if not persons:
-            continue
-        truths = [read_truth(root, name)["landmarks"] for name in persons]
-        with open_video(root / video["video"]) as reader:
-            for frame in reader:
-                if frame.index % every:
-                    continue
-                for truth in truths:
-                    if frame.index < len(truth) and np.isfinite(truth[frame.index]).all():
-                        region, moved = face_region(frame.image, truth[frame.index].astype(np.float64))
-                        frames.append(region)
-                        samples.append((len(frames) - 1, moved))
+        if persons:
+            jobs.append((str(root), video["video"], persons, every))
+    if workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            parts = list(pool.map(_video_samples, jobs))
+    else:
+        parts = [_video_samples(job) for job in jobs]
+    frames: list[np.ndarray] = []
+    samples: list[tuple[int, np.ndarray]] = []
+    for regions, points in parts:
+        samples += [(len(frames) + i, moved) for i, moved in enumerate(points)]
+        frames += regions
     return frames, samples
+
+
+def _video_samples(job) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One video's face regions and their true landmarks in the regions' pixels (see synth_refiner_samples)."""
+    root, video, persons, every = job
+    truths = [read_truth(root, name)["landmarks"] for name in persons]
+    regions, points = [], []
+    with open_video(Path(root) / video) as reader:
+        for frame in reader:
+            if frame.index % every:
+                continue
+            for truth in truths:
+                if frame.index < len(truth) and np.isfinite(truth[frame.index]).all():
+                    region, moved = face_region(frame.image, truth[frame.index].astype(np.float64))
+                    regions.append(region)
+                    points.append(moved)
+    return regions, points
 
 
 def synth_alignment_error(

@@ -23,7 +23,7 @@ dimension is computed over all valid frames of all validation videos concatenate
 `protocol: authors`: CCC over the frames of the windows the reference's validation loop sees
 (`mambava.data.windows.authors_window_dataset`: each video from its first crop to before its last, its split, its
 file order, its last partial batch dropped, overlapping frames counted once per window). The metric
-(`mambava.core.metrics.ConcordanceCCC`) keeps float64 sufficient statistics whose DDP reduction is a sum, so ranks
+(`mambava.core.ccc_metric.ConcordanceCCC`) keeps float64 sufficient statistics whose DDP reduction is a sum, so ranks
 that each validated a share give exactly the single-process number (torchmetrics' `ConcordanceCorrCoef` uses sample,
 n-1, moments where ABAW uses population moments).
 

@@ -44,7 +44,7 @@ import torch
 from mambava.analysis.ratings import estimate_lag, read_ratings, shift_labels
 from mambava.analysis.summaries import write_csv
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open
+from mambava.core.fileio import atomic_open, make_folder
 from mambava.data.folds import save_folds
 from mambava.data.store import FeatureStore, load_features_file
 from mambava.data.windows import predict_sequence
@@ -190,7 +190,7 @@ def load_adapt_data(
 
 def _write_workspace(work: Path, videos: Sequence[AdaptVideo], labels: dict[str, np.ndarray], folds: dict) -> None:
     store = FeatureStore(work / "features")
-    (work / "labels").mkdir(parents=True, exist_ok=True)
+    make_folder(work / "labels")
     for video in videos:
         store.remove(video.name)
         store.write(video.name, video.features, video.present, fps=30.0, backbone="adapt", dtype="float32")

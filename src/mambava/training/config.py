@@ -102,6 +102,7 @@ class TrainConfig:
     precision: str = "32"
     accelerator: str = "auto"
     devices: Any = 1
+    num_nodes: int = 1  # machines of a multi-node run (torchrun or SLURM starts one process per device on each)
     strategy: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -128,7 +129,7 @@ class TrainConfig:
         problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for key in ("batch_size", "epochs", "eval_batch_size", "val_every_n_epochs"):
+        for key in ("batch_size", "epochs", "eval_batch_size", "val_every_n_epochs", "num_nodes"):
             if getattr(self, key) < 1:
                 problems.append(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.warmup_epochs <= self.epochs:

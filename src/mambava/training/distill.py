@@ -31,7 +31,7 @@ from mambava.backbone import FeatureExtractor, load_encoder
 from mambava.backbone.distill import DistillConfig, distill, student_config
 from mambava.backbone.extract import extract_features
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import atomic_open
+from mambava.core.fileio import atomic_open, make_folder
 from mambava.data.affwild2 import AffWild2
 from mambava.data.crops import find_crop_videos
 from mambava.data.store import FeatureStore
@@ -237,7 +237,7 @@ def run_distill(
     if not teacher.exists():
         raise MambavaError(f"{teacher}: teacher backbone not found (pass the checkpoint `extract -c` reads)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     videos, dataset = crops_of(source, out, detector, progress)
     videos = [v for v in videos if len(v.frames) or v.error]
     if not videos:

@@ -9,8 +9,9 @@ import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
+from mambava.core.ccc_metric import ConcordanceCCC
 from mambava.core.errors import MambavaError
-from mambava.core.metrics import ConcordanceCCC, authors_ccc_loss, ccc_loss
+from mambava.core.metrics import authors_ccc_loss, ccc_loss
 from mambava.core.schedule import lr_factor, warm_restarts_lrs
 from mambava.data.windows import WindowDataset, authors_keep, authors_window_dataset, predict_sequence
 from mambava.temporal import build_temporal_model

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mambava.core.checkpoint import CheckpointError, load_lightning_checkpoint
 from mambava.core.errors import MambavaError
-from mambava.core.fileio import is_output_failure, output_error
+from mambava.core.fileio import is_output_failure, make_folder, output_error
 from mambava.temporal import count_parameters, lightning_state_dict, save_temporal_model
 from mambava.training.callbacks import AtomicCheckpointIO, EpochLog, validate_like_the_authors
 from mambava.training.config import MONITOR, TrainConfig, flatten_keys, save_config
@@ -82,6 +82,7 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, callbacks: Sequence = ()):
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=cfg.precision,
         gradient_clip_val=cfg.grad_clip or None,
@@ -138,7 +139,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, callbacks: Sequence = ()
     datamodule = VADataModule(cfg, fold_data)
     trainer = build_trainer(cfg, paths, callbacks)
     if trainer.is_global_zero:
-        paths.out.mkdir(parents=True, exist_ok=True)
+        make_folder(paths.out)
         save_config(cfg, paths.config)
     # The validation scores are synced by ConcordanceCCC itself; Lightning cannot know and suggests sync_dist.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
@@ -162,7 +163,16 @@ def train(cfg: TrainConfig, resume: bool | str = False, callbacks: Sequence = ()
     return summary if summary is not None else read_summary(paths.out)
 
 
-_RUNTIME_KEYS = {"out_dir", "devices", "strategy", "accelerator", "progress_bar", "data.num_workers", "eval_batch_size"}
+_RUNTIME_KEYS = {
+    "out_dir",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "accelerator",
+    "progress_bar",
+    "data.num_workers",
+    "eval_batch_size",
+}
 
 
 def _warn_config_changes(saved_path: Path, cfg: TrainConfig) -> None:

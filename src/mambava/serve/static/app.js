@@ -13,12 +13,28 @@ const state = window.mambava = {
 };
 let socket = null, timer = null, t0 = 0, sourceStream = null;
 
+// The server's token, when it has one: opened as /?token=..., kept for this tab (a reload keeps working) and
+// taken out of the address bar; sent on the WebSocket as ?token= (a browser's WebSocket sends no headers).
+const token = (() => {
+  const params = new URLSearchParams(location.search);
+  const given = params.get("token");
+  if (given !== null) {
+    sessionStorage.setItem("mambava-token", given);
+    params.delete("token");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+  }
+  return sessionStorage.getItem("mambava-token");
+})();
+state.token = token !== null;
+
 function setStatus(text) { $("status").textContent = text; }
 function showError(text) { $("error").textContent = text; state.errors.push(text); }
 
 function connect(name) {
   return new Promise((resolve, reject) => {
-    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws?name=${encodeURIComponent(name)}`;
+    const auth = token === null ? "" : `&token=${encodeURIComponent(token)}`;
+    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws?name=${encodeURIComponent(name)}${auth}`;
     const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     ws.onmessage = (event) => {
@@ -32,7 +48,10 @@ function connect(name) {
       }
       received(message);
     };
-    ws.onclose = (event) => { setStatus(`closed (${event.code})`); if (state.session === null) reject(new Error("refused")); };
+    ws.onclose = (event) => {
+      setStatus(`closed (${event.code})`);
+      if (state.session === null) reject(new Error(token === null ? "refused (does this server need its token? open /?token=...)" : "refused"));
+    };
     ws.onerror = () => setStatus("connection error");
   });
 }
