@@ -95,6 +95,16 @@ SMOKE = {
                 "mtcnn + dlib68 every 5",
                 "mtcnn + dlib68 + descriptors",
             )
+        ]
+        + [
+            rf"^  stage {re.escape(name)} +{NUMBER} ms/{unit}$"
+            for name, unit in (
+                ("mtcnn detection (per frame)", "frame"),
+                ("learned landmarks", "face"),
+                ("dlib68 points", "face"),
+                ("head pose", "face"),
+                ("descriptor", "face"),
+            )
         ],
     ),
     "scale": (

@@ -227,7 +227,9 @@ def test_dataset_crops_with_detect_every_are_predicts_crops(own_crops, tmp_path)
     assert result.exit_code == 0, result.output
     crops = tmp_path / "k3" / "cropped_aligned"
     assert json.loads((crops / ".mambava-faces.json").read_text())["detect_every"] == 3
-    detector = get_detector("mtcnn", min_face_size=20)
+    from mambava.cli.options import landmark_source
+
+    detector = get_detector("mtcnn", landmarks=landmark_source("auto"), min_face_size=20)  # the CLI's default points
     expected = {
         f.index: f.faces[0].crop for f in iter_tracked_faces(root / video["video"], detector, detect_every=3) if f.faces
     }

@@ -166,3 +166,65 @@ def test_a_bad_gallery_is_one_line_naming_the_file_and_nothing_is_written(bad, m
     ]
     with pytest.raises(MambavaError, match="someone"):
         load_gallery(gallery, get_detector("mtcnn"))
+
+
+def test_stream_gives_each_track_its_person_across_the_cut(cut_video, models, tmp_path, capsys):
+    """`stream --persons` (`OnlinePersons`): the cut ends both tracks, and the two new tracks after it take the
+    persons of the same two people before it, by face, though their places swapped; every row of a track carries
+    its person, in the CSV of `--out` and its summary too. With a gallery holding one of them (a crop of the first
+    frame), that one is named and the other is unknown-1."""
+    from mambava.faces.detect import _REGISTRY, register_detector
+    from mambava.inference.predict import Predictor
+
+    relaxed = dict(thresholds=(0.5, 0.5, 0.5), min_score=0.5)  # the generator's drawn faces
+    predictor = Predictor(
+        models["model"],
+        models["vit"],
+        precision="fp32",
+        detector=get_detector("mtcnn", **relaxed),
+        landmarks="dlib68",
+        persons=True,
+    )
+    rows = [r for r in predictor.stream(cut_video.path) if r.face]
+    centres = np.array([r.landmarks68.mean(0) for r in rows])
+    truth = cut_video.centres[:, [r.frame for r in rows]]  # (2 people, rows, 2)
+    distance = np.linalg.norm(truth - centres[None], axis=2)
+    assert distance.min(0).max() < 25  # every face found is one of the two people
+    who = distance.argmin(0)
+    tracks = {r.track for r in rows}
+    assert len(tracks) == 4  # two before the cut, two new ones after it (by place, each swapped person)
+    persons = {k: {r.person for r, w in zip(rows, who) if w == k} for k in (0, 1)}
+    assert all(len(p) == 1 for p in persons.values()) and persons[0] != persons[1], persons
+    assert persons[0] | persons[1] == {"unknown-1", "unknown-2"}
+    # a gallery of person 0 (the half of the first frame where they are) names them
+    with open_video(cut_video.path) as reader:
+        first = next(iter(reader)).image
+    x = int(cut_video.centres[0, 0, 0])
+    half = first[:, : first.shape[1] // 2] if x < first.shape[1] // 2 else first[:, first.shape[1] // 2 :]
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    cv2.imwrite(str(gallery / "ann.png"), np.ascontiguousarray(half[:, :, ::-1]))
+    register_detector("mtcnn-relaxed", lambda: get_detector("mtcnn", **relaxed))
+    try:
+        out = tmp_path / "rows.csv"
+        code, _, err = run_cli(
+            ["stream", cut_video.path, "-c", models["model"], "-b", models["vit"], "--precision", "fp32"]
+            + ["--detector", "mtcnn-relaxed", "--identities", gallery, "-o", out, "-q"],
+            capsys,
+        )
+    finally:
+        _REGISTRY.pop("mtcnn-relaxed", None)
+    assert code == 0, err
+    table = pd.read_csv(out)
+    assert table.columns[-1] == "person"
+    found = table[table["face"] == 1]
+    by_track = found.groupby("track")["person"].agg(set)
+    assert all(len(p) == 1 for p in by_track) and set().union(*by_track) == {"ann", "unknown-1"}
+    streamed = {r.track: r.person for r in rows}
+    assert {t: next(iter(p)) for t, p in by_track.items()} == {
+        t: ("ann" if p == next(iter(persons[0])) else "unknown-1") for t, p in streamed.items()
+    }
+    summary = pd.read_csv(out.with_name("rows.summary.csv"))
+    assert dict(zip(summary["track"], summary["person"])) == {t: next(iter(p)) for t, p in by_track.items()}
+    with pytest.raises(MambavaError, match="features: --persons and --identities need a video"):
+        Predictor(models["model"], persons=True).stream(np.zeros((5, 24), np.float32))

@@ -233,7 +233,7 @@ def test_submission_refuses_a_nan_model(data, nan_model):
 
     features, _ = data
     with pytest.raises(MambavaError, match=r"not finite \(nan, nan\) for video va01, frame 0 "):
-        submission_predictions(Predictor(nan_model), features, {"va01": 140})
+        submission_predictions(Predictor(nan_model), features, {"va01": 151})  # its stored frames: no mismatch
 
 
 # ---------------------------------------------------------------------------------------------------------

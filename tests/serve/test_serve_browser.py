@@ -1,8 +1,9 @@
 """The page of `mambava serve` in a real headless Chromium (issue 17, item 7): Debian's chromium package, driven
 by Playwright (never a downloaded browser), with a fake webcam fed from single_face.mp4 converted to .y4m. The
-page must show rows arriving, the face box and the plots updating; its state is read from the DOM and from
-`window.mambava`; then the same with a video file chosen in the page. The server has a token, given to the page
-in its address (/?token=...), as `mambava serve` prints it. Skipped only where /usr/bin/chromium (or
+page must show rows arriving, the face box (and with the faces extra, the 68 points when "68 points" is ticked)
+and the plots updating; its state is read from the DOM and from `window.mambava`; then the same with a video
+file chosen in the page. The server has a token, given to the page in its address (/?token=...), as `mambava
+serve` prints it. Skipped only where /usr/bin/chromium (or
 Playwright) is absent outside CI; in CI it runs.
 
 MAMBAVA_SERVE_SCREENSHOT=PATH also saves the page's screenshot there (docs/images/serve.png in docs/serve.md)."""
@@ -70,13 +71,17 @@ def write_webm(video: Path, path: Path, n_frames: int = 48) -> Path:
 
 def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, media_dir, tmp_path):
     sync_playwright = _browser_or_skip()
+    from mambava.cli.options import faces_extra_installed, landmark_source
     from mambava.inference.predict import Predictor
     from mambava.serve.access import Access
     from mambava.serve.app import ServerThread, create_app
     from mambava.serve.sessions import ServeLimits
 
     clip = write_y4m(media_dir / "single_face.mp4", tmp_path / "clip.y4m")
-    predictor = Predictor(models["model"], models["vit"], precision="fp32", detector=detector)
+    # as `mambava serve` builds it: --landmarks auto (dlib's 68 points with the faces extra)
+    predictor = Predictor(
+        models["model"], models["vit"], precision="fp32", detector=detector, landmarks=landmark_source("auto")
+    )
     token = "browser-test-token"  # the page is opened as /?token=...: it sends it on the WebSocket
     app = create_app(predictor, ServeLimits(max_sessions=2), Access(token=token))
     with ServerThread(app) as server, sync_playwright() as playwright:
@@ -92,6 +97,7 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
             page.goto(f"{server.url}/?token={token}")
             assert page.title() == "mambava: live valence/arousal"
             assert page.url == server.url + "/"  # the token is out of the address bar (kept for the tab)
+            page.check("#points")
             page.click("#webcam")
             page.wait_for_function("window.mambava.rows.length >= 4", timeout=60_000)
             first = page.evaluate("document.getElementById('circumplex').toDataURL()")
@@ -102,6 +108,7 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
             page.click("#stop")
             webcam = page.evaluate("window.mambava.rows.length")
             state = page.evaluate("""() => ({rows: window.mambava.rows, sent: window.mambava.sent,
+                points: window.mambava.pointsDrawn,
                 drawn: window.mambava.drawn, point: window.mambava.point, errors: window.mambava.errors,
                 session: window.mambava.session, shown: document.getElementById('rows').textContent,
                 table: document.querySelectorAll('#latest tr').length,
@@ -136,6 +143,14 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
     assert len(faces) >= len(rows) - 2  # the man's face in the fake camera's frames
     assert all(r["box"][2] - r["box"][0] > 40 for r in faces)  # a face-sized box in the 640x360 frame
     assert state["box"] > 500  # the box is drawn over the video
+    if faces_extra_installed():  # each face's 68 points inside its box, pose in radians; drawn (the box ticked)
+        for r in faces:
+            points, (x1, y1, x2, y2) = np.array(r["landmarks"]), r["box"]
+            assert points.shape == (68, 2) and len(r["pose"]) == 6 and abs(r["pose"][1]) < 1.0
+            assert x1 - 10 <= points[:, 0].min() and points[:, 0].max() <= x2 + 10 and y1 <= points[:, 1].mean() <= y2
+        assert state["points"] == 68 if rows[-1]["face"] else state["points"] == 0
+    else:
+        assert all(r["landmarks"] is None for r in rows)
     va = np.array([[r["valence"], r["arousal"]] for r in faces])
     assert np.abs(va).max() <= 1 and va.std(axis=0).min() > 0  # values that move
     assert state["valence"] == f"{rows[-1]['valence']:.3f}"

@@ -410,6 +410,8 @@ def write_stream_summary(csv_path: str | os.PathLike, rows, video: str = "") -> 
     was seen."""
 
     columns = ["frame", "time", "track", "valence", "arousal", "face"]
+    if any(getattr(r, "person", None) is not None for r in rows):  # `stream --persons`: each track's person
+        columns.append("person")
     table = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in rows], columns=columns)
     table = table[table["track"].astype(str) != ""]
     if table.empty:

@@ -114,14 +114,17 @@ def landmark_source(landmarks: Optional[str | Path]) -> str | None:
     return value
 
 
-def persons_option() -> typer.Option:
-    """--persons: one set of person ids over all inputs (face descriptors; the faces extra)."""
-    return typer.Option(
-        False,
-        "--persons",
-        help="Identify people (dlib's face descriptors, the faces extra): tracks of one person joined across cuts "
-        "and gaps, a person column, one set of ids over all inputs and OUT/persons.csv.",
+def persons_option(live: bool = False) -> typer.Option:
+    """--persons: one set of person ids over all inputs (face descriptors; the faces extra); `live`: `stream`'s,
+    given to each track as it appears."""
+    what = (
+        "a person column: each track's person given at its first face, from the gallery and the people seen "
+        "earlier in the stream"
+        if live
+        else "tracks of one person joined across cuts and gaps, a person column, one set of ids over all inputs "
+        "and OUT/persons.csv"
     )
+    return typer.Option(False, "--persons", help=f"Identify people (dlib's face descriptors, the faces extra): {what}.")
 
 
 def identities_option() -> typer.Option:

@@ -247,6 +247,8 @@ def stream_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print a line per frame."),
     detector: str = typer.Option("mtcnn", "--detector", help="Face detector: mtcnn or haar."),
     landmarks: Optional[str] = landmarks_option(),
+    persons: bool = persons_option(live=True),
+    identities: Optional[Path] = identities_option(),
     detect_every: int = typer.Option(
         1,
         "--detect-every",
@@ -307,6 +309,8 @@ def stream_command(
         audio=False if is_features else _audio_choice(audio, no_audio),
         step_precision=step_precision,
         realtime=realtime,
+        persons=persons,
+        identities=None if identities is None else str(identities),
     )
     predictor = Predictor(checkpoint, None if is_features else backbone, config)
     hears = getattr(predictor, "fusion", False) and not is_features
@@ -320,13 +324,16 @@ def stream_command(
             rows.append(row)
             if not quiet and len(rows) == 1:
                 typer.echo(
-                    "frame\ttime\ttrack\tvalence\tarousal\tface\tdropped\tconfidence" + ("\tvoice" if hears else "")
+                    "frame\ttime\ttrack\tvalence\tarousal\tface\tdropped\tconfidence"
+                    + ("\tvoice" if hears else "")
+                    + ("\tperson" if config.persons else "")
                 )
             if not quiet:
                 typer.echo(
                     f"{row.frame}\t{row.time:.3f}\t{row.track or '-'}\t{row.valence:+.4f}\t{row.arousal:+.4f}\t"
                     f"{int(row.face)}\t{int(row.dropped)}\t{row.confidence:.3f}"
                     + (f"\t{int(bool(row.voice))}" if hears else "")
+                    + (f"\t{row.person or '-'}" if config.persons else "")
                 )
             now = time.monotonic()
             if live.dropped > reported and now - last_report >= 1.0:
@@ -339,7 +346,7 @@ def stream_command(
     finally:
         sys.stdout.flush()
     if out is not None:
-        _write_rows(out, rows, voice=hears)
+        _write_rows(out, rows, voice=hears, person=config.persons)
         from mambava.analysis.summaries import write_stream_summary
         from mambava.media.video import source_name
 
@@ -352,7 +359,7 @@ def stream_command(
     )
 
 
-def _write_rows(path: Path, rows, voice: bool = False) -> None:
+def _write_rows(path: Path, rows, voice: bool = False, person: bool = False) -> None:
     import pandas as pd
 
     from mambava.core.fileio import atomic_path
@@ -366,6 +373,8 @@ def _write_rows(path: Path, rows, voice: bool = False) -> None:
     # OpenFace's names, as predict writes them
     table["timestamp"], table["success"] = table["time"], table["face"]
     table = _with_geometry(table, rows)
+    if person:  # the track's person (empty on rows without a track), last as in predict's table
+        table["person"] = [r.person or "" for r in rows]
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
 

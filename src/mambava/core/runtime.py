@@ -3,8 +3,9 @@
 Threads: the models here run many short parallel regions. On an idle 2-core machine two OpenMP threads beat
 one; on a machine that other work keeps busy they stall at every barrier for a descheduled sibling (measured
 3-7x slower for MTCNN, ~3x for a streaming step), so the offline passes drop to one thread while the 1-minute
-load average is at least CPUs + 1 (`busy_threads`), and `torch_threads` sets and restores a count around a
-block. torch's setting is per calling thread (OpenMP), so a block changes nothing for other threads.
+load average is at least CPUs + 1 (`busy_threads`), the small nets of the faces stage use only the CPUs that
+other work leaves free (`free_threads`), and `torch_threads` sets and restores a count around a block. torch's
+setting is per calling thread (OpenMP), so a block changes nothing for other threads.
 
 A thread count changes the order of some sums (MTCNN's boxes moved by 3e-5 px between one thread and two, a
 temporal model's outputs by 3e-7), so results that follow the load also follow it in their last digits.
@@ -16,6 +17,7 @@ what else is being served).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 
@@ -57,6 +59,23 @@ def busy_threads() -> int | None:
     return 1 if load >= (os.cpu_count() or 1) + 1 else None
 
 
+def free_threads() -> int | None:
+    """Threads for many short parallel regions (MTCNN's nets, the landmark refiner): the CPUs that other work leaves
+    free, this process's own busy one counted in the load (CPUs - floor(1-minute load average) + 1, at least 1, at
+    most torch's current setting); None where the load is unknown (no change); inside `fixed_threads(n)`, n whatever
+    the load. Measured on a 2-core AMD EPYC with MTCNN on single_face.mp4: at load 1.4-1.6 (nothing else running)
+    2 threads 16-18.5 ms/frame against 1 thread's 22-23; at load 2-5.5, 2 threads 112-160 ms/frame against 1
+    thread's 23-34 (`busy_threads`' CPUs + 1 waits too long)."""
+    fixed = getattr(_FIXED, "threads", None)
+    if fixed is not None:
+        return fixed
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    return max(1, min((os.cpu_count() or 1) - math.floor(load) + 1, torch.get_num_threads()))
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run the block with `n` torch intra-op threads (None: as they are), restored after; it is the calling
@@ -75,7 +94,7 @@ def torch_threads(n: int | None):
 @contextlib.contextmanager
 def fixed_threads(n: int | None):
     """Run the block on `n` torch intra-op threads in the calling thread, the load-aware policy off
-    (`busy_threads` answers `n`), restored after; None: no change (the policy stays on).
+    (`busy_threads` and `free_threads` answer `n`), restored after; None: no change (the policy stays on).
 
     Args:
         n: the thread count, or None.

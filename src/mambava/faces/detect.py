@@ -23,7 +23,7 @@ import numpy as np
 
 from mambava.core.checkpoint import load_checkpoint, load_torch_file
 from mambava.core.errors import MambavaError
-from mambava.core.runtime import busy_threads, torch_threads
+from mambava.core.runtime import free_threads, torch_threads
 from mambava.faces.align import ARCFACE_TEMPLATE_112, invert_affine, similarity_transform, transform_points, warp
 from mambava.faces.landmarks import with_landmarks
 
@@ -348,10 +348,11 @@ class MTCNNDetector(BaseDetector):
     refine: landmark refinement passes (`_refine`: O-Net again on a patch framed by the found landmarks); 0
         (default) keeps MTCNN's own landmarks.
     num_threads: torch threads for the nets while detecting, set in the calling thread only and restored
-        after; None keeps the current setting; "auto" (default) keeps it unless the machine is busy (1-minute
-        load average ≥ CPUs + 1), then uses one thread. The nets are small and run many short parallel
-        regions: on an idle 2-core machine two threads were ~2× faster than one, on a busy one 3-7× slower
-        (OpenMP threads wait at every barrier for a descheduled sibling).
+        after; None keeps the current setting; "auto" (default) uses the CPUs other work leaves free
+        (`mambava.core.runtime.free_threads`: one thread on a 2-core machine from a load average of 2). The
+        nets are small and run many short parallel regions: on an idle 2-core machine two threads were 1.25×
+        faster than one, on a busy one 3-7× slower (OpenMP threads wait at every barrier for a descheduled
+        sibling).
     """
 
     name = "mtcnn"
@@ -404,7 +405,7 @@ class MTCNNDetector(BaseDetector):
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             by_shape.setdefault(image.shape[:2], []).append(i)
-        wanted = busy_threads() if self.num_threads == "auto" else self.num_threads
+        wanted = free_threads() if self.num_threads == "auto" else self.num_threads
         with torch_threads(wanted if self.device.type == "cpu" else None):
             for ids in by_shape.values():
                 group = [images[i] for i in ids]
@@ -467,7 +468,7 @@ class MTCNNDetector(BaseDetector):
             return []
         corners = np.stack([f.box for f in faces]).astype(np.float64)
         boxes = _square(np.concatenate([corners[:, :2] + 1, corners[:, 2:]], axis=1))  # 0-based → 1-based inclusive
-        wanted = busy_threads() if self.num_threads == "auto" else self.num_threads
+        wanted = free_threads() if self.num_threads == "auto" else self.num_threads
         with torch_threads(wanted if self.device.type == "cpu" else None):
             # one image per face (the same array): O-Net's stage indexes images by the ids it returns
             found_boxes, ids, score, landmarks = self._onet([image] * len(faces), boxes, np.arange(len(faces)))

@@ -178,8 +178,24 @@ class Dlib68Detector:
         return [self._with_points(image, faces) for image, faces in zip(images, self.detector.detect_batch(images))]
 
     def annotate(self, image: np.ndarray, faces: list) -> list:
-        """The 68 points on faces found without the detector (followed by optical flow between detections)."""
-        return self._with_points(image, list(faces))
+        """Faces found without the detector (followed by optical flow between detections, `--detect-every K`):
+        their 68 points come moved with them, by the flow's similarity (`mambava.faces.track.follow_faces`), and
+        get the head pose fitted again; the predictor runs only on a face that carries none. On every frame the
+        predictor (3-6 ms a face here) would cost more than --detect-every 5 leaves of MTCNN's detection, so it
+        runs where the detector runs (docs/faces.md, Cost)."""
+        faces = list(faces)
+        missing = [f for f in faces if f is not None and f.landmarks68 is None]
+        found = iter(self._with_points(image, missing))
+        height, width = image.shape[:2]
+        out = []
+        for face in faces:
+            if face is None:
+                out.append(None)
+            elif face.landmarks68 is None:
+                out.append(next(found))
+            else:
+                out.append(dataclasses.replace(face, pose=head_pose(face.landmarks68, width, height)))
+        return out
 
     def __getattr__(self, name: str):
         # the wrapped detector's settings; its `verify` (detection by tracking's check) only where it has one

@@ -130,6 +130,69 @@ def identity_distance(descriptors: dict[int, np.ndarray]) -> Callable[[Sequence[
     return distance
 
 
+# ------------------------------------------------------------------------------------------- live persons
+
+
+@dataclass
+class OnlinePersons:
+    """Person ids given as a live stream's tracks appear (`stream --persons`, one source): a batch's ids need every
+    track first (`assign_persons`), a stream's rows cannot wait. A track is described at its first face (one
+    descriptor, ~0.1 s) and takes the nearest of the gallery's names and the persons this stream has seen, within
+    `threshold` and not held by another track live at the same time (two faces in one frame are two people), else
+    a new `unknown-N`; it keeps that person to its end. While it lives its best faces are kept (`TrackSampler`);
+    when it ends (`retire`) they are described and join its person's descriptors, so that a person who leaves and
+    comes back, after a cut or any gap, is recognised by more than one face.
+
+    Args:
+        gallery: {name: (k, 128) descriptors} (`load_gallery`), or None.
+        detector: the detector's name (`TrackSampler`).
+        threshold: the largest descriptor distance for one person (`SAME_PERSON`).
+    """
+
+    gallery: dict[str, np.ndarray] | None = None
+    detector: str = "mtcnn"
+    threshold: float = SAME_PERSON
+    persons: dict = field(default_factory=dict)  # {track: person}
+
+    def __post_init__(self) -> None:
+        self.sampler = TrackSampler(detector=self.detector)  # a missing extra fails here, before the first frame
+        self.known: dict[str, list[np.ndarray]] = {name: [d] for name, d in (self.gallery or {}).items()}
+        self._unknown = 0
+
+    def person(self, track, index: int, image: np.ndarray, face, live: Iterable = ()) -> str:
+        """The person of `track`, whose face `face` is in frame `index` (the RGB `image`); `live`: the tracks live
+        in this frame (their persons are not this track's)."""
+        self.sampler.offer(track, index, image, face)
+        if track in self.persons:
+            return self.persons[track]
+        descriptor = face_descriptors([face_chip(image, face.box, getattr(face, "landmarks68", None), self.detector)])
+        taken = {self.persons[t] for t in live if t != track and t in self.persons}
+        options = [
+            (track_distance(np.concatenate(found), descriptor), person)
+            for person, found in self.known.items()
+            if person not in taken
+        ]
+        distance, person = min(options, default=(math.inf, ""), key=lambda o: o[0])
+        if distance >= self.threshold:
+            person = self._new_unknown()
+        self.persons[track] = person
+        self.known.setdefault(person, []).append(descriptor)
+        return person
+
+    def _new_unknown(self) -> str:
+        while True:
+            self._unknown += 1
+            name = f"unknown-{self._unknown}"
+            if name not in self.known:
+                return name
+
+    def retire(self, track) -> None:
+        """`track` ended: its kept faces are described and join its person's descriptors."""
+        if track in self.persons and track in self.sampler.samples:
+            self.known[self.persons[track]].append(self.sampler.descriptors([track])[track])
+        self.sampler.samples.pop(track, None)
+
+
 # ------------------------------------------------------------------------------------------- persons
 
 

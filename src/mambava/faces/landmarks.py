@@ -34,7 +34,7 @@ from torch import nn
 
 from mambava.core.checkpoint import load_checkpoint, save_checkpoint, weights_sha256
 from mambava.core.errors import MambavaError
-from mambava.core.runtime import busy_threads, torch_threads
+from mambava.core.runtime import free_threads, torch_threads
 from mambava.faces.align import (
     ARCFACE_TEMPLATE_112,
     LANDMARK_COLUMNS,
@@ -184,7 +184,7 @@ class RefinedDetector:
     def _refined(self, image: np.ndarray, faces: list) -> list:
         kept = [f for f in faces if f is not None]
         wanted = getattr(self.detector, "num_threads", None)  # the small CNN runs as the detector's nets do
-        with torch_threads(busy_threads() if wanted == "auto" else wanted):
+        with torch_threads(free_threads() if wanted == "auto" else wanted):
             points = iter(self.refiner.refine(image, [f.landmarks for f in kept]))
         return [None if f is None else dataclasses.replace(f, landmarks=next(points).astype(np.float32)) for f in faces]
 

@@ -162,8 +162,8 @@ def _detect_every(
     and a followed face outlives its last detection by at most k-1 frames."""
 
     verify = getattr(det, "verify", None)  # MTCNN's O-Net check of followed faces; None: search every time
-    # a landmark source's own points for the faces the flow followed (`dlib68`: its 68 points every frame, for
-    # they follow the expression, which the flow's rigid move does not); None: the followed points as they are
+    # what a landmark source adds to the faces the flow followed (`dlib68`: the head pose of the 68 points the flow
+    # moved; its predictor runs only where the detector does); None: the followed faces as they are
     annotate = getattr(det, "annotate", None)
     previous, followed, since, searches = None, [], k, 0
     for frame in frames_in:
@@ -175,7 +175,7 @@ def _detect_every(
         if since < k and previous is not None and previous.shape == grey.shape:
             faces = follow_faces(previous, grey, followed)
         if faces is not None and annotate is not None:
-            faces = annotate(frame.image, faces)  # the landmark source's points on the followed boxes
+            faces = annotate(frame.image, faces)
         if faces is None:
             searches += 1
             if followed and verify is not None and searches % search_every and previous.shape == grey.shape:

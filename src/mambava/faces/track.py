@@ -281,7 +281,9 @@ def follow_faces(
     """Move `faces` found in the grey frame `previous` to the grey frame `current` with pyramidal
     Lucas-Kanade flow of their landmarks, then moved by the similarity fitted to those points: landmarks
     and box move rigidly (box: shift and scale, upright), so an expression changing between detections does
-    not drag the mouth corners, which measured better on the demo's videos than the raw flow. Returns None when any
+    not drag the mouth corners, which measured better on the demo's videos than the raw flow. A face's 68 points
+    (`landmarks68`) move by the same similarity; its `pose` is dropped, for the landmark source to fit again
+    (`Dlib68Detector.annotate`). Returns None when any
     face is lost: a point the flow cannot
     follow, or whose forward-backward error exceeds `max_fb_error` face sizes (a cut, an occlusion, a
     flat card) — the caller then runs the detector."""
@@ -312,7 +314,10 @@ def follow_faces(
         half = (face.box[2:] - face.box[:2]) * scale / 2
         box = np.concatenate([centre - half, centre + half]).astype(np.float32)
         landmarks = (src @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32) if face.landmarks is not None else None
-        out.append(Face(box=box, landmarks=landmarks, score=face.score))
+        points68 = None
+        if face.landmarks68 is not None:
+            points68 = (np.asarray(face.landmarks68, np.float64) @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+        out.append(Face(box=box, landmarks=landmarks, score=face.score, landmarks68=points68))
     return out
 
 

@@ -79,7 +79,14 @@ from mambava.faces import FaceTracker, get_detector, iter_tracked_faces
 from mambava.faces.columns import GEOMETRY_COLUMNS, geometry_columns, gives_landmarks68
 from mambava.faces.dataset import face_stage_differences, training_crops_settings
 from mambava.faces.dlib_models import face_recognizer
-from mambava.faces.identity import TrackIdentity, TrackSampler, assign_persons, finish_identified_tracks, load_gallery
+from mambava.faces.identity import (
+    OnlinePersons,
+    TrackIdentity,
+    TrackSampler,
+    assign_persons,
+    finish_identified_tracks,
+    load_gallery,
+)
 from mambava.inference.config import WINDOWING, PredictConfig
 from mambava.inference.files import FEATURE_SUFFIXES
 from mambava.inference.stream import LiveStream, is_live_source
@@ -655,6 +662,8 @@ class Predictor:
             else:
                 (features, present), name = load_features_file(source), Path(source).stem
             self._check_dim(features.shape[1], name)
+            if self.config.persons:
+                raise MambavaError(f"{name}: --persons and --identities need a video (features have no faces)")
             return LiveStream.from_features(self.model, features, present, name, self.features_fps, step_precision)
         if self.extractor is None:
             raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
@@ -676,6 +685,7 @@ class Predictor:
             step_precision=step_precision,
             detect_every=self.detect_every,
             audio=audio,
+            persons=OnlinePersons(self.gallery, getattr(self.detector, "name", "")) if self.config.persons else None,
         )
 
 

@@ -29,6 +29,11 @@ decoded and turned into per-frame features before the first frame (`mambava.audi
 video's frame grid, as `predict --audio` computes them); each processed frame joins every track's visual
 feature (a track without a face there holds its last one) to that frame's own sound and mask, as offline, and
 its rows carry `voice`. A live source's sound is not read: a fusion model streams it only with the sound masked.
+
+Persons (`stream --persons`/`--identities`, `mambava.faces.identity.OnlinePersons`): each track is given a person
+at its first face, from the gallery's names and the persons seen earlier in this stream, and keeps it; every row
+of the track carries it (`person`). A batch's person ids (`predict --persons`) are found once every track is
+known; a stream's cannot wait for that.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from mambava.core.errors import MambavaError
 from mambava.core.runtime import torch_threads
 from mambava.data.timebase import GridClock, model_fps
 from mambava.faces import FaceTracker, iter_tracked_faces
+from mambava.faces.identity import OnlinePersons
 from mambava.media.video import open_video, source_name
 from mambava.temporal import model_input_dim
 
@@ -72,6 +78,7 @@ class StreamResult:
     # dlib68`; None where the track has no face in this frame or the landmark source gives none
     landmarks68: np.ndarray | None = None
     pose: np.ndarray | None = None
+    person: str | None = None  # the track's person (`--persons`: `mambava.faces.identity.OnlinePersons`)
 
 
 def check_streamable(model) -> None:
@@ -385,14 +392,18 @@ class TrackStreams:
         self.batch = StreamBatch(model, precision)
         self.tick: int | None = None  # the last grid tick stepped
         self.outputs: dict[str, np.ndarray] = {}  # each track's output at that tick
+        self.persons: dict[str, str] = {}  # each track's person, where known
 
-    def retire(self, keep: Iterable[str]) -> None:
-        """Forget every track not in `keep`."""
+    def retire(self, keep: Iterable[str]) -> list[str]:
+        """Forget every track not in `keep`; returns them."""
         keep = set(keep)
-        for track in [t for t in self.batch.keys if t not in keep]:
+        gone = [t for t in self.batch.keys if t not in keep]
+        for track in gone:
             self.batch.leave(track)
             del self.outputs[track]
             self._visual.pop(track, None)
+            self.persons.pop(track, None)
+        return gone
 
     def _step_to(self, tick: int, features: dict) -> None:
         """Every track to `tick` (ticks skipped since the last hold the last features); new tracks start there."""
@@ -417,13 +428,16 @@ class TrackStreams:
         scores: dict[str, float] | None = None,
         audio: np.ndarray | None = None,
         geometry: dict[str, tuple] | None = None,
+        persons: dict[str, str] | None = None,
     ) -> list[StreamResult]:
         """One frame: step every live track to the frame's grid tick (`features` {track: feature} of the faces
         found; `scores` their detector scores, None for features without a detector). With `hears`, `audio` is
         the frame's (audio features, mask) row, joined to every track's visual feature (its last where its face
         is not found); None (a dropped frame) holds the last joined rows, as offline. `geometry`: {track: (68
-        points, pose)} of the faces found (`--landmarks dlib68`), put on their rows."""
+        points, pose)} of the faces found (`--landmarks dlib68`), put on their rows; `persons`: {track: person},
+        kept for all the track's later rows."""
         tick = self.clock.tick(time)
+        self.persons.update(persons or {})
         found = features
         voice = None
         if self.hears:
@@ -461,6 +475,7 @@ class TrackStreams:
                     voice=voice,
                     landmarks68=points,
                     pose=pose,
+                    person=self.persons.get(track),
                 )
             )
         return results
@@ -469,13 +484,13 @@ class TrackStreams:
 class LiveStream:
     """Per-frame StreamResult rows from a live source, a video file or a feature sequence; iterate once.
 
-    Video sources go frame -> faces (tracked, `mambava.faces.FaceTracker`) -> backbone feature -> one
-    recurrent step per track. A track's rows stop once the tracker drops it (unseen for longer than its
-    `max_gap`, 1 s); a face that comes back later starts a new track with a fresh state. A frame with no live
-    track gives one row with `track=""`, NaN values and `face=False`. Tracks are named as `predict` names them,
-    after the source (`mambava.media.video.source_name`): the first `<name>`, later ones `<name>_2`, `<name>_3`, ... in
-    order of appearance (`predict`, seeing the whole video, can also join a track the tracker lost and name two
-    people seen together `_left`/`_right`; a live stream cannot know either in advance).
+    Video sources go frame -> faces (tracked, `mambava.faces.FaceTracker`) -> backbone feature -> one recurrent step
+    per track. A track's rows stop once the tracker drops it (unseen for longer than its `max_gap`, 1 s, or at a
+    cut: `mambava.faces.track.CutDetector`); a face that comes back later starts a new track with a fresh state. A
+    frame with no live track gives one row with `track=""`, NaN values and `face=False`. Tracks are named as
+    `predict` names them, after the source (`mambava.media.video.source_name`): the first `<name>`, later ones
+    `<name>_2`, `<name>_3`, ... in order of appearance (`predict`, seeing the whole video, can also join a track the
+    tracker lost and name two people seen together `_left`/`_right`; a live stream cannot know either in advance).
 
     `step_precision`: the TCN's step weights, "fp32" (default) | "bf16" | "int8" (`mambava.temporal.tcn`): fewer weight
     bytes read per step, outputs within 1e-2 of fp32.
@@ -498,9 +513,11 @@ class LiveStream:
         step_precision: str = "fp32",
         detect_every: int = 1,
         audio: tuple | None = None,
+        persons: OnlinePersons | None = None,
     ):
         check_streamable(model)
         self.audio = audio
+        self.persons = persons
         self.detect_every = detect_every
         self.model = model
         self.step_precision = step_precision
@@ -586,7 +603,7 @@ class LiveStream:
                 self.detector,
                 tracker=tracker,
                 batch_size=1,
-                keep_images=False,
+                keep_images=self.persons is not None,  # a track's first face is described on its frame
                 detect_every=self.detect_every,
             ):
                 for index, time in not_processed_before(item.index):
@@ -597,7 +614,15 @@ class LiveStream:
                 if item.faces:
                     features = self.extractor.features(np.stack([face.crop for face in item.faces]))
                     found = dict(zip(names, features))
-                tracks.retire(track_name(tid) for tid in tracker.active_ids)
+                for gone in tracks.retire(track_name(tid) for tid in tracker.active_ids):
+                    if self.persons is not None:
+                        self.persons.retire(gone)
+                persons = None
+                if self.persons is not None:
+                    persons = {
+                        name: self.persons.person(name, item.index, item.image, face, live=names)
+                        for name, face in zip(names, item.faces)
+                    }
                 self.frames += 1
                 self.processed += 1
                 yield from tracks.advance(
@@ -607,6 +632,7 @@ class LiveStream:
                     scores={name: face.score for name, face in zip(names, item.faces)},
                     audio=self._audio_row(item.index),
                     geometry={name: (face.landmarks68, face.pose) for name, face in zip(names, item.faces)},
+                    persons=persons,
                 )
             for index, time in not_processed_before(sys.maxsize):  # skipped after the last processed frame
                 self.frames += 1

@@ -10,7 +10,9 @@ advance at their own pace, so a session with nothing to do sits the step out wit
 Per session the time base and the tracks are those of `mambava stream` (`mambava.inference.stream.TrackStreams`): the
 model steps once per tick of its own frame grid from the frames' timestamps (ticks skipped hold the last
 feature), faces are tracked (`FaceTracker`) and named after the session, a track's state starts when its face
-is first found and ends when the tracker drops it. So a session's values equal `stream`'s on the same frames.
+is first found and ends when the tracker drops it (or at a cut, `CutDetector`). So a session's values equal
+`stream`'s on the same frames. With a landmark source that gives 68 points (`--landmarks auto`/`dlib68`), every
+track row carries `landmarks` (68 [x, y]) and `pose` ([Rx, Ry, Rz, Tx, Ty, Tz]), null where the track has no face.
 
 Overload: each session holds at most `queue_frames` frames waiting; a new frame beyond that drops the oldest
 one, which gets a row with `dropped: true` and is counted in the session's `dropped`. The model steps through
@@ -48,6 +50,8 @@ from mambava.core.errors import MambavaError
 from mambava.core.runtime import fixed_threads
 from mambava.data.timebase import GridClock, check_fps, model_fps
 from mambava.faces import FaceTracker, face_crop
+from mambava.faces.columns import gives_landmarks68
+from mambava.faces.track import CutDetector
 from mambava.inference.stream import StreamBatch, check_streamable
 from mambava.media.video import read_image
 from mambava.temporal import model_input_dim
@@ -117,6 +121,7 @@ class Session:
         model_fps: float,
         hold_budget: int = 2,
         max_gap_ticks: int = 15,
+        geometry: bool = False,
     ):
         self.id = sid
         self.name = name
@@ -128,6 +133,8 @@ class Session:
         self.dropped = 0
         self.served = 0  # frames answered (processed, dropped or refused)
         self.tracker = FaceTracker()
+        self.cut = CutDetector()  # a new shot: no face continues a track by its place, as in `stream`
+        self.geometry = geometry  # the rows carry `landmarks` and `pose` (the detector gives 68 points)
         self._names: dict[int, str] = {}
         self.clock = GridClock(model_fps)
         self.tick: int | None = None
@@ -264,7 +271,11 @@ class Session:
                     "face": track in event.features,
                     "box": None if box is None else [round(float(v), 2) for v in box],
                     "confidence": None if score is None else round(float(score), 4),
-                    **_geometry_fields(event.geometry.get(track) if track in event.features else None),
+                    **(
+                        _geometry_fields(event.geometry.get(track) if track in event.features else None)
+                        if self.geometry
+                        else {}
+                    ),
                 }
             )
         return {"frame": event.index, "time": round(event.time, 6), "dropped": event.dropped, "tracks": rows}
@@ -360,6 +371,7 @@ class SessionHub:
                 self.model_fps,
                 self.limits.queue_frames,
                 self.limits.max_gap_ticks,
+                geometry=gives_landmarks68(self.detector),
             )
             self.sessions[session.id] = session
             return session
@@ -552,6 +564,8 @@ class SessionHub:
         crops, owners = [], []
         tracked = []
         for (session, index, time, image), faces in zip(kept, detections):
+            if session.cut(image):
+                session.tracker.cut()
             ids = session.tracker.update(faces, time)
             names = [session.track_name(tid) for tid in ids]
             tracked.append(
@@ -626,13 +640,10 @@ class SessionHub:
 
 def _geometry_fields(geometry: tuple | None) -> dict:
     """A track row's `landmarks` ([[x, y]] × 68, frame pixels) and `pose` ([Rx, Ry, Rz] radians, [Tx, Ty, Tz] mm)
-    where its face has them (`--landmarks dlib68`); nothing otherwise (a JSON row has no NaN)."""
-    if geometry is None or geometry[0] is None:
-        return {}
-    points, pose = geometry
-    fields = {"landmarks": np.round(np.asarray(points, np.float64), 1).tolist()}
-    if pose is not None and np.isfinite(pose).all():
-        fields["pose"] = [round(float(v), 4) for v in pose]
+    where its face has them (`--landmarks dlib68`), None where not (a JSON row has no NaN)."""
+    points, pose = (None, None) if geometry is None else geometry
+    fields = {"landmarks": None if points is None else np.round(np.asarray(points, np.float64), 1).tolist()}
+    fields["pose"] = [round(float(v), 4) for v in pose] if pose is not None and np.isfinite(pose).all() else None
     return fields
 
 

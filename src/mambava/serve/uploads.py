@@ -1,4 +1,6 @@
-"""POST /predict: a video as the multipart field `file` -> predict's rows as JSON (?format=csv: its CSV).
+"""POST /predict: a video as the multipart field `file` -> predict's rows as JSON (?format=csv: its CSV), with
+every column `predict` writes (`COLUMNS`, then `voice` and the face columns: the 68 points and head pose with
+`--landmarks auto`/`dlib68`, null in JSON and empty in CSV where the track has no face).
 
 Uploads are predicted one at a time in a thread (`app.state.predict_lock`), with the server's loaded
 `Predictor`, on a fixed number of torch threads (`ServeLimits.threads`): the same video gives the same bits
@@ -20,7 +22,6 @@ from starlette.datastructures import UploadFile
 
 from mambava.core.errors import MambavaError
 from mambava.core.runtime import fixed_threads
-from mambava.inference.predict import COLUMNS
 from mambava.serve.common import MB, error, records, safe_name
 
 router = APIRouter()
@@ -96,7 +97,6 @@ async def predict(request: Request, format: str = "json"):
     finally:
         await upload.close()
         shutil.rmtree(folder, ignore_errors=True)
-    table = table[COLUMNS]
     if format == "csv":
         return Response(
             table.to_csv(index=False, float_format="%.6g"),
