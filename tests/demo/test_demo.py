@@ -41,7 +41,7 @@ def test_demo_first_run_end_to_end(tmp_path):
     assert f"{temporal['p_va']:.3f}" in report and "| stage | seconds | CPU-seconds | cores busy |" in report
     for name in ("curves.png", "test_predictions.png"):
         assert (out / "figures" / name).stat().st_size > 10_000
-    stages = {"generate", "stills", "backbone", "extract", "train", "evaluate", "predict", "report"}
+    stages = {"generate", "stills", "backbone", "extract", "train", "evaluate", "predict"}  # (report: after them)
     assert set(results["timings_s"]) == stages | {"total"} and set(results["cpu_s"]) == stages
     assert "audio" not in results and "distill" not in results and "faces" not in results  # --full's
     # the dataset it made is in the Aff-Wild2 layout
