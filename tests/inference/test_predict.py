@@ -63,7 +63,7 @@ def test_predict_single_face_csv_plots_overlay(single_face_run, media_dir):
     code, _, _, out = single_face_run
     assert code == 0
     table = pd.read_csv(out / "single_face.csv")
-    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == [*COLUMNS, "model"] and (table["model"] == "model.safetensors").all()
     assert len(table) == 72 and table["frame"].tolist() == list(range(72))  # one row per frame, one track
     assert table["track"].unique().tolist() == ["single_face"]
     assert table["face"].sum() >= 70

@@ -262,7 +262,7 @@ def test_post_predict_json_and_csv_equal_predicts_csv(models, detector, media_di
     assert csv.text == expected
     assert rows.status_code == 200
     got, want = pd.DataFrame(rows.json()), pd.read_csv(tmp_path / "out" / "single_face.csv")
-    assert list(got.columns) == COLUMNS and len(got) == len(want) == N_FRAMES
+    assert list(got.columns) == [*COLUMNS, "model"] and len(got) == len(want) == N_FRAMES
     assert (got["video"] == "single_face").all() and got["frame"].tolist() == list(range(N_FRAMES))
     assert got["face"].sum() >= N_FRAMES - 2
     numeric = [c for c in COLUMNS if c not in ("video", "track")]

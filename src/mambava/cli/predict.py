@@ -13,8 +13,15 @@ import typer
 from mambava.cli.options import landmark_source, landmarks_option, precision_option
 from mambava.core.errors import MambavaError
 
-CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
-BACKBONE_HELP = "ViT checkpoint (MAE .pth, timm, Hugging Face, or saved by mambava); needed for videos."
+CHECKPOINT_HELP = (
+    "Temporal model: model.safetensors (any kind), a run's .ckpt, the authors' .pth, or a model name "
+    "(default: the built-in expression-va, which is not the paper's model)."
+)
+EXPRESSIONS_HELP = "Add the seven expression probabilities per frame (always on with expression-va)."
+BACKBONE_HELP = (
+    "ViT checkpoint (MAE .pth, timm, Hugging Face, or saved by mambava), or 'expression' (the expression net's "
+    "features); needed for videos (expression-va brings its own)."
+)
 DEVICE_HELP = "cpu, cuda, cuda:1 or auto."
 AUDIO_HELP = (
     "A fusion model's audio feature sets, e.g. egemaps,logmel (default: those of its audio width): "
@@ -32,9 +39,10 @@ def _audio_choice(audio: Optional[str], no_audio: bool):
 
 def predict_command(
     inputs: List[str] = typer.Argument(..., help="Videos, folders of videos, image folders, or features .npy (T x D)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
+    expressions: bool = typer.Option(False, "--expressions", help=EXPRESSIONS_HELP),
     windowing: str = typer.Option(
         "full",
         "--windowing",
@@ -102,11 +110,11 @@ def predict_command(
             if normalise in NORMALISATIONS
             else f"--normalise: one of {', '.join(NORMALISATIONS)}"
         )
-    checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
+    checkpoint, backbone = default_checkpoint(checkpoint), resolve_model(backbone, "backbone")
     paths = find_inputs(inputs)
     _make_folder(out)
     videos = [p for p in paths if Path(p).suffix.lower() not in FEATURE_SUFFIXES]
-    if videos and backbone is None:
+    if videos and backbone is None and not brings_backbone(checkpoint):
         raise MambavaError(f"{videos[0]}: --backbone is required for videos; pass a features .npy instead")
     config = PredictConfig(
         windowing=windowing,
@@ -123,6 +131,7 @@ def predict_command(
         progress=True,
         audio=_audio_choice(audio, no_audio),
         detect_every=detect_every,
+        expressions=expressions,
     )
     predictor = Predictor(checkpoint, backbone if videos else None, config)
     from mambava.cli import error_line
@@ -159,6 +168,25 @@ def predict_command(
         raise typer.Exit(2)
 
 
+def default_checkpoint(checkpoint):
+    """--checkpoint resolved (`mambava.inference.catalog.resolve_model`); without one, the built-in default model,
+    said in one line (it is not the paper's model)."""
+    from mambava.inference.catalog import DEFAULT_MODEL, is_builtin, resolve_model
+    from mambava.temporal.expression_va import NOTICE
+
+    resolved = DEFAULT_MODEL if checkpoint is None else resolve_model(checkpoint, "temporal")
+    if is_builtin(resolved, "temporal"):
+        typer.secho(f"model: {NOTICE}", fg=typer.colors.CYAN, err=True)
+    return resolved
+
+
+def brings_backbone(checkpoint) -> bool:
+    """Whether the temporal model comes with its own feature extractor (the built-in expression-va)."""
+    from mambava.inference.catalog import is_builtin
+
+    return is_builtin(checkpoint, "temporal")
+
+
 def _warn_face_stage(predictor) -> None:
     """A warning line for each way the faces stage differs from the one that made the model's training crops."""
     for note in predictor.face_stage_notes():
@@ -180,8 +208,9 @@ def _describe(table) -> str:
 
 def stream_command(
     source: str = typer.Argument(..., help="Webcam index (0), video file, stream URL, or features .npy."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
+    expressions: bool = typer.Option(False, "--expressions", help=EXPRESSIONS_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write all rows to this CSV at the end."),
     realtime: bool = typer.Option(
         False, "--realtime", help="Replay a file at its own speed, dropping frames that cannot keep up."
@@ -228,9 +257,9 @@ def stream_command(
 
     if step_precision not in STEP_PRECISIONS:
         raise MambavaError(f"--step-precision {step_precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")
-    checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
+    checkpoint, backbone = default_checkpoint(checkpoint), resolve_model(backbone, "backbone")
     is_features = Path(source).suffix.lower() in FEATURE_SUFFIXES
-    if not is_features and backbone is None:
+    if not is_features and backbone is None and not brings_backbone(checkpoint):
         raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
     if not is_features and not is_live_source(source) and not Path(source).exists():
         raise MambavaError(f"{source}: no such file")
@@ -249,9 +278,11 @@ def stream_command(
         audio=False if is_features else _audio_choice(audio, no_audio),
         step_precision=step_precision,
         realtime=realtime,
+        expressions=expressions and not is_features,
     )
     predictor = Predictor(checkpoint, None if is_features else backbone, config)
     hears = getattr(predictor, "fusion", False) and not is_features
+    shows = predictor.expressions
     if not is_features:
         _warn_face_stage(predictor)
     live = predictor.stream(source)
@@ -262,13 +293,16 @@ def stream_command(
             rows.append(row)
             if not quiet and len(rows) == 1:
                 typer.echo(
-                    "frame\ttime\ttrack\tvalence\tarousal\tface\tdropped\tconfidence" + ("\tvoice" if hears else "")
+                    "frame\ttime\ttrack\tvalence\tarousal\tface\tdropped\tconfidence"
+                    + ("\tvoice" if hears else "")
+                    + ("\texpression" if shows else "")
                 )
             if not quiet:
                 typer.echo(
                     f"{row.frame}\t{row.time:.3f}\t{row.track or '-'}\t{row.valence:+.4f}\t{row.arousal:+.4f}\t"
                     f"{int(row.face)}\t{int(row.dropped)}\t{row.confidence:.3f}"
                     + (f"\t{int(bool(row.voice))}" if hears else "")
+                    + (f"\t{_top_expression(row)}" if shows else "")
                 )
             now = time.monotonic()
             if live.dropped > reported and now - last_report >= 1.0:
@@ -281,7 +315,7 @@ def stream_command(
     finally:
         sys.stdout.flush()
     if out is not None:
-        _write_rows(out, rows, voice=hears)
+        _write_rows(out, rows, voice=hears, expressions=shows, model=predictor.model_label)
         from mambava.analysis.summaries import write_stream_summary
         from mambava.media.video import source_name
 
@@ -294,12 +328,23 @@ def stream_command(
     )
 
 
-def _write_rows(path: Path, rows, voice: bool = False) -> None:
+def _top_expression(row) -> str:
+    """The most probable expression of a stream row, with its probability ('-' without a face)."""
+    if row.expressions is None:
+        return "-"
+    from mambava.faces.expression import EXPRESSIONS
+
+    best = max(range(len(EXPRESSIONS)), key=lambda i: row.expressions[i])
+    return f"{EXPRESSIONS[best]} {row.expressions[best]:.2f}"
+
+
+def _write_rows(path: Path, rows, voice: bool = False, expressions: bool = False, model: str = "") -> None:
     import dataclasses
 
     import pandas as pd
 
     from mambava.core.fileio import atomic_path
+    from mambava.faces.expression import EXPRESSIONS
 
     columns = ["frame", "time", "track", "valence", "arousal", "face", "dropped", "confidence"] + (
         ["voice"] if voice else []
@@ -309,6 +354,10 @@ def _write_rows(path: Path, rows, voice: bool = False) -> None:
     table[flags] = table[flags].fillna(False).astype("int8")
     # OpenFace's names, as predict writes them
     table["timestamp"], table["success"] = table["time"], table["face"]
+    if expressions:  # NaN where the face was not found, as predict writes them
+        values = [r.expressions if r.expressions is not None else (float("nan"),) * len(EXPRESSIONS) for r in rows]
+        table[list(EXPRESSIONS)] = pd.DataFrame(values, columns=list(EXPRESSIONS), index=table.index)
+    table["model"] = model
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
 

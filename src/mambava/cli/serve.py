@@ -8,15 +8,16 @@ from typing import Optional
 import typer
 
 from mambava.cli.options import landmark_source, landmarks_option, precision_option
-from mambava.cli.predict import BACKBONE_HELP, CHECKPOINT_HELP, DEVICE_HELP
+from mambava.cli.predict import BACKBONE_HELP, CHECKPOINT_HELP, DEVICE_HELP, EXPRESSIONS_HELP, default_checkpoint
 from mambava.core.errors import MambavaError
 
 
 def serve_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     backbone: Optional[Path] = typer.Option(
         None, "--backbone", "-b", help=BACKBONE_HELP + " Without it, sessions send features."
     ),
+    expressions: bool = typer.Option(False, "--expressions", help=EXPRESSIONS_HELP),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to bind (default: this machine only; 0.0.0.0 opens it to the network)."
     ),
@@ -63,7 +64,7 @@ def serve_command(
     limits = ServeLimits(
         max_sessions=max_sessions, queue_frames=queue_frames, max_upload_mb=max_upload_mb, max_frame_mb=max_frame_mb
     )
-    checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
+    checkpoint, backbone = default_checkpoint(checkpoint), resolve_model(backbone, "backbone")
     config = PredictConfig(
         windowing="full",
         detector=detector,
@@ -72,12 +73,13 @@ def serve_command(
         batch_size=8,
         precision=precision,
         step_precision=step_precision,
+        expressions=expressions,
     )
     predictor = Predictor(checkpoint, backbone, config)
     app = create_app(predictor, limits)
     typer.echo(
         f"mambava serve: {predictor.model_name} on http://{host}:{port}/ "
-        f"({'videos and features' if backbone else 'features only: no --backbone'}; "
+        f"({'videos and features' if predictor.extractor is not None else 'features only: no --backbone'}; "
         f"up to {max_sessions} live sessions)",
         err=True,
     )

@@ -38,6 +38,8 @@ class PredictConfig:
         step_precision: the live stream's recurrent step: "fp32", "bf16" or "int8" (its TCN weights).
         realtime: a video file streamed at its own pace, dropping frames that cannot be kept up with.
         progress: show a progress bar over inputs.
+        expressions: add the seven expression probabilities per frame (`mambava.faces.expression`); always on
+            with the expression-va model.
     """
 
     windowing: str = "full"
@@ -56,6 +58,7 @@ class PredictConfig:
     step_precision: str = "fp32"
     realtime: bool = False
     progress: bool = False
+    expressions: bool = False
 
     def __post_init__(self) -> None:
         if self.windowing not in WINDOWING:

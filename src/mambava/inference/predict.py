@@ -73,6 +73,8 @@ from mambava.data.timebase import model_fps, to_grid
 from mambava.data.windows import check_windowing, predict_sequence
 from mambava.faces import FaceTracker, finish_tracks, get_detector, iter_tracked_faces
 from mambava.faces.dataset import face_stage_differences, training_crops_settings
+from mambava.faces.expression import EXPRESSIONS, ExpressionRecognizer, probabilities_of_features
+from mambava.inference.catalog import DEFAULT_MODEL, builtin_model, is_builtin
 from mambava.inference.config import WINDOWING, PredictConfig
 from mambava.inference.files import FEATURE_SUFFIXES
 from mambava.inference.stream import LiveStream, is_live_source
@@ -101,6 +103,7 @@ COLUMNS = [
     "confidence",
     "success",
 ]
+MODEL_COLUMN = "model"  # every table's last column: the temporal model's name (expression-va is not Mamba-VA)
 # Chosen by measurement on the demo (`mambava bench stitching`, docs/predict.md, Stitching): the full causal pass has
 # the smallest frame-to-frame jumps at a P_VA within 0.002 of the best; with windows, most_history has 30%
 # smaller jumps than the mean at the mean's P_VA.
@@ -111,7 +114,10 @@ def load_model(checkpoint):
     safetensors, any model kind, a Lightning run checkpoint or the authors' .pth:
     `mambava.temporal.load_temporal_model`) or a model object."""
     if not isinstance(checkpoint, (str, os.PathLike)):
-        return checkpoint.eval(), None, None, type(checkpoint).__name__, None
+        return checkpoint.eval(), None, None, getattr(checkpoint, "model_name", type(checkpoint).__name__), None
+    if is_builtin(checkpoint, "temporal"):
+        model = builtin_model(str(checkpoint))
+        return model.eval(), None, None, model.model_name, None
 
     loaded = load_temporal_model(checkpoint)
     return loaded.model, loaded.window, loaded.stride, loaded.source, loaded.run_config
@@ -125,6 +131,7 @@ class TrackFeatures:
     present: np.ndarray  # (n,) bool
     boxes: np.ndarray  # (n, 4) float32, NaN where absent
     scores: np.ndarray | None = None  # (n,) float32 detector scores, NaN where absent; None: no detector
+    expressions: np.ndarray | None = None  # (n, 7) float32 expression probabilities, NaN where absent; None: not asked
 
 
 @dataclass
@@ -147,9 +154,11 @@ class Predictor:
     """Valence/arousal per frame from videos, feature files or live sources.
 
     Args:
-        checkpoint: a temporal model file (see `load_model`) or a model object.
-        backbone: a ViT checkpoint path (`mambava.backbone.load_encoder`), a ViTEncoder or a FeatureExtractor;
-            needed for videos, not for feature files.
+        checkpoint: a temporal model file (see `load_model`), a model object, or a built-in name; None: the
+            built-in `expression-va` (`mambava.temporal.expression_va`: not the paper's model).
+        backbone: a ViT checkpoint path (`mambava.backbone.load_encoder`), a ViTEncoder or a FeatureExtractor, or
+            "expression" (the expression net's features); needed for videos, not for feature files. None with
+            expression-va: the expression net.
         config: the options (`mambava.inference.config.PredictConfig`: windowing, stitching, window, stride,
             detector, landmarks, detect_every, device, batch_size, precision, fps, features_fps, audio,
             step_precision, realtime, progress); its defaults when None.
@@ -162,11 +171,13 @@ class Predictor:
     fusion model with every frame's sound masked (`voice` 0).
     """
 
-    def __init__(self, checkpoint, backbone=None, config: PredictConfig | None = None, **options):
+    def __init__(self, checkpoint=None, backbone=None, config: PredictConfig | None = None, **options):
         self.config = (config or PredictConfig()).replace(**options)
         c = self.config
         self.device = resolve_device(c.device)
-        model, ckpt_window, ckpt_stride, self.model_name, self.run_config = load_model(checkpoint)
+        model, ckpt_window, ckpt_stride, self.model_name, self.run_config = load_model(
+            DEFAULT_MODEL if checkpoint is None else checkpoint
+        )
         self.model = model.to(self.device).eval()
         self.windowing = c.windowing
         self.stitching = c.stitching
@@ -187,7 +198,10 @@ class Predictor:
         self.features_fps = c.features_fps
         self.progress = c.progress
         self.audio = self._check_audio(c.audio)
+        if backbone is None and getattr(self.model, "backbone", None) == "expression":
+            backbone = "expression"  # expression-va's features are the expression net's
         self.extractor = self._make_extractor(backbone) if backbone is not None else None
+        self.expression_net = self._expression_net()
 
     def face_stage_notes(self) -> list[str]:
         """How this predictor's faces stage differs from the one that made the model's training crops, one line
@@ -226,9 +240,11 @@ class Predictor:
         return list(sets)
 
     def _make_extractor(self, backbone):
-        if isinstance(backbone, FeatureExtractor):
+        if is_builtin(backbone, "backbone"):
+            backbone = builtin_model(str(backbone), batch_size=self.batch_size, device=self.device)
+        if isinstance(backbone, (FeatureExtractor, ExpressionRecognizer)):
             extractor = backbone
-            name = "the backbone"
+            name = "the backbone" if isinstance(backbone, FeatureExtractor) else "the expression net"
         else:
             encoder = backbone if isinstance(backbone, ViTEncoder) else load_encoder(backbone)
             extractor = FeatureExtractor(
@@ -253,6 +269,36 @@ class Predictor:
                 f"{self.input_dim}-d: the checkpoint was trained on another backbone"
             )
         return extractor
+
+    # ------------------------------------------------------------------------------------------ expressions
+
+    @property
+    def expressions(self) -> bool:
+        """Whether tables and streams carry the expression columns: asked for, or the model is expression-va."""
+        return bool(self.config.expressions) or getattr(self.model, "backbone", None) == "expression"
+
+    @property
+    def model_label(self) -> str:
+        """The model's name as tables carry it: a built-in name, else the checkpoint's file name."""
+        return Path(self.model_name).name if os.sep in self.model_name else self.model_name
+
+    def _expression_net(self) -> ExpressionRecognizer | None:
+        """The expression net the expression columns come from: the extractor itself when it is one (its
+        features end with the logits), else a net of its own (`expressions` asked for), else None."""
+        if not self.expressions:
+            return None
+        if isinstance(self.extractor, ExpressionRecognizer):
+            return self.extractor
+        return ExpressionRecognizer(batch_size=self.batch_size, device=self.device)
+
+    def crop_expressions(self, crops: np.ndarray, features: np.ndarray) -> np.ndarray | None:
+        """(N, 7) probabilities of face crops whose extractor features are `features`: from the features when
+        the extractor is the expression net, else by running it; None when the expressions are not asked."""
+        if self.expression_net is None:
+            return None
+        if self.expression_net is self.extractor:
+            return probabilities_of_features(features)
+        return self.expression_net.probabilities(crops)
 
     @property
     def detector(self):
@@ -336,12 +382,20 @@ class Predictor:
         self._check_dim(features.shape[1], str(path))
         n = len(features)
         frames = np.arange(n)
-        return self._table(
-            Path(path).stem,
-            frames,
-            frames / self.features_fps,
-            {Path(path).stem: TrackFeatures(features, present, np.full((n, 4), np.nan, np.float32))},
-        )
+        track = TrackFeatures(features, present, np.full((n, 4), np.nan, np.float32))
+        track.expressions = self._file_expressions(path, features, present)
+        return self._table(Path(path).stem, frames, frames / self.features_fps, {Path(path).stem: track})
+
+    def _file_expressions(self, path, features: np.ndarray, present: np.ndarray) -> np.ndarray | None:
+        """A feature file's expression probabilities: from its logits with expression-va (whose features are the
+        expression net's), NaN where absent; a MambavaError when asked of other features (no crops to run on)."""
+        if not self.expressions:
+            return None
+        if getattr(self.model, "backbone", None) != "expression":
+            raise MambavaError(f"{path}: --expressions needs a video (the expression net runs on the face crops)")
+        expressions = np.full((len(features), len(EXPRESSIONS)), np.nan, np.float32)
+        expressions[present] = probabilities_of_features(features[present])
+        return expressions
 
     def predict_video(self, path: str | os.PathLike) -> pandas.DataFrame:
         """Faces, features and the temporal model for every processed frame of a video; see the module doc."""
@@ -371,9 +425,12 @@ class Predictor:
         def flush() -> None:
             if not pending:
                 return
-            features = self.extractor.features(np.stack([p[4] for p in pending]))
-            for (tid, position, box, score, _), feature in zip(pending, features):
-                hits.setdefault(tid, []).append((position, feature, np.asarray(box, np.float32), score))
+            crops = np.stack([p[4] for p in pending])
+            features = self.extractor.features(crops)
+            expressions = self.crop_expressions(crops, features)
+            for i, ((tid, position, box, score, _), feature) in enumerate(zip(pending, features)):
+                expression = None if expressions is None else expressions[i]
+                hits.setdefault(tid, []).append((position, feature, np.asarray(box, np.float32), score, expression))
             pending.clear()
 
         with open_video(path, fps=self.fps) as reader:
@@ -408,7 +465,11 @@ class Predictor:
             boxes[positions] = np.stack([r[2] for r in rows])
             scores[positions] = [r[3] for r in rows]
             present[positions] = True
-            tracks[track.name] = TrackFeatures(features, present, boxes, scores)
+            expressions = None
+            if self.expression_net is not None:
+                expressions = np.full((n, len(EXPRESSIONS)), np.nan, np.float32)
+                expressions[positions] = np.stack([r[4] for r in rows])
+            tracks[track.name] = TrackFeatures(features, present, boxes, scores, expressions)
         frames = np.asarray(frames, np.int64)
         audio, voice = self._audio_features(path, frames) if self.fusion else (None, None)
         return VideoFeatures(
@@ -494,10 +555,13 @@ class Predictor:
                         "confidence": confidence,
                         "success": face.astype(np.int8),
                         **({} if voice is None else {"voice": (voice[row] & processed).astype(np.int8)}),
+                        **expression_columns(track.expressions, row, face),
+                        MODEL_COLUMN: self.model_label,
                     }
                 )
             )
-        return pd.concat(parts, ignore_index=True)[COLUMNS + ([] if voice is None else ["voice"])]
+        extra = ([] if voice is None else ["voice"]) + (list(EXPRESSIONS) if self.expressions else [])
+        return pd.concat(parts, ignore_index=True)[COLUMNS + extra + [MODEL_COLUMN]]
 
     @staticmethod
     def summarize(table) -> pandas.DataFrame:
@@ -524,7 +588,10 @@ class Predictor:
             else:
                 (features, present), name = load_features_file(source), Path(source).stem
             self._check_dim(features.shape[1], name)
-            return LiveStream.from_features(self.model, features, present, name, self.features_fps, step_precision)
+            stream = LiveStream.from_features(self.model, features, present, name, self.features_fps, step_precision)
+            if self._file_expressions(name, features, present) is not None:  # expression-va: from the logits
+                stream.expressions = lambda crops, found: probabilities_of_features(found)
+            return stream
         if self.extractor is None:
             raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
         audio = None
@@ -545,7 +612,17 @@ class Predictor:
             step_precision=step_precision,
             detect_every=self.detect_every,
             audio=audio,
+            expressions=self.crop_expressions if self.expression_net is not None else None,
         )
+
+
+def expression_columns(expressions: np.ndarray | None, row: np.ndarray, face: np.ndarray) -> dict[str, np.ndarray]:
+    """A track's expression columns for the table's rows (`row`: each source frame's processed position): the
+    probabilities where its face was found, NaN elsewhere; {} when the expressions are not asked."""
+    if expressions is None:
+        return {}
+    values = np.where(face[:, None], expressions[row], np.nan).astype(np.float32)
+    return {name: values[:, i] for i, name in enumerate(EXPRESSIONS)}
 
 
 def default_audio_sets(audio_dim: int) -> list[str] | None:
@@ -598,7 +675,9 @@ def submission_predictions(
 
 __all__ = [
     "COLUMNS",
+    "MODEL_COLUMN",
     "WINDOWING",
+    "expression_columns",
     "Predictor",
     "VideoFeatures",
     "TrackFeatures",

@@ -33,6 +33,7 @@ its rows carry `voice`. A live source's sound is not read: a fusion model stream
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import threading
@@ -68,6 +69,9 @@ class StreamResult:
     dropped: bool = False
     confidence: float = math.nan
     voice: bool | None = None  # the frame's sound was used (a fusion model fed sound; None otherwise)
+    # the seven expression probabilities (`mambava.faces.expression.EXPRESSIONS` order) where the face was found and
+    # expressions were asked for (always with expression-va); None otherwise
+    expressions: tuple[float, ...] | None = None
 
 
 def check_streamable(model) -> None:
@@ -474,6 +478,9 @@ class LiveStream:
     `audio`: a fusion model's sound of a video file, ((N, D_audio) features, (N,) mask) per source frame
     (`Predictor.source_audio`; N = 0: every frame masked); each processed frame steps with its own.
 
+    `expressions`: a function (crops (N, H, W, 3), their features (N, D)) -> (N, 7) expression probabilities
+    (`Predictor.crop_expressions`), whose rows go into the found faces' StreamResult `expressions`; None: none.
+
     Counters, updated while iterating: `frames` (source frames given rows), `processed` (frames that went
     through faces and backbone), `dropped` (frames skipped to keep up with real time, see `FrameDropper`).
     """
@@ -489,9 +496,11 @@ class LiveStream:
         step_precision: str = "fp32",
         detect_every: int = 1,
         audio: tuple | None = None,
+        expressions=None,
     ):
         check_streamable(model)
         self.audio = audio
+        self.expressions = expressions
         self.detect_every = detect_every
         self.model = model
         self.step_precision = step_precision
@@ -533,9 +542,17 @@ class LiveStream:
                 found = {name: features[t]} if present is None or present[t] else {}
                 self.frames += 1
                 self.processed += 1
-                yield from tracks.advance(t, t / fps, found)
+                rows = tracks.advance(t, t / fps, found)
+                yield from with_expressions(rows, self._expressions(None, found))
             return
         yield from self._iter_video(tracks)
+
+    def _expressions(self, crops: np.ndarray | None, found: dict) -> dict:
+        """{track: (7,) probabilities} of the faces found in a frame ({} when not asked or none found)."""
+        if self.expressions is None or not found:
+            return {}
+        probabilities = self.expressions(crops, np.stack(list(found.values())))
+        return dict(zip(found, probabilities))
 
     def _audio_row(self, index: int) -> np.ndarray | None:
         """Source frame `index`'s (audio features, mask) row for a fusion model fed sound, else None."""
@@ -584,20 +601,22 @@ class LiveStream:
                     self.frames += 1
                     yield from tracks.advance(index, time, {}, dropped=True, scores={})
                 names = [track_name(face.track_id) for face in item.faces]
-                found = {}
+                found, crops = {}, None
                 if item.faces:
-                    features = self.extractor.features(np.stack([face.crop for face in item.faces]))
+                    crops = np.stack([face.crop for face in item.faces])
+                    features = self.extractor.features(crops)
                     found = dict(zip(names, features))
                 tracks.retire(track_name(tid) for tid in tracker.active_ids)
                 self.frames += 1
                 self.processed += 1
-                yield from tracks.advance(
+                rows = tracks.advance(
                     item.index,
                     item.time,
                     found,
                     scores={name: face.score for name, face in zip(names, item.faces)},
                     audio=self._audio_row(item.index),
                 )
+                yield from with_expressions(rows, self._expressions(crops, found))
             for index, time in not_processed_before(sys.maxsize):  # skipped after the last processed frame
                 self.frames += 1
                 yield from tracks.advance(index, time, {}, dropped=True, scores={})
@@ -606,7 +625,20 @@ class LiveStream:
             reader.close()
 
 
+def with_expressions(rows: list[StreamResult], expressions: dict) -> list[StreamResult]:
+    """The rows with each found track's expression probabilities ({track: (7,)}) set."""
+    if not expressions:
+        return rows
+    return [
+        dataclasses.replace(r, expressions=tuple(float(p) for p in expressions[r.track]))
+        if r.track in expressions
+        else r
+        for r in rows
+    ]
+
+
 __all__ = [
+    "with_expressions",
     "StreamResult",
     "LiveStream",
     "TemporalStream",

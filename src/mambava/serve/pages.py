@@ -8,6 +8,8 @@ from importlib import resources
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from mambava.faces.expression import EXPRESSIONS
+
 STATIC = ("index.html", "app.js")
 
 router = APIRouter()
@@ -29,7 +31,8 @@ def info(request: Request):
     state = request.app.state
     hub, limits = state.hub, state.limits
     return {
-        "model": state.predictor.model_name,
+        "model": state.predictor.model_label,
+        "expressions": list(EXPRESSIONS) if state.predictor.expression_net is not None else None,
         "input_dim": hub.input_dim,
         "fps": hub.model_fps,
         "backbone": state.predictor.extractor is not None,

@@ -16,7 +16,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from mambava.core.errors import MambavaError
-from mambava.inference.predict import COLUMNS
 from mambava.serve.common import MB, error, records, safe_name
 
 router = APIRouter()
@@ -65,7 +64,6 @@ async def predict(request: Request, format: str = "json"):
     finally:
         await upload.close()
         shutil.rmtree(folder, ignore_errors=True)
-    table = table[COLUMNS]
     if format == "csv":
         return Response(
             table.to_csv(index=False, float_format="%.6g"),
