@@ -42,6 +42,18 @@ def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool,
     return ViTEncoder(vit_config(arch or "vit_tiny_patch16")).eval()
 
 
+def _expression_extractor(checkpoint, batch_size: int, device):
+    """(extractor, backbone name, store extras) of `extract --features expression`: the shipped expression net (or
+    the mambava.expression file of --checkpoint)."""
+    from mambava.core.checkpoint import read_header
+    from mambava.faces.expression import EXPRESSION_WEIGHTS, ExpressionRecognizer
+
+    weights = checkpoint or EXPRESSION_WEIGHTS
+    extractor = ExpressionRecognizer(weights, batch_size=batch_size, device=device)
+    extra = {"checkpoint": str(weights), "weights_sha256": read_header(weights).get("weights_sha256")}
+    return extractor, "expression:fer2013-mini-xception", extra
+
+
 def extract_command(
     source: Path = typer.Argument(
         ...,
@@ -52,6 +64,12 @@ def extract_command(
     out: Path = typer.Option(..., "--out", "-o", help="Feature store folder (one entry per video)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    features: str = typer.Option(
+        "vit",
+        "--features",
+        help="vit (the backbone of --checkpoint) or expression (the FER2013 expression net shipped with mambava: "
+        "its penultimate activations and logits, 135 per frame; needs no checkpoint).",
+    ),
     random_init: bool = typer.Option(False, "--random-init", help="No checkpoint: random weights (demo/tests)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
@@ -82,7 +100,8 @@ def extract_command(
         None, "--speech-layer", help="With --speech-model: hidden layer (0: CNN features; default: the last)."
     ),
 ) -> None:
-    """Run the ViT over face crops and store each video's CLS features (T, D) with its face mask; with --audio,
+    """Run the ViT over face crops and store each video's CLS features (T, D) with its face mask (with --features
+    expression: the expression net's 135 features instead, for a Mamba-VA on real faces); with --audio,
     store each video's sound features on its frame grid with a sound mask.
 
     Resumable (complete videos are skipped). Under torchrun, rank r takes videos[r::world_size]:
@@ -104,14 +123,19 @@ def extract_command(
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
-        encoder = _encoder(checkpoint, arch, random_init, seed)
-        extractor = FeatureExtractor(encoder, batch_size=batch_size, device=dev, precision=precision)
-        cfg = encoder.config
-        backbone = f"{cfg.name}:{checkpoint.name if checkpoint else f'random-seed{seed}'}"
-        extra = {
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "checkpoint_format": encoder.load_report.format if encoder.load_report else "random",
-        }
+        if features not in ("vit", "expression"):
+            raise MambavaError(f"--features {features!r}: expected vit or expression")
+        if features == "expression":
+            extractor, backbone, extra = _expression_extractor(checkpoint, batch_size, dev)
+        else:
+            encoder = _encoder(checkpoint, arch, random_init, seed)
+            extractor = FeatureExtractor(encoder, batch_size=batch_size, device=dev, precision=precision)
+            cfg = encoder.config
+            backbone = f"{cfg.name}:{checkpoint.name if checkpoint else f'random-seed{seed}'}"
+            extra = {
+                "checkpoint": str(checkpoint) if checkpoint else None,
+                "checkpoint_format": encoder.load_report.format if encoder.load_report else "random",
+            }
         summary = extract_features(
             source,
             out,

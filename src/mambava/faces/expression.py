@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -51,6 +52,7 @@ INPUT_SIZE = 64
 # The penultimate activations: the last block's 128 channels, averaged over its 4×4 map.
 PENULTIMATE = 128
 FEATURE_NAMES = tuple(f"expr_{i:03d}" for i in range(PENULTIMATE)) + tuple(f"logit_{e}" for e in EXPRESSIONS)
+CROP_SIZE = 112  # the faces stage's aligned crop, which feeds the net (resized to 64)
 BN_EPS = 1e-3  # Keras' BatchNormalization default, which the network was trained with
 
 
@@ -233,9 +235,19 @@ def preprocess(crops: np.ndarray) -> torch.Tensor:
     return (x / 255.0 - 0.5) * 2.0
 
 
+@dataclass(frozen=True)
+class ExpressionInput:
+    """What the feature store's extraction (`mambava.backbone.extract.extract_features`) asks of an extractor's
+    config: the crop size it resizes the stored crops to (the faces stage's 112: unchanged) and a name."""
+
+    img_size: int = CROP_SIZE
+    name: str = "fer2013-mini-xception"
+
+
 class ExpressionRecognizer:
     """The expression net on face crops, batched: probabilities (N, 7), or features (N, 135) for a temporal
-    model (the penultimate activations, 128, then the 7 logits).
+    model (the penultimate activations, 128, then the 7 logits). It is also a feature extractor for `extract
+    --features expression` (`config`, `precision`, `features_from_resized`, as `mambava.backbone.FeatureExtractor`).
 
     Args:
         weights: a mambava.expression file (None: the shipped weights).
@@ -245,6 +257,8 @@ class ExpressionRecognizer:
 
     name = "expression"
     dim = len(FEATURE_NAMES)
+    config = ExpressionInput()
+    precision = "fp32"  # (58k numbers: nothing to gain from bf16, which this CPU only emulates)
 
     def __init__(self, weights: str | Path | None = None, batch_size: int = 64, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
@@ -272,6 +286,13 @@ class ExpressionRecognizer:
         """(N, 135) float32: the penultimate activations (128) and the logits (7) of each crop."""
         return self.run(crops)[0]
 
+    def features_from_resized(self, images: torch.Tensor) -> torch.Tensor:
+        """Crops already at `config.img_size`, uint8 (N, S, S, 3) or (N, 3, S, S) -> (N, 135) float32."""
+        array = images.cpu().numpy()
+        if array.ndim == 4 and array.shape[1] == 3 and array.shape[-1] != 3:
+            array = array.transpose(0, 2, 3, 1)
+        return torch.from_numpy(self.features(array))
+
     def probabilities(self, crops) -> np.ndarray:
         """(N, 7) float32 probabilities in `EXPRESSIONS` order, each row summing to 1."""
         return self.run(crops)[1]
@@ -286,6 +307,8 @@ def probabilities_of_features(features: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
+    "CROP_SIZE",
+    "ExpressionInput",
     "EXPRESSIONS",
     "EXPRESSION_FORMAT",
     "EXPRESSION_WEIGHTS",

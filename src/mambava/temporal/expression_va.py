@@ -99,8 +99,9 @@ class EMAState:
 
     def put(self, rows, other: "EMAState", turn: int = 0) -> "EMAState":
         index = torch.as_tensor(list(rows), dtype=torch.long, device=self.value.device)
-        self.value.index_copy_(0, index, other.value)
-        self.started.index_copy_(0, index, other.started)
+        # out of place: the rows may be inference tensors (made by a step under torch.inference_mode)
+        self.value = self.value.index_copy(0, index, other.value)
+        self.started = self.started.index_copy(0, index, other.started)
         return self
 
     def extend(self, other: "EMAState") -> "EMAState":
