@@ -72,7 +72,12 @@ SMOKE = {
                 "mtcnn + learned landmarks",
                 "haar",
                 "extract_faces",
+                "mtcnn + expressions",
             )
+        ]
+        + [
+            rf"^  expression net, batch {n} +{NUMBER} ms/face +\(\d+ aligned crops; MTCNN: {NUMBER} ms/frame\)$"
+            for n in (1, 32)
         ],
     ),
     "serve": (
@@ -162,6 +167,7 @@ SMOKE = {
                 for label in (
                     r"today: MTCNN every frame, tiny \(\w+\), fp32 step",
                     r"fast: MTCNN every 5, tiny student 32 px \(\w+\) \+ adapter, bf16 step",
+                    r"expression-va \(the default\): MTCNN every frame, expression net, its step",
                 )
             ),
             r"^  fast pipeline: " + NUMBER + r" frames/s end to end: a 30 fps source is (followed|NOT followed)",

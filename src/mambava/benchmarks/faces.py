@@ -9,7 +9,11 @@ detector's default num_threads="auto", and with torch threads fixed at 1 and at 
 with MTCNN on every k-th frame only, the faces followed by optical flow in between: `--detect-every k`), and
 `mtcnn + learned landmarks` (the same, each face's 5 points moved by a landmark refiner: two passes of its
 small CNN; `--landmarks FILE` times a trained one, else a freshly initialised one, whose cost is the same), and
-`haar` (decode + OpenCV Haar + centred crops). Besides frames/s, each row gives its cost over decode in ms per
+`haar` (decode + OpenCV Haar + centred crops), and `mtcnn + expressions` (the MTCNN row with the FER2013
+expression net run on every face's aligned crop, as `predict --expressions` and the default expression-va model
+do). The expression net alone is also timed in ms per face, on the clip's own aligned crops, one at a time (batch
+1, the live path) and in batches of 32 (predict), beside MTCNN's ms per frame of the same run. Besides frames/s,
+each row gives its cost over decode in ms per
 frame (for the detector rows: detection + tracking + alignment, amortised over every frame). Each
 figure is the best of `repeats` passes (the one least disturbed by other load on a shared machine); ratios are
 against `decode` of the same clip in the same run. `extract_faces` is the whole crop writer with its defaults
@@ -26,8 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mambava.benchmarks import load_average
+import numpy as np
+
+from mambava.benchmarks import cpu_name, load_average
 from mambava.faces import extract_faces, get_detector, iter_tracked_faces
+from mambava.faces.expression import ExpressionRecognizer
 from mambava.faces.landmarks import LandmarkNet, LandmarkRefiner, RefinedDetector, RefinerConfig, load_refiner
 from mambava.media.video import open_video
 
@@ -55,13 +62,14 @@ def bench_clip(path: Path, repeats: int = 3, landmarks: Path | None = None) -> d
             for _ in reader:
                 pass
 
-    def pipeline(detector, every: int = 1, search_every: int = 6):
+    def pipeline(detector, every: int = 1, search_every: int = 6, expressions=None):
         def run():
             with open_video(path) as reader:
-                for _ in iter_tracked_faces(
+                for item in iter_tracked_faces(
                     reader, detector, keep_images=False, detect_every=every, search_every=search_every
                 ):
-                    pass
+                    if expressions is not None and item.faces:
+                        expressions.probabilities(np.stack([face.crop for face in item.faces]))
 
         return run
 
@@ -76,6 +84,10 @@ def bench_clip(path: Path, repeats: int = 3, landmarks: Path | None = None) -> d
         else LandmarkRefiner(LandmarkNet(RefinerConfig().size, RefinerConfig().width), RefinerConfig()),
     )
     pipeline(mtcnn)()  # warm-up: weights, kernels
+    recognizer = ExpressionRecognizer(batch_size=32)
+    with open_video(path) as reader:
+        crops = [face.crop for item in iter_tracked_faces(reader, mtcnn, keep_images=False) for face in item.faces]
+    crops = np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
     load_before = load_average()
     rates = {
         "decode": _best_rate(decode, n_frames, repeats),
@@ -88,7 +100,13 @@ def bench_clip(path: Path, repeats: int = 3, landmarks: Path | None = None) -> d
         "mtcnn every 5, whole frame": _best_rate(pipeline(mtcnn, 5, 1), n_frames, repeats),
         "mtcnn + learned landmarks": _best_rate(pipeline(refined), n_frames, repeats),
         "haar": _best_rate(pipeline(haar), n_frames, repeats),
+        "mtcnn + expressions": _best_rate(pipeline(mtcnn, expressions=recognizer), n_frames, repeats),
     }
+    per_face = {}
+    if len(crops):
+        one = ExpressionRecognizer(batch_size=1)
+        per_face["expression net, batch 1"] = 1000 / _best_rate(lambda: one.run(crops), len(crops), repeats)
+        per_face["expression net, batch 32"] = 1000 / _best_rate(lambda: recognizer.run(crops), len(crops), repeats)
     with tempfile.TemporaryDirectory() as out:
         rates["extract_faces"] = _best_rate(lambda: extract_faces(path, out, detector=mtcnn), n_frames, repeats)
     return {
@@ -99,6 +117,8 @@ def bench_clip(path: Path, repeats: int = 3, landmarks: Path | None = None) -> d
         "frames_per_s": rates,
         "ratio_vs_decode": {k: v / rates["decode"] for k, v in rates.items()},
         "ms_over_decode": {k: 1000 / v - 1000 / rates["decode"] for k, v in rates.items()},
+        "faces": len(crops),
+        "ms_per_face": per_face,
     }
 
 
@@ -123,13 +143,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for r in results:
             print(
                 f"{r['clip']} ({r['size']}, {r['frames']} frames; load average {r['load_average'][0]} → "
-                f"{r['load_average'][1]} on {os.cpu_count()} CPUs)"
+                f"{r['load_average'][1]} on {os.cpu_count()} CPUs, {cpu_name()})"
             )
             for name, rate in r["frames_per_s"].items():
                 print(
                     f"  {name:<26} {rate:8.1f} frames/s   ×{r['ratio_vs_decode'][name]:.3f} of decode, "
                     f"{r['ms_over_decode'][name]:+.2f} ms/frame"
                 )
+            mtcnn_ms = r["ms_over_decode"]["mtcnn (auto)"]
+            for name, ms in r["ms_per_face"].items():
+                print(f"  {name:<26} {ms:8.3f} ms/face    ({r['faces']} aligned crops; MTCNN: {mtcnn_ms:.2f} ms/frame)")
     return results
 
 
