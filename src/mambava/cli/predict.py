@@ -97,7 +97,10 @@ def predict_command(
     <name>.overlay.mp4 in the output folder; with --events also <name>.events.csv and <name>.events.png.
 
     Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
-    feature was carried over), x1, y1, x2, y2 (face box)."""
+    feature was carried over), x1, y1, x2, y2 (face box), ..., with --expressions (always with the default
+    expression-va) the seven expression probabilities, and model (the temporal model's name).
+
+    Without --checkpoint: the built-in expression-va (FER2013 expressions on the circumplex; not Mamba-VA)."""
     from mambava.analysis.summaries import NORMALISATIONS, write_analysis
     from mambava.inference.catalog import resolve_model
     from mambava.inference.config import PredictConfig

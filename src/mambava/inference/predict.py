@@ -291,13 +291,15 @@ class Predictor:
             return self.extractor
         return ExpressionRecognizer(batch_size=self.batch_size, device=self.device)
 
-    def crop_expressions(self, crops: np.ndarray, features: np.ndarray) -> np.ndarray | None:
+    def crop_expressions(self, crops: np.ndarray | None, features: np.ndarray) -> np.ndarray | None:
         """(N, 7) probabilities of face crops whose extractor features are `features`: from the features when
         the extractor is the expression net, else by running it; None when the expressions are not asked."""
         if self.expression_net is None:
             return None
         if self.expression_net is self.extractor:
             return probabilities_of_features(features)
+        if crops is None:  # features sent without their crops (a serve session): nothing to run the net on
+            return None
         return self.expression_net.probabilities(crops)
 
     @property

@@ -552,7 +552,7 @@ class LiveStream:
         if self.expressions is None or not found:
             return {}
         probabilities = self.expressions(crops, np.stack(list(found.values())))
-        return dict(zip(found, probabilities))
+        return {} if probabilities is None else dict(zip(found, probabilities))
 
     def _audio_row(self, index: int) -> np.ndarray | None:
         """Source frame `index`'s (audio features, mask) row for a fusion model fed sound, else None."""

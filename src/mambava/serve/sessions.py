@@ -361,7 +361,8 @@ class SessionHub:
             if kind == "features":
                 event = _Event(index, time, {session.name: value})
                 if self.expressions is not None:
-                    event.expressions = {session.name: self.expressions(None, value[None])[0]}
+                    probabilities = self.expressions(None, value[None])
+                    event.expressions = {} if probabilities is None else {session.name: probabilities[0]}
                 events[session.id].append(event)
             else:
                 images.append((session, index, time, value))
