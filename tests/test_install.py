@@ -39,6 +39,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_ships_the_mtcnn_weights_and_configs(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "mambava/faces/weights/mtcnn.safetensors" in names
+    assert "mambava/faces/weights/expression.safetensors" in names  # the default model's expression net
     assert "mambava/faces/weights/NOTICE.md" in names
     assert "mambava/configs/paper.yaml" in names
     assert {"mambava/serve/static/index.html", "mambava/serve/static/app.js"} <= names  # the page of `serve`
@@ -117,3 +118,18 @@ def test_fresh_venv_pip_install_then_predict_a_real_video(wheel, tmp_path, media
     table = pd.read_csv(tmp_path / "out" / "single_face.csv")
     assert len(table) == 72 and table["face"].sum() == 72  # MTCNN from the wheel found the face in every frame
     assert table[["valence", "arousal"]].abs().le(1).all().all()
+
+    # no checkpoint: the built-in expression-va, from the wheel's expression weights, named on stderr and in the rows
+    default = subprocess.run(
+        [venv / "bin" / "mambava", "predict", media_dir / "single_face.mp4", "-o", tmp_path / "default", "--no-plots"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert default.returncode == 0, default.stdout + default.stderr
+    assert "model: expression-va" in default.stderr and "not the paper's Mamba-VA model" in default.stderr
+    table = pd.read_csv(tmp_path / "default" / "single_face.csv")
+    assert len(table) == 72 and (table["model"] == "expression-va").all()
+    assert table["happiness"].iloc[24:48].mean() > table["happiness"].iloc[:24].mean() + 0.5

@@ -91,6 +91,7 @@ SMOKE = {
                 "mtcnn + learned landmarks",
                 "haar",
                 "extract_faces",
+                "mtcnn + expressions",
                 "mtcnn + dlib68",  # the faces extra's rows (setup.sh installs it)
                 "mtcnn + dlib68 every 5",
                 "mtcnn + dlib68 + descriptors",
@@ -104,6 +105,8 @@ SMOKE = {
                 ("dlib68 points", "face"),
                 ("head pose", "face"),
                 ("descriptor", "face"),
+                ("expression net, batch 1", "face"),
+                ("expression net, batch 32", "face"),
             )
         ],
     ),
@@ -201,6 +204,7 @@ SMOKE = {
                 for label in (
                     r"today: MTCNN every frame, tiny \(\w+\), fp32 step",
                     r"fast: MTCNN every 5, tiny student 32 px \(\w+\) \+ adapter, bf16 step",
+                    r"expression-va \(the default\): MTCNN every frame, expression net, its step",
                 )
             ),
             r"^  fast pipeline: " + NUMBER + r" frames/s end to end: a 30 fps source is (followed|NOT followed)",

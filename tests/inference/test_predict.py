@@ -68,7 +68,8 @@ def test_predict_single_face_csv_plots_overlay(single_face_run, media_dir):
     assert code == 0
     table = pd.read_csv(out / "single_face.csv")
     # --landmarks auto: dlib's 68 points and the head pose where the faces extra is installed
-    assert list(table.columns) == COLUMNS + (GEOMETRY_COLUMNS if faces_extra_installed() else [])
+    geometry = GEOMETRY_COLUMNS if faces_extra_installed() else []
+    assert list(table.columns) == [*COLUMNS, *geometry, "model"] and (table["model"] == "model.safetensors").all()
     assert len(table) == 72 and table["frame"].tolist() == list(range(72))  # one row per frame, one track
     assert table["track"].unique().tolist() == ["single_face"]
     assert table["face"].sum() >= 70

@@ -332,7 +332,8 @@ def test_post_predict_json_and_csv_equal_predicts_csv(models, detector, media_di
     assert rows.status_code == 200
     got, want = pd.DataFrame(rows.json()), pd.read_csv(tmp_path / "out" / "single_face.csv")
     geometry = GEOMETRY_COLUMNS if _faces_extra() else []
-    assert list(got.columns) == list(want.columns) == COLUMNS + geometry and len(got) == len(want) == N_FRAMES
+    assert list(got.columns) == list(want.columns) == [*COLUMNS, *geometry, "model"]
+    assert len(got) == len(want) == N_FRAMES
     assert (got["video"] == "single_face").all() and got["frame"].tolist() == list(range(N_FRAMES))
     assert got["face"].sum() >= N_FRAMES - 2
     if geometry:  # a value exactly where the track has a face

@@ -157,3 +157,43 @@ def test_page_shows_rows_box_and_plots_from_a_fake_webcam(models, detector, medi
     assert state["timeline"] > 20  # the valence line is drawn (its exact colour, anti-aliased edges aside)
     assert first != state["circumplex"]  # the circumplex moved between the 4th row and the last
     assert 0 <= state["point"]["x"] <= 320 and 0 <= state["point"]["y"] <= 320
+
+
+def test_page_shows_the_expression_bars_of_the_default_model(detector, media_dir, tmp_path):
+    """`serve` without a checkpoint (the built-in expression-va): the page names the model and draws the seven
+    expression bars beside the circumplex from each answer's probabilities."""
+    sync_playwright = _browser_or_skip()
+    from mambava.faces.expression import EXPRESSIONS
+    from mambava.inference.predict import Predictor
+    from mambava.serve.app import ServerThread, create_app
+    from mambava.serve.sessions import ServeLimits
+
+    clip = write_y4m(media_dir / "single_face.mp4", tmp_path / "clip.y4m", n_frames=36)
+    app = create_app(Predictor(detector=detector), ServeLimits(max_sessions=1))
+    with ServerThread(app) as server, sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS + [f"--use-file-for-fake-video-capture={clip}"],
+            viewport={"width": 1000, "height": 760},
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.goto(server.url + "/")
+            page.click("#webcam")
+            page.wait_for_function("window.mambava.bars !== null && window.mambava.rows.length >= 6", timeout=60_000)
+            page.click("#stop")
+            state = page.evaluate("""() => ({bars: window.mambava.bars, rows: window.mambava.rows,
+                errors: window.mambava.errors, model: document.getElementById('model').textContent,
+                green: (() => { const c = document.getElementById('expressions');
+                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+                    for (let i = 0; i < d.length; i += 4) if (d[i] === 44 && d[i+1] === 160 && d[i+2] === 44) n++;
+                    return n; })()})""")
+        finally:
+            context.close()
+    assert state["errors"] == [] and state["model"] == "expression-va"
+    assert list(state["bars"]) == list(EXPRESSIONS) and abs(sum(state["bars"].values()) - 1) < 1e-3
+    faces = [r for r in state["rows"] if r["face"]]
+    assert len(faces) >= len(state["rows"]) - 1 and all(r["expressions"] is not None for r in faces)
+    assert state["green"] > 300  # the bars are drawn: their area is the probabilities' (they sum to 1)

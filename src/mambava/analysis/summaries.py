@@ -14,7 +14,10 @@ Summary columns (`SUMMARY_COLUMNS`, one row per track, `<name>.summary.csv` next
   a>=0), `share_sad` (v<0, a<0), `share_calm` (v>=0, a<0); the five add up to 1;
 - the largest sustained change per dimension (`v_change`, `v_change_time`, same for `a_`): over every frame
   time t with a full `SUSTAIN_S` (1 s) of the track before and after it, mean(face values in [t, t+1 s)) minus
-  mean(face values in [t-1 s, t)); the one with the largest magnitude (signed) and its t in seconds.
+  mean(face values in [t-1 s, t)); the one with the largest magnitude (signed) and its t in seconds;
+- when the table has the expression columns (`predict --expressions`, or the expression-va model):
+  `<expression>_mean` for each of the seven (mean probability over the face frames) and `top_expression` (the
+  one with the largest mean); the event tables get the same columns over each event's face frames.
 
 Event columns (`<name>.events.csv`, one row per event and track): the event file's own columns (`onset`,
 `duration`, `trial_type` and any extra ones, kept), `event` (its 0-based row in the file), `track`, `issue`
@@ -38,6 +41,7 @@ import pandas as pd
 from mambava.analysis.plots import plot_event_bars, plot_va_over_time
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_path
+from mambava.faces.expression import EXPRESSIONS
 
 NEUTRAL_RADIUS = 0.1
 SUSTAIN_S = 1.0
@@ -135,6 +139,25 @@ def sustained_change(
     return float(change[best]), float(centre[usable][best])
 
 
+EXPRESSION_COLUMNS = [f"{e}_mean" for e in EXPRESSIONS] + ["top_expression"]
+
+
+def has_expressions(table) -> bool:
+    """Whether a per-frame table carries the seven expression columns."""
+    return all(e in table.columns for e in EXPRESSIONS)
+
+
+def expression_stats(rows, use: np.ndarray) -> dict:
+    """Mean probability of each expression over the rows where `use` (and the probabilities are known), and
+    the expression with the largest mean ('' when none)."""
+    values = rows[list(EXPRESSIONS)].to_numpy(float)[np.asarray(use, bool)]
+    values = values[np.isfinite(values).all(axis=1)]
+    means = values.mean(axis=0) if len(values) else np.full(len(EXPRESSIONS), np.nan)
+    out: dict = {f"{e}_mean": float(m) for e, m in zip(EXPRESSIONS, means)}
+    out["top_expression"] = EXPRESSIONS[int(np.argmax(means))] if len(values) else ""
+    return out
+
+
 def _frame_step(time: np.ndarray) -> float:
     return float(np.median(np.diff(np.sort(time)))) if len(time) > 1 else 0.0
 
@@ -157,6 +180,7 @@ def summarize(table, sustain_s: float = SUSTAIN_S):
 
     _check_table(table)
     out = []
+    expressions = has_expressions(table)
     for name, rows in _tracks(table):
         time = rows["time"].to_numpy(float)
         face = rows["face"].to_numpy().astype(bool)
@@ -176,9 +200,11 @@ def summarize(table, sustain_s: float = SUSTAIN_S):
         for (prefix, _), x in zip(_DIMS, (v, a)):
             change, at = sustained_change(time[face], x, start, end, sustain_s)
             row[f"{prefix}_change"], row[f"{prefix}_change_time"] = change, at
+        if expressions:
+            row.update(expression_stats(rows, face))
         out.append(row)
     columns = SUMMARY_COLUMNS if "person" not in table.columns else ["video", "track", "person", *SUMMARY_COLUMNS[2:]]
-    return pd.DataFrame(out, columns=columns)
+    return pd.DataFrame(out, columns=columns + (EXPRESSION_COLUMNS if expressions else []))
 
 
 PERSON_SUMMARY_COLUMNS = ["person", "videos", "tracks", "frames", "face_frames", "face_share"] + _value_columns()
@@ -187,12 +213,14 @@ PERSON_SUMMARY_COLUMNS = ["person", "videos", "tracks", "frames", "face_frames",
 def summarize_persons(tables) -> pd.DataFrame:
     """One row per person over per-frame tables with a `person` column (`predict --persons`, a batch): the
     videos and tracks (`;`-separated), frames, face frames and their share, and the statistics of `value_stats`
-    over the person's face frames in all of them (`PERSON_SUMMARY_COLUMNS`)."""
+    over the person's face frames in all of them (`PERSON_SUMMARY_COLUMNS`; then `EXPRESSION_COLUMNS` when the
+    tables carry the expressions)."""
     tables = [t for t in tables if "person" in t.columns]
     if not tables:
         return pd.DataFrame(columns=PERSON_SUMMARY_COLUMNS)
     table = pd.concat(tables, ignore_index=True)
     _check_table(table, "persons")
+    expressions = has_expressions(table)
     out = []
     for person in dict.fromkeys(table["person"].astype(str)):
         rows = table[table["person"].astype(str) == person]
@@ -206,8 +234,10 @@ def summarize_persons(tables) -> pd.DataFrame:
             "face_share": float(face.mean()),
         }
         row.update(value_stats(rows["valence"].to_numpy(float)[face], rows["arousal"].to_numpy(float)[face]))
+        if expressions:
+            row.update(expression_stats(rows, face))
         out.append(row)
-    return pd.DataFrame(out, columns=PERSON_SUMMARY_COLUMNS)
+    return pd.DataFrame(out, columns=PERSON_SUMMARY_COLUMNS + (EXPRESSION_COLUMNS if expressions else []))
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -324,6 +354,8 @@ def aggregate_events(
                 }
             )
             row.update(value_stats(v_all[use], a_all[use]))
+            if has_expressions(track):
+                row.update(expression_stats(track, use))
             pre = (time >= onset[i] - pre_s) & (time < onset[i]) & face
             for (p, _), x in zip(_DIMS, (v_all, a_all)):
                 row[f"{p}_pre_mean"] = float(x[pre].mean()) if pre.any() else float("nan")
@@ -413,6 +445,10 @@ def write_stream_summary(csv_path: str | os.PathLike, rows, video: str = "") -> 
     if any(getattr(r, "person", None) is not None for r in rows):  # `stream --persons`: each track's person
         columns.append("person")
     table = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in rows], columns=columns)
+    if any(getattr(r, "expressions", None) is not None for r in rows):
+        nan = (float("nan"),) * len(EXPRESSIONS)
+        values = [r.expressions if r.expressions is not None else nan for r in rows]
+        table[list(EXPRESSIONS)] = pd.DataFrame(values, columns=list(EXPRESSIONS), index=table.index)
     table = table[table["track"].astype(str) != ""]
     if table.empty:
         return None
@@ -422,6 +458,9 @@ def write_stream_summary(csv_path: str | os.PathLike, rows, video: str = "") -> 
 
 
 __all__ = [
+    "EXPRESSION_COLUMNS",
+    "expression_stats",
+    "has_expressions",
     "write_stream_summary",
     "SUMMARY_COLUMNS",
     "NEUTRAL_RADIUS",

@@ -9,15 +9,18 @@ detector's default num_threads="auto", and with torch threads fixed at 1 and at 
 with MTCNN on every k-th frame only, the faces followed by optical flow in between: `--detect-every k`),
 `mtcnn + learned landmarks` (the same, each face's 5 points moved by a landmark refiner: two passes of its
 small CNN; `--landmarks FILE` times a trained one, else a freshly initialised one, whose cost is the same),
-`haar` (decode + OpenCV Haar + centred crops), and with the faces extra `mtcnn + dlib68` (dlib's 68 points on
-MTCNN's boxes, the 5 alignment points from them and the head pose, every frame: `--landmarks dlib68`, what
-`auto` is with the extra), `mtcnn + dlib68 every 5` (with `--detect-every 5`: dlib's predictor where MTCNN runs,
-the 68 points followed with the face by the flow in between, the pose fitted on every frame) and `mtcnn + dlib68
-+ descriptors` (each track's 3 best faces described, as `--persons` does, amortised over the clip).
+`haar` (decode + OpenCV Haar + centred crops), `mtcnn + expressions` (the MTCNN row with the FER2013 expression
+net run on every face's aligned crop, as `predict --expressions` and the default expression-va model do), and
+with the faces extra `mtcnn + dlib68` (dlib's 68 points on MTCNN's boxes, the 5 alignment points from them and
+the head pose, every frame: `--landmarks dlib68`, what `auto` is with the extra), `mtcnn + dlib68 every 5` (with
+`--detect-every 5`: dlib's predictor where MTCNN runs, the 68 points followed with the face by the flow in
+between, the pose fitted on every frame) and `mtcnn + dlib68 + descriptors` (each track's 3 best faces described,
+as `--persons` does, amortised over the clip).
 Besides frames/s, each row gives its cost over decode in ms per frame (for the detector rows: detection +
 tracking + alignment, amortised over every frame). Then each stage alone, in ms per face on the clip's faces
 (the first `STAGE_FACES`): MTCNN's detection (per frame), the refiner, dlib's 68 points, the head pose, a
-descriptor (dlib's chip + its ResNet).
+descriptor (dlib's chip + its ResNet); and the expression net on all the clip's aligned crops, one at a time
+(batch 1, the live path) and in batches of 32 (predict).
 
 Rows are timed in rounds, each round every row once, and each figure is the best of `repeats` rounds (the one
 least disturbed by other load on a shared machine; interleaved so that a change of load over the run touches
@@ -37,10 +40,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from mambava.benchmarks import cpu_name, load_average
 from mambava.core.errors import MambavaError
 from mambava.core.runtime import free_threads, torch_threads
 from mambava.faces import dlib_models, extract_faces, get_detector, iter_tracked_faces
+from mambava.faces.expression import ExpressionRecognizer
 from mambava.faces.identity import TrackSampler
 from mambava.faces.landmarks import LandmarkNet, LandmarkRefiner, RefinedDetector, RefinerConfig, load_refiner
 from mambava.faces.pose import head_pose
@@ -73,13 +79,14 @@ def bench_clip(path: Path, repeats: int = 2, landmarks: Path | None = None) -> d
             for _ in reader:
                 pass
 
-    def pipeline(detector, every: int = 1, search_every: int = 6):
+    def pipeline(detector, every: int = 1, search_every: int = 6, expressions=None):
         def run():
             with open_video(path) as reader:
-                for _ in iter_tracked_faces(
+                for item in iter_tracked_faces(
                     reader, detector, keep_images=False, detect_every=every, search_every=search_every
                 ):
-                    pass
+                    if expressions is not None and item.faces:
+                        expressions.probabilities(np.stack([face.crop for face in item.faces]))
 
         return run
 
@@ -101,6 +108,7 @@ def bench_clip(path: Path, repeats: int = 2, landmarks: Path | None = None) -> d
         "mtcnn every 5, whole frame": pipeline(mtcnn, 5, 1),
         "mtcnn + learned landmarks": pipeline(refined),
         "haar": pipeline(get_detector("haar")),
+        "mtcnn + expressions": pipeline(mtcnn, expressions=ExpressionRecognizer(batch_size=32)),
     }
     dlib68 = _dlib68(mtcnn)
     if dlib68 is not None:
@@ -112,6 +120,7 @@ def bench_clip(path: Path, repeats: int = 2, landmarks: Path | None = None) -> d
         load_before = load_average()
         seconds = _best_times(rows, repeats)
         stages = _stage_costs(path, mtcnn, refined, dlib68, repeats)
+        stages.update(_expression_costs(path, mtcnn, repeats))
     rates = {name: n_frames / s for name, s in seconds.items()}
     return {
         "clip": path.name,
@@ -187,6 +196,20 @@ def _stage_costs(path: Path, mtcnn, refined, dlib68, repeats: int) -> dict[str, 
         stages["head pose"] = lambda: [head_pose(p, width, height) for p in points]
         stages["descriptor"] = describe
     return {name: 1000 * s / len(faces) for name, s in _best_times(stages, repeats).items()}
+
+
+def _expression_costs(path: Path, mtcnn, repeats: int) -> dict[str, float]:
+    """The expression net alone, ms per face on the clip's aligned crops (all of them): batch 1 (the live path)
+    and batch 32 (predict)."""
+    with open_video(path) as reader:
+        crops = [face.crop for item in iter_tracked_faces(reader, mtcnn, keep_images=False) for face in item.faces]
+    if not crops:
+        return {}
+    crops = np.stack(crops)
+    nets = {"expression net, batch 1": ExpressionRecognizer(batch_size=1)}
+    nets["expression net, batch 32"] = ExpressionRecognizer(batch_size=32)
+    seconds = _best_times({name: (lambda net=net: net.run(crops)) for name, net in nets.items()}, repeats)
+    return {name: 1000 * s / len(crops) for name, s in seconds.items()}
 
 
 def run(videos: list[Path] | None = None, repeats: int = 2, landmarks: Path | None = None) -> list[dict]:

@@ -14,7 +14,9 @@ today's
 (MTCNN on every frame, the `--backbone-arch` ViT, default ViT-L/16 at 224 px, the fp32 step) and the fast one
 (MTCNN every `--detect-every` frames, 5, faces followed by optical flow in between; the student
 `--student-arch` at `--student-size` px, default ViT-Ti/16 at 112, with a linear adapter to the temporal model's
-features, as `mambava distill` makes it; the bf16 step). Backbones have random weights: speed does not depend on
+features, as `mambava distill` makes it; the bf16 step), and the default model's (no checkpoint: MTCNN on every
+frame, the FER2013 expression net as the backbone, expression-va's step). Backbones have random weights: speed
+does not depend on
 them. Per stage, ms/frame: decode (the same frames decoded alone, same run), detection, backbone, step, and the
 rest (tracking, optical flow, alignment, Python); frames/s end to end, and whether a 30 fps source is followed
 with no frame dropped; for today's pipeline also the frame cost with the 300-frame window re-run in place of the
@@ -42,8 +44,10 @@ from mambava.benchmarks import cpu_name, load_average
 from mambava.benchmarks.faces import DEFAULT_MEDIA
 from mambava.benchmarks.temporal import TINY
 from mambava.faces import get_detector
+from mambava.faces.expression import ExpressionRecognizer
 from mambava.inference.stream import LiveStream
 from mambava.media.video import open_video
+from mambava.temporal.expression_va import ExpressionVA
 from mambava.temporal.mamba_va import MambaVA, MambaVAConfig
 from mambava.temporal.tcn import STEP_PRECISIONS
 
@@ -283,15 +287,21 @@ def end_to_end(model, args, step: float, window: float) -> None:
     runs = {
         "today": _pipeline(model, video, today, "fp32", 1, args.e2e_frames),
         "fast": _pipeline(model, video, fast, "bf16", args.detect_every, args.e2e_fast_frames),
+        # the default model (no checkpoint): MTCNN every frame, the expression net, expression-va's step
+        "expression-va": _pipeline(
+            ExpressionVA(), video, ExpressionRecognizer(batch_size=1), "fp32", 1, args.e2e_fast_frames
+        ),
     }
     decode = _decode_seconds(video, max(args.e2e_frames, args.e2e_fast_frames))
     labels = {
         "today": f"today: MTCNN every frame, {config.name} ({today.precision}), fp32 step",
         "fast": f"fast: MTCNN every {args.detect_every}, {student.name} {student.img_size} px "
         f"({fast.precision}) + adapter, bf16 step",
+        "expression-va": "expression-va (the default): MTCNN every frame, expression net, its step",
     }
     print(
-        f"\nend to end, {video.name}, one face, ms/frame (1-minute load average {load_average()}); decode timed "
+        f"\nend to end, {video.name}, one face, ms/frame ({cpu_name()}, 1-minute load average {load_average()}); "
+        f"decode timed "
         f"alone in the same run, rest = tracking, optical flow, alignment, Python"
     )
     print(

@@ -44,6 +44,25 @@ def _encoder(checkpoint: Optional[Path], arch: Optional[str], random_init: bool,
     return build_encoder(checkpoint, arch, None if checkpoint is not None else seed)
 
 
+def _expression_weights(checkpoint) -> tuple[Path, str, dict]:
+    """(weights file, backbone name, store extras) of `extract --features expression`: the shipped expression net
+    (or the mambava.expression file of --checkpoint)."""
+    from mambava.core.checkpoint import read_header
+    from mambava.faces.expression import EXPRESSION_WEIGHTS
+
+    weights = checkpoint or EXPRESSION_WEIGHTS
+    extra = {"checkpoint": str(weights), "weights_sha256": read_header(weights).get("weights_sha256")}
+    return weights, "expression:fer2013-mini-xception", extra
+
+
+def _expression_extractor(checkpoint, batch_size: int, device):
+    """(extractor, backbone name, store extras) of `extract --features expression` (see `_expression_weights`)."""
+    from mambava.faces.expression import ExpressionRecognizer
+
+    weights, backbone, extra = _expression_weights(checkpoint)
+    return ExpressionRecognizer(weights, batch_size=batch_size, device=device), backbone, extra
+
+
 def extract_command(
     source: Path = typer.Argument(
         ...,
@@ -54,6 +73,12 @@ def extract_command(
     out: Path = typer.Option(..., "--out", "-o", help="Feature store folder (one entry per video)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    features: str = typer.Option(
+        "vit",
+        "--features",
+        help="vit (the backbone of --checkpoint) or expression (the FER2013 expression net shipped with mambava: "
+        "its penultimate activations and logits, 135 per frame; needs no checkpoint).",
+    ),
     random_init: bool = typer.Option(False, "--random-init", help="No checkpoint: random weights (demo/tests)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
@@ -87,7 +112,8 @@ def extract_command(
     ray_address: Optional[str] = ray_address_option(),
     backbone_workers: Optional[int] = backbone_workers_option(),
 ) -> None:
-    """Run the ViT over face crops and store each video's CLS features (T, D) with its face mask; with --audio,
+    """Run the ViT over face crops and store each video's CLS features (T, D) with its face mask (with --features
+    expression: the expression net's 135 features instead, for a Mamba-VA on real faces); with --audio,
     store each video's sound features on its frame grid with a sound mask.
 
     Resumable (complete videos are skipped). Under torchrun, rank r takes videos[r::world_size]:
@@ -104,10 +130,13 @@ def extract_command(
         return extract_audio_command(
             source, out, audio_features, speech_model, speech_layer, dtype, video, overwrite, device, workers, ray
         )
+    if features not in ("vit", "expression"):
+        raise MambavaError(f"--features {features!r}: expected vit or expression")
     if ray is not None:
         return _extract_ray(
             source,
             out,
+            features,
             checkpoint,
             arch,
             random_init,
@@ -134,14 +163,17 @@ def extract_command(
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
-        encoder = _encoder(checkpoint, arch, random_init, seed)
-        extractor = FeatureExtractor(encoder, batch_size=batch_size, device=dev, precision=precision)
-        cfg = encoder.config
-        backbone = f"{cfg.name}:{checkpoint.name if checkpoint else f'random-seed{seed}'}"
-        extra = {
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "checkpoint_format": encoder.load_report.format if encoder.load_report else "random",
-        }
+        if features == "expression":
+            extractor, backbone, extra = _expression_extractor(checkpoint, batch_size, dev)
+        else:
+            encoder = _encoder(checkpoint, arch, random_init, seed)
+            extractor = FeatureExtractor(encoder, batch_size=batch_size, device=dev, precision=precision)
+            cfg = encoder.config
+            backbone = f"{cfg.name}:{checkpoint.name if checkpoint else f'random-seed{seed}'}"
+            extra = {
+                "checkpoint": str(checkpoint) if checkpoint else None,
+                "checkpoint_format": encoder.load_report.format if encoder.load_report else "random",
+            }
         summary = extract_features(
             source,
             out,
@@ -174,37 +206,64 @@ def extract_command(
 
 
 def _extract_ray(
-    source, out, checkpoint, arch, random_init, seed, batch_size, device, precision, dtype, fps, video, overwrite, ray
+    source,
+    out,
+    features,
+    checkpoint,
+    arch,
+    random_init,
+    seed,
+    batch_size,
+    device,
+    precision,
+    dtype,
+    fps,
+    video,
+    overwrite,
+    ray,
 ) -> None:
-    """`extract` with --engine ray: the encoder built here (as the local engine builds it) goes to the actors."""
+    """`extract` with --engine ray: the encoder built here (as the local engine builds it) goes to the actors;
+    with --features expression, each actor loads the expression net's weights file."""
     from mambava.distributed import EncoderSource, extract_features_ray
 
-    encoder = _encoder(checkpoint, arch, random_init, seed)
-    cfg = encoder.config
+    if features == "expression":
+        from mambava.faces.expression import FEATURE_NAMES
+
+        weights, backbone, extra = _expression_weights(checkpoint)
+        encoder, source_weights = None, EncoderSource(expression=str(Path(weights).absolute()))
+        dim = len(FEATURE_NAMES)
+    else:
+        encoder = _encoder(checkpoint, arch, random_init, seed)
+        cfg = encoder.config
+        # each actor builds the same encoder: from the checkpoint (on the shared filesystem), or the seed
+        source_weights = (
+            EncoderSource(str(checkpoint.absolute()), arch) if checkpoint else EncoderSource(arch=arch, seed=seed)
+        )
+        backbone, dim = f"{cfg.name}:{checkpoint.name if checkpoint else f'random-seed{seed}'}", cfg.feature_dim
+        extra = {
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "checkpoint_format": encoder.load_report.format if encoder.load_report else "random",
+        }
     summary, run = extract_features_ray(
         source,
         out,
         encoder,
-        # each actor builds the same encoder: from the checkpoint (on the shared filesystem), or the seed
-        weights=EncoderSource(str(checkpoint.absolute()), arch) if checkpoint else EncoderSource(arch=arch, seed=seed),
+        weights=source_weights,
         batch_size=batch_size,
         device=device,
         precision=precision,
-        backbone=f"{cfg.name}:{checkpoint.name if checkpoint else f'random-seed{seed}'}",
+        backbone=backbone,
         dtype=dtype,
         fps=fps,
         names=video or None,
         overwrite=overwrite,
-        extra={
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "checkpoint_format": encoder.load_report.format if encoder.load_report else "random",
-        },
+        extra=extra,
         on_error=lambda message: typer.secho(f"error: {message}", fg=typer.colors.RED, err=True),
         options=ray,
     )
     typer.echo(
         f"{len(summary.extracted)} video(s) extracted ({summary.frames} crops, {summary.frames_per_second:.1f} "
-        f"frames/s), {len(summary.skipped)} already in {out}; features (T, {cfg.feature_dim}) {dtype}"
+        f"frames/s), {len(summary.skipped)} already in {out}; features (T, {dim}) {dtype}"
     )
     typer.echo(run.describe(), err=True)
     if summary.failed:

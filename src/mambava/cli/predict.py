@@ -24,8 +24,15 @@ from mambava.cli.options import (
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import make_folder
 
-CHECKPOINT_HELP = "Temporal model: model.safetensors (any kind), a run's .ckpt, or the authors' .pth."
-BACKBONE_HELP = "ViT checkpoint (MAE .pth, timm, Hugging Face, or saved by mambava); needed for videos."
+CHECKPOINT_HELP = (
+    "Temporal model: model.safetensors (any kind), a run's .ckpt, the authors' .pth, or a model name "
+    "(default: the built-in expression-va, which is not the paper's model)."
+)
+EXPRESSIONS_HELP = "Add the seven expression probabilities per frame (always on with expression-va)."
+BACKBONE_HELP = (
+    "ViT checkpoint (MAE .pth, timm, Hugging Face, or saved by mambava), or 'expression' (the expression net's "
+    "features); needed for videos (expression-va brings its own)."
+)
 DEVICE_HELP = "cpu, cuda, cuda:1 or auto."
 AUDIO_HELP = (
     "A fusion model's audio feature sets, e.g. egemaps,logmel (default: those of its audio width): "
@@ -43,9 +50,10 @@ def _audio_choice(audio: Optional[str], no_audio: bool):
 
 def predict_command(
     inputs: List[str] = typer.Argument(..., help="Videos, folders of videos, image folders, or features .npy (T x D)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
+    expressions: bool = typer.Option(False, "--expressions", help=EXPRESSIONS_HELP),
     windowing: str = typer.Option(
         "full",
         "--windowing",
@@ -107,8 +115,12 @@ def predict_command(
     Columns: video, track, frame, time, valence, arousal, face (0 = no face found: the track's last
     feature was carried over), x1, y1, x2, y2 (face box); with dlib's 68 points (--landmarks auto/dlib68)
     x_0..x_67, y_0..y_67 and pose_Rx..pose_Tz; with --persons or --identities, person (one set of ids over all
-    inputs; OUT/persons.csv: person, videos, tracks, frames, thumbnail). With --engine ray, one Ray task per
-    input and the backbone in an actor pool on --device (docs/scaling.md)."""
+    inputs; OUT/persons.csv: person, videos, tracks, frames, thumbnail); with --expressions (always with the
+    default expression-va) the seven expression probabilities anger..neutral; and model (the temporal model's
+    name). With --engine ray, one Ray task per input and the backbone in an actor pool on --device
+    (docs/scaling.md; the expression net, 58k weights, runs in each input's task).
+
+    Without --checkpoint: the built-in expression-va (FER2013 expressions on the circumplex; not Mamba-VA)."""
     from mambava.analysis.summaries import NORMALISATIONS
     from mambava.core.errors import error_line
     from mambava.inference.catalog import resolve_model
@@ -127,11 +139,11 @@ def predict_command(
         raise MambavaError(
             "--persons/--identities: one set of person ids over all inputs, made in one process: not with --engine ray"
         )
-    checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
+    checkpoint, backbone = default_checkpoint(checkpoint), resolve_model(backbone, "backbone")
     paths = find_inputs(inputs)
     _make_folder(out)
     videos = [p for p in paths if Path(p).suffix.lower() not in FEATURE_SUFFIXES]
-    if videos and backbone is None:
+    if videos and backbone is None and not brings_backbone(checkpoint):
         raise MambavaError(f"{videos[0]}: --backbone is required for videos; pass a features .npy instead")
     config = PredictConfig(
         windowing=windowing,
@@ -151,6 +163,7 @@ def predict_command(
         detect_every=detect_every,
         persons=persons,
         identities=None if identities is None else str(identities),
+        expressions=expressions,
     )
     predictor = Predictor(checkpoint, backbone if videos else None, config)
     if videos:
@@ -210,6 +223,25 @@ def _write_identified(identified: list, write, out: Path, gallery) -> int:
     return failed
 
 
+def default_checkpoint(checkpoint):
+    """--checkpoint resolved (`mambava.inference.catalog.resolve_model`); without one, the built-in default model,
+    said in one line (it is not the paper's model)."""
+    from mambava.inference.catalog import DEFAULT_MODEL, is_builtin, resolve_model
+    from mambava.temporal.expression_va import NOTICE
+
+    resolved = DEFAULT_MODEL if checkpoint is None else resolve_model(checkpoint, "temporal")
+    if is_builtin(resolved, "temporal"):
+        typer.secho(f"model: {NOTICE}", fg=typer.colors.CYAN, err=True)
+    return resolved
+
+
+def brings_backbone(checkpoint) -> bool:
+    """Whether the temporal model comes with its own feature extractor (the built-in expression-va)."""
+    from mambava.inference.catalog import is_builtin
+
+    return is_builtin(checkpoint, "temporal")
+
+
 def _warn_face_stage(predictor) -> None:
     """A warning line for each way the faces stage differs from the one that made the model's training crops."""
     for note in predictor.face_stage_notes():
@@ -238,8 +270,9 @@ def _show(report) -> None:
 
 def stream_command(
     source: str = typer.Argument(..., help="Webcam index (0), video file, stream URL, or features .npy."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     backbone: Optional[Path] = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
+    expressions: bool = typer.Option(False, "--expressions", help=EXPRESSIONS_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write all rows to this CSV at the end."),
     realtime: bool = typer.Option(
         False, "--realtime", help="Replay a file at its own speed, dropping frames that cannot keep up."
@@ -288,9 +321,9 @@ def stream_command(
 
     if step_precision not in STEP_PRECISIONS:
         raise MambavaError(f"--step-precision {step_precision!r}: expected one of {', '.join(STEP_PRECISIONS)}")
-    checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
+    checkpoint, backbone = default_checkpoint(checkpoint), resolve_model(backbone, "backbone")
     is_features = Path(source).suffix.lower() in FEATURE_SUFFIXES
-    if not is_features and backbone is None:
+    if not is_features and backbone is None and not brings_backbone(checkpoint):
         raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
     if not is_features and not is_live_source(source) and not Path(source).exists():
         raise MambavaError(f"{source}: no such file")
@@ -311,9 +344,11 @@ def stream_command(
         realtime=realtime,
         persons=persons,
         identities=None if identities is None else str(identities),
+        expressions=expressions and not is_features,
     )
     predictor = Predictor(checkpoint, None if is_features else backbone, config)
     hears = getattr(predictor, "fusion", False) and not is_features
+    shows = predictor.expressions
     if not is_features:
         _warn_face_stage(predictor)
     live = predictor.stream(source)
@@ -327,6 +362,7 @@ def stream_command(
                     "frame\ttime\ttrack\tvalence\tarousal\tface\tdropped\tconfidence"
                     + ("\tvoice" if hears else "")
                     + ("\tperson" if config.persons else "")
+                    + ("\texpression" if shows else "")
                 )
             if not quiet:
                 typer.echo(
@@ -334,6 +370,7 @@ def stream_command(
                     f"{int(row.face)}\t{int(row.dropped)}\t{row.confidence:.3f}"
                     + (f"\t{int(bool(row.voice))}" if hears else "")
                     + (f"\t{row.person or '-'}" if config.persons else "")
+                    + (f"\t{_top_expression(row)}" if shows else "")
                 )
             now = time.monotonic()
             if live.dropped > reported and now - last_report >= 1.0:
@@ -346,7 +383,7 @@ def stream_command(
     finally:
         sys.stdout.flush()
     if out is not None:
-        _write_rows(out, rows, voice=hears, person=config.persons)
+        _write_rows(out, rows, voice=hears, person=config.persons, expressions=shows, model=predictor.model_label)
         from mambava.analysis.summaries import write_stream_summary
         from mambava.media.video import source_name
 
@@ -359,10 +396,24 @@ def stream_command(
     )
 
 
-def _write_rows(path: Path, rows, voice: bool = False, person: bool = False) -> None:
+def _top_expression(row) -> str:
+    """The most probable expression of a stream row, with its probability ('-' without a face)."""
+    if row.expressions is None:
+        return "-"
+    from mambava.faces.expression import EXPRESSIONS
+
+    best = max(range(len(EXPRESSIONS)), key=lambda i: row.expressions[i])
+    return f"{EXPRESSIONS[best]} {row.expressions[best]:.2f}"
+
+
+def _write_rows(
+    path: Path, rows, voice: bool = False, person: bool = False, expressions: bool = False, model: str = ""
+) -> None:
+    """`stream --out`: the rows as predict's table names them (geometry, person, the expressions, model)."""
     import pandas as pd
 
     from mambava.core.fileio import atomic_path
+    from mambava.faces.expression import EXPRESSIONS
 
     columns = ["frame", "time", "track", "valence", "arousal", "face", "dropped", "confidence"] + (
         ["voice"] if voice else []
@@ -375,6 +426,10 @@ def _write_rows(path: Path, rows, voice: bool = False, person: bool = False) -> 
     table = _with_geometry(table, rows)
     if person:  # the track's person (empty on rows without a track), last as in predict's table
         table["person"] = [r.person or "" for r in rows]
+    if expressions:  # NaN where the face was not found, as predict writes them
+        values = [r.expressions if r.expressions is not None else (float("nan"),) * len(EXPRESSIONS) for r in rows]
+        table[list(EXPRESSIONS)] = pd.DataFrame(values, columns=list(EXPRESSIONS), index=table.index)
+    table["model"] = model
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
 

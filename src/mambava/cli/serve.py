@@ -8,15 +8,16 @@ from typing import List, Optional
 import typer
 
 from mambava.cli.options import landmark_source, landmarks_option, precision_option
-from mambava.cli.predict import BACKBONE_HELP, CHECKPOINT_HELP, DEVICE_HELP
+from mambava.cli.predict import BACKBONE_HELP, CHECKPOINT_HELP, DEVICE_HELP, EXPRESSIONS_HELP, default_checkpoint
 from mambava.core.errors import MambavaError
 
 
 def serve_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     backbone: Optional[Path] = typer.Option(
         None, "--backbone", "-b", help=BACKBONE_HELP + " Without it, sessions send features."
     ),
+    expressions: bool = typer.Option(False, "--expressions", help=EXPRESSIONS_HELP),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to bind (default: this machine only; 0.0.0.0 opens it to the network)."
     ),
@@ -62,7 +63,10 @@ def serve_command(
     CSV with ?format=csv), live sessions on the WebSocket /ws (JPEG frames or features in, per-frame
     valence/arousal out, all sessions stepped in one batch), and a browser page at / (a video file or the
     webcam). Ctrl-C stops it: sessions are closed and the worker joined. Requests must name this server (Host)
-    and come from its own page or an --allow-origin (Origin); beyond this machine a token is required."""
+    and come from its own page or an --allow-origin (Origin); beyond this machine a token is required.
+
+    Without --checkpoint: the built-in expression-va (FER2013 expressions on the circumplex; not Mamba-VA), whose
+    rows carry the seven expression probabilities, shown as bars on the page."""
     import importlib.util
 
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
@@ -94,7 +98,7 @@ def serve_command(
     access = Access(token if token is not None or local else new_token(), tuple(allow_origin or ()))
     sock = listen(host, port)  # a port in use: one line, before the models load
     try:
-        checkpoint, backbone = resolve_model(checkpoint, "temporal"), resolve_model(backbone, "backbone")
+        checkpoint, backbone = default_checkpoint(checkpoint), resolve_model(backbone, "backbone")
         config = PredictConfig(
             windowing="full",
             detector=detector,
@@ -104,13 +108,14 @@ def serve_command(
             precision=precision,
             step_precision=step_precision,
             threads=limits.threads,
+            expressions=expressions,
         )
         predictor = Predictor(checkpoint, backbone, config)
         app = create_app(predictor, limits, access)  # a model that cannot serve: one line, nothing printed before
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
         typer.echo(
-            f"mambava serve: {Path(str(predictor.model_name)).name} on http://{shown}:{port}/ "
-            f"({'videos and features' if backbone else 'features only: no --backbone'}; "
+            f"mambava serve: {predictor.model_label} on http://{shown}:{port}/ "
+            f"({'videos and features' if predictor.extractor is not None else 'features only: no --backbone'}; "
             f"up to {max_sessions} live sessions)",
             err=True,
         )

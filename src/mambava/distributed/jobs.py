@@ -63,6 +63,7 @@ from mambava.faces.dataset import (
     finish_dataset_faces,
     plan_dataset_faces,
 )
+from mambava.faces.expression import ExpressionRecognizer
 from mambava.faces.pipeline import staging_folder
 from mambava.inference.files import FEATURE_SUFFIXES, InputReport, OutputOptions, write_input
 from mambava.inference.predict import CropBatch, FaceScan, Predictor, add_features
@@ -146,12 +147,14 @@ def _mambava_warnings(caught) -> list[str]:
 class EncoderSource:
     """Where each backbone worker gets its weights: a checkpoint file on the shared filesystem (`arch` as
     `load_encoder` takes it), a seeded random init (`seed`, no checkpoint), or an object in the object store
-    (`box`: an encoder given in Python)."""
+    (`box`: an encoder given in Python); or, with `expression`, the FER2013 expression net's weights file
+    (`extract --features expression`: `mambava.faces.expression.ExpressionRecognizer` instead of a ViT)."""
 
     checkpoint: str | None = None
     arch: str | None = None
     seed: int | None = None
     box: tuple | None = None
+    expression: str | None = None
 
     def build(self) -> ViTEncoder:
         if self.box is not None:
@@ -163,14 +166,19 @@ class EncoderSource:
     def key(self) -> str:
         """Names these weights in a worker's cache (a checkpoint rewritten in place is another key)."""
         stamp = os.stat(self.checkpoint).st_mtime_ns if self.checkpoint else ""
-        return f"{self.checkpoint}@{stamp}:{self.arch}:{self.seed}:{self.box[0].hex() if self.box else ''}"
+        box = self.box[0].hex() if self.box else ""
+        return f"{self.checkpoint}@{stamp}:{self.arch}:{self.seed}:{box}:{self.expression}"
 
 
 class BackboneWorker:
-    """A backbone actor (Ray wraps the class): one FeatureExtractor on its device, fed batches of crops."""
+    """A backbone actor (Ray wraps the class): one FeatureExtractor (or the expression net, `source.expression`)
+    on its device, fed batches of crops."""
 
     def __init__(self, source: EncoderSource, batch_size: int, device: str, precision: str):
-        self.extractor = FeatureExtractor(source.build(), batch_size, resolve_device(device), precision)
+        if source.expression is not None:
+            self.extractor = ExpressionRecognizer(source.expression, batch_size, resolve_device(device))
+        else:
+            self.extractor = FeatureExtractor(source.build(), batch_size, resolve_device(device), precision)
 
     def info(self) -> dict:
         """The feature size, input size and resolved precision, where it runs and its peak memory (MB)."""
@@ -248,7 +256,7 @@ class BackbonePool:
 def start_backbone(
     cluster: Cluster,
     options: RayOptions,
-    encoder: ViTEncoder,
+    encoder: ViTEncoder | None,
     source: EncoderSource | None,
     batch_size: int,
     device: str | None,
@@ -256,8 +264,9 @@ def start_backbone(
 ) -> BackbonePool:
     """The backbone actors: one per GPU of the cluster where `device` asks for CUDA (or "auto" finds GPUs),
     else `options.backbone_workers` on CPU (default 1; 0: none, the backbone runs in each video's task). Each
-    builds `encoder` from `source` (None: `encoder` itself, through the object store). The actors start while
-    the first tasks decode (nothing waits for them here)."""
+    builds `encoder` from `source` (None: `encoder` itself, through the object store), or the expression net of
+    `source.expression` (`encoder` None). The actors start while the first tasks decode (nothing waits for them
+    here)."""
     ray = cluster.ray
     wants_cuda = str(device or "auto").startswith("cuda") or (device in (None, "auto") and cluster.gpus > 0)
     if wants_cuda and cluster.gpus == 0:
@@ -277,7 +286,11 @@ def start_backbone(
         raise MambavaError("--backbone-workers 0 runs the backbone on the tasks' CPUs: not with --device cuda")
     if source is None:
         source = EncoderSource(box=(ray.put(encoder.cpu().eval()),))
-    pool = BackbonePool([], source, batch_size, target, precision, encoder.config.feature_dim, encoder.config.img_size)
+    if source.expression is not None:  # fp32 only (`ExpressionRecognizer.precision`)
+        dim, img_size, precision = ExpressionRecognizer.dim, ExpressionRecognizer.config.img_size, "fp32"
+    else:
+        dim, img_size = encoder.config.feature_dim, encoder.config.img_size
+    pool = BackbonePool([], source, batch_size, target, precision, dim, img_size)
     pool.token = os.urandom(8).hex()
     if count:
         actor = ray.remote(BackboneWorker).options(
@@ -443,7 +456,7 @@ def extract_video_task(
 def extract_features_ray(
     source: str | os.PathLike,
     store: str | os.PathLike,
-    encoder: ViTEncoder,
+    encoder: ViTEncoder | None,
     *,
     weights: EncoderSource | None = None,
     batch_size: int = 64,
@@ -460,9 +473,9 @@ def extract_features_ray(
     console: Any = None,
 ) -> tuple[ExtractSummary, RayRun]:
     """`mambava.backbone.extract.extract_features` (same store entries) with one Ray task per video decoding its
-    crops and writing its entry, and the backbone (`encoder`, each worker building it from `weights`) in an
-    actor pool (`start_backbone`). A video that cannot be extracted goes to `on_error` (or raises without it); a
-    store that cannot be written stops the run."""
+    crops and writing its entry, and the backbone (`encoder`, each worker building it from `weights`; None with
+    `weights.expression`: the expression net) in an actor pool (`start_backbone`). A video that cannot be
+    extracted goes to `on_error` (or raises without it); a store that cannot be written stops the run."""
     options = options or RayOptions()
     store_path = Path(store).absolute()
     videos = find_crop_videos(source, fps=fps, names=names)
@@ -652,13 +665,16 @@ def extract_audio_ray(
 # predict
 
 
-def _crops_apart(scan) -> Iterator[tuple[CropBatch, np.ndarray]]:
-    """(batch without its crops, the crops) for each batch of `Predictor.scan_faces`; returns its FaceScan."""
+def _crops_apart(scan, predictor: Predictor) -> Iterator[tuple[CropBatch, np.ndarray]]:
+    """(batch without its crops, the crops) for each batch of `Predictor.scan_faces`; returns its FaceScan. With
+    `--expressions`, the expression net runs on the crops here, before they go (`Predictor.crop_expressions`)."""
     while True:
         try:
             batch = next(scan)
         except StopIteration as stop:
             return stop.value
+        if predictor.expression_net is not None:
+            batch.expressions = predictor.crop_expressions(batch.crops, None)
         crops, batch.crops = batch.crops, None
         yield batch, crops
 
@@ -667,18 +683,21 @@ def predict_video_task(
     path: str, label: str, predictor_box: list, pool: BackbonePool, options: OutputOptions, offset: int
 ) -> tuple[InputReport, float]:
     """One input's prediction and files: the faces stage here, its crops through `pool`, the temporal model
-    and `write_input` here; a bad input is the report's error. Returns the report and this worker's peak
-    memory."""
+    and `write_input` here; a bad input is the report's error. Where the predictor's extractor is the expression
+    net (expression-va, `--backbone expression`), it stays with the predictor and runs here too
+    (`Predictor.video_features`). Returns the report and this worker's peak memory."""
     _check_shared(Path(options.out))
     predictor: Predictor = _shared(predictor_box)
     video = Path(path).suffix.lower() not in FEATURE_SUFFIXES
     try:
-        if video:
+        if video and predictor.extractor is not None:
+            table = predictor.table(predictor.video_features(path))
+        elif video:
             hits: dict[int, list] = {}
             held: dict[str, FaceScan] = {}
 
             def batches():
-                held["scan"] = yield from _crops_apart(predictor.scan_faces(path))
+                held["scan"] = yield from _crops_apart(predictor.scan_faces(path), predictor)
 
             for batch, features in pool.in_order("features", batches(), offset):
                 add_features(hits, batch, features)
@@ -716,8 +735,10 @@ def predict_ray(
 ) -> PredictRun:
     """`mambava predict` over many inputs with one Ray task per input: the faces stage, the temporal model and
     the files in the task, the backbone (`predictor`'s; each worker loads it from the `backbone` checkpoint when
-    given) in an actor pool on `device` (`start_backbone`). Each input's files are those a local run writes
-    (`write_input`). `on_report(report)` as each input finishes."""
+    given) in an actor pool on `device` (`start_backbone`). The expression net (58k weights: less work than
+    sending its crops away) runs in each input's task: as the extractor (expression-va, the default model, or
+    `--backbone expression`; no actors then) and with `--expressions` beside a ViT. Each input's files are those
+    a local run writes (`write_input`). `on_report(report)` as each input finishes."""
     options = options or RayOptions()
     labels = [str(p) for p in paths]
     readable = [p if "://" in str(p) else str(Path(p).absolute()) for p in map(str, paths)]
@@ -737,12 +758,14 @@ def predict_ray(
         ray = cluster.ray
         result.run = run = RayRun(cluster.describe())
         pool = None
-        if has_videos:
+        if has_videos and not isinstance(predictor.extractor, ExpressionRecognizer):
             if predictor.extractor is None:
                 raise MambavaError(f"{labels[0]}: --backbone is required for videos; pass a features .npy instead")
             source = EncoderSource(str(Path(backbone).absolute())) if backbone is not None else None
             x = predictor.extractor
             pool = start_backbone(cluster, options, x.encoder, source, x.batch_size, device, predictor.precision)
+        elif has_videos:
+            run.backbone_workers = "the expression net in each video's task (cpu)"
         predictor_box = [ray.put(predictor.without_backbone())]
         backbone_pool = pool
         pool = pool or BackbonePool([], EncoderSource(), 1, "cpu", "fp32")  # (feature files only: no backbone)

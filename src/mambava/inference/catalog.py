@@ -1,6 +1,11 @@
 """Local model names: checkpoints (temporal models and backbones) kept in a user cache folder under a name,
 with their SHA-256 and what they were trained on, so that `predict -c NAME -b NAME` finds them. Nothing is
-ever downloaded: a name only exists after `mambava models add NAME FILE`.
+ever downloaded: a name only exists after `mambava models add NAME FILE`, except the built-in ones (`BUILTIN`),
+which need no file:
+
+- `expression-va` (temporal): the FER2013 expressions mapped onto the circumplex and smoothed
+  (`mambava.temporal.expression_va`); what predict, stream and serve use without --checkpoint. Not Mamba-VA.
+- `expression` (backbone): the expression net's features (`mambava.faces.expression`), shipped with the package.
 
 The folder is `$MAMBAVA_HOME/models` when MAMBAVA_HOME is set, else the platform's user cache folder:
 `$XDG_CACHE_HOME/mambava` or `~/.cache/mambava` (Linux), `~/Library/Caches/mambava` (macOS),
@@ -25,9 +30,15 @@ import torch
 from mambava.backbone import load_encoder
 from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open, atomic_path
+from mambava.faces.expression import ExpressionRecognizer
 from mambava.temporal import load_temporal_model
+from mambava.temporal.expression_va import MODEL_NAME as EXPRESSION_VA
+from mambava.temporal.expression_va import ExpressionVA
 
 KINDS = ("temporal", "backbone")
+# Names that need no file: {name: kind} (see the module doc).
+BUILTIN = {EXPRESSION_VA: "temporal", "expression": "backbone"}
+DEFAULT_MODEL = EXPRESSION_VA  # the temporal model of predict, stream and serve without --checkpoint
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -141,6 +152,8 @@ def add(
         raise MambavaError(f"{source}: no such file")
     if kind is not None and kind not in KINDS:
         raise MambavaError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if name in BUILTIN:
+        raise MambavaError(f"{name!r} is a built-in model name; choose another")
     index = read_index()
     if name in index and not replace:
         raise MambavaError(f"{name}: already a model name ({index[name]['file']}); remove it first or pass --replace")
@@ -206,13 +219,52 @@ def path_of(name: str, kind: str | None = None) -> Path:
 
 def resolve_model(value, kind: str | None = None):
     """A checkpoint argument as given: an existing path (or None, or a model object) stays as it is; a
-    string that is no file but a model name becomes that model's cached file."""
+    string that is no file but a model name becomes that model's cached file; a built-in name (`BUILTIN`)
+    stays a name (str), which `builtin_model` builds."""
     if value is None or not isinstance(value, (str, os.PathLike)):
         return value
     path = Path(value)
     if path.exists() or len(path.parts) != 1 or not _NAME.match(str(value)):
         return value
+    if str(value) in BUILTIN:
+        if kind is not None and BUILTIN[str(value)] != kind:
+            raise MambavaError(f"{value}: the built-in {BUILTIN[str(value)]} model, not a {kind} one")
+        return str(value)
     return path_of(str(value), kind)
 
 
-__all__ = ["KINDS", "home", "models_dir", "read_index", "add", "remove", "path_of", "resolve_model", "sha256"]
+def is_builtin(value, kind: str | None = None) -> bool:
+    """Whether `value` names a built-in model (of `kind`) rather than a file."""
+    return (
+        isinstance(value, (str, os.PathLike))
+        and str(value) in BUILTIN
+        and (kind is None or BUILTIN[str(value)] == kind)
+        and not Path(value).exists()
+    )
+
+
+def builtin_model(name: str, **options):
+    """The built-in model `name`: `ExpressionVA()` for expression-va, `ExpressionRecognizer(**options)`
+    (batch_size, device) for expression."""
+    if name == EXPRESSION_VA:
+        return ExpressionVA()
+    if name == "expression":
+        return ExpressionRecognizer(**options)
+    raise MambavaError(f"{name}: not a built-in model (built in: {', '.join(BUILTIN)})")
+
+
+__all__ = [
+    "BUILTIN",
+    "DEFAULT_MODEL",
+    "builtin_model",
+    "is_builtin",
+    "KINDS",
+    "home",
+    "models_dir",
+    "read_index",
+    "add",
+    "remove",
+    "path_of",
+    "resolve_model",
+    "sha256",
+]

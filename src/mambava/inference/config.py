@@ -48,6 +48,8 @@ class PredictConfig:
             load, so that the same input always gives the same bits (`mambava.core.runtime.fixed_threads`);
             None: one thread while the machine is busy, else torch's count (faster on a shared machine, but
             the last digits follow the load).
+        expressions: add the seven expression probabilities per frame (`mambava.faces.expression`); always on
+            with the expression-va model.
     """
 
     windowing: str = "full"
@@ -69,6 +71,7 @@ class PredictConfig:
     realtime: bool = False
     progress: bool = False
     threads: int | None = None
+    expressions: bool = False
 
     def __post_init__(self) -> None:
         if self.windowing not in WINDOWING:

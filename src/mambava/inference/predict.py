@@ -15,7 +15,11 @@ found in that frame, 0 where it was not), `x1 y1 x2 y2` (the face box, empty whe
 named as OpenFace names them, for the tools that already parse its output: `timestamp` (= `time`),
 `confidence` (the face detector's score for this track in this frame, 0 where no face was found, empty for a
 features `.npy`, which has no detector) and `success` (= `face`). One row per source frame and track, frames
-skipped by `fps` included.
+skipped by `fps` included. After them: `voice` (a fusion model), the face columns (`x_0`..`y_67` and
+`pose_Rx`..`pose_Tz` with a 68-point landmark source, `person` with `persons`), the seven expression
+probabilities `anger`..`neutral` (`mambava.faces.expression.EXPRESSIONS`; with `expressions`, always with the
+default model; NaN where the track has no face), and last `model`, the temporal model's name (`expression-va`,
+the built-in default that is not the paper's model, or the checkpoint's file name).
 
 Time base (`mambava.data.timebase`): the temporal model runs on its own frame grid (its config's `fps`, 30 for
 Aff-Wild2 models) whatever the video's rate or `fps`: each grid tick takes the first processed frame of its
@@ -57,7 +61,7 @@ import copy
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Generator, Mapping
 
 import numpy as np
@@ -79,6 +83,7 @@ from mambava.faces import FaceTracker, get_detector, iter_tracked_faces
 from mambava.faces.columns import GEOMETRY_COLUMNS, geometry_columns, gives_landmarks68
 from mambava.faces.dataset import face_stage_differences, training_crops_settings
 from mambava.faces.dlib_models import face_recognizer
+from mambava.faces.expression import EXPRESSIONS, ExpressionRecognizer, probabilities_of_features
 from mambava.faces.identity import (
     OnlinePersons,
     TrackIdentity,
@@ -87,6 +92,7 @@ from mambava.faces.identity import (
     finish_identified_tracks,
     load_gallery,
 )
+from mambava.inference.catalog import DEFAULT_MODEL, builtin_model, is_builtin
 from mambava.inference.config import WINDOWING, PredictConfig
 from mambava.inference.files import FEATURE_SUFFIXES
 from mambava.inference.stream import LiveStream, is_live_source
@@ -116,6 +122,7 @@ COLUMNS = [
     "confidence",
     "success",
 ]
+MODEL_COLUMN = "model"  # every table's last column: the temporal model's name (expression-va is not Mamba-VA)
 # Chosen by measurement on the demo (`mambava bench stitching`, docs/predict.md, Stitching): the full causal pass has
 # the smallest frame-to-frame jumps at a P_VA within 0.002 of the best; with windows, most_history has 30%
 # smaller jumps than the mean at the mean's P_VA.
@@ -126,7 +133,10 @@ def load_model(checkpoint):
     safetensors, any model kind, a Lightning run checkpoint or the authors' .pth:
     `mambava.temporal.load_temporal_model`) or a model object."""
     if not isinstance(checkpoint, (str, os.PathLike)):
-        return checkpoint.eval(), None, None, type(checkpoint).__name__, None
+        return checkpoint.eval(), None, None, getattr(checkpoint, "model_name", type(checkpoint).__name__), None
+    if is_builtin(checkpoint, "temporal"):
+        model = builtin_model(str(checkpoint))
+        return model.eval(), None, None, model.model_name, None
 
     loaded = load_temporal_model(checkpoint)
     return loaded.model, loaded.window, loaded.stride, loaded.source, loaded.run_config
@@ -143,6 +153,7 @@ class TrackFeatures:
     landmarks68: np.ndarray | None = None  # (n, 68, 2) float32, NaN where absent; None: no 68-point source
     pose: np.ndarray | None = None  # (n, 6) float32 head pose, NaN where absent (with landmarks68)
     person: str | None = None  # the track's person (`PredictConfig.persons`)
+    expressions: np.ndarray | None = None  # (n, 7) float32 expression probabilities, NaN where absent; None: not asked
 
 
 @dataclass
@@ -175,6 +186,9 @@ class CropBatch:
     points: list
     poses: list
     crops: np.ndarray | None  # (B, S, S, 3) uint8 RGB
+    # (B, 7) the crops' expression probabilities, where a process that sends the crops away for their features
+    # ran the expression net on them first (`Predictor.crop_expressions`; a Ray task); None otherwise
+    expressions: np.ndarray | None = None
 
     @classmethod
     def of(cls, pending: list[tuple]) -> CropBatch:
@@ -204,21 +218,26 @@ class FaceScan:
     sampler: TrackSampler | None = None
 
 
-def add_features(hits: dict[int, list], batch: CropBatch, features: np.ndarray) -> None:
-    """Add a batch's features (B, D) to `hits` ({track id: [(position, feature, box, score, points, pose)]})."""
-    for tid, position, box, score, points, pose, feature in zip(
-        batch.track_ids, batch.positions, batch.boxes, batch.scores, batch.points, batch.poses, features
+def add_features(hits: dict[int, list], batch: CropBatch, features: np.ndarray, expressions=None) -> None:
+    """Add a batch's features (B, D) and expression probabilities (B, 7; None: the batch's own, or none) to `hits`
+    ({track id: [(position, feature, box, score, points, pose, expression or None)]})."""
+    expressions = batch.expressions if expressions is None else expressions
+    each = [None] * len(features) if expressions is None else expressions
+    for tid, position, box, score, points, pose, feature, expression in zip(
+        batch.track_ids, batch.positions, batch.boxes, batch.scores, batch.points, batch.poses, features, each
     ):
-        hits.setdefault(tid, []).append((position, feature, box, score, points, pose))
+        hits.setdefault(tid, []).append((position, feature, box, score, points, pose, expression))
 
 
 class Predictor:
     """Valence/arousal per frame from videos, feature files or live sources.
 
     Args:
-        checkpoint: a temporal model file (see `load_model`) or a model object.
-        backbone: a ViT checkpoint path (`mambava.backbone.load_encoder`), a ViTEncoder or a FeatureExtractor;
-            needed for videos, not for feature files.
+        checkpoint: a temporal model file (see `load_model`), a model object, or a built-in name; None: the
+            built-in `expression-va` (`mambava.temporal.expression_va`: not the paper's model).
+        backbone: a ViT checkpoint path (`mambava.backbone.load_encoder`), a ViTEncoder or a FeatureExtractor, or
+            "expression" (the expression net's features); needed for videos, not for feature files. None with
+            expression-va: the expression net.
         config: the options (`mambava.inference.config.PredictConfig`: windowing, stitching, window, stride,
             detector, landmarks, detect_every, device, batch_size, precision, fps, features_fps, audio,
             step_precision, realtime, progress, threads); its defaults when None.
@@ -231,11 +250,13 @@ class Predictor:
     fusion model with every frame's sound masked (`voice` 0).
     """
 
-    def __init__(self, checkpoint, backbone=None, config: PredictConfig | None = None, **options):
+    def __init__(self, checkpoint=None, backbone=None, config: PredictConfig | None = None, **options):
         self.config = (config or PredictConfig()).replace(**options)
         c = self.config
         self.device = resolve_device(c.device)
-        model, ckpt_window, ckpt_stride, self.model_name, self.run_config = load_model(checkpoint)
+        model, ckpt_window, ckpt_stride, self.model_name, self.run_config = load_model(
+            DEFAULT_MODEL if checkpoint is None else checkpoint
+        )
         self.model = model.to(self.device).eval()
         self.windowing = c.windowing
         self.stitching = c.stitching
@@ -263,7 +284,10 @@ class Predictor:
         self.features_fps = c.features_fps
         self.progress = c.progress
         self.audio = self._check_audio(c.audio)
+        if backbone is None and getattr(self.model, "backbone", None) == "expression":
+            backbone = "expression"  # expression-va's features are the expression net's
         self.extractor = self._make_extractor(backbone) if backbone is not None else None
+        self.expression_net = self._expression_net()
         # the gallery is read (and a bad photo refused) before any input is touched
         self.gallery = load_gallery(c.identities, self.detector) if c.identities is not None else None
         if c.persons:
@@ -272,11 +296,15 @@ class Predictor:
     def without_backbone(self) -> Predictor:
         """A copy without the backbone and without a built detector (it is built again from the config where
         the copy is used): what a process needs that gets the crops' features from elsewhere (a Ray task,
-        `mambava.distributed`). It cuts the faces stage's batches as this predictor does."""
+        `mambava.distributed`). It cuts the faces stage's batches as this predictor does. The expression net
+        (58k weights) is no backbone to send crops away for: as the extractor (expression-va, `--backbone
+        expression`) it stays, and the copy computes its own features (`video_features`); as a net of its own
+        (`expressions` with a ViT) it stays too, and gives each batch its probabilities (`crop_expressions`)."""
         twin = copy.copy(self)
         if self.extractor is not None:
             twin.batch_size = self.extractor.batch_size
-        twin.extractor = None
+        if not isinstance(self.extractor, ExpressionRecognizer):
+            twin.extractor = None
         twin._detector = None
         return twin
 
@@ -317,9 +345,11 @@ class Predictor:
         return list(sets)
 
     def _make_extractor(self, backbone):
-        if isinstance(backbone, FeatureExtractor):
+        if is_builtin(backbone, "backbone"):
+            backbone = builtin_model(str(backbone), batch_size=self.batch_size, device=self.device)
+        if isinstance(backbone, (FeatureExtractor, ExpressionRecognizer)):
             extractor = backbone
-            name = "the backbone"
+            name = "the backbone" if isinstance(backbone, FeatureExtractor) else "the expression net"
         else:
             encoder = backbone if isinstance(backbone, ViTEncoder) else load_encoder(backbone)
             extractor = FeatureExtractor(
@@ -344,6 +374,39 @@ class Predictor:
                 f"{self.input_dim}-d: the checkpoint was trained on another backbone"
             )
         return extractor
+
+    # ------------------------------------------------------------------------------------------ expressions
+
+    @property
+    def expressions(self) -> bool:
+        """Whether tables and streams carry the expression columns: asked for, or the model is expression-va."""
+        return bool(self.config.expressions) or getattr(self.model, "backbone", None) == "expression"
+
+    @property
+    def model_label(self) -> str:
+        """The model's name as tables and the server carry it: a built-in name, else the checkpoint's file name
+        (never the folder it is in)."""
+        return PurePath(str(self.model_name)).name
+
+    def _expression_net(self) -> ExpressionRecognizer | None:
+        """The expression net the expression columns come from: the extractor itself when it is one (its
+        features end with the logits), else a net of its own (`expressions` asked for), else None."""
+        if not self.expressions:
+            return None
+        if isinstance(self.extractor, ExpressionRecognizer):
+            return self.extractor
+        return ExpressionRecognizer(batch_size=self.batch_size, device=self.device)
+
+    def crop_expressions(self, crops: np.ndarray | None, features: np.ndarray) -> np.ndarray | None:
+        """(N, 7) probabilities of face crops whose extractor features are `features`: from the features when
+        the extractor is the expression net, else by running it; None when the expressions are not asked."""
+        if self.expression_net is None:
+            return None
+        if self.expression_net is self.extractor and features is not None:
+            return probabilities_of_features(features)
+        if crops is None:  # features sent without their crops (a serve session): nothing to run the net on
+            return None
+        return self.expression_net.probabilities(crops)
 
     @property
     def detector(self):
@@ -432,12 +495,20 @@ class Predictor:
         self._check_dim(features.shape[1], str(path))
         n = len(features)
         frames = np.arange(n)
-        return self._table(
-            Path(path).stem,
-            frames,
-            frames / self.features_fps,
-            {Path(path).stem: TrackFeatures(features, present, np.full((n, 4), np.nan, np.float32))},
-        )
+        track = TrackFeatures(features, present, np.full((n, 4), np.nan, np.float32))
+        track.expressions = self._file_expressions(path, features, present)
+        return self._table(Path(path).stem, frames, frames / self.features_fps, {Path(path).stem: track})
+
+    def _file_expressions(self, path, features: np.ndarray, present: np.ndarray) -> np.ndarray | None:
+        """A feature file's expression probabilities: from its logits with expression-va (whose features are the
+        expression net's), NaN where absent; a MambavaError when asked of other features (no crops to run on)."""
+        if not self.expressions:
+            return None
+        if getattr(self.model, "backbone", None) != "expression":
+            raise MambavaError(f"{path}: --expressions needs a video (the expression net runs on the face crops)")
+        expressions = np.full((len(features), len(EXPRESSIONS)), np.nan, np.float32)
+        expressions[present] = probabilities_of_features(features[present])
+        return expressions
 
     def predict_video(self, path: str | os.PathLike) -> pandas.DataFrame:
         """Faces, features and the temporal model for every processed frame of a video; see the module doc."""
@@ -464,7 +535,8 @@ class Predictor:
                 batch = next(scan)
             except StopIteration as stop:
                 return self.assemble(path, stop.value, hits)
-            add_features(hits, batch, self.extractor.features(batch.crops))
+            features = self.extractor.features(batch.crops)
+            add_features(hits, batch, features, self.crop_expressions(batch.crops, features))
 
     def scan_faces(self, path: str | os.PathLike) -> Generator[CropBatch, None, FaceScan]:
         """The faces stage over a video, streaming: yields the face crops in the batches the backbone takes
@@ -528,6 +600,8 @@ class Predictor:
             scores[positions] = [r[3] for r in rows]
             present[positions] = True
             tracks[track.name] = TrackFeatures(features, present, boxes, scores, person=person)
+            if self.expression_net is not None:
+                tracks[track.name].expressions = _track_expressions(rows, positions, n)
             if geometry:
                 tracks[track.name].landmarks68, tracks[track.name].pose = _track_geometry(rows, positions, n)
         frames = np.asarray(scan.frames, np.int64)
@@ -630,12 +704,14 @@ class Predictor:
                         "success": face.astype(np.int8),
                         **({} if voice is None else {"voice": (voice[row] & processed).astype(np.int8)}),
                         **_face_columns(track, row, face),
+                        **expression_columns(track.expressions, row, face),
+                        MODEL_COLUMN: self.model_label,
                     }
                 )
             )
-        return pd.concat(parts, ignore_index=True)[
-            COLUMNS + ([] if voice is None else ["voice"]) + _face_column_names(next(iter(tracks.values())))
-        ]
+        extra = ([] if voice is None else ["voice"]) + _face_column_names(next(iter(tracks.values())))
+        extra += list(EXPRESSIONS) if self.expressions else []
+        return pd.concat(parts, ignore_index=True)[COLUMNS + extra + [MODEL_COLUMN]]
 
     @staticmethod
     def summarize(table) -> pandas.DataFrame:
@@ -664,7 +740,10 @@ class Predictor:
             self._check_dim(features.shape[1], name)
             if self.config.persons:
                 raise MambavaError(f"{name}: --persons and --identities need a video (features have no faces)")
-            return LiveStream.from_features(self.model, features, present, name, self.features_fps, step_precision)
+            stream = LiveStream.from_features(self.model, features, present, name, self.features_fps, step_precision)
+            if self._file_expressions(name, features, present) is not None:  # expression-va: from the logits
+                stream.expressions = lambda crops, found: probabilities_of_features(found)
+            return stream
         if self.extractor is None:
             raise MambavaError(f"{source}: --backbone is required for videos; pass a features .npy instead")
         audio = None
@@ -686,6 +765,7 @@ class Predictor:
             detect_every=self.detect_every,
             audio=audio,
             persons=OnlinePersons(self.gallery, getattr(self.detector, "name", "")) if self.config.persons else None,
+            expressions=self.crop_expressions if self.expression_net is not None else None,
         )
 
 
@@ -699,6 +779,16 @@ def _track_geometry(rows: list, positions: np.ndarray, n: int) -> tuple[np.ndarr
         if r[5] is not None:
             pose[position] = r[5]
     return points, pose
+
+
+def _track_expressions(rows: list, positions: np.ndarray, n: int) -> np.ndarray:
+    """A track's (n, 7) expression probabilities over the processed frames (rows' last item), NaN where it has
+    no face or where a face has none (features that came without their crops)."""
+    expressions = np.full((n, len(EXPRESSIONS)), np.nan, np.float32)
+    for position, r in zip(positions, rows):
+        if r[6] is not None:
+            expressions[position] = r[6]
+    return expressions
 
 
 def _face_column_names(track: TrackFeatures) -> list[str]:
@@ -735,6 +825,15 @@ def name_persons(tables: list, identities: list, gallery: dict | None = None) ->
                 by_track.get((v, t), p) for v, t, p in zip(table["video"], table["track"], table["person"])
             ]
     return flat, persons
+
+
+def expression_columns(expressions: np.ndarray | None, row: np.ndarray, face: np.ndarray) -> dict[str, np.ndarray]:
+    """A track's expression columns for the table's rows (`row`: each source frame's processed position): the
+    probabilities where its face was found, NaN elsewhere; {} when the expressions are not asked."""
+    if expressions is None:
+        return {}
+    values = np.where(face[:, None], expressions[row], np.nan).astype(np.float32)
+    return {name: values[:, i] for i, name in enumerate(EXPRESSIONS)}
 
 
 def default_audio_sets(audio_dim: int) -> list[str] | None:
@@ -805,7 +904,9 @@ def submission_predictions(
 
 __all__ = [
     "COLUMNS",
+    "MODEL_COLUMN",
     "WINDOWING",
+    "expression_columns",
     "Predictor",
     "VideoFeatures",
     "TrackFeatures",

@@ -38,6 +38,7 @@ known; a stream's cannot wait for that.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import threading
@@ -79,6 +80,9 @@ class StreamResult:
     landmarks68: np.ndarray | None = None
     pose: np.ndarray | None = None
     person: str | None = None  # the track's person (`--persons`: `mambava.faces.identity.OnlinePersons`)
+    # the seven expression probabilities (`mambava.faces.expression.EXPRESSIONS` order) where the face was found and
+    # expressions were asked for (always with expression-va); None otherwise
+    expressions: tuple[float, ...] | None = None
 
 
 def check_streamable(model) -> None:
@@ -498,6 +502,9 @@ class LiveStream:
     `audio`: a fusion model's sound of a video file, ((N, D_audio) features, (N,) mask) per source frame
     (`Predictor.source_audio`; N = 0: every frame masked); each processed frame steps with its own.
 
+    `expressions`: a function (crops (N, H, W, 3), their features (N, D)) -> (N, 7) expression probabilities
+    (`Predictor.crop_expressions`), whose rows go into the found faces' StreamResult `expressions`; None: none.
+
     Counters, updated while iterating: `frames` (source frames given rows), `processed` (frames that went
     through faces and backbone), `dropped` (frames skipped to keep up with real time, see `FrameDropper`).
     """
@@ -514,10 +521,12 @@ class LiveStream:
         detect_every: int = 1,
         audio: tuple | None = None,
         persons: OnlinePersons | None = None,
+        expressions=None,
     ):
         check_streamable(model)
         self.audio = audio
         self.persons = persons
+        self.expressions = expressions
         self.detect_every = detect_every
         self.model = model
         self.step_precision = step_precision
@@ -559,9 +568,17 @@ class LiveStream:
                 found = {name: features[t]} if present is None or present[t] else {}
                 self.frames += 1
                 self.processed += 1
-                yield from tracks.advance(t, t / fps, found)
+                rows = tracks.advance(t, t / fps, found)
+                yield from with_expressions(rows, self._expressions(None, found))
             return
         yield from self._iter_video(tracks)
+
+    def _expressions(self, crops: np.ndarray | None, found: dict) -> dict:
+        """{track: (7,) probabilities} of the faces found in a frame ({} when not asked or none found)."""
+        if self.expressions is None or not found:
+            return {}
+        probabilities = self.expressions(crops, np.stack(list(found.values())))
+        return {} if probabilities is None else dict(zip(found, probabilities))
 
     def _audio_row(self, index: int) -> np.ndarray | None:
         """Source frame `index`'s (audio features, mask) row for a fusion model fed sound, else None."""
@@ -610,9 +627,10 @@ class LiveStream:
                     self.frames += 1
                     yield from tracks.advance(index, time, {}, dropped=True, scores={})
                 names = [track_name(face.track_id) for face in item.faces]
-                found = {}
+                found, crops = {}, None
                 if item.faces:
-                    features = self.extractor.features(np.stack([face.crop for face in item.faces]))
+                    crops = np.stack([face.crop for face in item.faces])
+                    features = self.extractor.features(crops)
                     found = dict(zip(names, features))
                 for gone in tracks.retire(track_name(tid) for tid in tracker.active_ids):
                     if self.persons is not None:
@@ -625,7 +643,7 @@ class LiveStream:
                     }
                 self.frames += 1
                 self.processed += 1
-                yield from tracks.advance(
+                rows = tracks.advance(
                     item.index,
                     item.time,
                     found,
@@ -634,6 +652,7 @@ class LiveStream:
                     geometry={name: (face.landmarks68, face.pose) for name, face in zip(names, item.faces)},
                     persons=persons,
                 )
+                yield from with_expressions(rows, self._expressions(crops, found))
             for index, time in not_processed_before(sys.maxsize):  # skipped after the last processed frame
                 self.frames += 1
                 yield from tracks.advance(index, time, {}, dropped=True, scores={})
@@ -642,7 +661,20 @@ class LiveStream:
             reader.close()
 
 
+def with_expressions(rows: list[StreamResult], expressions: dict) -> list[StreamResult]:
+    """The rows with each found track's expression probabilities ({track: (7,)}) set."""
+    if not expressions:
+        return rows
+    return [
+        dataclasses.replace(r, expressions=tuple(float(p) for p in expressions[r.track]))
+        if r.track in expressions
+        else r
+        for r in rows
+    ]
+
+
 __all__ = [
+    "with_expressions",
     "StreamResult",
     "LiveStream",
     "TemporalStream",

@@ -49,7 +49,12 @@ def create_app(predictor, limits: ServeLimits = ServeLimits(), access: Access = 
     @asynccontextmanager
     async def lifespan(app):
         app.state.hub = SessionHub(
-            predictor.model, detector, predictor.extractor, limits, predictor.config.step_precision
+            predictor.model,
+            detector,
+            predictor.extractor,
+            limits,
+            predictor.config.step_precision,
+            expressions=predictor.crop_expressions if predictor.expression_net is not None else None,
         )
         try:
             yield

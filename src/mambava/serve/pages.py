@@ -1,13 +1,15 @@
 """GET / (the browser page: plain HTML + JS + canvas, nothing from the network), GET /app.js, and GET /info
-(the model's file name and the limits, as JSON: never a path of the server's)."""
+(the model's file name, the expression names where the rows carry them, and the limits, as JSON: never a path of
+the server's)."""
 
 from __future__ import annotations
 
 from importlib import resources
-from pathlib import PurePath
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
+
+from mambava.faces.expression import EXPRESSIONS
 
 STATIC = ("index.html", "app.js")
 # The page is not to be framed by another site's page, nor to pass its address (with ?token=) on as a Referer.
@@ -33,7 +35,8 @@ def info(request: Request):
     state = request.app.state
     hub, limits = state.hub, state.limits
     return {
-        "model": PurePath(str(state.predictor.model_name)).name,  # the file's name, never where it is
+        "model": state.predictor.model_label,  # the file's name, never where it is
+        "expressions": list(EXPRESSIONS) if state.predictor.expression_net is not None else None,
         "input_dim": hub.input_dim,
         "fps": hub.model_fps,
         "backbone": state.predictor.extractor is not None,

@@ -51,6 +51,7 @@ from mambava.core.runtime import fixed_threads
 from mambava.data.timebase import GridClock, check_fps, model_fps
 from mambava.faces import FaceTracker, face_crop
 from mambava.faces.columns import gives_landmarks68
+from mambava.faces.expression import EXPRESSIONS
 from mambava.faces.track import CutDetector
 from mambava.inference.stream import StreamBatch, check_streamable
 from mambava.media.video import read_image
@@ -276,6 +277,7 @@ class Session:
                         if self.geometry
                         else {}
                     ),
+                    **expression_entry(event.expressions, track),
                 }
             )
         return {"frame": event.index, "time": round(event.time, 6), "dropped": event.dropped, "tracks": rows}
@@ -293,18 +295,29 @@ class _Event:
     scores: dict | None = None
     retire: set | None = None  # the tracks the tracker still follows (a processed image)
     geometry: dict | None = None  # {track: (68 points, pose)} with `--landmarks dlib68`
+    expressions: dict | None = None  # {track: (7,) probabilities} of the faces found (the server's expressions)
 
     def __post_init__(self):
         self.boxes = self.boxes or {}
         self.geometry = self.geometry or {}
 
 
+def expression_entry(expressions: dict | None, track: str) -> dict:
+    """A track row's `expressions` ({name: probability}) where its face was found and the server gives them:
+    always the key when the server gives them (null without a face), none otherwise."""
+    if expressions is None:
+        return {}
+    values = expressions.get(track)
+    return {"expressions": None if values is None else {n: round(float(p), 4) for n, p in zip(EXPRESSIONS, values)}}
+
+
 class SessionHub:
     """The sessions of one server and the worker thread that serves them (see the module doc).
 
     `model`: a streamable temporal model (eval); `detector` and `extractor`: the faces stage and the backbone
-    (None: the sessions take features only). `open` / `close_session` / `put` are called from the server's
-    event loop; the batch, trackers and clocks are touched by the worker only."""
+    (None: the sessions take features only); `expressions`: (crops or None, features) -> (N, 7) expression
+    probabilities (`Predictor.crop_expressions`), which the rows then carry, or None. `open` / `close_session` /
+    `put` are called from the server's event loop; the batch, trackers and clocks are touched by the worker only."""
 
     def __init__(
         self,
@@ -314,8 +327,10 @@ class SessionHub:
         limits: ServeLimits = ServeLimits(),
         step_precision: str = "fp32",
         crop_size: int = 112,
+        expressions=None,
     ):
         self.check_model(model)
+        self.expressions = expressions
         self.model = model
         self.detector = detector
         self.extractor = extractor
@@ -508,7 +523,11 @@ class SessionHub:
                 session.deliver({"frame": index, "error": f"frame {index}: cannot decode ({type(error).__name__})"})
                 continue
             if kind == "features":
-                events[session.id].append(_Event(index, time, {session.name: value}))
+                event = _Event(index, time, {session.name: value})
+                if self.expressions is not None:
+                    probabilities = self.expressions(None, value[None])
+                    event.expressions = {} if probabilities is None else {session.name: probabilities[0]}
+                events[session.id].append(event)
             else:
                 images.append((session, index, time, value))
         if images:
@@ -575,10 +594,16 @@ class SessionHub:
                 crops.append(face_crop(image, face, self.crop_size))
                 owners.append(len(tracked) - 1)
         features = self.extractor.features(np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
+        expressions = self.expressions(np.stack(crops), features) if crops and self.expressions else None
         per_image: list[list] = [[] for _ in tracked]
-        for owner, feature in zip(owners, features):
+        per_image_expressions: list[list] = [[] for _ in tracked]
+        for i, (owner, feature) in enumerate(zip(owners, features)):
             per_image[owner].append(feature)
-        for (session, index, time, names, faces, active), feats in zip(tracked, per_image):
+            if expressions is not None:
+                per_image_expressions[owner].append(expressions[i])
+        for (session, index, time, names, faces, active), feats, probabilities in zip(
+            tracked, per_image, per_image_expressions
+        ):
             yield (
                 _Event(
                     index,
@@ -588,6 +613,7 @@ class SessionHub:
                     scores={n: f.score for n, f in zip(names, faces)},
                     retire=active,
                     geometry={n: (f.landmarks68, f.pose) for n, f in zip(names, faces)},
+                    expressions=None if self.expressions is None else dict(zip(names, probabilities)),
                 ),
                 session,
             )

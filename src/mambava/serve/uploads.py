@@ -1,6 +1,7 @@
 """POST /predict: a video as the multipart field `file` -> predict's rows as JSON (?format=csv: its CSV), with
 every column `predict` writes (`COLUMNS`, then `voice` and the face columns: the 68 points and head pose with
-`--landmarks auto`/`dlib68`, null in JSON and empty in CSV where the track has no face).
+`--landmarks auto`/`dlib68`, null in JSON and empty in CSV where the track has no face; the seven expressions
+with `--expressions` or expression-va, and `model`, the temporal model's name).
 
 Uploads are predicted one at a time in a thread (`app.state.predict_lock`), with the server's loaded
 `Predictor`, on a fixed number of torch threads (`ServeLimits.threads`): the same video gives the same bits

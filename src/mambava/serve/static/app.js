@@ -1,15 +1,18 @@
 // mambava serve's page: frames of a video file or the webcam go to the server as JPEG over a WebSocket
-// (/ws), each answer (valence, arousal, face box) is drawn over the video, over time and on the circumplex.
+// (/ws), each answer (valence, arousal, face box) is drawn over the video, over time and on the circumplex; the
+// seven expression probabilities, where the server gives them, as bars beside the circumplex.
 // Nothing is loaded from the network. window.mambava holds the state (the browser test reads it).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const video = $("video"), overlay = $("overlay"), timeline = $("timeline"), circumplex = $("circumplex");
+const bars = $("expressions");
 const grab = document.createElement("canvas");  // the frame, at the video's size, encoded as JPEG
 const IN_FLIGHT = 2;       // frames sent and not yet answered: more wait (the server drops nothing then)
 const WINDOW_S = 30;       // seconds shown on the timeline (at most)
 const state = window.mambava = {
   rows: [], sent: 0, dropped: 0, errors: [], drawn: 0, source: null, session: null, inFlight: 0,
+  info: null, bars: null,
 };
 let socket = null, timer = null, t0 = 0, sourceStream = null;
 
@@ -63,7 +66,8 @@ function received(message) {
   const row = { frame: message.frame, time: message.time, dropped: message.dropped,
                 valence: track ? track.valence : null, arousal: track ? track.arousal : null,
                 face: track ? track.face : false, box: track ? track.box : null,
-                landmarks: track && track.landmarks ? track.landmarks : null, pose: track && track.pose ? track.pose : null };
+                landmarks: track && track.landmarks ? track.landmarks : null, pose: track && track.pose ? track.pose : null,
+                expressions: track && track.expressions ? track.expressions : null };
   state.rows.push(row);
   $("rows").textContent = state.rows.length;
   $("dropped").textContent = state.dropped;
@@ -151,7 +155,7 @@ $("points").addEventListener("change", drawBox);
 const COLORS = { valence: "#1f77b4", arousal: "#ff7f0e", box: "#00e676", points: "#ffeb3b" };
 
 function draw() {
-  drawBox(); drawTimeline(); drawCircumplex();
+  drawBox(); drawTimeline(); drawCircumplex(); drawExpressions();
   state.drawn += 1;
 }
 
@@ -216,6 +220,31 @@ function drawTimeline() {
   ctx.fillStyle = "#666"; ctx.fillText(`${end.toFixed(1)} s`, w - 40, h - 2);
 }
 
+function drawExpressions() {
+  // the latest row's seven probabilities as horizontal bars; the names come from /info (the server's order)
+  const ctx = bars.getContext("2d"), w = bars.width, h = bars.height;
+  ctx.clearRect(0, 0, w, h);
+  ctx.font = "11px system-ui, sans-serif";
+  const names = state.info && state.info.expressions;
+  if (!names) {
+    ctx.fillStyle = "#666";
+    ctx.fillText("no expressions from this server (--expressions)", 6, 16);
+    return;
+  }
+  let latest = null;
+  for (let i = state.rows.length - 1; i >= 0 && !latest; i--) if (state.rows[i].expressions) latest = state.rows[i];
+  const step = (h - 8) / names.length, left = 70, right = w - 46;
+  names.forEach((name, i) => {
+    const y = 4 + i * step, p = latest ? latest.expressions[name] : 0;
+    ctx.fillStyle = "#444"; ctx.textAlign = "right"; ctx.fillText(name, left - 6, y + step * 0.7);
+    ctx.fillStyle = "#eee"; ctx.fillRect(left, y + 2, right - left, step - 4);
+    ctx.fillStyle = "#2ca02c"; ctx.fillRect(left, y + 2, (right - left) * p, step - 4);
+    ctx.fillStyle = "#444"; ctx.textAlign = "left"; ctx.fillText(latest ? p.toFixed(2) : "–", right + 4, y + step * 0.7);
+  });
+  ctx.textAlign = "left";
+  state.bars = latest ? Object.assign({}, latest.expressions) : null;
+}
+
 function drawCircumplex() {
   const ctx = circumplex.getContext("2d"), w = circumplex.width, c = w / 2, r = w / 2 - 26;
   ctx.clearRect(0, 0, w, w);
@@ -241,4 +270,11 @@ function drawCircumplex() {
   }
 }
 
+// the model's name and the expressions' names (the bars); /info needs the token where the server has one
+fetch("info", { headers: token === null ? {} : { Authorization: `Bearer ${token}` } })
+  .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`/info: ${r.status}`)))).then((info) => {
+  state.info = info;
+  $("model").textContent = info.model;
+  draw();
+}).catch(() => {});
 draw();
