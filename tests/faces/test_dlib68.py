@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from mambava.core.errors import MambavaError
 from mambava.faces import dlib_models, extract_faces, get_detector, identity, iter_tracked_faces
 from mambava.faces.columns import GEOMETRY_COLUMNS
 from mambava.faces.dlib_models import five_from_68
+from mambava.faces.expression import EXPRESSIONS
 from mambava.inference.predict import COLUMNS
 from mambava.media.video import open_video, read_image
 
@@ -99,16 +101,20 @@ def test_predict_batch_columns_and_one_person(models, media_dir, tmp_path, capsy
     videos = [media_dir / "single_face.mp4", media_dir / "face_noface.mov"]
     code, out, err = run_cli(
         ["predict", *videos, "-c", models["model"], "-b", models["vit"], "-o", tmp_path, "--fps", "10"]
-        + ["--precision", "fp32", "--no-plots", "--persons", "--landmarks", "dlib68"],
+        + ["--precision", "fp32", "--no-plots", "--persons", "--landmarks", "dlib68", "--expressions"],
         capsys,
     )
     assert code == 0, err
+    expressions = list(EXPRESSIONS)
     for name in ("single_face", "face_noface"):
         table = pd.read_csv(tmp_path / f"{name}.csv")
-        assert list(table.columns) == COLUMNS + GEOMETRY_COLUMNS + ["person"]
+        # every column of both: the 68 points, pose and person, then the expressions, the model's name last
+        assert list(table.columns) == COLUMNS + GEOMETRY_COLUMNS + ["person"] + expressions + ["model"]
+        assert set(table["model"]) == {Path(models["model"]).name}
         face = (table["face"] == 1).to_numpy()
-        assert face.any() and table.loc[face, GEOMETRY_COLUMNS].notna().all().all()
-        assert table.loc[~face, GEOMETRY_COLUMNS].isna().all().all()
+        assert face.any() and table.loc[face, GEOMETRY_COLUMNS + expressions].notna().all().all()
+        assert table.loc[~face, GEOMETRY_COLUMNS + expressions].isna().all().all()
+        assert np.allclose(table.loc[face, expressions].sum(axis=1), 1.0, atol=1e-5)
         assert set(table["person"]) == {"unknown-1"}
         assert pd.read_csv(tmp_path / f"{name}.summary.csv")["person"].tolist() == ["unknown-1"]
     persons = pd.read_csv(tmp_path / "persons.csv")

@@ -216,7 +216,7 @@ def test_stream_gives_each_track_its_person_across_the_cut(cut_video, models, tm
         _REGISTRY.pop("mtcnn-relaxed", None)
     assert code == 0, err
     table = pd.read_csv(out)
-    assert table.columns[-1] == "person"
+    assert table.columns[-2:].tolist() == ["person", "model"]  # as predict's table: the model's name last
     found = table[table["face"] == 1]
     by_track = found.groupby("track")["person"].agg(set)
     assert all(len(p) == 1 for p in by_track) and set().union(*by_track) == {"ann", "unknown-1"}

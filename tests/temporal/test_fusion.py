@@ -267,7 +267,7 @@ def test_predict_audio_joins_each_frames_own_sound(media_dir):
         extracted = predictor.video_features(media_dir / "face_noface.mov")
         sound = frame_features(media_dir / "face_noface.mov", "egemaps,logmel")
         table = predictor.predict_video(media_dir / "face_noface.mov")
-    assert list(table.columns) == COLUMNS + ["voice"] and len(table) == 169
+    assert list(table.columns) == COLUMNS + ["voice", "model"] and len(table) == 169
     with pytest.raises(MambavaError, match="audio is not supported live .* stream with --no-audio"):
         predictor.stream(0)  # a webcam: refused before it is opened
     assert table["voice"].tolist() == [0] * 73 + [1] * 96
