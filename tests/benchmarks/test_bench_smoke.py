@@ -260,7 +260,9 @@ def test_bench_help_names_the_command(name, capsys):
     assert code == 0 and out.startswith(f"usage: mambava bench {name} [-h]"), out[:200]
 
 
-@pytest.mark.parametrize("name", sorted(SMOKE))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.xdist_group("ray")) if n == "scale" else n for n in sorted(SMOKE)]
+)  # (bench scale starts Ray: on the worker that runs the other Ray tests)
 def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, capsys):
     import torch
 

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from support import first_frames, run_cli
 
+# one worker runs every test that starts Ray (pytest-xdist's loadgroup): two instances would fight over the cores
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def _tree(root: Path) -> dict[str, bytes]:
     """Every file under `root` (relative path -> bytes); a symbolic link as its target."""

@@ -41,7 +41,7 @@ def extract_audio_command(
     where = "cpu" if ray is not None else str(resolve_device(device))
     model = SpeechModel(speech_model, speech_layer, where) if speech_model else None
     sets = check_sets(features, model)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths stay whole, to copy
 
     def on_error(message: str) -> None:
         console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)

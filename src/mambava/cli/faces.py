@@ -83,7 +83,7 @@ def faces_command(
 
     from mambava.faces import get_detector
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths stay whole, to copy
     ray = ray_options(engine, ray_address, progress=not quiet)
     if ray is not None and dataset is None:
         raise MambavaError("faces --engine ray: with --dataset ROOT (the corpus job); VIDEOS run here")
@@ -283,7 +283,7 @@ def train_landmarks_command(
     from mambava.faces.landmarks import RefinerConfig, csv_refiner_samples, train_refiner
     from mambava.synth.truth_faces import synth_refiner_samples
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths stay whole, to copy
     if out.is_dir() or not out.parent.is_dir():  # found now, not after the training
         raise MambavaError(
             f"{out}: " + ("is a folder; give a file name" if out.is_dir() else "its folder does not exist")
