@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from support import DIM, run_cli
 
+from mambava.cli.options import faces_extra_installed
 from mambava.core.errors import MambavaError
+from mambava.faces.columns import GEOMETRY_COLUMNS
 from mambava.faces.expression import EXPRESSIONS
 from mambava.inference.predict import COLUMNS, Predictor
 
@@ -32,7 +34,10 @@ def test_predict_without_a_checkpoint_says_its_model_and_writes_expressions(medi
     assert code == 0, err
     assert "model: expression-va:" in err and "not the paper's Mamba-VA model" in err
     table = pd.read_csv(tmp_path / "single_face.csv")
-    assert list(table.columns) == [*COLUMNS, *EXPRESSIONS, "model"] and (table["model"] == "expression-va").all()
+    # --landmarks auto: dlib's 68 points and the head pose where the faces extra is installed
+    geometry = GEOMETRY_COLUMNS if faces_extra_installed() else []
+    assert list(table.columns) == [*COLUMNS, *geometry, *EXPRESSIONS, "model"]
+    assert (table["model"] == "expression-va").all()
     assert len(table) == 72 and table["face"].sum() == 72
     assert np.allclose(table[list(EXPRESSIONS)].sum(axis=1), 1, atol=1e-4)
     summary = pd.read_csv(tmp_path / "single_face.summary.csv")
