@@ -13,6 +13,21 @@ from support import AFFWILD2_CROPS, DIM, CachedDetector, make_affwild2_tree, wri
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup, pyproject.toml)
+def pytest_collection_modifyitems(items):
+    """A module with module-scoped fixtures of its own runs on one worker, so each of them is built once (split
+    over two workers, tests/faces/test_landmarks.py trained its refiner twice: 30 s a worker). Tests that carry
+    their own xdist_group (the Ray tests) keep it."""
+    for item in items:
+        if any(item.iter_markers("xdist_group")):
+            continue
+        module = item.nodeid.split("::")[0]
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = fixtures.name2fixturedefs.values() if fixtures is not None else ()
+        if any(d.scope == "module" and d.baseid == module for chain in defs for d in chain):
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
 @pytest.fixture(scope="session")
 def media_dir() -> Path:
     """The real test media shipped with the tests (tests/data/media: single_face.mp4, face_noface.mov,

@@ -261,8 +261,12 @@ def test_bench_help_names_the_command(name, capsys):
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.xdist_group("ray")) if n == "scale" else n for n in sorted(SMOKE)]
-)  # (bench scale starts Ray: on the worker that runs the other Ray tests)
+    "name",
+    [
+        pytest.param(n, marks=[pytest.mark.xdist_group("ray"), pytest.mark.slow]) if n == "scale" else n
+        for n in sorted(SMOKE)
+    ],
+)  # (bench scale starts two Ray instances, ~80 s: on the worker that runs the other Ray tests)
 def test_bench_smallest_run_prints_its_ratio_rows(name, media_dir, tmp_path, capsys):
     import torch
 

@@ -14,7 +14,7 @@ from mambava.cli import app
 from mambava.core.errors import MambavaError
 
 
-@pytest.mark.slow  # the first run, as `mambava demo` makes it (~2 minutes of 2 cores)
+@pytest.mark.slow  # the first run, as `mambava demo` makes it (~4 minutes beside the other tests)
 def test_demo_first_run_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--quiet", "--out", str(out)])
@@ -77,7 +77,7 @@ def test_demo_crop_jitter_is_on_only_for_own_crops_from_mtcnns_points():
     assert DemoConfig(own_crops=True, align_jitter=[0, 0, 0]).align_jitter == (0.0, 0.0, 0.0)
 
 
-@pytest.mark.slow  # every stage of --full at a tiny size (~1-2 minutes of 2 cores)
+@pytest.mark.slow  # every stage of --full at a tiny size (~2 minutes beside the other tests)
 def test_demo_full_runs_every_stage_at_a_tiny_size(tmp_path):
     from mambava.demo import DemoConfig, run_demo
     from mambava.training import TrainConfig
