@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from mambava.core.errors import MambavaError
-from mambava.faces.landmarks import register_landmark_source
+from mambava.faces.landmarks import PointsOnDetector, register_landmark_source
 from mambava.faces.pose import head_pose
 
 FACES_EXTRA = "pip install 'mambava[faces]'"
@@ -141,12 +141,11 @@ def landmarks68(image: np.ndarray, boxes: Sequence[np.ndarray], detector: str = 
     return found
 
 
-class Dlib68Detector:
+class Dlib68Detector(PointsOnDetector):
     """Any detector (`mambava.faces.FaceDetector`) with dlib's 68 points on its boxes: each face's `landmarks68`,
     its 5 alignment points derived from them and its head `pose`; boxes and scores kept. Built by
     `get_detector(name, landmarks="dlib68")` (`--landmarks dlib68`)."""
 
-    has_landmarks = True
     gives_landmarks68 = True
     landmark_source = "dlib68"
 
@@ -171,12 +170,6 @@ class Dlib68Detector:
             out.append(dataclasses.replace(face, landmarks=five_from_68(p), landmarks68=p, pose=pose))
         return out
 
-    def detect(self, image: np.ndarray) -> list:
-        return self.detect_batch([image])[0]
-
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list]:
-        return [self._with_points(image, faces) for image, faces in zip(images, self.detector.detect_batch(images))]
-
     def annotate(self, image: np.ndarray, faces: list) -> list:
         """Faces found without the detector (followed by optical flow between detections, `--detect-every K`):
         their 68 points come moved with them, by the flow's similarity (`mambava.faces.track.follow_faces`), and
@@ -196,16 +189,6 @@ class Dlib68Detector:
             else:
                 out.append(dataclasses.replace(face, pose=head_pose(face.landmarks68, width, height)))
         return out
-
-    def __getattr__(self, name: str):
-        # the wrapped detector's settings; its `verify` (detection by tracking's check) only where it has one
-        detector = self.__dict__.get("detector")
-        if detector is None:
-            raise AttributeError(name)
-        found = getattr(detector, name)
-        if name == "verify":
-            return lambda image, faces: self._with_points(image, list(found(image, faces)))
-        return found
 
 
 @register_landmark_source("dlib68")

@@ -165,11 +165,36 @@ def load_refiner(path: str | os.PathLike) -> LandmarkRefiner:
     return LandmarkRefiner(net, config)
 
 
-class RefinedDetector:
-    """Any detector with 5 landmarks (`mambava.faces.FaceDetector`), its points moved by a `LandmarkRefiner`;
-    boxes and scores kept. `get_detector(name, landmarks=FILE)` builds one."""
+class PointsOnDetector:
+    """A landmark source: any detector (`mambava.faces.FaceDetector`) whose faces get their points from
+    `_with_points(image, faces)` after detection, boxes and scores kept. Everything else (thresholds,
+    num_threads ...) is the wrapped detector's; its `verify` (detection by tracking's check) only where it has
+    one, its faces given points the same way."""
 
     has_landmarks = True
+
+    def _with_points(self, image: np.ndarray, faces: list) -> list:
+        raise NotImplementedError
+
+    def detect(self, image: np.ndarray) -> list:
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list]:
+        return [self._with_points(image, faces) for image, faces in zip(images, self.detector.detect_batch(images))]
+
+    def __getattr__(self, name: str):
+        detector = self.__dict__.get("detector")
+        if detector is None:
+            raise AttributeError(name)
+        found = getattr(detector, name)
+        if name == "verify":
+            return lambda image, faces: self._with_points(image, list(found(image, faces)))
+        return found
+
+
+class RefinedDetector(PointsOnDetector):
+    """Any detector with 5 landmarks (`mambava.faces.FaceDetector`), its points moved by a `LandmarkRefiner`;
+    boxes and scores kept. `get_detector(name, landmarks=FILE)` builds one."""
 
     def __init__(self, detector, refiner: LandmarkRefiner | str | os.PathLike):
         if not getattr(detector, "has_landmarks", False):
@@ -181,29 +206,12 @@ class RefinedDetector:
         # was (a file retrained in place is another refiner)
         self.refiner_sha256 = weights_sha256(self.refiner.net.state_dict().values())
 
-    def _refined(self, image: np.ndarray, faces: list) -> list:
+    def _with_points(self, image: np.ndarray, faces: list) -> list:
         kept = [f for f in faces if f is not None]
         wanted = getattr(self.detector, "num_threads", None)  # the small CNN runs as the detector's nets do
         with torch_threads(free_threads() if wanted == "auto" else wanted):
             points = iter(self.refiner.refine(image, [f.landmarks for f in kept]))
         return [None if f is None else dataclasses.replace(f, landmarks=next(points).astype(np.float32)) for f in faces]
-
-    def detect(self, image: np.ndarray) -> list:
-        return self.detect_batch([image])[0]
-
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list]:
-        return [self._refined(image, faces) for image, faces in zip(images, self.detector.detect_batch(images))]
-
-    def __getattr__(self, name: str):
-        # the wrapped detector's settings (thresholds, num_threads ...); its `verify` (detection by tracking's
-        # check) only where it has one, its results refined
-        detector = self.__dict__.get("detector")
-        if detector is None:
-            raise AttributeError(name)
-        found = getattr(detector, name)
-        if name == "verify":
-            return lambda image, faces: self._refined(image, list(found(image, faces)))
-        return found
 
 
 def _perturb(rng: np.random.Generator, truth: np.ndarray, cfg: RefinerConfig) -> np.ndarray:
