@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from mambava.cli.options import (
+    detect_every_option,
     engine_option,
     identities_option,
     landmark_source,
@@ -60,11 +61,7 @@ def faces_command(
     ),
     min_track_frames: int = typer.Option(3, "--min-track-frames", help="Discard tracks with fewer faces as spurious."),
     size: int = typer.Option(112, "--size", help="Crop size in pixels."),
-    detect_every: int = typer.Option(
-        1,
-        "--detect-every",
-        help="Run the detector every K frames and follow the faces in between with optical flow (1: every frame).",
-    ),
+    detect_every: int = detect_every_option(),
     preview: bool = typer.Option(False, "--preview", help="Also write <video>.preview.png, a contact sheet per track."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:

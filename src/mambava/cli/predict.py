@@ -12,6 +12,7 @@ import typer
 
 from mambava.cli.options import (
     backbone_workers_option,
+    detect_every_option,
     engine_option,
     identities_option,
     landmark_source,
@@ -74,12 +75,7 @@ def predict_command(
     landmarks: Optional[str] = landmarks_option(),
     persons: bool = persons_option(),
     identities: Optional[Path] = identities_option(),
-    detect_every: int = typer.Option(
-        1,
-        "--detect-every",
-        help="Run the face detector every K frames and follow the faces in between with optical flow "
-        "(1: every frame; see docs/faces.md, Detection by tracking).",
-    ),
+    detect_every: int = detect_every_option(),
     fps: Optional[float] = typer.Option(
         None,
         "--fps",
@@ -282,12 +278,7 @@ def stream_command(
     landmarks: Optional[str] = landmarks_option(),
     persons: bool = persons_option(live=True),
     identities: Optional[Path] = identities_option(),
-    detect_every: int = typer.Option(
-        1,
-        "--detect-every",
-        help="Run the face detector every K frames and follow the faces in between with optical flow "
-        "(1: every frame; see docs/faces.md, Detection by tracking).",
-    ),
+    detect_every: int = detect_every_option(),
     fps: Optional[float] = typer.Option(
         None,
         "--fps",
