@@ -107,6 +107,7 @@ def test_demo_full_runs_every_stage_at_a_tiny_size(tmp_path):
     # ... with MTCNN's points moved by the landmark refiner trained on the training people alone
     landmarks = results["landmarks"]
     assert faces["learned_landmarks"] and landmarks["epochs"] == cfg.landmark_epochs and landmarks["faces"] > 50
+    assert landmarks["threads"] == cfg.landmark_threads == 2  # a fixed count: the same refiner whatever the load
     marker = json.loads((out / "own_crops" / "cropped_aligned" / ".mambava-faces.json").read_text())
     assert marker["detector_kwargs"]["landmarks"] == str(out / "landmarks.safetensors")
     assert tuple(results["config"]["align_jitter"]) == (0.0, 0.0, 0.0)

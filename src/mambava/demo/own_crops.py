@@ -15,7 +15,7 @@ from mambava.backbone.extract import extract_features
 from mambava.core.errors import MambavaError
 from mambava.core.metrics import va_scores
 from mambava.core.progress import ProgressBar
-from mambava.core.runtime import cpu_seconds
+from mambava.core.runtime import cpu_seconds, torch_threads
 from mambava.data.store import FeatureStore
 from mambava.faces import get_detector
 from mambava.faces.dataset import extract_dataset_faces
@@ -36,9 +36,12 @@ def demo_detector(landmarks: Path | None = None):
     return get_detector("mtcnn", landmarks=landmarks, **DETECTOR_KWARGS)
 
 
-def landmark_stage(data_root: Path, out: Path, epochs: int, progress: bool) -> tuple[Path, dict]:
+def landmark_stage(
+    data_root: Path, out: Path, epochs: int, progress: bool, threads: int | None = None
+) -> tuple[Path, dict]:
     """Train the landmark refiner (`mambava.faces.landmarks`) on the training split's raw frames and the
-    generator's true landmarks (held-out people never seen), save it to OUT/landmarks.safetensors."""
+    generator's true landmarks (held-out people never seen) on `threads` torch threads (None: as they are),
+    save it to OUT/landmarks.safetensors."""
 
     start, cpu = time.perf_counter(), cpu_seconds()
     train = read_meta(data_root)["splits"]["train"]
@@ -52,12 +55,14 @@ def landmark_stage(data_root: Path, out: Path, epochs: int, progress: bool) -> t
             if bar:
                 bar(epoch + 1, epochs, f"loss {loss:.4f}")
 
-        refiner = train_refiner(frames, samples, config, progress=report)
+        with torch_threads(threads):
+            refiner = train_refiner(frames, samples, config, progress=report)
     path = refiner.save(out / LANDMARKS_FILE)
     return path, {
         "people": len(train),
         "faces": len(samples),
         "epochs": epochs,
+        "threads": threads,
         "loss": losses,
         "config": dataclasses.asdict(config),
         "seconds": round(time.perf_counter() - start, 1),

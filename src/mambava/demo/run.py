@@ -111,6 +111,10 @@ class DemoConfig:
     # Crops for training: MTCNN's own points cost most of the raw-video path's P_VA); `full()` does
     learned_landmarks: bool = False
     landmark_epochs: int = 8
+    # torch threads of the landmark refiner's training: a fixed count (the refiner, and so the crops, then do not
+    # depend on the load); its convolutions on batches of 128 patches split well: 2 threads ran an epoch 1.75x
+    # faster than 1 on an idle 2-core machine (1.87 cores busy), 1.4x slower beside one other busy process
+    landmark_threads: int = 2
     face_workers: int = 2  # processes for the faces stage (one video each)
     # detection by tracking (`--detect-every`) for the own crops and every raw-video `predict`: 1 detects
     # every frame; k > 1 also checks followed faces with O-Net (docs/faces.md, Detection by tracking)
@@ -324,7 +328,9 @@ def _data_stages(out: Path, cfg: DemoConfig, progress: bool, stages: "_Stages", 
                 "a landmark refiner for MTCNN's 5 points, trained on the training "
                 f"videos' true landmarks -> {landmarks}",
             ):
-                landmarks, results["landmarks"] = landmark_stage(data_root, out, cfg.landmark_epochs, progress)
+                landmarks, results["landmarks"] = landmark_stage(
+                    data_root, out, cfg.landmark_epochs, progress, threads=cfg.landmark_threads
+                )
         with stages.stage(
             "faces",
             f"MTCNN{' + learned landmarks' if landmarks else ''} + alignment over every raw "
