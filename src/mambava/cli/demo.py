@@ -63,7 +63,7 @@ def demo_command(
         False,
         "--full",
         help="Everything: more data, the learned landmarks for our crops, the audio-visual ablation, "
-        "distillation, every held-out raw video through predict (about 27 minutes on 2 cores).",
+        "distillation, every held-out raw video through predict (about 23 minutes on 2 cores).",
     ),
     quick: bool = typer.Option(False, "--quick", help="The CI-sized run of every stage (the generator's crops)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated dataset and of training."),
@@ -107,7 +107,7 @@ def demo_command(
     """Every stage of the pipeline on a generated face-video dataset, on CPU: generate -> our faces stage on the
     raw videos -> fine-tune a small ViT (partial freezing, frame-level CCC) -> extract features -> train Mamba-VA
     and a frame-wise baseline -> evaluate on held-out subjects -> predict on a held-out raw video -> OUT/report.md.
-    About 3.5 minutes on 2 cores; --full adds the rest (about 27 minutes on 2 cores)."""
+    About 3.5 minutes on 2 cores; --full adds the rest (about 23 minutes on 2 cores)."""
     from mambava.core.errors import MambavaError
     from mambava.demo import DemoConfig, run_demo
 

@@ -54,7 +54,7 @@ class DemoConfig:
     paper's pipeline on its own data, trained on the dataset's crops as the paper trains on Aff-Wild2's
     `cropped_aligned/`, and our faces stage on a held-out raw video for `predict`. `full()` adds our own crops
     of every raw video with the learned landmarks, the audio-visual ablation, distillation, every held-out raw
-    video through predict and more data (about 27 minutes on 2 cores); `quick()` is a smaller run of every stage."""
+    video through predict and more data (about 23 minutes on 2 cores); `quick()` is a smaller run of every stage."""
 
     seed: int = 0
     # the generated dataset
