@@ -101,4 +101,8 @@ def test_int8_is_refused_on_a_gpu_device():
 
     with pytest.raises(MambavaError, match="int8 runs on the CPU"):
         resolve_precision("int8", "cuda")
+    from mambava.training.evaluate import _runner
+
+    with pytest.raises(MambavaError, match="int8 runs on the CPU"):  # evaluate --precision int8, the same check
+        _runner(torch.nn.Linear(4, 4), torch.device("cuda"), "int8")
     assert quantize_linears(torch.nn.Sequential(torch.nn.Linear(4, 4))) is not None

@@ -15,7 +15,14 @@ from PIL import Image
 
 from mambava.backbone.vit import FACE_MEAN, FACE_STD, ViTEncoder
 from mambava.core.errors import MambavaError
-from mambava.core.quantize import INT8_MIN_WIDTH, PRECISIONS, auto_precision, cpu_has_fast_bf16, quantize_linears
+from mambava.core.quantize import (
+    INT8_MIN_WIDTH,
+    PRECISIONS,
+    auto_precision,
+    check_int8_device,
+    cpu_has_fast_bf16,
+    quantize_linears,
+)
 
 
 def _as_uint8_hwc(image) -> np.ndarray:
@@ -95,8 +102,8 @@ def resolve_precision(precision: str, device: torch.device | str, width: int | N
     device = torch.device(device)
     if precision == "auto":
         return auto_precision(device, int8_allowed=width is None or width >= INT8_MIN_WIDTH)
-    if precision == "int8" and device.type != "cpu":
-        raise MambavaError(f"precision int8 runs on the CPU (fbgemm); on {device} use bf16 or fp32")
+    if precision == "int8":
+        check_int8_device(device)
     return precision
 
 

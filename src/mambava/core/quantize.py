@@ -18,6 +18,8 @@ import warnings
 import torch
 from torch import nn
 
+from mambava.core.errors import MambavaError
+
 PRECISIONS = ("auto", "bf16", "int8", "fp32")
 # "auto" picks int8 for models at least this wide (a ViT's embed_dim, a TCN's input): fbgemm's int8 products
 # beat fp32 by ~2x at ViT-B/L sizes on an AVX2 CPU, and gain nothing on the demo's 128-d ViT (bench backbone)
@@ -67,6 +69,13 @@ def auto_precision(device: torch.device | str, int8_allowed: bool = True) -> str
         if int8_allowed and cpu_has_int8_kernels():
             return "int8"
     return "fp32"
+
+
+def check_int8_device(device: torch.device | str) -> None:
+    """A one-line error where int8 was asked for a device it cannot run on: fbgemm's kernels are the CPU's."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        raise MambavaError(f"precision int8 runs on the CPU (fbgemm); on {device} use bf16 or fp32")
 
 
 def _quiet_ao():

@@ -28,6 +28,7 @@ from mambava.core.errors import MambavaError
 from mambava.core.fileio import atomic_open
 from mambava.core.metrics import ccc_numpy, va_scores
 from mambava.core.progress import track_items
+from mambava.core.quantize import check_int8_device
 from mambava.core.runtime import resolve_device
 from mambava.data.timebase import model_fps, stored_grid
 from mambava.data.windows import authors_keep, authors_window_dataset, check_windowing, predict_sequence
@@ -281,7 +282,6 @@ def evaluate_checkpoint(
 def _runner(model, device: torch.device, precision: str):
     """The model in eval mode on `device`; with precision "int8", its TCN in int8 on the CPU (`quantize_tcn`)."""
     if precision == "int8":
-        if device.type != "cpu":
-            raise MambavaError(f"precision int8 runs on the CPU (fbgemm); on {device} use bf16 or fp32")
+        check_int8_device(device)
         return quantize_tcn(model)
     return model.to(device).eval()
